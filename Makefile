@@ -1,0 +1,50 @@
+# AgentMesh developer targets. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python
+GOBIN := $(shell go env GOPATH 2>/dev/null)/bin
+export PATH := $(GOBIN):$(PATH)
+RUN_DIR ?= .run
+BREAKING_AGAINST ?= .git\#branch=main
+
+.PHONY: help setup proto check-generated lint breaking test test-unit up down status demo bench
+
+help: ## List targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
+
+setup: ## Install Python deps, redis-server, Kafka jars and Go tools (idempotent)
+	bash .ci/install.sh
+
+proto: ## Regenerate Python code and .pyi stubs from protos/
+	$(PYTHON) scripts/genproto.py
+
+check-generated: ## Fail when committed generated code is stale
+	bash scripts/check_generated.sh
+
+lint: ## ruff, mypy and buf lint
+	ruff check libs services tests perf scripts
+	mypy libs/agentmesh services
+	buf lint
+
+breaking: ## buf breaking (FILE rules) against main
+	buf breaking --against '$(BREAKING_AGAINST)'
+
+test: check-generated ## Run every test against real Redis and a real Kafka broker
+	AGENTMESH_REQUIRE_INFRA=1 $(PYTHON) -m pytest -q tests
+
+test-unit: ## Unit tests only (no servers)
+	$(PYTHON) -m pytest -q tests/unit
+
+up: ## Start Redis and the five daemons in the background
+	$(PYTHON) -m agentmesh.cli.main up --run-dir $(RUN_DIR)
+
+down: ## Stop what `make up` started
+	$(PYTHON) -m agentmesh.cli.main down --run-dir $(RUN_DIR)
+
+status: ## Show the health of the local stack
+	$(PYTHON) -m agentmesh.cli.main status
+
+demo: ## Scope 3 demo on the EPA factors, start to finish
+	$(PYTHON) -m agentmesh.cli.main demo
+
+bench: ## Run every benchmark under perf/
+	$(PYTHON) perf/run_all.py

@@ -1,0 +1,191 @@
+"""Server-side RPC wrapper: request and trace ids, bearer auth, deadline
+capture, error mapping and gRPC metrics, applied to every method of a daemon.
+
+It wraps each method handler rather than only intercepting the call, because
+the contextvars it sets must live in the task that runs the handler.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+
+from agentmesh.runtime import metrics
+from agentmesh.runtime.auth import PUBLIC_METHOD_PREFIXES, TokenAuthenticator
+from agentmesh.runtime.context import (
+    deadline_var,
+    new_id,
+    principal_var,
+    request_id_var,
+    trace_id_from_metadata,
+    trace_id_var,
+)
+from agentmesh.runtime.errors import AgentMeshError
+
+log = logging.getLogger("agentmesh.rpc")
+
+
+class _Call:
+    """Bookkeeping for one RPC: context setup, auth and the outcome."""
+
+    __slots__ = ("authenticator", "method", "service", "short", "start")
+
+    def __init__(self, method: str, authenticator: TokenAuthenticator | None) -> None:
+        self.method = method
+        self.service, self.short = metrics.split_method(method)
+        self.authenticator = (
+            None if method.startswith(PUBLIC_METHOD_PREFIXES) else authenticator
+        )
+        self.start = time.perf_counter()
+
+    def enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
+        md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
+        request_id_var.set(md.get("x-request-id") or new_id())
+        trace_id_var.set(trace_id_from_metadata(md))
+        remaining = context.time_remaining()
+        deadline_var.set(None if remaining is None else time.monotonic() + remaining)
+        metrics.GRPC_STARTED.labels(self.service, self.short).inc()
+        if self.authenticator is not None:
+            principal_var.set(self.authenticator.authenticate(md.get("authorization")))
+
+    def finish(self, code: grpc.StatusCode) -> None:
+        metrics.GRPC_HANDLED.labels(self.service, self.short, code.name).inc()
+        metrics.GRPC_HANDLING.labels(self.service, self.short).observe(
+            time.perf_counter() - self.start
+        )
+
+
+async def _fail(
+    call: _Call, context: grpc.aio.ServicerContext[Any, Any], exc: BaseException
+) -> None:
+    """Abort the RPC with the status for `exc`; re-raises what grpc raises."""
+    if isinstance(exc, AgentMeshError):
+        err = exc
+        if err.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
+            log.error("rpc failed", extra={"method": call.method}, exc_info=exc)
+        else:
+            log.info(
+                "rpc rejected",
+                extra={"method": call.method, "code": err.code.name, "reason": err.message},
+            )
+    elif isinstance(exc, NotImplementedError):
+        err = AgentMeshError(f"{call.method} is not implemented yet")
+        err.code = grpc.StatusCode.UNIMPLEMENTED  # type: ignore[misc]
+    else:
+        log.error("unhandled error in rpc", extra={"method": call.method}, exc_info=exc)
+        err = AgentMeshError("internal error; see the daemon log for the request id")
+        err.code = grpc.StatusCode.INTERNAL  # type: ignore[misc]
+    call.finish(err.code)
+    await context.abort(err.code, err.message, err.trailing_metadata())
+
+
+def _is_abort(exc: BaseException) -> bool:
+    # grpc.aio raises its own AbortError from context.abort(); let it through.
+    return type(exc).__name__ == "AbortError"
+
+
+def _wrap_unary(
+    fn: Callable[..., Any], method: str, auth: TokenAuthenticator | None
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
+    async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+        call = _Call(method, auth)
+        try:
+            call.enter(context)
+            result = fn(request, context)
+            if inspect.isawaitable(result):
+                result = await result
+        except Exception as exc:
+            if _is_abort(exc):
+                call.finish(context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            await _fail(call, context, exc)
+            return None
+        call.finish(grpc.StatusCode.OK)
+        return result
+
+    return behavior
+
+
+def _wrap_stream(
+    fn: Callable[..., Any], method: str, auth: TokenAuthenticator | None
+) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
+    async def behavior(
+        request: Any, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[Any]:
+        call = _Call(method, auth)
+        try:
+            call.enter(context)
+            result = fn(request, context)
+            if hasattr(result, "__aiter__"):
+                async for item in result:
+                    yield item
+            elif inspect.isawaitable(result):
+                await result
+            else:
+                for item in result:
+                    yield item
+        except Exception as exc:
+            if _is_abort(exc):
+                call.finish(context.code() or grpc.StatusCode.UNKNOWN)
+                raise
+            await _fail(call, context, exc)
+            return
+        call.finish(grpc.StatusCode.OK)
+
+    return behavior
+
+
+class RuntimeInterceptor(grpc.aio.ServerInterceptor):
+    """Applies the wrapper above to every handler of the server.
+
+    Args:
+        authenticator: bearer-token authenticator; None turns auth off.
+    """
+
+    def __init__(self, authenticator: TokenAuthenticator | None) -> None:
+        self._auth = authenticator
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        """Return the wrapped handler for the method, cached per method name."""
+        method = handler_call_details.method
+        cached = self._cache.get(method)
+        if cached is not None:
+            return cached
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return handler
+        wrapped = _wrap_handler(handler, method, self._auth)
+        self._cache[method] = wrapped
+        return wrapped
+
+
+def _wrap_handler(
+    h: grpc.RpcMethodHandler, method: str, auth: TokenAuthenticator | None
+) -> grpc.RpcMethodHandler:
+    kw: dict[str, Any] = {
+        "request_deserializer": h.request_deserializer,
+        "response_serializer": h.response_serializer,
+    }
+    if h.unary_unary:
+        return grpc.unary_unary_rpc_method_handler(_wrap_unary(h.unary_unary, method, auth), **kw)
+    if h.stream_unary:
+        return grpc.stream_unary_rpc_method_handler(
+            _wrap_unary(h.stream_unary, method, auth), **kw
+        )
+    if h.unary_stream:
+        return grpc.unary_stream_rpc_method_handler(
+            _wrap_stream(h.unary_stream, method, auth), **kw
+        )
+    return grpc.stream_stream_rpc_method_handler(
+        _wrap_stream(h.stream_stream, method, auth), **kw
+    )

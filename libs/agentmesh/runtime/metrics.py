@@ -1,0 +1,42 @@
+"""Prometheus metrics: the `/metrics` endpoint and gRPC server metrics.
+
+gRPC metric names follow go-grpc-prometheus so existing dashboards work:
+`grpc_server_started_total`, `grpc_server_handled_total` and
+`grpc_server_handling_seconds`, labelled by service, method and code. Label
+values come from the fixed set of registered methods, so cardinality is bounded.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram, start_http_server
+
+GRPC_STARTED = Counter(
+    "grpc_server_started_total", "RPCs started on the server.", ["grpc_service", "grpc_method"]
+)
+GRPC_HANDLED = Counter(
+    "grpc_server_handled_total",
+    "RPCs completed on the server, by status code.",
+    ["grpc_service", "grpc_method", "grpc_code"],
+)
+GRPC_HANDLING = Histogram(
+    "grpc_server_handling_seconds",
+    "Time to handle an RPC, seconds.",
+    ["grpc_service", "grpc_method"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+
+
+def split_method(full_method: str) -> tuple[str, str]:
+    """"/pkg.Service/Method" → ("pkg.Service", "Method")."""
+    _, service, method = full_method.split("/", 2)
+    return service, method
+
+
+def serve_metrics(host: str, port: int) -> None:
+    """Serve `/metrics` on host:port in a daemon thread; port 0 disables it.
+
+    Raises:
+        OSError: when the port is taken.
+    """
+    if port:
+        start_http_server(port, addr=host)

@@ -1,0 +1,241 @@
+"""Daemon bootstrap: the one way every AgentMesh daemon starts and stops.
+
+    def build(daemon: Daemon) -> None:
+        store = daemon.redis()                      # also adds a Redis health probe
+        daemon.add_service(add_FooServiceServicer_to_server, FooServicer(store),
+                           foo_pb2.DESCRIPTOR.services_by_name["FooService"])
+
+    def main() -> None:
+        run_daemon("foo", build)
+
+What a daemon gets: a grpc.aio server with the runtime interceptor (ids, auth,
+errors, metrics), `grpc.health.v1` driven by dependency probes, server
+reflection, Prometheus `/metrics`, JSON logs, TLS/mTLS, and SIGTERM handling:
+NOT_SERVING at once, in-flight RPCs drain within the grace period, then exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from google.protobuf.descriptor import ServiceDescriptor
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from agentmesh.runtime.auth import TokenAuthenticator
+from agentmesh.runtime.channels import create_channel
+from agentmesh.runtime.config import ExtraOption, ServerConfig, load_config
+from agentmesh.runtime.deps import create_redis, kafka_probe, redis_probe
+from agentmesh.runtime.health import DependencyMonitor, Probe
+from agentmesh.runtime.interceptors import RuntimeInterceptor
+from agentmesh.runtime.logs import configure_logging
+from agentmesh.runtime.metrics import serve_metrics
+
+log = logging.getLogger("agentmesh.server")
+
+Hook = Callable[[], Awaitable[object] | object]
+
+
+class Daemon:
+    """A configured, not yet started daemon.
+
+    Args:
+        config: the daemon's settings.
+    """
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        auth = (
+            TokenAuthenticator.from_file(config.auth_tokens_file)
+            if config.auth_tokens_file
+            else None
+        )
+        self.server = grpc.aio.server(
+            interceptors=[RuntimeInterceptor(auth)],
+            options=[
+                ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.health = health.aio.HealthServicer()
+        self._services: list[str] = []
+        self._probes: dict[str, Probe] = {}
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._redis: aioredis.Redis | None = None
+        self._monitor: DependencyMonitor | None = None
+        self._stop = asyncio.Event()
+        self.port = 0
+
+    # ---- building -------------------------------------------------------
+    def add_service(
+        self,
+        register: Callable[[Any, grpc.aio.Server], None],
+        servicer: object,
+        descriptor: ServiceDescriptor,
+    ) -> None:
+        """Register a generated servicer and name it for health and reflection."""
+        register(servicer, self.server)
+        self._services.append(descriptor.full_name)
+
+    def add_probe(self, name: str, probe: Probe) -> None:
+        """Add a dependency probe; health is SERVING only while all probes pass."""
+        self._probes[name] = probe
+
+    def on_startup(self, hook: Hook) -> None:
+        """Run `hook` after the port is bound and before health turns SERVING."""
+        self._startup.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        """Run `hook` after RPCs have drained, in reverse order of registration."""
+        self._shutdown.append(hook)
+
+    def redis(self) -> aioredis.Redis:
+        """The daemon's shared Redis client, created on first use with a health probe."""
+        if self._redis is None:
+            self._redis = create_redis(self.config.redis_url)
+            self.add_probe("redis", redis_probe(self._redis))
+            client = self._redis
+            self.on_shutdown(client.aclose)
+        return self._redis
+
+    def require_kafka(self) -> str:
+        """Add a Kafka health probe and return the bootstrap servers.
+
+        Raises:
+            ValueError: when no bootstrap servers are configured.
+        """
+        if not self.config.kafka_bootstrap:
+            raise ValueError(
+                "this daemon needs Kafka: set --kafka-bootstrap or AGENTMESH_KAFKA_BOOTSTRAP"
+            )
+        self.add_probe("kafka", kafka_probe(self.config.kafka_bootstrap))
+        return self.config.kafka_bootstrap
+
+    def channel(self, target: str) -> grpc.aio.Channel:
+        """An outgoing channel to a peer, with this daemon's token and CA, closed on shutdown."""
+        ch = create_channel(
+            target, token=self.config.auth_token, tls_ca_file=self.config.tls_ca_file
+        )
+        self.on_shutdown(ch.close)
+        return ch
+
+    # ---- running --------------------------------------------------------
+    def _credentials(self) -> grpc.ServerCredentials | None:
+        c = self.config
+        if not c.tls_enabled:
+            return None
+        client_ca = Path(c.tls_client_ca_file).read_bytes() if c.tls_client_ca_file else None
+        return grpc.ssl_server_credentials(
+            [(Path(c.tls_key_file).read_bytes(), Path(c.tls_cert_file).read_bytes())],
+            root_certificates=client_ca,
+            require_client_auth=client_ca is not None,
+        )
+
+    async def start(self) -> int:
+        """Bind, start serving and probing; returns the bound gRPC port."""
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection(
+            [
+                *self._services,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ],
+            self.server,
+        )
+        creds = self._credentials()
+        addr = self.config.address
+        self.port = (
+            self.server.add_secure_port(addr, creds)
+            if creds
+            else self.server.add_insecure_port(addr)
+        )
+        if not self.port:
+            raise OSError(f"cannot bind {addr}: is another process using the port?")
+        serve_metrics(self.config.host, self.config.metrics_port)
+        for svc in ["", *self._services]:
+            await self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
+        await self.server.start()
+        for hook in self._startup:
+            await _call(hook)
+        self._monitor = DependencyMonitor(
+            self.health,
+            self._services,
+            self._probes,
+            interval_s=self.config.health_interval_s,
+        )
+        await self._monitor.start()
+        log.info(
+            "serving",
+            extra={
+                "port": self.port,
+                "metrics_port": self.config.metrics_port,
+                "tls": self.config.tls_enabled,
+                "services": self._services,
+            },
+        )
+        return self.port
+
+    def request_stop(self) -> None:
+        """Ask `serve_forever` to drain and exit (what SIGTERM does)."""
+        self._stop.set()
+
+    async def stop(self) -> None:
+        """NOT_SERVING, drain in-flight RPCs within the grace period, run shutdown hooks."""
+        if self._monitor:
+            await self._monitor.drain()
+        log.info("draining", extra={"grace_period_s": self.config.grace_period_s})
+        await self.server.stop(self.config.grace_period_s)
+        for hook in reversed(self._shutdown):
+            try:
+                await _call(hook)
+            except Exception:  # one failed hook must not keep the others from running
+                log.exception("shutdown hook failed")
+        log.info("stopped")
+
+    async def serve_forever(self) -> None:
+        """Start, wait for SIGTERM or SIGINT, then stop."""
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self.request_stop)
+        await self.start()
+        await self._stop.wait()
+        await self.stop()
+
+
+async def _call(hook: Hook) -> None:
+    result = hook()
+    if inspect.isawaitable(result):
+        await result
+
+
+Builder = Callable[[Daemon], Awaitable[None] | None]
+
+
+def run_daemon(
+    name: str,
+    build: Builder,
+    argv: Sequence[str] | None = None,
+    *,
+    extra_options: Sequence[ExtraOption] = (),
+) -> None:
+    """Parse config, configure logs, build the daemon with `build` and serve until SIGTERM."""
+    config = load_config(name, argv, extra_options=extra_options)
+    configure_logging(name, config.log_level)
+
+    async def main() -> None:
+        daemon = Daemon(config)
+        result = build(daemon)
+        if inspect.isawaitable(result):
+            await result
+        await daemon.serve_forever()
+
+    asyncio.run(main())

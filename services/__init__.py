@@ -1,0 +1,1 @@
+"""The five AgentMesh daemons, one package each: bus, router, registry, saga, swarm."""
