@@ -1,0 +1,1 @@
+"""The registry daemon: agent catalog, health, discovery, locks and consensus."""
