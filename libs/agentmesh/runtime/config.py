@@ -48,7 +48,7 @@ class ServerConfig:
         name: daemon name, one of DEFAULT_PORTS.
         host: address to bind; loopback by default.
         port: gRPC port.
-        metrics_port: Prometheus `/metrics` port; 0 disables it.
+        metrics_port: Prometheus `/metrics` port; 0 picks a free port, -1 disables it.
         redis_url: Redis URL, `redis://host:port/db`.
         kafka_bootstrap: Kafka bootstrap servers; empty when the daemon does not use Kafka.
         tls_cert_file / tls_key_file: PEM server certificate and key; both set turns TLS on.
@@ -97,7 +97,7 @@ class ServerConfig:
 _HELP = {
     "host": "address to bind",
     "port": "gRPC port",
-    "metrics_port": "Prometheus /metrics port (0 disables)",
+    "metrics_port": "Prometheus /metrics port (0 = any free port, -1 = off)",
     "redis_url": "Redis URL",
     "kafka_bootstrap": "Kafka bootstrap servers (host:port,...)",
     "tls_cert_file": "PEM server certificate (turns TLS on with --tls-key-file)",

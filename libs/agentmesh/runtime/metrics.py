@@ -32,11 +32,19 @@ def split_method(full_method: str) -> tuple[str, str]:
     return service, method
 
 
-def serve_metrics(host: str, port: int) -> None:
-    """Serve `/metrics` on host:port in a daemon thread; port 0 disables it.
+def serve_metrics(host: str, port: int) -> int:
+    """Serve `/metrics` on host:port in a daemon thread.
+
+    Args:
+        port: TCP port; 0 picks a free one; a negative port disables metrics.
+
+    Returns:
+        The bound port, or -1 when disabled.
 
     Raises:
         OSError: when the port is taken.
     """
-    if port:
-        start_http_server(port, addr=host)
+    if port < 0:
+        return -1
+    httpd, _thread = start_http_server(port, addr=host)
+    return int(httpd.server_address[1])

@@ -74,6 +74,7 @@ class Daemon:
         self._monitor: DependencyMonitor | None = None
         self._stop = asyncio.Event()
         self.port = 0
+        self.metrics_port = -1
 
     # ---- building -------------------------------------------------------
     def add_service(
@@ -160,7 +161,7 @@ class Daemon:
         )
         if not self.port:
             raise OSError(f"cannot bind {addr}: is another process using the port?")
-        serve_metrics(self.config.host, self.config.metrics_port)
+        self.metrics_port = serve_metrics(self.config.host, self.config.metrics_port)
         for svc in ["", *self._services]:
             await self.health.set(svc, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.start()
@@ -177,7 +178,7 @@ class Daemon:
             "serving",
             extra={
                 "port": self.port,
-                "metrics_port": self.config.metrics_port,
+                "metrics_port": self.metrics_port,
                 "tls": self.config.tls_enabled,
                 "services": self._services,
             },

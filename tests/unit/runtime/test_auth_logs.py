@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+
+from agentmesh.runtime.auth import TokenAuthenticator
+from agentmesh.runtime.context import request_id_var, trace_id_from_metadata, trace_id_var
+from agentmesh.runtime.errors import Unauthenticated
+from agentmesh.runtime.logs import JsonFormatter
+
+
+def test_tokens_file_identities_and_roles(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "tokens.json"
+    f.write_text(json.dumps({"t1": "agent-a", "t2": {"identity": "ops", "roles": ["admin"]}}))
+    auth = TokenAuthenticator.from_file(f)
+    assert auth.authenticate("Bearer t1").identity == "agent-a"
+    ops = auth.authenticate("bearer t2")
+    assert ops.identity == "ops" and ops.is_admin
+    for bad in (None, "", "Basic t1", "Bearer nope", "Bearer"):
+        with pytest.raises(Unauthenticated):
+            auth.authenticate(bad)
+
+
+def test_tokens_file_shape_is_checked(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    f = tmp_path / "tokens.json"
+    f.write_text(json.dumps({"t1": 42}))
+    with pytest.raises(ValueError, match="identity"):
+        TokenAuthenticator.from_file(f)
+
+
+def test_json_log_line_carries_ids() -> None:
+    request_id_var.set("req-1")
+    trace_id_var.set("a" * 32)
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "hello %s", ("you",), None)
+    record.agent_id = "agent-a"
+    doc = json.loads(JsonFormatter("registry").format(record))
+    assert doc["msg"] == "hello you"
+    assert doc["request_id"] == "req-1" and doc["trace_id"] == "a" * 32
+    assert doc["daemon"] == "registry" and doc["agent_id"] == "agent-a"
+
+
+def test_traceparent_is_parsed() -> None:
+    tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+    assert trace_id_from_metadata({"traceparent": tp}) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id_from_metadata({"x-trace-id": "abc"}) == "abc"
+    assert len(trace_id_from_metadata({})) == 32

@@ -1,0 +1,58 @@
+from __future__ import annotations
+
+import grpc
+from google.rpc import error_details_pb2
+
+from agentmesh.runtime.errors import (
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+    from_rpc_error,
+)
+
+
+class FakeRpcError(grpc.RpcError):
+    """What a client sees: code, details and trailing metadata."""
+
+    def __init__(self, err: Exception, code: grpc.StatusCode, trailing: tuple) -> None:
+        self._code, self._details, self._trailing = code, str(err), trailing
+
+    def code(self) -> grpc.StatusCode:
+        return self._code
+
+    def details(self) -> str:
+        return self._details
+
+    def trailing_metadata(self) -> tuple:
+        return self._trailing
+
+
+def roundtrip(err):  # type: ignore[no-untyped-def]
+    return from_rpc_error(FakeRpcError(err, err.code, err.trailing_metadata()))
+
+
+def test_invalid_argument_keeps_field_violations() -> None:
+    err = InvalidArgument("bad agent", field_violations={"agent_id": "must match agent-[a-z0-9-]+"})
+    back = roundtrip(err)
+    assert isinstance(back, InvalidArgument)
+    assert back.field_violations == [("agent_id", "must match agent-[a-z0-9-]+")]
+    assert back.message == "bad agent"
+
+
+def test_retry_info_and_error_info_survive() -> None:
+    back = roundtrip(ResourceExhausted("slow down", retry_after_s=1.5))
+    info = back.detail(error_details_pb2.RetryInfo)
+    assert isinstance(info, error_details_pb2.RetryInfo)
+    assert info.retry_delay.ToNanoseconds() == 1_500_000_000
+    un = roundtrip(Unavailable("lost", reason="UNKNOWN_OUTCOME"))
+    assert isinstance(un, Unavailable) and un.reason == "UNKNOWN_OUTCOME"
+
+
+def test_status_codes_map_to_classes() -> None:
+    assert NotFound("x").code == grpc.StatusCode.NOT_FOUND
+    assert roundtrip(NotFound("x", resource_type="agent", resource_name="agent-a")).code == (
+        grpc.StatusCode.NOT_FOUND
+    )
+    plain = from_rpc_error(FakeRpcError(Exception("boom"), grpc.StatusCode.DATA_LOSS, ()))
+    assert plain.code == grpc.StatusCode.DATA_LOSS
