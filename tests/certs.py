@@ -26,12 +26,54 @@ def _run(*args: str, cwd: Path) -> None:
 def make_pki(d: Path) -> TestPki:
     """Write a CA, a server pair (SAN 127.0.0.1, localhost) and a client pair into `d`."""
     d.mkdir(parents=True, exist_ok=True)
-    _run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=agentmesh-test-ca",
-         "-keyout", "ca.key", "-out", "ca.pem", cwd=d)
+    _run(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=agentmesh-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        cwd=d,
+    )
     (d / "san.ext").write_text("subjectAltName=IP:127.0.0.1,DNS:localhost\n")
     for name, ext in (("server", ["-extfile", "san.ext"]), ("client", [])):
-        _run("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN=agentmesh-{name}",
-             "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)
-        _run("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-             "-CAcreateserial", "-days", "2", "-out", f"{name}.pem", *ext, cwd=d)
-    return TestPki(d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key")
+        _run(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN=agentmesh-{name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        _run(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            f"{name}.pem",
+            *ext,
+            cwd=d,
+        )
+    return TestPki(
+        d / "ca.pem", d / "server.pem", d / "server.key", d / "client.pem", d / "client.key"
+    )

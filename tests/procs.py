@@ -124,7 +124,9 @@ class DaemonProcess:
         self.stop()
 
 
-def daemon(name: str, log_dir: Path, *flags: str, env: dict[str, str] | None = None) -> DaemonProcess:
+def daemon(
+    name: str, log_dir: Path, *flags: str, env: dict[str, str] | None = None
+) -> DaemonProcess:
     """A DaemonProcess for `python -m services.<name> --port 0 --metrics-port 0 <flags>`."""
     return DaemonProcess(
         ["-m", f"services.{name}", "--port", "0", "--metrics-port", "0", *flags],

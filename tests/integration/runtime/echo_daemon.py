@@ -10,24 +10,34 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from google.protobuf import struct_pb2
-
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.context import current_principal, remaining_s
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.runtime.server import Daemon, run_daemon
+from google.protobuf import struct_pb2
 
 
 class EchoAgent(agent_pb2_grpc.AgentServiceServicer):
-    async def Execute(self, request: agent_pb2.ExecuteRequest, context: Any) -> agent_pb2.ExecuteResponse:
+    async def Execute(
+        self, request: agent_pb2.ExecuteRequest, context: Any
+    ) -> agent_pb2.ExecuteResponse:
         if request.action != "echo":
             raise InvalidArgument("unknown action", field_violations={"action": "only 'echo'"})
-        sleep_s = request.input.fields["sleep_s"].number_value if "sleep_s" in request.input.fields else 0.0
+        sleep_s = (
+            request.input.fields["sleep_s"].number_value
+            if "sleep_s" in request.input.fields
+            else 0.0
+        )
         await asyncio.sleep(sleep_s)
         out = struct_pb2.Struct()
         principal = current_principal()
         left = remaining_s()
-        out.update({"remaining_s": -1.0 if left is None else left, "identity": principal.identity if principal else ""})
+        out.update(
+            {
+                "remaining_s": -1.0 if left is None else left,
+                "identity": principal.identity if principal else "",
+            }
+        )
         return agent_pb2.ExecuteResponse(output=out, agent_id="echo")
 
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import struct_pb2
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.errors import InvalidArgument, from_rpc_error
+from google.protobuf import struct_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from tests.certs import make_pki
 from tests.procs import DaemonProcess
 
@@ -30,6 +30,11 @@ def echo(tmp_path: Path, *flags: str) -> DaemonProcess:
         [ECHO, "--port", "0", "--metrics-port", "0", "--health-interval-s", "0.2", *flags],
         tmp_path / "echo.log",
     )
+
+
+def scrape(port: int) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        return bytes(r.read())
 
 
 def request(sleep_s: float = 0.0, action: str = "echo") -> agent_pb2.ExecuteRequest:
@@ -77,7 +82,7 @@ async def test_deadline_budget_reaches_handler_and_errors_are_rich(tmp_path: Pat
             with pytest.raises(grpc.aio.AioRpcError) as unimpl:
                 await stub.Evaluate(agent_pb2.EvaluateRequest(), timeout=3)
             assert unimpl.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        body = urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics", timeout=5).read()
+        body = await asyncio.to_thread(scrape, d.metrics_port)
         assert b'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT"' in body
 
 
@@ -90,16 +95,22 @@ async def test_tls_refuses_plaintext_and_mtls_requires_client_cert(tmp_path: Pat
                 await agent_pb2_grpc.AgentServiceStub(plain).Execute(request(), timeout=3)
             assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         async with create_channel(d.target, tls_ca_file=str(pki.ca)) as secure:
-            assert (await agent_pb2_grpc.AgentServiceStub(secure).Execute(request(), timeout=5)).agent_id == "echo"
+            assert (
+                await agent_pb2_grpc.AgentServiceStub(secure).Execute(request(), timeout=5)
+            ).agent_id == "echo"
     with echo(tmp_path, *tls, "--tls-client-ca-file", str(pki.ca)) as d:
         async with create_channel(d.target, tls_ca_file=str(pki.ca)) as no_cert:
             with pytest.raises(grpc.aio.AioRpcError):
                 await agent_pb2_grpc.AgentServiceStub(no_cert).Execute(request(), timeout=3)
         async with create_channel(
-            d.target, tls_ca_file=str(pki.ca),
-            client_cert_file=str(pki.client_cert), client_key_file=str(pki.client_key),
+            d.target,
+            tls_ca_file=str(pki.ca),
+            client_cert_file=str(pki.client_cert),
+            client_key_file=str(pki.client_key),
         ) as mutual:
-            assert (await agent_pb2_grpc.AgentServiceStub(mutual).Execute(request(), timeout=5)).agent_id == "echo"
+            assert (
+                await agent_pb2_grpc.AgentServiceStub(mutual).Execute(request(), timeout=5)
+            ).agent_id == "echo"
 
 
 async def test_bearer_tokens_identify_callers(tmp_path: Path) -> None:

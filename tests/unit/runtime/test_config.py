@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import pytest
-
 from agentmesh.runtime.config import ExtraOption, load_config
 
 
@@ -12,7 +11,11 @@ def test_defaults_follow_design_ports() -> None:
 
 
 def test_precedence_flag_over_daemon_env_over_shared_env() -> None:
-    env = {"AGENTMESH_PORT": "1111", "AGENTMESH_ROUTER_PORT": "2222", "AGENTMESH_REDIS_URL": "redis://x:1/2"}
+    env = {
+        "AGENTMESH_PORT": "1111",
+        "AGENTMESH_ROUTER_PORT": "2222",
+        "AGENTMESH_REDIS_URL": "redis://x:1/2",
+    }
     assert load_config("router", [], environ=env).port == 2222
     assert load_config("bus", [], environ=env).port == 1111
     assert load_config("router", ["--port", "3333"], environ=env).port == 3333
