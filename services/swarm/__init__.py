@@ -1,0 +1,1 @@
+"""Swarm engine daemon: particle swarm optimisation and partitioned work over agents."""
