@@ -1,0 +1,1 @@
+"""The saga coordinator daemon: durable compensating transactions and pipelines."""
