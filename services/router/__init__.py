@@ -1,0 +1,1 @@
+"""The router daemon: picks targets for messages and calls them (RouterService)."""

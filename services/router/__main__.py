@@ -1,0 +1,32 @@
+"""Entry point: `python -m services.router` or `agentmesh-router`."""
+
+from __future__ import annotations
+
+from agentmesh.router.v1 import router_pb2, router_pb2_grpc
+from agentmesh.runtime.server import Daemon, run_daemon
+
+from services.router.settings import OPTIONS, RouterSettings
+
+
+def build(daemon: Daemon) -> None:
+    """Wire Redis, the router engine and the RouterService servicer into `daemon`."""
+    from services.router.servicer import RouterServicer
+
+    settings = RouterSettings.from_extra(daemon.config.extra)
+    servicer = RouterServicer(daemon, settings)
+    daemon.add_service(
+        router_pb2_grpc.add_RouterServiceServicer_to_server,
+        servicer,
+        router_pb2.DESCRIPTOR.services_by_name["RouterService"],
+    )
+    daemon.on_startup(servicer.start)
+    daemon.on_shutdown(servicer.stop)
+
+
+def main() -> None:
+    """Run the router daemon until SIGTERM."""
+    run_daemon("router", build, extra_options=OPTIONS)
+
+
+if __name__ == "__main__":
+    main()
