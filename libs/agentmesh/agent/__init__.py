@@ -1,0 +1,77 @@
+"""The Agent SDK: write an agent in about ten lines.
+
+    from agentmesh.agent import Agent
+
+    agent = Agent("agent-calc-1", agent_type="carbon-calculator", version="1.0.0",
+                  capabilities=["carbon_calculation"])
+
+    @agent.action("calculate")
+    async def calculate(input: dict, ctx) -> dict:
+        return {"kg_co2e": input["spend_usd"] * input["factor"]}
+
+    if __name__ == "__main__":
+        agent.run()
+
+The generated contract lives in `agentmesh.agent.v1`. The SDK is imported
+lazily, so importing only the generated stubs stays light.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from agentmesh.agent.context import ActionContext
+    from agentmesh.agent.idempotency import (
+        IdempotencyStore,
+        MemoryIdempotencyStore,
+        RedisIdempotencyStore,
+        StoredResult,
+    )
+    from agentmesh.agent.load import LoadTracker
+    from agentmesh.agent.sdk import (
+        WILDCARD,
+        Agent,
+        AgentSettings,
+        dict_to_struct,
+        map_exception,
+        struct_to_dict,
+    )
+
+_EXPORTS = {
+    "ActionContext": "agentmesh.agent.context",
+    "IdempotencyStore": "agentmesh.agent.idempotency",
+    "MemoryIdempotencyStore": "agentmesh.agent.idempotency",
+    "RedisIdempotencyStore": "agentmesh.agent.idempotency",
+    "StoredResult": "agentmesh.agent.idempotency",
+    "LoadTracker": "agentmesh.agent.load",
+    "WILDCARD": "agentmesh.agent.sdk",
+    "Agent": "agentmesh.agent.sdk",
+    "AgentSettings": "agentmesh.agent.sdk",
+    "dict_to_struct": "agentmesh.agent.sdk",
+    "map_exception": "agentmesh.agent.sdk",
+    "struct_to_dict": "agentmesh.agent.sdk",
+}
+
+__all__ = [
+    "WILDCARD",
+    "ActionContext",
+    "Agent",
+    "AgentSettings",
+    "IdempotencyStore",
+    "LoadTracker",
+    "MemoryIdempotencyStore",
+    "RedisIdempotencyStore",
+    "StoredResult",
+    "dict_to_struct",
+    "map_exception",
+    "struct_to_dict",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'agentmesh.agent' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

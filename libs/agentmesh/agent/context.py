@@ -1,0 +1,57 @@
+"""What an action handler learns about the call it is serving."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from agentmesh.runtime.context import Principal
+from agentmesh.runtime.errors import DeadlineExceeded
+
+
+@dataclass(frozen=True)
+class ActionContext:
+    """Per-call context passed to every action and compensation handler.
+
+    Attributes:
+        agent_id: id of the agent serving the call.
+        action: the action (or compensation) name.
+        kind: "execute" or "compensate".
+        idempotency_key: the caller's stable key; "" when the call is not deduplicated.
+        attempt: attempt number, starting at 1 (0 when the caller did not set it).
+        metadata: free-form call metadata from the request (e.g. "saga_id").
+        deadline_monotonic: absolute deadline on the `time.monotonic()` clock,
+            or None when the caller set no deadline.
+        original_output: for compensations, the output of the action being
+            undone when it completed; None otherwise.
+        principal: the authenticated caller when auth is on, else None.
+    """
+
+    agent_id: str
+    action: str
+    kind: str = "execute"
+    idempotency_key: str = ""
+    attempt: int = 1
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    deadline_monotonic: float | None = None
+    original_output: dict[str, Any] | None = None
+    principal: Principal | None = None
+
+    @property
+    def remaining_s(self) -> float | None:
+        """Seconds left before the caller gives up (never negative), or None if unbounded."""
+        if self.deadline_monotonic is None:
+            return None
+        return max(0.0, self.deadline_monotonic - time.monotonic())
+
+    def check_deadline(self) -> None:
+        """Raise when the caller's deadline has passed, so long handlers can stop early.
+
+        Raises:
+            DeadlineExceeded: when `remaining_s` is 0.
+        """
+        left = self.remaining_s
+        if left is not None and left <= 0.0:
+            raise DeadlineExceeded(f"deadline exceeded while running {self.action!r}")
