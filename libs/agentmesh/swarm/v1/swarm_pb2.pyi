@@ -458,6 +458,8 @@ class SwarmTask(_message.Message):
     PARTITION_WORK_FIELD_NUMBER: _builtins.int
     SEED_FIELD_NUMBER: _builtins.int
     PSO_FIELD_NUMBER: _builtins.int
+    CONVERGENCE_WINDOW_FIELD_NUMBER: _builtins.int
+    SPREAD_THRESHOLD_FIELD_NUMBER: _builtins.int
     objective: _builtins.str
     """What the swarm is for, free text for people."""
     behavior: Global___Behavior.ValueType
@@ -471,14 +473,23 @@ class SwarmTask(_message.Message):
     gives them). Must be 0 for optimisation.
     """
     convergence_threshold: _builtins.float
-    """Optimisation stops once convergence (see SwarmStats.convergence) reaches
-    this value in (0, 1]; 0 means run to `max_iterations`.
+    """Optimisation is converged at iteration t when t >= W and the relative
+    improvement of the best fitness over the last W iterations,
+    (g[t-W] - g[t]) / max(|g[t-W]|, |g[t]|, 1), is below this threshold AND
+    the spread is below `spread_threshold`; the swarm then stops. In [0, 1);
+    0 means 1e-8. Partition work: ignored (it ends when every partition is done).
     """
     max_iterations: _builtins.int
     """Optimisation: iteration limit, default 1000. Partition work: ignored."""
     seed: _builtins.int
     """Random seed; the same seed and task give the same optimisation run
     (built-in functions). 0 lets the engine choose; Swarm.seed reports it.
+    """
+    convergence_window: _builtins.int
+    """Window W of the convergence test, in iterations; 0 means 25."""
+    spread_threshold: _builtins.float
+    """Spread bound of the convergence test (see SwarmStats.spread); 0 means
+    1e-3; a value > 1 ignores the spread.
     """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
@@ -515,10 +526,12 @@ class SwarmTask(_message.Message):
         partition_work: Global___PartitionWork | None = ...,
         seed: _builtins.int = ...,
         pso: Global___PsoParameters | None = ...,
+        convergence_window: _builtins.int = ...,
+        spread_threshold: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "builtin", b"builtin", "fitness", b"fitness", "partition_work", b"partition_work", "pso", b"pso", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "agents_required", b"agents_required", "behavior", b"behavior", "builtin", b"builtin", "convergence_threshold", b"convergence_threshold", "data_partitions", b"data_partitions", "fitness", b"fitness", "max_iterations", b"max_iterations", "objective", b"objective", "partition_work", b"partition_work", "pso", b"pso", "seed", b"seed", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "agents_required", b"agents_required", "behavior", b"behavior", "builtin", b"builtin", "convergence_threshold", b"convergence_threshold", "convergence_window", b"convergence_window", "data_partitions", b"data_partitions", "fitness", b"fitness", "max_iterations", b"max_iterations", "objective", b"objective", "partition_work", b"partition_work", "pso", b"pso", "seed", b"seed", "spread_threshold", b"spread_threshold", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_fitness: _TypeAlias = _typing.Literal["builtin", "agent_evaluated", "partition_work"]  # noqa: Y015
     _WhichOneofArgType_fitness: _TypeAlias = _typing.Literal["fitness", b"fitness"]  # noqa: Y015
@@ -535,7 +548,7 @@ class RoleCount(_message.Message):
     ROLE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     role: _builtins.str
-    """Role name: QUEEN, WORKER, SCOUT, SOLDIER, NURSE or FORAGER."""
+    """Role label: queen, soldier, nurse, worker, forager or scout."""
     count: _builtins.int
     """Members in the role."""
     def __init__(
@@ -570,14 +583,17 @@ class SwarmStats(_message.Message):
     EVALUATIONS_FIELD_NUMBER: _builtins.int
     ACTIVE_AGENTS_FIELD_NUMBER: _builtins.int
     TIME_FIELD_NUMBER: _builtins.int
+    RELATIVE_IMPROVEMENT_FIELD_NUMBER: _builtins.int
+    CONVERGED_FIELD_NUMBER: _builtins.int
     iteration: _builtins.int
     """Iteration number, starting at 1. Partition work counts scheduling rounds."""
     best_fitness: _builtins.float
     """Best (lowest) fitness found so far; 0 for partition work."""
     convergence: _builtins.float
-    """Convergence in [0, 1]: optimisation, the engine's convergence score
-    (services/swarm/README.md defines it); partition work, the fraction of
-    partitions done.
+    """Progress toward convergence in [0, 1]. Optimisation:
+    min(1, threshold / relative_improvement) * min(1, spread_threshold / spread),
+    so 1 exactly when both parts of the convergence test hold; partition
+    work: the fraction of partitions done.
     """
     spread: _builtins.float
     """Mean distance of particles from their centroid divided by the search
@@ -597,6 +613,12 @@ class SwarmStats(_message.Message):
     """Fitness evaluations so far."""
     active_agents: _builtins.int
     """Agents currently taking part (agent-evaluated and partition work)."""
+    relative_improvement: _builtins.float
+    """Relative improvement of the best fitness over the convergence window
+    (see SwarmTask.convergence_threshold); +Inf until W iterations ran.
+    """
+    converged: _builtins.bool
+    """True once the convergence test held."""
     @_builtins.property
     def role_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleCount]:
         """Members by role: particles for optimisation, agents for partition work."""
@@ -620,10 +642,12 @@ class SwarmStats(_message.Message):
         evaluations: _builtins.int = ...,
         active_agents: _builtins.int = ...,
         time: _timestamp_pb2.Timestamp | None = ...,
+        relative_improvement: _builtins.float = ...,
+        converged: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_agents", b"active_agents", "best_fitness", b"best_fitness", "convergence", b"convergence", "evaluations", b"evaluations", "iteration", b"iteration", "partitions_done", b"partitions_done", "partitions_in_flight", b"partitions_in_flight", "partitions_total", b"partitions_total", "role_counts", b"role_counts", "spread", b"spread", "throughput_per_second", b"throughput_per_second", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_agents", b"active_agents", "best_fitness", b"best_fitness", "converged", b"converged", "convergence", b"convergence", "evaluations", b"evaluations", "iteration", b"iteration", "partitions_done", b"partitions_done", "partitions_in_flight", b"partitions_in_flight", "partitions_total", b"partitions_total", "relative_improvement", b"relative_improvement", "role_counts", b"role_counts", "spread", b"spread", "throughput_per_second", b"throughput_per_second", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
