@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
-from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
-
 from agentmesh.agent import ActionContext, Agent, dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.errors import Aborted, InvalidArgument, Unavailable, from_rpc_error
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
 
 
 def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
@@ -78,6 +77,14 @@ async def h() -> AsyncIterator[tuple[Harness, agent_pb2_grpc.AgentServiceStub]]:
         await harness.agent.stop()
 
 
+async def _until(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    for _ in range(int(timeout_s / 0.01)):
+        if pred():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
 def _exec(key: str = "", attempt: int = 1, a: float = 1, b: float = 2, action: str = "add",
           **md: str) -> agent_pb2.ExecuteRequest:
     return agent_pb2.ExecuteRequest(
@@ -87,7 +94,7 @@ def _exec(key: str = "", attempt: int = 1, a: float = 1, b: float = 2, action: s
 
 
 async def test_execute_returns_output_and_agent_id(h: Any) -> None:
-    harness, stub = h
+    _, stub = h
     resp = await stub.Execute(_exec(), timeout=5)
     assert struct_to_dict(resp.output)["sum"] == 3
     assert resp.agent_id == "agent-unit-1"
@@ -100,8 +107,7 @@ async def test_concurrent_duplicates_execute_once(h: Any) -> None:
     calls = [asyncio.ensure_future(stub.Execute(_exec("saga-1/step-a"), timeout=10))
              for _ in range(6)]
     # Every duplicate is waiting while the first is still blocked in the handler.
-    while harness.agent.load.in_flight < 6:
-        await asyncio.sleep(0.01)
+    await _until(lambda: harness.agent.load.in_flight == 6)
     assert harness.executions() == 1
     harness.gate.set()
     resps = await asyncio.gather(*calls)
@@ -254,8 +260,7 @@ async def test_load_tracks_queue_and_errors(h: Any) -> None:
     harness, stub = h
     harness.gate.clear()
     pending = asyncio.ensure_future(stub.Execute(_exec("k-load"), timeout=5))
-    while harness.executions() < 1:
-        await asyncio.sleep(0.01)
+    await _until(lambda: harness.executions() == 1)
     assert harness.agent.load.snapshot().queue_size == 1
     harness.gate.set()
     await pending
