@@ -2,23 +2,67 @@
 
 from __future__ import annotations
 
+from agentmesh.runtime.config import ExtraOption
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
+
+from services.swarm.agents import AgentPool
+from services.swarm.driver import DriverContext
+from services.swarm.manager import SwarmManager
+from services.swarm.servicer import SwarmServicer
+from services.swarm.store import SwarmStore
+
+OPTIONS = [
+    ExtraOption("lease_ttl_ms", "10000", "swarm lease TTL; orphaned swarms resume after it"),
+    ExtraOption("snapshot_every", "10", "iterations between engine snapshots to Redis"),
+    ExtraOption("scan_interval_ms", "1000", "how often to look for swarms nobody drives"),
+    ExtraOption("record_interval_ms", "200", "minimum time between swarm record updates"),
+    ExtraOption("agent_refresh_ms", "1000", "how often drivers re-read the registry's agents"),
+]
+
+
+async def drive(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
+    """Run one swarm with the driver for its kind of fitness."""
+    if swarm.task.WhichOneof("fitness") == "partition_work":
+        from services.swarm.partitions import drive_partitions
+
+        await drive_partitions(ctx, swarm)
+    else:
+        from services.swarm.optimization import drive_optimization
+
+        await drive_optimization(ctx, swarm)
 
 
 def build(daemon: Daemon) -> None:
     """Wire the swarm engine's service into `daemon`."""
-    daemon.redis()
+    x = daemon.config.extra
+    redis = daemon.redis()
+    store = SwarmStore(redis)
+    pool = AgentPool(token=daemon.config.auth_token, tls_ca_file=daemon.config.tls_ca_file)
+    manager = SwarmManager(
+        store,
+        redis,
+        pool,
+        drive,
+        lease_ttl_ms=int(x["lease_ttl_ms"]),
+        snapshot_every=max(1, int(x["snapshot_every"])),
+        scan_interval_s=int(x["scan_interval_ms"]) / 1000,
+        record_interval_s=int(x["record_interval_ms"]) / 1000,
+        agent_refresh_s=int(x["agent_refresh_ms"]) / 1000,
+    )
     daemon.add_service(
         swarm_pb2_grpc.add_SwarmServiceServicer_to_server,
-        swarm_pb2_grpc.SwarmServiceServicer(),
+        SwarmServicer(store, redis, manager),
         swarm_pb2.DESCRIPTOR.services_by_name["SwarmService"],
     )
+    daemon.on_startup(manager.start)
+    daemon.on_shutdown(pool.close)
+    daemon.on_shutdown(manager.close)
 
 
 def main() -> None:
     """Run the swarm engine daemon until SIGTERM."""
-    run_daemon("swarm", build)
+    run_daemon("swarm", build, extra_options=OPTIONS)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,42 @@
+"""Prometheus metrics of the swarm engine (names from the seeds).
+
+* ``swarm_agents_total{role}``: members of the swarms this replica drives, by
+  role (particles for optimisation, worker agents for partition work).
+* ``swarm_tasks_total{status}``: swarms by event: deployed, resumed,
+  completed, failed, stopped.
+* ``swarm_convergence_time_ms``: time from a swarm's start to its end
+  (convergence, iteration limit or last partition), milliseconds.
+* ``swarm_efficiency``: of the last finished partition swarm, partitions
+  counted / Execute attempts (1.0 when nothing was retried); of the last
+  finished optimisation, 1.0 when it converged before max_iterations.
+* ``swarm_fitness_evaluations_total`` / ``swarm_fitness_evaluations_per_second``:
+  fitness evaluations done, and the rate of the latest iteration.
+* ``swarm_partitions_total{outcome}``: partition attempts by outcome
+  (counted, duplicate, failed, reassigned).
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+SWARM_AGENTS = Gauge(
+    "swarm_agents_total", "Members of the swarms driven by this replica, by role.", ["role"]
+)
+SWARM_TASKS = Counter("swarm_tasks_total", "Swarms by lifecycle event.", ["status"])
+SWARM_CONVERGENCE_MS = Histogram(
+    "swarm_convergence_time_ms",
+    "Time from a swarm's start to its end, milliseconds.",
+    buckets=(10, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000, 300_000, 900_000),
+)
+SWARM_EFFICIENCY = Gauge(
+    "swarm_efficiency", "Useful fraction of the work of the last finished swarm (0-1)."
+)
+FITNESS_EVALUATIONS = Counter(
+    "swarm_fitness_evaluations_total", "Fitness evaluations done by this replica."
+)
+FITNESS_EVALS_PER_SECOND = Gauge(
+    "swarm_fitness_evaluations_per_second", "Fitness evaluations per second, latest iteration."
+)
+PARTITIONS = Counter(
+    "swarm_partitions_total", "Partition attempts by outcome.", ["outcome"]
+)

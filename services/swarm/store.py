@@ -1,0 +1,380 @@
+"""Redis persistence of swarms: records, indexes, leases with fencing tokens,
+engine snapshots, the per-iteration stats stream and partition results.
+
+Key schema (all under ``am:swarm:``; ``{id}`` is the swarm id):
+
+=================================  ======  ==============================================
+key                                type    content
+=================================  ======  ==============================================
+``am:swarm:swarm:{id}``            HASH    ``pb`` serialized ``Swarm``; ``state`` state
+                                           name; ``stop`` "1" once StopSwarm asked;
+                                           ``updated_ms``
+``am:swarm:idx:created``           ZSET    member id, score create time (ms)
+``am:swarm:idx:active``            SET     ids of PENDING and RUNNING swarms
+``am:swarm:lease:{id}``            STRING  ``<owner>|<fencing token>``, with a PX TTL
+``am:swarm:fence:{id}``            STRING  last fencing token handed out (INCR)
+``am:swarm:snap:{id}``             STRING  engine snapshot (see ``snapshots.py``)
+``am:swarm:stats:{id}``            STREAM  field ``pb`` = serialized ``WatchSwarmResponse``
+                                           (stats + state), capped at ~10,000 entries
+``am:swarm:parts:{id}``            HASH    partition index → JSON ``{"agent": id,
+                                           "values": {field: number}}``; HSETNX, so a
+                                           partition is counted once
+=================================  ======  ==============================================
+
+Every write a driver makes while it runs a swarm goes through a Lua script
+that first checks that the lease still holds the driver's ``owner|token``, so a
+replica that lost its lease (paused, partitioned) cannot overwrite the work
+of the replica that took over (fencing, Kleppmann 2016, "How to do
+distributed locking").
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from agentmesh.swarm.v1 import swarm_pb2
+
+PREFIX = "am:swarm:"
+CREATED_INDEX = PREFIX + "idx:created"
+ACTIVE_INDEX = PREFIX + "idx:active"
+#: Approximate number of iterations the stats stream keeps per swarm.
+STATS_RETAINED = 10_000
+
+TERMINAL_STATES = frozenset(
+    {
+        swarm_pb2.SWARM_STATE_COMPLETED,
+        swarm_pb2.SWARM_STATE_FAILED,
+        swarm_pb2.SWARM_STATE_STOPPED,
+    }
+)
+
+
+def swarm_key(swarm_id: str) -> str:
+    """HASH with the swarm record."""
+    return f"{PREFIX}swarm:{swarm_id}"
+
+
+def lease_key(swarm_id: str) -> str:
+    """STRING holding `<owner>|<token>` while a replica drives the swarm."""
+    return f"{PREFIX}lease:{swarm_id}"
+
+
+def fence_key(swarm_id: str) -> str:
+    """Counter of fencing tokens."""
+    return f"{PREFIX}fence:{swarm_id}"
+
+
+def snapshot_key(swarm_id: str) -> str:
+    """STRING with the latest engine snapshot."""
+    return f"{PREFIX}snap:{swarm_id}"
+
+
+def stats_key(swarm_id: str) -> str:
+    """STREAM of per-iteration WatchSwarmResponse messages."""
+    return f"{PREFIX}stats:{swarm_id}"
+
+
+def parts_key(swarm_id: str) -> str:
+    """HASH of counted partition results."""
+    return f"{PREFIX}parts:{swarm_id}"
+
+
+# KEYS[1] lease, KEYS[2] fence; ARGV[1] owner, ARGV[2] ttl ms.
+# Returns the new fencing token, or 0 when someone else holds the lease.
+_ACQUIRE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
+return token
+"""
+
+# KEYS[1] lease; ARGV[1] holder value, ARGV[2] ttl ms. 1 renewed, 0 lost.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease; ARGV[1] holder value. 1 released, 0 not ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('DEL', KEYS[1])
+  return 1
+end
+return 0
+"""
+
+# Per-iteration commit. KEYS: lease, swarm, stats, snap, active.
+# ARGV: holder, stats pb, stats maxlen, swarm pb ('' = keep), state name,
+# now ms, snapshot bytes ('' = keep), terminal ('1' = remove from active), swarm id.
+# Returns {ok, stop}: ok 0 means the lease is lost and nothing was written.
+_COMMIT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
+if ARGV[2] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'pb', ARGV[2])
+end
+if ARGV[4] ~= '' then
+  redis.call('HSET', KEYS[2], 'pb', ARGV[4], 'state', ARGV[5], 'updated_ms', ARGV[6])
+end
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]) end
+if ARGV[8] == '1' then redis.call('SREM', KEYS[5], ARGV[9]) end
+local stop = redis.call('HGET', KEYS[2], 'stop')
+if stop == '1' then return {1, 1} end
+return {1, 0}
+"""
+
+# Count one partition. KEYS: lease, parts; ARGV: holder, index, json.
+# Returns 1 counted now, 0 already counted, -1 lease lost.
+_COUNT_PARTITION = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+return redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
+"""
+
+
+@dataclass(frozen=True)
+class Lease:
+    """A held lease on one swarm.
+
+    Attributes:
+        swarm_id: the swarm.
+        owner: the holding replica's id.
+        token: fencing token; only ever increases per swarm.
+    """
+
+    swarm_id: str
+    owner: str
+    token: int
+
+    @property
+    def holder(self) -> str:
+        """The value stored in the lease key."""
+        return f"{self.owner}|{self.token}"
+
+
+class LeaseLost(Exception):
+    """The driver's lease expired or was taken by another replica."""
+
+
+@dataclass(frozen=True)
+class CommitResult:
+    """Outcome of a fenced commit.
+
+    Attributes:
+        stop_requested: StopSwarm has asked this swarm to stop.
+    """
+
+    stop_requested: bool
+
+
+def now_ms() -> int:
+    """Wall-clock milliseconds since the epoch."""
+    return int(time.time() * 1000)
+
+
+class SwarmStore:
+    """Swarm persistence over one Redis client.
+
+    Args:
+        redis: asyncio client (bytes replies).
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        # redis-py's stubs type replies as bytes | str; this client returns bytes.
+        self.redis: Any = redis
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._commit = redis.register_script(_COMMIT)
+        self._count = redis.register_script(_COUNT_PARTITION)
+
+    # ---- records ----------------------------------------------------------
+    async def create(self, swarm: swarm_pb2.Swarm) -> bool:
+        """Store a new swarm and index it; False when the id is taken."""
+        key = swarm_key(swarm.swarm_id)
+        created = await self.redis.hsetnx(key, "pb", swarm.SerializeToString())
+        if not created:
+            return False
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.hset(
+                key,
+                mapping={
+                    "state": swarm_pb2.SwarmState.Name(swarm.state),
+                    "updated_ms": now_ms(),
+                },
+            )
+            pipe.zadd(CREATED_INDEX, {swarm.swarm_id: swarm.create_time.ToMilliseconds()})
+            pipe.sadd(ACTIVE_INDEX, swarm.swarm_id)
+            await pipe.execute()
+        return True
+
+    async def get(self, swarm_id: str) -> swarm_pb2.Swarm | None:
+        """The stored swarm, or None."""
+        raw = await self.redis.hget(swarm_key(swarm_id), "pb")
+        if raw is None:
+            return None
+        swarm = swarm_pb2.Swarm()
+        swarm.ParseFromString(raw)
+        return swarm
+
+    async def get_many(self, swarm_ids: list[str]) -> list[swarm_pb2.Swarm]:
+        """Stored swarms in the order of `swarm_ids`, skipping missing ones."""
+        if not swarm_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for sid in swarm_ids:
+                pipe.hget(swarm_key(sid), "pb")
+            raws = await pipe.execute()
+        out = []
+        for raw in raws:
+            if raw is not None:
+                s = swarm_pb2.Swarm()
+                s.ParseFromString(raw)
+                out.append(s)
+        return out
+
+    async def page_ids(
+        self, *, before: tuple[int, str] | None, count: int
+    ) -> list[tuple[str, int]]:
+        """Ids newest first, strictly after the keyset position `before`.
+
+        Args:
+            before: (create ms, id) of the last item of the previous page.
+            count: how many to return at most.
+
+        Returns:
+            (id, create ms) pairs ordered by (create ms desc, id desc).
+        """
+        out: list[tuple[str, int]] = []
+        max_score: str = "+inf" if before is None else str(before[0])
+        offset = 0
+        batch = max(count * 2, 64)
+        while len(out) < count:
+            rows = await self.redis.zrevrangebyscore(
+                CREATED_INDEX, max_score, "-inf", start=offset, num=batch, withscores=True
+            )
+            if not rows:
+                break
+            offset += len(rows)
+            for member, score in rows:
+                sid = member.decode()
+                ms = int(score)
+                if before is not None and (ms, sid) >= before:
+                    continue
+                out.append((sid, ms))
+                if len(out) == count:
+                    break
+        return out
+
+    async def request_stop(self, swarm_id: str) -> None:
+        """Flag the swarm so its driver stops after the current iteration."""
+        await self.redis.hset(swarm_key(swarm_id), "stop", "1")
+
+    async def active_ids(self) -> list[str]:
+        """Ids of swarms that are PENDING or RUNNING."""
+        return sorted(m.decode() for m in await self.redis.smembers(ACTIVE_INDEX))
+
+    # ---- leases -----------------------------------------------------------
+    async def acquire(self, swarm_id: str, *, owner: str, ttl_ms: int) -> Lease | None:
+        """Take the swarm's lease if nobody holds it; None otherwise."""
+        keys = [lease_key(swarm_id), fence_key(swarm_id)]
+        token = int(await self._acquire(keys=keys, args=[owner, ttl_ms]))
+        return Lease(swarm_id, owner, token) if token else None
+
+    async def renew(self, lease: Lease, *, ttl_ms: int) -> bool:
+        """Extend the lease; False when it is lost."""
+        keys = [lease_key(lease.swarm_id)]
+        return bool(await self._renew(keys=keys, args=[lease.holder, ttl_ms]))
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease up if still held."""
+        await self._release(keys=[lease_key(lease.swarm_id)], args=[lease.holder])
+
+    # ---- fenced writes ----------------------------------------------------
+    async def commit(
+        self,
+        lease: Lease,
+        *,
+        stats: swarm_pb2.WatchSwarmResponse | None = None,
+        swarm: swarm_pb2.Swarm | None = None,
+        snapshot: bytes = b"",
+    ) -> CommitResult:
+        """Write stats, the swarm record and a snapshot, if the lease still holds.
+
+        Raises:
+            LeaseLost: when the lease is no longer this driver's; nothing was written.
+        """
+        sid = lease.swarm_id
+        terminal = swarm is not None and swarm.state in TERMINAL_STATES
+        ok, stop = await self._commit(
+            keys=[lease_key(sid), swarm_key(sid), stats_key(sid), snapshot_key(sid), ACTIVE_INDEX],
+            args=[
+                lease.holder,
+                stats.SerializeToString() if stats is not None else b"",
+                STATS_RETAINED,
+                swarm.SerializeToString() if swarm is not None else b"",
+                swarm_pb2.SwarmState.Name(swarm.state) if swarm is not None else "",
+                now_ms(),
+                snapshot,
+                "1" if terminal else "0",
+                sid,
+            ],
+        )
+        if not ok:
+            raise LeaseLost(sid)
+        return CommitResult(stop_requested=bool(stop))
+
+    async def load_snapshot(self, swarm_id: str) -> bytes | None:
+        """The latest engine snapshot, or None."""
+        raw = await self.redis.get(snapshot_key(swarm_id))
+        return bytes(raw) if raw is not None else None
+
+    async def count_partition(self, lease: Lease, index: int, record: bytes) -> bool:
+        """Count one partition's result once; True if this call counted it.
+
+        Raises:
+            LeaseLost: when the lease is no longer this driver's.
+        """
+        res = int(
+            await self._count(
+                keys=[lease_key(lease.swarm_id), parts_key(lease.swarm_id)],
+                args=[lease.holder, index, record],
+            )
+        )
+        if res < 0:
+            raise LeaseLost(lease.swarm_id)
+        return res == 1
+
+    async def partition_results(self, swarm_id: str) -> dict[int, bytes]:
+        """Every counted partition: index → stored JSON record."""
+        raw = await self.redis.hgetall(parts_key(swarm_id))
+        return {int(k): bytes(v) for k, v in raw.items()}
+
+    # ---- stats stream -----------------------------------------------------
+    async def read_stats(
+        self, swarm_id: str, *, after_id: str, block_ms: int, count: int = 500
+    ) -> list[tuple[str, swarm_pb2.WatchSwarmResponse]]:
+        """Stats entries after stream id `after_id` ("0" from the start, "$" new only).
+
+        Blocks up to `block_ms` when there are none (0 = do not block).
+        """
+        kwargs: dict[str, int] = {"count": count}
+        if block_ms:
+            kwargs["block"] = block_ms
+        res = await self.redis.xread({stats_key(swarm_id): after_id}, **kwargs)
+        out: list[tuple[str, swarm_pb2.WatchSwarmResponse]] = []
+        for _stream, entries in res or []:
+            for entry_id, fields in entries:
+                msg = swarm_pb2.WatchSwarmResponse()
+                msg.ParseFromString(fields[b"pb"])
+                out.append((entry_id.decode(), msg))
+        return out
+
+    async def last_stats_id(self, swarm_id: str) -> str:
+        """Stream id of the newest stats entry, or "0-0"."""
+        res = await self.redis.xrevrange(stats_key(swarm_id), count=1)
+        return res[0][0].decode() if res else "0-0"
