@@ -10,25 +10,42 @@ from agentmesh.registry.v1 import (
 )
 from agentmesh.runtime.server import Daemon, run_daemon
 
+from services.registry.coordination import CoordinationServicer
+from services.registry.coordination_store import CoordinationStore
+from services.registry.discovery import CatalogMirror
+from services.registry.reaper import Reaper
+from services.registry.servicer import RegistryServicer
+from services.registry.settings import OPTIONS, RegistrySettings
+from services.registry.store import RegistryStore
+from services.registry.watch import WatchHub
+
 
 def build(daemon: Daemon) -> None:
-    """Wire the registry's services into `daemon`."""
-    daemon.redis()
+    """Wire the registry's services, reaper and watch tailer into `daemon`."""
+    settings = RegistrySettings.from_extra(daemon.config.extra)
+    client = daemon.redis()
+    store = RegistryStore(client, settings)
+    mirror = CatalogMirror(store, cache_ttl_ms=settings.discovery_cache_ttl_ms)
+    hub = WatchHub(store)
+    reaper = Reaper(store, interval_ms=settings.sweep_interval_ms)
     daemon.add_service(
         registry_pb2_grpc.add_RegistryServiceServicer_to_server,
-        registry_pb2_grpc.RegistryServiceServicer(),
+        RegistryServicer(store, mirror, hub, settings),
         registry_pb2.DESCRIPTOR.services_by_name["RegistryService"],
     )
     daemon.add_service(
         coordination_pb2_grpc.add_CoordinationServiceServicer_to_server,
-        coordination_pb2_grpc.CoordinationServiceServicer(),
+        CoordinationServicer(CoordinationStore(client, prefix=settings.prefix)),
         coordination_pb2.DESCRIPTOR.services_by_name["CoordinationService"],
     )
+    daemon.on_startup(reaper.start)
+    daemon.on_shutdown(reaper.stop)
+    daemon.on_shutdown(hub.stop)
 
 
 def main() -> None:
     """Run the registry daemon until SIGTERM."""
-    run_daemon("registry", build)
+    run_daemon("registry", build, extra_options=OPTIONS)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,275 @@
+"""RegistryService: validation and authorization in front of the store,
+the discovery mirror and the watch hub."""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import AsyncIterator
+from typing import Any, TypeAlias
+
+import grpc
+from agentmesh.common.v1 import common_pb2
+from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
+from agentmesh.runtime.errors import AgentMeshError, InvalidArgument, NotFound, PermissionDenied
+from google.rpc import code_pb2
+
+from services.registry import metrics
+from services.registry.discovery import CatalogMirror, selector_matches
+from services.registry.settings import RegistrySettings
+from services.registry.store import RegistryStore
+from services.registry.validation import (
+    agent_id_violation,
+    authorize_agent,
+    check_agent_id,
+    load_violations,
+    selector_violations,
+    validate_agent,
+)
+from services.registry.watch import WatchHub
+
+Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
+
+_OUTPUT_ONLY = (
+    "status", "health_score", "load", "register_time", "update_time",
+    "last_heartbeat_time", "revision",
+)
+MAX_BATCH = 1000
+
+
+class OutOfRange(AgentMeshError):
+    """OUT_OF_RANGE: a watch revision outside the retained history."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
+def _page_token(agent_id: str) -> str:
+    return base64.urlsafe_b64encode(agent_id.encode()).decode()
+
+
+def _parse_page_token(token: str) -> str:
+    try:
+        after = base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidArgument(
+            "bad page_token", field_violations={"page_token": "malformed"}
+        ) from exc
+    if agent_id_violation(after):
+        raise InvalidArgument("bad page_token", field_violations={"page_token": "malformed"})
+    return after
+
+
+class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
+    """The RegistryService implementation.
+
+    Args:
+        store: the Redis catalog.
+        mirror: the discovery mirror.
+        hub: the watch fan-out.
+        settings: registry settings.
+    """
+
+    def __init__(
+        self, store: RegistryStore, mirror: CatalogMirror, hub: WatchHub,
+        settings: RegistrySettings,
+    ) -> None:
+        self.store = store
+        self.mirror = mirror
+        self.hub = hub
+        self.settings = settings
+
+    async def RegisterAgent(
+        self, request: registry_pb2.RegisterAgentRequest, context: Ctx
+    ) -> registry_pb2.RegisterAgentResponse:
+        """See registry.proto."""
+        metrics.QUERIES.labels("register").inc()
+        agent = registry_pb2.Agent()
+        agent.CopyFrom(request.agent)
+        for name in _OUTPUT_ONLY:
+            agent.ClearField(name)  # type: ignore[arg-type]
+        validate_agent(agent)
+        authorize_agent(agent.agent_id)
+        interval_ms = (
+            agent.heartbeat_interval.ToMilliseconds() or self.settings.heartbeat_interval_ms
+        )
+        agent.heartbeat_interval.FromMilliseconds(interval_ms)
+        res = await self.store.register(agent, interval_ms=interval_ms)
+        return registry_pb2.RegisterAgentResponse(agent=res.agent, created=res.created)
+
+    async def DeregisterAgent(
+        self, request: registry_pb2.DeregisterAgentRequest, context: Ctx
+    ) -> registry_pb2.DeregisterAgentResponse:
+        """See registry.proto."""
+        metrics.QUERIES.labels("deregister").inc()
+        check_agent_id(request.agent_id)
+        authorize_agent(request.agent_id)
+        agent = await self.store.deregister(
+            request.agent_id, reason=request.reason[:256] or "deregistered"
+        )
+        if agent is None:
+            raise NotFound(f"agent {request.agent_id!r} is not registered",
+                           resource_type="agent", resource_name=request.agent_id)
+        return registry_pb2.DeregisterAgentResponse(agent=agent)
+
+    async def GetAgent(
+        self, request: registry_pb2.GetAgentRequest, context: Ctx
+    ) -> registry_pb2.GetAgentResponse:
+        """See registry.proto."""
+        metrics.QUERIES.labels("get").inc()
+        check_agent_id(request.agent_id)
+        agent = await self.store.get(request.agent_id)
+        if agent is None:
+            raise NotFound(f"agent {request.agent_id!r} is not registered",
+                           resource_type="agent", resource_name=request.agent_id)
+        return registry_pb2.GetAgentResponse(agent=agent)
+
+    async def ListAgents(
+        self, request: registry_pb2.ListAgentsRequest, context: Ctx
+    ) -> registry_pb2.ListAgentsResponse:
+        """See registry.proto. With a status filter a page may hold fewer than page_size."""
+        metrics.QUERIES.labels("list").inc()
+        if not 0 <= request.page_size <= 1000:
+            raise InvalidArgument("bad page_size",
+                                  field_violations={"page_size": "must be 0-1000"})
+        size = request.page_size or 100
+        after = _parse_page_token(request.page_token) if request.page_token else ""
+        revision = await self.store.revision()
+        ids = await self.store.list_ids(after=after, count=size + 1)
+        more = len(ids) > size
+        ids = ids[:size]
+        agents = [a for a in await self.store.get_many(ids) if a is not None]
+        if request.status:
+            agents = [a for a in agents if a.status == request.status]
+        return registry_pb2.ListAgentsResponse(
+            agents=agents,
+            next_page_token=_page_token(ids[-1]) if more and ids else "",
+            total_size=await self.store.count(),
+            revision=revision,
+        )
+
+    async def Heartbeat(
+        self, request: registry_pb2.HeartbeatRequest, context: Ctx
+    ) -> registry_pb2.HeartbeatResponse:
+        """See registry.proto."""
+        check_agent_id(request.agent_id)
+        if request.HasField("load"):
+            bad = load_violations(request.load)
+            if bad:
+                metrics.HEARTBEATS.labels("invalid").inc()
+                raise InvalidArgument("invalid load", field_violations=bad)
+        try:
+            authorize_agent(request.agent_id)
+        except PermissionDenied:
+            metrics.HEARTBEATS.labels("denied").inc()
+            raise
+        out = await self.store.heartbeat(
+            request.agent_id, request.load if request.HasField("load") else None
+        )
+        if out is None:
+            metrics.HEARTBEATS.labels("not_found").inc()
+            raise NotFound(f"agent {request.agent_id!r} is not registered; register again",
+                           resource_type="agent", resource_name=request.agent_id)
+        metrics.HEARTBEATS.labels("ok").inc()
+        resp = registry_pb2.HeartbeatResponse(
+            status=registry_pb2.AgentStatus.Value("AGENT_STATUS_" + out.status),
+            health_score=out.health,
+        )
+        resp.heartbeat_interval.FromMilliseconds(out.interval_ms)
+        return resp
+
+    async def HeartbeatStream(
+        self, request_iterator: AsyncIterator[registry_pb2.HeartbeatStreamRequest], context: Ctx
+    ) -> AsyncIterator[registry_pb2.HeartbeatStreamResponse]:
+        """See registry.proto."""
+        async for req in request_iterator:
+            results: list[registry_pb2.HeartbeatResult] = []
+            todo: list[tuple[int, str, common_pb2.LoadMetrics | None]] = []
+            for i, hb in enumerate(req.heartbeats):
+                code, msg = code_pb2.OK, ""
+                if i >= MAX_BATCH:
+                    code, msg = code_pb2.INVALID_ARGUMENT, "over 1000 heartbeats in one message"
+                elif why := agent_id_violation(hb.agent_id):
+                    code, msg = code_pb2.INVALID_ARGUMENT, f"agent_id: {why}"
+                elif hb.HasField("load") and (bad := load_violations(hb.load)):
+                    code, msg = code_pb2.INVALID_ARGUMENT, "; ".join(f"{f}: {d}" for f, d in bad)
+                else:
+                    try:
+                        authorize_agent(hb.agent_id)
+                    except PermissionDenied as exc:
+                        code, msg = code_pb2.PERMISSION_DENIED, exc.message
+                results.append(registry_pb2.HeartbeatResult(agent_id=hb.agent_id, code=code,
+                                                            message=msg))
+                if code == code_pb2.OK:
+                    todo.append((i, hb.agent_id, hb.load if hb.HasField("load") else None))
+                else:
+                    metrics.HEARTBEATS.labels(
+                        "denied" if code == code_pb2.PERMISSION_DENIED else "invalid"
+                    ).inc()
+            outcomes = await self.store.heartbeat_many([(a, load) for _, a, load in todo])
+            ok = 0
+            for (i, agent_id, _), out in zip(todo, outcomes, strict=True):
+                r = results[i]
+                if out is None:
+                    r.code = code_pb2.NOT_FOUND
+                    r.message = f"agent {agent_id!r} is not registered; register again"
+                    metrics.HEARTBEATS.labels("not_found").inc()
+                else:
+                    ok += 1
+                    r.status = registry_pb2.AgentStatus.Value("AGENT_STATUS_" + out.status)
+                    r.health_score = out.health
+            if ok:
+                metrics.HEARTBEATS.labels("ok").inc(ok)
+            yield registry_pb2.HeartbeatStreamResponse(results=results)
+
+    async def DiscoverAgents(
+        self, request: registry_pb2.DiscoverAgentsRequest, context: Ctx
+    ) -> registry_pb2.DiscoverAgentsResponse:
+        """See registry.proto."""
+        start = time.perf_counter()
+        metrics.QUERIES.labels("discover").inc()
+        bad = selector_violations(request.selector)
+        if request.max_results < 0:
+            bad.append(("max_results", "must not be negative"))
+        if bad:
+            raise InvalidArgument("invalid discovery query", field_violations=bad)
+        resp = await self.mirror.discover(
+            request.selector, max_results=request.max_results,
+            include_inactive=request.include_inactive,
+        )
+        metrics.DISCOVERY_LATENCY.observe((time.perf_counter() - start) * 1000.0)
+        return resp
+
+    async def WatchAgents(
+        self, request: registry_pb2.WatchAgentsRequest, context: Ctx
+    ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
+        """See registry.proto."""
+        metrics.QUERIES.labels("watch").inc()
+        bad = selector_violations(request.selector)
+        if bad:
+            raise InvalidArgument("invalid watch selector", field_violations=bad)
+        current = await self.store.revision()
+        if request.start_revision == 0:
+            nxt = current + 1
+        else:
+            nxt = request.start_revision
+            first = await self.store.first_revision()
+            if nxt > current + 1 or (nxt <= current and (first == 0 or nxt < first)):
+                raise OutOfRange(
+                    f"revision {nxt} is outside the retained history "
+                    f"[{first}, {current + 1}]; resync with ListAgents and watch from its "
+                    "revision + 1"
+                )
+        selector = request.selector
+        while True:
+            token = self.hub.token()
+            events = await self.store.events(start=nxt, count=500)
+            if events and events[0].revision != nxt:
+                raise OutOfRange(
+                    f"events from revision {nxt} were trimmed; resync with ListAgents"
+                )
+            for ev in events:
+                nxt = ev.revision + 1
+                if selector_matches(ev.event.agent, selector):
+                    yield registry_pb2.WatchAgentsResponse(event=ev.event)
+            if not events:
+                await self.hub.wait_change(token, timeout_s=5.0)

@@ -1,0 +1,147 @@
+"""Input validation: every malformed field becomes one BadRequest field
+violation, and nothing malformed reaches Redis."""
+
+from __future__ import annotations
+
+import math
+import re
+
+from agentmesh.common.v1 import common_pb2
+from agentmesh.registry.v1 import registry_pb2
+from agentmesh.runtime.context import current_principal
+from agentmesh.runtime.errors import InvalidArgument, PermissionDenied
+
+from services.registry.versions import ConstraintError, parse_constraint, parse_version
+
+AGENT_ID = re.compile(r"^agent-[a-z0-9-]+$")
+MAX_ID_LEN = 128
+#: Capabilities, service types and tags become Redis key suffixes: no spaces.
+LABEL = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,128}$")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?)$")
+MIN_INTERVAL_MS = 100
+MAX_INTERVAL_MS = 3_600_000
+
+
+def agent_id_violation(agent_id: str) -> str | None:
+    """Why `agent_id` is malformed, or None."""
+    if not agent_id:
+        return "required"
+    if len(agent_id) > MAX_ID_LEN or not AGENT_ID.match(agent_id):
+        return "must match agent-[a-z0-9-]+ and be at most 128 characters"
+    return None
+
+
+def check_agent_id(agent_id: str, *, field: str = "agent_id") -> None:
+    """Raises InvalidArgument when `agent_id` is malformed."""
+    why = agent_id_violation(agent_id)
+    if why:
+        raise InvalidArgument(f"invalid {field}", field_violations={field: why})
+
+
+def endpoint_violation(endpoint: str) -> str | None:
+    """Why `endpoint` is not host:port, or None."""
+    host, sep, port = endpoint.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be host:port with a port in 1-65535"
+    if not _HOST.match(host):
+        return "host must be a DNS name, an IPv4 address or a bracketed IPv6 address"
+    return None
+
+
+def validate_agent(agent: registry_pb2.Agent) -> None:
+    """Check a RegisterAgent descriptor.
+
+    Raises:
+        InvalidArgument: with one violation per bad field (`agent.<field>`).
+    """
+    bad: list[tuple[str, str]] = []
+    why = agent_id_violation(agent.agent_id)
+    if why:
+        bad.append(("agent.agent_id", why))
+    if not agent.agent_type:
+        bad.append(("agent.agent_type", "required"))
+    elif len(agent.agent_type) > 128:
+        bad.append(("agent.agent_type", "at most 128 characters"))
+    if not agent.version:
+        bad.append(("agent.version", "required"))
+    else:
+        try:
+            parse_version(agent.version)
+        except ValueError:
+            bad.append(("agent.version", f"{agent.version!r} is not a semantic version (1.2.3)"))
+    why = endpoint_violation(agent.endpoint) if agent.endpoint else "required"
+    if why:
+        bad.append(("agent.endpoint", why))
+    for name in ("capabilities", "service_types", "tags"):
+        values = getattr(agent, name)
+        if len(values) > 64:
+            bad.append((f"agent.{name}", "at most 64 entries"))
+        for i, v in enumerate(values):
+            if not LABEL.match(v):
+                bad.append((f"agent.{name}[{i}]", "1-128 characters of [A-Za-z0-9_.:/@+-]"))
+    if len(agent.location) > 128:
+        bad.append(("agent.location", "at most 128 characters"))
+    if len(agent.metadata) > 64:
+        bad.append(("agent.metadata", "at most 64 entries"))
+    if agent.HasField("heartbeat_interval"):
+        ms = agent.heartbeat_interval.ToMilliseconds()
+        if ms and not MIN_INTERVAL_MS <= ms <= MAX_INTERVAL_MS:
+            bad.append(("agent.heartbeat_interval", "must be between 100 ms and 1 h"))
+    if agent.sla.min_availability and not 0.0 <= agent.sla.min_availability <= 1.0:
+        bad.append(("agent.sla.min_availability", "must be in [0, 1]"))
+    if bad:
+        raise InvalidArgument("invalid agent descriptor", field_violations=bad)
+
+
+def load_violations(load: common_pb2.LoadMetrics, *, field: str = "load") -> list[tuple[str, str]]:
+    """Violations of a LoadMetrics: NaN, negative, or rates out of range."""
+    bad: list[tuple[str, str]] = []
+    for name in ("cpu_percent", "memory_percent", "response_time_ms", "processing_time_ms"):
+        v = getattr(load, name)
+        if math.isnan(v) or v < 0 or math.isinf(v):
+            bad.append((f"{field}.{name}", "must be a finite non-negative number"))
+    if math.isnan(load.error_rate) or not 0.0 <= load.error_rate <= 1.0:
+        bad.append((f"{field}.error_rate", "must be in [0, 1]"))
+    return bad
+
+
+def selector_violations(
+    selector: common_pb2.AgentSelector, *, field: str = "selector"
+) -> list[tuple[str, str]]:
+    """Violations of an AgentSelector: bad constraint or health bound."""
+    bad: list[tuple[str, str]] = []
+    if selector.version_constraint:
+        try:
+            parse_constraint(selector.version_constraint)
+        except ConstraintError as exc:
+            bad.append((f"{field}.version_constraint", str(exc)))
+    h = selector.min_health_score
+    if math.isnan(h) or not 0.0 <= h <= 1.0:
+        bad.append((f"{field}.min_health_score", "must be in [0, 1]"))
+    return bad
+
+
+def authorize_agent(agent_id: str) -> None:
+    """Allow the call when auth is off, the caller is `agent_id`, or an admin.
+
+    Raises:
+        PermissionDenied: when an authenticated caller acts on another agent.
+    """
+    principal = current_principal()
+    if principal is None or principal.is_admin or principal.identity == agent_id:
+        return
+    raise PermissionDenied(
+        f"{principal.identity!r} may not act on {agent_id!r}: agents act only on themselves"
+    )
+
+
+def authorize_identity(name: str, *, field: str) -> None:
+    """Allow the call when auth is off, `name` is the caller, or the caller is admin.
+
+    Raises:
+        PermissionDenied: when an authenticated caller acts as someone else.
+    """
+    principal = current_principal()
+    if principal is None or principal.is_admin or principal.identity == name:
+        return
+    raise PermissionDenied(f"{principal.identity!r} may not act as {field} {name!r}")

@@ -1,0 +1,70 @@
+"""Fan-out of catalog events to WatchAgents streams.
+
+One tailer task per replica blocks on the Redis event stream (XREAD) and
+wakes waiting watchers when new events land; each watcher then reads the
+events it has not sent yet with XRANGE from its own position. A watcher is
+therefore never overrun: it reads at its own pace and resumes by revision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from services.registry.store import RegistryStore
+
+log = logging.getLogger("agentmesh.registry.watch")
+
+
+class WatchHub:
+    """Wakes watchers when the event stream grows.
+
+    Args:
+        store: the Redis catalog.
+        block_ms: how long one XREAD waits, ms (must stay under the Redis socket timeout).
+    """
+
+    def __init__(self, store: RegistryStore, *, block_ms: int = 1000) -> None:
+        self.store = store
+        self.block_ms = block_ms
+        self._changed = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the tailer if it is not running."""
+        if self._task is None or self._task.done():
+            self._task = asyncio.create_task(self._tail(), name="registry-watch-tailer")
+
+    async def stop(self) -> None:
+        """Stop the tailer."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def token(self) -> asyncio.Event:
+        """Take before reading events; `wait_change(token)` then cannot miss a wake-up."""
+        self.start()
+        return self._changed
+
+    async def wait_change(self, token: asyncio.Event, *, timeout_s: float) -> None:
+        """Return when events arrived after `token` was taken, or after `timeout_s`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(token.wait(), timeout_s)
+
+    async def _tail(self) -> None:
+        last = await self.store.revision()
+        while True:
+            try:
+                events = await self.store.read_events(after=last, block_ms=self.block_ms, count=1)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis down: keep trying; watchers poll on their timeout.
+                log.warning("event tailer cannot read the event stream", exc_info=True)
+                await asyncio.sleep(1.0)
+                continue
+            if events:
+                last = max(last, await self.store.revision())
+                woke, self._changed = self._changed, asyncio.Event()
+                woke.set()
