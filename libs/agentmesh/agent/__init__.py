@@ -34,10 +34,9 @@ if TYPE_CHECKING:
         WILDCARD,
         Agent,
         AgentSettings,
-        dict_to_struct,
         map_exception,
-        struct_to_dict,
     )
+    from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 
 _EXPORTS = {
     "ActionContext": "agentmesh.agent.context",
@@ -49,9 +48,9 @@ _EXPORTS = {
     "WILDCARD": "agentmesh.agent.sdk",
     "Agent": "agentmesh.agent.sdk",
     "AgentSettings": "agentmesh.agent.sdk",
-    "dict_to_struct": "agentmesh.agent.sdk",
+    "dict_to_struct": "agentmesh.agent.structs",
     "map_exception": "agentmesh.agent.sdk",
-    "struct_to_dict": "agentmesh.agent.sdk",
+    "struct_to_dict": "agentmesh.agent.structs",
 }
 
 __all__ = [

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import functools
 import inspect
-import json
 import logging
 import os
 import signal
@@ -44,7 +43,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import duration_pb2, json_format, struct_pb2
+from google.protobuf import duration_pb2
 
 from agentmesh.agent.context import ActionContext
 from agentmesh.agent.idempotency import (
@@ -54,6 +53,7 @@ from agentmesh.agent.idempotency import (
     StoredResult,
 )
 from agentmesh.agent.load import LoadTracker
+from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.context import current_principal
@@ -130,36 +130,6 @@ class AgentSettings:
     auth_tokens_file: str = ""
     log_level: str = "INFO"
     extra_metadata: dict[str, str] = field(default_factory=dict)
-
-
-def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
-    """A Struct as a plain dict. Struct numbers are doubles, so ints come back as floats."""
-    return json_format.MessageToDict(s)
-
-
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (set, frozenset, tuple)):
-        return list(o)
-    raise TypeError(f"{type(o).__name__} is not JSON serialisable")
-
-
-def dict_to_struct(d: Mapping[str, Any]) -> struct_pb2.Struct:
-    """A JSON-compatible mapping as a Struct; numpy scalars and arrays are converted.
-
-    Raises:
-        TypeError: when a value cannot be represented in JSON.
-    """
-    s = struct_pb2.Struct()
-    try:
-        s.update(d)
-    except (TypeError, ValueError):
-        s = struct_pb2.Struct()
-        s.update(json.loads(json.dumps(dict(d), default=_json_default)))
-    return s
 
 
 def map_exception(exc: BaseException, action: str) -> AgentMeshError:

@@ -1,0 +1,194 @@
+"""Writes `services.py`: one typed wrapper method per RPC of every landed service.
+
+Run `python -m agentmesh.client._codegen` after a proto change; the unit test
+`tests/unit/sdk/test_client_codegen.py` fails while `services.py` is stale.
+The wrappers are read from the generated descriptors, so they always match the
+contracts; behaviour (deadlines, retries, errors) lives in `agentmesh.client.base`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import re
+import sys
+from pathlib import Path
+
+from google.protobuf.descriptor import MethodDescriptor
+
+#: (area, proto module, client attribute of the raw stub) per service, in output order.
+SERVICES: list[tuple[str, str, str, str]] = [
+    # (area, module, service name, stub attribute on Client)
+    ("registry", "registry", "RegistryService", "registry"),
+    ("registry", "coordination", "CoordinationService", "coordination"),
+    ("router", "router", "RouterService", "router"),
+    ("bus", "bus", "BusService", "bus"),
+    ("saga", "saga", "SagaService", "saga"),
+    ("swarm", "swarm", "SwarmService", "swarm"),
+]
+
+#: Wrapper names that would collide or read badly: (service, rpc) → name.
+RENAMES = {
+    ("BusService", "Request"): "bus_request",
+    ("BusService", "ScatterGather"): "bus_scatter_gather",
+}
+
+#: RPCs that are safe to retry on UNAVAILABLE whatever their input: reads,
+#: upserts and calls keyed by what they change.
+ALWAYS_IDEMPOTENT = re.compile(
+    r"^(Get|List|Discover|Verify|Route$|RouteBatch$|Heartbeat$|RegisterAgent$|ReportLoad$"
+    r"|RenewLock$|RegisterSagaDefinition$|CreateTopic$|GetSagaEvents$)"
+)
+
+#: RPCs that are safe to retry only when the caller set a dedupe key: field path.
+KEYED = {
+    ("RouterService", "Invoke"): "idempotency_key",
+    ("RouterService", "ScatterGather"): "idempotency_key",
+    ("SagaService", "StartSaga"): "idempotency_key",
+    ("SwarmService", "DeploySwarm"): "swarm_id",
+    ("BusService", "Publish"): "message.id",
+}
+
+OUT = Path(__file__).with_name("services.py")
+
+
+def snake(name: str) -> str:
+    """CamelCase → snake_case."""
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def _py_type(module_alias: str, full_name: str, own_package: str) -> str:
+    pkg, _, msg = full_name.rpartition(".")
+    if pkg != own_package:
+        raise ValueError(f"{full_name} is not in {own_package}")
+    return f"{module_alias}.{msg}"
+
+
+def _method(area: str, mod: str, svc: str, stub_attr: str, m: MethodDescriptor, pkg: str) -> str:
+    alias = f"{area}_{mod}_pb2" if mod != area else f"{area}_pb2"
+    name = RENAMES.get((svc, m.name), snake(m.name))
+    req_t = _py_type(alias, m.input_type.full_name, pkg)
+    resp_t = _py_type(alias, m.output_type.full_name, pkg)
+    where = f"`{pkg}.{svc}.{m.name}`"
+    if m.client_streaming:
+        return f'''
+    def {name}(
+        self,
+        requests: Requests[{req_t}],
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[{resp_t}]:
+        """{where}.
+
+        A bidirectional stream; errors raise AgentMeshError.
+        """
+        return self._stream(
+            self.{stub_attr}.{m.name}, requests, timeout_s=timeout_s, metadata=metadata
+        )
+'''
+    if m.server_streaming:
+        return f'''
+    def {name}(
+        self,
+        request: {req_t} | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> AsyncIterator[{resp_t}]:
+        """{where}.
+
+        A server stream (no default deadline); errors raise AgentMeshError.
+        """
+        return self._server_stream(
+            self.{stub_attr}.{m.name},
+            _build({req_t}, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+        )
+'''
+    if ALWAYS_IDEMPOTENT.match(m.name):
+        retry = "True"
+        note = "Retried on UNAVAILABLE"
+    elif (svc, m.name) in KEYED:
+        retry = repr(KEYED[(svc, m.name)])
+        note = f"Retried on UNAVAILABLE when `{KEYED[(svc, m.name)]}` is set"
+    else:
+        retry = "False"
+        note = "Not retried (not idempotent)"
+    return f'''
+    async def {name}(
+        self,
+        request: {req_t} | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> {resp_t}:
+        """{where}.
+
+        {note}.
+        """
+        return await self._unary(
+            self.{stub_attr}.{m.name},
+            _build({req_t}, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry={retry},
+        )
+'''
+
+
+def render() -> str:
+    """The source of services.py."""
+    imports: list[str] = []
+    body: list[str] = []
+    seen: dict[str, str] = {}
+    for area, mod, svc, stub_attr in SERVICES:
+        try:
+            pb = importlib.import_module(f"agentmesh.{area}.v1.{mod}_pb2")
+        except ImportError:
+            continue
+        if svc not in pb.DESCRIPTOR.services_by_name:
+            continue
+        alias = f"{area}_{mod}_pb2" if mod != area else f"{area}_pb2"
+        imports.append(
+            f"from agentmesh.{area}.v1 import {mod}_pb2"
+            + (f" as {alias}" if alias != f"{mod}_pb2" else "")
+        )
+        sd = pb.DESCRIPTOR.services_by_name[svc]
+        body.append(f"\n    # ---- {sd.full_name} " + "-" * max(0, 60 - len(sd.full_name)) + "\n")
+        for m in sd.methods:
+            name = RENAMES.get((svc, m.name), snake(m.name))
+            if name in seen:
+                raise SystemExit(f"{svc}.{m.name} and {seen[name]} both map to {name}")
+            seen[name] = f"{svc}.{m.name}"
+            body.append(_method(area, mod, svc, stub_attr, m, pb.DESCRIPTOR.package))
+    return (
+        '"""Typed wrappers, one per RPC. Written by `python -m agentmesh.client._codegen`\n'
+        'from the generated descriptors; do not edit by hand."""\n\n'
+        "from __future__ import annotations\n\n"
+        "from collections.abc import AsyncIterator, Sequence\n"
+        "from typing import Any\n\n"
+        + "\n".join(
+            sorted([*imports, "from agentmesh.client.base import ClientBase, Requests, _build"])
+        )
+        + "\n\n\n"
+        "class ServiceMethods(ClientBase):\n"
+        '    """One method per RPC; see `agentmesh.client.base.ClientBase` for behaviour."""\n'
+        + "".join(body)
+    )
+
+
+def main() -> None:
+    """Write services.py, or with `--check` exit 1 when it is stale."""
+    text = render()
+    if "--check" in sys.argv:
+        sys.exit(0 if OUT.read_text() == text else 1)
+    OUT.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

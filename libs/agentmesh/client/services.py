@@ -1,0 +1,1117 @@
+"""Typed wrappers, one per RPC. Written by `python -m agentmesh.client._codegen`
+from the generated descriptors; do not edit by hand."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from agentmesh.bus.v1 import bus_pb2
+from agentmesh.client.base import ClientBase, Requests, _build
+from agentmesh.registry.v1 import coordination_pb2 as registry_coordination_pb2
+from agentmesh.registry.v1 import registry_pb2
+from agentmesh.router.v1 import router_pb2
+from agentmesh.saga.v1 import saga_pb2
+from agentmesh.swarm.v1 import swarm_pb2
+
+
+class ServiceMethods(ClientBase):
+    """One method per RPC; see `agentmesh.client.base.ClientBase` for behaviour."""
+
+    # ---- agentmesh.registry.v1.RegistryService -----------------------
+
+    async def register_agent(
+        self,
+        request: registry_pb2.RegisterAgentRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.RegisterAgentResponse:
+        """`agentmesh.registry.v1.RegistryService.RegisterAgent`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.registry.RegisterAgent,
+            _build(registry_pb2.RegisterAgentRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def deregister_agent(
+        self,
+        request: registry_pb2.DeregisterAgentRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.DeregisterAgentResponse:
+        """`agentmesh.registry.v1.RegistryService.DeregisterAgent`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.registry.DeregisterAgent,
+            _build(registry_pb2.DeregisterAgentRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def get_agent(
+        self,
+        request: registry_pb2.GetAgentRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.GetAgentResponse:
+        """`agentmesh.registry.v1.RegistryService.GetAgent`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.registry.GetAgent,
+            _build(registry_pb2.GetAgentRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def list_agents(
+        self,
+        request: registry_pb2.ListAgentsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.ListAgentsResponse:
+        """`agentmesh.registry.v1.RegistryService.ListAgents`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.registry.ListAgents,
+            _build(registry_pb2.ListAgentsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def heartbeat(
+        self,
+        request: registry_pb2.HeartbeatRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.HeartbeatResponse:
+        """`agentmesh.registry.v1.RegistryService.Heartbeat`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.registry.Heartbeat,
+            _build(registry_pb2.HeartbeatRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    def heartbeat_stream(
+        self,
+        requests: Requests[registry_pb2.HeartbeatStreamRequest],
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[registry_pb2.HeartbeatStreamResponse]:
+        """`agentmesh.registry.v1.RegistryService.HeartbeatStream`.
+
+        A bidirectional stream; errors raise AgentMeshError.
+        """
+        return self._stream(
+            self.registry.HeartbeatStream, requests, timeout_s=timeout_s, metadata=metadata
+        )
+
+    async def discover_agents(
+        self,
+        request: registry_pb2.DiscoverAgentsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.DiscoverAgentsResponse:
+        """`agentmesh.registry.v1.RegistryService.DiscoverAgents`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.registry.DiscoverAgents,
+            _build(registry_pb2.DiscoverAgentsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    def watch_agents(
+        self,
+        request: registry_pb2.WatchAgentsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
+        """`agentmesh.registry.v1.RegistryService.WatchAgents`.
+
+        A server stream (no default deadline); errors raise AgentMeshError.
+        """
+        return self._server_stream(
+            self.registry.WatchAgents,
+            _build(registry_pb2.WatchAgentsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+        )
+
+    # ---- agentmesh.registry.v1.CoordinationService -------------------
+
+    async def acquire_lock(
+        self,
+        request: registry_coordination_pb2.AcquireLockRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_coordination_pb2.AcquireLockResponse:
+        """`agentmesh.registry.v1.CoordinationService.AcquireLock`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.coordination.AcquireLock,
+            _build(registry_coordination_pb2.AcquireLockRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def renew_lock(
+        self,
+        request: registry_coordination_pb2.RenewLockRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_coordination_pb2.RenewLockResponse:
+        """`agentmesh.registry.v1.CoordinationService.RenewLock`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.coordination.RenewLock,
+            _build(registry_coordination_pb2.RenewLockRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def release_lock(
+        self,
+        request: registry_coordination_pb2.ReleaseLockRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_coordination_pb2.ReleaseLockResponse:
+        """`agentmesh.registry.v1.CoordinationService.ReleaseLock`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.coordination.ReleaseLock,
+            _build(registry_coordination_pb2.ReleaseLockRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def create_proposal(
+        self,
+        request: registry_coordination_pb2.CreateProposalRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_coordination_pb2.CreateProposalResponse:
+        """`agentmesh.registry.v1.CoordinationService.CreateProposal`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.coordination.CreateProposal,
+            _build(registry_coordination_pb2.CreateProposalRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def cast_vote(
+        self,
+        request: registry_coordination_pb2.CastVoteRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_coordination_pb2.CastVoteResponse:
+        """`agentmesh.registry.v1.CoordinationService.CastVote`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.coordination.CastVote,
+            _build(registry_coordination_pb2.CastVoteRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def get_proposal(
+        self,
+        request: registry_coordination_pb2.GetProposalRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_coordination_pb2.GetProposalResponse:
+        """`agentmesh.registry.v1.CoordinationService.GetProposal`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.coordination.GetProposal,
+            _build(registry_coordination_pb2.GetProposalRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    # ---- agentmesh.router.v1.RouterService ---------------------------
+
+    async def route(
+        self,
+        request: router_pb2.RouteRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.RouteResponse:
+        """`agentmesh.router.v1.RouterService.Route`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.Route,
+            _build(router_pb2.RouteRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def route_batch(
+        self,
+        request: router_pb2.RouteBatchRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.RouteBatchResponse:
+        """`agentmesh.router.v1.RouterService.RouteBatch`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.RouteBatch,
+            _build(router_pb2.RouteBatchRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    def route_stream(
+        self,
+        requests: Requests[router_pb2.RouteStreamRequest],
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[router_pb2.RouteStreamResponse]:
+        """`agentmesh.router.v1.RouterService.RouteStream`.
+
+        A bidirectional stream; errors raise AgentMeshError.
+        """
+        return self._stream(
+            self.router.RouteStream, requests, timeout_s=timeout_s, metadata=metadata
+        )
+
+    async def invoke(
+        self,
+        request: router_pb2.InvokeRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.InvokeResponse:
+        """`agentmesh.router.v1.RouterService.Invoke`.
+
+        Retried on UNAVAILABLE when `idempotency_key` is set.
+        """
+        return await self._unary(
+            self.router.Invoke,
+            _build(router_pb2.InvokeRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry='idempotency_key',
+        )
+
+    async def scatter_gather(
+        self,
+        request: router_pb2.ScatterGatherRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.ScatterGatherResponse:
+        """`agentmesh.router.v1.RouterService.ScatterGather`.
+
+        Retried on UNAVAILABLE when `idempotency_key` is set.
+        """
+        return await self._unary(
+            self.router.ScatterGather,
+            _build(router_pb2.ScatterGatherRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry='idempotency_key',
+        )
+
+    async def create_route_rule(
+        self,
+        request: router_pb2.CreateRouteRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.CreateRouteRuleResponse:
+        """`agentmesh.router.v1.RouterService.CreateRouteRule`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.router.CreateRouteRule,
+            _build(router_pb2.CreateRouteRuleRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def get_route_rule(
+        self,
+        request: router_pb2.GetRouteRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.GetRouteRuleResponse:
+        """`agentmesh.router.v1.RouterService.GetRouteRule`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.GetRouteRule,
+            _build(router_pb2.GetRouteRuleRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def list_route_rules(
+        self,
+        request: router_pb2.ListRouteRulesRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.ListRouteRulesResponse:
+        """`agentmesh.router.v1.RouterService.ListRouteRules`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.ListRouteRules,
+            _build(router_pb2.ListRouteRulesRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def delete_route_rule(
+        self,
+        request: router_pb2.DeleteRouteRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.DeleteRouteRuleResponse:
+        """`agentmesh.router.v1.RouterService.DeleteRouteRule`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.router.DeleteRouteRule,
+            _build(router_pb2.DeleteRouteRuleRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def report_load(
+        self,
+        request: router_pb2.ReportLoadRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.ReportLoadResponse:
+        """`agentmesh.router.v1.RouterService.ReportLoad`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.ReportLoad,
+            _build(router_pb2.ReportLoadRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def create_safety_rule(
+        self,
+        request: router_pb2.CreateSafetyRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.CreateSafetyRuleResponse:
+        """`agentmesh.router.v1.RouterService.CreateSafetyRule`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.router.CreateSafetyRule,
+            _build(router_pb2.CreateSafetyRuleRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def get_safety_rule(
+        self,
+        request: router_pb2.GetSafetyRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.GetSafetyRuleResponse:
+        """`agentmesh.router.v1.RouterService.GetSafetyRule`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.GetSafetyRule,
+            _build(router_pb2.GetSafetyRuleRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def list_safety_rules(
+        self,
+        request: router_pb2.ListSafetyRulesRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.ListSafetyRulesResponse:
+        """`agentmesh.router.v1.RouterService.ListSafetyRules`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.ListSafetyRules,
+            _build(router_pb2.ListSafetyRulesRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def delete_safety_rule(
+        self,
+        request: router_pb2.DeleteSafetyRuleRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.DeleteSafetyRuleResponse:
+        """`agentmesh.router.v1.RouterService.DeleteSafetyRule`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.router.DeleteSafetyRule,
+            _build(router_pb2.DeleteSafetyRuleRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def list_target_states(
+        self,
+        request: router_pb2.ListTargetStatesRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_pb2.ListTargetStatesResponse:
+        """`agentmesh.router.v1.RouterService.ListTargetStates`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.router.ListTargetStates,
+            _build(router_pb2.ListTargetStatesRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    # ---- agentmesh.bus.v1.BusService ---------------------------------
+
+    async def publish(
+        self,
+        request: bus_pb2.PublishRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.PublishResponse:
+        """`agentmesh.bus.v1.BusService.Publish`.
+
+        Retried on UNAVAILABLE when `message.id` is set.
+        """
+        return await self._unary(
+            self.bus.Publish,
+            _build(bus_pb2.PublishRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry='message.id',
+        )
+
+    def publish_stream(
+        self,
+        requests: Requests[bus_pb2.PublishStreamRequest],
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[bus_pb2.PublishStreamResponse]:
+        """`agentmesh.bus.v1.BusService.PublishStream`.
+
+        A bidirectional stream; errors raise AgentMeshError.
+        """
+        return self._stream(
+            self.bus.PublishStream, requests, timeout_s=timeout_s, metadata=metadata
+        )
+
+    def subscribe(
+        self,
+        requests: Requests[bus_pb2.SubscribeRequest],
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[bus_pb2.SubscribeResponse]:
+        """`agentmesh.bus.v1.BusService.Subscribe`.
+
+        A bidirectional stream; errors raise AgentMeshError.
+        """
+        return self._stream(
+            self.bus.Subscribe, requests, timeout_s=timeout_s, metadata=metadata
+        )
+
+    async def bus_request(
+        self,
+        request: bus_pb2.RequestRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.RequestResponse:
+        """`agentmesh.bus.v1.BusService.Request`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.bus.Request,
+            _build(bus_pb2.RequestRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def bus_scatter_gather(
+        self,
+        request: bus_pb2.ScatterGatherRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.ScatterGatherResponse:
+        """`agentmesh.bus.v1.BusService.ScatterGather`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.bus.ScatterGather,
+            _build(bus_pb2.ScatterGatherRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def list_dead_letters(
+        self,
+        request: bus_pb2.ListDeadLettersRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.ListDeadLettersResponse:
+        """`agentmesh.bus.v1.BusService.ListDeadLetters`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.bus.ListDeadLetters,
+            _build(bus_pb2.ListDeadLettersRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def redrive_dead_letters(
+        self,
+        request: bus_pb2.RedriveDeadLettersRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.RedriveDeadLettersResponse:
+        """`agentmesh.bus.v1.BusService.RedriveDeadLetters`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.bus.RedriveDeadLetters,
+            _build(bus_pb2.RedriveDeadLettersRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    async def create_topic(
+        self,
+        request: bus_pb2.CreateTopicRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.CreateTopicResponse:
+        """`agentmesh.bus.v1.BusService.CreateTopic`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.bus.CreateTopic,
+            _build(bus_pb2.CreateTopicRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def list_topics(
+        self,
+        request: bus_pb2.ListTopicsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.ListTopicsResponse:
+        """`agentmesh.bus.v1.BusService.ListTopics`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.bus.ListTopics,
+            _build(bus_pb2.ListTopicsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def verify_chain(
+        self,
+        request: bus_pb2.VerifyChainRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> bus_pb2.VerifyChainResponse:
+        """`agentmesh.bus.v1.BusService.VerifyChain`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.bus.VerifyChain,
+            _build(bus_pb2.VerifyChainRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    # ---- agentmesh.saga.v1.SagaService -------------------------------
+
+    async def start_saga(
+        self,
+        request: saga_pb2.StartSagaRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.StartSagaResponse:
+        """`agentmesh.saga.v1.SagaService.StartSaga`.
+
+        Retried on UNAVAILABLE when `idempotency_key` is set.
+        """
+        return await self._unary(
+            self.saga.StartSaga,
+            _build(saga_pb2.StartSagaRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry='idempotency_key',
+        )
+
+    async def register_saga_definition(
+        self,
+        request: saga_pb2.RegisterSagaDefinitionRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.RegisterSagaDefinitionResponse:
+        """`agentmesh.saga.v1.SagaService.RegisterSagaDefinition`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.saga.RegisterSagaDefinition,
+            _build(saga_pb2.RegisterSagaDefinitionRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def get_saga_definition(
+        self,
+        request: saga_pb2.GetSagaDefinitionRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.GetSagaDefinitionResponse:
+        """`agentmesh.saga.v1.SagaService.GetSagaDefinition`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.saga.GetSagaDefinition,
+            _build(saga_pb2.GetSagaDefinitionRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def list_saga_definitions(
+        self,
+        request: saga_pb2.ListSagaDefinitionsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.ListSagaDefinitionsResponse:
+        """`agentmesh.saga.v1.SagaService.ListSagaDefinitions`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.saga.ListSagaDefinitions,
+            _build(saga_pb2.ListSagaDefinitionsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def get_saga(
+        self,
+        request: saga_pb2.GetSagaRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.GetSagaResponse:
+        """`agentmesh.saga.v1.SagaService.GetSaga`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.saga.GetSaga,
+            _build(saga_pb2.GetSagaRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def list_sagas(
+        self,
+        request: saga_pb2.ListSagasRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.ListSagasResponse:
+        """`agentmesh.saga.v1.SagaService.ListSagas`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.saga.ListSagas,
+            _build(saga_pb2.ListSagasRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def cancel_saga(
+        self,
+        request: saga_pb2.CancelSagaRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.CancelSagaResponse:
+        """`agentmesh.saga.v1.SagaService.CancelSaga`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.saga.CancelSaga,
+            _build(saga_pb2.CancelSagaRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    def watch_saga(
+        self,
+        request: saga_pb2.WatchSagaRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> AsyncIterator[saga_pb2.WatchSagaResponse]:
+        """`agentmesh.saga.v1.SagaService.WatchSaga`.
+
+        A server stream (no default deadline); errors raise AgentMeshError.
+        """
+        return self._server_stream(
+            self.saga.WatchSaga,
+            _build(saga_pb2.WatchSagaRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+        )
+
+    async def get_saga_events(
+        self,
+        request: saga_pb2.GetSagaEventsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> saga_pb2.GetSagaEventsResponse:
+        """`agentmesh.saga.v1.SagaService.GetSagaEvents`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.saga.GetSagaEvents,
+            _build(saga_pb2.GetSagaEventsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    # ---- agentmesh.swarm.v1.SwarmService -----------------------------
+
+    async def deploy_swarm(
+        self,
+        request: swarm_pb2.DeploySwarmRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> swarm_pb2.DeploySwarmResponse:
+        """`agentmesh.swarm.v1.SwarmService.DeploySwarm`.
+
+        Retried on UNAVAILABLE when `swarm_id` is set.
+        """
+        return await self._unary(
+            self.swarm.DeploySwarm,
+            _build(swarm_pb2.DeploySwarmRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry='swarm_id',
+        )
+
+    async def get_swarm(
+        self,
+        request: swarm_pb2.GetSwarmRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> swarm_pb2.GetSwarmResponse:
+        """`agentmesh.swarm.v1.SwarmService.GetSwarm`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.swarm.GetSwarm,
+            _build(swarm_pb2.GetSwarmRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def list_swarms(
+        self,
+        request: swarm_pb2.ListSwarmsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> swarm_pb2.ListSwarmsResponse:
+        """`agentmesh.swarm.v1.SwarmService.ListSwarms`.
+
+        Retried on UNAVAILABLE.
+        """
+        return await self._unary(
+            self.swarm.ListSwarms,
+            _build(swarm_pb2.ListSwarmsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=True,
+        )
+
+    async def stop_swarm(
+        self,
+        request: swarm_pb2.StopSwarmRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> swarm_pb2.StopSwarmResponse:
+        """`agentmesh.swarm.v1.SwarmService.StopSwarm`.
+
+        Not retried (not idempotent).
+        """
+        return await self._unary(
+            self.swarm.StopSwarm,
+            _build(swarm_pb2.StopSwarmRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            retry=False,
+        )
+
+    def watch_swarm(
+        self,
+        request: swarm_pb2.WatchSwarmRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> AsyncIterator[swarm_pb2.WatchSwarmResponse]:
+        """`agentmesh.swarm.v1.SwarmService.WatchSwarm`.
+
+        A server stream (no default deadline); errors raise AgentMeshError.
+        """
+        return self._server_stream(
+            self.swarm.WatchSwarm,
+            _build(swarm_pb2.WatchSwarmRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+        )
