@@ -1,0 +1,45 @@
+"""The router's Prometheus metrics (names from the seeds). Label values come
+from fixed sets (strategy names, status code names, breaker states), so
+cardinality stays bounded however many targets there are."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+
+ROUTING_MESSAGES = Counter(
+    "routing_messages_total",
+    "Routing decisions, by strategy and status (ok or the gRPC code name).",
+    ["strategy", "status"],
+)
+ROUTING_LATENCY = Histogram(
+    "routing_latency_ms", "Time to make one routing decision, ms.", buckets=_MS_BUCKETS
+)
+SCATTER_GATHER_DURATION = Histogram(
+    "scatter_gather_duration_ms", "Wall time of a ScatterGather, ms.", buckets=_MS_BUCKETS
+)
+CACHE_HITS = Counter("routing_cache_hits_total", "Route cache hits.")
+CACHE_MISSES = Counter("routing_cache_misses_total", "Route cache misses.")
+BREAKER_TARGETS = Gauge(
+    "routing_breaker_targets",
+    "Targets known to this replica in each circuit breaker state.",
+    ["state"],
+)
+EJECTED_TARGETS = Gauge("routing_ejected_targets", "Targets ejected by outlier detection now.")
+INVOKE_ATTEMPTS = Counter(
+    "routing_invoke_attempts_total",
+    "Execute calls made by Invoke and ScatterGather, by gRPC code name.",
+    ["code"],
+)
+INVOKE_DURATION = Histogram(
+    "routing_invoke_duration_ms", "Wall time of an Invoke, ms.", buckets=_MS_BUCKETS
+)
+SAFETY_VIOLATIONS = Counter(
+    "safety_violations_total", "Safety rule violations, by level.", ["level"]
+)
+RATE_LIMITED = Counter("routing_rate_limited_total", "Calls refused by the rate limit.")
+CEL_ERRORS = Counter(
+    "routing_rule_eval_errors_total", "Route rule conditions that failed to evaluate."
+)
+PANIC = Counter("routing_panic_total", "Decisions made in panic mode.")

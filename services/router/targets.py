@@ -1,0 +1,242 @@
+"""Per-target circuit breaker and outlier detection, shared by router
+replicas through Redis (`am:rt:target:{agent_id}`).
+
+Breaker (seeds' SafetyMonitor, Envoy/Hystrix style): CLOSED until
+`failure_threshold` consecutive failures, then OPEN for `open_ms`; after that
+HALF_OPEN, where `half_open_successes` successes close it and one failure
+reopens it.
+
+Outlier detection (Envoy's failure-percentage ejection,
+https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/outlier):
+per fixed window of `window_ms`, once a target has `min_requests` calls and a
+failure fraction of at least `failure_rate`, it is ejected for
+`base_ejection_ms * ejection count` (capped at 300 s).
+
+One Lua script applies an outcome atomically, so replicas never lose updates.
+A failure is an outcome that says the agent is unwell (UNAVAILABLE,
+DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, DATA_LOSS); application errors such as
+INVALID_ARGUMENT count as successes of the transport.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import grpc
+import redis.asyncio as aioredis
+
+from services.router import keys
+
+#: Codes that count against a target's health.
+FAILURE_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+MAX_EJECTION_MS = 300_000
+
+_RECORD = """
+local h = KEYS[1]
+local ok = ARGV[2] == '1'
+local now = tonumber(ARGV[3])
+local threshold = tonumber(ARGV[4])
+local open_ms = tonumber(ARGV[5])
+local need = tonumber(ARGV[6])
+local window_ms = tonumber(ARGV[7])
+local min_req = tonumber(ARGV[8])
+local rate = tonumber(ARGV[9])
+local base = tonumber(ARGV[10])
+local cap = tonumber(ARGV[11])
+local v = redis.call('HMGET', h, 'state', 'cf', 'open_until', 'hs', 'ws', 'wf', 'wstart',
+                     'ejected_until', 'ejections')
+local state = v[1] or 'CLOSED'
+local cf = tonumber(v[2] or '0')
+local open_until = tonumber(v[3] or '0')
+local hs = tonumber(v[4] or '0')
+local ws = tonumber(v[5] or '0')
+local wf = tonumber(v[6] or '0')
+local wstart = tonumber(v[7] or '0')
+local ejected_until = tonumber(v[8] or '0')
+local ejections = tonumber(v[9] or '0')
+if state == 'OPEN' and now >= open_until then state = 'HALF_OPEN'; hs = 0 end
+if now - wstart >= window_ms then ws = 0; wf = 0; wstart = now end
+if ok then
+  cf = 0
+  ws = ws + 1
+  if state == 'HALF_OPEN' then
+    hs = hs + 1
+    if hs >= need then state = 'CLOSED'; hs = 0 end
+  end
+else
+  cf = cf + 1
+  wf = wf + 1
+  if state == 'HALF_OPEN' then
+    state = 'OPEN'; open_until = now + open_ms; hs = 0
+  elseif state == 'CLOSED' and cf >= threshold then
+    state = 'OPEN'; open_until = now + open_ms
+  end
+  if ws + wf >= min_req and wf / (ws + wf) >= rate and now >= ejected_until then
+    ejections = ejections + 1
+    ejected_until = now + math.min(base * ejections, cap)
+    ws = 0; wf = 0; wstart = now
+  end
+end
+redis.call('HSET', h, 'state', state, 'cf', cf, 'open_until', open_until, 'hs', hs,
+           'ws', ws, 'wf', wf, 'wstart', wstart, 'ejected_until', ejected_until,
+           'ejections', ejections)
+redis.call('PEXPIRE', h, 86400000)
+redis.call('SADD', KEYS[2], ARGV[1])
+return {state, cf, open_until, hs, ws, wf, wstart, ejected_until, ejections}
+"""
+
+_FIELDS = ("state", "cf", "open_until", "hs", "ws", "wf", "wstart", "ejected_until", "ejections")
+
+
+@dataclass(slots=True)
+class TargetState:
+    """Breaker and outlier state of one agent (times are wall-clock ms)."""
+
+    agent_id: str
+    breaker: str = "CLOSED"
+    consecutive_failures: int = 0
+    open_until_ms: int = 0
+    half_open_successes: int = 0
+    window_successes: int = 0
+    window_failures: int = 0
+    window_start_ms: int = 0
+    ejected_until_ms: int = 0
+    ejections: int = 0
+
+    @classmethod
+    def from_values(cls, agent_id: str, values: Iterable[bytes | str | int | None]) -> TargetState:
+        """From the script's return list or HMGET values, in `_FIELDS` order."""
+        v = [x.decode() if isinstance(x, bytes) else x for x in values]
+        return cls(
+            agent_id,
+            str(v[0] or "CLOSED"),
+            *(int(float(x or 0)) for x in v[1:]),
+        )
+
+    @classmethod
+    def from_hash(cls, agent_id: str, h: Mapping[bytes, bytes]) -> TargetState:
+        """From an HGETALL reply."""
+        return cls.from_values(agent_id, [h.get(f.encode()) for f in _FIELDS])
+
+    def effective_breaker(self, now_ms: int) -> str:
+        """The breaker state with the open interval's expiry applied."""
+        if self.breaker == "OPEN" and now_ms >= self.open_until_ms:
+            return "HALF_OPEN"
+        return self.breaker
+
+    def is_ejected(self, now_ms: int) -> bool:
+        """True while outlier detection keeps the agent out."""
+        return now_ms < self.ejected_until_ms
+
+
+class TargetStates:
+    """This replica's view of every target's state, by agent id."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[str, TargetState] = {}
+
+    def get(self, agent_id: str) -> TargetState | None:
+        """The state of one agent, None when it was never called."""
+        return self._by_id.get(agent_id)
+
+    def merge(self, fresh: Mapping[str, TargetState], ids: Iterable[str]) -> None:
+        """Take Redis' states for `ids`; ids without a state in Redis are reset."""
+        for aid in ids:
+            st = fresh.get(aid)
+            if st is None:
+                self._by_id.pop(aid, None)
+            else:
+                self._by_id[aid] = st
+
+    def put(self, st: TargetState) -> None:
+        """Take one state, as returned by `record`."""
+        self._by_id[st.agent_id] = st
+
+    def counts(self, now_ms: int) -> dict[str, int]:
+        """How many known targets are in each breaker state (bounded metrics)."""
+        out = {"CLOSED": 0, "OPEN": 0, "HALF_OPEN": 0}
+        for st in self._by_id.values():
+            out[st.effective_breaker(now_ms)] += 1
+        return out
+
+    def ejected_count(self, now_ms: int) -> int:
+        """How many known targets are ejected now."""
+        return sum(1 for st in self._by_id.values() if st.is_ejected(now_ms))
+
+
+@dataclass(frozen=True)
+class OutcomePolicy:
+    """Breaker and outlier thresholds (see the module docstring)."""
+
+    failure_threshold: int = 5
+    open_ms: int = 30_000
+    half_open_successes: int = 1
+    window_ms: int = 10_000
+    min_requests: int = 10
+    failure_rate: float = 0.5
+    base_ejection_ms: int = 30_000
+
+
+class OutcomeRecorder:
+    """Applies call outcomes to the shared target state in Redis.
+
+    Args:
+        redis: the router's Redis.
+        policy: thresholds.
+    """
+
+    def __init__(self, redis: aioredis.Redis, policy: OutcomePolicy) -> None:
+        self._redis = redis
+        self._policy = policy
+        self._script = redis.register_script(_RECORD)
+
+    async def record(self, agent_id: str, *, ok: bool, now_ms: int | None = None) -> TargetState:
+        """Apply one outcome and return the agent's new state."""
+        p = self._policy
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        values = await self._script(
+            keys=[keys.target(agent_id), keys.TARGETS],
+            args=[
+                agent_id,
+                "1" if ok else "0",
+                now,
+                p.failure_threshold,
+                p.open_ms,
+                p.half_open_successes,
+                p.window_ms,
+                p.min_requests,
+                p.failure_rate,
+                p.base_ejection_ms,
+                MAX_EJECTION_MS,
+            ],
+        )
+        return TargetState.from_values(agent_id, values)
+
+    async def list_states(self, *, after: str, limit: int) -> tuple[list[TargetState], str]:
+        """Target states ordered by agent id, after `after`; returns (page, last id or "")."""
+        ids = sorted(
+            m.decode() if isinstance(m, bytes) else m
+            for m in await self._redis.smembers(keys.TARGETS)
+        )
+        ids = [i for i in ids if i > after]
+        page, more = ids[:limit], len(ids) > limit
+        async with self._redis.pipeline(transaction=False) as pipe:
+            for aid in page:
+                pipe.hmget(keys.target(aid), _FIELDS)
+            raw = await pipe.execute()
+        states = [
+            TargetState.from_values(aid, vals)
+            for aid, vals in zip(page, raw, strict=True)
+            if vals[0] is not None
+        ]
+        return states, (page[-1] if more and page else "")
