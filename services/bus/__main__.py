@@ -5,19 +5,52 @@ from __future__ import annotations
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.runtime.server import Daemon, run_daemon
 
+from services.bus import metrics
+from services.bus.backend import Backend
+from services.bus.servicer import BusServicer
 from services.bus.settings import EXTRA_OPTIONS, BusSettings
 
 
-def build(daemon: Daemon) -> None:
-    """Wire the bus gateway into `daemon`: backend, servicer, health probes."""
+def make_backend(settings: BusSettings) -> Backend:
+    """The backend named by the settings."""
+    if settings.backend == "kafka":
+        from services.bus.kafka_backend import KafkaBackend
+
+        return KafkaBackend(
+            settings.kafka_bootstrap,
+            delivery_timeout_ms=settings.delivery_timeout_ms,
+            session_timeout_ms=settings.session_timeout_ms,
+            instance_id=settings.instance_id,
+        )
+    from services.bus.memory_backend import MemoryBackend
+
+    return MemoryBackend()
+
+
+def wire_gateway(daemon: Daemon) -> BusServicer:
+    """Wire the bus gateway into `daemon` (backend, servicer, health probe)
+    and return the servicer, whose `backend` tests may inspect."""
+
     settings = BusSettings.from_config(daemon.config)
     if settings.backend == "kafka":
         daemon.require_kafka()
+    metrics.topic_label.limit = settings.max_topic_labels
+    backend = make_backend(settings)
+    servicer = BusServicer(backend, settings)
     daemon.add_service(
         bus_pb2_grpc.add_BusServiceServicer_to_server,
-        bus_pb2_grpc.BusServiceServicer(),
+        servicer,
         bus_pb2.DESCRIPTOR.services_by_name["BusService"],
     )
+    daemon.on_startup(backend.start)
+    daemon.on_shutdown(backend.close)
+    daemon.on_shutdown(servicer.close)
+    return servicer
+
+
+def build(daemon: Daemon) -> None:
+    """The run_daemon builder."""
+    wire_gateway(daemon)
 
 
 def main() -> None:

@@ -1,0 +1,593 @@
+"""The Kafka backend, on confluent-kafka (librdkafka).
+
+Producer: one per gateway, idempotent with acks=all (runtime.deps
+kafka_producer_config), message.timeout.ms = the delivery timeout. A poll
+thread serves delivery reports and resolves one asyncio future per batch, so
+a batch of N records costs one cross-thread wake-up instead of N.
+
+Consumers: one per subscription, in its own thread, with
+enable.auto.commit=false and enable.auto.offset.store=false: offsets are only
+committed explicitly, by the subscription, up to its contiguous acked prefix.
+Rebalance callbacks become Assigned/Revoked events on the asyncio loop, in
+order with the fetched records.
+
+librdkafka reference: CONFIGURATION.md (message.timeout.ms, enable.idempotence,
+enable.auto.offset.store, session.timeout.ms).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, cast
+
+from agentmesh.runtime.deps import kafka_producer_config
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+)
+from confluent_kafka import TopicPartition as KTP
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.bus.backend import (
+    Assigned,
+    Backend,
+    BackendUnavailable,
+    DeliveryError,
+    Records,
+    Revoked,
+    Source,
+    SourceEvent,
+    Tail,
+    TopicExists,
+    TopicPartition,
+    WriteResult,
+)
+from services.bus.wire import OutRecord, StoredRecord
+
+log = logging.getLogger("agentmesh.bus.kafka")
+
+#: librdkafka errors after which the record may or may not be on the broker.
+_UNKNOWN_OUTCOME_CODES = {
+    KafkaError._MSG_TIMED_OUT,
+    KafkaError._TIMED_OUT,
+    KafkaError.REQUEST_TIMED_OUT,
+    KafkaError._TRANSPORT,
+    KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+}
+
+
+def _to_stored(m: Message) -> StoredRecord:
+    ts_type, ts = m.timestamp()
+    return StoredRecord(
+        topic=m.topic() or "",
+        partition=m.partition() or 0,
+        offset=m.offset() or 0,
+        key=m.key(),
+        value=m.value(),
+        headers=list(m.headers() or []),  # type: ignore[arg-type]
+        timestamp_ms=ts if ts_type else 0,
+    )
+
+
+class _Batch:
+    __slots__ = ("fut", "lock", "loop", "remaining", "results")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.loop = loop
+        self.lock = threading.Lock()
+        self.fut: asyncio.Future[list[WriteResult]] = loop.create_future()
+        self.results: list[WriteResult] = [0] * n
+        self.remaining = n
+
+    def done(self, i: int, result: WriteResult) -> None:
+        # Delivery reports arrive on the poll thread, local failures on the loop.
+        with self.lock:
+            self.results[i] = result
+            self.remaining -= 1
+            last = self.remaining == 0
+        if last:
+            self.loop.call_soon_threadsafe(_resolve, self.fut, self.results)
+
+
+def _resolve(fut: asyncio.Future[list[WriteResult]], results: list[WriteResult]) -> None:
+    if not fut.done():
+        fut.set_result(results)
+
+
+class KafkaBackend(Backend):
+    """Record storage on a Kafka cluster.
+
+    Args:
+        bootstrap: bootstrap servers.
+        delivery_timeout_ms: message.timeout.ms; a record not confirmed by
+            then fails with an unknown outcome.
+        session_timeout_ms: consumer group session timeout, how fast a dead
+            gateway's partitions move to another member.
+        instance_id: used in internal group ids.
+    """
+
+    name = "kafka"
+
+    def __init__(
+        self,
+        bootstrap: str,
+        *,
+        delivery_timeout_ms: int = 10_000,
+        session_timeout_ms: int = 6000,
+        instance_id: str = "",
+    ) -> None:
+        self.bootstrap = bootstrap
+        self.delivery_timeout_ms = delivery_timeout_ms
+        self.session_timeout_ms = session_timeout_ms
+        self.instance_id = instance_id
+        self._producer: Producer | None = None
+        self._admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000})
+        self._partitions: dict[str, int] = {}
+        self._poll_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self.down_since: float | None = None
+        self._watch: asyncio.Task[None] | None = None
+
+    # ---- lifecycle ------------------------------------------------------
+    async def start(self) -> None:
+        self._producer = Producer(
+            kafka_producer_config(
+                self.bootstrap,
+                **{
+                    "message.timeout.ms": self.delivery_timeout_ms,
+                    "linger.ms": 1,
+                    "queue.buffering.max.messages": 1_000_000,
+                    "queue.buffering.max.kbytes": 1_048_576,
+                    "batch.num.messages": 10_000,
+                    "error_cb": self._on_error,
+                },
+            )
+        )
+        self._poll_thread = threading.Thread(target=self._poll, name="bus-producer-poll",
+                                             daemon=True)
+        self._poll_thread.start()
+        self._watch = asyncio.create_task(self._watch_down(), name="bus-kafka-watch")
+
+    async def _watch_down(self) -> None:
+        # While the cluster looks down, probe it so writes resume once it is back.
+        while True:
+            await asyncio.sleep(1.0)
+            if self.down_since is None:
+                continue
+            try:
+                md = await asyncio.to_thread(self._admin.list_topics, timeout=1)
+                if md.brokers:
+                    self.down_since = None
+            except KafkaException:
+                pass
+
+    def _poll(self) -> None:
+        assert self._producer is not None
+        while not self._stopping.is_set():
+            self._producer.poll(0.05)
+
+    def _on_error(self, err: KafkaError) -> None:
+        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+            if self.down_since is None:
+                log.warning("kafka unreachable", extra={"error": str(err)})
+                self.down_since = time.monotonic()
+
+    async def close(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+        if self._producer is not None:
+            await asyncio.to_thread(self._producer.flush, 5.0)
+        self._stopping.set()
+        if self._poll_thread is not None:
+            await asyncio.to_thread(self._poll_thread.join, 2.0)
+
+    # ---- topics ---------------------------------------------------------
+    async def list_topics(self) -> dict[str, int]:
+        try:
+            md = await asyncio.to_thread(self._admin.list_topics, timeout=5)
+        except KafkaException as exc:
+            raise BackendUnavailable(f"cannot list Kafka topics: {exc}") from exc
+        self.down_since = None
+        out = {
+            name: len(t.partitions)
+            for name, t in md.topics.items()
+            if t.error is None and not name.startswith("__")
+        }
+        self._partitions.update(out)
+        return out
+
+    def cached_partitions(self, topic: str) -> int | None:
+        return self._partitions.get(topic)
+
+    async def partitions(self, topic: str) -> int | None:
+        n = self._partitions.get(topic)
+        if n is not None:
+            return n
+        try:
+            md = await asyncio.to_thread(self._admin.list_topics, topic=topic, timeout=5)
+        except KafkaException as exc:
+            raise BackendUnavailable(f"cannot read Kafka metadata: {exc}") from exc
+        t = md.topics.get(topic)
+        if t is None or t.error is not None or not t.partitions:
+            return None
+        self._partitions[topic] = len(t.partitions)
+        return len(t.partitions)
+
+    async def create_topic(self, topic: str, partitions: int) -> None:
+        futs = self._admin.create_topics(
+            [NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
+            operation_timeout=10,
+            request_timeout=10,
+        )
+        try:
+            await asyncio.wrap_future(futs[topic])
+        except KafkaException as exc:
+            err = exc.args[0] if exc.args else None
+            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+                raise TopicExists(topic) from exc
+            raise BackendUnavailable(f"cannot create topic {topic}: {exc}") from exc
+        # Wait until metadata shows it, so the producer and consumers see it.
+        for _ in range(50):
+            md = await asyncio.to_thread(self._admin.list_topics, topic=topic, timeout=5)
+            t = md.topics.get(topic)
+            if t is not None and t.error is None and len(t.partitions) == partitions:
+                break
+            await asyncio.sleep(0.1)
+        self._partitions[topic] = partitions
+
+    # ---- writes ---------------------------------------------------------
+    def write(self, records: Sequence[OutRecord]) -> asyncio.Future[list[WriteResult]]:
+        p = self._producer
+        if p is None:
+            raise BackendUnavailable("the Kafka producer is not started")
+        if self.down_since is not None and time.monotonic() - self.down_since > 1.0:
+            # Known down: fail fast with a definite "not written" instead of
+            # queueing writes that would end as unknown outcomes.
+            raise BackendUnavailable("Kafka is unreachable")
+        batch = _Batch(asyncio.get_running_loop(), len(records))
+        for i, r in enumerate(records):
+            cb = self._callback(batch, i)
+            try:
+                p.produce(
+                    r.topic,
+                    value=r.value,
+                    key=r.key,
+                    partition=r.partition,
+                    headers=cast(Any, r.headers),
+                    timestamp=r.timestamp_ms,
+                    on_delivery=cb,
+                )
+            except BufferError:
+                # The local queue is full; report it like a delivery failure
+                # (definitely not written) rather than blocking the loop.
+                batch.loop.call_soon_threadsafe(
+                    self._fail_local, batch, i, "the Kafka producer queue is full"
+                )
+            except KafkaException as exc:
+                batch.loop.call_soon_threadsafe(self._fail_local, batch, i, str(exc))
+        return batch.fut
+
+    @staticmethod
+    def _fail_local(batch: _Batch, i: int, msg: str) -> None:
+        batch.done(i, DeliveryError(msg, unknown_outcome=False, reason="KAFKA_QUEUE_FULL"))
+
+    def _callback(self, batch: _Batch, i: int) -> Callable[[KafkaError | None, Message], None]:
+        def on_delivery(err: KafkaError | None, msg: Message) -> None:
+            if err is None:
+                self.down_since = None
+                batch.done(i, msg.offset() or 0)
+                return
+            code = err.code()
+            unknown = code in _UNKNOWN_OUTCOME_CODES or err.retriable()
+            if code == KafkaError.MSG_SIZE_TOO_LARGE:
+                reason = "MESSAGE_TOO_LARGE"
+            elif unknown:
+                reason = "UNKNOWN_OUTCOME"
+            else:
+                reason = "KAFKA_ERROR"
+            batch.done(i, DeliveryError(str(err), unknown_outcome=unknown, reason=reason))
+
+        return on_delivery
+
+    # ---- consumers ------------------------------------------------------
+    def consumer_config(self, group: str, *, earliest: bool) -> dict[str, Any]:
+        """Settings of a subscription consumer."""
+        return {
+            "bootstrap.servers": self.bootstrap,
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest" if earliest else "latest",
+            "session.timeout.ms": self.session_timeout_ms,
+            "heartbeat.interval.ms": max(500, self.session_timeout_ms // 3),
+            "fetch.wait.max.ms": 100,
+            "topic.metadata.refresh.interval.ms": 5000,
+            "socket.keepalive.enable": True,
+        }
+
+    def open_source(
+        self, *, group: str, earliest: bool, events: Callable[[SourceEvent], None]
+    ) -> Source:
+        return _KafkaSource(
+            self.consumer_config(group, earliest=earliest), asyncio.get_running_loop(), events
+        )
+
+    def _utility_consumer(self, group: str) -> Consumer:
+        return Consumer(
+            {
+                "bootstrap.servers": self.bootstrap,
+                "group.id": group,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "fetch.wait.max.ms": 50,
+            }
+        )
+
+    async def read(
+        self, topic: str, partition: int, start: int, end: int, *, max_records: int
+    ) -> list[StoredRecord]:
+        return await asyncio.to_thread(self._read_sync, topic, partition, start, end, max_records)
+
+    def _read_sync(
+        self, topic: str, partition: int, start: int, end: int, max_records: int
+    ) -> list[StoredRecord]:
+        c = self._utility_consumer(f"_agentmesh.reader.{self.instance_id}")
+        try:
+            low, high = c.get_watermark_offsets(KTP(topic, partition), timeout=5)
+            end = min(end, high)
+            start = max(start, low)
+            out: list[StoredRecord] = []
+            if start >= end:
+                return out
+            c.assign([KTP(topic, partition, start)])
+            deadline = time.monotonic() + 15
+            while len(out) < max_records and time.monotonic() < deadline:
+                for m in c.consume(min(500, max_records - len(out)), 0.2):
+                    if m.error():
+                        continue
+                    rec = _to_stored(m)
+                    if rec.offset >= end:
+                        return out
+                    out.append(rec)
+                if out and out[-1].offset >= end - 1:
+                    break
+            return out
+        except KafkaException as exc:
+            raise BackendUnavailable(f"cannot read {topic}[{partition}]: {exc}") from exc
+        finally:
+            c.close()
+
+    async def watermarks(self, topic: str, partition: int) -> tuple[int, int]:
+        def run() -> tuple[int, int]:
+            c = self._utility_consumer(f"_agentmesh.reader.{self.instance_id}")
+            try:
+                low, high = c.get_watermark_offsets(KTP(topic, partition), timeout=5)
+                return int(low), int(high)
+            except KafkaException as exc:
+                raise BackendUnavailable(str(exc)) from exc
+            finally:
+                c.close()
+
+        return await asyncio.to_thread(run)
+
+    async def committed(self, group: str, topic: str) -> dict[int, int]:
+        n = await self.partitions(topic)
+        if not n:
+            return {}
+
+        def run() -> dict[int, int]:
+            c = self._utility_consumer(group)
+            try:
+                tps = c.committed([KTP(topic, p) for p in range(n)], timeout=5)
+                return {tp.partition: tp.offset for tp in tps if tp.offset >= 0}
+            except KafkaException as exc:
+                raise BackendUnavailable(str(exc)) from exc
+            finally:
+                c.close()
+
+        return await asyncio.to_thread(run)
+
+    async def commit_offsets(self, group: str, topic: str, offsets: dict[int, int]) -> None:
+        if not offsets:
+            return
+
+        def run() -> None:
+            c = self._utility_consumer(group)
+            try:
+                c.commit(
+                    offsets=[KTP(topic, p, off) for p, off in offsets.items()],
+                    asynchronous=False,
+                )
+            except KafkaException as exc:
+                raise BackendUnavailable(str(exc)) from exc
+            finally:
+                c.close()
+
+        await asyncio.to_thread(run)
+
+    def open_tail(self, topic: str, on_records: Callable[[list[StoredRecord]], None]) -> Tail:
+        return _KafkaTail(self, topic, on_records)
+
+
+class _KafkaSource(Source):
+    """A subscription's consumer thread; commands reach it through a queue."""
+
+    def __init__(
+        self,
+        conf: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        events: Callable[[SourceEvent], None],
+    ) -> None:
+        self._conf = conf
+        self._loop = loop
+        self._events = events
+        self._cmds: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self._paused = False
+        self._closing = threading.Event()
+        self._closed = threading.Event()
+        self._final: dict[TopicPartition, int] = {}
+        self._thread = threading.Thread(target=self._run, name="bus-consumer", daemon=True)
+        self._thread.start()
+
+    def _post(self, ev: SourceEvent) -> None:
+        with contextlib.suppress(RuntimeError):  # loop closed during shutdown
+            self._loop.call_soon_threadsafe(self._events, ev)
+
+    def set_topics(self, topics: Sequence[str]) -> None:
+        self._cmds.put(("topics", list(topics)))
+
+    def commit(self, offsets: dict[TopicPartition, int]) -> None:
+        if offsets:
+            self._cmds.put(("commit", dict(offsets)))
+
+    def pause(self) -> None:
+        self._paused = True
+
+    def resume(self) -> None:
+        self._paused = False
+
+    def _run(self) -> None:
+        c = Consumer(self._conf)
+        subscribed = False
+        applied_pause = False
+
+        def on_assign(consumer: Consumer, parts: list[KTP]) -> None:
+            nonlocal applied_pause
+            applied_pause = False  # the new assignment starts unpaused
+            self._post(Assigned([(p.topic, p.partition) for p in parts]))
+
+        def on_revoke(consumer: Consumer, parts: list[KTP]) -> None:
+            self._post(Revoked([(p.topic, p.partition) for p in parts]))
+
+        try:
+            while not self._closing.is_set():
+                while True:
+                    try:
+                        cmd, arg = self._cmds.get_nowait()
+                    except queue.Empty:
+                        break
+                    if cmd == "topics":
+                        if arg:
+                            c.subscribe(arg, on_assign=on_assign, on_revoke=on_revoke,
+                                        on_lost=on_revoke)
+                            subscribed = True
+                        elif subscribed:
+                            c.unsubscribe()
+                            subscribed = False
+                    elif cmd == "commit":
+                        self._commit(c, arg, asynchronous=True)
+                if not subscribed:
+                    time.sleep(0.05)
+                    continue
+                if self._paused != applied_pause:
+                    parts = c.assignment()
+                    if parts:
+                        (c.pause if self._paused else c.resume)(parts)
+                    applied_pause = self._paused
+                msgs = c.consume(500, 0.1)
+                recs = [_to_stored(m) for m in msgs if not m.error()]
+                if recs:
+                    self._post(Records(recs))
+        except Exception:  # a dead consumer thread must not take the gateway down
+            log.exception("consumer thread failed")
+        finally:
+            while True:
+                try:
+                    cmd, arg = self._cmds.get_nowait()
+                except queue.Empty:
+                    break
+                if cmd == "commit":
+                    self._final = {**arg, **self._final}
+            if self._final:
+                self._commit(c, self._final, asynchronous=False)
+            with contextlib.suppress(Exception):
+                c.close()
+            self._closed.set()
+
+    @staticmethod
+    def _commit(c: Consumer, offsets: dict[TopicPartition, int], *, asynchronous: bool) -> None:
+        tps = [KTP(t, p, off) for (t, p), off in offsets.items()]
+        try:
+            if asynchronous:
+                c.commit(offsets=tps, asynchronous=True)
+            else:
+                c.commit(offsets=tps, asynchronous=False)
+        except KafkaException as exc:
+            # Typically the partitions were revoked meanwhile: their messages
+            # will be redelivered to the new owner, which is at-least-once.
+            log.info("commit refused", extra={"error": str(exc)})
+
+    async def close(self, final: dict[TopicPartition, int]) -> None:
+        self._final = dict(final)
+        self._closing.set()
+        await asyncio.to_thread(self._closed.wait, 30)
+
+
+class _KafkaTail(Tail):
+    def __init__(
+        self,
+        backend: KafkaBackend,
+        topic: str,
+        on_records: Callable[[list[StoredRecord]], None],
+    ) -> None:
+        self._backend = backend
+        self._topic = topic
+        self._on_records = on_records
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self._stop = threading.Event()
+        self._error: Exception | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._run, name="bus-tail", daemon=True)
+        self._thread.start()
+        await asyncio.to_thread(self._ready.wait, 15)
+        if self._error is not None or not self._ready.is_set():
+            raise BackendUnavailable(f"cannot tail {self._topic}: {self._error}")
+
+    def _run(self) -> None:
+        c = self._backend._utility_consumer(f"_agentmesh.tail.{self._backend.instance_id}")
+        try:
+            md = c.list_topics(self._topic, timeout=10)
+            parts = sorted(md.topics[self._topic].partitions)
+            assign = []
+            for p in parts:
+                _, high = c.get_watermark_offsets(KTP(self._topic, p), timeout=5)
+                assign.append(KTP(self._topic, p, high if high >= 0 else OFFSET_END))
+            c.assign(assign)
+            self._ready.set()
+            assert self._loop is not None
+            while not self._stop.is_set():
+                msgs = c.consume(500, 0.1)
+                recs = [_to_stored(m) for m in msgs if not m.error()]
+                if recs:
+                    with contextlib.suppress(RuntimeError):
+                        self._loop.call_soon_threadsafe(self._on_records, recs)
+        except Exception as exc:  # reported through start() or the log
+            self._error = exc
+            log.exception("tail failed", extra={"topic": self._topic})
+        finally:
+            self._ready.set()
+            with contextlib.suppress(Exception):
+                c.close()
+
+    async def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 5)
+
+
+__all__ = ["OFFSET_BEGINNING", "KafkaBackend"]

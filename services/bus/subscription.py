@@ -1,0 +1,327 @@
+"""One Subscribe stream: backlog, flow control, acks, offset commits,
+redelivery and dead-lettering, on top of a backend Source.
+
+Offsets: for each owned partition the subscription remembers, in offset
+order, every fetched offset not yet settled (acked or dead-lettered). The
+committed next-offset is the first unsettled one, or one past the last
+fetched when all are settled: the contiguous acked prefix. So a crash loses
+no acked message and an unacked one is never committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from agentmesh.bus.v1 import bus_pb2
+
+from services.bus import metrics, wire
+from services.bus.backend import (
+    Assigned,
+    Backend,
+    BackendUnavailable,
+    Records,
+    Revoked,
+    Source,
+    SourceEvent,
+    TopicPartition,
+)
+from services.bus.backlog import Backlog, Item, priority_class
+from services.bus.topics import TopicMatcher
+
+log = logging.getLogger("agentmesh.bus.subscription")
+
+#: dead_letter(record, reason, delivery_count): writes it to "<topic>.dlq".
+DeadLetterFn = Callable[[wire.StoredRecord, str, int], Awaitable[None]]
+
+
+@dataclass(slots=True)
+class _Msg:
+    rec: wire.StoredRecord
+    tp: TopicPartition
+    attempts: int = 0
+    last_reason: str = ""
+
+
+@dataclass(slots=True)
+class _Delivery:
+    item: Item
+    deadline: float
+
+
+@dataclass(slots=True)
+class _PartState:
+    next_fetch: int = -1
+    pending: deque[int] = field(default_factory=deque)
+    settled: set[int] = field(default_factory=set)
+    committed: int = -1
+
+    def settle(self, offset: int) -> int | None:
+        """Mark `offset` settled; returns the new commit offset when it moved."""
+        self.settled.add(offset)
+        moved = False
+        while self.pending and self.pending[0] in self.settled:
+            self.settled.discard(self.pending.popleft())
+            moved = True
+        if not moved:
+            return None
+        pos = self.pending[0] if self.pending else self.next_fetch
+        if pos > self.committed:
+            self.committed = pos
+            return pos
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class SubscriptionOptions:
+    """Resolved SubscriptionOpen settings."""
+
+    patterns: tuple[str, ...]
+    group: str
+    max_unacked: int
+    ack_deadline_s: float
+    max_deliveries: int
+    earliest: bool
+
+
+class Subscription:
+    """A running subscription; read batches from `outbox`.
+
+    Args:
+        backend: storage.
+        options: the subscription settings.
+        dead_letter: writes a record to its dead-letter topic.
+        read_ahead: backlog size at which fetching pauses.
+        topic_refresh_s: how often wildcard patterns are re-resolved.
+    """
+
+    def __init__(
+        self,
+        backend: Backend,
+        options: SubscriptionOptions,
+        *,
+        dead_letter: DeadLetterFn,
+        read_ahead: int,
+        topic_refresh_s: float,
+    ) -> None:
+        self.id = uuid.uuid4().hex[:16]
+        self.backend = backend
+        self.opts = options
+        self.matcher = TopicMatcher(options.patterns)
+        self._dead_letter = dead_letter
+        self._read_ahead = max(read_ahead, 1)
+        self._refresh_s = topic_refresh_s
+        self.outbox: asyncio.Queue[list[bus_pb2.ReceivedMessage] | BaseException] = (
+            asyncio.Queue()
+        )
+        self._backlog = Backlog()
+        self._outstanding: dict[str, _Delivery] = {}
+        self._parts: dict[TopicPartition, _PartState] = {}
+        self._seq = itertools.count()
+        self._ack_ids = itertools.count(1)
+        self._source: Source | None = None
+        self._paused = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._timers: set[asyncio.TimerHandle] = set()
+        self._topics: list[str] = []
+        self._closed = False
+        self._glabel = metrics.group_label(options.group)
+
+    # ---- lifecycle ------------------------------------------------------
+    async def start(self) -> list[str]:
+        """Resolve topics, join the group; returns the topics matched now.
+
+        Raises:
+            BackendUnavailable: the backend cannot list topics.
+        """
+        topics = self.matcher.select(await self.backend.list_topics())
+        self._source = self.backend.open_source(
+            group=self.opts.group, earliest=self.opts.earliest, events=self._on_event
+        )
+        self._topics = topics
+        if topics:
+            self._source.set_topics(topics)
+        self._tasks.append(asyncio.create_task(self._refresh_loop(), name=f"sub-refresh-{self.id}"))
+        self._tasks.append(asyncio.create_task(self._deadline_loop(), name=f"sub-ackdl-{self.id}"))
+        return topics
+
+    async def close(self) -> None:
+        """Commit the acked prefix and leave the group; unacked messages stay uncommitted."""
+        if self._closed:
+            return
+        self._closed = True
+        for t in self._tasks:
+            t.cancel()
+        for h in self._timers:
+            h.cancel()
+        final = {tp: st.committed for tp, st in self._parts.items() if st.committed >= 0}
+        if self._source is not None:
+            await self._source.close(final)
+        metrics.CONSUMER_LAG.labels(self._glabel).set(0)
+
+    async def _refresh_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._refresh_s)
+            try:
+                topics = self.matcher.select(await self.backend.list_topics())
+            except BackendUnavailable:
+                continue
+            if topics != self._topics and self._source is not None:
+                self._topics = topics
+                self._source.set_topics(topics)
+
+    # ---- source events --------------------------------------------------
+    def _on_event(self, ev: SourceEvent) -> None:
+        if self._closed:
+            return
+        if isinstance(ev, Records):
+            for rec in ev.records:
+                tp = (rec.topic, rec.partition)
+                st = self._parts.get(tp)
+                if st is None or rec.offset < st.next_fetch:
+                    continue  # revoked partition, or a refetch of what we hold
+                st.next_fetch = rec.offset + 1
+                st.pending.append(rec.offset)
+                key = (tp, rec.key) if rec.key else (tp, None, rec.offset)
+                self._backlog.push(
+                    Item(next(self._seq), key, priority_class(wire.priority_of(rec)),
+                         _Msg(rec, tp))
+                )
+            if len(self._backlog) >= self._read_ahead and not self._paused and self._source:
+                self._paused = True
+                self._source.pause()
+        elif isinstance(ev, Assigned):
+            for tp in ev.partitions:
+                self._parts[tp] = _PartState()
+        elif isinstance(ev, Revoked):
+            gone = set(ev.partitions)
+            for tp in gone:
+                self._parts.pop(tp, None)
+            self._backlog.remove_if(lambda m: m.tp in gone)
+            for ack_id in [a for a, d in self._outstanding.items() if d.item.data.tp in gone]:
+                del self._outstanding[ack_id]
+        self._pump()
+
+    # ---- delivery -------------------------------------------------------
+    def _pump(self) -> None:
+        batch: list[bus_pb2.ReceivedMessage] = []
+        now = time.monotonic()
+        wall_ms = time.time() * 1000
+        while len(self._outstanding) < self.opts.max_unacked:
+            item = self._backlog.pop()
+            if item is None:
+                break
+            msg: _Msg = item.data
+            try:
+                env = wire.to_envelope(msg.rec)
+            except Exception as exc:  # an undecodable "am-envelope" record: dead-letter it
+                self._spawn(self._to_dlq(item, f"undecodable envelope: {exc}"))
+                continue
+            msg.attempts += 1
+            ack_id = f"{self.id}.{next(self._ack_ids)}"
+            self._outstanding[ack_id] = _Delivery(item, now + self.opts.ack_deadline_s)
+            batch.append(
+                bus_pb2.ReceivedMessage(
+                    ack_id=ack_id,
+                    envelope=env,
+                    position=bus_pb2.RecordPosition(
+                        topic=msg.rec.topic, partition=msg.rec.partition, offset=msg.rec.offset
+                    ),
+                    delivery_attempt=msg.attempts,
+                )
+            )
+            kind = "deliver" if msg.attempts == 1 else "redeliver"
+            metrics.SENT.labels(metrics.topic_label(msg.rec.topic), kind).inc()
+            if msg.attempts == 1 and msg.rec.timestamp_ms > 0:
+                metrics.LATENCY.labels("deliver").observe(max(0.0, wall_ms - msg.rec.timestamp_ms))
+        if batch:
+            self.outbox.put_nowait(batch)
+        if self._paused and len(self._backlog) < self._read_ahead // 2 and self._source:
+            self._paused = False
+            self._source.resume()
+        metrics.CONSUMER_LAG.labels(self._glabel).set(len(self._backlog) + len(self._outstanding))
+
+    def ack(self, ack_ids: list[str]) -> None:
+        """Settle delivered messages; unknown or stale ids are ignored."""
+        for ack_id in ack_ids:
+            d = self._outstanding.pop(ack_id, None)
+            if d is not None:
+                self._settle(d.item.data)
+        self._pump()
+
+    def _settle(self, msg: _Msg) -> None:
+        st = self._parts.get(msg.tp)
+        if st is None:
+            return  # revoked meanwhile: the new owner redelivers it
+        pos = st.settle(msg.rec.offset)
+        if pos is not None and self._source is not None:
+            self._source.commit({msg.tp: pos})
+
+    def nack(self, ack_ids: list[str], *, reason: str, delay_s: float) -> None:
+        """Reject delivered messages: redeliver later, or dead-letter at max_deliveries."""
+        for ack_id in ack_ids:
+            d = self._outstanding.pop(ack_id, None)
+            if d is not None:
+                self._retry(d.item, reason or "nacked", delay_s)
+        self._pump()
+
+    def _retry(self, item: Item, reason: str, delay_s: float) -> None:
+        msg: _Msg = item.data
+        msg.last_reason = reason
+        if msg.attempts >= self.opts.max_deliveries:
+            self._spawn(self._to_dlq(item, reason))
+            return
+        if delay_s > 0:
+            handle = asyncio.get_running_loop().call_later(delay_s, self._requeue, item)
+            self._timers.add(handle)
+        else:
+            self._requeue(item)
+
+    def _requeue(self, item: Item) -> None:
+        if self._closed or item.data.tp not in self._parts:
+            return
+        self._backlog.push(item)  # same seq: back in front of later messages of its key
+        self._pump()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
+
+    async def _to_dlq(self, item: Item, reason: str) -> None:
+        msg: _Msg = item.data
+        try:
+            await self._dead_letter(msg.rec, reason, msg.attempts)
+        except Exception as exc:  # keep it: retry the whole delivery later
+            log.warning("dead-letter write failed", extra={"error": str(exc)})
+            await asyncio.sleep(1.0)
+            self._requeue(item)
+            return
+        metrics.DEAD_LETTERS.labels(metrics.topic_label(msg.rec.topic)).inc()
+        metrics.SENT.labels(metrics.topic_label(msg.rec.topic), "dead_letter").inc()
+        self._settle(msg)
+        self._pump()
+
+    async def _deadline_loop(self) -> None:
+        tick = min(1.0, max(0.05, self.opts.ack_deadline_s / 4))
+        while True:
+            await asyncio.sleep(tick)
+            now = time.monotonic()
+            expired = [a for a, d in self._outstanding.items() if d.deadline <= now]
+            for ack_id in expired:
+                d = self._outstanding.pop(ack_id)
+                self._retry(d.item, "ack deadline exceeded", 0.0)
+            if expired:
+                self._pump()
+
+    def fail(self, exc: BaseException) -> None:
+        """Hand an error to the stream."""
+        with contextlib.suppress(Exception):
+            self.outbox.put_nowait(exc)

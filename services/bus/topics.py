@@ -1,0 +1,93 @@
+"""Topic names and wildcard patterns.
+
+A topic is levels joined by "."; a level is [A-Za-z0-9_-]+. Patterns add "*"
+(exactly one level) and "#" (zero or more levels), as in AMQP topic exchanges.
+Wildcards never match internal levels (leading "_") nor a final "dlq" level,
+so "orders.#" does not pick up "orders.dlq" or "_agentmesh.replies".
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+
+MAX_TOPIC_CHARS = 200
+DLQ_SUFFIX = ".dlq"
+_LEVEL = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAIN = r"(?!_)[A-Za-z0-9_-]+"
+
+
+def topic_error(name: str) -> str | None:
+    """Why `name` is not a valid topic, or None when it is."""
+    if not name:
+        return "must not be empty"
+    if len(name) > MAX_TOPIC_CHARS:
+        return f"must be at most {MAX_TOPIC_CHARS} characters"
+    if not all(_LEVEL.match(level) for level in name.split(".")):
+        return "must be levels of [A-Za-z0-9_-] joined by '.'"
+    return None
+
+
+def dlq_topic(topic: str) -> str:
+    """The dead-letter topic of `topic`."""
+    return topic + DLQ_SUFFIX
+
+
+def pattern_error(pattern: str) -> str | None:
+    """Why `pattern` is not a valid topic pattern, or None."""
+    if not pattern:
+        return "must not be empty"
+    if len(pattern) > MAX_TOPIC_CHARS:
+        return f"must be at most {MAX_TOPIC_CHARS} characters"
+    for level in pattern.split("."):
+        if level not in ("*", "#") and not _LEVEL.match(level):
+            return "levels must be '*', '#' or [A-Za-z0-9_-]+"
+    return None
+
+
+class TopicMatcher:
+    """Matches topic names against a set of patterns.
+
+    Args:
+        patterns: valid patterns (checked with pattern_error).
+    """
+
+    def __init__(self, patterns: Iterable[str]) -> None:
+        self.patterns = list(patterns)
+        self._regexes = [_to_regex(p) for p in self.patterns]
+
+    def matches(self, topic: str) -> bool:
+        """True when any pattern matches `topic`."""
+        return any(r.match(topic) for r in self._regexes)
+
+    def select(self, topics: Iterable[str]) -> list[str]:
+        """The matching topics, sorted."""
+        return sorted(t for t in topics if self.matches(t))
+
+
+def _to_regex(pattern: str) -> re.Pattern[str]:
+    """Translate a pattern level by level; '#' may match zero levels."""
+    levels = pattern.split(".")
+    # Build a regex over the dotted name where each element consumes its own
+    # leading dot except the first, and '#' consumes "(\.level)*" or "level(\.level)*".
+    rx = ""
+    first = True
+    for level in levels:
+        if level == "#":
+            if first:
+                rx += f"(?:{_PLAIN}(?:\\.{_PLAIN})*)?"
+            else:
+                rx += f"(?:\\.{_PLAIN})*"
+        else:
+            piece = _PLAIN if level == "*" else re.escape(level)
+            if first:
+                rx += piece
+            else:
+                rx += "\\." + piece
+        first = False
+    # "#" at the start with zero levels leaves a leading dot to strip: allow it.
+    if levels[0] == "#" and len(levels) > 1:
+        rx = rx.replace(f"(?:{_PLAIN}(?:\\.{_PLAIN})*)?\\.", f"(?:{_PLAIN}\\.)*", 1)
+    explicit_dlq = levels[-1] == "dlq"
+    tail = "" if explicit_dlq else "(?<!\\.dlq)(?<!^dlq)"
+    return re.compile(f"^{rx}$" if explicit_dlq else f"^{rx}{tail}$")

@@ -1,0 +1,70 @@
+"""Fixtures for the bus contract suite: a real gateway (in this process, on a
+loopback port, serving real gRPC) on each backend, and a client stub."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import pytest
+from agentmesh.bus.v1 import bus_pb2_grpc
+from agentmesh.runtime.config import load_config
+from agentmesh.runtime.server import Daemon
+
+from services.bus.__main__ import wire_gateway
+from services.bus.servicer import BusServicer
+from services.bus.settings import EXTRA_OPTIONS
+
+
+@dataclass
+class Gateway:
+    """A running gateway and a client for it."""
+
+    backend: str
+    stub: bus_pb2_grpc.BusServiceStub
+    servicer: BusServicer
+    daemon: Daemon
+    bootstrap: str
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.daemon.port}"
+
+
+def unique(prefix: str = "t") -> str:
+    """A topic or group name no other test uses."""
+    return f"{prefix}.{uuid.uuid4().hex[:10]}"
+
+
+async def start_gateway(backend: str, bootstrap: str, *extra: str) -> Gateway:
+    argv = [
+        "--port", "0", "--metrics-port", "0", "--backend", backend,
+        "--topic-refresh-ms", "300", "--grace-period-s", "0.5", "--health-interval-s", "0.5",
+        "--default-partitions", "2", *extra,
+    ]
+    if bootstrap:
+        argv += ["--kafka-bootstrap", bootstrap]
+    config = load_config("bus", argv, extra_options=EXTRA_OPTIONS, environ={})
+    daemon = Daemon(config)
+    servicer = wire_gateway(daemon)
+    await daemon.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{daemon.port}")
+    daemon.on_shutdown(channel.close)
+    return Gateway(backend, bus_pb2_grpc.BusServiceStub(channel), servicer, daemon, bootstrap)
+
+
+@pytest.fixture(params=["memory", pytest.param("kafka", marks=pytest.mark.kafka)])
+async def gw(request: pytest.FixtureRequest) -> AsyncIterator[Gateway]:
+    """The gateway on each backend."""
+    bootstrap = ""
+    if request.param == "kafka":
+        broker: Any = request.getfixturevalue("kafka_broker")
+        bootstrap = broker.bootstrap
+    g = await start_gateway(request.param, bootstrap)
+    try:
+        yield g
+    finally:
+        await g.daemon.stop()
