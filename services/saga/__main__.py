@@ -2,23 +2,70 @@
 
 from __future__ import annotations
 
+import os
+import socket
+
+from agentmesh.runtime.config import ExtraOption
+from agentmesh.runtime.deps import create_redis
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+
+from services.saga.agents import AgentCaller
+from services.saga.engine import Engine, EngineOptions
+from services.saga.servicer import SagaServicer
+from services.saga.store import SagaStore
+
+OPTIONS = [
+    ExtraOption("coordinator_id", "", "this replica's id; empty = <hostname>-<pid>-<random>"),
+    ExtraOption("lease_ttl_ms", "5000", "saga lease length, ms; a dead replica's sagas move after it"),
+    ExtraOption("renew_interval_ms", "1000", "lease renewal (and cancel check) interval, ms"),
+    ExtraOption("recovery_interval_ms", "1000", "scan interval for free or expired leases, ms"),
+    ExtraOption("max_active_sagas", "1000", "sagas one replica drives at once"),
+    ExtraOption("snapshot_every", "16", "events between snapshots"),
+    ExtraOption("use_router", "true", "resolve selector targets through the router's Route"),
+]
 
 
 def build(daemon: Daemon) -> None:
     """Wire the saga coordinator into `daemon`."""
-    daemon.redis()
+    cfg = daemon.config
+    x = cfg.extra
+    redis = daemon.redis()
+    # blocking XREADs of WatchSaga get their own pool so they never starve the engine
+    watch_redis = create_redis(cfg.redis_url, max_connections=512)
+    daemon.on_shutdown(watch_redis.aclose)
+    store = SagaStore(redis)
+    caller = AgentCaller(
+        redis,
+        token=cfg.auth_token,
+        tls_ca_file=cfg.tls_ca_file,
+        router_target=cfg.router_target if x["use_router"].lower() in ("1", "true") else "",
+    )
+    coordinator_id = x["coordinator_id"] or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    engine = Engine(
+        store,
+        caller,
+        EngineOptions(
+            coordinator_id=coordinator_id,
+            lease_ttl_ms=int(x["lease_ttl_ms"]),
+            renew_interval_ms=int(x["renew_interval_ms"]),
+            recovery_interval_ms=int(x["recovery_interval_ms"]),
+            max_active=int(x["max_active_sagas"]),
+            snapshot_every=int(x["snapshot_every"]),
+        ),
+    )
     daemon.add_service(
         saga_pb2_grpc.add_SagaServiceServicer_to_server,
-        saga_pb2_grpc.SagaServiceServicer(),  # type: ignore[abstract]
+        SagaServicer(store, engine, SagaStore(watch_redis)),
         saga_pb2.DESCRIPTOR.services_by_name["SagaService"],
     )
+    daemon.on_startup(engine.start)
+    daemon.on_shutdown(engine.stop)
 
 
 def main() -> None:
     """Run the saga coordinator until SIGTERM."""
-    run_daemon("saga", build)
+    run_daemon("saga", build, extra_options=OPTIONS)
 
 
 if __name__ == "__main__":

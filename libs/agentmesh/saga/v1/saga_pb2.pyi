@@ -169,7 +169,9 @@ class _StepStatusEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StepStatus
     or was abandoned by a cancel.
     """
     STEP_STATUS_SKIPPED: _StepStatus.ValueType  # 5
-    """The step's condition was false, or the saga ended before it could start."""
+    """The step's condition was false; it did not run. (Steps that never started
+    because the saga stopped first stay PENDING.)
+    """
     STEP_STATUS_COMPENSATING: _StepStatus.ValueType  # 6
     """Its compensation is in flight."""
     STEP_STATUS_COMPENSATED: _StepStatus.ValueType  # 7
@@ -193,7 +195,9 @@ STEP_STATUS_FAILED: StepStatus.ValueType  # 4
 or was abandoned by a cancel.
 """
 STEP_STATUS_SKIPPED: StepStatus.ValueType  # 5
-"""The step's condition was false, or the saga ended before it could start."""
+"""The step's condition was false; it did not run. (Steps that never started
+because the saga stopped first stay PENDING.)
+"""
 STEP_STATUS_COMPENSATING: StepStatus.ValueType  # 6
 """Its compensation is in flight."""
 STEP_STATUS_COMPENSATED: StepStatus.ValueType  # 7
@@ -232,7 +236,7 @@ class _SagaEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SagaEve
     SAGA_EVENT_TYPE_STEP_SKIPPED: _SagaEventType.ValueType  # 7
     """The step's condition was false (or the saga ended before it); it did not run."""
     SAGA_EVENT_TYPE_CANCEL_REQUESTED: _SagaEventType.ValueType  # 8
-    """CancelSaga was called; `error.message` holds the reason."""
+    """The driving replica saw a CancelSaga request; `error.message` holds the reason."""
     SAGA_EVENT_TYPE_COMPENSATION_STARTED: _SagaEventType.ValueType  # 9
     """Compensation began; `error` holds the cause (the failed step, a timeout or a cancel)."""
     SAGA_EVENT_TYPE_STEP_COMPENSATION_STARTED: _SagaEventType.ValueType  # 10
@@ -251,6 +255,10 @@ class _SagaEventTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_SagaEve
     """Final: the saga was cancelled and compensated."""
     SAGA_EVENT_TYPE_SAGA_FAILED: _SagaEventType.ValueType  # 17
     """Final: the saga needs a human; `error` says why."""
+    SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED: _SagaEventType.ValueType  # 18
+    """An attempt of a step's compensation failed with a retryable code; `error`
+    is set and the next attempt follows after `backoff`.
+    """
 
 class SagaEventType(_SagaEventType, metaclass=_SagaEventTypeEnumTypeWrapper):
     """SagaEventType is the kind of an entry in a saga's event log."""
@@ -279,7 +287,7 @@ SAGA_EVENT_TYPE_STEP_FAILED: SagaEventType.ValueType  # 6
 SAGA_EVENT_TYPE_STEP_SKIPPED: SagaEventType.ValueType  # 7
 """The step's condition was false (or the saga ended before it); it did not run."""
 SAGA_EVENT_TYPE_CANCEL_REQUESTED: SagaEventType.ValueType  # 8
-"""CancelSaga was called; `error.message` holds the reason."""
+"""The driving replica saw a CancelSaga request; `error.message` holds the reason."""
 SAGA_EVENT_TYPE_COMPENSATION_STARTED: SagaEventType.ValueType  # 9
 """Compensation began; `error` holds the cause (the failed step, a timeout or a cancel)."""
 SAGA_EVENT_TYPE_STEP_COMPENSATION_STARTED: SagaEventType.ValueType  # 10
@@ -298,6 +306,10 @@ SAGA_EVENT_TYPE_SAGA_CANCELLED: SagaEventType.ValueType  # 16
 """Final: the saga was cancelled and compensated."""
 SAGA_EVENT_TYPE_SAGA_FAILED: SagaEventType.ValueType  # 17
 """Final: the saga needs a human; `error` says why."""
+SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED: SagaEventType.ValueType  # 18
+"""An attempt of a step's compensation failed with a retryable code; `error`
+is set and the next attempt follows after `backoff`.
+"""
 Global___SagaEventType: _TypeAlias = SagaEventType  # noqa: Y015
 
 @_typing.final
@@ -315,9 +327,11 @@ class RetryPolicy(_message.Message):
     MAX_BACKOFF_FIELD_NUMBER: _builtins.int
     NON_RETRYABLE_CODES_FIELD_NUMBER: _builtins.int
     max_attempts: _builtins.int
-    """Total attempts including the first; 0 means 3. After a pivot step has
-    completed this limit is ignored and steps are retried until they succeed
-    or fail with a non-retryable code.
+    """Attempts that may fail before the call fails for good; 0 means 3. An
+    attempt cut short by a coordinator crash (no outcome logged) is re-sent
+    with the next attempt number and does not count. After a pivot step has
+    completed this limit is ignored for steps and they are retried until they
+    succeed or fail with a non-retryable code.
     """
     multiplier: _builtins.float
     """Factor applied to the wait after each attempt; 0 means 2.0; must be >= 1."""
@@ -426,6 +440,10 @@ Global___LoopSpec: _TypeAlias = LoopSpec  # noqa: Y015
 class Step(_message.Message):
     """Step is one unit of work of a saga: a call of `action` on a target agent.
 
+    Idempotency keys: a plain step is called with "<saga_id>/<step>", map item i
+    with "<saga_id>/<step>[i]" and loop iteration k with "<saga_id>/<step>#k";
+    the compensation of a call appends "/compensate" to its key.
+
     Context: CEL expressions in a step (input_mapping, condition, map and loop
     expressions) are evaluated over {"input": saga input, "steps": {step name:
     output of every completed step}}, plus `item` and `index` in a map step and
@@ -468,7 +486,7 @@ class Step(_message.Message):
     MAP_FIELD_NUMBER: _builtins.int
     LOOP_FIELD_NUMBER: _builtins.int
     name: _builtins.str
-    """Unique within the saga: [a-z0-9_-], 1-63 characters."""
+    """Unique within the saga: [A-Za-z0-9_.-], 1-63 characters."""
     agent_id: _builtins.str
     """A registered agent id; its AgentService endpoint comes from the registry."""
     action: _builtins.str
@@ -915,8 +933,9 @@ class SagaEvent(_message.Message):
     coordinator_id: _builtins.str
     """Replica that appended it."""
     fencing_token: _builtins.int
-    """Fencing token of the lease it was appended under; 0 for events appended by
-    the API (SAGA_STARTED, CANCEL_REQUESTED).
+    """Fencing token of the lease it was appended under; 0 for SAGA_STARTED,
+    which StartSaga appends. The log accepts an append only under the current
+    token, so a replica that lost its lease cannot write.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:

@@ -175,10 +175,14 @@ class SagaServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CancelSaga(self, request, context):
-        """CancelSaga asks a running saga to stop: steps in flight are abandoned and
-        recorded as failed, then the saga compensates with its strategy and ends
-        CANCELLED (or FAILED if a compensation fails). Cancelling a saga that is
-        already cancelling returns it unchanged.
+        """CancelSaga asks a saga to stop. The request is stored at once; the replica
+        driving the saga logs CANCEL_REQUESTED within about a second, starts no new
+        step, lets calls in flight finish (each bounded by its step timeout),
+        records steps waiting for a retry as failed with CANCELLED, then
+        compensates with the saga's strategy and ends CANCELLED (or FAILED if a
+        compensation fails). If the pivot step was in flight and completes, the
+        cancel is ignored and the saga runs to completion. Cancelling a saga that
+        is already cancelling returns it unchanged.
         Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND,
         FAILED_PRECONDITION (the saga has finished, or has passed its pivot step
         and can only complete), UNAVAILABLE.

@@ -84,10 +84,14 @@ class SagaServiceStub:
     Errors: INVALID_ARGUMENT (bad page_token or page_size), UNAVAILABLE.
     """
     CancelSaga: _grpc.UnaryUnaryMultiCallable[_saga_pb2.CancelSagaRequest, _saga_pb2.CancelSagaResponse]
-    """CancelSaga asks a running saga to stop: steps in flight are abandoned and
-    recorded as failed, then the saga compensates with its strategy and ends
-    CANCELLED (or FAILED if a compensation fails). Cancelling a saga that is
-    already cancelling returns it unchanged.
+    """CancelSaga asks a saga to stop. The request is stored at once; the replica
+    driving the saga logs CANCEL_REQUESTED within about a second, starts no new
+    step, lets calls in flight finish (each bounded by its step timeout),
+    records steps waiting for a retry as failed with CANCELLED, then
+    compensates with the saga's strategy and ends CANCELLED (or FAILED if a
+    compensation fails). If the pivot step was in flight and completes, the
+    cancel is ignored and the saga runs to completion. Cancelling a saga that
+    is already cancelling returns it unchanged.
     Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND,
     FAILED_PRECONDITION (the saga has finished, or has passed its pivot step
     and can only complete), UNAVAILABLE.
@@ -162,10 +166,14 @@ class SagaServiceAsyncStub(SagaServiceStub):
     Errors: INVALID_ARGUMENT (bad page_token or page_size), UNAVAILABLE.
     """
     CancelSaga: _aio.UnaryUnaryMultiCallable[_saga_pb2.CancelSagaRequest, _saga_pb2.CancelSagaResponse]  # type: ignore[assignment]
-    """CancelSaga asks a running saga to stop: steps in flight are abandoned and
-    recorded as failed, then the saga compensates with its strategy and ends
-    CANCELLED (or FAILED if a compensation fails). Cancelling a saga that is
-    already cancelling returns it unchanged.
+    """CancelSaga asks a saga to stop. The request is stored at once; the replica
+    driving the saga logs CANCEL_REQUESTED within about a second, starts no new
+    step, lets calls in flight finish (each bounded by its step timeout),
+    records steps waiting for a retry as failed with CANCELLED, then
+    compensates with the saga's strategy and ends CANCELLED (or FAILED if a
+    compensation fails). If the pivot step was in flight and completes, the
+    cancel is ignored and the saga runs to completion. Cancelling a saga that
+    is already cancelling returns it unchanged.
     Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND,
     FAILED_PRECONDITION (the saga has finished, or has passed its pivot step
     and can only complete), UNAVAILABLE.
@@ -279,10 +287,14 @@ class SagaServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _saga_pb2.CancelSagaRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_saga_pb2.CancelSagaResponse, _abc.Awaitable[_saga_pb2.CancelSagaResponse]]:
-        """CancelSaga asks a running saga to stop: steps in flight are abandoned and
-        recorded as failed, then the saga compensates with its strategy and ends
-        CANCELLED (or FAILED if a compensation fails). Cancelling a saga that is
-        already cancelling returns it unchanged.
+        """CancelSaga asks a saga to stop. The request is stored at once; the replica
+        driving the saga logs CANCEL_REQUESTED within about a second, starts no new
+        step, lets calls in flight finish (each bounded by its step timeout),
+        records steps waiting for a retry as failed with CANCELLED, then
+        compensates with the saga's strategy and ends CANCELLED (or FAILED if a
+        compensation fails). If the pivot step was in flight and completes, the
+        cancel is ignored and the saga runs to completion. Cancelling a saga that
+        is already cancelling returns it unchanged.
         Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND,
         FAILED_PRECONDITION (the saga has finished, or has passed its pivot step
         and can only complete), UNAVAILABLE.

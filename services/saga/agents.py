@@ -1,0 +1,252 @@
+"""Calls to agents: resolve a step's target, then AgentService.Execute/Compensate.
+
+Targets:
+  * agent id → the registry's hash `am:reg:agent:{id}` field `endpoint`
+    (cached for `endpoint_ttl_ms`).
+  * selector → the router's Route with STRATEGY_CONSISTENT_HASH on the step's
+    idempotency key, so every attempt of a step, and its compensation, goes to
+    the same agent while the candidate set is stable (agents dedupe per key,
+    so a retry must not hop to another agent). The coordinator then calls the
+    agent itself, because Router.Invoke carries neither the attempt number
+    nor Compensate. When the router is not configured, unreachable or does not
+    implement Route, the registry's index sets are read directly with
+    rendezvous hashing on the same key (status ACTIVE/DEGRADED, health >=
+    min_health_score; version_constraint and preferred_location are ignored
+    on this fallback path).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import grpc
+import redis.asyncio as aioredis
+from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.channels import create_channel
+from agentmesh.saga.v1 import saga_pb2
+
+from services.saga.state import dict_to_struct, struct_to_dict
+
+REG_PREFIX = "am:reg:"
+
+
+class CallError(Exception):
+    """A failed agent call.
+
+    Attributes:
+        code: gRPC status code name, e.g. "UNAVAILABLE".
+        message: the error message.
+    """
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+def _rendezvous(key: str, candidates: list[str]) -> str:
+    """Highest-random-weight choice (Thaler & Ravishankar 1998): stable per key."""
+    return max(candidates, key=lambda c: hashlib.sha1(f"{c}|{key}".encode()).digest())
+
+
+class AgentCaller:
+    """Resolves targets and calls agents.
+
+    Args:
+        redis: the registry's Redis (same instance as the coordinator's).
+        token: bearer token for agent calls.
+        tls_ca_file: PEM CA for TLS agent endpoints ("" = plaintext).
+        router_target: router daemon host:port; "" disables the router path.
+        endpoint_ttl_ms: how long a resolved agent endpoint is reused.
+    """
+
+    def __init__(
+        self,
+        redis: aioredis.Redis,
+        *,
+        token: str = "",
+        tls_ca_file: str = "",
+        router_target: str = "",
+        endpoint_ttl_ms: float = 1000.0,
+    ) -> None:
+        self.r = redis
+        self.token = token
+        self.tls_ca_file = tls_ca_file
+        self.router_target = router_target
+        self.endpoint_ttl_ms = endpoint_ttl_ms
+        self._endpoints: dict[str, tuple[str, float]] = {}
+        self._stubs: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
+        self._channels: list[grpc.aio.Channel] = []
+        self._router: Any = None
+        self._router_ok = bool(router_target)
+
+    async def close(self) -> None:
+        """Close every channel."""
+        for ch in self._channels:
+            await ch.close()
+
+    def _stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
+        stub = self._stubs.get(endpoint)
+        if stub is None:
+            ch = create_channel(endpoint, token=self.token, tls_ca_file=self.tls_ca_file)
+            self._channels.append(ch)
+            stub = self._stubs[endpoint] = agent_pb2_grpc.AgentServiceStub(ch)
+        return stub
+
+    async def _agent_endpoint(self, agent_id: str) -> str:
+        now = time.monotonic() * 1000
+        hit = self._endpoints.get(agent_id)
+        if hit and hit[1] > now:
+            return hit[0]
+        raw = await self.r.hget(f"{REG_PREFIX}agent:{agent_id}", "endpoint")
+        if not raw:
+            raise CallError("UNAVAILABLE", f"agent {agent_id!r} is not registered")
+        ep = raw.decode() if isinstance(raw, bytes) else str(raw)
+        self._endpoints[agent_id] = (ep, now + self.endpoint_ttl_ms)
+        return ep
+
+    async def _route(self, selector: common_pb2.AgentSelector, *, action: str, key: str) -> str:
+        if self._router_ok:
+            try:
+                return await self._route_via_router(selector, action=action, key=key)
+            except grpc.aio.AioRpcError as e:
+                if e.code() == grpc.StatusCode.UNIMPLEMENTED:
+                    self._router_ok = False
+                elif e.code() == grpc.StatusCode.UNAVAILABLE and "NO_HEALTHY_TARGET" in (
+                    e.details() or ""
+                ):
+                    raise CallError("UNAVAILABLE", f"router: {e.details()}") from e
+                elif e.code() != grpc.StatusCode.UNAVAILABLE:
+                    raise CallError(e.code().name, f"router: {e.details()}") from e
+        return await self._route_via_registry(selector, key=key)
+
+    async def _route_via_router(
+        self, selector: common_pb2.AgentSelector, *, action: str, key: str
+    ) -> str:
+        from agentmesh.router.v1 import router_pb2, router_pb2_grpc
+
+        if self._router is None:
+            ch = create_channel(self.router_target, token=self.token, tls_ca_file=self.tls_ca_file)
+            self._channels.append(ch)
+            self._router = router_pb2_grpc.RouterServiceStub(ch)
+        resp = await self._router.Route(
+            router_pb2.RouteRequest(
+                message=router_pb2.RouteMessage(
+                    message_type=action, routing_key=key, selector=selector
+                ),
+                strategy=router_pb2.STRATEGY_CONSISTENT_HASH,
+            ),
+            timeout=2.0,
+        )
+        if not resp.targets:
+            raise CallError("UNAVAILABLE", "router returned no target")
+        return str(resp.targets[0].endpoint)
+
+    async def _route_via_registry(self, selector: common_pb2.AgentSelector, *, key: str) -> str:
+        sets = [f"{REG_PREFIX}idx:cap:{c}" for c in selector.capabilities]
+        sets += [f"{REG_PREFIX}idx:tag:{t}" for t in selector.tags]
+        ids: set[bytes]
+        if sets:
+            ids = set(await self.r.sinter(sets))
+        else:
+            ids = {m for m, _ in await self.r.zrange(f"{REG_PREFIX}health", 0, -1, withscores=True)}
+        if selector.service_types:
+            ids &= set(
+                await self.r.sunion([f"{REG_PREFIX}idx:stype:{s}" for s in selector.service_types])
+            )
+        if not ids:
+            raise CallError("UNAVAILABLE", "no registered agent matches the selector")
+        ordered = sorted(ids)
+        async with self.r.pipeline(transaction=False) as p:
+            for i in ordered:
+                p.hmget(f"{REG_PREFIX}agent:{i.decode()}", ["status", "health", "endpoint"])
+            rows = await p.execute()
+        live: dict[str, str] = {}
+        for i, (status, health, endpoint) in zip(ordered, rows, strict=True):
+            if not endpoint or (status or b"").decode() not in ("ACTIVE", "DEGRADED"):
+                continue
+            if float(health or 0) < selector.min_health_score:
+                continue
+            live[i.decode()] = endpoint.decode()
+        if not live:
+            raise CallError("UNAVAILABLE", "no healthy agent matches the selector")
+        return live[_rendezvous(key, sorted(live))]
+
+    async def resolve(self, step: saga_pb2.Step, *, route_key: str) -> str:
+        """host:port of the agent that runs `step` for `route_key`.
+
+        Raises:
+            CallError: UNAVAILABLE when nothing can be resolved.
+        """
+        if step.WhichOneof("target") == "agent_id":
+            return await self._agent_endpoint(step.agent_id)
+        return await self._route(step.selector, action=step.action, key=route_key)
+
+    async def execute(
+        self,
+        step: saga_pb2.Step,
+        *,
+        input: Mapping[str, Any],
+        key: str,
+        attempt: int,
+        timeout_ms: float,
+        metadata: Mapping[str, str],
+    ) -> dict[str, Any]:
+        """Run the step's action; returns its output.
+
+        Raises:
+            CallError: with the agent's status code (DEADLINE_EXCEEDED on timeout).
+        """
+        endpoint = await self.resolve(step, route_key=key)
+        try:
+            resp = await self._stub(endpoint).Execute(
+                agent_pb2.ExecuteRequest(
+                    action=step.action,
+                    input=dict_to_struct(dict(input)),
+                    idempotency_key=key,
+                    attempt=attempt,
+                    metadata=dict(metadata),
+                ),
+                timeout=timeout_ms / 1000.0,
+            )
+        except grpc.aio.AioRpcError as e:
+            self._endpoints.pop(step.agent_id, None)
+            raise CallError(e.code().name, e.details() or "") from e
+        return struct_to_dict(resp.output)
+
+    async def compensate(
+        self,
+        step: saga_pb2.Step,
+        *,
+        input: Mapping[str, Any],
+        original_output: Mapping[str, Any] | None,
+        key: str,
+        route_key: str,
+        attempt: int,
+        timeout_ms: float,
+        metadata: Mapping[str, str],
+    ) -> None:
+        """Run the step's compensation.
+
+        Raises:
+            CallError: with the agent's status code.
+        """
+        endpoint = await self.resolve(step, route_key=route_key)
+        req = agent_pb2.CompensateRequest(
+            action=step.compensation_action,
+            input=dict_to_struct(dict(input)),
+            idempotency_key=key,
+            attempt=attempt,
+            metadata=dict(metadata),
+        )
+        if original_output is not None:
+            req.original_output.CopyFrom(dict_to_struct(dict(original_output)))
+        try:
+            await self._stub(endpoint).Compensate(req, timeout=timeout_ms / 1000.0)
+        except grpc.aio.AioRpcError as e:
+            self._endpoints.pop(step.agent_id, None)
+            raise CallError(e.code().name, e.details() or "") from e

@@ -1,0 +1,308 @@
+"""SagaService: the gRPC API over the store and the engine."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import redis.exceptions
+from agentmesh.runtime.errors import (
+    Aborted,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+    Unavailable,
+)
+from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+
+from services.saga.definition import compile_definition, flatten_steps
+from services.saga.engine import Engine
+from services.saga.events import GENESIS, seal
+from services.saga.state import FINAL_STATES, SagaRecord, ms_ts
+from services.saga.store import SagaStore
+
+MAX_INPUT_BYTES = 1 << 20
+MAX_IDEMPOTENCY_KEY = 200
+_FINAL_NAMES = {saga_pb2.SagaState.Name(s) for s in FINAL_STATES}
+
+
+def new_saga_id() -> str:
+    """`sg_` + 12 hex digits of Unix ms + 16 random hex digits: ids sort by creation time."""
+    return f"sg_{int(time.time() * 1000):012x}{os.urandom(8).hex()}"
+
+
+def _page_size(v: int, *, default: int, maximum: int) -> int:
+    if v < 0:
+        raise InvalidArgument("page_size must not be negative",
+                              field_violations={"page_size": "must be >= 0"})
+    return min(v or default, maximum)
+
+
+def _token(value: str) -> str:
+    return base64.urlsafe_b64encode(value.encode()).decode() if value else ""
+
+
+def _untoken(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError) as e:
+        raise InvalidArgument("bad page_token",
+                              field_violations={"page_token": "not a token this API returned"}) from e
+
+
+def _need_id(saga_id: str) -> None:
+    if not saga_id:
+        raise InvalidArgument("saga_id is required", field_violations={"saga_id": "required"})
+
+
+class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
+    """The SagaService implementation.
+
+    Args:
+        store: persistence.
+        engine: the local engine (kicked on StartSaga, told about cancels).
+        watch_store: a store on a separate Redis pool for blocking reads.
+    """
+
+    def __init__(self, store: SagaStore, engine: Engine, watch_store: SagaStore) -> None:
+        self.store = store
+        self.engine = engine
+        self.watch_store = watch_store
+
+    async def _load(self, saga_id: str) -> SagaRecord:
+        _need_id(saga_id)
+        rec = await self.store.load(saga_id)
+        if rec is None:
+            raise NotFound(f"saga {saga_id!r} not found", resource_type="saga",
+                           resource_name=saga_id)
+        return rec
+
+    # ---- sagas ------------------------------------------------------------------
+    async def StartSaga(
+        self, request: saga_pb2.StartSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.StartSagaResponse:
+        """See saga.proto."""
+        src = request.WhichOneof("definition_source")
+        if src is None:
+            raise InvalidArgument("set definition or definition_name",
+                                  field_violations={"definition": "required"})
+        if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
+            raise InvalidArgument("idempotency_key too long", field_violations={
+                "idempotency_key": f"at most {MAX_IDEMPOTENCY_KEY} characters"})
+        if request.input.ByteSize() > MAX_INPUT_BYTES:
+            raise ResourceExhausted("input too large", quota_subject="input",
+                                    quota_description=f"at most {MAX_INPUT_BYTES} bytes")
+        if src == "definition":
+            defn = request.definition
+            compile_definition(defn, field_prefix="definition")
+        else:
+            found = await self.store.get_definition(request.definition_name,
+                                                    version=request.definition_version)
+            if found is None:
+                raise NotFound(
+                    f"no saga definition {request.definition_name!r}"
+                    + (f" version {request.definition_version}" if request.definition_version else ""),
+                    resource_type="saga_definition", resource_name=request.definition_name,
+                )
+            defn = found
+        fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        saga_id = new_saga_id()
+        ev = saga_pb2.SagaEvent(
+            saga_id=saga_id, sequence=1, type=saga_pb2.SAGA_EVENT_TYPE_SAGA_STARTED,
+            create_time=ms_ts(int(time.time() * 1000)), input=request.input,
+            definition=defn, idempotency_key=request.idempotency_key,
+            state=saga_pb2.SAGA_STATE_PENDING,
+        )
+        seal(ev, GENESIS)
+        try:
+            existing = await self.store.create(
+                ev, name=defn.name, idempotency_key=request.idempotency_key,
+                fingerprint=fingerprint,
+            )
+        except redis.exceptions.ConnectionError as e:
+            raise Unavailable("Redis is unavailable; nothing was started",
+                              reason="REDIS_DOWN") from e
+        if existing is not None:
+            old_id, old_fp = existing
+            if old_fp != fingerprint:
+                raise Aborted(
+                    f"idempotency_key {request.idempotency_key!r} already started saga "
+                    f"{old_id} with a different request"
+                )
+            rec = await self._load(old_id)
+            return saga_pb2.StartSagaResponse(saga=rec.to_proto(), already_started=True)
+        self.engine.kick(saga_id)
+        rec = SagaRecord.start(ev, [s.name for s in flatten_steps(defn)])
+        return saga_pb2.StartSagaResponse(saga=rec.to_proto())
+
+    async def GetSaga(
+        self, request: saga_pb2.GetSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.GetSagaResponse:
+        """See saga.proto."""
+        rec = await self._load(request.saga_id)
+        return saga_pb2.GetSagaResponse(saga=rec.to_proto())
+
+    async def ListSagas(
+        self, request: saga_pb2.ListSagasRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.ListSagasResponse:
+        """See saga.proto."""
+        size = _page_size(request.page_size, default=50, maximum=500)
+        cursor = _untoken(request.page_token)
+        states = {saga_pb2.SagaState.Name(s) for s in request.states}
+        if request.definition_name:
+            index = f"idx:name:{request.definition_name}"
+        elif len(states) == 1:
+            index = f"idx:state:{next(iter(states))}"
+        else:
+            index = "idx:all"
+        found: list[str] = []
+        exhausted = False
+        while len(found) < size:
+            ids = await self.store.page_ids(index, before=cursor, count=max(size * 2, 50))
+            if not ids:
+                exhausted = True
+                break
+            meta = await self.store.states_of(ids)
+            for saga_id, (state, _name) in zip(ids, meta, strict=True):
+                cursor = saga_id
+                if not state:
+                    continue
+                if states and state not in states:
+                    continue
+                found.append(saga_id)
+                if len(found) == size:
+                    break
+        resp = saga_pb2.ListSagasResponse()
+        for saga_id in found:
+            rec = await self.store.load(saga_id)
+            if rec is not None:
+                resp.sagas.append(rec.to_proto(summary=True))
+        if not exhausted and found:
+            resp.next_page_token = _token(found[-1])
+        return resp
+
+    async def CancelSaga(
+        self, request: saga_pb2.CancelSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.CancelSagaResponse:
+        """See saga.proto."""
+        rec = await self._load(request.saga_id)
+        state_name = saga_pb2.SagaState.Name(rec.state)  # type: ignore[arg-type]
+        if rec.final:
+            raise FailedPrecondition(
+                f"saga {rec.saga_id} has finished ({state_name}); nothing to cancel",
+                violations=[("STATE", f"sagas/{rec.saga_id}", f"state is {state_name}")],
+            )
+        comp = self.engine.compile(rec.definition)
+        if rec.pivot_passed(comp.pivot):
+            raise FailedPrecondition(
+                f"saga {rec.saga_id} has passed its pivot step {comp.pivot!r} and can only complete",
+                violations=[("PIVOT", f"sagas/{rec.saga_id}", "the pivot step has completed")],
+            )
+        reason = request.reason or "cancelled by request"
+        out = await self.store.request_cancel(rec.saga_id, reason=reason)
+        if out == "missing":
+            raise NotFound(f"saga {rec.saga_id!r} not found")
+        if out in _FINAL_NAMES:
+            raise FailedPrecondition(f"saga {rec.saga_id} has finished ({out}); nothing to cancel",
+                                     violations=[("STATE", f"sagas/{rec.saga_id}", out)])
+        self.engine.notify_cancel(rec.saga_id, reason)
+        return saga_pb2.CancelSagaResponse(saga=rec.to_proto())
+
+    async def WatchSaga(
+        self, request: saga_pb2.WatchSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[saga_pb2.WatchSagaResponse]:
+        """See saga.proto."""
+        _need_id(request.saga_id)
+        if not await self.store.exists(request.saga_id):
+            raise NotFound(f"saga {request.saga_id!r} not found", resource_type="saga",
+                           resource_name=request.saga_id)
+        after = request.after_sequence
+        evs = await self.store.events(request.saga_id, after_seq=after)
+        while True:
+            for ev in evs:
+                after = ev.sequence
+                yield saga_pb2.WatchSagaResponse(event=ev)
+                if ev.state in FINAL_STATES:
+                    return
+            evs = await self.watch_store.block_events(request.saga_id, after_seq=after,
+                                                      block_ms=1000)
+            if not evs:
+                rec_state = await self.store.r.hget(self.store.hkey(request.saga_id), "state")
+                if rec_state is not None and rec_state.decode() in _FINAL_NAMES:
+                    # the final event was appended between our read and the block
+                    evs = await self.store.events(request.saga_id, after_seq=after)
+                    if not evs:
+                        return
+
+    async def GetSagaEvents(
+        self, request: saga_pb2.GetSagaEventsRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.GetSagaEventsResponse:
+        """See saga.proto."""
+        _need_id(request.saga_id)
+        size = _page_size(request.page_size, default=100, maximum=1000)
+        raw = _untoken(request.page_token)
+        if raw and not raw.isdigit():
+            raise InvalidArgument("bad page_token",
+                                  field_violations={"page_token": "not a token this API returned"})
+        after = int(raw or 0)
+        if not await self.store.exists(request.saga_id):
+            raise NotFound(f"saga {request.saga_id!r} not found", resource_type="saga",
+                           resource_name=request.saga_id)
+        evs = await self.store.events(request.saga_id, after_seq=after, count=size)
+        resp = saga_pb2.GetSagaEventsResponse(events=evs)
+        last = evs[-1].sequence if evs else after
+        if len(evs) == size:
+            resp.next_page_token = _token(str(last))
+        else:
+            state = await self.store.r.hget(self.store.hkey(request.saga_id), "state")
+            if state is None or state.decode() not in _FINAL_NAMES:
+                resp.next_page_token = _token(str(last))  # still running: poll from here
+        return resp
+
+    # ---- definitions ---------------------------------------------------------------
+    async def RegisterSagaDefinition(
+        self,
+        request: saga_pb2.RegisterSagaDefinitionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> saga_pb2.RegisterSagaDefinitionResponse:
+        """See saga.proto."""
+        compile_definition(request.definition, field_prefix="definition", require_name=True)
+        stored, created = await self.store.register_definition(request.definition)
+        return saga_pb2.RegisterSagaDefinitionResponse(definition=stored, created=created)
+
+    async def GetSagaDefinition(
+        self,
+        request: saga_pb2.GetSagaDefinitionRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> saga_pb2.GetSagaDefinitionResponse:
+        """See saga.proto."""
+        if not request.name:
+            raise InvalidArgument("name is required", field_violations={"name": "required"})
+        d = await self.store.get_definition(request.name, version=request.version)
+        if d is None:
+            raise NotFound(f"no saga definition {request.name!r}", resource_type="saga_definition",
+                           resource_name=request.name)
+        return saga_pb2.GetSagaDefinitionResponse(definition=d)
+
+    async def ListSagaDefinitions(
+        self,
+        request: saga_pb2.ListSagaDefinitionsRequest,
+        context: grpc.aio.ServicerContext[Any, Any],
+    ) -> saga_pb2.ListSagaDefinitionsResponse:
+        """See saga.proto."""
+        size = _page_size(request.page_size, default=50, maximum=500)
+        after = _untoken(request.page_token)
+        defs = await self.store.list_definitions(after=after, count=size + 1)
+        resp = saga_pb2.ListSagaDefinitionsResponse(definitions=defs[:size])
+        if len(defs) > size:
+            resp.next_page_token = _token(defs[size - 1].name)
+        return resp

@@ -1,0 +1,430 @@
+"""Redis persistence of sagas: event log, snapshots, leases, indexes, definitions.
+
+Keys (prefix `am:saga:`):
+  saga:{id}          HASH  seq, last_hash, state, name, create_ms, idem,
+                           owner, fence, lease_until (Unix ms, Redis clock),
+                           cancel (0/1), cancel_reason, snapshot (JSON), snap_seq
+  log:{id}           STREAM one entry per event, id "<sequence>-0", field pb
+                           (serialized agentmesh.saga.v1.SagaEvent)
+  active             ZSET  unfinished sagas, score = lease expiry (Unix ms; 0 = free)
+  idx:all            ZSET  every saga id, score 0 (ids sort by creation time)
+  idx:name:{name}    ZSET  ids by definition name
+  idx:state:{STATE}  ZSET  ids by SagaState name
+  idem:{key}         STRING "<saga_id>\\n<request fingerprint>"
+  def:{name}         HASH  latest -> N, v{N} -> serialized SagaDefinition
+  defs               ZSET  definition names, score 0 (lexicographic listing)
+
+Every write that matters is one Lua script, so it is atomic: creating a saga
+(log + hash + indexes + idempotency key), appending events (checks the lease
+owner and fencing token, so a replica that lost its lease cannot write),
+taking, renewing and releasing a lease. The scripts name keys they build from
+the prefix (index keys), so they assume a single Redis (or Sentinel), not Cluster.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+from agentmesh.saga.v1 import saga_pb2
+from redis.exceptions import ResponseError
+
+from services.saga.definition import flatten_steps
+from services.saga.state import SagaRecord
+
+PREFIX = "am:saga:"
+
+_CREATE = """
+if ARGV[7] == '1' then
+  local cur = redis.call('GET', KEYS[1])
+  if cur then return cur end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('saga exists') end
+redis.call('HSET', KEYS[2], 'seq', 1, 'last_hash', ARGV[4], 'state', 'SAGA_STATE_PENDING',
+  'name', ARGV[5], 'create_ms', ARGV[6], 'idem', ARGV[8], 'owner', '', 'fence', 0,
+  'lease_until', 0, 'cancel', 0, 'cancel_reason', '', 'snap_seq', 0)
+redis.call('XADD', KEYS[3], '1-0', 'pb', ARGV[3])
+redis.call('ZADD', KEYS[4], 0, ARGV[1])
+redis.call('ZADD', KEYS[5], 0, ARGV[1])
+redis.call('ZADD', KEYS[6], 0, ARGV[1])
+redis.call('ZADD', KEYS[7], 0, ARGV[1])
+if ARGV[7] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2]) end
+return ''
+"""
+
+_NOW = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+"""
+
+_FINAL = """
+local final = {SAGA_STATE_COMPLETED=1, SAGA_STATE_COMPENSATED=1, SAGA_STATE_FAILED=1,
+               SAGA_STATE_CANCELLED=1}
+"""
+
+# KEYS: hash, active. ARGV: owner, ttl_ms, saga_id. Returns {fence} (0 = held
+# by someone, -1 = no such saga, -2 = finished).
+_ACQUIRE = _NOW + _FINAL + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'lease_until', 'state')
+if not h[3] then redis.call('ZREM', KEYS[2], ARGV[3]) return -1 end
+if final[h[3]] then redis.call('ZREM', KEYS[2], ARGV[3]) return -2 end
+if h[1] ~= '' and tonumber(h[2]) > now then return 0 end
+local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
+local until_ms = now + tonumber(ARGV[2])
+redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_until', until_ms)
+redis.call('ZADD', KEYS[2], until_ms, ARGV[3])
+return fence
+"""
+
+# KEYS: hash, active. ARGV: owner, fence, ttl_ms, saga_id. Returns {held, cancel}.
+_RENEW = _NOW + _FINAL + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'cancel', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return {0, 0} end
+if not final[h[4]] then
+  local until_ms = now + tonumber(ARGV[3])
+  redis.call('HSET', KEYS[1], 'lease_until', until_ms)
+  redis.call('ZADD', KEYS[2], until_ms, ARGV[4])
+end
+return {1, tonumber(h[3])}
+"""
+
+# KEYS: hash, active. ARGV: owner, fence, saga_id.
+_RELEASE = _FINAL + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'owner', '', 'lease_until', 0)
+if not final[h[3]] then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+return 1
+"""
+
+# KEYS: hash, stream, active. ARGV: owner, fence, expected_seq, last_hash,
+# new_state, final, snapshot, snap_seq, saga_id, state index prefix, events...
+# Returns 1, -1 (fenced out) or -2 (sequence conflict).
+_APPEND = _NOW + """
+local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'seq', 'state')
+if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
+if h[3] ~= ARGV[3] then return -2 end
+local seq = tonumber(ARGV[3])
+for i = 11, #ARGV do
+  seq = seq + 1
+  redis.call('XADD', KEYS[2], seq .. '-0', 'pb', ARGV[i])
+end
+redis.call('HSET', KEYS[1], 'seq', seq, 'last_hash', ARGV[4], 'state', ARGV[5])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'snapshot', ARGV[7], 'snap_seq', ARGV[8]) end
+if h[4] ~= ARGV[5] then
+  redis.call('ZREM', ARGV[10] .. h[4], ARGV[9])
+  redis.call('ZADD', ARGV[10] .. ARGV[5], 0, ARGV[9])
+end
+if ARGV[6] == '1' then
+  redis.call('ZREM', KEYS[3], ARGV[9])
+  redis.call('HSET', KEYS[1], 'owner', '', 'lease_until', 0)
+end
+return 1
+"""
+
+# KEYS: hash. ARGV: reason. Returns "" (recorded), "missing" or the final state name.
+_CANCEL = _FINAL + """
+local st = redis.call('HGET', KEYS[1], 'state')
+if not st then return 'missing' end
+if final[st] then return st end
+if redis.call('HGET', KEYS[1], 'cancel') ~= '1' then
+  redis.call('HSET', KEYS[1], 'cancel', 1, 'cancel_reason', ARGV[1])
+end
+return ''
+"""
+
+
+class Fenced(Exception):
+    """The lease was lost (another replica took it) or the log moved on."""
+
+
+@dataclass
+class Lease:
+    """A held lease.
+
+    Attributes:
+        saga_id: the saga.
+        owner: this replica's coordinator id.
+        fence: fencing token; only ever increases per saga.
+    """
+
+    saga_id: str
+    owner: str
+    fence: int
+
+
+def state_name(state: int) -> str:
+    """SagaState enum value → name."""
+    return saga_pb2.SagaState.Name(state)  # type: ignore[arg-type]
+
+
+class SagaStore:
+    """All Redis access of the saga coordinator.
+
+    Args:
+        redis: client (decode_responses=False: log entries are bytes).
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self.r = redis
+        self._create = redis.register_script(_CREATE)
+        self._acquire = redis.register_script(_ACQUIRE)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+        self._append = redis.register_script(_APPEND)
+        self._cancel = redis.register_script(_CANCEL)
+
+    # ---- keys -----------------------------------------------------------------
+    @staticmethod
+    def hkey(saga_id: str) -> str:
+        """Key of the saga's hash."""
+        return f"{PREFIX}saga:{saga_id}"
+
+    @staticmethod
+    def lkey(saga_id: str) -> str:
+        """Key of the saga's event stream."""
+        return f"{PREFIX}log:{saga_id}"
+
+    # ---- sagas ----------------------------------------------------------------
+    async def create(
+        self,
+        ev: saga_pb2.SagaEvent,
+        *,
+        name: str,
+        idempotency_key: str,
+        fingerprint: str,
+    ) -> tuple[str, str] | None:
+        """Store a new saga with its SAGA_STARTED event.
+
+        Returns:
+            None when created; (existing saga id, its fingerprint) when the
+            idempotency key was already used.
+        """
+        out = await self._create(
+            keys=[
+                f"{PREFIX}idem:{idempotency_key}",
+                self.hkey(ev.saga_id),
+                self.lkey(ev.saga_id),
+                f"{PREFIX}active",
+                f"{PREFIX}idx:all",
+                f"{PREFIX}idx:name:{name}",
+                f"{PREFIX}idx:state:SAGA_STATE_PENDING",
+            ],
+            args=[
+                ev.saga_id, fingerprint, ev.SerializeToString(), ev.provenance.hash, name,
+                ev.create_time.ToMilliseconds(), "1" if idempotency_key else "0",
+                idempotency_key,
+            ],
+        )
+        if not out:
+            return None
+        saga_id, _, fp = _s(out).partition("\n")
+        return saga_id, fp
+
+    async def acquire(self, saga_id: str, *, owner: str, ttl_ms: int) -> Lease | None:
+        """Take the saga's lease if it is free or expired; None otherwise."""
+        fence = int(
+            await self._acquire(
+                keys=[self.hkey(saga_id), f"{PREFIX}active"], args=[owner, ttl_ms, saga_id]
+            )
+        )
+        return Lease(saga_id, owner, fence) if fence > 0 else None
+
+    async def renew(self, leases: Sequence[Lease], *, ttl_ms: int) -> list[tuple[bool, bool]]:
+        """Renew many leases in one round trip; returns (still held, cancel requested) each."""
+        if not leases:
+            return []
+        async with self.r.pipeline(transaction=False) as p:
+            for lease in leases:
+                await self._renew(
+                    keys=[self.hkey(lease.saga_id), f"{PREFIX}active"],
+                    args=[lease.owner, lease.fence, ttl_ms, lease.saga_id],
+                    client=p,
+                )
+            res = await p.execute()
+        return [(bool(int(a)), bool(int(b))) for a, b in res]
+
+    async def release(self, lease: Lease) -> None:
+        """Give the lease back so another replica can take the saga at once."""
+        await self._release(
+            keys=[self.hkey(lease.saga_id), f"{PREFIX}active"],
+            args=[lease.owner, lease.fence, lease.saga_id],
+        )
+
+    async def append(
+        self,
+        lease: Lease,
+        events: Sequence[saga_pb2.SagaEvent],
+        *,
+        expected_seq: int,
+        last_hash: str,
+        state: int,
+        final: bool,
+        snapshot: str = "",
+        snap_seq: int = 0,
+    ) -> None:
+        """Append sealed events under the lease.
+
+        Raises:
+            Fenced: the lease was taken over or the log has moved on.
+        """
+        res = int(
+            await self._append(
+                keys=[self.hkey(lease.saga_id), self.lkey(lease.saga_id), f"{PREFIX}active"],
+                args=[
+                    lease.owner, lease.fence, expected_seq, last_hash, state_name(state),
+                    "1" if final else "0", snapshot, snap_seq, lease.saga_id,
+                    f"{PREFIX}idx:state:",
+                    *(e.SerializeToString() for e in events),
+                ],
+            )
+        )
+        if res != 1:
+            raise Fenced(f"saga {lease.saga_id}: {'lease lost' if res == -1 else 'log moved on'}")
+
+    async def request_cancel(self, saga_id: str, *, reason: str) -> str:
+        """Record a cancel request; returns "", "missing" or the final state's name."""
+        return _s(await self._cancel(keys=[self.hkey(saga_id)], args=[reason]))
+
+    async def cancel_flag(self, saga_id: str) -> tuple[bool, str]:
+        """(cancel requested, reason)."""
+        c, reason = await self.r.hmget(self.hkey(saga_id), ["cancel", "cancel_reason"])
+        return _s(c or b"0") == "1", _s(reason or b"")
+
+    async def events(
+        self, saga_id: str, *, after_seq: int = 0, count: int | None = None
+    ) -> list[saga_pb2.SagaEvent]:
+        """Events with sequence > after_seq, in order."""
+        rows = await self.r.xrange(self.lkey(saga_id), min=f"({after_seq}-0", max="+", count=count)
+        return [_event(fields) for _, fields in rows]
+
+    async def block_events(
+        self, saga_id: str, *, after_seq: int, block_ms: int
+    ) -> list[saga_pb2.SagaEvent]:
+        """Events after `after_seq`, waiting up to `block_ms` for the first one."""
+        res = await self.r.xread({self.lkey(saga_id): f"{after_seq}-0"}, block=block_ms, count=500)
+        out: list[saga_pb2.SagaEvent] = []
+        for _, rows in res or []:
+            out.extend(_event(fields) for _, fields in rows)
+        return out
+
+    async def load(self, saga_id: str) -> SagaRecord | None:
+        """The saga's state: latest snapshot folded with the events after it."""
+        snap, snap_seq = await self.r.hmget(self.hkey(saga_id), ["snapshot", "snap_seq"])
+        rec: SagaRecord | None = None
+        if snap:
+            rec = SagaRecord.from_json(snap)
+        after = rec.seq if rec else 0
+        evs = await self.events(saga_id, after_seq=after)
+        if rec is None:
+            if not evs:
+                return None
+            first = evs.pop(0)
+            rec = SagaRecord.start(first, [s.name for s in flatten_steps(first.definition)])
+        for ev in evs:
+            rec.fold(ev)
+        return rec
+
+    async def exists(self, saga_id: str) -> bool:
+        """True when the saga exists."""
+        return bool(await self.r.exists(self.hkey(saga_id)))
+
+    async def expired(self, *, limit: int) -> list[str]:
+        """Unfinished sagas whose lease is free or expired (by this host's clock)."""
+        now_ms = int(time.time() * 1000)
+        ids = await self.r.zrangebyscore(f"{PREFIX}active", "-inf", now_ms, start=0, num=limit)
+        return [_s(i) for i in ids]
+
+    async def page_ids(self, index: str, *, before: str, count: int) -> list[str]:
+        """Ids of an index, newest first, strictly older than `before` ("" = newest)."""
+        hi = f"({before}" if before else "+"
+        ids = await self.r.zrevrangebylex(f"{PREFIX}{index}", hi, "-", start=0, num=count)
+        return [_s(i) for i in ids]
+
+    async def states_of(self, ids: Sequence[str]) -> list[tuple[str, str]]:
+        """(state name, definition name) per id."""
+        async with self.r.pipeline(transaction=False) as p:
+            for i in ids:
+                p.hmget(self.hkey(i), ["state", "name"])
+            res = await p.execute()
+        return [(_s(a or b""), _s(b or b"")) for a, b in res]
+
+    # ---- definitions ----------------------------------------------------------
+    async def register_definition(
+        self, defn: saga_pb2.SagaDefinition
+    ) -> tuple[saga_pb2.SagaDefinition, bool]:
+        """Store a new version unless identical to the latest; (stored, created)."""
+        key = f"{PREFIX}def:{defn.name}"
+        body = saga_pb2.SagaDefinition()
+        body.CopyFrom(defn)
+        body.ClearField("version")
+        body.ClearField("create_time")
+        for _ in range(20):  # optimistic: WATCH the hash, retry on a concurrent writer
+            async with self.r.pipeline(transaction=True) as p:
+                await p.watch(key)
+                latest = int(await p.hget(key, "latest") or 0)
+                if latest:
+                    cur = saga_pb2.SagaDefinition()
+                    cur.ParseFromString(await p.hget(key, f"v{latest}"))
+                    cmp = saga_pb2.SagaDefinition()
+                    cmp.CopyFrom(cur)
+                    cmp.ClearField("version")
+                    cmp.ClearField("create_time")
+                    if cmp.SerializeToString(deterministic=True) == body.SerializeToString(
+                        deterministic=True
+                    ):
+                        await p.unwatch()
+                        return cur, False
+                body.version = latest + 1
+                body.create_time.GetCurrentTime()
+                p.multi()
+                p.hset(key, mapping={"latest": body.version, f"v{body.version}": body.SerializeToString()})
+                p.zadd(f"{PREFIX}defs", {defn.name: 0})
+                try:
+                    await p.execute()
+                except aioredis.WatchError:
+                    continue
+                return body, True
+        raise Fenced("definition is being registered concurrently; retry")
+
+    async def get_definition(self, name: str, *, version: int = 0) -> saga_pb2.SagaDefinition | None:
+        """A stored version (0 = latest), or None."""
+        key = f"{PREFIX}def:{name}"
+        if not version:
+            version = int(await self.r.hget(key, "latest") or 0)
+            if not version:
+                return None
+        raw = await self.r.hget(key, f"v{version}")
+        if raw is None:
+            return None
+        d = saga_pb2.SagaDefinition()
+        d.ParseFromString(raw)
+        return d
+
+    async def list_definitions(
+        self, *, after: str, count: int
+    ) -> list[saga_pb2.SagaDefinition]:
+        """Latest versions ordered by name, names strictly after `after`."""
+        lo = f"({after}" if after else "-"
+        names = await self.r.zrangebylex(f"{PREFIX}defs", lo, "+", start=0, num=count)
+        out = []
+        for n in names:
+            d = await self.get_definition(_s(n))
+            if d is not None:
+                out.append(d)
+        return out
+
+
+def _s(v: bytes | str) -> str:
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _event(fields: dict[bytes, bytes]) -> saga_pb2.SagaEvent:
+    ev = saga_pb2.SagaEvent()
+    ev.ParseFromString(fields[b"pb"])
+    return ev
+
+
+__all__ = ["PREFIX", "Fenced", "Lease", "ResponseError", "SagaStore"]
