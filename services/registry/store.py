@@ -109,6 +109,7 @@ class RegistryStore:
         self._cfg = settings.lua_config()
         self._register = client.register_script(lua.REGISTER)
         self._heartbeat = client.register_script(lua.HEARTBEAT)
+        self._heartbeat_batch = client.register_script(lua.HEARTBEAT_BATCH)
         self._deregister = client.register_script(lua.DEREGISTER)
         self._sweep = client.register_script(lua.SWEEP)
         self._probe = client.register_script(lua.HEALTH_PROBE)
@@ -166,16 +167,27 @@ class RegistryStore:
         return self._hb_outcome(await self._heartbeat(args=self._hb_args(agent_id, load)))
 
     async def heartbeat_many(
-        self, beats: Sequence[tuple[str, common_pb2.LoadMetrics | None]]
+        self, beats: Sequence[tuple[str, common_pb2.LoadMetrics | None]], *, chunk: int = 250
     ) -> list[HeartbeatOutcome | None]:
-        """Record many heartbeats in one pipelined round trip (each one atomic)."""
-        if not beats:
-            return []
-        pipe = self.r.pipeline(transaction=False)
-        for agent_id, load in beats:
-            await self._heartbeat(args=self._hb_args(agent_id, load), client=pipe)
-        results = await pipe.execute()
-        return [self._hb_outcome(r) for r in results]
+        """Record many heartbeats, `chunk` per script call (each chunk atomic).
+
+        Returns:
+            One outcome per heartbeat, in order; None for unknown agents.
+        """
+        out: list[HeartbeatOutcome | None] = []
+        for start in range(0, len(beats), chunk):
+            args: list[Any] = [self.p, self._cfg]
+            for agent_id, load in beats[start : start + chunk]:
+                args += self._hb_args(agent_id, load)[2:]
+            flat = await self._heartbeat_batch(args=args)
+            for i in range(0, len(flat), 3):
+                status = _s(flat[i])
+                out.append(
+                    HeartbeatOutcome(status=status, health=float(_s(flat[i + 1])),
+                                     interval_ms=int(flat[i + 2]))
+                    if status else None
+                )
+        return out
 
     async def deregister(self, agent_id: str, *, reason: str) -> registry_pb2.Agent | None:
         """Remove an agent atomically; its last state, or None when not registered."""
