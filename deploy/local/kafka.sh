@@ -1,0 +1,342 @@
+#!/usr/bin/env bash
+# Starts and stops a single-node KRaft Kafka broker (broker + controller in one
+# JVM) on loopback, for local runs and tests. No Docker, no ZooKeeper: the jars
+# come from Maven Central through deploy/local/kafka/pom.xml and `java` runs them.
+#
+# Usage:
+#   kafka.sh start <port> <dir>   PLAINTEXT on 127.0.0.1:<port>, controller on
+#                                 127.0.0.1:<port+1>; config, data, logs and the
+#                                 pidfile live in <dir>; waits for metadata
+#   kafka.sh stop <dir>           SIGTERM the pidfile's PID, wait, then SIGKILL it
+#   kafka.sh status <dir>         exit 0 if the pidfile's process is alive
+#   kafka.sh fetch                only download the jars (CI prefetch)
+#
+# Env:
+#   KAFKA_CONTROLLER_PORT         controller listener port (default <port>+1)
+#   KAFKA_HEAP_OPTS               default "-Xmx512m -Xms256m"
+#   KAFKA_JVM_EXTRA_OPTS          appended to the JVM flags
+#   KAFKA_START_TIMEOUT_S=120     how long to wait for the broker to answer
+#   KAFKA_STOP_TIMEOUT_S=30       how long to wait after SIGTERM before SIGKILL
+#   KAFKA_LIB_DIR                 use jars from here instead of the Maven project
+#
+# Only the PID in <dir>/kafka.pid is ever signalled, after checking it still is
+# our kafka.Kafka JVM for this <dir> (no pkill/killall by name).
+set -euo pipefail
+
+prog="kafka.sh"
+script_dir="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+project_dir="$script_dir/kafka"
+lib_dir="${KAFKA_LIB_DIR:-$project_dir/target/lib}"
+
+die() { echo "$prog: error: $*" >&2; exit 1; }
+usage() { echo "usage: $prog start <port> <dir> | stop <dir> | status <dir> | fetch" >&2; exit 2; }
+
+log_tail() {
+  local f
+  for f in "$@"; do
+    if [[ -s "$f" ]]; then
+      echo "---- last lines of $f ----" >&2
+      tail -n 40 "$f" >&2 || true
+    fi
+  done
+}
+
+# The pinned version lives in the pom only; read it so a bump there refetches.
+kafka_version() {
+  sed -n 's:.*<kafka.version>\(.*\)</kafka.version>.*:\1:p' "$project_dir/pom.xml" | head -n 1
+}
+
+fetch_jars() {
+  command -v java >/dev/null 2>&1 || die "java not found; install a JDK >= 17 (Kafka 4.x needs Java 17)"
+  if [[ -n "${KAFKA_LIB_DIR:-}" ]]; then
+    compgen -G "$lib_dir/kafka_2.13-*.jar" >/dev/null || die "KAFKA_LIB_DIR=$lib_dir has no kafka_2.13 jar"
+    return 0
+  fi
+  local version
+  version="$(kafka_version)"
+  [[ -n "$version" ]] || die "cannot read <kafka.version> from $project_dir/pom.xml"
+  [[ -f "$lib_dir/kafka_2.13-$version.jar" ]] && return 0
+
+  command -v mvn >/dev/null 2>&1 || die "Kafka jars missing in $lib_dir and 'mvn' is not installed (apt-get install maven)"
+  mkdir -p "$project_dir/target"
+  # Tests may start several brokers at once; one Maven run at a time keeps
+  # them from copying jars over each other.
+  exec 9>"$project_dir/target/.fetch.lock"
+  if command -v flock >/dev/null 2>&1; then flock 9; fi
+  if [[ ! -f "$lib_dir/kafka_2.13-$version.jar" ]]; then
+    echo "$prog: fetching Apache Kafka $version jars via Maven into $lib_dir" >&2
+    # Drop jars of an older pin so two versions never share the classpath.
+    rm -rf "$lib_dir"
+    mvn -q -B -f "$project_dir/pom.xml" package >&2 || die "mvn failed to fetch Kafka jars (is Maven Central reachable?)"
+    [[ -f "$lib_dir/kafka_2.13-$version.jar" ]] || die "mvn finished but $lib_dir/kafka_2.13-$version.jar is missing"
+  fi
+  exec 9>&-
+}
+
+# kill -0 alone reports a zombie (exited, not yet reaped by its parent) as
+# alive, which would turn every stop into a timeout; treat state Z as gone.
+alive() {
+  local pid="$1" state
+  kill -0 "$pid" 2>/dev/null || return 1
+  state="$(sed -E 's/^.*\) ([A-Za-z]).*$/\1/' "/proc/$pid/stat" 2>/dev/null || true)"
+  [[ "$state" != "Z" ]]
+}
+
+read_pid() {
+  local pidfile="$1" pid
+  [[ -f "$pidfile" ]] || return 1
+  pid="$(tr -d '[:space:]' <"$pidfile")"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
+  echo "$pid"
+}
+
+# True if PID is alive and is the kafka.Kafka JVM started with <dir>'s config;
+# guards against signalling a recycled PID.
+is_our_kafka() {
+  local pid="$1" props="$2" cmd
+  alive "$pid" || return 1
+  cmd="$(tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null || true)"
+  [[ "$cmd" == *kafka.Kafka* && "$cmd" == *"$props"* ]]
+}
+
+port_open() {
+  timeout 2 bash -c 'exec 3<>/dev/tcp/127.0.0.1/'"$1" 2>/dev/null
+}
+
+# A metadata round trip proves the broker is registered and serving, which an
+# open port alone does not (the socket accepts before the broker is unfenced).
+metadata_ok() {
+  local port="$1"
+  port_open "$port" || return 1
+  if command -v kcat >/dev/null 2>&1; then
+    timeout 10 kcat -L -b "127.0.0.1:$port" -m 5 >/dev/null 2>&1
+  elif python3 -c 'import confluent_kafka' >/dev/null 2>&1; then
+    timeout 15 python3 - "$port" <<'PY' >/dev/null 2>&1
+import sys
+from confluent_kafka.admin import AdminClient
+md = AdminClient({"bootstrap.servers": f"127.0.0.1:{sys.argv[1]}"}).list_topics(timeout=5)
+sys.exit(0 if md.brokers else 1)
+PY
+  else
+    return 0  # port accepted; nothing better is installed
+  fi
+}
+
+# 16 random bytes as unpadded URL-safe base64: the 22-char form Kafka's
+# Uuid.fromString expects, without paying a JVM start for `random-uuid`.
+cluster_id() {
+  head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n'
+}
+
+write_config() {
+  local dir="$1" port="$2" cport="$3" props="$4"
+  cat >"$props" <<EOF
+# Generated by deploy/local/kafka.sh; rewritten on every start.
+# One JVM is both the KRaft controller and the broker.
+process.roles=broker,controller
+node.id=1
+# Kafka 4 dynamic quorum: the voter set comes from \`format --standalone\`.
+controller.quorum.bootstrap.servers=127.0.0.1:${cport}
+controller.listener.names=CONTROLLER
+listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${cport}
+advertised.listeners=PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${cport}
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=${dir}/data
+
+# Single node: every internal topic must accept replication factor 1, or
+# consumer groups and idempotent/transactional producers never get going.
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+# Few partitions for internal topics: creating the default 50 costs seconds on
+# the first consumer group, and one node gains nothing from them.
+offsets.topic.num.partitions=1
+transaction.state.log.num.partitions=1
+share.coordinator.state.topic.num.partitions=1
+
+# Tests join and leave groups constantly; the default 3 s delay only adds latency.
+group.initial.rebalance.delay.ms=0
+num.partitions=1
+default.replication.factor=1
+min.insync.replicas=1
+auto.create.topics.enable=true
+delete.topic.enable=true
+
+# Sized for a 2-core dev machine.
+num.network.threads=2
+num.io.threads=4
+num.recovery.threads.per.data.dir=1
+log.retention.hours=24
+log.segment.bytes=67108864
+EOF
+}
+
+write_log4j() {
+  local dir="$1" file="$2"
+  cat >"$file" <<EOF
+# Generated by deploy/local/kafka.sh: broker logs go to a file, not the terminal.
+status = warn
+appender.file.type = File
+appender.file.name = FILE
+appender.file.fileName = ${dir}/logs/server.log
+appender.file.layout.type = PatternLayout
+appender.file.layout.pattern = [%d] %p %m (%c)%n
+rootLogger.level = INFO
+rootLogger.appenderRef.file.ref = FILE
+# Per-request and state-change chatter drowns the useful lines in tests.
+logger.request.name = kafka.request.logger
+logger.request.level = WARN
+logger.state.name = state.change.logger
+logger.state.level = WARN
+EOF
+}
+
+cmd_start() {
+  [[ $# -eq 2 ]] || usage
+  local port="$1" dir="$2"
+  if ! [[ "$port" =~ ^[0-9]+$ ]] || ((port < 1 || port > 65535)); then die "bad port: $port"; fi
+  local cport="${KAFKA_CONTROLLER_PORT:-$((port + 1))}"
+  if ! [[ "$cport" =~ ^[0-9]+$ ]] || ((cport < 1 || cport > 65535)) || ((cport == port)); then
+    die "bad controller port: $cport"
+  fi
+
+  mkdir -p "$dir"
+  dir="$(cd "$dir" && pwd)"
+  local props="$dir/server.properties" pidfile="$dir/kafka.pid"
+  local out="$dir/kafka.out" serverlog="$dir/logs/server.log" pid
+
+  # Idempotent start: reuse a live broker from an earlier call.
+  if pid="$(read_pid "$pidfile")" && is_our_kafka "$pid" "$props"; then
+    if metadata_ok "$port"; then
+      echo "$prog: kafka already running on 127.0.0.1:$port (pid $pid)"
+      return 0
+    fi
+    die "kafka (pid $pid) from $pidfile is running but does not answer on port $port; run '$prog stop $dir' first"
+  fi
+  rm -f "$pidfile"
+
+  fetch_jars
+
+  # The standalone voter set recorded at format time names the controller
+  # endpoint; a different port would leave the node unable to find its quorum.
+  # The broker is throwaway, so start over instead.
+  local listeners="PLAINTEXT://127.0.0.1:${port},CONTROLLER://127.0.0.1:${cport}"
+  if [[ -f "$props" ]] && ! grep -qxF "listeners=$listeners" "$props"; then
+    echo "$prog: ports changed for $dir; wiping old data" >&2
+    rm -rf "$dir/data"
+  fi
+
+  mkdir -p "$dir/logs"
+  write_config "$dir" "$port" "$cport" "$props"
+  write_log4j "$dir" "$dir/log4j2.properties"
+
+  local heap="${KAFKA_HEAP_OPTS:--Xmx512m -Xms256m}"
+  local -a jvm_opts
+  # shellcheck disable=SC2206  # heap/extra opts are deliberately word-split
+  jvm_opts=($heap -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:+ExplicitGCInvokesConcurrent
+    -Djava.awt.headless=true
+    "-Dlog4j2.configurationFile=$dir/log4j2.properties"
+    "-Dkafka.logs.dir=$dir/logs"
+    ${KAFKA_JVM_EXTRA_OPTS:-})
+
+  if [[ ! -f "$dir/data/meta.properties" ]]; then
+    # kafka.tools.StorageTool is the class bin/kafka-storage.sh runs in 4.x.
+    if ! java -Xmx256m "-Dlog4j2.configurationFile=$dir/log4j2.properties" -cp "$lib_dir/*" \
+        kafka.tools.StorageTool format -t "$(cluster_id)" -c "$props" --standalone --ignore-formatted \
+        >"$dir/format.out" 2>&1; then
+      log_tail "$dir/format.out"
+      die "kafka storage format failed for $dir/data"
+    fi
+  fi
+
+  : >"$out"
+  # setsid: the broker must outlive the calling shell and not get the caller's
+  # Ctrl-C/SIGHUP (dev servers are shared). Non-interactive bash does not make
+  # background jobs group leaders, so setsid execs in place and $! is the JVM.
+  local -a launcher=(nohup)
+  command -v setsid >/dev/null 2>&1 && launcher=(setsid nohup)
+  "${launcher[@]}" java "${jvm_opts[@]}" -cp "$lib_dir/*" kafka.Kafka "$props" </dev/null >>"$out" 2>&1 &
+  pid=$!
+  echo "$pid" >"$pidfile"
+
+  local timeout_s="${KAFKA_START_TIMEOUT_S:-120}" deadline
+  deadline=$((SECONDS + timeout_s))
+  while ((SECONDS < deadline)); do
+    if ! alive "$pid"; then
+      rm -f "$pidfile"
+      log_tail "$out" "$serverlog"
+      die "kafka (pid $pid) exited during startup on port $port"
+    fi
+    if metadata_ok "$port"; then
+      echo "$prog: kafka up on 127.0.0.1:$port (controller $cport, pid $pid, dir $dir)"
+      return 0
+    fi
+    sleep 0.5
+  done
+  log_tail "$out" "$serverlog"
+  # Do not leave a half-started JVM holding the ports.
+  cmd_stop "$dir" >&2 || true
+  die "kafka on 127.0.0.1:$port did not answer a metadata request within ${timeout_s}s"
+}
+
+cmd_stop() {
+  [[ $# -eq 1 ]] || usage
+  local dir="$1" pidfile props pid
+  [[ -d "$dir" ]] && dir="$(cd "$dir" && pwd)"
+  pidfile="$dir/kafka.pid"
+  props="$dir/server.properties"
+  if ! pid="$(read_pid "$pidfile")"; then
+    echo "$prog: no pidfile at $pidfile; nothing to stop"
+    return 0
+  fi
+  if ! is_our_kafka "$pid" "$props"; then
+    echo "$prog: pid $pid from $pidfile is not our broker (stale pidfile removed)"
+    rm -f "$pidfile"
+    return 0
+  fi
+  # SIGTERM runs Kafka's controlled shutdown, which keeps the log clean for
+  # the next start in the same <dir>.
+  kill -TERM "$pid" 2>/dev/null || true
+  local timeout_s="${KAFKA_STOP_TIMEOUT_S:-30}" deadline
+  deadline=$((SECONDS + timeout_s))
+  while alive "$pid" && ((SECONDS < deadline)); do
+    sleep 0.2
+  done
+  if alive "$pid"; then
+    echo "$prog: kafka pid $pid still alive after ${timeout_s}s; sending SIGKILL" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+    local _
+    for _ in $(seq 1 50); do
+      alive "$pid" || break
+      sleep 0.1
+    done
+    if alive "$pid"; then die "could not stop kafka pid $pid"; fi
+  fi
+  rm -f "$pidfile"
+  echo "$prog: kafka pid $pid stopped"
+}
+
+cmd_status() {
+  [[ $# -eq 1 ]] || usage
+  local dir="$1" pid
+  [[ -d "$dir" ]] && dir="$(cd "$dir" && pwd)"
+  if pid="$(read_pid "$dir/kafka.pid")" && is_our_kafka "$pid" "$dir/server.properties"; then
+    echo "$prog: running (pid $pid)"
+    return 0
+  fi
+  echo "$prog: not running"
+  return 1
+}
+
+[[ $# -ge 1 ]] || usage
+action="$1"; shift
+case "$action" in
+  start) cmd_start "$@" ;;
+  stop) cmd_stop "$@" ;;
+  status) cmd_status "$@" ;;
+  fetch) [[ $# -eq 0 ]] || usage; fetch_jars; echo "$prog: Kafka jars ready in $lib_dir" ;;
+  *) usage ;;
+esac

@@ -1,0 +1,107 @@
+#!/usr/bin/env bash
+# Installs the pinned Go CLI tools the project uses (grpcurl, ghz,
+# grpc-health-probe, helm, kubeconform) into "$(go env GOPATH)/bin".
+#
+# Why `go install` instead of release tarballs: the proxy is the one download
+# source that CI machines reach, and `go install pkg@vX` is reproducible from
+# go.sum checks against sum.golang.org.
+#
+# Usage:  bash deploy/local/tools.sh            # install all missing/outdated
+#         bash deploy/local/tools.sh grpcurl    # only the named tools
+# Env:    AGENTMESH_TOOLS_FORCE=1 reinstalls even if the pinned version is present.
+set -euo pipefail
+
+if ! command -v go >/dev/null 2>&1; then
+  echo "tools.sh: 'go' not found on PATH; install Go (>= 1.24) first" >&2
+  exit 1
+fi
+
+# name|module|package|version|version variable set via -ldflags -X (so
+# `tool --version` tells the truth; `go install` alone leaves "dev").
+# Bump deliberately; each pin was built with the CI image's Go (go1.26) first.
+TOOLS=(
+  "grpcurl|github.com/fullstorydev/grpcurl|github.com/fullstorydev/grpcurl/cmd/grpcurl|v1.9.3|main.version"
+  "ghz|github.com/bojand/ghz|github.com/bojand/ghz/cmd/ghz|v0.121.0|main.version"
+  "grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe|v0.4.52|main.versionTag"
+  "helm|helm.sh/helm/v3|helm.sh/helm/v3/cmd/helm|v3.20.2|helm.sh/helm/v3/internal/version.version"
+  "kubeconform|github.com/yannh/kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|v0.6.7|main.version"
+)
+
+gobin="$(go env GOBIN)"
+if [[ -z "$gobin" ]]; then
+  gobin="$(go env GOPATH)/bin"
+fi
+mkdir -p "$gobin"
+# `go install` honours GOBIN; set it explicitly so a caller's GOBIN cannot send
+# the binaries somewhere the PATH hint below does not point at.
+export GOBIN="$gobin"
+# A toolchain switch would silently download another Go; fail loudly instead.
+export GOTOOLCHAIN="${GOTOOLCHAIN:-local}"
+
+# Prints the version of MODULE embedded in a Go binary ("" if unknown). It is
+# the main module after `go install`, a dependency after the fallback build.
+installed_version() {
+  local bin="$1" module="$2"
+  [[ -x "$bin" ]] || return 0
+  go version -m "$bin" 2>/dev/null |
+    awk -v m="$module" '($1 == "mod" || $1 == "dep") && $2 == m { print $3; exit }'
+}
+
+# Fallback for proxies that serve a version's zip but refuse the module's
+# @v/list (go install consults it for deprecation notices and then gives up):
+# build the package from a throwaway module that requires the pinned version.
+# Minimal version selection picks the same dependency versions go install would.
+build_via_temp_module() {
+  local name="$1" module="$2" pkg="$3" version="$4" ldflags="$5" tmp rc=0
+  tmp="$(mktemp -d)"
+  (
+    cd "$tmp"
+    go mod init agentmesh.local/tools-build >/dev/null 2>&1
+    printf 'package tools\n\nimport _ "%s"\n' "$pkg" >tools.go
+    go mod edit -require="$module@$version"
+    go mod tidy
+    go build -trimpath -ldflags "$ldflags" -o "$GOBIN/$name" "$pkg"
+  ) || rc=$?
+  rm -rf "$tmp"
+  return "$rc"
+}
+
+want=("$@")
+selected() {
+  local name="$1" w
+  [[ ${#want[@]} -eq 0 ]] && return 0
+  for w in "${want[@]}"; do
+    [[ "$w" == "$name" ]] && return 0
+  done
+  return 1
+}
+
+failed=()
+for entry in "${TOOLS[@]}"; do
+  IFS='|' read -r name module pkg version versionvar <<<"$entry"
+  selected "$name" || continue
+  bin="$gobin/$name"
+  have="$(installed_version "$bin" "$module")"
+  if [[ "$have" == "$version" && "${AGENTMESH_TOOLS_FORCE:-0}" != "1" ]]; then
+    echo "tools.sh: $name $version already installed at $bin"
+    continue
+  fi
+  echo "tools.sh: installing $name $version (have: ${have:-none}) ..."
+  ldflags="-s -w -X $versionvar=$version"
+  if go install -trimpath -ldflags "$ldflags" "$pkg@$version"; then
+    echo "tools.sh: installed $name $version -> $bin"
+  elif echo "tools.sh: go install failed; retrying $name via a temporary module" >&2 &&
+    build_via_temp_module "$name" "$module" "$pkg" "$version" "$ldflags"; then
+    echo "tools.sh: installed $name $version -> $bin"
+  else
+    echo "tools.sh: FAILED to build $name ($pkg@$version) with $(go version)" >&2
+    failed+=("$name")
+  fi
+done
+
+echo "tools.sh: tools are in $gobin"
+echo "tools.sh: add them to PATH with:  export PATH=\"$gobin:\$PATH\""
+if [[ ${#failed[@]} -gt 0 ]]; then
+  echo "tools.sh: failed: ${failed[*]}" >&2
+  exit 1
+fi

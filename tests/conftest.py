@@ -1,0 +1,123 @@
+"""Session-wide test infrastructure: a real Redis and a real KRaft Kafka broker.
+
+Fixtures:
+    redis_server  (session) `tests.infra.RedisServer`, started on first use.
+    kafka_broker  (session) `tests.infra.KafkaBroker`, started on first use.
+    redis_url     (function) URL of a flushed logical DB on `redis_server`.
+
+Environment:
+    AGENTMESH_TEST_REDIS_URL       use this running Redis instead of starting one;
+                                   `redis_server` is then an `ExternalRedis`
+                                   (`.managed` is False; stop()/restart() raise, so
+                                   tests that restart Redis must start their own
+                                   `RedisServer`).
+    AGENTMESH_TEST_KAFKA_BOOTSTRAP use this running broker instead of starting one.
+    CI=1 / AGENTMESH_REQUIRE_INFRA=1  a server that fails to start errors the run;
+                                   elsewhere the dependent tests are skipped.
+
+`redis_url` hands each test logical DB 1..15 in turn (DB 0 is left to whoever
+uses the server by hand) and runs FLUSHDB on it first. The rotation starts at
+an offset derived from the PID so two sessions sharing one external Redis
+rarely pick the same DB at the same moment; they can, though, so concurrent
+runs that need full isolation should leave AGENTMESH_TEST_REDIS_URL unset and
+get a private server. Tests using `redis_url` must not rely on data surviving
+more than 14 later tests.
+
+Areas add their own fixtures in conftest files below tests/.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra import (
+    ExternalKafka,
+    ExternalRedis,
+    InfraError,
+    KafkaBroker,
+    RedisServer,
+)
+
+_MARKERS = {
+    "integration": "needs real Redis and/or Kafka processes",
+    "e2e": "runs the whole mesh end to end",
+    "kafka": "needs the Kafka broker (slower to start than Redis)",
+    "slow": "takes more than a few seconds",
+}
+
+_REDIS_DBS = 15  # logical DBs 1..15 of a default (databases 16) Redis
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    for name, doc in _MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {doc}")
+
+
+def _infra_required() -> bool:
+    return any(os.environ.get(v, "") not in ("", "0") for v in ("CI", "AGENTMESH_REQUIRE_INFRA"))
+
+
+def _unavailable(what: str, err: Exception) -> None:
+    # CI must never go green by skipping the tests that matter most.
+    if _infra_required():
+        pytest.fail(f"{what} failed to start (CI/AGENTMESH_REQUIRE_INFRA set): {err}")
+    pytest.skip(f"{what} unavailable: {err}")
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis for the whole session: external if AGENTMESH_TEST_REDIS_URL is set."""
+    url = os.environ.get("AGENTMESH_TEST_REDIS_URL")
+    if url:
+        yield ExternalRedis(url)
+        return
+    server = RedisServer(workdir=Path(tmp_path_factory.mktemp("redis")))
+    try:
+        server.start()
+    except InfraError as e:
+        _unavailable("Redis", e)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A KRaft broker for the whole session: external if AGENTMESH_TEST_KAFKA_BOOTSTRAP is set."""
+    bootstrap = os.environ.get("AGENTMESH_TEST_KAFKA_BOOTSTRAP")
+    if bootstrap:
+        yield ExternalKafka(bootstrap)
+        return
+    broker = KafkaBroker(workdir=Path(tmp_path_factory.mktemp("kafka")))
+    try:
+        broker.start()
+    except InfraError as e:
+        _unavailable("Kafka", e)
+    try:
+        yield broker
+    finally:
+        broker.stop()
+
+
+_db_cycle = itertools.cycle([1 + (os.getpid() + i) % _REDIS_DBS for i in range(_REDIS_DBS)])
+
+
+@pytest.fixture
+def redis_url(redis_server: Any) -> str:
+    """URL of a logical DB (1..15, rotating) on `redis_server`, flushed before the test."""
+    import redis
+
+    url = redis_server.url_for_db(next(_db_cycle))
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url

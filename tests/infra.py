@@ -1,0 +1,451 @@
+"""Real Redis and Kafka processes for integration tests.
+
+A plain module (no pytest hooks) so tests, fixtures and ad-hoc scripts can all
+use it. The processes are started by the shell scripts in `deploy/local/`, the
+same ones `make` and developers use, so tests exercise the real setup:
+
+    from tests.infra import RedisServer, KafkaBroker
+
+    with RedisServer(workdir=tmp_path / "redis") as redis:
+        client = redis_lib.Redis.from_url(redis.url)
+        redis.restart()  # same port; health checks see it go away and return
+
+    with KafkaBroker(workdir=tmp_path / "kafka") as kafka:
+        Producer({"bootstrap.servers": kafka.bootstrap})
+
+Every failure raises `InfraError` carrying the script output and the tail of
+the server log, so a broken CI run says why without a second attempt.
+
+Servers started here that are still running when the interpreter exits are
+stopped by an `atexit` hook: Kafka runs in its own session (so a developer's
+Ctrl-C cannot kill a shared broker) and would otherwise outlive a crashed run.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import os
+import socket
+import subprocess
+import tempfile
+import uuid
+import weakref
+from pathlib import Path
+from types import TracebackType
+from urllib.parse import urlsplit, urlunsplit
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPTS = ROOT / "deploy" / "local"
+REDIS_SH = SCRIPTS / "redis.sh"
+KAFKA_SH = SCRIPTS / "kafka.sh"
+LOOPBACK = "127.0.0.1"
+
+__all__ = [
+    "ExternalKafka",
+    "ExternalRedis",
+    "InfraError",
+    "KafkaBroker",
+    "RedisServer",
+    "free_port",
+    "free_ports",
+    "pid_alive",
+    "redis_url_with_db",
+    "unique_name",
+]
+
+
+class InfraError(RuntimeError):
+    """A test server failed to start or stop; the message holds the log tail."""
+
+
+def free_port() -> int:
+    """Returns a TCP port on 127.0.0.1 that was free a moment ago.
+
+    The kernel picks it by binding port 0. Another process may take it before
+    the caller binds, so callers that can retry with a new port should.
+    """
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Returns `count` distinct free loopback ports.
+
+    All sockets stay bound until every port is picked, so the kernel cannot
+    hand out the same port twice (Kafka needs a broker and a controller port).
+    """
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(count):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.bind((LOOPBACK, 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def unique_name(prefix: str = "t") -> str:
+    """Returns `<prefix>-<12 hex chars>`, for topics and groups that must not collide."""
+    return f"{prefix}-{uuid.uuid4().hex[:12]}"
+
+
+def redis_url_with_db(url: str, db: int) -> str:
+    """Returns `url` pointing at logical database `db`, keeping host, port and auth."""
+    parts = urlsplit(url)
+    return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def pid_alive(pid: int) -> bool:
+    """True if `pid` runs; a zombie (exited, parent has not reaped it) counts as gone."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rpartition(")")[2].split()[:1] != ["Z"]
+
+
+def _run_script(
+    script: Path, args: list[str], *, env: dict[str, str], timeout_s: float, logs: list[Path]
+) -> str:
+    """Runs a deploy/local script; returns stdout or raises InfraError with logs."""
+    cmd = ["bash", str(script), *args]
+    try:
+        proc = subprocess.run(
+            cmd,
+            env={**os.environ, **env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as e:
+        tails = "".join(f"\n--- {p} ---\n{_tail(p)}" for p in logs if p.exists())
+        raise InfraError(f"{' '.join(cmd)} timed out after {timeout_s}s{tails}") from e
+    if proc.returncode != 0:
+        tails = "".join(f"\n--- {p} ---\n{_tail(p)}" for p in logs if p.exists())
+        raise InfraError(
+            f"{' '.join(cmd)} exited {proc.returncode}\n"
+            f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}{tails}"
+        )
+    return proc.stdout
+
+
+# Managed servers still running at exit; weak so a dropped object is not kept alive.
+_RUNNING: weakref.WeakSet[_ManagedServer] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_leftovers() -> None:
+    for server in list(_RUNNING):
+        with contextlib.suppress(Exception):
+            server.stop()
+
+
+class _ManagedServer:
+    """Shared start/stop plumbing for servers run by a deploy/local script."""
+
+    managed = True
+    start_timeout_s: float = 60.0
+    stop_timeout_s: float = 60.0
+    _script: Path
+    _pidfile_name: str
+    _kind: str
+
+    def __init__(self, port: int | None, workdir: str | os.PathLike[str] | None) -> None:
+        self._fixed_port = port is not None
+        self.port: int = port or 0
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix=f"agentmesh-{self._kind}-")
+        self.workdir = Path(workdir).resolve()
+
+    # Subclasses fill these in.
+    def _start_args(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
+
+    def _pick_ports(self) -> None:
+        raise NotImplementedError
+
+    def _logs(self) -> list[Path]:
+        raise NotImplementedError
+
+    @property
+    def pid(self) -> int | None:
+        """PID from the pidfile, or None when not running."""
+        try:
+            pid = int((self.workdir / self._pidfile_name).read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def is_running(self) -> bool:
+        """True while the server process from our pidfile is alive."""
+        return self.pid is not None
+
+    def start(self) -> _ManagedServer:
+        """Starts the server (no-op if already running) and waits until it answers.
+
+        A port picked here is kept for the object's lifetime, so `stop()` then
+        `start()` brings the server back where clients expect it.
+
+        Raises:
+            InfraError: the script failed; the message has its output and the log tail.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        first_start = self.port == 0
+        # A port picked by us can be stolen between picking and binding; only
+        # then is retrying with new ports safe (clients have not seen it yet).
+        attempts = 3 if first_start and not self._fixed_port else 1
+        for attempt in range(attempts):
+            if self.port == 0:
+                self._pick_ports()
+            args, env = self._start_args()
+            try:
+                _run_script(
+                    self._script,
+                    ["start", *args],
+                    env=env,
+                    timeout_s=self.start_timeout_s,
+                    logs=self._logs(),
+                )
+            except InfraError:
+                # The script may have been killed by our timeout with the
+                # server half up; the pidfile still lets us clean that up.
+                with contextlib.suppress(InfraError):
+                    self.stop()
+                if attempt + 1 == attempts:
+                    raise
+                self.port = 0
+                continue
+            break
+        _RUNNING.add(self)
+        return self
+
+    def stop(self) -> None:
+        """Stops the server via its pidfile and waits for the process to exit.
+
+        Safe to call when not running.
+
+        Raises:
+            InfraError: the process could not be stopped.
+        """
+        pid = self.pid
+        _run_script(
+            self._script,
+            ["stop", str(self.workdir)],
+            env={},
+            timeout_s=self.stop_timeout_s,
+            logs=self._logs(),
+        )
+        _RUNNING.discard(self)
+        if pid is not None and pid_alive(pid):
+            raise InfraError(f"{self._kind} pid {pid} still alive after stop")
+
+    def restart(self) -> None:
+        """Stops, then starts on the same port and workdir."""
+        self.stop()
+        self.start()
+
+    def __enter__(self) -> _ManagedServer:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisServer(_ManagedServer):
+    """A private redis-server on loopback, run by `deploy/local/redis.sh`.
+
+    Args:
+        port: TCP port; None picks a free one on first start.
+        workdir: directory for pidfile, log and AOF; None makes a temp dir.
+        appendonly: turn on the AOF so data survives `restart()`.
+
+    Attributes:
+        port: the TCP port (0 until first start when picked automatically).
+        url: `redis://127.0.0.1:<port>/0`.
+        managed: always True; `ExternalRedis` has False.
+    """
+
+    _script = REDIS_SH
+    _pidfile_name = "redis.pid"
+    _kind = "redis"
+    # redis.sh may apt-get install redis-server first on a fresh machine.
+    start_timeout_s = 300.0
+    stop_timeout_s = 30.0
+
+    def __init__(
+        self,
+        port: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        appendonly: bool = False,
+    ) -> None:
+        super().__init__(port, workdir)
+        self.appendonly = appendonly
+
+    host = LOOPBACK
+
+    @property
+    def url(self) -> str:
+        """`redis://127.0.0.1:<port>/0`."""
+        if not self.port:
+            raise InfraError("RedisServer has no port yet; call start() first")
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def url_for_db(self, db: int) -> str:
+        """URL of logical database `db` (0..15) on this server."""
+        return redis_url_with_db(self.url, db)
+
+    def _pick_ports(self) -> None:
+        self.port = free_port()
+
+    def _start_args(self) -> tuple[list[str], dict[str, str]]:
+        env = {"REDIS_APPENDONLY": "yes" if self.appendonly else "no"}
+        return [str(self.port), str(self.workdir)], env
+
+    def _logs(self) -> list[Path]:
+        return [self.workdir / "redis.log"]
+
+    def start(self) -> RedisServer:
+        super().start()
+        return self
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __repr__(self) -> str:
+        return f"RedisServer(port={self.port}, workdir={str(self.workdir)!r})"
+
+
+class KafkaBroker(_ManagedServer):
+    """A private single-node KRaft Kafka broker, run by `deploy/local/kafka.sh`.
+
+    Args:
+        port: PLAINTEXT port; None picks a free one on first start. The
+            controller listener gets its own free port.
+        workdir: directory for config, data, logs and pidfile; None makes a temp dir.
+
+    Attributes:
+        bootstrap: `127.0.0.1:<port>`, for `bootstrap.servers`.
+        controller_port: the KRaft controller listener port.
+        managed: always True; `ExternalKafka` has False.
+    """
+
+    _script = KAFKA_SH
+    _pidfile_name = "kafka.pid"
+    _kind = "kafka"
+    # First run may download ~40 MB of jars through Maven; JVM start is ~10 s.
+    start_timeout_s = 600.0
+    stop_timeout_s = 90.0
+
+    def __init__(
+        self, port: int | None = None, workdir: str | os.PathLike[str] | None = None
+    ) -> None:
+        super().__init__(port, workdir)
+        self.controller_port = 0
+
+    @property
+    def bootstrap(self) -> str:
+        """`127.0.0.1:<port>`."""
+        if not self.port:
+            raise InfraError("KafkaBroker has no port yet; call start() first")
+        return f"{LOOPBACK}:{self.port}"
+
+    def _pick_ports(self) -> None:
+        self.port, self.controller_port = free_ports(2)
+
+    def _start_args(self) -> tuple[list[str], dict[str, str]]:
+        while not self.controller_port or self.controller_port == self.port:
+            self.controller_port = free_port()
+        env = {"KAFKA_CONTROLLER_PORT": str(self.controller_port)}
+        return [str(self.port), str(self.workdir)], env
+
+    def _logs(self) -> list[Path]:
+        return [self.workdir / "kafka.out", self.workdir / "logs" / "server.log"]
+
+    def start(self) -> KafkaBroker:
+        super().start()
+        return self
+
+    def __enter__(self) -> KafkaBroker:
+        return self.start()
+
+    def __repr__(self) -> str:
+        return f"KafkaBroker(port={self.port}, workdir={str(self.workdir)!r})"
+
+
+class ExternalRedis:
+    """An already running Redis named by a URL (e.g. `AGENTMESH_TEST_REDIS_URL`).
+
+    Exposes the read-only part of `RedisServer`. It is not ours to stop, so
+    `start()` is a no-op and `stop()`/`restart()` raise.
+    """
+
+    managed = False
+
+    def __init__(self, url: str) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("redis", "rediss") or not parts.hostname:
+            raise InfraError(f"not a redis:// URL: {url!r}")
+        self.url = url
+        self.host: str = parts.hostname
+        self.port: int = parts.port or 6379
+
+    def url_for_db(self, db: int) -> str:
+        """URL of logical database `db` on this server."""
+        return redis_url_with_db(self.url, db)
+
+    def start(self) -> ExternalRedis:
+        return self
+
+    def stop(self) -> None:
+        raise InfraError("external Redis is not managed by the tests; stop() is not allowed")
+
+    def restart(self) -> None:
+        raise InfraError("external Redis is not managed by the tests; restart() is not allowed")
+
+    def __repr__(self) -> str:
+        return f"ExternalRedis({self.url!r})"
+
+
+class ExternalKafka:
+    """An already running Kafka named by `AGENTMESH_TEST_KAFKA_BOOTSTRAP`."""
+
+    managed = False
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        host, _, port = bootstrap.split(",")[0].rpartition(":")
+        self.host = host or LOOPBACK
+        self.port = int(port) if port.isdigit() else 9092
+
+    def start(self) -> ExternalKafka:
+        return self
+
+    def stop(self) -> None:
+        raise InfraError("external Kafka is not managed by the tests; stop() is not allowed")
+
+    def __repr__(self) -> str:
+        return f"ExternalKafka({self.bootstrap!r})"
