@@ -91,7 +91,7 @@ class Registrar:
         log.info(
             "registered",
             extra={"agent_id": self._agent.agent_id, "endpoint": self._agent.endpoint,
-                   "created": resp.created},
+                   "new_registration": resp.created},
         )
 
     async def heartbeat(self) -> registry_pb2.HeartbeatResponse:

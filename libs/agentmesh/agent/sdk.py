@@ -618,7 +618,12 @@ class Agent:
         self.args = parser.parse_args(argv)
         apply_arguments(self.args, self)
         configure_logging(f"agent:{self.agent_id}", self.settings.log_level)
-        asyncio.run(self.serve())
+        try:
+            asyncio.run(self.serve())
+        except (AgentMeshError, OSError, ValueError) as e:
+            # A refused registration or a taken port: say so in one line, exit non-zero.
+            log.error("agent failed to start", extra={"error": f"{type(e).__name__}: {e}"})
+            raise SystemExit(1) from None
 
 
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
