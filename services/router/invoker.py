@@ -384,11 +384,13 @@ class Invoker:
                 done, pending = await asyncio.wait(
                     pending, timeout=left, return_when=asyncio.FIRST_COMPLETED
                 )
+                won = False
                 for task in done:
                     o = task.result()
                     outcomes[o.agent_id] = o
-                    if agg == R.AGGREGATION_FIRST and o.response is not None:
-                        return self._finish(tasks, outcomes, pending, t0, grpc.StatusCode.CANCELLED)
+                    won = won or o.response is not None
+                if won and agg == R.AGGREGATION_FIRST:
+                    return self._finish(tasks, outcomes, pending, t0, grpc.StatusCode.CANCELLED)
             return self._finish(tasks, outcomes, pending, t0, grpc.StatusCode.DEADLINE_EXCEEDED)
         finally:
             for task in pending:
