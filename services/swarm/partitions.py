@@ -42,7 +42,7 @@ from google.protobuf import json_format, struct_pb2
 from services.swarm import metrics
 from services.swarm.agents import AgentInfo, discover
 from services.swarm.driver import DriverContext, deadline_of, finish, now_ts, role_counts_pb
-from services.swarm.engine import PartitionScheduler
+from services.swarm.engine import PartitionScheduler, UnknownNameError
 from services.swarm.engine.partitions import Lease
 
 log = logging.getLogger("agentmesh.swarm.partitions")
@@ -86,16 +86,18 @@ def _numeric_fields(output: struct_pb2.Struct, wanted: list[str]) -> dict[str, f
     return out
 
 
-def aggregate(ledger: dict[int, bytes]) -> tuple[dict[str, float], dict[str, int]]:
-    """Totals per field (math.fsum) and counted partitions per agent."""
-    values: dict[str, list[float]] = {}
+def aggregate(
+    values: dict[int, dict[str, float]], owner: dict[int, str]
+) -> tuple[dict[str, float], dict[str, int]]:
+    """Totals per field (math.fsum, exactly rounded) and counted partitions per agent."""
+    cols: dict[str, list[float]] = {}
+    for vals in values.values():
+        for k, v in vals.items():
+            cols.setdefault(k, []).append(v)
     by_agent: dict[str, int] = {}
-    for raw in ledger.values():
-        rec = json.loads(raw)
-        by_agent[rec["agent"]] = by_agent.get(rec["agent"], 0) + 1
-        for k, v in rec["values"].items():
-            values.setdefault(k, []).append(float(v))
-    return {k: math.fsum(v) for k, v in values.items()}, by_agent
+    for agent in owner.values():
+        by_agent[agent] = by_agent.get(agent, 0) + 1
+    return {k: math.fsum(v) for k, v in cols.items()}, by_agent
 
 
 class PartitionRun:
@@ -113,6 +115,9 @@ class PartitionRun:
         self.capacity = max(1, self.work.max_in_flight_per_agent)
         self.sched: PartitionScheduler
         self.ledger: dict[int, bytes] = {}
+        self.owner: dict[int, str] = {}  # partition -> agent whose result counted
+        self.values: dict[int, dict[str, float]] = {}  # partition -> counted values
+        self.finished: asyncio.Queue[int] = asyncio.Queue()  # lease ids of ended calls
         self.calls: dict[int, asyncio.Task[agent_pb2.ExecuteResponse]] = {}
         self.meta: dict[int, _Call] = {}
         self.agents: dict[str, AgentInfo] = {}
@@ -126,11 +131,12 @@ class PartitionRun:
     # ---- setup ----------------------------------------------------------------
     async def load(self) -> None:
         sid = self.swarm.swarm_id
-        self.ledger = await self.ctx.store.partition_results(sid)
+        for index, raw in (await self.ctx.store.partition_results(sid)).items():
+            self._record(index, raw)
         self.done_at_start = len(self.ledger)
-        raw = await self.ctx.store.load_snapshot(sid)
-        if raw:
-            self.sched = PartitionScheduler.from_snapshot(json.loads(raw), clock=time.time)
+        snap = await self.ctx.store.load_snapshot(sid)
+        if snap:
+            self.sched = PartitionScheduler.from_snapshot(json.loads(snap), clock=time.time)
             # The lost driver's calls died with it: reclaim their leases now
             # instead of waiting for their deadlines. Agents come back with
             # the next registry refresh (their trails are kept).
@@ -210,9 +216,9 @@ class PartitionRun:
             )
             stub = self.ctx.pool.stub(agent.endpoint)
             self.attempts += 1
-            self.calls[lease.lease_id] = asyncio.ensure_future(
-                stub.Execute(req, timeout=self.timeout_s)
-            )
+            fut = asyncio.ensure_future(stub.Execute(req, timeout=self.timeout_s))
+            fut.add_done_callback(lambda _, lid=lease.lease_id: self.finished.put_nowait(lid))
+            self.calls[lease.lease_id] = fut
             self.meta[lease.lease_id] = _Call(lease, agent, time.monotonic())
 
     def _complete_from_ledger(self, lease: Lease) -> None:
@@ -225,64 +231,88 @@ class PartitionRun:
 
     # ---- results ----------------------------------------------------------------
     async def collect(self, wait_s: float) -> None:
-        if not self.calls:
-            await asyncio.sleep(wait_s)
-            return
-        done, _ = await asyncio.wait(
-            list(self.calls.values()), timeout=wait_s, return_when=asyncio.FIRST_COMPLETED
-        )
-        for lid in [lid for lid, t in self.calls.items() if t in done]:
-            task = self.calls.pop(lid)
-            call = self.meta.pop(lid)
-            await self._settle(call, task)
+        """Wait up to `wait_s` for results, then settle every finished call at once.
 
-    async def _settle(self, call: _Call, task: asyncio.Task[agent_pb2.ExecuteResponse]) -> None:
-        lease = call.lease
-        index = _index(lease.partition_id)
-        if task.cancelled():
+        Finished calls announce themselves on a queue (no O(agents) asyncio.wait
+        per result), and their ledger writes go to Redis in one fenced round trip.
+        """
+        try:
+            first = await asyncio.wait_for(self.finished.get(), wait_s)
+        except TimeoutError:
             return
+        lids = [first]
+        while not self.finished.empty():
+            lids.append(self.finished.get_nowait())
+        ok: list[tuple[_Call, agent_pb2.ExecuteResponse, dict[str, float]]] = []
+        for lid in lids:
+            task = self.calls.pop(lid, None)
+            call = self.meta.pop(lid, None)
+            if task is None or call is None or task.cancelled():
+                continue  # superseded and cancelled
+            settled = self._check(call, task)
+            if settled is not None:
+                ok.append((call, *settled))
+        if not ok:
+            return
+        batch = []
+        for call, resp, values in ok:
+            agent_id = resp.agent_id or call.lease.agent_id
+            record = json.dumps({"agent": agent_id, "values": values}).encode()
+            batch.append((_index(call.lease.partition_id), record))
+        counted = await self.ctx.store.count_partitions(self.ctx.lease, batch)
+        missing = False
+        for (index, record), new in zip(batch, counted, strict=True):
+            if new:
+                self._record(index, record)
+                metrics.PARTITIONS.labels("counted").inc()
+            else:
+                metrics.PARTITIONS.labels("duplicate").inc()
+                missing = missing or index not in self.ledger
+        if missing:  # counted by another driver meanwhile: take its record
+            for index, raw in (await self.ctx.store.partition_results(self.swarm.swarm_id)).items():
+                if index not in self.ledger:
+                    self._record(index, raw)
+        for call, _, _ in ok:
+            elapsed = time.monotonic() - call.started
+            completion = self.sched.complete(call.lease.lease_id, records=1, elapsed_s=elapsed)
+            if completion.superseded_lease_id is not None:
+                other = self.calls.pop(completion.superseded_lease_id, None)
+                self.meta.pop(completion.superseded_lease_id, None)
+                if other is not None:
+                    other.cancel()
+
+    def _record(self, index: int, raw: bytes) -> None:
+        self.ledger[index] = raw
+        rec = json.loads(raw)
+        self.owner[index] = rec["agent"]
+        self.values[index] = {k: float(v) for k, v in rec["values"].items()}
+
+    def _check(
+        self, call: _Call, task: asyncio.Task[agent_pb2.ExecuteResponse]
+    ) -> tuple[agent_pb2.ExecuteResponse, dict[str, float]] | None:
+        """The response and its aggregated values, or None after failing the lease."""
+        lease = call.lease
         exc = task.exception()
         if exc is not None:
             code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
             self.last_error = f"{lease.agent_id}: {code.name if code else type(exc).__name__}"
             metrics.PARTITIONS.labels("failed").inc()
+            if self.sched.fail(lease.lease_id) is not None:
+                self.swarm.partitions.reassignments += 1
             if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED):
                 # Dead or unreachable: everything it holds goes elsewhere.
-                if self.sched.fail(lease.lease_id) is not None:
-                    self.swarm.partitions.reassignments += 1
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(UnknownNameError):
                     self._drop_agent(lease.agent_id, quarantine=True)
-            elif self.sched.fail(lease.lease_id) is not None:
-                self.swarm.partitions.reassignments += 1
-            return
+            return None
         resp = task.result()
         try:
-            values = _numeric_fields(resp.output, self.wanted)
+            return resp, _numeric_fields(resp.output, self.wanted)
         except ValueError as e:
             self.last_error = f"{lease.agent_id}: {e}"
             metrics.PARTITIONS.labels("failed").inc()
             if self.sched.fail(lease.lease_id) is not None:
                 self.swarm.partitions.reassignments += 1
-            return
-        agent_id = resp.agent_id or lease.agent_id
-        record = json.dumps({"agent": agent_id, "values": values}).encode()
-        counted = await self.ctx.store.count_partition(self.ctx.lease, index, record)
-        if counted:
-            self.ledger[index] = record
-            metrics.PARTITIONS.labels("counted").inc()
-        else:
-            metrics.PARTITIONS.labels("duplicate").inc()
-            if index not in self.ledger:
-                raw = (await self.ctx.store.partition_results(self.swarm.swarm_id)).get(index)
-                if raw is not None:
-                    self.ledger[index] = raw
-        elapsed = time.monotonic() - call.started
-        completion = self.sched.complete(lease.lease_id, records=1, elapsed_s=elapsed)
-        if completion.superseded_lease_id is not None:
-            other = self.calls.pop(completion.superseded_lease_id, None)
-            self.meta.pop(completion.superseded_lease_id, None)
-            if other is not None:
-                other.cancel()
+            return None
 
     # ---- reporting ---------------------------------------------------------------
     def fill(self) -> swarm_pb2.SwarmStats:
@@ -304,7 +334,7 @@ class PartitionRun:
         )
         stats.active_agents = len(alive)
         stats.time.CopyFrom(now_ts())
-        totals, by_agent = aggregate(self.ledger)
+        totals, by_agent = aggregate(self.values, self.owner)
         r = self.swarm.partitions
         r.totals.clear()
         r.totals.update(totals)

@@ -128,11 +128,16 @@ if stop == '1' then return {1, 1} end
 return {1, 0}
 """
 
-# Count one partition. KEYS: lease, parts; ARGV: holder, index, json.
-# Returns 1 counted now, 0 already counted, -1 lease lost.
-_COUNT_PARTITION = """
+# Count a batch of partitions. KEYS: lease, parts; ARGV: holder, then
+# (index, json) pairs. Returns one 1 (counted now) or 0 (already counted) per
+# pair, or -1 when the lease is lost (nothing written).
+_COUNT_PARTITIONS = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
-return redis.call('HSETNX', KEYS[2], ARGV[2], ARGV[3])
+local out = {}
+for i = 2, #ARGV, 2 do
+  out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
+end
+return out
 """
 
 
@@ -190,7 +195,7 @@ class SwarmStore:
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
         self._commit = redis.register_script(_COMMIT)
-        self._count = redis.register_script(_COUNT_PARTITION)
+        self._count = redis.register_script(_COUNT_PARTITIONS)
 
     # ---- records ----------------------------------------------------------
     async def create(self, swarm: swarm_pb2.Swarm) -> bool:
@@ -333,21 +338,33 @@ class SwarmStore:
         raw = await self.redis.get(snapshot_key(swarm_id))
         return bytes(raw) if raw is not None else None
 
-    async def count_partition(self, lease: Lease, index: int, record: bytes) -> bool:
-        """Count one partition's result once; True if this call counted it.
+    async def count_partitions(
+        self, lease: Lease, results: list[tuple[int, bytes]]
+    ) -> list[bool]:
+        """Count partition results once each, in one round trip.
+
+        Args:
+            lease: the driver's lease (the write is fenced on it).
+            results: (partition index, JSON record) pairs.
+
+        Returns:
+            One flag per pair: True if this call counted it, False if the
+            partition was already counted (by anyone, ever).
 
         Raises:
             LeaseLost: when the lease is no longer this driver's.
         """
-        res = int(
-            await self._count(
-                keys=[lease_key(lease.swarm_id), parts_key(lease.swarm_id)],
-                args=[lease.holder, index, record],
-            )
+        if not results:
+            return []
+        args: list[bytes | str | int] = [lease.holder]
+        for index, record in results:
+            args += [index, record]
+        res = await self._count(
+            keys=[lease_key(lease.swarm_id), parts_key(lease.swarm_id)], args=args
         )
-        if res < 0:
+        if not isinstance(res, list):
             raise LeaseLost(lease.swarm_id)
-        return res == 1
+        return [int(x) == 1 for x in res]
 
     async def partition_results(self, swarm_id: str) -> dict[int, bytes]:
         """Every counted partition: index → stored JSON record."""
