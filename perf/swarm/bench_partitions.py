@@ -33,7 +33,6 @@ import json
 import os
 import platform
 import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -55,6 +54,7 @@ from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, daemon  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+SCRIPT = str(Path(__file__).resolve())
 CAPABILITY = "bench-partition"
 
 
@@ -64,7 +64,7 @@ class BenchAgent(agent_pb2_grpc.AgentServiceServicer):
         self.agent_id = agent_id
         self.work_s = work_s
 
-    async def Execute(self, request: Any, context: Any) -> Any:  # noqa: N802
+    async def Execute(self, request: Any, context: Any) -> Any:
         if self.work_s:
             await asyncio.sleep(self.work_s)
         i = request.input.fields["partition_index"].number_value
@@ -162,7 +162,7 @@ async def swarm_run(target: str, agents: int, partitions: int) -> tuple[float, p
 
 async def measure(ns: argparse.Namespace, redis_url: str, work_ms: float, log_dir: Path) -> dict:
     fleet = DaemonProcess(
-        [str(Path(__file__).resolve()), "--fleet", "--redis-url", redis_url,
+        [SCRIPT, "--fleet", "--redis-url", redis_url,
          "--agents", str(ns.agents), "--work-ms", str(work_ms)],
         log_dir / f"fleet-{work_ms}.log",
     )
@@ -201,9 +201,10 @@ def main() -> None:
             url = rs.url_for_db(4)
             row = asyncio.run(measure(ns, url, work_ms, Path(tmp)))
             rows.append(row)
+            ratio = row["swarm"] / row["baseline"]
             print(
                 f"work {work_ms:>4.0f} ms: baseline {row['baseline']:8.0f} partitions/s, "
-                f"swarm {row['swarm']:8.0f} partitions/s, ratio {row['swarm'] / row['baseline']:.2f}"
+                f"swarm {row['swarm']:8.0f} partitions/s, ratio {ratio:.2f}"
                 f" ({row['agents_used']} agents used, {row['reassignments']} reassignments)",
                 flush=True,
             )
