@@ -5,8 +5,9 @@ from __future__ import annotations
 import os
 import socket
 
+import redis.asyncio as aioredis
 from agentmesh.runtime.config import ExtraOption
-from agentmesh.runtime.deps import create_redis
+from agentmesh.runtime.deps import redis_probe
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 
@@ -22,17 +23,31 @@ OPTIONS = [
     ExtraOption("recovery_interval_ms", "1000", "scan interval for free or expired leases, ms"),
     ExtraOption("max_active_sagas", "1000", "sagas one replica drives at once"),
     ExtraOption("snapshot_every", "16", "events between snapshots"),
+    ExtraOption("redis_pool_size", "128", "Redis connections for the engine and unary RPCs"),
+    ExtraOption("watch_pool_size", "512", "Redis connections for WatchSaga's blocking reads"),
     ExtraOption("use_router", "true", "resolve selector targets through the router's Route"),
 ]
+
+
+def _redis(url: str, *, max_connections: int) -> aioredis.Redis:
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=5, socket_timeout=2.0,
+        socket_connect_timeout=2.0, decode_responses=False,
+    )
+    return aioredis.Redis(connection_pool=pool)
 
 
 def build(daemon: Daemon) -> None:
     """Wire the saga coordinator into `daemon`."""
     cfg = daemon.config
     x = cfg.extra
-    redis = daemon.redis()
+    # Blocking pools: under load a call waits for a free connection instead of
+    # failing with "too many connections".
+    redis = _redis(cfg.redis_url, max_connections=int(x["redis_pool_size"]))
+    daemon.add_probe("redis", redis_probe(redis))
+    daemon.on_shutdown(redis.aclose)
     # blocking XREADs of WatchSaga get their own pool so they never starve the engine
-    watch_redis = create_redis(cfg.redis_url, max_connections=512)
+    watch_redis = _redis(cfg.redis_url, max_connections=int(x["watch_pool_size"]))
     daemon.on_shutdown(watch_redis.aclose)
     store = SagaStore(redis)
     caller = AgentCaller(
