@@ -36,13 +36,13 @@ async def create(gw: Gateway, topic: str, partitions: int = 1) -> None:
 
 async def publish_stream(gw: Gateway, batches: list[list[bus_pb2.Envelope]]
                          ) -> list[bus_pb2.PublishStreamResponse]:
-    async def reqs():  # noqa: ANN202
+    async def reqs():
         for b in batches:
             yield bus_pb2.PublishStreamRequest(messages=b)
     return [r async for r in gw.stub.PublishStream(reqs())]
 
 
-async def expect(code: type, aw):  # noqa: ANN001, ANN201
+async def expect(code: type, aw):
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await aw
     err = from_rpc_error(ei.value)
@@ -196,7 +196,7 @@ async def test_unacked_message_is_redelivered_after_the_ack_deadline(gw: Gateway
 
 
 async def test_subscribe_requires_open_first_and_valid_patterns(gw: Gateway):
-    async def reqs(*rs):  # noqa: ANN202
+    async def reqs(*rs):
         for r in rs:
             yield r
     call = gw.stub.Subscribe(reqs(bus_pb2.SubscribeRequest(ack=bus_pb2.Ack(ack_ids=["x"]))))
