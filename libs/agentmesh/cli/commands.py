@@ -519,7 +519,10 @@ async def _watch_saga(c: Any, saga_id: str, fmt_: str) -> Any:
             if kind in ("SAGA_COMPLETED", "SAGA_COMPENSATED", "SAGA_FAILED", "SAGA_CANCELLED"):
                 break
     saga = (await c.get_saga(saga_id=saga_id)).saga
-    if fmt_ != "json":
+    if fmt_ == "json":
+        # The last line of the JSON-lines stream is the final saga.
+        print(json.dumps({"saga": message_to_dict(saga)}, default=str), flush=True)
+    else:
         out.print_table([_saga_row(saga)], SAGA_COLUMNS, title="saga finished")
     return saga
 
@@ -693,7 +696,9 @@ async def _watch_swarm(c: Any, swarm_id: str, fmt_: str) -> Any:
             if str(d.get("state")) in _SWARM_DONE:
                 break
     swarm = (await c.get_swarm(swarm_id=swarm_id)).swarm
-    if fmt_ != "json":
+    if fmt_ == "json":
+        print(json.dumps({"swarm": message_to_dict(swarm)}, default=str), flush=True)
+    else:
         out.print_table([_swarm_row(swarm)], SWARM_COLUMNS, title="swarm finished")
     return swarm
 

@@ -168,10 +168,13 @@ def stop_pid(pid: int, name: str, *, grace_s: float) -> str:
     """SIGTERM `pid` if it still runs `services.<name>`, wait, then SIGKILL it.
 
     Returns:
-        "stopped", "killed" or "not running".
+        "stopped", "killed", "not running", or "skipped" when the PID now
+        belongs to another program (a recycled PID is never signalled).
     """
-    if not is_our_daemon(pid, name):
+    if not pid_alive(pid):
         return "not running"
+    if not is_our_daemon(pid, name):
+        return f"skipped (pid {pid} is not services.{name})"
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
