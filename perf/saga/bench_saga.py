@@ -39,22 +39,28 @@ sys.path.insert(0, str(ROOT / "libs"))
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc  # noqa: E402
+
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess  # noqa: E402
 
 S = saga_pb2
-FINAL = {S.SAGA_STATE_COMPLETED, S.SAGA_STATE_COMPENSATED, S.SAGA_STATE_FAILED,
-         S.SAGA_STATE_CANCELLED}
+FINAL = {
+    S.SAGA_STATE_COMPLETED,
+    S.SAGA_STATE_COMPENSATED,
+    S.SAGA_STATE_FAILED,
+    S.SAGA_STATE_CANCELLED,
+}
 
 
 def pct(xs: list[float], p: float) -> float:
     """The p-th percentile (nearest rank) of xs."""
     s = sorted(xs)
-    return s[min(len(s) - 1, max(0, int(round(p / 100 * len(s))) - 1))]
+    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
 
 
-async def closed_loop(fn: Any, *, concurrency: int, seconds: float, limit: int) -> tuple[
-        list[float], float]:
+async def closed_loop(
+    fn: Any, *, concurrency: int, seconds: float, limit: int
+) -> tuple[list[float], float]:
     """Run `fn()` from `concurrency` workers until time or count runs out.
 
     Returns:
@@ -79,8 +85,10 @@ async def closed_loop(fn: Any, *, concurrency: int, seconds: float, limit: int) 
 
 async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -> dict[str, Any]:
     """Both phases; returns the figures."""
-    async with grpc.aio.insecure_channel(agent_target) as ach, \
-            grpc.aio.insecure_channel(saga_target) as sch:
+    async with (
+        grpc.aio.insecure_channel(agent_target) as ach,
+        grpc.aio.insecure_channel(saga_target) as sch,
+    ):
         agent = agent_pb2_grpc.AgentServiceStub(ach)
         saga = saga_pb2_grpc.SagaServiceStub(sch)
         seq = 0
@@ -88,12 +96,20 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
         async def direct() -> None:
             nonlocal seq
             seq += 1
-            await agent.Execute(agent_pb2.ExecuteRequest(
-                action="noop", idempotency_key=f"direct/{seq}", attempt=1))
+            await agent.Execute(
+                agent_pb2.ExecuteRequest(action="noop", idempotency_key=f"direct/{seq}", attempt=1)
+            )
 
-        steps = [S.Step(name=f"s{i}", agent_id="bench-noop", action=f"step{i}",
-                        compensation_action=f"undo{i}",
-                        depends_on=[f"s{i - 1}"] if i else []) for i in range(5)]
+        steps = [
+            S.Step(
+                name=f"s{i}",
+                agent_id="bench-noop",
+                action=f"step{i}",
+                compensation_action=f"undo{i}",
+                depends_on=[f"s{i - 1}"] if i else [],
+            )
+            for i in range(5)
+        ]
         defn = S.SagaDefinition(name="bench_five_steps", steps=steps)
 
         async def one_saga() -> None:
@@ -107,20 +123,27 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
         # warm-up: channels, caches, JIT-free but connection pools
         await closed_loop(direct, concurrency=8, seconds=2, limit=200)
         await closed_loop(one_saga, concurrency=8, seconds=3, limit=50)
-        d_lat, d_wall = await closed_loop(direct, concurrency=args.concurrency,
-                                          seconds=args.seconds / 2, limit=args.sagas * 5)
-        s_lat, s_wall = await closed_loop(one_saga, concurrency=args.concurrency,
-                                          seconds=args.seconds, limit=args.sagas)
+        d_lat, d_wall = await closed_loop(
+            direct, concurrency=args.concurrency, seconds=args.seconds / 2, limit=args.sagas * 5
+        )
+        s_lat, s_wall = await closed_loop(
+            one_saga, concurrency=args.concurrency, seconds=args.seconds, limit=args.sagas
+        )
         # per-step overhead at low load: one saga at a time vs one call at a time
         d1, _ = await closed_loop(direct, concurrency=1, seconds=3, limit=500)
         s1, _ = await closed_loop(one_saga, concurrency=1, seconds=5, limit=100)
     return {
-        "direct_calls": len(d_lat), "direct_per_s": len(d_lat) / d_wall,
-        "direct_p50_ms": statistics.median(d_lat), "direct_p99_ms": pct(d_lat, 99),
-        "sagas": len(s_lat), "sagas_per_s": len(s_lat) / s_wall,
-        "saga_p50_ms": statistics.median(s_lat), "saga_p99_ms": pct(s_lat, 99),
+        "direct_calls": len(d_lat),
+        "direct_per_s": len(d_lat) / d_wall,
+        "direct_p50_ms": statistics.median(d_lat),
+        "direct_p99_ms": pct(d_lat, 99),
+        "sagas": len(s_lat),
+        "sagas_per_s": len(s_lat) / s_wall,
+        "saga_p50_ms": statistics.median(s_lat),
+        "saga_p99_ms": pct(s_lat, 99),
         "steps_per_s": 5 * len(s_lat) / s_wall,
-        "solo_direct_p50_ms": statistics.median(d1), "solo_saga_p50_ms": statistics.median(s1),
+        "solo_direct_p50_ms": statistics.median(d1),
+        "solo_saga_p50_ms": statistics.median(s1),
         "solo_sagas": len(s1),
         "overhead_per_step_ms": (statistics.median(s1) - 5 * statistics.median(d1)) / 5,
         "loaded_overhead_per_step_ms": (statistics.median(s_lat) - 5 * statistics.median(d_lat))
@@ -147,22 +170,22 @@ fenced lease.
 
 | figure | value |
 |---|---|
-| five-step sagas/s ({args.concurrency} in flight) | **{fig['sagas_per_s']:.1f}** (goal >= 100) |
-| saga steps/s | {fig['steps_per_s']:.0f} |
-| saga duration p50 / p99 (loaded) | {fig['saga_p50_ms']:.1f} ms / {fig['saga_p99_ms']:.1f} ms |
-| sagas measured | {fig['sagas']} |
-| baseline: direct Execute calls/s (same concurrency) | {fig['direct_per_s']:.0f} |
-| baseline: direct Execute p50 / p99 (loaded) | {fig['direct_p50_ms']:.2f} ms / \
-{fig['direct_p99_ms']:.2f} ms |
-| one saga at a time: duration p50 | {fig['solo_saga_p50_ms']:.1f} ms |
-| one call at a time: direct Execute p50 | {fig['solo_direct_p50_ms']:.2f} ms |
+| five-step sagas/s ({args.concurrency} in flight) | **{fig["sagas_per_s"]:.1f}** (goal >= 100) |
+| saga steps/s | {fig["steps_per_s"]:.0f} |
+| saga duration p50 / p99 (loaded) | {fig["saga_p50_ms"]:.1f} ms / {fig["saga_p99_ms"]:.1f} ms |
+| sagas measured | {fig["sagas"]} |
+| baseline: direct Execute calls/s (same concurrency) | {fig["direct_per_s"]:.0f} |
+| baseline: direct Execute p50 / p99 (loaded) | {fig["direct_p50_ms"]:.2f} ms / \
+{fig["direct_p99_ms"]:.2f} ms |
+| one saga at a time: duration p50 | {fig["solo_saga_p50_ms"]:.1f} ms |
+| one call at a time: direct Execute p50 | {fig["solo_direct_p50_ms"]:.2f} ms |
 | **per-step overhead over a direct Execute** (one at a time) | \
-**{fig['overhead_per_step_ms']:.2f} ms** |
-| per-step overhead under load | {fig['loaded_overhead_per_step_ms']:.1f} ms |
+**{fig["overhead_per_step_ms"]:.2f} ms** |
+| per-step overhead under load | {fig["loaded_overhead_per_step_ms"]:.1f} ms |
 
-Ratio: a saga step costs {fig['solo_saga_p50_ms'] / 5 / fig['solo_direct_p50_ms']:.1f}x a direct
+Ratio: a saga step costs {fig["solo_saga_p50_ms"] / 5 / fig["solo_direct_p50_ms"]:.1f}x a direct
 Execute call when idle; throughput in steps/s is \
-{fig['steps_per_s'] / fig['direct_per_s']:.2f}x the direct call rate.
+{fig["steps_per_s"] / fig["direct_per_s"]:.2f}x the direct call rate.
 
 The seeds claimed 1,000 sagas a minute (17/s); the goal was 100/s.
 """
@@ -183,14 +206,38 @@ def main() -> None:
     procs: list[DaemonProcess] = []
     try:
         agent = DaemonProcess(
-            ["-m", "agentmesh.agent.testing", "noop", "--agent-id", "bench-noop", "--port", "0",
-             "--metrics-port", "-1"], work / "agent.log").start()
+            [
+                "-m",
+                "agentmesh.agent.testing",
+                "noop",
+                "--agent-id",
+                "bench-noop",
+                "--port",
+                "0",
+                "--metrics-port",
+                "-1",
+            ],
+            work / "agent.log",
+        ).start()
         procs.append(agent)
-        redis.Redis.from_url(url).hset("am:reg:agent:bench-noop",
-                                       mapping={"endpoint": agent.target, "status": "ACTIVE"})
+        redis.Redis.from_url(url).hset(
+            "am:reg:agent:bench-noop", mapping={"endpoint": agent.target, "status": "ACTIVE"}
+        )
         coord = DaemonProcess(
-            ["-m", "services.saga", "--port", "0", "--metrics-port", "0", "--redis-url", url,
-             "--use-router", "false"], work / "saga.log")
+            [
+                "-m",
+                "services.saga",
+                "--port",
+                "0",
+                "--metrics-port",
+                "0",
+                "--redis-url",
+                url,
+                "--use-router",
+                "false",
+            ],
+            work / "saga.log",
+        )
         procs.append(coord.start())
         fig = asyncio.run(bench(args, agent.target, coord.target))
         print(json.dumps(fig, indent=2))

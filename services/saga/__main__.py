@@ -18,7 +18,9 @@ from services.saga.store import SagaStore
 
 OPTIONS = [
     ExtraOption("coordinator_id", "", "this replica's id; empty = <hostname>-<pid>-<random>"),
-    ExtraOption("lease_ttl_ms", "5000", "saga lease length, ms; a dead replica's sagas move after it"),
+    ExtraOption(
+        "lease_ttl_ms", "5000", "saga lease length, ms; a dead replica's sagas move after it"
+    ),
     ExtraOption("renew_interval_ms", "1000", "lease renewal (and cancel check) interval, ms"),
     ExtraOption("recovery_interval_ms", "1000", "scan interval for free or expired leases, ms"),
     ExtraOption("max_active_sagas", "1000", "sagas one replica drives at once"),
@@ -31,8 +33,12 @@ OPTIONS = [
 
 def _redis(url: str, *, max_connections: int) -> aioredis.Redis:
     pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, socket_timeout=2.0,
-        socket_connect_timeout=2.0, decode_responses=False,
+        url,
+        max_connections=max_connections,
+        timeout=5,
+        socket_timeout=2.0,
+        socket_connect_timeout=2.0,
+        decode_responses=False,
     )
     return aioredis.Redis(connection_pool=pool)
 
@@ -56,7 +62,9 @@ def build(daemon: Daemon) -> None:
         tls_ca_file=cfg.tls_ca_file,
         router_target=cfg.router_target if x["use_router"].lower() in ("1", "true") else "",
     )
-    coordinator_id = x["coordinator_id"] or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    coordinator_id = (
+        x["coordinator_id"] or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+    )
     engine = Engine(
         store,
         caller,

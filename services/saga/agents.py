@@ -73,7 +73,7 @@ class AgentCaller:
         router_target: str = "",
         endpoint_ttl_ms: float = 1000.0,
     ) -> None:
-        self.r = redis
+        self.r: Any = redis  # redis-py's stubs type replies as bytes | str | ...
         self.token = token
         self.tls_ca_file = tls_ca_file
         self.router_target = router_target

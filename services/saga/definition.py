@@ -33,8 +33,14 @@ DEFAULT_SAGA_TIMEOUT_MS = 300_000.0
 DEFAULT_MAP_CONCURRENCY = 8
 DEFAULT_NON_RETRYABLE = frozenset(
     {
-        "INVALID_ARGUMENT", "NOT_FOUND", "ALREADY_EXISTS", "PERMISSION_DENIED",
-        "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED", "UNAUTHENTICATED",
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "UNAUTHENTICATED",
     }
 )
 CODE_NAMES = frozenset(c.name for c in grpc.StatusCode)
@@ -246,7 +252,7 @@ def find_cycle(deps: dict[str, list[str]]) -> list[str] | None:
                 if nxt not in color:
                     continue
                 if color[nxt] == grey:
-                    return [*path[path.index(nxt):], nxt]
+                    return [*path[path.index(nxt) :], nxt]
                 if color[nxt] == white:
                     color[nxt] = grey
                     stack.append((nxt, 0))
@@ -407,7 +413,9 @@ def compile_definition(
 
     pivot = pivots[0] if len(pivots) == 1 else None
     if len(pivots) > 1:
-        v.add(f"{paths.get(pivots[1], pre + 'steps')}.is_pivot", "at most one step may be the pivot")
+        v.add(
+            f"{paths.get(pivots[1], pre + 'steps')}.is_pivot", "at most one step may be the pivot"
+        )
     if pivot and pivot in by_name and not cycle:
         parents = {n: set(ds) for n, ds in deps.items()}
         before = _closure(pivot, parents)
@@ -442,7 +450,9 @@ def compile_definition(
         descendants=descendants,
         pivot=pivot,
         strategy=strategy,
-        timeout_ms=duration_ms(defn.timeout) if defn.HasField("timeout") else DEFAULT_SAGA_TIMEOUT_MS,
+        timeout_ms=duration_ms(defn.timeout)
+        if defn.HasField("timeout")
+        else DEFAULT_SAGA_TIMEOUT_MS,
     )
 
 

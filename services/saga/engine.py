@@ -223,7 +223,9 @@ class Runner:
                 await self._wait()
                 self._collect()
         except Fenced as e:
-            log.warning("lease lost; stopping", extra={"saga_id": self.rec.saga_id, "reason": str(e)})
+            log.warning(
+                "lease lost; stopping", extra={"saga_id": self.rec.saga_id, "reason": str(e)}
+            )
             self.lost = True
         except asyncio.CancelledError:
             pass
@@ -244,13 +246,22 @@ class Runner:
         md = {"saga_id": self.rec.saga_id, "step": c.step}
         if c.kind == "execute":
             return await self.engine.caller.execute(
-                spec.proto, input=c.input, key=c.key, attempt=c.attempt,
-                timeout_ms=spec.timeout_ms, metadata=md,
+                spec.proto,
+                input=c.input,
+                key=c.key,
+                attempt=c.attempt,
+                timeout_ms=spec.timeout_ms,
+                metadata=md,
             )
         await self.engine.caller.compensate(
-            spec.proto, input=c.input, original_output=c.original_output,
-            key=c.key + "/compensate", route_key=c.key, attempt=c.attempt,
-            timeout_ms=spec.timeout_ms, metadata=md,
+            spec.proto,
+            input=c.input,
+            original_output=c.original_output,
+            key=c.key + "/compensate",
+            route_key=c.key,
+            attempt=c.attempt,
+            timeout_ms=spec.timeout_ms,
+            metadata=md,
         )
         return None
 
@@ -294,8 +305,13 @@ class Runner:
             inv = st.inv(c.index)
             if c.kind == "execute":
                 if exc is None:
-                    self.emit(T.SAGA_EVENT_TYPE_STEP_COMPLETED, step=c.step, index=c.index,
-                              output=t.result() or {}, attempt=c.attempt)
+                    self.emit(
+                        T.SAGA_EVENT_TYPE_STEP_COMPLETED,
+                        step=c.step,
+                        index=c.index,
+                        output=t.result() or {},
+                        attempt=c.attempt,
+                    )
                     continue
                 assert isinstance(exc, CallError)
                 err = T.StepError(code=exc.code, message=exc.message, step_name=c.step)
@@ -304,27 +320,51 @@ class Runner:
                 if exc.code not in spec.retry.non_retryable and (
                     forward or failures < spec.retry.max_attempts
                 ):
-                    self.emit(T.SAGA_EVENT_TYPE_STEP_ATTEMPT_FAILED, step=c.step, index=c.index,
-                              attempt=c.attempt, error=err,
-                              backoff_ms=spec.retry.backoff_ms(failures=failures))
+                    self.emit(
+                        T.SAGA_EVENT_TYPE_STEP_ATTEMPT_FAILED,
+                        step=c.step,
+                        index=c.index,
+                        attempt=c.attempt,
+                        error=err,
+                        backoff_ms=spec.retry.backoff_ms(failures=failures),
+                    )
                 else:
-                    self.emit(T.SAGA_EVENT_TYPE_STEP_FAILED, step=c.step, index=c.index,
-                              attempt=c.attempt, error=err)
+                    self.emit(
+                        T.SAGA_EVENT_TYPE_STEP_FAILED,
+                        step=c.step,
+                        index=c.index,
+                        attempt=c.attempt,
+                        error=err,
+                    )
             else:
                 if exc is None:
-                    self.emit(T.SAGA_EVENT_TYPE_STEP_COMPENSATED, step=c.step, index=c.index,
-                              attempt=c.attempt)
+                    self.emit(
+                        T.SAGA_EVENT_TYPE_STEP_COMPENSATED,
+                        step=c.step,
+                        index=c.index,
+                        attempt=c.attempt,
+                    )
                     continue
                 assert isinstance(exc, CallError)
                 err = T.StepError(code=exc.code, message=exc.message, step_name=c.step)
                 failures = inv.comp_failures + 1
                 if exc.code not in spec.retry.non_retryable and failures < spec.retry.max_attempts:
-                    self.emit(T.SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED, step=c.step,
-                              index=c.index, attempt=c.attempt, error=err,
-                              backoff_ms=spec.retry.backoff_ms(failures=failures))
+                    self.emit(
+                        T.SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED,
+                        step=c.step,
+                        index=c.index,
+                        attempt=c.attempt,
+                        error=err,
+                        backoff_ms=spec.retry.backoff_ms(failures=failures),
+                    )
                 else:
-                    self.emit(T.SAGA_EVENT_TYPE_STEP_COMPENSATION_FAILED, step=c.step,
-                              index=c.index, attempt=c.attempt, error=err)
+                    self.emit(
+                        T.SAGA_EVENT_TYPE_STEP_COMPENSATION_FAILED,
+                        step=c.step,
+                        index=c.index,
+                        attempt=c.attempt,
+                        error=err,
+                    )
 
     # ---- planning -----------------------------------------------------------------
     def _plan(self) -> list[Call]:
@@ -340,8 +380,14 @@ class Runner:
 
     def _start(self, spec: StepSpec, index: int, attempt: int, inp: dict[str, Any]) -> Call:
         key = call_key(self.rec.saga_id, spec, index)
-        self.emit(T.SAGA_EVENT_TYPE_STEP_STARTED, step=spec.name, index=index, attempt=attempt,
-                  input=inp, idempotency_key=key)
+        self.emit(
+            T.SAGA_EVENT_TYPE_STEP_STARTED,
+            step=spec.name,
+            index=index,
+            attempt=attempt,
+            input=inp,
+            idempotency_key=key,
+        )
         return Call("execute", spec.name, index, attempt, key, inp)
 
     def _resume(self, spec: StepSpec, index: int, now: int) -> Call | None:
@@ -354,8 +400,11 @@ class Runner:
         return None
 
     def _fail_step(self, name: str, code: str, message: str) -> None:
-        self.emit(T.SAGA_EVENT_TYPE_STEP_FAILED, step=name,
-                  error=T.StepError(code=code, message=message, step_name=name))
+        self.emit(
+            T.SAGA_EVENT_TYPE_STEP_FAILED,
+            step=name,
+            error=T.StepError(code=code, message=message, step_name=name),
+        )
 
     def _stop_cause(self, now: int) -> T.StepError | None:
         rec = self.rec
@@ -382,8 +431,10 @@ class Runner:
         now = now_ms()
         forward = rec.pivot_passed(comp.pivot)
         if self.cancel_seen and not rec.cancel_logged and not forward:
-            self.emit(T.SAGA_EVENT_TYPE_CANCEL_REQUESTED,
-                      error=T.StepError(code="CANCELLED", message=self.cancel_reason))
+            self.emit(
+                T.SAGA_EVENT_TYPE_CANCEL_REQUESTED,
+                error=T.StepError(code="CANCELLED", message=self.cancel_reason),
+            )
         cause = None if forward else self._stop_cause(now)
         fatal = next(
             (s for s in comp.steps if forward and rec.steps[s.name].status == T.STEP_STATUS_FAILED),
@@ -398,9 +449,16 @@ class Runner:
                         continue
                     if inv.status == "retry_wait" or inv.status == "running":
                         # not re-sent: the saga is stopping; its effect (if any) is compensated
-                        self.emit(T.SAGA_EVENT_TYPE_STEP_FAILED, step=spec.name, index=idx,
-                                  error=T.StepError(code=code, message="stopped: the saga is "
-                                                    "compensating", step_name=spec.name))
+                        self.emit(
+                            T.SAGA_EVENT_TYPE_STEP_FAILED,
+                            step=spec.name,
+                            index=idx,
+                            error=T.StepError(
+                                code=code,
+                                message="stopped: the saga is compensating",
+                                step_name=spec.name,
+                            ),
+                        )
             if self.busy:
                 return []
             for spec in comp.steps:
@@ -408,11 +466,15 @@ class Runner:
                     self._fail_step(spec.name, code, "stopped before every call site ran")
             if fatal is not None:
                 st = rec.steps[fatal.name]
-                self.emit(T.SAGA_EVENT_TYPE_SAGA_FAILED, error=T.StepError(
-                    code=(st.error or {}).get("code", "UNKNOWN"),
-                    message=f"step {fatal.name!r} failed after the pivot: "
-                            f"{(st.error or {}).get('message', '')}",
-                    step_name=fatal.name))
+                self.emit(
+                    T.SAGA_EVENT_TYPE_SAGA_FAILED,
+                    error=T.StepError(
+                        code=(st.error or {}).get("code", "UNKNOWN"),
+                        message=f"step {fatal.name!r} failed after the pivot: "
+                        f"{(st.error or {}).get('message', '')}",
+                        step_name=fatal.name,
+                    ),
+                )
                 return []
             assert cause is not None
             self.emit(T.SAGA_EVENT_TYPE_COMPENSATION_STARTED, error=cause)
@@ -426,12 +488,15 @@ class Runner:
                     calls += self._begin(spec, st)
             elif st.status == T.STEP_STATUS_RUNNING:
                 calls += self._advance(spec, st, now)
-        if rec.state == T.SAGA_STATE_RUNNING and all(
-            s.status in _DONE for s in rec.steps.values()
-        ) and not calls:
-            self.emit(T.SAGA_EVENT_TYPE_SAGA_COMPLETED, output={
-                n: s.output for n, s in rec.steps.items() if s.output is not None
-            })
+        if (
+            rec.state == T.SAGA_STATE_RUNNING
+            and all(s.status in _DONE for s in rec.steps.values())
+            and not calls
+        ):
+            self.emit(
+                T.SAGA_EVENT_TYPE_SAGA_COMPLETED,
+                output={n: s.output for n, s in rec.steps.items() if s.output is not None},
+            )
         return calls
 
     def _ctx(self, **extra: Any) -> dict[str, Any]:
@@ -439,7 +504,9 @@ class Runner:
         ctx.update(extra)
         return ctx
 
-    def _input(self, spec: StepSpec, ctx: dict[str, Any], default: dict[str, Any]) -> dict[str, Any]:
+    def _input(
+        self, spec: StepSpec, ctx: dict[str, Any], default: dict[str, Any]
+    ) -> dict[str, Any]:
         if not spec.input_mapping:
             return default
         return {k: e.evaluate(ctx) for k, e in spec.input_mapping.items()}
@@ -489,8 +556,10 @@ class Runner:
         calls = [c for i in list(st.invocations) if (c := self._resume(spec, i, now))]
         failed = [i for i in st.invocations.values() if i.status == "failed"]
         if failed:
-            if not self._in_flight(spec.name) and not calls and not any(
-                i.status == "retry_wait" for i in st.invocations.values()
+            if (
+                not self._in_flight(spec.name)
+                and not calls
+                and not any(i.status == "retry_wait" for i in st.invocations.values())
             ):
                 e = failed[0].error or {}
                 self._fail_step(spec.name, e.get("code", "UNKNOWN"), e.get("message", ""))
@@ -544,18 +613,20 @@ class Runner:
     def _plan_compensation(self) -> list[Call]:
         rec, comp = self.rec, self.comp
         now = now_ms()
-        failed = next(
-            (n for n, st in rec.steps.items() if unit_failed(st)), None
-        )
+        failed = next((n for n, st in rec.steps.items() if unit_failed(st)), None)
         if failed is not None:
             if any(k == "compensate" for k, _, _ in self.busy):
                 return []
             st = rec.steps[failed]
             e = st.error or {}
-            self.emit(T.SAGA_EVENT_TYPE_SAGA_FAILED, error=T.StepError(
-                code=e.get("code", "UNKNOWN"),
-                message=f"compensation of step {failed!r} failed: {e.get('message', '')}",
-                step_name=failed))
+            self.emit(
+                T.SAGA_EVENT_TYPE_SAGA_FAILED,
+                error=T.StepError(
+                    code=e.get("code", "UNKNOWN"),
+                    message=f"compensation of step {failed!r} failed: {e.get('message', '')}",
+                    step_name=failed,
+                ),
+            )
             return []
         ready, all_done = ready_units(rec, comp)
         if all_done:
@@ -580,10 +651,16 @@ class Runner:
                     break
                 attempt = inv.comp_attempts + 1
                 key = call_key(rec.saga_id, spec, idx)
-                self.emit(T.SAGA_EVENT_TYPE_STEP_COMPENSATION_STARTED, step=name, index=idx,
-                          attempt=attempt, idempotency_key=key + "/compensate")
-                calls.append(Call("compensate", name, idx, attempt, key, inv.input or {},
-                                  inv.output))
+                self.emit(
+                    T.SAGA_EVENT_TYPE_STEP_COMPENSATION_STARTED,
+                    step=name,
+                    index=idx,
+                    attempt=attempt,
+                    idempotency_key=key + "/compensate",
+                )
+                calls.append(
+                    Call("compensate", name, idx, attempt, key, inv.input or {}, inv.output)
+                )
                 break
         return calls
 
@@ -674,8 +751,14 @@ class Engine:
                     await self.store.release(lease)
                     return False
                 cancel, why = await self.store.cancel_flag(saga_id)
-                runner = Runner(self, lease, rec, self.compile(rec.definition),
-                                cancel_requested=cancel, cancel_reason=why)
+                runner = Runner(
+                    self,
+                    lease,
+                    rec,
+                    self.compile(rec.definition),
+                    cancel_requested=cancel,
+                    cancel_reason=why,
+                )
             except Exception:
                 with contextlib.suppress(Exception):
                     await self.store.release(lease)
@@ -708,8 +791,9 @@ class Engine:
             await asyncio.sleep(self.opts.renew_interval_ms / 1000.0)
             runners: Sequence[Runner] = list(self.runners.values())
             try:
-                res = await self.store.renew([r.lease for r in runners],
-                                             ttl_ms=self.opts.lease_ttl_ms)
+                res = await self.store.renew(
+                    [r.lease for r in runners], ttl_ms=self.opts.lease_ttl_ms
+                )
             except Exception:
                 log.exception("lease renewal failed")
                 continue

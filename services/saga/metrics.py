@@ -15,8 +15,7 @@ MAX_STEP_LABELS = 200
 
 EXECUTIONS = Counter(
     "saga_executions_total",
-    "Sagas that reached a final state, by status "
-    "(completed, compensated, cancelled, failed).",
+    "Sagas that reached a final state, by status (completed, compensated, cancelled, failed).",
     ["status"],
 )
 STEPS = Counter(
@@ -29,7 +28,8 @@ COMPENSATIONS = Counter(
 )
 COMPENSATION_FAILURES = Counter(
     "saga_compensation_failures_total",
-    "Step compensations that failed after their retries; each leaves a saga FAILED. Alert on any increase.",
+    "Step compensations that failed after their retries; each leaves a saga FAILED. "
+    "Alert on any increase.",
 )
 DURATION = Histogram(
     "saga_duration_ms",

@@ -40,8 +40,9 @@ def new_saga_id() -> str:
 
 def _page_size(v: int, *, default: int, maximum: int) -> int:
     if v < 0:
-        raise InvalidArgument("page_size must not be negative",
-                              field_violations={"page_size": "must be >= 0"})
+        raise InvalidArgument(
+            "page_size must not be negative", field_violations={"page_size": "must be >= 0"}
+        )
     return min(v or default, maximum)
 
 
@@ -55,8 +56,9 @@ def _untoken(token: str) -> str:
     try:
         return base64.urlsafe_b64decode(token.encode()).decode()
     except (binascii.Error, UnicodeDecodeError, ValueError) as e:
-        raise InvalidArgument("bad page_token",
-                              field_violations={"page_token": "not a token this API returned"}) from e
+        raise InvalidArgument(
+            "bad page_token", field_violations={"page_token": "not a token this API returned"}
+        ) from e
 
 
 def _need_id(saga_id: str) -> None:
@@ -82,8 +84,9 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         _need_id(saga_id)
         rec = await self.store.load(saga_id)
         if rec is None:
-            raise NotFound(f"saga {saga_id!r} not found", resource_type="saga",
-                           resource_name=saga_id)
+            raise NotFound(
+                f"saga {saga_id!r} not found", resource_type="saga", resource_name=saga_id
+            )
         return rec
 
     # ---- sagas ------------------------------------------------------------------
@@ -93,44 +96,63 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         """See saga.proto."""
         src = request.WhichOneof("definition_source")
         if src is None:
-            raise InvalidArgument("set definition or definition_name",
-                                  field_violations={"definition": "required"})
+            raise InvalidArgument(
+                "set definition or definition_name", field_violations={"definition": "required"}
+            )
         if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
-            raise InvalidArgument("idempotency_key too long", field_violations={
-                "idempotency_key": f"at most {MAX_IDEMPOTENCY_KEY} characters"})
+            raise InvalidArgument(
+                "idempotency_key too long",
+                field_violations={"idempotency_key": f"at most {MAX_IDEMPOTENCY_KEY} characters"},
+            )
         if request.input.ByteSize() > MAX_INPUT_BYTES:
-            raise ResourceExhausted("input too large", quota_subject="input",
-                                    quota_description=f"at most {MAX_INPUT_BYTES} bytes")
+            raise ResourceExhausted(
+                "input too large",
+                quota_subject="input",
+                quota_description=f"at most {MAX_INPUT_BYTES} bytes",
+            )
         if src == "definition":
             defn = request.definition
             compile_definition(defn, field_prefix="definition")
         else:
-            found = await self.store.get_definition(request.definition_name,
-                                                    version=request.definition_version)
+            found = await self.store.get_definition(
+                request.definition_name, version=request.definition_version
+            )
             if found is None:
                 raise NotFound(
                     f"no saga definition {request.definition_name!r}"
-                    + (f" version {request.definition_version}" if request.definition_version else ""),
-                    resource_type="saga_definition", resource_name=request.definition_name,
+                    + (
+                        f" version {request.definition_version}"
+                        if request.definition_version
+                        else ""
+                    ),
+                    resource_type="saga_definition",
+                    resource_name=request.definition_name,
                 )
             defn = found
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
         saga_id = new_saga_id()
         ev = saga_pb2.SagaEvent(
-            saga_id=saga_id, sequence=1, type=saga_pb2.SAGA_EVENT_TYPE_SAGA_STARTED,
-            create_time=ms_ts(int(time.time() * 1000)), input=request.input,
-            definition=defn, idempotency_key=request.idempotency_key,
+            saga_id=saga_id,
+            sequence=1,
+            type=saga_pb2.SAGA_EVENT_TYPE_SAGA_STARTED,
+            create_time=ms_ts(int(time.time() * 1000)),
+            input=request.input,
+            definition=defn,
+            idempotency_key=request.idempotency_key,
             state=saga_pb2.SAGA_STATE_PENDING,
         )
         seal(ev, GENESIS)
         try:
             existing = await self.store.create(
-                ev, name=defn.name, idempotency_key=request.idempotency_key,
+                ev,
+                name=defn.name,
+                idempotency_key=request.idempotency_key,
                 fingerprint=fingerprint,
             )
         except redis.exceptions.ConnectionError as e:
-            raise Unavailable("Redis is unavailable; nothing was started",
-                              reason="REDIS_DOWN") from e
+            raise Unavailable(
+                "Redis is unavailable; nothing was started", reason="REDIS_DOWN"
+            ) from e
         if existing is not None:
             old_id, old_fp = existing
             if old_fp != fingerprint:
@@ -204,7 +226,8 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         comp = self.engine.compile(rec.definition)
         if rec.pivot_passed(comp.pivot):
             raise FailedPrecondition(
-                f"saga {rec.saga_id} has passed its pivot step {comp.pivot!r} and can only complete",
+                f"saga {rec.saga_id} has passed its pivot step {comp.pivot!r} "
+                "and can only complete",
                 violations=[("PIVOT", f"sagas/{rec.saga_id}", "the pivot step has completed")],
             )
         reason = request.reason or "cancelled by request"
@@ -212,8 +235,10 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         if out == "missing":
             raise NotFound(f"saga {rec.saga_id!r} not found")
         if out in _FINAL_NAMES:
-            raise FailedPrecondition(f"saga {rec.saga_id} has finished ({out}); nothing to cancel",
-                                     violations=[("STATE", f"sagas/{rec.saga_id}", out)])
+            raise FailedPrecondition(
+                f"saga {rec.saga_id} has finished ({out}); nothing to cancel",
+                violations=[("STATE", f"sagas/{rec.saga_id}", out)],
+            )
         self.engine.notify_cancel(rec.saga_id, reason)
         return saga_pb2.CancelSagaResponse(saga=rec.to_proto())
 
@@ -223,8 +248,11 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         """See saga.proto."""
         _need_id(request.saga_id)
         if not await self.store.exists(request.saga_id):
-            raise NotFound(f"saga {request.saga_id!r} not found", resource_type="saga",
-                           resource_name=request.saga_id)
+            raise NotFound(
+                f"saga {request.saga_id!r} not found",
+                resource_type="saga",
+                resource_name=request.saga_id,
+            )
         after = request.after_sequence
         evs = await self.store.events(request.saga_id, after_seq=after)
         while True:
@@ -233,8 +261,9 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                 yield saga_pb2.WatchSagaResponse(event=ev)
                 if ev.state in FINAL_STATES:
                     return
-            evs = await self.watch_store.block_events(request.saga_id, after_seq=after,
-                                                      block_ms=1000)
+            evs = await self.watch_store.block_events(
+                request.saga_id, after_seq=after, block_ms=1000
+            )
             if not evs:
                 rec_state = await self.store.r.hget(self.store.hkey(request.saga_id), "state")
                 if rec_state is not None and rec_state.decode() in _FINAL_NAMES:
@@ -251,12 +280,16 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         size = _page_size(request.page_size, default=100, maximum=1000)
         raw = _untoken(request.page_token)
         if raw and not raw.isdigit():
-            raise InvalidArgument("bad page_token",
-                                  field_violations={"page_token": "not a token this API returned"})
+            raise InvalidArgument(
+                "bad page_token", field_violations={"page_token": "not a token this API returned"}
+            )
         after = int(raw or 0)
         if not await self.store.exists(request.saga_id):
-            raise NotFound(f"saga {request.saga_id!r} not found", resource_type="saga",
-                           resource_name=request.saga_id)
+            raise NotFound(
+                f"saga {request.saga_id!r} not found",
+                resource_type="saga",
+                resource_name=request.saga_id,
+            )
         evs = await self.store.events(request.saga_id, after_seq=after, count=size)
         resp = saga_pb2.GetSagaEventsResponse(events=evs)
         last = evs[-1].sequence if evs else after
@@ -289,8 +322,11 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             raise InvalidArgument("name is required", field_violations={"name": "required"})
         d = await self.store.get_definition(request.name, version=request.version)
         if d is None:
-            raise NotFound(f"no saga definition {request.name!r}", resource_type="saga_definition",
-                           resource_name=request.name)
+            raise NotFound(
+                f"no saga definition {request.name!r}",
+                resource_type="saga_definition",
+                resource_name=request.name,
+            )
         return saga_pb2.GetSagaDefinitionResponse(definition=d)
 
     async def ListSagaDefinitions(

@@ -348,7 +348,7 @@ class SagaRecord:
         for st in self.steps.values():
             ss = s.steps.add(
                 name=st.name,
-                status=st.status,  # type: ignore[arg-type]
+                status=st.status,
                 attempts=st.attempts,
                 compensation_attempts=st.comp_attempts,
             )

@@ -26,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from agentmesh.saga.v1 import saga_pb2
@@ -66,7 +67,10 @@ local final = {SAGA_STATE_COMPLETED=1, SAGA_STATE_COMPENSATED=1, SAGA_STATE_FAIL
 
 # KEYS: hash, active. ARGV: owner, ttl_ms, saga_id. Returns {fence} (0 = held
 # by someone, -1 = no such saga, -2 = finished).
-_ACQUIRE = _NOW + _FINAL + """
+_ACQUIRE = (
+    _NOW
+    + _FINAL
+    + """
 local h = redis.call('HMGET', KEYS[1], 'owner', 'lease_until', 'state')
 if not h[3] then redis.call('ZREM', KEYS[2], ARGV[3]) return -1 end
 if final[h[3]] then redis.call('ZREM', KEYS[2], ARGV[3]) return -2 end
@@ -77,9 +81,13 @@ redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_until', until_ms)
 redis.call('ZADD', KEYS[2], until_ms, ARGV[3])
 return fence
 """
+)
 
 # KEYS: hash, active. ARGV: owner, fence, ttl_ms, saga_id. Returns {held, cancel}.
-_RENEW = _NOW + _FINAL + """
+_RENEW = (
+    _NOW
+    + _FINAL
+    + """
 local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'cancel', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return {0, 0} end
 if not final[h[4]] then
@@ -89,20 +97,26 @@ if not final[h[4]] then
 end
 return {1, tonumber(h[3])}
 """
+)
 
 # KEYS: hash, active. ARGV: owner, fence, saga_id.
-_RELEASE = _FINAL + """
+_RELEASE = (
+    _FINAL
+    + """
 local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'owner', '', 'lease_until', 0)
 if not final[h[3]] then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
 return 1
 """
+)
 
 # KEYS: hash, stream, active. ARGV: owner, fence, expected_seq, last_hash,
 # new_state, final, snapshot, snap_seq, saga_id, state index prefix, events...
 # Returns 1, -1 (fenced out) or -2 (sequence conflict).
-_APPEND = _NOW + """
+_APPEND = (
+    _NOW
+    + """
 local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'seq', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
 if h[3] ~= ARGV[3] then return -2 end
@@ -123,9 +137,12 @@ if ARGV[6] == '1' then
 end
 return 1
 """
+)
 
 # KEYS: hash. ARGV: reason. Returns "" (recorded), "missing" or the final state name.
-_CANCEL = _FINAL + """
+_CANCEL = (
+    _FINAL
+    + """
 local st = redis.call('HGET', KEYS[1], 'state')
 if not st then return 'missing' end
 if final[st] then return st end
@@ -134,6 +151,7 @@ if redis.call('HGET', KEYS[1], 'cancel') ~= '1' then
 end
 return ''
 """
+)
 
 
 class Fenced(Exception):
@@ -168,7 +186,7 @@ class SagaStore:
     """
 
     def __init__(self, redis: aioredis.Redis) -> None:
-        self.r = redis
+        self.r: Any = redis  # redis-py's stubs type replies as bytes | str | ...
         self._create = redis.register_script(_CREATE)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
@@ -213,8 +231,13 @@ class SagaStore:
                 f"{PREFIX}idx:state:SAGA_STATE_PENDING",
             ],
             args=[
-                ev.saga_id, fingerprint, ev.SerializeToString(), ev.provenance.hash, name,
-                ev.create_time.ToMilliseconds(), "1" if idempotency_key else "0",
+                ev.saga_id,
+                fingerprint,
+                ev.SerializeToString(),
+                ev.provenance.hash,
+                name,
+                ev.create_time.ToMilliseconds(),
+                "1" if idempotency_key else "0",
                 idempotency_key,
             ],
         )
@@ -274,8 +297,15 @@ class SagaStore:
             await self._append(
                 keys=[self.hkey(lease.saga_id), self.lkey(lease.saga_id), f"{PREFIX}active"],
                 args=[
-                    lease.owner, lease.fence, expected_seq, last_hash, state_name(state),
-                    "1" if final else "0", snapshot, snap_seq, lease.saga_id,
+                    lease.owner,
+                    lease.fence,
+                    expected_seq,
+                    last_hash,
+                    state_name(state),
+                    "1" if final else "0",
+                    snapshot,
+                    snap_seq,
+                    lease.saga_id,
                     f"{PREFIX}idx:state:",
                     *(e.SerializeToString() for e in events),
                 ],
@@ -312,7 +342,7 @@ class SagaStore:
 
     async def load(self, saga_id: str) -> SagaRecord | None:
         """The saga's state: latest snapshot folded with the events after it."""
-        snap, snap_seq = await self.r.hmget(self.hkey(saga_id), ["snapshot", "snap_seq"])
+        snap = await self.r.hget(self.hkey(saga_id), "snapshot")
         rec: SagaRecord | None = None
         if snap:
             rec = SagaRecord.from_json(snap)
@@ -380,7 +410,10 @@ class SagaStore:
                 body.version = latest + 1
                 body.create_time.GetCurrentTime()
                 p.multi()
-                p.hset(key, mapping={"latest": body.version, f"v{body.version}": body.SerializeToString()})
+                p.hset(
+                    key,
+                    mapping={"latest": body.version, f"v{body.version}": body.SerializeToString()},
+                )
                 p.zadd(f"{PREFIX}defs", {defn.name: 0})
                 try:
                     await p.execute()
@@ -389,7 +422,9 @@ class SagaStore:
                 return body, True
         raise Fenced("definition is being registered concurrently; retry")
 
-    async def get_definition(self, name: str, *, version: int = 0) -> saga_pb2.SagaDefinition | None:
+    async def get_definition(
+        self, name: str, *, version: int = 0
+    ) -> saga_pb2.SagaDefinition | None:
         """A stored version (0 = latest), or None."""
         key = f"{PREFIX}def:{name}"
         if not version:
@@ -403,9 +438,7 @@ class SagaStore:
         d.ParseFromString(raw)
         return d
 
-    async def list_definitions(
-        self, *, after: str, count: int
-    ) -> list[saga_pb2.SagaDefinition]:
+    async def list_definitions(self, *, after: str, count: int) -> list[saga_pb2.SagaDefinition]:
         """Latest versions ordered by name, names strictly after `after`."""
         lo = f"({after}" if after else "-"
         names = await self.r.zrangebylex(f"{PREFIX}defs", lo, "+", start=0, num=count)

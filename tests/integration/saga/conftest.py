@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 import pytest
 import redis
-
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+
 from tests.procs import DaemonProcess, daemon
 
 SAGA_DB = 3
@@ -42,19 +42,31 @@ def rsync(saga_redis_url: str) -> redis.Redis:
 def start_agent(agent_id: str, url: str, log_dir: Path, r: redis.Redis) -> DaemonProcess:
     """Start a saga_agent.py process and register its endpoint."""
     p = DaemonProcess(
-        [str(HERE / "saga_agent.py"), "--agent-id", agent_id, "--port", "0",
-         "--metrics-port", "-1", "--redis-url", url],
+        [
+            str(HERE / "saga_agent.py"),
+            "--agent-id",
+            agent_id,
+            "--port",
+            "0",
+            "--metrics-port",
+            "-1",
+            "--redis-url",
+            url,
+        ],
         log_dir / f"agent-{agent_id}.log",
     ).start()
-    r.hset(f"am:reg:agent:{agent_id}", mapping={
-        "endpoint": p.target, "status": "ACTIVE", "health": "1.0"})
+    r.hset(
+        f"am:reg:agent:{agent_id}",
+        mapping={"endpoint": p.target, "status": "ACTIVE", "health": "1.0"},
+    )
     r.sadd("am:reg:idx:cap:saga_test", agent_id)
     return p
 
 
 @pytest.fixture(scope="module")
-def agent(saga_redis_url: str, rsync: redis.Redis,
-          tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+def agent(
+    saga_redis_url: str, rsync: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaemonProcess]:
     """The test agent `saga-agent-a`."""
     p = start_agent("saga-agent-a", saga_redis_url, tmp_path_factory.mktemp("agents"), rsync)
     try:
@@ -65,13 +77,15 @@ def agent(saga_redis_url: str, rsync: redis.Redis,
 
 def start_coordinator(url: str, log_dir: Path, *extra: str) -> DaemonProcess:
     """Start `python -m services.saga` on free ports with fast leases."""
-    return daemon("saga", log_dir, "--redis-url", url, "--use-router", "false",
-                  *FAST, *extra).start()
+    return daemon(
+        "saga", log_dir, "--redis-url", url, "--use-router", "false", *FAST, *extra
+    ).start()
 
 
 @pytest.fixture(scope="module")
-def coordinator(saga_redis_url: str, agent: DaemonProcess,
-                tmp_path_factory: pytest.TempPathFactory) -> Iterator[DaemonProcess]:
+def coordinator(
+    saga_redis_url: str, agent: DaemonProcess, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[DaemonProcess]:
     """One saga coordinator for the module."""
     p = start_coordinator(saga_redis_url, tmp_path_factory.mktemp("saga"))
     try:
@@ -88,12 +102,24 @@ async def stub(coordinator: DaemonProcess) -> AsyncIterator[saga_pb2_grpc.SagaSe
 
 
 # ---- helpers ------------------------------------------------------------------------
-def step(name: str, action: str = "", *, comp: str | None = None, deps: tuple[str, ...] = (),
-         agent_id: str = "saga-agent-a", **kw: Any) -> saga_pb2.Step:
+def step(
+    name: str,
+    action: str = "",
+    *,
+    comp: str | None = None,
+    deps: tuple[str, ...] = (),
+    agent_id: str = "saga-agent-a",
+    **kw: Any,
+) -> saga_pb2.Step:
     """A Step on the test agent; compensation defaults to `undo_<name>`."""
-    s = saga_pb2.Step(name=name, agent_id=agent_id, action=action or f"do_{name}",
-                      compensation_action=f"undo_{name}" if comp is None else comp,
-                      depends_on=list(deps), **kw)
+    s = saga_pb2.Step(
+        name=name,
+        agent_id=agent_id,
+        action=action or f"do_{name}",
+        compensation_action=f"undo_{name}" if comp is None else comp,
+        depends_on=list(deps),
+        **kw,
+    )
     return s
 
 
@@ -102,11 +128,16 @@ def chain(*names: str, **kw: Any) -> list[saga_pb2.Step]:
     return [step(n, deps=(names[i - 1],) if i else (), **kw) for i, n in enumerate(names)]
 
 
-async def wait_final(stub: saga_pb2_grpc.SagaServiceStub, saga_id: str,
-                     timeout_s: float = 30.0) -> saga_pb2.Saga:
+async def wait_final(
+    stub: saga_pb2_grpc.SagaServiceStub, saga_id: str, timeout_s: float = 30.0
+) -> saga_pb2.Saga:
     """Poll GetSaga until the saga is in a final state."""
-    final = {saga_pb2.SAGA_STATE_COMPLETED, saga_pb2.SAGA_STATE_COMPENSATED,
-             saga_pb2.SAGA_STATE_FAILED, saga_pb2.SAGA_STATE_CANCELLED}
+    final = {
+        saga_pb2.SAGA_STATE_COMPLETED,
+        saga_pb2.SAGA_STATE_COMPENSATED,
+        saga_pb2.SAGA_STATE_FAILED,
+        saga_pb2.SAGA_STATE_CANCELLED,
+    }
     deadline = time.monotonic() + timeout_s
     while True:
         s = (await stub.GetSaga(saga_pb2.GetSagaRequest(saga_id=saga_id))).saga
@@ -117,8 +148,12 @@ async def wait_final(stub: saga_pb2_grpc.SagaServiceStub, saga_id: str,
         await asyncio.sleep(0.05)
 
 
-async def run(stub: saga_pb2_grpc.SagaServiceStub, steps: list[saga_pb2.Step],
-              input: dict[str, Any] | None = None, **defn_kw: Any) -> saga_pb2.Saga:
+async def run(
+    stub: saga_pb2_grpc.SagaServiceStub,
+    steps: list[saga_pb2.Step],
+    input: dict[str, Any] | None = None,
+    **defn_kw: Any,
+) -> saga_pb2.Saga:
     """Start an inline saga and wait for its final state."""
     d = saga_pb2.SagaDefinition(steps=steps, **defn_kw)
     req = saga_pb2.StartSagaRequest(definition=d)
@@ -128,21 +163,26 @@ async def run(stub: saga_pb2_grpc.SagaServiceStub, steps: list[saga_pb2.Step],
     return await wait_final(stub, started.saga.saga_id)
 
 
-def effects(r: redis.Redis, saga_id: str, kind: str = "exec",
-            agent_id: str = "saga-agent-a") -> dict[str, int]:
+def effects(
+    r: Any, saga_id: str, kind: str = "exec", agent_id: str = "saga-agent-a"
+) -> dict[str, int]:
     """{idempotency key: times it took effect} for one saga."""
-    return {k: int(v) for k, v in r.hgetall(f"am:saga:test:{agent_id}:{kind}").items()
-            if k.startswith(saga_id + "/")}
+    return {
+        k: int(v)
+        for k, v in r.hgetall(f"am:saga:test:{agent_id}:{kind}").items()
+        if k.startswith(saga_id + "/")
+    }
 
 
-def order(r: redis.Redis, saga_id: str, kind: str = "comp",
-          agent_id: str = "saga-agent-a") -> list[str]:
+def order(
+    r: Any, saga_id: str, kind: str = "comp", agent_id: str = "saga-agent-a"
+) -> list[str]:
     """Step names (key without the saga id) in the order their calls took effect."""
     out = []
     for e in r.lrange(f"am:saga:test:{agent_id}:log", 0, -1):
         k, _, key = e.partition("|")
         if k == kind and key.startswith(saga_id + "/"):
-            rest = key[len(saga_id) + 1:]
+            rest = key[len(saga_id) + 1 :]
             out.append(rest.removesuffix("/compensate"))
     return out
 
@@ -152,8 +192,9 @@ async def events(stub: saga_pb2_grpc.SagaServiceStub, saga_id: str) -> list[saga
     out: list[saga_pb2.SagaEvent] = []
     token = ""
     while True:
-        resp = await stub.GetSagaEvents(saga_pb2.GetSagaEventsRequest(
-            saga_id=saga_id, page_size=200, page_token=token))
+        resp = await stub.GetSagaEvents(
+            saga_pb2.GetSagaEventsRequest(saga_id=saga_id, page_size=200, page_token=token)
+        )
         out.extend(resp.events)
         if not resp.next_page_token or not resp.events:
             return out

@@ -31,8 +31,13 @@ from agentmesh.agent.sdk import WILDCARD, Agent
 from agentmesh.runtime.deps import create_redis
 from agentmesh.runtime.errors import FailedPrecondition, Unavailable
 
-agent = Agent("saga-test-agent", agent_type="saga-test", version="1.0.0",
-              capabilities=["saga_test"], service_types=["test"])
+agent = Agent(
+    "saga-test-agent",
+    agent_type="saga-test",
+    version="1.0.0",
+    capabilities=["saga_test"],
+    service_types=["test"],
+)
 _redis: Any = None
 
 
@@ -58,8 +63,9 @@ async def _record(kind: str, ctx: ActionContext) -> int:
 @agent.action(WILDCARD)
 async def act(inp: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     a = ctx.action
-    await _r().rpush(f"{_prefix()}:tries",
-                     f"{ctx.idempotency_key}|{ctx.attempt}|{int(time.time() * 1000)}")
+    await _r().rpush(
+        f"{_prefix()}:tries", f"{ctx.idempotency_key}|{ctx.attempt}|{int(time.time() * 1000)}"
+    )
     if a.startswith("fail"):
         raise FailedPrecondition(f"action {a} always fails")
     if a.startswith("flaky") and ctx.attempt <= int(inp.get("fail_attempts", 2)):

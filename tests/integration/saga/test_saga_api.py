@@ -7,9 +7,10 @@ import asyncio
 
 import grpc
 import pytest
-
 from agentmesh.common.v1 import common_pb2
 from agentmesh.saga.v1 import saga_pb2
+
+from services.saga.state import struct_to_dict
 from tests.integration.saga.conftest import chain, effects, events, order, run, step, wait_final
 
 pytestmark = pytest.mark.integration
@@ -30,16 +31,19 @@ def csrd_definition(*, fail_calculate: bool = False) -> S.SagaDefinition:
     steps[2].input_mapping["rows"] = "steps.collect.echo.rows"
     if fail_calculate:
         steps[2].action = "fail_calculate"
-    return S.SagaDefinition(name="csrd_report_generation" + ("_bad" if fail_calculate else ""),
-                            steps=steps)
+    return S.SagaDefinition(
+        name="csrd_report_generation" + ("_bad" if fail_calculate else ""), steps=steps
+    )
 
 
 async def test_csrd_saga_success_by_registered_name(stub, rsync) -> None:
     reg = await stub.RegisterSagaDefinition(
-        S.RegisterSagaDefinitionRequest(definition=csrd_definition()))
+        S.RegisterSagaDefinitionRequest(definition=csrd_definition())
+    )
     assert reg.created and reg.definition.version >= 1
     again = await stub.RegisterSagaDefinition(
-        S.RegisterSagaDefinitionRequest(definition=csrd_definition()))
+        S.RegisterSagaDefinitionRequest(definition=csrd_definition())
+    )
     assert not again.created and again.definition.version == reg.definition.version
     got = await stub.GetSagaDefinition(S.GetSagaDefinitionRequest(name="csrd_report_generation"))
     assert [s.name for s in got.definition.steps] == list(CSRD)
@@ -50,7 +54,7 @@ async def test_csrd_saga_success_by_registered_name(stub, rsync) -> None:
     assert saga.state == S.SAGA_STATE_COMPLETED
     assert saga.definition.version == reg.definition.version
     assert order(rsync, saga.saga_id, "exec") == list(CSRD)
-    assert saga.output["calculate"]["echo"]["rows"] == [1, 2, 3]  # input mapping
+    assert struct_to_dict(saga.output)["calculate"]["echo"]["rows"] == [1, 2, 3]  # input mapping
     assert all(v == 1 for v in effects(rsync, saga.saga_id).values())
 
 
@@ -64,13 +68,15 @@ async def test_csrd_saga_failing_at_calculate_compensates_backward(stub, rsync) 
 
 
 async def test_idempotency_key_returns_same_saga(stub) -> None:
-    req = S.StartSagaRequest(definition=S.SagaDefinition(steps=chain("a")),
-                             idempotency_key="order-42-x")
+    req = S.StartSagaRequest(
+        definition=S.SagaDefinition(steps=chain("a")), idempotency_key="order-42-x"
+    )
     first = await stub.StartSaga(req)
     second = await stub.StartSaga(req)
     assert second.already_started and second.saga.saga_id == first.saga.saga_id
-    other = S.StartSagaRequest(definition=S.SagaDefinition(steps=chain("b")),
-                               idempotency_key="order-42-x")
+    other = S.StartSagaRequest(
+        definition=S.SagaDefinition(steps=chain("b")), idempotency_key="order-42-x"
+    )
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await stub.StartSaga(other)
     assert ei.value.code() == grpc.StatusCode.ABORTED
@@ -129,8 +135,9 @@ async def test_watch_streams_until_final_and_resumes_from_a_sequence(stub) -> No
     seen = [r.event async for r in stub.WatchSaga(S.WatchSagaRequest(saga_id=saga_id))]
     assert [e.sequence for e in seen] == list(range(1, len(seen) + 1))
     assert seen[-1].type == S.SAGA_EVENT_TYPE_SAGA_COMPLETED
-    resumed = [r.event async for r in stub.WatchSaga(
-        S.WatchSagaRequest(saga_id=saga_id, after_sequence=3))]
+    resumed = [
+        r.event async for r in stub.WatchSaga(S.WatchSagaRequest(saga_id=saga_id, after_sequence=3))
+    ]
     assert [e.sequence for e in resumed] == [e.sequence for e in seen[3:]]
     page = await stub.GetSagaEvents(S.GetSagaEventsRequest(saga_id=saga_id, page_size=2))
     assert len(page.events) == 2 and page.next_page_token
@@ -142,22 +149,31 @@ async def test_list_sagas_filters_by_state_and_name_and_pages(stub) -> None:
     resp = await stub.ListSagas(S.ListSagasRequest(definition_name="listed_ok", page_size=2))
     assert len(resp.sagas) == 2 and resp.next_page_token
     assert resp.sagas[0].saga_id == bad.saga_id  # newest first
-    rest = await stub.ListSagas(S.ListSagasRequest(
-        definition_name="listed_ok", page_size=2, page_token=resp.next_page_token))
+    rest = await stub.ListSagas(
+        S.ListSagasRequest(
+            definition_name="listed_ok", page_size=2, page_token=resp.next_page_token
+        )
+    )
     ids = [s.saga_id for s in [*resp.sagas, *rest.sagas]]
     assert sorted(ids) == sorted([s.saga_id for s in ok] + [bad.saga_id])
-    comp = await stub.ListSagas(S.ListSagasRequest(
-        definition_name="listed_ok", states=[S.SAGA_STATE_COMPENSATED]))
+    comp = await stub.ListSagas(
+        S.ListSagasRequest(definition_name="listed_ok", states=[S.SAGA_STATE_COMPENSATED])
+    )
     assert [s.saga_id for s in comp.sagas] == [bad.saga_id]
-    by_state = await stub.ListSagas(S.ListSagasRequest(
-        states=[S.SAGA_STATE_COMPENSATED], page_size=500))
+    by_state = await stub.ListSagas(
+        S.ListSagasRequest(states=[S.SAGA_STATE_COMPENSATED], page_size=500)
+    )
     assert bad.saga_id in {s.saga_id for s in by_state.sagas}
     assert all(s.state == S.SAGA_STATE_COMPENSATED for s in by_state.sagas)
 
 
 async def test_selector_target_resolves_through_registry_indexes(stub, rsync) -> None:
-    s = S.Step(name="sel", action="do_sel", compensation_action="undo_sel",
-               selector=common_pb2.AgentSelector(capabilities=["saga_test"]))
+    s = S.Step(
+        name="sel",
+        action="do_sel",
+        compensation_action="undo_sel",
+        selector=common_pb2.AgentSelector(capabilities=["saga_test"]),
+    )
     saga = await run(stub, [s])
     assert saga.state == S.SAGA_STATE_COMPLETED
     assert effects(rsync, saga.saga_id) == {f"{saga.saga_id}/sel": 1}

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from agentmesh.saga.v1 import saga_pb2
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
-from agentmesh.saga.v1 import saga_pb2
 from services.saga.events import verify_chain
+from services.saga.state import struct_to_dict
 from tests.integration.saga.conftest import chain, effects, events, order, run, step
 
 pytestmark = pytest.mark.integration
@@ -30,7 +31,7 @@ async def test_five_steps_complete_each_effect_once(stub, rsync) -> None:
     assert effects(rsync, saga.saga_id) == {f"{saga.saga_id}/{n}": 1 for n in NAMES}
     assert order(rsync, saga.saga_id, "exec") == list(NAMES)
     assert effects(rsync, saga.saga_id, "comp") == {}
-    assert saga.output["a"]["echo"]["year"] == 2024
+    assert struct_to_dict(saga.output)["a"]["echo"]["year"] == 2024
     evs = await events(stub, saga.saga_id)
     assert verify_chain(evs) == len(evs)
     assert evs[0].type == S.SAGA_EVENT_TYPE_SAGA_STARTED
@@ -46,9 +47,13 @@ def _failing_chain(fail_at: int) -> list[S.Step]:
 @pytest.mark.parametrize("fail_at", range(5))
 @pytest.mark.parametrize(
     "strategy",
-    [S.COMPENSATION_STRATEGY_BACKWARD, S.COMPENSATION_STRATEGY_FORWARD,
-     S.COMPENSATION_STRATEGY_SELECTIVE, S.COMPENSATION_STRATEGY_CASCADE,
-     S.COMPENSATION_STRATEGY_PARALLEL],
+    [
+        S.COMPENSATION_STRATEGY_BACKWARD,
+        S.COMPENSATION_STRATEGY_FORWARD,
+        S.COMPENSATION_STRATEGY_SELECTIVE,
+        S.COMPENSATION_STRATEGY_CASCADE,
+        S.COMPENSATION_STRATEGY_PARALLEL,
+    ],
 )
 async def test_failure_at_each_step_under_each_strategy(stub, rsync, strategy, fail_at) -> None:
     saga = await run(stub, _failing_chain(fail_at), compensation_strategy=strategy)
@@ -66,17 +71,20 @@ async def test_failure_at_each_step_under_each_strategy(stub, rsync, strategy, f
     else:
         assert sorted(comp) == sorted(done)
     assert all(v == 1 for v in effects(rsync, saga.saga_id, "comp").values())
-    assert effects(rsync, saga.saga_id)  .keys() == {
-        f"{saga.saga_id}/{n}" for n in NAMES[:fail_at]}
+    assert effects(rsync, saga.saga_id).keys() == {f"{saga.saga_id}/{n}" for n in NAMES[:fail_at]}
     by_name = {s.name: s.status for s in saga.steps}
-    for n in NAMES[fail_at + 1:]:
+    for n in NAMES[fail_at + 1 :]:
         assert by_name[n] == S.STEP_STATUS_PENDING
 
 
 async def test_cascade_compensates_dependents_first_in_a_diamond(stub, rsync) -> None:
     # a -> (b, c) -> d(fails): d, then b and c (any order), then a
-    steps = [step("a"), step("b", deps=("a",)), step("c", deps=("a",)),
-             step("d", "fail_d", deps=("b", "c"))]
+    steps = [
+        step("a"),
+        step("b", deps=("a",)),
+        step("c", deps=("a",)),
+        step("d", "fail_d", deps=("b", "c")),
+    ]
     saga = await run(stub, steps, compensation_strategy=S.COMPENSATION_STRATEGY_CASCADE)
     assert saga.state == S.SAGA_STATE_COMPENSATED
     comp = order(rsync, saga.saga_id)
@@ -115,19 +123,26 @@ async def test_pivot_failure_before_it_compensates_and_after_it_fails(stub, rsyn
 
 async def test_retries_with_backoff_then_success(stub, rsync) -> None:
     s = step("a", "flaky_a")
-    s.retry_policy.CopyFrom(S.RetryPolicy(max_attempts=3, initial_backoff=_ms(200),
-                                          multiplier=2.0, max_backoff=_ms(1000)))
+    s.retry_policy.CopyFrom(
+        S.RetryPolicy(
+            max_attempts=3, initial_backoff=_ms(200), multiplier=2.0, max_backoff=_ms(1000)
+        )
+    )
     saga = await run(stub, [s], {"fail_attempts": 2})
     assert saga.state == S.SAGA_STATE_COMPLETED
     assert saga.steps[0].attempts == 3
-    tries = [t.split("|") for t in rsync.lrange("am:saga:test:saga-agent-a:tries", 0, -1)
-             if t.startswith(saga.saga_id)]
+    tries = [
+        t.split("|")
+        for t in rsync.lrange("am:saga:test:saga-agent-a:tries", 0, -1)
+        if t.startswith(saga.saga_id)
+    ]
     assert [int(t[1]) for t in tries] == [1, 2, 3]
     gaps = [int(tries[i + 1][2]) - int(tries[i][2]) for i in range(2)]
     assert gaps[0] >= 190 and gaps[1] >= 390  # 200ms, then 400ms
     evs = await events(stub, saga.saga_id)
-    backoffs = [e.backoff.ToMilliseconds() for e in evs
-                if e.type == S.SAGA_EVENT_TYPE_STEP_ATTEMPT_FAILED]
+    backoffs = [
+        e.backoff.ToMilliseconds() for e in evs if e.type == S.SAGA_EVENT_TYPE_STEP_ATTEMPT_FAILED
+    ]
     assert backoffs == [200, 400]
     assert effects(rsync, saga.saga_id) == {f"{saga.saga_id}/a": 1}
 
@@ -188,8 +203,10 @@ async def test_compensation_failure_leaves_saga_failed(stub, rsync) -> None:
 async def test_malformed_definitions_get_field_violations(stub) -> None:
     cases = {
         "unknown": ([step("a", deps=("zzz",))], "unknown step 'zzz'"),
-        "cycle": ([step("a", deps=("c",)), step("b", deps=("a",)), step("c", deps=("b",))],
-                  "a -> c -> b -> a"),
+        "cycle": (
+            [step("a", deps=("c",)), step("b", deps=("a",)), step("c", deps=("b",))],
+            "a -> c -> b -> a",
+        ),
         "empty": ([], "at least one step"),
     }
     for _, (steps, text) in cases.items():

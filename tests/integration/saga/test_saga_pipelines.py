@@ -4,8 +4,9 @@ steps, map-reduce and loops, against a real agent process."""
 from __future__ import annotations
 
 import pytest
-
 from agentmesh.saga.v1 import saga_pb2
+
+from services.saga.state import struct_to_dict
 from tests.integration.saga.conftest import effects, events, order, step, wait_final
 
 pytestmark = pytest.mark.integration
@@ -24,11 +25,17 @@ async def _run(stub, defn: S.SagaDefinition, input: dict | None = None) -> S.Sag
 
 
 async def test_sequential_and_parallel_groups(stub, rsync) -> None:
-    pipeline = S.Stage(sequential=S.StageGroup(stages=[
-        st(step("p1")),
-        S.Stage(parallel=S.StageGroup(stages=[st(step("p2a", "slow_p2a")), st(step("p2b"))])),
-        st(step("p3")),
-    ]))
+    pipeline = S.Stage(
+        sequential=S.StageGroup(
+            stages=[
+                st(step("p1")),
+                S.Stage(
+                    parallel=S.StageGroup(stages=[st(step("p2a", "slow_p2a")), st(step("p2b"))])
+                ),
+                st(step("p3")),
+            ]
+        )
+    )
     saga = await _run(stub, S.SagaDefinition(pipeline=pipeline), {"delay_ms": 200})
     assert saga.state == S.SAGA_STATE_COMPLETED
     done = order(rsync, saga.saga_id, "exec")
@@ -36,22 +43,30 @@ async def test_sequential_and_parallel_groups(stub, rsync) -> None:
     assert done.index("p2b") < done.index("p2a")  # ran in parallel: fast one first
     evs = await events(stub, saga.saga_id)
     started = [e.sequence for e in evs if e.type == S.SAGA_EVENT_TYPE_STEP_STARTED]
-    completed = {e.step_name: e.sequence for e in evs
-                 if e.type == S.SAGA_EVENT_TYPE_STEP_COMPLETED}
-    p3_start = next(e.sequence for e in evs
-                    if e.type == S.SAGA_EVENT_TYPE_STEP_STARTED and e.step_name == "p3")
+    completed = {e.step_name: e.sequence for e in evs if e.type == S.SAGA_EVENT_TYPE_STEP_COMPLETED}
+    p3_start = next(
+        e.sequence for e in evs if e.type == S.SAGA_EVENT_TYPE_STEP_STARTED and e.step_name == "p3"
+    )
     assert p3_start > completed["p2a"] and p3_start > completed["p2b"]
     assert len(started) == 4
 
 
 async def test_parallel_group_failure_compensates_every_branch(stub, rsync) -> None:
-    pipeline = S.Stage(sequential=S.StageGroup(stages=[
-        st(step("p1")),
-        S.Stage(parallel=S.StageGroup(stages=[st(step("p2a")), st(step("p2b", "fail_p2b"))])),
-        st(step("p3")),
-    ]))
-    saga = await _run(stub, S.SagaDefinition(
-        pipeline=pipeline, compensation_strategy=S.COMPENSATION_STRATEGY_CASCADE))
+    pipeline = S.Stage(
+        sequential=S.StageGroup(
+            stages=[
+                st(step("p1")),
+                S.Stage(
+                    parallel=S.StageGroup(stages=[st(step("p2a")), st(step("p2b", "fail_p2b"))])
+                ),
+                st(step("p3")),
+            ]
+        )
+    )
+    saga = await _run(
+        stub,
+        S.SagaDefinition(pipeline=pipeline, compensation_strategy=S.COMPENSATION_STRATEGY_CASCADE),
+    )
     assert saga.state == S.SAGA_STATE_COMPENSATED
     comp = order(rsync, saga.saga_id)
     assert set(comp[:2]) == {"p2a", "p2b"} and comp[2] == "p1"
@@ -59,8 +74,11 @@ async def test_parallel_group_failure_compensates_every_branch(stub, rsync) -> N
 
 @pytest.mark.parametrize("flag", [True, False])
 async def test_conditional_step(stub, rsync, flag) -> None:
-    steps = [step("a"), step("maybe", deps=("a",), condition="input.flag == true"),
-             step("z", deps=("maybe",))]
+    steps = [
+        step("a"),
+        step("maybe", deps=("a",), condition="input.flag == true"),
+        step("z", deps=("maybe",)),
+    ]
     saga = await _run(stub, S.SagaDefinition(steps=steps), {"flag": flag})
     assert saga.state == S.SAGA_STATE_COMPLETED
     status = {s.name: s.status for s in saga.steps}
@@ -71,15 +89,23 @@ async def test_conditional_step(stub, rsync, flag) -> None:
 
 async def test_map_over_a_list_with_reduce(stub, rsync) -> None:
     m = step("m", "do_item", input_mapping={"x": "item * 10", "i": "index"})
-    m.map.CopyFrom(S.MapSpec(items="input.values", max_concurrency=2,
-                             reduce='{"xs": results.map(r, r.echo.x), "n": size(results)}'))
-    saga = await _run(stub, S.SagaDefinition(steps=[m, step("after", deps=("m",))]),
-                      {"values": [1, 2, 3, 4]})
+    m.map.CopyFrom(
+        S.MapSpec(
+            items="input.values",
+            max_concurrency=2,
+            reduce='{"xs": results.map(r, r.echo.x), "n": size(results)}',
+        )
+    )
+    saga = await _run(
+        stub, S.SagaDefinition(steps=[m, step("after", deps=("m",))]), {"values": [1, 2, 3, 4]}
+    )
     assert saga.state == S.SAGA_STATE_COMPLETED
-    assert saga.output["m"]["xs"] == [10, 20, 30, 40]
-    assert saga.output["m"]["n"] == 4
+    assert struct_to_dict(saga.output)["m"]["xs"] == [10, 20, 30, 40]
+    assert struct_to_dict(saga.output)["m"]["n"] == 4
     assert effects(rsync, saga.saga_id) == {
-        **{f"{saga.saga_id}/m[{i}]": 1 for i in range(4)}, f"{saga.saga_id}/after": 1}
+        **{f"{saga.saga_id}/m[{i}]": 1 for i in range(4)},
+        f"{saga.saga_id}/after": 1,
+    }
 
 
 async def test_map_items_are_compensated_last_first(stub, rsync) -> None:
@@ -96,7 +122,7 @@ async def test_loop_until_condition_or_max_iterations(stub, rsync) -> None:
     saga = await _run(stub, S.SagaDefinition(steps=[loop]), {"times": 3})
     assert saga.state == S.SAGA_STATE_COMPLETED
     assert order(rsync, saga.saga_id, "exec") == ["l#0", "l#1", "l#2"]
-    assert saga.output["l"]["echo"]["k"] == 2  # the last iteration's output
+    assert struct_to_dict(saga.output)["l"]["echo"]["k"] == 2  # the last iteration's output
     capped = step("c", "do_iter")
     capped.loop.CopyFrom(S.LoopSpec(condition="true", max_iterations=2))
     saga = await _run(stub, S.SagaDefinition(steps=[capped]))

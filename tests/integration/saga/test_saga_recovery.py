@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import grpc
 import pytest
 import redis
-
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+
 from services.saga.events import verify_chain
 from tests.integration.saga.conftest import (
     chain,
@@ -25,16 +26,17 @@ pytestmark = pytest.mark.integration
 S = saga_pb2
 
 
-def _log_types(r: redis.Redis, saga_id: str) -> list[tuple[int, str]]:
-    out = []
+def _log_types(r: Any, saga_id: str) -> list[tuple[Any, str]]:
+    out: list[tuple[Any, str]] = []
     for _, fields in r.xrange(f"am:saga:log:{saga_id}"):
         ev = S.SagaEvent.FromString(fields[b"pb"])
         out.append((ev.type, ev.step_name))
     return out
 
 
-async def _wait_for_event(r: redis.Redis, saga_id: str, type_: int, step: str,
-                          timeout_s: float = 15.0) -> None:
+async def _wait_for_event(
+    r: Any, saga_id: str, type_: Any, step: str, timeout_s: float = 15.0
+) -> None:
     deadline = time.monotonic() + timeout_s
     while (type_, step) not in _log_types(r, saga_id):
         assert time.monotonic() < deadline, f"no {S.SagaEventType.Name(type_)} for {step}"
@@ -73,7 +75,8 @@ async def test_sigkill_then_restart_resumes_exactly_once(
     try:
         async with grpc.aio.insecure_channel(first.target) as ch:
             started = await saga_pb2_grpc.SagaServiceStub(ch).StartSaga(
-                S.StartSagaRequest(definition=S.SagaDefinition(steps=steps)))
+                S.StartSagaRequest(definition=S.SagaDefinition(steps=steps))
+            )
         saga_id = started.saga.saga_id
         await _wait_for_event(rbytes, saga_id, *watch)
         first.kill()  # SIGKILL while b's call (or its compensation) is in flight
@@ -94,13 +97,15 @@ async def test_sigkill_then_restart_resumes_exactly_once(
     if phase == "step":
         assert saga.state == S.SAGA_STATE_COMPLETED
         assert effects(rsync, saga_id) == {f"{saga_id}/{n}": 1 for n in "abc"}
-        b_starts = [e.attempt for e in evs
-                    if e.type == S.SAGA_EVENT_TYPE_STEP_STARTED and e.step_name == "b"]
+        b_starts = [
+            e.attempt
+            for e in evs
+            if e.type == S.SAGA_EVENT_TYPE_STEP_STARTED and e.step_name == "b"
+        ]
         assert b_starts == [1, 2]  # re-sent after the crash with the next attempt number
     else:
         assert saga.state == S.SAGA_STATE_COMPENSATED
-        assert effects(rsync, saga_id, "comp") == {
-            f"{saga_id}/{n}/compensate": 1 for n in "abc"}
+        assert effects(rsync, saga_id, "comp") == {f"{saga_id}/{n}/compensate": 1 for n in "abc"}
         assert order(rsync, saga_id) == ["c", "b", "a"]
 
 
@@ -111,8 +116,9 @@ async def test_two_coordinators_never_drive_one_saga_twice(
     # every saga through their recovery loops; each drives at most 4 at once, so
     # both must take part.
     api = start_coordinator(saga_redis_url, tmp_path, "--max-active-sagas", "0")
-    workers = [start_coordinator(saga_redis_url, tmp_path, "--max-active-sagas", "4")
-               for _ in range(2)]
+    workers = [
+        start_coordinator(saga_redis_url, tmp_path, "--max-active-sagas", "4") for _ in range(2)
+    ]
     try:
         async with grpc.aio.insecure_channel(api.target) as ch:
             stub = saga_pb2_grpc.SagaServiceStub(ch)
@@ -141,7 +147,9 @@ async def test_two_coordinators_never_drive_one_saga_twice(
         drivers |= {e.coordinator_id for e in evs if e.coordinator_id}
         assert effects(rsync, saga_id) == {f"{saga_id}/{n}": 1 for n in "abc"}
     assert len(drivers) == 2
-    taken_over = [evs for evs in logs
-                  if len({e.coordinator_id for e in evs
-                          if e.type == S.SAGA_EVENT_TYPE_LEASE_ACQUIRED}) > 1]
+    taken_over = [
+        evs
+        for evs in logs
+        if len({e.coordinator_id for e in evs if e.type == S.SAGA_EVENT_TYPE_LEASE_ACQUIRED}) > 1
+    ]
     assert taken_over, "the killed worker held no saga; the takeover path was not exercised"
