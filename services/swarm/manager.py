@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import uuid
 from collections.abc import Awaitable, Callable
@@ -109,7 +110,11 @@ class SwarmManager:
         lease = await self.store.acquire(swarm_id, owner=self.owner, ttl_ms=self.lease_ttl_ms)
         if lease is None:
             return False
-        self._tasks[swarm_id] = asyncio.create_task(self._run(lease), name=f"swarm-{swarm_id}")
+        # A fresh context: the driver must not inherit the deadline, request
+        # id or principal of the RPC (DeploySwarm, StopSwarm) that started it.
+        self._tasks[swarm_id] = asyncio.create_task(
+            self._run(lease), name=f"swarm-{swarm_id}", context=contextvars.Context()
+        )
         return True
 
     async def _scan_loop(self) -> None:

@@ -154,7 +154,9 @@ class AgentEvaluator:
             parameters=self.parameters,
             swarm_id=self.swarm_id,
         )
-        resp = await self.ctx.pool.stub(agent.endpoint).Evaluate(req, timeout=self.call_timeout_s)
+        resp = await self.ctx.pool.stub(agent.endpoint).Evaluate(
+            req, timeout=self.call_timeout_s, metadata=self.ctx.pool.metadata
+        )
         if len(resp.fitness) != rows.shape[0]:
             raise ValueError(f"agent {agent.agent_id} returned {len(resp.fitness)} values")
         return list(resp.fitness)

@@ -216,7 +216,9 @@ class PartitionRun:
             )
             stub = self.ctx.pool.stub(agent.endpoint)
             self.attempts += 1
-            fut = asyncio.ensure_future(stub.Execute(req, timeout=self.timeout_s))
+            fut = asyncio.ensure_future(
+                stub.Execute(req, timeout=self.timeout_s, metadata=self.ctx.pool.metadata)
+            )
             fut.add_done_callback(lambda _, lid=lease.lease_id: self.finished.put_nowait(lid))
             self.calls[lease.lease_id] = fut
             self.meta[lease.lease_id] = _Call(lease, agent, time.monotonic())

@@ -80,7 +80,11 @@ async def test_agent_killed_mid_run(swarm_stub: Any, spawn_agent: Any) -> None:
     agents = [spawn_agent(cap, delay_ms=20) for _ in range(4)]
     partitions = 160
     task = emissions_task(cap, partitions, agents=4)
-    sid = (await swarm_stub.DeploySwarm(pb.DeploySwarmRequest(task=task))).swarm.swarm_id
+    # A short deadline on DeploySwarm must not leak into the agent calls the
+    # swarm makes long after DeploySwarm returned.
+    sid = (
+        await swarm_stub.DeploySwarm(pb.DeploySwarmRequest(task=task), timeout=0.5)
+    ).swarm.swarm_id
 
     await wait_for(swarm_stub, sid, lambda m: m.stats.partitions_done >= 30)
     victim = agents[0]
