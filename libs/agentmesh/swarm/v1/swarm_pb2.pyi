@@ -417,7 +417,7 @@ class PsoParameters(_message.Message):
     social: _builtins.float
     """Social coefficient c2; default 1.49618."""
     velocity_clamp: _builtins.float
-    """Velocity clamp as a fraction of each dimension's range; default 0.5."""
+    """Velocity clamp as a fraction of each dimension's range; default 0.2."""
     topology: Global___Topology.ValueType
     """Neighbourhood topology; default TOPOLOGY_GLOBAL."""
     ring_neighbors: _builtins.int
