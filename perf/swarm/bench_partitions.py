@@ -173,8 +173,13 @@ async def measure(ns: argparse.Namespace, redis_url: str, work_ms: float, log_di
         ports = json.loads(
             [ln for ln in fleet.tail(400).splitlines() if '"ports"' in ln][-1]
         )["ports"]
-        base = await baseline(ports, ns.partitions)
-        rate, final = await swarm_run(swarmd.target, ns.agents, ns.partitions)
+        # Alternate the two, best of `repeat` each: the CPUs are shared.
+        base = 0.0
+        rate = 0.0
+        for _ in range(ns.repeat):
+            base = max(base, await baseline(ports, ns.partitions))
+            r, final = await swarm_run(swarmd.target, ns.agents, ns.partitions)
+            rate = max(rate, r)
         used = len(final.partitions.partitions_by_agent)
         return {"work_ms": work_ms, "baseline": base, "swarm": rate, "agents_used": used,
                 "reassignments": final.partitions.reassignments}
@@ -188,6 +193,7 @@ def main() -> None:
     p.add_argument("--agents", type=int, default=100)
     p.add_argument("--partitions", type=int, default=2000)
     p.add_argument("--work-ms", type=float, nargs="*", default=[0.0, 10.0])
+    p.add_argument("--repeat", type=int, default=3, help="runs of each, best kept")
     p.add_argument("--fleet", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
@@ -223,7 +229,7 @@ def write(ns: argparse.Namespace, rows: list[dict]) -> None:
         f"{ns.agents} agents = {ns.agents} grpc.aio servers in ONE separate process;"
         f" {ns.partitions} partitions; one call in flight per agent; swarm daemon and Redis"
         " are separate processes. Swarm time runs from DeploySwarm to the final WatchSwarm"
-        " message.",
+        f" message. Best of {ns.repeat} alternating runs each.",
         "",
         "| agent work per call | direct calls (partitions/s) | swarm daemon (partitions/s) "
         "| ratio swarm / direct |",
@@ -235,8 +241,14 @@ def write(ns: argparse.Namespace, rows: list[dict]) -> None:
             f"{r['swarm'] / r['baseline']:.2f} |"
         )
     lines += ["", f"Reproduce: `{cmd}`", ""]
-    with RESULTS.open("a") as f:
-        f.write("\n".join(lines))
+    # Replace this benchmark's own section, keep everyone else's.
+    text = RESULTS.read_text() if RESULTS.exists() else ""
+    head = lines[1]
+    if head in text:
+        start = text.index(head)
+        nxt = text.find("\n## ", start + len(head))
+        text = text[:start].rstrip("\n") + ("\n" + text[nxt:] if nxt >= 0 else "")
+    RESULTS.write_text(text.rstrip("\n") + "\n" + "\n".join(lines))
     print(f"appended to {RESULTS.relative_to(ROOT)}")
 
 
