@@ -528,8 +528,9 @@ class Step(_message.Message):
     def input_mapping(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Builds the step's input: each key of the input Struct is the value of a CEL
         expression over the context, e.g. {"rows": "steps.collect.rows",
-        "year": "input.year"}. Empty means the saga input (the item and index in a
-        map step) is passed as is.
+        "year": "input.year"}. Empty means the saga input is passed as is; in a map
+        step {"item": item, "index": i}, in a loop step {"iteration": k, "last": output
+        of the previous iteration}.
         """
 
     @_builtins.property
