@@ -27,6 +27,7 @@ def build(daemon: Daemon) -> None:
     store = RegistryStore(client, settings)
     mirror = CatalogMirror(store, cache_ttl_ms=settings.discovery_cache_ttl_ms)
     hub = WatchHub(store)
+    mirror.attach(hub)
     reaper = Reaper(store, interval_ms=settings.sweep_interval_ms)
     daemon.add_service(
         registry_pb2_grpc.add_RegistryServiceServicer_to_server,
@@ -38,6 +39,7 @@ def build(daemon: Daemon) -> None:
         CoordinationServicer(CoordinationStore(client, prefix=settings.prefix)),
         coordination_pb2.DESCRIPTOR.services_by_name["CoordinationService"],
     )
+    daemon.on_startup(hub.start)
     daemon.on_startup(reaper.start)
     daemon.on_shutdown(reaper.stop)
     daemon.on_shutdown(hub.stop)

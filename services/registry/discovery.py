@@ -1,12 +1,16 @@
 """DiscoverAgents over a local mirror of the catalog, with a result cache.
 
 Each replica keeps the whole catalog in memory (descriptor, status, health,
-in-memory capability/service-type/tag indexes) and keeps it current by
-reading the event stream from its last revision, the informer pattern of
-Kubernetes clients. Before answering, `sync()` reads the catalog revision from
-Redis (one GET); if it moved, the mirror applies the missing events, so an
-answer reflects every change committed before the call on any replica. If the
-events were trimmed away, the mirror reloads from the agent hashes.
+in-memory capability/service-type/tag indexes) and keeps it current from the
+event stream, the informer pattern of Kubernetes clients: the watch tailer
+(services.registry.watch) hands it every event batch as soon as XREAD returns
+it. Consistency: an answer reflects every change made through this replica
+before the call (writes raise the mirror's wanted revision), and changes made
+through other replicas once the tailer delivers them (one blocking XREAD,
+normally well under a millisecond). When the tailer is not healthy, or the
+mirror saw a gap, `sync()` falls back to reading the revision from Redis and
+applying the missing events with XRANGE; if the events were trimmed away, the
+mirror reloads from the agent hashes.
 
 Health in the mirror is the health of the agent's last event: it lags the
 live score by less than `health_event_step` (default 0.05), or by one event
@@ -33,6 +37,7 @@ from agentmesh.registry.v1 import registry_pb2
 from services.registry import metrics
 from services.registry.store import RegistryStore, StoredEvent
 from services.registry.versions import parse_constraint
+from services.registry.watch import WatchHub
 
 log = logging.getLogger("agentmesh.registry.discovery")
 
@@ -92,13 +97,43 @@ class CatalogMirror:
         self._cache: dict[tuple[object, ...], _Cached] = {}
         self._cache_ttl_s = cache_ttl_ms / 1000.0
         self._cache_size = cache_size
+        self._hub: WatchHub | None = None
+        self._wanted = 0
+        self._stale = True
+
+    def attach(self, hub: WatchHub) -> None:
+        """Follow `hub`'s tailer instead of asking Redis for the revision on every call."""
+        self._hub = hub
+        hub.listeners.append(self._on_events)
+
+    def want(self, revision: int) -> None:
+        """Make the next answer include at least `revision` (after a local write)."""
+        self._wanted = max(self._wanted, revision)
+
+    def _on_events(self, events: list[StoredEvent]) -> None:
+        if not self.loaded or self._lock.locked() or not events:
+            self._stale = True
+            return
+        if events[0].revision > self.revision + 1:
+            self._stale = True  # a gap: the slow path fills it
+            return
+        for ev in events:
+            if ev.revision > self.revision:
+                self._apply(ev)
 
     def __len__(self) -> int:
         return len(self._entries)
 
     # ---- keeping current --------------------------------------------------
     async def sync(self) -> None:
-        """Bring the mirror up to the catalog revision in Redis."""
+        """Bring the mirror up to date (see the module docstring)."""
+        if (self.loaded and not self._stale and self._hub is not None and self._hub.fresh()
+                and self.revision >= self._wanted):
+            return
+        await self._sync_from_redis()
+        self._stale = False
+
+    async def _sync_from_redis(self) -> None:
         current = await self.store.revision()
         if self.loaded and current <= self.revision:
             if current < self.revision:  # Redis was flushed or replaced: start over.

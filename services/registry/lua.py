@@ -80,32 +80,34 @@ local function evaluate(id, now)
     if streak >= c.flap_threshold then new_status = cand; pending = ''; streak = 0 end
   end
   local hs = fmt(h)
+  local rev = 0
   redis.call('HSET', ak, 'health', hs, 'pending', pending, 'streak', streak)
   if new_status ~= status or math.abs(h - hevt) >= c.event_step then
     if new_status ~= status then
       redis.call('HINCRBY', p .. 'counts', status, -1)
       redis.call('HINCRBY', p .. 'counts', new_status, 1)
     end
-    local pb = redis.call('HGET', ak, 'pb')
-    local rev = emit('HEALTH_CHANGED', id, status, '', pb, new_status, hs, now)
+    local pb = redis.call('GET', p .. 'pb:' .. id) or ''
+    rev = emit('HEALTH_CHANGED', id, status, '', pb, new_status, hs, now)
     redis.call('HSET', ak, 'status', new_status, 'health_evt', hs, 'rev', rev)
   end
   redis.call('ZADD', p .. 'health', hs, id)
-  return {new_status, hs, interval}
+  return {new_status, hs, interval, rev}
 end
 
 local function deregister(id, reason, now)
   local ak = p .. 'agent:' .. id
-  local f = redis.call('HMGET', ak, 'pb', 'status', 'health', 'caps', 'stypes', 'tags')
+  local f = redis.call('HMGET', ak, 'status', 'health', 'caps', 'stypes', 'tags')
   if not f[1] then return nil end
-  index(id, f[4], f[5], f[6], 'SREM')
-  redis.call('HINCRBY', p .. 'counts', f[2], -1)
+  local pb = redis.call('GET', p .. 'pb:' .. id) or ''
+  index(id, f[3], f[4], f[5], 'SREM')
+  redis.call('HINCRBY', p .. 'counts', f[1], -1)
   redis.call('ZREM', p .. 'agents', id)
   redis.call('ZREM', p .. 'health', id)
   redis.call('ZREM', p .. 'deadline', id)
-  redis.call('DEL', ak, p .. 'load:' .. id)
-  local rev = emit('DEREGISTERED', id, f[2], reason, f[1], 'DECOMMISSIONED', f[3], now)
-  return {f[1], f[2], f[3], rev, now}
+  redis.call('DEL', ak, p .. 'load:' .. id, p .. 'pb:' .. id)
+  local rev = emit('DEREGISTERED', id, f[1], reason, pb, 'DECOMMISSIONED', f[2], now)
+  return {pb, f[1], f[2], rev, now}
 end
 """
 
@@ -115,9 +117,10 @@ REGISTER = PRELUDE + r"""
 local id = ARGV[3]
 local ak = p .. 'agent:' .. id
 local now = now_ms()
-local old = redis.call('HMGET', ak, 'pb', 'caps', 'stypes', 'tags', 'status', 'health',
+local old = redis.call('HMGET', ak, 'status', 'caps', 'stypes', 'tags', 'health',
   'registered_ms', 'updated_ms', 'rev')
 local created = not old[1]
+local old_pb = redis.call('GET', p .. 'pb:' .. id)
 local status, health, reg_ms, upd_ms
 if created then
   status = 'ACTIVE'; health = fmt(1.0); reg_ms = now; upd_ms = now
@@ -128,11 +131,12 @@ if created then
   redis.call('ZADD', p .. 'health', health, id)
 else
   index(id, old[2], old[3], old[4], 'SREM')
-  status = old[5]; health = old[6]; reg_ms = tonumber(old[7]); upd_ms = tonumber(old[8])
+  status = old[1]; health = old[5]; reg_ms = tonumber(old[6]); upd_ms = tonumber(old[7])
 end
-local changed = created or old[1] ~= ARGV[4]
+local changed = created or old_pb ~= ARGV[4]
 if changed then upd_ms = now end
-redis.call('HSET', ak, 'pb', ARGV[4], 'endpoint', ARGV[5], 'location', ARGV[6],
+redis.call('SET', p .. 'pb:' .. id, ARGV[4])
+redis.call('HSET', ak, 'endpoint', ARGV[5], 'location', ARGV[6],
   'version', ARGV[7], 'interval_ms', ARGV[8], 'caps', ARGV[9], 'stypes', ARGV[10],
   'tags', ARGV[11], 'last_heartbeat_ms', now, 'updated_ms', upd_ms)
 index(id, ARGV[9], ARGV[10], ARGV[11], 'SADD')
@@ -143,7 +147,7 @@ if changed then
     ARGV[4], status, health, now)
   redis.call('HSET', ak, 'rev', rev)
 else
-  rev = tonumber(old[9])
+  rev = tonumber(old[8])
 end
 if not created then
   -- Registering counts as a heartbeat.
@@ -155,7 +159,8 @@ return {created and 1 or 0, rev, status, health, reg_ms, upd_ms, now}
 """
 
 #: ARGV: p, cfg, id, has_load ("1"/"0"), cpu, mem, err, rt, queue, capacity, processing_ms.
-#: Returns {0} for an unknown agent, else {1, status, health, interval_ms}.
+#: Returns {0} for an unknown agent, else {1, status, health, interval_ms,
+#: revision of the HEALTH_CHANGED event it emitted or 0}.
 HEARTBEAT = PRELUDE + r"""
 local id = ARGV[3]
 local ak = p .. 'agent:' .. id
@@ -170,12 +175,13 @@ end
 redis.call('HSET', ak, 'last_heartbeat_ms', now)
 redis.call('ZADD', p .. 'deadline', now + c.stale_factor * tonumber(interval), id)
 local r = evaluate(id, now)
-return {1, r[1], r[2], r[3]}
+return {1, r[1], r[2], r[3], r[4]}
 """
 
 #: ARGV: p, cfg, then 9 values per heartbeat: id, has_load, cpu, mem, err, rt,
-#: queue, capacity, processing_ms. Returns a flat list of 3 values per
-#: heartbeat: status ("" for an unknown agent), health, interval_ms. One call
+#: queue, capacity, processing_ms. Returns a flat list of 4 values per
+#: heartbeat: status ("" for an unknown agent), health, interval_ms, event
+#: revision or 0. One call
 #: per batch keeps HeartbeatStream ingest off the per-command overhead.
 HEARTBEAT_BATCH = PRELUDE + r"""
 local out = {}
@@ -185,7 +191,7 @@ for i = 3, #ARGV, 9 do
   local ak = p .. 'agent:' .. id
   local interval = redis.call('HGET', ak, 'interval_ms')
   if not interval then
-    table.insert(out, ''); table.insert(out, ''); table.insert(out, 0)
+    table.insert(out, ''); table.insert(out, ''); table.insert(out, 0); table.insert(out, 0)
   else
     if ARGV[i + 1] == '1' then
       redis.call('HSET', p .. 'load:' .. id, 'cpu_percent', ARGV[i + 2],
@@ -197,6 +203,7 @@ for i = 3, #ARGV, 9 do
     redis.call('ZADD', p .. 'deadline', now + c.stale_factor * tonumber(interval), id)
     local r = evaluate(id, now)
     table.insert(out, r[1]); table.insert(out, r[2]); table.insert(out, r[3])
+    table.insert(out, r[4])
   end
 end
 return out

@@ -94,6 +94,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         )
         agent.heartbeat_interval.FromMilliseconds(interval_ms)
         res = await self.store.register(agent, interval_ms=interval_ms)
+        self.mirror.want(res.agent.revision)
         return registry_pb2.RegisterAgentResponse(agent=res.agent, created=res.created)
 
     async def DeregisterAgent(
@@ -109,6 +110,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if agent is None:
             raise NotFound(f"agent {request.agent_id!r} is not registered",
                            resource_type="agent", resource_name=request.agent_id)
+        self.mirror.want(agent.revision)
         return registry_pb2.DeregisterAgentResponse(agent=agent)
 
     async def GetAgent(
@@ -170,6 +172,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             raise NotFound(f"agent {request.agent_id!r} is not registered; register again",
                            resource_type="agent", resource_name=request.agent_id)
         metrics.HEARTBEATS.labels("ok").inc()
+        self.mirror.want(out.revision)
         resp = registry_pb2.HeartbeatResponse(
             status=registry_pb2.AgentStatus.Value("AGENT_STATUS_" + out.status),
             health_score=out.health,
@@ -215,6 +218,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                     metrics.HEARTBEATS.labels("not_found").inc()
                 else:
                     ok += 1
+                    self.mirror.want(out.revision)
                     r.status = registry_pb2.AgentStatus.Value("AGENT_STATUS_" + out.status)
                     r.health_score = out.health
             if ok:

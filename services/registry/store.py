@@ -74,11 +74,13 @@ class HeartbeatOutcome:
         status: status name after the heartbeat.
         health: health score after the heartbeat.
         interval_ms: the agent's heartbeat interval, ms.
+        revision: revision of the HEALTH_CHANGED event it caused, or 0.
     """
 
     status: str
     health: float
     interval_ms: int
+    revision: int = 0
 
 
 @dataclass(frozen=True)
@@ -158,7 +160,7 @@ class RegistryStore:
         if not res or int(res[0]) == 0:
             return None
         return HeartbeatOutcome(status=_s(res[1]), health=float(_s(res[2])),
-                                interval_ms=int(_s(res[3])))
+                                interval_ms=int(res[3]), revision=int(res[4]))
 
     async def heartbeat(
         self, agent_id: str, load: common_pb2.LoadMetrics | None
@@ -180,11 +182,11 @@ class RegistryStore:
             for agent_id, load in beats[start : start + chunk]:
                 args += self._hb_args(agent_id, load)[2:]
             flat = await self._heartbeat_batch(args=args)
-            for i in range(0, len(flat), 3):
+            for i in range(0, len(flat), 4):
                 status = _s(flat[i])
                 out.append(
                     HeartbeatOutcome(status=status, health=float(_s(flat[i + 1])),
-                                     interval_ms=int(flat[i + 2]))
+                                     interval_ms=int(flat[i + 2]), revision=int(flat[i + 3]))
                     if status else None
                 )
         return out
@@ -250,9 +252,9 @@ class RegistryStore:
 
     # ---- reads ------------------------------------------------------------
     def _compose(
-        self, h: dict[bytes, bytes], load: dict[bytes, bytes] | None
+        self, pb: bytes, h: dict[bytes, bytes], load: dict[bytes, bytes] | None
     ) -> registry_pb2.Agent:
-        agent = registry_pb2.Agent.FromString(h[b"pb"])
+        agent = registry_pb2.Agent.FromString(pb)
         agent.status = STATUS_BY_NAME.get(_s(h.get(b"status")), registry_pb2.AGENT_STATUS_ACTIVE)
         agent.health_score = float(_s(h.get(b"health")) or 0)
         if b"registered_ms" in h:
@@ -281,13 +283,14 @@ class RegistryStore:
         """Agents by id in one pipelined round trip; None for missing ones."""
         pipe = self.r.pipeline(transaction=False)
         for agent_id in agent_ids:
+            pipe.get(self.p + "pb:" + agent_id)
             pipe.hgetall(self.p + "agent:" + agent_id)
             pipe.hgetall(self.p + "load:" + agent_id)
         res = await pipe.execute()
         out: list[registry_pb2.Agent | None] = []
         for i in range(len(agent_ids)):
-            h, load = res[2 * i], res[2 * i + 1]
-            out.append(self._compose(h, load) if h and b"pb" in h else None)
+            pb, h, load = res[3 * i : 3 * i + 3]
+            out.append(self._compose(pb, h, load) if pb is not None and h else None)
         return out
 
     async def list_ids(self, *, after: str, count: int) -> list[str]:

@@ -1,9 +1,10 @@
-"""Fan-out of catalog events to WatchAgents streams.
+"""Fan-out of catalog events to WatchAgents streams and the discovery mirror.
 
 One tailer task per replica blocks on the Redis event stream (XREAD) and
 wakes waiting watchers when new events land; each watcher then reads the
 events it has not sent yet with XRANGE from its own position. A watcher is
 therefore never overrun: it reads at its own pace and resumes by revision.
+Listeners (the discovery mirror) get every batch the tailer reads, in order.
 """
 
 from __future__ import annotations
@@ -11,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections.abc import Callable
 
-from services.registry.store import RegistryStore
+from services.registry.store import RegistryStore, StoredEvent
 
 log = logging.getLogger("agentmesh.registry.watch")
 
@@ -30,6 +33,15 @@ class WatchHub:
         self.block_ms = block_ms
         self._changed = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._last_ok = 0.0
+        self.listeners: list[Callable[[list[StoredEvent]], None]] = []
+
+    def fresh(self) -> bool:
+        """True while the tailer is running and its last read succeeded recently."""
+        return (
+            self._task is not None and not self._task.done()
+            and time.monotonic() - self._last_ok < self.block_ms / 1000.0 + 1.0
+        )
 
     def start(self) -> None:
         """Start the tailer if it is not running."""
@@ -57,14 +69,19 @@ class WatchHub:
         last = await self.store.revision()
         while True:
             try:
-                events = await self.store.read_events(after=last, block_ms=self.block_ms, count=1)
+                events = await self.store.read_events(
+                    after=last, block_ms=self.block_ms, count=1000
+                )
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis down: keep trying; watchers poll on their timeout.
                 log.warning("event tailer cannot read the event stream", exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
+            self._last_ok = time.monotonic()
             if events:
-                last = max(last, await self.store.revision())
+                last = events[-1].revision
+                for listener in self.listeners:
+                    listener(events)
                 woke, self._changed = self._changed, asyncio.Event()
                 woke.set()

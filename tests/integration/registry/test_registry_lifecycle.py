@@ -168,16 +168,26 @@ async def test_two_replicas_agree(start_registry: StartRegistry, reg_redis_url: 
         ra, rb = await sa.DiscoverAgents(req), await sb.DiscoverAgents(req)
         assert [x.agent_id for x in ra.agents] == [x.agent_id for x in rb.agents]
         assert len(ra.agents) == 10
-        # A heartbeat through B reorders discovery on A at once.
+        # A heartbeat through B reorders discovery on A as soon as A's event
+        # tailer delivers it (and through B itself at once).
         await sb.Heartbeat(pb.HeartbeatRequest(
             agent_id="agent-r04", load=common_pb2.LoadMetrics(error_rate=0.3)))
-        ra = await sa.DiscoverAgents(req)
-        assert ra.agents[-1].agent_id == "agent-r04"
-        assert ra.agents[-1].health_score == pytest.approx(0.7)
+        assert (await sb.DiscoverAgents(req)).agents[-1].agent_id == "agent-r04"
+
+        async def reordered_on_a() -> pb.Agent | None:
+            last = (await sa.DiscoverAgents(req)).agents[-1]
+            return last if last.agent_id == "agent-r04" else None
+
+        last = await _wait_for(reordered_on_a, timeout_s=10)
+        assert last.health_score == pytest.approx(0.7)
         # A deregistration on A is seen by B.
         await sa.DeregisterAgent(pb.DeregisterAgentRequest(agent_id="agent-r06"))
-        rb = await sb.DiscoverAgents(req)
-        assert "agent-r06" not in [x.agent_id for x in rb.agents]
+
+        async def gone_on_b() -> bool:
+            rb = await sb.DiscoverAgents(req)
+            return "agent-r06" not in [x.agent_id for x in rb.agents]
+
+        await _wait_for(gone_on_b, timeout_s=10)
         # Both reapers run, but a silent agent expires exactly once.
         await sa.RegisterAgent(pb.RegisterAgentRequest(agent=agent(
             "agent-silent", heartbeat_interval={"nanos": 200_000_000})))

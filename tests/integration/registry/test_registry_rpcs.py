@@ -139,8 +139,10 @@ async def test_heartbeat_updates_health_and_load_keys(
         assert float(lo["cpu_percent"]) == 85 and int(lo["queue_size"]) == 4
         assert await client.zscore("am:reg:health", "agent-h") == pytest.approx(0.576)
         assert await client.sismember("am:reg:idx:cap:calc", "agent-h")
-        pbb = await aioredis.Redis.from_url(reg_redis_url).hget("am:reg:agent:agent-h", "pb")
-        assert pb.Agent.FromString(pbb).agent_id == "agent-h"
+        raw = aioredis.Redis.from_url(reg_redis_url)
+        pbb = await raw.get("am:reg:pb:agent-h")
+        await raw.aclose()
+        assert pbb is not None and pb.Agent.FromString(pbb).agent_id == "agent-h"
     finally:
         await client.aclose()
     got = (await registry.reg.GetAgent(pb.GetAgentRequest(agent_id="agent-h"))).agent
