@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from agentmesh.runtime.config import ExtraOption
+from agentmesh.runtime.deps import create_redis
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
 
@@ -18,6 +19,7 @@ OPTIONS = [
     ExtraOption("scan_interval_ms", "1000", "how often to look for swarms nobody drives"),
     ExtraOption("record_interval_ms", "200", "minimum time between swarm record updates"),
     ExtraOption("agent_refresh_ms", "1000", "how often drivers re-read the registry's agents"),
+    ExtraOption("max_watchers", "256", "Redis connections for WatchSwarm streams (one each)"),
 ]
 
 
@@ -50,9 +52,11 @@ def build(daemon: Daemon) -> None:
         record_interval_s=int(x["record_interval_ms"]) / 1000,
         agent_refresh_s=int(x["agent_refresh_ms"]) / 1000,
     )
+    watch_redis = create_redis(daemon.config.redis_url, max_connections=int(x["max_watchers"]))
+    daemon.on_shutdown(watch_redis.aclose)
     daemon.add_service(
         swarm_pb2_grpc.add_SwarmServiceServicer_to_server,
-        SwarmServicer(store, redis, manager),
+        SwarmServicer(store, redis, manager, watch_store=SwarmStore(watch_redis)),
         swarm_pb2.DESCRIPTOR.services_by_name["SwarmService"],
     )
     daemon.on_startup(manager.start)

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
@@ -18,8 +20,10 @@ from agentmesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unavailable,
 )
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
+from redis.exceptions import RedisError
 
 from services.swarm import metrics
 from services.swarm.agents import discover
@@ -34,6 +38,28 @@ MAX_PAGE_SIZE = 1000
 STOP_WAIT_S = 5.0
 #: How long one Redis stream read blocks in WatchSwarm, ms.
 WATCH_BLOCK_MS = 1000
+
+
+R = TypeVar("R")
+
+
+def _redis_down(e: RedisError) -> Unavailable:
+    return Unavailable(f"Redis is unavailable: {e}", reason="REDIS_DOWN", retry_after_s=1.0)
+
+
+def _unary(
+    fn: Callable[[Any, Any, Any], Awaitable[R]],
+) -> Callable[[Any, Any, Any], Awaitable[R]]:
+    """Map Redis failures of a unary method to UNAVAILABLE (DESIGN.md)."""
+
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: Any) -> R:
+        try:
+            return await fn(self, request, context)
+        except RedisError as e:
+            raise _redis_down(e) from e
+
+    return wrapper
 
 
 def _new_swarm_id() -> str:
@@ -62,12 +88,23 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
         store: swarm persistence.
         redis: the daemon's Redis client (for agent discovery).
         manager: this replica's drivers.
+        watch_store: persistence on a separate connection pool for WatchSwarm's
+            blocking stream reads, so many watchers cannot starve the drivers
+            of connections; default `store`.
     """
 
-    def __init__(self, store: SwarmStore, redis: aioredis.Redis, manager: SwarmManager) -> None:
+    def __init__(
+        self,
+        store: SwarmStore,
+        redis: aioredis.Redis,
+        manager: SwarmManager,
+        *,
+        watch_store: SwarmStore | None = None,
+    ) -> None:
         self.store = store
         self.redis = redis
         self.manager = manager
+        self.watch_store = watch_store or store
 
     async def _get(self, swarm_id: str) -> swarm_pb2.Swarm:
         if not swarm_id:
@@ -106,6 +143,7 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
                 ],
             )
 
+    @_unary
     async def DeploySwarm(
         self, request: swarm_pb2.DeploySwarmRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.DeploySwarmResponse:
@@ -141,12 +179,14 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
         await self.manager.try_drive(swarm.swarm_id)
         return swarm_pb2.DeploySwarmResponse(swarm=await self.store.get(swarm.swarm_id) or swarm)
 
+    @_unary
     async def GetSwarm(
         self, request: swarm_pb2.GetSwarmRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.GetSwarmResponse:
         """See the proto."""
         return swarm_pb2.GetSwarmResponse(swarm=await self._get(request.swarm_id))
 
+    @_unary
     async def ListSwarms(
         self, request: swarm_pb2.ListSwarmsRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.ListSwarmsResponse:
@@ -178,6 +218,7 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
             resp.next_page_token = _encode_token(*last)
         return resp
 
+    @_unary
     async def StopSwarm(
         self, request: swarm_pb2.StopSwarmRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.StopSwarmResponse:
@@ -208,12 +249,22 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
         self, request: swarm_pb2.WatchSwarmRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[swarm_pb2.WatchSwarmResponse]:
         """See the proto."""
+        try:
+            async for msg in self._watch(request):
+                yield msg
+        except RedisError as e:
+            raise _redis_down(e) from e
+
+    async def _watch(
+        self, request: swarm_pb2.WatchSwarmRequest
+    ) -> AsyncIterator[swarm_pb2.WatchSwarmResponse]:
         swarm = await self._get(request.swarm_id)
         sid = swarm.swarm_id
         start = request.start_iteration
+        store = self.watch_store
         if start == 0:
             # Only what happens from now on, after the latest known stats.
-            cursor = await self.store.last_stats_id(sid)
+            cursor = await store.last_stats_id(sid)
             swarm = await self._get(sid)
             last_sent = swarm.stats.iteration
             if swarm.state in TERMINAL_STATES:
@@ -226,7 +277,7 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
             cursor = "0"
             last_sent = start - 1
         while True:
-            entries = await self.store.read_stats(sid, after_id=cursor, block_ms=WATCH_BLOCK_MS)
+            entries = await store.read_stats(sid, after_id=cursor, block_ms=WATCH_BLOCK_MS)
             for entry_id, msg in entries:
                 cursor = entry_id
                 terminal = msg.state in TERMINAL_STATES
