@@ -20,6 +20,9 @@ log = logging.getLogger("agentmesh.agent.registration")
 
 #: Per-call deadline for registry calls, seconds.
 CALL_TIMEOUT_S = 5.0
+#: Deadline of the deregistration on shutdown; short, so a dead registry
+#: does not eat the drain budget.
+DEREGISTER_TIMEOUT_S = 2.0
 #: How long `register` keeps retrying an unreachable registry, seconds.
 REGISTER_TIMEOUT_S = 20.0
 
@@ -139,7 +142,7 @@ class Registrar:
         try:
             await self._stub.DeregisterAgent(
                 registry_pb2.DeregisterAgentRequest(agent_id=self._agent.agent_id, reason=reason),
-                timeout=CALL_TIMEOUT_S,
+                timeout=DEREGISTER_TIMEOUT_S,
             )
             self.registered = False
             log.info("deregistered", extra={"agent_id": self._agent.agent_id})
@@ -147,4 +150,5 @@ class Registrar:
             if e.code() == grpc.StatusCode.NOT_FOUND:
                 self.registered = False
             else:
-                log.warning("deregister failed", extra={"error": str(e)})
+                log.warning("deregister failed", extra={"code": e.code().name,
+                                                         "error": e.details()})

@@ -13,7 +13,7 @@ import pytest
 from agentmesh.cli.stack import pid_alive
 
 from tests.integration.cli.conftest import Stack, cli, free_port_block, up_args
-from tests.procs import DaemonProcess
+from tests.procs import ROOT, DaemonProcess
 
 pytestmark = pytest.mark.integration
 
@@ -135,6 +135,34 @@ def test_swarm_deploy_watch(stack: Stack, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     final = json.loads(res.stdout.splitlines()[-1])["swarm"]
     assert final["state"] == "SWARM_STATE_COMPLETED"
+
+
+def test_examples_run(stack: Stack, tmp_path: Path) -> None:
+    examples = ROOT / "examples"
+    calc = DaemonProcess(
+        [str(examples / "carbon_calculator_agent.py"), "--agent-id", "agent-calc-example",
+         "--port", "0", "--registry-target", stack.target("registry")],
+        tmp_path / "calc.log",
+    )
+    csrd = DaemonProcess(
+        ["-m", "agentmesh.agent.testing", "noop", "--agent-id", "agent-csrd-example",
+         "--port", "0", "--capabilities", "csrd", "--registry-target", stack.target("registry")],
+        tmp_path / "csrd.log",
+    )
+    with calc, csrd:
+        records = [{"spend_usd": 100, "factor": 0.5}, {"spend_usd": 10, "factor": 2}]
+        res = json.loads(stack.cli(
+            "invoke", "calculate", "-c", "carbon_calculation", "-o", "json",
+            "-i", json.dumps({"records": records}), check=True).stdout)
+        assert res["output"] == {"kg_co2e": 70.0, "records": 2.0}
+        bad = stack.cli("invoke", "calculate", "-c", "carbon_calculation",
+                        "-i", '{"spend_usd": -1, "factor": 1}')
+        assert bad.returncode == 5 and "INVALID_ARGUMENT" in bad.stderr
+        saga = stack.cli("saga", "start", "-f", str(examples / "csrd_saga.yaml"), "--watch",
+                         "-o", "json", timeout_s=120)
+        assert saga.returncode == 0, saga.stdout + saga.stderr
+        final = json.loads(saga.stdout.splitlines()[-1])["saga"]
+        assert [s["status"] for s in final["steps"]] == ["STEP_STATUS_COMPLETED"] * 5
 
 
 def test_down_leaves_nothing_behind(stack: Stack) -> None:
