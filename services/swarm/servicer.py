@@ -264,15 +264,20 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
         store = self.watch_store
         if start == 0:
             # Only what happens from now on, after the latest known stats.
-            cursor = await store.last_stats_id(sid)
-            swarm = await self._get(sid)
-            last_sent = swarm.stats.iteration
+            cursor, latest = await store.last_stats(sid)
             if swarm.state in TERMINAL_STATES:
                 yield swarm_pb2.WatchSwarmResponse(
                     stats=swarm.stats, state=swarm.state, swarm=swarm
                 )
                 return
-            yield swarm_pb2.WatchSwarmResponse(stats=swarm.stats, state=swarm.state)
+            if latest is None:  # not started yet
+                latest = swarm_pb2.WatchSwarmResponse(stats=swarm.stats, state=swarm.state)
+            if latest.state in TERMINAL_STATES:
+                latest.swarm.CopyFrom(await self._get(sid))
+                yield latest
+                return
+            last_sent = latest.stats.iteration
+            yield latest
         else:
             cursor = "0"
             last_sent = start - 1

@@ -391,7 +391,13 @@ class SwarmStore:
                 out.append((entry_id.decode(), msg))
         return out
 
-    async def last_stats_id(self, swarm_id: str) -> str:
-        """Stream id of the newest stats entry, or "0-0"."""
+    async def last_stats(
+        self, swarm_id: str
+    ) -> tuple[str, swarm_pb2.WatchSwarmResponse | None]:
+        """The newest stats entry as (stream id, message), or ("0-0", None)."""
         res = await self.redis.xrevrange(stats_key(swarm_id), count=1)
-        return res[0][0].decode() if res else "0-0"
+        if not res:
+            return "0-0", None
+        msg = swarm_pb2.WatchSwarmResponse()
+        msg.ParseFromString(res[0][1][b"pb"])
+        return res[0][0].decode(), msg

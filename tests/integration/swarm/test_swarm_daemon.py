@@ -301,5 +301,10 @@ async def test_watch_two_clients_and_disconnect(
     first = await call.read()
     call.cancel()
     assert first.stats.iteration == 1
+    live = await asyncio.wait_for(watch_all(swarm_stub, sid, start=0), 60)
+    its = [m.stats.iteration for m in live]
+    # From now on: the latest iteration, then every later one once, in order.
+    assert its == list(range(its[0], its[0] + len(its)))
+    assert live[-1].swarm.optimization.iterations == 200 == its[-1]
     msgs = await asyncio.wait_for(watch_all(swarm_stub, sid), 60)
-    assert msgs[-1].swarm.optimization.iterations == 200
+    assert [m.stats.iteration for m in msgs] == list(range(1, 201))
