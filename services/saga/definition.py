@@ -9,7 +9,6 @@ them at once; a dependency cycle is named ("a -> b -> a").
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import grpc
@@ -454,22 +453,3 @@ def compile_definition(
         if defn.HasField("timeout")
         else DEFAULT_SAGA_TIMEOUT_MS,
     )
-
-
-def topological(names: Iterable[str], deps: dict[str, list[str]]) -> list[str]:
-    """Kahn's order of `names`, definition order breaking ties."""
-    order = list(names)
-    pos = {n: i for i, n in enumerate(order)}
-    indeg = {n: sum(1 for d in deps.get(n, []) if d in pos) for n in order}
-    ready = [n for n in order if indeg[n] == 0]
-    out: list[str] = []
-    while ready:
-        ready.sort(key=pos.__getitem__)
-        n = ready.pop(0)
-        out.append(n)
-        for m in order:
-            if n in deps.get(m, []):
-                indeg[m] -= 1
-                if indeg[m] == 0:
-                    ready.append(m)
-    return out
