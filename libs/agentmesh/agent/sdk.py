@@ -43,7 +43,7 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
-from google.protobuf import duration_pb2
+from google.protobuf import duration_pb2, struct_pb2
 
 from agentmesh.agent.context import ActionContext
 from agentmesh.agent.idempotency import (
@@ -172,7 +172,7 @@ def _duration_ms(ms: float) -> duration_pb2.Duration:
 
 @dataclass(frozen=True)
 class _Outcome:
-    output: dict[str, Any]
+    output: struct_pb2.Struct
     deduplicated: bool
     processing_ms: float
 
@@ -313,7 +313,7 @@ class Agent:
         inp = struct_to_dict(request.input)
         out = await self._run(_EXECUTE, ctx, lambda: _call(handler, inp, ctx))
         return agent_pb2.ExecuteResponse(
-            output=dict_to_struct(out.output),
+            output=out.output,
             deduplicated=out.deduplicated,
             agent_id=self.agent_id,
             processing_duration=_duration_ms(out.processing_ms),
@@ -347,7 +347,7 @@ class Agent:
         inp = struct_to_dict(request.input)
         out = await self._run(_COMPENSATE, ctx, lambda: _call(handler, inp, ctx))
         return agent_pb2.CompensateResponse(
-            output=dict_to_struct(out.output),
+            output=out.output,
             deduplicated=out.deduplicated,
             agent_id=self.agent_id,
         )
@@ -451,7 +451,7 @@ class Agent:
                         f"{stored.action!r}, not {ctx.action!r}",
                         field_violations={"idempotency_key": "reused for a different action"},
                     )
-                return _Outcome(stored.output, True, 0.0)
+                return _Outcome(dict_to_struct(stored.output), True, 0.0)
         t0 = time.perf_counter()
         try:
             if self._sem is not None:
@@ -475,13 +475,13 @@ class Agent:
             raise Internal(
                 f"{ctx.kind} handler {ctx.action!r} returned {type(raw).__name__}, not a dict"
             )
-        # Round-trip through Struct so a replay returns exactly what the first call did.
-        output = struct_to_dict(dict_to_struct(raw or {}))
+        output = dict_to_struct(raw or {})
         if store:
+            # Stored as the Struct reads back, so a replay returns exactly this output.
             await self._store.put(
                 namespace,
                 ctx.idempotency_key,
-                StoredResult(ctx.action, output, int(time.time() * 1000)),
+                StoredResult(ctx.action, struct_to_dict(output), int(time.time() * 1000)),
             )
         return _Outcome(output, False, processing_ms)
 
