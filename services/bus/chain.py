@@ -117,7 +117,7 @@ def verify(records: Iterable[wire.StoredRecord]) -> bus_pb2.VerifyChainResponse:
         try:
             env = bus_pb2.Envelope.FromString(rec.value or b"")
         except DecodeError as exc:
-            brk(rec, rec.header(wire.H_CHAIN) or "", 0, R.CHAIN_BREAK_REASON_MALFORMED,
+            brk(rec, "", 0, R.CHAIN_BREAK_REASON_MALFORMED,
                 "an Envelope value", f"undecodable value: {exc}")
             break
         p = env.provenance

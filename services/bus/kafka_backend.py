@@ -67,6 +67,16 @@ _UNKNOWN_OUTCOME_CODES = {
 }
 
 
+def _fetch(c: Consumer, max_n: int, timeout_s: float) -> list[Message]:
+    """Up to `max_n` messages: wait up to `timeout_s` for the first, then take
+    only what is already there (consume() alone would wait out the timeout
+    for a full batch, adding up to `timeout_s` of latency)."""
+    first = c.poll(timeout_s)
+    if first is None:
+        return []
+    return [first, *c.consume(max_n - 1, 0)] if max_n > 1 else [first]
+
+
 def _to_stored(m: Message) -> StoredRecord:
     ts_type, ts = m.timestamp()
     return StoredRecord(
@@ -353,7 +363,7 @@ class KafkaBackend(Backend):
             c.assign([KTP(topic, partition, start)])
             deadline = time.monotonic() + 15
             while len(out) < max_records and time.monotonic() < deadline:
-                for m in c.consume(min(500, max_records - len(out)), 0.2):
+                for m in _fetch(c, min(500, max_records - len(out)), 0.2):
                     if m.error():
                         continue
                     rec = _to_stored(m)
@@ -495,7 +505,7 @@ class _KafkaSource(Source):
                     if parts:
                         (c.pause if self._paused else c.resume)(parts)
                     applied_pause = self._paused
-                msgs = c.consume(500, 0.1)
+                msgs = _fetch(c, 500, 0.1)
                 recs = [_to_stored(m) for m in msgs if not m.error()]
                 if recs:
                     self._post(Records(recs))
@@ -571,7 +581,7 @@ class _KafkaTail(Tail):
             self._ready.set()
             assert self._loop is not None
             while not self._stop.is_set():
-                msgs = c.consume(500, 0.1)
+                msgs = _fetch(c, 500, 0.1)
                 recs = [_to_stored(m) for m in msgs if not m.error()]
                 if recs:
                     with contextlib.suppress(RuntimeError):

@@ -16,7 +16,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -214,6 +214,8 @@ class Subscription:
         batch: list[bus_pb2.ReceivedMessage] = []
         now = time.monotonic()
         wall_ms = time.time() * 1000
+        sent: Counter[tuple[str, str]] = Counter()
+        latency = metrics.LATENCY.labels("deliver")
         while len(self._outstanding) < self.opts.max_unacked:
             item = self._backlog.pop()
             if item is None:
@@ -237,12 +239,13 @@ class Subscription:
                     delivery_attempt=msg.attempts,
                 )
             )
-            kind = "deliver" if msg.attempts == 1 else "redeliver"
-            metrics.SENT.labels(metrics.topic_label(msg.rec.topic), kind).inc()
+            sent[(msg.rec.topic, "deliver" if msg.attempts == 1 else "redeliver")] += 1
             if msg.attempts == 1 and msg.rec.timestamp_ms > 0:
-                metrics.LATENCY.labels("deliver").observe(max(0.0, wall_ms - msg.rec.timestamp_ms))
+                latency.observe(max(0.0, wall_ms - msg.rec.timestamp_ms))
         if batch:
             self.outbox.put_nowait(batch)
+            for (topic, kind), n in sent.items():
+                metrics.SENT.labels(metrics.topic_label(topic), kind).inc(n)
         if self._paused and len(self._backlog) < self._read_ahead // 2 and self._source:
             self._paused = False
             self._source.resume()

@@ -21,9 +21,6 @@ H_ID = "am-id"
 H_PRIORITY = "am-priority"
 H_CORRELATION = "am-correlation-id"
 H_REPLY_TO = "am-reply-to"
-H_CHAIN = "am-chain-id"
-H_SEQUENCE = "am-sequence"
-H_PREV_HASH = "am-prev-hash"
 H_HASH = "am-hash"
 H_DLQ_REASON = "am-dlq-reason"
 H_DELIVERY_COUNT = "am-delivery-count"
@@ -79,20 +76,25 @@ class StoredRecord:
         return None
 
 
+_ENVELOPE_TYPE_B = ENVELOPE_TYPE.encode()
+_PRIORITY_B = {v: common_pb2.Priority.Name(v).encode() for v in common_pb2.Priority.values()}
+
+
 def envelope_headers(env: bus_pb2.Envelope, *, hash_hex: str) -> Headers:
-    """Kafka headers for an envelope whose provenance is filled."""
-    h: Headers = [(k, v.encode()) for k, v in env.headers.items()]
-    h.append((H_ENVELOPE, ENVELOPE_TYPE.encode()))
+    """Kafka headers for an envelope whose provenance is filled.
+
+    Only what a reader needs without decoding the value travels as a header
+    (the chain id, sequence and previous hash are inside the value, which
+    the hash covers); that keeps the per-record cost down.
+    """
+    h: Headers = [(k, v.encode()) for k, v in env.headers.items()] if env.headers else []
+    h.append((H_ENVELOPE, _ENVELOPE_TYPE_B))
     h.append((H_ID, env.id.encode()))
-    h.append((H_PRIORITY, common_pb2.Priority.Name(env.priority).encode()))
+    h.append((H_PRIORITY, _PRIORITY_B[env.priority]))
     if env.correlation_id:
         h.append((H_CORRELATION, env.correlation_id.encode()))
     if env.reply_to:
         h.append((H_REPLY_TO, env.reply_to.encode()))
-    p = env.provenance
-    h.append((H_CHAIN, p.chain_id.encode()))
-    h.append((H_SEQUENCE, str(p.sequence).encode()))
-    h.append((H_PREV_HASH, p.previous_hash.encode()))
     h.append((H_HASH, hash_hex.encode()))
     return h
 

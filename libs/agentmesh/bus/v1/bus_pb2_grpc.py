@@ -47,8 +47,8 @@ class BusServiceStub:
     am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
     am-correlation-id  Envelope.correlation_id, when set
     am-reply-to        Envelope.reply_to, when set
-    am-chain-id, am-sequence, am-prev-hash, am-hash
-    the provenance link (see Provenance below)
+    am-hash            the link's hash (see Provenance below); chain id,
+    sequence and previous hash are inside the value
     am-dlq-reason, am-delivery-count, am-dlq-source-topic,
     am-dlq-source-partition, am-dlq-source-offset
     on dead-letter records only
@@ -168,8 +168,8 @@ class BusServiceServicer:
     am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
     am-correlation-id  Envelope.correlation_id, when set
     am-reply-to        Envelope.reply_to, when set
-    am-chain-id, am-sequence, am-prev-hash, am-hash
-    the provenance link (see Provenance below)
+    am-hash            the link's hash (see Provenance below); chain id,
+    sequence and previous hash are inside the value
     am-dlq-reason, am-delivery-count, am-dlq-source-topic,
     am-dlq-source-partition, am-dlq-source-offset
     on dead-letter records only
@@ -263,8 +263,9 @@ class BusServiceServicer:
         disconnect is delivered again (messages acked but not yet committed may be
         delivered twice; deduplicate by Envelope.id). A dead gateway's partitions
         move to the new subscriber once the broker's session timeout expires.
-        Errors: INVALID_ARGUMENT (first message not `open`, bad pattern or group,
-        unknown ack id), UNAVAILABLE (Kafka down), CANCELLED.
+        Unknown or stale ack ids (say, of a partition that moved to another
+        member) are ignored. Errors: INVALID_ARGUMENT (first message not `open`,
+        `open` sent twice, bad pattern or group), UNAVAILABLE (Kafka down), CANCELLED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -426,8 +427,8 @@ class BusService:
     am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
     am-correlation-id  Envelope.correlation_id, when set
     am-reply-to        Envelope.reply_to, when set
-    am-chain-id, am-sequence, am-prev-hash, am-hash
-    the provenance link (see Provenance below)
+    am-hash            the link's hash (see Provenance below); chain id,
+    sequence and previous hash are inside the value
     am-dlq-reason, am-delivery-count, am-dlq-source-topic,
     am-dlq-source-partition, am-dlq-source-offset
     on dead-letter records only

@@ -48,8 +48,8 @@ class BusServiceStub:
         am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
         am-correlation-id  Envelope.correlation_id, when set
         am-reply-to        Envelope.reply_to, when set
-        am-chain-id, am-sequence, am-prev-hash, am-hash
-                           the provenance link (see Provenance below)
+        am-hash            the link's hash (see Provenance below); chain id,
+                           sequence and previous hash are inside the value
         am-dlq-reason, am-delivery-count, am-dlq-source-topic,
         am-dlq-source-partition, am-dlq-source-offset
                            on dead-letter records only
@@ -139,8 +139,9 @@ class BusServiceStub:
     disconnect is delivered again (messages acked but not yet committed may be
     delivered twice; deduplicate by Envelope.id). A dead gateway's partitions
     move to the new subscriber once the broker's session timeout expires.
-    Errors: INVALID_ARGUMENT (first message not `open`, bad pattern or group,
-    unknown ack id), UNAVAILABLE (Kafka down), CANCELLED.
+    Unknown or stale ack ids (say, of a partition that moved to another
+    member) are ignored. Errors: INVALID_ARGUMENT (first message not `open`,
+    `open` sent twice, bad pattern or group), UNAVAILABLE (Kafka down), CANCELLED.
     """
     Request: _grpc.UnaryUnaryMultiCallable[_bus_pb2.RequestRequest, _bus_pb2.RequestResponse]
     """Request publishes a message with a correlation id and a reply topic, and
@@ -211,8 +212,8 @@ class BusServiceAsyncStub(BusServiceStub):
         am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
         am-correlation-id  Envelope.correlation_id, when set
         am-reply-to        Envelope.reply_to, when set
-        am-chain-id, am-sequence, am-prev-hash, am-hash
-                           the provenance link (see Provenance below)
+        am-hash            the link's hash (see Provenance below); chain id,
+                           sequence and previous hash are inside the value
         am-dlq-reason, am-delivery-count, am-dlq-source-topic,
         am-dlq-source-partition, am-dlq-source-offset
                            on dead-letter records only
@@ -299,8 +300,9 @@ class BusServiceAsyncStub(BusServiceStub):
     disconnect is delivered again (messages acked but not yet committed may be
     delivered twice; deduplicate by Envelope.id). A dead gateway's partitions
     move to the new subscriber once the broker's session timeout expires.
-    Errors: INVALID_ARGUMENT (first message not `open`, bad pattern or group,
-    unknown ack id), UNAVAILABLE (Kafka down), CANCELLED.
+    Unknown or stale ack ids (say, of a partition that moved to another
+    member) are ignored. Errors: INVALID_ARGUMENT (first message not `open`,
+    `open` sent twice, bad pattern or group), UNAVAILABLE (Kafka down), CANCELLED.
     """
     Request: _aio.UnaryUnaryMultiCallable[_bus_pb2.RequestRequest, _bus_pb2.RequestResponse]  # type: ignore[assignment]
     """Request publishes a message with a correlation id and a reply topic, and
@@ -370,8 +372,8 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
         am-correlation-id  Envelope.correlation_id, when set
         am-reply-to        Envelope.reply_to, when set
-        am-chain-id, am-sequence, am-prev-hash, am-hash
-                           the provenance link (see Provenance below)
+        am-hash            the link's hash (see Provenance below); chain id,
+                           sequence and previous hash are inside the value
         am-dlq-reason, am-delivery-count, am-dlq-source-topic,
         am-dlq-source-partition, am-dlq-source-offset
                            on dead-letter records only
@@ -474,8 +476,9 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         disconnect is delivered again (messages acked but not yet committed may be
         delivered twice; deduplicate by Envelope.id). A dead gateway's partitions
         move to the new subscriber once the broker's session timeout expires.
-        Errors: INVALID_ARGUMENT (first message not `open`, bad pattern or group,
-        unknown ack id), UNAVAILABLE (Kafka down), CANCELLED.
+        Unknown or stale ack ids (say, of a partition that moved to another
+        member) are ignored. Errors: INVALID_ARGUMENT (first message not `open`,
+        `open` sent twice, bad pattern or group), UNAVAILABLE (Kafka down), CANCELLED.
         """
 
     @_abc_1.abstractmethod

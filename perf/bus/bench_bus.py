@@ -1,0 +1,286 @@
+"""Bus gateway benchmark: throughput and latency against raw confluent-kafka.
+
+Measures, in one run against one broker:
+  1. throughput: PublishStream with 100-byte payloads (batches of --batch,
+     pipelined) through a gateway process, vs a raw confluent-kafka producer
+     (same idempotent acks=all settings) writing the same count to the same
+     broker. Goal: ratio >= 0.8.
+  2. latency: publish -> subscriber at a fixed rate (--rate msg/s), through the
+     gateway (Publish unary + Subscribe stream with acks), vs raw Kafka
+     produce -> consume. Goal: the gateway adds <= 2 ms at p99.
+  3. both again on the memory backend (no Kafka; baseline still raw Kafka).
+
+Usage:
+    python perf/bus/bench_bus.py --bootstrap 127.0.0.1:19092 [--messages 100000]
+        [--rate 200] [--seconds 5] [--write perf/bus/RESULTS.md]
+
+Bounded: about 1-2 minutes with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import grpc
+from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "libs"))
+
+from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc  # noqa: E402
+from agentmesh.common.v1 import common_pb2  # noqa: E402
+from agentmesh.runtime.deps import kafka_producer_config  # noqa: E402
+
+from tests.procs import daemon  # noqa: E402
+
+PAYLOAD = b"x" * 100
+PRODUCER_TUNING = {"linger.ms": 1, "queue.buffering.max.messages": 1_000_000,
+                   "queue.buffering.max.kbytes": 1_048_576, "batch.num.messages": 10_000}
+
+
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    admin.create_topics([NewTopic(topic, num_partitions=partitions,
+                                  replication_factor=-1)])[topic].result(15)
+    time.sleep(0.5)
+
+
+# ---- raw Kafka baselines -------------------------------------------------------
+def raw_throughput(bootstrap: str, topic: str, n: int) -> float:
+    p = Producer(kafka_producer_config(bootstrap, **PRODUCER_TUNING))
+    done = [0]
+
+    def cb(err: object, msg: object) -> None:
+        if err is None:
+            done[0] += 1
+
+    p.produce(topic, PAYLOAD, on_delivery=cb)
+    p.flush(10)  # connection and PID set up outside the timed part
+    done[0] = 0
+    start = time.perf_counter()
+    for _ in range(n):
+        while True:
+            try:
+                p.produce(topic, PAYLOAD, on_delivery=cb)
+                break
+            except BufferError:
+                p.poll(0.01)
+        p.poll(0)
+    p.flush(60)
+    elapsed = time.perf_counter() - start
+    assert done[0] == n, f"raw producer confirmed {done[0]}/{n}"
+    return n / elapsed
+
+
+def raw_latency(bootstrap: str, topic: str, rate: float, seconds: float) -> list[float]:
+    create_topic(bootstrap, topic, 1)
+    p = Producer(kafka_producer_config(bootstrap, **PRODUCER_TUNING))
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-" + uuid.uuid4().hex,
+                  "enable.auto.commit": False, "fetch.wait.max.ms": 100})
+    c.assign([TopicPartition(topic, 0, 0)])
+    lat: list[float] = []
+    stop = threading.Event()
+
+    def consume() -> None:
+        while not stop.is_set():
+            first = c.poll(0.05)  # then drain what is there: consume() would wait 50 ms
+            for m in ([first, *c.consume(99, 0)] if first is not None else []):
+                if not m.error():
+                    lat.append((time.perf_counter_ns() - int(m.value())) / 1e6)  # type: ignore[arg-type]
+
+    def poll() -> None:
+        while not stop.is_set():
+            p.poll(0.05)
+
+    threads = [threading.Thread(target=consume), threading.Thread(target=poll)]
+    for t in threads:
+        t.start()
+    p.produce(topic, str(time.perf_counter_ns()).encode())  # warm-up
+    time.sleep(1.0)
+    lat.clear()
+    n = int(rate * seconds)
+    start = time.perf_counter()
+    for i in range(n):
+        target = start + i / rate
+        delay = target - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        p.produce(topic, str(time.perf_counter_ns()).encode())
+    deadline = time.monotonic() + 10
+    while len(lat) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    stop.set()
+    for t in threads:
+        t.join()
+    c.close()
+    p.flush(5)
+    return lat
+
+
+# ---- through the gateway ----------------------------------------------------------
+def envelope(topic: str, body: bytes) -> bus_pb2.Envelope:
+    return bus_pb2.Envelope(topic=topic, payload=common_pb2.Payload(bytes_value=body))
+
+
+async def gateway_throughput(target: str, topic: str, n: int, batch: int) -> float:
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = bus_pb2_grpc.BusServiceStub(ch)
+        await stub.Publish(bus_pb2.PublishRequest(message=envelope(topic, PAYLOAD)))
+        req = bus_pb2.PublishStreamRequest(messages=[envelope(topic, PAYLOAD)] * batch)
+        batches = n // batch
+
+        async def reqs():
+            for _ in range(batches):
+                yield req
+
+        ok = 0
+        start = time.perf_counter()
+        async for resp in stub.PublishStream(reqs()):
+            ok += sum(1 for r in resp.reports if r.status.code == 0)
+        elapsed = time.perf_counter() - start
+        assert ok == batches * batch, f"gateway confirmed {ok}/{batches * batch}"
+        return ok / elapsed
+
+
+async def gateway_latency(target: str, topic: str, rate: float, seconds: float) -> list[float]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = bus_pb2_grpc.BusServiceStub(ch)
+        await stub.CreateTopic(bus_pb2.CreateTopicRequest(
+            topic=bus_pb2.Topic(name=topic, partitions=1)))
+        out: asyncio.Queue[bus_pb2.SubscribeRequest] = asyncio.Queue()
+        out.put_nowait(bus_pb2.SubscribeRequest(open=bus_pb2.SubscriptionOpen(
+            topic_patterns=[topic], consumer_group="bench-" + uuid.uuid4().hex,
+            max_unacked=1000, start_position=bus_pb2.START_POSITION_LATEST)))
+
+        async def reqs():
+            while True:
+                yield await out.get()
+
+        call = stub.Subscribe(reqs())
+        await call.read()  # started
+        lat: list[float] = []
+        n = int(rate * seconds)
+        warm = 0
+
+        async def receive() -> None:
+            nonlocal warm
+            while len(lat) < n:
+                resp = await call.read()
+                now = time.perf_counter_ns()
+                ids = []
+                for m in resp.batch.messages:
+                    ids.append(m.ack_id)
+                    sent = int(m.envelope.payload.bytes_value)
+                    if sent < 0:
+                        warm += 1
+                    else:
+                        lat.append((now - sent) / 1e6)
+                out.put_nowait(bus_pb2.SubscribeRequest(ack=bus_pb2.Ack(ack_ids=ids)))
+
+        rx = asyncio.create_task(receive())
+        # warm-up until the subscription has its partition
+        while warm == 0:
+            await stub.Publish(bus_pb2.PublishRequest(message=envelope(topic, b"-1")))
+            await asyncio.sleep(0.2)
+        pubs = []
+        start = time.perf_counter()
+        for i in range(n):
+            delay = start + i / rate - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            body = str(time.perf_counter_ns()).encode()
+            pubs.append(asyncio.ensure_future(
+                stub.Publish(bus_pb2.PublishRequest(message=envelope(topic, body)))))
+        await asyncio.gather(*pubs)
+        await asyncio.wait_for(rx, 15)
+        call.cancel()
+        return lat
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    return s[min(len(s) - 1, int(q * len(s)))]
+
+
+def run_gateway(backend: str, bootstrap: str, logs: Path) -> object:
+    flags = ["--backend", backend]
+    if backend == "kafka":
+        flags += ["--kafka-bootstrap", bootstrap]
+    return daemon("bus", logs, *flags, env={"AGENTMESH_KAFKA_BOOTSTRAP": ""}).start(60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--bootstrap", default=os.environ.get("AGENTMESH_KAFKA_BOOTSTRAP",
+                                                          "127.0.0.1:19092"))
+    ap.add_argument("--messages", type=int, default=100_000)
+    ap.add_argument("--batch", type=int, default=500)
+    ap.add_argument("--rate", type=float, default=200.0)
+    ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--write", type=Path, default=None)
+    a = ap.parse_args()
+    logs = Path("/tmp") / f"bench-bus-{uuid.uuid4().hex[:6]}"
+    run_id = uuid.uuid4().hex[:8]
+    rows: dict[str, dict[str, float]] = {}
+
+    raw_topic = f"bench.raw.{run_id}"
+    create_topic(a.bootstrap, raw_topic, 3)
+    raw_tp = raw_throughput(a.bootstrap, raw_topic, a.messages)
+    raw_lat = raw_latency(a.bootstrap, f"bench.rawlat.{run_id}", a.rate, a.seconds)
+    rows["raw kafka"] = {"tput": raw_tp, "p50": pct(raw_lat, 0.5), "p99": pct(raw_lat, 0.99)}
+    print(f"raw kafka: {raw_tp:,.0f} msg/s, latency p50 {rows['raw kafka']['p50']:.2f} ms "
+          f"p99 {rows['raw kafka']['p99']:.2f} ms", flush=True)
+
+    for backend in ("kafka", "memory"):
+        proc = run_gateway(backend, a.bootstrap, logs)
+        try:
+            topic = f"bench.gw{backend}.{run_id}"
+            if backend == "kafka":
+                create_topic(a.bootstrap, topic, 3)
+            tp = asyncio.run(gateway_throughput(proc.target, topic, a.messages, a.batch))  # type: ignore[attr-defined]
+            lat = asyncio.run(gateway_latency(proc.target, f"bench.gwlat{backend}.{run_id}",  # type: ignore[attr-defined]
+                                              a.rate, a.seconds))
+        finally:
+            proc.stop()  # type: ignore[attr-defined]
+        rows[f"gateway ({backend})"] = {"tput": tp, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+        print(f"gateway {backend}: {tp:,.0f} msg/s (ratio {tp / raw_tp:.2f}), latency p50 "
+              f"{pct(lat, 0.5):.2f} ms p99 {pct(lat, 0.99):.2f} ms (added p99 "
+              f"{pct(lat, 0.99) - rows['raw kafka']['p99']:+.2f} ms; n={len(lat)}; "
+              f"mean {statistics.mean(lat):.2f})", flush=True)
+
+    if a.write:
+        cmd = (f"python perf/bus/bench_bus.py --bootstrap <broker> --messages {a.messages} "
+               f"--batch {a.batch} --rate {a.rate:g} --seconds {a.seconds:g} "
+               f"--write perf/bus/RESULTS.md")
+        lines = [
+            "# Bus gateway benchmark", "",
+            f"Reproduce: `{cmd}`", "",
+            f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+            f"{os.cpu_count()} shared CPU cores, single-node KRaft broker on loopback, "
+            f"100-byte payloads, PublishStream batches of {a.batch}, latency at "
+            f"{a.rate:g} msg/s for {a.seconds:g} s (1 partition).", "",
+            "| path | throughput msg/s | ratio vs raw | latency p50 ms | latency p99 ms "
+            "| added p99 ms |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        base = rows["raw kafka"]
+        for name, r in rows.items():
+            lines.append(
+                f"| {name} | {r['tput']:,.0f} | {r['tput'] / base['tput']:.2f} | "
+                f"{r['p50']:.2f} | {r['p99']:.2f} | {r['p99'] - base['p99']:+.2f} |")
+        a.write.write_text("\n".join(lines) + "\n")
+        print(f"wrote {a.write}")
+
+
+if __name__ == "__main__":
+    main()
