@@ -10,6 +10,8 @@ from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
 from services.swarm.agents import AgentPool
 from services.swarm.driver import DriverContext
 from services.swarm.manager import SwarmManager
+from services.swarm.optimization import drive_optimization
+from services.swarm.partitions import drive_partitions
 from services.swarm.servicer import SwarmServicer
 from services.swarm.store import SwarmStore
 
@@ -26,12 +28,8 @@ OPTIONS = [
 async def drive(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
     """Run one swarm with the driver for its kind of fitness."""
     if swarm.task.WhichOneof("fitness") == "partition_work":
-        from services.swarm.partitions import drive_partitions
-
         await drive_partitions(ctx, swarm)
     else:
-        from services.swarm.optimization import drive_optimization
-
         await drive_optimization(ctx, swarm)
 
 

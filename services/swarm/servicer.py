@@ -29,6 +29,7 @@ from services.swarm import metrics
 from services.swarm.agents import discover
 from services.swarm.driver import now_ts
 from services.swarm.manager import SwarmManager
+from services.swarm.optimization import check_engine_config
 from services.swarm.store import TERMINAL_STATES, SwarmStore
 from services.swarm.validation import validate_swarm_id, validate_task
 
@@ -154,8 +155,6 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
             raise InvalidArgument("task is required", field_violations={"task": "required"})
         task = validate_task(request.task)
         # The engine re-checks what only it knows (e.g. the O(n²) boids cap).
-        from services.swarm.optimization import check_engine_config
-
         check_engine_config(task)
         await self._check_agents(task)
         swarm = swarm_pb2.Swarm(

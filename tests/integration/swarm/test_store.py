@@ -1,0 +1,59 @@
+"""The swarm store's leases and fenced writes on a real Redis (DB 4)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+from agentmesh.runtime.deps import create_redis
+from agentmesh.swarm.v1 import swarm_pb2 as pb
+
+from services.swarm.store import LeaseLost, SwarmStore
+
+pytestmark = pytest.mark.integration
+
+
+async def test_fencing(swarm_redis_url: str) -> None:
+    redis = create_redis(swarm_redis_url)
+    store = SwarmStore(redis)
+    sid = f"fence-{uuid.uuid4().hex[:8]}"
+    try:
+        swarm = pb.Swarm(swarm_id=sid, state=pb.SWARM_STATE_PENDING)
+        swarm.create_time.GetCurrentTime()
+        assert await store.create(swarm)
+        assert not await store.create(swarm)  # ids are unique
+        assert sid in await store.active_ids()
+
+        a = await store.acquire(sid, owner="a", ttl_ms=200)
+        assert a is not None
+        assert await store.acquire(sid, owner="b", ttl_ms=200) is None  # held
+        assert await store.count_partitions(a, [(0, b"x"), (1, b"y")]) == [True, True]
+        assert await store.count_partitions(a, [(1, b"z"), (2, b"w")]) == [False, True]
+
+        await asyncio.sleep(0.35)  # a's lease expires (a paused replica)
+        b = await store.acquire(sid, owner="b", ttl_ms=5000)
+        assert b is not None and b.token > a.token
+        # The old holder can write nothing any more.
+        assert not await store.renew(a, ttl_ms=5000)
+        with pytest.raises(LeaseLost):
+            await store.commit(a, swarm=swarm, snapshot=b"stale")
+        with pytest.raises(LeaseLost):
+            await store.count_partitions(a, [(3, b"stale")])
+        assert await store.load_snapshot(sid) is None
+        assert set(await store.partition_results(sid)) == {0, 1, 2}
+        assert (await store.partition_results(sid))[1] == b"y"  # first write won
+
+        # The new holder commits; a terminal state leaves the active index.
+        await store.request_stop(sid)
+        swarm.state = pb.SWARM_STATE_STOPPED
+        res = await store.commit(b, swarm=swarm, snapshot=b"snap")
+        assert res.stop_requested
+        assert await store.load_snapshot(sid) == b"snap"
+        assert sid not in await store.active_ids()
+        assert (await store.get(sid)).state == pb.SWARM_STATE_STOPPED  # type: ignore[union-attr]
+        await store.release(b)
+        c = await store.acquire(sid, owner="c", ttl_ms=1000)
+        assert c is not None and c.token == b.token + 1
+    finally:
+        await redis.aclose()
