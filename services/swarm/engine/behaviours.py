@@ -13,20 +13,27 @@ SWARMING       Canonical PSO (Kennedy & Eberhart 1995; Shi & Eberhart 1998):
                against pyswarms.
 FORAGING       Colony search: Queen, 10 % Soldiers, 10 % Nurses, 25 %
                Foragers following the pheromone field, 10 % Scouts; evolution
-               on. Explores more than SWARMING early, refines around the best
-               later. The behaviour for partitioned work as well.
-FLOCKING       Strong alignment (0.5), light cohesion and separation:
-               neighbours match headings, so the velocity polarisation
-               ``‖Σ v‖ / Σ ‖v‖`` (Vicsek et al. 1995 order parameter) is
-               higher than under SWARMING.
+               on. Exploits harder than SWARMING (the Queen's GCPSO search,
+               Soldiers and cloning of good particles): better in long curved
+               valleys (Rosenbrock), converges sooner, and can lose diversity
+               on highly multi-modal functions (Rastrigin). The behaviour for
+               partitioned work as well.
+FLOCKING       Strong alignment (0.5), moderate separation (0.3), light
+               cohesion: neighbours match headings, so the velocity
+               polarisation ``||sum v|| / sum ||v||`` (the order parameter of
+               Vicsek et al. 1995) is higher than under SWARMING, and the
+               spacing keeps diversity (good basins on Rastrigin, little
+               fine refinement).
 DISPERSING     Strong separation (1.0), halved social pull, 15 % Scouts: the
-               swarm keeps a large spread.
-CLUSTERING     Strong cohesion (0.5), no separation: the swarm contracts
-               faster and to a smaller spread than FLOCKING.
+               swarm keeps a large spread (coverage, not precision).
+CLUSTERING     Strong cohesion (0.5), no separation, 10 % Soldiers: the swarm
+               contracts to a smaller spread than FLOCKING.
 MIGRATING      A pull of weight 0.1 toward a goal that moves through the box
                at 1 % of the range per iteration (:func:`migration_goal`):
                the swarm centroid drifts along with it.
 =============  ==============================================================
+
+Measured quality per behaviour and function is in ``perf/swarm/RESULTS.md``.
 
 Spread after the same number of iterations is ordered
 DISPERSING > FLOCKING > CLUSTERING for the same seed and objective.
@@ -110,7 +117,9 @@ PROFILES: Mapping[Behaviour, BehaviourProfile] = MappingProxyType(
             evolution=True,
             alignment=0.5,
             cohesion=0.05,
-            separation=0.05,
+            # Reynolds' flocks need spacing; without it alignment alone
+            # collapses the flock onto the attractor as fast as CLUSTERING.
+            separation=0.3,
         ),
         Behaviour.DISPERSING: BehaviourProfile(
             roles=RoleFractions(scout=0.15),

@@ -91,7 +91,7 @@ class SwarmConfig:
     boundary: BoundaryMode = BoundaryMode.CLIP
     roles: RoleFractions | None = None
     evolution: bool | None = None
-    patience: int = 20
+    patience: int = 50
     mutation_scale: float = 0.5
     max_retire_fraction: float = 0.2
     pheromone_bins: int = 32
@@ -119,6 +119,15 @@ class SwarmConfig:
                 allowed = ", ".join(m.value for m in enum)
                 raise InvalidConfigError(name, f"{value!r} not one of: {allowed}") from None
         lower, upper = bounds_arrays(self.bounds, self.dimensions)
+        # Canonical, hashable form so equal configs compare equal after a
+        # JSON round trip (lists become tuples, ints become floats).
+        arr = np.asarray(self.bounds, dtype=np.float64)
+        canonical: Bounds = (
+            (float(arr[0]), float(arr[1]))
+            if arr.shape == (2,)
+            else tuple((float(lo), float(hi)) for lo, hi in arr)
+        )
+        object.__setattr__(self, "bounds", canonical)
         object.__setattr__(self, "_lower", lower)
         object.__setattr__(self, "_upper", upper)
         self._validate()

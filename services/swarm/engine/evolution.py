@@ -3,9 +3,10 @@
 A particle is *exhausted* when its personal best has not improved for
 ``patience`` consecutive evaluations (its stagnation counter). Each iteration,
 up to ``max_retire_fraction·n`` of the most stagnant exhausted particles
-(ties by index; the Queen is never retired) are replaced, slot for slot, by
-offspring of parents drawn uniformly from the parent pool (the Nurses, or the
-top ranks when there are none). An offspring
+(ties by index) are replaced, slot for slot, by offspring of parents drawn
+uniformly from the parent pool (the Nurses, or the top decile by personal
+best when there are none). The Queen, the Soldiers and the parents never
+retire, so every retiring particle ranks below every parent. An offspring
 
 * inherits its parent's memory: personal best position and fitness
   (a clone, so the colony never forgets a good point by retiring someone);
@@ -53,7 +54,7 @@ class EvolutionParams:
             ``n`` in ``[0, 1]``; at least one when any particle is exhausted.
     """
 
-    patience: int = 20
+    patience: int = 50
     mutation_scale: float = 0.5
     max_retire_fraction: float = 0.2
 
@@ -94,7 +95,7 @@ def plan_reproduction(
             improved.
         parent_pool: Shape ``(p,)`` candidate parent indices (p >= 1 for any
             reproduction to happen).
-        protected: Indices that never retire (the Queen).
+        protected: Indices that never retire (the Queen, Soldiers, parents).
         params: Patience and caps.
         rng: Consumes ``k`` integers when ``k`` particles retire.
 

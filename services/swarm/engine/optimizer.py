@@ -76,6 +76,14 @@ SNAPSHOT_FORMAT = "agentmesh.swarm.engine.optimizer/v1"
 
 _SIGMA_FLOOR = 1e-12  # fraction of the range; keeps Soldiers/offspring distinct
 
+# Plain ints: comparing an ndarray with an IntEnum member goes through the
+# enum's attribute machinery on every call, which shows up in profiles.
+_QUEEN = int(Role.QUEEN)
+_SOLDIER = int(Role.SOLDIER)
+_NURSE = int(Role.NURSE)
+_FORAGER = int(Role.FORAGER)
+_SCOUT = int(Role.SCOUT)
+
 
 @dataclass(frozen=True, slots=True)
 class IterationStats:
@@ -349,7 +357,7 @@ class SwarmOptimizer:
     def _core_mask(self) -> BoolArray | None:
         if not self._has_roles:
             return None
-        mask: BoolArray = (self._roles != Role.FORAGER) & (self._roles != Role.SCOUT)
+        mask: BoolArray = (self._roles != _FORAGER) & (self._roles != _SCOUT)
         return mask if mask.any() else None
 
     def _core_positions(self) -> FloatArray:
@@ -375,7 +383,7 @@ class SwarmOptimizer:
         else:
             social = self._pbest_x[neighbourhood_best(self._pbest_f, self._neighbours)]
         if self._grid is not None:
-            foragers = np.flatnonzero(self._roles == Role.FORAGER)
+            foragers = np.flatnonzero(self._roles == _FORAGER)
             social = np.array(np.broadcast_to(social, x.shape))
             social[foragers] = self._grid.sample(foragers.size, rng)
         v_new = velocity_update(
@@ -412,11 +420,7 @@ class SwarmOptimizer:
         if self._has_roles:
             self._special_moves(x_new, best, w, core_std)
             # Their velocity is the displacement they made (as in GCPSO).
-            special = (
-                (self._roles == Role.QUEEN)
-                | (self._roles == Role.SOLDIER)
-                | (self._roles == Role.SCOUT)
-            )
+            special = (self._roles == _QUEEN) | (self._roles == _SOLDIER) | (self._roles == _SCOUT)
             v_new[special] = x_new[special] - x[special]
             clamp_velocity(v_new, self._v_max)
         if frozen.size:
@@ -433,12 +437,12 @@ class SwarmOptimizer:
             x_new[best] = queen_move(
                 self._gbest_x, self._v[best], w=w, rho=self._queen.rho, span=self._span, rng=rng
             )
-        soldiers = np.flatnonzero(roles == Role.SOLDIER)
+        soldiers = np.flatnonzero(roles == _SOLDIER)
         if soldiers.size:
             x_new[soldiers] = soldier_positions(
                 self._gbest_x, soldiers.size, cfg.soldier_step * core_std, rng
             )
-        scouts = np.flatnonzero(roles == Role.SCOUT)
+        scouts = np.flatnonzero(roles == _SCOUT)
         if scouts.size:
             x_new[scouts] = self._x[scouts] + cfg.scout_step * self._span * levy_steps(
                 (scouts.size, cfg.dimensions), rng
@@ -446,17 +450,23 @@ class SwarmOptimizer:
 
     def _evolve(self, core_std: FloatArray, best: int) -> IntArray:
         cfg = self._config
-        nurses = np.flatnonzero(self._roles == Role.NURSE)
+        nurses = np.flatnonzero(self._roles == _NURSE)
         if nurses.size:
             pool = nurses.astype(np.int64)
         else:
             # No breeding caste: the top decile by personal best breeds.
             k = max(1, math.ceil(0.1 * cfg.n_particles))
             pool = np.argsort(self._pbest_f, kind="stable")[:k].astype(np.int64)
+        # Only particles ranked below every parent may retire, so an offspring
+        # never inherits a worse memory than the one it replaces: the Queen,
+        # the Soldiers and the parents themselves are protected.
+        protected = np.concatenate(
+            [np.array([best], dtype=np.int64), pool, np.flatnonzero(self._roles == _SOLDIER)]
+        )
         plan = plan_reproduction(
             self._stagnation,
             pool,
-            np.array([best], dtype=np.int64),
+            protected,
             cfg.evolution_params,
             self._rng,
         )

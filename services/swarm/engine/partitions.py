@@ -323,6 +323,20 @@ class PartitionScheduler:
         self._capacity = np.append(self._capacity, max_in_flight)
         self._counters = np.vstack([self._counters, np.zeros((1, 6), dtype=np.int64)])
 
+    def set_capacity(self, agent_id: str, max_in_flight: int) -> None:
+        """Changes how many leases an agent may hold at once.
+
+        Leases it already holds beyond the new capacity are kept; it just gets
+        no new ones until it is below.
+
+        Raises:
+            InvalidConfigError: If ``max_in_flight < 1``.
+            UnknownNameError: If the agent was never registered.
+        """
+        if max_in_flight < 1:
+            raise InvalidConfigError("max_in_flight", "must be >= 1")
+        self._capacity[self._agent(agent_id)] = max_in_flight
+
     def remove_agent(self, agent_id: str) -> list[Lease]:
         """Marks an agent dead and reclaims its leases.
 
