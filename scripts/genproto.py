@@ -39,8 +39,8 @@ def generate(out_dir: Path) -> int:
             f"-I{well_known}",
             f"--python_out={out_dir}",
             f"--grpc_python_out={out_dir}",
-            f"--mypy_out={out_dir}",
-            f"--mypy_grpc_out={out_dir}",
+            f"--mypy_out=quiet:{out_dir}",
+            f"--mypy_grpc_out=quiet:{out_dir}",
             *files,
         ]
         if protoc.main(args) != 0:
