@@ -92,7 +92,11 @@ class RegistryServiceStub:
     descending, then by agent_id ascending, so equal inputs give equal
     orders. By default only ACTIVE and DEGRADED agents are returned.
     Results may come from a short-lived cache that every catalog change
-    invalidates.
+    invalidates. A replica's answer includes every change made through it
+    before the call, and changes made through other replicas as soon as its
+    event stream delivers them (normally well under a millisecond). Agents in
+    results carry the descriptor, status and health (within the health-event
+    step of the live score); GetAgent returns load and timestamps too.
     Errors: INVALID_ARGUMENT (malformed version_constraint, min_health_score
     outside [0, 1], negative max_results), UNAVAILABLE.
     """
@@ -172,7 +176,11 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     descending, then by agent_id ascending, so equal inputs give equal
     orders. By default only ACTIVE and DEGRADED agents are returned.
     Results may come from a short-lived cache that every catalog change
-    invalidates.
+    invalidates. A replica's answer includes every change made through it
+    before the call, and changes made through other replicas as soon as its
+    event stream delivers them (normally well under a millisecond). Agents in
+    results carry the descriptor, status and health (within the health-event
+    step of the live score); GetAgent returns load and timestamps too.
     Errors: INVALID_ARGUMENT (malformed version_constraint, min_health_score
     outside [0, 1], negative max_results), UNAVAILABLE.
     """
@@ -291,7 +299,11 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         descending, then by agent_id ascending, so equal inputs give equal
         orders. By default only ACTIVE and DEGRADED agents are returned.
         Results may come from a short-lived cache that every catalog change
-        invalidates.
+        invalidates. A replica's answer includes every change made through it
+        before the call, and changes made through other replicas as soon as its
+        event stream delivers them (normally well under a millisecond). Agents in
+        results carry the descriptor, status and health (within the health-event
+        step of the live score); GetAgent returns load and timestamps too.
         Errors: INVALID_ARGUMENT (malformed version_constraint, min_health_score
         outside [0, 1], negative max_results), UNAVAILABLE.
         """
