@@ -164,7 +164,11 @@ class SwarmManager:
             swarm.fencing_token = lease.token
             if not swarm.HasField("start_time"):
                 swarm.start_time.CopyFrom(now_ts())
-            await self.store.commit(lease, swarm=swarm)
+            if (await self.store.commit(lease, swarm=swarm)).stop_requested:
+                # Stopped before anyone drove it: no work at all.
+                finish(swarm, swarm_pb2.SWARM_STATE_STOPPED, swarm_pb2.TERMINATION_STOPPED)
+                await self.store.commit(lease, swarm=swarm)
+                return
             ctx = DriverContext(
                 store=self.store,
                 redis=self.redis,

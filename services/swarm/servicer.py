@@ -20,6 +20,7 @@ from agentmesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    PermissionDenied,
     Unavailable,
 )
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
@@ -223,6 +224,17 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
     ) -> swarm_pb2.StopSwarmResponse:
         """See the proto."""
         swarm = await self._get(request.swarm_id)
+        principal = current_principal()
+        if (
+            principal is not None
+            and not principal.is_admin
+            and swarm.owner
+            and principal.identity != swarm.owner
+        ):
+            raise PermissionDenied(
+                f"swarm {swarm.swarm_id!r} belongs to {swarm.owner!r}; only it or an admin "
+                "may stop it"
+            )
         if swarm.state == swarm_pb2.SWARM_STATE_STOPPED:
             return swarm_pb2.StopSwarmResponse(swarm=swarm)
         if swarm.state in TERMINAL_STATES:

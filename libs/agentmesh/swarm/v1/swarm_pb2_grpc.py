@@ -114,8 +114,10 @@ class SwarmServiceServicer:
         results are kept, but the aggregate is partial). It waits up to 5 s (or
         the call's deadline) for the swarm to stop and returns it; stopping a
         STOPPED swarm is a no-op.
+        With auth on, only the swarm's owner (the identity that deployed it) or
+        an admin may stop it.
         Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (the swarm
-        already COMPLETED or FAILED), UNAVAILABLE.
+        already COMPLETED or FAILED), PERMISSION_DENIED, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

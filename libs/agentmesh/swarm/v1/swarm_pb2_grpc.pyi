@@ -65,8 +65,10 @@ class SwarmServiceStub:
     results are kept, but the aggregate is partial). It waits up to 5 s (or
     the call's deadline) for the swarm to stop and returns it; stopping a
     STOPPED swarm is a no-op.
+    With auth on, only the swarm's owner (the identity that deployed it) or
+    an admin may stop it.
     Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (the swarm
-    already COMPLETED or FAILED), UNAVAILABLE.
+    already COMPLETED or FAILED), PERMISSION_DENIED, UNAVAILABLE.
     """
     WatchSwarm: _grpc.UnaryStreamMultiCallable[_swarm_pb2.WatchSwarmRequest, _swarm_pb2.WatchSwarmResponse]
     """WatchSwarm streams one message per iteration, replaying retained
@@ -117,8 +119,10 @@ class SwarmServiceAsyncStub(SwarmServiceStub):
     results are kept, but the aggregate is partial). It waits up to 5 s (or
     the call's deadline) for the swarm to stop and returns it; stopping a
     STOPPED swarm is a no-op.
+    With auth on, only the swarm's owner (the identity that deployed it) or
+    an admin may stop it.
     Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (the swarm
-    already COMPLETED or FAILED), UNAVAILABLE.
+    already COMPLETED or FAILED), PERMISSION_DENIED, UNAVAILABLE.
     """
     WatchSwarm: _aio.UnaryStreamMultiCallable[_swarm_pb2.WatchSwarmRequest, _swarm_pb2.WatchSwarmResponse]  # type: ignore[assignment]
     """WatchSwarm streams one message per iteration, replaying retained
@@ -190,8 +194,10 @@ class SwarmServiceServicer(metaclass=_abc_1.ABCMeta):
         results are kept, but the aggregate is partial). It waits up to 5 s (or
         the call's deadline) for the swarm to stop and returns it; stopping a
         STOPPED swarm is a no-op.
+        With auth on, only the swarm's owner (the identity that deployed it) or
+        an admin may stop it.
         Errors: INVALID_ARGUMENT, NOT_FOUND, FAILED_PRECONDITION (the swarm
-        already COMPLETED or FAILED), UNAVAILABLE.
+        already COMPLETED or FAILED), PERMISSION_DENIED, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod
