@@ -303,6 +303,21 @@ def saga_definition(*, step_timeout_s: float = 60.0) -> saga_pb2.SagaDefinition:
     return d
 
 
+def expected_failure_outcome(fail_step: str) -> tuple[str, list[str]]:
+    """(final saga state, compensation order) when `fail_step` fails for good.
+
+    Before or at the pivot, every attempted step with a compensation is undone
+    in reverse order (BACKWARD): failing at calculate gives COMPENSATED with
+    calculate, validate, collect (calculate's own attempt is compensated too,
+    since a failed attempt may have taken effect). After the pivot nothing is
+    compensated; a non-retryable failure leaves the saga FAILED for a human.
+    """
+    i = STEPS.index(fail_step)
+    if i > STEPS.index(PIVOT):
+        return "FAILED", []
+    return "COMPENSATED", [s for s in reversed(STEPS[: i + 1]) if s not in (PIVOT, "publish")]
+
+
 def top_from_totals(totals: Mapping[str, float], n: int = 10) -> list[tuple[str, float]]:
     """The `n` largest per-commodity totals `[(code, kg)]`, ties by code."""
     by_code = [(k[len("naics_"):], v) for k, v in totals.items() if k.startswith("naics_")]
@@ -317,6 +332,7 @@ __all__ = [
     "agent_id",
     "build_csrd_agents",
     "capability",
+    "expected_failure_outcome",
     "naics_key",
     "saga_definition",
     "top_from_totals",

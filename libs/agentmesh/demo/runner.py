@@ -63,9 +63,8 @@ from agentmesh.demo.data import (
     read_suppliers,
     write_suppliers,
 )
+from agentmesh.demo.verify import TOLERANCE, compare_totals, direct_totals, top_naics
 
-#: Relative tolerance of the total against the direct computation.
-TOLERANCE = 1e-9
 DEFAULT_TOPIC = "demo.csrd.reports"
 
 
@@ -235,6 +234,7 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
     run_dir = out_dir / "run"
     run_id = uuid.uuid4().hex[:8]
     from agentmesh.cli import stack
+    from agentmesh.demo.csrd import expected_failure_outcome
     from agentmesh.demo.fleet import (
         FleetError,
         WorkerProcess,
@@ -352,34 +352,28 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
     t0 = time.perf_counter()
     sup_read, sha_read = read_suppliers(suppliers_path)
     kg = emissions(table, sup_read)
-    from agentmesh.demo.scenario import direct_totals, relative_error
-
     direct = direct_totals(table, sup_read, kg)
     totals: dict[str, float] = results["swarm_totals"]
     mesh_total = totals["kg_co2e"]
-    rel = relative_error(mesh_total, direct["kg_co2e"])
+    cmp = compare_totals(totals, direct, tolerance=TOLERANCE)
     mesh_by = {k[len("naics_"):]: v for k, v in totals.items() if k.startswith("naics_")}
-    top = sorted(mesh_by.items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-    top_direct = sorted(direct["by_naics"].items(), key=lambda kv: (-kv[1], kv[0]))[:10]
-    naics_rel = max((relative_error(mesh_by.get(c, 0.0), v) for c, v in direct["by_naics"].items()),
-                    default=0.0)
+    top = top_naics(mesh_by)
     spend_by_code: dict[str, float] = {}
     for c, s in zip(sup_read.naics.tolist(), sup_read.spend_usd.tolist(), strict=True):
         key = f"{c:06d}"
         spend_by_code[key] = spend_by_code.get(key, 0.0) + s
     factors = table.by_code()
+    xc = results["cross_check"]
+    ok_saga, failed_saga = results["sagas"]
+    want_state, want_order = expected_failure_outcome(cfg.fail_step)
     checks = {
-        "total": rel <= TOLERANCE,
-        "spend": relative_error(totals.get("spend_usd", 0.0), direct["spend_usd"]) <= TOLERANCE,
-        "records": int(totals.get("records", -1)) == direct["records"],
-        "by_naics": naics_rel <= TOLERANCE and set(mesh_by) == set(direct["by_naics"]),
-        "top_naics": [c for c, _ in top] == [c for c, _ in top_direct],
+        **cmp["checks"],
         "sha256": sha_read == sha,
-        "cross_check": results["cross_check"]["unanimous"] == results["cross_check"]["samples"]
-        and results["cross_check"]["matches_direct"] == results["cross_check"]["samples"],
-        "saga_success": results["sagas"][0]["state"] == "COMPLETED",
-        "saga_compensated": results["sagas"][1]["state"] == "COMPENSATED"
-        and not results["sagas"][1]["staging_left"],
+        "cross_check": xc["unanimous"] == xc["samples"] and xc["matches_direct"] == xc["samples"],
+        "saga_success": ok_saga["state"] == "COMPLETED",
+        "saga_failure": failed_saga["state"] == want_state
+        and failed_saga["compensation_order"] == want_order
+        and (want_state != "COMPENSATED" or not failed_saga["staging_left"]),
         "bus_chain": bool(results["bus"].get("chain_valid")),
         "no_process_left": not left,
     }
@@ -411,8 +405,11 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
         "verification": {
             "direct_fsum_kg_co2e": direct["kg_co2e"],
             "direct_numpy_sum_kg_co2e": direct["kg_co2e_numpy_sum"],
-            "relative_error": rel, "max_relative_error_by_naics": naics_rel,
+            "relative_error": cmp["relative_error"],
+            "max_relative_error_by_naics": cmp["max_relative_error_by_naics"],
+            "spend_relative_error": cmp["spend_relative_error"],
             "tolerance": TOLERANCE, "ok": ok, "checks": checks,
+            "expected_failure_outcome": {"state": want_state, "compensation_order": want_order},
         },
         "top_naics": [
             {"rank": i + 1, "naics_code": c, "title": table.title_of(c), "kg_co2e": v,

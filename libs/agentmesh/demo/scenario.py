@@ -8,7 +8,6 @@ processes; `agentmesh.demo.runner` does that.
 from __future__ import annotations
 
 import asyncio
-import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from google.protobuf import json_format
 from agentmesh.client import Client
 from agentmesh.common.v1 import common_pb2
 from agentmesh.demo.calculator import ACTION, CAPABILITY
-from agentmesh.demo.data import FactorTable, Suppliers, partition_bounds, summarize
+from agentmesh.demo.data import Suppliers, partition_bounds, summarize
 from agentmesh.router.v1 import router_pb2
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.swarm.v1 import swarm_pb2
@@ -301,26 +300,3 @@ async def verify_bus(client: Client, *, topic: str, partition: int) -> dict[str,
         "topic": topic, "partition": partition, "chain_valid": resp.valid,
         "records_checked": resp.records_checked, "chain_ids": list(resp.chain_ids),
     }
-
-
-# ---- direct computation ------------------------------------------------------------------
-def direct_totals(table: FactorTable, suppliers: Suppliers, kg: np.ndarray) -> dict[str, Any]:
-    """The check figures, computed in this process straight from suppliers.csv.
-
-    Returns:
-        {"kg_co2e": fsum, "kg_co2e_numpy_sum": np.sum, "spend_usd": fsum,
-         "records": n, "by_naics": {code: kg}}.
-    """
-    by = summarize(kg, suppliers.naics, suppliers.spend_usd)
-    return {
-        "kg_co2e": by["kg_co2e"],
-        "kg_co2e_numpy_sum": float(np.sum(kg)),
-        "spend_usd": by["spend_usd"],
-        "records": len(suppliers),
-        "by_naics": {k[len("naics_"):]: v for k, v in by.items() if k.startswith("naics_")},
-    }
-
-
-def relative_error(a: float, b: float) -> float:
-    """|a - b| / max(|b|, tiny)."""
-    return abs(a - b) / max(abs(b), math.ulp(0.0))
