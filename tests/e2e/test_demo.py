@@ -24,7 +24,8 @@ import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FACTORS = ROOT / "libs/agentmesh/demo/data/SupplyChainGHGEmissionFactors_v1.2_NAICS_CO2e_USD2021.csv"
+FACTORS = (ROOT / "libs/agentmesh/demo/data"
+           / "SupplyChainGHGEmissionFactors_v1.2_NAICS_CO2e_USD2021.csv")
 SMALL = ["--suppliers", "5000", "--agents", "10", "--partitions", "50",
          "--agents-per-process", "5", "--samples", "8", "--heartbeat-interval-s", "2"]
 
@@ -89,6 +90,7 @@ def _procs_mentioning(text: str) -> list[int]:
 
 def _check_outputs(out: Path, report: dict[str, Any], *, backend: str) -> None:
     total, records, by_naics = _direct_total(out / "suppliers.csv")
+    assert records == 5000
     assert report["total_kg_co2e"] == pytest.approx(total, rel=1e-9, abs=0)
     assert abs(report["total_kg_co2e"] - total) / total <= 1e-9
     assert report["verification"]["ok"] is True
@@ -154,8 +156,8 @@ def test_demo_on_the_memory_bus(tmp_path: Path) -> None:
 def test_demo_on_kafka(tmp_path: Path, kafka_broker: Any) -> None:
     out = tmp_path / "demo-out"
     topic = f"demo.e2e.{uuid.uuid4().hex[:8]}"
-    res = _run_demo(out, "--topic", topic, env=_env(AGENTMESH_KAFKA_BOOTSTRAP=kafka_broker.bootstrap),
-                    output="json")
+    env = _env(AGENTMESH_KAFKA_BOOTSTRAP=kafka_broker.bootstrap)
+    res = _run_demo(out, "--topic", topic, env=env, output="json")
     assert res.returncode == 0, f"stdout:\n{res.stdout[-2000:]}\nstderr:\n{res.stderr[-4000:]}"
     printed = json.loads(res.stdout)
     report = json.loads((out / "report.json").read_text())

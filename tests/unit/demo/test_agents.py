@@ -143,7 +143,7 @@ def test_compare_totals_catches_a_lost_partition(table: data.FactorTable) -> Non
     direct = verify.direct_totals(table, s, kg)
     whole = data.summarize(kg, s.naics, s.spend_usd)
     assert all(verify.compare_totals(whole, direct)["checks"].values())
-    a, b = data.partition_bounds(2000, 0, 1000)  # two records missing of 2000
+    _, b = data.partition_bounds(2000, 0, 1000)  # two records missing of 2000
     lost = data.summarize(kg[b:], s.naics[b:], s.spend_usd[b:])
     cmp = verify.compare_totals(lost, direct)
     assert not cmp["checks"]["total"] and not cmp["checks"]["records"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import itertools
 import math
 from pathlib import Path
 
@@ -156,7 +157,7 @@ def test_emissions_refuse_unknown_codes(table: data.FactorTable) -> None:
 def test_partitions_cover_every_row_once(rows: int, count: int) -> None:
     bounds = [partition_bounds(rows, i, count) for i in range(count)]
     assert bounds[0][0] == 0 and bounds[-1][1] == rows
-    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(bounds))
     sizes = {b - a for a, b in bounds}
     assert max(sizes) - min(sizes) <= 1
 
