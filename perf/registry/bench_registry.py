@@ -256,7 +256,7 @@ async def main() -> None:
     redis_proc = _start_redis(rport, tmp)
     url = f"redis://127.0.0.1:{rport}/1"
     procs: list[Proc] = []
-    results: dict[str, Any] = {"agents": ns.agents}
+    results: dict[str, Any] = {"agents": ns.agents, "load_before": f"{os.getloadavg()[0]:.1f}"}
     try:
         client = aioredis.Redis.from_url(url)
         for _ in range(100):
@@ -390,7 +390,9 @@ def _report(r: dict[str, Any], ns: argparse.Namespace) -> None:
         f"Reproduce: `{cmd}` (starts its own redis-server, registry daemons and a no-op",
         "gRPC server on free loopback ports; about 1-2 minutes).",
         "",
-        f"Machine: {os.cpu_count()} CPUs shared with other work; Python {sys.version.split()[0]};",
+        f"Machine: {os.cpu_count()} CPUs shared with other work (load average "
+        f"{r['load_before']} before the run, {os.getloadavg()[0]:.1f} after); Python "
+        f"{sys.version.split()[0]};",
         f"Redis {subprocess.run(['redis-server', '--version'], capture_output=True, text=True).stdout.split()[2]};",  # noqa: E501
         f"{r['agents']} agents, 3 of 40 capabilities, 1 of 5 service types, 2 of 10 tags, 4",
         "locations each. Queries: 200 distinct selectors (1-2 capabilities, sometimes a",

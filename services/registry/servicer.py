@@ -14,7 +14,7 @@ from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentmesh.runtime.errors import AgentMeshError, InvalidArgument, NotFound, PermissionDenied
 from google.rpc import code_pb2
 
-from services.registry import metrics
+from services.registry import metrics, redis_errors
 from services.registry.discovery import CatalogMirror, selector_matches
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
@@ -78,6 +78,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.hub = hub
         self.settings = settings
 
+    @redis_errors.unary
     async def RegisterAgent(
         self, request: registry_pb2.RegisterAgentRequest, context: Ctx
     ) -> registry_pb2.RegisterAgentResponse:
@@ -97,6 +98,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.mirror.want(res.agent.revision)
         return registry_pb2.RegisterAgentResponse(agent=res.agent, created=res.created)
 
+    @redis_errors.unary
     async def DeregisterAgent(
         self, request: registry_pb2.DeregisterAgentRequest, context: Ctx
     ) -> registry_pb2.DeregisterAgentResponse:
@@ -113,6 +115,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.mirror.want(agent.revision)
         return registry_pb2.DeregisterAgentResponse(agent=agent)
 
+    @redis_errors.unary
     async def GetAgent(
         self, request: registry_pb2.GetAgentRequest, context: Ctx
     ) -> registry_pb2.GetAgentResponse:
@@ -125,6 +128,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                            resource_type="agent", resource_name=request.agent_id)
         return registry_pb2.GetAgentResponse(agent=agent)
 
+    @redis_errors.unary
     async def ListAgents(
         self, request: registry_pb2.ListAgentsRequest, context: Ctx
     ) -> registry_pb2.ListAgentsResponse:
@@ -149,6 +153,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             revision=revision,
         )
 
+    @redis_errors.unary
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: Ctx
     ) -> registry_pb2.HeartbeatResponse:
@@ -180,6 +185,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         resp.heartbeat_interval.FromMilliseconds(out.interval_ms)
         return resp
 
+    @redis_errors.streaming
     async def HeartbeatStream(
         self, request_iterator: AsyncIterator[registry_pb2.HeartbeatStreamRequest], context: Ctx
     ) -> AsyncIterator[registry_pb2.HeartbeatStreamResponse]:
@@ -225,6 +231,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 metrics.HEARTBEATS.labels("ok").inc(ok)
             yield registry_pb2.HeartbeatStreamResponse(results=results)
 
+    @redis_errors.unary
     async def DiscoverAgents(
         self, request: registry_pb2.DiscoverAgentsRequest, context: Ctx
     ) -> registry_pb2.DiscoverAgentsResponse:
@@ -243,6 +250,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         metrics.DISCOVERY_LATENCY.observe((time.perf_counter() - start) * 1000.0)
         return resp
 
+    @redis_errors.streaming
     async def WatchAgents(
         self, request: registry_pb2.WatchAgentsRequest, context: Ctx
     ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:

@@ -342,3 +342,19 @@ async def test_metrics_exposed(start_registry: StartRegistry) -> None:
     assert 'registry_heartbeats_total{result="ok"} 1.0' in text
     assert 'registry_agent_health{band="0.9-1.0"} 1.0' in text
     assert "agent-m" not in text  # no per-agent series
+
+
+async def test_redis_down_is_unavailable(tmp_path: Path) -> None:
+    from tests.infra import free_port
+    from tests.procs import daemon
+
+    d = daemon("registry", tmp_path, "--redis-url", f"redis://127.0.0.1:{free_port()}/1")
+    with d:
+        async with grpc.aio.insecure_channel(d.target) as ch:
+            stub = registry_pb2_grpc.RegistryServiceStub(ch)
+            for call in (stub.GetAgent(pb.GetAgentRequest(agent_id="agent-x")),
+                         stub.DiscoverAgents(pb.DiscoverAgentsRequest()),
+                         stub.RegisterAgent(pb.RegisterAgentRequest(agent=agent("agent-x")))):
+                with pytest.raises(grpc.aio.AioRpcError) as e:
+                    await call
+                assert e.value.code() == grpc.StatusCode.UNAVAILABLE
