@@ -31,13 +31,12 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import semver
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
 
 from services.registry import metrics
 from services.registry.store import RegistryStore, StoredEvent
-from services.registry.versions import parse_constraint
+from services.registry.versions import satisfies
 from services.registry.watch import WatchHub
 
 log = logging.getLogger("agentmesh.registry.discovery")
@@ -55,7 +54,7 @@ class _Entry:
     status: int
     health: float
     location: str
-    version: semver.Version | None
+    version_text: str
     caps: frozenset[str]
     stypes: frozenset[str]
     tags: frozenset[str]
@@ -195,12 +194,8 @@ class CatalogMirror:
 
     def _put(self, agent: registry_pb2.Agent) -> None:
         self._drop(agent.agent_id)
-        try:
-            version: semver.Version | None = semver.Version.parse(agent.version)
-        except ValueError:
-            version = None
         e = _Entry(agent, agent.agent_id, agent.status, agent.health_score, agent.location,
-                   version, frozenset(agent.capabilities), frozenset(agent.service_types),
+                   agent.version, frozenset(agent.capabilities), frozenset(agent.service_types),
                    frozenset(agent.tags))
         self._entries[agent.agent_id] = e
         for index, keys in ((self._by_cap, e.caps), (self._by_stype, e.stypes),
@@ -283,7 +278,6 @@ class CatalogMirror:
                 wanted |= self._by_stype.get(st, _EMPTY)
             candidates = wanted.intersection(candidates)
         constraint = selector.version_constraint
-        pred = parse_constraint(constraint) if constraint else None
         min_health = selector.min_health_score
         out: list[_Entry] = []
         entries = self._entries
@@ -293,7 +287,7 @@ class CatalogMirror:
                 continue
             if e.health < min_health:
                 continue
-            if pred is not None and (e.version is None or not pred(e.version)):
+            if constraint and not satisfies(constraint, e.version_text):
                 continue
             out.append(e)
         return out

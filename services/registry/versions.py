@@ -109,3 +109,20 @@ def parse_constraint(text: str) -> Predicate:
     if not preds:
         return lambda v: True
     return lambda v: all(p(v) for p in preds)
+
+
+@lru_cache(maxsize=65536)
+def satisfies(constraint: str, version: str) -> bool:
+    """Whether `version` satisfies `constraint`; False for an unparsable version.
+
+    Memoized: fleets run few distinct versions, and semver comparisons in
+    Python cost microseconds each, which dominated uncached discovery.
+
+    Raises:
+        ConstraintError: when the constraint does not parse.
+    """
+    pred = parse_constraint(constraint)
+    try:
+        return pred(parse_version(version))
+    except ValueError:
+        return False
