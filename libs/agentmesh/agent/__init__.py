@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         Agent,
         AgentSettings,
         map_exception,
+        serve_all,
     )
     from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 
@@ -50,6 +51,7 @@ _EXPORTS = {
     "AgentSettings": "agentmesh.agent.sdk",
     "dict_to_struct": "agentmesh.agent.structs",
     "map_exception": "agentmesh.agent.sdk",
+    "serve_all": "agentmesh.agent.sdk",
     "struct_to_dict": "agentmesh.agent.structs",
 }
 
@@ -65,6 +67,7 @@ __all__ = [
     "StoredResult",
     "dict_to_struct",
     "map_exception",
+    "serve_all",
     "struct_to_dict",
 ]
 

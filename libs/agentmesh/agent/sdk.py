@@ -626,6 +626,31 @@ class Agent:
             raise SystemExit(1) from None
 
 
+async def serve_all(agents: Sequence[Agent]) -> None:
+    """Serve several agents in one process until SIGTERM/SIGINT, then stop them all.
+
+    Each agent keeps its own server, port and registration; the signal
+    handlers are installed once (an agent's own `serve` would replace them).
+
+    Raises:
+        Exception: the first start failure, after every started agent is stopped.
+    """
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    started: list[Agent] = []
+    try:
+        for a in agents:
+            await a.start()
+            started.append(a)
+        await stop.wait()
+    finally:
+        await asyncio.gather(*(a.stop() for a in started), return_exceptions=True)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+
+
 def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
     left = context.time_remaining()
     return None if left is None else time.monotonic() + left

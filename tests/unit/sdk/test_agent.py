@@ -285,3 +285,30 @@ async def test_declaring_twice_and_serving_nothing_fail() -> None:
 
     with pytest.raises(ValueError):
         a.action("x")(x)
+
+
+async def test_serve_all_runs_several_agents_until_signalled() -> None:
+    import os
+    import signal
+
+    from agentmesh.agent import serve_all
+
+    agents = []
+    for i in range(3):
+        a = Agent(f"agent-many-{i}")
+
+        @a.action("who")
+        async def who(inp: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+            return {"agent": ctx.agent_id}
+
+        agents.append(a)
+    task = asyncio.ensure_future(serve_all(agents))
+    await _until(lambda: all(a.port for a in agents))
+    for a in agents:
+        async with grpc.aio.insecure_channel(a.endpoint) as ch:
+            resp = await agent_pb2_grpc.AgentServiceStub(ch).Execute(
+                agent_pb2.ExecuteRequest(action="who"), timeout=5)
+        assert struct_to_dict(resp.output) == {"agent": a.agent_id}
+    os.kill(os.getpid(), signal.SIGTERM)
+    await asyncio.wait_for(task, 20)
+    assert all(a._stopped.is_set() for a in agents)
