@@ -80,6 +80,8 @@ class RegistrySettings:
         )
         if min(s.heartbeat_interval_ms, s.deregistration_timeout_ms, s.sweep_interval_ms) <= 0:
             raise ValueError("intervals and timeouts must be positive")
+        if s.policy.ttl_factor <= s.policy.stale_factor:
+            raise ValueError("ttl_factor must exceed the stale factor (2 intervals)")
         if s.policy.flap_threshold < 1:
             raise ValueError("flap_threshold must be at least 1")
         return s
