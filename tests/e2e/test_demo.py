@@ -185,3 +185,41 @@ def test_demo_is_reproducible_by_seed_and_fails_cleanly_on_a_taken_port(tmp_path
     again = tmp_path / "again.csv"
     write_suppliers(generate_suppliers(load_factors(), count=5000, seed=42), again)
     assert (out / "suppliers.csv").read_bytes() == again.read_bytes()
+
+
+def test_a_terminated_demo_still_stops_everything_it_started(tmp_path: Path) -> None:
+    """SIGTERM once the fleet is up: the demo stops its workers, daemons and
+    Redis by PID, and exits non-zero."""
+    import signal
+    import time
+
+    out = tmp_path / "demo-out"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "agentmesh.cli.main", "demo", *SMALL, "--partitions", "5000",
+         "--suppliers", "50000", "--out", str(out)],
+        cwd=tmp_path, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        # 2 calculator workers (5 agents each) and the CSRD worker.
+        while (len(list((out / "run").glob("fleet-*.ready"))) < 3 and proc.poll() is None
+               and time.monotonic() < deadline):
+            time.sleep(0.05)
+        readies = list((out / "run").glob("fleet-*.ready"))
+        assert len(readies) == 3, proc.communicate(timeout=60)
+        state = json.loads((out / "run" / "stack.json").read_text())
+        pids = [d["pid"] for d in state["daemons"].values()]
+        pids.append(int((Path(state["redis_dir"]) / "redis.pid").read_text()))
+        pids += [json.loads(p.read_text())["pid"] for p in readies]
+        assert len(pids) == 5 + 1 + 3 and all(_alive(p) for p in pids)
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=90)
+    finally:
+        if proc.poll() is None:  # the test failed early: let the demo clean up itself
+            proc.send_signal(signal.SIGTERM)
+            proc.communicate(timeout=90)
+    assert proc.returncode == 1
+    assert "interrupted" in stderr
+    assert [p for p in pids if _alive(p)] == []
+    assert _procs_mentioning(str(out)) == []
+    assert not (out / "run" / "stack.json").exists()

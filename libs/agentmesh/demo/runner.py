@@ -32,8 +32,10 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -209,6 +211,37 @@ class _Steps:
             self.progress.stop_task(task)
 
 
+# ---- signals ------------------------------------------------------------------------
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _sigterm_interrupts() -> Callable[[], None]:
+    """Make SIGTERM act like Ctrl-C, so a terminated demo still stops what it
+    started; returns the function that restores the previous handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+
+    def restore() -> None:
+        signal.signal(signal.SIGTERM, old)
+
+    return restore
+
+
+@contextlib.contextmanager
+def _signals_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
+
+
 # ---- the run ------------------------------------------------------------------------
 def _abs(p: Path) -> Path:
     return p if p.is_absolute() else (Path.cwd() / p)
@@ -253,6 +286,7 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
     table = load_factors()
     suppliers_path = out_dir / "suppliers.csv"
     bus_backend = "kafka" if cfg.kafka_bootstrap else "memory"
+    restore_sigterm = _sigterm_interrupts()
     steps.progress.start()
     try:
         # 1. data
@@ -326,16 +360,22 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
         ))
     except (stack.StackError, FleetError, ScenarioError, AgentMeshError, OSError) as e:
         failure = f"{type(e).__name__}: {e}"
+    except Exception as e:  # unexpected: still stop everything, then show where it broke
+        failure = f"{type(e).__name__}: {e}"
+        err.print_exception()
     except KeyboardInterrupt:
         failure = "interrupted"
     finally:
-        # 5. stop everything we started, workers first (they deregister from the registry)
-        with steps.step("shutdown", "stopping agents, daemons, Redis", 3) as upd:
-            stopped = stop_all(workers)
-            upd(1, 3)
-            stopped += stack.down(run_dir, grace_s=15.0)
-            upd(3, 3)
-        steps.progress.stop()
+        # 5. stop everything we started, workers first (they deregister from the registry);
+        # a second SIGTERM/Ctrl-C must not cut this short and leave processes behind.
+        with _signals_ignored():
+            with steps.step("shutdown", "stopping agents, daemons, Redis", 3) as upd:
+                stopped = stop_all(workers)
+                upd(1, 3)
+                stopped += stack.down(run_dir, grace_s=15.0)
+                upd(3, 3)
+            steps.progress.stop()
+            restore_sigterm()
     from agentmesh.cli.stack import pid_alive
 
     left = [p for p in started_pids if pid_alive(p["pid"])]
@@ -374,6 +414,8 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
         "saga_failure": failed_saga["state"] == want_state
         and failed_saga["compensation_order"] == want_order
         and (want_state != "COMPENSATED" or not failed_saga["staging_left"]),
+        "saga_total": (ok_saga["output"].get("calculate") or {}).get("total_kg_co2e")
+        == mesh_total,
         "bus_chain": bool(results["bus"].get("chain_valid")),
         "no_process_left": not left,
     }
