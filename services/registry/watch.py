@@ -66,9 +66,11 @@ class WatchHub:
             await asyncio.wait_for(token.wait(), timeout_s)
 
     async def _tail(self) -> None:
-        last = await self.store.revision()
+        last = -1
         while True:
             try:
+                if last < 0:
+                    last = await self.store.revision()
                 events = await self.store.read_events(
                     after=last, block_ms=self.block_ms, count=1000
                 )
