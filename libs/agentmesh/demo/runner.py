@@ -32,6 +32,7 @@ import contextlib
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import sys
@@ -243,6 +244,25 @@ def _signals_ignored() -> Iterator[None]:
 
 
 # ---- the run ------------------------------------------------------------------------
+def _clear_previous_run(out_dir: Path, run_dir: Path) -> None:
+    """Remove what an earlier, finished run left in `out_dir` (its CSRD files,
+    worker logs), so the directory describes this run only. A run directory
+    whose stack still runs is left alone; `stack.up` then refuses to start."""
+    if (run_dir / stack_state_file()).exists():
+        return
+    shutil.rmtree(out_dir / "csrd", ignore_errors=True)
+    for pattern in ("*.log", "*.ready"):
+        for p in run_dir.glob(pattern):
+            p.unlink(missing_ok=True)
+
+
+def stack_state_file() -> str:
+    """Name of the stack state file in a run directory."""
+    from agentmesh.cli.stack import STATE_FILE
+
+    return STATE_FILE
+
+
 def _abs(p: Path) -> Path:
     return p if p.is_absolute() else (Path.cwd() / p)
 
@@ -266,6 +286,7 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
     out_dir.mkdir(parents=True, exist_ok=True)
     run_dir = out_dir / "run"
     run_id = uuid.uuid4().hex[:8]
+    _clear_previous_run(out_dir, run_dir)
     from agentmesh.cli import stack
     from agentmesh.demo.csrd import expected_failure_outcome
     from agentmesh.demo.fleet import (
