@@ -403,13 +403,17 @@ def down(run_dir: Path, *, grace_s: float = 15.0) -> list[tuple[str, str]]:
             with contextlib.suppress(ValueError):
                 daemons[name] = int(pidfile.read_text().strip())
     # SIGTERM all first so they drain in parallel, then wait for each.
+    signalled: set[str] = set()
     for name, pid in daemons.items():
         if is_our_daemon(pid, name):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
+            signalled.add(name)
     for name, pid in daemons.items():
-        results.append((name, stop_pid(pid, name, grace_s=grace_s) if pid_alive(pid)
-                        else "stopped"))
+        outcome = stop_pid(pid, name, grace_s=grace_s)
+        if outcome == "not running" and name in signalled:
+            outcome = "stopped"
+        results.append((name, outcome))
         (run_dir / f"{name}.pid").unlink(missing_ok=True)
     redis_dir = Path(state.redis_dir) if state and state.redis_dir else run_dir / "redis"
     if (redis_dir / "redis.pid").exists():
