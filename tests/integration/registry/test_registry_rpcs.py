@@ -358,3 +358,12 @@ async def test_redis_down_is_unavailable(tmp_path: Path) -> None:
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await call
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_burst_beyond_the_redis_pool_queues_instead_of_failing(registry: Clients) -> None:
+    # 200 concurrent writes against a 64-connection pool: all must succeed.
+    await asyncio.gather(*(
+        registry.reg.RegisterAgent(pb.RegisterAgentRequest(agent=agent(f"agent-burst-{i}")))
+        for i in range(200)
+    ))
+    assert (await registry.reg.ListAgents(pb.ListAgentsRequest())).total_size == 200
