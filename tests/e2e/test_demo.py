@@ -113,6 +113,11 @@ def _check_outputs(out: Path, report: dict[str, Any], *, backend: str) -> None:
     assert set(counts) <= {f"agent-calc-{i:03d}" for i in range(10)}
     assert report["swarm"]["partitions_done"] == report["swarm"]["partitions_total"] == 50
     assert report["discovery"]["found"] == 10
+    fleet = {f["process"]: f for f in report["fleet"]}
+    assert sorted(fleet) == ["calculators-0", "calculators-1", "csrd"]
+    assert [len(fleet[p]["agents"]) for p in sorted(fleet)] == [5, 5, 5]
+    assert sum(f["partitions"] for f in fleet.values()) == 50 and fleet["csrd"]["partitions"] == 0
+    assert len({f["pid"] for f in fleet.values()}) == 3
 
     xc = report["cross_check"]
     assert xc["samples"] == 8 and xc["unanimous"] == 8 and xc["matches_direct"] == 8

@@ -32,6 +32,7 @@ def write_charts(out_dir: Path, report: dict[str, Any]) -> dict[str, str]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     top = report["top_naics"]
     fig, ax = plt.subplots(figsize=(10, 5.5))
@@ -53,14 +54,23 @@ def write_charts(out_dir: Path, report: dict[str, Any]) -> dict[str, str]:
     ids = sorted(counts)
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 4.5), gridspec_kw={"width_ratios": [3, 1]})
     xs = list(range(len(ids)))
-    ax1.bar(xs, [counts[i] for i in ids], color="#1565c0", width=0.85)
+    # Colour by worker process: agents sharing a process share its CPU time.
+    process_of = {a: f["process"] for f in report.get("fleet", []) for a in f["agents"]}
+    palette = ["#1565c0", "#2e7d32", "#ef6c00", "#6a1b9a", "#00838f", "#ad1457", "#4e342e"]
+    procs = sorted({process_of.get(i, "?") for i in ids})
+    colour = {p: palette[n % len(palette)] for n, p in enumerate(procs)}
+    for p in procs:
+        px = [x for x, i in zip(xs, ids, strict=True) if process_of.get(i, "?") == p]
+        ax1.bar(px, [counts[ids[x]] for x in px], color=colour[p], width=0.85, label=p)
     mean = report["swarm"]["spread"]["mean"]
     ax1.axhline(mean, color="#c62828", linestyle="--", linewidth=1, label=f"mean {mean:.1f}")
     ax1.set_xlabel("calculator agent (by id)")
     ax1.set_ylabel("partitions computed")
     ax1.set_title(f"Swarm foraging: {report['swarm']['partitions_done']} partitions over "
                   f"{len(ids)} agents")
-    ax1.legend()
+    ax1.set_ylim(0, max(counts.values(), default=1) * 1.3)
+    ax1.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax1.legend(fontsize=7, loc="upper right", ncol=min(4, len(procs) + 1))
     # How many agents computed k partitions, for each k.
     per_k: dict[int, int] = {}
     for c in counts.values():

@@ -483,6 +483,12 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
         "discovery": results["discovery"],
         "swarm": results["swarm"],
         "partitions_by_agent": results["swarm"]["partitions_by_agent"],
+        "fleet": [
+            {"process": w.name, "pid": w.pid, "agents": [a["agent_id"] for a in w.agents],
+             "partitions": sum(results["swarm"]["partitions_by_agent"].get(a["agent_id"], 0)
+                               for a in w.agents)}
+            for w in workers
+        ],
         "cross_check": results["cross_check"],
         "sagas": results["sagas"],
         "bus": results["bus"],
