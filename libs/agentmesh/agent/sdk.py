@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 from google.protobuf import duration_pb2, struct_pb2
+from redis import exceptions as redis_exceptions
 
 from agentmesh.agent.context import ActionContext
 from agentmesh.agent.idempotency import (
@@ -136,9 +137,10 @@ def map_exception(exc: BaseException, action: str) -> AgentMeshError:
     """The AgentMeshError a handler exception reaches the caller as.
 
     AgentMeshError subclasses pass through. TimeoutError → DEADLINE_EXCEEDED,
-    ValueError/TypeError/KeyError → INVALID_ARGUMENT, ConnectionError →
-    UNAVAILABLE (retryable), NotImplementedError → UNIMPLEMENTED, anything
-    else → INTERNAL with the exception type and message.
+    ValueError/TypeError/KeyError → INVALID_ARGUMENT, ConnectionError (also
+    redis-py's connection and timeout errors) → UNAVAILABLE (retryable),
+    NotImplementedError → UNIMPLEMENTED, anything else → INTERNAL with the
+    exception type and message.
     """
     if isinstance(exc, AgentMeshError):
         return exc
@@ -147,7 +149,8 @@ def map_exception(exc: BaseException, action: str) -> AgentMeshError:
         return DeadlineExceeded(text)
     if isinstance(exc, (ValueError, TypeError, KeyError)):
         return InvalidArgument(text)
-    if isinstance(exc, ConnectionError):
+    if isinstance(exc, (ConnectionError, redis_exceptions.ConnectionError,
+                        redis_exceptions.TimeoutError)):
         return Unavailable(text, reason="AGENT_DEPENDENCY_DOWN")
     if isinstance(exc, NotImplementedError):
         return Unimplemented(text)
@@ -416,7 +419,8 @@ class Agent:
                     task.add_done_callback(functools.partial(self._task_done, k))
                     out = await asyncio.shield(task)
             ok = True
-            processing_ms = out.processing_ms
+            # A replayed or shared result cost this call no processing.
+            processing_ms = 0.0 if out.deduplicated else out.processing_ms
             return out
         finally:
             self.load.finished(start, processing_ms=processing_ms, ok=ok)
@@ -443,7 +447,13 @@ class Agent:
     ) -> _Outcome:
         assert self._store is not None
         if store:
-            stored = await self._store.get(namespace, ctx.idempotency_key)
+            try:
+                stored = await self._store.get(namespace, ctx.idempotency_key)
+            except Exception as exc:  # nothing ran yet, so the caller may safely retry
+                raise Unavailable(
+                    f"idempotency store unavailable: {type(exc).__name__}: {exc}",
+                    reason="IDEMPOTENCY_STORE_DOWN",
+                ) from exc
             if stored is not None:
                 if stored.action != ctx.action:
                     raise InvalidArgument(
@@ -456,6 +466,7 @@ class Agent:
         try:
             if self._sem is not None:
                 async with self._sem:
+                    t0 = time.perf_counter()  # processing time excludes the queue wait
                     raw = await call()
             else:
                 raw = await call()
@@ -475,14 +486,25 @@ class Agent:
             raise Internal(
                 f"{ctx.kind} handler {ctx.action!r} returned {type(raw).__name__}, not a dict"
             )
-        output = dict_to_struct(raw or {})
+        try:
+            output = dict_to_struct(raw or {})
+        except TypeError as exc:
+            raise Internal(f"{ctx.kind} handler {ctx.action!r} returned {exc}") from exc
         if store:
-            # Stored as the Struct reads back, so a replay returns exactly this output.
-            await self._store.put(
-                namespace,
-                ctx.idempotency_key,
-                StoredResult(ctx.action, struct_to_dict(output), int(time.time() * 1000)),
-            )
+            try:
+                # Stored as the Struct reads back, so a replay returns exactly this output.
+                await self._store.put(
+                    namespace,
+                    ctx.idempotency_key,
+                    StoredResult(ctx.action, struct_to_dict(output), int(time.time() * 1000)),
+                )
+            except Exception as exc:
+                # The effect has happened: answer with it. Only the dedupe of a
+                # later retry of this key is lost, so say so loudly.
+                log.error(
+                    "could not store idempotent result; a retry of this key would run again",
+                    extra={"key": ctx.idempotency_key, "error": f"{type(exc).__name__}: {exc}"},
+                )
         return _Outcome(output, False, processing_ms)
 
     # ---- lifecycle ----------------------------------------------------------

@@ -91,3 +91,37 @@ async def test_sigterm_drains_in_flight_call(spawn_agent: Any) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await _execute(p.target, _req("k-after"), timeout_s=2)
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_idempotency_store_down_fails_before_running(spawn_agent: Any,
+                                                           tmp_path: Any) -> None:
+    from agentmesh.runtime.errors import Unavailable, from_rpc_error
+
+    from tests.infra import RedisServer
+
+    # appendonly: the stored result must survive the Redis restart below.
+    with RedisServer(workdir=tmp_path / "redis", appendonly=True) as own:
+        p = spawn_agent("counting", "--redis-url", own.url_for_db(6))
+        ok = await _execute(p.target, _req("k-before"))
+        assert struct_to_dict(ok.output)["count"] == 1.0
+        own.stop()
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await _execute(p.target, _req("k-during"))
+        err = from_rpc_error(ei.value)
+        assert isinstance(err, Unavailable) and err.reason == "IDEMPOTENCY_STORE_DOWN"
+        own.start()  # same port: the agent recovers without a restart
+        for attempt in range(2, 5):
+            # The first call after the restart may meet a stale pooled
+            # connection: that is UNAVAILABLE, which callers retry.
+            try:
+                again = await _execute(p.target, _req("k-before", attempt=attempt))
+                break
+            except grpc.aio.AioRpcError as e:
+                assert e.code() == grpc.StatusCode.UNAVAILABLE
+        assert again.deduplicated is True
+        r = aioredis.Redis.from_url(own.url_for_db(6))
+        try:
+            # The failed call never reached the handler, so it recorded no effect.
+            assert await r.hget(f"am:agent:{p.agent_id}:effects", "k-during") is None
+        finally:
+            await r.aclose()
