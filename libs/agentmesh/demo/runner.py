@@ -317,18 +317,13 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
             sha = write_suppliers(sup, suppliers_path)
             upd(2, 2)
         # 2. stack
-        base = cfg.base_port or free_block(10)
-        metrics_base = cfg.metrics_base_port or (base + 5 if not cfg.base_port
-                                                 else free_block(5))
         extra_env = {"GRPC_VERBOSITY": "NONE"}
         if cfg.kafka_bootstrap:
             extra_env["AGENTMESH_KAFKA_BOOTSTRAP"] = cfg.kafka_bootstrap
-        opts = stack.UpOptions(
-            run_dir=run_dir, redis_port=cfg.redis_port or free_port(), redis_url=cfg.redis_url,
-            base_port=base, metrics_base_port=metrics_base, timeout_s=120.0,
-            extra_env=extra_env,
-        )
-        n_parts = (0 if cfg.redis_url else 1) + len(opts.daemons)
+        # Free ports are only free when picked: another process may take one
+        # before a daemon binds it. Retry port clashes with fresh ports.
+        attempts = 1 if (cfg.base_port or cfg.redis_port) else 3
+        n_parts = (0 if cfg.redis_url else 1) + 5
         with steps.step("stack_up", "starting Redis and 5 daemons", n_parts) as upd:
             serving: set[str] = set()
 
@@ -337,7 +332,24 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
                     serving.add(name)
                 upd(len(serving), n_parts)
 
-            state = stack.up(opts, on_progress=on_stack)
+            for attempt in range(attempts):
+                base = cfg.base_port or free_block(10)
+                metrics_base = cfg.metrics_base_port or (base + 5 if not cfg.base_port
+                                                         else free_block(5))
+                opts = stack.UpOptions(
+                    run_dir=run_dir, redis_port=cfg.redis_port or free_port(),
+                    redis_url=cfg.redis_url, base_port=base, metrics_base_port=metrics_base,
+                    timeout_s=120.0, extra_env=extra_env,
+                )
+                try:
+                    state = stack.up(opts, on_progress=on_stack)
+                    break
+                except stack.StackError as e:
+                    text = str(e).lower()
+                    if attempt == attempts - 1 or not ("port" in text or "bind" in text):
+                        raise
+                    serving.clear()
+                    upd(0, n_parts)
         started_pids += [{"name": n, "pid": d.pid} for n, d in state.daemons.items()]
         if state.redis_managed:
             with contextlib.suppress(OSError, ValueError):
