@@ -107,7 +107,11 @@ def plan_reproduction(
     exhausted = stagnation >= params.patience
     exhausted[protected] = False
     candidates = np.flatnonzero(exhausted)
-    pool = np.setdiff1d(parent_pool, candidates)
+    # Boolean masks rather than np.setdiff1d: same sorted result, no sort.
+    in_pool = np.zeros(n, dtype=np.bool_)
+    in_pool[parent_pool] = True
+    in_pool[candidates] = False
+    pool = np.flatnonzero(in_pool)
     empty = np.empty(0, dtype=np.int64)
     if candidates.size == 0 or pool.size == 0:
         return Reproduction(empty, empty)

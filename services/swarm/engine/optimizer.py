@@ -65,6 +65,7 @@ from .roles import (
     assign_roles,
     levy_steps,
     queen_move,
+    role_band,
     role_counts,
     soldier_positions,
 )
@@ -177,6 +178,8 @@ class SwarmOptimizer:
         self._fractions = config.role_fractions
         counts = self._fractions.counts(config.n_particles)
         self._has_roles = counts[Role.WORKER] != config.n_particles
+        self._plain_counts = {role.label: counts[role] for role in Role}
+        self._band = role_band(self._fractions, config.n_particles)
         self._has_foragers = counts[Role.FORAGER] > 0
         self._lower = config.lower
         self._upper = config.upper
@@ -313,7 +316,7 @@ class SwarmOptimizer:
             self._gbest_x = self._pbest_x[best].copy()
 
         if self._has_roles:
-            self._roles = assign_roles(self._pbest_f, self._fractions)
+            self._roles = assign_roles(self._pbest_f, self._fractions, self._band)
             if self._fractions.queen:
                 self._queen = self._queen.advance(best, gbest_improved)
         if self._grid is not None:
@@ -326,15 +329,15 @@ class SwarmOptimizer:
         if not self.done:
             retired = self._move(core, best)
 
-        finite = f[np.isfinite(f)]
+        finite = f[f < math.inf]
         return IterationStats(
             iteration=self._iteration,
             best_fitness=self._gbest_f,
             best_position=self._gbest_x.copy(),
-            mean_fitness=float(finite.mean()) if finite.size else math.inf,
+            mean_fitness=float(np.add.reduce(finite) / finite.size) if finite.size else math.inf,
             spread=spread,
             converged=self._converged,
-            role_counts=role_counts(self._roles),
+            role_counts=role_counts(self._roles) if self._has_roles else dict(self._plain_counts),
             evaluations=self._evaluations,
             relative_improvement=self._monitor.last_relative_improvement,
             retired=retired,
@@ -349,9 +352,10 @@ class SwarmOptimizer:
             raise InvalidConfigError("fitness", f"not numeric: {exc}") from exc
         if f.shape != (n,):
             raise InvalidConfigError("fitness", f"expected shape ({n},), got {f.shape}")
-        if np.any(f == -np.inf):
-            raise InvalidConfigError("fitness", "-inf is not a valid fitness")
-        f[np.isnan(f)] = np.inf
+        if not np.isfinite(f).all():  # rare: keep the common path to one check
+            if np.any(f == -np.inf):
+                raise InvalidConfigError("fitness", "-inf is not a valid fitness")
+            f[np.isnan(f)] = np.inf
         return f
 
     def _core_mask(self) -> BoolArray | None:
@@ -371,8 +375,13 @@ class SwarmOptimizer:
         x, v = self._x, self._v
         w = inertia_weight(self._iteration - 1, cfg.max_iterations, cfg.w, cfg.w_end)
         # Per-dimension scale of the exploiting core: step size of Soldiers
-        # and offspring, so both shrink as the swarm contracts.
-        core_std = np.maximum(core.std(axis=0), _SIGMA_FLOOR * self._span)
+        # and offspring, so both shrink as the swarm contracts. Plain PSO
+        # needs neither.
+        core_std = (
+            np.maximum(core.std(axis=0), _SIGMA_FLOOR * self._span)
+            if self._has_roles or cfg.evolution_enabled
+            else self._span
+        )
 
         frozen: IntArray = np.empty(0, dtype=np.int64)
         if cfg.evolution_enabled:
@@ -450,6 +459,8 @@ class SwarmOptimizer:
 
     def _evolve(self, core_std: FloatArray, best: int) -> IntArray:
         cfg = self._config
+        if not (self._stagnation >= cfg.patience).any():
+            return np.empty(0, dtype=np.int64)  # the common case: nobody exhausted
         nurses = np.flatnonzero(self._roles == _NURSE)
         if nurses.size:
             pool = nurses.astype(np.int64)

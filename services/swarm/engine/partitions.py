@@ -12,9 +12,9 @@ random-proportional rule of Ant System (Dorigo, Maniezzo & Colorni 1996)::
   the observed throughput (records / elapsed seconds) of that lease; so the
   trail is an exponentially weighted moving average of throughput. A timeout
   or a failure evaporates without deposit (``Δτ = 0``). An agent with no
-  result yet counts at the mean trail of the agents that have one (neutral,
+  result yet counts at the mean trail of the live agents that have one (neutral,
   so newcomers get tried). Trails are floored at ``tau_min_fraction`` of the
-  largest eligible trail, as in MAX-MIN Ant System (Stützle & Hoos 2000), so a
+  largest trail of a live agent, as in MAX-MIN Ant System (Stützle & Hoos 2000), so a
   slow agent is still sampled now and then and can redeem itself.
 * ``η_a = 1 / (1 + in_flight_a)`` is the heuristic desirability: prefer idle
   agents.
@@ -234,7 +234,7 @@ class PartitionScheduler:
             evaporation: ``rho`` in (0, 1].
             alpha: Trail exponent ``alpha`` (>= 0).
             beta: Load-heuristic exponent ``β`` (>= 0).
-            tau_min_fraction: Trail floor relative to the largest eligible
+            tau_min_fraction: Trail floor relative to the largest live
                 trail, in [0, 1].
             max_attempts: Assignments per partition before it is failed (>= 1).
 
@@ -288,6 +288,8 @@ class PartitionScheduler:
         self._alive: BoolArray = np.zeros(0, dtype=np.bool_)
         self._in_flight: IntArray = np.zeros(0, dtype=np.int64)
         self._capacity: IntArray = np.zeros(0, dtype=np.int64)
+        self._slots: IntArray = np.zeros(0, dtype=np.int64)  # capacity, 0 if dead
+        self._base: FloatArray | None = None  # cache of _base_weights()
         # assigned, counted, duplicates, timeouts, failures, records
         self._counters: IntArray = np.zeros((0, 6), dtype=np.int64)
 
@@ -312,6 +314,8 @@ class PartitionScheduler:
                 raise InvalidStateError(f"agent {agent_id!r} already registered")
             self._alive[idx] = True
             self._capacity[idx] = max_in_flight
+            self._slots[idx] = max_in_flight
+            self._base = None
             return
         self._agent_index[agent_id] = len(self._agent_ids)
         self._agent_ids.append(agent_id)
@@ -321,6 +325,8 @@ class PartitionScheduler:
         self._alive = np.append(self._alive, True)
         self._in_flight = np.append(self._in_flight, 0)
         self._capacity = np.append(self._capacity, max_in_flight)
+        self._slots = np.append(self._slots, max_in_flight)
+        self._base = None
         self._counters = np.vstack([self._counters, np.zeros((1, 6), dtype=np.int64)])
 
     def set_capacity(self, agent_id: str, max_in_flight: int) -> None:
@@ -335,7 +341,10 @@ class PartitionScheduler:
         """
         if max_in_flight < 1:
             raise InvalidConfigError("max_in_flight", "must be >= 1")
-        self._capacity[self._agent(agent_id)] = max_in_flight
+        idx = self._agent(agent_id)
+        self._capacity[idx] = max_in_flight
+        if self._alive[idx]:
+            self._slots[idx] = max_in_flight
 
     def remove_agent(self, agent_id: str) -> list[Lease]:
         """Marks an agent dead and reclaims its leases.
@@ -352,6 +361,8 @@ class PartitionScheduler:
         """
         idx = self._agent(agent_id)
         self._alive[idx] = False
+        self._slots[idx] = 0
+        self._base = None
         revoked = sorted(self._agent_leases[idx])
         return [self._reclaim(lid) for lid in revoked]
 
@@ -363,35 +374,38 @@ class PartitionScheduler:
 
     # Decisions ---------------------------------------------------------
 
-    def _effective_tau(self) -> FloatArray:
+    def _base_weights(self) -> FloatArray:
+        # tau^alpha with the neutral value and the floor applied; it changes
+        # only when a trail, an agent or its liveness changes, so it is cached
+        # and a decision costs a handful of vector operations.
+        if self._base is not None:
+            return self._base
         tau = self._tau.copy()
-        if self._observed.any():
-            neutral = float(tau[self._observed].mean())
-        else:
-            neutral = 1.0
+        seen = self._observed & self._alive
+        neutral = float(tau[seen].mean()) if seen.any() else 1.0
         tau[~self._observed] = neutral
-        return tau
+        top = float(tau[self._alive].max()) if self._alive.any() else 0.0
+        if top <= 0.0:
+            base = np.ones_like(tau)  # no positive trail anywhere: uniform
+        else:
+            base = np.maximum(tau, self._tau_min_fraction * top)
+            if self._alpha != 1.0:
+                base = base**self._alpha
+        self._base = base
+        return base
 
     def _choose_agent(self) -> int | None:
-        eligible = self._alive & (self._in_flight < self._capacity)
-        if not eligible.any():
-            return None
-        tau = self._effective_tau()
-        top = float(tau[eligible].max())
-        tau = np.maximum(tau, self._tau_min_fraction * top)
-        if top <= 0.0:
-            tau = np.ones_like(tau)  # nobody has a positive trail: uniform
-        weight = tau if self._alpha == 1.0 else tau**self._alpha
+        weight = self._base_weights() * (self._in_flight < self._slots)
         if self._beta != 0.0:
             eta = 1.0 / (1.0 + self._in_flight)
-            weight = weight * (eta if self._beta == 1.0 else eta**self._beta)
-        weight = np.where(eligible, weight, 0.0)
+            weight *= eta if self._beta == 1.0 else eta**self._beta
         cum = np.cumsum(weight)
-        pick = int(np.searchsorted(cum, self._rng.random() * cum[-1], side="right"))
-        # Guard against rounding at the top edge landing on an ineligible slot.
-        if pick >= cum.size or not eligible[pick]:
-            pick = int(np.flatnonzero(eligible)[-1])
-        return pick
+        total = float(cum[-1]) if cum.size else 0.0
+        if total <= 0.0:
+            return None
+        pick = int(np.searchsorted(cum, self._rng.random() * total, side="right"))
+        # Rounding at the top edge can land past the last positive weight.
+        return pick if pick < cum.size and weight[pick] > 0.0 else int(np.flatnonzero(weight)[-1])
 
     def _peek_pending(self) -> str | None:
         while self._pending:
@@ -466,6 +480,7 @@ class PartitionScheduler:
 
     def _evaporate(self, agent: int, throughput: float | None) -> None:
         # τ ← (1 - rho)τ + Δτ with Δτ = rho·y (a result) or 0 (timeout/failure).
+        self._base = None
         if not self._observed[agent]:
             if throughput is None:
                 return  # nothing learnt about an agent that never delivered
@@ -768,6 +783,7 @@ class PartitionScheduler:
                 s.add_agent(str(aid), max_in_flight=int(cap))
                 i = s._agent_index[aid]
                 s._alive[i] = bool(alive)
+                s._slots[i] = int(cap) if alive else 0
                 s._tau[i] = decode_float(tau)
                 s._observed[i] = bool(observed)
                 s._counters[i] = np.asarray(counters, dtype=np.int64)
@@ -807,6 +823,7 @@ class PartitionScheduler:
             s._decisions = int(cnt["decisions"])
             s._next_lease_id = int(cnt["next_lease_id"])
             s._rng = decode_rng(snapshot["rng"])
+            s._base = None
         except SnapshotError:
             raise
         except (

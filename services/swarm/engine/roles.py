@@ -66,6 +66,7 @@ __all__ = [
     "assign_roles",
     "levy_steps",
     "queen_move",
+    "role_band",
     "role_counts",
     "soldier_positions",
 ]
@@ -97,6 +98,9 @@ class Role(IntEnum):
     def label(self) -> str:
         """Lower-case name used in stats and metrics (``"queen"``, …)."""
         return self.name.lower()
+
+
+_LABELS = tuple(role.label for role in Role)
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,22 +176,37 @@ class RoleFractions:
         )
 
 
-def assign_roles(pbest_fitness: FloatArray, fractions: RoleFractions) -> RoleArray:
+def role_band(fractions: RoleFractions, n: int) -> RoleArray:
+    """Role of each rank, best first: the bands of the module docstring.
+
+    Returns:
+        Shape ``(n,)`` int8, non-decreasing :class:`Role` values.
+    """
+    counts = fractions.counts(n)
+    band: RoleArray = np.repeat(
+        np.array([int(r) for r in Role], dtype=np.int8),
+        [counts[r] for r in Role],
+    )
+    return band
+
+
+def assign_roles(
+    pbest_fitness: FloatArray, fractions: RoleFractions, band: RoleArray | None = None
+) -> RoleArray:
     """Roles by rank of personal-best fitness (see the module docstring).
 
     Args:
         pbest_fitness: Shape ``(n,)``; lower is better; NaN sorts last.
         fractions: Band sizes.
+        band: :func:`role_band` of ``fractions`` and ``n``, if the caller
+            caches it.
 
     Returns:
         Shape ``(n,)`` int8 array of :class:`Role` values.
     """
     n = pbest_fitness.shape[0]
-    counts = fractions.counts(n)
-    band = np.repeat(
-        np.array([int(r) for r in Role], dtype=np.int8),
-        [counts[r] for r in Role],
-    )
+    if band is None:
+        band = role_band(fractions, n)
     order = np.argsort(pbest_fitness, kind="stable")
     roles: RoleArray = np.empty(n, dtype=np.int8)
     roles[order] = band
@@ -196,8 +215,8 @@ def assign_roles(pbest_fitness: FloatArray, fractions: RoleFractions) -> RoleArr
 
 def role_counts(roles: RoleArray) -> dict[str, int]:
     """``{role label: count}`` for every role (zeros included)."""
-    tally = np.bincount(roles, minlength=len(Role))
-    return {role.label: int(tally[role]) for role in Role}
+    tally = np.bincount(roles, minlength=len(Role)).tolist()
+    return dict(zip(_LABELS, tally, strict=True))
 
 
 @dataclass(frozen=True, slots=True)
