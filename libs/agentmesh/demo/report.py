@@ -107,11 +107,13 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         f"(tolerance {v['tolerance']:.0e}) {ok}"
     )
     t = Table(title="Top 10 NAICS by emissions", show_lines=False)
-    for col, just in (("#", "right"), ("NAICS", "left"), ("title", "left"),
-                      ("t CO2e", "right"), ("share", "right")):
-        t.add_column(col, justify=just)  # type: ignore[arg-type]
+    t.add_column("#", justify="right")
+    t.add_column("NAICS")
+    t.add_column("title", max_width=44, no_wrap=True, overflow="ellipsis")
+    t.add_column("t CO2e", justify="right")
+    t.add_column("share", justify="right")
     for row in report["top_naics"]:
-        t.add_row(str(row["rank"]), row["naics_code"], row["title"][:48],
+        t.add_row(str(row["rank"]), row["naics_code"], row["title"],
                   f"{row['kg_co2e'] / 1e3:,.1f}", f"{row['share'] * 100:.1f}%")
     console.print(t)
     cc = report["cross_check"]

@@ -408,7 +408,7 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
                 stopped += stack.down(run_dir, grace_s=15.0)
                 upd(3, 3)
             steps.progress.stop()
-            restore_sigterm()
+        restore_sigterm()
     from agentmesh.cli.stack import pid_alive
 
     left = [p for p in started_pids if pid_alive(p["pid"])]
