@@ -58,6 +58,8 @@ class Candidate:
     capacity: float = 0.0
     processing_time_ms: float = 0.0
     error_rate: float = 0.0
+    #: The load factor's reported part, computed on first use (see strategies).
+    base_load: float = -1.0
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,12 +49,15 @@ class Picker:
         """Weighted load, 0 when idle: W_QUEUE·(queue + in-flight)/capacity +
         W_TIME·min(processing_ms / TIME_SCALE_MS, 1) + W_ERRORS·error_rate."""
         cap = c.capacity if c.capacity > 0 else DEFAULT_CAPACITY
-        queue = c.queue_size + self.inflight.get(c.agent_id, 0)
-        return (
-            W_QUEUE * queue / cap
-            + W_TIME * min(c.processing_time_ms / TIME_SCALE_MS, 1.0)
-            + W_ERRORS * min(max(c.error_rate, 0.0), 1.0)
-        )
+        base = c.base_load
+        if base < 0:  # the reported part changes only with a new snapshot
+            base = c.base_load = (
+                W_QUEUE * c.queue_size / cap
+                + W_TIME * min(c.processing_time_ms / TIME_SCALE_MS, 1.0)
+                + W_ERRORS * min(max(c.error_rate, 0.0), 1.0)
+            )
+        inflight = self.inflight.get(c.agent_id)
+        return base + W_QUEUE * inflight / cap if inflight else base
 
     def by_load(self, el: Eligible) -> list[Candidate]:
         """Eligible candidates by load factor, then id (fresh: includes in-flight)."""
@@ -139,7 +142,7 @@ class Picker:
             ring = HashRing(nodes=sorted(ids), vnodes=self.vnodes)
         else:
             nodes, ring = have
-            if nodes == ids:
+            if nodes is ids or nodes == ids:  # identity first: the set is memoised
                 return ring
             for gone in sorted(nodes - ids):
                 ring.remove_node(gone)
