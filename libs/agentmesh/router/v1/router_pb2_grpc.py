@@ -185,9 +185,10 @@ class RouterServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ScatterGather(self, request, context):
-        """ScatterGather calls Execute on every target at once and aggregates the
-        outputs. Targets are `target_ids`, or the agents matching `selector`.
-        Errors: INVALID_ARGUMENT (no targets or selector, unknown aggregation,
+        """ScatterGather calls Execute on every eligible target at once and
+        aggregates the outputs. Targets are `target_ids`, else the agents matching
+        `selector`, else the message's own candidates (as Route would see them).
+        Errors: INVALID_ARGUMENT (no candidates at all, unknown aggregation,
         AVERAGE without `field_path`, min_responses above the target count),
         FAILED_PRECONDITION and RESOURCE_EXHAUSTED as Route, UNAVAILABLE (reason
         NO_HEALTHY_TARGET, or INSUFFICIENT_RESPONSES when fewer than

@@ -78,9 +78,10 @@ class RouterServiceStub:
     code; DEADLINE_EXCEEDED when the caller's deadline ran out.
     """
     ScatterGather: _grpc.UnaryUnaryMultiCallable[_router_pb2.ScatterGatherRequest, _router_pb2.ScatterGatherResponse]
-    """ScatterGather calls Execute on every target at once and aggregates the
-    outputs. Targets are `target_ids`, or the agents matching `selector`.
-    Errors: INVALID_ARGUMENT (no targets or selector, unknown aggregation,
+    """ScatterGather calls Execute on every eligible target at once and
+    aggregates the outputs. Targets are `target_ids`, else the agents matching
+    `selector`, else the message's own candidates (as Route would see them).
+    Errors: INVALID_ARGUMENT (no candidates at all, unknown aggregation,
     AVERAGE without `field_path`, min_responses above the target count),
     FAILED_PRECONDITION and RESOURCE_EXHAUSTED as Route, UNAVAILABLE (reason
     NO_HEALTHY_TARGET, or INSUFFICIENT_RESPONSES when fewer than
@@ -185,9 +186,10 @@ class RouterServiceAsyncStub(RouterServiceStub):
     code; DEADLINE_EXCEEDED when the caller's deadline ran out.
     """
     ScatterGather: _aio.UnaryUnaryMultiCallable[_router_pb2.ScatterGatherRequest, _router_pb2.ScatterGatherResponse]  # type: ignore[assignment]
-    """ScatterGather calls Execute on every target at once and aggregates the
-    outputs. Targets are `target_ids`, or the agents matching `selector`.
-    Errors: INVALID_ARGUMENT (no targets or selector, unknown aggregation,
+    """ScatterGather calls Execute on every eligible target at once and
+    aggregates the outputs. Targets are `target_ids`, else the agents matching
+    `selector`, else the message's own candidates (as Route would see them).
+    Errors: INVALID_ARGUMENT (no candidates at all, unknown aggregation,
     AVERAGE without `field_path`, min_responses above the target count),
     FAILED_PRECONDITION and RESOURCE_EXHAUSTED as Route, UNAVAILABLE (reason
     NO_HEALTHY_TARGET, or INSUFFICIENT_RESPONSES when fewer than
@@ -319,9 +321,10 @@ class RouterServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _router_pb2.ScatterGatherRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_router_pb2.ScatterGatherResponse, _abc.Awaitable[_router_pb2.ScatterGatherResponse]]:
-        """ScatterGather calls Execute on every target at once and aggregates the
-        outputs. Targets are `target_ids`, or the agents matching `selector`.
-        Errors: INVALID_ARGUMENT (no targets or selector, unknown aggregation,
+        """ScatterGather calls Execute on every eligible target at once and
+        aggregates the outputs. Targets are `target_ids`, else the agents matching
+        `selector`, else the message's own candidates (as Route would see them).
+        Errors: INVALID_ARGUMENT (no candidates at all, unknown aggregation,
         AVERAGE without `field_path`, min_responses above the target count),
         FAILED_PRECONDITION and RESOURCE_EXHAUSTED as Route, UNAVAILABLE (reason
         NO_HEALTHY_TARGET, or INSUFFICIENT_RESPONSES when fewer than
