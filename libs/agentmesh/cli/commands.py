@@ -454,7 +454,7 @@ def load_saga_file(path: Path) -> tuple[Any, dict[str, Any]]:
     try:
         definition = json_format.ParseDict(doc, saga_pb2.SagaDefinition())
     except json_format.ParseError as e:
-        raise typer.BadParameter(f"{path}: not a SagaDefinition: {e}") from None
+        raise typer.BadParameter(f"not a SagaDefinition ({path}): {e}") from None
     return definition, inp
 
 
