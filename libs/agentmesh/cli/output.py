@@ -17,7 +17,8 @@ from agentmesh.agent.structs import message_to_dict
 from agentmesh.runtime.errors import AgentMeshError
 
 console = Console()
-err_console = Console(stderr=True)
+# soft_wrap: error lines stay whole, so logs and greps see one line per error.
+err_console = Console(stderr=True, soft_wrap=True)
 
 #: Exit codes: 0 ok, 1 failure, 2 usage (click), then by gRPC status.
 EXIT_FAILURE = 1
