@@ -40,3 +40,23 @@ def spawn_agent(tmp_path: Path) -> Iterator[Callable[..., DaemonProcess]]:
     yield spawn
     for p in started:
         p.stop()
+    _forget_agents(started)
+
+
+def _forget_agents(procs: list[DaemonProcess]) -> None:
+    """Delete what the agents left in Redis (idempotency results, effects)."""
+    import redis
+
+    for p in procs:
+        if "--redis-url" not in p.args:
+            continue
+        url = p.args[p.args.index("--redis-url") + 1]
+        client = redis.Redis.from_url(url, socket_connect_timeout=2)
+        try:
+            keys = list(client.scan_iter(f"am:agent:{p.agent_id}:*", count=500))  # type: ignore[attr-defined]
+            if keys:
+                client.delete(*keys)
+        except redis.ConnectionError:
+            pass  # a test's private Redis, already stopped
+        finally:
+            client.close()
