@@ -227,18 +227,6 @@ class RouteEngine:
             self._cache.popitem(last=False)
         return e, False
 
-    def check_safety(self, msg: R.RouteMessage) -> list[R.SafetyViolation]:
-        """Safety rules only (ScatterGather with explicit targets); returns the
-        non-blocking violations.
-
-        Raises:
-            FailedPrecondition: listing every blocking CRITICAL violation.
-        """
-        if not self.rules.safety_rules:
-            return []
-        violations = self.rules.violations(activation(msg), msg.message_type)
-        return self._enforce(violations)
-
     def _enforce(self, violations: list[R.SafetyViolation]) -> list[R.SafetyViolation]:
         for v in violations:
             metrics.SAFETY_VIOLATIONS.labels(R.SafetyLevel.Name(v.level)).inc()

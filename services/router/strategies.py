@@ -25,6 +25,8 @@ W_QUEUE, W_TIME, W_ERRORS = 0.5, 0.2, 0.3
 DEFAULT_CAPACITY = 10.0
 #: Processing time that counts as fully loaded on the time term, ms.
 TIME_SCALE_MS = 1000.0
+#: Hash rings kept (one per pool in use).
+MAX_RINGS = 256
 
 
 class Picker:
@@ -149,4 +151,6 @@ class Picker:
             for new in sorted(ids - nodes):
                 ring.add_node(new, {"vnodes": self.vnodes})
         self._rings[pool_key] = (ids, ring)
+        if len(self._rings) > MAX_RINGS:  # rings are large: forget the oldest pool's
+            del self._rings[next(iter(self._rings))]
         return ring
