@@ -22,7 +22,7 @@ class _Noop(registry_pb2_grpc.RegistryServiceServicer):
 
 async def _main() -> None:
     server = grpc.aio.server()
-    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_Noop(), server)
+    registry_pb2_grpc.add_RegistryServiceServicer_to_server(_Noop(), server)  # type: ignore[abstract]
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     print(port, flush=True)

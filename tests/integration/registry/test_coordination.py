@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -22,7 +23,7 @@ APPROVE, REJECT, ABSTAIN = (cpb.VOTE_CHOICE_APPROVE, cpb.VOTE_CHOICE_REJECT,
                             cpb.VOTE_CHOICE_ABSTAIN)
 
 
-def _struct(**kw: object) -> Struct:
+def _struct(**kw: Any) -> Struct:
     s = Struct()
     s.update(kw)
     return s

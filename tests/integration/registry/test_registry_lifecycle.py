@@ -7,6 +7,7 @@ import itertools
 import signal
 import sys
 import time
+from typing import Any
 
 import grpc
 import pytest
@@ -27,7 +28,7 @@ pytestmark = pytest.mark.integration
 LONG = {"seconds": 60}  # a heartbeat interval the reaper never reaches in a test
 
 
-async def _wait_for(pred, *, timeout_s: float = 20.0, every_s: float = 0.05):  # type: ignore[no-untyped-def]
+async def _wait_for(pred: Any, *, timeout_s: float = 20.0, every_s: float = 0.05) -> Any:
     """Poll the async `pred` until it returns a truthy value; that value."""
     deadline = time.monotonic() + timeout_s
     while True:
@@ -133,7 +134,7 @@ async def test_stopped_agent_goes_unhealthy_then_expires(start_registry: StartRe
 
             await _wait_for(gone, timeout_s=30)
             watch = stub.WatchAgents(pb.WatchAgentsRequest(start_revision=start_rev + 1))
-            events = []
+            events: list[pb.AgentEvent] = []
             while not events or events[-1].type != pb.AGENT_EVENT_TYPE_DEREGISTERED:
                 events.append((await asyncio.wait_for(watch.read(), 10)).event)
             watch.cancel()
@@ -199,11 +200,12 @@ async def test_two_replicas_agree(start_registry: StartRegistry, reg_redis_url: 
         await _wait_for(silent_gone, timeout_s=30)
     client = aioredis.Redis.from_url(reg_redis_url)
     try:
-        entries = await client.xrange("am:reg:events", "-", "+")
+        entries: Any = await client.xrange("am:reg:events", "-", "+")
         expired = [f for _, f in entries
                    if f[b"t"] == b"DEREGISTERED" and f[b"id"] == b"agent-silent"]
         assert len(expired) == 1 and expired[0][b"reason"] == b"expired"
-        counts = {k.decode(): int(v) for k, v in (await client.hgetall("am:reg:counts")).items()}
+        raw_counts: Any = await client.hgetall("am:reg:counts")
+        counts = {k.decode(): int(v) for k, v in raw_counts.items()}
         assert sum(counts.values()) == 11
     finally:
         await client.aclose()

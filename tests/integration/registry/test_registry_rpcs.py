@@ -6,6 +6,7 @@ import asyncio
 import json
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -140,7 +141,7 @@ async def test_heartbeat_updates_health_and_load_keys(
         assert await client.zscore("am:reg:health", "agent-h") == pytest.approx(0.576)
         assert await client.sismember("am:reg:idx:cap:calc", "agent-h")
         raw = aioredis.Redis.from_url(reg_redis_url)
-        pbb = await raw.get("am:reg:pb:agent-h")
+        pbb: Any = await raw.get("am:reg:pb:agent-h")
         await raw.aclose()
         assert pbb is not None and pb.Agent.FromString(pbb).agent_id == "agent-h"
     finally:
