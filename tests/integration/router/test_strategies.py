@@ -4,6 +4,7 @@ through a real router process over real agent processes and real Redis."""
 from __future__ import annotations
 
 import asyncio
+import urllib.request
 import uuid
 from collections import Counter
 from typing import Any
@@ -264,3 +265,57 @@ async def test_panic_threshold_and_no_healthy_target(rdb, fleet, stub_for) -> No
     assert isinstance(info, error_details_pb2.ErrorInfo)
     assert info.reason == "NO_HEALTHY_TARGET"
     assert info.metadata["skipped_decommissioned"] == "1"
+
+
+async def test_route_cache_is_invalidated_by_health_and_rule_changes(rdb, fleet, stub_for) -> None:
+    stub = stub_for(fleet["router"])
+    flap = f"flap-{uuid.uuid4().hex[:6]}"
+    endpoint = fleet["agents"]["s1"].target
+    await register(rdb, flap, endpoint, capabilities=[])
+    msg = R.RouteMessage(target_ids=[flap, "s2"], metadata={"k": flap})
+    req = R.RouteRequest(message=msg, strategy=R.STRATEGY_FAILOVER)
+    assert (await stub.Route(req)).targets[0].agent_id == flap
+    hit = await stub.Route(req)
+    assert hit.cache_hit and hit.targets[0].agent_id == flap
+    # the registry marks the agent INACTIVE: the next refresh drops the cache
+    await rdb.hset(f"am:reg:agent:{flap}", "status", "INACTIVE")
+    await asyncio.sleep(0.5)
+    after = await stub.Route(req)
+    assert not after.cache_hit and after.targets[0].agent_id == "s2"
+    assert (await stub.Route(req)).cache_hit
+    # a new rule invalidates every entry, and applies at once
+    name = f"r-{flap}"
+    await stub.CreateRouteRule(
+        R.CreateRouteRuleRequest(
+            rule=R.RouteRule(
+                name=name, condition=f'message.metadata.k == "{flap}"', target_ids=["s3"]
+            )
+        )
+    )
+    try:
+        ruled = await stub.Route(req)
+        assert not ruled.cache_hit and ruled.rule_name == name
+        assert ruled.targets[0].agent_id == "s3"
+    finally:
+        await stub.DeleteRouteRule(R.DeleteRouteRuleRequest(name=name))
+
+
+async def test_metrics_are_exported_with_bounded_labels(fleet, stub_for) -> None:
+    stub = stub_for(fleet["router"])
+    await stub.Route(
+        R.RouteRequest(message=R.RouteMessage(message_type="calc"), strategy=R.STRATEGY_BROADCAST)
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await stub.Route(R.RouteRequest(message=R.RouteMessage(message_type="calc"), strategy=33))  # type: ignore[arg-type]
+    port = fleet["router"].metrics_port
+    text = await asyncio.to_thread(
+        lambda: (
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        )
+    )
+    assert 'routing_messages_total{status="OK",strategy="BROADCAST"}' in text
+    assert 'routing_messages_total{status="INVALID_ARGUMENT",strategy="INVALID"}' in text
+    assert "routing_latency_ms_bucket" in text and "routing_cache_hits_total" in text
+    assert 'routing_breaker_targets{state="OPEN"}' in text
+    # breaker state is a gauge per state, never a series per target
+    assert "agent_id=" not in text
