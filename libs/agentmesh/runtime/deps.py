@@ -15,20 +15,27 @@ import redis.asyncio as aioredis
 def create_redis(url: str, *, timeout_s: float = 2.0, max_connections: int = 64) -> aioredis.Redis:
     """An asyncio Redis client for `url` (hiredis parses replies when installed).
 
+    The pool blocks (up to `timeout_s`) when all `max_connections` are busy
+    instead of failing with "Too many connections", so a burst of concurrent
+    RPCs queues for a connection rather than erroring.
+
     Args:
         url: `redis://host:port/db` (or `rediss://` for TLS).
-        timeout_s: connect and socket timeout in seconds, so a dead Redis fails
-            fast instead of hanging an RPC.
+        timeout_s: connect, socket and pool-wait timeout in seconds, so a dead
+            Redis fails fast instead of hanging an RPC.
         max_connections: pool size.
     """
-    return aioredis.Redis.from_url(
+    pool = aioredis.BlockingConnectionPool.from_url(
         url,
         socket_timeout=timeout_s,
         socket_connect_timeout=timeout_s,
         max_connections=max_connections,
+        timeout=timeout_s,
         health_check_interval=0,
         decode_responses=False,
     )
+    # from_pool hands the pool to the client, so aclose() also closes the pool.
+    return aioredis.Redis.from_pool(pool)
 
 
 def redis_probe(client: aioredis.Redis) -> Any:
