@@ -177,3 +177,40 @@ async def test_invoke_rejects_bad_input(router, stub_for) -> None:
         with pytest.raises(grpc.aio.AioRpcError) as e:
             await stub.Invoke(req, timeout=5)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_outlier_detection_ejects_a_failing_agent(procs, rdb, stub_for) -> None:
+    # breakers out of the way (100 consecutive failures): only ejection acts
+    router = procs.router(
+        "--breaker-failure-threshold",
+        "100",
+        "--outlier-min-requests",
+        "4",
+        "--outlier-failure-rate",
+        "0.5",
+        "--outlier-base-ejection-ms",
+        "60000",
+        "--invoke-initial-backoff-ms",
+        "1",
+    )
+    stub = stub_for(router)
+    e1, e2 = ids("e", 2)
+    fail_key = f"am:rt:test:fail:{e1}"
+    await procs.agents([(e1, ("--fail-key", fail_key)), (e2, ())])
+    await rdb.set(fail_key, 1)
+    req = R.InvokeRequest(
+        message=R.RouteMessage(target_ids=[e1, e2]),
+        action="work",
+        strategy=R.STRATEGY_FAILOVER,
+        retry_policy=R.RetryPolicy(max_attempts=2),
+    )
+    for _ in range(4):  # each call fails on e1, then succeeds on e2
+        resp = await stub.Invoke(req, timeout=10)
+        assert [a.agent_id for a in resp.attempts] == [e1, e2]
+    st = (await states(stub))[e1]
+    assert st.ejected and st.ejection_count == 1
+    assert st.breaker_state == R.BREAKER_STATE_CLOSED
+    assert st.ejected_until.ToMilliseconds() > time.time() * 1000 + 50_000
+    # ejected: e1 is no longer tried (1 of 2 is within the 50% ejection cap)
+    resp = await stub.Invoke(req, timeout=10)
+    assert [a.agent_id for a in resp.attempts] == [e2]
