@@ -27,10 +27,13 @@ from .errors import (
 from .functions import BENCHMARKS, Benchmark, FitnessFunction, get_benchmark
 from .optimizer import SNAPSHOT_FORMAT, IterationStats, SwarmOptimizer
 from .partitions import (
+    SCHEDULER_SNAPSHOT_FORMAT,
     AgentStats,
+    Completion,
     CompletionStatus,
     Lease,
     PartitionScheduler,
+    PartitionState,
     SchedulerStats,
 )
 from .pso import BoundaryMode, Topology
@@ -39,12 +42,14 @@ from .roles import Role, RoleFractions
 __all__ = [
     "BENCHMARKS",
     "PROFILES",
+    "SCHEDULER_SNAPSHOT_FORMAT",
     "SNAPSHOT_FORMAT",
     "AgentStats",
     "Behaviour",
     "BehaviourProfile",
     "Benchmark",
     "BoundaryMode",
+    "Completion",
     "CompletionStatus",
     "ConvergenceCriterion",
     "FitnessFunction",
@@ -53,6 +58,7 @@ __all__ = [
     "IterationStats",
     "Lease",
     "PartitionScheduler",
+    "PartitionState",
     "Role",
     "RoleFractions",
     "SchedulerStats",

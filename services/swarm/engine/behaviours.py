@@ -36,7 +36,8 @@ MIGRATING      A pull of weight 0.1 toward a goal that moves through the box
 Measured quality per behaviour and function is in ``perf/swarm/RESULTS.md``.
 
 Spread after the same number of iterations is ordered
-DISPERSING > FLOCKING > CLUSTERING for the same seed and objective.
+DISPERSING > FLOCKING > CLUSTERING (medians over seeds on the same objective;
+``tests/unit/swarm/test_behaviours.py``).
 """
 
 from __future__ import annotations

@@ -168,6 +168,9 @@ class SchedulerStats:
         done: Counted exactly once.
         failed: Gave up after ``max_attempts``.
         decisions: Assignments made.
+        requeued: Leases that ended without a result (timeout, failure, agent
+            removed) and put their partition back in the queue; the
+            ``reassignments`` of the daemon's ``PartitionResult``.
         records_done: Records over counted results.
         value_total: Exact (``math.fsum``) sum of counted result values.
         agents: Per-agent counters by agent id.
@@ -179,6 +182,7 @@ class SchedulerStats:
     done: int
     failed: int
     decisions: int
+    requeued: int
     records_done: int
     value_total: float
     agents: dict[str, AgentStats]
@@ -273,6 +277,7 @@ class PartitionScheduler:
         self._failed_count = 0
         self._records_done = 0
         self._decisions = 0
+        self._requeued = 0
         self._next_lease_id = 1
         self._leases: dict[int, _LeaseRecord] = {}
         # lease -> (partition, agent, issued_at_s) of reclaimed/superseded
@@ -502,6 +507,7 @@ class PartitionScheduler:
             part.state = PartitionState.PENDING
             self._pending.appendleft(rec.partition)
             self._pending_count += 1
+            self._requeued += 1
         return self._lease(lease_id, rec)
 
     def complete(
@@ -675,6 +681,7 @@ class PartitionScheduler:
             done=self._done_count,
             failed=self._failed_count,
             decisions=self._decisions,
+            requeued=self._requeued,
             records_done=self._records_done,
             value_total=math.fsum(
                 p.value for p in self._partitions.values() if p.state is PartitionState.DONE
@@ -746,6 +753,7 @@ class PartitionScheduler:
             "counters": {
                 "records_done": self._records_done,
                 "decisions": self._decisions,
+                "requeued": self._requeued,
                 "next_lease_id": self._next_lease_id,
             },
             "rng": encode_rng(self._rng),
@@ -821,6 +829,7 @@ class PartitionScheduler:
             cnt = snapshot["counters"]
             s._records_done = int(cnt["records_done"])
             s._decisions = int(cnt["decisions"])
+            s._requeued = int(cnt["requeued"])
             s._next_lease_id = int(cnt["next_lease_id"])
             s._rng = decode_rng(snapshot["rng"])
             s._base = None

@@ -140,7 +140,7 @@ def test_dead_agent_partitions_are_reassigned_and_zombie_results_ignored() -> No
     s.add_agent("b", max_in_flight=3)
     revoked = s.remove_agent("a")
     assert sorted(le.partition_id for le in revoked) == ["p0", "p1", "p2"]
-    assert s.stats().pending == 3 and s.stats().in_flight == 0
+    assert s.stats().pending == 3 and s.stats().in_flight == 0 and s.stats().requeued == 3
     again = s.assign_all()
     assert {le.agent_id for le in again} == {"b"} and all(le.attempt == 2 for le in again)
     assert s.assign() is None  # a is dead, b is full... nothing pending anyway
