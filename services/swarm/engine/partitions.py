@@ -172,7 +172,8 @@ class SchedulerStats:
             removed) and put their partition back in the queue; the
             ``reassignments`` of the daemon's ``PartitionResult``.
         records_done: Records over counted results.
-        value_total: Exact (``math.fsum``) sum of counted result values.
+        value_total: Sum of counted result values, correctly rounded (equal
+            to ``math.fsum`` of them, whatever the completion order).
         agents: Per-agent counters by agent id.
     """
 
@@ -186,6 +187,34 @@ class SchedulerStats:
     records_done: int
     value_total: float
     agents: dict[str, AgentStats]
+
+
+class _ExactSum:
+    """Running float sum, exact until read (Shewchuk 1997 partials, as in
+    the "msum" recipe behind ``math.fsum``), so stats stay O(1) in the number
+    of partitions and the total still equals ``math.fsum`` of all values."""
+
+    __slots__ = ("_partials",)
+
+    def __init__(self) -> None:
+        self._partials: list[float] = []
+
+    def add(self, x: float) -> None:
+        i = 0
+        for y in self._partials:
+            if abs(x) < abs(y):
+                x, y = y, x
+            hi = x + y
+            lo = y - (hi - x)
+            if lo:
+                self._partials[i] = lo
+                i += 1
+            x = hi
+        self._partials[i:] = [x]
+
+    @property
+    def value(self) -> float:
+        return math.fsum(self._partials)
 
 
 @dataclass(slots=True)
@@ -276,6 +305,7 @@ class PartitionScheduler:
         self._done_count = 0
         self._failed_count = 0
         self._records_done = 0
+        self._value_total = _ExactSum()
         self._decisions = 0
         self._requeued = 0
         self._next_lease_id = 1
@@ -558,6 +588,7 @@ class PartitionScheduler:
         part.agent = self._agent_ids[rec.agent]
         part.records = records
         part.value = float(value)
+        self._value_total.add(part.value)
         self._done_count += 1
         self._records_done += records
         self._counters[rec.agent, 1] += 1
@@ -656,24 +687,30 @@ class PartitionScheduler:
             if p.state is PartitionState.DONE
         }
 
+    def agent_stats(self, agent_id: str) -> AgentStats:
+        """Counters of one agent, O(1).
+
+        Raises:
+            UnknownNameError: If the agent was never registered.
+        """
+        idx = self._agent(agent_id)
+        c = self._counters[idx]
+        return AgentStats(
+            agent_id=agent_id,
+            alive=bool(self._alive[idx]),
+            max_in_flight=int(self._capacity[idx]),
+            in_flight=int(self._in_flight[idx]),
+            assigned=int(c[0]),
+            counted=int(c[1]),
+            duplicates=int(c[2]),
+            timeouts=int(c[3]),
+            failures=int(c[4]),
+            records=int(c[5]),
+            pheromone=float(self._tau[idx]) if self._observed[idx] else None,
+        )
+
     def stats(self) -> SchedulerStats:
-        """Counters; ``value_total`` is an exact sum (O(partitions))."""
-        agents: dict[str, AgentStats] = {}
-        for idx, aid in enumerate(self._agent_ids):
-            c = self._counters[idx]
-            agents[aid] = AgentStats(
-                agent_id=aid,
-                alive=bool(self._alive[idx]),
-                max_in_flight=int(self._capacity[idx]),
-                in_flight=int(self._in_flight[idx]),
-                assigned=int(c[0]),
-                counted=int(c[1]),
-                duplicates=int(c[2]),
-                timeouts=int(c[3]),
-                failures=int(c[4]),
-                records=int(c[5]),
-                pheromone=float(self._tau[idx]) if self._observed[idx] else None,
-            )
+        """Counters; O(agents), independent of the number of partitions."""
         return SchedulerStats(
             total=len(self._partitions),
             pending=self._pending_count,
@@ -683,10 +720,8 @@ class PartitionScheduler:
             decisions=self._decisions,
             requeued=self._requeued,
             records_done=self._records_done,
-            value_total=math.fsum(
-                p.value for p in self._partitions.values() if p.state is PartitionState.DONE
-            ),
-            agents=agents,
+            value_total=self._value_total.value,
+            agents={aid: self.agent_stats(aid) for aid in self._agent_ids},
         )
 
     # Snapshots ---------------------------------------------------------
@@ -804,6 +839,8 @@ class PartitionScheduler:
                 p.records = int(records)
                 p.value = decode_float(value)
                 p.lease_ids = [int(x) for x in lids]
+                if p.state is PartitionState.DONE:
+                    s._value_total.add(p.value)
             for lid, pid, agent, issued, deadline, attempt, active in snapshot["leases"]:
                 rec = _LeaseRecord(
                     str(pid),

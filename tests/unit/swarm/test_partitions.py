@@ -285,3 +285,19 @@ def test_snapshot_restore_continues_identically() -> None:
     bad["pending"] = bad["pending"][1:] if bad["pending"] else ["p0"]
     with pytest.raises(SnapshotError):
         PartitionScheduler.from_snapshot(bad, clock=c1)
+
+
+def test_total_is_correctly_rounded_in_any_completion_order() -> None:
+    values = [1e16, 1.0, -1e16, 3.0, 1e-3]
+    for order in ([0, 1, 2, 3, 4], [4, 2, 0, 3, 1], [1, 3, 4, 0, 2]):
+        s, _ = _sched(len(values))
+        s.add_agent("a", max_in_flight=10)
+        leases = {le.partition_id: le.lease_id for le in s.assign_all()}
+        for i in order:
+            s.complete(leases[f"p{i}"], records=1, value=values[i])
+        assert s.stats().value_total == math.fsum(values) == 4.001
+        assert s.agent_stats("a").counted == 5
+        restored = PartitionScheduler.from_snapshot(
+            json.loads(json.dumps(s.snapshot())), clock=FakeClock()
+        )
+        assert restored.stats().value_total == 4.001
