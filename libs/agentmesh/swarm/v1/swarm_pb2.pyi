@@ -473,7 +473,7 @@ class SwarmTask(_message.Message):
     gives them). Must be 0 for optimisation.
     """
     convergence_threshold: _builtins.float
-    """Optimisation is converged at iteration t when t >= W and the relative
+    """Optimisation is converged at iteration t (counted from 1) when t > W and the relative
     improvement of the best fitness over the last W iterations,
     (g[t-W] - g[t]) / max(|g[t-W]|, |g[t]|, 1), is below this threshold AND
     the spread is below `spread_threshold`; the swarm then stops. In [0, 1);
