@@ -27,7 +27,9 @@ import redis.asyncio as aioredis
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.channels import create_channel
+from agentmesh.runtime.errors import from_rpc_error
 from agentmesh.saga.v1 import saga_pb2
+from google.rpc import error_details_pb2
 
 from services.saga.state import dict_to_struct, struct_to_dict
 
@@ -40,12 +42,23 @@ class CallError(Exception):
     Attributes:
         code: gRPC status code name, e.g. "UNAVAILABLE".
         message: the error message.
+        reason: the agent's google.rpc.ErrorInfo reason, "" when none; e.g.
+            "COMPENSATED" (ABORTED: the Agent SDK refuses an Execute whose key
+            was already compensated).
     """
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, reason: str = "") -> None:
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+        self.reason = reason
+
+    @classmethod
+    def from_rpc(cls, e: grpc.aio.AioRpcError) -> CallError:
+        """The CallError for an agent's failed RPC, keeping its ErrorInfo reason."""
+        info = from_rpc_error(e).detail(error_details_pb2.ErrorInfo)
+        reason = info.reason if isinstance(info, error_details_pb2.ErrorInfo) else ""
+        return cls(e.code().name, e.details() or "", reason=reason)
 
 
 def _rendezvous(key: str, candidates: list[str]) -> str:
@@ -215,7 +228,7 @@ class AgentCaller:
             )
         except grpc.aio.AioRpcError as e:
             self._endpoints.pop(step.agent_id, None)
-            raise CallError(e.code().name, e.details() or "") from e
+            raise CallError.from_rpc(e) from e
         return struct_to_dict(resp.output)
 
     async def compensate(
@@ -249,4 +262,4 @@ class AgentCaller:
             await self._stub(endpoint).Compensate(req, timeout=timeout_ms / 1000.0)
         except grpc.aio.AioRpcError as e:
             self._endpoints.pop(step.agent_id, None)
-            raise CallError(e.code().name, e.details() or "") from e
+            raise CallError.from_rpc(e) from e

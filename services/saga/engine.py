@@ -122,6 +122,9 @@ class Runner:
         self.snap_seq = rec.seq
         self.tasks: dict[asyncio.Task[Any], Call] = {}
         self.busy: set[tuple[str, str, int]] = set()
+        # Compensation attempts the agent answered EXECUTE_IN_FLIGHT, per call
+        # site: waits, not failures. In memory only; after a takeover they count.
+        self.comp_waits: dict[tuple[str, int], int] = {}
 
     # ---- events -----------------------------------------------------------------
     def emit(self, type_: int, *, step: str = "", index: int = SINGLE, **fields: Any) -> None:
@@ -317,7 +320,9 @@ class Runner:
                 err = T.StepError(code=exc.code, message=exc.message, step_name=c.step)
                 failures = inv.failures + 1
                 forward = self.rec.pivot_passed(self.comp.pivot)
-                if exc.code not in spec.retry.non_retryable and (
+                # ABORTED/COMPENSATED: the agent already ran this call site's
+                # compensation and refuses the action for good; a retry cannot help.
+                if exc.reason != "COMPENSATED" and exc.code not in spec.retry.non_retryable and (
                     forward or failures < spec.retry.max_attempts
                 ):
                     self.emit(
@@ -347,8 +352,16 @@ class Runner:
                     continue
                 assert isinstance(exc, CallError)
                 err = T.StepError(code=exc.code, message=exc.message, step_name=c.step)
-                failures = inv.comp_failures + 1
-                if exc.code not in spec.retry.non_retryable and failures < spec.retry.max_attempts:
+                # EXECUTE_IN_FLIGHT: the agent holds the compensation until the
+                # action it undoes has finished; waiting is not failing.
+                waiting = exc.reason == "EXECUTE_IN_FLIGHT"
+                waits = self.comp_waits.get((c.step, c.index), 0) + waiting
+                self.comp_waits[(c.step, c.index)] = waits
+                failures = max(1, inv.comp_failures + 1 - waits)
+                if waiting or (
+                    exc.code not in spec.retry.non_retryable
+                    and failures < spec.retry.max_attempts
+                ):
                     self.emit(
                         T.SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED,
                         step=c.step,

@@ -5,6 +5,11 @@ idempotency key, so a retry with the same key returns the stored output instead
 of running the action again. Only successes are stored; a failed call may be
 retried and will run again.
 
+Namespaces used by the SDK: `x` completed Execute keys, `c` completed
+Compensate keys, `t` compensation tombstones (Execute key `K` whose Compensate
+`K/compensate` has started: a later Execute with `K` is refused, see
+`agentmesh.agent.sdk`).
+
 Two stores:
   * `MemoryIdempotencyStore` — per process, bounded, lost on restart. The default.
   * `RedisIdempotencyStore` — `am:agent:{agent_id}:idem:{namespace}:{key}` STRING
@@ -16,6 +21,7 @@ from __future__ import annotations
 import json
 import time
 from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,6 +67,10 @@ class IdempotencyStore(Protocol):
         """The stored result for `key`, or None."""
         ...
 
+    async def get_many(self, items: Sequence[tuple[str, str]]) -> list[StoredResult | None]:
+        """The stored results for several (namespace, key) pairs, in order (one round trip)."""
+        ...
+
     async def put(self, namespace: str, key: str, result: StoredResult) -> None:
         """Store `result` for `key`; an existing entry is kept (first writer wins)."""
         ...
@@ -93,6 +103,10 @@ class MemoryIdempotencyStore:
             del self._data[(namespace, key)]
             return None
         return result
+
+    async def get_many(self, items: Sequence[tuple[str, str]]) -> list[StoredResult | None]:
+        """See IdempotencyStore.get_many."""
+        return [await self.get(ns, key) for ns, key in items]
 
     async def put(self, namespace: str, key: str, result: StoredResult) -> None:
         """See IdempotencyStore.put."""
@@ -132,6 +146,13 @@ class RedisIdempotencyStore:
         """See IdempotencyStore.get."""
         raw = await self._r.get(self.redis_key(namespace, key))
         return None if raw is None else StoredResult.from_json(raw)
+
+    async def get_many(self, items: Sequence[tuple[str, str]]) -> list[StoredResult | None]:
+        """See IdempotencyStore.get_many; one MGET."""
+        if not items:
+            return []
+        raws = await self._r.mget([self.redis_key(ns, key) for ns, key in items])
+        return [None if raw is None else StoredResult.from_json(raw) for raw in raws]
 
     async def put(self, namespace: str, key: str, result: StoredResult) -> None:
         """See IdempotencyStore.put."""

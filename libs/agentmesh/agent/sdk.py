@@ -16,6 +16,17 @@ What the SDK does for every call:
     running waits for it and shares its outcome. Failures are not stored, so a
     retry runs again. The handler runs in a task shielded from the caller's
     cancellation, so a caller that gives up never tears an effect in half.
+  * Compensation fences its action (saga/Temporal style). A Compensate whose
+    key is `<K>/compensate` first waits for an Execute with key `<K>` still
+    running in this process, passes that Execute's output (or the stored one)
+    as `ctx.original_output` when the request carries none, and records a
+    tombstone for `<K>` before its handler runs. From then on an Execute with
+    key `<K>` does not run its handler: it fails with ABORTED, ErrorInfo reason
+    `COMPENSATED`. So a late Execute, e.g. from a coordinator that died while
+    it was in flight, never takes effect after its compensation. A Compensate
+    whose deadline comes while it still waits for the Execute answers
+    UNAVAILABLE, reason `EXECUTE_IN_FLIGHT`, shortly before the deadline; the
+    compensation still runs once the Execute ends and a retry gets its result.
   * Deadlines: `ctx.remaining_s` is the time the caller has left.
   * Errors: handlers raise `agentmesh.runtime.errors` classes (or ordinary
     exceptions, mapped as in `map_exception`), which reach the caller as gRPC
@@ -44,6 +55,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 from google.protobuf import duration_pb2, struct_pb2
+from google.rpc import error_details_pb2
 from redis import exceptions as redis_exceptions
 
 from agentmesh.agent.context import ActionContext
@@ -59,6 +71,8 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import (
+    DOMAIN,
+    Aborted,
     AgentMeshError,
     DeadlineExceeded,
     Internal,
@@ -85,6 +99,29 @@ WILDCARD = "*"
 
 _EXECUTE = "x"
 _COMPENSATE = "c"
+#: Store namespace of compensation tombstones, keyed by the compensated Execute key.
+_TOMBSTONE = "t"
+
+#: A Compensate key `<K>` + this suffix undoes the Execute with key `<K>`.
+COMPENSATE_SUFFIX = "/compensate"
+#: ErrorInfo reason of the ABORTED answer to an Execute whose key was compensated.
+REASON_COMPENSATED = "COMPENSATED"
+#: ErrorInfo reason of the UNAVAILABLE answer to a Compensate whose deadline
+#: comes while it still waits for its Execute; it runs on, a retry joins it.
+REASON_EXECUTE_IN_FLIGHT = "EXECUTE_IN_FLIGHT"
+
+
+def compensated_key(compensate_key: str) -> str | None:
+    """The Execute key a Compensate key undoes, or None when it follows no convention.
+
+    `"sg_1/charge/compensate"` → `"sg_1/charge"`; map items and loop iterations
+    keep their suffix (`"sg_1/ship[2]/compensate"` → `"sg_1/ship[2]"`, `"#k"` alike).
+    """
+    if compensate_key.endswith(COMPENSATE_SUFFIX) and len(compensate_key) > len(
+        COMPENSATE_SUFFIX
+    ):
+        return compensate_key[: -len(COMPENSATE_SUFFIX)]
+    return None
 
 
 @dataclass
@@ -220,6 +257,8 @@ class Agent:
         self._compensations: dict[str, ActionHandler] = {}
         self._objectives: dict[str, EvaluateHandler] = {}
         self._inflight: dict[tuple[str, str], asyncio.Task[_Outcome]] = {}
+        #: Compensate keys whose task still waits for the Execute it undoes.
+        self._awaiting_execute: set[str] = set()
         self._running: set[asyncio.Task[_Outcome]] = set()
         self._store: IdempotencyStore | None = None
         self._sem: asyncio.Semaphore | None = None
@@ -314,7 +353,7 @@ class Agent:
             principal=current_principal(),
         )
         inp = struct_to_dict(request.input)
-        out = await self._run(_EXECUTE, ctx, lambda: _call(handler, inp, ctx))
+        out = await self._run(_EXECUTE, ctx, lambda c: _call(handler, inp, c))
         return agent_pb2.ExecuteResponse(
             output=out.output,
             deduplicated=out.deduplicated,
@@ -348,7 +387,7 @@ class Agent:
             principal=current_principal(),
         )
         inp = struct_to_dict(request.input)
-        out = await self._run(_COMPENSATE, ctx, lambda: _call(handler, inp, ctx))
+        out = await self._run(_COMPENSATE, ctx, lambda c: _call(handler, inp, c))
         return agent_pb2.CompensateResponse(
             output=out.output,
             deduplicated=out.deduplicated,
@@ -394,9 +433,15 @@ class Agent:
             self.load.finished(start, processing_ms=(time.perf_counter() - t0) * 1e3, ok=ok)
 
     async def _run(
-        self, namespace: str, ctx: ActionContext, call: Callable[[], Awaitable[Any]]
+        self, namespace: str, ctx: ActionContext,
+        call: Callable[[ActionContext], Awaitable[Any]],
     ) -> _Outcome:
-        """Run `call` at most once per idempotency key and track load."""
+        """Run `call(ctx)` at most once per idempotency key and track load.
+
+        A keyed call that must follow another one still running here (a
+        Compensate after its Execute, an Execute after its Compensate; see
+        `_predecessor`) waits for it inside its own task.
+        """
         start = self.load.started()
         ok = False
         processing_ms = 0.0
@@ -409,15 +454,23 @@ class Agent:
                 running = self._inflight.get(k)
                 if running is not None:
                     # A duplicate of a call still running: share its outcome.
-                    first = await asyncio.shield(running)
+                    first = await self._outcome(namespace, ctx, running)
                     out = _Outcome(first.output, True, first.processing_ms)
                 else:
                     # Created without awaiting first, so every concurrent
-                    # duplicate in this process finds this task.
-                    task = self._spawn(self._invoke(namespace, ctx, call, store=True))
+                    # duplicate in this process finds this task, and the
+                    # predecessor is picked in the same step: a task only ever
+                    # waits for one created before it, so two cannot wait on
+                    # each other.
+                    after = self._predecessor(namespace, ctx.idempotency_key)
+                    if after is not None and namespace == _COMPENSATE:
+                        self._awaiting_execute.add(ctx.idempotency_key)
+                    task = self._spawn(
+                        self._invoke(namespace, ctx, call, store=True, after=after)
+                    )
                     self._inflight[k] = task
                     task.add_done_callback(functools.partial(self._task_done, k))
-                    out = await asyncio.shield(task)
+                    out = await self._outcome(namespace, ctx, task)
             ok = True
             # A replayed or shared result cost this call no processing.
             processing_ms = 0.0 if out.deduplicated else out.processing_ms
@@ -441,19 +494,135 @@ class Agent:
         if self._inflight.get(key) is task:
             del self._inflight[key]
 
+    async def _outcome(
+        self, namespace: str, ctx: ActionContext, task: asyncio.Task[_Outcome]
+    ) -> _Outcome:
+        """Await the shielded `task` for this caller.
+
+        A Compensate still waiting for its Execute when the caller's deadline
+        is near answers UNAVAILABLE (reason EXECUTE_IN_FLIGHT) instead of
+        DEADLINE_EXCEEDED, so the caller knows the compensation itself did not
+        fail and retries; `task` runs on and the retry joins it or reads its
+        stored result.
+
+        Raises:
+            Unavailable: reason EXECUTE_IN_FLIGHT, as above.
+        """
+        key = ctx.idempotency_key
+        left = ctx.remaining_s
+        if namespace != _COMPENSATE or left is None or key not in self._awaiting_execute:
+            return await asyncio.shield(task)
+        # Answer a little before the deadline so the answer reaches the caller.
+        margin_s = min(0.5, 0.3 * left)
+        await asyncio.wait([task], timeout=max(0.0, left - margin_s))
+        if not task.done() and key in self._awaiting_execute:
+            raise Unavailable(
+                f"compensation {key!r} waits for the Execute it undoes, still running on agent "
+                f"{self.agent_id}; it runs when that ends, retry to get its result",
+                reason=REASON_EXECUTE_IN_FLIGHT,
+            )
+        return await asyncio.shield(task)
+
+    def _predecessor(self, namespace: str, key: str) -> asyncio.Task[_Outcome] | None:
+        """The in-flight call a new call with `key` must wait for, if any.
+
+        A Compensate `<K>/compensate` waits for the Execute `<K>` (so it undoes
+        a finished effect); an Execute `<K>` waits for the Compensate
+        `<K>/compensate` (and is then refused by its tombstone).
+        """
+        if namespace == _COMPENSATE:
+            target = compensated_key(key)
+            return None if target is None else self._inflight.get((_EXECUTE, target))
+        return self._inflight.get((_COMPENSATE, key + COMPENSATE_SUFFIX))
+
+    async def _lookup(self, items: Sequence[tuple[str, str]]) -> list[StoredResult | None]:
+        """Read the store before anything runs; failures are UNAVAILABLE (safe to retry)."""
+        assert self._store is not None
+        try:
+            return await self._store.get_many(items)
+        except Exception as exc:  # nothing ran yet, so the caller may safely retry
+            raise Unavailable(
+                f"idempotency store unavailable: {type(exc).__name__}: {exc}",
+                reason="IDEMPOTENCY_STORE_DOWN",
+            ) from exc
+
+    def _compensated_error(self, key: str, tombstone: StoredResult) -> Aborted:
+        return Aborted(
+            f"idempotency key {key!r} was compensated (compensation {tombstone.action!r} "
+            f"at {tombstone.completed_ms} ms since the epoch) on agent {self.agent_id}; "
+            "a late Execute must not take effect, so the action did not run",
+            details=[
+                error_details_pb2.ErrorInfo(
+                    reason=REASON_COMPENSATED,
+                    domain=DOMAIN,
+                    metadata={"idempotency_key": key, "agent_id": self.agent_id},
+                )
+            ],
+        )
+
+    async def _prepare(
+        self, namespace: str, ctx: ActionContext, after: asyncio.Task[_Outcome] | None
+    ) -> tuple[ActionContext, StoredResult | None]:
+        """Store reads before a keyed call runs: tombstone, stored result, original output.
+
+        Returns:
+            (the context to run with, the stored result of this key or None).
+
+        Raises:
+            Aborted: an Execute whose key has a compensation tombstone (reason COMPENSATED).
+            Unavailable: the store cannot be read.
+        """
+        key = ctx.idempotency_key
+        if namespace == _EXECUTE:
+            tomb, stored = await self._lookup([(_TOMBSTONE, key), (_EXECUTE, key)])
+            if tomb is not None:
+                raise self._compensated_error(key, tomb)
+            return ctx, stored
+        target = compensated_key(key) if namespace == _COMPENSATE else None
+        if target is None or ctx.original_output is not None:
+            (stored,) = await self._lookup([(namespace, key)])
+            return ctx, stored
+        stored, executed = await self._lookup([(namespace, key), (_EXECUTE, target)])
+        original: dict[str, Any] | None = None
+        if after is not None and not after.cancelled() and after.exception() is None:
+            original = struct_to_dict(after.result().output)
+        elif executed is not None:
+            original = executed.output
+        return (ctx if original is None else replace(ctx, original_output=original)), stored
+
+    async def _fence(self, ctx: ActionContext, target: str) -> None:
+        """Record the tombstone of Execute key `target` before its compensation runs.
+
+        Raises:
+            Unavailable: the store cannot be written; the compensation has not run.
+        """
+        assert self._store is not None
+        try:
+            await self._store.put(
+                _TOMBSTONE, target, StoredResult(ctx.action, {}, int(time.time() * 1000))
+            )
+        except Exception as exc:
+            raise Unavailable(
+                f"could not record the compensation tombstone of {target!r}: "
+                f"{type(exc).__name__}: {exc}",
+                reason="IDEMPOTENCY_STORE_DOWN",
+            ) from exc
+
     async def _invoke(
-        self, namespace: str, ctx: ActionContext, call: Callable[[], Awaitable[Any]], *,
-        store: bool,
+        self, namespace: str, ctx: ActionContext,
+        call: Callable[[ActionContext], Awaitable[Any]], *,
+        store: bool, after: asyncio.Task[_Outcome] | None = None,
     ) -> _Outcome:
         assert self._store is not None
-        if store:
+        if after is not None:
+            # Outside the concurrency limit: `after` may still be queued for it.
             try:
-                stored = await self._store.get(namespace, ctx.idempotency_key)
-            except Exception as exc:  # nothing ran yet, so the caller may safely retry
-                raise Unavailable(
-                    f"idempotency store unavailable: {type(exc).__name__}: {exc}",
-                    reason="IDEMPOTENCY_STORE_DOWN",
-                ) from exc
+                await asyncio.wait([after])
+            finally:
+                if namespace == _COMPENSATE:
+                    self._awaiting_execute.discard(ctx.idempotency_key)
+        if store:
+            ctx, stored = await self._prepare(namespace, ctx, after)
             if stored is not None:
                 if stored.action != ctx.action:
                     raise InvalidArgument(
@@ -462,14 +631,19 @@ class Agent:
                         field_violations={"idempotency_key": "reused for a different action"},
                     )
                 return _Outcome(dict_to_struct(stored.output), True, 0.0)
+            target = compensated_key(ctx.idempotency_key) if namespace == _COMPENSATE else None
+            if target is not None:
+                # Before the handler, so no Execute of `target` can start while
+                # or after it runs (an Execute already running was awaited above).
+                await self._fence(ctx, target)
         t0 = time.perf_counter()
         try:
             if self._sem is not None:
                 async with self._sem:
                     t0 = time.perf_counter()  # processing time excludes the queue wait
-                    raw = await call()
+                    raw = await call(ctx)
             else:
-                raw = await call()
+                raw = await call(ctx)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -4,7 +4,8 @@
         --redis-url redis://127.0.0.1:6379/6 --registry-target 127.0.0.1:50053
 
 Kinds:
-  * `noop` — every action and compensation succeeds and echoes its input.
+  * `noop` — every action and compensation succeeds and echoes its input
+    (a compensation answers `{agent_id, compensated, count, original_output}`).
   * `counting` — every action records its effect in Redis, so a test can check
     that each idempotency key took effect exactly once:
       HASH `{prefix}:effects`        field = idempotency key (or `<action>:<uuid>`
@@ -186,7 +187,8 @@ def build(kind: str, agent_id: str = "agent-test-1") -> Agent:
         if ctx.action in _csv(b.args.fail_compensations):
             raise Unavailable(f"injected failure of compensation {ctx.action!r}", reason="INJECTED")
         count = await b.record(ctx, inp)
-        return {"agent_id": agent.agent_id, "compensated": ctx.action, "count": count}
+        return {"agent_id": agent.agent_id, "compensated": ctx.action, "count": count,
+                "original_output": ctx.original_output}
 
     for name, fn in OBJECTIVES.items():
         agent.evaluate(name)(fn)

@@ -1,0 +1,110 @@
+"""The saga race, reproduced with a real agent process and Redis: a Compensate
+sent while its Execute is still running (a coordinator died mid-call and a
+replica compensates) runs after the effect, and a later Execute with the same
+key is refused with ABORTED/COMPENSATED without taking effect — also after the
+agent restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import urllib.request
+import uuid
+from typing import Any
+
+import grpc
+import pytest
+import redis.asyncio as aioredis
+from agentmesh.agent import dict_to_struct, struct_to_dict
+from agentmesh.agent.sdk import REASON_COMPENSATED
+from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.runtime.errors import Aborted, from_rpc_error
+from google.rpc import error_details_pb2
+
+pytestmark = pytest.mark.integration
+
+_STARTED = re.compile(
+    r'^grpc_server_started_total\{grpc_method="Execute",'
+    r'grpc_service="agentmesh\.agent\.v1\.AgentService"\} (\S+)$',
+    re.M,
+)
+
+
+def _executes_started(metrics_port: int) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
+        m = _STARTED.search(r.read().decode())
+    return float(m.group(1)) if m else 0.0
+
+
+async def _wait_started(metrics_port: int, n: int, timeout_s: float = 15.0) -> None:
+    # The SDK registers the in-flight key in the same event-loop step that
+    # counts the RPC as started, so once the counter shows it, the agent knows
+    # the Execute is running.
+    for _ in range(int(timeout_s / 0.05)):
+        if await asyncio.to_thread(_executes_started, metrics_port) >= n:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{n} Execute calls not started within {timeout_s}s")
+
+
+def _exec(key: str, attempt: int) -> agent_pb2.ExecuteRequest:
+    return agent_pb2.ExecuteRequest(
+        action="charge", input=dict_to_struct({"amount": 5}), idempotency_key=key,
+        attempt=attempt,
+    )
+
+
+async def _assert_refused(target: str, key: str) -> None:
+    async with grpc.aio.insecure_channel(target) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await agent_pb2_grpc.AgentServiceStub(ch).Execute(_exec(key, 3), timeout=10)
+    assert ei.value.code() == grpc.StatusCode.ABORTED
+    err = from_rpc_error(ei.value)
+    info = err.detail(error_details_pb2.ErrorInfo)
+    assert isinstance(err, Aborted) and isinstance(info, error_details_pb2.ErrorInfo)
+    assert info.reason == REASON_COMPENSATED
+
+
+async def test_compensate_during_slow_execute(spawn_agent: Any, sdk_redis_url: str) -> None:
+    p = spawn_agent("counting", "--redis-url", sdk_redis_url, "--delay-ms", "1500",
+                    "--metrics-port", "0")
+    prefix = f"am:agent:{p.agent_id}"  # the counting agent's default effects prefix
+    key = f"sg_{uuid.uuid4().hex[:12]}/charge"
+    r = aioredis.Redis.from_url(sdk_redis_url)
+    try:
+        async with grpc.aio.insecure_channel(p.target) as ch:
+            stub = agent_pb2_grpc.AgentServiceStub(ch)
+            # The dead coordinator's call: still running on the agent.
+            execute = asyncio.ensure_future(stub.Execute(_exec(key, 1), timeout=30))
+            await _wait_started(p.metrics_port, 1)
+            assert await r.hget(f"{prefix}:effects", key) is None  # effect not yet taken
+            # The replica compensates (it has no output to pass on).
+            comp = await stub.Compensate(
+                agent_pb2.CompensateRequest(
+                    action="charge", input=dict_to_struct({"amount": 5}),
+                    idempotency_key=key + "/compensate", attempt=1,
+                ),
+                timeout=30,
+            )
+            done = await execute
+        assert done.deduplicated is False and comp.deduplicated is False
+        # The compensation ran after the effect, and saw the Execute's output.
+        log = [json.loads(x) for x in await r.lrange(f"{prefix}:log", 0, -1)]
+        assert [(e["kind"], e["key"]) for e in log] == [
+            ("execute", key), ("compensate", key + "/compensate"),
+        ]
+        assert struct_to_dict(comp.output)["original_output"] == struct_to_dict(done.output)
+        # A late Execute with the same key is refused and adds no effect.
+        await _assert_refused(p.target, key)
+        assert await r.hget(f"{prefix}:effects", key) == b"1"
+        assert await r.hget(f"{prefix}:compensations", key + "/compensate") == b"1"
+        assert await r.llen(f"{prefix}:log") == 2
+        # The tombstone is in Redis, so it outlives the agent process.
+        assert p.stop() == 0
+        p2 = spawn_agent("counting", "--redis-url", sdk_redis_url, agent_id=p.agent_id)
+        await _assert_refused(p2.target, key)
+        assert await r.hget(f"{prefix}:effects", key) == b"1"
+        assert await r.llen(f"{prefix}:log") == 2
+    finally:
+        await r.aclose()
