@@ -79,6 +79,10 @@ class Source(ABC):
         """Commit next-offsets for owned partitions, without waiting."""
 
     @abstractmethod
+    def high_watermark(self, tp: TopicPartition) -> int | None:
+        """The partition's next offset to be written as last seen, without I/O."""
+
+    @abstractmethod
     def pause(self) -> None:
         """Stop fetching (the backlog is full); membership stays alive."""
 

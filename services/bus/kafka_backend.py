@@ -447,6 +447,7 @@ class _KafkaSource(Source):
         self._closing = threading.Event()
         self._closed = threading.Event()
         self._final: dict[TopicPartition, int] = {}
+        self._highs: dict[TopicPartition, int] = {}
         self._thread = threading.Thread(target=self._run, name="bus-consumer", daemon=True)
         self._thread.start()
 
@@ -461,6 +462,21 @@ class _KafkaSource(Source):
         if offsets:
             self._cmds.put(("commit", dict(offsets)))
 
+    def high_watermark(self, tp: TopicPartition) -> int | None:
+        # Read from what the consumer thread last stored: calling the consumer
+        # from the loop thread can deadlock against a rebalance callback
+        # (librdkafka lock held there while it waits for the GIL held here).
+        return self._highs.get(tp)
+
+    def _store_highs(self, c: Consumer) -> None:
+        highs: dict[TopicPartition, int] = {}
+        for p in c.assignment():
+            # cached=True answers from the last fetch response: no broker round trip.
+            _, high = c.get_watermark_offsets(p, cached=True)
+            if high is not None and high >= 0:
+                highs[(p.topic, p.partition)] = int(high)
+        self._highs = highs
+
     def pause(self) -> None:
         self._paused = True
 
@@ -470,6 +486,7 @@ class _KafkaSource(Source):
     def _run(self) -> None:
         c = Consumer(self._conf)
         subscribed = False
+        next_highs = 0.0
         applied_pause = False
 
         def on_assign(consumer: Consumer, parts: list[KTP]) -> None:
@@ -509,6 +526,9 @@ class _KafkaSource(Source):
                 recs = [_to_stored(m) for m in msgs if not m.error()]
                 if recs:
                     self._post(Records(recs))
+                if time.monotonic() >= next_highs:
+                    self._store_highs(c)
+                    next_highs = time.monotonic() + 1.0
         except Exception:  # a dead consumer thread must not take the gateway down
             log.exception("consumer thread failed")
         finally:

@@ -245,6 +245,9 @@ class _MemorySource(Source):
             if tp in self.owned:  # a revoked member's commit is refused, as in Kafka
                 self.backend.set_committed(self.group, tp, off)
 
+    def high_watermark(self, tp: TopicPartition) -> int | None:
+        return self.backend._part(*tp).high
+
     def pause(self) -> None:
         self.paused = True
 

@@ -30,9 +30,21 @@ CONNECTIONS = Gauge(
 )
 CONSUMER_LAG = Gauge(
     "message_bus_consumer_lag",
-    "Messages fetched by subscriptions and not yet acked (backlog + unacked), by group.",
+    "Records not yet settled (acked or dead-lettered) behind the high watermark, summed "
+    "over this gateway's subscriptions of a consumer group.",
     ["group"],
 )
+_lags: dict[str, dict[str, int]] = {}
+
+
+def set_lag(group: str, subscription_id: str, lag: int | None) -> None:
+    """Record one subscription's lag (None removes it) and publish the group's sum."""
+    per = _lags.setdefault(group, {})
+    if lag is None:
+        per.pop(subscription_id, None)
+    else:
+        per[subscription_id] = lag
+    CONSUMER_LAG.labels(group).set(sum(per.values()))
 DEAD_LETTERS = Counter(
     "message_bus_dead_letters_total", "Messages moved to a dead-letter topic.", ["topic"]
 )

@@ -164,7 +164,7 @@ class Subscription:
         final = {tp: st.committed for tp, st in self._parts.items() if st.committed >= 0}
         if self._source is not None:
             await self._source.close(final)
-        metrics.CONSUMER_LAG.labels(self._glabel).set(0)
+        metrics.set_lag(self._glabel, self.id, None)
 
     async def _refresh_loop(self) -> None:
         while True:
@@ -249,7 +249,6 @@ class Subscription:
         if self._paused and len(self._backlog) < self._read_ahead // 2 and self._source:
             self._paused = False
             self._source.resume()
-        metrics.CONSUMER_LAG.labels(self._glabel).set(len(self._backlog) + len(self._outstanding))
 
     def ack(self, ack_ids: list[str]) -> None:
         """Settle delivered messages; unknown or stale ids are ignored."""
@@ -323,6 +322,20 @@ class Subscription:
                 self._retry(d.item, "ack deadline exceeded", 0.0)
             if expired:
                 self._pump()
+            self._report_lag()
+
+    def _report_lag(self) -> None:
+        """Consumer lag: records between the committed offset and the high watermark."""
+        if self._source is None:
+            return
+        lag = 0
+        for tp, st in self._parts.items():
+            high = self._source.high_watermark(tp)
+            if high is None:
+                continue
+            pos = st.pending[0] if st.pending else st.next_fetch
+            lag += max(0, high - pos) if pos >= 0 else 0
+        metrics.set_lag(self._glabel, self.id, lag)
 
     def fail(self, exc: BaseException) -> None:
         """Hand an error to the stream."""
