@@ -190,3 +190,55 @@ async def test_registry_health_follows_redis(tmp_path: Path) -> None:
             await wait_health(reg.target, health_pb2.HealthCheckResponse.SERVING)
     finally:
         redis.stop()
+
+
+def go_tool(name: str) -> str:
+    path = shutil.which(name) or os.path.expanduser(f"~/go/bin/{name}")
+    if not Path(path).exists():
+        if os.environ.get("AGENTMESH_REQUIRE_INFRA"):
+            pytest.fail(f"{name} is not installed: run `bash deploy/local/tools.sh`")
+        pytest.skip(f"{name} not installed (bash deploy/local/tools.sh)")
+    return path
+
+
+def test_ghz_load_tests_through_reflection(mesh: dict[str, DaemonProcess]) -> None:
+    """The shipped ghz config runs against a daemon with no proto files: this
+    needs reflection to resolve method symbols, which upb's pool does not."""
+    config = Path(__file__).resolve().parents[2] / "perf" / "ghz" / "registry_discover.json"
+    out = subprocess.run(
+        [
+            go_tool("ghz"),
+            "--config",
+            str(config),
+            "--total",
+            "200",
+            "--concurrency",
+            "4",
+            "--metadata",
+            '{"authorization": "Bearer tok-ops"}',
+            "--format",
+            "json",
+            mesh["registry"].target,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stdout
+    report = json.loads(out)
+    assert report["count"] == 200
+    assert report["statusCodeDistribution"] == {"OK": 200}
+    described = subprocess.run(
+        [
+            grpcurl(),
+            "-plaintext",
+            mesh["registry"].target,
+            "describe",
+            "agentmesh.registry.v1.RegistryService.DiscoverAgents",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert "is a method" in described

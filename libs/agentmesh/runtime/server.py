@@ -28,7 +28,6 @@ import grpc
 import redis.asyncio as aioredis
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from agentmesh.runtime.auth import TokenAuthenticator
 from agentmesh.runtime.channels import create_channel
@@ -38,6 +37,7 @@ from agentmesh.runtime.health import DependencyMonitor, Probe
 from agentmesh.runtime.interceptors import RuntimeInterceptor
 from agentmesh.runtime.logs import configure_logging
 from agentmesh.runtime.metrics import serve_metrics
+from agentmesh.runtime.reflection import enable_reflection
 
 log = logging.getLogger("agentmesh.server")
 
@@ -144,12 +144,8 @@ class Daemon:
     async def start(self) -> int:
         """Bind, start serving and probing; returns the bound gRPC port."""
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection(
-            [
-                *self._services,
-                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                reflection.SERVICE_NAME,
-            ],
+        enable_reflection(
+            [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],
             self.server,
         )
         creds = self._credentials()
