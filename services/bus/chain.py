@@ -68,7 +68,8 @@ class ChainWriter:
         p.chain_id = st.chain_id
         p.sequence = st.sequence + 1
         p.previous_hash = st.last_hash
-        p.create_time.FromMilliseconds(now_ms)
+        p.create_time.seconds, ms = divmod(now_ms, 1000)
+        p.create_time.nanos = ms * 1_000_000
         value = env.SerializeToString(deterministic=True)
         h = link_hash(st.last_hash, value)
         st.sequence += 1

@@ -151,7 +151,9 @@ class Publisher:
     def _fill(self, env: bus_pb2.Envelope, now_ms: int) -> None:
         if not env.id:
             env.id = f"{self._id_prefix}{next(self._ids):x}"
-        env.publish_time.FromMilliseconds(now_ms)
+        # Direct field sets: FromMilliseconds validates in Python on every call.
+        env.publish_time.seconds, ms = divmod(now_ms, 1000)
+        env.publish_time.nanos = ms * 1_000_000
         if env.priority == common_pb2.PRIORITY_UNSPECIFIED:
             env.priority = common_pb2.PRIORITY_NORMAL
 
