@@ -52,7 +52,7 @@ async def wait_health(target: str, want: int, timeout_s: float = 20) -> None:
         await asyncio.sleep(0.2)
 
 
-async def test_memory_gateway_process_serves_health_and_bounded_metrics(tmp_path: Path):
+async def test_memory_gateway_process_serves_health_and_metrics(tmp_path: Path):
     with daemon("bus", tmp_path, "--backend", "memory", "--health-interval-s", "0.3",
                 "--max-topic-labels", "3") as proc:
         await wait_health(proc.target, health_pb2.HealthCheckResponse.SERVING)
@@ -60,11 +60,20 @@ async def test_memory_gateway_process_serves_health_and_bounded_metrics(tmp_path
             stub = bus_pb2_grpc.BusServiceStub(ch)
             for i in range(6):
                 await stub.Publish(bus_pb2.PublishRequest(message=env(f"m.t{i}", b"x")))
-        text = await asyncio.to_thread(scrape, proc.metrics_port)
+            async with Sub(stub, ["m.t0"], "dl", max_deliveries=1) as poison:
+                poison.nack(await poison.next(), reason="bad")
+                async with Sub(stub, ["m.t1"], "slow") as slow:
+                    await slow.next()  # held unacked: lag 1
+                    await asyncio.sleep(1.5)  # lag is reported every second
+                    text = await asyncio.to_thread(scrape, proc.metrics_port)
     sent = [ln for ln in text.splitlines() if ln.startswith("message_bus_sent_total{")]
-    assert len(sent) == 4  # 3 named topics + "other"
-    assert any('topic="other"' in ln and ln.endswith(" 3.0") for ln in sent)
-    assert "message_bus_latency_ms_bucket" in text and "message_bus_connections" in text
+    publish = [ln for ln in sent if 'type="publish"' in ln]
+    assert len(publish) == 4  # 3 named topics + "other": the label set is bounded
+    assert any('topic="other"' in ln and ln.endswith(" 3.0") for ln in publish)
+    assert 'message_bus_dead_letters_total{topic="m.t0"} 1.0' in text
+    assert 'message_bus_consumer_lag{group="slow"} 1.0' in text
+    assert 'message_bus_connections{kind="subscribe"} 2.0' in text
+    assert "message_bus_latency_ms_bucket" in text
 
 
 @pytest.mark.kafka
