@@ -323,6 +323,9 @@ class Subscription:
             if expired:
                 self._pump()
             self._report_lag()
+            if self._timers:  # forget delayed redeliveries that already fired
+                t = asyncio.get_running_loop().time()
+                self._timers = {h for h in self._timers if h.when() > t}
 
     def _report_lag(self) -> None:
         """Consumer lag: records between the committed offset and the high watermark."""
