@@ -40,7 +40,6 @@ sys.path.insert(0, str(ROOT / "libs"))
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.runtime.deps import kafka_producer_config  # noqa: E402
-
 from tests.procs import daemon  # noqa: E402
 
 PAYLOAD = b"x" * 100

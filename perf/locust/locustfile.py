@@ -15,10 +15,11 @@ from collections.abc import Callable
 from typing import Any
 
 import grpc
+from locust import User, between, task
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
-from locust import User, between, task
 
 REGISTRY = os.environ.get("AGENTMESH_REGISTRY_TARGET", "127.0.0.1:50053")
 ROUTER = os.environ.get("AGENTMESH_ROUTER_TARGET", "127.0.0.1:50052")

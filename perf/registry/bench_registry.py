@@ -42,7 +42,6 @@ sys.path.insert(0, str(ROOT))
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2 as pb  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2_grpc  # noqa: E402
-
 from services.registry.discovery import CatalogMirror  # noqa: E402
 from services.registry.settings import RegistrySettings  # noqa: E402
 from services.registry.store import RegistryStore  # noqa: E402

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import grpc
+
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 
 

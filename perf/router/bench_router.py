@@ -43,7 +43,6 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
 from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
-
 from services.router.engine import RouteEngine  # noqa: E402
 from services.router.settings import RouterSettings  # noqa: E402
 

@@ -18,6 +18,7 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 

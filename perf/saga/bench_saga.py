@@ -39,7 +39,6 @@ sys.path.insert(0, str(ROOT / "libs"))
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc  # noqa: E402
-
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess  # noqa: E402
 

@@ -10,6 +10,7 @@ import asyncio
 from typing import Any
 
 import grpc
+
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 
 

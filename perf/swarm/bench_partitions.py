@@ -44,12 +44,12 @@ sys.path.insert(0, str(ROOT))
 
 import grpc  # noqa: E402
 import redis.asyncio as aioredis  # noqa: E402
+from google.protobuf import struct_pb2  # noqa: E402
+
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 from agentmesh.swarm.v1 import swarm_pb2_grpc  # noqa: E402
-from google.protobuf import struct_pb2  # noqa: E402
-
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, daemon  # noqa: E402
 

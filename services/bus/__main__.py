@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.runtime.server import Daemon, run_daemon
-
 from services.bus import metrics
 from services.bus.backend import Backend
 from services.bus.servicer import BusServicer

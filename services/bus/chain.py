@@ -19,9 +19,9 @@ import hashlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from agentmesh.bus.v1 import bus_pb2
 from google.protobuf.message import DecodeError
 
+from agentmesh.bus.v1 import bus_pb2
 from services.bus import wire
 
 ZERO_HASH = "0" * 64

@@ -26,7 +26,6 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any, cast
 
-from agentmesh.runtime.deps import kafka_producer_config
 from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_END,
@@ -39,6 +38,7 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agentmesh.runtime.deps import kafka_producer_config
 from services.bus.backend import (
     Assigned,
     Backend,

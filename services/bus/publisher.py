@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import (
@@ -25,7 +26,6 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
-
 from services.bus import metrics, wire
 from services.bus.backend import (
     Backend,

@@ -12,7 +12,6 @@ import asyncio
 import logging
 
 from agentmesh.bus.v1 import bus_pb2
-
 from services.bus import wire
 from services.bus.backend import Backend, Tail
 

@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.runtime.context import remaining_s
 from agentmesh.runtime.errors import (
@@ -27,7 +28,6 @@ from agentmesh.runtime.errors import (
     NotFound,
     Unavailable,
 )
-
 from services.bus import chain, metrics, wire
 from services.bus.backend import Backend, BackendUnavailable, TopicExists
 from services.bus.publisher import Publisher, Written

@@ -21,7 +21,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from agentmesh.bus.v1 import bus_pb2
-
 from services.bus import metrics, wire
 from services.bus.backend import (
     Assigned,

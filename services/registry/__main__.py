@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import redis.asyncio as aioredis
+
 from agentmesh.registry.v1 import (
     coordination_pb2,
     coordination_pb2_grpc,
@@ -11,7 +12,6 @@ from agentmesh.registry.v1 import (
 )
 from agentmesh.runtime.deps import redis_probe
 from agentmesh.runtime.server import Daemon, run_daemon
-
 from services.registry.coordination import CoordinationServicer
 from services.registry.coordination_store import CoordinationStore
 from services.registry.discovery import CatalogMirror

@@ -7,6 +7,8 @@ import time
 from typing import Any, TypeAlias
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
+
 from agentmesh.registry.v1 import coordination_pb2, coordination_pb2_grpc
 from agentmesh.runtime.context import remaining_s
 from agentmesh.runtime.errors import (
@@ -16,8 +18,6 @@ from agentmesh.runtime.errors import (
     NotFound,
     PermissionDenied,
 )
-from google.protobuf.duration_pb2 import Duration
-
 from services.registry import metrics, redis_errors
 from services.registry.coordination_store import CoordinationStore
 from services.registry.store import ts_ms

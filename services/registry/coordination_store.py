@@ -17,8 +17,8 @@ import uuid
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from agentmesh.registry.v1 import coordination_pb2
 
+from agentmesh.registry.v1 import coordination_pb2
 from services.registry.store import ts_ms
 
 _NOW = """

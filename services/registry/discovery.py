@@ -33,7 +33,6 @@ from dataclasses import dataclass
 
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
-
 from services.registry import metrics
 from services.registry.store import RegistryStore, StoredEvent
 from services.registry.versions import satisfies

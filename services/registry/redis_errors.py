@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import redis.exceptions
+
 from agentmesh.runtime.errors import Unavailable
 
 T = TypeVar("T")

@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeAlias
 
 import grpc
+from google.rpc import code_pb2
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentmesh.runtime.errors import AgentMeshError, InvalidArgument, NotFound, PermissionDenied
-from google.rpc import code_pb2
-
 from services.registry import metrics, redis_errors
 from services.registry.discovery import CatalogMirror, selector_matches
 from services.registry.settings import RegistrySettings

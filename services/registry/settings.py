@@ -13,7 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agentmesh.runtime.config import ExtraOption
-
 from services.registry.health import HealthPolicy
 
 #: Key prefix of everything the registry stores in Redis.

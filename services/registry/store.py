@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from agentmesh.common.v1 import common_pb2
-from agentmesh.registry.v1 import registry_pb2
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agentmesh.common.v1 import common_pb2
+from agentmesh.registry.v1 import registry_pb2
 from services.registry import lua
 from services.registry.settings import RegistrySettings
 

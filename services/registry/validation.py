@@ -10,7 +10,6 @@ from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import InvalidArgument, PermissionDenied
-
 from services.registry.versions import ConstraintError, parse_constraint, parse_version
 
 AGENT_ID = re.compile(r"^agent-[a-z0-9-]+$")

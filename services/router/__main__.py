@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 from agentmesh.runtime.server import Daemon, run_daemon
-
 from services.router.settings import OPTIONS, RouterSettings
 
 

@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import redis.asyncio as aioredis
-from agentmesh.common.v1 import common_pb2
 
+from agentmesh.common.v1 import common_pb2
 from services.router import keys
 from services.router.targets import TargetState, TargetStates
 from services.router.versions import version_matches

@@ -15,11 +15,12 @@ from collections.abc import Mapping
 from typing import Any
 
 import celpy
-from agentmesh.common.v1 import common_pb2
-from agentmesh.router.v1 import router_pb2
 from celpy import celtypes
 from celpy.evaluation import base_functions
 from google.protobuf import json_format
+
+from agentmesh.common.v1 import common_pb2
+from agentmesh.router.v1 import router_pb2
 
 #: Variables a condition may use.
 DECLARED = frozenset({"message", "payload"})

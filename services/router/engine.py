@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 
 import redis
 import redis.asyncio as aioredis
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.errors import (
@@ -28,7 +29,6 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
-
 from services.router import metrics
 from services.router.affinity import AffinityStore
 from services.router.candidates import Candidate, Eligible, PoolSpec, PoolStore

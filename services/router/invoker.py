@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+from google.protobuf import duration_pb2, json_format, struct_pb2
+
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.context import remaining_s
@@ -26,8 +28,6 @@ from agentmesh.runtime.errors import (
     Unavailable,
     from_rpc_error,
 )
-from google.protobuf import duration_pb2, json_format, struct_pb2
-
 from services.router import aggregate, metrics
 from services.router.candidates import Candidate
 from services.router.engine import RouteEngine

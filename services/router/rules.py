@@ -17,9 +17,9 @@ from typing import Any, TypeVar
 
 import celpy
 import redis.asyncio as aioredis
+
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound
-
 from services.router import keys
 from services.router.candidates import PoolSpec
 from services.router.celexpr import CelError, Condition

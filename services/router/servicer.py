@@ -10,6 +10,7 @@ from typing import Any
 
 import grpc
 import redis
+
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.context import current_principal
@@ -21,7 +22,6 @@ from agentmesh.runtime.errors import (
     Unavailable,
 )
 from agentmesh.runtime.server import Daemon
-
 from services.router import keys, metrics
 from services.router.engine import STRATEGY_LABEL, Decision, RouteEngine
 from services.router.invoker import Invoker

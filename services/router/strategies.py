@@ -14,9 +14,9 @@ import math
 import random
 from itertools import accumulate
 
-from agentmesh.common.v1 import common_pb2
 from uhashring import HashRing
 
+from agentmesh.common.v1 import common_pb2
 from services.router.candidates import Candidate, Eligible
 
 #: Load-factor weights: queue utilisation, processing time, error rate.

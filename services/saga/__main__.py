@@ -6,11 +6,11 @@ import os
 import socket
 
 import redis.asyncio as aioredis
+
 from agentmesh.runtime.config import ExtraOption
 from agentmesh.runtime.deps import redis_probe
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-
 from services.saga.agents import AgentCaller
 from services.saga.engine import Engine, EngineOptions
 from services.saga.servicer import SagaServicer

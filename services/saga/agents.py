@@ -24,13 +24,13 @@ from typing import Any
 
 import grpc
 import redis.asyncio as aioredis
+from google.rpc import error_details_pb2
+
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.errors import from_rpc_error
 from agentmesh.saga.v1 import saga_pb2
-from google.rpc import error_details_pb2
-
 from services.saga.state import dict_to_struct, struct_to_dict
 
 REG_PREFIX = "am:reg:"

@@ -5,7 +5,6 @@ in saga.proto for the exact definitions). Pure functions over a folded record.
 from __future__ import annotations
 
 from agentmesh.saga.v1 import saga_pb2
-
 from services.saga.definition import CompiledDefinition
 from services.saga.state import SagaRecord, StepRecord
 

@@ -12,10 +12,10 @@ import re
 from dataclasses import dataclass, field
 
 import grpc
-from agentmesh.runtime.errors import InvalidArgument
-from agentmesh.saga.v1 import saga_pb2
 from google.protobuf import duration_pb2
 
+from agentmesh.runtime.errors import InvalidArgument
+from agentmesh.saga.v1 import saga_pb2
 from services.saga.cel import CelError, Expression
 
 STEP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")

@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from agentmesh.saga.v1 import saga_pb2
-
 from services.saga import metrics
 from services.saga.agents import AgentCaller, CallError
 from services.saga.compensation import ready_units, unit_failed

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 import redis.exceptions
+
 from agentmesh.runtime.errors import (
     Aborted,
     FailedPrecondition,
@@ -21,7 +22,6 @@ from agentmesh.runtime.errors import (
     Unavailable,
 )
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-
 from services.saga.definition import compile_definition, flatten_steps
 from services.saga.engine import Engine
 from services.saga.events import GENESIS, seal

@@ -13,8 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from agentmesh.saga.v1 import saga_pb2
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
+
+from agentmesh.saga.v1 import saga_pb2
 
 #: Invocation index of a plain (non-map, non-loop) step.
 SINGLE = -1

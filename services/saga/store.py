@@ -29,9 +29,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from agentmesh.saga.v1 import saga_pb2
 from redis.exceptions import ResponseError
 
+from agentmesh.saga.v1 import saga_pb2
 from services.saga.definition import flatten_steps
 from services.saga.state import SagaRecord
 

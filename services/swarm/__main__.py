@@ -6,7 +6,6 @@ from agentmesh.runtime.config import ExtraOption
 from agentmesh.runtime.deps import create_redis
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-
 from services.swarm.agents import AgentPool
 from services.swarm.driver import DriverContext
 from services.swarm.manager import SwarmManager

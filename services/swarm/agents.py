@@ -22,6 +22,7 @@ from typing import Any
 import grpc
 import redis.asyncio as aioredis
 import semver
+
 from agentmesh.agent.v1 import agent_pb2_grpc
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.channels import create_channel

@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
-from agentmesh.swarm.v1 import swarm_pb2
 from google.protobuf import timestamp_pb2
 
+from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
 from services.swarm.agents import AgentPool
 from services.swarm.store import Lease, SwarmStore

@@ -19,9 +19,9 @@ import uuid
 from collections.abc import Awaitable, Callable
 
 import redis.asyncio as aioredis
-from agentmesh.swarm.v1 import swarm_pb2
 from redis.exceptions import RedisError
 
+from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
 from services.swarm.agents import AgentPool
 from services.swarm.driver import DriverContext, finish, now_ts

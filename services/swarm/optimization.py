@@ -21,10 +21,10 @@ from typing import Any
 
 import grpc
 import numpy as np
+
 from agentmesh.agent.v1 import agent_pb2
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.swarm.v1 import swarm_pb2
-
 from services.swarm import metrics
 from services.swarm.agents import AgentInfo, discover
 from services.swarm.driver import (

@@ -35,10 +35,10 @@ import time
 from dataclasses import dataclass
 
 import grpc
-from agentmesh.agent.v1 import agent_pb2
-from agentmesh.swarm.v1 import swarm_pb2
 from google.protobuf import json_format, struct_pb2
 
+from agentmesh.agent.v1 import agent_pb2
+from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
 from services.swarm.agents import AgentInfo, discover
 from services.swarm.driver import DriverContext, deadline_of, finish, now_ts, role_counts_pb

@@ -14,6 +14,8 @@ from typing import Any, TypeVar
 
 import grpc
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
 from agentmesh.runtime.context import current_principal, remaining_s
 from agentmesh.runtime.errors import (
     AlreadyExists,
@@ -24,8 +26,6 @@ from agentmesh.runtime.errors import (
     Unavailable,
 )
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-from redis.exceptions import RedisError
-
 from services.swarm import metrics
 from services.swarm.agents import discover
 from services.swarm.driver import now_ts

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
+
 from agentmesh.swarm.v1 import swarm_pb2
 
 PREFIX = "am:swarm:"

@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
+
 from agentmesh.bus.v1 import bus_pb2_grpc
 from agentmesh.runtime.config import load_config
 from agentmesh.runtime.server import Daemon
-
 from services.bus.__main__ import wire_gateway
 from services.bus.servicer import BusServicer
 from services.bus.settings import EXTRA_OPTIONS

@@ -6,10 +6,11 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
-from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
-from agentmesh.common.v1 import common_pb2
 from google.protobuf import duration_pb2
 from grpc.aio import EOF
+
+from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
+from agentmesh.common.v1 import common_pb2
 
 
 def env(topic: str, body: bytes = b"x", *, key: str = "", priority: int = 0,

@@ -9,6 +9,8 @@ import asyncio
 
 import grpc
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
+
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import (
@@ -19,8 +21,6 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     from_rpc_error,
 )
-from confluent_kafka import Consumer, Producer, TopicPartition
-
 from services.bus.memory_backend import MemoryBackend
 from tests.integration.bus.conftest import Gateway, unique
 from tests.integration.bus.helpers import Sub, env, seconds

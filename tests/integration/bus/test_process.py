@@ -13,11 +13,11 @@ from typing import Any
 
 import grpc
 import pytest
-from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
-from agentmesh.runtime.errors import Unavailable, from_rpc_error
 from confluent_kafka import Consumer, Producer, TopicPartition
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
+from agentmesh.runtime.errors import Unavailable, from_rpc_error
 from tests.integration.bus.conftest import start_gateway, unique
 from tests.integration.bus.helpers import Sub, env
 from tests.procs import daemon

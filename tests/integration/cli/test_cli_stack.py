@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agentmesh.cli.stack import pid_alive
 
+from agentmesh.cli.stack import pid_alive
 from tests.integration.cli.conftest import Stack, cli, free_port_block, up_args
 from tests.procs import ROOT, DaemonProcess
 

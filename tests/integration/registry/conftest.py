@@ -9,8 +9,8 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from agentmesh.registry.v1 import coordination_pb2_grpc, registry_pb2_grpc
 
+from agentmesh.registry.v1 import coordination_pb2_grpc, registry_pb2_grpc
 from tests.infra import redis_url_with_db
 from tests.procs import DaemonProcess, daemon
 

@@ -10,6 +10,7 @@ import sys
 import time
 
 import grpc
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 import grpc
-from agentmesh.registry.v1 import registry_pb2
 from google.rpc import error_details_pb2, status_pb2
+
+from agentmesh.registry.v1 import registry_pb2
 
 
 def agent(agent_id: str, **kw: Any) -> registry_pb2.Agent:

@@ -9,11 +9,11 @@ from typing import Any
 
 import grpc
 import pytest
-from agentmesh.registry.v1 import coordination_pb2 as cpb
-from agentmesh.registry.v1 import coordination_pb2_grpc
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.struct_pb2 import Struct
 
+from agentmesh.registry.v1 import coordination_pb2 as cpb
+from agentmesh.registry.v1 import coordination_pb2_grpc
 from tests.integration.registry.conftest import Clients, StartRegistry
 from tests.integration.registry.helpers import field_violations
 

@@ -12,10 +12,10 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2 as pb
 from agentmesh.registry.v1 import registry_pb2_grpc
-
 from services.registry.health import HealthPolicy, health_score
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore

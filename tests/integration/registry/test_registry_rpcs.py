@@ -10,10 +10,10 @@ from typing import Any
 
 import grpc
 import pytest
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2 as pb
 from agentmesh.registry.v1 import registry_pb2_grpc
-
 from tests.integration.registry.conftest import Clients, StartRegistry
 from tests.integration.registry.helpers import agent, field_violations
 

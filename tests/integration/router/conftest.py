@@ -13,8 +13,8 @@ import grpc
 import pytest
 import redis as sync_redis
 import redis.asyncio as aioredis
-from agentmesh.router.v1 import router_pb2_grpc
 
+from agentmesh.router.v1 import router_pb2_grpc
 from tests.procs import DaemonProcess, daemon
 
 #: Logical Redis DB of the router's tests.

@@ -10,10 +10,11 @@ from typing import Any
 
 import grpc
 import pytest
-from agentmesh.router.v1 import router_pb2 as R
-from agentmesh.runtime.errors import from_rpc_error
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2
+
+from agentmesh.router.v1 import router_pb2 as R
+from agentmesh.runtime.errors import from_rpc_error
 
 pytestmark = pytest.mark.integration
 

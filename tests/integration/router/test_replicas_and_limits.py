@@ -9,9 +9,10 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+
 from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.runtime.errors import from_rpc_error
-from google.rpc import error_details_pb2
 
 pytestmark = pytest.mark.integration
 

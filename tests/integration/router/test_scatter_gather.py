@@ -9,11 +9,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import duration_pb2
+from google.rpc import error_details_pb2
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.runtime.errors import from_rpc_error
-from google.protobuf import duration_pb2
-from google.rpc import error_details_pb2
 
 pytestmark = pytest.mark.integration
 

@@ -12,11 +12,11 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from google.rpc import error_details_pb2
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.runtime.errors import from_rpc_error
-from google.rpc import error_details_pb2
-
 from tests.integration.router.agent_server import register
 
 pytestmark = pytest.mark.integration

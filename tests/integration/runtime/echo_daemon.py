@@ -10,11 +10,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from google.protobuf import struct_pb2
+
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.context import current_principal, remaining_s
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.runtime.server import Daemon, run_daemon
-from google.protobuf import struct_pb2
 
 
 class EchoAgent(agent_pb2_grpc.AgentServiceServicer):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+
 from agentmesh.runtime.deps import create_redis
 
 pytestmark = pytest.mark.integration

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import grpc
 import pytest
-from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
-from agentmesh.runtime.channels import create_channel
-from agentmesh.runtime.errors import InvalidArgument, from_rpc_error
 from google.protobuf import struct_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.runtime.channels import create_channel
+from agentmesh.runtime.errors import InvalidArgument, from_rpc_error
 from tests.certs import make_pki
 from tests.procs import DaemonProcess
 

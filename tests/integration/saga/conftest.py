@@ -16,8 +16,8 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 
+from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.procs import DaemonProcess, daemon
 
 SAGA_DB = 3

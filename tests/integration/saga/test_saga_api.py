@@ -7,9 +7,9 @@ import asyncio
 
 import grpc
 import pytest
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.saga.v1 import saga_pb2
-
 from services.saga.state import struct_to_dict
 from tests.integration.saga.conftest import chain, effects, events, order, run, step, wait_final
 
@@ -185,7 +185,6 @@ async def test_selector_target_resolves_through_the_router(
     import urllib.request
 
     from agentmesh.saga.v1 import saga_pb2_grpc
-
     from tests.procs import daemon
 
     router = daemon("router", tmp_path, "--redis-url", saga_redis_url).start()

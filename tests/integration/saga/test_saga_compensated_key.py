@@ -12,10 +12,10 @@ from __future__ import annotations
 
 import grpc
 import pytest
+
 from agentmesh.agent import dict_to_struct
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.saga.v1 import saga_pb2
-
 from tests.integration.saga.conftest import chain, effects, events, wait_final
 
 pytestmark = pytest.mark.integration

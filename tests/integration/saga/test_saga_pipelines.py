@@ -4,8 +4,8 @@ steps, map-reduce and loops, against a real agent process."""
 from __future__ import annotations
 
 import pytest
-from agentmesh.saga.v1 import saga_pb2
 
+from agentmesh.saga.v1 import saga_pb2
 from services.saga.state import struct_to_dict
 from tests.integration.saga.conftest import effects, events, order, step, wait_final
 

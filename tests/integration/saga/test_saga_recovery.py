@@ -10,8 +10,8 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 
+from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from services.saga.events import verify_chain
 from tests.integration.saga.conftest import (
     chain,

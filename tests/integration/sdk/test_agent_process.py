@@ -10,6 +10,7 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+
 from agentmesh.agent import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 
@@ -96,7 +97,6 @@ async def test_sigterm_drains_in_flight_call(spawn_agent: Any) -> None:
 async def test_idempotency_store_down_fails_before_running(spawn_agent: Any,
                                                            tmp_path: Any) -> None:
     from agentmesh.runtime.errors import Unavailable, from_rpc_error
-
     from tests.infra import RedisServer
 
     # appendonly: the stored result must survive the Redis restart below.

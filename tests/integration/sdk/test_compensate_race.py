@@ -16,11 +16,12 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from google.rpc import error_details_pb2
+
 from agentmesh.agent import dict_to_struct, struct_to_dict
 from agentmesh.agent.sdk import REASON_COMPENSATED
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.errors import Aborted, from_rpc_error
-from google.rpc import error_details_pb2
 
 pytestmark = pytest.mark.integration
 

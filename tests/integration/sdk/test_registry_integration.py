@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from agentmesh import Client
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.runtime.errors import InvalidArgument, NotFound
-
 from tests.procs import DaemonProcess, daemon
 
 pytestmark = pytest.mark.integration

@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 import numpy as np
 import redis.asyncio as aioredis
-from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from google.protobuf import struct_pb2
 
+from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.swarm.emissions import partition
 
 

@@ -12,8 +12,8 @@ from typing import Any
 import grpc
 import pytest
 import redis
-from agentmesh.swarm.v1 import swarm_pb2_grpc
 
+from agentmesh.swarm.v1 import swarm_pb2_grpc
 from tests.procs import DaemonProcess, daemon
 
 #: Logical Redis DB of the swarm tests.

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import grpc
 import pytest
+
 from agentmesh.swarm.v1 import swarm_pb2 as pb
 from agentmesh.swarm.v1 import swarm_pb2_grpc
-
 from tests.integration.swarm.conftest import FAST_FLAGS
 from tests.procs import daemon
 

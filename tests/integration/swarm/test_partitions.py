@@ -16,11 +16,11 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf import struct_pb2
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.swarm.v1 import swarm_pb2 as pb
 from agentmesh.swarm.v1 import swarm_pb2_grpc
-from google.protobuf import struct_pb2
-
 from tests.integration.swarm.conftest import start_swarm_daemon, unique_capability
 from tests.integration.swarm.emissions import direct_total
 

@@ -6,9 +6,9 @@ import asyncio
 import uuid
 
 import pytest
+
 from agentmesh.runtime.deps import create_redis
 from agentmesh.swarm.v1 import swarm_pb2 as pb
-
 from services.swarm.store import LeaseLost, SwarmStore
 
 pytestmark = pytest.mark.integration

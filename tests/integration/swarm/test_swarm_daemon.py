@@ -8,12 +8,12 @@ from typing import Any
 
 import grpc
 import pytest
+from google.rpc import error_details_pb2
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import from_rpc_error
 from agentmesh.swarm.v1 import swarm_pb2 as pb
 from agentmesh.swarm.v1 import swarm_pb2_grpc
-from google.rpc import error_details_pb2
-
 from tests.integration.swarm.conftest import unique_capability
 
 pytestmark = pytest.mark.integration

@@ -8,10 +8,10 @@ import asyncio
 from collections import Counter
 
 import pytest
+
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import Unavailable
-
 from services.bus import chain, wire
 from services.bus.backend import DeliveryError
 from services.bus.backlog import WEIGHTS, Backlog, Item

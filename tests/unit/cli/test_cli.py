@@ -11,11 +11,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
 from agentmesh.cli import stack
 from agentmesh.cli.commands import load_saga_file
 from agentmesh.cli.main import app
 from agentmesh.saga.v1 import saga_pb2
-from typer.testing import CliRunner
 
 runner = CliRunner()
 

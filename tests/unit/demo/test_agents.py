@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from agentmesh.demo import csrd, data, verify
 from agentmesh.demo.calculator import DatasetCache, compute
 from agentmesh.demo.fleet import calculator_id, worker_plan

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from agentmesh.demo import data
 from agentmesh.demo.data import (
     FACTOR_COLUMN,

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import pytest
+
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.runtime.errors import InvalidArgument
-
 from services.registry.validation import endpoint_violation, validate_agent
 from services.registry.versions import ConstraintError, parse_constraint, parse_version
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections import Counter
 
 import pytest
+
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
-
 from services.router import aggregate
 from services.router.candidates import Candidate, Eligible, eligible_of
 from services.router.celexpr import CelError, Condition, activation

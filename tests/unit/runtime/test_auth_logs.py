@@ -4,6 +4,7 @@ import json
 import logging
 
 import pytest
+
 from agentmesh.runtime.auth import TokenAuthenticator
 from agentmesh.runtime.context import request_id_var, trace_id_from_metadata, trace_id_var
 from agentmesh.runtime.errors import Unauthenticated

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pytest
+
 from agentmesh.runtime.config import ExtraOption, load_config
 
 

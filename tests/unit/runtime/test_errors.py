@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import grpc
+from google.rpc import error_details_pb2
+
 from agentmesh.runtime.errors import (
     InvalidArgument,
     NotFound,
@@ -8,7 +10,6 @@ from agentmesh.runtime.errors import (
     Unavailable,
     from_rpc_error,
 )
-from google.rpc import error_details_pb2
 
 
 class FakeRpcError(grpc.RpcError):

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.saga.v1 import saga_pb2
-
 from services.saga.cel import CelError, Expression
 from services.saga.compensation import done_steps, ready_units
 from services.saga.definition import Retry, compile_definition, find_cycle, flatten_steps

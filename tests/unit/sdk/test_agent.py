@@ -9,11 +9,12 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import struct_pb2
+from google.rpc import error_details_pb2
+
 from agentmesh.agent import ActionContext, Agent, dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.errors import Aborted, InvalidArgument, Unavailable, from_rpc_error
-from google.protobuf import struct_pb2
-from google.rpc import error_details_pb2
 
 
 def _struct(d: dict[str, Any]) -> struct_pb2.Struct:

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+
 from agentmesh import Client
 from agentmesh.agent.structs import struct_to_dict
 from agentmesh.client.base import _build

@@ -14,12 +14,13 @@ from typing import Any
 import grpc
 import pytest
 import redis.asyncio as aioredis
+from google.rpc import error_details_pb2
+
 from agentmesh.agent import ActionContext, Agent, MemoryIdempotencyStore, StoredResult
 from agentmesh.agent.sdk import REASON_COMPENSATED, REASON_EXECUTE_IN_FLIGHT, compensated_key
 from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.errors import Aborted, Unavailable, from_rpc_error
-from google.rpc import error_details_pb2
 
 SDK_DB = 6
 TTL_S = 600.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+
 from agentmesh.agent import MemoryIdempotencyStore, StoredResult, dict_to_struct, struct_to_dict
 from agentmesh.agent.sdk import map_exception
 from agentmesh.runtime.errors import Internal, InvalidArgument, NotFound
