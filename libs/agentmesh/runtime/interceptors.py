@@ -7,6 +7,7 @@ the contextvars it sets must live in the task that runs the handler.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import logging
 import time
@@ -111,8 +112,60 @@ def _wrap_unary(
     return behavior
 
 
+class StreamDrained(AgentMeshError):
+    """UNAVAILABLE sent to server-streaming RPCs when the daemon drains; every
+    such stream is resumable, so the client reconnects (to another replica)
+    from the last item it saw."""
+
+    code = grpc.StatusCode.UNAVAILABLE
+
+
+async def _until_drained(items: AsyncIterator[Any], drain: asyncio.Event) -> AsyncIterator[Any]:
+    """Yield from `items` until `drain` is set, then raise StreamDrained.
+
+    Server streams (watches) never end by themselves; without this a SIGTERM
+    would wait out the whole grace period on them.
+    """
+    it = items.__aiter__()
+    stop = asyncio.ensure_future(drain.wait())
+    try:
+        while True:
+            nxt = asyncio.ensure_future(it.__anext__())
+            await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if nxt.done():
+                try:
+                    yield nxt.result()
+                except StopAsyncIteration:
+                    return
+                continue
+            nxt.cancel()
+            raise StreamDrained("the server is draining; reconnect and resume the stream")
+    finally:
+        stop.cancel()
+        aclose = getattr(it, "aclose", None)
+        if aclose is not None:
+            await aclose()
+
+
+async def _await_until_drained(work: Awaitable[Any], drain: asyncio.Event) -> None:
+    """Await `work` unless `drain` is set first; then cancel it and raise StreamDrained."""
+    task = asyncio.ensure_future(work)
+    stop = asyncio.ensure_future(drain.wait())
+    try:
+        await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            raise StreamDrained("the server is draining; reconnect and resume the stream")
+        task.result()
+    finally:
+        stop.cancel()
+
+
 def _wrap_stream(
-    fn: Callable[..., Any], method: str, auth: TokenAuthenticator | None
+    fn: Callable[..., Any],
+    method: str,
+    auth: TokenAuthenticator | None,
+    drain: asyncio.Event | None = None,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     async def behavior(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
@@ -122,10 +175,12 @@ def _wrap_stream(
             call.enter(context)
             result = fn(request, context)
             if hasattr(result, "__aiter__"):
-                async for item in result:
+                source = _until_drained(result, drain) if drain is not None else result
+                async for item in source:
                     yield item
             elif inspect.isawaitable(result):
-                await result
+                # A handler that streams with context.write() is a coroutine.
+                await (_await_until_drained(result, drain) if drain is not None else result)
             else:
                 for item in result:
                     yield item
@@ -145,10 +200,16 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
 
     Args:
         authenticator: bearer-token authenticator; None turns auth off.
+        drain: set when the daemon drains; server-streaming RPCs then end
+            with UNAVAILABLE so clients resume elsewhere. Bidirectional
+            streams keep the grace period, since they may carry acks.
     """
 
-    def __init__(self, authenticator: TokenAuthenticator | None) -> None:
+    def __init__(
+        self, authenticator: TokenAuthenticator | None, drain: asyncio.Event | None = None
+    ) -> None:
         self._auth = authenticator
+        self._drain = drain
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     async def intercept_service(
@@ -164,13 +225,16 @@ class RuntimeInterceptor(grpc.aio.ServerInterceptor):
         handler = await continuation(handler_call_details)
         if handler is None:
             return handler
-        wrapped = _wrap_handler(handler, method, self._auth)
+        wrapped = _wrap_handler(handler, method, self._auth, self._drain)
         self._cache[method] = wrapped
         return wrapped
 
 
 def _wrap_handler(
-    h: grpc.RpcMethodHandler, method: str, auth: TokenAuthenticator | None
+    h: grpc.RpcMethodHandler,
+    method: str,
+    auth: TokenAuthenticator | None,
+    drain: asyncio.Event | None = None,
 ) -> grpc.RpcMethodHandler:
     kw: dict[str, Any] = {
         "request_deserializer": h.request_deserializer,
@@ -184,7 +248,7 @@ def _wrap_handler(
         )
     if h.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(h.unary_stream, method, auth), **kw
+            _wrap_stream(h.unary_stream, method, auth, drain), **kw
         )
     return grpc.stream_stream_rpc_method_handler(
         _wrap_stream(h.stream_stream, method, auth), **kw

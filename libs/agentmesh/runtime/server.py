@@ -58,8 +58,9 @@ class Daemon:
             if config.auth_tokens_file
             else None
         )
+        self._draining = asyncio.Event()
         self.server = grpc.aio.server(
-            interceptors=[RuntimeInterceptor(auth)],
+            interceptors=[RuntimeInterceptor(auth, self._draining)],
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
@@ -186,9 +187,13 @@ class Daemon:
         self._stop.set()
 
     async def stop(self) -> None:
-        """NOT_SERVING, drain in-flight RPCs within the grace period, run shutdown hooks."""
+        """NOT_SERVING, end server streams (resumable watches) with UNAVAILABLE,
+        drain other in-flight RPCs within the grace period, run shutdown hooks."""
         if self._monitor:
             await self._monitor.drain()
+            # Let health watchers receive NOT_SERVING before their streams end.
+            await asyncio.sleep(0.05)
+        self._draining.set()
         log.info("draining", extra={"grace_period_s": self.config.grace_period_s})
         await self.server.stop(self.config.grace_period_s)
         for hook in reversed(self._shutdown):

@@ -161,3 +161,27 @@ async def test_health_follows_redis(tmp_path: Path) -> None:
                 await wait_health(ch, health_pb2.HealthCheckResponse.SERVING)
     finally:
         redis.stop()
+
+
+async def test_sigterm_ends_server_streams_instead_of_waiting_out_the_grace(
+    tmp_path: Path,
+) -> None:
+    """A resumable server stream (here health Watch) must not hold a draining
+    daemon for its whole grace period: it sees NOT_SERVING, then UNAVAILABLE."""
+    with echo(tmp_path, "--grace-period-s", "120") as d:
+        async with create_channel(d.target) as ch:
+            watch = health_pb2_grpc.HealthStub(ch).Watch(
+                health_pb2.HealthCheckRequest(service=""), timeout=60
+            )
+            seen = [(await watch.read()).status]
+            d.signal(signal.SIGTERM)
+            with pytest.raises(grpc.aio.AioRpcError) as ended:
+                while True:
+                    update = await watch.read()
+                    assert update is not grpc.aio.EOF, "stream ended without a status"
+                    seen.append(update.status)
+            assert ended.value.code() == grpc.StatusCode.UNAVAILABLE
+        assert seen[0] == health_pb2.HealthCheckResponse.SERVING
+        assert seen[-1] == health_pb2.HealthCheckResponse.NOT_SERVING
+        # Well inside the 120 s grace period: the stream did not hold the drain.
+        assert await asyncio.to_thread(d.wait, 60) == 0
