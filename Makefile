@@ -14,11 +14,13 @@ help: ## List targets
 setup: ## Install Python deps, redis-server, Kafka jars and Go tools (idempotent)
 	bash .ci/install.sh
 
-proto: ## Regenerate Python code and .pyi stubs from protos/
+proto: ## Regenerate Python code, .pyi stubs and the client's typed wrappers from protos/
 	$(PYTHON) scripts/genproto.py
+	$(PYTHON) -m agentmesh.client._codegen
 
 check-generated: ## Fail when committed generated code is stale
 	bash scripts/check_generated.sh
+	$(PYTHON) -m agentmesh.client._codegen --check
 
 lint: ## ruff, mypy and buf lint
 	ruff check libs services tests perf scripts
