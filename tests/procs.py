@@ -1,8 +1,14 @@
-"""Start AgentMesh daemons and agents as real processes in tests.
+"""Start AgentMesh daemons and agents as real processes in tests (and benchmarks).
 
 A daemon started with `--port 0` logs `{"msg": "serving", "port": N}` on
 stderr once it is bound; `DaemonProcess` waits for that line, so tests never
-guess ports or sleep.
+guess ports or sleep. `serve_until_signal` is the other side of that protocol
+for plain grpc.aio servers written on the generated stubs (test agents,
+benchmark baselines).
+
+    daemon("registry", tmp_path, "--redis-url", url)      # python -m services.registry
+    testing_agent("counting", tmp_path, "--redis-url", url)  # python -m agentmesh.agent.testing
+    group = ProcessGroup(); group.start(p); ...; group.stop_all()
 """
 
 from __future__ import annotations
@@ -13,8 +19,13 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    import grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -118,7 +129,8 @@ class DaemonProcess:
         return self.proc.returncode if self.proc else None
 
     def __enter__(self) -> DaemonProcess:
-        return self.start()
+        # A process started by a helper (e.g. `daemon(...).start()`) is only stopped on exit.
+        return self if self.proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
@@ -133,3 +145,86 @@ def daemon(
         log_dir / f"{name}-{time.monotonic_ns()}.log",
         env=env,
     )
+
+
+class AgentProcess(DaemonProcess):
+    """A DaemonProcess serving AgentService for a known agent id."""
+
+    def __init__(
+        self, args: list[str], log_path: Path, *, agent_id: str, env: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(args, log_path, env=env)
+        self.agent_id = agent_id
+
+
+def testing_agent(
+    kind: str, log_dir: Path, *flags: str, agent_id: str = "", env: dict[str, str] | None = None
+) -> AgentProcess:
+    """An AgentProcess (not started) for the SDK's ready-made test agents:
+    `python -m agentmesh.agent.testing <kind> --agent-id ID --port 0 <flags>`.
+
+    Args:
+        kind: `noop` or `counting` (see agentmesh/agent/testing.py).
+        log_dir: folder of the log file `<agent id>-<ns>.log`.
+        agent_id: defaults to `agent-t-<10 hex chars>`.
+    """
+    agent_id = agent_id or f"agent-t-{uuid.uuid4().hex[:10]}"
+    return AgentProcess(
+        ["-m", "agentmesh.agent.testing", kind, "--agent-id", agent_id, "--port", "0", *flags],
+        log_dir / f"{agent_id}-{time.monotonic_ns()}.log",
+        agent_id=agent_id,
+        env=env,
+    )
+
+
+P = TypeVar("P", bound=DaemonProcess)
+
+
+class ProcessGroup:
+    """Processes started for one test or module; `stop_all` stops every one, newest first."""
+
+    def __init__(self) -> None:
+        self.started: list[DaemonProcess] = []
+
+    def start(self, proc: P, timeout_s: float = 30.0) -> P:
+        """Start `proc` (see `DaemonProcess.start`) and remember it for `stop_all`."""
+        self.started.append(proc)
+        proc.start(timeout_s)
+        return proc
+
+    def stop_all(self, timeout_s: float = 20.0) -> None:
+        """SIGTERM each process (SIGKILL after `timeout_s`)."""
+        for p in reversed(self.started):
+            p.stop(timeout_s=timeout_s)
+
+
+def log_serving(port: int, **fields: Any) -> None:
+    """Log the `{"msg": "serving", "port": N}` line DaemonProcess waits for, on stderr."""
+    print(json.dumps({"msg": "serving", "port": port, **fields}), file=sys.stderr, flush=True)
+
+
+async def serve_until_signal(
+    server: grpc.aio.Server,
+    *,
+    before_serving: Callable[[int], Awaitable[None]] | None = None,
+    **fields: Any,
+) -> None:
+    """Serve a plain grpc.aio server on a free loopback port until SIGTERM/SIGINT.
+
+    The caller adds its servicers first. Once bound and started, this awaits
+    `before_serving(port)` (e.g. writing a registration), logs the serving line
+    with `fields`, and on the signal stops the server with a 1 s grace.
+    """
+    import asyncio
+
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    if before_serving is not None:
+        await before_serving(port)
+    log_serving(port, **fields)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await server.stop(1)

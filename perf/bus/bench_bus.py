@@ -40,6 +40,7 @@ sys.path.insert(0, str(ROOT / "libs"))
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.runtime.deps import kafka_producer_config  # noqa: E402
+from perf.common import percentile as pct  # noqa: E402
 from tests.procs import daemon  # noqa: E402
 
 PAYLOAD = b"x" * 100
@@ -204,11 +205,6 @@ async def gateway_latency(target: str, topic: str, rate: float, seconds: float) 
         await asyncio.wait_for(rx, 15)
         call.cancel()
         return lat
-
-
-def pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def run_gateway(backend: str, bootstrap: str, logs: Path) -> object:

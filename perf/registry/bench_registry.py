@@ -9,7 +9,7 @@ Measures, in one run against a private Redis and a real registry process:
   * HeartbeatStream ingest in heartbeats/s (goal >= 10,000);
   * Redis memory per agent (goal <= 2 KB).
 
-Usage: python perf/registry/bench_registry.py [--agents 10000] [--seconds 5]
+Usage: python perf/registry/bench_registry.py [--agents 10000] [--seconds 5] [--no-write]
 Writes perf/registry/RESULTS.md. Needs `redis-server` on PATH. Bounded to
 about two minutes.
 """
@@ -23,7 +23,6 @@ import os
 import random
 import re
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,32 +41,24 @@ sys.path.insert(0, str(ROOT))
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2 as pb  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2_grpc  # noqa: E402
+from perf.common import (  # noqa: E402
+    NOOP_SERVERS,
+    add_no_write,
+    closed_loop,
+    percentile,
+    sequential_ms,
+    write_results,
+)
 from services.registry.discovery import CatalogMirror  # noqa: E402
 from services.registry.settings import RegistrySettings  # noqa: E402
 from services.registry.store import RegistryStore  # noqa: E402
+from tests.infra import RedisServer  # noqa: E402
+from tests.procs import DaemonProcess  # noqa: E402
 
 CAPS = [f"cap{i:02d}" for i in range(40)]
 STYPES = ["computation", "storage", "analytics", "ingest", "reporting"]
 TAGS = ["prod", "staging", "gpu", "cpu", "eu", "us", "batch", "online", "tier1", "tier2"]
 LOCS = ["us-east-1", "us-west-2", "eu-west-1", "ap-south-1"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _start_redis(port: int, workdir: Path) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(
-        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-         "--appendonly", "no", "--dir", str(workdir)], stdout=subprocess.DEVNULL,
-    )
-
-
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
 
 
 def _agent(i: int, rnd: random.Random) -> pb.Agent:
@@ -98,56 +89,10 @@ def _queries(rnd: random.Random, n: int) -> list[pb.DiscoverAgentsRequest]:
     return out
 
 
-class Proc:
-    """A child process whose first JSON `serving` log line (or stdout line) gives its port."""
-
-    def __init__(self, args: list[str], *, stdout_port: bool = False) -> None:
-        self.p = subprocess.Popen(
-            [sys.executable, *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert self.p.stdout is not None and self.p.stderr is not None
-        self.port = 0
-        self.metrics_port = 0
-        stream = self.p.stdout if stdout_port else self.p.stderr
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = stream.readline()
-            if not line:
-                raise RuntimeError(f"{args} exited: {self.p.stderr.read().decode()[-2000:]}")
-            if stdout_port:
-                self.port = int(line)
-                break
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if doc.get("msg") == "serving":
-                self.port = int(doc["port"])
-                self.metrics_port = int(doc.get("metrics_port") or 0)
-                break
-        # Drain the log pipe so the child never blocks on a full pipe.
-        import threading
-
-        threading.Thread(target=lambda: [None for _ in stream], daemon=True).start()
-
-    def stop(self) -> None:
-        self.p.terminate()
-        try:
-            self.p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-
-
 async def _sequential_latency(
     stub: registry_pb2_grpc.RegistryServiceStub, qs: list[pb.DiscoverAgentsRequest], n: int
 ) -> list[float]:
-    lat = []
-    for i in range(n):
-        t = time.perf_counter()
-        await stub.DiscoverAgents(qs[i % len(qs)])
-        lat.append((time.perf_counter() - t) * 1000)
-    return lat
+    return await sequential_ms(lambda i: stub.DiscoverAgents(qs[i % len(qs)]), n)
 
 
 async def _interleaved_throughput(
@@ -169,21 +114,13 @@ async def _interleaved_throughput(
                 await stub.DiscoverAgents(q)  # warm
         for _ in range(slices):
             for k, stub in enumerate(stubs):
-                stop_at = time.perf_counter() + slice_s
-                done = 0
 
-                async def worker(w: int, stub: Any = stub, stop_at: float = stop_at) -> None:
-                    nonlocal done
-                    i = w
-                    while time.perf_counter() < stop_at:
-                        await stub.DiscoverAgents(qs[i % len(qs)])
-                        done += 1
-                        i += concurrency
+                async def discover(i: int, stub: Any = stub) -> None:
+                    await stub.DiscoverAgents(qs[i % len(qs)])
 
-                start = time.perf_counter()
-                await asyncio.gather(*(worker(w) for w in range(concurrency)))
-                spent[k] += time.perf_counter() - start
-                calls[k] += done
+                res = await closed_loop(discover, concurrency=concurrency, seconds=slice_s)
+                spent[k] += res.wall_s
+                calls[k] += res.calls
     finally:
         for ch in channels:
             await ch.close()
@@ -270,34 +207,32 @@ async def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0, help="length of one round")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16)
+    add_no_write(ap)
     ns = ap.parse_args()
     rnd = random.Random(42)
     tmp = Path(tempfile.mkdtemp(prefix="bench-registry-"))
-    rport = _free_port()
-    redis_proc = _start_redis(rport, tmp)
-    url = f"redis://127.0.0.1:{rport}/1"
-    procs: list[Proc] = []
+    redis_server = RedisServer(workdir=tmp / "redis").start()
+    url = redis_server.url_for_db(1)
+    procs: list[DaemonProcess] = []
     results: dict[str, Any] = {"agents": ns.agents, "load_before": f"{os.getloadavg()[0]:.1f}"}
+
+    def start(*args: str) -> DaemonProcess:
+        p = DaemonProcess(list(args), tmp / f"proc-{len(procs)}.log")
+        procs.append(p)
+        return p.start(timeout_s=60)
+
     try:
         client = aioredis.Redis.from_url(url)
-        for _ in range(100):
-            try:
-                await client.ping()
-                break
-            except Exception:
-                await asyncio.sleep(0.05)
         flags = ["--port", "0", "--metrics-port", "0", "--redis-url", url,
                  "--heartbeat-interval-ms", "600000", "--sweep-interval-ms", "1000"]
-        reg = Proc(["-m", "services.registry", *flags])
-        procs.append(reg)
-        noop = Proc([str(ROOT / "perf/registry/noop_server.py")], stdout_port=True)
-        procs.append(noop)
+        reg = start("-m", "services.registry", *flags)
+        noop = start(str(NOOP_SERVERS), "registry")
         mem0 = (await client.info("memory"))["used_memory"]
 
         # ---- register -----------------------------------------------------
         agents = [_agent(i, rnd) for i in range(ns.agents)]
         t = time.perf_counter()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{reg.port}") as ch:
+        async with grpc.aio.insecure_channel(reg.target) as ch:
             stub = registry_pb2_grpc.RegistryServiceStub(ch)
             sem = asyncio.Semaphore(64)
 
@@ -329,8 +264,8 @@ async def main() -> None:
                 await mirror.discover(q.selector, max_results=q.max_results,
                                       include_inactive=False)
                 lat.append((time.perf_counter() - t) * 1000)
-            results[f"inproc_{label}_p50_ms"] = _pct(lat, 0.5)
-            results[f"inproc_{label}_p99_ms"] = _pct(lat, 0.99)
+            results[f"inproc_{label}_p50_ms"] = percentile(lat, 0.5)
+            results[f"inproc_{label}_p99_ms"] = percentile(lat, 0.99)
         empty = pb.DiscoverAgentsRequest(max_results=10)
         lat = []
         for _ in range(50):
@@ -338,25 +273,24 @@ async def main() -> None:
             t = time.perf_counter()
             r = await mirror.discover(empty.selector, max_results=10, include_inactive=False)
             lat.append((time.perf_counter() - t) * 1000)
-        results["inproc_match_all_uncached_p50_ms"] = _pct(lat, 0.5)
+        results["inproc_match_all_uncached_p50_ms"] = percentile(lat, 0.5)
         results["matches_typical"] = statistics.mean(
             [(await mirror.discover(q.selector, max_results=10, include_inactive=False))
              .total_matches for q in qs[:50]])
         assert r.total_matches == ns.agents
 
         # ---- through gRPC -------------------------------------------------
-        nocache = Proc(["-m", "services.registry", *flags, "--discovery-cache-ttl-ms", "0"])
-        procs.append(nocache)
+        nocache = start("-m", "services.registry", *flags, "--discovery-cache-ttl-ms", "0")
         hist = "registry_discovery_latency_ms"
         for label, d in (("cached", reg), ("uncached", nocache)):
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{d.port}") as ch:
+            async with grpc.aio.insecure_channel(d.target) as ch:
                 stub = registry_pb2_grpc.RegistryServiceStub(ch)
                 await _sequential_latency(stub, qs, 200)  # warm (mirror load, caches)
                 before = _buckets(d.metrics_port, hist)
                 lat = await _sequential_latency(stub, qs, 2000)
                 after = _buckets(d.metrics_port, hist)
-            results[f"grpc_{label}_p50_ms"] = _pct(lat, 0.5)
-            results[f"grpc_{label}_p99_ms"] = _pct(lat, 0.99)
+            results[f"grpc_{label}_p50_ms"] = percentile(lat, 0.5)
+            results[f"grpc_{label}_p99_ms"] = percentile(lat, 0.99)
             results[f"daemon_{label}_p50_le_ms"] = _bucket_quantile(before, after, 0.5)
             results[f"daemon_{label}_p99_le_ms"] = _bucket_quantile(before, after, 0.99)
         nocache.stop()
@@ -364,7 +298,7 @@ async def main() -> None:
 
         # ---- RPC/s vs a no-op server --------------------------------------
         noop_rps, reg_rps = await _interleaved_throughput(
-            [f"127.0.0.1:{noop.port}", f"127.0.0.1:{reg.port}"], qs,
+            [noop.target, reg.target], qs,
             slices=int(ns.seconds * ns.rounds / 0.5), slice_s=0.5, concurrency=ns.concurrency,
         )
         results["noop_rps"] = noop_rps
@@ -376,7 +310,7 @@ async def main() -> None:
         hb = []
         hb_err = 0
         for _ in range(ns.rounds):
-            rate, err = await _heartbeat_ingest(f"127.0.0.1:{reg.port}", ids,
+            rate, err = await _heartbeat_ingest(reg.target, ids,
                                                 seconds=ns.seconds, streams=4, batch=500)
             hb.append(rate)
             hb_err += err
@@ -387,9 +321,8 @@ async def main() -> None:
         await client.aclose()
     finally:
         for p in procs:
-            p.stop()
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+            p.stop(timeout_s=15)
+        redis_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     _report(results, ns)
 
@@ -462,9 +395,7 @@ def _report(r: dict[str, Any], ns: argparse.Namespace) -> None:
         "`--event-retention` entries (default 100,000), so its share per agent shrinks as",
         "the history turns over.",
     ]
-    text = "\n".join(lines) + "\n"
-    (ROOT / "perf/registry/RESULTS.md").write_text(text)
-    print(text)
+    write_results(ROOT / "perf/registry/RESULTS.md", "\n".join(lines) + "\n", ns)
     print(json.dumps(r, indent=1))
 
 

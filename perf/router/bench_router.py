@@ -11,7 +11,7 @@ RouterService, an echo agent), it measures:
   * Invoke's added latency: Router.Invoke vs calling the agent's Execute
     directly, sequential p50/p99 (goal <= 1.5 ms at p50).
 
-Usage: python perf/router/bench_router.py [--seconds 4]
+Usage: python perf/router/bench_router.py [--seconds 4] [--no-write]
 Writes perf/router/RESULTS.md. Needs `redis-server` on PATH. Bounded to
 about two minutes.
 """
@@ -20,15 +20,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import platform
 import shutil
-import socket
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -43,68 +39,22 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
 from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
+from perf.common import (  # noqa: E402
+    NOOP_SERVERS,
+    add_no_write,
+    closed_loop,
+    percentile,
+    sequential_ms,
+    write_results,
+)
 from services.router.engine import RouteEngine  # noqa: E402
 from services.router.settings import RouterSettings  # noqa: E402
+from tests.infra import RedisServer  # noqa: E402
+from tests.procs import DaemonProcess  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CAP = "bench"
 BIG_CAP = "bench-1000"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _pct(xs: list[float], q: float) -> float:
-    s = sorted(xs)
-    return s[min(len(s) - 1, int(q * len(s)))]
-
-
-class Proc:
-    """A child process that reports its port: first stdout line, or the JSON
-    `serving` log line on stderr."""
-
-    def __init__(self, args: list[str], *, stdout_port: bool) -> None:
-        self.p = subprocess.Popen(
-            [sys.executable, *args],
-            cwd=ROOT,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            env={**os.environ, "PYTHONPATH": str(ROOT)},
-        )
-        assert self.p.stdout is not None and self.p.stderr is not None
-        stream = self.p.stdout if stdout_port else self.p.stderr
-        self.port = 0
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and not self.port:
-            line = stream.readline()
-            if not line:
-                raise RuntimeError(f"{args} exited: {self.p.stderr.read().decode()[-2000:]}")
-            if stdout_port:
-                self.port = int(line)
-                continue
-            try:
-                doc = json.loads(line)
-            except ValueError:
-                continue
-            if doc.get("msg") == "serving":
-                self.port = int(doc["port"])
-        for s in (self.p.stdout, self.p.stderr):  # drain so the child never blocks
-            threading.Thread(target=lambda s=s: [None for _ in s], daemon=True).start()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        self.p.terminate()
-        try:
-            self.p.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.p.kill()
-            self.p.wait(timeout=5)
 
 
 async def _register_many(r: aioredis.Redis, n: int, cap: str) -> None:
@@ -145,20 +95,10 @@ async def _rps(target: str, *, seconds: float, concurrency: int) -> float:
         stub = router_pb2_grpc.RouterServiceStub(ch)
         for q in reqs[:50]:
             await stub.Route(q)  # warm (also loads the router's pool and cache)
-        done = 0
-        stop_at = time.perf_counter() + seconds
-
-        async def worker(k: int) -> None:
-            nonlocal done
-            i = k
-            while time.perf_counter() < stop_at:
-                await stub.Route(reqs[i % len(reqs)])
-                done += 1
-                i += concurrency
-
-        t0 = time.perf_counter()
-        await asyncio.gather(*(worker(k) for k in range(concurrency)))
-        return done / (time.perf_counter() - t0)
+        res = await closed_loop(
+            lambda i: stub.Route(reqs[i % len(reqs)]), concurrency=concurrency, seconds=seconds
+        )
+        return res.rate
 
 
 async def _latency(target: str, n: int) -> list[float]:
@@ -167,12 +107,7 @@ async def _latency(target: str, n: int) -> list[float]:
         stub = router_pb2_grpc.RouterServiceStub(ch)
         for q in reqs[:50]:
             await stub.Route(q)
-        lat = []
-        for i in range(n):
-            t = time.perf_counter()
-            await stub.Route(reqs[i % len(reqs)])
-            lat.append((time.perf_counter() - t) * 1000)
-        return lat
+        return await sequential_ms(lambda i: stub.Route(reqs[i % len(reqs)]), n)
 
 
 async def _batched(target: str, *, seconds: float, batch: int, strategy: int) -> float:
@@ -297,19 +232,30 @@ async def _invoke_latency(
 
 async def _seed(url: str) -> None:
     r = aioredis.Redis.from_url(url)
-    for _ in range(100):
-        try:
-            await r.ping()
-            break
-        except Exception:
-            await asyncio.sleep(0.05)
     await _register_many(r, 8, CAP)
     await _register_many(r, 1000, BIG_CAP)
     await r.aclose()
 
 
+async def _register_echo(url: str, agent_id: str, endpoint: str, cap: str) -> None:
+    """Register the echo agent (perf/noop_servers.py agent) in the registry's key schema."""
+    r = aioredis.Redis.from_url(url)
+    await r.hset(
+        f"am:reg:agent:{agent_id}",
+        mapping={
+            "endpoint": endpoint,
+            "status": "ACTIVE",
+            "health": "1.0",
+            "version": "1.0.0",
+            "last_heartbeat_ms": str(int(time.time() * 1000)),
+        },
+    )
+    await r.sadd(f"am:reg:idx:cap:{cap}", agent_id)
+    await r.aclose()
+
+
 async def measure(
-    seconds: float, url: str, noop: Proc, agent: Proc, router: Proc
+    seconds: float, url: str, noop: DaemonProcess, agent: DaemonProcess, router: DaemonProcess
 ) -> dict[str, Any]:
     """Every measurement, against processes already running."""
     res: dict[str, Any] = {}
@@ -326,8 +272,9 @@ async def measure(
     res["load"] = os.getloadavg()[0]
     lat_noop = await _latency(noop.target, 1500)
     lat_router = await _latency(router.target, 1500)
-    res["noop_p50"], res["noop_p99"] = _pct(lat_noop, 0.5), _pct(lat_noop, 0.99)
-    res["router_p50"], res["router_p99"] = _pct(lat_router, 0.5), _pct(lat_router, 0.99)
+    res["noop_p50"], res["noop_p99"] = percentile(lat_noop, 0.5), percentile(lat_noop, 0.99)
+    res["router_p50"] = percentile(lat_router, 0.5)
+    res["router_p99"] = percentile(lat_router, 0.99)
     print("batched and streamed decisions ...", flush=True)
     res["batch_ll"] = await _batched(
         router.target, seconds=seconds, batch=1000, strategy=R.STRATEGY_LEAST_LOADED
@@ -340,52 +287,36 @@ async def measure(
     res["in_process"] = await _in_process(url, seconds=seconds * 3)
     print("Invoke added latency ...", flush=True)
     direct, via = await _invoke_latency(router.target, agent.target, "echo-1", 1500)
-    res["direct_p50"], res["direct_p99"] = _pct(direct, 0.5), _pct(direct, 0.99)
-    res["invoke_p50"], res["invoke_p99"] = _pct(via, 0.5), _pct(via, 0.99)
+    res["direct_p50"], res["direct_p99"] = percentile(direct, 0.5), percentile(direct, 0.99)
+    res["invoke_p50"], res["invoke_p99"] = percentile(via, 0.5), percentile(via, 0.99)
     return res
 
 
 def bench(seconds: float) -> dict[str, Any]:
     """Start a private Redis and the processes, measure, stop everything."""
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
-    rport = _free_port()
-    redis_proc = subprocess.Popen(
-        [
-            "redis-server",
-            "--port",
-            str(rport),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            str(workdir),
-        ],
-        stdout=subprocess.DEVNULL,
-    )
-    procs: list[Proc] = []
+    redis_server = RedisServer(workdir=workdir / "redis").start()
+    procs: list[DaemonProcess] = []
+
+    def start(*args: str) -> DaemonProcess:
+        p = DaemonProcess(list(args), workdir / f"proc-{len(procs)}.log")
+        procs.append(p)
+        return p.start(timeout_s=60)
+
     try:
-        url = f"redis://127.0.0.1:{rport}/0"
+        url = redis_server.url_for_db(0)
         asyncio.run(_seed(url))
-        noop = Proc([str(HERE / "noop_servers.py"), "router"], stdout_port=True)
-        procs.append(noop)
-        agent = Proc(
-            [str(HERE / "noop_servers.py"), "agent", url, "echo-1", "echo"], stdout_port=True
+        noop = start(str(NOOP_SERVERS), "router")
+        agent = start(str(NOOP_SERVERS), "agent", "echo-1")
+        asyncio.run(_register_echo(url, "echo-1", agent.target, "echo"))
+        router = start(
+            "-m", "services.router", "--port", "0", "--metrics-port", "0", "--redis-url", url
         )
-        procs.append(agent)
-        router = Proc(
-            ["-m", "services.router", "--port", "0", "--metrics-port", "0", "--redis-url", url],
-            stdout_port=False,
-        )
-        procs.append(router)
         return asyncio.run(measure(seconds, url, noop, agent, router))
     finally:
         for p in reversed(procs):
-            p.stop()
-        redis_proc.terminate()
-        redis_proc.wait(timeout=10)
+            p.stop(timeout_s=15)
+        redis_server.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
 
@@ -450,12 +381,11 @@ def report(res: dict[str, Any], seconds: float) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="per throughput measurement")
+    add_no_write(ap)
     ns = ap.parse_args()
     t0 = time.monotonic()
     res = bench(ns.seconds)
-    text = report(res, ns.seconds)
-    (HERE / "RESULTS.md").write_text(text)
-    print(text)
+    write_results(HERE / "RESULTS.md", report(res, ns.seconds), ns)
     print(f"(took {time.monotonic() - t0:.0f}s)")
 
 

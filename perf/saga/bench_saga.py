@@ -12,7 +12,7 @@ no-op agent process (`python -m agentmesh.agent.testing noop`):
 Bounded: each phase stops after --seconds (default 20) or --sagas, whichever
 comes first. Writes perf/saga/RESULTS.md.
 
-    python perf/saga/bench_saga.py [--seconds 20] [--concurrency 64] [--sagas 4000]
+    python perf/saga/bench_saga.py [--seconds 20] [--concurrency 64] [--sagas 4000] [--no-write]
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +38,9 @@ sys.path.insert(0, str(ROOT / "libs"))
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc  # noqa: E402
+from perf.common import add_no_write, closed_loop, percentile, write_results  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
-from tests.procs import DaemonProcess  # noqa: E402
+from tests.procs import DaemonProcess, daemon, testing_agent  # noqa: E402
 
 S = saga_pb2
 FINAL = {
@@ -49,37 +49,6 @@ FINAL = {
     S.SAGA_STATE_FAILED,
     S.SAGA_STATE_CANCELLED,
 }
-
-
-def pct(xs: list[float], p: float) -> float:
-    """The p-th percentile (nearest rank) of xs."""
-    s = sorted(xs)
-    return s[min(len(s) - 1, max(0, round(p / 100 * len(s)) - 1))]
-
-
-async def closed_loop(
-    fn: Any, *, concurrency: int, seconds: float, limit: int
-) -> tuple[list[float], float]:
-    """Run `fn()` from `concurrency` workers until time or count runs out.
-
-    Returns:
-        (latencies in ms, wall seconds).
-    """
-    lat: list[float] = []
-    stop = time.monotonic() + seconds
-    count = 0
-
-    async def worker() -> None:
-        nonlocal count
-        while time.monotonic() < stop and count < limit:
-            count += 1
-            t0 = time.perf_counter()
-            await fn()
-            lat.append((time.perf_counter() - t0) * 1000)
-
-    t0 = time.monotonic()
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return lat, time.monotonic() - t0
 
 
 async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -> dict[str, Any]:
@@ -92,7 +61,7 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
         saga = saga_pb2_grpc.SagaServiceStub(sch)
         seq = 0
 
-        async def direct() -> None:
+        async def direct(_i: int) -> None:
             nonlocal seq
             seq += 1
             await agent.Execute(
@@ -111,7 +80,7 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
         ]
         defn = S.SagaDefinition(name="bench_five_steps", steps=steps)
 
-        async def one_saga() -> None:
+        async def one_saga(_i: int) -> None:
             started = await saga.StartSaga(S.StartSagaRequest(definition=defn))
             async for r in saga.WatchSaga(S.WatchSagaRequest(saga_id=started.saga.saga_id)):
                 if r.event.state in FINAL:
@@ -122,24 +91,25 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
         # warm-up: channels, caches, JIT-free but connection pools
         await closed_loop(direct, concurrency=8, seconds=2, limit=200)
         await closed_loop(one_saga, concurrency=8, seconds=3, limit=50)
-        d_lat, d_wall = await closed_loop(
+        d = await closed_loop(
             direct, concurrency=args.concurrency, seconds=args.seconds / 2, limit=args.sagas * 5
         )
-        s_lat, s_wall = await closed_loop(
+        sg = await closed_loop(
             one_saga, concurrency=args.concurrency, seconds=args.seconds, limit=args.sagas
         )
         # per-step overhead at low load: one saga at a time vs one call at a time
-        d1, _ = await closed_loop(direct, concurrency=1, seconds=3, limit=500)
-        s1, _ = await closed_loop(one_saga, concurrency=1, seconds=5, limit=100)
+        d1 = (await closed_loop(direct, concurrency=1, seconds=3, limit=500)).latencies_ms
+        s1 = (await closed_loop(one_saga, concurrency=1, seconds=5, limit=100)).latencies_ms
+    d_lat, d_wall, s_lat, s_wall = d.latencies_ms, d.wall_s, sg.latencies_ms, sg.wall_s
     return {
         "direct_calls": len(d_lat),
         "direct_per_s": len(d_lat) / d_wall,
         "direct_p50_ms": statistics.median(d_lat),
-        "direct_p99_ms": pct(d_lat, 99),
+        "direct_p99_ms": percentile(d_lat, 0.99),
         "sagas": len(s_lat),
         "sagas_per_s": len(s_lat) / s_wall,
         "saga_p50_ms": statistics.median(s_lat),
-        "saga_p99_ms": pct(s_lat, 99),
+        "saga_p99_ms": percentile(s_lat, 0.99),
         "steps_per_s": 5 * len(s_lat) / s_wall,
         "solo_direct_p50_ms": statistics.median(d1),
         "solo_saga_p50_ms": statistics.median(s1),
@@ -150,8 +120,8 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
     }
 
 
-def write_results(fig: dict[str, Any], args: argparse.Namespace) -> str:
-    """Write RESULTS.md; returns its text."""
+def render(fig: dict[str, Any], args: argparse.Namespace) -> str:
+    """The text of RESULTS.md."""
     cpu = os.cpu_count()
     text = f"""# Saga coordinator benchmark
 
@@ -188,7 +158,6 @@ Execute call when idle; throughput in steps/s is \
 
 The seeds claimed 1,000 sagas a minute (17/s); the goal was 100/s.
 """
-    (Path(__file__).parent / "RESULTS.md").write_text(text)
     return text
 
 
@@ -198,49 +167,23 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--sagas", type=int, default=4000)
+    add_no_write(ap)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-saga-"))
     server = RedisServer(workdir=work / "redis").start()
     url = server.url_for_db(3)
     procs: list[DaemonProcess] = []
     try:
-        agent = DaemonProcess(
-            [
-                "-m",
-                "agentmesh.agent.testing",
-                "noop",
-                "--agent-id",
-                "bench-noop",
-                "--port",
-                "0",
-                "--metrics-port",
-                "-1",
-            ],
-            work / "agent.log",
-        ).start()
-        procs.append(agent)
+        agent = testing_agent("noop", work, "--metrics-port", "-1", agent_id="bench-noop")
+        procs.append(agent.start())
         redis.Redis.from_url(url).hset(
             "am:reg:agent:bench-noop", mapping={"endpoint": agent.target, "status": "ACTIVE"}
         )
-        coord = DaemonProcess(
-            [
-                "-m",
-                "services.saga",
-                "--port",
-                "0",
-                "--metrics-port",
-                "0",
-                "--redis-url",
-                url,
-                "--use-router",
-                "false",
-            ],
-            work / "saga.log",
-        )
+        coord = daemon("saga", work, "--redis-url", url, "--use-router", "false")
         procs.append(coord.start())
         fig = asyncio.run(bench(args, agent.target, coord.target))
         print(json.dumps(fig, indent=2))
-        print(write_results(fig, args))
+        write_results(Path(__file__).parent / "RESULTS.md", render(fig, args), args)
     finally:
         for p in procs:
             p.stop()

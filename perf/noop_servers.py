@@ -1,0 +1,70 @@
+"""The no-op baselines of the benchmarks: one generated servicer on a plain
+grpc.aio server (no interceptors, no Redis), answering at once.
+
+    python perf/noop_servers.py registry         DiscoverAgents -> empty response
+    python perf/noop_servers.py router           Route -> empty response
+    python perf/noop_servers.py agent [AGENT_ID] Execute -> its input (agent id
+                                                 default `agent-noop`)
+
+Each logs `{"msg": "serving", "port": N}` on stderr once bound (what
+tests.procs.DaemonProcess waits for) and serves until SIGTERM.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
+from agentmesh.router.v1 import router_pb2, router_pb2_grpc
+from tests.procs import serve_until_signal
+
+
+class NoopRegistry(registry_pb2_grpc.RegistryServiceServicer):
+    async def DiscoverAgents(
+        self, request: registry_pb2.DiscoverAgentsRequest, context: Any
+    ) -> registry_pb2.DiscoverAgentsResponse:
+        return registry_pb2.DiscoverAgentsResponse()
+
+
+class NoopRouter(router_pb2_grpc.RouterServiceServicer):
+    async def Route(
+        self, request: router_pb2.RouteRequest, context: Any
+    ) -> router_pb2.RouteResponse:
+        return router_pb2.RouteResponse()
+
+
+class EchoAgent(agent_pb2_grpc.AgentServiceServicer):
+    def __init__(self, agent_id: str) -> None:
+        self.agent_id = agent_id
+
+    async def Execute(
+        self, request: agent_pb2.ExecuteRequest, context: Any
+    ) -> agent_pb2.ExecuteResponse:
+        return agent_pb2.ExecuteResponse(output=request.input, agent_id=self.agent_id)
+
+
+async def main(argv: list[str]) -> None:
+    server = grpc.aio.server()
+    kind = argv[0] if argv else ""
+    if kind == "registry":
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(NoopRegistry(), server)  # type: ignore[abstract]
+    elif kind == "router":
+        router_pb2_grpc.add_RouterServiceServicer_to_server(NoopRouter(), server)  # type: ignore[abstract]
+    elif kind == "agent":
+        agent_id = argv[1] if len(argv) > 1 else "agent-noop"
+        agent_pb2_grpc.add_AgentServiceServicer_to_server(EchoAgent(agent_id), server)  # type: ignore[abstract]
+    else:
+        raise SystemExit(f"usage: {sys.argv[0]} registry|router|agent [AGENT_ID]")
+    await serve_until_signal(server, kind=kind)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1:]))
