@@ -16,6 +16,7 @@ write, because the failed link is missing from the log.
 from __future__ import annotations
 
 import hashlib
+from binascii import hexlify
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -25,6 +26,7 @@ from agentmesh.bus.v1 import bus_pb2
 from services.bus import wire
 
 ZERO_HASH = "0" * 64
+ZERO_RAW = bytes(32)
 
 
 def link_hash(previous_hash: str, value: bytes) -> str:
@@ -35,12 +37,16 @@ def link_hash(previous_hash: str, value: bytes) -> str:
 @dataclass(slots=True)
 class _ChainState:
     chain_id: str
-    sequence: int
-    last_hash: str
+    #: the encoded chain_id field of Provenance, the same for every link
+    chain_id_field: bytes
+    sequence: int = 0
+    #: the last link's hash as raw bytes (what the next hash covers) and as hex
+    last_raw: bytes = ZERO_RAW
+    last_hex: bytes = ZERO_HASH.encode()
 
 
 class ChainWriter:
-    """Extends per-partition chains; call `link` in write order.
+    """Extends per-partition chains; call `link` / `append_link` in write order.
 
     Args:
         writer_id: this process's writer id.
@@ -51,30 +57,70 @@ class ChainWriter:
         self._chains: dict[tuple[str, int], _ChainState] = {}
         self._epochs: dict[tuple[str, int], int] = {}
 
+    def _state(self, topic: str, partition: int) -> _ChainState:
+        tp = (topic, partition)
+        st = self._chains.get(tp)
+        if st is None:
+            epoch = self._epochs.get(tp, 0)
+            chain_id = f"{topic}/{partition}/{self.writer_id}.{epoch}"
+            st = _ChainState(chain_id, wire.len_field(wire.TAG_PROV_CHAIN_ID, chain_id.encode()))
+            self._chains[tp] = st
+        return st
+
     def link(self, env: bus_pb2.Envelope, partition: int, *, now_ms: int) -> tuple[bytes, str]:
-        """Fill `env.provenance` as the next link and serialize it.
+        """Fill `env.provenance` as the next link and serialize it (the slow,
+        message-based form of `append_link`, kept for tools and tests).
 
         Returns:
             (value bytes to store, hex hash of the link).
         """
-        tp = (env.topic, partition)
-        st = self._chains.get(tp)
-        if st is None:
-            epoch = self._epochs.get(tp, 0)
-            st = _ChainState(f"{env.topic}/{partition}/{self.writer_id}.{epoch}", 0, ZERO_HASH)
-            self._chains[tp] = st
+        st = self._state(env.topic, partition)
         p = env.provenance
         p.Clear()
         p.chain_id = st.chain_id
         p.sequence = st.sequence + 1
-        p.previous_hash = st.last_hash
+        p.previous_hash = st.last_hex.decode()
         p.create_time.seconds, ms = divmod(now_ms, 1000)
         p.create_time.nanos = ms * 1_000_000
         value = env.SerializeToString(deterministic=True)
-        h = link_hash(st.last_hash, value)
+        raw = hashlib.sha256(st.last_raw + value).digest()
         st.sequence += 1
-        st.last_hash = h
-        return value, h
+        st.last_raw = raw
+        st.last_hex = hexlify(raw)
+        return value, st.last_hex.decode()
+
+    def append_link(
+        self, topic: str, partition: int, head: bytes, create_time_field: bytes, tail: bytes
+    ) -> tuple[bytes, bytes]:
+        """Make the next link of (topic, partition) from encoded Envelope parts.
+
+        The value is `head` (a serialized Envelope without provenance) +
+        the encoded provenance field (chain_id, sequence, previous_hash,
+        create_time) + `tail` (further encoded fields, e.g. publish_time).
+
+        Args:
+            topic / partition: the chain.
+            head: serialized Envelope fields, provenance absent.
+            create_time_field: the encoded Provenance.create_time field.
+            tail: encoded Envelope fields to put after the provenance.
+
+        Returns:
+            (value bytes to store, hex hash of the link as ASCII bytes).
+        """
+        st = self._chains.get((topic, partition)) or self._state(topic, partition)
+        prov = b"".join((
+            st.chain_id_field,
+            wire.TAG_PROV_SEQUENCE, wire.varint(st.sequence + 1),
+            b"\x1a\x40", st.last_hex,  # previous_hash: 64 hex characters
+            create_time_field,
+        ))
+        value = b"".join((head, wire.TAG_ENV_PROVENANCE, wire.varint(len(prov)), prov, tail))
+        raw = hashlib.sha256(st.last_raw + value).digest()
+        hex_b = hexlify(raw)
+        st.sequence += 1
+        st.last_raw = raw
+        st.last_hex = hex_b
+        return value, hex_b
 
     def reset(self, topic: str, partition: int) -> None:
         """Start a new chain for the partition (after a failed write)."""

@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, cast
 
 from confluent_kafka import (
@@ -91,23 +93,46 @@ def _to_stored(m: Message) -> StoredRecord:
 
 
 class _Batch:
-    __slots__ = ("fut", "lock", "loop", "remaining", "results")
+    """One write's records: collects their delivery reports, resolves one
+    asyncio future when the last one is in (one cross-thread wake-up per batch).
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, n: int) -> None:
+    Reports arrive on the producer's poll thread, local failures on the loop;
+    the count is an itertools.count, whose next() is atomic under the GIL, so
+    no lock is taken per report.
+    """
+
+    __slots__ = ("backend", "count", "fut", "last", "loop", "results")
+
+    def __init__(self, backend: KafkaBackend, loop: asyncio.AbstractEventLoop, n: int) -> None:
+        self.backend = backend
         self.loop = loop
-        self.lock = threading.Lock()
         self.fut: asyncio.Future[list[WriteResult]] = loop.create_future()
         self.results: list[WriteResult] = [0] * n
-        self.remaining = n
+        self.count = itertools.count()
+        self.last = n - 1
 
     def done(self, i: int, result: WriteResult) -> None:
-        # Delivery reports arrive on the poll thread, local failures on the loop.
-        with self.lock:
-            self.results[i] = result
-            self.remaining -= 1
-            last = self.remaining == 0
-        if last:
+        self.results[i] = result
+        if next(self.count) == self.last:
             self.loop.call_soon_threadsafe(_resolve, self.fut, self.results)
+
+    def on_delivery(self, i: int, err: KafkaError | None, msg: Message) -> None:
+        """librdkafka's delivery report for record i (bound per record with partial)."""
+        if err is None:
+            self.results[i] = msg.offset() or 0
+            if next(self.count) == self.last:
+                self.backend.down_since = None
+                self.loop.call_soon_threadsafe(_resolve, self.fut, self.results)
+            return
+        code = err.code()
+        unknown = code in _UNKNOWN_OUTCOME_CODES or err.retriable()
+        if code == KafkaError.MSG_SIZE_TOO_LARGE:
+            reason = "MESSAGE_TOO_LARGE"
+        elif unknown:
+            reason = "UNKNOWN_OUTCOME"
+        else:
+            reason = "KAFKA_ERROR"
+        self.done(i, DeliveryError(str(err), unknown_outcome=unknown, reason=reason))
 
 
 def _resolve(fut: asyncio.Future[list[WriteResult]], results: list[WriteResult]) -> None:
@@ -265,19 +290,13 @@ class KafkaBackend(Backend):
             # Known down: fail fast with a definite "not written" instead of
             # queueing writes that would end as unknown outcomes.
             raise BackendUnavailable("Kafka is unreachable")
-        batch = _Batch(asyncio.get_running_loop(), len(records))
-        for i, r in enumerate(records):
-            cb = self._callback(batch, i)
+        batch = _Batch(self, asyncio.get_running_loop(), len(records))
+        produce = p.produce
+        on_delivery = batch.on_delivery
+        for i, (topic, partition, key, value, headers, timestamp_ms) in enumerate(records):
             try:
-                p.produce(
-                    r.topic,
-                    value=r.value,
-                    key=r.key,
-                    partition=r.partition,
-                    headers=cast(Any, r.headers),
-                    timestamp=r.timestamp_ms,
-                    on_delivery=cb,
-                )
+                produce(topic, value, key, partition, on_delivery=partial(on_delivery, i),
+                        timestamp=timestamp_ms, headers=cast(Any, headers))
             except BufferError:
                 # The local queue is full; report it like a delivery failure
                 # (definitely not written) rather than blocking the loop.
@@ -291,24 +310,6 @@ class KafkaBackend(Backend):
     @staticmethod
     def _fail_local(batch: _Batch, i: int, msg: str) -> None:
         batch.done(i, DeliveryError(msg, unknown_outcome=False, reason="KAFKA_QUEUE_FULL"))
-
-    def _callback(self, batch: _Batch, i: int) -> Callable[[KafkaError | None, Message], None]:
-        def on_delivery(err: KafkaError | None, msg: Message) -> None:
-            if err is None:
-                self.down_since = None
-                batch.done(i, msg.offset() or 0)
-                return
-            code = err.code()
-            unknown = code in _UNKNOWN_OUTCOME_CODES or err.retriable()
-            if code == KafkaError.MSG_SIZE_TOO_LARGE:
-                reason = "MESSAGE_TOO_LARGE"
-            elif unknown:
-                reason = "UNKNOWN_OUTCOME"
-            else:
-                reason = "KAFKA_ERROR"
-            batch.done(i, DeliveryError(str(err), unknown_outcome=unknown, reason=reason))
-
-        return on_delivery
 
     # ---- consumers ------------------------------------------------------
     def consumer_config(self, group: str, *, earliest: bool) -> dict[str, Any]:

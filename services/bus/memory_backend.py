@@ -76,18 +76,16 @@ class MemoryBackend(Backend):
     def write(self, records: Sequence[OutRecord]) -> asyncio.Future[list[WriteResult]]:
         results: list[WriteResult] = []
         touched: dict[str, list[StoredRecord]] = {}
-        for r in records:
-            part = self._topics[r.topic][r.partition]
-            stored = StoredRecord(
-                r.topic, r.partition, part.high, r.key, r.value, r.headers, r.timestamp_ms
-            )
+        for topic, partition, key, value, headers, timestamp_ms in records:
+            part = self._topics[topic][partition]
+            stored = StoredRecord(topic, partition, part.high, key, value, headers, timestamp_ms)
             part.records.append(stored)
             if len(part.records) > self._retention:
                 drop = len(part.records) - self._retention
                 del part.records[:drop]
                 part.low += drop
             results.append(stored.offset)
-            touched.setdefault(r.topic, []).append(stored)
+            touched.setdefault(topic, []).append(stored)
         for topic, recs in touched.items():
             for tail in self._tails.get(topic, ()):
                 tail.deliver(recs)

@@ -50,6 +50,8 @@ class Partitioner:
 
     def __init__(self) -> None:
         self._rr = itertools.count()
+        #: the next round-robin number (callers take it modulo the partition count)
+        self.next_round_robin = self._rr.__next__
 
     def partition(self, key: bytes, partitions: int) -> int:
         """The partition in [0, partitions) for `key` (b"" means keyless)."""

@@ -35,11 +35,16 @@ from services.bus.backend import (
     WriteResult,
 )
 from services.bus.chain import ChainWriter
-from services.bus.partitioner import Partitioner
+from services.bus.partitioner import Partitioner, murmur2
 from services.bus.settings import BusSettings
 from services.bus.topics import dlq_topic, topic_error
 
 _PRIORITIES = set(common_pb2.Priority.values())
+_NORMAL_FIELD = wire.TAG_ENV_PRIORITY + wire.varint(common_pb2.PRIORITY_NORMAL)
+_ENVELOPE_HEADER = (wire.H_ENVELOPE, wire.ENVELOPE_TYPE.encode())
+_PRIORITY_HEADERS = {
+    v: (wire.H_PRIORITY, common_pb2.Priority.Name(v).encode()) for v in common_pb2.Priority.values()
+}
 
 
 @dataclass(slots=True)
@@ -96,21 +101,18 @@ class Publisher:
                             "are reserved for the gateway"))
             elif not name:
                 bad.append((f"{prefix}.headers", "header names must not be empty"))
-        if env.reply_to:
+        if env.reply_to and env.reply_to not in self._valid_topics:
             err = topic_error(env.reply_to)
             if err:
                 bad.append((f"{prefix}.reply_to", err))
+            elif len(self._valid_topics) < 10_000:
+                self._valid_topics.add(env.reply_to)
         if bad:
             raise InvalidArgument(f"invalid {prefix}: " + "; ".join(f"{f}: {d}" for f, d in bad),
                                   field_violations=bad)
         size = env.ByteSize()
         if size > self.settings.max_payload_bytes:
-            raise ResourceExhausted(
-                f"{prefix} is {size} bytes serialized; the limit is "
-                f"{self.settings.max_payload_bytes}",
-                quota_subject=f"{prefix}.payload",
-                quota_description=f"max {self.settings.max_payload_bytes} bytes per message",
-            )
+            raise _too_large(size, self.settings.max_payload_bytes, prefix)
 
     # ---- topics ---------------------------------------------------------
     async def partitions_for(self, topic: str, *, create: bool = True) -> int:
@@ -148,64 +150,147 @@ class Publisher:
         return await self.backend.partitions(topic) or self.settings.default_partitions
 
     # ---- writes ---------------------------------------------------------
-    def _fill(self, env: bus_pb2.Envelope, now_ms: int) -> None:
-        if not env.id:
-            env.id = f"{self._id_prefix}{next(self._ids):x}"
-        # Direct field sets: FromMilliseconds validates in Python on every call.
-        env.publish_time.seconds, ms = divmod(now_ms, 1000)
-        env.publish_time.nanos = ms * 1_000_000
-        if env.priority == common_pb2.PRIORITY_UNSPECIFIED:
-            env.priority = common_pb2.PRIORITY_NORMAL
-
-    def _record(self, env: bus_pb2.Envelope, partitions: int, now_ms: int) -> wire.OutRecord:
-        key = env.key.encode() if env.key else b""
-        partition = self.partitioner.partition(key, partitions)
-        value, h = self.chain.link(env, partition, now_ms=now_ms)
-        env.provenance.hash = h
-        return wire.OutRecord(
-            env.topic, partition, key or None, value, wire.envelope_headers(env, hash_hex=h), now_ms
-        )
-
     async def submit(self, envs: Sequence[bus_pb2.Envelope]) -> Pending:
         """Validate, place, chain and enqueue envelopes in order; await the
         returned Pending for the outcomes. Submitting batches one after the
         other keeps their order; waiting for them may overlap.
 
         Invalid envelopes get their error and are not written; the others are.
+        The envelopes are not filled in (id, provenance, ... go straight into
+        the encoded record); read the outcomes from the Pending.
         """
-        results: list[Written | AgentMeshError | None] = [None] * len(envs)
-        todo: list[int] = []
+        n = len(envs)
+        errors: list[AgentMeshError | None] = [None] * n
+        cached = self.backend.cached_partitions
+        parts: dict[str, int] = {}
+        for topic in {e.topic for e in envs}:
+            c = cached(topic)
+            if not c:
+                break
+            parts[topic] = c
+        else:
+            # Every topic is known: validation runs inside the record loop.
+            return self._enqueue(envs, errors, parts, checked=False)
+        # Some topic is new: validate everything first, so a topic is only
+        # looked up or created for a valid message.
         for i, env in enumerate(envs):
             try:
                 self.validate(env, prefix="message")
-                todo.append(i)
             except AgentMeshError as exc:
-                results[i] = exc
-        parts: dict[str, int] = {}
-        for i in todo:
-            topic = envs[i].topic
+                errors[i] = exc
+        parts = {}
+        for i, env in enumerate(envs):
+            if errors[i] is not None:
+                continue
+            topic = env.topic
             if topic not in parts:
                 try:
                     parts[topic] = await self.partitions_for(topic)
                 except AgentMeshError as exc:
                     parts[topic] = 0
-                    results[i] = exc
-            if not parts[topic] and results[i] is None:
-                results[i] = Unavailable(f"topic {topic} is unavailable", reason="KAFKA_DOWN")
-        todo = [i for i in todo if results[i] is None]
-        pending = Pending(self, envs, results, todo, [], None)
+                    errors[i] = exc
+            if not parts[topic] and errors[i] is None:
+                errors[i] = Unavailable(f"topic {topic} is unavailable", reason="KAFKA_DOWN")
+        return self._enqueue(envs, errors, parts, checked=True)
+
+    def _enqueue(
+        self,
+        envs: Sequence[bus_pb2.Envelope],
+        errors: list[AgentMeshError | None],
+        parts: dict[str, int],
+        *,
+        checked: bool,
+    ) -> Pending:
+        """Encode, chain and write the envelopes without an error (no await:
+        the chain order is the write order).
+
+        This is the per-message hot path; it avoids per-message objects,
+        upb field sets and re-serialization (see wire's encoding note).
+        `checked` says the envelopes were validated already; otherwise each
+        gets a quick check and the full `validate` only when that fails.
+        """
+        now_ms = int(time.time() * 1000)
+        ts = wire.timestamp_bytes(now_ms)
+        create_field = wire.len_field(wire.TAG_PROV_CREATE_TIME, ts)
+        publish_field = wire.len_field(wire.TAG_ENV_PUBLISH_TIME, ts)
+        pending = Pending(self, envs, errors)
+        records = pending.records
+        ids = pending.ids
+        hashes = pending.hashes
+        todo = pending.todo
+        valid = self._valid_topics
+        max_bytes = self.settings.max_payload_bytes
+        id_prefix = self._id_prefix
+        next_id = self._ids.__next__
+        next_rr = self.partitioner.next_round_robin
+        append_link = self.chain.append_link
+        for i, env in enumerate(envs):
+            if errors[i] is not None:
+                continue
+            topic = env.topic
+            prio = env.priority
+            hdrs = env.headers
+            reply_to = env.reply_to
+            if not checked and (
+                topic not in valid
+                or prio not in _PRIORITIES
+                or env.payload.WhichOneof("kind") is None
+                or hdrs
+                or (reply_to and reply_to not in valid)
+            ):
+                try:
+                    self.validate(env, prefix="message")
+                except AgentMeshError as exc:
+                    errors[i] = exc
+                    continue
+            # The gateway owns provenance and publish_time: drop what a client sent.
+            if env.HasField("provenance"):
+                env.ClearField("provenance")
+            if env.HasField("publish_time"):
+                env.ClearField("publish_time")
+            head = env.SerializeToString(deterministic=True) if hdrs else env.SerializeToString()
+            if not checked and len(head) > max_bytes:
+                errors[i] = _too_large(len(head), max_bytes)
+                continue
+            eid = env.id
+            if eid:
+                idb = eid.encode()
+            else:
+                idb = f"{id_prefix}{next_id():x}".encode()
+                head += wire.TAG_ENV_ID + wire.varint(len(idb)) + idb
+            if not prio:
+                prio = common_pb2.PRIORITY_NORMAL
+                head += _NORMAL_FIELD
+            npart = parts[topic]
+            key = env.key
+            kb: bytes | None
+            if key:
+                kb = key_b = key.encode()
+                partition = (murmur2(key_b) & 0x7FFFFFFF) % npart if npart > 1 else 0
+            else:
+                kb = None
+                partition = next_rr() % npart if npart > 1 else 0
+            value, hash_hex = append_link(topic, partition, head, create_field, publish_field)
+            corr = env.correlation_id
+            if hdrs or corr or reply_to:
+                headers = wire.envelope_headers_for(
+                    hdrs, idb, prio, corr, reply_to, hash_hex
+                )
+            else:
+                headers = [_ENVELOPE_HEADER, (wire.H_ID, idb), _PRIORITY_HEADERS[prio],
+                           (wire.H_HASH, hash_hex)]
+            records.append((topic, partition, kb, value, headers, now_ms))
+            ids.append(idb)
+            hashes.append(hash_hex)
+            todo.append(i)
         if not todo:
             return pending
-        now_ms = int(time.time() * 1000)
-        for i in todo:
-            self._fill(envs[i], now_ms)
-            pending.records.append(self._record(envs[i], parts[envs[i].topic], now_ms))
         try:
-            pending.fut = self.backend.write(pending.records)
+            pending.fut = self.backend.write(records)
         except BackendUnavailable as exc:
-            for i, r in zip(todo, pending.records, strict=True):
-                self.chain.reset(r.topic, r.partition)
-                results[i] = Unavailable(str(exc), reason="KAFKA_DOWN")
+            for i, r in zip(todo, records, strict=True):
+                self.chain.reset(r[0], r[1])
+                errors[i] = Unavailable(str(exc), reason="KAFKA_DOWN")
             pending.todo = []
         return pending
 
@@ -218,24 +303,8 @@ class Publisher:
         UNKNOWN_OUTCOME, never OK.
         """
         pending = await self.submit(envs)
-        return await pending.wait(timeout_s)
-
-    @staticmethod
-    def _count(
-        envs: Sequence[bus_pb2.Envelope], results: list[Written | AgentMeshError | None]
-    ) -> list[Written | AgentMeshError]:
-        out: list[Written | AgentMeshError] = []
-        sent: Counter[str] = Counter()
-        for env, r in zip(envs, results, strict=True):
-            assert r is not None
-            if isinstance(r, Written):
-                sent[env.topic] += 1
-            else:
-                metrics.PUBLISH_ERRORS.labels(_reason(r)).inc()
-            out.append(r)
-        for topic, n in sent.items():  # one label lookup per topic per batch
-            metrics.SENT.labels(metrics.topic_label(topic), "publish").inc(n)
-        return out
+        await pending.settle(timeout_s)
+        return pending.written()
 
     async def publish(self, env: bus_pb2.Envelope, *, timeout_s: float | None) -> Written:
         """Write one envelope.
@@ -271,8 +340,8 @@ class Publisher:
             (wire.H_DLQ_OFFSET, str(rec.offset).encode()),
         ]
         partition = self.partitioner.partition(rec.key or b"", n)
-        out = wire.OutRecord(topic, partition, rec.key, rec.value or b"", headers,
-                             int(time.time() * 1000))
+        out: wire.OutRecord = (topic, partition, rec.key, rec.value or b"", headers,
+                               int(time.time() * 1000))
         (res,) = await asyncio.wait_for(
             self.backend.write([out]), self.settings.delivery_timeout_ms / 1000 + 5
         )
@@ -280,48 +349,138 @@ class Publisher:
             raise res
 
 
-@dataclass(slots=True)
 class Pending:
-    """Submitted envelopes waiting for their delivery reports."""
+    """Submitted envelopes waiting for their delivery reports.
 
-    publisher: Publisher
-    envs: Sequence[bus_pb2.Envelope]
-    results: list[Written | AgentMeshError | None]
-    todo: list[int]
-    records: list[wire.OutRecord]
-    fut: asyncio.Future[list[WriteResult]] | None
+    Columns per written record k (in write order): `records[k]`, `ids[k]`
+    (id bytes), `hashes[k]` (hex hash bytes), `todo[k]` (its envelope's index).
+    `errors[i]` is the error of envelope i once known.
+    """
 
-    async def wait(self, timeout_s: float | None) -> list[Written | AgentMeshError]:
-        """The outcome of every envelope, in order.
+    __slots__ = ("envs", "errors", "fut", "hashes", "ids", "offsets", "publisher", "records",
+                 "todo")
+
+    def __init__(
+        self,
+        publisher: Publisher,
+        envs: Sequence[bus_pb2.Envelope],
+        errors: list[AgentMeshError | None],
+    ) -> None:
+        self.publisher = publisher
+        self.envs = envs
+        self.errors = errors
+        self.records: list[wire.OutRecord] = []
+        self.ids: list[bytes] = []
+        self.hashes: list[bytes] = []
+        self.todo: list[int] = []
+        self.offsets: list[WriteResult] = []
+        self.fut: asyncio.Future[list[WriteResult]] | None = None
+
+    async def settle(self, timeout_s: float | None) -> None:
+        """Wait for the delivery reports, then count the outcomes in metrics.
 
         A record not confirmed within `timeout_s` gets UNAVAILABLE with
-        reason UNKNOWN_OUTCOME.
+        reason UNKNOWN_OUTCOME (in `errors`), never OK.
         """
         chain = self.publisher.chain
+        errors = self.errors
+        records = self.records
+        sent: Counter[str] = Counter()
         if self.todo and self.fut is not None:
             start = time.perf_counter()
             try:
                 outcomes = await asyncio.wait_for(asyncio.shield(self.fut), timeout_s)
             except TimeoutError:
-                for i, r in zip(self.todo, self.records, strict=True):
-                    chain.reset(r.topic, r.partition)
-                    self.results[i] = _unknown("the write was not confirmed before the deadline")
+                for i, r in zip(self.todo, records, strict=True):
+                    chain.reset(r[0], r[1])
+                    errors[i] = _unknown("the write was not confirmed before the deadline")
             else:
                 metrics.LATENCY.labels("publish").observe((time.perf_counter() - start) * 1000)
-                for i, r, out in zip(self.todo, self.records, outcomes, strict=True):
-                    if isinstance(out, DeliveryError):
-                        chain.reset(r.topic, r.partition)
-                        self.results[i] = _delivery_error(out)
+                self.offsets = outcomes
+                for i, r, out in zip(self.todo, records, outcomes, strict=True):
+                    if type(out) is int:
+                        sent[r[0]] += 1
                     else:
-                        env = self.envs[i]
-                        self.results[i] = Written(
-                            env.id,
-                            bus_pb2.RecordPosition(
-                                topic=r.topic, partition=r.partition, offset=out
-                            ),
-                            env.provenance,
-                        )
-        return Publisher._count(self.envs, self.results)
+                        assert isinstance(out, DeliveryError)
+                        chain.reset(r[0], r[1])
+                        errors[i] = _delivery_error(out)
+        for topic, n in sent.items():  # one label lookup per topic per batch
+            metrics.SENT.labels(metrics.topic_label(topic), "publish").inc(n)
+        for err in errors:
+            if err is not None:
+                metrics.PUBLISH_ERRORS.labels(_reason(err)).inc()
+
+    def written(self) -> list[Written | AgentMeshError]:
+        """After `settle`: one outcome per envelope, in order."""
+        out: list[Written | AgentMeshError | None] = list(self.errors)
+        for k, i in enumerate(self.todo):
+            if out[i] is not None:
+                continue
+            topic, partition, _, value, _, _ = self.records[k]
+            prov = bus_pb2.Envelope.FromString(value).provenance
+            prov.hash = self.hashes[k].decode()
+            offset = self.offsets[k]
+            assert isinstance(offset, int)
+            out[i] = Written(
+                self.ids[k].decode(),
+                bus_pb2.RecordPosition(topic=topic, partition=partition, offset=offset),
+                prov,
+            )
+        return out  # type: ignore[return-value]  # every slot is filled
+
+    def response(self) -> bus_pb2.PublishStreamResponse:
+        """After `settle`: the PublishStreamResponse, one report per envelope in order.
+
+        OK reports are encoded as bytes (a few concatenations instead of
+        building three messages per report); `PublishStreamResponse` parses
+        them in C. Error reports go through the message API.
+        """
+        errors = self.errors
+        slots: list[bytes] = [b""] * len(errors)
+        for i, err in enumerate(errors):
+            if err is not None:
+                slots[i] = _error_report(err).SerializeToString()
+        prefixes: dict[tuple[str, int], bytes] = {}
+        varint = wire.varint
+        for k, i in enumerate(self.todo):
+            if errors[i] is not None:
+                continue
+            r = self.records[k]
+            tp = (r[0], r[1])
+            pos = prefixes.get(tp)
+            if pos is None:
+                pos = wire.len_field(b"\x0a", r[0].encode())
+                if r[1]:
+                    pos += b"\x10" + varint(r[1])
+                prefixes[tp] = pos
+            off = self.offsets[k]
+            assert type(off) is int
+            if off:
+                pos = pos + b"\x18" + varint(off)
+            idb = self.ids[k]
+            # status (empty: OK), id, position, hash (64 hex characters)
+            slots[i] = b"".join((b"\x0a\x00\x12", varint(len(idb)), idb,
+                                 b"\x1a", varint(len(pos)), pos, b"\x22\x40", self.hashes[k]))
+        buf = b"".join([b"\x0a" + varint(len(rep)) + rep for rep in slots])
+        return bus_pb2.PublishStreamResponse.FromString(buf)
+
+
+def _error_report(err: AgentMeshError) -> bus_pb2.DeliveryReport:
+    reason = err.reason if isinstance(err, Unavailable) else ""
+    fields = [f for f, _ in err.field_violations] if isinstance(err, InvalidArgument) else []
+    return bus_pb2.DeliveryReport(
+        status=bus_pb2.ReportStatus(
+            code=err.code.value[0], message=err.message, reason=reason, invalid_fields=fields
+        )
+    )
+
+
+def _too_large(size: int, limit: int, prefix: str = "message") -> ResourceExhausted:
+    return ResourceExhausted(
+        f"{prefix} is {size} bytes serialized; the limit is {limit}",
+        quota_subject=f"{prefix}.payload",
+        quota_description=f"max {limit} bytes per message",
+    )
 
 
 def _unknown(message: str) -> Unavailable:

@@ -30,7 +30,7 @@ from agentmesh.runtime.errors import (
 )
 from services.bus import chain, metrics, wire
 from services.bus.backend import Backend, BackendUnavailable, TopicExists
-from services.bus.publisher import Publisher, Written
+from services.bus.publisher import Publisher
 from services.bus.replies import DEFAULT_REPLY_TOPIC, ReplyRouter
 from services.bus.settings import BusSettings
 from services.bus.subscription import Subscription, SubscriptionOptions
@@ -50,21 +50,6 @@ def _page_size(n: int, field: str) -> int:
 
 def _duration_s(d: Any, default_s: float) -> float:
     return d.ToNanoseconds() / 1e9 if d.ByteSize() else default_s
-
-
-def _report(r: Written | AgentMeshError) -> bus_pb2.DeliveryReport:
-    if isinstance(r, Written):
-        return bus_pb2.DeliveryReport(
-            status=bus_pb2.ReportStatus(code=0), id=r.id, position=r.position,
-            hash=r.provenance.hash,
-        )
-    reason = r.reason if isinstance(r, Unavailable) else ""
-    fields = [f for f, _ in r.field_violations] if isinstance(r, InvalidArgument) else []
-    return bus_pb2.DeliveryReport(
-        status=bus_pb2.ReportStatus(
-            code=r.code.value[0], message=r.message, reason=reason, invalid_fields=fields
-        )
-    )
 
 
 class BusServicer(bus_pb2_grpc.BusServiceServicer):
@@ -128,8 +113,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                 pending = await inflight.get()
                 if pending is done:
                     break
-                results = await pending.wait(self._delivery_s + 1.0)
-                yield bus_pb2.PublishStreamResponse(reports=[_report(r) for r in results])
+                await pending.settle(self._delivery_s + 1.0)
+                yield pending.response()
             await task  # surfaces a reader error
         finally:
             task.cancel()

@@ -9,6 +9,7 @@ into an Envelope on the way out.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agentmesh.bus.v1 import bus_pb2
@@ -31,24 +32,9 @@ H_DLQ_OFFSET = "am-dlq-source-offset"
 Headers = list[tuple[str, bytes]]
 
 
-@dataclass(slots=True)
-class OutRecord:
-    """A record to write.
-
-    Attributes:
-        topic / partition: destination.
-        key: record key, None for keyless.
-        value: record value bytes.
-        headers: Kafka headers in order.
-        timestamp_ms: CreateTime, ms since the epoch.
-    """
-
-    topic: str
-    partition: int
-    key: bytes | None
-    value: bytes
-    headers: Headers
-    timestamp_ms: int
+#: A record to write, as a plain tuple (no per-record object on the hot path):
+#: (topic, partition, key or None, value, headers, timestamp_ms CreateTime).
+OutRecord = tuple[str, int, bytes | None, bytes, Headers, int]
 
 
 @dataclass(slots=True)
@@ -77,25 +63,92 @@ class StoredRecord:
 
 
 _ENVELOPE_TYPE_B = ENVELOPE_TYPE.encode()
-_PRIORITY_B = {v: common_pb2.Priority.Name(v).encode() for v in common_pb2.Priority.values()}
+_PRIORITY_B: dict[int, bytes] = {
+    int(v): common_pb2.Priority.Name(v).encode() for v in common_pb2.Priority.values()
+}
+
+# ---- protobuf wire encoding for the write path ------------------------------
+# The gateway appends the fields it fills (id, priority, provenance,
+# publish_time) to the client's serialized Envelope as encoded bytes instead of
+# setting them on the message and re-serializing it: field sets and
+# serialization of upb messages cost far more from Python than concatenating
+# a few bytes. A field appended after the others is valid protobuf (readers
+# take the last value of a singular field); the encoding is checked against
+# the protobuf runtime in tests/unit/bus. Reference: protobuf.dev/programming-guides/encoding.
+_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
 
 
-def envelope_headers(env: bus_pb2.Envelope, *, hash_hex: str) -> Headers:
-    """Kafka headers for an envelope whose provenance is filled.
+def varint(n: int) -> bytes:
+    """Base-128 varint of a non-negative int (protobuf wire format)."""
+    if n < 0x80:
+        return _SMALL_VARINTS[n]
+    if n < 0x4000:
+        return bytes(((n & 0x7F) | 0x80, n >> 7))
+    if n < 0x200000:
+        return bytes(((n & 0x7F) | 0x80, ((n >> 7) & 0x7F) | 0x80, n >> 14))
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def len_field(tag: bytes, data: bytes) -> bytes:
+    """A length-delimited field: tag byte(s), varint length, data."""
+    return tag + varint(len(data)) + data
+
+
+def timestamp_bytes(ms: int) -> bytes:
+    """A google.protobuf.Timestamp message body for `ms` since the epoch."""
+    seconds, rest = divmod(ms, 1000)
+    out = b"\x08" + varint(seconds) if seconds else b""
+    return out + b"\x10" + varint(rest * 1_000_000) if rest else out
+
+
+#: Envelope field tags (bus.proto): 1 id, 5 priority, 9 provenance, 11 publish_time.
+TAG_ENV_ID = b"\x0a"
+TAG_ENV_PRIORITY = b"\x28"
+TAG_ENV_PROVENANCE = b"\x4a"
+TAG_ENV_PUBLISH_TIME = b"\x5a"
+#: Provenance field tags (common.proto): 1 chain_id, 2 sequence, 3 previous_hash, 5 create_time.
+TAG_PROV_CHAIN_ID = b"\x0a"
+TAG_PROV_SEQUENCE = b"\x10"
+TAG_PROV_PREVIOUS_HASH = b"\x1a"
+TAG_PROV_CREATE_TIME = b"\x2a"
+
+
+def envelope_headers_for(
+    app_headers: Mapping[str, str],
+    id_b: bytes,
+    priority: int,
+    correlation_id: str,
+    reply_to: str,
+    hash_hex: bytes,
+) -> Headers:
+    """Kafka headers of an envelope record: the application headers as-is,
+    then the gateway's.
 
     Only what a reader needs without decoding the value travels as a header
     (the chain id, sequence and previous hash are inside the value, which
     the hash covers); that keeps the per-record cost down.
+
+    Args:
+        app_headers: Envelope.headers.
+        id_b: the envelope id, UTF-8.
+        priority: the resolved Priority value (not UNSPECIFIED).
+        correlation_id / reply_to: as in the envelope ("" when unset).
+        hash_hex: the link's hash, hex ASCII.
     """
-    h: Headers = [(k, v.encode()) for k, v in env.headers.items()] if env.headers else []
+    h: Headers = [(k, v.encode()) for k, v in app_headers.items()] if app_headers else []
     h.append((H_ENVELOPE, _ENVELOPE_TYPE_B))
-    h.append((H_ID, env.id.encode()))
-    h.append((H_PRIORITY, _PRIORITY_B[env.priority]))
-    if env.correlation_id:
-        h.append((H_CORRELATION, env.correlation_id.encode()))
-    if env.reply_to:
-        h.append((H_REPLY_TO, env.reply_to.encode()))
-    h.append((H_HASH, hash_hex.encode()))
+    h.append((H_ID, id_b))
+    h.append((H_PRIORITY, _PRIORITY_B[priority]))
+    if correlation_id:
+        h.append((H_CORRELATION, correlation_id.encode()))
+    if reply_to:
+        h.append((H_REPLY_TO, reply_to.encode()))
+    h.append((H_HASH, hash_hex))
     return h
 
 
