@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +42,7 @@ from tests.infra import (
     InfraError,
     KafkaBroker,
     RedisServer,
+    flush_db,
 )
 
 _MARKERS = {
@@ -70,18 +71,23 @@ def _unavailable(what: str, err: Exception) -> None:
     pytest.skip(f"{what} unavailable: {err}")
 
 
-@pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A Redis for the whole session: external if AGENTMESH_TEST_REDIS_URL is set."""
-    url = os.environ.get("AGENTMESH_TEST_REDIS_URL")
-    if url:
-        yield ExternalRedis(url)
+def _session_server(
+    env_var: str,
+    external: Callable[[str], Any],
+    managed: Callable[..., Any],
+    what: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Any]:
+    """`external(address)` if `env_var` is set, else a started `managed(workdir=...)`."""
+    address = os.environ.get(env_var)
+    if address:
+        yield external(address)
         return
-    server = RedisServer(workdir=Path(tmp_path_factory.mktemp("redis")))
+    server = managed(workdir=Path(tmp_path_factory.mktemp(what.lower())))
     try:
         server.start()
     except InfraError as e:
-        _unavailable("Redis", e)
+        _unavailable(what, e)
     try:
         yield server
     finally:
@@ -89,21 +95,19 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A Redis for the whole session: external if AGENTMESH_TEST_REDIS_URL is set."""
+    yield from _session_server(
+        "AGENTMESH_TEST_REDIS_URL", ExternalRedis, RedisServer, "Redis", tmp_path_factory
+    )
+
+
+@pytest.fixture(scope="session")
 def kafka_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A KRaft broker for the whole session: external if AGENTMESH_TEST_KAFKA_BOOTSTRAP is set."""
-    bootstrap = os.environ.get("AGENTMESH_TEST_KAFKA_BOOTSTRAP")
-    if bootstrap:
-        yield ExternalKafka(bootstrap)
-        return
-    broker = KafkaBroker(workdir=Path(tmp_path_factory.mktemp("kafka")))
-    try:
-        broker.start()
-    except InfraError as e:
-        _unavailable("Kafka", e)
-    try:
-        yield broker
-    finally:
-        broker.stop()
+    yield from _session_server(
+        "AGENTMESH_TEST_KAFKA_BOOTSTRAP", ExternalKafka, KafkaBroker, "Kafka", tmp_path_factory
+    )
 
 
 _db_cycle = itertools.cycle([1 + (os.getpid() + i) % _REDIS_DBS for i in range(_REDIS_DBS)])
@@ -112,12 +116,4 @@ _db_cycle = itertools.cycle([1 + (os.getpid() + i) % _REDIS_DBS for i in range(_
 @pytest.fixture
 def redis_url(redis_server: Any) -> str:
     """URL of a logical DB (1..15, rotating) on `redis_server`, flushed before the test."""
-    import redis
-
-    url = redis_server.url_for_db(next(_db_cycle))
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
+    return flush_db(redis_server.url_for_db(next(_db_cycle)))

@@ -47,6 +47,7 @@ __all__ = [
     "InfraError",
     "KafkaBroker",
     "RedisServer",
+    "flush_db",
     "free_port",
     "free_ports",
     "pid_alive",
@@ -95,6 +96,21 @@ def redis_url_with_db(url: str, db: int) -> str:
     """Returns `url` pointing at logical database `db`, keeping host, port and auth."""
     parts = urlsplit(url)
     return urlunsplit((parts.scheme, parts.netloc, f"/{db}", parts.query, parts.fragment))
+
+
+def flush_db(url: str) -> str:
+    """FLUSHDB the logical database `url` names; returns `url` (for fixtures).
+
+    Only for a test area's own DB (team rule: flush nothing else).
+    """
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        client.flushdb()
+    finally:
+        client.close()
+    return url
 
 
 def _tail(path: Path, lines: int = 40) -> str:

@@ -177,6 +177,9 @@ def testing_agent(
     )
 
 
+# Test modules import this helper; its name must not make pytest collect it as a test.
+testing_agent.__test__ = False  # type: ignore[attr-defined]
+
 P = TypeVar("P", bound=DaemonProcess)
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from agentmesh.cli.stack import pid_alive
 from tests.integration.cli.conftest import Stack, cli, free_port_block, up_args
-from tests.procs import ROOT, DaemonProcess
+from tests.procs import ROOT, DaemonProcess, testing_agent
 
 pytestmark = pytest.mark.integration
 
@@ -22,17 +22,13 @@ DAEMONS = ["bus", "router", "registry", "saga", "swarm"]
 
 @pytest.fixture(scope="module")
 def agent(stack: Stack, tmp_path_factory: pytest.TempPathFactory) -> Any:
-    agent_id = f"agent-cli-{uuid.uuid4().hex[:8]}"
-    p = DaemonProcess(
-        ["-m", "agentmesh.agent.testing", "counting", "--agent-id", agent_id, "--port", "0",
-         "--registry-target", stack.target("registry"), "--redis-url", stack.redis_url,
-         "--heartbeat-interval-s", "0.5", "--capabilities", "cli_test"],
-        tmp_path_factory.mktemp("agent") / "agent.log",
-    )
-    p.start()
-    p.agent_id = agent_id  # type: ignore[attr-defined]
-    yield p
-    p.stop()
+    with testing_agent(
+        "counting", tmp_path_factory.mktemp("agent"),
+        "--registry-target", stack.target("registry"), "--redis-url", stack.redis_url,
+        "--heartbeat-interval-s", "0.5", "--capabilities", "cli_test",
+        agent_id=f"agent-cli-{uuid.uuid4().hex[:8]}",
+    ) as p:
+        yield p
 
 
 def test_status_shows_every_daemon_serving(stack: Stack) -> None:
@@ -144,10 +140,9 @@ def test_examples_run(stack: Stack, tmp_path: Path) -> None:
          "--port", "0", "--registry-target", stack.target("registry")],
         tmp_path / "calc.log",
     )
-    csrd = DaemonProcess(
-        ["-m", "agentmesh.agent.testing", "noop", "--agent-id", "agent-csrd-example",
-         "--port", "0", "--capabilities", "csrd", "--registry-target", stack.target("registry")],
-        tmp_path / "csrd.log",
+    csrd = testing_agent(
+        "noop", tmp_path, "--capabilities", "csrd", "--registry-target", stack.target("registry"),
+        agent_id="agent-csrd-example",
     )
     with calc, csrd:
         records = [{"spend_usd": 100, "factor": 0.5}, {"spend_usd": 10, "factor": 2}]

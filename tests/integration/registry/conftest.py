@@ -8,11 +8,10 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 
 from agentmesh.registry.v1 import coordination_pb2_grpc, registry_pb2_grpc
-from tests.infra import redis_url_with_db
-from tests.procs import DaemonProcess, daemon
+from tests.infra import flush_db
+from tests.procs import DaemonProcess, ProcessGroup, daemon
 
 #: The registry's own logical DB in tests (team convention).
 REGISTRY_DB = 1
@@ -30,13 +29,7 @@ FAST_FLAGS = (
 @pytest.fixture
 def reg_redis_url(redis_server: Any) -> str:
     """URL of the registry's DB on the session Redis, flushed before the test."""
-    url = redis_url_with_db(redis_server.url, REGISTRY_DB)
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
+    return flush_db(redis_server.url_for_db(REGISTRY_DB))
 
 
 StartRegistry = Callable[..., DaemonProcess]
@@ -48,17 +41,14 @@ def start_registry(tmp_path: Path, reg_redis_url: str) -> Iterator[StartRegistry
 
     Call as `start_registry(*extra_flags, fast=True)`.
     """
-    started: list[DaemonProcess] = []
+    group = ProcessGroup()
 
     def start(*flags: str, fast: bool = True, env: dict[str, str] | None = None) -> DaemonProcess:
         args = ["--redis-url", reg_redis_url, *(FAST_FLAGS if fast else ()), *flags]
-        d = daemon("registry", tmp_path, *args, env=env)
-        started.append(d)
-        return d.start()
+        return group.start(daemon("registry", tmp_path, *args, env=env))
 
     yield start
-    for d in started:
-        d.stop()
+    group.stop_all()
 
 
 class Clients:

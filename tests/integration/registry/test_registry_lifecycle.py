@@ -6,7 +6,6 @@ import asyncio
 import itertools
 import signal
 import sys
-import time
 from typing import Any
 
 import grpc
@@ -22,22 +21,11 @@ from services.registry.store import RegistryStore
 from tests.integration.registry.conftest import StartRegistry
 from tests.integration.registry.helpers import agent
 from tests.procs import ROOT
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
 LONG = {"seconds": 60}  # a heartbeat interval the reaper never reaches in a test
-
-
-async def _wait_for(pred: Any, *, timeout_s: float = 20.0, every_s: float = 0.05) -> Any:
-    """Poll the async `pred` until it returns a truthy value; that value."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = await pred()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        await asyncio.sleep(every_s)
 
 
 async def test_lua_health_formula_matches_python(reg_redis_url: str) -> None:
@@ -121,7 +109,7 @@ async def test_stopped_agent_goes_unhealthy_then_expires(start_registry: StartRe
 
             # Unhealthy while still registered: the TTL check zeroes health and
             # the damped status follows.
-            sick = await _wait_for(unhealthy, timeout_s=30)
+            sick = await eventually(unhealthy, timeout_s=30, every_s=0.05)
             assert sick.health_score == 0.0
             last_beat_ms = sick.last_heartbeat_time.ToMilliseconds()
 
@@ -132,7 +120,7 @@ async def test_stopped_agent_goes_unhealthy_then_expires(start_registry: StartRe
                     return e.code() == grpc.StatusCode.NOT_FOUND
                 return False
 
-            await _wait_for(gone, timeout_s=30)
+            await eventually(gone, timeout_s=30, every_s=0.05)
             watch = stub.WatchAgents(pb.WatchAgentsRequest(start_revision=start_rev + 1))
             events: list[pb.AgentEvent] = []
             while not events or events[-1].type != pb.AGENT_EVENT_TYPE_DEREGISTERED:
@@ -179,7 +167,7 @@ async def test_two_replicas_agree(start_registry: StartRegistry, reg_redis_url: 
             last = (await sa.DiscoverAgents(req)).agents[-1]
             return last if last.agent_id == "agent-r04" else None
 
-        last = await _wait_for(reordered_on_a, timeout_s=10)
+        last = await eventually(reordered_on_a, timeout_s=10, every_s=0.05)
         assert last.health_score == pytest.approx(0.7)
         # A deregistration on A is seen by B.
         await sa.DeregisterAgent(pb.DeregisterAgentRequest(agent_id="agent-r06"))
@@ -188,7 +176,7 @@ async def test_two_replicas_agree(start_registry: StartRegistry, reg_redis_url: 
             rb = await sb.DiscoverAgents(req)
             return "agent-r06" not in [x.agent_id for x in rb.agents]
 
-        await _wait_for(gone_on_b, timeout_s=10)
+        await eventually(gone_on_b, timeout_s=10, every_s=0.05)
         # Both reapers run, but a silent agent expires exactly once.
         await sa.RegisterAgent(pb.RegisterAgentRequest(agent=agent(
             "agent-silent", heartbeat_interval={"nanos": 200_000_000})))
@@ -197,7 +185,7 @@ async def test_two_replicas_agree(start_registry: StartRegistry, reg_redis_url: 
             page = await sb.ListAgents(pb.ListAgentsRequest(page_size=100))
             return "agent-silent" not in [x.agent_id for x in page.agents]
 
-        await _wait_for(silent_gone, timeout_s=30)
+        await eventually(silent_gone, timeout_s=30, every_s=0.05)
     client = aioredis.Redis.from_url(reg_redis_url)
     try:
         entries: Any = await client.xrange("am:reg:events", "-", "+")

@@ -4,7 +4,6 @@ SIGTERM, and the Client's typed registry methods."""
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +14,8 @@ import pytest
 from agentmesh import Client
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.runtime.errors import InvalidArgument, NotFound
-from tests.procs import DaemonProcess, daemon
+from tests.procs import DaemonProcess, daemon, testing_agent
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +29,6 @@ def registry(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Ite
     )
     with proc:
         yield proc.target
-
-
-async def _until(pred: Any, timeout_s: float = 15.0) -> Any:
-    for _ in range(int(timeout_s / 0.1)):
-        value = await pred()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 async def test_agent_registers_heartbeats_with_load_and_deregisters(
@@ -61,7 +52,7 @@ async def test_agent_registers_heartbeats_with_load_and_deregisters(
             agent = (await c.get_agent(agent_id=agent_id)).agent
             return agent if agent.load.processing_time_ms > 0 else None
 
-        agent = await _until(load_reported)
+        agent = await eventually(load_reported, timeout_s=15, every_s=0.1)
         assert agent.load.response_time_ms >= agent.load.processing_time_ms
         assert agent.load.error_rate == 0.0
         assert agent.load.memory_percent > 0
@@ -75,11 +66,7 @@ async def test_agent_registers_heartbeats_with_load_and_deregisters(
 
 
 async def test_agent_with_bad_registration_fails_to_start(registry: str, tmp_path: Path) -> None:
-    p = DaemonProcess(
-        ["-m", "agentmesh.agent.testing", "noop", "--agent-id", "Not_A_Valid_Id", "--port", "0",
-         "--registry-target", registry],
-        tmp_path / "bad.log",
-    )
+    p = testing_agent("noop", tmp_path, "--registry-target", registry, agent_id="Not_A_Valid_Id")
     with pytest.raises(RuntimeError) as ei:
         p.start(timeout_s=30)
     assert "agent failed to start" in str(ei.value)

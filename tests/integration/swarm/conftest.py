@@ -11,10 +11,10 @@ from typing import Any
 
 import grpc
 import pytest
-import redis
 
 from agentmesh.swarm.v1 import swarm_pb2_grpc
-from tests.procs import DaemonProcess, daemon
+from tests.infra import flush_db
+from tests.procs import AgentProcess, DaemonProcess, ProcessGroup, daemon
 
 #: Logical Redis DB of the swarm tests.
 SWARM_DB = 4
@@ -32,13 +32,7 @@ FAST_FLAGS = (
 @pytest.fixture(scope="module")
 def swarm_redis_url(redis_server: Any) -> str:
     """URL of DB 4, flushed once per module (tests use unique ids and capabilities)."""
-    url = str(redis_server.url_for_db(SWARM_DB))
-    client = redis.Redis.from_url(url)
-    try:
-        client.flushdb()
-    finally:
-        client.close()
-    return url
+    return flush_db(redis_server.url_for_db(SWARM_DB))
 
 
 def start_swarm_daemon(url: str, log_dir: Path) -> DaemonProcess:
@@ -51,11 +45,8 @@ def swarm_daemon(
     swarm_redis_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaemonProcess]:
     """One swarm daemon shared by a module."""
-    p = start_swarm_daemon(swarm_redis_url, tmp_path_factory.mktemp("swarm"))
-    try:
+    with start_swarm_daemon(swarm_redis_url, tmp_path_factory.mktemp("swarm")) as p:
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture
@@ -68,24 +59,21 @@ async def swarm_stub(swarm_daemon: DaemonProcess) -> AsyncIterator[swarm_pb2_grp
 @pytest.fixture
 def spawn_agent(
     swarm_redis_url: str, tmp_path: Path
-) -> Iterator[Callable[..., DaemonProcess]]:
+) -> Iterator[Callable[..., AgentProcess]]:
     """Start worker agent processes; all are stopped after the test."""
-    started: list[DaemonProcess] = []
+    group = ProcessGroup()
 
-    def spawn(capability: str, *, delay_ms: float = 0.0) -> DaemonProcess:
+    def spawn(capability: str, *, delay_ms: float = 0.0) -> AgentProcess:
         agent_id = f"agent-sw-{uuid.uuid4().hex[:8]}"
-        p = DaemonProcess(
+        return group.start(AgentProcess(
             ["-m", "tests.integration.swarm.agent_proc", "--redis-url", swarm_redis_url,
              "--agent-id", agent_id, "--capability", capability, "--delay-ms", str(delay_ms)],
             tmp_path / f"{agent_id}.log",
-        )
-        started.append(p)
-        p.agent_id = agent_id  # type: ignore[attr-defined]
-        return p.start()
+            agent_id=agent_id,
+        ))
 
     yield spawn
-    for p in started:
-        p.stop(timeout_s=5)
+    group.stop_all(timeout_s=5)
 
 
 def unique_capability() -> str:

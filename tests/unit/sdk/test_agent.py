@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -15,6 +15,8 @@ from google.rpc import error_details_pb2
 from agentmesh.agent import ActionContext, Agent, dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.errors import Aborted, InvalidArgument, Unavailable, from_rpc_error
+from tests.agents import serving
+from tests.waiting import eventually
 
 
 def _struct(d: dict[str, Any]) -> struct_pb2.Struct:
@@ -68,22 +70,8 @@ class Harness:
 @pytest.fixture
 async def h() -> AsyncIterator[tuple[Harness, agent_pb2_grpc.AgentServiceStub]]:
     harness = Harness()
-    port = await harness.agent.start()
-    assert port > 0
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield harness, agent_pb2_grpc.AgentServiceStub(channel)
-    finally:
-        await channel.close()
-        await harness.agent.stop()
-
-
-async def _until(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+    async with serving(harness.agent) as stub:
+        yield harness, stub
 
 
 def _exec(key: str = "", attempt: int = 1, a: float = 1, b: float = 2, action: str = "add",
@@ -108,7 +96,7 @@ async def test_concurrent_duplicates_execute_once(h: Any) -> None:
     calls = [asyncio.ensure_future(stub.Execute(_exec("saga-1/step-a"), timeout=10))
              for _ in range(6)]
     # Every duplicate is waiting while the first is still blocked in the handler.
-    await _until(lambda: harness.agent.load.in_flight == 6)
+    await eventually(lambda: harness.agent.load.in_flight == 6)
     assert harness.executions() == 1
     harness.gate.set()
     resps = await asyncio.gather(*calls)
@@ -261,7 +249,7 @@ async def test_load_tracks_queue_and_errors(h: Any) -> None:
     harness, stub = h
     harness.gate.clear()
     pending = asyncio.ensure_future(stub.Execute(_exec("k-load"), timeout=5))
-    await _until(lambda: harness.executions() == 1)
+    await eventually(lambda: harness.executions() == 1)
     assert harness.agent.load.snapshot().queue_size == 1
     harness.gate.set()
     await pending
@@ -304,7 +292,7 @@ async def test_serve_all_runs_several_agents_until_signalled() -> None:
 
         agents.append(a)
     task = asyncio.ensure_future(serve_all(agents))
-    await _until(lambda: all(a.port for a in agents))
+    await eventually(lambda: all(a.port for a in agents))
     for a in agents:
         async with grpc.aio.insecure_channel(a.endpoint) as ch:
             resp = await agent_pb2_grpc.AgentServiceStub(ch).Execute(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
@@ -21,6 +21,8 @@ from agentmesh.agent.sdk import REASON_COMPENSATED, REASON_EXECUTE_IN_FLIGHT, co
 from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.errors import Aborted, Unavailable, from_rpc_error
+from tests.agents import forget_agent_keys, serving
+from tests.waiting import eventually
 
 SDK_DB = 6
 TTL_S = 600.0
@@ -67,33 +69,12 @@ async def fenced(
     if request.param == "redis":
         url = request.getfixturevalue("redis_server").url_for_db(SDK_DB)
     f = Fenced(redis_url=url)
-    port = await f.agent.start()
-    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
     try:
-        yield f, agent_pb2_grpc.AgentServiceStub(channel)
+        async with serving(f.agent) as stub:
+            yield f, stub
     finally:
-        await channel.close()
-        await f.agent.stop()
         if url:
-            await _forget(url, f.agent.agent_id)
-
-
-async def _forget(url: str, agent_id: str) -> None:
-    r = aioredis.Redis.from_url(url)
-    try:
-        keys = [k async for k in r.scan_iter(f"am:agent:{agent_id}:*", count=500)]
-        if keys:
-            await r.delete(*keys)
-    finally:
-        await r.aclose()
-
-
-async def _until(pred: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    for _ in range(int(timeout_s / 0.01)):
-        if pred():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
+            forget_agent_keys(url, f.agent.agent_id)
 
 
 def _exec(key: str, attempt: int = 1, amount: float = 5) -> agent_pb2.ExecuteRequest:
@@ -138,10 +119,10 @@ async def test_compensate_waits_for_the_running_execute(fenced: Any) -> None:
     key = "sg_a/charge"
     f.action_gate.clear()
     execute = asyncio.ensure_future(stub.Execute(_exec(key), timeout=20))
-    await _until(lambda: f.started == [key])
+    await eventually(lambda: f.started == [key])
     compensate = asyncio.ensure_future(stub.Compensate(_comp(key + "/compensate"), timeout=20))
     # Both calls are now inside the agent; the compensation must not have run.
-    await _until(lambda: f.agent.load.in_flight == 2)
+    await eventually(lambda: f.agent.load.in_flight == 2)
     await asyncio.sleep(0.05)
     assert f.events == []
     f.action_gate.set()
@@ -196,9 +177,9 @@ async def test_execute_arriving_during_compensation_waits_and_is_aborted(fenced:
     key = "sg_e/charge"
     f.undo_gate.clear()
     compensate = asyncio.ensure_future(stub.Compensate(_comp(key + "/compensate"), timeout=20))
-    await _until(lambda: f.agent.load.in_flight == 1)
+    await eventually(lambda: f.agent.load.in_flight == 1)
     late = asyncio.ensure_future(stub.Execute(_exec(key), timeout=20))
-    await _until(lambda: f.agent.load.in_flight == 2)
+    await eventually(lambda: f.agent.load.in_flight == 2)
     f.undo_gate.set()
     await compensate
     with pytest.raises(grpc.aio.AioRpcError) as ei:
@@ -215,7 +196,7 @@ async def test_compensate_deadline_while_execute_runs_is_unavailable_then_comple
     key = "sg_i/charge"
     f.action_gate.clear()
     execute = asyncio.ensure_future(stub.Execute(_exec(key), timeout=20))
-    await _until(lambda: f.started == [key])
+    await eventually(lambda: f.started == [key])
     # Both the first Compensate and a retry that joins it answer before their
     # deadline: the compensation is waiting, it has not failed.
     for _ in range(2):
@@ -227,7 +208,7 @@ async def test_compensate_deadline_while_execute_runs_is_unavailable_then_comple
     f.action_gate.set()
     done = await execute
     # It ran once the Execute ended; the next retry gets its result.
-    await _until(lambda: len(f.events) == 2)
+    await eventually(lambda: len(f.events) == 2)
     again = await stub.Compensate(_comp(key + "/compensate"), timeout=10)
     assert again.deduplicated is True
     assert f.events[1] == ("undo", key + "/compensate", struct_to_dict(done.output))
@@ -237,48 +218,40 @@ async def test_compensate_deadline_while_execute_runs_is_unavailable_then_comple
 async def test_tombstone_in_redis_has_the_store_ttl(redis_server: Any) -> None:
     url = redis_server.url_for_db(SDK_DB)
     f = Fenced(redis_url=url)
-    port = await f.agent.start()
     r = aioredis.Redis.from_url(url)
     try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = agent_pb2_grpc.AgentServiceStub(ch)
+        async with serving(f.agent) as stub:
             await stub.Compensate(_comp("sg_f/loop#2/compensate"), timeout=10)
-        tomb = f"am:agent:{f.agent.agent_id}:idem:t:sg_f/loop#2"
-        raw = await r.get(tomb)
-        assert raw is not None and StoredResult.from_json(raw).action == "refund"
-        ttl_ms = await r.pttl(tomb)
-        assert 0 < ttl_ms <= TTL_S * 1000
+            tomb = f"am:agent:{f.agent.agent_id}:idem:t:sg_f/loop#2"
+            raw = await r.get(tomb)
+            assert raw is not None and StoredResult.from_json(raw).action == "refund"
+            ttl_ms = await r.pttl(tomb)
+            assert 0 < ttl_ms <= TTL_S * 1000
     finally:
         await r.aclose()
-        await f.agent.stop()
-        await _forget(url, f.agent.agent_id)
+        forget_agent_keys(url, f.agent.agent_id)
 
 
 async def test_single_slot_agent_does_not_deadlock() -> None:
     # The Compensate waits for the Execute outside the concurrency limit,
     # so it cannot hold the only slot the Execute is queued for.
     f = Fenced(max_concurrency=1)
-    port = await f.agent.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = agent_pb2_grpc.AgentServiceStub(ch)
-            f.action_gate.clear()
-            blocker = asyncio.ensure_future(stub.Execute(_exec("sg_g/first"), timeout=20))
-            await _until(lambda: f.started == ["sg_g/first"])
-            queued = asyncio.ensure_future(stub.Execute(_exec("sg_g/second"), timeout=20))
-            await _until(lambda: f.agent.load.in_flight == 2)  # queued for the slot
-            comp = asyncio.ensure_future(
-                stub.Compensate(_comp("sg_g/second/compensate"), timeout=20)
-            )
-            await _until(lambda: f.agent.load.in_flight == 3)
-            f.action_gate.set()
-            await asyncio.gather(blocker, queued, comp)
+    async with serving(f.agent) as stub:
+        f.action_gate.clear()
+        blocker = asyncio.ensure_future(stub.Execute(_exec("sg_g/first"), timeout=20))
+        await eventually(lambda: f.started == ["sg_g/first"])
+        queued = asyncio.ensure_future(stub.Execute(_exec("sg_g/second"), timeout=20))
+        await eventually(lambda: f.agent.load.in_flight == 2)  # queued for the slot
+        comp = asyncio.ensure_future(
+            stub.Compensate(_comp("sg_g/second/compensate"), timeout=20)
+        )
+        await eventually(lambda: f.agent.load.in_flight == 3)
+        f.action_gate.set()
+        await asyncio.gather(blocker, queued, comp)
         assert f.kinds() == [
             ("effect", "sg_g/first"), ("effect", "sg_g/second"),
             ("undo", "sg_g/second/compensate"),
         ]
-    finally:
-        await f.agent.stop()
 
 
 class _TombstoneWriteFails(MemoryIdempotencyStore):
@@ -290,15 +263,10 @@ class _TombstoneWriteFails(MemoryIdempotencyStore):
 
 async def test_tombstone_write_failure_is_unavailable_and_nothing_runs() -> None:
     f = Fenced()
-    port = await f.agent.start()
-    f.agent._store = _TombstoneWriteFails()  # a store whose writes fail, not a Redis mock
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
-            stub = agent_pb2_grpc.AgentServiceStub(ch)
-            with pytest.raises(grpc.aio.AioRpcError) as ei:
-                await stub.Compensate(_comp("sg_h/charge/compensate"), timeout=10)
+    async with serving(f.agent) as stub:
+        f.agent._store = _TombstoneWriteFails()  # a store whose writes fail, not a Redis mock
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await stub.Compensate(_comp("sg_h/charge/compensate"), timeout=10)
         err = from_rpc_error(ei.value)
         assert isinstance(err, Unavailable) and err.reason == "IDEMPOTENCY_STORE_DOWN"
         assert f.events == []
-    finally:
-        await f.agent.stop()
