@@ -11,11 +11,11 @@ from typing import Any
 
 import grpc
 import pytest
-import redis as sync_redis
 import redis.asyncio as aioredis
 
 from agentmesh.router.v1 import router_pb2_grpc
-from tests.procs import DaemonProcess, daemon
+from tests.infra import flush_db
+from tests.procs import AgentProcess, DaemonProcess, ProcessGroup, daemon
 
 #: Logical Redis DB of the router's tests.
 ROUTER_DB = 2
@@ -25,11 +25,7 @@ ROUTER_DB = 2
 def router_redis_url(redis_server: Any) -> str:
     """URL of DB 2, flushed once per module (the router owns DB 2 in tests).
     Tests in a module share it, so each uses its own capability names."""
-    url = str(redis_server.url_for_db(ROUTER_DB))
-    client = sync_redis.Redis.from_url(url)
-    client.flushdb()
-    client.close()
-    return url
+    return flush_db(redis_server.url_for_db(ROUTER_DB))
 
 
 @pytest.fixture
@@ -40,37 +36,25 @@ async def rdb(router_redis_url: str) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-class Procs:
+class Procs(ProcessGroup):
     """Starts agents and routers; every one is stopped at teardown."""
 
     def __init__(self, tmp: Path, redis_url: str) -> None:
+        super().__init__()
         self.tmp = tmp
         self.redis_url = redis_url
-        self.started: list[DaemonProcess] = []
 
-    def agent(self, agent_id: str = "", *flags: str, capability: str = "calc") -> DaemonProcess:
+    def agent(self, agent_id: str = "", *flags: str, capability: str = "calc") -> AgentProcess:
         """Start an agent process that registers itself with `capability`."""
         agent_id = agent_id or f"agent-{uuid.uuid4().hex[:8]}"
-        p = DaemonProcess(
-            [
-                "-m",
-                "tests.integration.router.agent_server",
-                "--agent-id",
-                agent_id,
-                "--redis-url",
-                self.redis_url,
-                "--capability",
-                capability,
-                *flags,
-            ],
+        return self.start(AgentProcess(
+            ["-m", "tests.integration.router.agent_server", "--agent-id", agent_id,
+             "--redis-url", self.redis_url, "--capability", capability, *flags],
             self.tmp / f"{agent_id}-{len(self.started)}.log",
-        )
-        self.started.append(p)
-        p.start()
-        p.agent_id = agent_id  # type: ignore[attr-defined]
-        return p
+            agent_id=agent_id,
+        ))
 
-    async def agents(self, specs: list[tuple[str, tuple[str, ...]]]) -> list[DaemonProcess]:
+    async def agents(self, specs: list[tuple[str, tuple[str, ...]]]) -> list[AgentProcess]:
         """Start several agents in parallel: [(agent_id, flags), ...]."""
         return list(
             await asyncio.gather(
@@ -80,23 +64,10 @@ class Procs:
 
     def router(self, *flags: str) -> DaemonProcess:
         """Start a router daemon on DB 2 with fast state refresh."""
-        p = daemon(
-            "router",
-            self.tmp,
-            "--redis-url",
-            self.redis_url,
-            "--state-ttl-ms",
-            "100",
-            "--gen-poll-ms",
-            "50",
-            *flags,
-        )
-        self.started.append(p)
-        return p.start()
-
-    def stop_all(self) -> None:
-        for p in reversed(self.started):
-            p.stop(timeout_s=5)
+        return self.start(daemon(
+            "router", self.tmp, "--redis-url", self.redis_url,
+            "--state-ttl-ms", "100", "--gen-poll-ms", "50", *flags,
+        ))
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +75,7 @@ def procs(tmp_path_factory: pytest.TempPathFactory, router_redis_url: str) -> It
     """Process launcher bound to DB 2; processes live until the module ends."""
     p = Procs(tmp_path_factory.mktemp("router"), router_redis_url)
     yield p
-    p.stop_all()
+    p.stop_all(timeout_s=5)
 
 
 @pytest.fixture
