@@ -22,6 +22,7 @@ import asyncio
 import cProfile
 import io
 import pstats
+import resource
 import subprocess
 import sys
 import time
@@ -78,18 +79,24 @@ async def serve_and_drive(a: argparse.Namespace) -> None:
         prof = Profiler(async_mode="disabled")
         prof.start()
     start = time.perf_counter()
+    cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, __file__, "--client", f"127.0.0.1:{port}", topic,
         str(a.messages), str(a.batch), stdout=subprocess.PIPE, cwd=ROOT,
     )
     out, _ = await proc.communicate()
     elapsed = time.perf_counter() - start
+    cpu1 = resource.getrusage(resource.RUSAGE_SELF)
+    kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+    gw_cpu = cpu1.ru_utime + cpu1.ru_stime - cpu0.ru_utime - cpu0.ru_stime
+    cl_cpu = kids.ru_utime + kids.ru_stime
     if a.profiler == "cprofile":
         prof.disable()
     elif a.profiler == "pyinstrument":
         prof.stop()
     print(f"backend={a.backend} batch={a.batch}: client saw {out.decode().strip()} msg/s "
-          f"({elapsed:.1f} s incl. client start)")
+          f"({elapsed:.1f} s incl. client start; CPU s: gateway {gw_cpu:.1f}, "
+          f"client {cl_cpu:.1f})")
     if a.profiler == "cprofile":
         s = io.StringIO()
         st = pstats.Stats(prof, stream=s)

@@ -114,7 +114,9 @@ class ChainWriter:
             b"\x1a\x40", st.last_hex,  # previous_hash: 64 hex characters
             create_time_field,
         ))
-        value = b"".join((head, wire.TAG_ENV_PROVENANCE, wire.varint(len(prov)), prov, tail))
+        n = len(prov)
+        value = b"".join((head, wire.TAG_ENV_PROVENANCE,
+                          wire.SMALL_VARINTS[n] if n < 128 else wire.varint(n), prov, tail))
         raw = hashlib.sha256(st.last_raw + value).digest()
         hex_b = hexlify(raw)
         st.sequence += 1

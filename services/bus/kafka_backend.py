@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
-from typing import Any, cast
+from typing import Any
 
 from confluent_kafka import (
     OFFSET_BEGINNING,
@@ -296,7 +296,7 @@ class KafkaBackend(Backend):
         for i, (topic, partition, key, value, headers, timestamp_ms) in enumerate(records):
             try:
                 produce(topic, value, key, partition, on_delivery=partial(on_delivery, i),
-                        timestamp=timestamp_ms, headers=cast(Any, headers))
+                        timestamp=timestamp_ms, headers=headers)  # type: ignore[arg-type]
             except BufferError:
                 # The local queue is full; report it like a delivery failure
                 # (definitely not written) rather than blocking the loop.

@@ -437,31 +437,41 @@ class Pending:
         """
         errors = self.errors
         slots: list[bytes] = [b""] * len(errors)
-        for i, err in enumerate(errors):
+        for i, err in enumerate(errors):  # reports field (1) of PublishStreamResponse
             if err is not None:
-                slots[i] = _error_report(err).SerializeToString()
+                slots[i] = wire.len_field(b"\x0a", _error_report(err).SerializeToString())
         prefixes: dict[tuple[str, int], bytes] = {}
         varint = wire.varint
+        small = wire.SMALL_VARINTS  # lengths below 128 without a call
+        records = self.records
+        offsets = self.offsets
+        ids = self.ids
+        hashes = self.hashes
         for k, i in enumerate(self.todo):
             if errors[i] is not None:
                 continue
-            r = self.records[k]
-            tp = (r[0], r[1])
+            topic, partition = records[k][:2]
+            tp = (topic, partition)
             pos = prefixes.get(tp)
             if pos is None:
-                pos = wire.len_field(b"\x0a", r[0].encode())
-                if r[1]:
-                    pos += b"\x10" + varint(r[1])
+                pos = wire.len_field(b"\x0a", topic.encode())
+                if partition:
+                    pos += b"\x10" + varint(partition)
                 prefixes[tp] = pos
-            off = self.offsets[k]
+            off = offsets[k]
             assert type(off) is int
             if off:
                 pos = pos + b"\x18" + varint(off)
-            idb = self.ids[k]
+            idb = ids[k]
+            n_id = len(idb)
+            n_pos = len(pos)
             # status (empty: OK), id, position, hash (64 hex characters)
-            slots[i] = b"".join((b"\x0a\x00\x12", varint(len(idb)), idb,
-                                 b"\x1a", varint(len(pos)), pos, b"\x22\x40", self.hashes[k]))
-        buf = b"".join([b"\x0a" + varint(len(rep)) + rep for rep in slots])
+            rep = b"".join((b"\x0a\x00\x12", small[n_id] if n_id < 128 else varint(n_id), idb,
+                            b"\x1a", small[n_pos] if n_pos < 128 else varint(n_pos), pos,
+                            b"\x22\x40", hashes[k]))
+            n_rep = len(rep)
+            slots[i] = b"\x0a" + (small[n_rep] if n_rep < 128 else varint(n_rep)) + rep
+        buf = b"".join(slots)
         return bus_pb2.PublishStreamResponse.FromString(buf)
 
 

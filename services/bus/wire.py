@@ -75,13 +75,14 @@ _PRIORITY_B: dict[int, bytes] = {
 # a few bytes. A field appended after the others is valid protobuf (readers
 # take the last value of a singular field); the encoding is checked against
 # the protobuf runtime in tests/unit/bus. Reference: protobuf.dev/programming-guides/encoding.
-_SMALL_VARINTS = [bytes((i,)) for i in range(128)]
+#: varint(n) for n < 128, for callers that inline the common case.
+SMALL_VARINTS = [bytes((i,)) for i in range(128)]
 
 
 def varint(n: int) -> bytes:
     """Base-128 varint of a non-negative int (protobuf wire format)."""
     if n < 0x80:
-        return _SMALL_VARINTS[n]
+        return SMALL_VARINTS[n]
     if n < 0x4000:
         return bytes(((n & 0x7F) | 0x80, n >> 7))
     if n < 0x200000:
