@@ -201,6 +201,17 @@ class ProcessGroup:
             p.stop(timeout_s=timeout_s)
 
 
+def scrape_metrics(port: int, *, timeout_s: float = 5.0) -> str:
+    """The Prometheus text exposition served on `http://127.0.0.1:<port>/metrics`.
+
+    Blocking; from async tests call it through `asyncio.to_thread`.
+    """
+    import urllib.request
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=timeout_s) as r:
+        return str(r.read().decode())
+
+
 def log_serving(port: int, **fields: Any) -> None:
     """Log the `{"msg": "serving", "port": N}` line DaemonProcess waits for, on stderr."""
     print(json.dumps({"msg": "serving", "port": port, **fields}), file=sys.stderr, flush=True)

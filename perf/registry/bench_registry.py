@@ -28,7 +28,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +52,7 @@ from services.registry.discovery import CatalogMirror  # noqa: E402
 from services.registry.settings import RegistrySettings  # noqa: E402
 from services.registry.store import RegistryStore  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
-from tests.procs import DaemonProcess  # noqa: E402
+from tests.procs import DaemonProcess, scrape_metrics  # noqa: E402
 
 CAPS = [f"cap{i:02d}" for i in range(40)]
 STYPES = ["computation", "storage", "analytics", "ingest", "reporting"]
@@ -183,7 +182,7 @@ async def _heartbeat_ingest(target: str, ids: list[str], *, seconds: float, stre
 
 def _buckets(metrics_port: int, name: str) -> list[tuple[float, float]]:
     """Cumulative (upper bound, count) pairs of a Prometheus histogram."""
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    text = scrape_metrics(metrics_port)
     out = []
     for le, count in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M):
         out.append((float("inf") if le == "+Inf" else float(le), float(count)))

@@ -11,8 +11,6 @@ import os
 import pkgutil
 import shutil
 import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,10 +18,11 @@ from typing import Any
 import grpc
 import pytest
 from google.protobuf import descriptor_pool
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from tests.procs import DaemonProcess, daemon
+from tests.health import health_status, wait_health
+from tests.procs import DaemonProcess, daemon, scrape_metrics
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
@@ -69,28 +68,6 @@ def mesh(
             p.stop()
 
 
-async def check_health(target: str, service: str = "") -> int:
-    async with grpc.aio.insecure_channel(target) as ch:
-        resp = await health_pb2_grpc.HealthStub(ch).Check(
-            health_pb2.HealthCheckRequest(service=service), timeout=3
-        )
-        return int(resp.status)
-
-
-async def wait_health(target: str, want: int, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = -1
-    while time.monotonic() < deadline:
-        try:
-            last = await check_health(target)
-        except grpc.aio.AioRpcError:
-            last = -1
-        if last == want:
-            return
-        await asyncio.sleep(0.2)
-    raise AssertionError(f"{target} health stayed {last}, wanted {want}")
-
-
 async def reflected_services(target: str) -> set[str]:
     async with grpc.aio.insecure_channel(target) as ch:
         stub = reflection_pb2_grpc.ServerReflectionStub(ch)
@@ -109,16 +86,11 @@ async def test_daemon_serves_health_reflection_metrics(
     p = mesh[name]
     await wait_health(p.target, health_pb2.HealthCheckResponse.SERVING)
     for svc in SERVICES[name]:
-        assert await check_health(p.target, svc) == health_pb2.HealthCheckResponse.SERVING
+        assert await health_status(p.target, svc) == health_pb2.HealthCheckResponse.SERVING
     listed = await reflected_services(p.target)
     assert set(SERVICES[name]) | {"grpc.health.v1.Health"} <= listed
-    body = await asyncio.to_thread(scrape, p.metrics_port)
-    assert b"grpc_server_started_total" in body
-
-
-def scrape(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return bytes(r.read())
+    body = await asyncio.to_thread(scrape_metrics, p.metrics_port)
+    assert "grpc_server_started_total" in body
 
 
 def grpcurl() -> str:

@@ -6,50 +6,27 @@ from __future__ import annotations
 
 import asyncio
 import signal
-import socket
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.runtime.errors import Unavailable, from_rpc_error
+from tests import health
+from tests.infra import free_port
 from tests.integration.bus.conftest import start_gateway, unique
 from tests.integration.bus.helpers import Sub, env
-from tests.procs import daemon
+from tests.procs import daemon, scrape_metrics
 
 pytestmark = pytest.mark.integration
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return str(r.read().decode())
-
-
-async def health(target: str) -> int:
-    async with grpc.aio.insecure_channel(target) as ch:
-        r = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)
-        return int(r.status)
-
-
-async def wait_health(target: str, want: int, timeout_s: float = 20) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout_s
-    while True:
-        got = await health(target)
-        if got == want:
-            return
-        assert asyncio.get_running_loop().time() < deadline, f"health {got}, want {want}"
-        await asyncio.sleep(0.2)
+async def wait_health(target: str, want: int) -> None:
+    await health.wait_health(target, want, rpc_errors_ok=False)
 
 
 async def test_memory_gateway_process_serves_health_and_metrics(tmp_path: Path):
@@ -65,7 +42,7 @@ async def test_memory_gateway_process_serves_health_and_metrics(tmp_path: Path):
                 async with Sub(stub, ["m.t1"], "slow") as slow:
                     await slow.next()  # held unacked: lag 1
                     await asyncio.sleep(1.5)  # lag is reported every second
-                    text = await asyncio.to_thread(scrape, proc.metrics_port)
+                    text = await asyncio.to_thread(scrape_metrics, proc.metrics_port)
     sent = [ln for ln in text.splitlines() if ln.startswith("message_bus_sent_total{")]
     publish = [ln for ln in sent if 'type="publish"' in ln]
     assert len(publish) == 4  # 3 named topics + "other": the label set is bounded

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +15,7 @@ from agentmesh.registry.v1 import registry_pb2 as pb
 from agentmesh.registry.v1 import registry_pb2_grpc
 from tests.integration.registry.conftest import Clients, StartRegistry
 from tests.integration.registry.helpers import agent, field_violations
+from tests.procs import scrape_metrics
 
 pytestmark = pytest.mark.integration
 
@@ -334,9 +334,7 @@ async def test_metrics_exposed(start_registry: StartRegistry) -> None:
         await stub.Heartbeat(pb.HeartbeatRequest(agent_id="agent-m"))
         await stub.DiscoverAgents(pb.DiscoverAgentsRequest())
         await asyncio.sleep(0.5)  # one reaper tick refreshes the gauges
-    text = await asyncio.to_thread(
-        lambda: urllib.request.urlopen(f"http://127.0.0.1:{d.metrics_port}/metrics").read().decode()
-    )
+    text = await asyncio.to_thread(scrape_metrics, d.metrics_port)
     assert 'registry_agents_total{status="ACTIVE"} 1.0' in text
     assert 'registry_queries_total{type="discover"} 1.0' in text
     assert "registry_discovery_latency_ms_bucket" in text

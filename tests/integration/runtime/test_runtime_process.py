@@ -6,8 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
-import time
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -18,8 +16,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.errors import InvalidArgument, from_rpc_error
+from tests import health
 from tests.certs import make_pki
-from tests.procs import DaemonProcess
+from tests.procs import DaemonProcess, scrape_metrics
 
 pytestmark = pytest.mark.integration
 ECHO = str(Path(__file__).with_name("echo_daemon.py"))
@@ -32,29 +31,17 @@ def echo(tmp_path: Path, *flags: str) -> DaemonProcess:
     )
 
 
-def scrape(port: int) -> bytes:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-        return bytes(r.read())
-
-
 def request(sleep_s: float = 0.0, action: str = "echo") -> agent_pb2.ExecuteRequest:
     s = struct_pb2.Struct()
     s.update({"sleep_s": sleep_s})
     return agent_pb2.ExecuteRequest(action=action, input=s)
 
 
-async def health(channel: grpc.aio.Channel) -> int:
-    resp = await health_pb2_grpc.HealthStub(channel).Check(
-        health_pb2.HealthCheckRequest(service=""), timeout=2
-    )
-    return int(resp.status)
-
-
 async def test_sigterm_drains_in_flight_and_refuses_new(tmp_path: Path) -> None:
     with echo(tmp_path, "--grace-period-s", "10") as d:
         async with create_channel(d.target) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
-            assert await health(ch) == health_pb2.HealthCheckResponse.SERVING
+            assert await health.health_status(ch) == health_pb2.HealthCheckResponse.SERVING
             in_flight = asyncio.ensure_future(stub.Execute(request(sleep_s=2.0), timeout=15))
             await asyncio.sleep(0.5)
             d.signal(signal.SIGTERM)
@@ -82,8 +69,8 @@ async def test_deadline_budget_reaches_handler_and_errors_are_rich(tmp_path: Pat
             with pytest.raises(grpc.aio.AioRpcError) as unimpl:
                 await stub.Evaluate(agent_pb2.EvaluateRequest(), timeout=3)
             assert unimpl.value.code() == grpc.StatusCode.UNIMPLEMENTED
-        body = await asyncio.to_thread(scrape, d.metrics_port)
-        assert b'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT"' in body
+        body = await asyncio.to_thread(scrape_metrics, d.metrics_port)
+        assert 'grpc_server_handled_total{grpc_code="INVALID_ARGUMENT"' in body
 
 
 async def test_tls_refuses_plaintext_and_mtls_requires_client_cert(tmp_path: Path) -> None:
@@ -122,7 +109,7 @@ async def test_bearer_tokens_identify_callers(tmp_path: Path) -> None:
                 await agent_pb2_grpc.AgentServiceStub(ch).Execute(request(), timeout=3)
             assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
             # Probes need no token.
-            assert await health(ch) == health_pb2.HealthCheckResponse.SERVING
+            assert await health.health_status(ch) == health_pb2.HealthCheckResponse.SERVING
         async with create_channel(d.target) as anon:
             with pytest.raises(grpc.aio.AioRpcError) as e:
                 await agent_pb2_grpc.AgentServiceStub(anon).Execute(request(), timeout=3)
@@ -132,18 +119,8 @@ async def test_bearer_tokens_identify_callers(tmp_path: Path) -> None:
             assert resp.output.fields["identity"].string_value == "agent-alpha"
 
 
-async def wait_health(ch: grpc.aio.Channel, want: int, timeout_s: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    last = -1
-    while time.monotonic() < deadline:
-        try:
-            last = await health(ch)
-        except grpc.aio.AioRpcError:
-            last = -1
-        if last == want:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"health stayed {last}, wanted {want}")
+async def wait_health(ch: grpc.aio.Channel, want: int) -> None:
+    await health.wait_health(ch, want, timeout_s=15.0, every_s=0.1)
 
 
 async def test_health_follows_redis(tmp_path: Path) -> None:

@@ -182,10 +182,8 @@ async def test_selector_target_resolves_through_registry_indexes(stub, rsync) ->
 async def test_selector_target_resolves_through_the_router(
     agent, saga_redis_url, rsync, tmp_path
 ) -> None:
-    import urllib.request
-
     from agentmesh.saga.v1 import saga_pb2_grpc
-    from tests.procs import daemon
+    from tests.procs import daemon, scrape_metrics
 
     router = daemon("router", tmp_path, "--redis-url", saga_redis_url).start()
     coord = daemon(
@@ -208,10 +206,7 @@ async def test_selector_target_resolves_through_the_router(
                 selector=common_pb2.AgentSelector(capabilities=["saga_test"]),
             )
             saga = await run(stub, [s])
-        url = f"http://127.0.0.1:{router.metrics_port}/metrics"
-        metrics = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(url, timeout=5).read().decode()
-        )
+        metrics = await asyncio.to_thread(scrape_metrics, router.metrics_port)
     finally:
         coord.stop()
         router.stop()

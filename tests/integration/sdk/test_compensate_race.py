@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import json
 import re
-import urllib.request
 import uuid
 from typing import Any
 
@@ -22,6 +21,8 @@ from agentmesh.agent import dict_to_struct, struct_to_dict
 from agentmesh.agent.sdk import REASON_COMPENSATED
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.errors import Aborted, from_rpc_error
+from tests.procs import scrape_metrics
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +34,7 @@ _STARTED = re.compile(
 
 
 def _executes_started(metrics_port: int) -> float:
-    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as r:
-        m = _STARTED.search(r.read().decode())
+    m = _STARTED.search(scrape_metrics(metrics_port))
     return float(m.group(1)) if m else 0.0
 
 
@@ -42,11 +42,10 @@ async def _wait_started(metrics_port: int, n: int, timeout_s: float = 15.0) -> N
     # The SDK registers the in-flight key in the same event-loop step that
     # counts the RPC as started, so once the counter shows it, the agent knows
     # the Execute is running.
-    for _ in range(int(timeout_s / 0.05)):
-        if await asyncio.to_thread(_executes_started, metrics_port) >= n:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{n} Execute calls not started within {timeout_s}s")
+    async def started() -> bool:
+        return await asyncio.to_thread(_executes_started, metrics_port) >= n
+
+    await eventually(started, timeout_s=timeout_s, every_s=0.05, what=f"{n} Execute calls started")
 
 
 def _exec(key: str, attempt: int) -> agent_pb2.ExecuteRequest:
