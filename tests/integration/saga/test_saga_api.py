@@ -167,14 +167,13 @@ async def test_list_sagas_filters_by_state_and_name_and_pages(stub) -> None:
     assert all(s.state == S.SAGA_STATE_COMPENSATED for s in by_state.sagas)
 
 
+def _selector_step() -> S.Step:
+    """Step `sel` on whichever agent has capability `saga_test` (no agent id)."""
+    return step("sel", agent_id="", selector=common_pb2.AgentSelector(capabilities=["saga_test"]))
+
+
 async def test_selector_target_resolves_through_registry_indexes(stub, rsync) -> None:
-    s = S.Step(
-        name="sel",
-        action="do_sel",
-        compensation_action="undo_sel",
-        selector=common_pb2.AgentSelector(capabilities=["saga_test"]),
-    )
-    saga = await run(stub, [s])
+    saga = await run(stub, [_selector_step()])
     assert saga.state == S.SAGA_STATE_COMPLETED
     assert effects(rsync, saga.saga_id) == {f"{saga.saga_id}/sel": 1}
 
@@ -199,13 +198,7 @@ async def test_selector_target_resolves_through_the_router(
     try:
         async with grpc.aio.insecure_channel(coord.target) as ch:
             stub = saga_pb2_grpc.SagaServiceStub(ch)
-            s = S.Step(
-                name="sel",
-                action="do_sel",
-                compensation_action="undo_sel",
-                selector=common_pb2.AgentSelector(capabilities=["saga_test"]),
-            )
-            saga = await run(stub, [s])
+            saga = await run(stub, [_selector_step()])
         metrics = await asyncio.to_thread(scrape_metrics, router.metrics_port)
     finally:
         coord.stop()

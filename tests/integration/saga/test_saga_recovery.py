@@ -4,7 +4,6 @@ SIGKILL mid-step and mid-compensation, and several replicas on one Redis."""
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any
 
 import grpc
@@ -21,6 +20,7 @@ from tests.integration.saga.conftest import (
     start_coordinator,
     wait_final,
 )
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 S = saga_pb2
@@ -37,10 +37,12 @@ def _log_types(r: Any, saga_id: str) -> list[tuple[Any, str]]:
 async def _wait_for_event(
     r: Any, saga_id: str, type_: Any, step: str, timeout_s: float = 15.0
 ) -> None:
-    deadline = time.monotonic() + timeout_s
-    while (type_, step) not in _log_types(r, saga_id):
-        assert time.monotonic() < deadline, f"no {S.SagaEventType.Name(type_)} for {step}"
-        await asyncio.sleep(0.02)
+    await eventually(
+        lambda: (type_, step) in _log_types(r, saga_id),
+        timeout_s=timeout_s,
+        every_s=0.02,
+        what=f"{S.SagaEventType.Name(type_)} for {step}",
+    )
 
 
 def _check_single_driver(evs: list[S.SagaEvent]) -> None:
