@@ -43,7 +43,7 @@ from agentmesh.runtime.interceptors import RuntimeInterceptor  # noqa: E402
 def client_main(target: str, topic: str, n: int, batch: int) -> None:
     """The PublishStream client (separate process): prints msg/s."""
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from bench_bus import gateway_throughput  # type: ignore[import-not-found]
+    from bench_bus import gateway_throughput
 
     tp = asyncio.run(gateway_throughput(target, topic, n, batch))
     print(f"{tp:.0f}", flush=True)
@@ -74,7 +74,7 @@ async def serve_and_drive(a: argparse.Namespace) -> None:
         prof = cProfile.Profile()
         prof.enable()
     elif a.profiler == "pyinstrument":
-        from pyinstrument import Profiler  # type: ignore[import-not-found]
+        from pyinstrument import Profiler
 
         prof = Profiler(async_mode="disabled")
         prof.start()
