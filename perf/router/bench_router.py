@@ -51,6 +51,7 @@ from services.router.engine import RouteEngine  # noqa: E402
 from services.router.settings import RouterSettings  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess  # noqa: E402
+from tests.registry_records import queue_agent_record, write_agent_record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 CAP = "bench"
@@ -61,24 +62,14 @@ async def _register_many(r: aioredis.Redis, n: int, cap: str) -> None:
     async with r.pipeline(transaction=False) as p:
         for i in range(n):
             aid = f"{cap}-{i:04d}"
-            p.hset(
-                f"am:reg:agent:{aid}",
-                mapping={
-                    "endpoint": f"10.1.{i // 250}.{i % 250}:50100",
-                    "status": "ACTIVE",
-                    "health": str(0.5 + (i % 50) / 100),
-                    "version": "1.0.0",
-                },
+            queue_agent_record(
+                p,
+                aid,
+                endpoint=f"10.1.{i // 250}.{i % 250}:50100",
+                health=0.5 + (i % 50) / 100,
+                capabilities=[cap],
+                load={"queue_size": i % 7, "capacity": 8, "processing_time_ms": 10 + i % 90},
             )
-            p.hset(
-                f"am:reg:load:{aid}",
-                mapping={
-                    "queue_size": str(i % 7),
-                    "capacity": "8",
-                    "processing_time_ms": str(10 + i % 90),
-                },
-            )
-            p.sadd(f"am:reg:idx:cap:{cap}", aid)
         await p.execute()
 
 
@@ -240,17 +231,7 @@ async def _seed(url: str) -> None:
 async def _register_echo(url: str, agent_id: str, endpoint: str, cap: str) -> None:
     """Register the echo agent (perf/noop_servers.py agent) in the registry's key schema."""
     r = aioredis.Redis.from_url(url)
-    await r.hset(
-        f"am:reg:agent:{agent_id}",
-        mapping={
-            "endpoint": endpoint,
-            "status": "ACTIVE",
-            "health": "1.0",
-            "version": "1.0.0",
-            "last_heartbeat_ms": str(int(time.time() * 1000)),
-        },
-    )
-    await r.sadd(f"am:reg:idx:cap:{cap}", agent_id)
+    await write_agent_record(r, agent_id, endpoint=endpoint, capabilities=[cap])
     await r.aclose()
 
 

@@ -41,6 +41,7 @@ from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc  # noqa: E402
 from perf.common import add_no_write, closed_loop, percentile, write_results  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, daemon, testing_agent  # noqa: E402
+from tests.registry_records import queue_agent_record  # noqa: E402
 
 S = saga_pb2
 FINAL = {
@@ -176,9 +177,9 @@ def main() -> None:
     try:
         agent = testing_agent("noop", work, "--metrics-port", "-1", agent_id="bench-noop")
         procs.append(agent.start())
-        redis.Redis.from_url(url).hset(
-            "am:reg:agent:bench-noop", mapping={"endpoint": agent.target, "status": "ACTIVE"}
-        )
+        with redis.Redis.from_url(url).pipeline() as pipe:
+            queue_agent_record(pipe, "bench-noop", endpoint=agent.target)
+            pipe.execute()
         coord = daemon("saga", work, "--redis-url", url, "--use-router", "false")
         procs.append(coord.start())
         fig = asyncio.run(bench(args, agent.target, coord.target))

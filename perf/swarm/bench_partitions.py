@@ -52,6 +52,7 @@ from agentmesh.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 from agentmesh.swarm.v1 import swarm_pb2_grpc  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, daemon  # noqa: E402
+from tests.registry_records import write_agent_record  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 SCRIPT = str(Path(__file__).resolve())
@@ -85,12 +86,9 @@ async def run_fleet(redis_url: str, agents: int, work_ms: float) -> None:
         await s.start()
         servers.append(s)
         ports.append(port)
-        await redis.hset(
-            f"am:reg:agent:{aid}",
-            mapping={"endpoint": f"127.0.0.1:{port}", "status": "ACTIVE", "health": "1.0",
-                     "version": "1.0.0", "location": "local"},
+        await write_agent_record(
+            redis, aid, endpoint=f"127.0.0.1:{port}", location="local", capabilities=[CAPABILITY]
         )
-        await redis.sadd(f"am:reg:idx:cap:{CAPABILITY}", aid)
     print(json.dumps({"msg": "serving", "port": ports[0], "ports": ports}), file=sys.stderr,
           flush=True)
     stop = asyncio.Event()

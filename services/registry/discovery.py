@@ -31,11 +31,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from agentmesh.catalog import discovery_order, version_matches
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
 from services.registry import metrics
 from services.registry.store import RegistryStore, StoredEvent
-from services.registry.versions import satisfies
 from services.registry.watch import WatchHub
 
 log = logging.getLogger("agentmesh.registry.discovery")
@@ -240,11 +240,7 @@ class CatalogMirror:
             return hit.response
         metrics.DISCOVERY_CACHE.labels("miss").inc()
         matches = self._match(selector, include_inactive)
-        pref = selector.preferred_location
-
-        def order(e: _Entry) -> tuple[bool, float, str]:
-            return (not (pref and e.location == pref), -e.health, e.agent_id)
-
+        order = discovery_order(selector.preferred_location)
         if max_results and max_results < len(matches):
             chosen = heapq.nsmallest(max_results, matches, key=order)
         else:
@@ -286,7 +282,7 @@ class CatalogMirror:
                 continue
             if e.health < min_health:
                 continue
-            if constraint and not satisfies(constraint, e.version_text):
+            if constraint and not version_matches(e.version_text, constraint):
                 continue
             out.append(e)
         return out

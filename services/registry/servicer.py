@@ -11,6 +11,7 @@ from typing import Any, TypeAlias
 import grpc
 from google.rpc import code_pb2
 
+from agentmesh.catalog import selector_violations
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentmesh.runtime.errors import AgentMeshError, InvalidArgument, NotFound, PermissionDenied
@@ -23,7 +24,6 @@ from services.registry.validation import (
     authorize_agent,
     check_agent_id,
     load_violations,
-    selector_violations,
     validate_agent,
 )
 from services.registry.watch import WatchHub

@@ -12,11 +12,12 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from agentmesh import catalog
 from agentmesh.runtime.config import ExtraOption
 from services.registry.health import HealthPolicy
 
-#: Key prefix of everything the registry stores in Redis.
-PREFIX = "am:reg:"
+#: Key prefix of everything the registry stores in Redis (the shared catalog schema).
+PREFIX = catalog.PREFIX
 
 OPTIONS = [
     ExtraOption("heartbeat_interval_ms", "30000", "default heartbeat interval of agents, ms"),

@@ -1,7 +1,9 @@
 """The agent catalog in Redis: atomic writes through Lua, reads by key.
 
-Key schema: services/registry/README.md. Writes go through the scripts in
-services.registry.lua; reads are plain HGETALL/ZRANGE/XRANGE.
+Key schema: services/registry/README.md; the catalog key names are
+agentmesh.catalog's (the scripts in services.registry.lua build the same
+names from the prefix they are passed). Writes go through those scripts;
+reads are plain HGETALL/ZRANGE/XRANGE.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from agentmesh import catalog
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
 from services.registry import lua
@@ -33,11 +36,6 @@ EVENT_TYPES: dict[str, registry_pb2.AgentEventType.ValueType] = {
     "HEALTH_CHANGED": registry_pb2.AGENT_EVENT_TYPE_HEALTH_CHANGED,
     "DEREGISTERED": registry_pb2.AGENT_EVENT_TYPE_DEREGISTERED,
 }
-
-_LOAD_FIELDS = (
-    "cpu_percent", "memory_percent", "error_rate", "response_time_ms",
-    "queue_size", "capacity", "processing_time_ms",
-)
 
 
 def ts_ms(ms: int | float) -> Timestamp:
@@ -235,7 +233,7 @@ class RegistryStore:
         sec, usec = await self.r.time()
         now_ms = sec * 1000 + usec // 1000
         ids: Any = await self.r.zrangebyscore(
-            self.p + "deadline", "-inf", now_ms, start=0, num=limit
+            catalog.deadline_key(prefix=self.p), "-inf", now_ms, start=0, num=limit
         )
         return [_s(i) for i in ids]
 
@@ -268,7 +266,7 @@ class RegistryStore:
         agent.revision = int(h.get(b"rev", b"0"))
         if load:
             lm = agent.load
-            for name in _LOAD_FIELDS:
+            for name in catalog.LOAD_FIELDS:
                 raw = load.get(name.encode())
                 if raw is not None:
                     value = float(raw)
@@ -283,9 +281,9 @@ class RegistryStore:
         """Agents by id in one pipelined round trip; None for missing ones."""
         pipe = self.r.pipeline(transaction=False)
         for agent_id in agent_ids:
-            pipe.get(self.p + "pb:" + agent_id)
-            pipe.hgetall(self.p + "agent:" + agent_id)
-            pipe.hgetall(self.p + "load:" + agent_id)
+            pipe.get(catalog.descriptor_key(agent_id, prefix=self.p))
+            pipe.hgetall(catalog.agent_key(agent_id, prefix=self.p))
+            pipe.hgetall(catalog.load_key(agent_id, prefix=self.p))
         res = await pipe.execute()
         out: list[registry_pb2.Agent | None] = []
         for i in range(len(agent_ids)):
@@ -296,36 +294,40 @@ class RegistryStore:
     async def list_ids(self, *, after: str, count: int) -> list[str]:
         """Up to `count` agent ids greater than `after`, in order."""
         lo = "(" + after if after else "-"
-        ids = await self.r.zrangebylex(self.p + "agents", lo, "+", start=0, num=count)
+        ids = await self.r.zrangebylex(
+            catalog.agents_key(prefix=self.p), lo, "+", start=0, num=count
+        )
         return [_s(i) for i in ids]
 
     async def count(self) -> int:
         """Number of registered agents."""
-        return int(await self.r.zcard(self.p + "agents"))
+        return int(await self.r.zcard(catalog.agents_key(prefix=self.p)))
 
     async def revision(self) -> int:
         """The current catalog revision (0 before any event)."""
-        return int(await self.r.get(self.p + "rev") or 0)
+        return int(await self.r.get(catalog.revision_key(prefix=self.p)) or 0)
 
     async def status_counts(self) -> dict[str, int]:
         """Registered agents per status."""
-        raw = await self.r.hgetall(self.p + "counts")
+        raw = await self.r.hgetall(catalog.counts_key(prefix=self.p))
         return {_s(k): int(v) for k, v in raw.items()}
 
     async def first_revision(self) -> int:
         """Revision of the oldest retained event, or 0 when the stream is empty."""
-        first: Any = await self.r.xrange(self.p + "events", "-", "+", count=1)
+        first: Any = await self.r.xrange(catalog.events_key(prefix=self.p), "-", "+", count=1)
         return int(_s(first[0][0]).split("-")[0]) if first else 0
 
     async def events(self, *, start: int, count: int) -> list[StoredEvent]:
         """Up to `count` events with revision >= start, oldest first."""
-        raw: Any = await self.r.xrange(self.p + "events", f"{start}-0", "+", count=count)
+        raw: Any = await self.r.xrange(
+            catalog.events_key(prefix=self.p), f"{start}-0", "+", count=count
+        )
         return [self.decode_event(eid, fields) for eid, fields in raw]
 
     async def read_events(self, *, after: int, block_ms: int, count: int) -> list[StoredEvent]:
         """Events with revision > after, waiting up to block_ms for the first one."""
         raw: Any = await self.r.xread(
-            {self.p + "events": f"{after}-0"}, count=count, block=block_ms
+            {catalog.events_key(prefix=self.p): f"{after}-0"}, count=count, block=block_ms
         )
         out: list[StoredEvent] = []
         for _stream, entries in raw or []:

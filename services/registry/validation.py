@@ -6,11 +6,11 @@ from __future__ import annotations
 import math
 import re
 
+from agentmesh.catalog import parse_version
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import InvalidArgument, PermissionDenied
-from services.registry.versions import ConstraintError, parse_constraint, parse_version
 
 AGENT_ID = re.compile(r"^agent-[a-z0-9-]+$")
 MAX_ID_LEN = 128
@@ -101,22 +101,6 @@ def load_violations(load: common_pb2.LoadMetrics, *, field: str = "load") -> lis
             bad.append((f"{field}.{name}", "must be a finite non-negative number"))
     if math.isnan(load.error_rate) or not 0.0 <= load.error_rate <= 1.0:
         bad.append((f"{field}.error_rate", "must be in [0, 1]"))
-    return bad
-
-
-def selector_violations(
-    selector: common_pb2.AgentSelector, *, field: str = "selector"
-) -> list[tuple[str, str]]:
-    """Violations of an AgentSelector: bad constraint or health bound."""
-    bad: list[tuple[str, str]] = []
-    if selector.version_constraint:
-        try:
-            parse_constraint(selector.version_constraint)
-        except ConstraintError as exc:
-            bad.append((f"{field}.version_constraint", str(exc)))
-    h = selector.min_health_score
-    if math.isnan(h) or not 0.0 <= h <= 1.0:
-        bad.append((f"{field}.min_health_score", "must be in [0, 1]"))
     return bad
 
 

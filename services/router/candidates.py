@@ -24,15 +24,14 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agentmesh import catalog
 from agentmesh.common.v1 import common_pb2
 from services.router import keys
 from services.router.targets import TargetState, TargetStates
-from services.router.versions import version_matches
 
 log = logging.getLogger("agentmesh.router.candidates")
 
-ROUTABLE_STATUSES = frozenset({"ACTIVE", "DEGRADED"})
-_AGENT_FIELDS = ("endpoint", "status", "health", "location", "version")
+ROUTABLE_STATUSES = frozenset(catalog.USABLE_STATUSES)
 
 
 @dataclass(slots=True)
@@ -167,7 +166,8 @@ def eligible_of(
     for c in routable:
         st = states.get(c.agent_id)
         if c.status not in ROUTABLE_STATUSES:
-            skipped[c.status.lower() or "unknown_status"] = skipped.get(c.status.lower(), 0) + 1
+            reason = c.status.lower() or "unknown_status"
+            skipped[reason] = skipped.get(reason, 0) + 1
         elif st is not None and st.effective_breaker(now_ms) == "OPEN":
             skipped["breaker_open"] = skipped.get("breaker_open", 0) + 1
         elif c.agent_id in kept_out:
@@ -181,24 +181,15 @@ def eligible_of(
 
 async def resolve_selector(redis: aioredis.Redis, selector: common_pb2.AgentSelector) -> list[str]:
     """Agent ids matching the index part of a selector (capabilities AND,
-    service types OR, tags AND), sorted.
+    service types OR, tags AND), sorted; see agentmesh.catalog.match_index.
 
     Raises:
-        ValueError: when the selector has no capability, service type or tag.
+        ValueError: when the selector has no capability, service type or tag
+            (the router does not route to the whole catalog).
     """
     if not (selector.capabilities or selector.service_types or selector.tags):
         raise ValueError("selector needs at least one capability, service type or tag")
-    sets: list[set[str]] = []
-    async with redis.pipeline(transaction=False) as p:
-        for cap in selector.capabilities:
-            p.smembers(keys.reg_cap(cap))
-        for tag in selector.tags:
-            p.smembers(keys.reg_tag(tag))
-        if selector.service_types:
-            p.sunion([keys.reg_stype(t) for t in selector.service_types])
-        for members in await p.execute():
-            sets.append({m.decode() for m in members})
-    return sorted(set.intersection(*sets))
+    return await catalog.match_index(redis, selector)
 
 
 async def fetch_candidates(
@@ -206,13 +197,14 @@ async def fetch_candidates(
 ) -> tuple[list[Candidate], dict[str, TargetState]]:
     """Read agents, their load and their target state in one pipeline.
 
-    Agents without a registry hash are left out.
+    Agents without a registry hash (no endpoint) are left out; the agent
+    fields are parsed by agentmesh.catalog.AgentInfo.
     """
     id_list = list(ids)
     async with redis.pipeline(transaction=False) as p:
         for aid in id_list:
-            p.hmget(keys.reg_agent(aid), _AGENT_FIELDS)
-            p.hgetall(keys.reg_load(aid))
+            p.hmget(catalog.agent_key(aid), catalog.AGENT_FIELDS)
+            p.hgetall(catalog.load_key(aid))
             p.hgetall(keys.target(aid))
         raw = await p.execute()
     out: list[Candidate] = []
@@ -221,19 +213,17 @@ async def fetch_candidates(
         fields, load, tstate = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
         if tstate:
             states[aid] = TargetState.from_hash(aid, tstate)
-        if fields[0] is None:
+        info = catalog.AgentInfo.from_fields(aid, fields)
+        if info is None:
             continue
-        endpoint, status, health, location, version = (
-            (f.decode() if f is not None else "") for f in fields
-        )
         out.append(
             Candidate(
                 agent_id=aid,
-                endpoint=endpoint,
-                status=status.upper() or "ACTIVE",
-                health=_float(health, 1.0),
-                location=location,
-                version=version,
+                endpoint=info.endpoint,
+                status=info.status,
+                health=info.health,
+                location=info.location,
+                version=info.version,
                 queue_size=_float(load.get(b"queue_size"), 0.0),
                 capacity=_float(load.get(b"capacity"), 0.0),
                 processing_time_ms=_float(
@@ -344,18 +334,15 @@ class PoolStore:
             selector = None
         else:
             selector = common_pb2.AgentSelector.FromString(spec.selector)
+            # raises ConstraintError (a ValueError) before Redis is read
+            admits = catalog.selector_filter(selector)
             ids = await resolve_selector(self._redis, selector)
         cands, states = await fetch_candidates(self._redis, ids)
         if selector is not None:
-            cands = [
-                c
-                for c in cands
-                if c.health >= selector.min_health_score
-                and (
-                    not selector.version_constraint
-                    or version_matches(c.version, selector.version_constraint)
-                )
-            ]
+            cands = [c for c in cands if admits(c)]
+            # Location first, then id, not discovery's health order: health
+            # moves on every refresh and would reshuffle round robin; the
+            # strategies that want health order sort by it themselves.
             if selector.preferred_location:
                 loc = selector.preferred_location
                 cands.sort(key=lambda c: (c.location != loc, c.agent_id))

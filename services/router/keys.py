@@ -1,6 +1,7 @@
 """Redis keys the router reads (the registry's) and writes (its own, `am:rt:`).
 
-Registry state, read only (written by the registry; see services/registry/README.md):
+Registry state, read only (written by the registry; the key names are
+agentmesh.catalog's, the schema is in services/registry/README.md):
     am:reg:agent:{id}       HASH endpoint, status, health, location, version, ...
     am:reg:load:{id}        HASH cpu_percent, ..., queue_size, capacity, processing_time_ms
                             (the router writes it too, from ReportLoad)
@@ -20,38 +21,12 @@ Router state:
 
 from __future__ import annotations
 
-REG = "am:reg:"
 RT = "am:rt:"
 
 RULES = RT + "rules"
 SAFETY = RT + "safety"
 GEN = RT + "gen"
 TARGETS = RT + "targets"
-
-
-def reg_agent(agent_id: str) -> str:
-    """The registry's agent hash."""
-    return f"{REG}agent:{agent_id}"
-
-
-def reg_load(agent_id: str) -> str:
-    """The registry's load hash."""
-    return f"{REG}load:{agent_id}"
-
-
-def reg_cap(capability: str) -> str:
-    """Index set of agents with `capability`."""
-    return f"{REG}idx:cap:{capability}"
-
-
-def reg_stype(service_type: str) -> str:
-    """Index set of agents with `service_type`."""
-    return f"{REG}idx:stype:{service_type}"
-
-
-def reg_tag(tag: str) -> str:
-    """Index set of agents with `tag`."""
-    return f"{REG}idx:tag:{tag}"
 
 
 def target(agent_id: str) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 import grpc
 import redis
 
+from agentmesh import catalog
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.context import current_principal
@@ -22,7 +23,7 @@ from agentmesh.runtime.errors import (
     Unavailable,
 )
 from agentmesh.runtime.server import Daemon
-from services.router import keys, metrics
+from services.router import metrics
 from services.router.engine import STRATEGY_LABEL, Decision, RouteEngine
 from services.router.invoker import Invoker
 from services.router.ratelimit import RateLimiter
@@ -31,15 +32,6 @@ from services.router.settings import RouterSettings
 
 R = router_pb2
 MAX_BATCH = 10_000
-_LOAD_FIELDS = (
-    "cpu_percent",
-    "memory_percent",
-    "error_rate",
-    "response_time_ms",
-    "queue_size",
-    "capacity",
-    "processing_time_ms",
-)
 
 
 @contextlib.contextmanager
@@ -296,7 +288,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """See RouterService.ReportLoad."""
         if not request.agent_id:
             raise InvalidArgument("agent_id is required", field_violations={"agent_id": "empty"})
-        values = {f: float(getattr(request.load, f)) for f in _LOAD_FIELDS}
+        values = {f: float(getattr(request.load, f)) for f in catalog.LOAD_FIELDS}
         bad = {
             f"load.{f}": "must be finite and >= 0"
             for f, v in values.items()
@@ -307,7 +299,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         if bad:
             raise InvalidArgument("invalid load figures", field_violations=bad)
         with _redis_errors():
-            if not await self._redis.exists(keys.reg_agent(request.agent_id)):
+            if not await self._redis.exists(catalog.agent_key(request.agent_id)):
                 raise NotFound(
                     f"agent {request.agent_id!r} is not registered",
                     resource_type="Agent",
@@ -315,7 +307,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 )
             mapping: dict[str, str] = {f: repr(v) for f, v in values.items()}
             mapping["updated_ms"] = str(int(time.time() * 1000))
-            await self._redis.hset(keys.reg_load(request.agent_id), mapping=mapping)  # type: ignore[arg-type]
+            await self._redis.hset(catalog.load_key(request.agent_id), mapping=mapping)  # type: ignore[arg-type]
         return R.ReportLoadResponse()
 
     async def ListTargetStates(

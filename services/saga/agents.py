@@ -2,17 +2,19 @@
 
 Targets:
   * agent id → the registry's hash `am:reg:agent:{id}` field `endpoint`
-    (cached for `endpoint_ttl_ms`).
+    (agentmesh.catalog.agent_key; cached for `endpoint_ttl_ms`).
   * selector → the router's Route with STRATEGY_CONSISTENT_HASH on the step's
     idempotency key, so every attempt of a step, and its compensation, goes to
     the same agent while the candidate set is stable (agents dedupe per key,
     so a retry must not hop to another agent). The coordinator then calls the
     agent itself, because Router.Invoke carries neither the attempt number
     nor Compensate. When the router is not configured, unreachable or does not
-    implement Route, the registry's index sets are read directly with
-    rendezvous hashing on the same key (status ACTIVE/DEGRADED, health >=
-    min_health_score; version_constraint and preferred_location are ignored
-    on this fallback path).
+    implement Route, the registry's catalog is read directly
+    (agentmesh.catalog.find_agents: the whole AgentSelector, status
+    ACTIVE/DEGRADED) and one agent is picked by rendezvous hashing on the
+    same key. Like the router's CONSISTENT_HASH, the pick spreads keys over
+    every matching agent: preferred_location orders candidates but does not
+    narrow a hash pick, so both paths agree on the key → agent mapping.
 """
 
 from __future__ import annotations
@@ -26,14 +28,13 @@ import grpc
 import redis.asyncio as aioredis
 from google.rpc import error_details_pb2
 
+from agentmesh import catalog
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.errors import from_rpc_error
 from agentmesh.saga.v1 import saga_pb2
 from services.saga.state import dict_to_struct, struct_to_dict
-
-REG_PREFIX = "am:reg:"
 
 
 class CallError(Exception):
@@ -115,7 +116,7 @@ class AgentCaller:
         hit = self._endpoints.get(agent_id)
         if hit and hit[1] > now:
             return hit[0]
-        raw = await self.r.hget(f"{REG_PREFIX}agent:{agent_id}", "endpoint")
+        raw = await self.r.hget(catalog.agent_key(agent_id), "endpoint")
         if not raw:
             raise CallError("UNAVAILABLE", f"agent {agent_id!r} is not registered")
         ep = raw.decode() if isinstance(raw, bytes) else str(raw)
@@ -160,33 +161,14 @@ class AgentCaller:
         return str(resp.targets[0].endpoint)
 
     async def _route_via_registry(self, selector: common_pb2.AgentSelector, *, key: str) -> str:
-        sets = [f"{REG_PREFIX}idx:cap:{c}" for c in selector.capabilities]
-        sets += [f"{REG_PREFIX}idx:tag:{t}" for t in selector.tags]
-        ids: set[bytes]
-        if sets:
-            ids = set(await self.r.sinter(sets))
-        else:
-            ids = {m for m, _ in await self.r.zrange(f"{REG_PREFIX}health", 0, -1, withscores=True)}
-        if selector.service_types:
-            ids &= set(
-                await self.r.sunion([f"{REG_PREFIX}idx:stype:{s}" for s in selector.service_types])
-            )
-        if not ids:
-            raise CallError("UNAVAILABLE", "no registered agent matches the selector")
-        ordered = sorted(ids)
-        async with self.r.pipeline(transaction=False) as p:
-            for i in ordered:
-                p.hmget(f"{REG_PREFIX}agent:{i.decode()}", ["status", "health", "endpoint"])
-            rows = await p.execute()
-        live: dict[str, str] = {}
-        for i, (status, health, endpoint) in zip(ordered, rows, strict=True):
-            if not endpoint or (status or b"").decode() not in ("ACTIVE", "DEGRADED"):
-                continue
-            if float(health or 0) < selector.min_health_score:
-                continue
-            live[i.decode()] = endpoint.decode()
-        if not live:
+        try:
+            found = await catalog.find_agents(self.r, selector)
+        except catalog.ConstraintError as e:
+            # definitions are validated; this guards ones stored before that check
+            raise CallError("INVALID_ARGUMENT", f"selector.version_constraint: {e}") from e
+        if not found:
             raise CallError("UNAVAILABLE", "no healthy agent matches the selector")
+        live = {a.agent_id: a.endpoint for a in found}
         return live[_rendezvous(key, sorted(live))]
 
     async def resolve(self, step: saga_pb2.Step, *, route_key: str) -> str:

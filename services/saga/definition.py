@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import grpc
 from google.protobuf import duration_pb2
 
+from agentmesh.catalog import selector_violations
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.saga.v1 import saga_pb2
 from services.saga.cel import CelError, Expression
@@ -342,6 +343,9 @@ def compile_definition(
         target = s.WhichOneof("target")
         if target is None or (target == "agent_id" and not s.agent_id):
             v.add(f"{p}.target", "set agent_id or selector")
+        elif target == "selector":
+            for path, msg in selector_violations(s.selector, field=f"{p}.selector"):
+                v.add(path, msg)
         if not s.action:
             v.add(f"{p}.action", "required")
         if s.HasField("retry_policy"):

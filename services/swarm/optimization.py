@@ -23,10 +23,10 @@ import grpc
 import numpy as np
 
 from agentmesh.agent.v1 import agent_pb2
+from agentmesh.catalog import AgentInfo, find_agents
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
-from services.swarm.agents import AgentInfo, discover
 from services.swarm.driver import (
     DriverContext,
     deadline_of,
@@ -142,7 +142,7 @@ class AgentEvaluator:
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._refreshed >= self.ctx.agent_refresh_s or not self.agents:
-            self.agents = await discover(self.ctx.redis, self.selector)
+            self.agents = await find_agents(self.ctx.redis, self.selector)
             self._bad.clear()
             self._refreshed = time.monotonic()
 

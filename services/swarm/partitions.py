@@ -38,9 +38,9 @@ import grpc
 from google.protobuf import json_format, struct_pb2
 
 from agentmesh.agent.v1 import agent_pb2
+from agentmesh.catalog import AgentInfo, find_agents
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
-from services.swarm.agents import AgentInfo, discover
 from services.swarm.driver import DriverContext, deadline_of, finish, now_ts, role_counts_pb
 from services.swarm.engine import PartitionScheduler, UnknownNameError
 from services.swarm.engine.partitions import Lease
@@ -162,7 +162,7 @@ class PartitionRun:
         if not force and now - self.refreshed < self.ctx.agent_refresh_s:
             return
         self.refreshed = now
-        found = {a.agent_id: a for a in await discover(self.ctx.redis, self.work.selector)}
+        found = {a.agent_id: a for a in await find_agents(self.ctx.redis, self.work.selector)}
         known = self.sched.stats().agents
         for aid, info in found.items():
             q = self.quarantine.get(aid)

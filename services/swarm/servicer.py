@@ -16,6 +16,7 @@ import grpc
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from agentmesh.catalog import find_agents
 from agentmesh.runtime.context import current_principal, remaining_s
 from agentmesh.runtime.errors import (
     AlreadyExists,
@@ -27,7 +28,6 @@ from agentmesh.runtime.errors import (
 )
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
 from services.swarm import metrics
-from services.swarm.agents import discover
 from services.swarm.driver import now_ts
 from services.swarm.manager import SwarmManager
 from services.swarm.optimization import check_engine_config
@@ -129,7 +129,7 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
             need = 1
         else:
             return
-        found = await discover(self.redis, selector)
+        found = await find_agents(self.redis, selector)
         if len(found) < need:
             caps = ",".join(selector.capabilities)
             raise FailedPrecondition(

@@ -10,6 +10,8 @@ from __future__ import annotations
 import math
 import re
 
+from agentmesh.catalog import selector_violations
+from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.swarm.v1 import swarm_pb2
 
@@ -100,13 +102,10 @@ def bounds_of(space: swarm_pb2.SearchSpace) -> list[tuple[float, float]]:
     return [(lo[i if len(lo) > 1 else 0], hi[i if len(hi) > 1 else 0]) for i in range(d)]
 
 
-def _check_selector(sel: object, path: str, v: list[tuple[str, str]]) -> None:
-    caps = list(getattr(sel, "capabilities", []))
-    if not caps:
+def _check_selector(sel: common_pb2.AgentSelector, path: str, v: list[tuple[str, str]]) -> None:
+    if not sel.capabilities:
         v.append((f"{path}.capabilities", "at least one capability is required"))
-    health = float(getattr(sel, "min_health_score", 0.0))
-    if not 0.0 <= health <= 1.0:
-        v.append((f"{path}.min_health_score", "must be in [0, 1]"))
+    v.extend(selector_violations(sel, field=path))
 
 
 def _seconds(d: object) -> float:

@@ -1,5 +1,6 @@
 """A small AgentService process for the router's tests, built on the generated
-stubs only, that registers itself by writing the registry's Redis key schema.
+stubs only, that registers itself by writing the registry's Redis key schema
+(tests.registry_records).
 
     python -m tests.integration.router.agent_server --agent-id a1 \\
         --redis-url redis://127.0.0.1:6379/2 --capability calc [--health 0.9] \\
@@ -20,7 +21,6 @@ import asyncio
 import json
 import signal
 import sys
-import time
 from typing import Any
 
 import grpc
@@ -28,40 +28,7 @@ import redis.asyncio as aioredis
 from google.protobuf import struct_pb2
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
-
-
-async def register(
-    r: aioredis.Redis,
-    agent_id: str,
-    endpoint: str,
-    *,
-    capabilities: list[str],
-    health: float = 1.0,
-    status: str = "ACTIVE",
-    version: str = "1.0.0",
-    location: str = "",
-    tags: tuple[str, ...] = (),
-) -> None:
-    """Write an agent into the registry's key schema (am:reg:...)."""
-    async with r.pipeline(transaction=True) as p:
-        p.hset(
-            f"am:reg:agent:{agent_id}",
-            mapping={
-                "endpoint": endpoint,
-                "status": status,
-                "health": str(health),
-                "location": location,
-                "version": version,
-                "last_heartbeat_ms": str(int(time.time() * 1000)),
-                "pb": b"",
-            },
-        )
-        for cap in capabilities:
-            p.sadd(f"am:reg:idx:cap:{cap}", agent_id)
-        for tag in tags:
-            p.sadd(f"am:reg:idx:tag:{tag}", agent_id)
-        p.zadd("am:reg:health", {agent_id: health})
-        await p.execute()
+from tests.registry_records import write_agent_record
 
 
 class Agent(agent_pb2_grpc.AgentServiceServicer):
@@ -113,8 +80,8 @@ async def main() -> None:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(Agent(ns, r), server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    await register(
-        r, ns.agent_id, f"127.0.0.1:{port}", capabilities=ns.capability, health=ns.health
+    await write_agent_record(
+        r, ns.agent_id, endpoint=f"127.0.0.1:{port}", capabilities=ns.capability, health=ns.health
     )
     print(json.dumps({"msg": "serving", "port": port}), file=sys.stderr, flush=True)
     stop = asyncio.Event()

@@ -14,10 +14,11 @@ import pytest
 import redis.asyncio as aioredis
 from google.rpc import error_details_pb2
 
+from agentmesh import catalog
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.runtime.errors import from_rpc_error
-from tests.integration.router.agent_server import register
+from tests.registry_records import write_agent_record
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +36,7 @@ async def group(rdb: aioredis.Redis, fleet: dict[str, Any], ids: list[str]) -> s
     """A fresh capability naming `ids`, so tests do not share round-robin state."""
     cap = f"cap-{uuid.uuid4().hex[:8]}"
     for aid in ids:
-        await rdb.sadd(f"am:reg:idx:cap:{cap}", aid)
+        await rdb.sadd(catalog.capability_index_key(cap), aid)
     return cap
 
 
@@ -199,7 +200,7 @@ async def test_broadcast_and_failover(rdb, fleet, stub_for) -> None:
     )
     assert len(b2.targets) == 2
     # an INACTIVE agent first in the list is skipped; order is kept otherwise
-    await register(rdb, "down-1", "127.0.0.1:9", capabilities=[], status="INACTIVE")
+    await write_agent_record(rdb, "down-1", endpoint="127.0.0.1:9", status="INACTIVE")
     f = await stub.Route(
         R.RouteRequest(
             message=R.RouteMessage(target_ids=["down-1", "s3", "s2"]), strategy=R.STRATEGY_FAILOVER
@@ -245,7 +246,9 @@ async def test_panic_threshold_and_no_healthy_target(rdb, fleet, stub_for) -> No
     stub = stub_for(fleet["router"])
     cap = await group(rdb, fleet, ["s1"])
     for i in range(3):
-        await register(rdb, f"gone-{cap}-{i}", "127.0.0.1:9", capabilities=[cap], status="INACTIVE")
+        await write_agent_record(
+            rdb, f"gone-{cap}-{i}", endpoint="127.0.0.1:9", capabilities=[cap], status="INACTIVE"
+        )
     # 1 healthy of 4 is below the 50% panic threshold: everyone is eligible
     res = await route_many(
         stub,
@@ -256,7 +259,9 @@ async def test_panic_threshold_and_no_healthy_target(rdb, fleet, stub_for) -> No
     assert len(winners(res)) == 4
     # only decommissioned candidates: UNAVAILABLE with the reasons in ErrorInfo
     dead = f"dead-{uuid.uuid4().hex[:6]}"
-    await register(rdb, f"{dead}-1", "127.0.0.1:9", capabilities=[dead], status="DECOMMISSIONED")
+    await write_agent_record(
+        rdb, f"{dead}-1", endpoint="127.0.0.1:9", capabilities=[dead], status="DECOMMISSIONED"
+    )
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await stub.Route(R.RouteRequest(message=R.RouteMessage(message_type=dead)))
     err = from_rpc_error(e.value)
@@ -271,14 +276,14 @@ async def test_route_cache_is_invalidated_by_health_and_rule_changes(rdb, fleet,
     stub = stub_for(fleet["router"])
     flap = f"flap-{uuid.uuid4().hex[:6]}"
     endpoint = fleet["agents"]["s1"].target
-    await register(rdb, flap, endpoint, capabilities=[])
+    await write_agent_record(rdb, flap, endpoint=endpoint)
     msg = R.RouteMessage(target_ids=[flap, "s2"], metadata={"k": flap})
     req = R.RouteRequest(message=msg, strategy=R.STRATEGY_FAILOVER)
     assert (await stub.Route(req)).targets[0].agent_id == flap
     hit = await stub.Route(req)
     assert hit.cache_hit and hit.targets[0].agent_id == flap
     # the registry marks the agent INACTIVE: the next refresh drops the cache
-    await rdb.hset(f"am:reg:agent:{flap}", "status", "INACTIVE")
+    await rdb.hset(catalog.agent_key(flap), "status", "INACTIVE")
     await asyncio.sleep(0.5)
     after = await stub.Route(req)
     assert not after.cache_hit and after.targets[0].agent_id == "s2"

@@ -1,8 +1,9 @@
 """Saga integration fixtures: Redis DB 3, real test-agent processes, real coordinators.
 
 Agents are registered the way the registry does it (the documented contract
-`am:reg:agent:{id}` HASH with `endpoint` and `status`), written into the saga
-test DB so these tests do not depend on the registry daemon.
+`am:reg:agent:{id}` HASH with `endpoint` and `status`, written by
+tests.registry_records) into the saga test DB, so these tests do not depend
+on the registry daemon.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import redis
 
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.procs import DaemonProcess, daemon
+from tests.registry_records import queue_agent_record
 
 SAGA_DB = 3
 HERE = Path(__file__).resolve().parent
@@ -55,11 +57,9 @@ def start_agent(agent_id: str, url: str, log_dir: Path, r: redis.Redis) -> Daemo
         ],
         log_dir / f"agent-{agent_id}.log",
     ).start()
-    r.hset(
-        f"am:reg:agent:{agent_id}",
-        mapping={"endpoint": p.target, "status": "ACTIVE", "health": "1.0"},
-    )
-    r.sadd("am:reg:idx:cap:saga_test", agent_id)
+    with r.pipeline() as pipe:
+        queue_agent_record(pipe, agent_id, endpoint=p.target, capabilities=["saga_test"])
+        pipe.execute()
     return p
 
 

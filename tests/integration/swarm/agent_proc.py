@@ -1,8 +1,9 @@
 """A worker agent process for the swarm tests, on the generated stubs only.
 
 It serves AgentService on a free port and registers itself the way the
-registry does (``am:reg:agent:{id}`` HASH, ``am:reg:idx:cap:{capability}``
-SETs), then prints ``{"msg": "serving", "port": N}`` on stderr.
+registry does (tests.registry_records: ``am:reg:agent:{id}`` HASH,
+``am:reg:idx:cap:{capability}`` SETs), then prints
+``{"msg": "serving", "port": N}`` on stderr.
 
 * Execute ``emissions``: one partition of tests/integration/swarm/emissions.py,
   input ``partition_index``, ``partition_count``, ``suppliers``; deduplicated
@@ -21,7 +22,6 @@ import asyncio
 import json
 import signal
 import sys
-import time
 from typing import Any
 
 import grpc
@@ -31,6 +31,7 @@ from google.protobuf import struct_pb2
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.swarm.emissions import partition
+from tests.registry_records import write_agent_record
 
 
 class WorkerAgent(agent_pb2_grpc.AgentServiceServicer):
@@ -77,20 +78,6 @@ class WorkerAgent(agent_pb2_grpc.AgentServiceServicer):
         return agent_pb2.EvaluateResponse(fitness=fit.tolist())
 
 
-async def register(redis: aioredis.Redis, agent_id: str, endpoint: str, caps: list[str]) -> None:
-    async with redis.pipeline(transaction=True) as pipe:
-        pipe.hset(
-            f"am:reg:agent:{agent_id}",
-            mapping={
-                "endpoint": endpoint, "status": "ACTIVE", "health": "1.0", "version": "1.0.0",
-                "location": "local", "last_heartbeat_ms": int(time.time() * 1000),
-            },
-        )
-        for c in caps:
-            pipe.sadd(f"am:reg:idx:cap:{c}", agent_id)
-        await pipe.execute()
-
-
 async def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--redis-url", required=True)
@@ -104,7 +91,10 @@ async def main() -> None:
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     redis = aioredis.Redis.from_url(ns.redis_url)
-    await register(redis, ns.agent_id, f"127.0.0.1:{port}", ns.capability)
+    await write_agent_record(
+        redis, ns.agent_id, endpoint=f"127.0.0.1:{port}", location="local",
+        capabilities=ns.capability,
+    )
     line = json.dumps({"msg": "serving", "port": port, "agent_id": ns.agent_id})
     print(line, file=sys.stderr, flush=True)
     stop = asyncio.Event()

@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 
+from agentmesh.catalog import version_matches
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
 from services.router import aggregate
@@ -15,7 +16,6 @@ from services.router.celexpr import CelError, Condition, activation
 from services.router.settings import OPTIONS, RouterSettings
 from services.router.strategies import Picker
 from services.router.targets import TargetState, TargetStates
-from services.router.versions import version_matches
 
 
 def cands(n: int, **kw: float) -> list[Candidate]:
