@@ -19,7 +19,8 @@ import pytest
 import redis
 
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-from tests.procs import DaemonProcess, daemon
+from tests.infra import flush_db
+from tests.procs import AgentProcess, DaemonProcess, daemon
 from tests.registry_records import queue_agent_record
 
 SAGA_DB = 3
@@ -30,9 +31,7 @@ FAST = ("--lease-ttl-ms", "1500", "--renew-interval-ms", "300", "--recovery-inte
 @pytest.fixture(scope="module")
 def saga_redis_url(redis_server: Any) -> str:
     """URL of the saga test DB (3), flushed once per module."""
-    url = redis_server.url_for_db(SAGA_DB)
-    redis.Redis.from_url(url).flushdb()
-    return str(url)
+    return flush_db(redis_server.url_for_db(SAGA_DB))
 
 
 @pytest.fixture(scope="module")
@@ -41,21 +40,13 @@ def rsync(saga_redis_url: str) -> redis.Redis:
     return redis.Redis.from_url(saga_redis_url, decode_responses=True)
 
 
-def start_agent(agent_id: str, url: str, log_dir: Path, r: redis.Redis) -> DaemonProcess:
+def start_agent(agent_id: str, url: str, log_dir: Path, r: redis.Redis) -> AgentProcess:
     """Start a saga_agent.py process and register its endpoint."""
-    p = DaemonProcess(
-        [
-            str(HERE / "saga_agent.py"),
-            "--agent-id",
-            agent_id,
-            "--port",
-            "0",
-            "--metrics-port",
-            "-1",
-            "--redis-url",
-            url,
-        ],
+    p = AgentProcess(
+        [str(HERE / "saga_agent.py"), "--agent-id", agent_id, "--port", "0",
+         "--metrics-port", "-1", "--redis-url", url],
         log_dir / f"agent-{agent_id}.log",
+        agent_id=agent_id,
     ).start()
     with r.pipeline() as pipe:
         queue_agent_record(pipe, agent_id, endpoint=p.target, capabilities=["saga_test"])
@@ -68,11 +59,8 @@ def agent(
     saga_redis_url: str, rsync: redis.Redis, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaemonProcess]:
     """The test agent `saga-agent-a`."""
-    p = start_agent("saga-agent-a", saga_redis_url, tmp_path_factory.mktemp("agents"), rsync)
-    try:
+    with start_agent("saga-agent-a", saga_redis_url, tmp_path_factory.mktemp("agents"), rsync) as p:
         yield p
-    finally:
-        p.stop()
 
 
 def start_coordinator(url: str, log_dir: Path, *extra: str) -> DaemonProcess:
@@ -87,11 +75,8 @@ def coordinator(
     saga_redis_url: str, agent: DaemonProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[DaemonProcess]:
     """One saga coordinator for the module."""
-    p = start_coordinator(saga_redis_url, tmp_path_factory.mktemp("saga"))
-    try:
+    with start_coordinator(saga_redis_url, tmp_path_factory.mktemp("saga")) as p:
         yield p
-    finally:
-        p.stop()
 
 
 @pytest.fixture
