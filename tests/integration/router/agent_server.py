@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import sys
 from typing import Any
 
 import grpc
@@ -28,7 +26,7 @@ import redis.asyncio as aioredis
 from google.protobuf import struct_pb2
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
-from tests.registry_records import write_agent_record
+from tests.stub_agents import serve_stub_agent, stub_agent_parser
 
 
 class Agent(agent_pb2_grpc.AgentServiceServicer):
@@ -64,33 +62,18 @@ class Agent(agent_pb2_grpc.AgentServiceServicer):
 
 
 async def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--agent-id", required=True)
-    ap.add_argument("--redis-url", required=True)
-    ap.add_argument("--capability", action="append", default=[])
+    ap = stub_agent_parser()
     ap.add_argument("--health", type=float, default=1.0)
     ap.add_argument("--vote", default="")
     ap.add_argument("--number", type=float, default=None)
     ap.add_argument("--merge", default="")
-    ap.add_argument("--delay-ms", type=float, default=0.0)
     ap.add_argument("--fail-key", default="")
     ns = ap.parse_args()
     r = aioredis.Redis.from_url(ns.redis_url)
-    server = grpc.aio.server()
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(Agent(ns, r), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    await write_agent_record(
-        r, ns.agent_id, endpoint=f"127.0.0.1:{port}", capabilities=ns.capability, health=ns.health
+    await serve_stub_agent(
+        Agent(ns, r),  # type: ignore[abstract]  # Compensate/Evaluate: UNIMPLEMENTED
+        redis=r, agent_id=ns.agent_id, capabilities=ns.capability, health=ns.health
     )
-    print(json.dumps({"msg": "serving", "port": port}), file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    await server.stop(1)
-    await r.aclose()
 
 
 if __name__ == "__main__":

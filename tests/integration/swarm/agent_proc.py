@@ -17,11 +17,7 @@ Run: python -m tests.integration.swarm.agent_proc --redis-url redis://127.0.0.1:
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
-import signal
-import sys
 from typing import Any
 
 import grpc
@@ -31,7 +27,7 @@ from google.protobuf import struct_pb2
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from tests.integration.swarm.emissions import partition
-from tests.registry_records import write_agent_record
+from tests.stub_agents import serve_stub_agent, stub_agent_parser
 
 
 class WorkerAgent(agent_pb2_grpc.AgentServiceServicer):
@@ -79,30 +75,14 @@ class WorkerAgent(agent_pb2_grpc.AgentServiceServicer):
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser()
-    p.add_argument("--redis-url", required=True)
-    p.add_argument("--agent-id", required=True)
-    p.add_argument("--capability", action="append", default=[])
-    p.add_argument("--delay-ms", type=float, default=0.0)
-    ns = p.parse_args()
-    server = grpc.aio.server()
-    agent = WorkerAgent(ns.agent_id, ns.delay_ms / 1000)
-    agent_pb2_grpc.add_AgentServiceServicer_to_server(agent, server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    await server.start()
-    redis = aioredis.Redis.from_url(ns.redis_url)
-    await write_agent_record(
-        redis, ns.agent_id, endpoint=f"127.0.0.1:{port}", location="local",
+    ns = stub_agent_parser().parse_args()
+    await serve_stub_agent(
+        WorkerAgent(ns.agent_id, ns.delay_ms / 1000),  # type: ignore[abstract]  # no Compensate
+        redis=aioredis.Redis.from_url(ns.redis_url),
+        agent_id=ns.agent_id,
+        location="local",
         capabilities=ns.capability,
     )
-    line = json.dumps({"msg": "serving", "port": port, "agent_id": ns.agent_id})
-    print(line, file=sys.stderr, flush=True)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    await stop.wait()
-    await server.stop(1)
-    await redis.aclose()
 
 
 if __name__ == "__main__":
