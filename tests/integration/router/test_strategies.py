@@ -73,8 +73,20 @@ async def test_least_loaded_and_weighted_random_follow_reported_load(rdb, fleet,
             )
         )
     try:
-        await asyncio.sleep(0.5)  # > state_ttl_ms: the router has refreshed load
         msg = R.RouteMessage(message_type=cap)
+        # The router refreshes load every state_ttl_ms; on a loaded machine a
+        # fixed sleep can be too short, so wait until decisions show the load.
+        deadline = asyncio.get_running_loop().time() + 15
+        while True:
+            probe = winners(
+                await route_many(
+                    stub, [R.RouteRequest(message=msg, strategy=R.STRATEGY_LEAST_LOADED)] * 40
+                )
+            )
+            if probe["s4"] == 0 and probe["s1"] >= 10:
+                break
+            assert asyncio.get_running_loop().time() < deadline, f"load never seen: {probe}"
+            await asyncio.sleep(0.2)
         ll = winners(
             await route_many(
                 stub, [R.RouteRequest(message=msg, strategy=R.STRATEGY_LEAST_LOADED)] * 600
