@@ -1,7 +1,7 @@
 """Swarm engine benchmark: our PSO against pyswarms, fitness throughput, and
 the partition scheduler.
 
-Usage: python perf/swarm/bench_pso.py [--seeds 10] [--iterations 1000]
+Usage: python perf/swarm/bench_pso.py [--seeds 30] [--iterations 1000]
        [--particles 50] [--partitions 100000] [--agents 100]
        [--behaviour-seeds 5] [--skip-behaviours] [--no-write]
 
@@ -11,12 +11,15 @@ Usage: python perf/swarm/bench_pso.py [--seeds 10] [--iterations 1000]
    fitness callable. Our engine runs plain PSO (behaviour SWARMING, every
    particle a Worker) with early stopping disabled so both do exactly
    ``--iterations`` iterations. Runs alternate between the two libraries (and
-   which goes first) so load from other processes hits both alike.
+   which goes first) so load from other processes hits both alike. Our
+   initial velocities are the engine default (half-diff, Standard PSO 2006);
+   an ablation run with zero initial velocities (the engine's previous
+   default) is reported next to it, untimed.
    Reported: wall-time ratio ours/pyswarms (goal <= 1.0), the same for the
    optimiser's own time (wall minus time inside the fitness function), and
    the median final best cost of each (goal: ours no worse; both at or below
-   1e-12 counts as equal), with a one-sided Mann-Whitney U test because
-   medians of 10 runs on multi-modal functions are noisy.
+   1e-12 counts as equal), with one-sided Mann-Whitney U tests both ways
+   because medians of a few dozen runs on multi-modal functions are noisy.
 2. Fitness evaluations per second for every built-in function with 1,000
    particles (goal >= 5,000,000/s), next to a textbook numpy expression of the
    same function timed the same way.
@@ -60,6 +63,7 @@ from services.swarm.engine import (  # noqa: E402
     PartitionScheduler,
     SwarmConfig,
     SwarmOptimizer,
+    VelocityInit,
     get_benchmark,
 )
 from services.swarm.engine.arrays import FloatArray  # noqa: E402
@@ -117,6 +121,7 @@ class PsoRow:
     theirs_best: list[float]
     ours_cpu_s: float = 0.0
     theirs_cpu_s: float = 0.0
+    zero_init_best: list[float] | None = None
 
     @property
     def ratio(self) -> float:
@@ -151,6 +156,17 @@ class PsoRow:
             return 1.0
         return float(mannwhitneyu(self.ours_best, self.theirs_best, alternative="greater").pvalue)
 
+    @property
+    def p_better(self) -> float:
+        """One-sided Mann-Whitney U p-value for "ours tends to be better"."""
+        if self.ours_median <= AT_OPTIMUM and self.theirs_median <= AT_OPTIMUM:
+            return 1.0
+        return float(mannwhitneyu(self.ours_best, self.theirs_best, alternative="less").pvalue)
+
+    @property
+    def zero_init_median(self) -> float:
+        return statistics.median(self.zero_init_best or [math.nan])
+
 
 @dataclass
 class Run:
@@ -160,7 +176,14 @@ class Run:
     best: float
 
 
-def run_ours(name: str, d: int, n: int, iters: int, seed: int) -> Run:
+def run_ours(
+    name: str,
+    d: int,
+    n: int,
+    iters: int,
+    seed: int,
+    velocity_init: VelocityInit = VelocityInit.HALF_DIFF,
+) -> Run:
     bench = get_benchmark(name)
     fit = TimedFitness(bench.function)
     c0 = time.process_time()
@@ -177,6 +200,7 @@ def run_ours(name: str, d: int, n: int, iters: int, seed: int) -> Run:
         c2=DEFAULT_C2,
         v_max_fraction=V_CLAMP_FRACTION,
         boundary=BoundaryMode.CLIP,
+        velocity_init=velocity_init,
         # No early stop: both libraries run exactly `iters` iterations.
         convergence_threshold=1e-300,
         spread_threshold=1e-300,
@@ -214,7 +238,7 @@ def bench_pso(seeds: int, iters: int, n: int) -> list[PsoRow]:
     rows = []
     for name in ("sphere", "rastrigin", "rosenbrock"):
         for d in (10, 30):
-            row = PsoRow(name, d, 0.0, 0.0, 0.0, 0.0, [], [])
+            row = PsoRow(name, d, 0.0, 0.0, 0.0, 0.0, [], [], zero_init_best=[])
             for seed in range(seeds):
                 pair = [("ours", run_ours), ("theirs", run_pyswarms)]
                 if seed % 2:
@@ -231,11 +255,17 @@ def bench_pso(seeds: int, iters: int, n: int) -> list[PsoRow]:
                         row.theirs_cpu_s += run.cpu_s
                         row.theirs_fit_s += run.fitness_s
                         row.theirs_best.append(run.best)
+            for seed in range(seeds):  # ablation, untimed
+                zero = run_ours(name, d, n, iters, seed, VelocityInit.ZERO)
+                assert row.zero_init_best is not None
+                row.zero_init_best.append(zero.best)
             rows.append(row)
             print(
                 f"  {name:10s} d={d:2d}  wall ours/pyswarms {row.ours_s:6.2f}/{row.theirs_s:6.2f} s"
                 f" = {row.ratio:.2f} (CPU {row.cpu_ratio:.2f})"
-                f"  median best {row.ours_median:.3g} vs {row.theirs_median:.3g}",
+                f"  median best {row.ours_median:.4g} vs {row.theirs_median:.4g}"
+                f" (v0=0: {row.zero_init_median:.4g})"
+                f"  p(worse) {row.p_worse:.2f} p(better) {row.p_better:.2f}",
                 flush=True,
             )
     return rows
@@ -459,34 +489,41 @@ def render(
         "",
         f"{args.particles} particles, {args.iterations} iterations, seeds 0-{args.seeds - 1}, "
         f"w = {DEFAULT_W}, c1 = c2 = {DEFAULT_C1}, velocity clamp ±{V_CLAMP_FRACTION} of the "
-        "range, positions clipped to the bounds (our CLIP also zeroes the clipped velocity "
-        "component; pyswarms `nearest` keeps it; our initial velocities are zero, theirs "
-        "uniform within the clamp), standard bounds of each function, the same fitness "
-        "callable for both. Ours: behaviour SWARMING (plain gbest PSO), early stopping off, "
+        "range, positions clipped to the bounds (our CLIP, the absorbing wall, also zeroes "
+        "the clipped velocity component; pyswarms `nearest` keeps it), standard bounds of "
+        "each function, the same fitness callable for both. Initial velocities: ours "
+        "half-diff, `v(0) = (U[lower, upper] - x(0)) / 2` (Standard PSO 2006; Helwig & "
+        "Wanka 2008; the engine default), pyswarms' uniform within the clamp; *v(0) = 0* "
+        "is an untimed ablation of ours with zero initial velocities (Engelbrecht 2012; the "
+        "engine's default before). Ours: behaviour SWARMING (plain gbest PSO), early "
+        "stopping off, "
         "so both run every iteration. Runs alternate between the libraries. *Optimiser-only* "
         "is wall time minus time inside the fitness function. *CPU ratio* uses process CPU "
         "time instead of wall time, which other processes on this shared machine disturb "
         "less. *p(worse)* is the one-sided "
         "Mann-Whitney U p-value for ours having larger (worse) final costs; below "
-        f"{SIGNIFICANCE} would mean ours is significantly worse.",
+        f"{SIGNIFICANCE} would mean ours is significantly worse; *p(better)* the same the "
+        "other way.",
         "",
         "| function | d | wall ours / pyswarms (s) | wall ratio (goal <= 1.0) | CPU ratio "
         "| optimiser-only ratio | median best ours | median best pyswarms "
-        "| median no worse | p(worse) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| median no worse | p(worse) | p(better) | median ours, v(0) = 0 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in pso:
         pso_lines.append(
             f"| {r.function} | {r.dimensions} | {r.ours_s:.2f} / {r.theirs_s:.2f} "
             f"| **{r.ratio:.2f}** | {r.cpu_ratio:.2f} | {r.overhead_ratio:.2f} "
             f"| {r.ours_median:.4g} | {r.theirs_median:.4g} "
-            f"| {'yes' if r.no_worse else 'no'} | {r.p_worse:.2f} |"
+            f"| {'yes' if r.no_worse else 'no'} | {r.p_worse:.2f} | {r.p_better:.2f} "
+            f"| {r.zero_init_median:.4g} |"
         )
     pso_lines += [
         f"| **all** | | {total_ours:.2f} / {total_theirs:.2f} "
         f"| **{total_ours / total_theirs:.2f}** | {cpu_ratio:.2f} | | | "
         f"| {sum(r.no_worse for r in pso)}/{len(pso)} "
-        f"| {len(significant)} significantly worse |",
+        f"| {len(significant)} significantly worse "
+        f"| {sum(r.p_better < SIGNIFICANCE for r in pso)} significantly better | |",
         "",
         "Final best cost per seed (ours | pyswarms):",
         "",
@@ -575,7 +612,7 @@ def merge_results(existing: str, mine: list[str]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, default=10)
+    p.add_argument("--seeds", type=int, default=30)
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--particles", type=int, default=50)
     p.add_argument("--partitions", type=int, default=100_000)

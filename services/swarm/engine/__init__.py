@@ -5,7 +5,8 @@ Public API (everything else is internal):
 * :class:`SwarmConfig`, :class:`SwarmOptimizer`, :class:`IterationStats` —
   ask/tell swarm optimisation with exact JSON snapshots.
 * :class:`Behaviour`, :class:`Role`, :class:`RoleFractions`,
-  :class:`Topology`, :class:`BoundaryMode` — configuration vocabulary.
+  :class:`Topology`, :class:`BoundaryMode`, :class:`VelocityInit` —
+  configuration vocabulary.
 * :class:`PartitionScheduler` and its records — partitioned work spread over
   agents by pheromone (ant-colony) choice, with leases.
 * :data:`BENCHMARKS`, :func:`get_benchmark` — vectorised test functions.
@@ -36,7 +37,7 @@ from .partitions import (
     PartitionState,
     SchedulerStats,
 )
-from .pso import BoundaryMode, Topology
+from .pso import BoundaryMode, Topology, VelocityInit
 from .roles import Role, RoleFractions
 
 __all__ = [
@@ -68,5 +69,6 @@ __all__ = [
     "SwarmOptimizer",
     "Topology",
     "UnknownNameError",
+    "VelocityInit",
     "get_benchmark",
 ]

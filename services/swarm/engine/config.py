@@ -15,7 +15,7 @@ from .boids import MAX_BOIDS_PARTICLES
 from .convergence import ConvergenceCriterion
 from .errors import InvalidConfigError
 from .evolution import EvolutionParams
-from .pso import DEFAULT_C1, DEFAULT_C2, DEFAULT_W, BoundaryMode, Topology
+from .pso import DEFAULT_C1, DEFAULT_C2, DEFAULT_W, BoundaryMode, Topology, VelocityInit
 from .roles import RoleFractions
 
 __all__ = ["SwarmConfig"]
@@ -53,6 +53,8 @@ class SwarmConfig:
         v_max_fraction: Velocity clamp as a fraction of each dimension's range
             (> 0), or None for no clamp.
         boundary: Boundary handling for positions.
+        velocity_init: Initial velocities: HALF_DIFF (default, Standard PSO
+            2006) or ZERO (Engelbrecht 2012); see :class:`.pso.VelocityInit`.
         roles: Role mix; None = the behaviour's default.
         evolution: Reproduction/retirement on/off; None = behaviour default.
         patience: Stagnation iterations before a particle is exhausted.
@@ -89,6 +91,7 @@ class SwarmConfig:
     c2: float = DEFAULT_C2
     v_max_fraction: float | None = 0.2
     boundary: BoundaryMode = BoundaryMode.CLIP
+    velocity_init: VelocityInit = VelocityInit.HALF_DIFF
     roles: RoleFractions | None = None
     evolution: bool | None = None
     patience: int = 50
@@ -111,6 +114,7 @@ class SwarmConfig:
             ("behaviour", Behaviour),
             ("topology", Topology),
             ("boundary", BoundaryMode),
+            ("velocity_init", VelocityInit),
         ):
             value = getattr(self, name)
             try:
@@ -227,7 +231,7 @@ class SwarmConfig:
             if not f.init:
                 continue
             value = getattr(self, f.name)
-            if isinstance(value, Behaviour | Topology | BoundaryMode):
+            if isinstance(value, Behaviour | Topology | BoundaryMode | VelocityInit):
                 value = value.value
             elif isinstance(value, RoleFractions):
                 value = value.to_dict()

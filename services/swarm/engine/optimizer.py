@@ -54,6 +54,7 @@ from .pso import (
     apply_bounds,
     clamp_velocity,
     inertia_weight,
+    initial_velocities,
     neighbourhood_best,
     ring_neighbourhood,
     velocity_update,
@@ -139,11 +140,12 @@ class SwarmOptimizer:
     """
 
     def __init__(self, config: SwarmConfig, fitness: FitnessFunction | None = None) -> None:
-        """Creates a swarm with uniformly random positions and zero velocities.
+        """Creates a swarm with uniformly random positions.
 
-        Zero initial velocities follow Engelbrecht 2012 ("Particle swarm
-        optimization: velocity initialization"), which found random initial
-        velocities make particles leave the box early without benefit.
+        Initial velocities follow ``config.velocity_init``
+        (:func:`.pso.initial_velocities`): by default the "half-diff" rule of
+        Standard PSO 2006 (Helwig & Wanka 2008), a random heading that keeps
+        the first step inside the box; or zero (Engelbrecht 2012).
 
         Args:
             config: The run's configuration (validated on construction).
@@ -157,7 +159,9 @@ class SwarmOptimizer:
         n, d = config.n_particles, config.dimensions
         self._rng = np.random.default_rng(config.seed)
         self._x: FloatArray = self._lower + self._rng.random((n, d)) * self._span
-        self._v: FloatArray = np.zeros((n, d))
+        self._v: FloatArray = initial_velocities(
+            self._x, self._lower, self._upper, config.velocity_init, self._rng
+        )
         self._pbest_x: FloatArray = self._x.copy()
         self._pbest_f: FloatArray = np.full(n, np.inf)
         self._gbest_x: FloatArray = self._x[0].copy()

@@ -21,6 +21,7 @@ from services.swarm.engine import (
     SwarmConfig,
     SwarmOptimizer,
     Topology,
+    VelocityInit,
     get_benchmark,
 )
 from services.swarm.engine.functions import rastrigin, rosenbrock, sphere
@@ -64,14 +65,18 @@ def test_sphere_reaches_the_optimum() -> None:
 
 
 # Measured on the reference machine (see perf/swarm/RESULTS.md), 40 particles,
-# 10-D Rastrigin on [-5.12, 5.12]^10, up to 1000 iterations, seeds 0-9:
-#   SWARMING  best per seed 9.95 6.96 3.98 11.94 3.98 3.98 4.97 4.97 6.96 11.94
-#             -> median 5.97, worst 11.94 (converges after 275-493 iterations)
-#   FORAGING  median 9.95, worst 14.92
+# 10-D Rastrigin on [-5.12, 5.12]^10, up to 1000 iterations, seeds 0-9, with
+# the default half-diff initial velocities:
+#   SWARMING  best per seed 18.9 2.98 4.97 3.98 7.96 2.98 7.96 2.98 4.97 4.97
+#             -> median 4.97, worst 18.9 (converges after 243-774 iterations)
+#   FORAGING  median 10.9, worst 15.9
+# (Zero initial velocities gave median 5.97 / worst 11.9 and 9.95 / 14.9. Over
+# seeds 0-39 half-diff is no worse for SWARMING: median 4.97 both, mean 5.35
+# vs 6.14, 90th percentile 7.96 vs 11.9; seed 0 is its one outlier.)
 # Asserted with margin for other BLAS/CPU rounding paths.
 @pytest.mark.parametrize(
     ("behaviour", "median_bound", "worst_bound"),
-    [(Behaviour.SWARMING, 8.0, 16.0), (Behaviour.FORAGING, 13.0, 20.0)],
+    [(Behaviour.SWARMING, 8.0, 21.0), (Behaviour.FORAGING, 13.0, 20.0)],
 )
 def test_rastrigin_10d_quality(
     behaviour: Behaviour, median_bound: float, worst_bound: float
@@ -106,6 +111,22 @@ def test_foraging_beats_plain_pso_in_the_rosenbrock_valley() -> None:
     assert median_best(Behaviour.FORAGING) < median_best(Behaviour.SWARMING)
 
 
+def test_initial_velocities_follow_the_config() -> None:
+    bounds = [(-5.0, 5.0), (0.0, 1.0), (-1.0, 3.0)]
+    half = SwarmOptimizer(_cfg(dimensions=3, bounds=bounds))
+    zero = SwarmOptimizer(_cfg(dimensions=3, bounds=bounds, velocity_init=VelocityInit.ZERO))
+    assert half.config.velocity_init is VelocityInit.HALF_DIFF  # the default
+    assert np.array_equal(half.positions, zero.positions)  # drawn first, same stream
+    assert not zero.velocities.any()
+    lower, upper = half.config.lower, half.config.upper
+    v, x = half.velocities, half.positions
+    assert np.all(np.abs(v) > 0.0)
+    assert np.all((x + v >= lower) & (x + v <= upper))  # first free step stays inside
+    # A random heading per particle, not a velocity independent of x: the
+    # target x + 2v is itself a point of the box.
+    assert np.all((x + 2 * v >= lower - 1e-12) & (x + 2 * v <= upper + 1e-12))
+
+
 @pytest.mark.parametrize("behaviour", list(Behaviour))
 def test_same_seed_is_bit_identical(behaviour: Behaviour) -> None:
     cfg = _cfg(behaviour=behaviour, max_iterations=60)
@@ -123,6 +144,7 @@ SNAPSHOT_CASES = [{"behaviour": b} for b in Behaviour] + [
     {"topology": Topology.RING, "neighbourhood_k": 1},
     {"boundary": BoundaryMode.REFLECT, "behaviour": Behaviour.FORAGING},
     {"boundary": BoundaryMode.RANDOM, "w": 0.9, "w_end": 0.4},
+    {"velocity_init": VelocityInit.ZERO},
     {
         "roles": RoleFractions(soldier=0.1, nurse=0.1, forager=0.3, scout=0.2),
         "evolution": True,
@@ -230,6 +252,9 @@ def test_config_round_trip_and_validation() -> None:
     again = SwarmConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert again == cfg
     assert SwarmConfig.from_dict({"behaviour": "flocking"}).behaviour is Behaviour.FLOCKING
+    zero = SwarmConfig.from_dict({"velocity_init": "zero"})
+    assert zero.velocity_init is VelocityInit.ZERO
+    assert SwarmConfig.from_dict(zero.to_dict()) == zero
     bad: list[tuple[dict[str, Any], str]] = [
         ({"bounds": (1.0, 1.0)}, "bounds"),
         ({"bounds": [(0.0, 1.0)] * 4}, "bounds"),
@@ -239,6 +264,7 @@ def test_config_round_trip_and_validation() -> None:
         ({"roles": RoleFractions(scout=2.0)}, "roles"),
         ({"behaviour": Behaviour.FLOCKING, "n_particles": 6000}, "n_particles"),
         ({"v_max_fraction": 0.0}, "v_max_fraction"),
+        ({"velocity_init": "uniform"}, "velocity_init"),
     ]
     for kw, field in bad:
         with pytest.raises(InvalidConfigError) as e:

@@ -7,9 +7,11 @@ import pytest
 
 from services.swarm.engine.pso import (
     BoundaryMode,
+    VelocityInit,
     apply_bounds,
     clamp_velocity,
     inertia_weight,
+    initial_velocities,
     neighbourhood_best,
     ring_neighbourhood,
     velocity_update,
@@ -45,6 +47,27 @@ def test_inertia_schedule() -> None:
     assert inertia_weight(50, 101, 0.9, 0.4) == pytest.approx(0.65)
     assert inertia_weight(100, 101, 0.9, 0.4) == pytest.approx(0.4)
     assert inertia_weight(500, 101, 0.9, 0.4) == pytest.approx(0.4)
+
+
+def test_half_diff_initial_velocity_is_half_way_to_a_uniform_point() -> None:
+    lower, upper = np.array([-1.0, 0.0]), np.array([1.0, 10.0])
+    rng = np.random.default_rng(3)
+    x = lower + rng.random((500, 2)) * (upper - lower)
+    v = initial_velocities(x, lower, upper, VelocityInit.HALF_DIFF, np.random.default_rng(5))
+    u = lower + np.random.default_rng(5).random((500, 2)) * (upper - lower)
+    np.testing.assert_allclose(v, (u - x) / 2, rtol=0, atol=1e-15)
+    assert np.all((x + v >= lower) & (x + v <= upper))
+    # Toward the middle on average: particles near a wall head away from it.
+    near_low = x[:, 0] < -0.5
+    assert v[near_low, 0].mean() > 0.0 > v[x[:, 0] > 0.5, 0].mean()
+
+
+def test_zero_initial_velocity_draws_nothing() -> None:
+    rng = np.random.default_rng(1)
+    before = rng.bit_generator.state
+    v = initial_velocities(np.ones((4, 3)), np.zeros(3), np.full(3, 2.0), VelocityInit.ZERO, rng)
+    assert v.shape == (4, 3) and not v.any()
+    assert rng.bit_generator.state == before
 
 
 def test_clamp_velocity() -> None:
