@@ -23,7 +23,7 @@ check-generated: ## Fail when committed generated code is stale
 	$(PYTHON) -m agentmesh.client._codegen --check
 
 lint: ## ruff, mypy and buf lint
-	ruff check libs services tests perf scripts
+	ruff check libs services tests perf scripts examples
 	mypy libs/agentmesh services
 	buf lint
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+
 from agentmesh.agent import ActionContext, Agent
 
 agent = Agent("agent-calc-1", agent_type="carbon-calculator", version="1.0.0",
