@@ -6,6 +6,10 @@ export PATH := $(GOBIN):$(PATH)
 RUN_DIR ?= .run
 BREAKING_AGAINST ?= .git\#branch=main
 
+# First `make demo` / `make test` / `make up` on a fresh machine installs what
+# they need (Python deps, redis-server, Kafka jars, Go tools) once.
+SETUP_STAMP := $(RUN_DIR)/setup.stamp
+
 .PHONY: help setup proto check-generated lint breaking test test-unit up down status demo bench
 
 help: ## List targets
@@ -13,6 +17,11 @@ help: ## List targets
 
 setup: ## Install Python deps, redis-server, Kafka jars and Go tools (idempotent)
 	bash .ci/install.sh
+	mkdir -p $(RUN_DIR) && touch $(SETUP_STAMP)
+
+$(SETUP_STAMP): pyproject.toml .ci/install.sh deploy/local/tools.sh deploy/local/kafka/pom.xml
+	bash .ci/install.sh
+	mkdir -p $(RUN_DIR) && touch $@
 
 proto: ## Regenerate Python code, .pyi stubs and the client's typed wrappers from protos/
 	$(PYTHON) scripts/genproto.py
@@ -30,13 +39,13 @@ lint: ## ruff, mypy and buf lint
 breaking: ## buf breaking (FILE rules) against main
 	buf breaking --against '$(BREAKING_AGAINST)'
 
-test: check-generated ## Run every test against real Redis and a real Kafka broker
+test: $(SETUP_STAMP) check-generated ## Run every test against real Redis and a real Kafka broker
 	AGENTMESH_REQUIRE_INFRA=1 $(PYTHON) -m pytest -q tests
 
 test-unit: ## Unit tests only (no servers)
 	$(PYTHON) -m pytest -q tests/unit
 
-up: ## Start Redis and the five daemons in the background
+up: $(SETUP_STAMP) ## Start Redis and the five daemons in the background
 	$(PYTHON) -m agentmesh.cli.main up --run-dir $(RUN_DIR)
 
 down: ## Stop what `make up` started
@@ -45,8 +54,8 @@ down: ## Stop what `make up` started
 status: ## Show the health of the local stack
 	$(PYTHON) -m agentmesh.cli.main status
 
-demo: ## Scope 3 demo on the EPA factors, start to finish
+demo: $(SETUP_STAMP) ## Scope 3 demo on the EPA factors, start to finish
 	$(PYTHON) -m agentmesh.cli.main demo
 
-bench: ## Run every benchmark under perf/
+bench: $(SETUP_STAMP) ## Run every benchmark under perf/
 	$(PYTHON) perf/run_all.py
