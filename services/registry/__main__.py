@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
-
 from agentmesh.registry.v1 import (
     coordination_pb2,
     coordination_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
 )
-from agentmesh.runtime.deps import redis_probe
 from agentmesh.runtime.server import Daemon, run_daemon
 from services.registry.coordination import CoordinationServicer
 from services.registry.coordination_store import CoordinationStore
@@ -22,26 +19,11 @@ from services.registry.store import RegistryStore
 from services.registry.watch import WatchHub
 
 
-def redis_client(url: str, *, max_connections: int = 64) -> aioredis.Redis:
-    """A Redis client whose pool makes callers wait for a free connection.
-
-    The runtime's default pool raises "Too many connections" once
-    `max_connections` commands are in flight; under a burst of RPCs the
-    registry should queue instead, for up to 5 s, then fail UNAVAILABLE.
-    """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url, max_connections=max_connections, timeout=5, socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-    )
-    return aioredis.Redis.from_pool(pool)
-
-
 def build(daemon: Daemon) -> None:
     """Wire the registry's services, reaper and watch tailer into `daemon`."""
     settings = RegistrySettings.from_extra(daemon.config.extra)
-    client = redis_client(daemon.config.redis_url)
-    daemon.add_probe("redis", redis_probe(client))
-    daemon.on_shutdown(client.aclose)
+    # The runtime's client queues for a free pooled connection under bursts.
+    client = daemon.redis()
     store = RegistryStore(client, settings)
     mirror = CatalogMirror(store, cache_ttl_ms=settings.discovery_cache_ttl_ms)
     hub = WatchHub(store)
