@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 
 import pytest
@@ -10,8 +9,12 @@ import pytest
 from agentmesh.runtime.deps import create_redis
 from agentmesh.swarm.v1 import swarm_pb2 as pb
 from services.swarm.store import LeaseLost, SwarmStore
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
+
+#: Lease TTL of the first holder, ms.
+A_TTL_MS = 1500
 
 
 async def test_fencing(swarm_redis_url: str) -> None:
@@ -25,15 +28,21 @@ async def test_fencing(swarm_redis_url: str) -> None:
         assert not await store.create(swarm)  # ids are unique
         assert sid in await store.active_ids()
 
-        a = await store.acquire(sid, owner="a", ttl_ms=200)
+        # a's TTL must outlast the "held" checks below even on a loaded machine
+        # (a 200 ms TTL expired before them under CPU load).
+        a = await store.acquire(sid, owner="a", ttl_ms=A_TTL_MS)
         assert a is not None
         assert await store.acquire(sid, owner="b", ttl_ms=200) is None  # held
         assert await store.count_partitions(a, [(0, b"x"), (1, b"y")]) == [True, True]
         assert await store.count_partitions(a, [(1, b"z"), (2, b"w")]) == [False, True]
 
-        await asyncio.sleep(0.35)  # a's lease expires (a paused replica)
-        b = await store.acquire(sid, owner="b", ttl_ms=5000)
-        assert b is not None and b.token > a.token
+        # a's lease expires (a paused replica): b gets it once the TTL has run
+        # out; a failed acquire hands out no token, so polling is harmless.
+        b = await eventually(
+            lambda: store.acquire(sid, owner="b", ttl_ms=5000),
+            timeout_s=A_TTL_MS / 1000 + 10, every_s=0.05, what="b acquires the expired lease",
+        )
+        assert b.token > a.token
         # The old holder can write nothing any more.
         assert not await store.renew(a, ttl_ms=5000)
         with pytest.raises(LeaseLost):
