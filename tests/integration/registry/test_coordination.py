@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from agentmesh.registry.v1 import coordination_pb2 as cpb
 from agentmesh.registry.v1 import coordination_pb2_grpc
 from tests.integration.registry.conftest import Clients, StartRegistry
 from tests.integration.registry.helpers import field_violations
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -183,10 +183,17 @@ async def test_consensus_achieved_rejected_and_errors(registry: Clients) -> None
 
 async def test_consensus_expires(registry: Clients) -> None:
     c = registry.coord
-    p = await _propose(c, required_approval_ratio=0.5, voters=["a1", "a2", "a3"], ttl=ms(300))
+    # The vote must land before the deadline even on a loaded machine (a 300 ms
+    # TTL did not always leave room for it), so the TTL is 1.5 s and the test
+    # waits for the proposal to leave OPEN instead of sleeping past the deadline.
+    p = await _propose(c, required_approval_ratio=0.5, voters=["a1", "a2", "a3"], ttl=ms(1500))
     await _vote(c, p.proposal_id, "a1", APPROVE)
-    await asyncio.sleep(0.4)
-    got = (await c.GetProposal(cpb.GetProposalRequest(proposal_id=p.proposal_id))).proposal
+
+    async def resolved() -> cpb.Proposal | None:
+        got = (await c.GetProposal(cpb.GetProposalRequest(proposal_id=p.proposal_id))).proposal
+        return got if got.state != cpb.PROPOSAL_STATE_OPEN else None
+
+    got = await eventually(resolved, timeout_s=15, every_s=0.05, what="proposal resolved")
     assert got.state == cpb.PROPOSAL_STATE_EXPIRED and got.approvals == 1
     assert got.resolve_time == got.deadline
     with pytest.raises(grpc.aio.AioRpcError) as e:
