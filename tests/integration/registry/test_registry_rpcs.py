@@ -16,6 +16,7 @@ from agentmesh.registry.v1 import registry_pb2_grpc
 from tests.integration.registry.conftest import Clients, StartRegistry
 from tests.integration.registry.helpers import agent, field_violations
 from tests.procs import scrape_metrics
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -333,8 +334,18 @@ async def test_metrics_exposed(start_registry: StartRegistry) -> None:
             agent=agent("agent-m", heartbeat_interval={"seconds": 60})))
         await stub.Heartbeat(pb.HeartbeatRequest(agent_id="agent-m"))
         await stub.DiscoverAgents(pb.DiscoverAgentsRequest())
-        await asyncio.sleep(0.5)  # one reaper tick refreshes the gauges
-    text = await asyncio.to_thread(scrape_metrics, d.metrics_port)
+
+    # A reaper tick refreshes both gauges (status counts, then health bands):
+    # wait for it rather than sleep one tick's worth, which a loaded machine
+    # can overrun.
+    gauges = ('registry_agents_total{status="ACTIVE"} 1.0',
+              'registry_agent_health{band="0.9-1.0"} 1.0')
+
+    async def gauges_refreshed() -> str | None:
+        text = await asyncio.to_thread(scrape_metrics, d.metrics_port)
+        return text if all(g in text for g in gauges) else None
+
+    text = await eventually(gauges_refreshed, timeout_s=15, every_s=0.1, what="gauges refreshed")
     assert 'registry_agents_total{status="ACTIVE"} 1.0' in text
     assert 'registry_queries_total{type="discover"} 1.0' in text
     assert "registry_discovery_latency_ms_bucket" in text
