@@ -13,6 +13,7 @@ from google.rpc import error_details_pb2
 
 from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.runtime.errors import from_rpc_error
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -86,16 +87,24 @@ async def test_rules_created_on_one_replica_apply_on_the_other(mesh, stub_for) -
             )
         )
     )
-    await asyncio.sleep(0.3)  # > gen_poll_ms
-    after = await s2.Route(R.RouteRequest(message=msg))
+    # r2 sees the rule after its next generation poll (gen_poll_ms): wait for
+    # that instead of a fixed sleep, which a loaded machine can overrun.
+    async def rule_applied() -> R.RouteResponse | None:
+        r = await s2.Route(R.RouteRequest(message=msg))
+        return r if r.rule_name else None
+
+    after = await eventually(rule_applied, timeout_s=15, every_s=0.05, what="rule seen by r2")
     assert after.rule_name == name and after.targets[0].agent_id == target
     got = await s2.GetRouteRule(R.GetRouteRuleRequest(name=name))
     assert got.rule.condition == 'message.metadata.tier == "vip"'
     listed = await s2.ListRouteRules(R.ListRouteRulesRequest())
     assert name in [r.name for r in listed.rules]
     await s2.DeleteRouteRule(R.DeleteRouteRuleRequest(name=name))
-    await asyncio.sleep(0.3)
-    assert (await s1.Route(R.RouteRequest(message=msg))).rule_name == ""
+
+    async def rule_gone() -> bool:
+        return (await s1.Route(R.RouteRequest(message=msg))).rule_name == ""
+
+    await eventually(rule_gone, timeout_s=15, every_s=0.05, what="deletion seen by r1")
     with pytest.raises(grpc.aio.AioRpcError) as e:
         await s1.GetRouteRule(R.GetRouteRuleRequest(name=name))
     assert e.value.code() == grpc.StatusCode.NOT_FOUND
