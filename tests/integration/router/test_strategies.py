@@ -19,6 +19,7 @@ from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.runtime.errors import from_rpc_error
 from tests.registry_records import write_agent_record
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -87,22 +88,29 @@ async def test_least_loaded_and_weighted_random_follow_reported_load(rdb, fleet,
                 break
             assert asyncio.get_running_loop().time() < deadline, f"load never seen: {probe}"
             await asyncio.sleep(0.2)
+        n_ll = 2400
         ll = winners(
             await route_many(
-                stub, [R.RouteRequest(message=msg, strategy=R.STRATEGY_LEAST_LOADED)] * 600
+                stub, [R.RouteRequest(message=msg, strategy=R.STRATEGY_LEAST_LOADED)] * n_ll
             )
         )
         # power of two choices: the most loaded never wins; the idle one wins
-        # whenever it is drawn (3 of the 6 pairs), s2 and s3 a quarter each
+        # whenever it is drawn (3 of the 6 pairs), s2 and s3 a quarter each.
+        # Margins (multinomial, unseeded router): s1/n has sd 0.5/sqrt(n) ~ 0.010,
+        # so 0.4..0.6 is ~10 sd. s1 - 1.5*s2 has mean 0.125n = 300 and sd
+        # sqrt(n * (0.25 + 2.25*0.1875 + 3*0.125)) ~ 50: 6 sd (at 600 draws it
+        # was 3 sd, a ~0.3% flake per run, hence 2400 draws).
         assert ll["s4"] == 0
-        assert 0.4 < ll["s1"] / 600 < 0.6
+        assert 0.4 < ll["s1"] / n_ll < 0.6
         assert ll["s1"] > 1.5 * max(ll["s2"], ll["s3"])
         wr = winners(
             await route_many(
                 stub, [R.RouteRequest(message=msg, strategy=R.STRATEGY_WEIGHTED_RANDOM)] * 600
             )
         )
-        # weights 1/(0.05+load): s1 20, s2 and s3 ~2.2, s4 ~1.8 -> s1 ~77%
+        # weights 1/(0.05+load): s1 20, s2 and s3 ~2.2, s4 ~1.8 -> s1 ~77%.
+        # Margins: s1/600 has sd sqrt(0.77*0.23/600) ~ 0.017, so 0.6..0.92 is
+        # > 8 sd; s4 ~7% (~41 draws, sd ~6) against s1/4 ~ 115: > 10 sd.
         assert 0.6 < wr["s1"] / 600 < 0.92
         assert wr["s4"] < wr["s1"] / 4
     finally:
@@ -241,13 +249,20 @@ async def test_consistent_hash_moves_at_most_1_25_over_n(rdb, fleet, procs, stub
         ]
         return [r.decision.targets[0].agent_id for r in await route_many(stub, reqs)]
 
+    async def owners_with(agent_id: str) -> list[str] | None:
+        got = await owners()
+        return got if agent_id in got else None
+
     before = await owners()
     assert before == await owners()  # stable
     spread = Counter(before)
     assert all(c > 2000 * 0.1 for c in spread.values()), spread
     procs.agent("s5", "--capability", cap)  # a fifth real agent joins the pool
-    await asyncio.sleep(0.5)
-    after = await owners()
+    # The router sees s5 after its next state refresh (state_ttl_ms): wait for
+    # that instead of a fixed sleep, which a loaded machine can overrun.
+    after = await eventually(
+        lambda: owners_with("s5"), timeout_s=15, every_s=0.05, what="s5 in the ring"
+    )
     moved = [(a, b) for a, b in zip(before, after, strict=True) if a != b]
     n = 5
     assert 0 < len(moved) <= 1.25 * len(keys) / n
@@ -296,8 +311,13 @@ async def test_route_cache_is_invalidated_by_health_and_rule_changes(rdb, fleet,
     assert hit.cache_hit and hit.targets[0].agent_id == flap
     # the registry marks the agent INACTIVE: the next refresh drops the cache
     await rdb.hset(catalog.agent_key(flap), "status", "INACTIVE")
-    await asyncio.sleep(0.5)
-    after = await stub.Route(req)
+    # Until the router's next state refresh the cached decision stands; the
+    # first decision that differs must be a fresh one (the cache was dropped).
+    async def changed() -> R.RouteResponse | None:
+        r = await stub.Route(req)
+        return r if r.targets[0].agent_id != flap else None
+
+    after = await eventually(changed, timeout_s=15, every_s=0.05, what="status change seen")
     assert not after.cache_hit and after.targets[0].agent_id == "s2"
     assert (await stub.Route(req)).cache_hit
     # a new rule invalidates every entry, and applies at once
