@@ -19,6 +19,7 @@ from agentmesh.runtime.errors import InvalidArgument, from_rpc_error
 from tests import health
 from tests.certs import make_pki
 from tests.procs import DaemonProcess, scrape_metrics
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 ECHO = str(Path(__file__).with_name("echo_daemon.py"))
@@ -37,15 +38,42 @@ def request(sleep_s: float = 0.0, action: str = "echo") -> agent_pb2.ExecuteRequ
     return agent_pb2.ExecuteRequest(action=action, input=s)
 
 
+async def execute_started(d: DaemonProcess) -> bool:
+    """True once the daemon's metrics count one started AgentService.Execute."""
+    text = await asyncio.to_thread(scrape_metrics, d.metrics_port)
+    return any(
+        ln.startswith("grpc_server_started_total{") and 'grpc_method="Execute"' in ln
+        and ln.endswith(" 1.0")
+        for ln in text.splitlines()
+    )
+
+
+def logged(d: DaemonProcess, msg: str) -> bool:
+    """True once the daemon has logged a JSON line with this `msg`."""
+    for line in d.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                if json.loads(line).get("msg") == msg:
+                    return True
+            except ValueError:
+                pass
+    return False
+
+
 async def test_sigterm_drains_in_flight_and_refuses_new(tmp_path: Path) -> None:
     with echo(tmp_path, "--grace-period-s", "10") as d:
         async with create_channel(d.target) as ch:
             stub = agent_pb2_grpc.AgentServiceStub(ch)
             assert await health.health_status(ch) == health_pb2.HealthCheckResponse.SERVING
             in_flight = asyncio.ensure_future(stub.Execute(request(sleep_s=2.0), timeout=15))
-            await asyncio.sleep(0.5)
+            # Signal only once the call is inside the server, and probe for
+            # refusal only once the daemon says it drains: fixed sleeps for
+            # both were overrun on a loaded machine.
+            await eventually(lambda: execute_started(d), timeout_s=15, every_s=0.02,
+                             what="Execute started on the server")
             d.signal(signal.SIGTERM)
-            await asyncio.sleep(0.3)
+            await eventually(lambda: logged(d, "draining"), timeout_s=15, every_s=0.02,
+                             what="daemon draining")
             with pytest.raises(grpc.aio.AioRpcError) as refused:
                 await stub.Execute(request(), timeout=3)
             assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
