@@ -13,6 +13,8 @@ import redis.asyncio as aioredis
 
 from agentmesh.agent import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from tests.procs import scrape_metrics
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -82,9 +84,21 @@ async def test_injected_failures(spawn_agent: Any) -> None:
 
 
 async def test_sigterm_drains_in_flight_call(spawn_agent: Any) -> None:
-    p = spawn_agent("noop", "--delay-ms", "1500", "--grace-period-s", "10")
+    p = spawn_agent("noop", "--delay-ms", "1500", "--grace-period-s", "10",
+                    "--metrics-port", "0")
     call = asyncio.ensure_future(_execute(p.target, _req("k-drain")))
-    await asyncio.sleep(0.5)  # let the call reach the handler before the signal
+
+    # Signal only once the call has reached the server (a fixed 0.5 s sleep
+    # was overrun on a loaded machine, and the SIGTERM then refused the call).
+    async def execute_started() -> bool:
+        text = await asyncio.to_thread(scrape_metrics, p.metrics_port)
+        return any(
+            ln.startswith("grpc_server_started_total{") and 'grpc_method="Execute"' in ln
+            and ln.endswith(" 1.0")
+            for ln in text.splitlines()
+        )
+
+    await eventually(execute_started, timeout_s=15, every_s=0.02, what="Execute started")
     p.signal(signal.SIGTERM)
     resp = await call
     assert struct_to_dict(resp.output)["action"] == "step"
