@@ -12,6 +12,7 @@ from agentmesh.common.v1 import common_pb2
 from agentmesh.saga.v1 import saga_pb2
 from services.saga.state import struct_to_dict
 from tests.integration.saga.conftest import chain, effects, events, order, run, step, wait_final
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 S = saga_pb2
@@ -88,11 +89,14 @@ async def test_cancel_compensates_then_finished_saga_cannot_be_cancelled(stub, r
     req = S.StartSagaRequest(definition=S.SagaDefinition(steps=steps))
     req.input.update({"delay_ms": 800})
     saga_id = (await stub.StartSaga(req)).saga.saga_id
-    for _ in range(200):
+
+    # Cancel while b is in flight. (A bounded loop that fell through after 4 s
+    # cancelled before b on a loaded machine; wait with a real timeout.)
+    async def b_started() -> bool:
         evs = await events(stub, saga_id)
-        if any(e.type == S.SAGA_EVENT_TYPE_STEP_STARTED and e.step_name == "b" for e in evs):
-            break
-        await asyncio.sleep(0.02)
+        return any(e.type == S.SAGA_EVENT_TYPE_STEP_STARTED and e.step_name == "b" for e in evs)
+
+    await eventually(b_started, timeout_s=30, every_s=0.02, what="step b started")
     await stub.CancelSaga(S.CancelSagaRequest(saga_id=saga_id, reason="user asked"))
     saga = await wait_final(stub, saga_id)
     assert saga.state == S.SAGA_STATE_CANCELLED
@@ -115,11 +119,13 @@ async def test_cancel_after_pivot_is_refused(stub) -> None:
     req = S.StartSagaRequest(definition=S.SagaDefinition(steps=steps))
     req.input.update({"delay_ms": 1000})
     saga_id = (await stub.StartSaga(req)).saga.saga_id
-    for _ in range(200):
+
+    async def pivot_done() -> bool:
         s = (await stub.GetSaga(S.GetSagaRequest(saga_id=saga_id))).saga
-        if s.steps[1].status == S.STEP_STATUS_COMPLETED:
-            break
-        await asyncio.sleep(0.02)
+        return s.steps[1].status == S.STEP_STATUS_COMPLETED
+
+    # Wait with a real timeout (a bounded loop fell through after 4 s).
+    await eventually(pivot_done, timeout_s=30, every_s=0.02, what="pivot completed")
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await stub.CancelSaga(S.CancelSagaRequest(saga_id=saga_id))
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
