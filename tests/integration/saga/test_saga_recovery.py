@@ -3,7 +3,7 @@ SIGKILL mid-step and mid-compensation, and several replicas on one Redis."""
 
 from __future__ import annotations
 
-import asyncio
+import uuid
 from typing import Any
 
 import grpc
@@ -118,8 +118,12 @@ async def test_two_coordinators_never_drive_one_saga_twice(
     # every saga through their recovery loops; each drives at most 4 at once, so
     # both must take part.
     api = start_coordinator(saga_redis_url, tmp_path, "--max-active-sagas", "0")
+    worker_ids = [f"w{i}-{uuid.uuid4().hex[:6]}" for i in range(2)]
     workers = [
-        start_coordinator(saga_redis_url, tmp_path, "--max-active-sagas", "4") for _ in range(2)
+        start_coordinator(
+            saga_redis_url, tmp_path, "--max-active-sagas", "4", "--coordinator-id", wid
+        )
+        for wid in worker_ids
     ]
     try:
         async with grpc.aio.insecure_channel(api.target) as ch:
@@ -132,8 +136,27 @@ async def test_two_coordinators_never_drive_one_saga_twice(
                 req = S.StartSagaRequest(definition=S.SagaDefinition(steps=steps))
                 req.input.update({"delay_ms": 1000})
                 ids.append((await stub.StartSaga(req)).saga.saga_id)
-            # kill one worker while sagas are in flight: the other takes them over
-            await asyncio.sleep(1.0)
+            # kill one worker while it is inside a slow step (1 s), so the other
+            # must take that saga over; a fixed 1 s sleep could fire before the
+            # worker had picked anything up on a loaded machine.
+            async def first_worker_in_slow_step() -> bool:
+                for saga_id in ids[::2]:  # the sagas with slow_b
+                    evs = await events(stub, saga_id)
+                    started = any(
+                        e.type == S.SAGA_EVENT_TYPE_STEP_STARTED and e.step_name == "b"
+                        and e.coordinator_id == worker_ids[0]
+                        for e in evs
+                    )
+                    done = any(
+                        e.type == S.SAGA_EVENT_TYPE_STEP_COMPLETED and e.step_name == "b"
+                        for e in evs
+                    )
+                    if started and not done:
+                        return True
+                return False
+
+            await eventually(first_worker_in_slow_step, timeout_s=30, every_s=0.05,
+                             what="first worker inside a slow step")
             workers[0].kill()
             sagas = [await wait_final(stub, i, timeout_s=40) for i in ids]
             logs = [await events(stub, i) for i in ids]
