@@ -21,6 +21,7 @@ from tests.infra import free_port
 from tests.integration.bus.conftest import start_gateway, unique
 from tests.integration.bus.helpers import Sub, env
 from tests.procs import daemon, scrape_metrics
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -41,8 +42,17 @@ async def test_memory_gateway_process_serves_health_and_metrics(tmp_path: Path):
                 poison.nack(await poison.next(), reason="bad")
                 async with Sub(stub, ["m.t1"], "slow") as slow:
                     await slow.next()  # held unacked: lag 1
-                    await asyncio.sleep(1.5)  # lag is reported every second
-                    text = await asyncio.to_thread(scrape_metrics, proc.metrics_port)
+
+                    # Lag is reported every second: wait for the report
+                    # rather than sleep past one, which a loaded machine can
+                    # overrun.
+                    async def lag_reported() -> str | None:
+                        text = await asyncio.to_thread(scrape_metrics, proc.metrics_port)
+                        return text if 'message_bus_consumer_lag{group="slow"} 1.0' in text \
+                            else None
+
+                    text = await eventually(lag_reported, timeout_s=15, every_s=0.1,
+                                            what="consumer lag reported")
     sent = [ln for ln in text.splitlines() if ln.startswith("message_bus_sent_total{")]
     publish = [ln for ln in sent if 'type="publish"' in ln]
     assert len(publish) == 4  # 3 named topics + "other": the label set is bounded
