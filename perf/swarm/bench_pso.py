@@ -1,7 +1,7 @@
 """Swarm engine benchmark: our PSO against pyswarms, fitness throughput, and
 the partition scheduler.
 
-Usage: python perf/swarm/bench_pso.py [--seeds 30] [--iterations 1000]
+Usage: python perf/swarm/bench_pso.py [--seeds 100] [--iterations 1000]
        [--particles 50] [--partitions 100000] [--agents 100]
        [--behaviour-seeds 5] [--skip-behaviours] [--no-write]
 
@@ -612,7 +612,7 @@ def merge_results(existing: str, mine: list[str]) -> str:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--seeds", type=int, default=30)
+    p.add_argument("--seeds", type=int, default=100)
     p.add_argument("--iterations", type=int, default=1000)
     p.add_argument("--particles", type=int, default=50)
     p.add_argument("--partitions", type=int, default=100_000)
