@@ -84,10 +84,13 @@ async def test_flap_damping_needs_consecutive_results(start_registry: StartRegis
 
 
 async def test_stopped_agent_goes_unhealthy_then_expires(start_registry: StartRegistry) -> None:
-    d = start_registry()  # interval 200 ms, TTL 3x, sweep 100 ms, deregistration 2.5 s
+    d = start_registry()  # sweep 100 ms, deregistration 2.5 s
+    # The agent beats every 500 ms (stale after 2x = 1 s, TTL 3x = 1.5 s): the
+    # gap between beats is the sleep plus the RPC, and with a 200 ms interval
+    # a loaded machine stretched it past 2x, halving the score mid-check.
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "tests.integration.registry.hb_agent", d.target, "agent-stop",
-        "200", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
+        "500", cwd=ROOT, stdout=asyncio.subprocess.PIPE,
     )
     try:
         assert proc.stdout is not None
