@@ -9,7 +9,8 @@ import asyncio
 
 import grpc
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, ConsumerGroupState, Producer, TopicPartition
+from confluent_kafka.admin import AdminClient
 
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
@@ -24,6 +25,7 @@ from agentmesh.runtime.errors import (
 from services.bus.memory_backend import MemoryBackend
 from tests.integration.bus.conftest import Gateway, unique
 from tests.integration.bus.helpers import Sub, env, seconds
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 P = common_pb2
@@ -234,10 +236,27 @@ async def test_dead_letter_after_max_deliveries_then_redrive(gw: Gateway):
 
 
 # ---- Request-reply and scatter-gather ------------------------------------------------
+def _group_has_assignment(admin: AdminClient, group: str) -> bool:
+    desc = admin.describe_consumer_groups([group], request_timeout=5)[group].result(timeout=10)
+    return desc.state == ConsumerGroupState.STABLE and any(
+        m.assignment is not None and m.assignment.topic_partitions for m in desc.members)
+
+
 async def replier(gw: Gateway, topic: str, body: bytes, ready: asyncio.Event) -> None:
-    async with Sub(gw.stub, [topic], unique("r"), start_position=bus_pb2.START_POSITION_LATEST
+    # The topic is the test's own, so the replier reads it from the start: a
+    # request written before its first fetch is still answered (with LATEST a
+    # request could land before the offset reset and be skipped). It is ready
+    # once Kafka has assigned it the partitions (a fixed 2 s sleep for the
+    # group join was overrun under load); the memory backend assigns at once.
+    group = unique("r")
+    async with Sub(gw.stub, [topic], group, start_position=bus_pb2.START_POSITION_EARLIEST
                    ) as sub:
-        await asyncio.sleep(0.5 if gw.backend == "memory" else 2.0)  # joined the group
+        if gw.backend == "kafka":
+            admin = AdminClient({"bootstrap.servers": gw.bootstrap})
+            await eventually(
+                lambda: asyncio.to_thread(_group_has_assignment, admin, group),
+                timeout_s=30, every_s=0.1, what=f"group {group} assigned",
+            )
         ready.set()
         while True:
             m = await sub.next(timeout_s=60)
