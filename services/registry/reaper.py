@@ -12,9 +12,9 @@ a sweep is never removed. Every replica also refreshes its gauges.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 
+from agentmesh.runtime.tasks import cancel_and_wait
 from services.registry import metrics
 from services.registry.store import STATUS_NAMES, RegistryStore
 
@@ -41,9 +41,9 @@ class Reaper:
     async def stop(self) -> None:
         """Stop sweeping."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not a single cancel(): redis-py's wait_for can swallow it on 3.11
+            # and the sweep loop would run on, hanging the SIGTERM shutdown.
+            await cancel_and_wait(self._task)
 
     async def sweep_once(self) -> list[tuple[str, str]]:
         """One sweep if this replica gets the lease; the (agent_id, outcome) pairs."""

@@ -15,6 +15,7 @@ import logging
 import time
 from collections.abc import Callable
 
+from agentmesh.runtime.tasks import cancel_and_wait
 from services.registry.store import RegistryStore, StoredEvent
 
 log = logging.getLogger("agentmesh.registry.watch")
@@ -51,9 +52,9 @@ class WatchHub:
     async def stop(self) -> None:
         """Stop the tailer."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not a single cancel(): redis-py's wait_for can swallow it on 3.11
+            # and the tailer would run on, hanging the SIGTERM shutdown.
+            await cancel_and_wait(self._task)
 
     def token(self) -> asyncio.Event:
         """Take before reading events; `wait_change(token)` then cannot miss a wake-up."""
