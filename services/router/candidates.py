@@ -13,7 +13,6 @@ panic threshold, in which case every non-decommissioned candidate is eligible
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import math
@@ -26,6 +25,7 @@ import redis.asyncio as aioredis
 
 from agentmesh import catalog
 from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.tasks import cancel_and_wait
 from services.router import keys
 from services.router.targets import TargetState, TargetStates
 
@@ -375,9 +375,9 @@ class PoolStore:
     async def stop(self) -> None:
         """Stop refreshing."""
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not a single cancel(): redis-py's wait_for can swallow it on 3.11
+            # and the loop would run on, hanging the SIGTERM shutdown.
+            await cancel_and_wait(self._task)
 
     def invalidate(self) -> None:
         """Eligibility may have changed (a local breaker transition): recompute."""

@@ -12,7 +12,6 @@ which agents are eligible, invalidates the whole cache at once.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from agentmesh.runtime.tasks import cancel_and_wait
 from services.router import metrics
 from services.router.affinity import AffinityStore
 from services.router.candidates import Candidate, Eligible, PoolSpec, PoolStore
@@ -171,9 +171,9 @@ class RouteEngine:
         """Stop the background refreshers."""
         await self.pools.stop()
         if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Not a single cancel(): redis-py's wait_for can swallow it on 3.11
+            # and the loop would run on, hanging the SIGTERM shutdown.
+            await cancel_and_wait(self._task)
 
     async def _poll_loop(self) -> None:
         while True:
