@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.saga.v1 import saga_pb2
 from services.saga import metrics
 from services.saga.agents import AgentCaller, CallError
@@ -705,13 +706,11 @@ class Engine:
 
     async def stop(self) -> None:
         """Stop driving: cancel runners and hand their leases back at once."""
-        for t in self._loops:
-            t.cancel()
         runners = list(self.runners.values())
-        tasks = list(self._tasks)
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # cancel_and_wait: one cancel can be lost inside a redis-py call on 3.11.
+        await asyncio.gather(
+            *(cancel_and_wait(t) for t in [*self._loops, *self._tasks]), return_exceptions=True
+        )
         for r in runners:
             with contextlib.suppress(Exception):
                 await self.store.release(r.lease)

@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
 from services.swarm.agents import AgentPool
@@ -87,16 +88,12 @@ class SwarmManager:
     async def close(self) -> None:
         """Stop driving: cancel drivers, release their leases for a fast takeover."""
         self._closing = True
+        # cancel_and_wait: one cancel can be lost inside a redis-py call on 3.11.
         if self._scan_task:
-            self._scan_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._scan_task
-        tasks = list(self._tasks.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+            await cancel_and_wait(self._scan_task)
+        await asyncio.gather(
+            *(cancel_and_wait(t) for t in list(self._tasks.values())), return_exceptions=True
+        )
 
     def driving(self, swarm_id: str) -> bool:
         """True while this replica drives `swarm_id`."""
