@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # PID-file helpers shared by redis.sh and kafka.sh (sourced, not run).
 
 # kill -0 alone reports a zombie (exited, not yet reaped by its parent) as
