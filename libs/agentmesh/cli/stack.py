@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import json
 import os
+import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -139,6 +141,31 @@ def _reap(pid: int) -> None:
     # becomes a zombie after exiting until reaped.
     with contextlib.suppress(ChildProcessError, OSError):
         os.waitpid(pid, os.WNOHANG)
+
+
+def port_free(port: int) -> bool:
+    """True when 127.0.0.1:`port` can be bound right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(n: int, *, lo: int = 20_000, hi: int = 32_000, tries: int = 200) -> int:
+    """First port of `n` consecutive free ports in [lo, hi), below Linux's
+    ephemeral range so outgoing connections do not take them meanwhile.
+
+    Raises:
+        OSError: when no block is found.
+    """
+    rnd = random.Random()
+    for _ in range(tries):
+        base = rnd.randrange(lo, hi - n)
+        if all(port_free(base + i) for i in range(n)):
+            return base
+    raise OSError(f"no {n} consecutive free ports in [{lo}, {hi})")
 
 
 def pid_alive(pid: int) -> bool:

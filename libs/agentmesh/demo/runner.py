@@ -31,7 +31,6 @@ import asyncio
 import contextlib
 import json
 import os
-import random
 import shutil
 import signal
 import socket
@@ -154,35 +153,11 @@ def parse_args(argv: Sequence[str] | None) -> DemoConfig:
 
 
 # ---- ports --------------------------------------------------------------------------
-def _port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port() -> int:
     """A port the kernel reports free now (bound to 0, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def free_block(n: int, *, lo: int = 20_000, hi: int = 32_000, tries: int = 200) -> int:
-    """First port of `n` consecutive free ports in [lo, hi), below Linux's
-    ephemeral range so outgoing connections do not take them meanwhile.
-
-    Raises:
-        OSError: when no block is found.
-    """
-    rnd = random.Random()
-    for _ in range(tries):
-        base = rnd.randrange(lo, hi - n)
-        if all(_port_free(base + i) for i in range(n)):
-            return base
-    raise OSError(f"no {n} consecutive free ports in [{lo}, {hi})")
 
 
 # ---- progress -----------------------------------------------------------------------
@@ -333,9 +308,9 @@ def run_demo(argv: Sequence[str] | None = None, *, output: str = "table") -> int
                 upd(len(serving), n_parts)
 
             for attempt in range(attempts):
-                base = cfg.base_port or free_block(10)
+                base = cfg.base_port or stack.free_port_block(10)
                 metrics_base = cfg.metrics_base_port or (base + 5 if not cfg.base_port
-                                                         else free_block(5))
+                                                         else stack.free_port_block(5))
                 opts = stack.UpOptions(
                     run_dir=run_dir, redis_port=cfg.redis_port or free_port(),
                     redis_url=cfg.redis_url, base_port=base, metrics_base_port=metrics_base,

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -14,30 +12,13 @@ from typing import Any
 
 import pytest
 
+from agentmesh.cli.stack import free_port_block as _stack_free_port_block
 from tests.procs import ROOT
 
 
-def _free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def free_port_block(count: int = 11) -> int:
-    """A base port B with B..B+count-1 all free (gRPC 5, metrics 5, Redis 1).
-
-    Drawn below the kernel's ephemeral range (32768+), so port-0 binds and
-    outgoing connections of other processes cannot take them in the meantime.
-    """
-    rng = random.Random()
-    for _ in range(200):
-        base = rng.randrange(21000, 32700)
-        if all(_free(base + i) for i in range(count)):
-            return base
-    raise RuntimeError("no free block of ports")
+    """A base port B with B..B+count-1 all free (gRPC 5, metrics 5, Redis 1)."""
+    return _stack_free_port_block(count, lo=21_000, hi=32_700)
 
 
 def cli(
