@@ -14,7 +14,12 @@ from google.rpc import code_pb2
 from agentmesh.catalog import selector_violations
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
-from agentmesh.runtime.errors import AgentMeshError, InvalidArgument, NotFound, PermissionDenied
+from agentmesh.runtime.errors import (
+    InvalidArgument,
+    NotFound,
+    OutOfRange,
+    PermissionDenied,
+)
 from services.registry import metrics, redis_errors
 from services.registry.discovery import CatalogMirror, selector_matches
 from services.registry.settings import RegistrySettings
@@ -35,12 +40,6 @@ _OUTPUT_ONLY = (
     "last_heartbeat_time", "revision",
 )
 MAX_BATCH = 1000
-
-
-class OutOfRange(AgentMeshError):
-    """OUT_OF_RANGE: a watch revision outside the retained history."""
-
-    code = grpc.StatusCode.OUT_OF_RANGE
 
 
 def _page_token(agent_id: str) -> str:

@@ -148,6 +148,13 @@ class Aborted(AgentMeshError):
     code = grpc.StatusCode.ABORTED
 
 
+class OutOfRange(AgentMeshError):
+    """OUT_OF_RANGE: a position past the valid range, e.g. a watch revision
+    older than the retained history; the caller must restart from a fresh read."""
+
+    code = grpc.StatusCode.OUT_OF_RANGE
+
+
 class ResourceExhausted(AgentMeshError):
     """RESOURCE_EXHAUSTED: a rate or size limit.
 
@@ -250,7 +257,7 @@ class Internal(AgentMeshError):
 _BY_CODE: dict[grpc.StatusCode, type[AgentMeshError]] = {
     cls.code: cls
     for cls in (
-        InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Aborted,
+        InvalidArgument, NotFound, AlreadyExists, FailedPrecondition, Aborted, OutOfRange,
         ResourceExhausted, Unavailable, DeadlineExceeded, Unauthenticated,
         PermissionDenied, Cancelled, Unimplemented, Internal,
     )

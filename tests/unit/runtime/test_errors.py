@@ -6,6 +6,7 @@ from google.rpc import error_details_pb2
 from agentmesh.runtime.errors import (
     InvalidArgument,
     NotFound,
+    OutOfRange,
     ResourceExhausted,
     Unavailable,
     from_rpc_error,
@@ -56,3 +57,9 @@ def test_status_codes_map_to_classes() -> None:
     )
     plain = from_rpc_error(FakeRpcError(Exception("boom"), grpc.StatusCode.DATA_LOSS, ()))
     assert plain.code == grpc.StatusCode.DATA_LOSS
+
+
+def test_out_of_range_round_trips_to_its_class() -> None:
+    back = roundtrip(OutOfRange("revision 3 is older than the retained history (oldest 10)"))
+    assert isinstance(back, OutOfRange)
+    assert back.code == grpc.StatusCode.OUT_OF_RANGE
