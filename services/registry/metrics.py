@@ -21,6 +21,15 @@ HEALTH_BANDS = [(i / 10, (i + 1) / 10) for i in range(10)]
 AGENT_HEALTH = Gauge(
     "registry_agent_health", "Agents per health-score band (bounded cardinality).", ["band"]
 )
+#: Capability label values are bounded by this cap (the first names in sorted
+#: order), not by what agents register.
+MAX_CAPABILITY_LABELS = 500
+CAPABILITY_HEALTHY = Gauge(
+    "registry_capability_healthy_agents",
+    "Agents in ACTIVE or DEGRADED status per capability; a capability whose last agent "
+    "left reports 0 for an hour before its series is dropped.",
+    ["capability"],
+)
 HEARTBEATS = Counter("registry_heartbeats_total", "Heartbeats received, by result.", ["result"])
 EXPIRED = Counter("registry_expired_agents_total", "Agents deregistered by the reaper.")
 DISCOVERY_CACHE = Counter(

@@ -13,12 +13,25 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
+from agentmesh import catalog
 from agentmesh.runtime.tasks import cancel_and_wait
 from services.registry import metrics
 from services.registry.store import STATUS_NAMES, RegistryStore
 
 log = logging.getLogger("agentmesh.registry.reaper")
+
+#: The per-capability count reads every capability index and every member's
+#: status (O(agents)), so it runs at most this often instead of every sweep;
+#: Prometheus scrapes every 15-30 s anyway.
+CAPABILITY_REFRESH_S = 5.0
+#: A capability whose last agent was deregistered (or expired) keeps reporting
+#: 0 healthy agents this long, so "no healthy agent" can fire before its
+#: series disappears.
+CAPABILITY_RETAIN_S = 3600.0
+#: Statuses the router will send work to (it skips INACTIVE and DECOMMISSIONED).
+HEALTHY_STATUSES = (b"ACTIVE", b"DEGRADED")
 
 
 class Reaper:
@@ -33,6 +46,8 @@ class Reaper:
         self.store = store
         self.interval_s = interval_ms / 1000.0
         self._task: asyncio.Task[None] | None = None
+        self._caps_refreshed = float("-inf")
+        self._caps_seen: dict[str, float] = {}  # capability -> monotonic time last present
 
     def start(self) -> None:
         """Start sweeping in the background."""
@@ -64,7 +79,8 @@ class Reaper:
         return done
 
     async def refresh_gauges(self) -> None:
-        """Update registry_agents_total and registry_agent_health from Redis."""
+        """Update registry_agents_total, registry_agent_health and (every
+        CAPABILITY_REFRESH_S) registry_capability_healthy_agents from Redis."""
         counts = await self.store.status_counts()
         for name in STATUS_NAMES:
             if name != "DECOMMISSIONED":
@@ -75,6 +91,60 @@ class Reaper:
             pipe.zcount(key, lo, hi if hi >= 1.0 else f"({hi}")
         for (lo, hi), n in zip(metrics.HEALTH_BANDS, await pipe.execute(), strict=True):
             metrics.AGENT_HEALTH.labels(metrics.band_label(lo, hi)).set(n)
+        now = time.monotonic()
+        if now - self._caps_refreshed >= CAPABILITY_REFRESH_S:
+            self._caps_refreshed = now
+            await self.refresh_capability_gauge(now_s=now)
+
+    async def healthy_by_capability(self) -> tuple[dict[str, int], set[str]]:
+        """ACTIVE or DEGRADED agents per capability.
+
+        Returns:
+            (counts for the first `metrics.MAX_CAPABILITY_LABELS` capability
+            names in sorted order, every capability name in the catalog).
+        """
+        r, p = self.store.r, self.store.p
+        prefix = catalog.capability_index_key("", prefix=p)
+        present = {
+            (k.decode() if isinstance(k, bytes) else k)[len(prefix) :]
+            async for k in r.scan_iter(match=prefix + "*", count=1000)
+        }
+        names = sorted(present)[: metrics.MAX_CAPABILITY_LABELS]
+        pipe = r.pipeline(transaction=False)
+        for name in names:
+            pipe.smembers(prefix + name)
+        members: list[set[bytes]] = await pipe.execute()
+        ids = sorted(set().union(*members))
+        pipe = r.pipeline(transaction=False)
+        for aid in ids:
+            pipe.hget(catalog.agent_key(aid.decode(), prefix=p), "status")
+        healthy = {
+            aid for aid, st in zip(ids, await pipe.execute(), strict=True)
+            if st in HEALTHY_STATUSES
+        }
+        counts = {name: len(m & healthy) for name, m in zip(names, members, strict=True)}
+        return counts, present
+
+    async def refresh_capability_gauge(self, *, now_s: float) -> None:
+        """Set registry_capability_healthy_agents from Redis.
+
+        Args:
+            now_s: time.monotonic() of this refresh (drives the retention of
+                capabilities that lost their last agent).
+        """
+        counts, present = await self.healthy_by_capability()
+        for name, n in counts.items():
+            metrics.CAPABILITY_HEALTHY.labels(name).set(n)
+            self._caps_seen[name] = now_s
+        for name, seen in list(self._caps_seen.items()):
+            if name in counts:
+                continue
+            # Still registered but pushed past the label cap: drop, do not report 0.
+            if name in present or now_s - seen > CAPABILITY_RETAIN_S:
+                del self._caps_seen[name]
+                metrics.CAPABILITY_HEALTHY.remove(name)
+            else:
+                metrics.CAPABILITY_HEALTHY.labels(name).set(0)
 
     async def _run(self) -> None:
         while True:

@@ -186,6 +186,7 @@ class RouteEngine:
             for state, n in self.states.counts(now_ms).items():
                 metrics.BREAKER_TARGETS.labels(state).set(n)
             metrics.EJECTED_TARGETS.set(self.states.ejected_count(now_ms))
+            metrics.BREAKER_LONGEST_OPEN.set(self.states.longest_tripped_s(now_ms))
 
     # ---- checks -------------------------------------------------------------
     def check_size(self, msg: R.RouteMessage) -> None:

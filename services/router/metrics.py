@@ -26,6 +26,12 @@ BREAKER_TARGETS = Gauge(
     "Targets known to this replica in each circuit breaker state.",
     ["state"],
 )
+BREAKER_LONGEST_OPEN = Gauge(
+    "routing_breaker_longest_open_seconds",
+    "Seconds the longest-tripped circuit breaker known to this replica has stayed out of "
+    "CLOSED (OPEN or HALF_OPEN without closing); 0 when every breaker is closed. "
+    "One series, however many targets.",
+)
 EJECTED_TARGETS = Gauge("routing_ejected_targets", "Targets ejected by outlier detection now.")
 INVOKE_ATTEMPTS = Counter(
     "routing_invoke_attempts_total",

@@ -144,6 +144,10 @@ class TargetStates:
 
     def __init__(self) -> None:
         self._by_id: dict[str, TargetState] = {}
+        # When this replica first saw each tripped breaker (OPEN or HALF_OPEN)
+        # that has not closed since: a dead target cycles OPEN -> HALF_OPEN ->
+        # OPEN every open interval, so no single state lasts long.
+        self._tripped_since_ms: dict[str, int] = {}
 
     def get(self, agent_id: str) -> TargetState | None:
         """The state of one agent, None when it was never called."""
@@ -168,6 +172,22 @@ class TargetStates:
         for st in self._by_id.values():
             out[st.effective_breaker(now_ms)] += 1
         return out
+
+    def longest_tripped_s(self, now_ms: int) -> float:
+        """Seconds the longest-tripped breaker has stayed out of CLOSED, 0.0 when none is.
+
+        Call it periodically: a breaker counts from the first call that saw it
+        OPEN or HALF_OPEN, and resets once it is seen CLOSED (or forgotten).
+        """
+        since = self._tripped_since_ms
+        for aid in [a for a in since if a not in self._by_id]:
+            del since[aid]
+        for aid, st in self._by_id.items():
+            if st.effective_breaker(now_ms) == "CLOSED":
+                since.pop(aid, None)
+            else:
+                since.setdefault(aid, now_ms)
+        return max((now_ms - t for t in since.values()), default=0) / 1000.0
 
     def ejected_count(self, now_ms: int) -> int:
         """How many known targets are ejected now."""

@@ -93,3 +93,9 @@ def finish(
         swarm.convergence_duration.FromNanoseconds(dur_ns)
         metrics.SWARM_CONVERGENCE_MS.observe(dur_ns / 1e6)
     metrics.SWARM_TASKS.labels(TERMINAL_STATUS[state]).inc()
+    metrics.SWARM_TERMINATIONS.labels(termination_label(termination)).inc()
+
+
+def termination_label(termination: swarm_pb2.Termination.ValueType) -> str:
+    """"converged", "max_iterations", ... from a Termination value."""
+    return swarm_pb2.Termination.Name(termination).removeprefix("TERMINATION_").lower()

@@ -13,6 +13,9 @@
   fitness evaluations done, and the rate of the latest iteration.
 * ``swarm_partitions_total{outcome}``: partition attempts by outcome
   (counted, duplicate, failed, reassigned).
+* ``swarm_terminations_total{termination}``: finished swarms by why they
+  ended (converged, max_iterations, timeout, partitions_done, stopped, error:
+  the Termination enum, so bounded); the converged share tracks convergence.
 """
 
 from __future__ import annotations
@@ -39,4 +42,7 @@ FITNESS_EVALS_PER_SECOND = Gauge(
 )
 PARTITIONS = Counter(
     "swarm_partitions_total", "Partition attempts by outcome.", ["outcome"]
+)
+SWARM_TERMINATIONS = Counter(
+    "swarm_terminations_total", "Finished swarms by termination reason.", ["termination"]
 )

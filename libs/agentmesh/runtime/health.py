@@ -14,6 +14,8 @@ from collections.abc import Awaitable, Callable, Iterable
 
 from grpc_health.v1 import health, health_pb2
 
+from agentmesh.runtime.metrics import DEPENDENCY_UP, HEALTH_SERVING
+
 log = logging.getLogger("agentmesh.health")
 
 #: A probe returns normally when the dependency is usable and raises otherwise.
@@ -72,6 +74,8 @@ class DependencyMonitor:
             else:
                 log.info("dependencies healthy again")
         self.down = down
+        for n in names:
+            DEPENDENCY_UP.labels(n).set(0 if n in down else 1)
         await self._publish()
         return self.serving
 
@@ -83,6 +87,7 @@ class DependencyMonitor:
         )
         for svc in self._services:
             await self._servicer.set(svc, status)
+            HEALTH_SERVING.labels(svc).set(1 if self.serving else 0)
 
     async def _loop(self) -> None:
         while True:
