@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from perf.table import Figure, write_figures
+
 ROOT = Path(__file__).resolve().parent.parent
 #: `python perf/noop_servers.py registry|router|agent`: the no-op gRPC baselines.
 NOOP_SERVERS = ROOT / "perf" / "noop_servers.py"
@@ -126,3 +128,25 @@ def write_results(path: Path, text: str, ns: argparse.Namespace) -> None:
         print(f"(--no-write: {path.relative_to(ROOT)} left as it was)")
         return
     path.write_text(text)
+
+
+def add_json(ap: argparse.ArgumentParser) -> None:
+    """Add `--json PATH`: write this run's figures (perf/table.py `Figure`) as JSON.
+
+    perf/run_all.py passes it on each run and aggregates the files into
+    perf/results/latest.json.
+    """
+    ap.add_argument("--json", type=Path, default=None, metavar="PATH",
+                    help="also write this run's figures as a JSON list (used by perf/run_all.py)")
+
+
+def emit_figures(figures: Sequence[Figure], ns: argparse.Namespace) -> None:
+    """Print one line per figure and, if `--json PATH` was given (see `add_json`), write them."""
+    for f in figures:
+        ratio = f" ratio {f.ratio:.2f}" if f.ratio is not None else ""
+        goal = f" goal {f.goal}: {'met' if f.met else 'NOT met'}" if f.goal else ""
+        print(f"figure: {f.name}: {f.value:.6g} {f.unit}{ratio}{goal}" if f.value is not None
+              else f"figure: {f.name}: no value")
+    path = getattr(ns, "json", None)
+    if path:
+        write_figures(path, figures)

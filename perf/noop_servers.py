@@ -2,7 +2,8 @@
 grpc.aio server (no interceptors, no Redis), answering at once.
 
     python perf/noop_servers.py registry         DiscoverAgents -> empty response
-    python perf/noop_servers.py router           Route -> empty response
+    python perf/noop_servers.py router           Route -> empty response; RouteBatch ->
+                                                 one empty decision per request
     python perf/noop_servers.py agent [AGENT_ID] Execute -> its input (agent id
                                                  default `agent-noop`)
 
@@ -39,6 +40,20 @@ class NoopRouter(router_pb2_grpc.RouterServiceServicer):
         self, request: router_pb2.RouteRequest, context: Any
     ) -> router_pb2.RouteResponse:
         return router_pb2.RouteResponse()
+
+    def __init__(self) -> None:
+        # Prebuilt per batch size: the baseline pays only gRPC and serialization.
+        self._batches: dict[int, router_pb2.RouteBatchResponse] = {}
+
+    async def RouteBatch(
+        self, request: router_pb2.RouteBatchRequest, context: Any
+    ) -> router_pb2.RouteBatchResponse:
+        n = len(request.requests)
+        if n not in self._batches:
+            self._batches[n] = router_pb2.RouteBatchResponse(
+                results=[router_pb2.RouteResult(decision=router_pb2.RouteResponse())] * n
+            )
+        return self._batches[n]
 
 
 class EchoAgent(agent_pb2_grpc.AgentServiceServicer):

@@ -8,13 +8,22 @@ Measures, in one run against one broker:
   2. latency: publish -> subscriber at a fixed rate (--rate msg/s), through the
      gateway (Publish unary + Subscribe stream with acks), vs raw Kafka
      produce -> consume. Goal: the gateway adds <= 2 ms at p99.
-  3. both again on the memory backend (no Kafka; baseline still raw Kafka).
+  3. Subscribe throughput: the messages the gateway wrote in 1. read back
+     through a gateway Subscribe stream (acking each batch), vs a raw
+     confluent-kafka consumer reading the same records from the same topic;
+     both timed from the first message to the last.
+  4. 1 and 2 again on the memory backend (no Kafka; baseline still raw Kafka),
+     unless --backends kafka.
 
 Usage:
-    python perf/bus/bench_bus.py --bootstrap 127.0.0.1:19092 [--messages 100000]
-        [--rate 200] [--seconds 5] [--write perf/bus/RESULTS.md]
+    python perf/bus/bench_bus.py [--bootstrap HOST:PORT] [--messages 100000]
+        [--rate 200] [--seconds 5] [--backends kafka memory]
+        [--write perf/bus/RESULTS.md] [--json PATH]
 
-Bounded: about 1-2 minutes with the defaults.
+Without --bootstrap it starts a private single-node KRaft broker on free
+loopback ports (tests.infra.KafkaBroker) and stops it at the end. `--json`
+writes the figures for perf/run_all.py. Bounded: about 1-2 minutes with the
+defaults.
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ import asyncio
 import os
 import statistics
 import sys
+import tempfile
 import threading
 import time
 import uuid
+from contextlib import ExitStack
 from pathlib import Path
 
 import grpc
@@ -40,7 +51,10 @@ sys.path.insert(0, str(ROOT / "libs"))
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.runtime.deps import kafka_producer_config  # noqa: E402
+from perf.common import add_json, emit_figures  # noqa: E402
 from perf.common import percentile as pct  # noqa: E402
+from perf.table import Figure  # noqa: E402
+from tests.infra import KafkaBroker  # noqa: E402
 from tests.procs import daemon  # noqa: E402
 
 PAYLOAD = b"x" * 100
@@ -146,6 +160,32 @@ def raw_latency(bootstrap: str, topic: str, rate: float, seconds: float) -> list
     return lat
 
 
+def raw_consume_rate(bootstrap: str, topic: str, n: int) -> float:
+    """Raw confluent-kafka consumer msg/s reading `n` records of `topic` from the
+    beginning of every partition (assign, no group join), first to last record."""
+    md = AdminClient({"bootstrap.servers": bootstrap}).list_topics(topic, timeout=10)
+    parts = [TopicPartition(topic, p, 0) for p in md.topics[topic].partitions]
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "bench-" + uuid.uuid4().hex,
+                  "enable.auto.commit": False, "auto.offset.reset": "earliest"})
+    c.assign(parts)
+    got = 0
+    start = 0.0
+    deadline = time.monotonic() + 60
+    try:
+        while got < n and time.monotonic() < deadline:
+            for m in c.consume(1000, 0.1):
+                if m.error():
+                    continue
+                if not got:
+                    start = time.perf_counter()
+                got += 1
+        elapsed = time.perf_counter() - start
+    finally:
+        c.close()
+    assert got >= n, f"raw consumer read {got}/{n}"
+    return (got - 1) / elapsed
+
+
 # ---- through the gateway ----------------------------------------------------------
 def envelope(topic: str, body: bytes) -> bus_pb2.Envelope:
     return bus_pb2.Envelope(topic=topic, payload=common_pb2.Payload(bytes_value=body))
@@ -226,6 +266,44 @@ async def gateway_latency(target: str, topic: str, rate: float, seconds: float) 
         return lat
 
 
+async def gateway_consume_rate(target: str, topic: str, n: int) -> float:
+    """Gateway Subscribe msg/s reading `n` messages of `topic` from the earliest
+    offset in a new consumer group, acking each batch, first to last message."""
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = bus_pb2_grpc.BusServiceStub(ch)
+        out: asyncio.Queue[bus_pb2.SubscribeRequest] = asyncio.Queue()
+        out.put_nowait(bus_pb2.SubscribeRequest(open=bus_pb2.SubscriptionOpen(
+            topic_patterns=[topic], consumer_group="bench-" + uuid.uuid4().hex,
+            max_unacked=5000, start_position=bus_pb2.START_POSITION_EARLIEST)))
+
+        async def reqs():
+            while True:
+                yield await out.get()
+
+        call = stub.Subscribe(reqs())
+        await call.read()  # started
+        got = 0
+        start = 0.0
+
+        async def receive() -> None:
+            nonlocal got, start
+            while got < n:
+                resp = await call.read()
+                msgs = resp.batch.messages
+                if not msgs:
+                    continue
+                if not got:
+                    start = time.perf_counter()
+                got += len(msgs)
+                out.put_nowait(bus_pb2.SubscribeRequest(
+                    ack=bus_pb2.Ack(ack_ids=[m.ack_id for m in msgs])))
+
+        await asyncio.wait_for(receive(), 60)
+        elapsed = time.perf_counter() - start
+        call.cancel()
+        return (got - 1) / elapsed
+
+
 def run_gateway(backend: str, bootstrap: str, logs: Path) -> object:
     flags = ["--backend", backend]
     if backend == "kafka":
@@ -233,16 +311,57 @@ def run_gateway(backend: str, bootstrap: str, logs: Path) -> object:
     return daemon("bus", logs, *flags, env={"AGENTMESH_KAFKA_BOOTSTRAP": ""}).start(60)
 
 
+def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
+    """The figures of one run for the benchmark table (perf/table.py)."""
+    if "gateway (kafka)" not in rows:
+        return []  # the figures compare the Kafka backend with raw Kafka
+    raw, gw = rows["raw kafka"], rows["gateway (kafka)"]
+    return [
+        Figure(name="bus: PublishStream msg/s, 100-byte payloads",
+               value=gw["tput"], unit="msg/s",
+               baseline_name="raw confluent-kafka producer, 100-byte values",
+               baseline_value=raw["tput"], goal=">= 0.8x"),
+        Figure(name="bus: PublishStream msg/s vs the gateway's record shape",
+               value=gw["tput"], unit="msg/s",
+               baseline_name="raw confluent-kafka producer, Envelope + 4 headers",
+               baseline_value=rows["raw kafka, gateway record shape"]["tput"]),
+        Figure(name="bus: publish -> subscriber latency p99",
+               value=gw["p99"], unit="ms",
+               baseline_name="raw confluent-kafka produce -> consume p99",
+               baseline_value=raw["p99"], better="lower", goal="<= +2 ms"),
+        Figure(name="bus: Subscribe msg/s, reading back the gateway's records",
+               value=gw["consume"], unit="msg/s",
+               baseline_name="raw confluent-kafka consumer, same records",
+               baseline_value=raw["consume"]),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--bootstrap", default=os.environ.get("AGENTMESH_KAFKA_BOOTSTRAP",
-                                                          "127.0.0.1:19092"))
+    ap.add_argument("--bootstrap", default=None,
+                    help="Kafka to use; default: start a private broker on free ports")
     ap.add_argument("--messages", type=int, default=100_000)
     ap.add_argument("--batch", type=int, default=500)
     ap.add_argument("--rate", type=float, default=200.0)
     ap.add_argument("--seconds", type=float, default=5.0)
+    ap.add_argument("--backends", nargs="+", choices=["kafka", "memory"],
+                    default=["kafka", "memory"])
     ap.add_argument("--write", type=Path, default=None)
+    add_json(ap)
     a = ap.parse_args()
+    with ExitStack() as stack:
+        if a.bootstrap is None:
+            work = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="bench-bus-")))
+            print("starting a private Kafka broker ...", flush=True)
+            a.bootstrap = stack.enter_context(KafkaBroker(workdir=work / "kafka")).bootstrap
+        rows = measure(a)
+    if a.write:
+        write(a, rows)
+    emit_figures(figures(rows), a)
+
+
+def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
+    """Every measurement against the broker at a.bootstrap; rows by path name."""
     logs = Path("/tmp") / f"bench-bus-{uuid.uuid4().hex[:6]}"
     run_id = uuid.uuid4().hex[:8]
     rows: dict[str, dict[str, float]] = {}
@@ -259,7 +378,7 @@ def main() -> None:
     print(f"raw kafka, gateway record shape (~{len(gateway_shaped_record()[0])} B value + "
           f"4 headers): {shaped_tp:,.0f} msg/s (ratio {shaped_tp / raw_tp:.2f})", flush=True)
 
-    for backend in ("kafka", "memory"):
+    for backend in a.backends:
         proc = run_gateway(backend, a.bootstrap, logs)
         try:
             topic = f"bench.gw{backend}.{run_id}"
@@ -268,40 +387,54 @@ def main() -> None:
             tp = asyncio.run(gateway_throughput(proc.target, topic, a.messages, a.batch))  # type: ignore[attr-defined]
             lat = asyncio.run(gateway_latency(proc.target, f"bench.gwlat{backend}.{run_id}",  # type: ignore[attr-defined]
                                               a.rate, a.seconds))
+            row = {"tput": tp, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+            if backend == "kafka":
+                # Both read the same records: what the gateway just wrote.
+                rows["raw kafka"]["consume"] = raw_consume_rate(a.bootstrap, topic, a.messages)
+                row["consume"] = asyncio.run(gateway_consume_rate(proc.target, topic,  # type: ignore[attr-defined]
+                                                                  a.messages))
+                print(f"Subscribe: gateway {row['consume']:,.0f} msg/s, raw consumer "
+                      f"{rows['raw kafka']['consume']:,.0f} msg/s", flush=True)
         finally:
             proc.stop()  # type: ignore[attr-defined]
-        rows[f"gateway ({backend})"] = {"tput": tp, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+        rows[f"gateway ({backend})"] = row
         print(f"gateway {backend}: {tp:,.0f} msg/s (ratio {tp / raw_tp:.2f}), latency p50 "
               f"{pct(lat, 0.5):.2f} ms p99 {pct(lat, 0.99):.2f} ms (added p99 "
               f"{pct(lat, 0.99) - rows['raw kafka']['p99']:+.2f} ms; n={len(lat)}; "
               f"mean {statistics.mean(lat):.2f})", flush=True)
+    return rows
 
-    if a.write:
-        cmd = (f"python perf/bus/bench_bus.py --bootstrap <broker> --messages {a.messages} "
-               f"--batch {a.batch} --rate {a.rate:g} --seconds {a.seconds:g} "
-               f"--write perf/bus/RESULTS.md")
-        lines = [
-            "# Bus gateway benchmark", "",
-            f"Reproduce: `{cmd}`", "",
-            f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
-            f"{os.cpu_count()} shared CPU cores, single-node KRaft broker on loopback, "
-            f"100-byte payloads, PublishStream batches of {a.batch}, latency at "
-            f"{a.rate:g} msg/s for {a.seconds:g} s (1 partition).", "",
-            "| path | throughput msg/s | ratio vs raw | latency p50 ms | latency p99 ms "
-            "| added p99 ms |",
-            "|---|---:|---:|---:|---:|---:|",
-        ]
-        base = rows["raw kafka"]
-        for name, r in rows.items():
-            cells = (f"{r['p50']:.2f} | {r['p99']:.2f} | {r['p99'] - base['p99']:+.2f}"
-                     if "p50" in r else "- | - | -")
-            ratio = r["tput"] / base["tput"]
-            lines.append(f"| {name} | {r['tput']:,.0f} | {ratio:.2f} | {cells} |")
-        lines.append("")
-        lines.append(f"Load average at the end of the run: {os.getloadavg()[0]:.1f} "
-                     f"(1 min) on {os.cpu_count()} cores.")
-        a.write.write_text("\n".join(lines) + "\n")
-        print(f"wrote {a.write}")
+
+def write(a: argparse.Namespace, rows: dict[str, dict[str, float]]) -> None:
+    """Write the RESULTS.md table to a.write."""
+    cmd = (f"python perf/bus/bench_bus.py --messages {a.messages} "
+           f"--batch {a.batch} --rate {a.rate:g} --seconds {a.seconds:g} "
+           f"--write perf/bus/RESULTS.md")
+    lines = [
+        "# Bus gateway benchmark", "",
+        f"Reproduce: `{cmd}` (starts a private broker; `--bootstrap HOST:PORT` uses yours)", "",
+        f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on "
+        f"{os.cpu_count()} shared CPU cores, single-node KRaft broker on loopback, "
+        f"100-byte payloads, PublishStream batches of {a.batch}, latency at "
+        f"{a.rate:g} msg/s for {a.seconds:g} s (1 partition).", "",
+        "| path | throughput msg/s | ratio vs raw | latency p50 ms | latency p99 ms "
+        "| added p99 ms | Subscribe msg/s |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    base = rows["raw kafka"]
+    for name, r in rows.items():
+        cells = (f"{r['p50']:.2f} | {r['p99']:.2f} | {r['p99'] - base['p99']:+.2f}"
+                 if "p50" in r else "- | - | -")
+        consume = f"{r['consume']:,.0f}" if "consume" in r else "-"
+        ratio = r["tput"] / base["tput"]
+        lines.append(f"| {name} | {r['tput']:,.0f} | {ratio:.2f} | {cells} | {consume} |")
+    lines.append("")
+    lines.append(f"Load average at the end of the run: {os.getloadavg()[0]:.1f} "
+                 f"(1 min) on {os.cpu_count()} cores. Subscribe: the gateway's records read "
+                 "back through Subscribe (new group, earliest, acking each batch) vs a raw "
+                 "consumer assigned the same partitions, first record to last.")
+    a.write.write_text("\n".join(lines) + "\n")
+    print(f"wrote {a.write}")
 
 
 if __name__ == "__main__":

@@ -3,15 +3,19 @@
 Measures, in one run against a private Redis and a real registry process:
   * DiscoverAgents latency p50/p99 in-process (the servicer's code path:
     revision GET, match, sort; cached and uncached) and through gRPC
-    (cached daemon and a daemon with the cache off);
+    (cached daemon and a daemon with the cache off; goal p99 <= 5 ms), beside
+    the same sequential calls to a no-op gRPC server;
   * Discover RPC/s against a no-op gRPC server measured the same way
     (ratio; goal >= 0.7);
-  * HeartbeatStream ingest in heartbeats/s (goal >= 10,000);
-  * Redis memory per agent (goal <= 2 KB).
+  * HeartbeatStream ingest in heartbeats/s (goal >= 10,000), beside raw
+    redis-py pipelines writing each agent's load hash (HSET), same batches;
+  * Redis memory per agent (goal <= 2 KB), beside the Agent protobuf stored
+    with one raw SET per agent.
 
-Usage: python perf/registry/bench_registry.py [--agents 10000] [--seconds 5] [--no-write]
-Writes perf/registry/RESULTS.md. Needs `redis-server` on PATH. Bounded to
-about two minutes.
+Usage: python perf/registry/bench_registry.py [--agents 10000] [--seconds 3] [--rounds 3]
+       [--no-write] [--json PATH]
+Writes perf/registry/RESULTS.md; `--json` writes the figures for perf/run_all.py.
+Needs `redis-server` on PATH. Bounded to about two minutes.
 """
 
 from __future__ import annotations
@@ -42,12 +46,15 @@ from agentmesh.registry.v1 import registry_pb2 as pb  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2_grpc  # noqa: E402
 from perf.common import (  # noqa: E402
     NOOP_SERVERS,
+    add_json,
     add_no_write,
     closed_loop,
+    emit_figures,
     percentile,
     sequential_ms,
     write_results,
 )
+from perf.table import Figure  # noqa: E402
 from services.registry.discovery import CatalogMirror  # noqa: E402
 from services.registry.settings import RegistrySettings  # noqa: E402
 from services.registry.store import RegistryStore  # noqa: E402
@@ -180,6 +187,54 @@ async def _heartbeat_ingest(target: str, ids: list[str], *, seconds: float, stre
         return ok / (time.perf_counter() - start), errors
 
 
+async def _raw_redis_heartbeats(url: str, ids: list[str], *, seconds: float, streams: int,
+                                batch: int) -> float:
+    """Baseline for HeartbeatStream: raw redis-py pipelines, each HSETting `batch`
+    agents' load fields (no script, no health score), `streams` in parallel; writes/s."""
+    r = aioredis.Redis.from_url(url)
+    fields = {"cpu_percent": 30.0, "error_rate": 0.0, "response_time_ms": 120.0,
+              "queue_size": 2, "capacity": 8, "last_seen_ms": 0}
+    done = 0
+    stop_at = time.perf_counter() + seconds
+
+    async def one(k: int) -> None:
+        nonlocal done
+        mine = ids[k::streams]
+        b = 0
+        while time.perf_counter() < stop_at:
+            chunk = mine[b % len(mine) : b % len(mine) + batch]
+            b += batch
+            async with r.pipeline(transaction=False) as p:
+                for aid in chunk:
+                    p.hset(f"bench:raw:load:{aid}", mapping=fields)
+                await p.execute()
+            done += len(chunk)
+
+    try:
+        start = time.perf_counter()
+        await asyncio.gather(*(one(k) for k in range(streams)))
+        return done / (time.perf_counter() - start)
+    finally:
+        await r.flushdb()
+        await r.aclose()
+
+
+async def _raw_redis_memory_per_agent(url: str, agents: list[pb.Agent]) -> float:
+    """Baseline for memory per agent: bytes of used_memory per raw SET of the Agent protobuf."""
+    r = aioredis.Redis.from_url(url)
+    try:
+        before = (await r.info("memory"))["used_memory"]
+        async with r.pipeline(transaction=False) as p:
+            for a in agents:
+                p.set(f"bench:raw:agent:{a.agent_id}", a.SerializeToString())
+            await p.execute()
+        after = (await r.info("memory"))["used_memory"]
+        return (after - before) / len(agents)
+    finally:
+        await r.flushdb()
+        await r.aclose()
+
+
 def _buckets(metrics_port: int, name: str) -> list[tuple[float, float]]:
     """Cumulative (upper bound, count) pairs of a Prometheus histogram."""
     text = scrape_metrics(metrics_port)
@@ -207,6 +262,7 @@ async def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--concurrency", type=int, default=16)
     add_no_write(ap)
+    add_json(ap)
     ns = ap.parse_args()
     rnd = random.Random(42)
     tmp = Path(tempfile.mkdtemp(prefix="bench-registry-"))
@@ -246,6 +302,8 @@ async def main() -> None:
         results["mem_per_agent_total_b"] = (mem1 - mem0) / ns.agents
         results["mem_per_agent_catalog_b"] = (mem1 - mem0 - events_bytes) / ns.agents
         results["events_stream_b_per_agent"] = events_bytes / ns.agents
+        raw_url = redis_server.url_for_db(2)  # the baselines' own DB, flushed after use
+        results["raw_set_b_per_agent"] = await _raw_redis_memory_per_agent(raw_url, agents)
 
         qs = _queries(rnd, 200)
         # ---- in-process discovery ----------------------------------------
@@ -294,6 +352,12 @@ async def main() -> None:
             results[f"daemon_{label}_p99_le_ms"] = _bucket_quantile(before, after, 0.99)
         nocache.stop()
         procs.remove(nocache)
+        async with grpc.aio.insecure_channel(noop.target) as ch:
+            stub = registry_pb2_grpc.RegistryServiceStub(ch)
+            await _sequential_latency(stub, qs, 200)
+            lat = await _sequential_latency(stub, qs, 2000)
+        results["grpc_noop_p50_ms"] = percentile(lat, 0.5)
+        results["grpc_noop_p99_ms"] = percentile(lat, 0.99)
 
         # ---- RPC/s vs a no-op server --------------------------------------
         noop_rps, reg_rps = await _interleaved_throughput(
@@ -307,15 +371,18 @@ async def main() -> None:
         # ---- HeartbeatStream ingest ----------------------------------------
         ids = [a.agent_id for a in agents]
         hb = []
+        raw_hb = []
         hb_err = 0
-        for _ in range(ns.rounds):
+        for _ in range(ns.rounds):  # alternating with the raw baseline
             rate, err = await _heartbeat_ingest(reg.target, ids,
                                                 seconds=ns.seconds, streams=4, batch=500)
             hb.append(rate)
             hb_err += err
-        hb.sort()
-        results["heartbeats_per_s"] = hb[len(hb) // 2]
+            raw_hb.append(await _raw_redis_heartbeats(raw_url, ids, seconds=ns.seconds,
+                                                      streams=4, batch=500))
+        results["heartbeats_per_s"] = statistics.median(hb)
         results["heartbeats_per_s_all"] = [round(x) for x in hb]
+        results["raw_redis_hset_per_s"] = statistics.median(raw_hb)
         results["heartbeat_errors"] = hb_err
         await client.aclose()
     finally:
@@ -324,6 +391,33 @@ async def main() -> None:
         redis_server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
     _report(results, ns)
+    emit_figures(figures(results), ns)
+
+
+def figures(r: dict[str, Any]) -> list[Figure]:
+    """The figures of one run for the benchmark table (perf/table.py)."""
+    n = f"{r['agents']:,} agents"
+    noop = "no-op grpc.aio DiscoverAgents p99"
+    return [
+        Figure(name=f"registry: DiscoverAgents p99, gRPC, cache on, {n}",
+               value=r["grpc_cached_p99_ms"], unit="ms", baseline_name=noop,
+               baseline_value=r["grpc_noop_p99_ms"], better="lower", goal="<= 5 ms"),
+        Figure(name=f"registry: DiscoverAgents p99, gRPC, cache off, {n}",
+               value=r["grpc_uncached_p99_ms"], unit="ms", baseline_name=noop,
+               baseline_value=r["grpc_noop_p99_ms"], better="lower", goal="<= 5 ms"),
+        Figure(name="registry: DiscoverAgents RPC/s (16 in flight)",
+               value=r["discover_rps"], unit="RPC/s",
+               baseline_name="no-op grpc.aio RegistryService", baseline_value=r["noop_rps"],
+               goal=">= 0.7x"),
+        Figure(name="registry: HeartbeatStream ingest (4 streams x 500)",
+               value=r["heartbeats_per_s"], unit="/s",
+               baseline_name="raw redis-py pipelined HSET (same batches)",
+               baseline_value=r["raw_redis_hset_per_s"], goal=">= 10,000 /s"),
+        Figure(name="registry: Redis memory per agent (catalog)",
+               value=r["mem_per_agent_catalog_b"], unit="B",
+               baseline_name="raw redis-py SET of the Agent protobuf",
+               baseline_value=r["raw_set_b_per_agent"], better="lower", goal="<= 2048 B"),
+    ]
 
 
 def _report(r: dict[str, Any], ns: argparse.Namespace) -> None:
@@ -353,6 +447,8 @@ def _report(r: dict[str, Any], ns: argparse.Namespace) -> None:
         f"| DiscoverAgents p50 / p99 through gRPC, cache off | {r['grpc_uncached_p50_ms']:.2f} /"
         f" {r['grpc_uncached_p99_ms']:.2f} ms | p99 <= 5 ms: "
         f"{ok(r['grpc_uncached_p99_ms'] <= 5)} |",
+        f"| DiscoverAgents p50 / p99 through gRPC, no-op gRPC server (baseline) | "
+        f"{r['grpc_noop_p50_ms']:.2f} / {r['grpc_noop_p99_ms']:.2f} ms | |",
         f"| DiscoverAgents p50 / p99 server-side (in-process), cached | "
         f"{r['inproc_cached_p50_ms']:.3f} / {r['inproc_cached_p99_ms']:.3f} ms | |",
         f"| DiscoverAgents p50 / p99 server-side (in-process), uncached | "
@@ -372,9 +468,13 @@ def _report(r: dict[str, Any], ns: argparse.Namespace) -> None:
         f"**{r['heartbeats_per_s']:.0f}/s** (median of rounds {r['heartbeats_per_s_all']}; "
         f"{r['heartbeat_errors']} errors) | >= 10,000/s: "
         f"{ok(r['heartbeats_per_s'] >= 10_000)} |",
+        f"| raw redis-py pipelined HSET of the load fields, same batches (baseline) | "
+        f"{r['raw_redis_hset_per_s']:.0f}/s | |",
         f"| Redis memory per agent, catalog (hash, load, indexes, sorted sets) | "
         f"{r['mem_per_agent_catalog_b']:.0f} B | <= 2 KB: "
         f"{ok(r['mem_per_agent_catalog_b'] <= 2048)} |",
+        f"| raw redis-py SET of the Agent protobuf per agent (baseline) | "
+        f"{r['raw_set_b_per_agent']:.0f} B | |",
         f"| Redis memory per agent, with its share of the event stream | "
         f"{r['mem_per_agent_total_b']:.0f} B | |",
         f"| RegisterAgent throughput (64 in flight) | {r['register_per_s']:.0f}/s | |",

@@ -5,15 +5,17 @@ RouterService, an echo agent), it measures:
   * Route RPC/s and sequential p50/p99 of the router vs a no-op gRPC server
     answering Route with an empty response (ratio; goal >= 0.8);
   * batched (RouteBatch) and streamed (RouteStream) decisions per second
-    (goal >= 50,000 routes/s);
+    (goal >= 50,000 routes/s), RouteBatch beside the no-op server answering
+    each batch with as many empty decisions;
   * the in-process decision rate of each strategy over a pool of 1,000
     targets (RouteEngine.decide, the servicer's code path without gRPC);
   * Invoke's added latency: Router.Invoke vs calling the agent's Execute
     directly, sequential p50/p99 (goal <= 1.5 ms at p50).
 
-Usage: python perf/router/bench_router.py [--seconds 4] [--no-write]
-Writes perf/router/RESULTS.md. Needs `redis-server` on PATH. Bounded to
-about two minutes.
+Usage: python perf/router/bench_router.py [--seconds 4] [--skip-in-process]
+       [--no-write] [--json PATH]
+Writes perf/router/RESULTS.md; `--json` writes the figures for perf/run_all.py.
+Needs `redis-server` on PATH. Bounded to about two minutes.
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
 from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
 from perf.common import (  # noqa: E402
     NOOP_SERVERS,
+    add_json,
     add_no_write,
     closed_loop,
+    emit_figures,
     percentile,
     sequential_ms,
     write_results,
 )
+from perf.table import Figure  # noqa: E402
 from services.router.engine import RouteEngine  # noqa: E402
 from services.router.settings import RouterSettings  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
@@ -113,6 +118,7 @@ async def _batched(target: str, *, seconds: float, batch: int, strategy: int) ->
     async with grpc.aio.insecure_channel(target) as ch:
         stub = router_pb2_grpc.RouterServiceStub(ch)
         resp = await stub.RouteBatch(body)
+        assert len(resp.results) == batch
         assert all(r.WhichOneof("result") == "decision" for r in resp.results)
         done = 0
         stop_at = time.perf_counter() + seconds
@@ -236,7 +242,13 @@ async def _register_echo(url: str, agent_id: str, endpoint: str, cap: str) -> No
 
 
 async def measure(
-    seconds: float, url: str, noop: DaemonProcess, agent: DaemonProcess, router: DaemonProcess
+    seconds: float,
+    url: str,
+    noop: DaemonProcess,
+    agent: DaemonProcess,
+    router: DaemonProcess,
+    *,
+    in_process: bool = True,
 ) -> dict[str, Any]:
     """Every measurement, against processes already running."""
     res: dict[str, Any] = {}
@@ -257,6 +269,9 @@ async def measure(
     res["router_p50"] = percentile(lat_router, 0.5)
     res["router_p99"] = percentile(lat_router, 0.99)
     print("batched and streamed decisions ...", flush=True)
+    res["batch_noop"] = await _batched(
+        noop.target, seconds=seconds, batch=1000, strategy=R.STRATEGY_LEAST_LOADED
+    )
     res["batch_ll"] = await _batched(
         router.target, seconds=seconds, batch=1000, strategy=R.STRATEGY_LEAST_LOADED
     )
@@ -264,8 +279,11 @@ async def measure(
         router.target, seconds=seconds, batch=1000, strategy=R.STRATEGY_CONSISTENT_HASH
     )
     res["stream"] = await _streamed(router.target, seconds=seconds, window=256)
-    print("in-process decisions over 1,000 targets ...", flush=True)
-    res["in_process"] = await _in_process(url, seconds=seconds * 3)
+    if in_process:
+        print("in-process decisions over 1,000 targets ...", flush=True)
+        res["in_process"] = await _in_process(url, seconds=seconds * 3)
+    else:
+        res["in_process"] = {}
     print("Invoke added latency ...", flush=True)
     direct, via = await _invoke_latency(router.target, agent.target, "echo-1", 1500)
     res["direct_p50"], res["direct_p99"] = percentile(direct, 0.5), percentile(direct, 0.99)
@@ -273,7 +291,7 @@ async def measure(
     return res
 
 
-def bench(seconds: float) -> dict[str, Any]:
+def bench(seconds: float, *, in_process: bool = True) -> dict[str, Any]:
     """Start a private Redis and the processes, measure, stop everything."""
     workdir = Path(tempfile.mkdtemp(prefix="router-bench-"))
     redis_server = RedisServer(workdir=workdir / "redis").start()
@@ -293,7 +311,7 @@ def bench(seconds: float) -> dict[str, Any]:
         router = start(
             "-m", "services.router", "--port", "0", "--metrics-port", "0", "--redis-url", url
         )
-        return asyncio.run(measure(seconds, url, noop, agent, router))
+        return asyncio.run(measure(seconds, url, noop, agent, router, in_process=in_process))
     finally:
         for p in reversed(procs):
             p.stop(timeout_s=15)
@@ -330,6 +348,8 @@ def report(res: dict[str, Any], seconds: float) -> str:
         "",
         "| form | routes/s |",
         "|---|---|",
+        f"| RouteBatch, 1,000 per call, no-op server (empty decisions) | "
+        f"{res['batch_noop']:,.0f} |",
         f"| RouteBatch, 1,000 per call, LEAST_LOADED (cache hits) | {res['batch_ll']:,.0f} |",
         f"| RouteBatch, 1,000 per call, CONSISTENT_HASH (1,000 keys) | {res['batch_ch']:,.0f} |",
         f"| RouteStream, 256 in flight | {res['stream']:,.0f} |",
@@ -345,6 +365,7 @@ def report(res: dict[str, Any], seconds: float) -> str:
         "| strategy | decisions/s |",
         "|---|---|",
         *[f"| {k} | {v:,.0f} |" for k, v in res["in_process"].items()],
+        *([] if res["in_process"] else ["| (skipped: --skip-in-process) | |"]),
         "",
         "## Invoke added latency",
         "",
@@ -359,14 +380,42 @@ def report(res: dict[str, Any], seconds: float) -> str:
     return "\n".join(lines)
 
 
+def figures(res: dict[str, Any]) -> list[Figure]:
+    """The figures of one run for the benchmark table (perf/table.py)."""
+    return [
+        Figure(
+            name="router: Route RPC/s (16 in flight)",
+            value=res["router_rps"], unit="RPC/s",
+            baseline_name="no-op grpc.aio RouterService", baseline_value=res["noop_rps"],
+            goal=">= 0.8x",
+        ),
+        Figure(
+            name="router: RouteBatch decisions/s (1,000 per call)",
+            value=res["batch_ll"], unit="/s",
+            baseline_name="no-op grpc.aio RouteBatch (empty decisions)",
+            baseline_value=res["batch_noop"], goal=">= 50,000 /s",
+        ),
+        Figure(
+            name="router: Invoke p50 (route + call agent)",
+            value=res["invoke_p50"], unit="ms",
+            baseline_name="direct AgentService Execute p50", baseline_value=res["direct_p50"],
+            better="lower", goal="<= +1.5 ms",
+        ),
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=4.0, help="per throughput measurement")
+    ap.add_argument("--skip-in-process", action="store_true",
+                    help="leave out the in-process decision rate per strategy (no goal)")
     add_no_write(ap)
+    add_json(ap)
     ns = ap.parse_args()
     t0 = time.monotonic()
-    res = bench(ns.seconds)
+    res = bench(ns.seconds, in_process=not ns.skip_in_process)
     write_results(HERE / "RESULTS.md", report(res, ns.seconds), ns)
+    emit_figures(figures(res), ns)
     print(f"(took {time.monotonic() - t0:.0f}s)")
 
 

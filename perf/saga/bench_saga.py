@@ -10,9 +10,11 @@ no-op agent process (`python -m agentmesh.agent.testing noop`):
     coordinator adds per step (write-ahead log append, lease, planning).
 
 Bounded: each phase stops after --seconds (default 20) or --sagas, whichever
-comes first. Writes perf/saga/RESULTS.md.
+comes first. Writes perf/saga/RESULTS.md; `--json PATH` writes the figures
+for perf/run_all.py.
 
     python perf/saga/bench_saga.py [--seconds 20] [--concurrency 64] [--sagas 4000] [--no-write]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -38,7 +40,15 @@ sys.path.insert(0, str(ROOT / "libs"))
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc  # noqa: E402
-from perf.common import add_no_write, closed_loop, percentile, write_results  # noqa: E402
+from perf.common import (  # noqa: E402
+    add_json,
+    add_no_write,
+    closed_loop,
+    emit_figures,
+    percentile,
+    write_results,
+)
+from perf.table import Figure  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, daemon, testing_agent  # noqa: E402
 from tests.registry_records import queue_agent_record  # noqa: E402
@@ -121,6 +131,20 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
     }
 
 
+def figures(fig: dict[str, Any]) -> list[Figure]:
+    """The figures of one run for the benchmark table (perf/table.py)."""
+    return [
+        Figure(name="saga: five-step sagas/s end to end (64 in flight)",
+               value=fig["sagas_per_s"], unit="/s",
+               baseline_name="direct Execute calls/s / 5 (same concurrency)",
+               baseline_value=fig["direct_per_s"] / 5, goal=">= 100 /s"),
+        Figure(name="saga: time per step, one saga at a time (p50 / 5)",
+               value=fig["solo_saga_p50_ms"] / 5, unit="ms",
+               baseline_name="direct Execute p50, one call at a time",
+               baseline_value=fig["solo_direct_p50_ms"], better="lower"),
+    ]
+
+
 def render(fig: dict[str, Any], args: argparse.Namespace) -> str:
     """The text of RESULTS.md."""
     cpu = os.cpu_count()
@@ -169,6 +193,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=64)
     ap.add_argument("--sagas", type=int, default=4000)
     add_no_write(ap)
+    add_json(ap)
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-saga-"))
     server = RedisServer(workdir=work / "redis").start()
@@ -185,6 +210,7 @@ def main() -> None:
         fig = asyncio.run(bench(args, agent.target, coord.target))
         print(json.dumps(fig, indent=2))
         write_results(Path(__file__).parent / "RESULTS.md", render(fig, args), args)
+        emit_figures(figures(fig), args)
     finally:
         for p in procs:
             p.stop()

@@ -10,7 +10,9 @@ Configurations (each a separate server process, 16 calls in flight, same client)
   * replay    — the same 1,000 keys again on the Redis agent: answered from the store
 
 Usage: python perf/sdk/bench_agent.py [--seconds 3] [--concurrency 16] [--rounds 2] [--no-write]
-Writes perf/sdk/RESULTS.md. Starts its own redis-server on a free port. About 40 s.
+       [--json PATH]
+Writes perf/sdk/RESULTS.md; `--json` writes the figures for perf/run_all.py.
+Starts its own redis-server on a free port. About 40 s.
 """
 
 from __future__ import annotations
@@ -32,7 +34,16 @@ sys.path.insert(0, str(ROOT))
 
 from agentmesh.agent.structs import dict_to_struct  # noqa: E402
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
-from perf.common import NOOP_SERVERS, add_no_write, closed_loop, percentile, write_results  # noqa: E402
+from perf.common import (  # noqa: E402
+    NOOP_SERVERS,
+    add_json,
+    add_no_write,
+    closed_loop,
+    emit_figures,
+    percentile,
+    write_results,
+)
+from perf.table import Figure  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, testing_agent  # noqa: E402
 
@@ -81,12 +92,32 @@ async def _prefill(target: str, keys: list[str]) -> None:
                 for k in keys[i:i + 50]))
 
 
+#: Configuration key -> figure name, in table order.
+FIGURE_ROWS = {
+    "sdk": "sdk: agent Execute/s, no idempotency key",
+    "sdk+key": "sdk: agent Execute/s, fresh key, in-memory dedupe",
+    "sdk+redis": "sdk: agent Execute/s, fresh key, Redis dedupe",
+    "replay": "sdk: agent Execute/s, replayed keys from Redis",
+}
+
+
+def figures(results: dict[str, dict[str, float]]) -> list[Figure]:
+    """The figures of one run for the benchmark table (perf/table.py); no goals."""
+    return [
+        Figure(name=name, value=results[key]["rps"], unit="/s",
+               baseline_name="bare grpc.aio AgentService (echo)",
+               baseline_value=results["baseline"]["rps"])
+        for key, name in FIGURE_ROWS.items()
+    ]
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--concurrency", type=int, default=16)
     ap.add_argument("--rounds", type=int, default=2)
     add_no_write(ap)
+    add_json(ap)
     ns = ap.parse_args()
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-sdk-"))
@@ -159,6 +190,7 @@ def main() -> None:
         "",
     ]
     write_results(HERE / "RESULTS.md", "\n".join(lines), ns)
+    emit_figures(figures(results), ns)
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ I/O-bound agent), then returns a few numbers.
 Prints partitions/s of both and the ratio swarm / baseline, and appends the
 figures to perf/swarm/RESULTS.md.
 
-Usage: python perf/swarm/bench_partitions.py [--agents 100] [--partitions 2000]
+Usage: python perf/swarm/bench_partitions.py [--agents 100] [--partitions 2000] [--repeat 3]
+       [--no-write] [--json PATH]
+`--json PATH` writes the figures for perf/run_all.py.
 """
 
 from __future__ import annotations
@@ -50,6 +52,8 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.swarm.v1 import swarm_pb2 as pb  # noqa: E402
 from agentmesh.swarm.v1 import swarm_pb2_grpc  # noqa: E402
+from perf.common import add_json, emit_figures  # noqa: E402
+from perf.table import Figure  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, daemon  # noqa: E402
 from tests.registry_records import write_agent_record  # noqa: E402
@@ -186,6 +190,17 @@ async def measure(ns: argparse.Namespace, redis_url: str, work_ms: float, log_di
         fleet.stop()
 
 
+def figures(ns: argparse.Namespace, rows: list[dict]) -> list[Figure]:
+    """The figures of one run for the benchmark table (perf/table.py); no goals."""
+    return [
+        Figure(name=f"swarm: partitions/s, {ns.agents} agents, {r['work_ms']:g} ms work per call",
+               value=r["swarm"], unit="/s",
+               baseline_name="direct Execute calls, one in flight per agent",
+               baseline_value=r["baseline"])
+        for r in rows
+    ]
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--agents", type=int, default=100)
@@ -195,6 +210,7 @@ def main() -> None:
     p.add_argument("--fleet", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--redis-url", default="", help=argparse.SUPPRESS)
     p.add_argument("--no-write", action="store_true", help="do not append to RESULTS.md")
+    add_json(p)
     ns = p.parse_args()
     if ns.fleet:
         asyncio.run(run_fleet(ns.redis_url, ns.agents, ns.work_ms[0]))
@@ -214,6 +230,7 @@ def main() -> None:
             )
     if not ns.no_write:
         write(ns, rows)
+    emit_figures(figures(ns, rows), ns)
 
 
 def write(ns: argparse.Namespace, rows: list[dict]) -> None:

@@ -3,7 +3,8 @@ the partition scheduler.
 
 Usage: python perf/swarm/bench_pso.py [--seeds 100] [--iterations 1000]
        [--particles 50] [--partitions 100000] [--agents 100]
-       [--behaviour-seeds 5] [--skip-behaviours] [--no-write]
+       [--behaviour-seeds 5] [--skip-behaviours] [--skip-ablation] [--no-write]
+       [--json PATH]
 
 1. PSO, side by side in this process with pyswarms' GlobalBestPSO on Sphere,
    Rastrigin and Rosenbrock in 10 and 30 dimensions: same particle count,
@@ -32,6 +33,7 @@ Usage: python perf/swarm/bench_pso.py [--seeds 100] [--iterations 1000]
 
 Prints the tables and (unless --no-write) replaces the "## Engine: ..."
 sections of perf/swarm/RESULTS.md, leaving other benchmarks' sections alone.
+`--json PATH` writes the figures for perf/run_all.py.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from perf.common import emit_figures  # noqa: E402
+from perf.table import Figure  # noqa: E402
 from services.swarm.engine import (  # noqa: E402
     BENCHMARKS,
     Behaviour,
@@ -234,7 +238,7 @@ def run_pyswarms(name: str, d: int, n: int, iters: int, seed: int) -> Run:
     return Run(wall, time.process_time() - c0, fit.seconds, float(cost))
 
 
-def bench_pso(seeds: int, iters: int, n: int) -> list[PsoRow]:
+def bench_pso(seeds: int, iters: int, n: int, *, ablation: bool = True) -> list[PsoRow]:
     rows = []
     for name in ("sphere", "rastrigin", "rosenbrock"):
         for d in (10, 30):
@@ -255,7 +259,7 @@ def bench_pso(seeds: int, iters: int, n: int) -> list[PsoRow]:
                         row.theirs_cpu_s += run.cpu_s
                         row.theirs_fit_s += run.fitness_s
                         row.theirs_best.append(run.best)
-            for seed in range(seeds):  # ablation, untimed
+            for seed in range(seeds if ablation else 0):  # ablation, untimed
                 zero = run_ours(name, d, n, iters, seed, VelocityInit.ZERO)
                 assert row.zero_init_best is not None
                 row.zero_init_best.append(zero.best)
@@ -610,6 +614,30 @@ def merge_results(existing: str, mine: list[str]) -> str:
     return "\n".join(b.rstrip("\n") + "\n" for b in body)
 
 
+def figures(pso: list[PsoRow], evals: list[EvalRow], sched: SchedResult) -> list[Figure]:
+    """The figures of one run for the benchmark table (perf/table.py)."""
+    slowest = min(evals, key=lambda e: e.ours)
+    return [
+        Figure(name=f"swarm: PSO wall time, {len(pso)} problems (sphere/rastrigin/rosenbrock, "
+                    "10 and 30-D)",
+               value=sum(r.ours_s for r in pso), unit="s",
+               baseline_name="pyswarms GlobalBestPSO, same runs",
+               baseline_value=sum(r.theirs_s for r in pso), better="lower", goal=">= 1.0x"),
+        Figure(name=f"swarm: PSO problems with final cost significantly worse than pyswarms "
+                    f"(of {len(pso)}, Mann-Whitney p < {SIGNIFICANCE})",
+               value=float(sum(r.p_worse < SIGNIFICANCE for r in pso)), unit="",
+               better="lower", goal="<= 0"),
+        Figure(name=f"swarm: fitness evaluations/s, 1,000 particles, slowest function "
+                    f"({slowest.function} {slowest.dimensions}-D)",
+               value=slowest.ours, unit="/s",
+               baseline_name="textbook numpy expression, same function",
+               baseline_value=slowest.textbook, goal=">= 5,000,000 /s"),
+        Figure(name=f"swarm: partition scheduler decisions/s, in process "
+                    f"({sched.agents} agents)",
+               value=sched.decisions / sched.assign_s, unit="/s"),
+    ]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--seeds", type=int, default=100)
@@ -619,12 +647,16 @@ def main() -> int:
     p.add_argument("--agents", type=int, default=100)
     p.add_argument("--behaviour-seeds", type=int, default=5)
     p.add_argument("--skip-behaviours", action="store_true")
+    p.add_argument("--skip-ablation", action="store_true",
+                   help="leave out the untimed v(0) = 0 runs of ours")
     p.add_argument("--no-write", action="store_true", help="do not write RESULTS.md")
+    p.add_argument("--json", type=Path, default=None, metavar="PATH",
+                   help="also write this run's figures as a JSON list (used by perf/run_all.py)")
     args = p.parse_args()
     load = os.getloadavg()
     t0 = time.perf_counter()
     print("PSO vs pyswarms GlobalBestPSO", flush=True)
-    pso = bench_pso(args.seeds, args.iterations, args.particles)
+    pso = bench_pso(args.seeds, args.iterations, args.particles, ablation=not args.skip_ablation)
     print("Fitness evaluations per second (1000 particles)", flush=True)
     evals = bench_evals()
     print(f"Partition scheduler ({args.agents} agents, {args.partitions:,} partitions)", flush=True)
@@ -641,6 +673,7 @@ def main() -> int:
         old = RESULTS.read_text() if RESULTS.exists() else ""
         RESULTS.write_text(merge_results(old, mine))
         print(f"updated the engine sections of {RESULTS.relative_to(ROOT)}")
+    emit_figures(figures(pso, evals, sched), args)
     return 0
 
 
