@@ -25,6 +25,12 @@ TOOLS=(
   "grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe|v0.4.52|main.versionTag"
   "helm|helm.sh/helm/v3|helm.sh/helm/v3/cmd/helm|v3.20.2|helm.sh/helm/v3/internal/version.version"
   "kubeconform|github.com/yannh/kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|v0.6.7|main.version"
+  # Go stub generators for clients/go (`buf generate` runs them as local plugins);
+  # they report their own version, so no -X variable.
+  "protoc-gen-go|google.golang.org/protobuf|google.golang.org/protobuf/cmd/protoc-gen-go|v1.36.10|"
+  "protoc-gen-go-grpc|google.golang.org/grpc/cmd/protoc-gen-go-grpc|google.golang.org/grpc/cmd/protoc-gen-go-grpc|v1.5.1|"
+  # Prometheus 3.x tags are v3.y.z; its Go module publishes them as v0.3yy.z.
+  "promtool|github.com/prometheus/prometheus|github.com/prometheus/prometheus/cmd/promtool|v0.307.3|github.com/prometheus/common/version.Version"
 )
 
 gobin="$(go env GOBIN)"
@@ -87,7 +93,8 @@ for entry in "${TOOLS[@]}"; do
     continue
   fi
   echo "tools.sh: installing $name $version (have: ${have:-none}) ..."
-  ldflags="-s -w -X $versionvar=$version"
+  ldflags="-s -w"
+  [[ -z "$versionvar" ]] || ldflags+=" -X $versionvar=$version"
   if go install -trimpath -ldflags "$ldflags" "$pkg@$version"; then
     echo "tools.sh: installed $name $version -> $bin"
   elif echo "tools.sh: go install failed; retrying $name via a temporary module" >&2 &&
