@@ -57,5 +57,5 @@ status: ## Show the health of the local stack
 demo: $(SETUP_STAMP) ## Scope 3 demo on the EPA factors, start to finish
 	$(PYTHON) -m agentmesh.cli.main demo
 
-bench: $(SETUP_STAMP) ## Run every benchmark under perf/
+bench: $(SETUP_STAMP) ## Run every perf/ benchmark 3x vs its baseline; writes perf/results/latest.{json,md}
 	$(PYTHON) perf/run_all.py
