@@ -205,3 +205,30 @@ def test_run_all_rejects_an_unknown_area(capsys: pytest.CaptureFixture[str]) -> 
     with pytest.raises(SystemExit):
         run_all.main(["--only", "nosuch", "--quick"])
     assert "unknown area" in capsys.readouterr().err
+
+
+# ---- run_all's bookkeeping around a run (tiny stand-in scripts, no benchmark) ------------
+_OK_SCRIPT = """
+import json, sys
+out = sys.argv[sys.argv.index("--json") + 1]
+json.dump([{"name": "t", "value": float(sys.argv[1]), "unit": "s", "baseline_name": "b",
+            "baseline_value": 2.0, "better": "lower", "goal": "<= 1.5 s",
+            "ratio": None, "met": None}], open(out, "w"))
+"""
+
+
+def test_run_bench_aggregates_runs_and_reports_failed_ones(tmp_path: Path) -> None:
+    ok, bad = tmp_path / "bench_ok.py", tmp_path / "bench_bad.py"
+    ok.write_text(_OK_SCRIPT)
+    bad.write_text("import sys; sys.exit(3)\n")
+    good = run_all.Bench(str(ok), ("1.0",), ("1.0",), no_write=())
+    entries, summary = run_all.run_bench(good, runs=2, quick=False, work=tmp_path,
+                                         bootstrap=None)
+    (e,) = entries
+    assert (e["name"], e["value"], e["ratio"], e["met"], e["runs"]) == ("t", 1.0, 2.0, True, 2)
+    assert summary["failed_runs"] == 0 and summary["runs"] == 2
+    failing = run_all.Bench(str(bad), (), (), no_write=())
+    entries, summary = run_all.run_bench(failing, runs=1, quick=True, work=tmp_path,
+                                         bootstrap=None)
+    assert summary["failed_runs"] == 1
+    assert entries[0]["status"] == "failed" and entries[0]["value"] is None
