@@ -17,6 +17,7 @@ def make_backend(settings: BusSettings) -> Backend:
 
         return KafkaBackend(
             settings.kafka_bootstrap,
+            security=settings.kafka_security,
             delivery_timeout_ms=settings.delivery_timeout_ms,
             session_timeout_ms=settings.session_timeout_ms,
             instance_id=settings.instance_id,

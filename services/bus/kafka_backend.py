@@ -24,7 +24,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
@@ -40,7 +40,7 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agentmesh.runtime.deps import kafka_producer_config
+from agentmesh.runtime.deps import kafka_client_config, kafka_producer_config
 from services.bus.backend import (
     Assigned,
     Backend,
@@ -145,6 +145,8 @@ class KafkaBackend(Backend):
 
     Args:
         bootstrap: bootstrap servers.
+        security: librdkafka security settings (deps.kafka_security_config),
+            merged into the producer, consumer and admin configurations.
         delivery_timeout_ms: message.timeout.ms; a record not confirmed by
             then fails with an unknown outcome.
         session_timeout_ms: consumer group session timeout, how fast a dead
@@ -161,13 +163,16 @@ class KafkaBackend(Backend):
         delivery_timeout_ms: int = 10_000,
         session_timeout_ms: int = 6000,
         instance_id: str = "",
+        security: Mapping[str, str] | None = None,
     ) -> None:
         self.bootstrap = bootstrap
+        # bootstrap.servers plus SASL/TLS: the base of every client config below.
+        self.client_config = kafka_client_config(bootstrap, security)
         self.delivery_timeout_ms = delivery_timeout_ms
         self.session_timeout_ms = session_timeout_ms
         self.instance_id = instance_id
         self._producer: Producer | None = None
-        self._admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 3000})
+        self._admin = AdminClient({**self.client_config, "socket.timeout.ms": 3000})
         self._partitions: dict[str, int] = {}
         self._poll_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -180,6 +185,7 @@ class KafkaBackend(Backend):
             kafka_producer_config(
                 self.bootstrap,
                 **{
+                    **self.client_config,
                     "message.timeout.ms": self.delivery_timeout_ms,
                     "linger.ms": 1,
                     "queue.buffering.max.messages": 1_000_000,
@@ -315,7 +321,7 @@ class KafkaBackend(Backend):
     def consumer_config(self, group: str, *, earliest: bool) -> dict[str, Any]:
         """Settings of a subscription consumer."""
         return {
-            "bootstrap.servers": self.bootstrap,
+            **self.client_config,
             "group.id": group,
             "enable.auto.commit": False,
             "enable.auto.offset.store": False,
@@ -337,7 +343,7 @@ class KafkaBackend(Backend):
     def _utility_consumer(self, group: str) -> Consumer:
         return Consumer(
             {
-                "bootstrap.servers": self.bootstrap,
+                **self.client_config,
                 "group.id": group,
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,

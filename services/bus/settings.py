@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from agentmesh.runtime.config import ExtraOption, ServerConfig
+from agentmesh.runtime.deps import kafka_security_config
 
 #: Daemon-specific flags; each is also `AGENTMESH_BUS_<NAME>` / `AGENTMESH_<NAME>`.
 EXTRA_OPTIONS = (
@@ -35,6 +36,7 @@ class BusSettings:
     Attributes:
         backend: "memory" or "kafka".
         kafka_bootstrap: bootstrap servers; empty on the memory backend.
+        kafka_security: librdkafka security settings (SASL, TLS) for every Kafka client.
         max_payload_bytes: cap on a serialized Envelope, bytes.
         default_partitions: partitions of auto-created topics.
         auto_create_topics: create unknown topics on first publish.
@@ -48,6 +50,7 @@ class BusSettings:
 
     backend: str
     kafka_bootstrap: str = ""
+    kafka_security: dict[str, str] = field(default_factory=dict)
     max_payload_bytes: int = 1_048_576
     default_partitions: int = 3
     auto_create_topics: bool = True
@@ -77,6 +80,7 @@ class BusSettings:
         return cls(
             backend=backend,
             kafka_bootstrap=config.kafka_bootstrap if backend == "kafka" else "",
+            kafka_security=kafka_security_config(config),
             max_payload_bytes=int(x.get("max_payload_bytes", "1048576")),
             default_partitions=int(x.get("default_partitions", "3")),
             auto_create_topics=x.get("auto_create_topics", "true").lower() in ("1", "true", "yes"),

@@ -7,8 +7,8 @@ import socket
 
 import redis.asyncio as aioredis
 
-from agentmesh.runtime.config import ExtraOption
-from agentmesh.runtime.deps import redis_probe
+from agentmesh.runtime.config import ExtraOption, ServerConfig
+from agentmesh.runtime.deps import redis_from_config, redis_probe
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from services.saga.agents import AgentCaller
@@ -31,16 +31,9 @@ OPTIONS = [
 ]
 
 
-def _redis(url: str, *, max_connections: int) -> aioredis.Redis:
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=5,
-        socket_timeout=2.0,
-        socket_connect_timeout=2.0,
-        decode_responses=False,
-    )
-    return aioredis.Redis(connection_pool=pool)
+def _redis(cfg: ServerConfig, *, max_connections: int) -> aioredis.Redis:
+    # redis_from_config carries the URL, password and Sentinel settings.
+    return redis_from_config(cfg, max_connections=max_connections, pool_timeout_s=5.0)
 
 
 def build(daemon: Daemon) -> None:
@@ -49,11 +42,11 @@ def build(daemon: Daemon) -> None:
     x = cfg.extra
     # Blocking pools: under load a call waits for a free connection instead of
     # failing with "too many connections".
-    redis = _redis(cfg.redis_url, max_connections=int(x["redis_pool_size"]))
+    redis = _redis(cfg, max_connections=int(x["redis_pool_size"]))
     daemon.add_probe("redis", redis_probe(redis))
     daemon.on_shutdown(redis.aclose)
     # blocking XREADs of WatchSaga get their own pool so they never starve the engine
-    watch_redis = _redis(cfg.redis_url, max_connections=int(x["watch_pool_size"]))
+    watch_redis = _redis(cfg, max_connections=int(x["watch_pool_size"]))
     daemon.on_shutdown(watch_redis.aclose)
     store = SagaStore(redis)
     caller = AgentCaller(

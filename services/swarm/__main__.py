@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from agentmesh.runtime.config import ExtraOption
-from agentmesh.runtime.deps import create_redis
+from agentmesh.runtime.deps import redis_from_config
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
 from services.swarm.agents import AgentPool
@@ -49,7 +49,7 @@ def build(daemon: Daemon) -> None:
         record_interval_s=int(x["record_interval_ms"]) / 1000,
         agent_refresh_s=int(x["agent_refresh_ms"]) / 1000,
     )
-    watch_redis = create_redis(daemon.config.redis_url, max_connections=int(x["max_watchers"]))
+    watch_redis = redis_from_config(daemon.config, max_connections=int(x["max_watchers"]))
     daemon.on_shutdown(watch_redis.aclose)
     daemon.add_service(
         swarm_pb2_grpc.add_SwarmServiceServicer_to_server,

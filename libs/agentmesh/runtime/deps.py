@@ -1,5 +1,9 @@
 """Connection helpers for the mesh's dependencies: Redis and Kafka.
 
+Every daemon builds its clients here from its ServerConfig (`redis_from_config`,
+`kafka_security_config`), so the Sentinel, password and Kafka SASL/TLS settings
+reach all five daemons the same way.
+
 Kafka producers are always idempotent with `acks=all`, so an OK publish means
 the record is on every in-sync replica exactly once.
 """
@@ -7,35 +11,124 @@ the record is on every in-sync replica exactly once.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
+from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
+
+from agentmesh.runtime.config import ServerConfig
 
 
-def create_redis(url: str, *, timeout_s: float = 2.0, max_connections: int = 64) -> aioredis.Redis:
-    """An asyncio Redis client for `url` (hiredis parses replies when installed).
+class BlockingSentinelConnectionPool(SentinelConnectionPool, BlockingConnectionPool):
+    """A Sentinel-managed pool that waits for a free connection, like
+    BlockingConnectionPool, instead of failing with "Too many connections".
 
-    The pool blocks (up to `timeout_s`) when all `max_connections` are busy
-    instead of failing with "Too many connections", so a burst of concurrent
-    RPCs queues for a connection rather than erroring.
+    The MRO puts SentinelConnectionPool's master discovery in front of
+    BlockingConnectionPool's waiting `get_connection`.
+    """
+
+
+def create_redis(
+    url: str,
+    *,
+    timeout_s: float = 2.0,
+    max_connections: int = 64,
+    pool_timeout_s: float | None = None,
+    password: str = "",
+    sentinels: Sequence[tuple[str, int]] = (),
+    sentinel_master: str = "mymaster",
+    sentinel_password: str = "",
+) -> aioredis.Redis:
+    """An asyncio Redis client (hiredis parses replies when installed).
+
+    The pool blocks (up to `pool_timeout_s`) when all `max_connections` are
+    busy instead of failing with "Too many connections", so a burst of
+    concurrent RPCs queues for a connection rather than erroring.
+
+    With `sentinels`, the client asks them for the current master of
+    `sentinel_master` and reconnects to the new master after a failover
+    (redis-py's Sentinel support); the URL then gives only the user,
+    password, db and TLS (`rediss://`), and its host and port are ignored.
 
     Args:
-        url: `redis://host:port/db` (or `rediss://` for TLS).
-        timeout_s: connect, socket and pool-wait timeout in seconds, so a dead
-            Redis fails fast instead of hanging an RPC.
+        url: `redis://[user:password@]host:port/db` (or `rediss://` for TLS).
+        timeout_s: connect and socket timeout in seconds, so a dead Redis
+            fails fast instead of hanging an RPC.
         max_connections: pool size.
+        pool_timeout_s: wait for a free pooled connection, seconds; None means `timeout_s`.
+        password: overrides the URL's password when not empty.
+        sentinels: Sentinel (host, port) pairs; empty connects to the URL directly.
+        sentinel_master: master set name the sentinels monitor.
+        sentinel_password: AUTH password of the sentinels; empty when they have none.
     """
-    pool = aioredis.BlockingConnectionPool.from_url(
-        url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        max_connections=max_connections,
-        timeout=timeout_s,
-        health_check_interval=0,
-        decode_responses=False,
+    wait_s = timeout_s if pool_timeout_s is None else pool_timeout_s
+    common: dict[str, Any] = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "health_check_interval": 0,
+        "decode_responses": False,
+    }
+    if password:
+        common["password"] = password
+    from_url = parse_url(url)
+    if not sentinels:
+        # Not from_url(): there the URL's password would beat the override.
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=max_connections, timeout=wait_s, **{**from_url, **common}
+        )
+        # from_pool hands the pool to the client, so aclose() also closes the pool.
+        return aioredis.Redis.from_pool(pool)
+    # The URL's host and port name no server under Sentinel; keep its auth, db and TLS.
+    from_url.pop("host", None)
+    from_url.pop("port", None)
+    ssl = from_url.pop("connection_class", None) is SSLConnection
+    sentinel = Sentinel(
+        list(sentinels),
+        sentinel_kwargs={
+            "socket_timeout": timeout_s,
+            "socket_connect_timeout": timeout_s,
+            "password": sentinel_password or None,
+        },
     )
-    # from_pool hands the pool to the client, so aclose() also closes the pool.
-    return aioredis.Redis.from_pool(pool)
+    # master_for's client owns the pool, so aclose() closes its connections.
+    return sentinel.master_for(
+        sentinel_master,
+        connection_pool_class=BlockingSentinelConnectionPool,
+        max_connections=max_connections,
+        timeout=wait_s,
+        ssl=ssl,
+        **{**from_url, **common},
+    )
+
+
+def redis_from_config(
+    config: ServerConfig,
+    *,
+    timeout_s: float = 2.0,
+    max_connections: int = 64,
+    pool_timeout_s: float | None = None,
+) -> aioredis.Redis:
+    """`create_redis` with a daemon's Redis settings: URL, password, Sentinel.
+
+    Args:
+        config: the daemon's configuration.
+        timeout_s / max_connections / pool_timeout_s: as in `create_redis`.
+
+    Raises:
+        ValueError: when AGENTMESH_REDIS_SENTINELS is not a host:port list.
+    """
+    return create_redis(
+        config.redis_url,
+        timeout_s=timeout_s,
+        max_connections=max_connections,
+        pool_timeout_s=pool_timeout_s,
+        password=config.redis_password,
+        sentinels=config.redis_sentinel_nodes,
+        sentinel_master=config.redis_sentinel_master,
+        sentinel_password=config.redis_sentinel_password,
+    )
 
 
 def redis_probe(client: aioredis.Redis) -> Any:
@@ -45,6 +138,41 @@ def redis_probe(client: aioredis.Redis) -> Any:
         return await client.ping()
 
     return probe
+
+
+def kafka_security_config(config: ServerConfig) -> dict[str, str]:
+    """The librdkafka security settings of `config`, for every Kafka client.
+
+    Only settings that are set appear, so an empty result leaves librdkafka's
+    PLAINTEXT default. The result is merged into producer, consumer and admin
+    configurations alike.
+
+    Returns:
+        e.g. {"security.protocol": "SASL_SSL", "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "mesh", "sasl.password": "...", "ssl.ca.location": "/etc/kafka/ca.crt"}
+    """
+    pairs = {
+        "security.protocol": config.kafka_security_protocol.upper(),
+        "sasl.mechanism": config.kafka_sasl_mechanism.upper(),
+        "sasl.username": config.kafka_sasl_username,
+        "sasl.password": config.kafka_sasl_password,
+        "ssl.ca.location": config.kafka_ssl_ca_file,
+        "ssl.certificate.location": config.kafka_ssl_cert_file,
+        "ssl.key.location": config.kafka_ssl_key_file,
+    }
+    return {key: value for key, value in pairs.items() if value}
+
+
+def kafka_client_config(
+    bootstrap: str, security: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The settings every Kafka client shares: bootstrap servers plus `security`.
+
+    Args:
+        bootstrap: `host:port[,host:port]`.
+        security: from `kafka_security_config`; None means none.
+    """
+    return {"bootstrap.servers": bootstrap, **(security or {})}
 
 
 def kafka_producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
@@ -66,15 +194,22 @@ def kafka_producer_config(bootstrap: str, **overrides: Any) -> dict[str, Any]:
     return conf
 
 
-def kafka_probe(bootstrap: str, *, timeout_s: float = 1.5) -> Any:
+def kafka_probe(
+    bootstrap: str, *, timeout_s: float = 1.5, security: Mapping[str, str] | None = None
+) -> Any:
     """A health probe that fetches cluster metadata with an AdminClient.
 
     The AdminClient is made once; metadata is fetched in a worker thread
     because confluent-kafka calls block.
+
+    Args:
+        bootstrap: `host:port[,host:port]`.
+        timeout_s: metadata request timeout, seconds.
+        security: from `kafka_security_config`, so the probe authenticates like the bus.
     """
     from confluent_kafka.admin import AdminClient
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, "socket.timeout.ms": 1000})
+    admin = AdminClient({**kafka_client_config(bootstrap, security), "socket.timeout.ms": 1000})
 
     async def probe() -> object:
         md = await asyncio.to_thread(admin.list_topics, timeout=timeout_s)

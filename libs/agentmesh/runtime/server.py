@@ -32,7 +32,12 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agentmesh.runtime.auth import TokenAuthenticator
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import ExtraOption, ServerConfig, load_config
-from agentmesh.runtime.deps import create_redis, kafka_probe, redis_probe
+from agentmesh.runtime.deps import (
+    kafka_probe,
+    kafka_security_config,
+    redis_from_config,
+    redis_probe,
+)
 from agentmesh.runtime.health import DependencyMonitor, Probe
 from agentmesh.runtime.interceptors import RuntimeInterceptor
 from agentmesh.runtime.logs import configure_logging
@@ -103,7 +108,7 @@ class Daemon:
     def redis(self) -> aioredis.Redis:
         """The daemon's shared Redis client, created on first use with a health probe."""
         if self._redis is None:
-            self._redis = create_redis(self.config.redis_url)
+            self._redis = redis_from_config(self.config)
             self.add_probe("redis", redis_probe(self._redis))
             client = self._redis
             self.on_shutdown(client.aclose)
@@ -119,7 +124,12 @@ class Daemon:
             raise ValueError(
                 "this daemon needs Kafka: set --kafka-bootstrap or AGENTMESH_KAFKA_BOOTSTRAP"
             )
-        self.add_probe("kafka", kafka_probe(self.config.kafka_bootstrap))
+        self.add_probe(
+            "kafka",
+            kafka_probe(
+                self.config.kafka_bootstrap, security=kafka_security_config(self.config)
+            ),
+        )
         return self.config.kafka_bootstrap
 
     def channel(self, target: str) -> grpc.aio.Channel:
@@ -231,7 +241,7 @@ def run_daemon(
 ) -> None:
     """Parse config, configure logs, build the daemon with `build` and serve until SIGTERM."""
     config = load_config(name, argv, extra_options=extra_options)
-    configure_logging(name, config.log_level)
+    configure_logging(name, config.log_level, log_format=config.log_format)
 
     async def main() -> None:
         daemon = Daemon(config)

@@ -46,3 +46,38 @@ def test_traceparent_is_parsed() -> None:
     assert trace_id_from_metadata({"traceparent": tp}) == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert trace_id_from_metadata({"x-trace-id": "abc"}) == "abc"
     assert len(trace_id_from_metadata({})) == 32
+
+
+def test_text_log_line_is_readable_and_keeps_the_fields() -> None:
+    from agentmesh.runtime.logs import TextFormatter
+
+    rec = logging.LogRecord("svc", logging.WARNING, __file__, 1, "slow %s", ("call",), None)
+    rec.elapsed_ms = 12
+    token = request_id_var.set("req-9")
+    trace = trace_id_var.set("t-1")
+    try:
+        line = TextFormatter("router").format(rec)
+    finally:
+        request_id_var.reset(token)
+        trace_id_var.reset(trace)
+    assert line.endswith(
+        "WARNING router svc: slow call request_id=req-9 trace_id=t-1 elapsed_ms=12"
+    )
+    assert line[:4].isdigit() and "\n" not in line
+
+
+def test_configure_logging_picks_the_format_and_rejects_unknown_ones() -> None:
+    from agentmesh.runtime.logs import TextFormatter, configure_logging
+
+    root = logging.getLogger()
+    saved = (root.handlers[:], root.level)
+    try:
+        configure_logging("bus", "INFO", log_format="TEXT")
+        assert type(root.handlers[0].formatter) is TextFormatter
+        configure_logging("bus", "INFO")
+        assert type(root.handlers[0].formatter) is JsonFormatter
+        with pytest.raises(ValueError, match="json or text"):
+            configure_logging("bus", "INFO", log_format="xml")
+    finally:
+        root.handlers[:], _ = saved
+        root.setLevel(saved[1])
