@@ -30,6 +30,7 @@ import (
 	"sync"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/code"
 	"google.golang.org/genproto/googleapis/rpc/errdetails"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -430,7 +431,7 @@ func (s *Server) logCall(kind, action, key string, attempt uint32, dedup bool, t
 	attrs := []any{
 		slog.String("agent_id", s.agentID), slog.String("action", action),
 		slog.String("idempotency_key", key), slog.Uint64("attempt", uint64(attempt)),
-		slog.Bool("deduplicated", dedup), slog.String("code", status.Code(err).String()),
+		slog.Bool("deduplicated", dedup), slog.String("code", code.Code(status.Code(err)).String()), // "INVALID_ARGUMENT", as callers log it
 		slog.Float64("duration_ms", float64(time.Since(t0).Microseconds())/1000),
 	}
 	if err != nil {
