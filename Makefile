@@ -23,9 +23,10 @@ $(SETUP_STAMP): pyproject.toml .ci/install.sh deploy/local/tools.sh deploy/local
 	bash .ci/install.sh
 	mkdir -p $(RUN_DIR) && touch $@
 
-proto: ## Regenerate Python code, .pyi stubs and the client's typed wrappers from protos/
+proto: ## Regenerate Python code, .pyi stubs, the client's typed wrappers and the Go stubs from protos/
 	$(PYTHON) scripts/genproto.py
 	$(PYTHON) -m agentmesh.client._codegen
+	rm -rf clients/go/gen && buf generate --template buf.gen.go.yaml
 
 check-generated: ## Fail when committed generated code is stale
 	bash scripts/check_generated.sh

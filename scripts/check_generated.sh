@@ -20,4 +20,14 @@ for area in "$tmp"/agentmesh/*/v1; do
     [ -e "$area/$(basename "$f")" ] || { echo "orphan generated file: $f (run 'make proto')" >&2; status=1; }
   done
 done
+# Go stubs for clients/go (buf.gen.go.yaml; local protoc-gen-go/-go-grpc from deploy/local/tools.sh).
+gobin="$(go env GOPATH 2>/dev/null)/bin"
+PATH="$gobin:$PATH" buf generate --template buf.gen.go.yaml -o "$tmp/go" || {
+  echo "could not generate the Go stubs (need buf, protoc-gen-go, protoc-gen-go-grpc: bash deploy/local/tools.sh)" >&2
+  exit 1
+}
+if ! diff -r "$tmp/go/clients/go/gen" clients/go/gen >&2; then
+  echo "stale generated Go stubs in clients/go/gen (run 'make proto')" >&2
+  status=1
+fi
 exit $status
