@@ -4,6 +4,7 @@
 #   2. the Python package with dev extras: pip install -e '.[dev]'
 #   3. the Kafka broker jars from Maven Central (deploy/local/kafka/pom.xml)
 #   4. pinned Go tools (deploy/local/tools.sh)
+#   5. the polyglot clients' deps: Go modules of clients/go, npm ci in clients/node
 # Each step skips what is already there, so re-running costs seconds.
 #
 # Env:
@@ -78,6 +79,28 @@ elif ! command -v go >/dev/null 2>&1; then
 else
   say "Go tools"
   bash deploy/local/tools.sh >&2
+fi
+
+# --- 5. Polyglot clients (clients/go, clients/node; tests/e2e/test_polyglot.py) ---
+# Go: fetch the agent's modules from the proxy now, so the e2e test's
+# `go build` only compiles. Node: `npm ci` from the committed lockfile, again
+# only when node_modules is missing or older than package-lock.json.
+if command -v go >/dev/null 2>&1; then
+  say "clients/go: go mod download"
+  (cd clients/go && go mod download)
+else
+  say "'go' not found; the Go agent e2e tests will fail under CI (install Go >= 1.24)"
+fi
+if command -v npm >/dev/null 2>&1; then
+  stamp=clients/node/node_modules/.package-lock.json # written by npm ci
+  if [[ ! -f "$stamp" || clients/node/package-lock.json -nt "$stamp" ]]; then
+    say "clients/node: npm ci"
+    npm ci --prefix clients/node --no-audit --no-fund >&2
+  else
+    say "clients/node: node_modules up to date"
+  fi
+else
+  say "'npm' not found; the Node client e2e test will fail under CI (install Node.js >= 20)"
 fi
 
 say "done"
