@@ -10,7 +10,7 @@ BREAKING_AGAINST ?= .git\#branch=main
 # they need (Python deps, redis-server, Kafka jars, Go tools) once.
 SETUP_STAMP := $(RUN_DIR)/setup.stamp
 
-.PHONY: help setup proto check-generated lint breaking test test-unit up down status demo bench
+.PHONY: help setup proto check-generated lint breaking test test-unit up down status demo bench ghz locust
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -60,3 +60,10 @@ demo: $(SETUP_STAMP) ## Scope 3 demo on the EPA factors, start to finish
 
 bench: $(SETUP_STAMP) ## Run every perf/ benchmark 3x vs its baseline; writes perf/results/latest.{json,md}
 	$(PYTHON) perf/run_all.py
+
+ghz: $(SETUP_STAMP) ## ghz on each daemon's main RPC against the running stack; writes perf/ghz/RESULTS.md
+	$(PYTHON) perf/ghz/run.py --run-dir $(RUN_DIR) $(GHZ_ARGS)
+
+LOCUST_RUN_TIME ?= 60s
+locust: $(SETUP_STAMP) ## locust (agents, callers, sagas) against the running stack for LOCUST_RUN_TIME
+	$(PYTHON) perf/locust/run.py --run-dir $(RUN_DIR) --run-time $(LOCUST_RUN_TIME) --csv-prefix $(RUN_DIR)/locust/locust
