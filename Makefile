@@ -10,7 +10,7 @@ BREAKING_AGAINST ?= .git\#branch=main
 # they need (Python deps, redis-server, Kafka jars, Go tools) once.
 SETUP_STAMP := $(RUN_DIR)/setup.stamp
 
-.PHONY: help setup proto check-generated lint breaking test test-unit up down status demo bench ghz locust
+.PHONY: help setup proto check-generated lint breaking test test-unit deploy-check up down status demo bench ghz locust
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -40,8 +40,12 @@ lint: ## ruff, mypy and buf lint
 breaking: ## buf breaking (FILE rules) against main
 	buf breaking --against '$(BREAKING_AGAINST)'
 
-test: $(SETUP_STAMP) check-generated ## Run every test against real Redis and a real Kafka broker
-	AGENTMESH_REQUIRE_INFRA=1 $(PYTHON) -m pytest -q tests
+# tests/deploy runs once, inside deploy-check.
+test: $(SETUP_STAMP) check-generated deploy-check ## Run every test against real Redis and a real Kafka broker
+	AGENTMESH_REQUIRE_INFRA=1 $(PYTHON) -m pytest -q tests --ignore=tests/deploy
+
+deploy-check: $(SETUP_STAMP) ## helm lint + template + schema validation + chart tests + promtool
+	AGENTMESH_REQUIRE_INFRA=1 PYTHON=$(PYTHON) bash deploy/check.sh
 
 test-unit: ## Unit tests only (no servers)
 	$(PYTHON) -m pytest -q tests/unit

@@ -22,8 +22,9 @@ CHART = ROOT / "deploy" / "helm" / "agentmesh"
 KUBE_VERSION = "1.30.0"
 DAEMONS = ("bus", "router", "registry", "saga", "swarm")
 #: Example and CI values files; each must lint, render and validate.
-VALUES_FILES = sorted(p.relative_to(CHART).as_posix() for p in CHART.glob("ci/*-values.yaml")) + [
-    "values-ha.yaml"
+VALUES_FILES = [
+    *sorted(p.relative_to(CHART).as_posix() for p in CHART.glob("ci/*-values.yaml")),
+    "values-ha.yaml",
 ]
 RELEASE = "mesh"
 
@@ -39,8 +40,16 @@ def helm() -> str:
 
 
 def _template_args(values: tuple[str, ...], sets: tuple[str, ...]) -> list[str]:
-    args = [helm(), "template", RELEASE, str(CHART), "--namespace", "agentmesh",
-            "--kube-version", KUBE_VERSION]
+    args = [
+        helm(),
+        "template",
+        RELEASE,
+        str(CHART),
+        "--namespace",
+        "agentmesh",
+        "--kube-version",
+        KUBE_VERSION,
+    ]
     for v in values:
         args += ["--values", str(CHART / v)]
     for s in sets:
@@ -50,9 +59,7 @@ def _template_args(values: tuple[str, ...], sets: tuple[str, ...]) -> list[str]:
 
 @functools.cache
 def _render(values: tuple[str, ...], sets: tuple[str, ...]) -> str:
-    proc = subprocess.run(
-        _template_args(values, sets), capture_output=True, text=True, timeout=60
-    )
+    proc = subprocess.run(_template_args(values, sets), capture_output=True, text=True, timeout=60)
     if proc.returncode:
         raise AssertionError(f"helm template {values} {sets} failed:\n{proc.stderr}")
     return proc.stdout

@@ -1,0 +1,369 @@
+"""helm-unittest-style assertions on `helm template` output: what each value
+does to the rendered objects, and that the rendered settings are ones the
+daemons accept and act on (they are fed to the daemons' own config loader and
+client builders, not just string-matched)."""
+
+from __future__ import annotations
+
+import importlib
+import json
+from typing import Any
+
+import pytest
+import yaml
+
+from agentmesh.runtime.config import load_config
+from agentmesh.runtime.deps import (
+    BlockingSentinelConnectionPool,
+    kafka_security_config,
+    redis_from_config,
+)
+from tests.deploy.chart import (
+    CHART,
+    DAEMONS,
+    RELEASE,
+    by_kind,
+    container,
+    daemon_env,
+    render,
+    render_error,
+)
+
+PORTS = {"bus": 50051, "router": 50052, "registry": 50053, "saga": 50054, "swarm": 50055}
+PER_DAEMON_KINDS = ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget")
+
+
+def chart_values() -> dict[str, Any]:
+    return yaml.safe_load((CHART / "values.yaml").read_text())
+
+
+def test_every_daemon_gets_its_objects_and_grpc_health_probes() -> None:
+    docs = render()
+    for daemon, port in PORTS.items():
+        name = f"{RELEASE}-{daemon}"
+        for kind in PER_DAEMON_KINDS:
+            assert name in by_kind(docs, kind), f"no {kind} {name}"
+        dep = by_kind(docs, "Deployment")[name]
+        c = container(dep)
+        assert c["args"] == [daemon]  # the image's entrypoint picks the daemon
+        assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+            "grpc": port,
+            "metrics": 9101 + port - 50051,
+        }
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # kubelet-native gRPC probe: grpc.health.v1 Check on the daemon's port
+            assert c[probe]["grpc"] == {"port": port}, probe
+        assert daemon_env(docs, daemon)["AGENTMESH_PORT"] == str(port)
+        svc = by_kind(docs, "Service")[name]
+        assert svc["spec"]["selector"] == dep["spec"]["selector"]["matchLabels"]
+        assert svc["spec"]["selector"]["app.kubernetes.io/component"] == daemon
+
+
+def test_security_context_is_locked_down_everywhere() -> None:
+    docs = render(values=("ci/secure-values.yaml",))
+    pods = [d["spec"]["template"]["spec"] for d in by_kind(docs, "Deployment").values()]
+    pods += [d["spec"] for d in by_kind(docs, "Pod").values()]  # the helm test pod too
+    assert len(pods) == 6
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert pod["automountServiceAccountToken"] is False
+        for c in pod["containers"]:
+            sc = c["securityContext"]
+            assert sc["runAsNonRoot"] is True and sc["runAsUser"] == 10001
+            assert sc["readOnlyRootFilesystem"] is True
+            assert sc["allowPrivilegeEscalation"] is False
+            assert sc["capabilities"] == {"drop": ["ALL"]}
+    for dep in by_kind(docs, "Deployment").values():
+        spec = dep["spec"]["template"]["spec"]
+        # the one writable path, on an emptyDir
+        assert {"name": "tmp", "mountPath": "/tmp"} in container(dep)["volumeMounts"]
+        assert {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}} in spec["volumes"]
+
+
+@pytest.mark.parametrize("daemon", DAEMONS)
+def test_disabling_a_daemon_removes_all_its_objects(daemon: str) -> None:
+    docs = render(f"{daemon}.enabled=false", f"{daemon}.autoscaling.enabled=true")
+    gone = f"{RELEASE}-{daemon}"
+    assert not [d["kind"] for d in docs if d["metadata"]["name"] == gone]
+    test_pod = next(iter(by_kind(docs, "Pod").values()))
+    assert f"health-{daemon}" not in {c["name"] for c in test_pod["spec"]["containers"]}
+    others = [d for d in DAEMONS if d != daemon]
+    assert set(by_kind(docs, "Deployment")) == {f"{RELEASE}-{d}" for d in others}
+
+
+def test_per_daemon_values_reach_only_that_daemon() -> None:
+    docs = render(
+        "router.replicaCount=4",
+        "router.resources.requests.cpu=1",
+        "router.nodeSelector.pool=mesh",
+        "router.tolerations[0].key=dedicated",
+        "router.tolerations[0].operator=Exists",
+        "router.extraEnv[0].name=AGENTMESH_LOG_LEVEL",
+        "router.extraEnv[0].value=DEBUG",
+        "router.ports.grpc=6000",
+        "router.config.default_strategy=least_loaded",
+        "global.nodeSelector.arch=amd64",
+    )
+    deps = by_kind(docs, "Deployment")
+    router, registry = deps["mesh-router"], deps["mesh-registry"]
+    assert router["spec"]["replicas"] == 4 and registry["spec"]["replicas"] == 2
+    pod = router["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "mesh", "arch": "amd64"}
+    assert registry["spec"]["template"]["spec"]["nodeSelector"] == {"arch": "amd64"}
+    assert pod["tolerations"] == [{"key": "dedicated", "operator": "Exists"}]
+    assert "tolerations" not in registry["spec"]["template"]["spec"]
+    assert container(router)["resources"]["requests"]["cpu"] == 1
+    env = daemon_env(docs, "router")
+    # env wins over the ConfigMap's envFrom, so extraEnv overrides the chart
+    assert env["AGENTMESH_LOG_LEVEL"] == "DEBUG"
+    assert daemon_env(docs, "registry")["AGENTMESH_LOG_LEVEL"] == "INFO"
+    assert env["AGENTMESH_DEFAULT_STRATEGY"] == "least_loaded"
+    assert "AGENTMESH_DEFAULT_STRATEGY" not in daemon_env(docs, "registry")
+    # the new port reaches the container, its probes, its Service and its peers
+    assert container(router)["readinessProbe"]["grpc"]["port"] == 6000
+    assert by_kind(docs, "Service")["mesh-router"]["spec"]["ports"][0]["port"] == 6000
+    assert daemon_env(docs, "saga")["AGENTMESH_ROUTER_TARGET"] == "mesh-router.agentmesh.svc:6000"
+
+
+def test_image_tag_defaults_to_app_version_and_can_be_pinned() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    image = container(by_kind(render(), "Deployment")["mesh-bus"])["image"]
+    assert image == f"ghcr.io/agentmesh/agentmesh:{chart['appVersion']}"
+    pinned = render("global.image.tag=1.2.3", "global.image.registry=")
+    assert container(by_kind(pinned, "Deployment")["mesh-bus"])["image"] == (
+        "agentmesh/agentmesh:1.2.3"
+    )
+
+
+def test_autoscaling_adds_an_hpa_and_leaves_replicas_to_it() -> None:
+    docs = render(values=("ci/ha-values.yaml",))
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    assert set(hpas) == {"mesh-bus", "mesh-router"}
+    assert hpas["mesh-router"]["spec"]["scaleTargetRef"]["name"] == "mesh-router"
+    deps = by_kind(docs, "Deployment")
+    assert "replicas" not in deps["mesh-router"]["spec"]
+    assert deps["mesh-registry"]["spec"]["replicas"] == 3
+    assert not by_kind(render(), "HorizontalPodAutoscaler")
+
+
+def test_ha_example_runs_three_replicas_with_pdbs_and_matches_its_ci_copy() -> None:
+    assert (CHART / "values-ha.yaml").read_text() == (CHART / "ci/ha-values.yaml").read_text()
+    docs = render(values=("values-ha.yaml",))
+    deps = by_kind(docs, "Deployment")
+    hpas = by_kind(docs, "HorizontalPodAutoscaler")
+    for daemon in DAEMONS:
+        name = f"{RELEASE}-{daemon}"
+        replicas = (
+            hpas[name]["spec"]["minReplicas"] if name in hpas else deps[name]["spec"]["replicas"]
+        )
+        assert replicas == 3
+        assert by_kind(docs, "PodDisruptionBudget")[name]["spec"] == {
+            "minAvailable": 2,
+            "selector": deps[name]["spec"]["selector"],
+        }
+        strategy = deps[name]["spec"]["strategy"]["rollingUpdate"]
+        assert strategy == {"maxUnavailable": 0, "maxSurge": 1}
+
+
+def test_termination_grace_outlasts_the_daemons_drain() -> None:
+    docs = render("global.gracePeriodSeconds=40", "global.preStopSleepSeconds=7")
+    for dep in by_kind(docs, "Deployment").values():
+        spec = dep["spec"]["template"]["spec"]
+        assert spec["terminationGracePeriodSeconds"] == 57
+        assert container(dep)["lifecycle"]["preStop"]["exec"]["command"] == ["sleep", "7"]
+    assert daemon_env(docs, "saga")["AGENTMESH_GRACE_PERIOD_S"] == "40"
+
+
+def test_config_change_rolls_the_pods() -> None:
+    def checksum(*sets: str) -> str:
+        dep = by_kind(render(*sets), "Deployment")["mesh-saga"]
+        return str(dep["spec"]["template"]["metadata"]["annotations"]["checksum/config"])
+
+    assert checksum() != checksum("global.logFormat=text")
+    assert checksum() == checksum("bus.replicaCount=5")
+
+
+def test_pdbs_can_be_turned_off_per_daemon() -> None:
+    docs = render("swarm.podDisruptionBudget.enabled=false")
+    assert set(by_kind(docs, "PodDisruptionBudget")) == {
+        f"{RELEASE}-{d}" for d in DAEMONS if d != "swarm"
+    }
+
+
+def test_network_policy_opens_only_grpc_and_metrics() -> None:
+    docs = render(values=("ci/monitoring-values.yaml",))
+    policies = by_kind(docs, "NetworkPolicy")
+    assert set(policies) == {f"{RELEASE}-{d}" for d in DAEMONS}
+    spec = policies["mesh-saga"]["spec"]
+    assert spec["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "saga"
+    grpc_rule, metrics_rule = spec["ingress"]
+    assert grpc_rule["ports"] == [{"port": "grpc", "protocol": "TCP"}]
+    # the release's own daemons and helm test pod stay allowed
+    release = {"app.kubernetes.io/name": "agentmesh", "app.kubernetes.io/instance": RELEASE}
+    assert grpc_rule["from"][0] == {"podSelector": {"matchLabels": release}}
+    test_pod = next(iter(by_kind(docs, "Pod").values()))
+    assert release.items() <= test_pod["metadata"]["labels"].items()
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == {
+        "kubernetes.io/metadata.name": "monitoring"
+    }
+    assert not by_kind(render(), "NetworkPolicy")
+
+
+def test_helm_test_pod_probes_every_daemon_with_grpc_health_probe() -> None:
+    (pod,) = by_kind(render(), "Pod").values()
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    assert pod["spec"]["restartPolicy"] == "Never"
+    targets = {}
+    for c in pod["spec"]["containers"]:
+        assert c["command"] == ["grpc-health-probe"]
+        targets[c["name"]] = c["args"][0]
+    assert targets == {
+        f"health-{d}": f"-addr={RELEASE}-{d}.agentmesh.svc:{p}" for d, p in PORTS.items()
+    }
+
+
+def test_tls_switches_probes_to_grpc_health_probe_with_the_mounted_certs() -> None:
+    docs = render(values=("ci/secure-values.yaml",))
+    c = container(by_kind(docs, "Deployment")["mesh-registry"])
+    command = c["readinessProbe"]["exec"]["command"]
+    assert command[:3] == ["grpc-health-probe", "-addr=127.0.0.1:50053", "-tls"]
+    assert "-tls-server-name=mesh-registry.agentmesh.svc" in command
+    assert "-tls-client-cert=/etc/agentmesh/tls/tls.crt" in command  # mTLS is on
+    assert {"name": "tls", "mountPath": "/etc/agentmesh/tls", "readOnly": True} in c["volumeMounts"]
+    (pod,) = by_kind(docs, "Pod").values()
+    assert all("-tls" in x["args"] for x in pod["spec"]["containers"])
+
+
+# ---- the values are real: the daemons accept and act on what the chart renders
+
+
+@pytest.mark.parametrize(
+    ("daemon", "values"),
+    [
+        *[(d, v) for d in DAEMONS for v in [(), ("ci/secure-values.yaml",), ("values-ha.yaml",)]],
+        # saga and swarm are disabled there
+        *[(d, ("ci/minimal-values.yaml",)) for d in ("bus", "router", "registry")],
+    ],
+)
+def test_daemons_accept_the_rendered_settings(daemon: str, values: tuple[str, ...]) -> None:
+    docs = render(values=values)
+    module = importlib.import_module(f"services.{daemon}.__main__")
+    options = getattr(module, "OPTIONS", None) or module.EXTRA_OPTIONS
+    env = daemon_env(docs, daemon)  # secretKeyRef placeholders stand in for Secrets
+    # the same loader the daemon runs at startup; it exits on any bad setting
+    cfg = load_config(daemon, [], extra_options=options, environ=env)
+    assert (cfg.host, cfg.port) == ("0.0.0.0", PORTS[daemon])
+    for key in env:
+        option = key.removeprefix("AGENTMESH_").lower()
+        known = option in cfg.__dataclass_fields__ or option in cfg.extra
+        assert known, f"{key} is set by the chart but no {daemon} setting reads it"
+
+
+def test_secure_values_become_sentinel_sasl_tls_and_auth_settings() -> None:
+    docs = render(values=("ci/secure-values.yaml",))
+    from services.bus.settings import EXTRA_OPTIONS
+
+    bus = load_config("bus", [], extra_options=EXTRA_OPTIONS, environ=daemon_env(docs, "bus"))
+    assert kafka_security_config(bus) == {
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "kafka-agentmesh-user/username",
+        "sasl.password": "kafka-agentmesh-user/password",
+        "ssl.ca.location": "/etc/agentmesh/kafka-ca/ca.crt",
+        "ssl.certificate.location": "/etc/agentmesh/kafka-client/tls.crt",
+        "ssl.key.location": "/etc/agentmesh/kafka-client/tls.key",
+    }
+    assert bus.tls_enabled and bus.tls_client_ca_file == "/etc/agentmesh/tls/ca.crt"
+    assert bus.auth_tokens_file == "/etc/agentmesh/auth/tokens.json"
+    assert bus.auth_token == "agentmesh-auth/daemon-token"
+    assert bus.log_format == "text" and bus.log_level == "DEBUG"
+    assert bus.health_interval_s == 2.0  # global.extraEnv
+    # only the bus talks to Kafka; the others get no Kafka credentials
+    assert "AGENTMESH_KAFKA_SASL_PASSWORD" not in daemon_env(docs, "saga")
+    saga = load_config("saga", [], environ=daemon_env(docs, "saga"))
+    assert saga.redis_sentinel_nodes == [
+        ("redis-sentinel-0.redis-sentinel", 26379),
+        ("redis-sentinel-1.redis-sentinel", 26379),
+    ]
+    assert saga.redis_sentinel_master == "agentmesh"
+    assert saga.redis_password == "redis-auth/password"
+    assert saga.redis_sentinel_password == "redis-sentinel-auth/sentinel-password"
+
+
+async def test_rendered_sentinel_settings_build_a_sentinel_client() -> None:
+    docs = render(values=("ci/secure-values.yaml",))
+    cfg = load_config("registry", [], environ=daemon_env(docs, "registry"))
+    client = redis_from_config(cfg)
+    try:
+        pool = client.connection_pool
+        assert isinstance(pool, BlockingSentinelConnectionPool)
+        assert pool.service_name == "agentmesh"
+        assert pool.connection_kwargs["db"] == 2  # from rediss://agentmesh@redis/2
+        assert pool.connection_kwargs["password"] == "redis-auth/password"
+    finally:
+        await client.aclose()
+
+
+def test_schema_config_keys_are_exactly_each_daemons_flags() -> None:
+    schema = json.loads((CHART / "values.schema.json").read_text())
+    for daemon in DAEMONS:
+        module = importlib.import_module(f"services.{daemon}.__main__")
+        options = getattr(module, "OPTIONS", None) or module.EXTRA_OPTIONS
+        keys = set(schema["properties"][daemon]["properties"]["config"]["properties"])
+        assert keys == {o.name for o in options}, daemon
+
+
+def test_every_daemon_block_has_the_same_keys() -> None:
+    values = chart_values()
+    shapes = {d: set(values[d]) - {"backend"} for d in DAEMONS}
+    assert len({frozenset(s) for s in shapes.values()}) == 1, shapes
+    assert {
+        "enabled",
+        "replicaCount",
+        "resources",
+        "extraEnv",
+        "ports",
+        "nodeSelector",
+        "tolerations",
+        "autoscaling",
+        "podDisruptionBudget",
+        "config",
+    } <= shapes["bus"]
+
+
+# ---- wrong values fail at install time, with a message that says what to fix
+
+
+@pytest.mark.parametrize(
+    ("sets", "needle"),
+    [
+        (("router.replicaCount=three",), "/router/replicaCount"),
+        (("global.logformat=text",), "logformat"),
+        (("global.logFormat=xml",), "/global/logFormat"),
+        (("saga.config.lease_ttl=5",), "lease_ttl"),
+        (("registry.port=1",), "port"),
+        (("bus.backend=rabbitmq",), "/bus/backend"),
+        (("global.kafka.securityProtocol=TLS",), "securityProtocol"),
+        (("global.kafka.bootstrapServers=kafka",), "bootstrapServers"),
+        (("global.redis.url=localhost:6379",), "/global/redis/url"),
+        (("global.redis.sentinel.hosts[0]=sentinel",), "hosts"),
+        (("global.image.pullPolicy=Sometimes",), "pullPolicy"),
+        (("swarm.ports.grpc=70000",), "/swarm/ports/grpc"),
+        (("global.redis.sentinel.enabled=true",), "global.redis.sentinel.hosts"),
+        (("global.kafka.securityProtocol=SASL_SSL",), "global.kafka.sasl.existingSecret"),
+        (("bus.backend=memory",), "bus.replicaCount to 1"),
+        # Kubernetes env values are strings: an unquoted number is refused here
+        (("bus.extraEnv[0].name=AGENTMESH_READ_AHEAD", "bus.extraEnv[0].value=5"), "value"),
+    ],
+)
+def test_wrong_values_fail_helm_template(sets: tuple[str, ...], needle: str) -> None:
+    assert needle in render_error(*sets)
+
+
+def test_wrong_values_in_a_values_file_fail_too(tmp_path: Any) -> None:
+    bad = tmp_path / "bad-values.yaml"
+    bad.write_text("router:\n  replicas: 3\n")  # the old key: now replicaCount
+    err = render_error(values=(str(bad),))
+    assert "replicas" in err and "not allowed" in err
