@@ -243,7 +243,7 @@ def wait_discoverable(registry_target: str, *, timeout_s: float = 15.0) -> None:
 
 def run_ghz(
     ghz: str, config: Path, target: str, *, total: int | None, concurrency: int | None,
-    max_duration_s: float,
+    max_duration_s: float, extra_args: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run ghz on one config against `target`; returns its JSON report.
 
@@ -257,6 +257,7 @@ def run_ghz(
         cmd += ["--total", str(total)]
     if concurrency is not None:
         cmd += ["--concurrency", str(concurrency), "--connections", "1"]
+    cmd += extra_args or []
     cmd.append(target)
     try:
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=max_duration_s)
@@ -356,8 +357,9 @@ def markdown(rows: list[Row], *, command: str, when: str) -> str:
     lines = [
         "# ghz results",
         "",
-        f"Measured {when} with `{command}` on {os.cpu_count()} cores, everything on one "
-        "machine (ghz, the five daemons, Redis, two noop agents), bus on its memory backend "
+        f"Measured {when} with `{command}` on {os.cpu_count()} cores (load average "
+        f"{os.getloadavg()[0]:.1f} at the end), everything on one machine (ghz, the five "
+        "daemons, Redis, two noop agents), bus on its memory backend "
         "unless AGENTMESH_KAFKA_BOOTSTRAP was set. Latencies in ms; RPS counts every call. "
         "`outcome`: final states of the sagas StartSaga started.",
         "",
@@ -428,6 +430,9 @@ def main(
         help="longest time one ghz process may run, seconds")] = 120.0,
     max_error_ratio: Annotated[float, typer.Option(
         help="a config whose failed/total exceeds this fails the run")] = 0.01,
+    ghz_arg: Annotated[list[str] | None, typer.Option(
+        help="extra ghz flag for every config, repeatable: --ghz-arg=--no-insecure "
+             "--ghz-arg=--cacert=ca.pem (see perf/ghz/README.md)")] = None,
     results_md: Annotated[Path, typer.Option(help="summary table (markdown)")]
     = HERE / "RESULTS.md",
     results_json: Annotated[Path, typer.Option(help="summary rows and ghz's raw summaries")]
@@ -455,7 +460,7 @@ def main(
                 target = targets[daemon_of(doc["call"])]
                 err.print(f"ghz {path.name} → {target} ...")
                 report = run_ghz(ghz, path, target, total=total, concurrency=concurrency,
-                                 max_duration_s=max_duration_s)
+                                 max_duration_s=max_duration_s, extra_args=ghz_arg)
                 row = summarize(path, doc["call"], target, report)
                 if doc["call"].endswith("SagaService.StartSaga"):
                     row.outcomes = saga_outcomes(
