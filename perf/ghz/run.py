@@ -318,7 +318,7 @@ def saga_outcomes(
     with grpc.insecure_channel(saga_target) as ch:
         stub = saga_pb2_grpc.SagaServiceStub(ch)
         while True:
-            states: list[int] = []
+            states: list[saga_pb2.SagaState.ValueType] = []
             token = ""
             while True:  # newest first: stop paging at the first older saga
                 page = stub.ListSagas(saga_pb2.ListSagasRequest(
