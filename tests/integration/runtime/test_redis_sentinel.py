@@ -9,6 +9,7 @@ a failover to the promoted replica.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
 import subprocess
 import time
@@ -62,14 +63,46 @@ def _wait(check: object, what: str, timeout_s: float = 15.0) -> None:
     raise AssertionError(f"{what} not reached in {timeout_s}s (last error: {last})")
 
 
+def wait_replica_promotable(port: int) -> None:
+    """Wait until the sentinel has found the replica (through the master's INFO,
+    every 10 s) and checked it recently: only then does it promote it."""
+    sentinel = redis.Redis(port=port, password=SENTINEL_PASSWORD, socket_timeout=2)
+
+    def replica_usable() -> bool:
+        replicas = sentinel.sentinel_slaves(MASTER_SET)
+        return (
+            len(replicas) == 1
+            and not replicas[0]["is_disconnected"]
+            and int(replicas[0].get("info-refresh", 10**9)) < 5000
+        )
+
+    try:
+        _wait(replica_usable, "sentinel knows the replica", timeout_s=30)
+    finally:
+        sentinel.close()
+
+
 @pytest.fixture
 def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
     server = shutil.which("redis-server")
     if server is None:
         pytest.skip("redis-server not installed (bash .ci/install.sh)")
     master_port, replica_port, sentinel_port = free_ports(3)
-    common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-              "--requirepass", PASSWORD, "--masterauth", PASSWORD]
+    common = [
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--requirepass",
+        PASSWORD,
+        "--masterauth",
+        PASSWORD,
+        # full syncs start at once instead of after the default 5 s batching delay
+        "--repl-diskless-sync-delay",
+        "0",
+    ]
     conf = tmp_path / "sentinel.conf"  # sentinel rewrites its config: it must be writable
     conf.write_text(
         f"port {sentinel_port}\nbind 127.0.0.1\ndir {tmp_path}\n"
@@ -81,8 +114,17 @@ def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
     )
     cmds = [
         [server, "--port", str(master_port), "--dir", str(tmp_path), *common],
-        [server, "--port", str(replica_port), "--dir", str(tmp_path), *common,
-         "--replicaof", "127.0.0.1", str(master_port)],
+        [
+            server,
+            "--port",
+            str(replica_port),
+            "--dir",
+            str(tmp_path),
+            *common,
+            "--replicaof",
+            "127.0.0.1",
+            str(master_port),
+        ],
         [server, str(conf), "--sentinel"],
     ]
     procs: list[subprocess.Popen[bytes]] = []
@@ -93,8 +135,8 @@ def sentinel_setup(tmp_path: Path) -> Iterator[SentinelSetup]:
         replica = redis.Redis(port=replica_port, password=PASSWORD, socket_timeout=2)
         sentinel = redis.Redis(port=sentinel_port, password=SENTINEL_PASSWORD, socket_timeout=2)
         _wait(lambda: replica.info("replication")["master_link_status"] == "up", "replica link")
-        # The sentinel must know the replica too, or it has nothing to promote.
-        _wait(lambda: len(sentinel.sentinel_slaves(MASTER_SET)) == 1, "sentinel sees the replica")
+
+        _wait(lambda: sentinel.sentinel_get_master_addr_by_name(MASTER_SET), "sentinel up")
         replica.close()
         sentinel.close()
         yield SentinelSetup(master_port, replica_port, sentinel_port)
@@ -157,9 +199,20 @@ async def test_client_follows_a_failover_to_the_promoted_replica(
     sentinel = aioredis.Redis(port=sentinel_setup.sentinel_port, password=SENTINEL_PASSWORD)
     promoted_node = aioredis.Redis(port=sentinel_setup.replica_port, password=PASSWORD, db=3)
     try:
+        await asyncio.to_thread(wait_replica_promotable, sentinel_setup.sentinel_port)
         await client.set("am:sentinel:before", b"1")
         assert await client.wait(1, 5000) == 1  # the replica has it before we fail over
-        await sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_SET)
+
+        async def failover_started() -> bool:
+            try:
+                await sentinel.execute_command("SENTINEL", "FAILOVER", MASTER_SET)
+            except ResponseError as exc:  # NOGOODSLAVE until its replica checks are fresh
+                if "NOGOODSLAVE" not in str(exc):
+                    raise
+                return False
+            return True
+
+        await eventually(failover_started, timeout_s=30, every_s=0.5, what="failover accepted")
 
         async def promoted() -> bool:
             _host, port = await sentinel.sentinel_get_master_addr_by_name(MASTER_SET)
@@ -207,9 +260,7 @@ async def test_registry_daemon_serves_with_redis_behind_sentinel(
         await wait_health(proc.target, 1, timeout_s=20)
         async with grpc.aio.insecure_channel(proc.target) as ch:
             await registry_pb2_grpc.RegistryServiceStub(ch).RegisterAgent(
-                registry_pb2.RegisterAgentRequest(
-                    agent=agent("agent-behind-sentinel")
-                ),
+                registry_pb2.RegisterAgentRequest(agent=agent("agent-behind-sentinel")),
                 timeout=10,
             )
     try:
