@@ -99,8 +99,13 @@ async def test_sentinel_settings_build_a_sentinel_managed_blocking_pool() -> Non
         assert (kwargs["db"], kwargs["username"], kwargs["password"]) == (5, "mesh", "fromsecret")
         assert "SSL" in pool.connection_class.__name__  # rediss:// keeps TLS
         sentinels = pool.sentinel_manager.sentinels
-        assert [(s.connection_pool.connection_kwargs["host"],
-                 s.connection_pool.connection_kwargs["password"]) for s in sentinels] == [
+        assert [
+            (
+                s.connection_pool.connection_kwargs["host"],
+                s.connection_pool.connection_kwargs["password"],
+            )
+            for s in sentinels
+        ] == [
             ("s0", "sentinelpw"),
             ("s1", "sentinelpw"),
         ]
