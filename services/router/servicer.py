@@ -70,10 +70,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         self._settings = settings
         self.engine = RouteEngine(self._redis, settings)
         cfg = daemon.config
+        cert, key = cfg.client_cert_pair
         self.invoker = Invoker(
             self.engine,
             lambda target: create_channel(
-                target, token=cfg.auth_token, tls_ca_file=cfg.tls_ca_file
+                target,
+                token=cfg.auth_token,
+                tls_ca_file=cfg.tls_ca_file,
+                client_cert_file=cert,
+                client_key_file=key,
             ),
         )
         self._ok_counters: dict[int, Any] = {}

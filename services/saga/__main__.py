@@ -53,6 +53,8 @@ def build(daemon: Daemon) -> None:
         redis,
         token=cfg.auth_token,
         tls_ca_file=cfg.tls_ca_file,
+        client_cert_file=cfg.client_cert_pair[0],
+        client_key_file=cfg.client_cert_pair[1],
         router_target=cfg.router_target if x["use_router"].lower() in ("1", "true") else "",
     )
     coordinator_id = (

@@ -74,6 +74,8 @@ class AgentCaller:
         redis: the registry's Redis (same instance as the coordinator's).
         token: bearer token for agent calls.
         tls_ca_file: PEM CA for TLS agent endpoints ("" = plaintext).
+        client_cert_file / client_key_file: PEM identity presented to agents
+            and the router that require mTLS ("" = none).
         router_target: router daemon host:port; "" disables the router path.
         endpoint_ttl_ms: how long a resolved agent endpoint is reused.
     """
@@ -84,12 +86,16 @@ class AgentCaller:
         *,
         token: str = "",
         tls_ca_file: str = "",
+        client_cert_file: str = "",
+        client_key_file: str = "",
         router_target: str = "",
         endpoint_ttl_ms: float = 1000.0,
     ) -> None:
         self.r: Any = redis  # redis-py's stubs type replies as bytes | str | ...
         self.token = token
         self.tls_ca_file = tls_ca_file
+        self.client_cert_file = client_cert_file
+        self.client_key_file = client_key_file
         self.router_target = router_target
         self.endpoint_ttl_ms = endpoint_ttl_ms
         self._endpoints: dict[str, tuple[str, float]] = {}
@@ -103,11 +109,21 @@ class AgentCaller:
         for ch in self._channels:
             await ch.close()
 
+    def _channel(self, target: str) -> grpc.aio.Channel:
+        ch = create_channel(
+            target,
+            token=self.token,
+            tls_ca_file=self.tls_ca_file,
+            client_cert_file=self.client_cert_file,
+            client_key_file=self.client_key_file,
+        )
+        self._channels.append(ch)
+        return ch
+
     def _stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         stub = self._stubs.get(endpoint)
         if stub is None:
-            ch = create_channel(endpoint, token=self.token, tls_ca_file=self.tls_ca_file)
-            self._channels.append(ch)
+            ch = self._channel(endpoint)
             stub = self._stubs[endpoint] = agent_pb2_grpc.AgentServiceStub(ch)
         return stub
 
@@ -144,8 +160,7 @@ class AgentCaller:
         from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 
         if self._router is None:
-            ch = create_channel(self.router_target, token=self.token, tls_ca_file=self.tls_ca_file)
-            self._channels.append(ch)
+            ch = self._channel(self.router_target)
             self._router = router_pb2_grpc.RouterServiceStub(ch)
         resp = await self._router.Route(
             router_pb2.RouteRequest(

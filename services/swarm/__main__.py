@@ -37,7 +37,13 @@ def build(daemon: Daemon) -> None:
     x = daemon.config.extra
     redis = daemon.redis()
     store = SwarmStore(redis)
-    pool = AgentPool(token=daemon.config.auth_token, tls_ca_file=daemon.config.tls_ca_file)
+    cert, key = daemon.config.client_cert_pair
+    pool = AgentPool(
+        token=daemon.config.auth_token,
+        tls_ca_file=daemon.config.tls_ca_file,
+        client_cert_file=cert,
+        client_key_file=key,
+    )
     manager = SwarmManager(
         store,
         redis,

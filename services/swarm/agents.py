@@ -27,11 +27,22 @@ class AgentPool:
     Args:
         token: bearer token for calls to agents.
         tls_ca_file: CA for TLS to agents; empty for plaintext.
+        client_cert_file / client_key_file: PEM identity presented to agents
+            that require mTLS; empty for none.
     """
 
-    def __init__(self, *, token: str = "", tls_ca_file: str = "") -> None:
+    def __init__(
+        self,
+        *,
+        token: str = "",
+        tls_ca_file: str = "",
+        client_cert_file: str = "",
+        client_key_file: str = "",
+    ) -> None:
         self._token = token
         self._ca = tls_ca_file
+        self._cert = client_cert_file
+        self._key = client_key_file
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
 
@@ -52,7 +63,12 @@ class AgentPool:
         stub = self._stubs.get(endpoint)
         if stub is None:
             ch = create_channel(
-                endpoint, token=self._token, tls_ca_file=self._ca, propagate=False
+                endpoint,
+                token=self._token,
+                tls_ca_file=self._ca,
+                client_cert_file=self._cert,
+                client_key_file=self._key,
+                propagate=False,
             )
             self._channels[endpoint] = ch
             stub = self._stubs[endpoint] = agent_pb2_grpc.AgentServiceStub(ch)

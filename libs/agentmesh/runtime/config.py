@@ -120,6 +120,20 @@ class ServerConfig:
         return bool(self.tls_cert_file and self.tls_key_file)
 
     @property
+    def client_cert_pair(self) -> tuple[str, str]:
+        """(certificate, key) PEM files this daemon presents on its outgoing TLS calls.
+
+        It is the daemon's own server pair, as in a mesh where each workload has
+        one identity (Istio, Linkerd), so peers that require mTLS accept the
+        daemon's calls to them. ("", "") when outgoing TLS (`tls_ca_file`) or
+        the server pair is not configured; the pair must then carry no
+        extendedKeyUsage or include clientAuth.
+        """
+        if self.tls_ca_file and self.tls_enabled:
+            return self.tls_cert_file, self.tls_key_file
+        return "", ""
+
+    @property
     def redis_sentinel_nodes(self) -> list[tuple[str, int]]:
         """`redis_sentinels` as (host, port) pairs; empty when Sentinel is off.
 

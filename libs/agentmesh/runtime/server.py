@@ -133,9 +133,15 @@ class Daemon:
         return self.config.kafka_bootstrap
 
     def channel(self, target: str) -> grpc.aio.Channel:
-        """An outgoing channel to a peer, with this daemon's token and CA, closed on shutdown."""
+        """An outgoing channel to a peer with this daemon's token, CA and client
+        certificate (`RuntimeConfig.client_cert_pair`), closed on shutdown."""
+        cert, key = self.config.client_cert_pair
         ch = create_channel(
-            target, token=self.config.auth_token, tls_ca_file=self.config.tls_ca_file
+            target,
+            token=self.config.auth_token,
+            tls_ca_file=self.config.tls_ca_file,
+            client_cert_file=cert,
+            client_key_file=key,
         )
         self.on_shutdown(ch.close)
         return ch
