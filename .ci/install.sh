@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent bootstrap for a fresh Debian machine (CI and `make setup`):
-#   1. Debian packages: redis-server, kcat (and a JDK/Maven if absent)
+#   1. Debian packages: redis-server, kcat, shellcheck (and a JDK/Maven if absent)
 #   2. the Python package with dev extras: pip install -e '.[dev]'
 #   3. the Kafka broker jars from Maven Central (deploy/local/kafka/pom.xml)
 #   4. pinned Go tools (deploy/local/tools.sh)
@@ -37,6 +37,7 @@ as_root() {
 pkgs=()
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
 command -v kcat >/dev/null 2>&1 || pkgs+=(kcat)
+command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
 # Kafka 4.x needs Java 17; Maven fetches the broker jars.
 command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
 command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
@@ -53,7 +54,7 @@ if [[ ${#pkgs[@]} -gt 0 ]]; then
     as_root apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${pkgs[@]}"
   fi
 else
-  say "Debian packages present (redis-server, kcat, java, mvn)"
+  say "Debian packages present (redis-server, kcat, shellcheck, java, mvn)"
 fi
 
 # --- 2. Python package -------------------------------------------------------

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make deploy-check`: everything under deploy/, offline.
-#   1. hadolint on deploy/docker/Dockerfile (shellcheck on the entry point when present)
+#   1. hadolint on deploy/docker/Dockerfile (and shellcheck on every shell script; required under CI)
 #   2. helm lint --strict and helm template, with the chart's defaults and with
 #      values-ha.yaml and every ci/*-values.yaml
 #   3. the tests under tests/deploy: rendered objects against the Kubernetes
@@ -35,7 +35,12 @@ done
 say "hadolint deploy/docker/Dockerfile"
 hadolint --failure-threshold style deploy/docker/Dockerfile
 if command -v shellcheck >/dev/null 2>&1; then
-  shellcheck deploy/docker/entrypoint.sh deploy/check.sh
+  say "shellcheck on every shell script of the repository"
+  shellcheck deploy/docker/entrypoint.sh deploy/check.sh deploy/prometheus/check.sh \
+    deploy/local/*.sh .ci/run .ci/install.sh scripts/*.sh
+elif [[ -n "${CI:-}" ]]; then
+  say "shellcheck not found: run bash .ci/install.sh (Debian package shellcheck)"
+  exit 1
 fi
 
 values_files=("" "$chart/values-ha.yaml")
