@@ -3,7 +3,7 @@ grpc.aio server (no interceptors, no Redis), answering at once.
 
     python perf/noop_servers.py registry         DiscoverAgents -> empty response
     python perf/noop_servers.py router           Route -> empty response; RouteBatch ->
-                                                 one empty decision per request
+                                                 one fixed one-target decision per request
     python perf/noop_servers.py agent [AGENT_ID] Execute -> its input (agent id
                                                  default `agent-noop`)
 
@@ -42,8 +42,13 @@ class NoopRouter(router_pb2_grpc.RouterServiceServicer):
         return router_pb2.RouteResponse()
 
     def __init__(self) -> None:
-        # Prebuilt per batch size: the baseline pays only gRPC and serialization.
+        # Prebuilt per batch size: the baseline pays only gRPC and serialization
+        # of an answer the size of the router's (one target per decision).
         self._batches: dict[int, router_pb2.RouteBatchResponse] = {}
+        target = router_pb2.RouteTarget(agent_id="bench-0000", endpoint="10.1.0.0:50100",
+                                        health_score=0.5)
+        self._decision = router_pb2.RouteResponse(
+            targets=[target], strategy=router_pb2.STRATEGY_LEAST_LOADED, cache_hit=True)
 
     async def RouteBatch(
         self, request: router_pb2.RouteBatchRequest, context: Any
@@ -51,7 +56,7 @@ class NoopRouter(router_pb2_grpc.RouterServiceServicer):
         n = len(request.requests)
         if n not in self._batches:
             self._batches[n] = router_pb2.RouteBatchResponse(
-                results=[router_pb2.RouteResult(decision=router_pb2.RouteResponse())] * n
+                results=[router_pb2.RouteResult(decision=self._decision)] * n
             )
         return self._batches[n]
 

@@ -265,7 +265,7 @@ def fmt_num(x: float | None) -> str:
     if x is None:
         return "-"
     a = abs(x)
-    if a >= 1000:
+    if a >= 1000 or float(x).is_integer():  # counts read better without decimals
         return f"{x:,.0f}"
     if a >= 100:
         return f"{x:.0f}"

@@ -6,7 +6,7 @@ RouterService, an echo agent), it measures:
     answering Route with an empty response (ratio; goal >= 0.8);
   * batched (RouteBatch) and streamed (RouteStream) decisions per second
     (goal >= 50,000 routes/s), RouteBatch beside the no-op server answering
-    each batch with as many empty decisions;
+    each batch with as many fixed one-target decisions;
   * the in-process decision rate of each strategy over a pool of 1,000
     targets (RouteEngine.decide, the servicer's code path without gRPC);
   * Invoke's added latency: Router.Invoke vs calling the agent's Execute
@@ -348,7 +348,7 @@ def report(res: dict[str, Any], seconds: float) -> str:
         "",
         "| form | routes/s |",
         "|---|---|",
-        f"| RouteBatch, 1,000 per call, no-op server (empty decisions) | "
+        f"| RouteBatch, 1,000 per call, no-op server (fixed decisions) | "
         f"{res['batch_noop']:,.0f} |",
         f"| RouteBatch, 1,000 per call, LEAST_LOADED (cache hits) | {res['batch_ll']:,.0f} |",
         f"| RouteBatch, 1,000 per call, CONSISTENT_HASH (1,000 keys) | {res['batch_ch']:,.0f} |",
@@ -392,7 +392,7 @@ def figures(res: dict[str, Any]) -> list[Figure]:
         Figure(
             name="router: RouteBatch decisions/s (1,000 per call)",
             value=res["batch_ll"], unit="/s",
-            baseline_name="no-op grpc.aio RouteBatch (empty decisions)",
+            baseline_name="no-op grpc.aio RouteBatch (fixed one-target decisions)",
             baseline_value=res["batch_noop"], goal=">= 50,000 /s",
         ),
         Figure(
