@@ -349,9 +349,13 @@ class KafkaBroker(_ManagedServer):
         port: PLAINTEXT port; None picks a free one on first start. The
             controller listener gets its own free port.
         workdir: directory for config, data, logs and pidfile; None makes a temp dir.
+        sasl_users: when given ({user: password}), the broker also opens a
+            SASL_PLAINTEXT listener (mechanism PLAIN) on `sasl_port` that
+            accepts exactly these users.
 
     Attributes:
         bootstrap: `127.0.0.1:<port>`, for `bootstrap.servers`.
+        sasl_bootstrap: `127.0.0.1:<sasl_port>`, the SASL_PLAINTEXT listener.
         controller_port: the KRaft controller listener port.
         managed: always True; `ExternalKafka` has False.
     """
@@ -364,10 +368,23 @@ class KafkaBroker(_ManagedServer):
     stop_timeout_s = 90.0
 
     def __init__(
-        self, port: int | None = None, workdir: str | os.PathLike[str] | None = None
+        self,
+        port: int | None = None,
+        workdir: str | os.PathLike[str] | None = None,
+        *,
+        sasl_users: dict[str, str] | None = None,
     ) -> None:
         super().__init__(port, workdir)
         self.controller_port = 0
+        self.sasl_users = dict(sasl_users or {})
+        self.sasl_port = 0
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """`127.0.0.1:<sasl_port>`; only with `sasl_users`."""
+        if not self.sasl_port:
+            raise InfraError("KafkaBroker has no SASL listener (sasl_users) or is not started")
+        return f"{LOOPBACK}:{self.sasl_port}"
 
     @property
     def bootstrap(self) -> str:
@@ -383,6 +400,11 @@ class KafkaBroker(_ManagedServer):
         while not self.controller_port or self.controller_port == self.port:
             self.controller_port = free_port()
         env = {"KAFKA_CONTROLLER_PORT": str(self.controller_port)}
+        if self.sasl_users:
+            while self.sasl_port in (0, self.port, self.controller_port):
+                self.sasl_port = free_port()
+            env["KAFKA_SASL_PORT"] = str(self.sasl_port)
+            env["KAFKA_SASL_USERS"] = ",".join(f"{u}:{p}" for u, p in self.sasl_users.items())
         return [str(self.port), str(self.workdir)], env
 
     def _logs(self) -> list[Path]:
