@@ -243,10 +243,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         work = Path(tmp)
         for bench in plan:
             bootstrap = None
+            print(f"=== {bench.label} x{runs}", flush=True)
             if bench.kafka:
                 print("starting a private Kafka broker ...", flush=True)
-                bootstrap = st.enter_context(kafka_broker(work))
-            print(f"=== {bench.label} x{runs}", flush=True)
+                try:
+                    bootstrap = st.enter_context(kafka_broker(work))
+                except Exception as exc:  # the other benchmarks' figures still count
+                    print(f"  FAILED: no Kafka broker ({exc}); run `make setup`", flush=True)
+                    entries += aggregate(bench.label, [None] * runs)
+                    benches.append({"bench": bench.label, "command": "", "runs": runs,
+                                    "failed_runs": runs, "seconds": 0.0})
+                    continue
             got, summary = run_bench(bench, runs=runs, quick=ns.quick, work=work,
                                      bootstrap=bootstrap)
             entries += got
