@@ -8,6 +8,11 @@ from it:
     sys.path.insert(0, str(ROOT))
     from perf.common import closed_loop, percentile  # noqa: E402
 
+Every benchmark also exposes `figures(...) -> list[perf.table.Figure]` (its
+headline figures, each beside the baseline measured in the same run) and takes
+`--json PATH` (`add_json`, `emit_figures`); perf/run_all.py (`make bench`)
+runs each one three times and aggregates those files into perf/results/.
+
 Processes and servers come from the same helpers the integration tests use:
 `tests.procs.DaemonProcess` (waits for the `serving` log line; the baselines
 in perf/noop_servers.py log it too) and `tests.infra.RedisServer`.
