@@ -101,7 +101,7 @@ PLAN: tuple[Bench, ...] = (
     Bench("sdk/bench_agent.py", ("--seconds", "3", "--rounds", "1"),
           ("--seconds", "1", "--rounds", "1")),
     Bench("swarm/bench_pso.py",
-          ("--seeds", "10", "--skip-behaviours", "--skip-ablation", "--partitions", "20000"),
+          ("--seeds", "20", "--skip-behaviours", "--skip-ablation", "--partitions", "20000"),
           ("--seeds", "2", "--iterations", "200", "--skip-behaviours", "--skip-ablation",
            "--partitions", "5000")),
     Bench("swarm/bench_partitions.py", ("--repeat", "1"),

@@ -271,9 +271,9 @@ def fmt_num(x: float | None) -> str:
         return f"{x:.0f}"
     if a >= 10:
         return f"{x:.1f}"
-    if a >= 1 or a == 0:
+    if a >= 1:
         return f"{x:.2f}"
-    return f"{x:.3g}"
+    return f"{x:.2g}" if a >= 0.1 else f"{x:.3g}"
 
 
 def _range(lo: float | None, hi: float | None) -> str:
@@ -298,7 +298,7 @@ def table_rows(entries: Sequence[dict[str, Any]]) -> list[list[str]]:
             f"{fmt_num(e['value'])}{unit}{_range(e['value_min'], e['value_max'])}",
             e["baseline_name"] or "",
             f"{fmt_num(e['baseline_value'])}{unit}" if e["baseline_value"] is not None else "-",
-            (f"{e['ratio']:.2f}x{_range(e['ratio_min'], e['ratio_max'])}"
+            (f"{fmt_num(e['ratio'])}x{_range(e['ratio_min'], e['ratio_max'])}"
              if e["ratio"] is not None else "-"),
             e["goal"] or "",
             met,

@@ -20,6 +20,7 @@ from perf.table import (
     Goal,
     GoalError,
     aggregate,
+    fmt_num,
     markdown_table,
     ratio_of,
     read_figures,
@@ -157,11 +158,20 @@ def test_latest_json_entries_have_the_required_keys_and_types() -> None:
         assert e["value_min"] <= e["value"] <= e["value_max"]
 
 
+@pytest.mark.parametrize(
+    ("x", "text"),
+    [(None, "-"), (0.0, "0"), (3.0, "3"), (1234.5, "1,234"), (123.4, "123"), (12.34, "12.3"),
+     (1.234, "1.23"), (0.7345, "0.73"), (0.03163, "0.0316")],
+)
+def test_fmt_num_keeps_about_three_significant_digits(x: float | None, text: str) -> None:
+    assert fmt_num(x) == text
+
+
 def test_markdown_table_has_one_row_per_entry() -> None:
     entries = aggregate("b", [_run(800, 1000), _run(900, 1000), _run(1000, 1000)])
     lines = markdown_table(entries).splitlines()
     assert len(lines) == 2 + len(entries)
-    assert lines[2].startswith("| rps | 900 RPC/s (800-1,000) | noop | 1,000 RPC/s | 0.90x")
+    assert lines[2].startswith("| rps | 900 RPC/s (800-1,000) | noop | 1,000 RPC/s | 0.9x (0.8-1)")
     assert lines[2].endswith("| >= 0.8x | yes |")
 
 
