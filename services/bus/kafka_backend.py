@@ -41,6 +41,7 @@ from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from agentmesh.runtime.deps import kafka_client_config, kafka_producer_config
+from services.bus import metrics
 from services.bus.backend import (
     Assigned,
     Backend,
@@ -437,8 +438,23 @@ class KafkaBackend(Backend):
         return _KafkaTail(self, topic, on_records)
 
 
+#: Seconds between offset commits of one subscription. Acks move the commit
+#: position one message at a time; committing each move queued one
+#: OffsetCommit request per message, and at tens of thousands of acks per
+#: second that backlog stalled the consumer until its group session expired.
+#: Coalescing keeps one commit in flight per interval, as a Java consumer's
+#: auto-commit of stored offsets does; a crash redelivers at most this much
+#: of acked work (at-least-once either way).
+COMMIT_INTERVAL_S = 0.05
+
+
 class _KafkaSource(Source):
-    """A subscription's consumer thread; commands reach it through a queue."""
+    """A subscription's consumer thread; commands reach it through a queue.
+
+    Commit positions from `commit()` are coalesced per partition and sent at
+    most every `COMMIT_INTERVAL_S`; the ones still pending are committed
+    synchronously before their partitions are revoked and when the source closes.
+    """
 
     def __init__(
         self,
@@ -495,6 +511,10 @@ class _KafkaSource(Source):
         subscribed = False
         next_highs = 0.0
         applied_pause = False
+        # Newest commit position per partition not yet sent; positions only
+        # grow within one assignment, so the latest command wins.
+        pending: dict[TopicPartition, int] = {}
+        next_commit = 0.0
 
         def on_assign(consumer: Consumer, parts: list[KTP]) -> None:
             nonlocal applied_pause
@@ -502,6 +522,14 @@ class _KafkaSource(Source):
             self._post(Assigned([(p.topic, p.partition) for p in parts]))
 
         def on_revoke(consumer: Consumer, parts: list[KTP]) -> None:
+            # Acked work of the partitions going away is committed while this
+            # member still owns them, so the next owner does not redeliver it.
+            gone = {(p.topic, p.partition) for p in parts}
+            flush = {tp: off for tp, off in pending.items() if tp in gone}
+            for tp in flush:
+                del pending[tp]
+            if flush:
+                self._commit(consumer, flush, asynchronous=False)
             self._post(Revoked([(p.topic, p.partition) for p in parts]))
 
         try:
@@ -520,7 +548,12 @@ class _KafkaSource(Source):
                             c.unsubscribe()
                             subscribed = False
                     elif cmd == "commit":
-                        self._commit(c, arg, asynchronous=True)
+                        pending.update(arg)
+                if pending and time.monotonic() >= next_commit:
+                    self._commit(c, pending, asynchronous=True)
+                    metrics.OFFSET_COMMITS.inc()
+                    pending = {}
+                    next_commit = time.monotonic() + COMMIT_INTERVAL_S
                 if not subscribed:
                     time.sleep(0.05)
                     continue
@@ -545,7 +578,9 @@ class _KafkaSource(Source):
                 except queue.Empty:
                     break
                 if cmd == "commit":
-                    self._final = {**arg, **self._final}
+                    pending.update(arg)
+            # close()'s final positions are the subscription's last word.
+            self._final = {**pending, **self._final}
             if self._final:
                 self._commit(c, self._final, asynchronous=False)
             with contextlib.suppress(Exception):

@@ -51,6 +51,10 @@ DEAD_LETTERS = Counter(
 PUBLISH_ERRORS = Counter(
     "message_bus_publish_errors_total", "Publishes that did not return OK, by reason.", ["reason"]
 )
+OFFSET_COMMITS = Counter(
+    "message_bus_offset_commits_total",
+    "OffsetCommit requests sent for subscriptions (coalesced acks; Kafka backend).",
+)
 
 
 class LabelCap:
