@@ -10,7 +10,10 @@ Outlier detection (Envoy's failure-percentage ejection,
 https://www.envoyproxy.io/docs/envoy/latest/intro/arch_overview/upstream/outlier):
 per fixed window of `window_ms`, once a target has `min_requests` calls and a
 failure fraction of at least `failure_rate`, it is ejected for
-`base_ejection_ms * ejection count` (capped at 300 s).
+`base_ejection_ms * ejection count` (capped at 300 s). As in Envoy, the count
+(the ejection-time multiplier) goes down by one for every full window the
+target spends un-ejected, so a target that recovered is not punished with
+the long ejections of its past on its next lapse.
 
 One Lua script applies an outcome atomically, so replicas never lose updates.
 A failure is an outcome that says the agent is unwell (UNAVAILABLE,
@@ -65,7 +68,14 @@ local wstart = tonumber(v[7] or '0')
 local ejected_until = tonumber(v[8] or '0')
 local ejections = tonumber(v[9] or '0')
 if state == 'OPEN' and now >= open_until then state = 'HALF_OPEN'; hs = 0 end
-if now - wstart >= window_ms then ws = 0; wf = 0; wstart = now end
+if now - wstart >= window_ms then
+  -- decay: one less ejection per full window spent un-ejected
+  if ejections > 0 and now >= ejected_until then
+    local healthy = math.floor((now - math.max(wstart, ejected_until)) / window_ms)
+    ejections = math.max(0, ejections - healthy)
+  end
+  ws = 0; wf = 0; wstart = now
+end
 if ok then
   cf = 0
   ws = ws + 1
