@@ -138,6 +138,10 @@ class AgentSettings:
         registry_target: registry `host:port`; empty means do not register.
         redis_url: when set, idempotency results are kept in Redis so dedupe
             survives restarts; otherwise in memory.
+        redis_password: Redis password when it is not in the URL.
+        redis_sentinels / redis_sentinel_master / redis_sentinel_password:
+            reach the Redis master through Sentinel (`host:port,host:port`),
+            as the daemons do (`AGENTMESH_REDIS_SENTINELS`, ...).
         idempotency_ttl_s: how long completed results are kept, seconds.
         heartbeat_interval_s: seconds between heartbeats.
         max_concurrency: calls handled at once; the rest queue (0 = unlimited).
@@ -146,8 +150,11 @@ class AgentSettings:
         token: bearer token presented to the registry.
         tls_ca_file: PEM CA trusted for the registry connection.
         tls_cert_file / tls_key_file: serve AgentService over TLS.
+        tls_client_ca_file: require client certificates signed by this CA
+            (mTLS); the daemons present theirs on calls to agents.
         auth_tokens_file: require bearer tokens from callers (runtime format).
         log_level: logging level name used by `run`.
+        log_format: `json` or `text`, used by `run`.
     """
 
     host: str = "127.0.0.1"
@@ -156,6 +163,10 @@ class AgentSettings:
     metrics_port: int = -1
     registry_target: str = ""
     redis_url: str = ""
+    redis_password: str = ""
+    redis_sentinels: str = ""
+    redis_sentinel_master: str = "mymaster"
+    redis_sentinel_password: str = ""
     idempotency_ttl_s: float = 86_400.0
     heartbeat_interval_s: float = 5.0
     max_concurrency: int = 0
@@ -165,8 +176,10 @@ class AgentSettings:
     tls_ca_file: str = ""
     tls_cert_file: str = ""
     tls_key_file: str = ""
+    tls_client_ca_file: str = ""
     auth_tokens_file: str = ""
     log_level: str = "INFO"
+    log_format: str = "json"
     extra_metadata: dict[str, str] = field(default_factory=dict)
 
 
@@ -690,8 +703,13 @@ class Agent:
             port=s.port,
             metrics_port=s.metrics_port,
             redis_url=s.redis_url or "redis://127.0.0.1:6379/0",
+            redis_password=s.redis_password,
+            redis_sentinels=s.redis_sentinels,
+            redis_sentinel_master=s.redis_sentinel_master,
+            redis_sentinel_password=s.redis_sentinel_password,
             tls_cert_file=s.tls_cert_file,
             tls_key_file=s.tls_key_file,
+            tls_client_ca_file=s.tls_client_ca_file,
             auth_tokens_file=s.auth_tokens_file,
             auth_token=s.token,
             tls_ca_file=s.tls_ca_file,
@@ -813,7 +831,10 @@ class Agent:
         add_arguments(parser, self)
         self.args = parser.parse_args(argv)
         apply_arguments(self.args, self)
-        configure_logging(f"agent:{self.agent_id}", self.settings.log_level)
+        configure_logging(
+            f"agent:{self.agent_id}", self.settings.log_level,
+            log_format=self.settings.log_format,
+        )
         try:
             asyncio.run(self.serve())
         except (AgentMeshError, OSError, ValueError) as e:
@@ -909,6 +930,10 @@ def add_arguments(parser: argparse.ArgumentParser, agent: Agent) -> None:
         ("metrics_port", "Prometheus port (0 = any free, -1 = off)"),
         ("registry_target", "registry host:port (empty = do not register)"),
         ("redis_url", "Redis URL for durable idempotency (empty = in memory)"),
+        ("redis_password", "Redis password when not in the URL"),
+        ("redis_sentinels", "host:port,... of Redis Sentinels (empty = no Sentinel)"),
+        ("redis_sentinel_master", "master set name the sentinels monitor"),
+        ("redis_sentinel_password", "password of the sentinels themselves"),
         ("idempotency_ttl_s", "seconds a completed result is kept"),
         ("heartbeat_interval_s", "seconds between heartbeats"),
         ("max_concurrency", "calls handled at once (0 = unlimited)"),
@@ -918,8 +943,10 @@ def add_arguments(parser: argparse.ArgumentParser, agent: Agent) -> None:
         ("tls_ca_file", "PEM CA for the registry connection"),
         ("tls_cert_file", "PEM server certificate"),
         ("tls_key_file", "PEM server key"),
+        ("tls_client_ca_file", "PEM CA of client certificates; turns mTLS on"),
         ("auth_tokens_file", "JSON token file; turns caller auth on"),
         ("log_level", "log level"),
+        ("log_format", "log format: json or text"),
     ):
         default = getattr(s, name)
         parser.add_argument(

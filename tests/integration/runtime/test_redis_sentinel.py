@@ -269,3 +269,34 @@ async def test_registry_daemon_serves_with_redis_behind_sentinel(
         assert keys, "the registry wrote nothing to the master"
     finally:
         await direct.aclose()
+
+
+async def test_sdk_agent_keeps_its_dedupe_store_behind_sentinel(
+    sentinel_setup: SentinelSetup, tmp_path: Path
+) -> None:
+    from agentmesh.agent import dict_to_struct
+    from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+    from tests.procs import testing_agent
+
+    flags = (
+        "--redis-url", DEAD_URL, "--redis-password", PASSWORD,
+        "--redis-sentinels", f"127.0.0.1:{sentinel_setup.sentinel_port}",
+        "--redis-sentinel-master", MASTER_SET,
+        "--redis-sentinel-password", SENTINEL_PASSWORD,
+    )
+    direct = aioredis.Redis(port=sentinel_setup.master_port, password=PASSWORD, db=3)
+    with testing_agent("noop", tmp_path, *flags).start() as proc:
+        async with grpc.aio.insecure_channel(proc.target) as ch:
+            await agent_pb2_grpc.AgentServiceStub(ch).Execute(
+                agent_pb2.ExecuteRequest(
+                    action="step", input=dict_to_struct({"n": 1}),
+                    idempotency_key="saga-s/one", attempt=1,
+                ),
+                timeout=10,
+            )
+    try:
+        # the completed result sits on the master the sentinel named, in the URL's db
+        keys = [k async for k in direct.scan_iter(match=f"am:agent:{proc.agent_id}:idem:*")]
+        assert keys, "the agent's idempotency store wrote nothing to the master"
+    finally:
+        await direct.aclose()
