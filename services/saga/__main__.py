@@ -14,6 +14,7 @@ from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from services.saga.agents import AgentCaller
 from services.saga.engine import Engine, EngineOptions
 from services.saga.servicer import SagaServicer
+from services.saga.settings import DEFAULT_RETENTION_S, retention_ms
 from services.saga.store import SagaStore
 
 OPTIONS = [
@@ -28,6 +29,11 @@ OPTIONS = [
     ExtraOption("redis_pool_size", "128", "Redis connections for the engine and unary RPCs"),
     ExtraOption("watch_pool_size", "512", "Redis connections for WatchSaga's blocking reads"),
     ExtraOption("use_router", "true", "resolve selector targets through the router's Route"),
+    ExtraOption(
+        "retention_s",
+        str(DEFAULT_RETENTION_S),
+        "keep a finished saga's keys this long after it ends, s; 0 = forever",
+    ),
 ]
 
 
@@ -40,6 +46,7 @@ def build(daemon: Daemon) -> None:
     """Wire the saga coordinator into `daemon`."""
     cfg = daemon.config
     x = cfg.extra
+    keep_ms = retention_ms(x)  # validated first: a bad value stops startup with its message
     # Blocking pools: under load a call waits for a free connection instead of
     # failing with "too many connections".
     redis = _redis(cfg, max_connections=int(x["redis_pool_size"]))
@@ -48,7 +55,7 @@ def build(daemon: Daemon) -> None:
     # blocking XREADs of WatchSaga get their own pool so they never starve the engine
     watch_redis = _redis(cfg, max_connections=int(x["watch_pool_size"]))
     daemon.on_shutdown(watch_redis.aclose)
-    store = SagaStore(redis)
+    store = SagaStore(redis, retention_ms=keep_ms)
     caller = AgentCaller(
         redis,
         token=cfg.auth_token,

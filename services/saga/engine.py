@@ -821,6 +821,12 @@ class Engine:
         while True:
             interval = self.opts.recovery_interval_ms / 1000.0
             await asyncio.sleep(interval * random.uniform(0.5, 1.5))  # spread replicas
+            try:
+                # the retention sweep rides on this loop: every replica runs it, and
+                # pruning twice is harmless (ZREM), so it needs no leader
+                await self.store.prune_expired(limit=500)
+            except Exception:
+                log.exception("retention sweep failed")
             free = self.opts.max_active - len(self.runners) - len(self._starting)
             if free <= 0:
                 continue

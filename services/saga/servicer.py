@@ -266,6 +266,13 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             )
             if not evs:
                 rec_state = await self.store.r.hget(self.store.hkey(request.saga_id), "state")
+                if rec_state is None:
+                    # its retention ran out while we watched (after_sequence was the end)
+                    raise NotFound(
+                        f"saga {request.saga_id!r} not found",
+                        resource_type="saga",
+                        resource_name=request.saga_id,
+                    )
                 if rec_state is not None and rec_state.decode() in _FINAL_NAMES:
                     # the final event was appended between our read and the block
                     evs = await self.store.events(request.saga_id, after_seq=after)

@@ -13,6 +13,19 @@ Keys (prefix `am:saga:`):
   idem:{key}         STRING "<saga_id>\\n<request fingerprint>"
   def:{name}         HASH  latest -> N, v{N} -> serialized SagaDefinition
   defs               ZSET  definition names, score 0 (lexicographic listing)
+  expiry             ZSET  finished sagas with a retention, member
+                           "<id>\\n<final state>\\n<name>", score = expiry (Unix ms)
+
+Retention (Temporal's namespace retention period): the append that records a
+saga's final state also PEXPIREs its `saga:{id}`, `log:{id}` and `idem:{key}`
+(all in the same Lua script, so a saga is never final without its expiry) and
+records the expiry time in `expiry`. The index ZSETs are shared, so nothing
+can expire their members; instead every reader already skips ids whose hash is
+gone (ListSagas, recovery), and `prune_expired` (run by every replica's
+recovery loop) removes due members from the indexes. A sweep rather than
+pruning inside ListSagas: the indexes would otherwise grow whenever nobody
+lists, and a lister never sees an expired saga anyway because its hash is gone.
+Running sagas have no TTL.
 
 Every write that matters is one Lua script, so it is atomic: creating a saga
 (log + hash + indexes + idempotency key), appending events (checks the lease
@@ -111,9 +124,9 @@ return 1
 """
 )
 
-# KEYS: hash, stream, active. ARGV: owner, fence, expected_seq, last_hash,
-# new_state, final, snapshot, snap_seq, saga_id, state index prefix, events...
-# Returns 1, -1 (fenced out) or -2 (sequence conflict).
+# KEYS: hash, stream, active, expiry. ARGV: owner, fence, expected_seq, last_hash,
+# new_state, final, snapshot, snap_seq, saga_id, state index prefix, retention ms
+# (0 = keep), key prefix, events... Returns 1, -1 (fenced out) or -2 (sequence conflict).
 _APPEND = (
     _NOW
     + """
@@ -121,7 +134,7 @@ local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'seq', 'state')
 if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
 if h[3] ~= ARGV[3] then return -2 end
 local seq = tonumber(ARGV[3])
-for i = 11, #ARGV do
+for i = 13, #ARGV do
   seq = seq + 1
   redis.call('XADD', KEYS[2], seq .. '-0', 'pb', ARGV[i])
 end
@@ -134,8 +147,42 @@ end
 if ARGV[6] == '1' then
   redis.call('ZREM', KEYS[3], ARGV[9])
   redis.call('HSET', KEYS[1], 'owner', '', 'lease_until', 0)
+  local keep = tonumber(ARGV[11])
+  if keep > 0 then
+    local m = redis.call('HMGET', KEYS[1], 'name', 'idem')
+    redis.call('PEXPIRE', KEYS[1], keep)
+    redis.call('PEXPIRE', KEYS[2], keep)
+    if m[2] and m[2] ~= '' then
+      -- the idempotency key only if it still names this saga
+      local ik = ARGV[12] .. 'idem:' .. m[2]
+      local cur = redis.call('GET', ik)
+      if cur and string.sub(cur, 1, #ARGV[9] + 1) == ARGV[9] .. '\\n' then
+        redis.call('PEXPIRE', ik, keep)
+      end
+    end
+    redis.call('ZADD', KEYS[4], now + keep, ARGV[9] .. '\\n' .. ARGV[5] .. '\\n' .. (m[1] or ''))
+  end
 end
 return 1
+"""
+)
+
+# KEYS: expiry. ARGV: key prefix, max members. Removes due sagas from the
+# indexes (their own keys have expired by Redis TTL). Returns how many.
+_PRUNE = (
+    _NOW
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+for _, m in ipairs(due) do
+  local id, st, name = string.match(m, '^([^\\n]*)\\n([^\\n]*)\\n(.*)$')
+  if id then
+    redis.call('ZREM', ARGV[1] .. 'idx:all', id)
+    redis.call('ZREM', ARGV[1] .. 'idx:name:' .. name, id)
+    redis.call('ZREM', ARGV[1] .. 'idx:state:' .. st, id)
+  end
+  redis.call('ZREM', KEYS[1], m)
+end
+return #due
 """
 )
 
@@ -183,10 +230,13 @@ class SagaStore:
 
     Args:
         redis: client (decode_responses=False: log entries are bytes).
+        retention_ms: how long a finished saga's keys are kept, ms; 0 = forever.
     """
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, *, retention_ms: int = 0) -> None:
         self.r: Any = redis  # redis-py's stubs type replies as bytes | str | ...
+        self.retention_ms = retention_ms
+        self._prune = redis.register_script(_PRUNE)
         self._create = redis.register_script(_CREATE)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
@@ -295,7 +345,12 @@ class SagaStore:
         """
         res = int(
             await self._append(
-                keys=[self.hkey(lease.saga_id), self.lkey(lease.saga_id), f"{PREFIX}active"],
+                keys=[
+                    self.hkey(lease.saga_id),
+                    self.lkey(lease.saga_id),
+                    f"{PREFIX}active",
+                    f"{PREFIX}expiry",
+                ],
                 args=[
                     lease.owner,
                     lease.fence,
@@ -307,6 +362,8 @@ class SagaStore:
                     snap_seq,
                     lease.saga_id,
                     f"{PREFIX}idx:state:",
+                    self.retention_ms,
+                    PREFIX,
                     *(e.SerializeToString() for e in events),
                 ],
             )
@@ -366,6 +423,14 @@ class SagaStore:
         now_ms = int(time.time() * 1000)
         ids = await self.r.zrangebyscore(f"{PREFIX}active", "-inf", now_ms, start=0, num=limit)
         return [_s(i) for i in ids]
+
+    async def prune_expired(self, *, limit: int = 500) -> int:
+        """Remove up to `limit` sagas whose retention has passed from the indexes.
+
+        Returns:
+            How many were removed (== limit: there may be more).
+        """
+        return int(await self._prune(keys=[f"{PREFIX}expiry"], args=[PREFIX, limit]))
 
     async def page_ids(self, index: str, *, before: str, count: int) -> list[str]:
         """Ids of an index, newest first, strictly older than `before` ("" = newest)."""
