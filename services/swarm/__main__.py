@@ -12,6 +12,7 @@ from services.swarm.manager import SwarmManager
 from services.swarm.optimization import drive_optimization
 from services.swarm.partitions import drive_partitions
 from services.swarm.servicer import SwarmServicer
+from services.swarm.settings import DEFAULT_RETENTION_S, retention_ms
 from services.swarm.store import SwarmStore
 
 OPTIONS = [
@@ -21,6 +22,11 @@ OPTIONS = [
     ExtraOption("record_interval_ms", "200", "minimum time between swarm record updates"),
     ExtraOption("agent_refresh_ms", "1000", "how often drivers re-read the registry's agents"),
     ExtraOption("max_watchers", "256", "Redis connections for WatchSwarm streams (one each)"),
+    ExtraOption(
+        "retention_s",
+        str(DEFAULT_RETENTION_S),
+        "keep a finished swarm's keys this long after it ends, s; 0 = forever",
+    ),
 ]
 
 
@@ -35,8 +41,9 @@ async def drive(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
 def build(daemon: Daemon) -> None:
     """Wire the swarm engine's service into `daemon`."""
     x = daemon.config.extra
+    keep_ms = retention_ms(x)  # validated first: a bad value stops startup with its message
     redis = daemon.redis()
-    store = SwarmStore(redis)
+    store = SwarmStore(redis, retention_ms=keep_ms)
     cert, key = daemon.config.client_cert_pair
     pool = AgentPool(
         token=daemon.config.auth_token,

@@ -120,6 +120,8 @@ class SwarmManager:
                 for sid in await self.store.active_ids():
                     if sid not in self._tasks:
                         await self.try_drive(sid)
+                # the retention sweep rides on this loop (see store.py: why a sweep)
+                await self.store.prune_expired()
             except RedisError as e:
                 log.warning("scan failed", extra={"error": str(e)})
             await asyncio.sleep(self.scan_interval_s)

@@ -19,7 +19,18 @@ key                                type    content
 ``am:swarm:parts:{id}``            HASH    partition index → JSON ``{"agent": id,
                                            "values": {field: number}}``; HSETNX, so a
                                            partition is counted once
+``am:swarm:idx:expiry``            ZSET    finished swarms with a retention, score =
+                                           expiry (Unix ms, Redis clock)
 =================================  ======  ==============================================
+
+Retention (Temporal's namespace retention period): the commit that records a
+terminal state also PEXPIREs the swarm's own keys (record, stats, snapshot,
+fence, ledger) in the same Lua script and records the expiry in
+``idx:expiry``. ``idx:created`` is shared, so its members cannot expire:
+readers already skip ids whose record is gone (ListSwarms' ``get_many``), and
+``prune_expired``, run by every replica's scan loop, drops due ids from it. A
+sweep rather than pruning in ListSwarms because the index would otherwise
+grow whenever nobody lists; removing twice is harmless, so it needs no leader.
 
 Every write a driver makes while it runs a swarm goes through a Lua script
 that first checks that the lease still holds the driver's ``owner|token``, so a
@@ -41,6 +52,7 @@ from agentmesh.swarm.v1 import swarm_pb2
 PREFIX = "am:swarm:"
 CREATED_INDEX = PREFIX + "idx:created"
 ACTIVE_INDEX = PREFIX + "idx:active"
+EXPIRY_INDEX = PREFIX + "idx:expiry"
 #: Approximate number of iterations the stats stream keeps per swarm.
 STATS_RETAINED = 10_000
 
@@ -110,9 +122,10 @@ end
 return 0
 """
 
-# Per-iteration commit. KEYS: lease, swarm, stats, snap, active.
+# Per-iteration commit. KEYS: lease, swarm, stats, snap, active, fence, parts, expiry.
 # ARGV: holder, stats pb, stats maxlen, swarm pb ('' = keep), state name,
-# now ms, snapshot bytes ('' = keep), terminal ('1' = remove from active), swarm id.
+# now ms, snapshot bytes ('' = keep), terminal ('1' = remove from active), swarm id,
+# retention ms (0 = keep forever; applied on the terminal commit).
 # Returns {ok, stop}: ok 0 means the lease is lost and nothing was written.
 _COMMIT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
@@ -122,11 +135,44 @@ end
 if ARGV[4] ~= '' then
   redis.call('HSET', KEYS[2], 'pb', ARGV[4], 'state', ARGV[5], 'updated_ms', ARGV[6])
 end
-if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7]) end
-if ARGV[8] == '1' then redis.call('SREM', KEYS[5], ARGV[9]) end
+-- KEEPTTL: a write after the terminal commit must not make the snapshot immortal
+if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'KEEPTTL') end
+if ARGV[8] == '1' then
+  redis.call('SREM', KEYS[5], ARGV[9])
+  local keep = tonumber(ARGV[10])
+  if keep > 0 then
+    local t = redis.call('TIME')
+    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+    for _, k in ipairs({KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7]}) do
+      redis.call('PEXPIRE', k, keep)
+    end
+    redis.call('ZADD', KEYS[8], now + keep, ARGV[9])
+  end
+end
 local stop = redis.call('HGET', KEYS[2], 'stop')
 if stop == '1' then return {1, 1} end
 return {1, 0}
+"""
+
+# KEYS: expiry, created. ARGV: max ids. Drops swarms whose retention has
+# passed (their own keys are gone by Redis TTL) from the created index.
+_PRUNE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', KEYS[1], id)
+end
+return #due
+"""
+
+# KEYS: swarm. Sets the stop flag only on an existing record, so a StopSwarm that
+# races the record's expiry leaves no stray key behind. Returns 1 or 0.
+_REQUEST_STOP = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], 'stop', '1')
+return 1
 """
 
 # Count a batch of partitions. KEYS: lease, parts; ARGV: holder, then
@@ -187,11 +233,15 @@ class SwarmStore:
 
     Args:
         redis: asyncio client (bytes replies).
+        retention_ms: how long a finished swarm's keys are kept, ms; 0 = forever.
     """
 
-    def __init__(self, redis: aioredis.Redis) -> None:
+    def __init__(self, redis: aioredis.Redis, *, retention_ms: int = 0) -> None:
         # redis-py's stubs type replies as bytes | str; this client returns bytes.
         self.redis: Any = redis
+        self.retention_ms = retention_ms
+        self._prune = redis.register_script(_PRUNE)
+        self._request_stop = redis.register_script(_REQUEST_STOP)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -278,7 +328,15 @@ class SwarmStore:
 
     async def request_stop(self, swarm_id: str) -> None:
         """Flag the swarm so its driver stops after the current iteration."""
-        await self.redis.hset(swarm_key(swarm_id), "stop", "1")
+        await self._request_stop(keys=[swarm_key(swarm_id)])
+
+    async def prune_expired(self, *, limit: int = 500) -> int:
+        """Drop up to `limit` swarms whose retention has passed from ``idx:created``.
+
+        Returns:
+            How many were dropped (== limit: there may be more).
+        """
+        return int(await self._prune(keys=[EXPIRY_INDEX, CREATED_INDEX], args=[limit]))
 
     async def active_ids(self) -> list[str]:
         """Ids of swarms that are PENDING or RUNNING."""
@@ -317,7 +375,16 @@ class SwarmStore:
         sid = lease.swarm_id
         terminal = swarm is not None and swarm.state in TERMINAL_STATES
         ok, stop = await self._commit(
-            keys=[lease_key(sid), swarm_key(sid), stats_key(sid), snapshot_key(sid), ACTIVE_INDEX],
+            keys=[
+                lease_key(sid),
+                swarm_key(sid),
+                stats_key(sid),
+                snapshot_key(sid),
+                ACTIVE_INDEX,
+                fence_key(sid),
+                parts_key(sid),
+                EXPIRY_INDEX,
+            ],
             args=[
                 lease.holder,
                 stats.SerializeToString() if stats is not None else b"",
@@ -328,6 +395,7 @@ class SwarmStore:
                 snapshot,
                 "1" if terminal else "0",
                 sid,
+                self.retention_ms,
             ],
         )
         if not ok:
