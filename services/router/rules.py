@@ -71,9 +71,14 @@ def compile_condition(source: str, field: str) -> Condition:
         ) from e
 
 
+#: Built once: Strategy.values() makes a new list on every call, and Route
+#: checks the strategy of every request.
+_STRATEGIES = frozenset(router_pb2.Strategy.values())
+
+
 def check_strategy(value: int, field: str) -> None:
     """Raises InvalidArgument for a value outside the Strategy enum."""
-    if value not in router_pb2.Strategy.values():
+    if value not in _STRATEGIES:
         raise InvalidArgument(
             f"unknown strategy {value}",
             field_violations={field: f"{value} is not a Strategy"},

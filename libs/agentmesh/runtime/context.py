@@ -5,9 +5,9 @@ threading arguments through every function."""
 from __future__ import annotations
 
 import contextvars
+import os
 import re
 import time
-import uuid
 from dataclasses import dataclass
 
 #: W3C trace-context `traceparent`: version-traceid-parentid-flags.
@@ -45,7 +45,9 @@ deadline_var: contextvars.ContextVar[float | None] = contextvars.ContextVar(
 
 def new_id() -> str:
     """A random 32-hex-digit id, usable as a request id or a W3C trace id."""
-    return uuid.uuid4().hex
+    # 128 random bits straight from the OS: a W3C trace id needs no UUID
+    # version bits, and uuid.uuid4() costs several times as much per RPC.
+    return os.urandom(16).hex()
 
 
 def trace_id_from_metadata(metadata: dict[str, str]) -> str:

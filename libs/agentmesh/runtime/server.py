@@ -8,8 +8,8 @@
     def main() -> None:
         run_daemon("foo", build)
 
-What a daemon gets: a grpc.aio server with the runtime interceptor (ids, auth,
-errors, metrics), `grpc.health.v1` driven by dependency probes, server
+What a daemon gets: a grpc.aio server with the runtime wrapper on every handler
+(ids, auth, errors, metrics), `grpc.health.v1` driven by dependency probes, server
 reflection, Prometheus `/metrics`, JSON logs, TLS/mTLS, and SIGTERM handling:
 NOT_SERVING at once, in-flight RPCs drain within the grace period, then exit.
 """
@@ -39,7 +39,7 @@ from agentmesh.runtime.deps import (
     redis_probe,
 )
 from agentmesh.runtime.health import DependencyMonitor, Probe
-from agentmesh.runtime.interceptors import RuntimeInterceptor
+from agentmesh.runtime.interceptors import RuntimeServer
 from agentmesh.runtime.logs import configure_logging
 from agentmesh.runtime.metrics import serve_metrics
 from agentmesh.runtime.reflection import enable_reflection
@@ -64,8 +64,11 @@ class Daemon:
             else None
         )
         self._draining = asyncio.Event()
-        self.server = grpc.aio.server(
-            interceptors=[RuntimeInterceptor(auth, self._draining)],
+        # Handlers are wrapped as they are registered rather than by a server
+        # interceptor, which grpc.aio would run on every call (see RuntimeServer).
+        self.server: grpc.aio.Server = RuntimeServer(
+            auth,
+            self._draining,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
                 ("grpc.so_reuseport", 0),
