@@ -62,7 +62,7 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
         self, request: coordination_pb2.AcquireLockRequest, context: Ctx
     ) -> coordination_pb2.AcquireLockResponse:
         """See coordination.proto."""
-        metrics.QUERIES.labels("lock").inc()
+        metrics.child(metrics.QUERIES, "lock").inc()
         bad: list[tuple[str, str]] = []
         _name(request.resource, "resource", bad)
         _name(request.owner, "owner", bad)
@@ -139,7 +139,7 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
         self, request: coordination_pb2.CreateProposalRequest, context: Ctx
     ) -> coordination_pb2.CreateProposalResponse:
         """See coordination.proto."""
-        metrics.QUERIES.labels("proposal").inc()
+        metrics.child(metrics.QUERIES, "proposal").inc()
         bad: list[tuple[str, str]] = []
         _name(request.topic, "topic", bad)
         ratio = request.required_approval_ratio

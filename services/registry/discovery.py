@@ -236,9 +236,9 @@ class CatalogMirror:
         now = time.monotonic()
         hit = self._cache.get(key)
         if hit is not None and hit.revision == self.revision and hit.expires > now:
-            metrics.DISCOVERY_CACHE.labels("hit").inc()
+            metrics.child(metrics.DISCOVERY_CACHE, "hit").inc()
             return hit.response
-        metrics.DISCOVERY_CACHE.labels("miss").inc()
+        metrics.child(metrics.DISCOVERY_CACHE, "miss").inc()
         matches = self._match(selector, include_inactive)
         order = discovery_order(selector.preferred_location)
         if max_results and max_results < len(matches):

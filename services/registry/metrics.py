@@ -8,6 +8,9 @@ it is a gauge of how many agents fall in each of 10 fixed health bands,
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 AGENTS = Gauge("registry_agents_total", "Registered agents by status.", ["status"])
@@ -40,3 +43,15 @@ DISCOVERY_CACHE = Counter(
 def band_label(lo: float, hi: float) -> str:
     """"0.3-0.4" style label of a health band."""
     return f"{lo:.1f}-{hi:.1f}"
+
+
+@functools.cache
+def child(metric: Any, *label_values: str) -> Any:
+    """`metric.labels(*label_values)`, looked up once per label set.
+
+    `labels()` takes a lock and builds a key on every call; the per-RPC
+    counters (queries, heartbeats, discovery cache) call it with a few fixed
+    values, so the children are kept. Label sets stay as bounded as the
+    callers' literals.
+    """
+    return metric.labels(*label_values)

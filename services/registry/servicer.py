@@ -82,7 +82,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.RegisterAgentRequest, context: Ctx
     ) -> registry_pb2.RegisterAgentResponse:
         """See registry.proto."""
-        metrics.QUERIES.labels("register").inc()
+        metrics.child(metrics.QUERIES, "register").inc()
         agent = registry_pb2.Agent()
         agent.CopyFrom(request.agent)
         for name in _OUTPUT_ONLY:
@@ -102,7 +102,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.DeregisterAgentRequest, context: Ctx
     ) -> registry_pb2.DeregisterAgentResponse:
         """See registry.proto."""
-        metrics.QUERIES.labels("deregister").inc()
+        metrics.child(metrics.QUERIES, "deregister").inc()
         check_agent_id(request.agent_id)
         authorize_agent(request.agent_id)
         agent = await self.store.deregister(
@@ -119,7 +119,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.GetAgentRequest, context: Ctx
     ) -> registry_pb2.GetAgentResponse:
         """See registry.proto."""
-        metrics.QUERIES.labels("get").inc()
+        metrics.child(metrics.QUERIES, "get").inc()
         check_agent_id(request.agent_id)
         agent = await self.store.get(request.agent_id)
         if agent is None:
@@ -132,7 +132,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.ListAgentsRequest, context: Ctx
     ) -> registry_pb2.ListAgentsResponse:
         """See registry.proto. With a status filter a page may hold fewer than page_size."""
-        metrics.QUERIES.labels("list").inc()
+        metrics.child(metrics.QUERIES, "list").inc()
         if not 0 <= request.page_size <= 1000:
             raise InvalidArgument("bad page_size",
                                   field_violations={"page_size": "must be 0-1000"})
@@ -161,21 +161,21 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         if request.HasField("load"):
             bad = load_violations(request.load)
             if bad:
-                metrics.HEARTBEATS.labels("invalid").inc()
+                metrics.child(metrics.HEARTBEATS, "invalid").inc()
                 raise InvalidArgument("invalid load", field_violations=bad)
         try:
             authorize_agent(request.agent_id)
         except PermissionDenied:
-            metrics.HEARTBEATS.labels("denied").inc()
+            metrics.child(metrics.HEARTBEATS, "denied").inc()
             raise
         out = await self.store.heartbeat(
             request.agent_id, request.load if request.HasField("load") else None
         )
         if out is None:
-            metrics.HEARTBEATS.labels("not_found").inc()
+            metrics.child(metrics.HEARTBEATS, "not_found").inc()
             raise NotFound(f"agent {request.agent_id!r} is not registered; register again",
                            resource_type="agent", resource_name=request.agent_id)
-        metrics.HEARTBEATS.labels("ok").inc()
+        metrics.child(metrics.HEARTBEATS, "ok").inc()
         self.mirror.want(out.revision)
         resp = registry_pb2.HeartbeatResponse(
             status=registry_pb2.AgentStatus.Value("AGENT_STATUS_" + out.status),
@@ -220,14 +220,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 if out is None:
                     r.code = code_pb2.NOT_FOUND
                     r.message = f"agent {agent_id!r} is not registered; register again"
-                    metrics.HEARTBEATS.labels("not_found").inc()
+                    metrics.child(metrics.HEARTBEATS, "not_found").inc()
                 else:
                     ok += 1
                     self.mirror.want(out.revision)
                     r.status = registry_pb2.AgentStatus.Value("AGENT_STATUS_" + out.status)
                     r.health_score = out.health
             if ok:
-                metrics.HEARTBEATS.labels("ok").inc(ok)
+                metrics.child(metrics.HEARTBEATS, "ok").inc(ok)
             yield registry_pb2.HeartbeatStreamResponse(results=results)
 
     @redis_errors.unary
@@ -236,7 +236,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
     ) -> registry_pb2.DiscoverAgentsResponse:
         """See registry.proto."""
         start = time.perf_counter()
-        metrics.QUERIES.labels("discover").inc()
+        metrics.child(metrics.QUERIES, "discover").inc()
         bad = selector_violations(request.selector)
         if request.max_results < 0:
             bad.append(("max_results", "must not be negative"))
@@ -254,7 +254,7 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self, request: registry_pb2.WatchAgentsRequest, context: Ctx
     ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:
         """See registry.proto."""
-        metrics.QUERIES.labels("watch").inc()
+        metrics.child(metrics.QUERIES, "watch").inc()
         bad = selector_violations(request.selector)
         if bad:
             raise InvalidArgument("invalid watch selector", field_violations=bad)

@@ -119,7 +119,7 @@ class Invoker:
             )
         finally:
             inflight[target.agent_id] -= 1
-        metrics.INVOKE_ATTEMPTS.labels(out.code.name).inc()
+        metrics.child(metrics.INVOKE_ATTEMPTS, out.code.name).inc()
         failed = out.code in FAILURE_CODES
         if failed:
             # awaited, so the next attempt already sees an opened breaker

@@ -4,6 +4,9 @@ cardinality stays bounded however many targets there are."""
 
 from __future__ import annotations
 
+import functools
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 _MS_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
@@ -49,3 +52,14 @@ CEL_ERRORS = Counter(
     "routing_rule_eval_errors_total", "Route rule conditions that failed to evaluate."
 )
 PANIC = Counter("routing_panic_total", "Decisions made in panic mode.")
+
+
+@functools.cache
+def child(metric: Any, *label_values: str) -> Any:
+    """`metric.labels(*label_values)`, looked up once per label set.
+
+    `labels()` takes a lock and builds a key on every call; Invoke counts
+    every attempt and outcome, with label values from fixed enums (status
+    codes, strategies), so the children are kept.
+    """
+    return metric.labels(*label_values)

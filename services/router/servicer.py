@@ -186,7 +186,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         except AgentMeshError as e:
             metrics.ROUTING_MESSAGES.labels(label, e.code.name).inc()
             raise
-        metrics.ROUTING_MESSAGES.labels(STRATEGY_LABEL[resp.strategy], "OK").inc()
+        metrics.child(metrics.ROUTING_MESSAGES, STRATEGY_LABEL[resp.strategy], "OK").inc()
         return resp
 
     async def ScatterGather(

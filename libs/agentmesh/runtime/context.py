@@ -52,9 +52,11 @@ def new_id() -> str:
 
 def trace_id_from_metadata(metadata: dict[str, str]) -> str:
     """The trace id from `traceparent` or `x-trace-id`, or a new one."""
-    match = _TRACEPARENT.match(metadata.get("traceparent", ""))
-    if match:
-        return match.group(1)
+    traceparent = metadata.get("traceparent")
+    if traceparent:  # most calls carry none; skip the regex for them
+        match = _TRACEPARENT.match(traceparent)
+        if match:
+            return match.group(1)
     return metadata.get("x-trace-id") or new_id()
 
 
