@@ -9,12 +9,12 @@ import redis.asyncio as aioredis
 
 from agentmesh.runtime.config import ExtraOption, ServerConfig
 from agentmesh.runtime.deps import redis_from_config, redis_probe
+from agentmesh.runtime.retention import retention_ms, retention_option
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from services.saga.agents import AgentCaller
 from services.saga.engine import Engine, EngineOptions
 from services.saga.servicer import SagaServicer
-from services.saga.settings import DEFAULT_RETENTION_S, retention_ms
 from services.saga.store import SagaStore
 
 OPTIONS = [
@@ -29,11 +29,7 @@ OPTIONS = [
     ExtraOption("redis_pool_size", "128", "Redis connections for the engine and unary RPCs"),
     ExtraOption("watch_pool_size", "512", "Redis connections for WatchSaga's blocking reads"),
     ExtraOption("use_router", "true", "resolve selector targets through the router's Route"),
-    ExtraOption(
-        "retention_s",
-        str(DEFAULT_RETENTION_S),
-        "keep a finished saga's keys this long after it ends, s; 0 = forever",
-    ),
+    retention_option("saga"),
 ]
 
 
@@ -46,7 +42,8 @@ def build(daemon: Daemon) -> None:
     """Wire the saga coordinator into `daemon`."""
     cfg = daemon.config
     x = cfg.extra
-    keep_ms = retention_ms(x)  # validated first: a bad value stops startup with its message
+    # validated first: a bad value stops startup with its message
+    keep_ms = retention_ms(x, daemon="saga", records="sagas")
     # Blocking pools: under load a call waits for a free connection instead of
     # failing with "too many connections".
     redis = _redis(cfg, max_connections=int(x["redis_pool_size"]))

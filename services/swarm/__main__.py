@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from agentmesh.runtime.config import ExtraOption
 from agentmesh.runtime.deps import redis_from_config
+from agentmesh.runtime.retention import retention_ms, retention_option
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
 from services.swarm.agents import AgentPool
@@ -12,7 +13,6 @@ from services.swarm.manager import SwarmManager
 from services.swarm.optimization import drive_optimization
 from services.swarm.partitions import drive_partitions
 from services.swarm.servicer import SwarmServicer
-from services.swarm.settings import DEFAULT_RETENTION_S, retention_ms
 from services.swarm.store import SwarmStore
 
 OPTIONS = [
@@ -22,11 +22,7 @@ OPTIONS = [
     ExtraOption("record_interval_ms", "200", "minimum time between swarm record updates"),
     ExtraOption("agent_refresh_ms", "1000", "how often drivers re-read the registry's agents"),
     ExtraOption("max_watchers", "256", "Redis connections for WatchSwarm streams (one each)"),
-    ExtraOption(
-        "retention_s",
-        str(DEFAULT_RETENTION_S),
-        "keep a finished swarm's keys this long after it ends, s; 0 = forever",
-    ),
+    retention_option("swarm"),
 ]
 
 
@@ -41,7 +37,8 @@ async def drive(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
 def build(daemon: Daemon) -> None:
     """Wire the swarm engine's service into `daemon`."""
     x = daemon.config.extra
-    keep_ms = retention_ms(x)  # validated first: a bad value stops startup with its message
+    # validated first: a bad value stops startup with its message
+    keep_ms = retention_ms(x, daemon="swarm", records="swarms")
     redis = daemon.redis()
     store = SwarmStore(redis, retention_ms=keep_ms)
     cert, key = daemon.config.client_cert_pair
