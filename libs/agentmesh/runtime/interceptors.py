@@ -305,8 +305,8 @@ def _wrap_handler(
 
 
 class _WrappedGeneric(grpc.GenericRpcHandler):
-    """A generic handler whose handlers come out wrapped, cached per method
-    (as RuntimeInterceptor caches them)."""
+    """A generic handler whose handlers come out wrapped, cached per known
+    method (as RuntimeInterceptor caches them)."""
 
     def __init__(
         self,
@@ -317,20 +317,22 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         self._inner = inner
         self._auth = auth
         self._drain = drain
-        self._cache: dict[str, grpc.RpcMethodHandler | None] = {}
+        self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler | None:
         """The wrapped handler for the method, or None when the inner one has none."""
         method = handler_call_details.method
-        if method in self._cache:
-            return self._cache[method]
+        wrapped = self._cache.get(method)
+        if wrapped is not None:
+            return wrapped
         handler = self._inner.service(handler_call_details)
-        wrapped = (
-            None if handler is None else _wrap_handler(handler, method, self._auth, self._drain)
-        )
-        self._cache[method] = wrapped
+        if handler is None:
+            # Not cached: method names come from callers, so caching misses
+            # would let a client grow this dict without bound.
+            return None
+        wrapped = self._cache[method] = _wrap_handler(handler, method, self._auth, self._drain)
         return wrapped
 
 
