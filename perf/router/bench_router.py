@@ -52,7 +52,7 @@ from perf.common import (  # noqa: E402
     write_results,
 )
 from perf.table import Figure  # noqa: E402
-from services.router.engine import RouteEngine  # noqa: E402
+from agentmesh.runtime.routing.engine import RouteEngine  # noqa: E402
 from services.router.settings import RouterSettings  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess  # noqa: E402

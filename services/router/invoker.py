@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import grpc
 from google.protobuf import duration_pb2, json_format, struct_pb2
 
-from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.agent.v1 import agent_pb2
 from agentmesh.router.v1 import router_pb2
+from agentmesh.runtime.agents import AgentClient, CallOutcome
 from agentmesh.runtime.context import remaining_s
 from agentmesh.runtime.errors import (
     DeadlineExceeded,
@@ -28,10 +27,9 @@ from agentmesh.runtime.errors import (
     Unavailable,
     from_rpc_error,
 )
+from agentmesh.runtime.routing.candidates import Candidate
 from services.router import aggregate, metrics
-from services.router.candidates import Candidate
-from services.router.engine import RouteEngine
-from services.router.targets import FAILURE_CODES
+from services.router.settings import RouterSettings
 
 R = router_pb2
 RETRYABLE = frozenset(
@@ -61,74 +59,26 @@ def _input_of(msg: router_pb2.RouteMessage) -> struct_pb2.Struct:
     return msg.payload.struct_value
 
 
-@dataclass(slots=True)
-class _Outcome:
-    agent_id: str
-    code: grpc.StatusCode
-    message: str
-    response: agent_pb2.ExecuteResponse | None
-    seconds: float
-    error: grpc.aio.AioRpcError | None = None
-
-
 class Invoker:
-    """Makes Execute calls for Invoke and ScatterGather.
+    """Makes Execute calls for Invoke and ScatterGather, on the one agent path.
 
     Args:
-        engine: the routing engine (decisions and outcome recording).
-        channel_factory: makes an outgoing channel for an endpoint; it must
-            propagate deadlines (see `agentmesh.runtime.channels`).
+        client: the daemon's AgentClient (routing engine, guardrails, channels).
     """
 
-    def __init__(
-        self, engine: RouteEngine, channel_factory: Callable[[str], grpc.aio.Channel]
-    ) -> None:
-        self._engine = engine
-        self._factory = channel_factory
-        self._stubs: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
-        self._channels: list[grpc.aio.Channel] = []
-        self._background: set[asyncio.Task[Any]] = set()
+    def __init__(self, client: AgentClient, settings: RouterSettings) -> None:
+        self._client = client
+        self._engine = client.engine
+        self._settings = settings
 
     async def close(self) -> None:
-        """Close every channel this invoker opened."""
-        for ch in self._channels:
-            await ch.close()
-        self._channels.clear()
-        self._stubs.clear()
-
-    def _stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
-        stub = self._stubs.get(endpoint)
-        if stub is None:
-            ch = self._factory(endpoint)
-            self._channels.append(ch)
-            stub = self._stubs[endpoint] = agent_pb2_grpc.AgentServiceStub(ch)
-        return stub
+        """Close every channel (the client's)."""
+        await self._client.close()
 
     async def _call(
         self, target: Candidate, req: agent_pb2.ExecuteRequest, timeout_s: float | None
-    ) -> _Outcome:
-        inflight = self._engine.picker.inflight
-        inflight[target.agent_id] = inflight.get(target.agent_id, 0) + 1
-        t0 = time.perf_counter()
-        try:
-            resp = await self._stub(target.endpoint).Execute(req, timeout=timeout_s)
-            out = _Outcome(target.agent_id, grpc.StatusCode.OK, "", resp, time.perf_counter() - t0)
-        except grpc.aio.AioRpcError as e:
-            out = _Outcome(
-                target.agent_id, e.code(), e.details() or "", None, time.perf_counter() - t0, e
-            )
-        finally:
-            inflight[target.agent_id] -= 1
-        metrics.child(metrics.INVOKE_ATTEMPTS, out.code.name).inc()
-        failed = out.code in FAILURE_CODES
-        if failed:
-            # awaited, so the next attempt already sees an opened breaker
-            await self._engine.record(target.agent_id, ok=False)
-        else:
-            task = asyncio.create_task(self._engine.record(target.agent_id, ok=True))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
-        return out
+    ) -> CallOutcome:
+        return await self._client.call(target, "Execute", req, timeout_s=timeout_s)
 
     # ---- Invoke -------------------------------------------------------------
     async def invoke(self, req: router_pb2.InvokeRequest) -> router_pb2.InvokeResponse:
@@ -143,7 +93,7 @@ class Invoker:
         if not req.action:
             raise InvalidArgument("action is required", field_violations={"action": "empty"})
         execute_input = _input_of(req.message)
-        s = self._engine.settings
+        s = self._settings
         policy = req.retry_policy
         if policy.max_attempts > MAX_ATTEMPTS:
             raise InvalidArgument(
@@ -173,7 +123,7 @@ class Invoker:
         )
         order = self._engine.failover_order(decision)
         attempts: list[router_pb2.InvokeAttempt] = []
-        last: _Outcome | None = None
+        last: CallOutcome | None = None
         rng = self._engine.picker.rng
         t_start = time.perf_counter()
         for i in range(attempts_max):
@@ -277,7 +227,7 @@ class Invoker:
         budget_s = (
             req.timeout.ToTimedelta().total_seconds()
             if req.HasField("timeout")
-            else self._engine.settings.scatter_timeout_ms / 1000.0
+            else self._settings.scatter_timeout_ms / 1000.0
         )
         budget_s = remaining_s(budget_s) or budget_s
         t0 = time.perf_counter()
@@ -363,7 +313,7 @@ class Invoker:
         execute_input: struct_pb2.Struct,
         budget_s: float,
         agg: int,
-    ) -> dict[str, _Outcome]:
+    ) -> dict[str, CallOutcome]:
         ex = agent_pb2.ExecuteRequest(
             action=req.action,
             input=execute_input,
@@ -373,7 +323,7 @@ class Invoker:
         )
         t0 = time.perf_counter()
         tasks = {asyncio.create_task(self._call(t, ex, budget_s)): t.agent_id for t in targets}
-        outcomes: dict[str, _Outcome] = {}
+        outcomes: dict[str, CallOutcome] = {}
         pending = set(tasks)
         deadline = time.monotonic() + budget_s
         try:
@@ -398,16 +348,17 @@ class Invoker:
 
     @staticmethod
     def _finish(
-        tasks: dict[asyncio.Task[_Outcome], str],
-        outcomes: dict[str, _Outcome],
-        pending: set[asyncio.Task[_Outcome]],
+        tasks: dict[asyncio.Task[CallOutcome], str],
+        outcomes: dict[str, CallOutcome],
+        pending: set[asyncio.Task[CallOutcome]],
         t0: float,
         code: grpc.StatusCode,
-    ) -> dict[str, _Outcome]:
+    ) -> dict[str, CallOutcome]:
         for task in pending:
             aid = tasks[task]
-            outcomes[aid] = _Outcome(
+            outcomes[aid] = CallOutcome(
                 aid,
+                "",
                 code,
                 "no answer before the first success"
                 if code == grpc.StatusCode.CANCELLED

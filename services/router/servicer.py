@@ -13,21 +13,19 @@ import redis
 
 from agentmesh import catalog
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
+from agentmesh.runtime.agents import AgentClient
 from agentmesh.runtime.channels import create_channel
-from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import (
     AgentMeshError,
     InvalidArgument,
     NotFound,
-    ResourceExhausted,
     Unavailable,
 )
+from agentmesh.runtime.routing.engine import STRATEGY_LABEL, Decision
+from agentmesh.runtime.routing.rules import decode_token, encode_token, page_size
 from agentmesh.runtime.server import Daemon
 from services.router import metrics
-from services.router.engine import STRATEGY_LABEL, Decision, RouteEngine
 from services.router.invoker import Invoker
-from services.router.ratelimit import RateLimiter
-from services.router.rules import decode_token, encode_token, page_size
 from services.router.settings import RouterSettings
 
 R = router_pb2
@@ -68,11 +66,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     def __init__(self, daemon: Daemon, settings: RouterSettings) -> None:
         self._redis = daemon.redis()
         self._settings = settings
-        self.engine = RouteEngine(self._redis, settings)
         cfg = daemon.config
         cert, key = cfg.client_cert_pair
-        self.invoker = Invoker(
-            self.engine,
+        self.client = AgentClient.create(
+            self._redis,
+            settings,
             lambda target: create_channel(
                 target,
                 token=cfg.auth_token,
@@ -80,11 +78,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 client_cert_file=cert,
                 client_key_file=key,
             ),
+            identity="router",
         )
+        self.engine = self.client.engine
+        self.invoker = Invoker(self.client, settings)
         self._ok_counters: dict[int, Any] = {}
-        self.limiter = RateLimiter(
-            self._redis, rate_per_s=settings.rate_limit_per_s, burst=settings.rate_limit_burst
-        )
 
     async def start(self) -> None:
         """Load rules, start refreshing candidate pools."""
@@ -97,25 +95,12 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     # ---- admission ------------------------------------------------------------
     async def _admit(self, msg: router_pb2.RouteMessage, *, cost: int = 1) -> None:
-        self.engine.check_size(msg)
-        await self._rate_limit(msg.sender_id, cost)
+        with _redis_errors():
+            await self.client.admit(msg, cost=cost)
 
     async def _rate_limit(self, sender_id: str, cost: int) -> None:
-        if not self.limiter.enabled:
-            return
-        principal = current_principal()
-        identity = principal.identity if principal else (sender_id or "anonymous")
         with _redis_errors():
-            verdict = await self.limiter.take(identity, cost)
-        if not verdict.allowed:
-            metrics.RATE_LIMITED.inc()
-            raise ResourceExhausted(
-                f"rate limit for {identity!r} exceeded "
-                f"({self._settings.rate_limit_per_s}/s, burst {self._settings.rate_limit_burst})",
-                retry_after_s=verdict.retry_after_ms / 1000.0,
-                quota_subject=identity,
-                quota_description=f"{self._settings.rate_limit_per_s} decisions per second",
-            )
+            await self.client.admit(router_pb2.RouteMessage(sender_id=sender_id), cost=cost)
 
     async def _decide(self, req: router_pb2.RouteRequest) -> router_pb2.RouteResponse:
         t0 = time.perf_counter()

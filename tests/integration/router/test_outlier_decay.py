@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from services.router.targets import OutcomePolicy, OutcomeRecorder, TargetState
+from agentmesh.runtime.routing.targets import OutcomePolicy, OutcomeRecorder, TargetState
 
 pytestmark = pytest.mark.integration
 

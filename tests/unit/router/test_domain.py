@@ -11,11 +11,11 @@ from agentmesh.catalog import version_matches
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
 from services.router import aggregate
-from services.router.candidates import Candidate, Eligible, eligible_of
-from services.router.celexpr import CelError, Condition, activation
+from agentmesh.runtime.routing.candidates import Candidate, Eligible, eligible_of
+from agentmesh.runtime.routing.celexpr import CelError, Condition, activation
 from services.router.settings import OPTIONS, RouterSettings
-from services.router.strategies import Picker
-from services.router.targets import TargetState, TargetStates
+from agentmesh.runtime.routing.strategies import Picker
+from agentmesh.runtime.routing.targets import TargetState, TargetStates
 
 
 def cands(n: int, **kw: float) -> list[Candidate]:

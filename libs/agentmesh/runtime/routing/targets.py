@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 
-from services.router import keys
+from agentmesh.runtime.routing import keys
 
 #: Codes that count against a target's health.
 FAILURE_CODES = frozenset(

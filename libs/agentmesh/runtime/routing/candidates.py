@@ -25,9 +25,9 @@ import redis.asyncio as aioredis
 
 from agentmesh import catalog
 from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.routing import keys
+from agentmesh.runtime.routing.targets import TargetState, TargetStates
 from agentmesh.runtime.tasks import cancel_and_wait
-from services.router import keys
-from services.router.targets import TargetState, TargetStates
 
 log = logging.getLogger("agentmesh.router.candidates")
 

@@ -20,9 +20,9 @@ import redis.asyncio as aioredis
 
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound
-from services.router import keys
-from services.router.candidates import PoolSpec
-from services.router.celexpr import CelError, Condition
+from agentmesh.runtime.routing import keys
+from agentmesh.runtime.routing.candidates import PoolSpec
+from agentmesh.runtime.routing.celexpr import CelError, Condition
 
 T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
-from services.router import keys
+from agentmesh.runtime.routing import keys
 
 # KEYS[1] bucket; ARGV: rate per s, burst, cost. Returns {allowed, retry_after_ms}.
 _TAKE = """

@@ -12,7 +12,7 @@ from collections.abc import Container
 
 import redis.asyncio as aioredis
 
-from services.router import keys
+from agentmesh.runtime.routing import keys
 
 # KEYS[1] binding; ARGV: proposed, ttl_ms, expected current ("" = none).
 # Returns the bound agent id.

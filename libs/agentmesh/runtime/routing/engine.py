@@ -28,15 +28,20 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from agentmesh.runtime.routing import metrics
+from agentmesh.runtime.routing.affinity import AffinityStore
+from agentmesh.runtime.routing.candidates import Candidate, Eligible, PoolSpec, PoolStore
+from agentmesh.runtime.routing.celexpr import activation
+from agentmesh.runtime.routing.rules import CompiledRule, RuleStore, check_strategy
+from agentmesh.runtime.routing.settings import RoutingSettings
+from agentmesh.runtime.routing.strategies import Picker
+from agentmesh.runtime.routing.targets import (
+    OutcomePolicy,
+    OutcomeRecorder,
+    TargetState,
+    TargetStates,
+)
 from agentmesh.runtime.tasks import cancel_and_wait
-from services.router import metrics
-from services.router.affinity import AffinityStore
-from services.router.candidates import Candidate, Eligible, PoolSpec, PoolStore
-from services.router.celexpr import activation
-from services.router.rules import CompiledRule, RuleStore, check_strategy
-from services.router.settings import RouterSettings
-from services.router.strategies import Picker
-from services.router.targets import OutcomePolicy, OutcomeRecorder, TargetState, TargetStates
 
 log = logging.getLogger("agentmesh.router.engine")
 
@@ -121,7 +126,7 @@ class RouteEngine:
     """
 
     def __init__(
-        self, redis: aioredis.Redis, settings: RouterSettings, *, seed: int | None = None
+        self, redis: aioredis.Redis, settings: RoutingSettings, *, seed: int | None = None
     ) -> None:
         self.settings = settings
         self.redis = redis
@@ -241,8 +246,16 @@ class RouteEngine:
             )
         return [v for v in violations if v not in blocking]
 
-    async def decide(self, req: R.RouteRequest, *, allow_broadcast: bool = True) -> Decision:
+    async def decide(
+        self, req: R.RouteRequest, *, allow_broadcast: bool = True, enforce_safety: bool = True
+    ) -> Decision:
         """Route one message.
+
+        Args:
+            req: the message and the requested strategy.
+            allow_broadcast: False refuses STRATEGY_BROADCAST (Invoke).
+            enforce_safety: False skips the safety rules (compensations,
+                which undo an effect that already passed them).
 
         Raises:
             InvalidArgument: unknown strategy, missing keys, bad selector.
@@ -254,7 +267,7 @@ class RouteEngine:
         if req.strategy:
             check_strategy(req.strategy, "strategy")
         entry, hit = self._resolve(msg, req.strategy)
-        if entry.violations or entry.blocking:
+        if enforce_safety and (entry.violations or entry.blocking):
             self._enforce([*entry.blocking, *entry.violations])
         rule = entry.rule
         strategy = req.strategy or (rule.rule.strategy if rule else None) or self.default_strategy

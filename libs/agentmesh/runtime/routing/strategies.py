@@ -17,7 +17,7 @@ from itertools import accumulate
 from uhashring import HashRing
 
 from agentmesh.common.v1 import common_pb2
-from services.router.candidates import Candidate, Eligible
+from agentmesh.runtime.routing.candidates import Candidate, Eligible
 
 #: Load-factor weights: queue utilisation, processing time, error rate.
 W_QUEUE, W_TIME, W_ERRORS = 0.5, 0.2, 0.3
