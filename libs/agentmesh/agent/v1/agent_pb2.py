@@ -22,11 +22,12 @@ _runtime_version.ValidateProtobufRuntimeVersion(
 _sym_db = _symbol_database.Default()
 
 
+from agentmesh.common.v1 import options_pb2 as agentmesh_dot_common_dot_v1_dot_options__pb2
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentmesh/agent/v1/agent.proto\x12\x12\x61gentmesh.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xe7\x01\n\x0e\x45xecuteRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.agentmesh.agent.v1.ExecuteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\x0f\x45xecuteResponse\x12\'\n\x06output\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x36\n\x13processing_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\x9f\x02\n\x11\x43ompensateRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0foriginal_output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x45\n\x08metadata\x18\x06 \x03(\x0b\x32\x33.agentmesh.agent.v1.CompensateRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x12\x43ompensateResponse\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x01\n\x0f\x45valuateRequest\x12\x11\n\tobjective\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x11\n\tpositions\x18\x03 \x03(\x01\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08swarm_id\x18\x05 \x01(\t\"#\n\x10\x45valuateResponse\x12\x0f\n\x07\x66itness\x18\x01 \x03(\x01\x32\x96\x02\n\x0c\x41gentService\x12R\n\x07\x45xecute\x12\".agentmesh.agent.v1.ExecuteRequest\x1a#.agentmesh.agent.v1.ExecuteResponse\x12[\n\nCompensate\x12%.agentmesh.agent.v1.CompensateRequest\x1a&.agentmesh.agent.v1.CompensateResponse\x12U\n\x08\x45valuate\x12#.agentmesh.agent.v1.EvaluateRequest\x1a$.agentmesh.agent.v1.EvaluateResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentmesh/agent/v1/agent.proto\x12\x12\x61gentmesh.agent.v1\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xe7\x01\n\x0e\x45xecuteRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x03 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x04 \x01(\r\x12\x42\n\x08metadata\x18\x05 \x03(\x0b\x32\x30.agentmesh.agent.v1.ExecuteRequest.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9a\x01\n\x0f\x45xecuteResponse\x12\'\n\x06output\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x02 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x03 \x01(\t\x12\x36\n\x13processing_duration\x18\x04 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xc4\x02\n\x11\x43ompensateRequest\x12\x0e\n\x06\x61\x63tion\x18\x01 \x01(\t\x12&\n\x05input\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x30\n\x0foriginal_output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x17\n\x0fidempotency_key\x18\x04 \x01(\t\x12\x0f\n\x07\x61ttempt\x18\x05 \x01(\r\x12\x45\n\x08metadata\x18\x06 \x03(\x0b\x32\x33.agentmesh.agent.v1.CompensateRequest.MetadataEntry\x12#\n\x1b\x63ompensated_idempotency_key\x18\x07 \x01(\t\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"e\n\x12\x43ompensateResponse\x12\x14\n\x0c\x64\x65\x64uplicated\x18\x01 \x01(\x08\x12\x10\n\x08\x61gent_id\x18\x02 \x01(\t\x12\'\n\x06output\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\"\x8a\x01\n\x0f\x45valuateRequest\x12\x11\n\tobjective\x18\x01 \x01(\t\x12\x12\n\ndimensions\x18\x02 \x01(\r\x12\x11\n\tpositions\x18\x03 \x03(\x01\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x10\n\x08swarm_id\x18\x05 \x01(\t\"#\n\x10\x45valuateResponse\x12\x0f\n\x07\x66itness\x18\x01 \x03(\x01\x32\xcb\x02\n\x0c\x41gentService\x12j\n\x07\x45xecute\x12\".agentmesh.agent.v1.ExecuteRequest\x1a#.agentmesh.agent.v1.ExecuteResponse\"\x16\x90\x02\x00\xf2\xb5\x18\x0fidempotency_key\x12s\n\nCompensate\x12%.agentmesh.agent.v1.CompensateRequest\x1a&.agentmesh.agent.v1.CompensateResponse\"\x16\x90\x02\x00\xf2\xb5\x18\x0fidempotency_key\x12Z\n\x08\x45valuate\x12#.agentmesh.agent.v1.EvaluateRequest\x1a$.agentmesh.agent.v1.EvaluateResponse\"\x03\x90\x02\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,22 +38,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_COMPENSATEREQUEST_METADATAENTRY']._loaded_options = None
   _globals['_COMPENSATEREQUEST_METADATAENTRY']._serialized_options = b'8\001'
-  _globals['_EXECUTEREQUEST']._serialized_start=117
-  _globals['_EXECUTEREQUEST']._serialized_end=348
-  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_start=301
-  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_end=348
-  _globals['_EXECUTERESPONSE']._serialized_start=351
-  _globals['_EXECUTERESPONSE']._serialized_end=505
-  _globals['_COMPENSATEREQUEST']._serialized_start=508
-  _globals['_COMPENSATEREQUEST']._serialized_end=795
-  _globals['_COMPENSATEREQUEST_METADATAENTRY']._serialized_start=301
-  _globals['_COMPENSATEREQUEST_METADATAENTRY']._serialized_end=348
-  _globals['_COMPENSATERESPONSE']._serialized_start=797
-  _globals['_COMPENSATERESPONSE']._serialized_end=898
-  _globals['_EVALUATEREQUEST']._serialized_start=901
-  _globals['_EVALUATEREQUEST']._serialized_end=1039
-  _globals['_EVALUATERESPONSE']._serialized_start=1041
-  _globals['_EVALUATERESPONSE']._serialized_end=1076
-  _globals['_AGENTSERVICE']._serialized_start=1079
-  _globals['_AGENTSERVICE']._serialized_end=1357
+  _globals['_AGENTSERVICE'].methods_by_name['Execute']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['Execute']._serialized_options = b'\220\002\000\362\265\030\017idempotency_key'
+  _globals['_AGENTSERVICE'].methods_by_name['Compensate']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['Compensate']._serialized_options = b'\220\002\000\362\265\030\017idempotency_key'
+  _globals['_AGENTSERVICE'].methods_by_name['Evaluate']._loaded_options = None
+  _globals['_AGENTSERVICE'].methods_by_name['Evaluate']._serialized_options = b'\220\002\001'
+  _globals['_EXECUTEREQUEST']._serialized_start=152
+  _globals['_EXECUTEREQUEST']._serialized_end=383
+  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_start=336
+  _globals['_EXECUTEREQUEST_METADATAENTRY']._serialized_end=383
+  _globals['_EXECUTERESPONSE']._serialized_start=386
+  _globals['_EXECUTERESPONSE']._serialized_end=540
+  _globals['_COMPENSATEREQUEST']._serialized_start=543
+  _globals['_COMPENSATEREQUEST']._serialized_end=867
+  _globals['_COMPENSATEREQUEST_METADATAENTRY']._serialized_start=336
+  _globals['_COMPENSATEREQUEST_METADATAENTRY']._serialized_end=383
+  _globals['_COMPENSATERESPONSE']._serialized_start=869
+  _globals['_COMPENSATERESPONSE']._serialized_end=970
+  _globals['_EVALUATEREQUEST']._serialized_start=973
+  _globals['_EVALUATEREQUEST']._serialized_end=1111
+  _globals['_EVALUATERESPONSE']._serialized_start=1113
+  _globals['_EVALUATERESPONSE']._serialized_end=1148
+  _globals['_AGENTSERVICE']._serialized_start=1151
+  _globals['_AGENTSERVICE']._serialized_end=1482
 # @@protoc_insertion_point(module_scope)

@@ -154,12 +154,23 @@ class CompensateRequest(_message.Message):
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     ATTEMPT_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    COMPENSATED_IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """The compensation action name."""
     idempotency_key: _builtins.str
-    """Stable key, the same on every attempt: for saga steps "<saga_id>/<step>/compensate"."""
+    """Stable key of this compensation, the same on every attempt: for saga
+    steps "<saga_id>/<step>/compensate". It stays `compensated_idempotency_key`
+    + "/compensate" on the wire, so agents that predate that field still
+    find the Execute to fence by stripping the suffix.
+    """
     attempt: _builtins.int
     """Attempt number, starting at 1."""
+    compensated_idempotency_key: _builtins.str
+    """The `idempotency_key` of the Execute this compensation undoes, e.g.
+    "<saga_id>/<step>". The agent fences that Execute (see Compensate). Empty
+    from older callers: the agent then strips "/compensate" from
+    `idempotency_key`, and fences nothing when the key has no such suffix.
+    """
     @_builtins.property
     def input(self) -> _struct_pb2.Struct:
         """Input of the compensation, usually the step's input."""
@@ -181,10 +192,11 @@ class CompensateRequest(_message.Message):
         idempotency_key: _builtins.str = ...,
         attempt: _builtins.int = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        compensated_idempotency_key: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["input", b"input", "original_output", b"original_output"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "idempotency_key", b"idempotency_key", "input", b"input", "metadata", b"metadata", "original_output", b"original_output"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "attempt", b"attempt", "compensated_idempotency_key", b"compensated_idempotency_key", "idempotency_key", b"idempotency_key", "input", b"input", "metadata", b"metadata", "original_output", b"original_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

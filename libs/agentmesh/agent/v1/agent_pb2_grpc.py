@@ -30,6 +30,12 @@ class AgentServiceStub:
     router, the saga coordinator and the swarm engine call agents through it.
     Calls carry the caller's remaining deadline; an agent should stop work and
     return DEADLINE_EXCEEDED when it runs out.
+
+    Retry safety: Execute and Compensate take effect once per non-empty
+    `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+    one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+    google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+    IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
     """
 
     def __init__(self, channel):
@@ -60,6 +66,12 @@ class AgentServiceServicer:
     router, the saga coordinator and the swarm engine call agents through it.
     Calls carry the caller's remaining deadline; an agent should stop work and
     return DEADLINE_EXCEEDED when it runs out.
+
+    Retry safety: Execute and Compensate take effect once per non-empty
+    `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+    one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+    google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+    IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
     """
 
     def Execute(self, request, context):
@@ -77,8 +89,13 @@ class AgentServiceServicer:
     def Compensate(self, request, context):
         """Compensate undoes the effect of an earlier Execute. It is idempotent by
         `idempotency_key` like Execute, and compensating an action that never ran
-        is a successful no-op.
-        Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE, DEADLINE_EXCEEDED.
+        is a successful no-op. When `compensated_idempotency_key` names the
+        Execute it undoes (older callers: `idempotency_key` is that key plus
+        "/compensate"), the agent fences it: it waits for that Execute if it is
+        still running, and from then on refuses it (ABORTED, reason COMPENSATED).
+        Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE (reason
+        EXECUTE_IN_FLIGHT when the deadline came while it waited for the Execute;
+        retry with the same key), DEADLINE_EXCEEDED.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -123,6 +140,12 @@ class AgentService:
     router, the saga coordinator and the swarm engine call agents through it.
     Calls carry the caller's remaining deadline; an agent should stop work and
     return DEADLINE_EXCEEDED when it runs out.
+
+    Retry safety: Execute and Compensate take effect once per non-empty
+    `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+    one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+    google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+    IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
     """
 
     @staticmethod

@@ -31,6 +31,12 @@ class AgentServiceStub:
     router, the saga coordinator and the swarm engine call agents through it.
     Calls carry the caller's remaining deadline; an agent should stop work and
     return DEADLINE_EXCEEDED when it runs out.
+
+    Retry safety: Execute and Compensate take effect once per non-empty
+    `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+    one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+    google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+    IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
     """
 
     @_typing.overload
@@ -48,8 +54,13 @@ class AgentServiceStub:
     Compensate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.CompensateRequest, _agent_pb2.CompensateResponse]
     """Compensate undoes the effect of an earlier Execute. It is idempotent by
     `idempotency_key` like Execute, and compensating an action that never ran
-    is a successful no-op.
-    Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE, DEADLINE_EXCEEDED.
+    is a successful no-op. When `compensated_idempotency_key` names the
+    Execute it undoes (older callers: `idempotency_key` is that key plus
+    "/compensate"), the agent fences it: it waits for that Execute if it is
+    still running, and from then on refuses it (ABORTED, reason COMPENSATED).
+    Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE (reason
+    EXECUTE_IN_FLIGHT when the deadline came while it waited for the Execute;
+    retry with the same key), DEADLINE_EXCEEDED.
     """
     Evaluate: _grpc.UnaryUnaryMultiCallable[_agent_pb2.EvaluateRequest, _agent_pb2.EvaluateResponse]
     """Evaluate scores a batch of positions for the swarm engine; it must be pure.
@@ -62,6 +73,12 @@ class AgentServiceAsyncStub(AgentServiceStub):
     router, the saga coordinator and the swarm engine call agents through it.
     Calls carry the caller's remaining deadline; an agent should stop work and
     return DEADLINE_EXCEEDED when it runs out.
+
+    Retry safety: Execute and Compensate take effect once per non-empty
+    `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+    one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+    google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+    IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
     """
 
     def __init__(self, channel: _aio.Channel) -> None: ...
@@ -76,8 +93,13 @@ class AgentServiceAsyncStub(AgentServiceStub):
     Compensate: _aio.UnaryUnaryMultiCallable[_agent_pb2.CompensateRequest, _agent_pb2.CompensateResponse]  # type: ignore[assignment]
     """Compensate undoes the effect of an earlier Execute. It is idempotent by
     `idempotency_key` like Execute, and compensating an action that never ran
-    is a successful no-op.
-    Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE, DEADLINE_EXCEEDED.
+    is a successful no-op. When `compensated_idempotency_key` names the
+    Execute it undoes (older callers: `idempotency_key` is that key plus
+    "/compensate"), the agent fences it: it waits for that Execute if it is
+    still running, and from then on refuses it (ABORTED, reason COMPENSATED).
+    Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE (reason
+    EXECUTE_IN_FLIGHT when the deadline came while it waited for the Execute;
+    retry with the same key), DEADLINE_EXCEEDED.
     """
     Evaluate: _aio.UnaryUnaryMultiCallable[_agent_pb2.EvaluateRequest, _agent_pb2.EvaluateResponse]  # type: ignore[assignment]
     """Evaluate scores a batch of positions for the swarm engine; it must be pure.
@@ -89,6 +111,12 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     router, the saga coordinator and the swarm engine call agents through it.
     Calls carry the caller's remaining deadline; an agent should stop work and
     return DEADLINE_EXCEEDED when it runs out.
+
+    Retry safety: Execute and Compensate take effect once per non-empty
+    `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+    one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+    google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+    IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
     """
 
     @_abc_1.abstractmethod
@@ -113,8 +141,13 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_pb2.CompensateResponse, _abc.Awaitable[_agent_pb2.CompensateResponse]]:
         """Compensate undoes the effect of an earlier Execute. It is idempotent by
         `idempotency_key` like Execute, and compensating an action that never ran
-        is a successful no-op.
-        Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE, DEADLINE_EXCEEDED.
+        is a successful no-op. When `compensated_idempotency_key` names the
+        Execute it undoes (older callers: `idempotency_key` is that key plus
+        "/compensate"), the agent fences it: it waits for that Execute if it is
+        still running, and from then on refuses it (ABORTED, reason COMPENSATED).
+        Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE (reason
+        EXECUTE_IN_FLIGHT when the deadline came while it waited for the Execute;
+        retry with the same key), DEADLINE_EXCEEDED.
         """
 
     @_abc_1.abstractmethod

@@ -55,6 +55,125 @@ PRIORITY_CRITICAL: Priority.ValueType  # 4
 """Served first; routed only to the healthiest pool."""
 Global___Priority: _TypeAlias = Priority  # noqa: Y015
 
+class _ErrorReason:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ErrorReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorReason.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ERROR_REASON_UNSPECIFIED: _ErrorReason.ValueType  # 0
+    """No reason given, or one this caller does not know."""
+    ERROR_REASON_COMPENSATED: _ErrorReason.ValueType  # 1
+    """ABORTED: an Execute whose idempotency key was already compensated; the
+    action did not run and never will for that key. Not retryable.
+    """
+    ERROR_REASON_EXECUTE_IN_FLIGHT: _ErrorReason.ValueType  # 2
+    """UNAVAILABLE: a Compensate whose deadline came while it still waited for
+    the Execute it undoes; the compensation runs when that ends and a retry
+    with the same key joins it or reads its result. Retryable.
+    """
+    ERROR_REASON_NO_HEALTHY_TARGET: _ErrorReason.ValueType  # 3
+    """UNAVAILABLE: no healthy agent matched the request; nothing was called."""
+    ERROR_REASON_REDIS_DOWN: _ErrorReason.ValueType  # 4
+    """UNAVAILABLE: Redis is unreachable or timed out."""
+    ERROR_REASON_KAFKA_DOWN: _ErrorReason.ValueType  # 5
+    """UNAVAILABLE: Kafka is unreachable or refused the write."""
+    ERROR_REASON_KAFKA_QUEUE_FULL: _ErrorReason.ValueType  # 6
+    """UNAVAILABLE: the producer's local queue is full; nothing was sent."""
+    ERROR_REASON_UNKNOWN_OUTCOME: _ErrorReason.ValueType  # 7
+    """UNAVAILABLE: a write timed out in flight; it may or may not have taken
+    effect. Retry only a call that is idempotent (by method or by key).
+    """
+    ERROR_REASON_ATTEMPTS_EXHAUSTED: _ErrorReason.ValueType  # 8
+    """UNAVAILABLE: the server already retried the call (router Invoke) and every
+    attempt failed; retrying again here would multiply the attempts.
+    """
+    ERROR_REASON_INSUFFICIENT_RESPONSES: _ErrorReason.ValueType  # 9
+    """UNAVAILABLE: fewer agents than `min_responses` answered a scatter-gather."""
+    ERROR_REASON_NO_MATCHING_RULE: _ErrorReason.ValueType  # 10
+    """A route rule was required and none matched the message."""
+    ERROR_REASON_SAFETY_VIOLATION: _ErrorReason.ValueType  # 11
+    """FAILED_PRECONDITION: a CRITICAL safety rule blocked the payload."""
+    ERROR_REASON_RATE_LIMITED: _ErrorReason.ValueType  # 12
+    """RESOURCE_EXHAUSTED: the caller is over its rate limit; nothing ran."""
+    ERROR_REASON_CIRCUIT_OPEN: _ErrorReason.ValueType  # 13
+    """UNAVAILABLE: the target's circuit breaker is open; nothing was called."""
+    ERROR_REASON_IDEMPOTENCY_STORE_DOWN: _ErrorReason.ValueType  # 14
+    """UNAVAILABLE: an agent cannot read or write its idempotency store."""
+    ERROR_REASON_AGENT_DEPENDENCY_DOWN: _ErrorReason.ValueType  # 15
+    """UNAVAILABLE: an action failed because a dependency of the agent (its
+    database, an API) is unreachable; the action may have partly run.
+    """
+    ERROR_REASON_INJECTED: _ErrorReason.ValueType  # 16
+    """A failure injected on purpose by a test or chaos agent."""
+    ERROR_REASON_KAFKA_ERROR: _ErrorReason.ValueType  # 17
+    """UNAVAILABLE: the broker refused a write for a reason other than the ones above."""
+    ERROR_REASON_MESSAGE_TOO_LARGE: _ErrorReason.ValueType  # 18
+    """RESOURCE_EXHAUSTED: a message is over the size limit; resending it cannot succeed."""
+
+class ErrorReason(_ErrorReason, metaclass=_ErrorReasonEnumTypeWrapper):
+    """ErrorReason names why a call failed, in every language of the mesh. It
+    travels as `google.rpc.ErrorInfo.reason` in the status details
+    (`grpc-status-details-bin`), spelled as the value's name without the
+    `ERROR_REASON_` prefix (ERROR_REASON_NO_HEALTHY_TARGET travels as
+    "NO_HEALTHY_TARGET"), with `ErrorInfo.domain` "agentmesh.io" (AIP-193).
+    The status code says what kind of failure it is; the reason says which one,
+    so callers decide on retries and fences by this value, never by the status
+    message text. A reason a caller does not know reads as UNSPECIFIED: decide
+    by the status code and the method's idempotency_level alone.
+    """
+
+ERROR_REASON_UNSPECIFIED: ErrorReason.ValueType  # 0
+"""No reason given, or one this caller does not know."""
+ERROR_REASON_COMPENSATED: ErrorReason.ValueType  # 1
+"""ABORTED: an Execute whose idempotency key was already compensated; the
+action did not run and never will for that key. Not retryable.
+"""
+ERROR_REASON_EXECUTE_IN_FLIGHT: ErrorReason.ValueType  # 2
+"""UNAVAILABLE: a Compensate whose deadline came while it still waited for
+the Execute it undoes; the compensation runs when that ends and a retry
+with the same key joins it or reads its result. Retryable.
+"""
+ERROR_REASON_NO_HEALTHY_TARGET: ErrorReason.ValueType  # 3
+"""UNAVAILABLE: no healthy agent matched the request; nothing was called."""
+ERROR_REASON_REDIS_DOWN: ErrorReason.ValueType  # 4
+"""UNAVAILABLE: Redis is unreachable or timed out."""
+ERROR_REASON_KAFKA_DOWN: ErrorReason.ValueType  # 5
+"""UNAVAILABLE: Kafka is unreachable or refused the write."""
+ERROR_REASON_KAFKA_QUEUE_FULL: ErrorReason.ValueType  # 6
+"""UNAVAILABLE: the producer's local queue is full; nothing was sent."""
+ERROR_REASON_UNKNOWN_OUTCOME: ErrorReason.ValueType  # 7
+"""UNAVAILABLE: a write timed out in flight; it may or may not have taken
+effect. Retry only a call that is idempotent (by method or by key).
+"""
+ERROR_REASON_ATTEMPTS_EXHAUSTED: ErrorReason.ValueType  # 8
+"""UNAVAILABLE: the server already retried the call (router Invoke) and every
+attempt failed; retrying again here would multiply the attempts.
+"""
+ERROR_REASON_INSUFFICIENT_RESPONSES: ErrorReason.ValueType  # 9
+"""UNAVAILABLE: fewer agents than `min_responses` answered a scatter-gather."""
+ERROR_REASON_NO_MATCHING_RULE: ErrorReason.ValueType  # 10
+"""A route rule was required and none matched the message."""
+ERROR_REASON_SAFETY_VIOLATION: ErrorReason.ValueType  # 11
+"""FAILED_PRECONDITION: a CRITICAL safety rule blocked the payload."""
+ERROR_REASON_RATE_LIMITED: ErrorReason.ValueType  # 12
+"""RESOURCE_EXHAUSTED: the caller is over its rate limit; nothing ran."""
+ERROR_REASON_CIRCUIT_OPEN: ErrorReason.ValueType  # 13
+"""UNAVAILABLE: the target's circuit breaker is open; nothing was called."""
+ERROR_REASON_IDEMPOTENCY_STORE_DOWN: ErrorReason.ValueType  # 14
+"""UNAVAILABLE: an agent cannot read or write its idempotency store."""
+ERROR_REASON_AGENT_DEPENDENCY_DOWN: ErrorReason.ValueType  # 15
+"""UNAVAILABLE: an action failed because a dependency of the agent (its
+database, an API) is unreachable; the action may have partly run.
+"""
+ERROR_REASON_INJECTED: ErrorReason.ValueType  # 16
+"""A failure injected on purpose by a test or chaos agent."""
+ERROR_REASON_KAFKA_ERROR: ErrorReason.ValueType  # 17
+"""UNAVAILABLE: the broker refused a write for a reason other than the ones above."""
+ERROR_REASON_MESSAGE_TOO_LARGE: ErrorReason.ValueType  # 18
+"""RESOURCE_EXHAUSTED: a message is over the size limit; resending it cannot succeed."""
+Global___ErrorReason: _TypeAlias = ErrorReason  # noqa: Y015
+
 @_typing.final
 class Payload(_message.Message):
     """Payload is an opaque body: either a JSON-like Struct or raw bytes with a

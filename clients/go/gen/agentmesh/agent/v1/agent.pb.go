@@ -7,6 +7,7 @@
 package agentv1
 
 import (
+	_ "github.com/agentmesh/agentmesh/clients/go/gen/agentmesh/common/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -188,14 +189,22 @@ type CompensateRequest struct {
 	Input *structpb.Struct `protobuf:"bytes,2,opt,name=input,proto3" json:"input,omitempty"`
 	// Output of the action being compensated, if it completed.
 	OriginalOutput *structpb.Struct `protobuf:"bytes,3,opt,name=original_output,json=originalOutput,proto3" json:"original_output,omitempty"`
-	// Stable key, the same on every attempt: for saga steps "<saga_id>/<step>/compensate".
+	// Stable key of this compensation, the same on every attempt: for saga
+	// steps "<saga_id>/<step>/compensate". It stays `compensated_idempotency_key`
+	// + "/compensate" on the wire, so agents that predate that field still
+	// find the Execute to fence by stripping the suffix.
 	IdempotencyKey string `protobuf:"bytes,4,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Attempt number, starting at 1.
 	Attempt uint32 `protobuf:"varint,5,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	// Free-form call metadata.
-	Metadata      map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Metadata map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// The `idempotency_key` of the Execute this compensation undoes, e.g.
+	// "<saga_id>/<step>". The agent fences that Execute (see Compensate). Empty
+	// from older callers: the agent then strips "/compensate" from
+	// `idempotency_key`, and fences nothing when the key has no such suffix.
+	CompensatedIdempotencyKey string `protobuf:"bytes,7,opt,name=compensated_idempotency_key,json=compensatedIdempotencyKey,proto3" json:"compensated_idempotency_key,omitempty"`
+	unknownFields             protoimpl.UnknownFields
+	sizeCache                 protoimpl.SizeCache
 }
 
 func (x *CompensateRequest) Reset() {
@@ -268,6 +277,13 @@ func (x *CompensateRequest) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *CompensateRequest) GetCompensatedIdempotencyKey() string {
+	if x != nil {
+		return x.CompensatedIdempotencyKey
+	}
+	return ""
 }
 
 // CompensateResponse reports a finished compensation.
@@ -466,7 +482,7 @@ var File_agentmesh_agent_v1_agent_proto protoreflect.FileDescriptor
 
 const file_agentmesh_agent_v1_agent_proto_rawDesc = "" +
 	"\n" +
-	"\x1eagentmesh/agent/v1/agent.proto\x12\x12agentmesh.agent.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa5\x02\n" +
+	"\x1eagentmesh/agent/v1/agent.proto\x12\x12agentmesh.agent.v1\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\"\xa5\x02\n" +
 	"\x0eExecuteRequest\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05input\x12'\n" +
@@ -480,14 +496,15 @@ const file_agentmesh_agent_v1_agent_proto_rawDesc = "" +
 	"\x06output\x18\x01 \x01(\v2\x17.google.protobuf.StructR\x06output\x12\"\n" +
 	"\fdeduplicated\x18\x02 \x01(\bR\fdeduplicated\x12\x19\n" +
 	"\bagent_id\x18\x03 \x01(\tR\aagentId\x12J\n" +
-	"\x13processing_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12processingDuration\"\xed\x02\n" +
+	"\x13processing_duration\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\x12processingDuration\"\xad\x03\n" +
 	"\x11CompensateRequest\x12\x16\n" +
 	"\x06action\x18\x01 \x01(\tR\x06action\x12-\n" +
 	"\x05input\x18\x02 \x01(\v2\x17.google.protobuf.StructR\x05input\x12@\n" +
 	"\x0foriginal_output\x18\x03 \x01(\v2\x17.google.protobuf.StructR\x0eoriginalOutput\x12'\n" +
 	"\x0fidempotency_key\x18\x04 \x01(\tR\x0eidempotencyKey\x12\x18\n" +
 	"\aattempt\x18\x05 \x01(\rR\aattempt\x12O\n" +
-	"\bmetadata\x18\x06 \x03(\v23.agentmesh.agent.v1.CompensateRequest.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x06 \x03(\v23.agentmesh.agent.v1.CompensateRequest.MetadataEntryR\bmetadata\x12>\n" +
+	"\x1bcompensated_idempotency_key\x18\a \x01(\tR\x19compensatedIdempotencyKey\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x84\x01\n" +
@@ -506,12 +523,12 @@ const file_agentmesh_agent_v1_agent_proto_rawDesc = "" +
 	"parameters\x12\x19\n" +
 	"\bswarm_id\x18\x05 \x01(\tR\aswarmId\",\n" +
 	"\x10EvaluateResponse\x12\x18\n" +
-	"\afitness\x18\x01 \x03(\x01R\afitness2\x96\x02\n" +
-	"\fAgentService\x12R\n" +
-	"\aExecute\x12\".agentmesh.agent.v1.ExecuteRequest\x1a#.agentmesh.agent.v1.ExecuteResponse\x12[\n" +
+	"\afitness\x18\x01 \x03(\x01R\afitness2\xcb\x02\n" +
+	"\fAgentService\x12j\n" +
+	"\aExecute\x12\".agentmesh.agent.v1.ExecuteRequest\x1a#.agentmesh.agent.v1.ExecuteResponse\"\x16\xf2\xb5\x18\x0fidempotency_key\x90\x02\x00\x12s\n" +
 	"\n" +
-	"Compensate\x12%.agentmesh.agent.v1.CompensateRequest\x1a&.agentmesh.agent.v1.CompensateResponse\x12U\n" +
-	"\bEvaluate\x12#.agentmesh.agent.v1.EvaluateRequest\x1a$.agentmesh.agent.v1.EvaluateResponseB\xd8\x01\n" +
+	"Compensate\x12%.agentmesh.agent.v1.CompensateRequest\x1a&.agentmesh.agent.v1.CompensateResponse\"\x16\xf2\xb5\x18\x0fidempotency_key\x90\x02\x00\x12Z\n" +
+	"\bEvaluate\x12#.agentmesh.agent.v1.EvaluateRequest\x1a$.agentmesh.agent.v1.EvaluateResponse\"\x03\x90\x02\x01B\xd8\x01\n" +
 	"\x16com.agentmesh.agent.v1B\n" +
 	"AgentProtoP\x01ZHgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/agent/v1;agentv1\xa2\x02\x03AAX\xaa\x02\x12Agentmesh.Agent.V1\xca\x02\x12Agentmesh\\Agent\\V1\xe2\x02\x1eAgentmesh\\Agent\\V1\\GPBMetadata\xea\x02\x14Agentmesh::Agent::V1b\x06proto3"
 

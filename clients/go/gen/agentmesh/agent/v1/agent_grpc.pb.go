@@ -32,6 +32,12 @@ const (
 // router, the saga coordinator and the swarm engine call agents through it.
 // Calls carry the caller's remaining deadline; an agent should stop work and
 // return DEADLINE_EXCEEDED when it runs out.
+//
+// Retry safety: Execute and Compensate take effect once per non-empty
+// `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+// one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+// google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+// IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
 type AgentServiceClient interface {
 	// Execute runs one action. Calls with the same `idempotency_key` must take
 	// effect once: an agent that has already completed the key returns the
@@ -42,8 +48,13 @@ type AgentServiceClient interface {
 	Execute(ctx context.Context, in *ExecuteRequest, opts ...grpc.CallOption) (*ExecuteResponse, error)
 	// Compensate undoes the effect of an earlier Execute. It is idempotent by
 	// `idempotency_key` like Execute, and compensating an action that never ran
-	// is a successful no-op.
-	// Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE, DEADLINE_EXCEEDED.
+	// is a successful no-op. When `compensated_idempotency_key` names the
+	// Execute it undoes (older callers: `idempotency_key` is that key plus
+	// "/compensate"), the agent fences it: it waits for that Execute if it is
+	// still running, and from then on refuses it (ABORTED, reason COMPENSATED).
+	// Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE (reason
+	// EXECUTE_IN_FLIGHT when the deadline came while it waited for the Execute;
+	// retry with the same key), DEADLINE_EXCEEDED.
 	Compensate(ctx context.Context, in *CompensateRequest, opts ...grpc.CallOption) (*CompensateResponse, error)
 	// Evaluate scores a batch of positions for the swarm engine; it must be pure.
 	// Errors: INVALID_ARGUMENT (shape mismatch, unknown objective), UNAVAILABLE.
@@ -96,6 +107,12 @@ func (c *agentServiceClient) Evaluate(ctx context.Context, in *EvaluateRequest, 
 // router, the saga coordinator and the swarm engine call agents through it.
 // Calls carry the caller's remaining deadline; an agent should stop work and
 // return DEADLINE_EXCEEDED when it runs out.
+//
+// Retry safety: Execute and Compensate take effect once per non-empty
+// `idempotency_key`, so a call with a key is IDEMPOTENT and a call without
+// one is not (`idempotency_key_field`). Failures carry an ErrorReason in
+// google.rpc.ErrorInfo (COMPENSATED, EXECUTE_IN_FLIGHT,
+// IDEMPOTENCY_STORE_DOWN, AGENT_DEPENDENCY_DOWN, ...).
 type AgentServiceServer interface {
 	// Execute runs one action. Calls with the same `idempotency_key` must take
 	// effect once: an agent that has already completed the key returns the
@@ -106,8 +123,13 @@ type AgentServiceServer interface {
 	Execute(context.Context, *ExecuteRequest) (*ExecuteResponse, error)
 	// Compensate undoes the effect of an earlier Execute. It is idempotent by
 	// `idempotency_key` like Execute, and compensating an action that never ran
-	// is a successful no-op.
-	// Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE, DEADLINE_EXCEEDED.
+	// is a successful no-op. When `compensated_idempotency_key` names the
+	// Execute it undoes (older callers: `idempotency_key` is that key plus
+	// "/compensate"), the agent fences it: it waits for that Execute if it is
+	// still running, and from then on refuses it (ABORTED, reason COMPENSATED).
+	// Errors: INVALID_ARGUMENT (unknown compensation), UNAVAILABLE (reason
+	// EXECUTE_IN_FLIGHT when the deadline came while it waited for the Execute;
+	// retry with the same key), DEADLINE_EXCEEDED.
 	Compensate(context.Context, *CompensateRequest) (*CompensateResponse, error)
 	// Evaluate scores a batch of positions for the swarm engine; it must be pure.
 	// Errors: INVALID_ARGUMENT (shape mismatch, unknown objective), UNAVAILABLE.

@@ -2391,7 +2391,7 @@ var File_agentmesh_bus_v1_bus_proto protoreflect.FileDescriptor
 
 const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x1aagentmesh/bus/v1/bus.proto\x12\x10agentmesh.bus.v1\x1a agentmesh/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x04\n" +
+	"\x1aagentmesh/bus/v1/bus.proto\x12\x10agentmesh.bus.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x04\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x10\n" +
@@ -2562,20 +2562,21 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	" CHAIN_BREAK_REASON_HASH_MISMATCH\x10\x01\x12-\n" +
 	")CHAIN_BREAK_REASON_PREVIOUS_HASH_MISMATCH\x10\x02\x12#\n" +
 	"\x1fCHAIN_BREAK_REASON_SEQUENCE_GAP\x10\x03\x12 \n" +
-	"\x1cCHAIN_BREAK_REASON_MALFORMED\x10\x042\xb8\a\n" +
+	"\x1cCHAIN_BREAK_REASON_MALFORMED\x10\x042\xf8\a\n" +
 	"\n" +
-	"BusService\x12N\n" +
-	"\aPublish\x12 .agentmesh.bus.v1.PublishRequest\x1a!.agentmesh.bus.v1.PublishResponse\x12d\n" +
-	"\rPublishStream\x12&.agentmesh.bus.v1.PublishStreamRequest\x1a'.agentmesh.bus.v1.PublishStreamResponse(\x010\x01\x12X\n" +
-	"\tSubscribe\x12\".agentmesh.bus.v1.SubscribeRequest\x1a#.agentmesh.bus.v1.SubscribeResponse(\x010\x01\x12N\n" +
-	"\aRequest\x12 .agentmesh.bus.v1.RequestRequest\x1a!.agentmesh.bus.v1.RequestResponse\x12`\n" +
-	"\rScatterGather\x12&.agentmesh.bus.v1.ScatterGatherRequest\x1a'.agentmesh.bus.v1.ScatterGatherResponse\x12f\n" +
-	"\x0fListDeadLetters\x12(.agentmesh.bus.v1.ListDeadLettersRequest\x1a).agentmesh.bus.v1.ListDeadLettersResponse\x12o\n" +
-	"\x12RedriveDeadLetters\x12+.agentmesh.bus.v1.RedriveDeadLettersRequest\x1a,.agentmesh.bus.v1.RedriveDeadLettersResponse\x12Z\n" +
-	"\vCreateTopic\x12$.agentmesh.bus.v1.CreateTopicRequest\x1a%.agentmesh.bus.v1.CreateTopicResponse\x12W\n" +
+	"BusService\x12a\n" +
+	"\aPublish\x12 .agentmesh.bus.v1.PublishRequest\x1a!.agentmesh.bus.v1.PublishResponse\"\x11\xf2\xb5\x18\n" +
+	"message.id\x90\x02\x00\x12i\n" +
+	"\rPublishStream\x12&.agentmesh.bus.v1.PublishStreamRequest\x1a'.agentmesh.bus.v1.PublishStreamResponse\"\x03\x90\x02\x00(\x010\x01\x12]\n" +
+	"\tSubscribe\x12\".agentmesh.bus.v1.SubscribeRequest\x1a#.agentmesh.bus.v1.SubscribeResponse\"\x03\x90\x02\x00(\x010\x01\x12S\n" +
+	"\aRequest\x12 .agentmesh.bus.v1.RequestRequest\x1a!.agentmesh.bus.v1.RequestResponse\"\x03\x90\x02\x00\x12e\n" +
+	"\rScatterGather\x12&.agentmesh.bus.v1.ScatterGatherRequest\x1a'.agentmesh.bus.v1.ScatterGatherResponse\"\x03\x90\x02\x00\x12k\n" +
+	"\x0fListDeadLetters\x12(.agentmesh.bus.v1.ListDeadLettersRequest\x1a).agentmesh.bus.v1.ListDeadLettersResponse\"\x03\x90\x02\x01\x12t\n" +
+	"\x12RedriveDeadLetters\x12+.agentmesh.bus.v1.RedriveDeadLettersRequest\x1a,.agentmesh.bus.v1.RedriveDeadLettersResponse\"\x03\x90\x02\x00\x12_\n" +
+	"\vCreateTopic\x12$.agentmesh.bus.v1.CreateTopicRequest\x1a%.agentmesh.bus.v1.CreateTopicResponse\"\x03\x90\x02\x02\x12\\\n" +
 	"\n" +
-	"ListTopics\x12#.agentmesh.bus.v1.ListTopicsRequest\x1a$.agentmesh.bus.v1.ListTopicsResponse\x12Z\n" +
-	"\vVerifyChain\x12$.agentmesh.bus.v1.VerifyChainRequest\x1a%.agentmesh.bus.v1.VerifyChainResponseB\xc8\x01\n" +
+	"ListTopics\x12#.agentmesh.bus.v1.ListTopicsRequest\x1a$.agentmesh.bus.v1.ListTopicsResponse\"\x03\x90\x02\x01\x12_\n" +
+	"\vVerifyChain\x12$.agentmesh.bus.v1.VerifyChainRequest\x1a%.agentmesh.bus.v1.VerifyChainResponse\"\x03\x90\x02\x01B\xc8\x01\n" +
 	"\x14com.agentmesh.bus.v1B\bBusProtoP\x01ZDgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/bus/v1;busv1\xa2\x02\x03ABX\xaa\x02\x10Agentmesh.Bus.V1\xca\x02\x10Agentmesh\\Bus\\V1\xe2\x02\x1cAgentmesh\\Bus\\V1\\GPBMetadata\xea\x02\x12Agentmesh::Bus::V1b\x06proto3"
 
 var (

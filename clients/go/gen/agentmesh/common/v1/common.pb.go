@@ -85,6 +85,137 @@ func (Priority) EnumDescriptor() ([]byte, []int) {
 	return file_agentmesh_common_v1_common_proto_rawDescGZIP(), []int{0}
 }
 
+// ErrorReason names why a call failed, in every language of the mesh. It
+// travels as `google.rpc.ErrorInfo.reason` in the status details
+// (`grpc-status-details-bin`), spelled as the value's name without the
+// `ERROR_REASON_` prefix (ERROR_REASON_NO_HEALTHY_TARGET travels as
+// "NO_HEALTHY_TARGET"), with `ErrorInfo.domain` "agentmesh.io" (AIP-193).
+// The status code says what kind of failure it is; the reason says which one,
+// so callers decide on retries and fences by this value, never by the status
+// message text. A reason a caller does not know reads as UNSPECIFIED: decide
+// by the status code and the method's idempotency_level alone.
+type ErrorReason int32
+
+const (
+	// No reason given, or one this caller does not know.
+	ErrorReason_ERROR_REASON_UNSPECIFIED ErrorReason = 0
+	// ABORTED: an Execute whose idempotency key was already compensated; the
+	// action did not run and never will for that key. Not retryable.
+	ErrorReason_ERROR_REASON_COMPENSATED ErrorReason = 1
+	// UNAVAILABLE: a Compensate whose deadline came while it still waited for
+	// the Execute it undoes; the compensation runs when that ends and a retry
+	// with the same key joins it or reads its result. Retryable.
+	ErrorReason_ERROR_REASON_EXECUTE_IN_FLIGHT ErrorReason = 2
+	// UNAVAILABLE: no healthy agent matched the request; nothing was called.
+	ErrorReason_ERROR_REASON_NO_HEALTHY_TARGET ErrorReason = 3
+	// UNAVAILABLE: Redis is unreachable or timed out.
+	ErrorReason_ERROR_REASON_REDIS_DOWN ErrorReason = 4
+	// UNAVAILABLE: Kafka is unreachable or refused the write.
+	ErrorReason_ERROR_REASON_KAFKA_DOWN ErrorReason = 5
+	// UNAVAILABLE: the producer's local queue is full; nothing was sent.
+	ErrorReason_ERROR_REASON_KAFKA_QUEUE_FULL ErrorReason = 6
+	// UNAVAILABLE: a write timed out in flight; it may or may not have taken
+	// effect. Retry only a call that is idempotent (by method or by key).
+	ErrorReason_ERROR_REASON_UNKNOWN_OUTCOME ErrorReason = 7
+	// UNAVAILABLE: the server already retried the call (router Invoke) and every
+	// attempt failed; retrying again here would multiply the attempts.
+	ErrorReason_ERROR_REASON_ATTEMPTS_EXHAUSTED ErrorReason = 8
+	// UNAVAILABLE: fewer agents than `min_responses` answered a scatter-gather.
+	ErrorReason_ERROR_REASON_INSUFFICIENT_RESPONSES ErrorReason = 9
+	// A route rule was required and none matched the message.
+	ErrorReason_ERROR_REASON_NO_MATCHING_RULE ErrorReason = 10
+	// FAILED_PRECONDITION: a CRITICAL safety rule blocked the payload.
+	ErrorReason_ERROR_REASON_SAFETY_VIOLATION ErrorReason = 11
+	// RESOURCE_EXHAUSTED: the caller is over its rate limit; nothing ran.
+	ErrorReason_ERROR_REASON_RATE_LIMITED ErrorReason = 12
+	// UNAVAILABLE: the target's circuit breaker is open; nothing was called.
+	ErrorReason_ERROR_REASON_CIRCUIT_OPEN ErrorReason = 13
+	// UNAVAILABLE: an agent cannot read or write its idempotency store.
+	ErrorReason_ERROR_REASON_IDEMPOTENCY_STORE_DOWN ErrorReason = 14
+	// UNAVAILABLE: an action failed because a dependency of the agent (its
+	// database, an API) is unreachable; the action may have partly run.
+	ErrorReason_ERROR_REASON_AGENT_DEPENDENCY_DOWN ErrorReason = 15
+	// A failure injected on purpose by a test or chaos agent.
+	ErrorReason_ERROR_REASON_INJECTED ErrorReason = 16
+	// UNAVAILABLE: the broker refused a write for a reason other than the ones above.
+	ErrorReason_ERROR_REASON_KAFKA_ERROR ErrorReason = 17
+	// RESOURCE_EXHAUSTED: a message is over the size limit; resending it cannot succeed.
+	ErrorReason_ERROR_REASON_MESSAGE_TOO_LARGE ErrorReason = 18
+)
+
+// Enum value maps for ErrorReason.
+var (
+	ErrorReason_name = map[int32]string{
+		0:  "ERROR_REASON_UNSPECIFIED",
+		1:  "ERROR_REASON_COMPENSATED",
+		2:  "ERROR_REASON_EXECUTE_IN_FLIGHT",
+		3:  "ERROR_REASON_NO_HEALTHY_TARGET",
+		4:  "ERROR_REASON_REDIS_DOWN",
+		5:  "ERROR_REASON_KAFKA_DOWN",
+		6:  "ERROR_REASON_KAFKA_QUEUE_FULL",
+		7:  "ERROR_REASON_UNKNOWN_OUTCOME",
+		8:  "ERROR_REASON_ATTEMPTS_EXHAUSTED",
+		9:  "ERROR_REASON_INSUFFICIENT_RESPONSES",
+		10: "ERROR_REASON_NO_MATCHING_RULE",
+		11: "ERROR_REASON_SAFETY_VIOLATION",
+		12: "ERROR_REASON_RATE_LIMITED",
+		13: "ERROR_REASON_CIRCUIT_OPEN",
+		14: "ERROR_REASON_IDEMPOTENCY_STORE_DOWN",
+		15: "ERROR_REASON_AGENT_DEPENDENCY_DOWN",
+		16: "ERROR_REASON_INJECTED",
+		17: "ERROR_REASON_KAFKA_ERROR",
+		18: "ERROR_REASON_MESSAGE_TOO_LARGE",
+	}
+	ErrorReason_value = map[string]int32{
+		"ERROR_REASON_UNSPECIFIED":            0,
+		"ERROR_REASON_COMPENSATED":            1,
+		"ERROR_REASON_EXECUTE_IN_FLIGHT":      2,
+		"ERROR_REASON_NO_HEALTHY_TARGET":      3,
+		"ERROR_REASON_REDIS_DOWN":             4,
+		"ERROR_REASON_KAFKA_DOWN":             5,
+		"ERROR_REASON_KAFKA_QUEUE_FULL":       6,
+		"ERROR_REASON_UNKNOWN_OUTCOME":        7,
+		"ERROR_REASON_ATTEMPTS_EXHAUSTED":     8,
+		"ERROR_REASON_INSUFFICIENT_RESPONSES": 9,
+		"ERROR_REASON_NO_MATCHING_RULE":       10,
+		"ERROR_REASON_SAFETY_VIOLATION":       11,
+		"ERROR_REASON_RATE_LIMITED":           12,
+		"ERROR_REASON_CIRCUIT_OPEN":           13,
+		"ERROR_REASON_IDEMPOTENCY_STORE_DOWN": 14,
+		"ERROR_REASON_AGENT_DEPENDENCY_DOWN":  15,
+		"ERROR_REASON_INJECTED":               16,
+		"ERROR_REASON_KAFKA_ERROR":            17,
+		"ERROR_REASON_MESSAGE_TOO_LARGE":      18,
+	}
+)
+
+func (x ErrorReason) Enum() *ErrorReason {
+	p := new(ErrorReason)
+	*p = x
+	return p
+}
+
+func (x ErrorReason) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (ErrorReason) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentmesh_common_v1_common_proto_enumTypes[1].Descriptor()
+}
+
+func (ErrorReason) Type() protoreflect.EnumType {
+	return &file_agentmesh_common_v1_common_proto_enumTypes[1]
+}
+
+func (x ErrorReason) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use ErrorReason.Descriptor instead.
+func (ErrorReason) EnumDescriptor() ([]byte, []int) {
+	return file_agentmesh_common_v1_common_proto_rawDescGZIP(), []int{1}
+}
+
 // Payload is an opaque body: either a JSON-like Struct or raw bytes with a
 // media type. Exactly one of `struct_value` and `bytes_value` is set.
 type Payload struct {
@@ -500,7 +631,28 @@ const file_agentmesh_common_v1_common_proto_rawDesc = "" +
 	"\fPRIORITY_LOW\x10\x01\x12\x13\n" +
 	"\x0fPRIORITY_NORMAL\x10\x02\x12\x11\n" +
 	"\rPRIORITY_HIGH\x10\x03\x12\x15\n" +
-	"\x11PRIORITY_CRITICAL\x10\x04B\xe0\x01\n" +
+	"\x11PRIORITY_CRITICAL\x10\x04*\x90\x05\n" +
+	"\vErrorReason\x12\x1c\n" +
+	"\x18ERROR_REASON_UNSPECIFIED\x10\x00\x12\x1c\n" +
+	"\x18ERROR_REASON_COMPENSATED\x10\x01\x12\"\n" +
+	"\x1eERROR_REASON_EXECUTE_IN_FLIGHT\x10\x02\x12\"\n" +
+	"\x1eERROR_REASON_NO_HEALTHY_TARGET\x10\x03\x12\x1b\n" +
+	"\x17ERROR_REASON_REDIS_DOWN\x10\x04\x12\x1b\n" +
+	"\x17ERROR_REASON_KAFKA_DOWN\x10\x05\x12!\n" +
+	"\x1dERROR_REASON_KAFKA_QUEUE_FULL\x10\x06\x12 \n" +
+	"\x1cERROR_REASON_UNKNOWN_OUTCOME\x10\a\x12#\n" +
+	"\x1fERROR_REASON_ATTEMPTS_EXHAUSTED\x10\b\x12'\n" +
+	"#ERROR_REASON_INSUFFICIENT_RESPONSES\x10\t\x12!\n" +
+	"\x1dERROR_REASON_NO_MATCHING_RULE\x10\n" +
+	"\x12!\n" +
+	"\x1dERROR_REASON_SAFETY_VIOLATION\x10\v\x12\x1d\n" +
+	"\x19ERROR_REASON_RATE_LIMITED\x10\f\x12\x1d\n" +
+	"\x19ERROR_REASON_CIRCUIT_OPEN\x10\r\x12'\n" +
+	"#ERROR_REASON_IDEMPOTENCY_STORE_DOWN\x10\x0e\x12&\n" +
+	"\"ERROR_REASON_AGENT_DEPENDENCY_DOWN\x10\x0f\x12\x19\n" +
+	"\x15ERROR_REASON_INJECTED\x10\x10\x12\x1c\n" +
+	"\x18ERROR_REASON_KAFKA_ERROR\x10\x11\x12\"\n" +
+	"\x1eERROR_REASON_MESSAGE_TOO_LARGE\x10\x12B\xe0\x01\n" +
 	"\x17com.agentmesh.common.v1B\vCommonProtoP\x01ZJgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/common/v1;commonv1\xa2\x02\x03ACX\xaa\x02\x13Agentmesh.Common.V1\xca\x02\x13Agentmesh\\Common\\V1\xe2\x02\x1fAgentmesh\\Common\\V1\\GPBMetadata\xea\x02\x15Agentmesh::Common::V1b\x06proto3"
 
 var (
@@ -515,20 +667,21 @@ func file_agentmesh_common_v1_common_proto_rawDescGZIP() []byte {
 	return file_agentmesh_common_v1_common_proto_rawDescData
 }
 
-var file_agentmesh_common_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 1)
+var file_agentmesh_common_v1_common_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
 var file_agentmesh_common_v1_common_proto_msgTypes = make([]protoimpl.MessageInfo, 4)
 var file_agentmesh_common_v1_common_proto_goTypes = []any{
 	(Priority)(0),                 // 0: agentmesh.common.v1.Priority
-	(*Payload)(nil),               // 1: agentmesh.common.v1.Payload
-	(*AgentSelector)(nil),         // 2: agentmesh.common.v1.AgentSelector
-	(*LoadMetrics)(nil),           // 3: agentmesh.common.v1.LoadMetrics
-	(*Provenance)(nil),            // 4: agentmesh.common.v1.Provenance
-	(*structpb.Struct)(nil),       // 5: google.protobuf.Struct
-	(*timestamppb.Timestamp)(nil), // 6: google.protobuf.Timestamp
+	(ErrorReason)(0),              // 1: agentmesh.common.v1.ErrorReason
+	(*Payload)(nil),               // 2: agentmesh.common.v1.Payload
+	(*AgentSelector)(nil),         // 3: agentmesh.common.v1.AgentSelector
+	(*LoadMetrics)(nil),           // 4: agentmesh.common.v1.LoadMetrics
+	(*Provenance)(nil),            // 5: agentmesh.common.v1.Provenance
+	(*structpb.Struct)(nil),       // 6: google.protobuf.Struct
+	(*timestamppb.Timestamp)(nil), // 7: google.protobuf.Timestamp
 }
 var file_agentmesh_common_v1_common_proto_depIdxs = []int32{
-	5, // 0: agentmesh.common.v1.Payload.struct_value:type_name -> google.protobuf.Struct
-	6, // 1: agentmesh.common.v1.Provenance.create_time:type_name -> google.protobuf.Timestamp
+	6, // 0: agentmesh.common.v1.Payload.struct_value:type_name -> google.protobuf.Struct
+	7, // 1: agentmesh.common.v1.Provenance.create_time:type_name -> google.protobuf.Timestamp
 	2, // [2:2] is the sub-list for method output_type
 	2, // [2:2] is the sub-list for method input_type
 	2, // [2:2] is the sub-list for extension type_name
@@ -550,7 +703,7 @@ func file_agentmesh_common_v1_common_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_common_v1_common_proto_rawDesc), len(file_agentmesh_common_v1_common_proto_rawDesc)),
-			NumEnums:      1,
+			NumEnums:      2,
 			NumMessages:   4,
 			NumExtensions: 0,
 			NumServices:   0,

@@ -1195,14 +1195,14 @@ const file_agentmesh_registry_v1_coordination_proto_rawDesc = "" +
 	"\x17VOTE_CHOICE_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13VOTE_CHOICE_APPROVE\x10\x01\x12\x16\n" +
 	"\x12VOTE_CHOICE_REJECT\x10\x02\x12\x17\n" +
-	"\x13VOTE_CHOICE_ABSTAIN\x10\x032\xf3\x04\n" +
-	"\x13CoordinationService\x12d\n" +
-	"\vAcquireLock\x12).agentmesh.registry.v1.AcquireLockRequest\x1a*.agentmesh.registry.v1.AcquireLockResponse\x12^\n" +
-	"\tRenewLock\x12'.agentmesh.registry.v1.RenewLockRequest\x1a(.agentmesh.registry.v1.RenewLockResponse\x12d\n" +
-	"\vReleaseLock\x12).agentmesh.registry.v1.ReleaseLockRequest\x1a*.agentmesh.registry.v1.ReleaseLockResponse\x12m\n" +
-	"\x0eCreateProposal\x12,.agentmesh.registry.v1.CreateProposalRequest\x1a-.agentmesh.registry.v1.CreateProposalResponse\x12[\n" +
-	"\bCastVote\x12&.agentmesh.registry.v1.CastVoteRequest\x1a'.agentmesh.registry.v1.CastVoteResponse\x12d\n" +
-	"\vGetProposal\x12).agentmesh.registry.v1.GetProposalRequest\x1a*.agentmesh.registry.v1.GetProposalResponseB\xf4\x01\n" +
+	"\x13VOTE_CHOICE_ABSTAIN\x10\x032\x91\x05\n" +
+	"\x13CoordinationService\x12i\n" +
+	"\vAcquireLock\x12).agentmesh.registry.v1.AcquireLockRequest\x1a*.agentmesh.registry.v1.AcquireLockResponse\"\x03\x90\x02\x02\x12c\n" +
+	"\tRenewLock\x12'.agentmesh.registry.v1.RenewLockRequest\x1a(.agentmesh.registry.v1.RenewLockResponse\"\x03\x90\x02\x02\x12i\n" +
+	"\vReleaseLock\x12).agentmesh.registry.v1.ReleaseLockRequest\x1a*.agentmesh.registry.v1.ReleaseLockResponse\"\x03\x90\x02\x02\x12r\n" +
+	"\x0eCreateProposal\x12,.agentmesh.registry.v1.CreateProposalRequest\x1a-.agentmesh.registry.v1.CreateProposalResponse\"\x03\x90\x02\x00\x12`\n" +
+	"\bCastVote\x12&.agentmesh.registry.v1.CastVoteRequest\x1a'.agentmesh.registry.v1.CastVoteResponse\"\x03\x90\x02\x02\x12i\n" +
+	"\vGetProposal\x12).agentmesh.registry.v1.GetProposalRequest\x1a*.agentmesh.registry.v1.GetProposalResponse\"\x03\x90\x02\x02B\xf4\x01\n" +
 	"\x19com.agentmesh.registry.v1B\x11CoordinationProtoP\x01ZNgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/registry/v1;registryv1\xa2\x02\x03ARX\xaa\x02\x15Agentmesh.Registry.V1\xca\x02\x15Agentmesh\\Registry\\V1\xe2\x02!Agentmesh\\Registry\\V1\\GPBMetadata\xea\x02\x17Agentmesh::Registry::V1b\x06proto3"
 
 var (

@@ -1576,17 +1576,17 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\x1bAGENT_EVENT_TYPE_REGISTERED\x10\x01\x12\x1c\n" +
 	"\x18AGENT_EVENT_TYPE_UPDATED\x10\x02\x12#\n" +
 	"\x1fAGENT_EVENT_TYPE_HEALTH_CHANGED\x10\x03\x12!\n" +
-	"\x1dAGENT_EVENT_TYPE_DEREGISTERED\x10\x042\xdc\x06\n" +
-	"\x0fRegistryService\x12j\n" +
-	"\rRegisterAgent\x12+.agentmesh.registry.v1.RegisterAgentRequest\x1a,.agentmesh.registry.v1.RegisterAgentResponse\x12p\n" +
-	"\x0fDeregisterAgent\x12-.agentmesh.registry.v1.DeregisterAgentRequest\x1a..agentmesh.registry.v1.DeregisterAgentResponse\x12[\n" +
-	"\bGetAgent\x12&.agentmesh.registry.v1.GetAgentRequest\x1a'.agentmesh.registry.v1.GetAgentResponse\x12a\n" +
+	"\x1dAGENT_EVENT_TYPE_DEREGISTERED\x10\x042\x84\a\n" +
+	"\x0fRegistryService\x12o\n" +
+	"\rRegisterAgent\x12+.agentmesh.registry.v1.RegisterAgentRequest\x1a,.agentmesh.registry.v1.RegisterAgentResponse\"\x03\x90\x02\x02\x12u\n" +
+	"\x0fDeregisterAgent\x12-.agentmesh.registry.v1.DeregisterAgentRequest\x1a..agentmesh.registry.v1.DeregisterAgentResponse\"\x03\x90\x02\x02\x12`\n" +
+	"\bGetAgent\x12&.agentmesh.registry.v1.GetAgentRequest\x1a'.agentmesh.registry.v1.GetAgentResponse\"\x03\x90\x02\x01\x12f\n" +
 	"\n" +
-	"ListAgents\x12(.agentmesh.registry.v1.ListAgentsRequest\x1a).agentmesh.registry.v1.ListAgentsResponse\x12^\n" +
-	"\tHeartbeat\x12'.agentmesh.registry.v1.HeartbeatRequest\x1a(.agentmesh.registry.v1.HeartbeatResponse\x12t\n" +
-	"\x0fHeartbeatStream\x12-.agentmesh.registry.v1.HeartbeatStreamRequest\x1a..agentmesh.registry.v1.HeartbeatStreamResponse(\x010\x01\x12m\n" +
-	"\x0eDiscoverAgents\x12,.agentmesh.registry.v1.DiscoverAgentsRequest\x1a-.agentmesh.registry.v1.DiscoverAgentsResponse\x12f\n" +
-	"\vWatchAgents\x12).agentmesh.registry.v1.WatchAgentsRequest\x1a*.agentmesh.registry.v1.WatchAgentsResponse0\x01B\xf0\x01\n" +
+	"ListAgents\x12(.agentmesh.registry.v1.ListAgentsRequest\x1a).agentmesh.registry.v1.ListAgentsResponse\"\x03\x90\x02\x01\x12c\n" +
+	"\tHeartbeat\x12'.agentmesh.registry.v1.HeartbeatRequest\x1a(.agentmesh.registry.v1.HeartbeatResponse\"\x03\x90\x02\x02\x12y\n" +
+	"\x0fHeartbeatStream\x12-.agentmesh.registry.v1.HeartbeatStreamRequest\x1a..agentmesh.registry.v1.HeartbeatStreamResponse\"\x03\x90\x02\x02(\x010\x01\x12r\n" +
+	"\x0eDiscoverAgents\x12,.agentmesh.registry.v1.DiscoverAgentsRequest\x1a-.agentmesh.registry.v1.DiscoverAgentsResponse\"\x03\x90\x02\x01\x12k\n" +
+	"\vWatchAgents\x12).agentmesh.registry.v1.WatchAgentsRequest\x1a*.agentmesh.registry.v1.WatchAgentsResponse\"\x03\x90\x02\x010\x01B\xf0\x01\n" +
 	"\x19com.agentmesh.registry.v1B\rRegistryProtoP\x01ZNgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/registry/v1;registryv1\xa2\x02\x03ARX\xaa\x02\x15Agentmesh.Registry.V1\xca\x02\x15Agentmesh\\Registry\\V1\xe2\x02!Agentmesh\\Registry\\V1\\GPBMetadata\xea\x02\x17Agentmesh::Registry::V1b\x06proto3"
 
 var (

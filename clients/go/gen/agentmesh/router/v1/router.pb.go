@@ -3053,7 +3053,7 @@ var File_agentmesh_router_v1_router_proto protoreflect.FileDescriptor
 
 const file_agentmesh_router_v1_router_proto_rawDesc = "" +
 	"\n" +
-	" agentmesh/router/v1/router.proto\x12\x13agentmesh.router.v1\x1a agentmesh/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x03\n" +
+	" agentmesh/router/v1/router.proto\x12\x13agentmesh.router.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xee\x03\n" +
 	"\fRouteMessage\x12!\n" +
 	"\fmessage_type\x18\x01 \x01(\tR\vmessageType\x126\n" +
 	"\apayload\x18\x02 \x01(\v2\x1c.agentmesh.common.v1.PayloadR\apayload\x129\n" +
@@ -3276,25 +3276,25 @@ const file_agentmesh_router_v1_router_proto_rawDesc = "" +
 	"\x19BREAKER_STATE_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14BREAKER_STATE_CLOSED\x10\x01\x12\x16\n" +
 	"\x12BREAKER_STATE_OPEN\x10\x02\x12\x1b\n" +
-	"\x17BREAKER_STATE_HALF_OPEN\x10\x032\x93\f\n" +
-	"\rRouterService\x12N\n" +
-	"\x05Route\x12!.agentmesh.router.v1.RouteRequest\x1a\".agentmesh.router.v1.RouteResponse\x12]\n" +
+	"\x17BREAKER_STATE_HALF_OPEN\x10\x032\x84\r\n" +
+	"\rRouterService\x12S\n" +
+	"\x05Route\x12!.agentmesh.router.v1.RouteRequest\x1a\".agentmesh.router.v1.RouteResponse\"\x03\x90\x02\x01\x12b\n" +
 	"\n" +
-	"RouteBatch\x12&.agentmesh.router.v1.RouteBatchRequest\x1a'.agentmesh.router.v1.RouteBatchResponse\x12d\n" +
-	"\vRouteStream\x12'.agentmesh.router.v1.RouteStreamRequest\x1a(.agentmesh.router.v1.RouteStreamResponse(\x010\x01\x12Q\n" +
-	"\x06Invoke\x12\".agentmesh.router.v1.InvokeRequest\x1a#.agentmesh.router.v1.InvokeResponse\x12f\n" +
-	"\rScatterGather\x12).agentmesh.router.v1.ScatterGatherRequest\x1a*.agentmesh.router.v1.ScatterGatherResponse\x12l\n" +
-	"\x0fCreateRouteRule\x12+.agentmesh.router.v1.CreateRouteRuleRequest\x1a,.agentmesh.router.v1.CreateRouteRuleResponse\x12c\n" +
-	"\fGetRouteRule\x12(.agentmesh.router.v1.GetRouteRuleRequest\x1a).agentmesh.router.v1.GetRouteRuleResponse\x12i\n" +
-	"\x0eListRouteRules\x12*.agentmesh.router.v1.ListRouteRulesRequest\x1a+.agentmesh.router.v1.ListRouteRulesResponse\x12l\n" +
-	"\x0fDeleteRouteRule\x12+.agentmesh.router.v1.DeleteRouteRuleRequest\x1a,.agentmesh.router.v1.DeleteRouteRuleResponse\x12]\n" +
+	"RouteBatch\x12&.agentmesh.router.v1.RouteBatchRequest\x1a'.agentmesh.router.v1.RouteBatchResponse\"\x03\x90\x02\x01\x12i\n" +
+	"\vRouteStream\x12'.agentmesh.router.v1.RouteStreamRequest\x1a(.agentmesh.router.v1.RouteStreamResponse\"\x03\x90\x02\x01(\x010\x01\x12i\n" +
+	"\x06Invoke\x12\".agentmesh.router.v1.InvokeRequest\x1a#.agentmesh.router.v1.InvokeResponse\"\x16\xf2\xb5\x18\x0fidempotency_key\x90\x02\x00\x12~\n" +
+	"\rScatterGather\x12).agentmesh.router.v1.ScatterGatherRequest\x1a*.agentmesh.router.v1.ScatterGatherResponse\"\x16\xf2\xb5\x18\x0fidempotency_key\x90\x02\x00\x12q\n" +
+	"\x0fCreateRouteRule\x12+.agentmesh.router.v1.CreateRouteRuleRequest\x1a,.agentmesh.router.v1.CreateRouteRuleResponse\"\x03\x90\x02\x00\x12h\n" +
+	"\fGetRouteRule\x12(.agentmesh.router.v1.GetRouteRuleRequest\x1a).agentmesh.router.v1.GetRouteRuleResponse\"\x03\x90\x02\x01\x12n\n" +
+	"\x0eListRouteRules\x12*.agentmesh.router.v1.ListRouteRulesRequest\x1a+.agentmesh.router.v1.ListRouteRulesResponse\"\x03\x90\x02\x01\x12q\n" +
+	"\x0fDeleteRouteRule\x12+.agentmesh.router.v1.DeleteRouteRuleRequest\x1a,.agentmesh.router.v1.DeleteRouteRuleResponse\"\x03\x90\x02\x02\x12b\n" +
 	"\n" +
-	"ReportLoad\x12&.agentmesh.router.v1.ReportLoadRequest\x1a'.agentmesh.router.v1.ReportLoadResponse\x12o\n" +
-	"\x10CreateSafetyRule\x12,.agentmesh.router.v1.CreateSafetyRuleRequest\x1a-.agentmesh.router.v1.CreateSafetyRuleResponse\x12f\n" +
-	"\rGetSafetyRule\x12).agentmesh.router.v1.GetSafetyRuleRequest\x1a*.agentmesh.router.v1.GetSafetyRuleResponse\x12l\n" +
-	"\x0fListSafetyRules\x12+.agentmesh.router.v1.ListSafetyRulesRequest\x1a,.agentmesh.router.v1.ListSafetyRulesResponse\x12o\n" +
-	"\x10DeleteSafetyRule\x12,.agentmesh.router.v1.DeleteSafetyRuleRequest\x1a-.agentmesh.router.v1.DeleteSafetyRuleResponse\x12o\n" +
-	"\x10ListTargetStates\x12,.agentmesh.router.v1.ListTargetStatesRequest\x1a-.agentmesh.router.v1.ListTargetStatesResponseB\xe0\x01\n" +
+	"ReportLoad\x12&.agentmesh.router.v1.ReportLoadRequest\x1a'.agentmesh.router.v1.ReportLoadResponse\"\x03\x90\x02\x02\x12t\n" +
+	"\x10CreateSafetyRule\x12,.agentmesh.router.v1.CreateSafetyRuleRequest\x1a-.agentmesh.router.v1.CreateSafetyRuleResponse\"\x03\x90\x02\x00\x12k\n" +
+	"\rGetSafetyRule\x12).agentmesh.router.v1.GetSafetyRuleRequest\x1a*.agentmesh.router.v1.GetSafetyRuleResponse\"\x03\x90\x02\x01\x12q\n" +
+	"\x0fListSafetyRules\x12+.agentmesh.router.v1.ListSafetyRulesRequest\x1a,.agentmesh.router.v1.ListSafetyRulesResponse\"\x03\x90\x02\x01\x12t\n" +
+	"\x10DeleteSafetyRule\x12,.agentmesh.router.v1.DeleteSafetyRuleRequest\x1a-.agentmesh.router.v1.DeleteSafetyRuleResponse\"\x03\x90\x02\x02\x12t\n" +
+	"\x10ListTargetStates\x12,.agentmesh.router.v1.ListTargetStatesRequest\x1a-.agentmesh.router.v1.ListTargetStatesResponse\"\x03\x90\x02\x01B\xe0\x01\n" +
 	"\x17com.agentmesh.router.v1B\vRouterProtoP\x01ZJgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/router/v1;routerv1\xa2\x02\x03ARX\xaa\x02\x13Agentmesh.Router.V1\xca\x02\x13Agentmesh\\Router\\V1\xe2\x02\x1fAgentmesh\\Router\\V1\\GPBMetadata\xea\x02\x15Agentmesh::Router::V1b\x06proto3"
 
 var (

@@ -2662,7 +2662,7 @@ var File_agentmesh_saga_v1_saga_proto protoreflect.FileDescriptor
 
 const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\n" +
-	"\x1cagentmesh/saga/v1/saga.proto\x12\x11agentmesh.saga.v1\x1a agentmesh/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n" +
+	"\x1cagentmesh/saga/v1/saga.proto\x12\x11agentmesh.saga.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n" +
 	"\vRetryPolicy\x12!\n" +
 	"\fmax_attempts\x18\x01 \x01(\rR\vmaxAttempts\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12\x1e\n" +
@@ -2898,18 +2898,18 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	" SAGA_EVENT_TYPE_SAGA_COMPENSATED\x10\x0f\x12\"\n" +
 	"\x1eSAGA_EVENT_TYPE_SAGA_CANCELLED\x10\x10\x12\x1f\n" +
 	"\x1bSAGA_EVENT_TYPE_SAGA_FAILED\x10\x11\x124\n" +
-	"0SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED\x10\x122\x8d\a\n" +
-	"\vSagaService\x12V\n" +
-	"\tStartSaga\x12#.agentmesh.saga.v1.StartSagaRequest\x1a$.agentmesh.saga.v1.StartSagaResponse\x12}\n" +
-	"\x16RegisterSagaDefinition\x120.agentmesh.saga.v1.RegisterSagaDefinitionRequest\x1a1.agentmesh.saga.v1.RegisterSagaDefinitionResponse\x12n\n" +
-	"\x11GetSagaDefinition\x12+.agentmesh.saga.v1.GetSagaDefinitionRequest\x1a,.agentmesh.saga.v1.GetSagaDefinitionResponse\x12t\n" +
-	"\x13ListSagaDefinitions\x12-.agentmesh.saga.v1.ListSagaDefinitionsRequest\x1a..agentmesh.saga.v1.ListSagaDefinitionsResponse\x12P\n" +
-	"\aGetSaga\x12!.agentmesh.saga.v1.GetSagaRequest\x1a\".agentmesh.saga.v1.GetSagaResponse\x12V\n" +
-	"\tListSagas\x12#.agentmesh.saga.v1.ListSagasRequest\x1a$.agentmesh.saga.v1.ListSagasResponse\x12Y\n" +
+	"0SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED\x10\x122\xce\a\n" +
+	"\vSagaService\x12n\n" +
+	"\tStartSaga\x12#.agentmesh.saga.v1.StartSagaRequest\x1a$.agentmesh.saga.v1.StartSagaResponse\"\x16\xf2\xb5\x18\x0fidempotency_key\x90\x02\x00\x12\x82\x01\n" +
+	"\x16RegisterSagaDefinition\x120.agentmesh.saga.v1.RegisterSagaDefinitionRequest\x1a1.agentmesh.saga.v1.RegisterSagaDefinitionResponse\"\x03\x90\x02\x02\x12s\n" +
+	"\x11GetSagaDefinition\x12+.agentmesh.saga.v1.GetSagaDefinitionRequest\x1a,.agentmesh.saga.v1.GetSagaDefinitionResponse\"\x03\x90\x02\x01\x12y\n" +
+	"\x13ListSagaDefinitions\x12-.agentmesh.saga.v1.ListSagaDefinitionsRequest\x1a..agentmesh.saga.v1.ListSagaDefinitionsResponse\"\x03\x90\x02\x01\x12U\n" +
+	"\aGetSaga\x12!.agentmesh.saga.v1.GetSagaRequest\x1a\".agentmesh.saga.v1.GetSagaResponse\"\x03\x90\x02\x01\x12[\n" +
+	"\tListSagas\x12#.agentmesh.saga.v1.ListSagasRequest\x1a$.agentmesh.saga.v1.ListSagasResponse\"\x03\x90\x02\x01\x12^\n" +
 	"\n" +
-	"CancelSaga\x12$.agentmesh.saga.v1.CancelSagaRequest\x1a%.agentmesh.saga.v1.CancelSagaResponse\x12X\n" +
-	"\tWatchSaga\x12#.agentmesh.saga.v1.WatchSagaRequest\x1a$.agentmesh.saga.v1.WatchSagaResponse0\x01\x12b\n" +
-	"\rGetSagaEvents\x12'.agentmesh.saga.v1.GetSagaEventsRequest\x1a(.agentmesh.saga.v1.GetSagaEventsResponseB\xd0\x01\n" +
+	"CancelSaga\x12$.agentmesh.saga.v1.CancelSagaRequest\x1a%.agentmesh.saga.v1.CancelSagaResponse\"\x03\x90\x02\x02\x12]\n" +
+	"\tWatchSaga\x12#.agentmesh.saga.v1.WatchSagaRequest\x1a$.agentmesh.saga.v1.WatchSagaResponse\"\x03\x90\x02\x010\x01\x12g\n" +
+	"\rGetSagaEvents\x12'.agentmesh.saga.v1.GetSagaEventsRequest\x1a(.agentmesh.saga.v1.GetSagaEventsResponse\"\x03\x90\x02\x01B\xd0\x01\n" +
 	"\x15com.agentmesh.saga.v1B\tSagaProtoP\x01ZFgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/saga/v1;sagav1\xa2\x02\x03ASX\xaa\x02\x11Agentmesh.Saga.V1\xca\x02\x11Agentmesh\\Saga\\V1\xe2\x02\x1dAgentmesh\\Saga\\V1\\GPBMetadata\xea\x02\x13Agentmesh::Saga::V1b\x06proto3"
 
 var (

@@ -2092,7 +2092,7 @@ var File_agentmesh_swarm_v1_swarm_proto protoreflect.FileDescriptor
 
 const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\n" +
-	"\x1eagentmesh/swarm/v1/swarm.proto\x12\x12agentmesh.swarm.v1\x1a agentmesh/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n" +
+	"\x1eagentmesh/swarm/v1/swarm.proto\x12\x12agentmesh.swarm.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"s\n" +
 	"\vSearchSpace\x12\x1e\n" +
 	"\n" +
 	"dimensions\x18\x01 \x01(\rR\n" +
@@ -2267,15 +2267,15 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\x13TERMINATION_TIMEOUT\x10\x03\x12\x1f\n" +
 	"\x1bTERMINATION_PARTITIONS_DONE\x10\x04\x12\x17\n" +
 	"\x13TERMINATION_STOPPED\x10\x05\x12\x15\n" +
-	"\x11TERMINATION_ERROR\x10\x062\xdb\x03\n" +
-	"\fSwarmService\x12^\n" +
-	"\vDeploySwarm\x12&.agentmesh.swarm.v1.DeploySwarmRequest\x1a'.agentmesh.swarm.v1.DeploySwarmResponse\x12U\n" +
-	"\bGetSwarm\x12#.agentmesh.swarm.v1.GetSwarmRequest\x1a$.agentmesh.swarm.v1.GetSwarmResponse\x12[\n" +
+	"\x11TERMINATION_ERROR\x10\x062\x80\x04\n" +
+	"\fSwarmService\x12o\n" +
+	"\vDeploySwarm\x12&.agentmesh.swarm.v1.DeploySwarmRequest\x1a'.agentmesh.swarm.v1.DeploySwarmResponse\"\x0f\xf2\xb5\x18\bswarm_id\x90\x02\x00\x12Z\n" +
+	"\bGetSwarm\x12#.agentmesh.swarm.v1.GetSwarmRequest\x1a$.agentmesh.swarm.v1.GetSwarmResponse\"\x03\x90\x02\x01\x12`\n" +
 	"\n" +
-	"ListSwarms\x12%.agentmesh.swarm.v1.ListSwarmsRequest\x1a&.agentmesh.swarm.v1.ListSwarmsResponse\x12X\n" +
-	"\tStopSwarm\x12$.agentmesh.swarm.v1.StopSwarmRequest\x1a%.agentmesh.swarm.v1.StopSwarmResponse\x12]\n" +
+	"ListSwarms\x12%.agentmesh.swarm.v1.ListSwarmsRequest\x1a&.agentmesh.swarm.v1.ListSwarmsResponse\"\x03\x90\x02\x01\x12]\n" +
+	"\tStopSwarm\x12$.agentmesh.swarm.v1.StopSwarmRequest\x1a%.agentmesh.swarm.v1.StopSwarmResponse\"\x03\x90\x02\x02\x12b\n" +
 	"\n" +
-	"WatchSwarm\x12%.agentmesh.swarm.v1.WatchSwarmRequest\x1a&.agentmesh.swarm.v1.WatchSwarmResponse0\x01B\xd8\x01\n" +
+	"WatchSwarm\x12%.agentmesh.swarm.v1.WatchSwarmRequest\x1a&.agentmesh.swarm.v1.WatchSwarmResponse\"\x03\x90\x02\x010\x01B\xd8\x01\n" +
 	"\x16com.agentmesh.swarm.v1B\n" +
 	"SwarmProtoP\x01ZHgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/swarm/v1;swarmv1\xa2\x02\x03ASX\xaa\x02\x12Agentmesh.Swarm.V1\xca\x02\x12Agentmesh\\Swarm\\V1\xe2\x02\x1eAgentmesh\\Swarm\\V1\\GPBMetadata\xea\x02\x14Agentmesh::Swarm::V1b\x06proto3"
 
