@@ -4,21 +4,65 @@
 Servers raise these; the server runtime turns them into a rich status
 (`grpc-status-details-bin`). Clients turn an `AioRpcError` back into the same
 class with `from_rpc_error`, so code on both sides catches one hierarchy.
+
+Why a call failed travels as `google.rpc.ErrorInfo` with a reason from the
+contract's `agentmesh.common.v1.ErrorReason` enum, spelled without the
+`ERROR_REASON_` prefix ("NO_HEALTHY_TARGET") and with domain `DOMAIN`. Raise
+with `reason=ErrorReason.ERROR_REASON_X` (a plain string still works, for
+reasons outside the enum); read it back with `error_reason(err)`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, TypeAlias
 
 import grpc
 from google.protobuf import any_pb2, duration_pb2
 from google.protobuf.message import Message
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 
+from agentmesh.common.v1.common_pb2 import ErrorReason
+
 #: Error domain used in google.rpc.ErrorInfo.
 DOMAIN = "agentmesh.io"
 STATUS_DETAILS_KEY = "grpc-status-details-bin"
+_REASON_PREFIX = "ERROR_REASON_"
+
+#: A reason as raised: an `ErrorReason` value, or a free-form string (the
+#: string of an enum value's name without its prefix means that value).
+Reason: TypeAlias = "ErrorReason.ValueType | str"
+
+
+def reason_name(reason: Reason) -> str:
+    """The ErrorInfo.reason string of `reason`: the enum name without its prefix.
+
+    `ErrorReason.ERROR_REASON_NO_HEALTHY_TARGET` → "NO_HEALTHY_TARGET";
+    UNSPECIFIED → ""; a string is returned as it is.
+
+    Raises:
+        ValueError: an int that is no ErrorReason value.
+    """
+    if isinstance(reason, str):
+        return reason
+    if reason == ErrorReason.ERROR_REASON_UNSPECIFIED:
+        return ""
+    return ErrorReason.Name(reason).removeprefix(_REASON_PREFIX)
+
+
+def parse_reason(reason: str) -> ErrorReason.ValueType:
+    """The ErrorReason of an ErrorInfo.reason string; UNSPECIFIED when unknown."""
+    value = ErrorReason.DESCRIPTOR.values_by_name.get(_REASON_PREFIX + reason) if reason else None
+    return ErrorReason.ERROR_REASON_UNSPECIFIED if value is None else value.number  # type: ignore[return-value]
+
+
+def error_info(
+    reason: Reason, *, metadata: Mapping[str, str] | None = None
+) -> error_details_pb2.ErrorInfo:
+    """A google.rpc.ErrorInfo with `reason` (see `reason_name`) in `DOMAIN`."""
+    return error_details_pb2.ErrorInfo(
+        reason=reason_name(reason), domain=DOMAIN, metadata=metadata or {}
+    )
 
 
 class AgentMeshError(Exception):
@@ -40,6 +84,21 @@ class AgentMeshError(Exception):
     def detail(self, kind: type[Message]) -> Message | None:
         """The first detail of type `kind`, or None."""
         return next((d for d in self.details if isinstance(d, kind)), None)
+
+    @property
+    def reason(self) -> str:
+        """The ErrorInfo reason string, e.g. "NO_HEALTHY_TARGET", or ""."""
+        info = self.detail(error_details_pb2.ErrorInfo)
+        return info.reason if isinstance(info, error_details_pb2.ErrorInfo) else ""
+
+    @property
+    def error_reason(self) -> ErrorReason.ValueType:
+        """The ErrorInfo reason as an ErrorReason (UNSPECIFIED when none or
+        unknown, or when the ErrorInfo is of another domain)."""
+        info = self.detail(error_details_pb2.ErrorInfo)
+        if not isinstance(info, error_details_pb2.ErrorInfo) or info.domain != DOMAIN:
+            return ErrorReason.ERROR_REASON_UNSPECIFIED
+        return parse_reason(info.reason)
 
     def to_status_proto(self) -> status_pb2.Status:
         """The google.rpc.Status for this error."""
@@ -190,8 +249,8 @@ class Unavailable(AgentMeshError):
     """UNAVAILABLE: a dependency is down, or a write's outcome is unknown.
 
     Args:
-        reason: an ErrorInfo reason such as "REDIS_DOWN", "KAFKA_DOWN",
-            "NO_HEALTHY_TARGET" or "UNKNOWN_OUTCOME".
+        reason: the ErrorInfo reason, an ErrorReason such as
+            `ErrorReason.ERROR_REASON_REDIS_DOWN` (or its string "REDIS_DOWN").
         metadata: ErrorInfo metadata.
         retry_after_s: optional RetryInfo delay in seconds.
     """
@@ -199,23 +258,16 @@ class Unavailable(AgentMeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
     def __init__(
-        self, message: str, *, reason: str = "", metadata: Mapping[str, str] | None = None,
+        self, message: str, *, reason: Reason = "",
+        metadata: Mapping[str, str] | None = None,
         retry_after_s: float | None = None, details: Sequence[Message] = (),
     ) -> None:
         extra: list[Message] = []
-        if reason:
-            extra.append(
-                error_details_pb2.ErrorInfo(reason=reason, domain=DOMAIN, metadata=metadata or {})
-            )
+        if reason_name(reason):
+            extra.append(error_info(reason, metadata=metadata))
         if retry_after_s is not None:
             extra.append(error_details_pb2.RetryInfo(retry_delay=_duration(retry_after_s)))
         super().__init__(message, details=[*extra, *details])
-
-    @property
-    def reason(self) -> str:
-        """The ErrorInfo reason, or ""."""
-        info = self.detail(error_details_pb2.ErrorInfo)
-        return info.reason if isinstance(info, error_details_pb2.ErrorInfo) else ""
 
 
 class DeadlineExceeded(AgentMeshError):
@@ -270,10 +322,6 @@ _DETAIL_TYPES: tuple[type[Message], ...] = (
     error_details_pb2.LocalizedMessage, error_details_pb2.RequestInfo,
 )
 
-#: Codes an idempotent call may retry.
-RETRYABLE_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED})
-
-
 def _duration(seconds: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(seconds * 1e9))
@@ -296,6 +344,21 @@ def unpack_details(status: status_pb2.Status) -> list[Message]:
                 out.append(msg)
                 break
     return out
+
+
+def error_reason(err: BaseException) -> ErrorReason.ValueType:
+    """The ErrorReason of a failed call: of an AgentMeshError, or of a
+    grpc.RpcError (sync or aio) from the ErrorInfo in its status details.
+
+    Returns:
+        ERROR_REASON_UNSPECIFIED when there is no ErrorInfo of `DOMAIN`, or
+        its reason is not in the enum (a newer server, or a free-form string).
+    """
+    if isinstance(err, AgentMeshError):
+        return err.error_reason
+    if isinstance(err, grpc.RpcError):
+        return from_rpc_error(err).error_reason
+    return ErrorReason.ERROR_REASON_UNSPECIFIED
 
 
 def from_rpc_error(err: grpc.RpcError) -> AgentMeshError:

@@ -63,3 +63,31 @@ def test_out_of_range_round_trips_to_its_class() -> None:
     back = roundtrip(OutOfRange("revision 3 is older than the retained history (oldest 10)"))
     assert isinstance(back, OutOfRange)
     assert back.code == grpc.StatusCode.OUT_OF_RANGE
+
+
+def test_every_error_reason_travels_as_its_name_without_the_prefix() -> None:
+    from agentmesh.runtime.errors import DOMAIN, ErrorReason, error_reason, parse_reason
+
+    for value in ErrorReason.DESCRIPTOR.values:
+        if value.number == ErrorReason.ERROR_REASON_UNSPECIFIED:
+            continue
+        back = roundtrip(Unavailable("down", reason=value.number))  # type: ignore[arg-type]
+        info = back.detail(error_details_pb2.ErrorInfo)
+        assert isinstance(info, error_details_pb2.ErrorInfo)
+        assert (info.reason, info.domain) == (value.name.removeprefix("ERROR_REASON_"), DOMAIN)
+        assert error_reason(back) == value.number
+        assert parse_reason(info.reason) == value.number
+
+
+def test_unknown_or_foreign_reasons_read_as_unspecified() -> None:
+    from agentmesh.runtime.errors import ErrorReason, error_info, error_reason
+
+    assert Unavailable("x", reason="TEST").reason == "TEST"
+    assert error_reason(Unavailable("x", reason="TEST")) == ErrorReason.ERROR_REASON_UNSPECIFIED
+    assert Unavailable("x", reason=ErrorReason.ERROR_REASON_UNSPECIFIED).details == []
+    foreign = error_info("REDIS_DOWN")
+    foreign.domain = "googleapis.com"
+    err = Unavailable("x", details=[foreign])
+    assert err.reason == "REDIS_DOWN"
+    assert err.error_reason == ErrorReason.ERROR_REASON_UNSPECIFIED
+    assert error_reason(ValueError("no status")) == ErrorReason.ERROR_REASON_UNSPECIFIED
