@@ -3,7 +3,9 @@
 Run `python -m agentmesh.client._codegen` after a proto change; the unit test
 `tests/unit/sdk/test_client_codegen.py` fails while `services.py` is stale.
 The wrappers are read from the generated descriptors, so they always match the
-contracts; behaviour (deadlines, retries, errors) lives in `agentmesh.client.base`.
+contracts; behaviour (deadlines, retries, errors) lives in `agentmesh.client.base`,
+and which calls are retried comes from each RPC's `idempotency_level` through
+`agentmesh.runtime.retry`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import sys
 from pathlib import Path
 
 from google.protobuf.descriptor import MethodDescriptor
+
+from agentmesh.runtime.retry import IdempotencyLevel, idempotency_of, key_field_of
 
 #: (area, proto module, client attribute of the raw stub) per service, in output order.
 SERVICES: list[tuple[str, str, str, str]] = [
@@ -30,22 +34,6 @@ SERVICES: list[tuple[str, str, str, str]] = [
 RENAMES = {
     ("BusService", "Request"): "bus_request",
     ("BusService", "ScatterGather"): "bus_scatter_gather",
-}
-
-#: RPCs that are safe to retry on UNAVAILABLE whatever their input: reads,
-#: upserts and calls keyed by what they change.
-ALWAYS_IDEMPOTENT = re.compile(
-    r"^(Get|List|Discover|Verify|Route$|RouteBatch$|Heartbeat$|RegisterAgent$|ReportLoad$"
-    r"|RenewLock$|RegisterSagaDefinition$|CreateTopic$|GetSagaEvents$)"
-)
-
-#: RPCs that are safe to retry only when the caller set a dedupe key: field path.
-KEYED = {
-    ("RouterService", "Invoke"): "idempotency_key",
-    ("RouterService", "ScatterGather"): "idempotency_key",
-    ("SagaService", "StartSaga"): "idempotency_key",
-    ("SwarmService", "DeploySwarm"): "swarm_id",
-    ("BusService", "Publish"): "message.id",
 }
 
 OUT = Path(__file__).with_name("services.py")
@@ -108,15 +96,19 @@ def _method(area: str, mod: str, svc: str, stub_attr: str, m: MethodDescriptor, 
             metadata=metadata,
         )
 '''
-    if ALWAYS_IDEMPOTENT.match(m.name):
-        retry = "True"
-        note = "Retried on UNAVAILABLE"
-    elif (svc, m.name) in KEYED:
-        retry = repr(KEYED[(svc, m.name)])
-        note = f"Retried on UNAVAILABLE when `{KEYED[(svc, m.name)]}` is set"
+    rpc = f"/{m.containing_service.full_name}/{m.name}"
+    level = idempotency_of(rpc)
+    key_field = key_field_of(rpc)
+    # Retries follow agentmesh.runtime.retry.is_retryable for the level.
+    if level != IdempotencyLevel.IDEMPOTENCY_UNKNOWN:
+        note = f"{level.name}: retried on the codes `is_retryable` allows for it"
+    elif key_field:
+        note = (
+            f"IDEMPOTENT when `{key_field}` is set (retried like one); otherwise\n"
+            "        retried only when the call provably took no effect"
+        )
     else:
-        retry = "False"
-        note = "Not retried (not idempotent)"
+        note = "IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect"
     return f'''
     async def {name}(
         self,
@@ -136,7 +128,7 @@ def _method(area: str, mod: str, svc: str, stub_attr: str, m: MethodDescriptor, 
             _build({req_t}, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry={retry},
+            rpc="{rpc}",
         )
 '''
 

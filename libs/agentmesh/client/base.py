@@ -1,9 +1,12 @@
 """Channels, raw stubs and call behaviour shared by every Client method.
 
-Every unary call gets a deadline (`timeout_s`, default `default_timeout_s`),
-idempotent calls are retried on UNAVAILABLE with jittered exponential backoff
-inside that deadline (tenacity), and every `grpc.aio.AioRpcError` is raised as
-the matching `agentmesh.runtime.errors.AgentMeshError`.
+Every unary call gets a deadline (`timeout_s`, default `default_timeout_s`).
+A failed call is retried with jittered exponential backoff inside that
+deadline (tenacity) when `agentmesh.runtime.retry.is_retryable` allows it for
+the RPC's contract-declared `idempotency_level` (a keyed request, e.g. a
+StartSaga with `idempotency_key`, counts as IDEMPOTENT). Every
+`grpc.aio.AioRpcError` is raised as the matching
+`agentmesh.runtime.errors.AgentMeshError`.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from agentmesh.agent.structs import dict_to_struct
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import DEFAULT_PORTS
 from agentmesh.runtime.errors import from_rpc_error
+from agentmesh.runtime.retry import IdempotencyLevel, idempotency_of, is_retryable_error
 
 M = TypeVar("M", bound=Message)
 T = TypeVar("T")
@@ -56,17 +60,6 @@ def default_target(daemon: str) -> str:
     """`AGENTMESH_<DAEMON>_TARGET`, else `127.0.0.1:<default port>` from DESIGN.md."""
     env = os.environ.get(f"AGENTMESH_{daemon.upper()}_TARGET")
     return env or f"127.0.0.1:{DEFAULT_PORTS[daemon][0]}"
-
-
-def _is_retryable(exc: BaseException) -> bool:
-    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
-
-
-def _field(msg: Message, path: str) -> Any:
-    value: Any = msg
-    for part in path.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def _build(cls: type[M], request: M | None, fields: Mapping[str, Any]) -> M:
@@ -142,7 +135,7 @@ class ClientBase:
         tls_ca_file: PEM CA; set turns TLS on (`AGENTMESH_TLS_CA_FILE`).
         client_cert_file / client_key_file: PEM client identity for mTLS.
         default_timeout_s: deadline of unary calls without `timeout_s`, seconds.
-        retry_attempts: attempts of an idempotent call, including the first.
+        retry_attempts: attempts of a retryable call, including the first.
     """
 
     def __init__(
@@ -271,12 +264,13 @@ class ClientBase:
         *,
         timeout_s: float | None,
         metadata: Sequence[tuple[str, str]],
-        retry: bool | str,
+        rpc: str,
     ) -> Any:
+        """One unary call of `rpc` ("/pkg.Service/Method"), retried as its contract allows."""
         budget_s = self.default_timeout_s if timeout_s is None else timeout_s
         deadline = time.monotonic() + budget_s if budget_s and budget_s > 0 else None
-        retryable = retry is True or (isinstance(retry, str) and bool(_field(request, retry)))
-        stop: stop_base = stop_after_attempt(self.retry_attempts if retryable else 1)
+        level: IdempotencyLevel = idempotency_of(rpc, request=request)
+        stop: stop_base = stop_after_attempt(self.retry_attempts)
         if deadline is not None:
             stop = stop | stop_after_delay(budget_s)
         md = self._metadata(metadata)
@@ -284,7 +278,9 @@ class ClientBase:
             async for attempt in AsyncRetrying(
                 stop=stop,
                 wait=wait_exponential_jitter(multiplier=0.05, max=1.0),
-                retry=retry_if_exception(_is_retryable),
+                retry=retry_if_exception(
+                    lambda e: is_retryable_error(e, idempotency=level)
+                ),
                 reraise=True,
             ):
                 with attempt:

@@ -31,14 +31,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_pb2.RegisterAgentResponse:
         """`agentmesh.registry.v1.RegistryService.RegisterAgent`.
 
-        Retried on UNAVAILABLE.
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.registry.RegisterAgent,
             _build(registry_pb2.RegisterAgentRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.registry.v1.RegistryService/RegisterAgent",
         )
 
     async def deregister_agent(
@@ -52,14 +52,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_pb2.DeregisterAgentResponse:
         """`agentmesh.registry.v1.RegistryService.DeregisterAgent`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.registry.DeregisterAgent,
             _build(registry_pb2.DeregisterAgentRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.registry.v1.RegistryService/DeregisterAgent",
         )
 
     async def get_agent(
@@ -73,14 +73,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_pb2.GetAgentResponse:
         """`agentmesh.registry.v1.RegistryService.GetAgent`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.registry.GetAgent,
             _build(registry_pb2.GetAgentRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.registry.v1.RegistryService/GetAgent",
         )
 
     async def list_agents(
@@ -94,14 +94,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_pb2.ListAgentsResponse:
         """`agentmesh.registry.v1.RegistryService.ListAgents`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.registry.ListAgents,
             _build(registry_pb2.ListAgentsRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.registry.v1.RegistryService/ListAgents",
         )
 
     async def heartbeat(
@@ -115,14 +115,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_pb2.HeartbeatResponse:
         """`agentmesh.registry.v1.RegistryService.Heartbeat`.
 
-        Retried on UNAVAILABLE.
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.registry.Heartbeat,
             _build(registry_pb2.HeartbeatRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.registry.v1.RegistryService/Heartbeat",
         )
 
     def heartbeat_stream(
@@ -151,14 +151,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_pb2.DiscoverAgentsResponse:
         """`agentmesh.registry.v1.RegistryService.DiscoverAgents`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.registry.DiscoverAgents,
             _build(registry_pb2.DiscoverAgentsRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.registry.v1.RegistryService/DiscoverAgents",
         )
 
     def watch_agents(
@@ -194,14 +194,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_coordination_pb2.AcquireLockResponse:
         """`agentmesh.registry.v1.CoordinationService.AcquireLock`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.coordination.AcquireLock,
             _build(registry_coordination_pb2.AcquireLockRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.registry.v1.CoordinationService/AcquireLock",
         )
 
     async def renew_lock(
@@ -215,14 +215,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_coordination_pb2.RenewLockResponse:
         """`agentmesh.registry.v1.CoordinationService.RenewLock`.
 
-        Retried on UNAVAILABLE.
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.coordination.RenewLock,
             _build(registry_coordination_pb2.RenewLockRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.registry.v1.CoordinationService/RenewLock",
         )
 
     async def release_lock(
@@ -236,14 +236,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_coordination_pb2.ReleaseLockResponse:
         """`agentmesh.registry.v1.CoordinationService.ReleaseLock`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.coordination.ReleaseLock,
             _build(registry_coordination_pb2.ReleaseLockRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.registry.v1.CoordinationService/ReleaseLock",
         )
 
     async def create_proposal(
@@ -257,14 +257,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_coordination_pb2.CreateProposalResponse:
         """`agentmesh.registry.v1.CoordinationService.CreateProposal`.
 
-        Not retried (not idempotent).
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
         """
         return await self._unary(
             self.coordination.CreateProposal,
             _build(registry_coordination_pb2.CreateProposalRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.registry.v1.CoordinationService/CreateProposal",
         )
 
     async def cast_vote(
@@ -278,14 +278,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_coordination_pb2.CastVoteResponse:
         """`agentmesh.registry.v1.CoordinationService.CastVote`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.coordination.CastVote,
             _build(registry_coordination_pb2.CastVoteRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.registry.v1.CoordinationService/CastVote",
         )
 
     async def get_proposal(
@@ -299,14 +299,14 @@ class ServiceMethods(ClientBase):
     ) -> registry_coordination_pb2.GetProposalResponse:
         """`agentmesh.registry.v1.CoordinationService.GetProposal`.
 
-        Retried on UNAVAILABLE.
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.coordination.GetProposal,
             _build(registry_coordination_pb2.GetProposalRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.registry.v1.CoordinationService/GetProposal",
         )
 
     # ---- agentmesh.router.v1.RouterService ---------------------------
@@ -322,14 +322,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.RouteResponse:
         """`agentmesh.router.v1.RouterService.Route`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.Route,
             _build(router_pb2.RouteRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/Route",
         )
 
     async def route_batch(
@@ -343,14 +343,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.RouteBatchResponse:
         """`agentmesh.router.v1.RouterService.RouteBatch`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.RouteBatch,
             _build(router_pb2.RouteBatchRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/RouteBatch",
         )
 
     def route_stream(
@@ -379,14 +379,15 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.InvokeResponse:
         """`agentmesh.router.v1.RouterService.Invoke`.
 
-        Retried on UNAVAILABLE when `idempotency_key` is set.
+        IDEMPOTENT when `idempotency_key` is set (retried like one); otherwise
+        retried only when the call provably took no effect.
         """
         return await self._unary(
             self.router.Invoke,
             _build(router_pb2.InvokeRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry='idempotency_key',
+            rpc="/agentmesh.router.v1.RouterService/Invoke",
         )
 
     async def scatter_gather(
@@ -400,14 +401,15 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.ScatterGatherResponse:
         """`agentmesh.router.v1.RouterService.ScatterGather`.
 
-        Retried on UNAVAILABLE when `idempotency_key` is set.
+        IDEMPOTENT when `idempotency_key` is set (retried like one); otherwise
+        retried only when the call provably took no effect.
         """
         return await self._unary(
             self.router.ScatterGather,
             _build(router_pb2.ScatterGatherRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry='idempotency_key',
+            rpc="/agentmesh.router.v1.RouterService/ScatterGather",
         )
 
     async def create_route_rule(
@@ -421,14 +423,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.CreateRouteRuleResponse:
         """`agentmesh.router.v1.RouterService.CreateRouteRule`.
 
-        Not retried (not idempotent).
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
         """
         return await self._unary(
             self.router.CreateRouteRule,
             _build(router_pb2.CreateRouteRuleRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.router.v1.RouterService/CreateRouteRule",
         )
 
     async def get_route_rule(
@@ -442,14 +444,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.GetRouteRuleResponse:
         """`agentmesh.router.v1.RouterService.GetRouteRule`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.GetRouteRule,
             _build(router_pb2.GetRouteRuleRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/GetRouteRule",
         )
 
     async def list_route_rules(
@@ -463,14 +465,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.ListRouteRulesResponse:
         """`agentmesh.router.v1.RouterService.ListRouteRules`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.ListRouteRules,
             _build(router_pb2.ListRouteRulesRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/ListRouteRules",
         )
 
     async def delete_route_rule(
@@ -484,14 +486,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.DeleteRouteRuleResponse:
         """`agentmesh.router.v1.RouterService.DeleteRouteRule`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.DeleteRouteRule,
             _build(router_pb2.DeleteRouteRuleRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.router.v1.RouterService/DeleteRouteRule",
         )
 
     async def report_load(
@@ -505,14 +507,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.ReportLoadResponse:
         """`agentmesh.router.v1.RouterService.ReportLoad`.
 
-        Retried on UNAVAILABLE.
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.ReportLoad,
             _build(router_pb2.ReportLoadRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/ReportLoad",
         )
 
     async def create_safety_rule(
@@ -526,14 +528,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.CreateSafetyRuleResponse:
         """`agentmesh.router.v1.RouterService.CreateSafetyRule`.
 
-        Not retried (not idempotent).
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
         """
         return await self._unary(
             self.router.CreateSafetyRule,
             _build(router_pb2.CreateSafetyRuleRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.router.v1.RouterService/CreateSafetyRule",
         )
 
     async def get_safety_rule(
@@ -547,14 +549,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.GetSafetyRuleResponse:
         """`agentmesh.router.v1.RouterService.GetSafetyRule`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.GetSafetyRule,
             _build(router_pb2.GetSafetyRuleRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/GetSafetyRule",
         )
 
     async def list_safety_rules(
@@ -568,14 +570,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.ListSafetyRulesResponse:
         """`agentmesh.router.v1.RouterService.ListSafetyRules`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.ListSafetyRules,
             _build(router_pb2.ListSafetyRulesRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/ListSafetyRules",
         )
 
     async def delete_safety_rule(
@@ -589,14 +591,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.DeleteSafetyRuleResponse:
         """`agentmesh.router.v1.RouterService.DeleteSafetyRule`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.DeleteSafetyRule,
             _build(router_pb2.DeleteSafetyRuleRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.router.v1.RouterService/DeleteSafetyRule",
         )
 
     async def list_target_states(
@@ -610,14 +612,14 @@ class ServiceMethods(ClientBase):
     ) -> router_pb2.ListTargetStatesResponse:
         """`agentmesh.router.v1.RouterService.ListTargetStates`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.router.ListTargetStates,
             _build(router_pb2.ListTargetStatesRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.router.v1.RouterService/ListTargetStates",
         )
 
     # ---- agentmesh.bus.v1.BusService ---------------------------------
@@ -633,14 +635,15 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.PublishResponse:
         """`agentmesh.bus.v1.BusService.Publish`.
 
-        Retried on UNAVAILABLE when `message.id` is set.
+        IDEMPOTENT when `message.id` is set (retried like one); otherwise
+        retried only when the call provably took no effect.
         """
         return await self._unary(
             self.bus.Publish,
             _build(bus_pb2.PublishRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry='message.id',
+            rpc="/agentmesh.bus.v1.BusService/Publish",
         )
 
     def publish_stream(
@@ -684,14 +687,14 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.RequestResponse:
         """`agentmesh.bus.v1.BusService.Request`.
 
-        Not retried (not idempotent).
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
         """
         return await self._unary(
             self.bus.Request,
             _build(bus_pb2.RequestRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.bus.v1.BusService/Request",
         )
 
     async def bus_scatter_gather(
@@ -705,14 +708,14 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.ScatterGatherResponse:
         """`agentmesh.bus.v1.BusService.ScatterGather`.
 
-        Not retried (not idempotent).
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
         """
         return await self._unary(
             self.bus.ScatterGather,
             _build(bus_pb2.ScatterGatherRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.bus.v1.BusService/ScatterGather",
         )
 
     async def list_dead_letters(
@@ -726,14 +729,14 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.ListDeadLettersResponse:
         """`agentmesh.bus.v1.BusService.ListDeadLetters`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.bus.ListDeadLetters,
             _build(bus_pb2.ListDeadLettersRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.bus.v1.BusService/ListDeadLetters",
         )
 
     async def redrive_dead_letters(
@@ -747,14 +750,14 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.RedriveDeadLettersResponse:
         """`agentmesh.bus.v1.BusService.RedriveDeadLetters`.
 
-        Not retried (not idempotent).
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
         """
         return await self._unary(
             self.bus.RedriveDeadLetters,
             _build(bus_pb2.RedriveDeadLettersRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.bus.v1.BusService/RedriveDeadLetters",
         )
 
     async def create_topic(
@@ -768,14 +771,14 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.CreateTopicResponse:
         """`agentmesh.bus.v1.BusService.CreateTopic`.
 
-        Retried on UNAVAILABLE.
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.bus.CreateTopic,
             _build(bus_pb2.CreateTopicRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.bus.v1.BusService/CreateTopic",
         )
 
     async def list_topics(
@@ -789,14 +792,14 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.ListTopicsResponse:
         """`agentmesh.bus.v1.BusService.ListTopics`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.bus.ListTopics,
             _build(bus_pb2.ListTopicsRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.bus.v1.BusService/ListTopics",
         )
 
     async def verify_chain(
@@ -810,14 +813,14 @@ class ServiceMethods(ClientBase):
     ) -> bus_pb2.VerifyChainResponse:
         """`agentmesh.bus.v1.BusService.VerifyChain`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.bus.VerifyChain,
             _build(bus_pb2.VerifyChainRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.bus.v1.BusService/VerifyChain",
         )
 
     # ---- agentmesh.saga.v1.SagaService -------------------------------
@@ -833,14 +836,15 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.StartSagaResponse:
         """`agentmesh.saga.v1.SagaService.StartSaga`.
 
-        Retried on UNAVAILABLE when `idempotency_key` is set.
+        IDEMPOTENT when `idempotency_key` is set (retried like one); otherwise
+        retried only when the call provably took no effect.
         """
         return await self._unary(
             self.saga.StartSaga,
             _build(saga_pb2.StartSagaRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry='idempotency_key',
+            rpc="/agentmesh.saga.v1.SagaService/StartSaga",
         )
 
     async def register_saga_definition(
@@ -854,14 +858,14 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.RegisterSagaDefinitionResponse:
         """`agentmesh.saga.v1.SagaService.RegisterSagaDefinition`.
 
-        Retried on UNAVAILABLE.
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.saga.RegisterSagaDefinition,
             _build(saga_pb2.RegisterSagaDefinitionRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.saga.v1.SagaService/RegisterSagaDefinition",
         )
 
     async def get_saga_definition(
@@ -875,14 +879,14 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.GetSagaDefinitionResponse:
         """`agentmesh.saga.v1.SagaService.GetSagaDefinition`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.saga.GetSagaDefinition,
             _build(saga_pb2.GetSagaDefinitionRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.saga.v1.SagaService/GetSagaDefinition",
         )
 
     async def list_saga_definitions(
@@ -896,14 +900,14 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.ListSagaDefinitionsResponse:
         """`agentmesh.saga.v1.SagaService.ListSagaDefinitions`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.saga.ListSagaDefinitions,
             _build(saga_pb2.ListSagaDefinitionsRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.saga.v1.SagaService/ListSagaDefinitions",
         )
 
     async def get_saga(
@@ -917,14 +921,14 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.GetSagaResponse:
         """`agentmesh.saga.v1.SagaService.GetSaga`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.saga.GetSaga,
             _build(saga_pb2.GetSagaRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.saga.v1.SagaService/GetSaga",
         )
 
     async def list_sagas(
@@ -938,14 +942,14 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.ListSagasResponse:
         """`agentmesh.saga.v1.SagaService.ListSagas`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.saga.ListSagas,
             _build(saga_pb2.ListSagasRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.saga.v1.SagaService/ListSagas",
         )
 
     async def cancel_saga(
@@ -959,14 +963,14 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.CancelSagaResponse:
         """`agentmesh.saga.v1.SagaService.CancelSaga`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.saga.CancelSaga,
             _build(saga_pb2.CancelSagaRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.saga.v1.SagaService/CancelSaga",
         )
 
     def watch_saga(
@@ -1000,14 +1004,14 @@ class ServiceMethods(ClientBase):
     ) -> saga_pb2.GetSagaEventsResponse:
         """`agentmesh.saga.v1.SagaService.GetSagaEvents`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.saga.GetSagaEvents,
             _build(saga_pb2.GetSagaEventsRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.saga.v1.SagaService/GetSagaEvents",
         )
 
     # ---- agentmesh.swarm.v1.SwarmService -----------------------------
@@ -1023,14 +1027,15 @@ class ServiceMethods(ClientBase):
     ) -> swarm_pb2.DeploySwarmResponse:
         """`agentmesh.swarm.v1.SwarmService.DeploySwarm`.
 
-        Retried on UNAVAILABLE when `swarm_id` is set.
+        IDEMPOTENT when `swarm_id` is set (retried like one); otherwise
+        retried only when the call provably took no effect.
         """
         return await self._unary(
             self.swarm.DeploySwarm,
             _build(swarm_pb2.DeploySwarmRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry='swarm_id',
+            rpc="/agentmesh.swarm.v1.SwarmService/DeploySwarm",
         )
 
     async def get_swarm(
@@ -1044,14 +1049,14 @@ class ServiceMethods(ClientBase):
     ) -> swarm_pb2.GetSwarmResponse:
         """`agentmesh.swarm.v1.SwarmService.GetSwarm`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.swarm.GetSwarm,
             _build(swarm_pb2.GetSwarmRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.swarm.v1.SwarmService/GetSwarm",
         )
 
     async def list_swarms(
@@ -1065,14 +1070,14 @@ class ServiceMethods(ClientBase):
     ) -> swarm_pb2.ListSwarmsResponse:
         """`agentmesh.swarm.v1.SwarmService.ListSwarms`.
 
-        Retried on UNAVAILABLE.
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.swarm.ListSwarms,
             _build(swarm_pb2.ListSwarmsRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=True,
+            rpc="/agentmesh.swarm.v1.SwarmService/ListSwarms",
         )
 
     async def stop_swarm(
@@ -1086,14 +1091,14 @@ class ServiceMethods(ClientBase):
     ) -> swarm_pb2.StopSwarmResponse:
         """`agentmesh.swarm.v1.SwarmService.StopSwarm`.
 
-        Not retried (not idempotent).
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
         """
         return await self._unary(
             self.swarm.StopSwarm,
             _build(swarm_pb2.StopSwarmRequest, request, fields),
             timeout_s=timeout_s,
             metadata=metadata,
-            retry=False,
+            rpc="/agentmesh.swarm.v1.SwarmService/StopSwarm",
         )
 
     def watch_swarm(

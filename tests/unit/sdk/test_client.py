@@ -19,6 +19,7 @@ from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 from agentmesh.runtime.errors import (
     DeadlineExceeded,
+    ErrorReason,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -77,11 +78,12 @@ class ScriptedRegistry(registry_pb2_grpc.RegistryServiceServicer):
 class ScriptedRouter(router_pb2_grpc.RouterServiceServicer):
     def __init__(self) -> None:
         self.calls = 0
+        self.reason: ErrorReason.ValueType | str = ""
 
     async def Invoke(self, request: Any, context: Any) -> router_pb2.InvokeResponse:
         self.calls += 1
         if self.calls <= 2:
-            raise Unavailable("the first two calls fail")
+            raise Unavailable("the first two calls fail", reason=self.reason)
         return router_pb2.InvokeResponse(output=request.message.payload.struct_value,
                                          agent_id="agent-x")
 
@@ -120,12 +122,22 @@ async def test_retries_give_up_with_the_mesh_error(servers: Any) -> None:
     assert reg.calls["GetAgent"] == c.retry_attempts
 
 
-async def test_non_idempotent_call_is_not_retried(servers: Any) -> None:
+async def test_a_call_the_contract_marks_idempotent_is_retried(servers: Any) -> None:
+    # DeregisterAgent is `idempotency_level = IDEMPOTENT` in registry.proto.
     reg, _, c = servers
     reg.fail = 1
-    with pytest.raises(Unavailable):
-        await c.deregister_agent(agent_id="agent-a")
-    assert reg.calls["DeregisterAgent"] == 1
+    await c.deregister_agent(agent_id="agent-a")
+    assert reg.calls["DeregisterAgent"] == 2
+
+
+async def test_unknown_call_is_retried_when_nothing_was_applied(servers: Any) -> None:
+    # Invoke without a key is IDEMPOTENCY_UNKNOWN, but NO_HEALTHY_TARGET says
+    # the router called no agent, so sending it again is safe.
+    _, rt, c = servers
+    rt.reason = ErrorReason.ERROR_REASON_NO_HEALTHY_TARGET
+    resp = await c.invoke(message={"payload": {"struct_value": {"a": 1}}}, action="x")
+    assert rt.calls == 3
+    assert struct_to_dict(resp.output) == {"a": 1}
 
 
 async def test_keyed_call_is_retried_only_with_a_key(servers: Any) -> None:
