@@ -41,6 +41,7 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
 from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
+from agentmesh.runtime.routing.engine import RouteEngine  # noqa: E402
 from perf.common import (  # noqa: E402
     NOOP_SERVERS,
     add_json,
@@ -52,7 +53,6 @@ from perf.common import (  # noqa: E402
     write_results,
 )
 from perf.table import Figure  # noqa: E402
-from agentmesh.runtime.routing.engine import RouteEngine  # noqa: E402
 from services.router.settings import RouterSettings  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess  # noqa: E402

@@ -205,7 +205,7 @@ def main() -> None:
         with redis.Redis.from_url(url).pipeline() as pipe:
             queue_agent_record(pipe, "bench-noop", endpoint=agent.target)
             pipe.execute()
-        coord = daemon("saga", work, "--redis-url", url, "--use-router", "false")
+        coord = daemon("saga", work, "--redis-url", url)
         procs.append(coord.start())
         fig = asyncio.run(bench(args, agent.target, coord.target))
         print(json.dumps(fig, indent=2))

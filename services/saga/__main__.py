@@ -7,9 +7,12 @@ import socket
 
 import redis.asyncio as aioredis
 
+from agentmesh.runtime.agents import AgentClient
+from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import ExtraOption, ServerConfig
 from agentmesh.runtime.deps import redis_from_config, redis_probe
 from agentmesh.runtime.retention import retention_ms, retention_option
+from agentmesh.runtime.routing.settings import ROUTING_OPTIONS, RoutingSettings
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from services.saga.agents import AgentCaller
@@ -28,8 +31,8 @@ OPTIONS = [
     ExtraOption("snapshot_every", "16", "events between snapshots"),
     ExtraOption("redis_pool_size", "128", "Redis connections for the engine and unary RPCs"),
     ExtraOption("watch_pool_size", "512", "Redis connections for WatchSaga's blocking reads"),
-    ExtraOption("use_router", "true", "resolve selector targets through the router's Route"),
     retention_option("saga"),
+    *ROUTING_OPTIONS,
 ]
 
 
@@ -53,14 +56,20 @@ def build(daemon: Daemon) -> None:
     watch_redis = _redis(cfg, max_connections=int(x["watch_pool_size"]))
     daemon.on_shutdown(watch_redis.aclose)
     store = SagaStore(redis, retention_ms=keep_ms)
-    caller = AgentCaller(
+    client = AgentClient.create(
         redis,
-        token=cfg.auth_token,
-        tls_ca_file=cfg.tls_ca_file,
-        client_cert_file=cfg.client_cert_pair[0],
-        client_key_file=cfg.client_cert_pair[1],
-        router_target=cfg.router_target if x["use_router"].lower() in ("1", "true") else "",
+        RoutingSettings.from_extra(x),
+        lambda target: create_channel(
+            target,
+            token=cfg.auth_token,
+            tls_ca_file=cfg.tls_ca_file,
+            client_cert_file=cfg.client_cert_pair[0],
+            client_key_file=cfg.client_cert_pair[1],
+        ),
+        identity="saga-coordinator",
     )
+    daemon.on_startup(client.start)
+    caller = AgentCaller(client)
     coordinator_id = (
         x["coordinator_id"] or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     )

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from agentmesh.runtime.agents import AgentClient
+from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import ExtraOption
 from agentmesh.runtime.deps import redis_from_config
 from agentmesh.runtime.retention import retention_ms, retention_option
+from agentmesh.runtime.routing.settings import ROUTING_OPTIONS, RoutingSettings
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-from services.swarm.agents import AgentPool
+from services.swarm.agents import SwarmAgents
 from services.swarm.driver import DriverContext
 from services.swarm.manager import SwarmManager
 from services.swarm.optimization import drive_optimization
@@ -23,6 +26,7 @@ OPTIONS = [
     ExtraOption("agent_refresh_ms", "1000", "how often drivers re-read the registry's agents"),
     ExtraOption("max_watchers", "256", "Redis connections for WatchSwarm streams (one each)"),
     retention_option("swarm"),
+    *ROUTING_OPTIONS,
 ]
 
 
@@ -42,16 +46,28 @@ def build(daemon: Daemon) -> None:
     redis = daemon.redis()
     store = SwarmStore(redis, retention_ms=keep_ms)
     cert, key = daemon.config.client_cert_pair
-    pool = AgentPool(
-        token=daemon.config.auth_token,
-        tls_ca_file=daemon.config.tls_ca_file,
-        client_cert_file=cert,
-        client_key_file=key,
+    # Drivers run in the background, outside any incoming RPC: no deadline or
+    # request id to pass on, so the channels do not propagate (the deadline
+    # is each call's own: partition_timeout, call_timeout).
+    client = AgentClient.create(
+        redis,
+        RoutingSettings.from_extra(x),
+        lambda target: create_channel(
+            target,
+            token=daemon.config.auth_token,
+            tls_ca_file=daemon.config.tls_ca_file,
+            client_cert_file=cert,
+            client_key_file=key,
+            propagate=False,
+        ),
+        identity="swarm-engine",
     )
+    daemon.on_startup(client.start)
+    agents = SwarmAgents(client)
     manager = SwarmManager(
         store,
         redis,
-        pool,
+        agents,
         drive,
         lease_ttl_ms=int(x["lease_ttl_ms"]),
         snapshot_every=max(1, int(x["snapshot_every"])),
@@ -67,7 +83,7 @@ def build(daemon: Daemon) -> None:
         swarm_pb2.DESCRIPTOR.services_by_name["SwarmService"],
     )
     daemon.on_startup(manager.start)
-    daemon.on_shutdown(pool.close)
+    daemon.on_shutdown(agents.close)
     daemon.on_shutdown(manager.close)
 
 

@@ -1,4 +1,4 @@
-"""Talking to worker agents found in the registry's catalog.
+"""Swarm partitions and evaluations on the one agent path (agentmesh.runtime.agents).
 
 Drivers find agents with agentmesh.catalog.find_agents, which reads the
 registry's Redis key schema (services/registry/README.md) directly: the
@@ -7,83 +7,91 @@ hashes. Reading Redis directly, rather than calling
 RegistryService.DiscoverAgents, keeps the swarm engine working while the
 registry daemon restarts; the indexes are the registry's published contract
 for exactly this.
+
+The partition scheduler places each lease on an agent itself (pheromone
+trails), so every call here names its agent; the mesh's AgentClient then
+applies the same guardrails a router Invoke meets: the CEL safety rules on
+the partition's real input, and the shared breakers and outlier ejection of
+the swarm's selector pool. A call to an agent that is breaker-open or ejected
+is refused with UNAVAILABLE (reason NO_HEALTHY_TARGET) before it is sent, and
+the driver reassigns the partition to another agent, as it does when an agent
+is unreachable; every outcome counts toward the agent's breaker.
 """
 
 from __future__ import annotations
 
 import logging
 
-import grpc
-
-from agentmesh.agent.v1 import agent_pb2_grpc
-from agentmesh.runtime.channels import create_channel
+from agentmesh.agent.v1 import agent_pb2
+from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.agents import AgentClient, call_message
 
 log = logging.getLogger("agentmesh.swarm.agents")
 
 
-class AgentPool:
-    """AgentService stubs by endpoint, with one channel per endpoint.
+class SwarmAgents:
+    """The swarm engine's calls to agents.
 
     Args:
-        token: bearer token for calls to agents.
-        tls_ca_file: CA for TLS to agents; empty for plaintext.
-        client_cert_file / client_key_file: PEM identity presented to agents
-            that require mTLS; empty for none.
+        client: the daemon's AgentClient (started and closed with the daemon).
     """
 
-    def __init__(
+    def __init__(self, client: AgentClient) -> None:
+        self.client = client
+
+    async def execute(
         self,
+        selector: common_pb2.AgentSelector,
+        agent_id: str,
+        req: agent_pb2.ExecuteRequest,
         *,
-        token: str = "",
-        tls_ca_file: str = "",
-        client_cert_file: str = "",
-        client_key_file: str = "",
-    ) -> None:
-        self._token = token
-        self._ca = tls_ca_file
-        self._cert = client_cert_file
-        self._key = client_key_file
-        self._channels: dict[str, grpc.aio.Channel] = {}
-        self._stubs: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
+        timeout_s: float,
+    ) -> agent_pb2.ExecuteResponse:
+        """One Execute of a partition on `agent_id`, chosen from `selector`'s pool.
 
-    @property
-    def metadata(self) -> tuple[tuple[str, str], ...]:
-        """Metadata for every call: the bearer token, if any."""
-        return (("authorization", f"Bearer {self._token}"),) if self._token else ()
-
-    def stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
-        """The stub for `endpoint`, creating its channel on first use.
-
-        The channels do not use the runtime's propagating interceptor: drivers
-        run in the background, outside any incoming RPC, so there is no
-        deadline or request id to pass on, and the interceptor roughly doubles
-        the client cost of a call. Pass `metadata` on each call instead; the
-        deadline is the task's own (`partition_timeout`, `call_timeout`).
+        Raises:
+            agentmesh.runtime.errors.FailedPrecondition: a CRITICAL safety rule
+                matched the input (nothing was sent).
+            agentmesh.runtime.errors.Unavailable: NO_HEALTHY_TARGET when the
+                agent is not eligible now (nothing was sent).
+            grpc.aio.AioRpcError: the agent's own failure.
         """
-        stub = self._stubs.get(endpoint)
-        if stub is None:
-            ch = create_channel(
-                endpoint,
-                token=self._token,
-                tls_ca_file=self._ca,
-                client_cert_file=self._cert,
-                client_key_file=self._key,
-                propagate=False,
-            )
-            self._channels[endpoint] = ch
-            stub = self._stubs[endpoint] = agent_pb2_grpc.AgentServiceStub(ch)
-        return stub
+        msg = call_message(
+            action=req.action,
+            payload=req.input,
+            selector=selector,
+            routing_key=req.idempotency_key,
+            metadata=req.metadata,
+        )
+        target = await self.client.check_agent(msg, agent_id)
+        out = await self.client.call(target, "Execute", req, timeout_s=timeout_s)
+        if out.error is not None:
+            raise out.error
+        assert out.response is not None
+        return out.response
 
-    async def drop(self, endpoint: str) -> None:
-        """Close the channel to an endpoint that went away."""
-        ch = self._channels.pop(endpoint, None)
-        self._stubs.pop(endpoint, None)
-        if ch is not None:
-            await ch.close()
+    async def evaluate(
+        self,
+        selector: common_pb2.AgentSelector,
+        agent_id: str,
+        req: agent_pb2.EvaluateRequest,
+        *,
+        timeout_s: float,
+    ) -> agent_pb2.EvaluateResponse:
+        """One batch fitness evaluation on `agent_id`; the rules see the
+        objective as the action and `parameters` as the payload.
+
+        Raises:
+            as `execute`.
+        """
+        msg = call_message(action=req.objective, payload=req.parameters, selector=selector)
+        target = await self.client.check_agent(msg, agent_id)
+        out = await self.client.call(target, "Evaluate", req, timeout_s=timeout_s)
+        if out.error is not None:
+            raise out.error
+        assert out.response is not None
+        return out.response
 
     async def close(self) -> None:
-        """Close every channel."""
-        for ch in list(self._channels.values()):
-            await ch.close()
-        self._channels.clear()
-        self._stubs.clear()
+        """Stop the client and close every channel."""
+        await self.client.close()

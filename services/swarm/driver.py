@@ -16,7 +16,7 @@ from google.protobuf import timestamp_pb2
 
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
-from services.swarm.agents import AgentPool
+from services.swarm.agents import SwarmAgents
 from services.swarm.store import Lease, SwarmStore
 
 TERMINAL_STATUS = {
@@ -34,7 +34,7 @@ class DriverContext:
         store: swarm persistence.
         redis: the daemon's Redis client (for the registry's indexes).
         lease: the lease this replica holds on the swarm.
-        pool: AgentService stubs.
+        agents: calls to agents, on the one agent path.
         snapshot_every: iterations between engine snapshots.
         record_interval_s: minimum time between swarm record updates between
             snapshots (stats go to the stream every iteration regardless).
@@ -46,7 +46,7 @@ class DriverContext:
     store: SwarmStore
     redis: aioredis.Redis
     lease: Lease
-    pool: AgentPool
+    agents: SwarmAgents
     snapshot_every: int
     record_interval_s: float
     agent_refresh_s: float
@@ -97,5 +97,5 @@ def finish(
 
 
 def termination_label(termination: swarm_pb2.Termination.ValueType) -> str:
-    """"converged", "max_iterations", ... from a Termination value."""
+    """ "converged", "max_iterations", ... from a Termination value."""
     return swarm_pb2.Termination.Name(termination).removeprefix("TERMINATION_").lower()

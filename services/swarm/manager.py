@@ -24,7 +24,7 @@ from redis.exceptions import RedisError
 from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
-from services.swarm.agents import AgentPool
+from services.swarm.agents import SwarmAgents
 from services.swarm.driver import DriverContext, finish, now_ts
 from services.swarm.store import TERMINAL_STATES, Lease, LeaseLost, SwarmStore
 
@@ -42,7 +42,7 @@ class SwarmManager:
     Args:
         store: swarm persistence.
         redis: the daemon's Redis client.
-        pool: AgentService stubs.
+        agents: calls to agents, on the one agent path.
         drive: runs one swarm (picks the optimisation or partition driver).
         lease_ttl_ms: lease time-to-live; a dead replica's swarms are taken
             over this long after its last renewal.
@@ -56,7 +56,7 @@ class SwarmManager:
         self,
         store: SwarmStore,
         redis: aioredis.Redis,
-        pool: AgentPool,
+        agents: SwarmAgents,
         drive: DriveFn,
         *,
         lease_ttl_ms: int,
@@ -67,7 +67,7 @@ class SwarmManager:
     ) -> None:
         self.store = store
         self.redis = redis
-        self.pool = pool
+        self.agents = agents
         self.owner = f"swarm-{uuid.uuid4().hex[:12]}"
         self._drive = drive
         self.lease_ttl_ms = lease_ttl_ms
@@ -172,7 +172,7 @@ class SwarmManager:
                 store=self.store,
                 redis=self.redis,
                 lease=lease,
-                pool=self.pool,
+                agents=self.agents,
                 snapshot_every=self.snapshot_every,
                 record_interval_s=self.record_interval_s,
                 agent_refresh_s=self.agent_refresh_s,

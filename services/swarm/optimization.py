@@ -24,7 +24,7 @@ import numpy as np
 
 from agentmesh.agent.v1 import agent_pb2
 from agentmesh.catalog import AgentInfo, find_agents
-from agentmesh.runtime.errors import InvalidArgument
+from agentmesh.runtime.errors import AgentMeshError, InvalidArgument
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
 from services.swarm.driver import (
@@ -154,8 +154,8 @@ class AgentEvaluator:
             parameters=self.parameters,
             swarm_id=self.swarm_id,
         )
-        resp = await self.ctx.pool.stub(agent.endpoint).Evaluate(
-            req, timeout=self.call_timeout_s, metadata=self.ctx.pool.metadata
+        resp = await self.ctx.agents.evaluate(
+            self.selector, agent.agent_id, req, timeout_s=self.call_timeout_s
         )
         if len(resp.fitness) != rows.shape[0]:
             raise ValueError(f"agent {agent.agent_id} returned {len(resp.fitness)} values")
@@ -169,7 +169,7 @@ class AgentEvaluator:
                 continue
             try:
                 return await self._call(agent, rows)
-            except (grpc.aio.AioRpcError, ValueError) as e:
+            except (grpc.aio.AioRpcError, AgentMeshError, ValueError) as e:
                 log.warning(
                     "evaluate failed; trying another agent",
                     extra={"swarm_id": self.swarm_id, "agent_id": agent.agent_id, "error": str(e)},
@@ -267,8 +267,8 @@ async def drive_optimization(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None
         snap = b""
         if terminal or st.iteration % ctx.snapshot_every == 0:
             snap = json.dumps(opt.snapshot()).encode()
-        write_record = terminal or bool(snap) or (
-            time.monotonic() - last_record >= ctx.record_interval_s
+        write_record = (
+            terminal or bool(snap) or (time.monotonic() - last_record >= ctx.record_interval_s)
         )
         res = await ctx.store.commit(
             ctx.lease,
@@ -314,4 +314,3 @@ def _convergence_score(rel: float, spread: float, converged: bool, cfg: SwarmCon
     a = 0.0 if not math.isfinite(rel) else min(1.0, cfg.convergence_threshold / max(rel, 1e-300))
     b = min(1.0, cfg.spread_threshold / max(spread, 1e-300))
     return a * b
-

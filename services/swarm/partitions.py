@@ -39,6 +39,7 @@ from google.protobuf import json_format, struct_pb2
 
 from agentmesh.agent.v1 import agent_pb2
 from agentmesh.catalog import AgentInfo, find_agents
+from agentmesh.runtime.errors import AgentMeshError
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
 from services.swarm.driver import DriverContext, deadline_of, finish, now_ts, role_counts_pb
@@ -214,12 +215,14 @@ class PartitionRun:
                 attempt=lease.attempt,
                 metadata={"swarm_id": self.swarm.swarm_id, "partition": str(index)},
             )
-            stub = self.ctx.pool.stub(agent.endpoint)
             self.attempts += 1
-            fut = asyncio.ensure_future(
-                stub.Execute(req, timeout=self.timeout_s, metadata=self.ctx.pool.metadata)
+            fut: asyncio.Task[agent_pb2.ExecuteResponse] = asyncio.ensure_future(
+                self.ctx.agents.execute(
+                    self.work.selector, agent.agent_id, req, timeout_s=self.timeout_s
+                )
             )
-            fut.add_done_callback(lambda _, lid=lease.lease_id: self.finished.put_nowait(lid))
+            lid = lease.lease_id
+            fut.add_done_callback(lambda _, lid=lid: self.finished.put_nowait(lid))  # type: ignore[misc]
             self.calls[lease.lease_id] = fut
             self.meta[lease.lease_id] = _Call(lease, agent, time.monotonic())
 
@@ -296,8 +299,15 @@ class PartitionRun:
         lease = call.lease
         exc = task.exception()
         if exc is not None:
-            code = exc.code() if isinstance(exc, grpc.aio.AioRpcError) else None
-            self.last_error = f"{lease.agent_id}: {code.name if code else type(exc).__name__}"
+            code: grpc.StatusCode | None = None
+            if isinstance(exc, grpc.aio.AioRpcError):
+                code = exc.code()
+                self.last_error = f"{lease.agent_id}: {code.name}"
+            elif isinstance(exc, AgentMeshError):  # refused by a guardrail, nothing sent
+                code = exc.code
+                self.last_error = f"{lease.agent_id}: {code.name}: {exc.message}"
+            else:
+                self.last_error = f"{lease.agent_id}: {type(exc).__name__}"
             metrics.PARTITIONS.labels("failed").inc()
             if self.sched.fail(lease.lease_id) is not None:
                 self.swarm.partitions.reassignments += 1
@@ -378,16 +388,27 @@ async def drive_partitions(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
                 stats = run.fill()
                 stats.iteration = iteration
                 if all_counted:
-                    finish(swarm, swarm_pb2.SWARM_STATE_COMPLETED,
-                           swarm_pb2.TERMINATION_PARTITIONS_DONE)
+                    finish(
+                        swarm,
+                        swarm_pb2.SWARM_STATE_COMPLETED,
+                        swarm_pb2.TERMINATION_PARTITIONS_DONE,
+                    )
                     metrics.SWARM_EFFICIENCY.set(run.n / max(run.attempts, run.n))
                 elif ended:
-                    finish(swarm, swarm_pb2.SWARM_STATE_FAILED, swarm_pb2.TERMINATION_ERROR,
-                           error=f"{failed} partitions failed after "
-                           f"{run.work.max_attempts} attempts; last error: {run.last_error}")
+                    finish(
+                        swarm,
+                        swarm_pb2.SWARM_STATE_FAILED,
+                        swarm_pb2.TERMINATION_ERROR,
+                        error=f"{failed} partitions failed after "
+                        f"{run.work.max_attempts} attempts; last error: {run.last_error}",
+                    )
                 elif time.time() >= deadline:
-                    finish(swarm, swarm_pb2.SWARM_STATE_FAILED, swarm_pb2.TERMINATION_TIMEOUT,
-                           error=f"timed out with {len(run.ledger)}/{run.n} partitions done")
+                    finish(
+                        swarm,
+                        swarm_pb2.SWARM_STATE_FAILED,
+                        swarm_pb2.TERMINATION_TIMEOUT,
+                        error=f"timed out with {len(run.ledger)}/{run.n} partitions done",
+                    )
                 terminal = swarm.state != swarm_pb2.SWARM_STATE_RUNNING
                 snap = b""
                 if terminal or rounds % ctx.snapshot_every == 0:
@@ -414,4 +435,3 @@ async def drive_partitions(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
     finally:
         for t in run.calls.values():
             t.cancel()
-

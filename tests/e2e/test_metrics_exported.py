@@ -54,7 +54,7 @@ def mesh(
             "router": group.start(daemon("router", tmp_path, *common)),
             "bus": group.start(daemon("bus", tmp_path, *common,
                                       "--kafka-bootstrap", kafka_broker.bootstrap)),
-            "saga": group.start(daemon("saga", tmp_path, *common, "--use-router", "false")),
+            "saga": group.start(daemon("saga", tmp_path, *common)),
             "swarm": group.start(daemon("swarm", tmp_path, *common)),
         }
         agents = [

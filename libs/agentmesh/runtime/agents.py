@@ -268,8 +268,10 @@ class AgentClient:
 
         Raises:
             FailedPrecondition: a CRITICAL safety rule matched the payload.
+            ResourceExhausted: over the caller's rate limit.
             Unavailable: NO_HEALTHY_TARGET when `agent_id` is not eligible.
         """
+        await self.admit(msg)
         d = await self.decide(msg, strategy=R.STRATEGY_BROADCAST)
         for c in d.eligible.candidates:
             if c.agent_id == agent_id:
@@ -372,9 +374,10 @@ class AgentClient:
         """Pick the agent for `msg` (the same ring owner as its Execute) and
         run one Compensate attempt.
 
-        Safety rules are not applied to compensations: a compensation undoes
-        an effect that already passed them, and refusing it would strand that
-        effect. Breakers and ejection still apply, and the outcome counts.
+        Safety rules and rate limits are not applied to compensations: a
+        compensation undoes an effect that already passed them, and refusing
+        or starving it would strand that effect. Breakers and ejection still
+        apply, and the outcome counts.
 
         Raises:
             Unavailable: NO_HEALTHY_TARGET when no agent is eligible.

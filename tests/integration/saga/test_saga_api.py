@@ -3,8 +3,6 @@ saga, cancel, watch/resume, listing and selector targets."""
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import pytest
 
@@ -182,40 +180,3 @@ async def test_selector_target_resolves_through_registry_indexes(stub, rsync) ->
     saga = await run(stub, [_selector_step()])
     assert saga.state == S.SAGA_STATE_COMPLETED
     assert effects(rsync, saga.saga_id) == {f"{saga.saga_id}/sel": 1}
-
-
-async def test_selector_target_resolves_through_the_router(
-    agent, saga_redis_url, rsync, tmp_path
-) -> None:
-    from agentmesh.saga.v1 import saga_pb2_grpc
-    from tests.procs import daemon, scrape_metrics
-
-    router = daemon("router", tmp_path, "--redis-url", saga_redis_url).start()
-    coord = daemon(
-        "saga",
-        tmp_path,
-        "--redis-url",
-        saga_redis_url,
-        "--router-target",
-        router.target,
-        "--use-router",
-        "true",
-    ).start()
-    try:
-        async with grpc.aio.insecure_channel(coord.target) as ch:
-            stub = saga_pb2_grpc.SagaServiceStub(ch)
-            saga = await run(stub, [_selector_step()])
-        metrics = await asyncio.to_thread(scrape_metrics, router.metrics_port)
-    finally:
-        coord.stop()
-        router.stop()
-    assert saga.state == S.SAGA_STATE_COMPLETED
-    assert effects(rsync, saga.saga_id) == {f"{saga.saga_id}/sel": 1}
-    routed = [
-        line
-        for line in metrics.splitlines()
-        if line.startswith("grpc_server_handled_total")
-        and 'grpc_method="Route"' in line
-        and 'grpc_code="OK"' in line
-    ]
-    assert routed and float(routed[0].split()[-1]) >= 1

@@ -10,12 +10,12 @@ import pytest
 from agentmesh.catalog import version_matches
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
-from services.router import aggregate
 from agentmesh.runtime.routing.candidates import Candidate, Eligible, eligible_of
 from agentmesh.runtime.routing.celexpr import CelError, Condition, activation
-from services.router.settings import OPTIONS, RouterSettings
 from agentmesh.runtime.routing.strategies import Picker
 from agentmesh.runtime.routing.targets import TargetState, TargetStates
+from services.router import aggregate
+from services.router.settings import OPTIONS, RouterSettings
 
 
 def cands(n: int, **kw: float) -> list[Candidate]:
