@@ -12,6 +12,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+from agentmesh.common.v1.common_pb2 import ErrorReason
 from services.bus.wire import OutRecord, StoredRecord
 
 TopicPartition = tuple[str, int]
@@ -23,11 +24,13 @@ class DeliveryError(Exception):
     Attributes:
         unknown_outcome: True when it may still have been written (timed out
             in flight); False when it certainly was not.
-        reason: ErrorInfo reason, e.g. "UNKNOWN_OUTCOME", "KAFKA_DOWN",
-            "MESSAGE_TOO_LARGE".
+        reason: the ErrorInfo reason, e.g. UNKNOWN_OUTCOME, KAFKA_ERROR,
+            MESSAGE_TOO_LARGE.
     """
 
-    def __init__(self, message: str, *, unknown_outcome: bool, reason: str) -> None:
+    def __init__(
+        self, message: str, *, unknown_outcome: bool, reason: ErrorReason.ValueType
+    ) -> None:
         super().__init__(message)
         self.unknown_outcome = unknown_outcome
         self.reason = reason

@@ -40,6 +40,7 @@ from confluent_kafka import (
 from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from agentmesh.common.v1.common_pb2 import ErrorReason
 from agentmesh.runtime.deps import kafka_client_config, kafka_producer_config
 from services.bus import metrics
 from services.bus.backend import (
@@ -128,11 +129,11 @@ class _Batch:
         code = err.code()
         unknown = code in _UNKNOWN_OUTCOME_CODES or err.retriable()
         if code == KafkaError.MSG_SIZE_TOO_LARGE:
-            reason = "MESSAGE_TOO_LARGE"
+            reason = ErrorReason.ERROR_REASON_MESSAGE_TOO_LARGE
         elif unknown:
-            reason = "UNKNOWN_OUTCOME"
+            reason = ErrorReason.ERROR_REASON_UNKNOWN_OUTCOME
         else:
-            reason = "KAFKA_ERROR"
+            reason = ErrorReason.ERROR_REASON_KAFKA_ERROR
         self.done(i, DeliveryError(str(err), unknown_outcome=unknown, reason=reason))
 
 
@@ -316,7 +317,8 @@ class KafkaBackend(Backend):
 
     @staticmethod
     def _fail_local(batch: _Batch, i: int, msg: str) -> None:
-        batch.done(i, DeliveryError(msg, unknown_outcome=False, reason="KAFKA_QUEUE_FULL"))
+        full = ErrorReason.ERROR_REASON_KAFKA_QUEUE_FULL
+        batch.done(i, DeliveryError(msg, unknown_outcome=False, reason=full))
 
     # ---- consumers ------------------------------------------------------
     def consumer_config(self, group: str, *, earliest: bool) -> dict[str, Any]:

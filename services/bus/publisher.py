@@ -22,6 +22,7 @@ from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import (
     AgentMeshError,
+    ErrorReason,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
@@ -140,7 +141,7 @@ class Publisher:
                 pending.add_done_callback(lambda _: self._creating.pop(topic, None))
             return await asyncio.shield(pending)
         except BackendUnavailable as exc:
-            raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+            raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
 
     async def _create(self, topic: str) -> int:
         try:
@@ -190,7 +191,9 @@ class Publisher:
                     parts[topic] = 0
                     errors[i] = exc
             if not parts[topic] and errors[i] is None:
-                errors[i] = Unavailable(f"topic {topic} is unavailable", reason="KAFKA_DOWN")
+                errors[i] = Unavailable(
+                    f"topic {topic} is unavailable", reason=ErrorReason.ERROR_REASON_KAFKA_DOWN
+                )
         return self._enqueue(envs, errors, parts, checked=True)
 
     def _enqueue(
@@ -290,7 +293,7 @@ class Publisher:
         except BackendUnavailable as exc:
             for i, r in zip(todo, records, strict=True):
                 self.chain.reset(r[0], r[1])
-                errors[i] = Unavailable(str(exc), reason="KAFKA_DOWN")
+                errors[i] = Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN)
             pending.todo = []
         return pending
 
@@ -496,16 +499,18 @@ def _too_large(size: int, limit: int, prefix: str = "message") -> ResourceExhaus
 def _unknown(message: str) -> Unavailable:
     return Unavailable(
         message + "; it may or may not have been written: retry with the same message id",
-        reason="UNKNOWN_OUTCOME",
+        reason=ErrorReason.ERROR_REASON_UNKNOWN_OUTCOME,
     )
 
 
 def _delivery_error(err: DeliveryError) -> AgentMeshError:
-    if err.reason == "MESSAGE_TOO_LARGE":
+    if err.reason == ErrorReason.ERROR_REASON_MESSAGE_TOO_LARGE:
         return ResourceExhausted(f"the broker refused the message as too large: {err}")
     if err.unknown_outcome:
         return _unknown(f"the write timed out in flight ({err})")
-    return Unavailable(f"the write failed: {err}", reason=err.reason or "KAFKA_DOWN")
+    return Unavailable(
+        f"the write failed: {err}", reason=err.reason or ErrorReason.ERROR_REASON_KAFKA_DOWN
+    )
 
 
 def _reason(err: AgentMeshError) -> str:

@@ -24,6 +24,7 @@ from agentmesh.runtime.errors import (
     AgentMeshError,
     AlreadyExists,
     DeadlineExceeded,
+    ErrorReason,
     InvalidArgument,
     NotFound,
     Unavailable,
@@ -179,7 +180,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             try:
                 topics = await sub.start()
             except BackendUnavailable as exc:
-                raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+                raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
             yield bus_pb2.SubscribeResponse(
                 started=bus_pb2.SubscriptionStarted(subscription_id=sub.id, topics=topics)
             )
@@ -233,7 +234,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         try:
             await self.replies.ensure(topic)
         except BackendUnavailable as exc:
-            raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+            raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
         return topic
 
     async def Request(
@@ -390,7 +391,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                     more = True
                     break
         except BackendUnavailable as exc:
-            raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+            raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
         token = base64.urlsafe_b64encode(json.dumps(pos).encode()).decode() if more else ""
         return bus_pb2.ListDeadLettersResponse(dead_letters=out, next_page_token=token)
 
@@ -451,7 +452,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                     assert isinstance(err, AgentMeshError)
                     raise err
         except BackendUnavailable as exc:
-            raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+            raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
         return resp
 
     # ---- topics -------------------------------------------------------------
@@ -473,7 +474,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         except TopicExists:
             raise AlreadyExists(f"topic {request.topic.name} already exists") from None
         except BackendUnavailable as exc:
-            raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+            raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
         return bus_pb2.CreateTopicResponse(
             topic=bus_pb2.Topic(name=request.topic.name, partitions=parts)
         )
@@ -490,7 +491,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         try:
             topics = await self.backend.list_topics()
         except BackendUnavailable as exc:
-            raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+            raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
         if request.pattern:
             names = TopicMatcher([request.pattern]).select(topics)
         else:
@@ -552,7 +553,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             recs = await self.backend.read(request.topic, request.partition, start, end,
                                            max_records=MAX_VERIFY_RECORDS)
         except BackendUnavailable as exc:
-            raise Unavailable(str(exc), reason="KAFKA_DOWN") from exc
+            raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
         resp = chain.verify(recs)
         resp.end_offset = recs[-1].offset + 1 if recs else start
         return resp

@@ -11,7 +11,7 @@ import pytest
 
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
-from agentmesh.runtime.errors import Unavailable
+from agentmesh.runtime.errors import ErrorReason, Unavailable
 from services.bus import chain, wire
 from services.bus.backend import DeliveryError
 from services.bus.backlog import WEIGHTS, Backlog, Item
@@ -130,7 +130,8 @@ class _FailsInFlight(MemoryBackend):
     def write(self, records):  # type: ignore[no-untyped-def]
         fut = asyncio.get_running_loop().create_future()
         fut.set_result([DeliveryError("Local: Message timed out", unknown_outcome=True,
-                                      reason="UNKNOWN_OUTCOME") for _ in records])
+                                      reason=ErrorReason.ERROR_REASON_UNKNOWN_OUTCOME)
+                              for _ in records])
         return fut
 
 
