@@ -39,6 +39,11 @@ class SwarmAgents:
     def __init__(self, client: AgentClient) -> None:
         self.client = client
 
+    async def eligible(self, selector: common_pb2.AgentSelector, action: str) -> frozenset[str]:
+        """Ids of the agents matching `selector` that calls may go to now
+        (the shared breakers and outlier ejection let them through)."""
+        return await self.client.eligible_ids(call_message(action=action, selector=selector))
+
     async def execute(
         self,
         selector: common_pb2.AgentSelector,

@@ -142,7 +142,10 @@ class AgentEvaluator:
 
     async def _refresh(self) -> None:
         if time.monotonic() - self._refreshed >= self.ctx.agent_refresh_s or not self.agents:
-            self.agents = await find_agents(self.ctx.redis, self.selector)
+            found = await find_agents(self.ctx.redis, self.selector)
+            # breaker-open or ejected agents get no batches (shared with router traffic)
+            eligible = await self.ctx.agents.eligible(self.selector, self.objective)
+            self.agents = [a for a in found if a.agent_id in eligible]
             self._bad.clear()
             self._refreshed = time.monotonic()
 

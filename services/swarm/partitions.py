@@ -164,6 +164,10 @@ class PartitionRun:
             return
         self.refreshed = now
         found = {a.agent_id: a for a in await find_agents(self.ctx.redis, self.work.selector)}
+        # Agents the shared breakers or outlier ejection keep out get no
+        # partitions until they are eligible again (as router traffic skips them).
+        eligible = await self.ctx.agents.eligible(self.work.selector, self.work.action)
+        found = {aid: a for aid, a in found.items() if aid in eligible}
         known = self.sched.stats().agents
         for aid, info in found.items():
             q = self.quarantine.get(aid)

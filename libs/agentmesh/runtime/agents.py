@@ -258,6 +258,26 @@ class AgentClient:
             enforce_safety=enforce_safety,
         )
 
+    async def eligible_ids(self, msg: router_pb2.RouteMessage) -> frozenset[str]:
+        """Ids of the agents of `msg`'s pool that a call may go to now (not
+        breaker-open, not ejected, healthy), for callers that place calls
+        themselves. Safety rules are not evaluated (there is no payload yet).
+
+        Raises:
+            InvalidArgument: a bad selector.
+            Unavailable: REDIS_DOWN.
+        """
+        try:
+            d = await self.engine.decide(
+                router_pb2.RouteRequest(message=msg, strategy=R.STRATEGY_BROADCAST),
+                enforce_safety=False,
+            )
+        except Unavailable as e:
+            if e.reason == "NO_HEALTHY_TARGET":
+                return frozenset()
+            raise
+        return d.eligible.ids()
+
     async def check_agent(self, msg: router_pb2.RouteMessage, agent_id: str) -> Candidate:
         """Guardrails for a call the caller already placed on `agent_id`
         (the swarm's partition scheduler places its own leases).
