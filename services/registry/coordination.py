@@ -18,7 +18,7 @@ from agentmesh.runtime.errors import (
     NotFound,
     PermissionDenied,
 )
-from services.registry import metrics, redis_errors
+from services.registry import metrics
 from services.registry.coordination_store import CoordinationStore
 from services.registry.store import ts_ms
 from services.registry.validation import authorize_identity
@@ -57,7 +57,6 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
     def __init__(self, store: CoordinationStore) -> None:
         self.store = store
 
-    @redis_errors.unary
     async def AcquireLock(
         self, request: coordination_pb2.AcquireLockRequest, context: Ctx
     ) -> coordination_pb2.AcquireLockResponse:
@@ -88,7 +87,6 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
             resp.expire_time.CopyFrom(ts_ms(grant.expire_ms))
         return resp
 
-    @redis_errors.unary
     async def RenewLock(
         self, request: coordination_pb2.RenewLockRequest, context: Ctx
     ) -> coordination_pb2.RenewLockResponse:
@@ -115,7 +113,6 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
         resp.expire_time.CopyFrom(ts_ms(int(value)))
         return resp
 
-    @redis_errors.unary
     async def ReleaseLock(
         self, request: coordination_pb2.ReleaseLockRequest, context: Ctx
     ) -> coordination_pb2.ReleaseLockResponse:
@@ -134,7 +131,6 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
                     3: coordination_pb2.RELEASE_LOCK_STATUS_HELD_BY_OTHER}[code]
         )
 
-    @redis_errors.unary
     async def CreateProposal(
         self, request: coordination_pb2.CreateProposalRequest, context: Ctx
     ) -> coordination_pb2.CreateProposalResponse:
@@ -173,7 +169,6 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
         )
         return coordination_pb2.CreateProposalResponse(proposal=proposal)
 
-    @redis_errors.unary
     async def CastVote(
         self, request: coordination_pb2.CastVoteRequest, context: Ctx
     ) -> coordination_pb2.CastVoteResponse:
@@ -206,7 +201,6 @@ class CoordinationServicer(coordination_pb2_grpc.CoordinationServiceServicer):
             raise NotFound(f"no proposal {request.proposal_id!r}")
         return coordination_pb2.CastVoteResponse(proposal=proposal)
 
-    @redis_errors.unary
     async def GetProposal(
         self, request: coordination_pb2.GetProposalRequest, context: Ctx
     ) -> coordination_pb2.GetProposalResponse:

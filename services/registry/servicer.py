@@ -20,7 +20,7 @@ from agentmesh.runtime.errors import (
     OutOfRange,
     PermissionDenied,
 )
-from services.registry import metrics, redis_errors
+from services.registry import metrics
 from services.registry.discovery import CatalogMirror, selector_matches
 from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
@@ -77,7 +77,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.hub = hub
         self.settings = settings
 
-    @redis_errors.unary
     async def RegisterAgent(
         self, request: registry_pb2.RegisterAgentRequest, context: Ctx
     ) -> registry_pb2.RegisterAgentResponse:
@@ -97,7 +96,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.mirror.want(res.agent.revision)
         return registry_pb2.RegisterAgentResponse(agent=res.agent, created=res.created)
 
-    @redis_errors.unary
     async def DeregisterAgent(
         self, request: registry_pb2.DeregisterAgentRequest, context: Ctx
     ) -> registry_pb2.DeregisterAgentResponse:
@@ -114,7 +112,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         self.mirror.want(agent.revision)
         return registry_pb2.DeregisterAgentResponse(agent=agent)
 
-    @redis_errors.unary
     async def GetAgent(
         self, request: registry_pb2.GetAgentRequest, context: Ctx
     ) -> registry_pb2.GetAgentResponse:
@@ -127,7 +124,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                            resource_type="agent", resource_name=request.agent_id)
         return registry_pb2.GetAgentResponse(agent=agent)
 
-    @redis_errors.unary
     async def ListAgents(
         self, request: registry_pb2.ListAgentsRequest, context: Ctx
     ) -> registry_pb2.ListAgentsResponse:
@@ -152,7 +148,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
             revision=revision,
         )
 
-    @redis_errors.unary
     async def Heartbeat(
         self, request: registry_pb2.HeartbeatRequest, context: Ctx
     ) -> registry_pb2.HeartbeatResponse:
@@ -184,7 +179,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         resp.heartbeat_interval.FromMilliseconds(out.interval_ms)
         return resp
 
-    @redis_errors.streaming
     async def HeartbeatStream(
         self, request_iterator: AsyncIterator[registry_pb2.HeartbeatStreamRequest], context: Ctx
     ) -> AsyncIterator[registry_pb2.HeartbeatStreamResponse]:
@@ -230,7 +224,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
                 metrics.child(metrics.HEARTBEATS, "ok").inc(ok)
             yield registry_pb2.HeartbeatStreamResponse(results=results)
 
-    @redis_errors.unary
     async def DiscoverAgents(
         self, request: registry_pb2.DiscoverAgentsRequest, context: Ctx
     ) -> registry_pb2.DiscoverAgentsResponse:
@@ -249,7 +242,6 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         metrics.DISCOVERY_LATENCY.observe((time.perf_counter() - start) * 1000.0)
         return resp
 
-    @redis_errors.streaming
     async def WatchAgents(
         self, request: registry_pb2.WatchAgentsRequest, context: Ctx
     ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:

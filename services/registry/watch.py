@@ -15,10 +15,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from agentmesh.runtime.redis_errors import RedisDownLog, is_redis_down
 from agentmesh.runtime.tasks import cancel_and_wait
 from services.registry.store import RegistryStore, StoredEvent
 
 log = logging.getLogger("agentmesh.registry.watch")
+_redis_down_log = RedisDownLog(log, "event tailer cannot read the event stream")
 
 
 class WatchHub:
@@ -77,8 +79,12 @@ class WatchHub:
                 )
             except asyncio.CancelledError:
                 raise
-            except Exception:  # Redis down: keep trying; watchers poll on their timeout.
-                log.warning("event tailer cannot read the event stream", exc_info=True)
+            except Exception as e:  # a background loop: keep trying, watchers poll on
+                # their timeout. An outage logs once per interval, without a traceback.
+                if is_redis_down(e):
+                    _redis_down_log.warn(e)
+                else:
+                    log.warning("event tailer cannot read the event stream", exc_info=True)
                 await asyncio.sleep(1.0)
                 continue
             self._last_ok = time.monotonic()

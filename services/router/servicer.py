@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import redis
 
 from agentmesh import catalog
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
@@ -19,7 +17,6 @@ from agentmesh.runtime.errors import (
     AgentMeshError,
     InvalidArgument,
     NotFound,
-    Unavailable,
 )
 from agentmesh.runtime.routing.engine import STRATEGY_LABEL, Decision
 from agentmesh.runtime.routing.rules import decode_token, encode_token, page_size
@@ -30,15 +27,6 @@ from services.router.settings import RouterSettings
 
 R = router_pb2
 MAX_BATCH = 10_000
-
-
-@contextlib.contextmanager
-def _redis_errors() -> Iterator[None]:
-    """Turn Redis failures into UNAVAILABLE (reason REDIS_DOWN)."""
-    try:
-        yield
-    except redis.RedisError as e:
-        raise Unavailable(f"Redis is unavailable: {e}", reason="REDIS_DOWN") from e
 
 
 def _response(d: Decision) -> router_pb2.RouteResponse:
@@ -95,12 +83,10 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
 
     # ---- admission ------------------------------------------------------------
     async def _admit(self, msg: router_pb2.RouteMessage, *, cost: int = 1) -> None:
-        with _redis_errors():
-            await self.client.admit(msg, cost=cost)
+        await self.client.admit(msg, cost=cost)
 
     async def _rate_limit(self, sender_id: str, cost: int) -> None:
-        with _redis_errors():
-            await self.client.admit(router_pb2.RouteMessage(sender_id=sender_id), cost=cost)
+        await self.client.admit(router_pb2.RouteMessage(sender_id=sender_id), cost=cost)
 
     async def _decide(self, req: router_pb2.RouteRequest) -> router_pb2.RouteResponse:
         t0 = time.perf_counter()
@@ -190,17 +176,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> router_pb2.CreateRouteRuleResponse:
         """See RouterService.CreateRouteRule."""
-        with _redis_errors():
-            return R.CreateRouteRuleResponse(
-                rule=await self.engine.rules.create_route_rule(request.rule)
-            )
+        return R.CreateRouteRuleResponse(
+            rule=await self.engine.rules.create_route_rule(request.rule)
+        )
 
     async def GetRouteRule(
         self, request: router_pb2.GetRouteRuleRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> router_pb2.GetRouteRuleResponse:
         """See RouterService.GetRouteRule."""
-        with _redis_errors():
-            return R.GetRouteRuleResponse(rule=await self.engine.rules.get_route_rule(request.name))
+        return R.GetRouteRuleResponse(rule=await self.engine.rules.get_route_rule(request.name))
 
     async def ListRouteRules(
         self,
@@ -209,10 +193,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.ListRouteRulesResponse:
         """See RouterService.ListRouteRules."""
         size = page_size(request.page_size)
-        with _redis_errors():
-            rules, token = await self.engine.rules.list_route_rules(
-                size=size, token=request.page_token
-            )
+        rules, token = await self.engine.rules.list_route_rules(
+            size=size, token=request.page_token
+        )
         return R.ListRouteRulesResponse(rules=rules, next_page_token=token)
 
     async def DeleteRouteRule(
@@ -221,8 +204,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> router_pb2.DeleteRouteRuleResponse:
         """See RouterService.DeleteRouteRule."""
-        with _redis_errors():
-            await self.engine.rules.delete_route_rule(request.name)
+        await self.engine.rules.delete_route_rule(request.name)
         return R.DeleteRouteRuleResponse()
 
     # ---- safety rules -----------------------------------------------------------
@@ -232,10 +214,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> router_pb2.CreateSafetyRuleResponse:
         """See RouterService.CreateSafetyRule."""
-        with _redis_errors():
-            return R.CreateSafetyRuleResponse(
-                rule=await self.engine.rules.create_safety_rule(request.rule)
-            )
+        return R.CreateSafetyRuleResponse(
+            rule=await self.engine.rules.create_safety_rule(request.rule)
+        )
 
     async def GetSafetyRule(
         self,
@@ -243,10 +224,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> router_pb2.GetSafetyRuleResponse:
         """See RouterService.GetSafetyRule."""
-        with _redis_errors():
-            return R.GetSafetyRuleResponse(
-                rule=await self.engine.rules.get_safety_rule(request.name)
-            )
+        return R.GetSafetyRuleResponse(
+            rule=await self.engine.rules.get_safety_rule(request.name)
+        )
 
     async def ListSafetyRules(
         self,
@@ -255,10 +235,9 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
     ) -> router_pb2.ListSafetyRulesResponse:
         """See RouterService.ListSafetyRules."""
         size = page_size(request.page_size)
-        with _redis_errors():
-            rules, token = await self.engine.rules.list_safety_rules(
-                size=size, token=request.page_token
-            )
+        rules, token = await self.engine.rules.list_safety_rules(
+            size=size, token=request.page_token
+        )
         return R.ListSafetyRulesResponse(rules=rules, next_page_token=token)
 
     async def DeleteSafetyRule(
@@ -267,8 +246,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         context: grpc.aio.ServicerContext[Any, Any],
     ) -> router_pb2.DeleteSafetyRuleResponse:
         """See RouterService.DeleteSafetyRule."""
-        with _redis_errors():
-            await self.engine.rules.delete_safety_rule(request.name)
+        await self.engine.rules.delete_safety_rule(request.name)
         return R.DeleteSafetyRuleResponse()
 
     # ---- load and target state ----------------------------------------------------
@@ -288,16 +266,15 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             bad["load.error_rate"] = "must be in [0, 1]"
         if bad:
             raise InvalidArgument("invalid load figures", field_violations=bad)
-        with _redis_errors():
-            if not await self._redis.exists(catalog.agent_key(request.agent_id)):
-                raise NotFound(
-                    f"agent {request.agent_id!r} is not registered",
-                    resource_type="Agent",
-                    resource_name=request.agent_id,
-                )
-            mapping: dict[str, str] = {f: repr(v) for f, v in values.items()}
-            mapping["updated_ms"] = str(int(time.time() * 1000))
-            await self._redis.hset(catalog.load_key(request.agent_id), mapping=mapping)  # type: ignore[arg-type]
+        if not await self._redis.exists(catalog.agent_key(request.agent_id)):
+            raise NotFound(
+                f"agent {request.agent_id!r} is not registered",
+                resource_type="Agent",
+                resource_name=request.agent_id,
+            )
+        mapping: dict[str, str] = {f: repr(v) for f, v in values.items()}
+        mapping["updated_ms"] = str(int(time.time() * 1000))
+        await self._redis.hset(catalog.load_key(request.agent_id), mapping=mapping)  # type: ignore[arg-type]
         return R.ReportLoadResponse()
 
     async def ListTargetStates(
@@ -308,8 +285,7 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         """See RouterService.ListTargetStates."""
         size = page_size(request.page_size)
         after = decode_token(request.page_token)
-        with _redis_errors():
-            states, last = await self.engine.outcomes.list_states(after=after, limit=size)
+        states, last = await self.engine.outcomes.list_states(after=after, limit=size)
         now_ms = int(time.time() * 1000)
         out = []
         for st in states:

@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-import redis.exceptions
 
 from agentmesh.runtime.errors import (
     Aborted,
@@ -19,7 +18,6 @@ from agentmesh.runtime.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
-    Unavailable,
 )
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from services.saga.definition import compile_definition, flatten_steps
@@ -142,17 +140,12 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             state=saga_pb2.SAGA_STATE_PENDING,
         )
         seal(ev, GENESIS)
-        try:
-            existing = await self.store.create(
-                ev,
-                name=defn.name,
-                idempotency_key=request.idempotency_key,
-                fingerprint=fingerprint,
-            )
-        except redis.exceptions.ConnectionError as e:
-            raise Unavailable(
-                "Redis is unavailable; nothing was started", reason="REDIS_DOWN"
-            ) from e
+        existing = await self.store.create(
+            ev,
+            name=defn.name,
+            idempotency_key=request.idempotency_key,
+            fingerprint=fingerprint,
+        )
         if existing is not None:
             old_id, old_fp = existing
             if old_fp != fingerprint:

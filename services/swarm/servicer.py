@@ -5,16 +5,13 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
 
 import grpc
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from agentmesh.catalog import find_agents
 from agentmesh.runtime.context import current_principal, remaining_s
@@ -24,7 +21,6 @@ from agentmesh.runtime.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unavailable,
 )
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
 from services.swarm import metrics
@@ -40,28 +36,6 @@ MAX_PAGE_SIZE = 1000
 STOP_WAIT_S = 5.0
 #: How long one Redis stream read blocks in WatchSwarm, ms.
 WATCH_BLOCK_MS = 1000
-
-
-R = TypeVar("R")
-
-
-def _redis_down(e: RedisError) -> Unavailable:
-    return Unavailable(f"Redis is unavailable: {e}", reason="REDIS_DOWN", retry_after_s=1.0)
-
-
-def _unary(
-    fn: Callable[[Any, Any, Any], Awaitable[R]],
-) -> Callable[[Any, Any, Any], Awaitable[R]]:
-    """Map Redis failures of a unary method to UNAVAILABLE (DESIGN.md)."""
-
-    @functools.wraps(fn)
-    async def wrapper(self: Any, request: Any, context: Any) -> R:
-        try:
-            return await fn(self, request, context)
-        except RedisError as e:
-            raise _redis_down(e) from e
-
-    return wrapper
 
 
 def _new_swarm_id() -> str:
@@ -145,7 +119,6 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
                 ],
             )
 
-    @_unary
     async def DeploySwarm(
         self, request: swarm_pb2.DeploySwarmRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.DeploySwarmResponse:
@@ -179,14 +152,12 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
         await self.manager.try_drive(swarm.swarm_id)
         return swarm_pb2.DeploySwarmResponse(swarm=await self.store.get(swarm.swarm_id) or swarm)
 
-    @_unary
     async def GetSwarm(
         self, request: swarm_pb2.GetSwarmRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.GetSwarmResponse:
         """See the proto."""
         return swarm_pb2.GetSwarmResponse(swarm=await self._get(request.swarm_id))
 
-    @_unary
     async def ListSwarms(
         self, request: swarm_pb2.ListSwarmsRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.ListSwarmsResponse:
@@ -218,7 +189,6 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
             resp.next_page_token = _encode_token(*last)
         return resp
 
-    @_unary
     async def StopSwarm(
         self, request: swarm_pb2.StopSwarmRequest, context: grpc.aio.ServicerContext
     ) -> swarm_pb2.StopSwarmResponse:
@@ -260,11 +230,8 @@ class SwarmServicer(swarm_pb2_grpc.SwarmServiceServicer):
         self, request: swarm_pb2.WatchSwarmRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[swarm_pb2.WatchSwarmResponse]:
         """See the proto."""
-        try:
-            async for msg in self._watch(request):
-                yield msg
-        except RedisError as e:
-            raise _redis_down(e) from e
+        async for msg in self._watch(request):
+            yield msg
 
     async def _watch(
         self, request: swarm_pb2.WatchSwarmRequest

@@ -1,6 +1,11 @@
 """Server-side RPC wrapper: request and trace ids, bearer auth, deadline
 capture, error mapping and gRPC metrics, applied to every method of a daemon.
 
+Error mapping: an AgentMeshError becomes its rich status; a Redis-down error
+(`agentmesh.runtime.redis_errors`, the mesh's one Redis error boundary)
+becomes UNAVAILABLE with reason REDIS_DOWN and a RetryInfo, with one
+rate-limited WARNING; anything else is INTERNAL, logged with its traceback.
+
 It wraps each method handler rather than only intercepting the call, because
 the contextvars it sets must live in the task that runs the handler. Daemons
 wrap at registration (RuntimeServer), which costs nothing per call to find the
@@ -29,8 +34,12 @@ from agentmesh.runtime.context import (
     trace_id_var,
 )
 from agentmesh.runtime.errors import AgentMeshError
+from agentmesh.runtime.redis_errors import RedisDownLog, is_redis_down, redis_unavailable
 
 log = logging.getLogger("agentmesh.rpc")
+# One per process: an outage fails every method at once, and one line per
+# interval says so (the per-code counts are in grpc_server_handled_total).
+_redis_down_log = RedisDownLog(log, "redis unavailable")
 
 
 class _Method:
@@ -113,6 +122,9 @@ async def _fail(
                 "rpc rejected",
                 extra={"method": call.method, "code": err.code.name, "reason": err.message},
             )
+    elif is_redis_down(exc):
+        err = redis_unavailable(exc)
+        _redis_down_log.warn(exc, method=call.method)
     elif isinstance(exc, NotImplementedError):
         err = AgentMeshError(f"{call.method} is not implemented yet")
         err.code = grpc.StatusCode.UNIMPLEMENTED  # type: ignore[misc]

@@ -13,6 +13,7 @@ import pytest
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2 as pb
 from agentmesh.registry.v1 import registry_pb2_grpc
+from agentmesh.runtime.errors import error_reason
 from tests.integration.registry.conftest import Clients, StartRegistry
 from tests.integration.registry.helpers import agent, field_violations
 from tests.procs import scrape_metrics
@@ -368,6 +369,7 @@ async def test_redis_down_is_unavailable(tmp_path: Path) -> None:
                 with pytest.raises(grpc.aio.AioRpcError) as e:
                     await call
                 assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+                assert error_reason(e.value) == common_pb2.ERROR_REASON_REDIS_DOWN
 
 
 async def test_burst_beyond_the_redis_pool_queues_instead_of_failing(registry: Clients) -> None:
