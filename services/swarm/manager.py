@@ -122,7 +122,7 @@ class SwarmManager:
                         await self.try_drive(sid)
                 # the retention sweep rides on this loop (see store.py: why a sweep)
                 await self.store.prune_expired()
-            except RedisError as e:
+            except RedisError as e:  # a background loop: log, scan again next interval
                 log.warning("scan failed", extra={"error": str(e)})
             await asyncio.sleep(self.scan_interval_s)
 
@@ -182,7 +182,7 @@ class SwarmManager:
                 await self._drive(ctx, swarm)
             except (LeaseLost, asyncio.CancelledError):
                 raise
-            except RedisError:
+            except RedisError:  # Redis, not the swarm, failed: keep it RUNNING for a takeover
                 raise
             except Exception as e:  # a bug or an engine error: fail the swarm, keep the daemon
                 log.exception("swarm driver failed", extra={"swarm_id": sid})
@@ -197,7 +197,7 @@ class SwarmManager:
         except asyncio.CancelledError:
             # Shutdown: release below so another replica takes over at once.
             pass
-        except RedisError as e:
+        except RedisError as e:  # stop driving; a scan here or elsewhere resumes it
             log.warning("redis failed while driving", extra={"swarm_id": sid, "error": str(e)})
         finally:
             renew.cancel()
@@ -206,6 +206,7 @@ class SwarmManager:
             self._tasks.pop(sid, None)
             self._set_roles(sid, None)
             if release:
+                # Best effort: an unreleased lease expires after its TTL.
                 with contextlib.suppress(RedisError):
                     await self.store.release(lease)
 
