@@ -1,10 +1,14 @@
-"""Leased locks with fencing tokens, and consensus proposals, in Redis.
+"""Leased locks with fencing tokens (agentmesh.runtime.lease), and consensus
+proposals, in Redis.
 
-Locks (etcd/Consul style): `am:reg:lock:{resource}` is a HASH {owner, token}
-with a PEXPIRE TTL; `am:reg:fence:{resource}` is a counter that never
-expires. Each grant INCRs the counter, so tokens per resource only increase,
-across registry restarts, and across Redis restarts when Redis persists
-(AOF `appendfsync everysec` or better; see services/registry/README.md).
+Locks (etcd/Consul style) are the runtime's fenced lease
+(agentmesh.runtime.lease): `am:reg:lock:{resource}` is the lease record, a
+HASH {owner, token} with a PX TTL; `am:reg:fence:{resource}` is its counter,
+which never expires. Each grant INCRs the counter, so tokens per resource only
+increase, across registry restarts, and across Redis restarts when Redis
+persists (AOF `appendfsync everysec` or better; see
+services/registry/README.md). A lock is reentrant: its owner re-acquiring it
+extends it and keeps its token.
 
 Proposals: `am:reg:proposal:{id}` HASH (pb, state, deadline_ms, ratio, n,
 open, resolve_ms), `...:votes` HASH voter → choice, `...:voters` SET of
@@ -19,47 +23,12 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 
 from agentmesh.registry.v1 import coordination_pb2
+from agentmesh.runtime.lease import CLOCK_PRELUDE, FencedLeases, LeaseKeys, RenewStatus
+from agentmesh.runtime.lease import Lease as FencedLease
 from services.registry.store import ts_ms
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
-#: KEYS: lock, fence. ARGV: owner, ttl_ms. Returns {acquired, token, expire_ms, holder}.
-ACQUIRE = _NOW + r"""
-local cur = redis.call('HMGET', KEYS[1], 'owner', 'token')
-if not cur[1] then
-  local token = redis.call('INCR', KEYS[2])
-  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'token', token)
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, token, now + tonumber(ARGV[2]), ''}
-elseif cur[1] == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return {1, tonumber(cur[2]), now + tonumber(ARGV[2]), ''}
-end
-return {0, 0, now + redis.call('PTTL', KEYS[1]), cur[1]}
-"""
-
-#: KEYS: lock. ARGV: owner, token, ttl_ms. Returns {1, expire_ms} | {0} | {-1, holder}.
-RENEW = _NOW + r"""
-local cur = redis.call('HMGET', KEYS[1], 'owner', 'token')
-if not cur[1] then return {0} end
-if cur[1] ~= ARGV[1] or cur[2] ~= ARGV[2] then return {-1, cur[1]} end
-redis.call('PEXPIRE', KEYS[1], ARGV[3])
-return {1, now + tonumber(ARGV[3])}
-"""
-
-#: KEYS: lock. ARGV: owner, token ("0" = any). Returns 1 released, 2 not found, 3 held by other.
-RELEASE = r"""
-local cur = redis.call('HMGET', KEYS[1], 'owner', 'token')
-if not cur[1] then return 2 end
-if cur[1] ~= ARGV[1] or (ARGV[2] ~= '0' and cur[2] ~= ARGV[2]) then return 3 end
-redis.call('DEL', KEYS[1])
-return 1
-"""
-
-_TALLY_EXPIRE = _NOW + r"""
+_TALLY_EXPIRE = CLOCK_PRELUDE + r"""
+local now = now_ms
 local function expire_if_due(f)
   if f[1] == 'OPEN' and now >= tonumber(f[2]) then
     redis.call('HSET', KEYS[1], 'state', 'EXPIRED', 'resolve_ms', f[2])
@@ -156,36 +125,38 @@ class CoordinationStore:
     def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
         self.r = client
         self.p = prefix
-        self._acquire = client.register_script(ACQUIRE)
-        self._renew = client.register_script(RENEW)
-        self._release = client.register_script(RELEASE)
+        self.leases = FencedLeases(client)
         self._vote = client.register_script(VOTE)
         self._get = client.register_script(GET)
 
-    # ---- locks ------------------------------------------------------------
+    # ---- locks (the runtime's fenced lease) ---------------------------------
+    def lock_keys(self, resource: str) -> LeaseKeys:
+        """The lock's lease record and fence counter."""
+        return LeaseKeys(self.p + "lock:" + resource, self.p + "fence:" + resource)
+
     async def acquire(self, resource: str, owner: str, *, ttl_ms: int) -> LockGrant:
         """Try once to take the lock (see coordination.proto AcquireLock)."""
-        acquired, token, expire_ms, holder = await self._acquire(
-            keys=[self.p + "lock:" + resource, self.p + "fence:" + resource],
-            args=[owner, ttl_ms],
+        g = await self.leases.acquire(
+            self.lock_keys(resource), owner=owner, ttl_ms=ttl_ms, reentrant=True
         )
-        return LockGrant(bool(acquired), int(token), int(expire_ms), _s(holder))
+        return LockGrant(g.acquired, g.lease.token if g.lease else 0, g.expire_ms, g.holder)
 
     async def renew(
         self, resource: str, owner: str, *, token: int, ttl_ms: int
     ) -> tuple[int, int | str]:
         """(1, expire_ms) when renewed, (0, 0) when gone, (-1, holder) when not ours."""
-        res = await self._renew(keys=[self.p + "lock:" + resource], args=[owner, token, ttl_ms])
-        code = int(res[0])
-        if code == 1:
-            return 1, int(res[1])
-        if code == 0:
+        r = await self.leases.renew(
+            FencedLease(self.lock_keys(resource), owner, token), ttl_ms=ttl_ms
+        )
+        if r.status is RenewStatus.HELD:
+            return 1, r.expire_ms
+        if r.status is RenewStatus.GONE:
             return 0, 0
-        return -1, _s(res[1])
+        return -1, r.holder
 
     async def release(self, resource: str, owner: str, *, token: int) -> int:
-        """1 released, 2 not found, 3 held by another owner or token."""
-        return int(await self._release(keys=[self.p + "lock:" + resource], args=[owner, token]))
+        """1 released, 2 not found, 3 held by another owner or token (token 0 = any)."""
+        return int(await self.leases.release(self.lock_keys(resource), owner=owner, token=token))
 
     # ---- proposals --------------------------------------------------------
     def _keys(self, proposal_id: str) -> list[str]:

@@ -3,10 +3,12 @@
 Every write to an agent (its hash, load hash, index sets, the health, agents
 and deadline sorted sets, the status counts and the event stream) happens in
 one script, so a reader never sees half an update and two registry replicas
-never interleave inside one. Scripts read the clock with Redis `TIME`, so all
-replicas share one clock. Key names are built from the prefix passed in
-ARGV[1] (see services/registry/README.md for the schema); this works on a
-single Redis or Sentinel, not on Redis Cluster.
+never interleave inside one. Scripts read the clock with Redis `TIME` (the
+runtime's CLOCK_PRELUDE, `now_ms`), so all replicas share one clock. The
+reaper's sweep is fenced on the reaper lease (agentmesh.runtime.lease). Key
+names are built from the prefix passed in ARGV[1] (see
+services/registry/README.md for the schema); this works on a single Redis or
+Sentinel, not on Redis Cluster.
 
 ARGV[2] of every agent script is a JSON config:
 {stale_factor, stale_penalty, ttl_factor, slow_response_ms, slow_penalty,
@@ -16,14 +18,11 @@ ARGV[2] of every agent script is a JSON config:
 
 from __future__ import annotations
 
-PRELUDE = r"""
+from agentmesh.runtime.lease import CLOCK_PRELUDE, LEASE_LUA, fence_check
+
+PRELUDE = CLOCK_PRELUDE + r"""
 local p = ARGV[1]
 local c = cjson.decode(ARGV[2])
-
-local function now_ms()
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-end
 
 local function fmt(x) return string.format('%.6f', x) end
 
@@ -116,7 +115,7 @@ end
 REGISTER = PRELUDE + r"""
 local id = ARGV[3]
 local ak = p .. 'agent:' .. id
-local now = now_ms()
+local now = now_ms
 local old = redis.call('HMGET', ak, 'status', 'caps', 'stypes', 'tags', 'health',
   'registered_ms', 'updated_ms', 'rev')
 local created = not old[1]
@@ -166,7 +165,7 @@ local id = ARGV[3]
 local ak = p .. 'agent:' .. id
 local interval = redis.call('HGET', ak, 'interval_ms')
 if not interval then return {0} end
-local now = now_ms()
+local now = now_ms
 if ARGV[4] == '1' then
   redis.call('HSET', p .. 'load:' .. id, 'cpu_percent', ARGV[5], 'memory_percent', ARGV[6],
     'error_rate', ARGV[7], 'response_time_ms', ARGV[8], 'queue_size', ARGV[9],
@@ -185,7 +184,7 @@ return {1, r[1], r[2], r[3], r[4]}
 #: per batch keeps HeartbeatStream ingest off the per-command overhead.
 HEARTBEAT_BATCH = PRELUDE + r"""
 local out = {}
-local now = now_ms()
+local now = now_ms
 for i = 3, #ARGV, 9 do
   local id = ARGV[i]
   local ak = p .. 'agent:' .. id
@@ -211,19 +210,25 @@ return out
 
 #: ARGV: p, cfg, id, reason. Returns nil or {pb, previous status, health, revision, now_ms}.
 DEREGISTER = PRELUDE + r"""
-return deregister(ARGV[3], ARGV[4], now_ms())
+return deregister(ARGV[3], ARGV[4], now_ms)
 """
 
-#: ARGV: p, cfg, replica_id, id... Evaluates overdue agents and expires dead
-#: ones, only while `replica_id` holds the reaper lease (so flap streaks are
-#: counted once per sweep even with several replicas).
-#: Returns a flat list {id, outcome, ...}; outcome is a status or EXPIRED;
-#: or {"-LEASE"} when the lease is not ours.
-SWEEP = PRELUDE + r"""
-if redis.call('GET', p .. 'reaper:lease') ~= ARGV[3] then return {'-LEASE'} end
-local now = now_ms()
+#: Lease record of the reaper (agentmesh.runtime.lease), after the prefix.
+REAPER_LEASE = "reaper:lease"
+#: Fencing-token counter of the reaper lease, after the prefix.
+REAPER_FENCE = "reaper:fence"
+
+#: ARGV: p, cfg, owner, fencing token, id... Evaluates overdue agents and
+#: expires dead ones, only while `owner` holds the reaper lease with that token
+#: (so flap streaks are counted once per sweep even with several replicas).
+#: Returns a flat list {id, outcome, ...}; outcome is a status or EXPIRED; or
+#: the FENCED error reply when the lease is not ours (nothing written).
+SWEEP = PRELUDE + LEASE_LUA + fence_check(
+    record=f"p .. '{REAPER_LEASE}'", owner="ARGV[3]", token="ARGV[4]"
+) + r"""
+local now = now_ms
 local out = {}
-for i = 4, #ARGV do
+for i = 5, #ARGV do
   local id = ARGV[i]
   local f = redis.call('HMGET', p .. 'agent:' .. id, 'last_heartbeat_ms', 'interval_ms')
   if not f[1] then

@@ -1,10 +1,12 @@
 """The reaper: evaluates agents whose heartbeats are overdue and deregisters
 those silent past the deregistration timeout.
 
-Safe with several replicas: a sweep runs only under the reaper lease
-(`am:reg:reaper:lease`, SET NX PX), and the sweep script re-checks the lease
-inside Redis, so two replicas never evaluate the same tick twice (which
-would double-count flap-damping streaks). Each deregistration is one atomic
+Safe with several replicas: a sweep runs only under the reaper lease (the
+runtime's fenced lease, agentmesh.runtime.lease: record `am:reg:reaper:lease`,
+fencing-token counter `am:reg:reaper:fence`), and the sweep script starts with
+the lease's fence check inside Redis, so two replicas never evaluate the same
+tick twice (which would double-count flap-damping streaks), and a replica
+that paused past its lease writes nothing. Each deregistration is one atomic
 script that re-checks the heartbeat age, so an agent that heartbeats during
 a sweep is never removed. Every replica also refreshes its gauges.
 """
@@ -16,8 +18,9 @@ import logging
 import time
 
 from agentmesh import catalog
+from agentmesh.runtime.lease import FencedLeases, LeaseKeys
 from agentmesh.runtime.tasks import cancel_and_wait
-from services.registry import metrics
+from services.registry import lua, metrics
 from services.registry.store import STATUS_NAMES, RegistryStore
 
 log = logging.getLogger("agentmesh.registry.reaper")
@@ -48,6 +51,8 @@ class Reaper:
         self._task: asyncio.Task[None] | None = None
         self._caps_refreshed = float("-inf")
         self._caps_seen: dict[str, float] = {}  # capability -> monotonic time last present
+        self.leases = FencedLeases(store.r)
+        self.lease_keys = LeaseKeys(store.p + lua.REAPER_LEASE, store.p + lua.REAPER_FENCE)
 
     def start(self) -> None:
         """Start sweeping in the background."""
@@ -63,12 +68,16 @@ class Reaper:
     async def sweep_once(self) -> list[tuple[str, str]]:
         """One sweep if this replica gets the lease; the (agent_id, outcome) pairs."""
         lease_ms = max(1000, int(self.interval_s * 3000))
-        if not await self.store.try_lease(ttl_ms=lease_ms):
+        # Reentrant: the holder extends its lease (same token) every sweep.
+        grant = await self.leases.acquire(
+            self.lease_keys, owner=self.store.s.replica_id, ttl_ms=lease_ms, reentrant=True
+        )
+        if grant.lease is None:
             return []
         done: list[tuple[str, str]] = []
         ids = await self.store.overdue(limit=5000)
         for i in range(0, len(ids), 200):
-            out = await self.store.sweep(ids[i : i + 200])
+            out = await self.store.sweep(ids[i : i + 200], lease=grant.lease)
             if out is None:  # lost the lease mid-sweep; the new holder carries on
                 break
             done.extend(out)

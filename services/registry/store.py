@@ -19,6 +19,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from agentmesh import catalog
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
+from agentmesh.runtime.lease import Lease, LeaseLost, call_fenced
 from services.registry import lua
 from services.registry.settings import RegistrySettings
 
@@ -202,31 +203,24 @@ class RegistryStore:
         agent.update_time.CopyFrom(ts_ms(now))
         return agent
 
-    async def sweep(self, agent_ids: Sequence[str]) -> list[tuple[str, str]] | None:
-        """Evaluate overdue agents under the reaper lease.
+    async def sweep(
+        self, agent_ids: Sequence[str], *, lease: Lease
+    ) -> list[tuple[str, str]] | None:
+        """Evaluate overdue agents, fenced on the reaper lease (see reaper.py).
 
         Returns:
             (agent_id, outcome) pairs, outcome a status name or "EXPIRED";
-            None when this replica does not hold the lease.
+            None when `lease` is no longer held (nothing was written).
         """
-        res = await self._sweep(args=[self.p, self._cfg, self.s.replica_id, *agent_ids])
-        if res and _s(res[0]) == "-LEASE":
+        try:
+            res = await call_fenced(
+                self._sweep, keys=[],
+                args=[self.p, self._cfg, lease.owner, lease.token, *agent_ids],
+            )
+        except LeaseLost:
             return None
         flat = [_s(x) for x in res]
         return list(zip(flat[0::2], flat[1::2], strict=True))
-
-    async def try_lease(self, *, ttl_ms: int) -> bool:
-        """Take or extend the reaper lease for this replica, for `ttl_ms`."""
-        key = self.p + "reaper:lease"
-        if await self.r.set(key, self.s.replica_id, nx=True, px=ttl_ms):
-            return True
-        # Extend only if we hold it; GET+PEXPIRE is racy, so check in one script.
-        held = await self.r.eval(
-            "if redis.call('GET', KEYS[1]) == ARGV[1] then "
-            "return redis.call('PEXPIRE', KEYS[1], ARGV[2]) else return 0 end",
-            1, key, self.s.replica_id, ttl_ms,
-        )
-        return bool(held)
 
     async def overdue(self, *, limit: int = 1000) -> list[str]:
         """Agents whose heartbeat is older than stale_factor intervals (by Redis time)."""

@@ -1,9 +1,12 @@
-"""Redis persistence of sagas: event log, snapshots, leases, indexes, definitions.
+"""Redis persistence of sagas: event log, snapshots, leases (the runtime's fenced
+lease, agentmesh.runtime.lease), indexes, definitions.
 
 Keys (prefix `am:saga:`):
   saga:{id}          HASH  seq, last_hash, state, name, create_ms, idem,
-                           owner, fence, lease_until (Unix ms, Redis clock),
+                           fence (the lease's fencing-token counter),
                            cancel (0/1), cancel_reason, snapshot (JSON), snap_seq
+  lease:{id}         HASH  the lease record (agentmesh.runtime.lease): owner,
+                           token; PX TTL = lease TTL; deleted when the saga ends
   log:{id}           STREAM one entry per event, id "<sequence>-0", field pb
                            (serialized agentmesh.saga.v1.SagaEvent)
   active             ZSET  unfinished sagas, score = lease expiry (Unix ms; 0 = free)
@@ -28,9 +31,10 @@ lists, and a lister never sees an expired saga anyway because its hash is gone.
 Running sagas have no TTL.
 
 Every write that matters is one Lua script, so it is atomic: creating a saga
-(log + hash + indexes + idempotency key), appending events (checks the lease
-owner and fencing token, so a replica that lost its lease cannot write),
-taking, renewing and releasing a lease. The scripts name keys they build from
+(log + hash + indexes + idempotency key), appending events (starts with the
+runtime lease's fence check of owner and fencing token, so a replica that lost
+its lease cannot write), taking, renewing and releasing a lease (the runtime's
+fenced lease, wrapped with the `active` bookkeeping). The scripts name keys they build from
 the prefix (index keys), so they assume a single Redis (or Sentinel), not Cluster.
 """
 
@@ -38,17 +42,26 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agentmesh.runtime.lease import (
+    CLOCK_PRELUDE,
+    FENCE_CHECK,
+    LEASE_LUA,
+    LeaseKeys,
+    LeaseLost,
+    call_fenced,
+)
+from agentmesh.runtime.lease import Lease as FencedLease
 from agentmesh.saga.v1 import saga_pb2
 from services.saga.definition import flatten_steps
 from services.saga.state import SagaRecord
 
 PREFIX = "am:saga:"
+LEASE_PREFIX = PREFIX + "lease:"
 
 _CREATE = """
 if ARGV[7] == '1' then
@@ -57,8 +70,8 @@ if ARGV[7] == '1' then
 end
 if redis.call('EXISTS', KEYS[2]) == 1 then return redis.error_reply('saga exists') end
 redis.call('HSET', KEYS[2], 'seq', 1, 'last_hash', ARGV[4], 'state', 'SAGA_STATE_PENDING',
-  'name', ARGV[5], 'create_ms', ARGV[6], 'idem', ARGV[8], 'owner', '', 'fence', 0,
-  'lease_until', 0, 'cancel', 0, 'cancel_reason', '', 'snap_seq', 0)
+  'name', ARGV[5], 'create_ms', ARGV[6], 'idem', ARGV[8], 'fence', 0,
+  'cancel', 0, 'cancel_reason', '', 'snap_seq', 0)
 redis.call('XADD', KEYS[3], '1-0', 'pb', ARGV[3])
 redis.call('ZADD', KEYS[4], 0, ARGV[1])
 redis.call('ZADD', KEYS[5], 0, ARGV[1])
@@ -68,90 +81,83 @@ if ARGV[7] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2]) e
 return ''
 """
 
-_NOW = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-"""
-
 _FINAL = """
 local final = {SAGA_STATE_COMPLETED=1, SAGA_STATE_COMPENSATED=1, SAGA_STATE_FAILED=1,
                SAGA_STATE_CANCELLED=1}
 """
 
-# KEYS: hash, active. ARGV: owner, ttl_ms, saga_id. Returns {fence} (0 = held
-# by someone, -1 = no such saga, -2 = finished).
+# The lease scripts wrap the runtime's fenced lease (agentmesh.runtime.lease)
+# with the saga's bookkeeping: only unfinished sagas can be leased, and the
+# `active` ZSET follows the lease expiry so recovery finds free sagas.
+_LEASE = CLOCK_PRELUDE + LEASE_LUA + _FINAL
+
+# KEYS: lease, hash, active. ARGV: owner, ttl_ms, saga_id. Returns the fencing
+# token (0 = held by someone, -1 = no such saga, -2 = finished).
 _ACQUIRE = (
-    _NOW
-    + _FINAL
+    _LEASE
     + """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'lease_until', 'state')
-if not h[3] then redis.call('ZREM', KEYS[2], ARGV[3]) return -1 end
-if final[h[3]] then redis.call('ZREM', KEYS[2], ARGV[3]) return -2 end
-if h[1] ~= '' and tonumber(h[2]) > now then return 0 end
-local fence = redis.call('HINCRBY', KEYS[1], 'fence', 1)
-local until_ms = now + tonumber(ARGV[2])
-redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_until', until_ms)
-redis.call('ZADD', KEYS[2], until_ms, ARGV[3])
-return fence
+local st = redis.call('HGET', KEYS[2], 'state')
+if not st then redis.call('ZREM', KEYS[3], ARGV[3]) return -1 end
+if final[st] then redis.call('ZREM', KEYS[3], ARGV[3]) return -2 end
+local g = lease_acquire(KEYS[1], KEYS[2], 'fence', ARGV[1], ARGV[2], false)
+if g[1] > 0 then redis.call('ZADD', KEYS[3], g[2], ARGV[3]) end
+return g[1]
 """
 )
 
-# KEYS: hash, active. ARGV: owner, fence, ttl_ms, saga_id. Returns {held, cancel}.
+# KEYS: lease, hash, active. ARGV: owner, fence, ttl_ms, saga_id. Returns {held, cancel}.
 _RENEW = (
-    _NOW
-    + _FINAL
+    _LEASE
     + """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'cancel', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return {0, 0} end
-if not final[h[4]] then
-  local until_ms = now + tonumber(ARGV[3])
-  redis.call('HSET', KEYS[1], 'lease_until', until_ms)
-  redis.call('ZADD', KEYS[2], until_ms, ARGV[4])
-end
-return {1, tonumber(h[3])}
+local r = lease_renew(KEYS[1], ARGV[1], ARGV[2], ARGV[3])
+if r[1] ~= 1 then return {0, 0} end
+local h = redis.call('HMGET', KEYS[2], 'cancel', 'state')
+if not final[h[2]] then redis.call('ZADD', KEYS[3], r[2], ARGV[4]) end
+return {1, tonumber(h[1] or '0')}
 """
 )
 
-# KEYS: hash, active. ARGV: owner, fence, saga_id.
+# KEYS: lease, hash, active. ARGV: owner, fence, saga_id. Returns 1 released, 0 not ours.
 _RELEASE = (
-    _FINAL
+    _LEASE
     + """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return 0 end
-redis.call('HSET', KEYS[1], 'owner', '', 'lease_until', 0)
-if not final[h[3]] then redis.call('ZADD', KEYS[2], 0, ARGV[3]) end
+if lease_release(KEYS[1], ARGV[1], ARGV[2]) ~= 1 then return 0 end
+local st = redis.call('HGET', KEYS[2], 'state')
+if st and not final[st] then redis.call('ZADD', KEYS[3], 0, ARGV[3]) end
 return 1
 """
 )
 
-# KEYS: hash, stream, active, expiry. ARGV: owner, fence, expected_seq, last_hash,
-# new_state, final, snapshot, snap_seq, saga_id, state index prefix, retention ms
-# (0 = keep), key prefix, events... Returns 1, -1 (fenced out) or -2 (sequence conflict).
+# KEYS: lease, hash, stream, active, expiry. ARGV: owner, fence (the fence
+# check's convention), expected_seq, last_hash, new_state, final, snapshot,
+# snap_seq, saga_id, state index prefix, retention ms (0 = keep), key prefix,
+# events... Returns 1, -2 (sequence conflict) or the FENCED error reply.
 _APPEND = (
-    _NOW
+    _LEASE
+    + FENCE_CHECK
     + """
-local h = redis.call('HMGET', KEYS[1], 'owner', 'fence', 'seq', 'state')
-if h[1] ~= ARGV[1] or h[2] ~= ARGV[2] then return -1 end
-if h[3] ~= ARGV[3] then return -2 end
+local h = redis.call('HMGET', KEYS[2], 'seq', 'state')
+if h[1] ~= ARGV[3] then return -2 end
 local seq = tonumber(ARGV[3])
 for i = 13, #ARGV do
   seq = seq + 1
-  redis.call('XADD', KEYS[2], seq .. '-0', 'pb', ARGV[i])
+  redis.call('XADD', KEYS[3], seq .. '-0', 'pb', ARGV[i])
 end
-redis.call('HSET', KEYS[1], 'seq', seq, 'last_hash', ARGV[4], 'state', ARGV[5])
-if ARGV[7] ~= '' then redis.call('HSET', KEYS[1], 'snapshot', ARGV[7], 'snap_seq', ARGV[8]) end
-if h[4] ~= ARGV[5] then
-  redis.call('ZREM', ARGV[10] .. h[4], ARGV[9])
+redis.call('HSET', KEYS[2], 'seq', seq, 'last_hash', ARGV[4], 'state', ARGV[5])
+if ARGV[7] ~= '' then redis.call('HSET', KEYS[2], 'snapshot', ARGV[7], 'snap_seq', ARGV[8]) end
+if h[2] ~= ARGV[5] then
+  redis.call('ZREM', ARGV[10] .. h[2], ARGV[9])
   redis.call('ZADD', ARGV[10] .. ARGV[5], 0, ARGV[9])
 end
 if ARGV[6] == '1' then
-  redis.call('ZREM', KEYS[3], ARGV[9])
-  redis.call('HSET', KEYS[1], 'owner', '', 'lease_until', 0)
+  redis.call('ZREM', KEYS[4], ARGV[9])
+  -- a final saga is nobody's to drive
+  redis.call('DEL', KEYS[1])
   local keep = tonumber(ARGV[11])
   if keep > 0 then
-    local m = redis.call('HMGET', KEYS[1], 'name', 'idem')
-    redis.call('PEXPIRE', KEYS[1], keep)
+    local m = redis.call('HMGET', KEYS[2], 'name', 'idem')
     redis.call('PEXPIRE', KEYS[2], keep)
+    redis.call('PEXPIRE', KEYS[3], keep)
     if m[2] and m[2] ~= '' then
       -- the idempotency key only if it still names this saga
       local ik = ARGV[12] .. 'idem:' .. m[2]
@@ -160,7 +166,7 @@ if ARGV[6] == '1' then
         redis.call('PEXPIRE', ik, keep)
       end
     end
-    redis.call('ZADD', KEYS[4], now + keep, ARGV[9] .. '\\n' .. ARGV[5] .. '\\n' .. (m[1] or ''))
+    redis.call('ZADD', KEYS[5], now_ms + keep, ARGV[9] .. '\\n' .. ARGV[5] .. '\\n' .. (m[1] or ''))
   end
 end
 return 1
@@ -170,9 +176,9 @@ return 1
 # KEYS: expiry. ARGV: key prefix, max members. Removes due sagas from the
 # indexes (their own keys have expired by Redis TTL). Returns how many.
 _PRUNE = (
-    _NOW
+    CLOCK_PRELUDE
     + """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[2]))
 for _, m in ipairs(due) do
   local id, st, name = string.match(m, '^([^\\n]*)\\n([^\\n]*)\\n(.*)$')
   if id then
@@ -205,19 +211,31 @@ class Fenced(Exception):
     """The lease was lost (another replica took it) or the log moved on."""
 
 
-@dataclass
-class Lease:
-    """A held lease.
+class Lease(FencedLease):
+    """A held lease on one saga: the runtime's fenced lease on ``lease_keys(saga_id)``.
 
     Attributes:
-        saga_id: the saga.
+        keys: ``lease_keys(saga_id)``.
         owner: this replica's coordinator id.
-        fence: fencing token; only ever increases per saga.
+        token: fencing token; only ever increases per saga.
     """
 
-    saga_id: str
-    owner: str
-    fence: int
+    @property
+    def saga_id(self) -> str:
+        """The saga."""
+        return self.keys.record[len(LEASE_PREFIX) :]
+
+    @property
+    def fence(self) -> int:
+        """The fencing token (the saga log's name for it)."""
+        return self.token
+
+
+def lease_keys(saga_id: str) -> LeaseKeys:
+    """The saga's lease: its record, and the ``fence`` field of the saga's hash as
+    the counter (kept from before the runtime lease, so tokens of running sagas
+    keep increasing across an upgrade)."""
+    return LeaseKeys(f"{LEASE_PREFIX}{saga_id}", SagaStore.hkey(saga_id), "fence")
 
 
 def state_name(state: int) -> str:
@@ -297,13 +315,15 @@ class SagaStore:
         return saga_id, fp
 
     async def acquire(self, saga_id: str, *, owner: str, ttl_ms: int) -> Lease | None:
-        """Take the saga's lease if it is free or expired; None otherwise."""
-        fence = int(
+        """Take the saga's lease if it is free or expired; None otherwise (also when
+        the saga is missing or finished)."""
+        keys = lease_keys(saga_id)
+        token = int(
             await self._acquire(
-                keys=[self.hkey(saga_id), f"{PREFIX}active"], args=[owner, ttl_ms, saga_id]
+                keys=[keys.record, keys.fence, f"{PREFIX}active"], args=[owner, ttl_ms, saga_id]
             )
         )
-        return Lease(saga_id, owner, fence) if fence > 0 else None
+        return Lease(keys, owner, token) if token > 0 else None
 
     async def renew(self, leases: Sequence[Lease], *, ttl_ms: int) -> list[tuple[bool, bool]]:
         """Renew many leases in one round trip; returns (still held, cancel requested) each."""
@@ -312,8 +332,8 @@ class SagaStore:
         async with self.r.pipeline(transaction=False) as p:
             for lease in leases:
                 await self._renew(
-                    keys=[self.hkey(lease.saga_id), f"{PREFIX}active"],
-                    args=[lease.owner, lease.fence, ttl_ms, lease.saga_id],
+                    keys=[lease.keys.record, lease.keys.fence, f"{PREFIX}active"],
+                    args=[lease.owner, lease.token, ttl_ms, lease.saga_id],
                     client=p,
                 )
             res = await p.execute()
@@ -322,8 +342,8 @@ class SagaStore:
     async def release(self, lease: Lease) -> None:
         """Give the lease back so another replica can take the saga at once."""
         await self._release(
-            keys=[self.hkey(lease.saga_id), f"{PREFIX}active"],
-            args=[lease.owner, lease.fence, lease.saga_id],
+            keys=[lease.keys.record, lease.keys.fence, f"{PREFIX}active"],
+            args=[lease.owner, lease.token, lease.saga_id],
         )
 
     async def append(
@@ -338,38 +358,43 @@ class SagaStore:
         snapshot: str = "",
         snap_seq: int = 0,
     ) -> None:
-        """Append sealed events under the lease.
+        """Append sealed events under the lease (fenced: see agentmesh.runtime.lease).
 
         Raises:
             Fenced: the lease was taken over or the log has moved on.
         """
-        res = int(
-            await self._append(
-                keys=[
-                    self.hkey(lease.saga_id),
-                    self.lkey(lease.saga_id),
-                    f"{PREFIX}active",
-                    f"{PREFIX}expiry",
-                ],
-                args=[
-                    lease.owner,
-                    lease.fence,
-                    expected_seq,
-                    last_hash,
-                    state_name(state),
-                    "1" if final else "0",
-                    snapshot,
-                    snap_seq,
-                    lease.saga_id,
-                    f"{PREFIX}idx:state:",
-                    self.retention_ms,
-                    PREFIX,
-                    *(e.SerializeToString() for e in events),
-                ],
+        try:
+            res = int(
+                await call_fenced(
+                    self._append,
+                    keys=[
+                        lease.keys.record,
+                        self.hkey(lease.saga_id),
+                        self.lkey(lease.saga_id),
+                        f"{PREFIX}active",
+                        f"{PREFIX}expiry",
+                    ],
+                    args=[
+                        lease.owner,
+                        lease.token,
+                        expected_seq,
+                        last_hash,
+                        state_name(state),
+                        "1" if final else "0",
+                        snapshot,
+                        snap_seq,
+                        lease.saga_id,
+                        f"{PREFIX}idx:state:",
+                        self.retention_ms,
+                        PREFIX,
+                        *(e.SerializeToString() for e in events),
+                    ],
+                )
             )
-        )
+        except LeaseLost as e:
+            raise Fenced(f"saga {lease.saga_id}: lease lost") from e
         if res != 1:
-            raise Fenced(f"saga {lease.saga_id}: {'lease lost' if res == -1 else 'log moved on'}")
+            raise Fenced(f"saga {lease.saga_id}: log moved on")
 
     async def request_cancel(self, saga_id: str, *, reason: str) -> str:
         """Record a cancel request; returns "", "missing" or the final state's name."""

@@ -1,5 +1,6 @@
-"""Redis persistence of swarms: records, indexes, leases with fencing tokens,
-engine snapshots, the per-iteration stats stream and partition results.
+"""Redis persistence of swarms: records, indexes, leases with fencing tokens
+(the runtime's fenced lease, agentmesh.runtime.lease), engine snapshots, the
+per-iteration stats stream and partition results.
 
 Key schema (all under ``am:swarm:``; ``{id}`` is the swarm id):
 
@@ -11,7 +12,7 @@ key                                type    content
                                            ``updated_ms``
 ``am:swarm:idx:created``           ZSET    member id, score create time (ms)
 ``am:swarm:idx:active``            SET     ids of PENDING and RUNNING swarms
-``am:swarm:lease:{id}``            STRING  ``<owner>|<fencing token>``, with a PX TTL
+``am:swarm:lease:{id}``            HASH    lease record ``owner``, ``token``, with a PX TTL
 ``am:swarm:fence:{id}``            STRING  last fencing token handed out (INCR)
 ``am:swarm:snap:{id}``             STRING  engine snapshot (see ``snapshots.py``)
 ``am:swarm:stats:{id}``            STREAM  field ``pb`` = serialized ``WatchSwarmResponse``
@@ -32,11 +33,13 @@ readers already skip ids whose record is gone (ListSwarms' ``get_many``), and
 sweep rather than pruning in ListSwarms because the index would otherwise
 grow whenever nobody lists; removing twice is harmless, so it needs no leader.
 
-Every write a driver makes while it runs a swarm goes through a Lua script
-that first checks that the lease still holds the driver's ``owner|token``, so a
-replica that lost its lease (paused, partitioned) cannot overwrite the work
-of the replica that took over (fencing, Kleppmann 2016, "How to do
-distributed locking").
+The lease is the runtime's fenced lease (``agentmesh.runtime.lease``; its
+record and fence counter are ``lease:{id}`` and ``fence:{id}``). Every write a
+driver makes while it runs a swarm goes through a Lua script that starts with
+the runtime's fence check (the lease record still holds the driver's owner and
+fencing token), so a replica that lost its lease (paused, partitioned) cannot
+overwrite the work of the replica that took over (fencing, Kleppmann 2016,
+"How to do distributed locking").
 """
 
 from __future__ import annotations
@@ -47,9 +50,22 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agentmesh.runtime.lease import (
+    CLOCK_PRELUDE,
+    FENCE_CHECK,
+    LEASE_LUA,
+    FencedLeases,
+    LeaseKeys,
+    call_fenced,
+)
+from agentmesh.runtime.lease import Lease as FencedLease
+
+# Re-exported: the driver and the manager catch the runtime's LeaseLost from here.
+from agentmesh.runtime.lease import LeaseLost as LeaseLost
 from agentmesh.swarm.v1 import swarm_pb2
 
 PREFIX = "am:swarm:"
+LEASE_PREFIX = PREFIX + "lease:"
 CREATED_INDEX = PREFIX + "idx:created"
 ACTIVE_INDEX = PREFIX + "idx:active"
 EXPIRY_INDEX = PREFIX + "idx:expiry"
@@ -71,13 +87,19 @@ def swarm_key(swarm_id: str) -> str:
 
 
 def lease_key(swarm_id: str) -> str:
-    """STRING holding `<owner>|<token>` while a replica drives the swarm."""
-    return f"{PREFIX}lease:{swarm_id}"
+    """The lease record (runtime fenced lease) while a replica drives the swarm."""
+    return f"{LEASE_PREFIX}{swarm_id}"
 
 
 def fence_key(swarm_id: str) -> str:
     """Counter of fencing tokens."""
     return f"{PREFIX}fence:{swarm_id}"
+
+
+def lease_keys(swarm_id: str) -> LeaseKeys:
+    """The swarm's lease: record and fence counter (names predate the runtime
+    lease and are kept, so tokens keep increasing across an upgrade)."""
+    return LeaseKeys(lease_key(swarm_id), fence_key(swarm_id))
 
 
 def snapshot_key(swarm_id: str) -> str:
@@ -95,77 +117,54 @@ def parts_key(swarm_id: str) -> str:
     return f"{PREFIX}parts:{swarm_id}"
 
 
-# KEYS[1] lease, KEYS[2] fence; ARGV[1] owner, ARGV[2] ttl ms.
-# Returns the new fencing token, or 0 when someone else holds the lease.
-_ACQUIRE = """
-if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
-local token = redis.call('INCR', KEYS[2])
-redis.call('SET', KEYS[1], ARGV[1] .. '|' .. token, 'PX', ARGV[2])
-return token
-"""
-
-# KEYS[1] lease; ARGV[1] holder value, ARGV[2] ttl ms. 1 renewed, 0 lost.
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('PEXPIRE', KEYS[1], ARGV[2])
-  return 1
-end
-return 0
-"""
-
-# KEYS[1] lease; ARGV[1] holder value. 1 released, 0 not ours.
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  redis.call('DEL', KEYS[1])
-  return 1
-end
-return 0
-"""
-
 # Per-iteration commit. KEYS: lease, swarm, stats, snap, active, fence, parts, expiry.
-# ARGV: holder, stats pb, stats maxlen, swarm pb ('' = keep), state name,
-# now ms, snapshot bytes ('' = keep), terminal ('1' = remove from active), swarm id,
-# retention ms (0 = keep forever; applied on the terminal commit).
-# Returns {ok, stop}: ok 0 means the lease is lost and nothing was written.
-_COMMIT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0, 0} end
-if ARGV[2] ~= '' then
-  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'pb', ARGV[2])
+# ARGV: owner, token (the fence check's convention), stats pb, stats maxlen,
+# swarm pb ('' = keep), state name, now ms, snapshot bytes ('' = keep), terminal
+# ('1' = remove from active), swarm id, retention ms (0 = keep forever; applied
+# on the terminal commit). Returns {1, stop}, or the FENCED error reply when
+# the lease is lost (nothing written).
+_COMMIT = (
+    CLOCK_PRELUDE
+    + LEASE_LUA
+    + FENCE_CHECK
+    + """
+if ARGV[3] ~= '' then
+  redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', 'pb', ARGV[3])
 end
-if ARGV[4] ~= '' then
-  redis.call('HSET', KEYS[2], 'pb', ARGV[4], 'state', ARGV[5], 'updated_ms', ARGV[6])
+if ARGV[5] ~= '' then
+  redis.call('HSET', KEYS[2], 'pb', ARGV[5], 'state', ARGV[6], 'updated_ms', ARGV[7])
 end
 -- KEEPTTL: a write after the terminal commit must not make the snapshot immortal
-if ARGV[7] ~= '' then redis.call('SET', KEYS[4], ARGV[7], 'KEEPTTL') end
-if ARGV[8] == '1' then
-  redis.call('SREM', KEYS[5], ARGV[9])
-  local keep = tonumber(ARGV[10])
+if ARGV[8] ~= '' then redis.call('SET', KEYS[4], ARGV[8], 'KEEPTTL') end
+if ARGV[9] == '1' then
+  redis.call('SREM', KEYS[5], ARGV[10])
+  local keep = tonumber(ARGV[11])
   if keep > 0 then
-    local t = redis.call('TIME')
-    local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
     for _, k in ipairs({KEYS[2], KEYS[3], KEYS[4], KEYS[6], KEYS[7]}) do
       redis.call('PEXPIRE', k, keep)
     end
-    redis.call('ZADD', KEYS[8], now + keep, ARGV[9])
+    redis.call('ZADD', KEYS[8], now_ms + keep, ARGV[10])
   end
 end
 local stop = redis.call('HGET', KEYS[2], 'stop')
 if stop == '1' then return {1, 1} end
 return {1, 0}
 """
+)
 
 # KEYS: expiry, created. ARGV: max ids. Drops swarms whose retention has
 # passed (their own keys are gone by Redis TTL) from the created index.
-_PRUNE = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[1]))
+_PRUNE = (
+    CLOCK_PRELUDE
+    + """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now_ms, 'LIMIT', 0, tonumber(ARGV[1]))
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[2], id)
   redis.call('ZREM', KEYS[1], id)
 end
 return #due
 """
+)
 
 # KEYS: swarm. Sets the stop flag only on an existing record, so a StopSwarm that
 # races the record's expiry leaves no stray key behind. Returns 1 or 0.
@@ -175,41 +174,36 @@ redis.call('HSET', KEYS[1], 'stop', '1')
 return 1
 """
 
-# Count a batch of partitions. KEYS: lease, parts; ARGV: holder, then
+# Count a batch of partitions. KEYS: lease, parts; ARGV: owner, token, then
 # (index, json) pairs. Returns one 1 (counted now) or 0 (already counted) per
-# pair, or -1 when the lease is lost (nothing written).
-_COUNT_PARTITIONS = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return -1 end
+# pair, or the FENCED error reply when the lease is lost (nothing written).
+_COUNT_PARTITIONS = (
+    CLOCK_PRELUDE
+    + LEASE_LUA
+    + FENCE_CHECK
+    + """
 local out = {}
-for i = 2, #ARGV, 2 do
+for i = 3, #ARGV, 2 do
   out[#out + 1] = redis.call('HSETNX', KEYS[2], ARGV[i], ARGV[i + 1])
 end
 return out
 """
+)
 
 
-@dataclass(frozen=True)
-class Lease:
-    """A held lease on one swarm.
+class Lease(FencedLease):
+    """A held lease on one swarm: the runtime's fenced lease on ``lease_keys(swarm_id)``.
 
     Attributes:
-        swarm_id: the swarm.
+        keys: ``lease_keys(swarm_id)``.
         owner: the holding replica's id.
         token: fencing token; only ever increases per swarm.
     """
 
-    swarm_id: str
-    owner: str
-    token: int
-
     @property
-    def holder(self) -> str:
-        """The value stored in the lease key."""
-        return f"{self.owner}|{self.token}"
-
-
-class LeaseLost(Exception):
-    """The driver's lease expired or was taken by another replica."""
+    def swarm_id(self) -> str:
+        """The swarm."""
+        return self.keys.record[len(LEASE_PREFIX) :]
 
 
 @dataclass(frozen=True)
@@ -242,9 +236,7 @@ class SwarmStore:
         self.retention_ms = retention_ms
         self._prune = redis.register_script(_PRUNE)
         self._request_stop = redis.register_script(_REQUEST_STOP)
-        self._acquire = redis.register_script(_ACQUIRE)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self.leases = FencedLeases(redis)
         self._commit = redis.register_script(_COMMIT)
         self._count = redis.register_script(_COUNT_PARTITIONS)
 
@@ -342,21 +334,19 @@ class SwarmStore:
         """Ids of swarms that are PENDING or RUNNING."""
         return sorted(m.decode() for m in await self.redis.smembers(ACTIVE_INDEX))
 
-    # ---- leases -----------------------------------------------------------
+    # ---- leases (the runtime's fenced lease) ---------------------------------
     async def acquire(self, swarm_id: str, *, owner: str, ttl_ms: int) -> Lease | None:
         """Take the swarm's lease if nobody holds it; None otherwise."""
-        keys = [lease_key(swarm_id), fence_key(swarm_id)]
-        token = int(await self._acquire(keys=keys, args=[owner, ttl_ms]))
-        return Lease(swarm_id, owner, token) if token else None
+        grant = await self.leases.acquire(lease_keys(swarm_id), owner=owner, ttl_ms=ttl_ms)
+        return Lease(grant.lease.keys, owner, grant.lease.token) if grant.lease else None
 
     async def renew(self, lease: Lease, *, ttl_ms: int) -> bool:
         """Extend the lease; False when it is lost."""
-        keys = [lease_key(lease.swarm_id)]
-        return bool(await self._renew(keys=keys, args=[lease.holder, ttl_ms]))
+        return (await self.leases.renew(lease, ttl_ms=ttl_ms)).held
 
     async def release(self, lease: Lease) -> None:
         """Give the lease up if still held."""
-        await self._release(keys=[lease_key(lease.swarm_id)], args=[lease.holder])
+        await self.leases.release(lease.keys, owner=lease.owner, token=lease.token)
 
     # ---- fenced writes ----------------------------------------------------
     async def commit(
@@ -374,7 +364,8 @@ class SwarmStore:
         """
         sid = lease.swarm_id
         terminal = swarm is not None and swarm.state in TERMINAL_STATES
-        ok, stop = await self._commit(
+        _ok, stop = await call_fenced(
+            self._commit,
             keys=[
                 lease_key(sid),
                 swarm_key(sid),
@@ -386,7 +377,8 @@ class SwarmStore:
                 EXPIRY_INDEX,
             ],
             args=[
-                lease.holder,
+                lease.owner,
+                lease.token,
                 stats.SerializeToString() if stats is not None else b"",
                 STATS_RETAINED,
                 swarm.SerializeToString() if swarm is not None else b"",
@@ -398,8 +390,6 @@ class SwarmStore:
                 self.retention_ms,
             ],
         )
-        if not ok:
-            raise LeaseLost(sid)
         return CommitResult(stop_requested=bool(stop))
 
     async def load_snapshot(self, swarm_id: str) -> bytes | None:
@@ -407,9 +397,7 @@ class SwarmStore:
         raw = await self.redis.get(snapshot_key(swarm_id))
         return bytes(raw) if raw is not None else None
 
-    async def count_partitions(
-        self, lease: Lease, results: list[tuple[int, bytes]]
-    ) -> list[bool]:
+    async def count_partitions(self, lease: Lease, results: list[tuple[int, bytes]]) -> list[bool]:
         """Count partition results once each, in one round trip.
 
         Args:
@@ -425,14 +413,12 @@ class SwarmStore:
         """
         if not results:
             return []
-        args: list[bytes | str | int] = [lease.holder]
+        args: list[bytes | str | int] = [lease.owner, lease.token]
         for index, record in results:
             args += [index, record]
-        res = await self._count(
-            keys=[lease_key(lease.swarm_id), parts_key(lease.swarm_id)], args=args
+        res = await call_fenced(
+            self._count, keys=[lease_key(lease.swarm_id), parts_key(lease.swarm_id)], args=args
         )
-        if not isinstance(res, list):
-            raise LeaseLost(lease.swarm_id)
         return [int(x) == 1 for x in res]
 
     async def partition_results(self, swarm_id: str) -> dict[int, bytes]:
@@ -460,9 +446,7 @@ class SwarmStore:
                 out.append((entry_id.decode(), msg))
         return out
 
-    async def last_stats(
-        self, swarm_id: str
-    ) -> tuple[str, swarm_pb2.WatchSwarmResponse | None]:
+    async def last_stats(self, swarm_id: str) -> tuple[str, swarm_pb2.WatchSwarmResponse | None]:
         """The newest stats entry as (stream id, message), or ("0-0", None)."""
         res = await self.redis.xrevrange(stats_key(swarm_id), count=1)
         if not res:
