@@ -13,7 +13,10 @@
         agent.run()
 
 The generated contract lives in `agentmesh.agent.v1`. The SDK is imported
-lazily, so importing only the generated stubs stays light.
+lazily, so importing only the generated stubs stays light. `Agent`
+(`agentmesh.agent.sdk`) is the declaration and lifecycle facade over
+`executor.IdempotentExecutor` (dedupe and the compensation fence),
+`servicer.AgentServicer`, `registration.Registrar` and `cli` (flags, `run`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agentmesh.agent.context import ActionContext
+    from agentmesh.agent.executor import IdempotentExecutor
     from agentmesh.agent.idempotency import (
         IdempotencyStore,
         MemoryIdempotencyStore,
@@ -30,6 +34,7 @@ if TYPE_CHECKING:
         StoredResult,
     )
     from agentmesh.agent.load import LoadTracker
+    from agentmesh.agent.registration import Registrar
     from agentmesh.agent.sdk import (
         WILDCARD,
         Agent,
@@ -41,6 +46,8 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ActionContext": "agentmesh.agent.context",
+    "IdempotentExecutor": "agentmesh.agent.executor",
+    "Registrar": "agentmesh.agent.registration",
     "IdempotencyStore": "agentmesh.agent.idempotency",
     "MemoryIdempotencyStore": "agentmesh.agent.idempotency",
     "RedisIdempotencyStore": "agentmesh.agent.idempotency",
@@ -50,7 +57,7 @@ _EXPORTS = {
     "Agent": "agentmesh.agent.sdk",
     "AgentSettings": "agentmesh.agent.sdk",
     "dict_to_struct": "agentmesh.agent.structs",
-    "map_exception": "agentmesh.agent.sdk",
+    "map_exception": "agentmesh.agent.executor",
     "serve_all": "agentmesh.agent.sdk",
     "struct_to_dict": "agentmesh.agent.structs",
 }
@@ -61,9 +68,11 @@ __all__ = [
     "Agent",
     "AgentSettings",
     "IdempotencyStore",
+    "IdempotentExecutor",
     "LoadTracker",
     "MemoryIdempotencyStore",
     "RedisIdempotencyStore",
+    "Registrar",
     "StoredResult",
     "dict_to_struct",
     "map_exception",

@@ -20,6 +20,8 @@ class ActionContext:
         action: the action (or compensation) name.
         kind: "execute" or "compensate".
         idempotency_key: the caller's stable key; "" when the call is not deduplicated.
+        compensated_idempotency_key: for compensations, the idempotency key of
+            the Execute being undone (fenced by the SDK); "" when none.
         attempt: attempt number, starting at 1 (0 when the caller did not set it).
         metadata: free-form call metadata from the request (e.g. "saga_id").
         deadline_monotonic: absolute deadline on the `time.monotonic()` clock,
@@ -38,6 +40,7 @@ class ActionContext:
     deadline_monotonic: float | None = None
     original_output: dict[str, Any] | None = None
     principal: Principal | None = None
+    compensated_idempotency_key: str = ""
 
     @property
     def remaining_s(self) -> float | None:

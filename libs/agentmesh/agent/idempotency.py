@@ -7,8 +7,9 @@ retried and will run again.
 
 Namespaces used by the SDK: `x` completed Execute keys, `c` completed
 Compensate keys, `t` compensation tombstones (Execute key `K` whose Compensate
-`K/compensate` has started: a later Execute with `K` is refused, see
-`agentmesh.agent.sdk`).
+has started, i.e. one with `compensated_idempotency_key` = `K`, or keyed
+`K/compensate` by an older caller: a later Execute with `K` is refused, see
+`agentmesh.agent.executor`).
 
 Two stores:
   * `MemoryIdempotencyStore` — per process, bounded, lost on restart. The default.

@@ -1,4 +1,11 @@
-"""Registration and heartbeats with the registry daemon (agentmesh.registry.v1)."""
+"""The registrar: an agent's registration and heartbeats with the registry
+daemon (agentmesh.registry.v1).
+
+`Registrar.start` registers (retrying what `agentmesh.runtime.retry` calls
+retryable for RegisterAgent, an IDEMPOTENT upsert) and starts the heartbeat
+loop; `Registrar.stop` ends the loop and deregisters, so no new work is routed
+to an agent that is about to drain.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from google.protobuf import duration_pb2
 
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
 from agentmesh.runtime.errors import AgentMeshError, from_rpc_error
+from agentmesh.runtime.retry import idempotency_of, is_retryable_error
 
 if TYPE_CHECKING:
     from agentmesh.agent.sdk import Agent
@@ -25,6 +33,7 @@ CALL_TIMEOUT_S = 5.0
 DEREGISTER_TIMEOUT_S = 2.0
 #: How long `register` keeps retrying an unreachable registry, seconds.
 REGISTER_TIMEOUT_S = 20.0
+_REGISTER = "/agentmesh.registry.v1.RegistryService/RegisterAgent"
 
 
 class Registrar:
@@ -42,6 +51,27 @@ class Registrar:
         self.last_health: float = 0.0
         self.heartbeats_sent = 0
         self.registered = False
+        self._heartbeat_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        """Register, then heartbeat in the background until `stop`.
+
+        Raises:
+            AgentMeshError: when registration is refused or the registry stays
+                unreachable (see `register`).
+        """
+        await self.register()
+        self._heartbeat_task = asyncio.create_task(
+            self.heartbeat_loop(), name=f"heartbeat-{self._agent.agent_id}"
+        )
+
+    async def stop(self) -> None:
+        """Stop heartbeating and deregister (best effort). Safe to call twice."""
+        task, self._heartbeat_task = self._heartbeat_task, None
+        if task is not None:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        await self.deregister()
 
     def descriptor(self) -> registry_pb2.Agent:
         """The agent as the registry should store it."""
@@ -68,7 +98,7 @@ class Registrar:
         )
 
     async def register(self) -> None:
-        """Register, retrying while the registry is UNAVAILABLE for REGISTER_TIMEOUT_S.
+        """Register, retrying retryable failures (UNAVAILABLE, ...) for REGISTER_TIMEOUT_S.
 
         Raises:
             AgentMeshError: when the registry refuses (e.g. INVALID_ARGUMENT) or
@@ -84,7 +114,8 @@ class Registrar:
                 )
                 break
             except grpc.aio.AioRpcError as e:
-                if e.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() >= deadline:
+                retry = is_retryable_error(e, idempotency=idempotency_of(_REGISTER))
+                if not retry or time.monotonic() >= deadline:
                     raise from_rpc_error(e) from e
                 await asyncio.sleep(delay_s)
                 delay_s = min(2.0, delay_s * 2)

@@ -10,77 +10,49 @@
     if __name__ == "__main__":
         agent.run()            # flags/env override the constructor; SIGTERM drains
 
-What the SDK does for every call:
-  * Dedupe by idempotency key. A completed key returns the stored output with
-    `deduplicated=true`; a duplicate that arrives while the first call is still
-    running waits for it and shares its outcome. Failures are not stored, so a
-    retry runs again. The handler runs in a task shielded from the caller's
-    cancellation, so a caller that gives up never tears an effect in half.
-  * Compensation fences its action (saga/Temporal style). A Compensate whose
-    key is `<K>/compensate` first waits for an Execute with key `<K>` still
-    running in this process, passes that Execute's output (or the stored one)
-    as `ctx.original_output` when the request carries none, and records a
-    tombstone for `<K>` before its handler runs. From then on an Execute with
-    key `<K>` does not run its handler: it fails with ABORTED, ErrorInfo reason
-    `COMPENSATED`. So a late Execute, e.g. from a coordinator that died while
-    it was in flight, never takes effect after its compensation. A Compensate
-    whose deadline comes while it still waits for the Execute answers
-    UNAVAILABLE, reason `EXECUTE_IN_FLIGHT`, shortly before the deadline; the
-    compensation still runs once the Execute ends and a retry gets its result.
-  * Deadlines: `ctx.remaining_s` is the time the caller has left.
-  * Errors: handlers raise `agentmesh.runtime.errors` classes (or ordinary
-    exceptions, mapped as in `map_exception`), which reach the caller as gRPC
-    status codes with rich details.
-  * Load: queue size, processing and response time, error rate, CPU and memory
-    are tracked and sent with registry heartbeats.
-  * Lifecycle: registers with the registry before it logs `serving`, heartbeats,
-    and on SIGTERM deregisters first (so no new work is routed to it), then
-    reports NOT_SERVING and drains in-flight calls within the grace period.
+`Agent` is the declaration and lifecycle facade. The work is done by:
+  * `agentmesh.agent.executor.IdempotentExecutor` — dedupe by idempotency key
+    and the compensation fence (an Execute whose key was compensated fails
+    with ABORTED, reason COMPENSATED; a Compensate that waits for its Execute
+    past its deadline answers UNAVAILABLE, reason EXECUTE_IN_FLIGHT);
+  * `agentmesh.agent.servicer.AgentServicer` — the AgentService RPCs: deadlines
+    (`ctx.remaining_s`), the compensated key, Evaluate;
+  * `agentmesh.agent.registration.Registrar` — registers before the agent logs
+    `serving`, heartbeats with load, deregisters first on SIGTERM;
+  * `agentmesh.agent.cli` — flags and `AGENTMESH_AGENT_*` variables (`run`).
+
+Errors: handlers raise `agentmesh.runtime.errors` classes (or ordinary
+exceptions, mapped as in `map_exception`), which reach the caller as gRPC
+status codes with rich details. Load (queue size, processing and response
+time, error rate, CPU and memory) is tracked and sent with heartbeats. On
+SIGTERM the agent deregisters first (so no new work is routed to it), then
+reports NOT_SERVING and drains in-flight calls within the grace period.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import functools
-import inspect
 import logging
-import os
 import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
-import grpc
 import numpy as np
-from google.protobuf import duration_pb2, struct_pb2
-from google.rpc import error_details_pb2
-from redis import exceptions as redis_exceptions
 
+from agentmesh.agent.cli import add_arguments, apply_arguments, run_agent
 from agentmesh.agent.context import ActionContext
-from agentmesh.agent.idempotency import (
-    IdempotencyStore,
-    MemoryIdempotencyStore,
-    RedisIdempotencyStore,
-    StoredResult,
-)
+from agentmesh.agent.executor import IdempotentExecutor, map_exception
+from agentmesh.agent.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from agentmesh.agent.load import LoadTracker
-from agentmesh.agent.structs import dict_to_struct, struct_to_dict
+from agentmesh.agent.registration import Registrar
+from agentmesh.agent.servicer import WILDCARD, AgentServicer
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.runtime.compensation import COMPENSATE_SUFFIX, strip_compensate_suffix
 from agentmesh.runtime.config import ServerConfig
-from agentmesh.runtime.context import current_principal
-from agentmesh.runtime.errors import (
-    DOMAIN,
-    Aborted,
-    AgentMeshError,
-    DeadlineExceeded,
-    Internal,
-    InvalidArgument,
-    Unavailable,
-    Unimplemented,
-)
-from agentmesh.runtime.logs import configure_logging
+from agentmesh.runtime.errors import ErrorReason, reason_name
 from agentmesh.runtime.server import Daemon
 
 log = logging.getLogger("agentmesh.agent")
@@ -94,34 +66,23 @@ EvaluateHandler = Callable[[np.ndarray, dict[str, Any]], Any]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-#: Action name that matches any action without its own handler.
-WILDCARD = "*"
-
-_EXECUTE = "x"
-_COMPENSATE = "c"
-#: Store namespace of compensation tombstones, keyed by the compensated Execute key.
-_TOMBSTONE = "t"
-
-#: A Compensate key `<K>` + this suffix undoes the Execute with key `<K>`.
-COMPENSATE_SUFFIX = "/compensate"
-#: ErrorInfo reason of the ABORTED answer to an Execute whose key was compensated.
-REASON_COMPENSATED = "COMPENSATED"
-#: ErrorInfo reason of the UNAVAILABLE answer to a Compensate whose deadline
-#: comes while it still waits for its Execute; it runs on, a retry joins it.
-REASON_EXECUTE_IN_FLIGHT = "EXECUTE_IN_FLIGHT"
+#: ErrorInfo reason string of the ABORTED answer to an Execute whose key was
+#: compensated (`ErrorReason.ERROR_REASON_COMPENSATED`).
+REASON_COMPENSATED = reason_name(ErrorReason.ERROR_REASON_COMPENSATED)
+#: ErrorInfo reason string of the UNAVAILABLE answer to a Compensate whose
+#: deadline came while it still waited for its Execute
+#: (`ErrorReason.ERROR_REASON_EXECUTE_IN_FLIGHT`).
+REASON_EXECUTE_IN_FLIGHT = reason_name(ErrorReason.ERROR_REASON_EXECUTE_IN_FLIGHT)
 
 
 def compensated_key(compensate_key: str) -> str | None:
-    """The Execute key a Compensate key undoes, or None when it follows no convention.
+    """The Execute key an old-style Compensate key undoes, or None without the suffix.
 
-    `"sg_1/charge/compensate"` → `"sg_1/charge"`; map items and loop iterations
-    keep their suffix (`"sg_1/ship[2]/compensate"` → `"sg_1/ship[2]"`, `"#k"` alike).
+    Kept for callers of the SDK; the convention lives in
+    `agentmesh.runtime.compensation` (`fenced_key` also reads the
+    `compensated_idempotency_key` field).
     """
-    if compensate_key.endswith(COMPENSATE_SUFFIX) and len(compensate_key) > len(
-        COMPENSATE_SUFFIX
-    ):
-        return compensate_key[: -len(COMPENSATE_SUFFIX)]
-    return None
+    return strip_compensate_suffix(compensate_key)
 
 
 @dataclass
@@ -183,53 +144,6 @@ class AgentSettings:
     extra_metadata: dict[str, str] = field(default_factory=dict)
 
 
-def map_exception(exc: BaseException, action: str) -> AgentMeshError:
-    """The AgentMeshError a handler exception reaches the caller as.
-
-    AgentMeshError subclasses pass through. TimeoutError → DEADLINE_EXCEEDED,
-    ValueError/TypeError/KeyError → INVALID_ARGUMENT, ConnectionError (also
-    redis-py's connection and timeout errors) → UNAVAILABLE (retryable),
-    NotImplementedError → UNIMPLEMENTED, anything else → INTERNAL with the
-    exception type and message.
-    """
-    if isinstance(exc, AgentMeshError):
-        return exc
-    text = f"{action!r} failed: {type(exc).__name__}: {exc}"
-    if isinstance(exc, TimeoutError):
-        return DeadlineExceeded(text)
-    if isinstance(exc, (ValueError, TypeError, KeyError)):
-        return InvalidArgument(text)
-    if isinstance(exc, (ConnectionError, redis_exceptions.ConnectionError,
-                        redis_exceptions.TimeoutError)):
-        return Unavailable(text, reason="AGENT_DEPENDENCY_DOWN")
-    if isinstance(exc, NotImplementedError):
-        return Unimplemented(text)
-    return Internal(text)
-
-
-async def _call(fn: Callable[..., Any], *args: Any) -> Any:
-    """Await an async handler; run a plain function in a worker thread."""
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args)
-    result = await asyncio.to_thread(fn, *args)
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
-def _duration_ms(ms: float) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromNanoseconds(int(ms * 1e6))
-    return d
-
-
-@dataclass(frozen=True)
-class _Outcome:
-    output: struct_pb2.Struct
-    deduplicated: bool
-    processing_ms: float
-
-
 class Agent:
     """An agent: named handlers served over `agentmesh.agent.v1.AgentService`.
 
@@ -269,18 +183,13 @@ class Agent:
         self._actions: dict[str, ActionHandler] = {}
         self._compensations: dict[str, ActionHandler] = {}
         self._objectives: dict[str, EvaluateHandler] = {}
-        self._inflight: dict[tuple[str, str], asyncio.Task[_Outcome]] = {}
-        #: Compensate keys whose task still waits for the Execute it undoes.
-        self._awaiting_execute: set[str] = set()
-        self._running: set[asyncio.Task[_Outcome]] = set()
-        self._store: IdempotencyStore | None = None
-        self._sem: asyncio.Semaphore | None = None
         self._daemon: Daemon | None = None
-        self._registrar: Any = None
-        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._registrar: Registrar | None = None
         self._stopping = False
         self._stopped = asyncio.Event()
         self.load = LoadTracker(capacity=self.settings.max_concurrency)
+        #: Runs keyed calls once and fences compensations (opened by `start`).
+        self.executor = IdempotentExecutor(load=self.load)
         self.port = 0
         self.metrics_port = -1
         #: Parsed command line after `run`, including the caller's own flags.
@@ -335,364 +244,37 @@ class Agent:
         return sorted(self._actions)
 
     @property
+    def compensations(self) -> list[str]:
+        """Declared compensation names."""
+        return sorted(self._compensations)
+
+    @property
     def objectives(self) -> list[str]:
         """Declared objective names."""
         return sorted(self._objectives)
+
+    def action_handler(self, name: str) -> ActionHandler | None:
+        """The handler of action `name` (or the `"*"` one), None when undeclared."""
+        return self._actions.get(name) or self._actions.get(WILDCARD)
+
+    def compensation_handler(self, name: str) -> ActionHandler | None:
+        """The handler of compensation `name` (or the `"*"` one), None when undeclared."""
+        return self._compensations.get(name) or self._compensations.get(WILDCARD)
+
+    def objective_handler(self, name: str) -> EvaluateHandler | None:
+        """The function of objective `name`, None when undeclared."""
+        return self._objectives.get(name)
+
+    @property
+    def registrar(self) -> Registrar | None:
+        """The registrar once `start` has run with a registry target, else None."""
+        return self._registrar
 
     @property
     def endpoint(self) -> str:
         """`host:port` callers use to reach this agent (valid after `start`)."""
         return f"{self.settings.advertise_host or self.settings.host}:{self.port}"
 
-    # ---- serving -----------------------------------------------------------
-    async def _execute(
-        self, request: agent_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_pb2.ExecuteResponse:
-        handler = self._actions.get(request.action) or self._actions.get(WILDCARD)
-        if handler is None:
-            raise InvalidArgument(
-                f"unknown action {request.action!r}; agent {self.agent_id} serves "
-                f"{self.actions}",
-                field_violations={"action": "not declared by this agent"},
-            )
-        ctx = ActionContext(
-            agent_id=self.agent_id,
-            action=request.action,
-            kind="execute",
-            idempotency_key=request.idempotency_key,
-            attempt=request.attempt or 1,
-            metadata=dict(request.metadata),
-            deadline_monotonic=_deadline(context),
-            principal=current_principal(),
-        )
-        inp = struct_to_dict(request.input)
-        out = await self._run(_EXECUTE, ctx, lambda c: _call(handler, inp, c))
-        return agent_pb2.ExecuteResponse(
-            output=out.output,
-            deduplicated=out.deduplicated,
-            agent_id=self.agent_id,
-            processing_duration=_duration_ms(out.processing_ms),
-        )
-
-    async def _compensate(
-        self, request: agent_pb2.CompensateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_pb2.CompensateResponse:
-        handler = self._compensations.get(request.action) or self._compensations.get(WILDCARD)
-        if handler is None:
-            raise InvalidArgument(
-                f"unknown compensation {request.action!r}; agent {self.agent_id} compensates "
-                f"{sorted(self._compensations)}",
-                field_violations={"action": "no compensation declared for this action"},
-            )
-        ctx = ActionContext(
-            agent_id=self.agent_id,
-            action=request.action,
-            kind="compensate",
-            idempotency_key=request.idempotency_key,
-            attempt=request.attempt or 1,
-            metadata=dict(request.metadata),
-            deadline_monotonic=_deadline(context),
-            original_output=(
-                struct_to_dict(request.original_output)
-                if request.HasField("original_output")
-                else None
-            ),
-            principal=current_principal(),
-        )
-        inp = struct_to_dict(request.input)
-        out = await self._run(_COMPENSATE, ctx, lambda c: _call(handler, inp, c))
-        return agent_pb2.CompensateResponse(
-            output=out.output,
-            deduplicated=out.deduplicated,
-            agent_id=self.agent_id,
-        )
-
-    async def _evaluate(
-        self, request: agent_pb2.EvaluateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_pb2.EvaluateResponse:
-        fn = self._objectives.get(request.objective)
-        if fn is None:
-            raise InvalidArgument(
-                f"unknown objective {request.objective!r}; agent {self.agent_id} evaluates "
-                f"{self.objectives}",
-                field_violations={"objective": "not declared by this agent"},
-            )
-        d = request.dimensions
-        flat = np.asarray(request.positions, dtype=np.float64)
-        if d == 0 or flat.size % d:
-            raise InvalidArgument(
-                f"{flat.size} position values do not form rows of {d} dimensions",
-                field_violations={"dimensions": "must be > 0 and divide len(positions)"},
-            )
-        positions = flat.reshape(-1, d)
-        params = struct_to_dict(request.parameters)
-        start = self.load.started()
-        t0 = time.perf_counter()
-        ok = False
-        try:
-            try:
-                result = await _call(fn, positions, params)
-            except Exception as exc:
-                raise map_exception(exc, request.objective) from exc
-            fitness = np.asarray(result, dtype=np.float64).reshape(-1)
-            if fitness.size != positions.shape[0]:
-                raise Internal(
-                    f"objective {request.objective!r} returned {fitness.size} values for "
-                    f"{positions.shape[0]} positions"
-                )
-            ok = True
-            return agent_pb2.EvaluateResponse(fitness=fitness.tolist())
-        finally:
-            self.load.finished(start, processing_ms=(time.perf_counter() - t0) * 1e3, ok=ok)
-
-    async def _run(
-        self, namespace: str, ctx: ActionContext,
-        call: Callable[[ActionContext], Awaitable[Any]],
-    ) -> _Outcome:
-        """Run `call(ctx)` at most once per idempotency key and track load.
-
-        A keyed call that must follow another one still running here (a
-        Compensate after its Execute, an Execute after its Compensate; see
-        `_predecessor`) waits for it inside its own task.
-        """
-        start = self.load.started()
-        ok = False
-        processing_ms = 0.0
-        try:
-            if not ctx.idempotency_key:
-                task = self._spawn(self._invoke(namespace, ctx, call, store=False))
-                out = await asyncio.shield(task)
-            else:
-                k = (namespace, ctx.idempotency_key)
-                running = self._inflight.get(k)
-                if running is not None:
-                    # A duplicate of a call still running: share its outcome.
-                    first = await self._outcome(namespace, ctx, running)
-                    out = _Outcome(first.output, True, first.processing_ms)
-                else:
-                    # Created without awaiting first, so every concurrent
-                    # duplicate in this process finds this task, and the
-                    # predecessor is picked in the same step: a task only ever
-                    # waits for one created before it, so two cannot wait on
-                    # each other.
-                    after = self._predecessor(namespace, ctx.idempotency_key)
-                    if after is not None and namespace == _COMPENSATE:
-                        self._awaiting_execute.add(ctx.idempotency_key)
-                    task = self._spawn(
-                        self._invoke(namespace, ctx, call, store=True, after=after)
-                    )
-                    self._inflight[k] = task
-                    task.add_done_callback(functools.partial(self._task_done, k))
-                    out = await self._outcome(namespace, ctx, task)
-            ok = True
-            # A replayed or shared result cost this call no processing.
-            processing_ms = 0.0 if out.deduplicated else out.processing_ms
-            return out
-        finally:
-            self.load.finished(start, processing_ms=processing_ms, ok=ok)
-
-    def _spawn(self, coro: Coroutine[Any, Any, _Outcome]) -> asyncio.Task[_Outcome]:
-        # Handler tasks are shielded from the caller and tracked, so drain waits for them.
-        task = asyncio.create_task(coro)
-        self._running.add(task)
-        task.add_done_callback(self._reap)
-        return task
-
-    def _reap(self, task: asyncio.Task[_Outcome]) -> None:
-        self._running.discard(task)
-        if not task.cancelled():
-            task.exception()  # retrieved, so a caller that went away leaves no warning
-
-    def _task_done(self, key: tuple[str, str], task: asyncio.Task[_Outcome]) -> None:
-        if self._inflight.get(key) is task:
-            del self._inflight[key]
-
-    async def _outcome(
-        self, namespace: str, ctx: ActionContext, task: asyncio.Task[_Outcome]
-    ) -> _Outcome:
-        """Await the shielded `task` for this caller.
-
-        A Compensate still waiting for its Execute when the caller's deadline
-        is near answers UNAVAILABLE (reason EXECUTE_IN_FLIGHT) instead of
-        DEADLINE_EXCEEDED, so the caller knows the compensation itself did not
-        fail and retries; `task` runs on and the retry joins it or reads its
-        stored result.
-
-        Raises:
-            Unavailable: reason EXECUTE_IN_FLIGHT, as above.
-        """
-        key = ctx.idempotency_key
-        left = ctx.remaining_s
-        if namespace != _COMPENSATE or left is None or key not in self._awaiting_execute:
-            return await asyncio.shield(task)
-        # Answer a little before the deadline so the answer reaches the caller.
-        margin_s = min(0.5, 0.3 * left)
-        await asyncio.wait([task], timeout=max(0.0, left - margin_s))
-        if not task.done() and key in self._awaiting_execute:
-            raise Unavailable(
-                f"compensation {key!r} waits for the Execute it undoes, still running on agent "
-                f"{self.agent_id}; it runs when that ends, retry to get its result",
-                reason=REASON_EXECUTE_IN_FLIGHT,
-            )
-        return await asyncio.shield(task)
-
-    def _predecessor(self, namespace: str, key: str) -> asyncio.Task[_Outcome] | None:
-        """The in-flight call a new call with `key` must wait for, if any.
-
-        A Compensate `<K>/compensate` waits for the Execute `<K>` (so it undoes
-        a finished effect); an Execute `<K>` waits for the Compensate
-        `<K>/compensate` (and is then refused by its tombstone).
-        """
-        if namespace == _COMPENSATE:
-            target = compensated_key(key)
-            return None if target is None else self._inflight.get((_EXECUTE, target))
-        return self._inflight.get((_COMPENSATE, key + COMPENSATE_SUFFIX))
-
-    async def _lookup(self, items: Sequence[tuple[str, str]]) -> list[StoredResult | None]:
-        """Read the store before anything runs; failures are UNAVAILABLE (safe to retry)."""
-        assert self._store is not None
-        try:
-            return await self._store.get_many(items)
-        except Exception as exc:  # nothing ran yet, so the caller may safely retry
-            raise Unavailable(
-                f"idempotency store unavailable: {type(exc).__name__}: {exc}",
-                reason="IDEMPOTENCY_STORE_DOWN",
-            ) from exc
-
-    def _compensated_error(self, key: str, tombstone: StoredResult) -> Aborted:
-        return Aborted(
-            f"idempotency key {key!r} was compensated (compensation {tombstone.action!r} "
-            f"at {tombstone.completed_ms} ms since the epoch) on agent {self.agent_id}; "
-            "a late Execute must not take effect, so the action did not run",
-            details=[
-                error_details_pb2.ErrorInfo(
-                    reason=REASON_COMPENSATED,
-                    domain=DOMAIN,
-                    metadata={"idempotency_key": key, "agent_id": self.agent_id},
-                )
-            ],
-        )
-
-    async def _prepare(
-        self, namespace: str, ctx: ActionContext, after: asyncio.Task[_Outcome] | None
-    ) -> tuple[ActionContext, StoredResult | None]:
-        """Store reads before a keyed call runs: tombstone, stored result, original output.
-
-        Returns:
-            (the context to run with, the stored result of this key or None).
-
-        Raises:
-            Aborted: an Execute whose key has a compensation tombstone (reason COMPENSATED).
-            Unavailable: the store cannot be read.
-        """
-        key = ctx.idempotency_key
-        if namespace == _EXECUTE:
-            tomb, stored = await self._lookup([(_TOMBSTONE, key), (_EXECUTE, key)])
-            if tomb is not None:
-                raise self._compensated_error(key, tomb)
-            return ctx, stored
-        target = compensated_key(key) if namespace == _COMPENSATE else None
-        if target is None or ctx.original_output is not None:
-            (stored,) = await self._lookup([(namespace, key)])
-            return ctx, stored
-        stored, executed = await self._lookup([(namespace, key), (_EXECUTE, target)])
-        original: dict[str, Any] | None = None
-        if after is not None and not after.cancelled() and after.exception() is None:
-            original = struct_to_dict(after.result().output)
-        elif executed is not None:
-            original = executed.output
-        return (ctx if original is None else replace(ctx, original_output=original)), stored
-
-    async def _fence(self, ctx: ActionContext, target: str) -> None:
-        """Record the tombstone of Execute key `target` before its compensation runs.
-
-        Raises:
-            Unavailable: the store cannot be written; the compensation has not run.
-        """
-        assert self._store is not None
-        try:
-            await self._store.put(
-                _TOMBSTONE, target, StoredResult(ctx.action, {}, int(time.time() * 1000))
-            )
-        except Exception as exc:
-            raise Unavailable(
-                f"could not record the compensation tombstone of {target!r}: "
-                f"{type(exc).__name__}: {exc}",
-                reason="IDEMPOTENCY_STORE_DOWN",
-            ) from exc
-
-    async def _invoke(
-        self, namespace: str, ctx: ActionContext,
-        call: Callable[[ActionContext], Awaitable[Any]], *,
-        store: bool, after: asyncio.Task[_Outcome] | None = None,
-    ) -> _Outcome:
-        assert self._store is not None
-        if after is not None:
-            # Outside the concurrency limit: `after` may still be queued for it.
-            try:
-                await asyncio.wait([after])
-            finally:
-                if namespace == _COMPENSATE:
-                    self._awaiting_execute.discard(ctx.idempotency_key)
-        if store:
-            ctx, stored = await self._prepare(namespace, ctx, after)
-            if stored is not None:
-                if stored.action != ctx.action:
-                    raise InvalidArgument(
-                        f"idempotency key {ctx.idempotency_key!r} already completed action "
-                        f"{stored.action!r}, not {ctx.action!r}",
-                        field_violations={"idempotency_key": "reused for a different action"},
-                    )
-                return _Outcome(dict_to_struct(stored.output), True, 0.0)
-            target = compensated_key(ctx.idempotency_key) if namespace == _COMPENSATE else None
-            if target is not None:
-                # Before the handler, so no Execute of `target` can start while
-                # or after it runs (an Execute already running was awaited above).
-                await self._fence(ctx, target)
-        t0 = time.perf_counter()
-        try:
-            if self._sem is not None:
-                async with self._sem:
-                    t0 = time.perf_counter()  # processing time excludes the queue wait
-                    raw = await call(ctx)
-            else:
-                raw = await call(ctx)
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            err = map_exception(exc, ctx.action)
-            if err is not exc:
-                log.warning(
-                    "handler failed",
-                    extra={"action": ctx.action, "kind": ctx.kind, "code": err.code.name,
-                           "error": str(exc)},
-                )
-            raise err from exc
-        processing_ms = (time.perf_counter() - t0) * 1e3
-        if raw is not None and not isinstance(raw, Mapping):
-            raise Internal(
-                f"{ctx.kind} handler {ctx.action!r} returned {type(raw).__name__}, not a dict"
-            )
-        try:
-            output = dict_to_struct(raw or {})
-        except TypeError as exc:
-            raise Internal(f"{ctx.kind} handler {ctx.action!r} returned {exc}") from exc
-        if store:
-            try:
-                # Stored as the Struct reads back, so a replay returns exactly this output.
-                await self._store.put(
-                    namespace,
-                    ctx.idempotency_key,
-                    StoredResult(ctx.action, struct_to_dict(output), int(time.time() * 1000)),
-                )
-            except Exception as exc:
-                # The effect has happened: answer with it. Only the dedupe of a
-                # later retry of this key is lost, so say so loudly.
-                log.error(
-                    "could not store idempotent result; a retry of this key would run again",
-                    extra={"key": ctx.idempotency_key, "error": f"{type(exc).__name__}: {exc}"},
-                )
-        return _Outcome(output, False, processing_ms)
 
     # ---- lifecycle ----------------------------------------------------------
     def _config(self) -> ServerConfig:
@@ -732,22 +314,18 @@ class Agent:
         s = self.settings
         daemon = Daemon(self._config())
         self._daemon = daemon
-        servicer = _Servicer(self)
         daemon.add_service(
             agent_pb2_grpc.add_AgentServiceServicer_to_server,
-            servicer,
+            AgentServicer(self),
             agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
         )
-        if s.redis_url:
-            self._store = RedisIdempotencyStore(
-                daemon.redis(), agent_id=self.agent_id, ttl_s=s.idempotency_ttl_s
-            )
-        else:
-            self._store = MemoryIdempotencyStore(ttl_s=s.idempotency_ttl_s)
-        self._sem = asyncio.Semaphore(s.max_concurrency) if s.max_concurrency > 0 else None
+        store = (
+            RedisIdempotencyStore(daemon.redis(), agent_id=self.agent_id, ttl_s=s.idempotency_ttl_s)
+            if s.redis_url
+            else MemoryIdempotencyStore(ttl_s=s.idempotency_ttl_s)
+        )
+        self.executor.open(agent_id=self.agent_id, store=store, max_concurrency=s.max_concurrency)
         if s.registry_target:
-            from agentmesh.agent.registration import Registrar
-
             self._registrar = Registrar(self, daemon.channel(s.registry_target))
             daemon.on_startup(self._register)
         self.port = await daemon.start()
@@ -759,10 +337,7 @@ class Agent:
         # is not logged yet, so "serving" means "registered" to process launchers.
         assert self._daemon is not None and self._registrar is not None
         self.port = self._daemon.port
-        await self._registrar.register()
-        self._heartbeat_task = asyncio.create_task(
-            self._registrar.heartbeat_loop(), name=f"heartbeat-{self.agent_id}"
-        )
+        await self._registrar.start()
 
     async def stop(self) -> None:
         """Deregister, report NOT_SERVING, drain in-flight calls, release resources.
@@ -774,22 +349,16 @@ class Agent:
             return
         self._stopping = True
         try:
-            if self._heartbeat_task is not None:
-                self._heartbeat_task.cancel()
-                await asyncio.gather(self._heartbeat_task, return_exceptions=True)
             if self._registrar is not None:
-                await self._registrar.deregister()
+                await self._registrar.stop()
             if self._daemon is not None:
                 t0 = time.monotonic()
                 await self._daemon.stop()
                 # Handler tasks outlive callers that gave up; let them finish
                 # so their results are stored and their effects complete.
                 left = max(0.0, self.settings.grace_period_s - (time.monotonic() - t0))
-                pending = list(self._running)
-                if pending:
-                    await asyncio.wait(pending, timeout=left or None)
-            if self._store is not None:
-                await self._store.close()
+                await self.executor.drain(timeout_s=left or None)
+            await self.executor.close()
         finally:
             self._stopped.set()
 
@@ -818,29 +387,19 @@ class Agent:
     def run(
         self, argv: Sequence[str] | None = None, *, parser: argparse.ArgumentParser | None = None
     ) -> None:
-        """Parse flags/env (see `add_arguments`), configure JSON logs, serve until SIGTERM.
+        """Parse flags/env (see `agentmesh.agent.cli.add_arguments`), configure
+        logs, serve until SIGTERM.
 
         Args:
             argv: arguments without the program name; None reads sys.argv.
             parser: a parser that already holds the caller's own flags; their
                 values are available as `agent.args` before serving starts.
+
+        Raises:
+            SystemExit: 1 when the agent cannot start (a refused registration,
+                a taken port).
         """
-        parser = parser or argparse.ArgumentParser(
-            description=f"AgentMesh agent {self.agent_type}"
-        )
-        add_arguments(parser, self)
-        self.args = parser.parse_args(argv)
-        apply_arguments(self.args, self)
-        configure_logging(
-            f"agent:{self.agent_id}", self.settings.log_level,
-            log_format=self.settings.log_format,
-        )
-        try:
-            asyncio.run(self.serve())
-        except (AgentMeshError, OSError, ValueError) as e:
-            # A refused registration or a taken port: say so in one line, exit non-zero.
-            log.error("agent failed to start", extra={"error": f"{type(e).__name__}: {e}"})
-            raise SystemExit(1) from None
+        run_agent(self, argv, parser=parser)
 
 
 async def serve_all(agents: Sequence[Agent]) -> None:
@@ -868,100 +427,19 @@ async def serve_all(agents: Sequence[Agent]) -> None:
             loop.remove_signal_handler(sig)
 
 
-def _deadline(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
-    left = context.time_remaining()
-    return None if left is None else time.monotonic() + left
-
-
-class _Servicer(agent_pb2_grpc.AgentServiceServicer):
-    """Adapts AgentService RPCs to an Agent."""
-
-    def __init__(self, agent: Agent) -> None:
-        self._agent = agent
-
-    async def Execute(
-        self, request: agent_pb2.ExecuteRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_pb2.ExecuteResponse:
-        """See AgentService.Execute."""
-        return await self._agent._execute(request, context)
-
-    async def Compensate(
-        self, request: agent_pb2.CompensateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_pb2.CompensateResponse:
-        """See AgentService.Compensate."""
-        return await self._agent._compensate(request, context)
-
-    async def Evaluate(
-        self, request: agent_pb2.EvaluateRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> agent_pb2.EvaluateResponse:
-        """See AgentService.Evaluate."""
-        return await self._agent._evaluate(request, context)
-
-
-# ---- command line -----------------------------------------------------------
-_ENV_PREFIX = "AGENTMESH_AGENT_"
-
-
-def _env(name: str, default: Any) -> Any:
-    raw = os.environ.get(_ENV_PREFIX + name.upper())
-    if raw is None:
-        return default
-    return type(default)(raw) if not isinstance(default, bool) else raw.lower() in ("1", "true")
-
-
-def add_arguments(parser: argparse.ArgumentParser, agent: Agent) -> None:
-    """Add `--agent-id`, `--port`, `--registry-target`, ... with defaults from the
-    agent's constructor, overridden by `AGENTMESH_AGENT_<FLAG>` environment variables."""
-    s = agent.settings
-    parser.add_argument("--agent-id", default=_env("id", agent.agent_id), help="agent id")
-    parser.add_argument(
-        "--capabilities", default=_env("capabilities", ",".join(agent.capabilities)),
-        help="comma-separated capabilities",
-    )
-    parser.add_argument(
-        "--tags", default=_env("tags", ",".join(agent.tags)), help="comma-separated tags"
-    )
-    parser.add_argument("--version", dest="agent_version", default=_env("version", agent.version))
-    parser.add_argument("--agent-type", default=_env("type", agent.agent_type), help="agent kind")
-    for name, help_ in (
-        ("host", "address to bind"),
-        ("port", "gRPC port (0 = any free port)"),
-        ("advertise_host", "host in the registered endpoint"),
-        ("metrics_port", "Prometheus port (0 = any free, -1 = off)"),
-        ("registry_target", "registry host:port (empty = do not register)"),
-        ("redis_url", "Redis URL for durable idempotency (empty = in memory)"),
-        ("redis_password", "Redis password when not in the URL"),
-        ("redis_sentinels", "host:port,... of Redis Sentinels (empty = no Sentinel)"),
-        ("redis_sentinel_master", "master set name the sentinels monitor"),
-        ("redis_sentinel_password", "password of the sentinels themselves"),
-        ("idempotency_ttl_s", "seconds a completed result is kept"),
-        ("heartbeat_interval_s", "seconds between heartbeats"),
-        ("max_concurrency", "calls handled at once (0 = unlimited)"),
-        ("grace_period_s", "SIGTERM drain budget, seconds"),
-        ("location", "where the agent runs"),
-        ("token", "bearer token for the registry"),
-        ("tls_ca_file", "PEM CA for the registry connection"),
-        ("tls_cert_file", "PEM server certificate"),
-        ("tls_key_file", "PEM server key"),
-        ("tls_client_ca_file", "PEM CA of client certificates; turns mTLS on"),
-        ("auth_tokens_file", "JSON token file; turns caller auth on"),
-        ("log_level", "log level"),
-        ("log_format", "log format: json or text"),
-    ):
-        default = getattr(s, name)
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=type(default),
-            default=_env(name, default), help=f"{help_} (default {default!r})",
-        )
-
-
-def apply_arguments(ns: argparse.Namespace, agent: Agent) -> None:
-    """Apply what `add_arguments` parsed to `agent`."""
-    agent.agent_id = ns.agent_id
-    agent.capabilities = [c for c in ns.capabilities.split(",") if c]
-    agent.tags = [t for t in ns.tags.split(",") if t]
-    agent.version = ns.agent_version
-    agent.agent_type = ns.agent_type
-    values = {k: getattr(ns, k) for k in vars(agent.settings) if hasattr(ns, k)}
-    agent.settings = replace(agent.settings, **values)
-    agent.load.capacity = agent.settings.max_concurrency
+__all__ = [
+    "COMPENSATE_SUFFIX",
+    "REASON_COMPENSATED",
+    "REASON_EXECUTE_IN_FLIGHT",
+    "WILDCARD",
+    "ActionHandler",
+    "ActionOutput",
+    "Agent",
+    "AgentSettings",
+    "EvaluateHandler",
+    "add_arguments",
+    "apply_arguments",
+    "compensated_key",
+    "map_exception",
+    "serve_all",
+]

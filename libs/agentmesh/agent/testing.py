@@ -48,7 +48,12 @@ import numpy as np
 
 from agentmesh.agent.context import ActionContext
 from agentmesh.agent.sdk import WILDCARD, Agent
-from agentmesh.runtime.errors import FailedPrecondition, InvalidArgument, Unavailable
+from agentmesh.runtime.errors import (
+    ErrorReason,
+    FailedPrecondition,
+    InvalidArgument,
+    Unavailable,
+)
 
 KINDS = ("noop", "counting")
 
@@ -120,13 +125,13 @@ class _Behaviour:
         if ctx.attempt <= a.fail_attempts:
             raise Unavailable(
                 f"injected transient failure (attempt {ctx.attempt} <= {a.fail_attempts})",
-                reason="INJECTED",
+                reason=ErrorReason.ERROR_REASON_INJECTED,
             )
         if a.seed is not None and not self._seeded:
             self.rng.seed(a.seed)
             self._seeded = True
         if a.fail_rate > 0 and self.rng.random() < a.fail_rate:
-            raise Unavailable("injected random failure", reason="INJECTED")
+            raise Unavailable("injected random failure", reason=ErrorReason.ERROR_REASON_INJECTED)
         if a.delay_ms > 0:
             delay_s = a.delay_ms / 1000.0
             left = ctx.remaining_s
@@ -185,7 +190,10 @@ def build(kind: str, agent_id: str = "agent-test-1") -> Agent:
     @agent.compensation(WILDCARD)
     async def undo(inp: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
         if ctx.action in _csv(b.args.fail_compensations):
-            raise Unavailable(f"injected failure of compensation {ctx.action!r}", reason="INJECTED")
+            raise Unavailable(
+                f"injected failure of compensation {ctx.action!r}",
+                reason=ErrorReason.ERROR_REASON_INJECTED,
+            )
         count = await b.record(ctx, inp)
         return {"agent_id": agent.agent_id, "compensated": ctx.action, "count": count,
                 "original_output": ctx.original_output}

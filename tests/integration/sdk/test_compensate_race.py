@@ -2,7 +2,9 @@
 sent while its Execute is still running (a coordinator died mid-call and a
 replica compensates) runs after the effect, and a later Execute with the same
 key is refused with ABORTED/COMPENSATED without taking effect — also after the
-agent restarts."""
+agent restarts. Both wire styles fence: an old caller's Compensate keyed
+`<K>/compensate` without `compensated_idempotency_key`, and a new caller's
+that names `<K>` in that field (with a key of its own that has no suffix)."""
 
 from __future__ import annotations
 
@@ -20,7 +22,7 @@ from google.rpc import error_details_pb2
 from agentmesh.agent import dict_to_struct, struct_to_dict
 from agentmesh.agent.sdk import REASON_COMPENSATED
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
-from agentmesh.runtime.errors import Aborted, from_rpc_error
+from agentmesh.runtime.errors import Aborted, ErrorReason, error_reason, from_rpc_error
 from tests.procs import scrape_metrics
 from tests.waiting import eventually
 
@@ -64,9 +66,26 @@ async def _assert_refused(target: str, key: str) -> None:
     info = err.detail(error_details_pb2.ErrorInfo)
     assert isinstance(err, Aborted) and isinstance(info, error_details_pb2.ErrorInfo)
     assert info.reason == REASON_COMPENSATED
+    assert error_reason(ei.value) == ErrorReason.ERROR_REASON_COMPENSATED
 
 
-async def test_compensate_during_slow_execute(spawn_agent: Any, sdk_redis_url: str) -> None:
+def _compensate(key: str, style: str) -> agent_pb2.CompensateRequest:
+    """The Compensate of Execute `key`, as an old ("suffix") or a new ("field") caller sends it."""
+    req = agent_pb2.CompensateRequest(
+        action="charge", input=dict_to_struct({"amount": 5}), attempt=1,
+    )
+    if style == "suffix":
+        req.idempotency_key = key + "/compensate"
+    else:
+        req.idempotency_key = f"undo-{uuid.uuid4().hex[:12]}"
+        req.compensated_idempotency_key = key
+    return req
+
+
+@pytest.mark.parametrize("style", ["suffix", "field"])
+async def test_compensate_during_slow_execute(
+    spawn_agent: Any, sdk_redis_url: str, style: str
+) -> None:
     p = spawn_agent("counting", "--redis-url", sdk_redis_url, "--delay-ms", "1500",
                     "--metrics-port", "0")
     prefix = f"am:agent:{p.agent_id}"  # the counting agent's default effects prefix
@@ -80,25 +99,21 @@ async def test_compensate_during_slow_execute(spawn_agent: Any, sdk_redis_url: s
             await _wait_started(p.metrics_port, 1)
             assert await r.hget(f"{prefix}:effects", key) is None  # effect not yet taken
             # The replica compensates (it has no output to pass on).
-            comp = await stub.Compensate(
-                agent_pb2.CompensateRequest(
-                    action="charge", input=dict_to_struct({"amount": 5}),
-                    idempotency_key=key + "/compensate", attempt=1,
-                ),
-                timeout=30,
-            )
+            req = _compensate(key, style)
+            comp_key = req.idempotency_key
+            comp = await stub.Compensate(req, timeout=30)
             done = await execute
         assert done.deduplicated is False and comp.deduplicated is False
         # The compensation ran after the effect, and saw the Execute's output.
         log = [json.loads(x) for x in await r.lrange(f"{prefix}:log", 0, -1)]
         assert [(e["kind"], e["key"]) for e in log] == [
-            ("execute", key), ("compensate", key + "/compensate"),
+            ("execute", key), ("compensate", comp_key),
         ]
         assert struct_to_dict(comp.output)["original_output"] == struct_to_dict(done.output)
         # A late Execute with the same key is refused and adds no effect.
         await _assert_refused(p.target, key)
         assert await r.hget(f"{prefix}:effects", key) == b"1"
-        assert await r.hget(f"{prefix}:compensations", key + "/compensate") == b"1"
+        assert await r.hget(f"{prefix}:compensations", comp_key) == b"1"
         assert await r.llen(f"{prefix}:log") == 2
         # The tombstone is in Redis, so it outlives the agent process.
         assert p.stop() == 0

@@ -84,9 +84,12 @@ def _exec(key: str, attempt: int = 1, amount: float = 5) -> agent_pb2.ExecuteReq
     )
 
 
-def _comp(key: str, original: dict[str, Any] | None = None) -> agent_pb2.CompensateRequest:
+def _comp(
+    key: str, original: dict[str, Any] | None = None, *, compensates: str = ""
+) -> agent_pb2.CompensateRequest:
     req = agent_pb2.CompensateRequest(
-        action="refund", input=dict_to_struct({"amount": 5}), idempotency_key=key, attempt=1
+        action="refund", input=dict_to_struct({"amount": 5}), idempotency_key=key, attempt=1,
+        compensated_idempotency_key=compensates,
     )
     if original is not None:
         req.original_output.CopyFrom(dict_to_struct(original))
@@ -189,6 +192,58 @@ async def test_execute_arriving_during_compensation_waits_and_is_aborted(fenced:
     assert f.kinds() == [("undo", key + "/compensate")]
 
 
+async def test_the_field_names_the_fenced_execute_whatever_the_compensate_key(
+    fenced: Any,
+) -> None:
+    # New-style callers name the Execute in compensated_idempotency_key; the
+    # Compensate's own key then needs no "/compensate" suffix.
+    f, stub = fenced
+    key = "sg_n/charge"
+    f.action_gate.clear()
+    execute = asyncio.ensure_future(stub.Execute(_exec(key), timeout=20))
+    await eventually(lambda: f.started == [key])
+    compensate = asyncio.ensure_future(
+        stub.Compensate(_comp("refund-n-1", compensates=key), timeout=20)
+    )
+    await eventually(lambda: f.agent.load.in_flight == 2)
+    await asyncio.sleep(0.05)
+    assert f.events == []  # it waits for the Execute it undoes
+    f.action_gate.set()
+    done = await execute
+    await compensate
+    assert f.kinds() == [("effect", key), ("undo", "refund-n-1")]
+    assert f.events[1][2] == struct_to_dict(done.output)
+    await _expect_compensated(stub, key)
+
+
+async def test_the_field_wins_over_the_suffix(fenced: Any) -> None:
+    f, stub = fenced
+    await stub.Compensate(_comp("sg_o/a/compensate", compensates="sg_o/b"), timeout=10)
+    await _expect_compensated(stub, "sg_o/b")
+    assert (await stub.Execute(_exec("sg_o/a"), timeout=10)).deduplicated is False
+    assert f.started == ["sg_o/a"]
+
+
+async def test_execute_arriving_during_new_style_compensation_waits_and_is_aborted(
+    fenced: Any,
+) -> None:
+    f, stub = fenced
+    key = "sg_p/charge"
+    f.undo_gate.clear()
+    compensate = asyncio.ensure_future(
+        stub.Compensate(_comp("undo-p", compensates=key), timeout=20)
+    )
+    await eventually(lambda: f.agent.load.in_flight == 1)
+    late = asyncio.ensure_future(stub.Execute(_exec(key), timeout=20))
+    await eventually(lambda: f.agent.load.in_flight == 2)
+    f.undo_gate.set()
+    await compensate
+    with pytest.raises(grpc.aio.AioRpcError) as ei:
+        await late
+    assert ei.value.code() == grpc.StatusCode.ABORTED
+    assert f.started == []
+
+
 async def test_compensate_deadline_while_execute_runs_is_unavailable_then_completes(
     fenced: Any,
 ) -> None:
@@ -264,7 +319,8 @@ class _TombstoneWriteFails(MemoryIdempotencyStore):
 async def test_tombstone_write_failure_is_unavailable_and_nothing_runs() -> None:
     f = Fenced()
     async with serving(f.agent) as stub:
-        f.agent._store = _TombstoneWriteFails()  # a store whose writes fail, not a Redis mock
+        # A store whose writes fail, not a Redis mock.
+        f.agent.executor.store = _TombstoneWriteFails()
         with pytest.raises(grpc.aio.AioRpcError) as ei:
             await stub.Compensate(_comp("sg_h/charge/compensate"), timeout=10)
         err = from_rpc_error(ei.value)
