@@ -15,9 +15,16 @@ import grpc
 from google.protobuf import duration_pb2
 
 from agentmesh.catalog import selector_violations
+from agentmesh.runtime.cel import (
+    LOOP_VARIABLES,
+    MAP_ITEM_VARIABLES,
+    REDUCE_VARIABLES,
+    CelError,
+    Expression,
+    saga_expression,
+)
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.cel import CelError, Expression
 
 STEP_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,63}$")
 DEFINITION_NAME = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
@@ -210,11 +217,19 @@ def flatten_steps(defn: saga_pb2.SagaDefinition) -> list[saga_pb2.Step]:
     return list(defn.steps)
 
 
-def _compile_expr(src: str, path: str, v: _Violations) -> Expression | None:
+def _compile_expr(
+    src: str,
+    path: str,
+    v: _Violations,
+    *,
+    extra: frozenset[str] = frozenset(),
+    boolean: bool = False,
+) -> Expression | None:
+    """Compile one saga expression (agentmesh.runtime.cel); a failure is a violation on `path`."""
     if not src:
         return None
     try:
-        return Expression(src)
+        return saga_expression(src, extra=extra, boolean=boolean)
     except CelError as e:
         v.add(path, str(e))
         return None
@@ -357,8 +372,12 @@ def compile_definition(
             if s.compensation_action:
                 v.add(f"{p}.compensation_action", "a pivot step is never compensated")
         mapping = {}
+        # A map item sees `item` and `index`, a loop iteration `iteration` and `last`.
+        item_vars = (MAP_ITEM_VARIABLES if s.HasField("map") else frozenset()) | (
+            LOOP_VARIABLES if s.HasField("loop") else frozenset()
+        )
         for key, src in s.input_mapping.items():
-            expr = _compile_expr(src, f"{p}.input_mapping[{key}]", v)
+            expr = _compile_expr(src, f"{p}.input_mapping[{key}]", v, extra=item_vars)
             if expr is not None:
                 mapping[key] = expr
         kind = "single"
@@ -369,7 +388,7 @@ def compile_definition(
             retry=Retry.from_proto(s.retry_policy) if s.HasField("retry_policy") else default_retry,
             timeout_ms=duration_ms(s.timeout) if s.HasField("timeout") else default_timeout_ms,
             input_mapping=mapping,
-            condition=_compile_expr(s.condition, f"{p}.condition", v),
+            condition=_compile_expr(s.condition, f"{p}.condition", v, boolean=True),
         )
         if s.HasField("map") and s.HasField("loop"):
             v.add(f"{p}.loop", "set at most one of map and loop")
@@ -378,7 +397,9 @@ def compile_definition(
             if not s.map.items:
                 v.add(f"{p}.map.items", "required")
             spec.map_items = _compile_expr(s.map.items, f"{p}.map.items", v)
-            spec.map_reduce = _compile_expr(s.map.reduce, f"{p}.map.reduce", v)
+            spec.map_reduce = _compile_expr(
+                s.map.reduce, f"{p}.map.reduce", v, extra=REDUCE_VARIABLES
+            )
             spec.map_concurrency = s.map.max_concurrency or DEFAULT_MAP_CONCURRENCY
         elif s.HasField("loop"):
             spec.kind = "loop"
@@ -386,7 +407,9 @@ def compile_definition(
                 v.add(f"{p}.loop.condition", "required")
             if not 1 <= s.loop.max_iterations <= MAX_LOOP_ITERATIONS:
                 v.add(f"{p}.loop.max_iterations", f"must be 1..{MAX_LOOP_ITERATIONS}")
-            spec.loop_condition = _compile_expr(s.loop.condition, f"{p}.loop.condition", v)
+            spec.loop_condition = _compile_expr(
+                s.loop.condition, f"{p}.loop.condition", v, extra=LOOP_VARIABLES, boolean=True
+            )
             spec.loop_max_iterations = s.loop.max_iterations
         specs.append(spec)
 

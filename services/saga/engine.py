@@ -525,7 +525,7 @@ class Runner:
         return {k: e.evaluate(ctx) for k, e in spec.input_mapping.items()}
 
     def _begin(self, spec: StepSpec, st: StepRecord) -> list[Call]:
-        from services.saga.cel import CelError
+        from agentmesh.runtime.cel import CelError
 
         ctx = self._ctx()
         try:
@@ -540,7 +540,7 @@ class Runner:
         return self._advance(spec, st, now_ms())
 
     def _advance(self, spec: StepSpec, st: StepRecord, now: int) -> list[Call]:
-        from services.saga.cel import CelError
+        from agentmesh.runtime.cel import CelError
 
         if spec.kind == "single":
             c = self._resume(spec, SINGLE, now)
@@ -555,7 +555,7 @@ class Runner:
             return []
 
     def _items(self, spec: StepSpec, st: StepRecord) -> list[Any]:
-        from services.saga.cel import CelError
+        from agentmesh.runtime.cel import CelError
 
         assert spec.map_items is not None
         items = spec.map_items.evaluate(self._ctx())

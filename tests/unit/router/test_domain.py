@@ -10,8 +10,8 @@ import pytest
 from agentmesh.catalog import version_matches
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2 as R
+from agentmesh.runtime.cel import CelError, route_activation, route_condition
 from agentmesh.runtime.routing.candidates import Candidate, Eligible, eligible_of
-from agentmesh.runtime.routing.celexpr import CelError, Condition, activation
 from agentmesh.runtime.routing.strategies import Picker
 from agentmesh.runtime.routing.targets import TargetState, TargetStates
 from services.router import aggregate
@@ -103,14 +103,17 @@ def test_eligibility_panic_threshold_and_max_ejection() -> None:
 def test_cel_conditions_compile_check_and_evaluate() -> None:
     m = R.RouteMessage(message_type="calc", priority=common_pb2.PRIORITY_HIGH, metadata={"t": "v"})
     m.payload.struct_value.update({"amount": 150, "tags": ["a", "b"]})
-    act = activation(m)
-    assert Condition('message.type == "calc" && payload.amount > 100.0').evaluate(act)
-    assert Condition('message.priority == "HIGH" && message.priority_level >= 3').evaluate(act)
-    assert Condition('payload.tags.exists(t, t == "b") && message.metadata.t == "v"').evaluate(act)
-    assert not Condition("has(payload.missing)").evaluate(act)
+    act = route_activation(m)
+    for cond in (
+        'message.type == "calc" && payload.amount > 100.0',
+        'message.priority == "HIGH" && message.priority_level >= 3',
+        'payload.tags.exists(t, t == "b") && message.metadata.t == "v"',
+    ):
+        assert route_condition(cond).evaluate_bool(act)
+    assert not route_condition("has(payload.missing)").evaluate_bool(act)
     for bad in ("payload.amount >", "amount > 1", "nosuch(1)", "1 + 2", '1 + "a"', ""):
         with pytest.raises(CelError):
-            Condition(bad)
+            route_condition(bad)
 
 
 def test_aggregations() -> None:

@@ -7,9 +7,9 @@ from typing import Any
 
 import pytest
 
+from agentmesh.runtime.cel import CelError, saga_expression
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.cel import CelError, Expression
 from services.saga.compensation import done_steps, ready_units
 from services.saga.definition import Retry, compile_definition, find_cycle, flatten_steps
 from services.saga.events import GENESIS, seal, verify_chain
@@ -107,10 +107,10 @@ def test_retry_backoff_is_capped_exponential() -> None:
 
 
 def test_cel_context_numbers_compare_as_ints() -> None:
-    assert Expression("steps.a.n < 3").evaluate_bool({"steps": {"a": {"n": 2.0}}})
-    assert Expression("[1, 2].map(x, x * 2)").evaluate({}) == [2, 4]
+    assert saga_expression("steps.a.n < 3").evaluate_bool({"steps": {"a": {"n": 2.0}}})
+    assert saga_expression("[1, 2].map(x, x * 2)").evaluate({}) == [2, 4]
     with pytest.raises(CelError):
-        Expression("input.missing").evaluate({"input": {}})
+        saga_expression("input.missing").evaluate({"input": {}})
 
 
 def _ev(rec: SagaRecord | None, seq: int, type_: int, **kw: Any) -> S.SagaEvent:

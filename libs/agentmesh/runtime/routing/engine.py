@@ -22,6 +22,7 @@ import redis.asyncio as aioredis
 
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2
+from agentmesh.runtime.cel import route_activation as activation
 from agentmesh.runtime.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -31,7 +32,6 @@ from agentmesh.runtime.errors import (
 from agentmesh.runtime.routing import metrics
 from agentmesh.runtime.routing.affinity import AffinityStore
 from agentmesh.runtime.routing.candidates import Candidate, Eligible, PoolSpec, PoolStore
-from agentmesh.runtime.routing.celexpr import activation
 from agentmesh.runtime.routing.rules import CompiledRule, RuleStore, check_strategy
 from agentmesh.runtime.routing.settings import RoutingSettings
 from agentmesh.runtime.routing.strategies import Picker

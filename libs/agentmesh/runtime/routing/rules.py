@@ -15,14 +15,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import celpy
 import redis.asyncio as aioredis
 
 from agentmesh.router.v1 import router_pb2
+from agentmesh.runtime.cel import CelError, CelEvalError, Expression, route_condition
 from agentmesh.runtime.errors import AlreadyExists, InvalidArgument, NotFound
 from agentmesh.runtime.routing import keys
 from agentmesh.runtime.routing.candidates import PoolSpec
-from agentmesh.runtime.routing.celexpr import CelError, Condition
 
 T = TypeVar("T")
 _NAME = re.compile(r"^[A-Za-z0-9_.-]{1,128}$")
@@ -35,7 +34,7 @@ class CompiledRule:
     """A route rule ready to evaluate."""
 
     rule: router_pb2.RouteRule
-    condition: Condition
+    condition: Expression
     pool: PoolSpec
 
 
@@ -44,7 +43,7 @@ class CompiledSafety:
     """A safety rule ready to evaluate."""
 
     rule: router_pb2.SafetyRule
-    condition: Condition
+    condition: Expression
     types: frozenset[str]
 
 
@@ -61,14 +60,12 @@ def check_name(name: str, field: str) -> None:
         )
 
 
-def compile_condition(source: str, field: str) -> Condition:
-    """Compile a condition or raise InvalidArgument with the CEL message."""
+def compile_condition(source: str, field: str) -> Expression:
+    """Compile a condition (agentmesh.runtime.cel) or raise InvalidArgument naming `field`."""
     try:
-        return Condition(source)
+        return route_condition(source)
     except CelError as e:
-        raise InvalidArgument(
-            f"invalid CEL condition: {e}", field_violations={field: str(e)}
-        ) from e
+        raise InvalidArgument(f"invalid {field}: {e}", field_violations={field: str(e)}) from e
 
 
 #: Built once: Strategy.values() makes a new list on every call, and Route
@@ -149,12 +146,13 @@ class RuleStore:
         rules = []
         for raw in rules_raw.values():
             r = router_pb2.RouteRule.FromString(_b(raw))
-            rules.append(CompiledRule(r, Condition(r.condition), pool_of_rule(r)))
+            rules.append(CompiledRule(r, route_condition(r.condition), pool_of_rule(r)))
         rules.sort(key=lambda c: (-c.rule.priority, c.rule.name))
         safety = []
         for raw in safety_raw.values():
             s = router_pb2.SafetyRule.FromString(_b(raw))
-            safety.append(CompiledSafety(s, Condition(s.condition), frozenset(s.message_types)))
+            cond = route_condition(s.condition)
+            safety.append(CompiledSafety(s, cond, frozenset(s.message_types)))
         safety.sort(key=lambda c: c.rule.name)
         self.route_rules, self.safety_rules, self.gen = rules, safety, gen
 
@@ -164,9 +162,9 @@ class RuleStore:
         errors = 0
         for c in self.route_rules:
             try:
-                if c.condition.evaluate(act):
+                if c.condition.evaluate_bool(act):
                     return c, errors
-            except celpy.CELEvalError:
+            except CelEvalError:
                 errors += 1
         return None, errors
 
@@ -179,10 +177,10 @@ class RuleStore:
             if c.types and message_type not in c.types:
                 continue
             try:
-                ok = c.condition.evaluate(act)
+                ok = c.condition.evaluate_bool(act)
                 why = c.rule.description or f"condition {c.rule.condition!r} is false"
-            except celpy.CELEvalError as e:
-                ok, why = False, f"condition could not be evaluated: {e.args[0]}"
+            except CelEvalError as e:
+                ok, why = False, f"condition could not be evaluated: {e}"
             if not ok:
                 out.append(
                     router_pb2.SafetyViolation(
