@@ -54,6 +54,7 @@ from agentmesh.runtime.lease import (
     LeaseKeys,
     LeaseLost,
     call_fenced,
+    call_many,
 )
 from agentmesh.runtime.lease import Lease as FencedLease
 from agentmesh.saga.v1 import saga_pb2
@@ -327,16 +328,16 @@ class SagaStore:
 
     async def renew(self, leases: Sequence[Lease], *, ttl_ms: int) -> list[tuple[bool, bool]]:
         """Renew many leases in one round trip; returns (still held, cancel requested) each."""
-        if not leases:
-            return []
-        async with self.r.pipeline(transaction=False) as p:
-            for lease in leases:
-                await self._renew(
-                    keys=[lease.keys.record, lease.keys.fence, f"{PREFIX}active"],
-                    args=[lease.owner, lease.token, ttl_ms, lease.saga_id],
-                    client=p,
+        res = await call_many(
+            self._renew,
+            [
+                (
+                    [lease.keys.record, lease.keys.fence, f"{PREFIX}active"],
+                    [lease.owner, lease.token, ttl_ms, lease.saga_id],
                 )
-            res = await p.execute()
+                for lease in leases
+            ],
+        )
         return [(bool(int(a)), bool(int(b))) for a, b in res]
 
     async def release(self, lease: Lease) -> None:

@@ -321,22 +321,10 @@ class FencedLeases:
             raise ValueError(f"ttl_ms must be > 0, got {ttl_ms}")
         if not leases:
             return []
-        # EVALSHA straight into the pipeline: redis-py's Script in a pipeline
-        # would first send SCRIPT EXISTS, a second round trip every time.
-        for attempt in range(2):
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for lease in leases:
-                    pipe.evalsha(self._renew.sha, 1, lease.keys.record, lease.owner,
-                                 lease.token, ttl_ms)
-                try:
-                    res = await pipe.execute()
-                    break
-                except NoScriptError:
-                    if attempt:
-                        raise
-            # Redis restarted or its script cache was flushed: load once, retry
-            # (renewing twice is harmless).
-            await self.redis.script_load(_RENEW)
+        res = await call_many(
+            self._renew,
+            [([lease.keys.record], [lease.owner, lease.token, ttl_ms]) for lease in leases],
+        )
         return [Renewal(RenewStatus(int(c)), int(e), _s(h)) for c, e, h in res]
 
     async def renew(self, lease: Lease, *, ttl_ms: int) -> Renewal:
@@ -361,6 +349,43 @@ class FencedLeases:
             redis.exceptions.RedisError: Redis failed.
         """
         return ReleaseStatus(int(await self._release(keys=[keys.record], args=[owner, token])))
+
+
+async def call_many(
+    script: AsyncScript, calls: Sequence[tuple[Sequence[Any], Sequence[Any]]]
+) -> list[Any]:
+    """Run one script many times in one round trip (a non-transactional pipeline).
+
+    EVALSHA goes straight into the pipeline: redis-py's Script in a pipeline
+    first sends SCRIPT EXISTS, a second round trip on every call. When Redis
+    lost its script cache (restart, SCRIPT FLUSH) the script is loaded and the
+    whole batch sent again, so the script must be safe to run twice (renewals are).
+
+    Args:
+        script: a script registered on the client that will run it.
+        calls: (keys, args) per call.
+
+    Returns:
+        One reply per call, in order.
+
+    Raises:
+        redis.exceptions.RedisError: Redis failed, or a call's script error
+            (the first one).
+    """
+    if not calls:
+        return []
+    redis = script.registered_client
+    for attempt in range(2):
+        async with redis.pipeline(transaction=False) as pipe:
+            for keys, args in calls:
+                pipe.evalsha(script.sha, len(keys), *keys, *args)
+            try:
+                return list(await pipe.execute())
+            except NoScriptError:
+                if attempt:
+                    raise
+        await redis.script_load(script.script)
+    raise AssertionError("unreachable")
 
 
 def is_fenced(err: ResponseError) -> bool:
@@ -420,6 +445,7 @@ __all__ = [
     "RenewStatus",
     "Renewal",
     "call_fenced",
+    "call_many",
     "fence_check",
     "is_fenced",
 ]
