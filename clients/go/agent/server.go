@@ -7,9 +7,10 @@
 //     waits for it and shares its outcome; failures are not stored, so a retry
 //     runs again. The handler runs detached from the caller's cancellation, so
 //     a caller that gives up never tears an effect in half.
-//   - Compensate is idempotent by its own key. A Compensate whose key is
-//     "<K>/compensate" (the saga coordinator's keys) fences the Execute with
-//     key <K>: it waits for a running Execute <K>, records a tombstone for <K>,
+//   - Compensate is idempotent by its own key. A Compensate that names the
+//     Execute it undoes, <K>, fences it: in compensated_idempotency_key, or (older
+//     callers, which leave that field empty) by its own key "<K>/compensate".
+//     It waits for a running Execute <K>, records a tombstone for <K>,
 //     and from then on an Execute <K> fails with ABORTED (ErrorInfo reason
 //     COMPENSATED) without running. Compensating an action that never ran is a
 //     successful no-op: the handler sees Executed=false and says so in its output.
@@ -38,22 +39,43 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	agentv1 "github.com/agentmesh/agentmesh/clients/go/gen/agentmesh/agent/v1"
+	commonv1 "github.com/agentmesh/agentmesh/clients/go/gen/agentmesh/common/v1"
 )
 
 // Domain of the google.rpc.ErrorInfo details this agent returns, as in the Python runtime.
 const Domain = "agentmesh.io"
 
-// ErrorInfo reasons shared with the Python SDK.
-const (
+// ReasonName is the google.rpc.ErrorInfo reason string of an ErrorReason from
+// the contract (agentmesh.common.v1): its name without the "ERROR_REASON_"
+// prefix, e.g. ERROR_REASON_COMPENSATED travels as "COMPENSATED".
+func ReasonName(r commonv1.ErrorReason) string {
+	return strings.TrimPrefix(r.String(), "ERROR_REASON_")
+}
+
+// ErrorInfo reasons this agent returns, from the contract's ErrorReason enum.
+var (
 	// ReasonCompensated: an Execute whose key was already compensated (ABORTED).
-	ReasonCompensated = "COMPENSATED"
+	ReasonCompensated = ReasonName(commonv1.ErrorReason_ERROR_REASON_COMPENSATED)
 	// ReasonExecuteInFlight: a Compensate whose deadline came while it waited
 	// for the Execute it undoes (UNAVAILABLE; it still runs once the Execute ends).
-	ReasonExecuteInFlight = "EXECUTE_IN_FLIGHT"
+	ReasonExecuteInFlight = ReasonName(commonv1.ErrorReason_ERROR_REASON_EXECUTE_IN_FLIGHT)
 )
 
-// compensateSuffix marks a Compensate key that undoes the Execute key before it.
+// compensateSuffix marks an older caller's Compensate key that undoes the
+// Execute key before it; the Compensate's idempotency_key keeps it on the wire.
 const compensateSuffix = "/compensate"
+
+// FencedKey is the idempotency key of the Execute a Compensate undoes:
+// compensated_idempotency_key when set, else the request's own key without
+// its "/compensate" suffix (callers older than the field). ok is false when
+// neither names an Execute; nothing is fenced then.
+func FencedKey(req *agentv1.CompensateRequest) (key string, ok bool) {
+	if k := req.GetCompensatedIdempotencyKey(); k != "" {
+		return k, true
+	}
+	k, ok := strings.CutSuffix(req.GetIdempotencyKey(), compensateSuffix)
+	return k, ok && k != ""
+}
 
 // Call is what a handler sees.
 type Call struct {
@@ -256,7 +278,7 @@ func (s *Server) compensate(ctx context.Context, req *agentv1.CompensateRequest)
 		out, err := runHandler(ctx, h, call)
 		return out, false, err
 	}
-	target, fences := strings.CutSuffix(key, compensateSuffix)
+	target, fences := FencedKey(req)
 	s.mu.Lock()
 	if r, ok := s.compensed[key]; ok {
 		s.mu.Unlock()

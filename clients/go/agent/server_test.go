@@ -7,6 +7,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/genproto/googleapis/rpc/errdetails"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
 	agentv1 "github.com/agentmesh/agentmesh/clients/go/gen/agentmesh/agent/v1"
 )
 
@@ -56,6 +60,48 @@ func TestCompensateWaitsForRunningExecute(t *testing.T) {
 	}
 	if effects != 1 {
 		t.Fatalf("effects = %d, want 1", effects)
+	}
+}
+
+// Both wire styles fence: an older caller's "<K>/compensate" key, and a newer
+// caller's compensated_idempotency_key (with a key of its own); the field wins.
+func TestCompensateFencesByFieldOrSuffix(t *testing.T) {
+	for _, tc := range []struct {
+		name   string
+		req    *agentv1.CompensateRequest
+		fenced string
+		free   string
+	}{
+		{"suffix", &agentv1.CompensateRequest{Action: "undo", IdempotencyKey: "sg/a/compensate"}, "sg/a", ""},
+		{"field", &agentv1.CompensateRequest{Action: "undo", IdempotencyKey: "undo-1", CompensatedIdempotencyKey: "sg/b"}, "sg/b", "undo-1"},
+		{"field wins", &agentv1.CompensateRequest{Action: "undo", IdempotencyKey: "sg/c/compensate", CompensatedIdempotencyKey: "sg/d"}, "sg/d", "sg/c"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			s := NewServer("agent-go-test", slog.New(slog.NewJSONHandler(io.Discard, nil)))
+			runs := 0
+			s.Action("do", func(context.Context, Call) (map[string]any, error) { runs++; return map[string]any{}, nil })
+			s.Compensation("undo", func(context.Context, Call) (map[string]any, error) { return map[string]any{}, nil })
+			ctx := context.Background()
+			if _, err := s.Compensate(ctx, tc.req); err != nil {
+				t.Fatal(err)
+			}
+			_, err := s.Execute(ctx, &agentv1.ExecuteRequest{Action: "do", IdempotencyKey: tc.fenced})
+			st := status.Convert(err)
+			if st.Code() != codes.Aborted || len(st.Details()) != 1 {
+				t.Fatalf("execute of the fenced key: %v", err)
+			}
+			if info, ok := st.Details()[0].(*errdetails.ErrorInfo); !ok || info.GetReason() != "COMPENSATED" || info.GetDomain() != Domain {
+				t.Fatalf("details %v", st.Details())
+			}
+			if tc.free != "" {
+				if _, err := s.Execute(ctx, &agentv1.ExecuteRequest{Action: "do", IdempotencyKey: tc.free}); err != nil {
+					t.Fatalf("an unfenced key was refused: %v", err)
+				}
+			}
+			if want := map[bool]int{true: 1, false: 0}[tc.free != ""]; runs != want {
+				t.Fatalf("runs = %d, want %d", runs, want)
+			}
+		})
 	}
 }
 
