@@ -27,18 +27,13 @@ from agentmesh.runtime.errors import (
     Unavailable,
     from_rpc_error,
 )
+from agentmesh.runtime.retry import idempotency_of, is_retryable_error
 from agentmesh.runtime.routing.candidates import Candidate
 from services.router import aggregate, metrics
 from services.router.settings import RouterSettings
 
 R = router_pb2
-RETRYABLE = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-    }
-)
+EXECUTE = "/agentmesh.agent.v1.AgentService/Execute"
 MAX_ATTEMPTS = 10
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -159,8 +154,9 @@ class Invoker:
                     rule_name=decision.rule_name,
                     safety_violations=decision.violations,
                 )
-            if last.code not in RETRYABLE:
-                assert last.error is not None
+            assert last.error is not None
+            level = idempotency_of(EXECUTE, request=ex)
+            if last.reached and not is_retryable_error(last.error, idempotency=level):
                 raise from_rpc_error(last.error)
             if i + 1 < attempts_max:
                 delay = rng.uniform(0, min(max_backoff_s, backoff_s * multiplier**i))

@@ -169,9 +169,8 @@ class AgentCaller:
             idempotency_key=key,
             attempt=attempt,
             metadata=dict(metadata),
+            compensated_idempotency_key=route_key,
         )
-        if hasattr(req, "compensated_idempotency_key"):
-            req.compensated_idempotency_key = route_key
         if original_output is not None:
             req.original_output.CopyFrom(dict_to_struct(dict(original_output)))
         # Placed with the Execute's action and key, so route rules resolve

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from agentmesh.saga.v1 import saga_pb2
 from services.saga.definition import CompiledDefinition
-from services.saga.state import SagaRecord, StepRecord
+from services.saga.state import CompStatus, SagaRecord, StepRecord
 
 SERIAL_REVERSE = (
     saga_pb2.COMPENSATION_STRATEGY_BACKWARD,
@@ -34,12 +34,12 @@ def done_steps(rec: SagaRecord, comp: CompiledDefinition) -> list[str]:
 
 def unit_done(st: StepRecord) -> bool:
     """True when every attempted call site of the step has been compensated."""
-    return all(i.comp == "compensated" for i in st.invocations.values() if i.attempted)
+    return all(i.comp == CompStatus.COMPENSATED for i in st.invocations.values() if i.attempted)
 
 
 def unit_failed(st: StepRecord) -> bool:
     """True when a compensation of the step failed for good."""
-    return any(i.comp == "failed" for i in st.invocations.values())
+    return any(i.comp == CompStatus.FAILED for i in st.invocations.values())
 
 
 def ready_units(rec: SagaRecord, comp: CompiledDefinition) -> tuple[list[str], bool]:

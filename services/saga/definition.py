@@ -8,6 +8,7 @@ them at once; a dependency cycle is named ("a -> b -> a").
 
 from __future__ import annotations
 
+import enum
 import re
 from dataclasses import dataclass, field
 
@@ -100,6 +101,14 @@ class Retry:
         )
 
 
+class StepKind(enum.StrEnum):
+    """What a step runs: one call, one call per map item, or one per loop iteration."""
+
+    SINGLE = "single"
+    MAP = "map"
+    LOOP = "loop"
+
+
 @dataclass
 class StepSpec:
     """One step, compiled.
@@ -107,7 +116,7 @@ class StepSpec:
     Attributes:
         index: position in the flattened definition.
         proto: the flattened Step (depends_on includes pipeline edges).
-        kind: "single", "map" or "loop".
+        kind: single call, map or loop.
         retry: effective retry policy for the action and its compensation.
         timeout_ms: deadline of each attempt.
         input_mapping: key → compiled CEL expression.
@@ -115,7 +124,7 @@ class StepSpec:
 
     index: int
     proto: saga_pb2.Step
-    kind: str
+    kind: StepKind
     retry: Retry
     timeout_ms: float
     input_mapping: dict[str, Expression] = field(default_factory=dict)
@@ -380,7 +389,7 @@ def compile_definition(
             expr = _compile_expr(src, f"{p}.input_mapping[{key}]", v, extra=item_vars)
             if expr is not None:
                 mapping[key] = expr
-        kind = "single"
+        kind = StepKind.SINGLE
         spec = StepSpec(
             index=idx,
             proto=s,
@@ -393,7 +402,7 @@ def compile_definition(
         if s.HasField("map") and s.HasField("loop"):
             v.add(f"{p}.loop", "set at most one of map and loop")
         elif s.HasField("map"):
-            spec.kind = "map"
+            spec.kind = StepKind.MAP
             if not s.map.items:
                 v.add(f"{p}.map.items", "required")
             spec.map_items = _compile_expr(s.map.items, f"{p}.map.items", v)
@@ -402,7 +411,7 @@ def compile_definition(
             )
             spec.map_concurrency = s.map.max_concurrency or DEFAULT_MAP_CONCURRENCY
         elif s.HasField("loop"):
-            spec.kind = "loop"
+            spec.kind = StepKind.LOOP
             if not s.loop.condition:
                 v.add(f"{p}.loop.condition", "required")
             if not 1 <= s.loop.max_iterations <= MAX_LOOP_ITERATIONS:

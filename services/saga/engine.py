@@ -1,13 +1,15 @@
 """The saga engine: replicas take leases on sagas and drive them from their log.
 
-One `Runner` drives one saga while this replica holds its lease. Its loop is
-write-ahead: decide what happens next from the folded record (`_plan`), append
-those events to the log (one atomic, fenced Redis call per batch), and only
-then send the calls they announce. Outcomes become events that are appended
-with the next batch. Because the record is only ever changed by folding
-events, a replica that replays the log after a SIGKILL reaches the same
-record and makes the same decisions; a call whose outcome was not logged is
-sent again with the same idempotency key and the next attempt number.
+One `Runner` drives one saga while this replica holds its lease. It is the
+thin, I/O-doing half; the decisions are the pure `planner.Planner`'s. Its loop
+is write-ahead: the planner decides what happens next from the folded record,
+the runner appends those events to the log (one atomic, fenced Redis call per
+batch), and only then sends the calls they announce. Outcomes become events
+(`Planner.classify`) that are appended with the next batch. Because the record
+is only ever changed by folding events, a replica that replays the log after
+a SIGKILL reaches the same record and makes the same decisions; a call whose
+outcome was not logged is sent again with the same idempotency key and the
+next attempt number.
 
 `Engine` owns the runners, renews every held lease in one pipelined round
 trip per interval (seeing cancel requests on the way), and runs a recovery
@@ -29,15 +31,13 @@ from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.saga.v1 import saga_pb2
 from services.saga import metrics
 from services.saga.agents import AgentCaller, CallError
-from services.saga.compensation import ready_units, unit_failed
-from services.saga.definition import CompiledDefinition, StepSpec, compile_definition
-from services.saga.events import seal
-from services.saga.state import SINGLE, SagaRecord, StepRecord, dict_to_struct, ms_ts
+from services.saga.definition import CompiledDefinition, compile_definition
+from services.saga.planner import Call, CallKind, Outcome, Planner, Writer
+from services.saga.state import SagaRecord
 from services.saga.store import Fenced, Lease, SagaStore
 
 log = logging.getLogger("agentmesh.saga.engine")
 T = saga_pb2
-_DONE = (T.STEP_STATUS_COMPLETED, T.STEP_STATUS_SKIPPED)
 _FINAL_METRIC = {
     T.SAGA_EVENT_TYPE_SAGA_COMPLETED: "completed",
     T.SAGA_EVENT_TYPE_SAGA_COMPENSATED: "compensated",
@@ -47,31 +47,8 @@ _FINAL_METRIC = {
 
 
 def now_ms() -> int:
-    """Wall clock, Unix milliseconds."""
+    """Wall clock, Unix milliseconds: the clock the planner is given."""
     return int(time.time() * 1000)
-
-
-def call_key(saga_id: str, spec: StepSpec, index: int) -> str:
-    """Idempotency key of a call site (see Step in saga.proto)."""
-    base = f"{saga_id}/{spec.name}"
-    if spec.kind == "map":
-        return f"{base}[{index}]"
-    if spec.kind == "loop":
-        return f"{base}#{index}"
-    return base
-
-
-@dataclass(frozen=True)
-class Call:
-    """One call to send after its STEP_STARTED/STEP_COMPENSATION_STARTED is durable."""
-
-    kind: str  # "execute" | "compensate"
-    step: str
-    index: int
-    attempt: int
-    key: str
-    input: dict[str, Any]
-    original_output: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -96,7 +73,13 @@ class EngineOptions:
 
 
 class Runner:
-    """Drives one saga under one lease; see the module docstring."""
+    """Drives one saga under one lease: the planner decides, the runner does the I/O.
+
+    Each turn: `Planner.plan` (events and calls), append the events in one
+    fenced round trip, send the calls, wait for an outcome, a due timer or a
+    wake-up (cancel, lease loss), and turn each outcome into an event with
+    `Planner.classify`; those are appended with the next turn's events.
+    """
 
     def __init__(
         self,
@@ -117,48 +100,15 @@ class Runner:
         self.cancel_reason = cancel_reason
         self.lost = False
         self.wake = asyncio.Event()
+        self.planner = Planner(
+            rec, comp, writer=Writer(coordinator_id=lease.owner, fencing_token=lease.fence)
+        )
         self.pending: list[saga_pb2.SagaEvent] = []
         self.durable_seq = rec.seq
         self.snap_seq = rec.seq
         self.tasks: dict[asyncio.Task[Any], Call] = {}
-        self.busy: set[tuple[str, str, int]] = set()
-        # Compensation attempts the agent answered EXECUTE_IN_FLIGHT, per call
-        # site: waits, not failures. In memory only; after a takeover they count.
-        self.comp_waits: dict[tuple[str, int], int] = {}
 
     # ---- events -----------------------------------------------------------------
-    def emit(self, type_: int, *, step: str = "", index: int = SINGLE, **fields: Any) -> None:
-        """Build, seal and fold the next event; it becomes durable at the next flush."""
-        ev = saga_pb2.SagaEvent(
-            saga_id=self.rec.saga_id,
-            sequence=self.rec.seq + 1,
-            type=type_,  # type: ignore[arg-type]
-            step_name=step,
-            coordinator_id=self.lease.owner,
-            fencing_token=self.lease.fence,
-            create_time=ms_ts(now_ms()),
-        )
-        if index != SINGLE:
-            spec = self.comp.by_name[step]
-            if spec.kind == "map":
-                ev.item_index = index
-            else:
-                ev.iteration = index
-        for k, v in fields.items():
-            if k in ("input", "output"):
-                getattr(ev, k).CopyFrom(dict_to_struct(v))
-            elif k == "error":
-                ev.error.CopyFrom(v)
-            elif k == "backoff_ms":
-                ev.backoff.FromMilliseconds(int(v))
-            else:
-                setattr(ev, k, v)
-        prev = self.rec.last_hash
-        self.rec.fold(ev)
-        ev.state = self.rec.state  # type: ignore[assignment]
-        self.rec.last_hash = seal(ev, prev)
-        self.pending.append(ev)
-
     async def flush(self) -> None:
         """Append pending events atomically under the lease.
 
@@ -215,13 +165,18 @@ class Runner:
     async def run(self) -> None:
         """Drive until final, lease loss or engine stop."""
         try:
-            self.emit(T.SAGA_EVENT_TYPE_LEASE_ACQUIRED)
+            self.pending += self.planner.lease_acquired(now_ms=now_ms())
             while True:
-                calls = self._plan()
+                plan = self.planner.plan(
+                    now_ms=now_ms(),
+                    cancel_requested=self.cancel_seen,
+                    cancel_reason=self.cancel_reason,
+                )
+                self.pending += plan.events
                 await self.flush()
                 if self.rec.final:
                     return
-                for c in calls:
+                for c in plan.calls:
                     self._launch(c)
                 await self._wait()
                 self._collect()
@@ -242,12 +197,11 @@ class Runner:
     def _launch(self, c: Call) -> None:
         t = asyncio.ensure_future(self._send(c))
         self.tasks[t] = c
-        self.busy.add((c.kind, c.step, c.index))
 
     async def _send(self, c: Call) -> dict[str, Any] | None:
         spec = self.comp.by_name[c.step]
         md = {"saga_id": self.rec.saga_id, "step": c.step}
-        if c.kind == "execute":
+        if c.kind is CallKind.EXECUTE:
             return await self.engine.caller.execute(
                 spec.proto,
                 input=c.input,
@@ -282,400 +236,28 @@ class Runner:
             raise Fenced("lease lost")
 
     def _next_timer_s(self) -> float | None:
-        due: list[int] = []
-        for st in self.rec.steps.values():
-            for inv in st.invocations.values():
-                if inv.status == "retry_wait":
-                    due.append(inv.retry_at_ms)
-                if inv.comp == "retry_wait":
-                    due.append(inv.comp_retry_at_ms)
-        if self.rec.state == T.SAGA_STATE_RUNNING and not self.rec.pivot_passed(self.comp.pivot):
-            due.append(self.rec.create_ms + int(self.comp.timeout_ms))
-        if not due:
+        due = self.planner.next_due_ms()
+        if due is None:
             return None if self.tasks else 1.0
-        return max(0.0, (min(due) - now_ms()) / 1000.0) + 0.001
+        return max(0.0, (due - now_ms()) / 1000.0) + 0.001
 
     # ---- outcomes -----------------------------------------------------------------
     def _collect(self) -> None:
         for t in [t for t in self.tasks if t.done()]:
             c = self.tasks.pop(t)
-            self.busy.discard((c.kind, c.step, c.index))
-            spec = self.comp.by_name[c.step]
-            exc = t.exception() if not t.cancelled() else CallError("CANCELLED", "call cancelled")
-            if exc is not None and not isinstance(exc, CallError):
-                exc = CallError("INTERNAL", f"{type(exc).__name__}: {exc}")
-            st = self.rec.steps[c.step]
-            inv = st.inv(c.index)
-            if c.kind == "execute":
-                if exc is None:
-                    self.emit(
-                        T.SAGA_EVENT_TYPE_STEP_COMPLETED,
-                        step=c.step,
-                        index=c.index,
-                        output=t.result() or {},
-                        attempt=c.attempt,
-                    )
-                    continue
-                assert isinstance(exc, CallError)
-                err = T.StepError(code=exc.code, message=exc.message, step_name=c.step)
-                failures = inv.failures + 1
-                forward = self.rec.pivot_passed(self.comp.pivot)
-                # ABORTED/COMPENSATED: the agent already ran this call site's
-                # compensation and refuses the action for good; a retry cannot help.
-                if exc.reason != "COMPENSATED" and exc.code not in spec.retry.non_retryable and (
-                    forward or failures < spec.retry.max_attempts
-                ):
-                    self.emit(
-                        T.SAGA_EVENT_TYPE_STEP_ATTEMPT_FAILED,
-                        step=c.step,
-                        index=c.index,
-                        attempt=c.attempt,
-                        error=err,
-                        backoff_ms=spec.retry.backoff_ms(failures=failures),
-                    )
-                else:
-                    self.emit(
-                        T.SAGA_EVENT_TYPE_STEP_FAILED,
-                        step=c.step,
-                        index=c.index,
-                        attempt=c.attempt,
-                        error=err,
-                    )
-            else:
-                if exc is None:
-                    self.emit(
-                        T.SAGA_EVENT_TYPE_STEP_COMPENSATED,
-                        step=c.step,
-                        index=c.index,
-                        attempt=c.attempt,
-                    )
-                    continue
-                assert isinstance(exc, CallError)
-                err = T.StepError(code=exc.code, message=exc.message, step_name=c.step)
-                # EXECUTE_IN_FLIGHT: the agent holds the compensation until the
-                # action it undoes has finished; waiting is not failing.
-                waiting = exc.reason == "EXECUTE_IN_FLIGHT"
-                waits = self.comp_waits.get((c.step, c.index), 0) + waiting
-                self.comp_waits[(c.step, c.index)] = waits
-                failures = max(1, inv.comp_failures + 1 - waits)
-                if waiting or (
-                    exc.code not in spec.retry.non_retryable
-                    and failures < spec.retry.max_attempts
-                ):
-                    self.emit(
-                        T.SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED,
-                        step=c.step,
-                        index=c.index,
-                        attempt=c.attempt,
-                        error=err,
-                        backoff_ms=spec.retry.backoff_ms(failures=failures),
-                    )
-                else:
-                    self.emit(
-                        T.SAGA_EVENT_TYPE_STEP_COMPENSATION_FAILED,
-                        step=c.step,
-                        index=c.index,
-                        attempt=c.attempt,
-                        error=err,
-                    )
+            self.pending.append(self.planner.classify(c, _outcome(t), now_ms=now_ms()))
 
-    # ---- planning -----------------------------------------------------------------
-    def _plan(self) -> list[Call]:
-        calls: list[Call] = []
-        if self.rec.state == T.SAGA_STATE_RUNNING:
-            calls += self._plan_forward()
-        if self.rec.state == T.SAGA_STATE_COMPENSATING:
-            calls += self._plan_compensation()
-        return calls
 
-    def _in_flight(self, step: str) -> bool:
-        return any(s == step for _, s, _ in self.busy)
-
-    def _start(self, spec: StepSpec, index: int, attempt: int, inp: dict[str, Any]) -> Call:
-        key = call_key(self.rec.saga_id, spec, index)
-        self.emit(
-            T.SAGA_EVENT_TYPE_STEP_STARTED,
-            step=spec.name,
-            index=index,
-            attempt=attempt,
-            input=inp,
-            idempotency_key=key,
-        )
-        return Call("execute", spec.name, index, attempt, key, inp)
-
-    def _resume(self, spec: StepSpec, index: int, now: int) -> Call | None:
-        """A retry that is due, or a call whose outcome a crash lost."""
-        inv = self.rec.steps[spec.name].invocations.get(index)
-        if inv is None or ("execute", spec.name, index) in self.busy:
-            return None
-        if (inv.status == "retry_wait" and inv.retry_at_ms <= now) or inv.status == "running":
-            return self._start(spec, index, inv.attempts + 1, inv.input or {})
-        return None
-
-    def _fail_step(self, name: str, code: str, message: str) -> None:
-        self.emit(
-            T.SAGA_EVENT_TYPE_STEP_FAILED,
-            step=name,
-            error=T.StepError(code=code, message=message, step_name=name),
-        )
-
-    def _stop_cause(self, now: int) -> T.StepError | None:
-        rec = self.rec
-        if rec.cancel_logged:
-            return T.StepError(code="CANCELLED", message=rec.cancel_reason or "cancelled")
-        if now > rec.create_ms + self.comp.timeout_ms:
-            return T.StepError(
-                code="DEADLINE_EXCEEDED",
-                message=f"saga timed out after {self.comp.timeout_ms:.0f}ms",
-            )
-        for spec in self.comp.steps:
-            st = rec.steps[spec.name]
-            if st.status == T.STEP_STATUS_FAILED:
-                e = st.error or {}
-                return T.StepError(
-                    code=e.get("code", "UNKNOWN"),
-                    message=f"step {spec.name!r} failed: {e.get('message', '')}",
-                    step_name=spec.name,
-                )
-        return None
-
-    def _plan_forward(self) -> list[Call]:
-        rec, comp = self.rec, self.comp
-        now = now_ms()
-        forward = rec.pivot_passed(comp.pivot)
-        if self.cancel_seen and not rec.cancel_logged and not forward:
-            self.emit(
-                T.SAGA_EVENT_TYPE_CANCEL_REQUESTED,
-                error=T.StepError(code="CANCELLED", message=self.cancel_reason),
-            )
-        cause = None if forward else self._stop_cause(now)
-        fatal = next(
-            (s for s in comp.steps if forward and rec.steps[s.name].status == T.STEP_STATUS_FAILED),
-            None,
-        )
-        if cause is not None or fatal is not None:
-            code = cause.code if cause is not None else "ABORTED"
-            for spec in comp.steps:
-                st = rec.steps[spec.name]
-                for idx, inv in list(st.invocations.items()):
-                    if ("execute", spec.name, idx) in self.busy:
-                        continue
-                    if inv.status == "retry_wait" or inv.status == "running":
-                        # not re-sent: the saga is stopping; its effect (if any) is compensated
-                        self.emit(
-                            T.SAGA_EVENT_TYPE_STEP_FAILED,
-                            step=spec.name,
-                            index=idx,
-                            error=T.StepError(
-                                code=code,
-                                message="stopped: the saga is compensating",
-                                step_name=spec.name,
-                            ),
-                        )
-            if self.busy:
-                return []
-            for spec in comp.steps:
-                if rec.steps[spec.name].status == T.STEP_STATUS_RUNNING:
-                    self._fail_step(spec.name, code, "stopped before every call site ran")
-            if fatal is not None:
-                st = rec.steps[fatal.name]
-                self.emit(
-                    T.SAGA_EVENT_TYPE_SAGA_FAILED,
-                    error=T.StepError(
-                        code=(st.error or {}).get("code", "UNKNOWN"),
-                        message=f"step {fatal.name!r} failed after the pivot: "
-                        f"{(st.error or {}).get('message', '')}",
-                        step_name=fatal.name,
-                    ),
-                )
-                return []
-            assert cause is not None
-            self.emit(T.SAGA_EVENT_TYPE_COMPENSATION_STARTED, error=cause)
-            return []
-
-        calls: list[Call] = []
-        for spec in comp.steps:
-            st = rec.steps[spec.name]
-            if st.status == T.STEP_STATUS_PENDING:
-                if all(rec.steps[d].status in _DONE for d in spec.deps):
-                    calls += self._begin(spec, st)
-            elif st.status == T.STEP_STATUS_RUNNING:
-                calls += self._advance(spec, st, now)
-        if (
-            rec.state == T.SAGA_STATE_RUNNING
-            and all(s.status in _DONE for s in rec.steps.values())
-            and not calls
-        ):
-            self.emit(
-                T.SAGA_EVENT_TYPE_SAGA_COMPLETED,
-                output={n: s.output for n, s in rec.steps.items() if s.output is not None},
-            )
-        return calls
-
-    def _ctx(self, **extra: Any) -> dict[str, Any]:
-        ctx = self.rec.context()
-        ctx.update(extra)
-        return ctx
-
-    def _input(
-        self, spec: StepSpec, ctx: dict[str, Any], default: dict[str, Any]
-    ) -> dict[str, Any]:
-        if not spec.input_mapping:
-            return default
-        return {k: e.evaluate(ctx) for k, e in spec.input_mapping.items()}
-
-    def _begin(self, spec: StepSpec, st: StepRecord) -> list[Call]:
-        from agentmesh.runtime.cel import CelError
-
-        ctx = self._ctx()
-        try:
-            if spec.condition is not None and not spec.condition.evaluate_bool(ctx):
-                self.emit(T.SAGA_EVENT_TYPE_STEP_SKIPPED, step=spec.name)
-                return []
-            if spec.kind == "single":
-                return [self._start(spec, SINGLE, 1, self._input(spec, ctx, self.rec.input))]
-        except CelError as e:
-            self._fail_step(spec.name, "INVALID_ARGUMENT", str(e))
-            return []
-        return self._advance(spec, st, now_ms())
-
-    def _advance(self, spec: StepSpec, st: StepRecord, now: int) -> list[Call]:
-        from agentmesh.runtime.cel import CelError
-
-        if spec.kind == "single":
-            c = self._resume(spec, SINGLE, now)
-            return [c] if c else []
-        try:
-            if spec.kind == "map":
-                return self._advance_map(spec, st, now)
-            return self._advance_loop(spec, st, now)
-        except CelError as e:
-            if not self._in_flight(spec.name):
-                self._fail_step(spec.name, "INVALID_ARGUMENT", str(e))
-            return []
-
-    def _items(self, spec: StepSpec, st: StepRecord) -> list[Any]:
-        from agentmesh.runtime.cel import CelError
-
-        assert spec.map_items is not None
-        items = spec.map_items.evaluate(self._ctx())
-        if not isinstance(items, list):
-            raise CelError(f"map.items yielded {type(items).__name__}, not a list")
-        st.items_total = len(items)
-        return items
-
-    def _advance_map(self, spec: StepSpec, st: StepRecord, now: int) -> list[Call]:
-        items = self._items(spec, st)
-        calls = [c for i in list(st.invocations) if (c := self._resume(spec, i, now))]
-        failed = [i for i in st.invocations.values() if i.status == "failed"]
-        if failed:
-            if (
-                not self._in_flight(spec.name)
-                and not calls
-                and not any(i.status == "retry_wait" for i in st.invocations.values())
-            ):
-                e = failed[0].error or {}
-                self._fail_step(spec.name, e.get("code", "UNKNOWN"), e.get("message", ""))
-            return calls
-        active = sum(1 for i in st.invocations.values() if i.status in ("running", "retry_wait"))
-        ctx = self._ctx()
-        for i, item in enumerate(items):
-            if active >= spec.map_concurrency:
-                break
-            if i in st.invocations:
-                continue
-            default = {"item": item, "index": i}
-            calls.append(self._start(spec, i, 1, self._input(spec, {**ctx, **default}, default)))
-            active += 1
-        if len(st.invocations) == len(items) and all(
-            i.status == "completed" for i in st.invocations.values()
-        ):
-            results = [st.invocations[i].output for i in range(len(items))]
-            if spec.map_reduce is not None:
-                out = spec.map_reduce.evaluate({**ctx, "results": results})
-                out = out if isinstance(out, dict) else {"value": out}
-            else:
-                out = {"results": results}
-            self.emit(T.SAGA_EVENT_TYPE_STEP_COMPLETED, step=spec.name, output=out)
-        return calls
-
-    def _advance_loop(self, spec: StepSpec, st: StepRecord, now: int) -> list[Call]:
-        assert spec.loop_condition is not None
-        if st.invocations:
-            k = max(st.invocations)
-            inv = st.invocations[k]
-            c = self._resume(spec, k, now)
-            if c:
-                return [c]
-            if inv.status == "failed":
-                e = inv.error or {}
-                self._fail_step(spec.name, e.get("code", "UNKNOWN"), e.get("message", ""))
-                return []
-            if inv.status != "completed":
-                return []
-            nxt, last = k + 1, inv.output or {}
-        else:
-            nxt, last = 0, {}
-        ctx = self._ctx(iteration=nxt, last=last)
-        if nxt >= spec.loop_max_iterations or not spec.loop_condition.evaluate_bool(ctx):
-            self.emit(T.SAGA_EVENT_TYPE_STEP_COMPLETED, step=spec.name, output=last)
-            return []
-        default = {"iteration": nxt, "last": last}
-        return [self._start(spec, nxt, 1, self._input(spec, ctx, default))]
-
-    def _plan_compensation(self) -> list[Call]:
-        rec, comp = self.rec, self.comp
-        now = now_ms()
-        failed = next((n for n, st in rec.steps.items() if unit_failed(st)), None)
-        if failed is not None:
-            if any(k == "compensate" for k, _, _ in self.busy):
-                return []
-            st = rec.steps[failed]
-            e = st.error or {}
-            self.emit(
-                T.SAGA_EVENT_TYPE_SAGA_FAILED,
-                error=T.StepError(
-                    code=e.get("code", "UNKNOWN"),
-                    message=f"compensation of step {failed!r} failed: {e.get('message', '')}",
-                    step_name=failed,
-                ),
-            )
-            return []
-        ready, all_done = ready_units(rec, comp)
-        if all_done:
-            self.emit(T.SAGA_EVENT_TYPE_COMPENSATION_COMPLETED)
-            if rec.cancel_logged:
-                self.emit(T.SAGA_EVENT_TYPE_SAGA_CANCELLED)
-            else:
-                self.emit(T.SAGA_EVENT_TYPE_SAGA_COMPENSATED)
-            return []
-        calls: list[Call] = []
-        for name in ready:
-            st = rec.steps[name]
-            spec = comp.by_name[name]
-            # call sites of one step are undone one at a time, last first
-            for idx in sorted((i for i, v in st.invocations.items() if v.attempted), reverse=True):
-                inv = st.invocations[idx]
-                if inv.comp == "compensated":
-                    continue
-                if ("compensate", name, idx) in self.busy:
-                    break
-                if inv.comp == "retry_wait" and inv.comp_retry_at_ms > now:
-                    break
-                attempt = inv.comp_attempts + 1
-                key = call_key(rec.saga_id, spec, idx)
-                self.emit(
-                    T.SAGA_EVENT_TYPE_STEP_COMPENSATION_STARTED,
-                    step=name,
-                    index=idx,
-                    attempt=attempt,
-                    idempotency_key=key + "/compensate",
-                )
-                calls.append(
-                    Call("compensate", name, idx, attempt, key, inv.input or {}, inv.output)
-                )
-                break
-        return calls
+def _outcome(t: asyncio.Task[Any]) -> Outcome:
+    """A finished call task's result as the planner's Outcome."""
+    if t.cancelled():
+        return Outcome.failure("CANCELLED", "call cancelled")
+    exc = t.exception()
+    if exc is None:
+        return Outcome.success(t.result() or {})
+    if isinstance(exc, CallError):
+        return Outcome.failure(exc.code, exc.message, reason=exc.reason)
+    return Outcome.failure("INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
 class Engine:

@@ -9,6 +9,7 @@ sequence N is the snapshot folded with events snapshot.seq+1..N.
 from __future__ import annotations
 
 import base64
+import enum
 import json
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -34,6 +35,34 @@ _FINAL_EVENT_STATE = {
     saga_pb2.SAGA_EVENT_TYPE_SAGA_CANCELLED: saga_pb2.SAGA_STATE_CANCELLED,
     saga_pb2.SAGA_EVENT_TYPE_SAGA_FAILED: saga_pb2.SAGA_STATE_FAILED,
 }
+
+
+class CallStatus(enum.StrEnum):
+    """Where one call site's action stands (`Invocation.status`).
+
+    A str enum: the values are the snapshot JSON's spelling, so snapshots
+    written before the enum existed still load. A call site has no proto
+    message of its own; the step-level status is the proto's StepStatus.
+    """
+
+    PENDING = "pending"
+    #: an attempt is logged (STEP_STARTED) and its outcome is not
+    RUNNING = "running"
+    #: the last attempt failed; the next one is due at `retry_at_ms`
+    RETRY_WAIT = "retry_wait"
+    COMPLETED = "completed"
+    FAILED = "failed"
+
+
+class CompStatus(enum.StrEnum):
+    """Where one call site's compensation stands (`Invocation.comp`); see CallStatus."""
+
+    #: no compensation was started
+    NONE = ""
+    RUNNING = "running"
+    RETRY_WAIT = "retry_wait"
+    COMPENSATED = "compensated"
+    FAILED = "failed"
 
 
 def struct_to_dict(s: struct_pb2.Struct) -> dict[str, Any]:
@@ -76,25 +105,29 @@ class Invocation:
     """One call site of a step: the step itself, a map item or a loop iteration.
 
     Attributes:
-        status: "pending", "running" (an attempt is logged without outcome),
-            "retry_wait", "completed" or "failed".
+        status: the action's CallStatus.
         attempts: number of the last attempt sent.
         failures: attempts that returned an error.
-        retry_at_ms: when the next attempt is due (Unix ms), in retry_wait.
-        comp: compensation status: "", "running", "retry_wait", "compensated", "failed".
+        retry_at_ms: when the next attempt is due (Unix ms), in RETRY_WAIT.
+        comp: the compensation's CompStatus.
     """
 
-    status: str = "pending"
+    status: CallStatus = CallStatus.PENDING
     attempts: int = 0
     failures: int = 0
     input: dict[str, Any] | None = None
     output: dict[str, Any] | None = None
     error: dict[str, str] | None = None
     retry_at_ms: int = 0
-    comp: str = ""
+    comp: CompStatus = CompStatus.NONE
     comp_attempts: int = 0
     comp_failures: int = 0
     comp_retry_at_ms: int = 0
+
+    def __post_init__(self) -> None:
+        # a snapshot's JSON gives plain strings back
+        self.status = CallStatus(self.status)
+        self.comp = CompStatus(self.comp)
 
     @property
     def attempted(self) -> bool:
@@ -209,7 +242,7 @@ class SagaRecord:
             self.cancel_reason = ev.error.message
         elif t == T.SAGA_EVENT_TYPE_STEP_STARTED and step:
             inv = step.inv(index)
-            inv.status = "running"
+            inv.status = CallStatus.RUNNING
             inv.attempts = ev.attempt
             inv.input = struct_to_dict(ev.input)
             step.attempts += 1
@@ -217,14 +250,14 @@ class SagaRecord:
             step.start_ms = step.start_ms or now
         elif t == T.SAGA_EVENT_TYPE_STEP_ATTEMPT_FAILED and step:
             inv = step.inv(index)
-            inv.status = "retry_wait"
+            inv.status = CallStatus.RETRY_WAIT
             inv.failures += 1
             inv.error = error_dict(ev.error)
             inv.retry_at_ms = now + int(ev.backoff.ToMilliseconds())
         elif t == T.SAGA_EVENT_TYPE_STEP_COMPLETED and step:
             if index != SINGLE or (step.invocations.get(SINGLE) and len(step.invocations) == 1):
                 inv = step.inv(index)
-                inv.status = "completed"
+                inv.status = CallStatus.COMPLETED
                 inv.output = struct_to_dict(ev.output)
             if index == SINGLE:
                 step.status = T.STEP_STATUS_COMPLETED
@@ -234,7 +267,7 @@ class SagaRecord:
         elif t == T.SAGA_EVENT_TYPE_STEP_FAILED and step:
             if index != SINGLE or SINGLE in step.invocations:
                 inv = step.inv(index)
-                inv.status = "failed"
+                inv.status = CallStatus.FAILED
                 inv.error = error_dict(ev.error)
             if index == SINGLE:
                 step.status = T.STEP_STATUS_FAILED
@@ -249,21 +282,22 @@ class SagaRecord:
             self.comp_cause = error_dict(ev.error)
         elif t == T.SAGA_EVENT_TYPE_STEP_COMPENSATION_STARTED and step:
             inv = step.inv(index)
-            inv.comp = "running"
+            inv.comp = CompStatus.RUNNING
             inv.comp_attempts = ev.attempt
             step.comp_attempts += 1
             step.status = T.STEP_STATUS_COMPENSATING
         elif t == T.SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED and step:
             inv = step.inv(index)
-            inv.comp = "retry_wait"
+            inv.comp = CompStatus.RETRY_WAIT
             inv.comp_failures += 1
             inv.comp_retry_at_ms = now + int(ev.backoff.ToMilliseconds())
         elif t == T.SAGA_EVENT_TYPE_STEP_COMPENSATED and step:
-            step.inv(index).comp = "compensated"
-            if all(i.comp == "compensated" for i in step.invocations.values() if i.attempted):
+            step.inv(index).comp = CompStatus.COMPENSATED
+            done = CompStatus.COMPENSATED
+            if all(i.comp == done for i in step.invocations.values() if i.attempted):
                 step.status = T.STEP_STATUS_COMPENSATED
         elif t == T.SAGA_EVENT_TYPE_STEP_COMPENSATION_FAILED and step:
-            step.inv(index).comp = "failed"
+            step.inv(index).comp = CompStatus.FAILED
             step.status = T.STEP_STATUS_COMPENSATION_FAILED
             step.error = error_dict(ev.error)
         elif t in _FINAL_EVENT_STATE:

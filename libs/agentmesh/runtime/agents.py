@@ -67,6 +67,10 @@ class CallOutcome:
         response: the agent's response message, None on failure.
         seconds: wall time of the attempt, s.
         error: the RPC error, None on success or when the attempt never started.
+        reached: False when the request provably never reached the agent (an
+            UNAVAILABLE while the channel was not connected: connection
+            refused, no route); such an attempt is safe to repeat for any
+            method, gRPC's "transparent retry" (A6).
     """
 
     agent_id: str
@@ -76,6 +80,7 @@ class CallOutcome:
     response: Any | None
     seconds: float
     error: grpc.aio.AioRpcError | None = None
+    reached: bool = True
 
 
 def call_message(
@@ -333,6 +338,14 @@ class AgentClient:
                 time.perf_counter() - t0,
             )
         except grpc.aio.AioRpcError as e:
+            ch = self._channels.get(target.endpoint)
+            # An agent that answered leaves the channel READY; a request that
+            # never left leaves it CONNECTING or TRANSIENT_FAILURE.
+            reached = not (
+                e.code() == grpc.StatusCode.UNAVAILABLE
+                and ch is not None
+                and ch.get_state() != grpc.ChannelConnectivity.READY
+            )
             out = CallOutcome(
                 target.agent_id,
                 target.endpoint,
@@ -341,6 +354,7 @@ class AgentClient:
                 None,
                 time.perf_counter() - t0,
                 e,
+                reached,
             )
         finally:
             inflight[target.agent_id] -= 1

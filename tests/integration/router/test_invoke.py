@@ -127,9 +127,22 @@ async def test_retries_with_backoff_until_attempts_run_out(procs, router, rdb, s
     fail_key = f"am:rt:test:fail:{r1}"
     procs.agent(r1, "--fail-key", fail_key)
     await rdb.set(fail_key, 1)
+    # Without an idempotency key Execute is IDEMPOTENCY_UNKNOWN: an UNAVAILABLE
+    # the agent itself answered may have taken effect, so it is not repeated.
+    unkeyed = R.InvokeRequest(
+        message=R.RouteMessage(target_ids=[r1]),
+        action="work",
+        retry_policy=R.RetryPolicy(max_attempts=3),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Invoke(unkeyed, timeout=10)
+    assert e.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert e.value.details() == "injected failure"
+    # With one it is IDEMPOTENT (the contract's idempotency_key_field): retried.
     req = R.InvokeRequest(
         message=R.RouteMessage(target_ids=[r1]),
         action="work",
+        idempotency_key=f"retry-{r1}",
         retry_policy=R.RetryPolicy(max_attempts=3),
     )
     t0 = time.monotonic()
@@ -142,6 +155,7 @@ async def test_retries_with_backoff_until_attempts_run_out(procs, router, rdb, s
     assert info.reason == "ATTEMPTS_EXHAUSTED" and info.metadata["attempts"] == "3"
     # the agent recovers: the next call's first attempt succeeds
     await rdb.delete(fail_key)
+    req.idempotency_key = f"retry-{r1}-2"
     resp = await stub.Invoke(req, timeout=10)
     assert resp.agent_id == r1 and resp.output["attempt"] == 1
 
@@ -202,6 +216,7 @@ async def test_outlier_detection_ejects_a_failing_agent(procs, rdb, stub_for) ->
     req = R.InvokeRequest(
         message=R.RouteMessage(target_ids=[e1, e2]),
         action="work",
+        idempotency_key=f"outlier-{e1}",  # keyed: IDEMPOTENT, so Invoke fails over
         strategy=R.STRATEGY_FAILOVER,
         retry_policy=R.RetryPolicy(max_attempts=2),
     )

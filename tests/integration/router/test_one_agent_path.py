@@ -279,10 +279,13 @@ async def test_router_down_saga_retry_lands_where_the_router_would_route(
     for a in ids:
         await rdb.set(f"am:rt:test:fail:{a}", 1)
     await start_agents(procs, c, ids)
-    # No router is involved in the saga's placement: stop it for the run.
+    # No router is involved in the saga's placement: stop it for the run. A
+    # coordinator of its own keeps the default breaker threshold (5), so the
+    # failing attempts below do not open the agent's breaker.
     mesh["router"].stop()
+    coord = procs.start(daemon("saga", procs.tmp, "--redis-url", procs.redis_url))
     try:
-        async with grpc.aio.insecure_channel(mesh["saga"].target) as ch:
+        async with grpc.aio.insecure_channel(coord.target) as ch:
             stub = saga_pb2_grpc.SagaServiceStub(ch)
             step = saga_step(c, attempts=5)
             step.retry_policy.initial_backoff.FromMilliseconds(300)
@@ -291,13 +294,14 @@ async def test_router_down_saga_retry_lands_where_the_router_would_route(
             )
             sid = started.saga.saga_id
             deadline = time.monotonic() + 10
-            while (await stub.GetSaga(S.GetSagaRequest(saga_id=sid))).saga.steps[0].attempts < 1:
+            while (await stub.GetSaga(S.GetSagaRequest(saga_id=sid))).saga.steps[0].attempts < 2:
                 assert time.monotonic() < deadline
                 await asyncio.sleep(0.02)
             for a in ids:  # the first attempt failed; let the retry through
                 await rdb.delete(f"am:rt:test:fail:{a}")
-        s = await run_saga_wait(mesh, sid)
+        s = await run_saga_wait(coord, sid)
     finally:
+        coord.stop()
         mesh["router"] = procs.start(
             daemon("router", procs.tmp, "--redis-url", procs.redis_url, *GUARDS)
         )
@@ -318,8 +322,8 @@ async def test_router_down_saga_retry_lands_where_the_router_would_route(
     assert out["agent_id"] == routed.targets[0].agent_id
 
 
-async def run_saga_wait(mesh: dict[str, DaemonProcess], sid: str) -> S.Saga:
-    async with grpc.aio.insecure_channel(mesh["saga"].target) as ch:
+async def run_saga_wait(coord: DaemonProcess, sid: str) -> S.Saga:
+    async with grpc.aio.insecure_channel(coord.target) as ch:
         stub = saga_pb2_grpc.SagaServiceStub(ch)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
