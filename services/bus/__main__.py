@@ -7,7 +7,7 @@ from agentmesh.runtime.server import Daemon, run_daemon
 from services.bus import metrics
 from services.bus.backend import Backend
 from services.bus.servicer import BusServicer
-from services.bus.settings import EXTRA_OPTIONS, BusSettings
+from services.bus.settings import BusSettings
 
 
 def make_backend(settings: BusSettings) -> Backend:
@@ -21,6 +21,8 @@ def make_backend(settings: BusSettings) -> Backend:
             delivery_timeout_ms=settings.delivery_timeout_ms,
             session_timeout_ms=settings.session_timeout_ms,
             instance_id=settings.instance_id,
+            producer_tuning=settings.kafka_producer_tuning(),
+            fetch_wait_max_ms=settings.kafka_fetch_wait_max_ms,
         )
     from services.bus.memory_backend import MemoryBackend
 
@@ -55,7 +57,7 @@ def build(daemon: Daemon) -> None:
 
 def main() -> None:
     """Run the bus gateway until SIGTERM."""
-    run_daemon("bus", build, extra_options=EXTRA_OPTIONS)
+    run_daemon("bus", build, settings=BusSettings)
 
 
 if __name__ == "__main__":

@@ -142,6 +142,16 @@ def _resolve(fut: asyncio.Future[list[WriteResult]], results: list[WriteResult])
         fut.set_result(results)
 
 
+#: Producer tuning when the bus settings give none (their defaults): a 1 ms
+#: linger keeps publish latency low; the deep local queue absorbs bursts.
+PRODUCER_TUNING: dict[str, Any] = {
+    "linger.ms": 1,
+    "queue.buffering.max.messages": 1_000_000,
+    "queue.buffering.max.kbytes": 1_048_576,
+    "batch.num.messages": 10_000,
+}
+
+
 class KafkaBackend(Backend):
     """Record storage on a Kafka cluster.
 
@@ -154,6 +164,10 @@ class KafkaBackend(Backend):
         session_timeout_ms: consumer group session timeout, how fast a dead
             gateway's partitions move to another member.
         instance_id: used in internal group ids.
+        producer_tuning: librdkafka producer properties (linger.ms,
+            batch.num.messages, queue.buffering.max.*) over PRODUCER_TUNING;
+            the bus settings (`--kafka-linger-ms`, ...) set them.
+        fetch_wait_max_ms: fetch.wait.max.ms of subscription consumers.
     """
 
     name = "kafka"
@@ -166,8 +180,12 @@ class KafkaBackend(Backend):
         session_timeout_ms: int = 6000,
         instance_id: str = "",
         security: Mapping[str, str] | None = None,
+        producer_tuning: Mapping[str, Any] | None = None,
+        fetch_wait_max_ms: int = 100,
     ) -> None:
         self.bootstrap = bootstrap
+        self.producer_tuning = {**PRODUCER_TUNING, **(producer_tuning or {})}
+        self.fetch_wait_max_ms = fetch_wait_max_ms
         # bootstrap.servers plus SASL/TLS: the base of every client config below.
         self.client_config = kafka_client_config(bootstrap, security)
         self.delivery_timeout_ms = delivery_timeout_ms
@@ -189,10 +207,7 @@ class KafkaBackend(Backend):
                 **{
                     **self.client_config,
                     "message.timeout.ms": self.delivery_timeout_ms,
-                    "linger.ms": 1,
-                    "queue.buffering.max.messages": 1_000_000,
-                    "queue.buffering.max.kbytes": 1_048_576,
-                    "batch.num.messages": 10_000,
+                    **self.producer_tuning,
                     "error_cb": self._on_error,
                 },
             )
@@ -331,7 +346,7 @@ class KafkaBackend(Backend):
             "auto.offset.reset": "earliest" if earliest else "latest",
             "session.timeout.ms": self.session_timeout_ms,
             "heartbeat.interval.ms": max(500, self.session_timeout_ms // 3),
-            "fetch.wait.max.ms": 100,
+            "fetch.wait.max.ms": self.fetch_wait_max_ms,
             "topic.metadata.refresh.interval.ms": 5000,
             "socket.keepalive.enable": True,
         }

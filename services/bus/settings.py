@@ -1,42 +1,31 @@
-"""Bus gateway settings: the daemon-specific options on top of ServerConfig."""
+"""Bus gateway settings: the daemon's own flags on top of ServerConfig.
+
+Each field is a flag `--<name>` and `AGENTMESH_BUS_<NAME>` / `AGENTMESH_<NAME>`
+(agentmesh.runtime.settings), including the librdkafka tuning the gateway's
+producer and consumers run with.
+"""
 
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
-from agentmesh.runtime.config import ExtraOption, ServerConfig
+from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import kafka_security_config
+from agentmesh.runtime.settings import Settings, setting
 
-#: Daemon-specific flags; each is also `AGENTMESH_BUS_<NAME>` / `AGENTMESH_<NAME>`.
-EXTRA_OPTIONS = (
-    ExtraOption(
-        "backend",
-        "",
-        "memory or kafka; empty picks kafka when --kafka-bootstrap is set, else memory",
-    ),
-    ExtraOption("max_payload_bytes", "1048576", "largest serialized envelope accepted, bytes"),
-    ExtraOption("default_partitions", "3", "partitions of auto-created topics"),
-    ExtraOption("auto_create_topics", "true", "create unknown topics on first publish"),
-    ExtraOption(
-        "delivery_timeout_ms", "10000", "Kafka delivery timeout; past it a write is UNKNOWN_OUTCOME"
-    ),
-    ExtraOption("read_ahead", "1000", "messages a subscription fetches beyond its unacked window"),
-    ExtraOption("topic_refresh_ms", "2000", "how often wildcard subscriptions re-list topics"),
-    ExtraOption("session_timeout_ms", "6000", "Kafka consumer group session timeout"),
-    ExtraOption("instance_id", "", "writer id in provenance chain ids; empty means random"),
-    ExtraOption("max_topic_labels", "50", "distinct topic label values in metrics before 'other'"),
-)
+#: Values of --backend; empty picks kafka when --kafka-bootstrap is set.
+BACKENDS = ("", "memory", "kafka")
 
 
 @dataclass(frozen=True)
-class BusSettings:
-    """Resolved bus settings.
+class BusSettings(Settings):
+    """Bus settings: the flags, then what `from_config` derives from them.
 
     Attributes:
-        backend: "memory" or "kafka".
-        kafka_bootstrap: bootstrap servers; empty on the memory backend.
-        kafka_security: librdkafka security settings (SASL, TLS) for every Kafka client.
+        backend: "memory" or "kafka" once resolved; "" (the flag's default)
+            picks kafka when Kafka bootstrap servers are set.
         max_payload_bytes: cap on a serialized Envelope, bytes.
         default_partitions: partitions of auto-created topics.
         auto_create_topics: create unknown topics on first publish.
@@ -44,50 +33,117 @@ class BusSettings:
         read_ahead: backlog a subscription keeps beyond max_unacked, messages.
         topic_refresh_ms: wildcard re-resolution interval, ms.
         session_timeout_ms: consumer group session timeout, ms.
-        instance_id: writer id used in chain ids.
+        instance_id: writer id used in chain ids; "" means random (from_config).
         max_topic_labels: metric label cap for topics.
+        kafka_linger_ms: librdkafka linger.ms: how long the producer waits to
+            fill a batch. 1 ms keeps publish latency low; raise it for throughput.
+        kafka_batch_num_messages: librdkafka batch.num.messages.
+        kafka_queue_buffering_max_messages: librdkafka
+            queue.buffering.max.messages, the producer's local queue; a full
+            queue fails writes with KAFKA_QUEUE_FULL.
+        kafka_queue_buffering_max_kbytes: librdkafka queue.buffering.max.kbytes.
+        kafka_fetch_wait_max_ms: librdkafka fetch.wait.max.ms of subscription
+            consumers: the broker's longest wait for data before answering a fetch.
+        kafka_bootstrap: bootstrap servers (from ServerConfig); empty on the memory backend.
+        kafka_security: librdkafka security settings (SASL, TLS) for every Kafka client.
     """
 
-    backend: str
+    backend: str = setting(
+        "",
+        help="memory or kafka; empty picks kafka when --kafka-bootstrap is set, else memory",
+        choices=BACKENDS,
+    )
+    max_payload_bytes: int = setting(
+        1_048_576, help="largest serialized envelope accepted", unit="bytes", minimum=1
+    )
+    default_partitions: int = setting(3, help="partitions of auto-created topics", minimum=1)
+    auto_create_topics: bool = setting(True, help="create unknown topics on first publish")
+    delivery_timeout_ms: int = setting(
+        10_000,
+        help="Kafka delivery timeout; past it a write is UNKNOWN_OUTCOME",
+        unit="ms",
+        minimum=1,
+    )
+    read_ahead: int = setting(
+        1000,
+        help="messages a subscription fetches beyond its unacked window",
+        unit="messages",
+        minimum=1,
+    )
+    topic_refresh_ms: int = setting(
+        2000, help="how often wildcard subscriptions re-list topics", unit="ms", minimum=1
+    )
+    session_timeout_ms: int = setting(
+        6000, help="Kafka consumer group session timeout", unit="ms", minimum=1
+    )
+    instance_id: str = setting("", help="writer id in provenance chain ids; empty means random")
+    max_topic_labels: int = setting(
+        50, help="distinct topic label values in metrics before 'other'", minimum=0
+    )
+    kafka_linger_ms: int = setting(
+        1, help="librdkafka linger.ms of the producer", unit="ms", minimum=0, maximum=900_000
+    )
+    kafka_batch_num_messages: int = setting(
+        10_000,
+        help="librdkafka batch.num.messages of the producer",
+        unit="messages",
+        minimum=1,
+        maximum=1_000_000,
+    )
+    kafka_queue_buffering_max_messages: int = setting(
+        1_000_000,
+        help="librdkafka queue.buffering.max.messages (producer queue; full = KAFKA_QUEUE_FULL)",
+        unit="messages",
+        minimum=1,
+        maximum=2_147_483_647,
+    )
+    kafka_queue_buffering_max_kbytes: int = setting(
+        1_048_576,
+        help="librdkafka queue.buffering.max.kbytes of the producer",
+        unit="KiB",
+        minimum=1,
+        maximum=2_147_483_647,
+    )
+    kafka_fetch_wait_max_ms: int = setting(
+        100,
+        help="librdkafka fetch.wait.max.ms of subscription consumers",
+        unit="ms",
+        minimum=0,
+        maximum=300_000,
+    )
     kafka_bootstrap: str = ""
     kafka_security: dict[str, str] = field(default_factory=dict)
-    max_payload_bytes: int = 1_048_576
-    default_partitions: int = 3
-    auto_create_topics: bool = True
-    delivery_timeout_ms: int = 10_000
-    read_ahead: int = 1000
-    topic_refresh_ms: int = 2000
-    session_timeout_ms: int = 6000
-    instance_id: str = ""
-    max_topic_labels: int = 50
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> BusSettings:
-        """Read the extra options of `config`.
+        """The parsed bus flags of `config`, with the backend resolved.
 
         Raises:
-            ValueError: unknown backend, kafka without bootstrap servers, or a
-                non-numeric number.
+            TypeError: `config` was not loaded with `settings=BusSettings`.
+            ValueError: `--backend kafka` without bootstrap servers.
         """
-        x = config.extra
-        backend = (x.get("backend") or "").strip().lower()
+        flags = config.settings_as(cls)
+        backend = flags.backend.strip().lower()
         if not backend:
             backend = "kafka" if config.kafka_bootstrap else "memory"
-        if backend not in ("memory", "kafka"):
-            raise ValueError(f"--backend must be memory or kafka, not {backend!r}")
         if backend == "kafka" and not config.kafka_bootstrap:
             raise ValueError("--backend kafka needs --kafka-bootstrap or AGENTMESH_KAFKA_BOOTSTRAP")
-        return cls(
+        return replace(
+            flags,
             backend=backend,
             kafka_bootstrap=config.kafka_bootstrap if backend == "kafka" else "",
             kafka_security=kafka_security_config(config),
-            max_payload_bytes=int(x.get("max_payload_bytes", "1048576")),
-            default_partitions=int(x.get("default_partitions", "3")),
-            auto_create_topics=x.get("auto_create_topics", "true").lower() in ("1", "true", "yes"),
-            delivery_timeout_ms=int(x.get("delivery_timeout_ms", "10000")),
-            read_ahead=int(x.get("read_ahead", "1000")),
-            topic_refresh_ms=int(x.get("topic_refresh_ms", "2000")),
-            session_timeout_ms=int(x.get("session_timeout_ms", "6000")),
-            instance_id=x.get("instance_id") or uuid.uuid4().hex[:12],
-            max_topic_labels=int(x.get("max_topic_labels", "50")),
+            instance_id=flags.instance_id or uuid.uuid4().hex[:12],
         )
+
+    def kafka_producer_tuning(self) -> dict[str, Any]:
+        """The librdkafka producer properties these settings tune."""
+        return {
+            "linger.ms": self.kafka_linger_ms,
+            "batch.num.messages": self.kafka_batch_num_messages,
+            "queue.buffering.max.messages": self.kafka_queue_buffering_max_messages,
+            "queue.buffering.max.kbytes": self.kafka_queue_buffering_max_kbytes,
+        }
+
+#: The settings class of this daemon (scripts/gen_settings_schema.py, tests/deploy).
+SETTINGS = BusSettings

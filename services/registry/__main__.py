@@ -14,14 +14,14 @@ from services.registry.coordination_store import CoordinationStore
 from services.registry.discovery import CatalogMirror
 from services.registry.reaper import Reaper
 from services.registry.servicer import RegistryServicer
-from services.registry.settings import OPTIONS, RegistrySettings
+from services.registry.settings import RegistrySettings
 from services.registry.store import RegistryStore
 from services.registry.watch import WatchHub
 
 
 def build(daemon: Daemon) -> None:
     """Wire the registry's services, reaper and watch tailer into `daemon`."""
-    settings = RegistrySettings.from_extra(daemon.config.extra)
+    settings = daemon.config.settings_as(RegistrySettings)
     # The runtime's client queues for a free pooled connection under bursts.
     client = daemon.redis()
     store = RegistryStore(client, settings)
@@ -47,7 +47,7 @@ def build(daemon: Daemon) -> None:
 
 def main() -> None:
     """Run the registry daemon until SIGTERM."""
-    run_daemon("registry", build, extra_options=OPTIONS)
+    run_daemon("registry", build, settings=RegistrySettings)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,5 @@
-"""Registry-specific settings: flags, environment variables and defaults.
-
-Each option is a flag `--<name-with-dashes>` and an environment variable
-`AGENTMESH_REGISTRY_<NAME>` (see agentmesh.runtime.config).
+"""Registry settings: flags `--<name>` and env `AGENTMESH_REGISTRY_<NAME>` /
+`AGENTMESH_<NAME>`, declared once (agentmesh.runtime.settings).
 """
 
 from __future__ import annotations
@@ -9,82 +7,84 @@ from __future__ import annotations
 import json
 import os
 import socket
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from agentmesh import catalog
-from agentmesh.runtime.config import ExtraOption
+from agentmesh.runtime.settings import Settings, setting
 from services.registry.health import HealthPolicy
 
 #: Key prefix of everything the registry stores in Redis (the shared catalog schema).
 PREFIX = catalog.PREFIX
 
-OPTIONS = [
-    ExtraOption("heartbeat_interval_ms", "30000", "default heartbeat interval of agents, ms"),
-    ExtraOption(
-        "deregistration_timeout_ms", "300000", "silence after which an agent is removed, ms"
-    ),
-    ExtraOption("sweep_interval_ms", "1000", "how often the reaper evaluates silent agents, ms"),
-    ExtraOption("flap_threshold", "3", "evaluations in a row before a status changes"),
-    ExtraOption("ttl_factor", "3", "heartbeat intervals of silence before health is 0"),
-    ExtraOption("discovery_cache_ttl_ms", "5000", "lifetime of a cached discovery answer, ms"),
-    ExtraOption("health_event_step", "0.05", "health change that emits a HEALTH_CHANGED event"),
-    ExtraOption("event_retention", "100000", "events kept in the watch stream (approximate)"),
-    ExtraOption("replica_id", "", "this replica's id for the reaper lease; default host-pid"),
-]
-
 
 @dataclass(frozen=True)
-class RegistrySettings:
-    """Parsed registry options.
+class RegistrySettings(Settings):
+    """Registry settings: the flags, then what is derived from them.
 
     Attributes:
         heartbeat_interval_ms: default heartbeat interval, ms.
         deregistration_timeout_ms: silence before removal, ms.
         sweep_interval_ms: reaper period, ms.
+        flap_threshold: evaluations in a row before a status changes.
+        ttl_factor: heartbeat intervals of silence before health is 0; must
+            exceed the stale factor (HealthPolicy.stale_factor, 2).
         discovery_cache_ttl_ms: discovery cache entry lifetime, ms.
+        health_event_step: health change that emits a HEALTH_CHANGED event.
         event_retention: approximate length cap of the event stream.
-        replica_id: identifies this replica in the reaper lease.
-        policy: health formula and status machine tunables.
+        replica_id: identifies this replica in the reaper lease; "" becomes
+            `<hostname>-<pid>`.
+        policy: health formula and status machine tunables (from the flags above).
         prefix: Redis key prefix.
     """
 
-    heartbeat_interval_ms: int = 30_000
-    deregistration_timeout_ms: int = 300_000
-    sweep_interval_ms: int = 1_000
-    discovery_cache_ttl_ms: int = 5_000
-    event_retention: int = 100_000
-    replica_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}")
-    policy: HealthPolicy = field(default_factory=HealthPolicy)
+    heartbeat_interval_ms: int = setting(
+        30_000, help="default heartbeat interval of agents", unit="ms", minimum=1
+    )
+    deregistration_timeout_ms: int = setting(
+        300_000, help="silence after which an agent is removed", unit="ms", minimum=1
+    )
+    sweep_interval_ms: int = setting(
+        1_000, help="how often the reaper evaluates silent agents", unit="ms", minimum=1
+    )
+    flap_threshold: int = setting(3, help="evaluations in a row before a status changes", minimum=1)
+    ttl_factor: float = setting(
+        3.0, help="heartbeat intervals of silence before health is 0 (> 2)", minimum=2
+    )
+    discovery_cache_ttl_ms: int = setting(
+        5_000, help="lifetime of a cached discovery answer", unit="ms", minimum=0
+    )
+    health_event_step: float = setting(
+        0.05, help="health change that emits a HEALTH_CHANGED event", minimum=0, maximum=1
+    )
+    event_retention: int = setting(
+        100_000, help="events kept in the watch stream (approximate)", unit="events", minimum=1
+    )
+    replica_id: str = setting("", help="this replica's id for the reaper lease; empty = host-pid")
+    policy: HealthPolicy = field(init=False, repr=False)
     prefix: str = PREFIX
 
-    @classmethod
-    def from_extra(cls, extra: Mapping[str, str]) -> RegistrySettings:
-        """Build from ServerConfig.extra.
-
-        Raises:
-            ValueError: when a value is not a number or out of range.
-        """
-        s = cls(
-            heartbeat_interval_ms=int(extra.get("heartbeat_interval_ms", "30000")),
-            deregistration_timeout_ms=int(extra.get("deregistration_timeout_ms", "300000")),
-            sweep_interval_ms=int(extra.get("sweep_interval_ms", "1000")),
-            discovery_cache_ttl_ms=int(extra.get("discovery_cache_ttl_ms", "5000")),
-            event_retention=int(extra.get("event_retention", "100000")),
-            replica_id=extra.get("replica_id") or f"{socket.gethostname()}-{os.getpid()}",
-            policy=HealthPolicy(
-                flap_threshold=int(extra.get("flap_threshold", "3")),
-                ttl_factor=float(extra.get("ttl_factor", "3")),
-                event_step=float(extra.get("health_event_step", "0.05")),
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # derived, not settings: set once here, so a frozen instance stays consistent
+        object.__setattr__(
+            self,
+            "policy",
+            HealthPolicy(
+                flap_threshold=self.flap_threshold,
+                ttl_factor=self.ttl_factor,
+                event_step=self.health_event_step,
             ),
         )
-        if min(s.heartbeat_interval_ms, s.deregistration_timeout_ms, s.sweep_interval_ms) <= 0:
-            raise ValueError("intervals and timeouts must be positive")
-        if s.policy.ttl_factor <= s.policy.stale_factor:
-            raise ValueError("ttl_factor must exceed the stale factor (2 intervals)")
-        if s.policy.flap_threshold < 1:
-            raise ValueError("flap_threshold must be at least 1")
-        return s
+        if not self.replica_id:
+            object.__setattr__(self, "replica_id", f"{socket.gethostname()}-{os.getpid()}")
+
+    def problems(self) -> list[str]:
+        """Range problems, and a ttl_factor that does not exceed the stale factor."""
+        out = super().problems()
+        stale = HealthPolicy.stale_factor
+        if self.ttl_factor <= stale:
+            out.append(f"--ttl-factor={self.ttl_factor} must exceed the stale factor ({stale})")
+        return out
 
     def lua_config(self) -> str:
         """The JSON config ARGV[2] of the Lua scripts (services/registry/lua.py)."""
@@ -106,3 +106,6 @@ class RegistrySettings:
                 "dereg_ms": self.deregistration_timeout_ms,
             }
         )
+
+#: The settings class of this daemon (scripts/gen_settings_schema.py, tests/deploy).
+SETTINGS = RegistrySettings

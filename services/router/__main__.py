@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 from agentmesh.runtime.server import Daemon, run_daemon
-from services.router.settings import OPTIONS, RouterSettings
+from services.router.settings import RouterSettings
 
 
 def build(daemon: Daemon) -> None:
     """Wire Redis, the router engine and the RouterService servicer into `daemon`."""
     from services.router.servicer import RouterServicer
 
-    settings = RouterSettings.from_extra(daemon.config.extra)
+    settings = daemon.config.settings_as(RouterSettings)
     servicer = RouterServicer(daemon, settings)
     daemon.add_service(
         router_pb2_grpc.add_RouterServiceServicer_to_server,
@@ -24,7 +24,7 @@ def build(daemon: Daemon) -> None:
 
 def main() -> None:
     """Run the router daemon until SIGTERM."""
-    run_daemon("router", build, extra_options=OPTIONS)
+    run_daemon("router", build, settings=RouterSettings)
 
 
 if __name__ == "__main__":

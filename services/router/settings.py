@@ -1,4 +1,4 @@
-"""Router-specific settings: flags `--<name>` and env `AGENTMESH_ROUTER_<NAME>`.
+"""Router settings: flags `--<name>` and env `AGENTMESH_ROUTER_<NAME>` / `AGENTMESH_<NAME>`.
 
 The routing and guardrail tunables are the runtime's
 (agentmesh.runtime.routing.settings), shared with every daemon that calls
@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from agentmesh.runtime.config import ExtraOption
-from agentmesh.runtime.routing.settings import ROUTING_HELP, RoutingSettings, options_for
+from agentmesh.runtime.routing.settings import RoutingSettings
+from agentmesh.runtime.settings import setting
 
 
 @dataclass(frozen=True)
@@ -24,19 +24,16 @@ class RouterSettings(RoutingSettings):
         scatter_timeout_ms: default ScatterGather budget.
     """
 
-    invoke_max_attempts: int = 3
-    invoke_initial_backoff_ms: int = 25
-    invoke_max_backoff_ms: int = 1000
-    scatter_timeout_ms: int = 10000
+    invoke_max_attempts: int = setting(3, help="default Invoke attempts", minimum=1)
+    invoke_initial_backoff_ms: int = setting(
+        25, help="default first Invoke backoff", unit="ms", minimum=0
+    )
+    invoke_max_backoff_ms: int = setting(
+        1000, help="default largest Invoke backoff", unit="ms", minimum=0
+    )
+    scatter_timeout_ms: int = setting(
+        10000, help="default ScatterGather timeout", unit="ms", minimum=1
+    )
 
-
-_HELP = {
-    **ROUTING_HELP,
-    "invoke_max_attempts": "default Invoke attempts",
-    "invoke_initial_backoff_ms": "default first Invoke backoff, ms",
-    "invoke_max_backoff_ms": "default largest Invoke backoff, ms",
-    "scatter_timeout_ms": "default ScatterGather timeout, ms",
-}
-
-#: The router's extra flags, with defaults taken from RouterSettings.
-OPTIONS: list[ExtraOption] = options_for(RouterSettings, _HELP)
+#: The settings class of this daemon (scripts/gen_settings_schema.py, tests/deploy).
+SETTINGS = RouterSettings

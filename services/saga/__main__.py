@@ -9,31 +9,15 @@ import redis.asyncio as aioredis
 
 from agentmesh.runtime.agents import AgentClient
 from agentmesh.runtime.channels import create_channel
-from agentmesh.runtime.config import ExtraOption, ServerConfig
+from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import redis_from_config, redis_probe
-from agentmesh.runtime.retention import retention_ms, retention_option
-from agentmesh.runtime.routing.settings import ROUTING_OPTIONS, RoutingSettings
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from services.saga.agents import AgentCaller
 from services.saga.engine import Engine, EngineOptions
 from services.saga.servicer import SagaServicer
+from services.saga.settings import SagaSettings
 from services.saga.store import SagaStore
-
-OPTIONS = [
-    ExtraOption("coordinator_id", "", "this replica's id; empty = <hostname>-<pid>-<random>"),
-    ExtraOption(
-        "lease_ttl_ms", "5000", "saga lease length, ms; a dead replica's sagas move after it"
-    ),
-    ExtraOption("renew_interval_ms", "1000", "lease renewal (and cancel check) interval, ms"),
-    ExtraOption("recovery_interval_ms", "1000", "scan interval for free or expired leases, ms"),
-    ExtraOption("max_active_sagas", "1000", "sagas one replica drives at once"),
-    ExtraOption("snapshot_every", "16", "events between snapshots"),
-    ExtraOption("redis_pool_size", "128", "Redis connections for the engine and unary RPCs"),
-    ExtraOption("watch_pool_size", "512", "Redis connections for WatchSaga's blocking reads"),
-    retention_option("saga"),
-    *ROUTING_OPTIONS,
-]
 
 
 def _redis(cfg: ServerConfig, *, max_connections: int) -> aioredis.Redis:
@@ -44,21 +28,19 @@ def _redis(cfg: ServerConfig, *, max_connections: int) -> aioredis.Redis:
 def build(daemon: Daemon) -> None:
     """Wire the saga coordinator into `daemon`."""
     cfg = daemon.config
-    x = cfg.extra
-    # validated first: a bad value stops startup with its message
-    keep_ms = retention_ms(x, daemon="saga", records="sagas")
+    s = cfg.settings_as(SagaSettings)
     # Blocking pools: under load a call waits for a free connection instead of
     # failing with "too many connections".
-    redis = _redis(cfg, max_connections=int(x["redis_pool_size"]))
+    redis = _redis(cfg, max_connections=s.redis_pool_size)
     daemon.add_probe("redis", redis_probe(redis))
     daemon.on_shutdown(redis.aclose)
     # blocking XREADs of WatchSaga get their own pool so they never starve the engine
-    watch_redis = _redis(cfg, max_connections=int(x["watch_pool_size"]))
+    watch_redis = _redis(cfg, max_connections=s.watch_pool_size)
     daemon.on_shutdown(watch_redis.aclose)
-    store = SagaStore(redis, retention_ms=keep_ms)
+    store = SagaStore(redis, retention_ms=s.retention_ms)
     client = AgentClient.create(
         redis,
-        RoutingSettings.from_extra(x),
+        s,
         lambda target: create_channel(
             target,
             token=cfg.auth_token,
@@ -71,18 +53,18 @@ def build(daemon: Daemon) -> None:
     daemon.on_startup(client.start)
     caller = AgentCaller(client)
     coordinator_id = (
-        x["coordinator_id"] or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
+        s.coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     )
     engine = Engine(
         store,
         caller,
         EngineOptions(
             coordinator_id=coordinator_id,
-            lease_ttl_ms=int(x["lease_ttl_ms"]),
-            renew_interval_ms=int(x["renew_interval_ms"]),
-            recovery_interval_ms=int(x["recovery_interval_ms"]),
-            max_active=int(x["max_active_sagas"]),
-            snapshot_every=int(x["snapshot_every"]),
+            lease_ttl_ms=s.lease_ttl_ms,
+            renew_interval_ms=s.renew_interval_ms,
+            recovery_interval_ms=s.recovery_interval_ms,
+            max_active=s.max_active_sagas,
+            snapshot_every=s.snapshot_every,
         ),
     )
     daemon.add_service(
@@ -96,7 +78,7 @@ def build(daemon: Daemon) -> None:
 
 def main() -> None:
     """Run the saga coordinator until SIGTERM."""
-    run_daemon("saga", build, extra_options=OPTIONS)
+    run_daemon("saga", build, settings=SagaSettings)
 
 
 if __name__ == "__main__":

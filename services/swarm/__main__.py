@@ -4,10 +4,7 @@ from __future__ import annotations
 
 from agentmesh.runtime.agents import AgentClient
 from agentmesh.runtime.channels import create_channel
-from agentmesh.runtime.config import ExtraOption
 from agentmesh.runtime.deps import redis_from_config
-from agentmesh.runtime.retention import retention_ms, retention_option
-from agentmesh.runtime.routing.settings import ROUTING_OPTIONS, RoutingSettings
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
 from services.swarm.agents import SwarmAgents
@@ -16,18 +13,8 @@ from services.swarm.manager import SwarmManager
 from services.swarm.optimization import drive_optimization
 from services.swarm.partitions import drive_partitions
 from services.swarm.servicer import SwarmServicer
+from services.swarm.settings import SwarmSettings
 from services.swarm.store import SwarmStore
-
-OPTIONS = [
-    ExtraOption("lease_ttl_ms", "10000", "swarm lease TTL; orphaned swarms resume after it"),
-    ExtraOption("snapshot_every", "10", "iterations between engine snapshots to Redis"),
-    ExtraOption("scan_interval_ms", "1000", "how often to look for swarms nobody drives"),
-    ExtraOption("record_interval_ms", "200", "minimum time between swarm record updates"),
-    ExtraOption("agent_refresh_ms", "1000", "how often drivers re-read the registry's agents"),
-    ExtraOption("max_watchers", "256", "Redis connections for WatchSwarm streams (one each)"),
-    retention_option("swarm"),
-    *ROUTING_OPTIONS,
-]
 
 
 async def drive(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
@@ -40,18 +27,16 @@ async def drive(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
 
 def build(daemon: Daemon) -> None:
     """Wire the swarm engine's service into `daemon`."""
-    x = daemon.config.extra
-    # validated first: a bad value stops startup with its message
-    keep_ms = retention_ms(x, daemon="swarm", records="swarms")
+    s = daemon.config.settings_as(SwarmSettings)
     redis = daemon.redis()
-    store = SwarmStore(redis, retention_ms=keep_ms)
+    store = SwarmStore(redis, retention_ms=s.retention_ms)
     cert, key = daemon.config.client_cert_pair
     # Drivers run in the background, outside any incoming RPC: no deadline or
     # request id to pass on, so the channels do not propagate (the deadline
     # is each call's own: partition_timeout, call_timeout).
     client = AgentClient.create(
         redis,
-        RoutingSettings.from_extra(x),
+        s,
         lambda target: create_channel(
             target,
             token=daemon.config.auth_token,
@@ -69,13 +54,13 @@ def build(daemon: Daemon) -> None:
         redis,
         agents,
         drive,
-        lease_ttl_ms=int(x["lease_ttl_ms"]),
-        snapshot_every=max(1, int(x["snapshot_every"])),
-        scan_interval_s=int(x["scan_interval_ms"]) / 1000,
-        record_interval_s=int(x["record_interval_ms"]) / 1000,
-        agent_refresh_s=int(x["agent_refresh_ms"]) / 1000,
+        lease_ttl_ms=s.lease_ttl_ms,
+        snapshot_every=s.snapshot_every,
+        scan_interval_s=s.scan_interval_ms / 1000,
+        record_interval_s=s.record_interval_ms / 1000,
+        agent_refresh_s=s.agent_refresh_ms / 1000,
     )
-    watch_redis = redis_from_config(daemon.config, max_connections=int(x["max_watchers"]))
+    watch_redis = redis_from_config(daemon.config, max_connections=s.max_watchers)
     daemon.on_shutdown(watch_redis.aclose)
     daemon.add_service(
         swarm_pb2_grpc.add_SwarmServiceServicer_to_server,
@@ -89,7 +74,7 @@ def build(daemon: Daemon) -> None:
 
 def main() -> None:
     """Run the swarm engine daemon until SIGTERM."""
-    run_daemon("swarm", build, extra_options=OPTIONS)
+    run_daemon("swarm", build, settings=SwarmSettings)
 
 
 if __name__ == "__main__":

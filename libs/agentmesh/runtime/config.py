@@ -1,7 +1,9 @@
 """Daemon configuration from flags and `AGENTMESH_*` environment variables.
 
 Precedence, highest first: command-line flag, `AGENTMESH_<DAEMON>_<KEY>`,
-`AGENTMESH_<KEY>`, the documented default. For example the registry's gRPC port
+`AGENTMESH_<KEY>`, the documented default. The common settings are
+ServerConfig; each daemon adds its own frozen `Settings` dataclass
+(agentmesh.runtime.settings), parsed on the same command line. For example the registry's gRPC port
 comes from `--port`, then `AGENTMESH_REGISTRY_PORT`, then `AGENTMESH_PORT`,
 then 50053. Shared settings such as `AGENTMESH_REDIS_URL` are usually set once
 for the whole stack.
@@ -11,8 +13,19 @@ from __future__ import annotations
 
 import argparse
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+from agentmesh.runtime.settings import (
+    Settings,
+    add_flags,
+    daemon_env_prefixes,
+    setting,
+    values_of,
+)
+
+_S = TypeVar("_S", bound=Settings)
 
 #: Default (gRPC port, metrics port) per daemon, from DESIGN.md.
 DEFAULT_PORTS: dict[str, tuple[int, int]] = {
@@ -25,29 +38,13 @@ DEFAULT_PORTS: dict[str, tuple[int, int]] = {
 
 
 @dataclass(frozen=True)
-class ExtraOption:
-    """A daemon-specific setting, read like the common ones.
-
-    Attributes:
-        name: snake_case key; the flag is `--<name with dashes>` and the
-            environment variable `AGENTMESH_[<DAEMON>_]<NAME>`.
-        default: default value, as a string.
-        help: one line for `--help`.
-    """
-
-    name: str
-    default: str
-    help: str
-
-
-@dataclass(frozen=True)
-class ServerConfig:
-    """Settings shared by every daemon.
+class ServerConfig(Settings):
+    """Settings shared by every daemon (each field is a flag and an env variable).
 
     Attributes:
         name: daemon name, one of DEFAULT_PORTS.
         host: address to bind; loopback by default.
-        port: gRPC port.
+        port: gRPC port (default per daemon, DEFAULT_PORTS).
         metrics_port: Prometheus `/metrics` port; 0 picks a free port, -1 disables it.
         redis_url: Redis URL, `redis://[user:password@]host:port/db` (`rediss://` for TLS).
             With Sentinel, only its user, password, db and scheme are used; the
@@ -74,40 +71,68 @@ class ServerConfig:
         log_level: logging level name.
         log_format: `json` (one object per line, for log shippers) or `text` (for people).
         registry_target / router_target / bus_target: where peer daemons listen.
-        extra: daemon-specific options by name.
+        settings: the daemon's own typed settings (the `settings` class given to
+            load_config), or None; read it with `settings_as`.
     """
 
     name: str
-    port: int
-    metrics_port: int
-    host: str = "127.0.0.1"
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    redis_password: str = ""
-    redis_sentinels: str = ""
-    redis_sentinel_master: str = "mymaster"
-    redis_sentinel_password: str = ""
-    kafka_bootstrap: str = ""
-    kafka_security_protocol: str = ""
-    kafka_sasl_mechanism: str = ""
-    kafka_sasl_username: str = ""
-    kafka_sasl_password: str = ""
-    kafka_ssl_ca_file: str = ""
-    kafka_ssl_cert_file: str = ""
-    kafka_ssl_key_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""
-    tls_ca_file: str = ""
-    auth_tokens_file: str = ""
-    auth_token: str = ""
-    grace_period_s: float = 10.0
-    health_interval_s: float = 1.0
-    log_level: str = "INFO"
-    log_format: str = "json"
-    registry_target: str = "127.0.0.1:50053"
-    router_target: str = "127.0.0.1:50052"
-    bus_target: str = "127.0.0.1:50051"
-    extra: dict[str, str] = field(default_factory=dict)
+    port: int = setting(0, help="gRPC port (0 = any free port)", minimum=0, maximum=65535)
+    metrics_port: int = setting(
+        -1, help="Prometheus /metrics port (0 = any free port, -1 = off)", minimum=-1,
+        maximum=65535,
+    )
+    host: str = setting("127.0.0.1", help="address to bind")
+    redis_url: str = setting("redis://127.0.0.1:6379/0", help="Redis URL")
+    redis_password: str = setting("", help="Redis password (overrides the URL's)")
+    redis_sentinels: str = setting(
+        "", help="Redis Sentinel nodes host:port,... (turns Sentinel on)"
+    )
+    redis_sentinel_master: str = setting("mymaster", help="master set name the sentinels monitor")
+    redis_sentinel_password: str = setting("", help="password of the sentinels")
+    kafka_bootstrap: str = setting("", help="Kafka bootstrap servers (host:port,...)")
+    kafka_security_protocol: str = setting(
+        "", help="Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
+    )
+    kafka_sasl_mechanism: str = setting(
+        "", help="Kafka sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512"
+    )
+    kafka_sasl_username: str = setting("", help="Kafka SASL username")
+    kafka_sasl_password: str = setting("", help="Kafka SASL password")
+    kafka_ssl_ca_file: str = setting("", help="PEM CA of the Kafka brokers")
+    kafka_ssl_cert_file: str = setting("", help="PEM client certificate for Kafka")
+    kafka_ssl_key_file: str = setting("", help="PEM client key for Kafka")
+    tls_cert_file: str = setting(
+        "", help="PEM server certificate (turns TLS on with --tls-key-file)"
+    )
+    tls_key_file: str = setting("", help="PEM server private key")
+    tls_client_ca_file: str = setting("", help="PEM CA of client certificates (turns mTLS on)")
+    tls_ca_file: str = setting("", help="PEM CA trusted for outgoing calls")
+    auth_tokens_file: str = setting("", help="JSON {token: identity} file (turns bearer auth on)")
+    auth_token: str = setting("", help="bearer token for outgoing calls")
+    grace_period_s: float = setting(10.0, help="SIGTERM drain grace period", unit="s", minimum=0)
+    health_interval_s: float = setting(
+        1.0, help="dependency probe interval", unit="s", minimum=0.01
+    )
+    log_level: str = setting("INFO", help="log level")
+    log_format: str = setting("json", help="log format: json or text")
+    registry_target: str = setting("127.0.0.1:50053", help="registry daemon address")
+    router_target: str = setting("127.0.0.1:50052", help="router daemon address")
+    bus_target: str = setting("127.0.0.1:50051", help="bus gateway address")
+    settings: Any = field(default=None, compare=False)
+
+    def settings_as(self, cls: type[_S]) -> _S:
+        """The daemon's typed settings, checked to be a `cls`.
+
+        Raises:
+            TypeError: load_config was given another settings class, or none.
+        """
+        if not isinstance(self.settings, cls):
+            raise TypeError(
+                f"agentmesh-{self.name} was configured with "
+                f"{type(self.settings).__name__}, not {cls.__name__}: pass "
+                f"settings={cls.__name__} to run_daemon/load_config"
+            )
+        return self.settings
 
     @property
     def address(self) -> str:
@@ -228,105 +253,59 @@ def config_problems(config: ServerConfig) -> list[str]:
     return problems
 
 
-_HELP = {
-    "host": "address to bind",
-    "port": "gRPC port",
-    "metrics_port": "Prometheus /metrics port (0 = any free port, -1 = off)",
-    "redis_url": "Redis URL",
-    "redis_password": "Redis password (overrides the URL's)",
-    "redis_sentinels": "Redis Sentinel nodes host:port,... (turns Sentinel on)",
-    "redis_sentinel_master": "master set name the sentinels monitor",
-    "redis_sentinel_password": "password of the sentinels",
-    "kafka_bootstrap": "Kafka bootstrap servers (host:port,...)",
-    "kafka_security_protocol": "Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL",
-    "kafka_sasl_mechanism": "Kafka sasl.mechanism: PLAIN, SCRAM-SHA-256, SCRAM-SHA-512",
-    "kafka_sasl_username": "Kafka SASL username",
-    "kafka_sasl_password": "Kafka SASL password",
-    "kafka_ssl_ca_file": "PEM CA of the Kafka brokers",
-    "kafka_ssl_cert_file": "PEM client certificate for Kafka",
-    "kafka_ssl_key_file": "PEM client key for Kafka",
-    "tls_cert_file": "PEM server certificate (turns TLS on with --tls-key-file)",
-    "tls_key_file": "PEM server private key",
-    "tls_client_ca_file": "PEM CA of client certificates (turns mTLS on)",
-    "tls_ca_file": "PEM CA trusted for outgoing calls",
-    "auth_tokens_file": "JSON {token: identity} file (turns bearer auth on)",
-    "auth_token": "bearer token for outgoing calls",
-    "grace_period_s": "SIGTERM drain grace period, seconds",
-    "health_interval_s": "dependency probe interval, seconds",
-    "log_level": "log level",
-    "log_format": "log format: json or text",
-    "registry_target": "registry daemon address",
-    "router_target": "router daemon address",
-    "bus_target": "bus gateway address",
-}
-
-
-def _env(daemon: str, key: str, environ: dict[str, str] | os._Environ[str]) -> str | None:
-    specific = f"AGENTMESH_{daemon.upper()}_{key.upper()}"
-    if specific in environ:
-        return environ[specific]
-    return environ.get(f"AGENTMESH_{key.upper()}")
-
-
 def load_config(
     name: str,
     argv: Sequence[str] | None = None,
     *,
-    extra_options: Sequence[ExtraOption] = (),
-    environ: dict[str, str] | None = None,
+    settings: type[Settings] | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> ServerConfig:
     """Build a ServerConfig from flags, environment and defaults.
 
     Args:
         name: daemon name, a key of DEFAULT_PORTS.
         argv: command-line arguments without the program name; None reads sys.argv.
-        extra_options: daemon-specific settings.
+        settings: the daemon's own settings class; its flags join the common
+            ones on one parser (one `--help`), and the parsed instance is
+            `ServerConfig.settings` (`config.settings_as(cls)`).
         environ: environment to read; None reads os.environ.
 
     Raises:
-        SystemExit: on a bad flag, a value of the wrong type, or settings that
-            cannot work together (config_problems), with argparse's message.
+        SystemExit: on a bad flag, a value of the wrong type or out of range
+            (the message names the flag or environment variable), or settings
+            that cannot work together (config_problems), with argparse's message.
     """
     env = os.environ if environ is None else environ
+    prefixes = daemon_env_prefixes(name)
     port, metrics_port = DEFAULT_PORTS[name]
-    base = ServerConfig(name=name, port=port, metrics_port=metrics_port)
     parser = argparse.ArgumentParser(
         prog=f"agentmesh-{name}",
+        # the full usage would list every flag above each error message
+        usage="%(prog)s [--flag VALUE ...] (see --help)",
         description=f"AgentMesh {name} daemon. Every flag can also be set as "
-        f"AGENTMESH_{name.upper()}_<FLAG> or AGENTMESH_<FLAG>.",
+        f"AGENTMESH_{name.upper()}_<FLAG> or AGENTMESH_<FLAG> (in that order; "
+        "a flag wins). Booleans take true/false, 1/0, yes/no or on/off.",
     )
-    values: dict[str, object] = {}
-    for f in fields(ServerConfig):
-        if f.name in ("name", "extra"):
-            continue
-        default = getattr(base, f.name)
-        raw = _env(name, f.name, env)
-        typ = type(default)
-        try:
-            value = typ(raw) if raw is not None else default
-        except ValueError:
-            parser.error(f"AGENTMESH_{f.name.upper()}={raw!r} is not a valid {typ.__name__}")
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            type=typ,
-            default=value,
-            help=f"{_HELP.get(f.name, f.name)} (default {default!r})",
+    problems = add_flags(
+        parser.add_argument_group("common settings"),
+        ServerConfig,
+        prefixes=prefixes,
+        environ=env,
+        defaults={"port": port, "metrics_port": metrics_port},
+    )
+    if settings is not None:
+        problems += add_flags(
+            parser.add_argument_group(f"{name} settings"), settings, prefixes=prefixes,
+            environ=env,
         )
-    for opt in extra_options:
-        raw = _env(name, opt.name, env)
-        parser.add_argument(
-            "--" + opt.name.replace("_", "-"),
-            dest="x_" + opt.name,
-            default=raw if raw is not None else opt.default,
-            help=f"{opt.help} (default {opt.default!r})",
-        )
+    if problems:
+        parser.error("; ".join(problems))
     ns = parser.parse_args(argv)
-    for key, value in vars(ns).items():
-        if not key.startswith("x_"):
-            values[key] = value
-    extra = {opt.name: str(getattr(ns, "x_" + opt.name)) for opt in extra_options}
-    config = ServerConfig(name=name, extra=extra, **values)  # type: ignore[arg-type]
+    try:
+        typed = None if settings is None else settings(**values_of(settings, ns))
+        config = ServerConfig(name=name, settings=typed, **values_of(ServerConfig, ns))
+    except ValueError as exc:
+        parser.error(str(exc))
     if problems := config_problems(config):
         parser.error("; ".join(problems))
     return config

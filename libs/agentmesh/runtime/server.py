@@ -31,7 +31,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agentmesh.runtime.auth import TokenAuthenticator
 from agentmesh.runtime.channels import create_channel
-from agentmesh.runtime.config import ExtraOption, ServerConfig, load_config
+from agentmesh.runtime.config import ServerConfig, load_config
 from agentmesh.runtime.deps import (
     kafka_probe,
     kafka_security_config,
@@ -43,6 +43,7 @@ from agentmesh.runtime.interceptors import RuntimeServer
 from agentmesh.runtime.logs import configure_logging
 from agentmesh.runtime.metrics import serve_metrics
 from agentmesh.runtime.reflection import enable_reflection
+from agentmesh.runtime.settings import Settings
 
 log = logging.getLogger("agentmesh.server")
 
@@ -246,10 +247,14 @@ def run_daemon(
     build: Builder,
     argv: Sequence[str] | None = None,
     *,
-    extra_options: Sequence[ExtraOption] = (),
+    settings: type[Settings] | None = None,
 ) -> None:
-    """Parse config, configure logs, build the daemon with `build` and serve until SIGTERM."""
-    config = load_config(name, argv, extra_options=extra_options)
+    """Parse config, configure logs, build the daemon with `build` and serve until SIGTERM.
+
+    `settings` is the daemon's own settings class; `build` reads the parsed
+    instance as `daemon.config.settings_as(cls)` (see load_config).
+    """
+    config = load_config(name, argv, settings=settings)
     configure_logging(name, config.log_level, log_format=config.log_format)
 
     async def main() -> None:

@@ -16,7 +16,7 @@ from agentmesh.runtime.config import load_config
 from agentmesh.runtime.server import Daemon
 from services.bus.__main__ import wire_gateway
 from services.bus.servicer import BusServicer
-from services.bus.settings import EXTRA_OPTIONS
+from services.bus.settings import BusSettings
 
 
 @dataclass
@@ -47,7 +47,7 @@ async def start_gateway(backend: str, bootstrap: str, *extra: str) -> Gateway:
     ]
     if bootstrap:
         argv += ["--kafka-bootstrap", bootstrap]
-    config = load_config("bus", argv, extra_options=EXTRA_OPTIONS, environ={})
+    config = load_config("bus", argv, settings=BusSettings, environ={})
     daemon = Daemon(config)
     servicer = wire_gateway(daemon)
     await daemon.start()

@@ -8,6 +8,7 @@ Run: python tests/integration/runtime/echo_daemon.py --port 0 --metrics-port 0
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import Any
 
 from google.protobuf import struct_pb2
@@ -16,6 +17,14 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.context import current_principal, remaining_s
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.runtime.server import Daemon, run_daemon
+from agentmesh.runtime.settings import Settings, setting
+
+
+@dataclass(frozen=True)
+class EchoSettings(Settings):
+    """The echo daemon's own setting."""
+
+    with_redis: bool = setting(False, help="probe Redis")
 
 
 class EchoAgent(agent_pb2_grpc.AgentServiceServicer):
@@ -48,12 +57,10 @@ def build(daemon: Daemon) -> None:
         EchoAgent(),
         agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
     )
-    if daemon.config.extra.get("with_redis") == "1":
+    if daemon.config.settings_as(EchoSettings).with_redis:
         daemon.redis()
 
 
 if __name__ == "__main__":
-    from agentmesh.runtime.config import ExtraOption
-
     # Port defaults of the "registry" slot are overridden by --port in tests.
-    run_daemon("registry", build, extra_options=[ExtraOption("with_redis", "0", "probe Redis")])
+    run_daemon("registry", build, settings=EchoSettings)

@@ -150,4 +150,4 @@ def test_negative_retention_stops_startup(swarm_redis_url: str) -> None:
         capture_output=True, text=True, timeout=60, check=False,
     )
     assert out.returncode != 0
-    assert "AGENTMESH_SWARM_RETENTION_S" in out.stderr and ">= 0" in out.stderr
+    assert "--retention-s='-1' must be >= 0 s" in out.stderr

@@ -14,8 +14,9 @@ from agentmesh.runtime.cel import CelError, route_activation, route_condition
 from agentmesh.runtime.routing.candidates import Candidate, Eligible, eligible_of
 from agentmesh.runtime.routing.strategies import Picker
 from agentmesh.runtime.routing.targets import TargetState, TargetStates
+from agentmesh.runtime.settings import setting_specs
 from services.router import aggregate
-from services.router.settings import OPTIONS, RouterSettings
+from services.router.settings import RouterSettings
 
 
 def cands(n: int, **kw: float) -> list[Candidate]:
@@ -137,8 +138,9 @@ def test_versions_and_settings() -> None:
     assert version_matches("1.4.2", "^1.4") and not version_matches("2.0.0", "^1.4")
     assert version_matches("2.0.5", "~2.0.1") and not version_matches("2.1.0", "~2.0.1")
     assert version_matches("1.5.0", ">=1.2.0, <2.0.0") and not version_matches("junk", ">=1")
-    s = RouterSettings.from_extra({"panic_threshold": "0.3", "safety_halt_on_critical": "false"})
+    s = RouterSettings.from_strings({"panic_threshold": "0.3", "safety_halt_on_critical": "no"})
     assert s.panic_threshold == 0.3 and s.safety_halt_on_critical is False
-    assert {o.name for o in OPTIONS} >= {"panic_threshold", "rate_limit_per_s", "vnodes"}
+    names = {spec.name for spec in setting_specs(RouterSettings)}
+    assert names >= {"panic_threshold", "rate_limit_per_s", "vnodes", "invoke_max_attempts"}
     with pytest.raises(ValueError):
-        RouterSettings.from_extra({"vnodes": "many"})
+        RouterSettings.from_strings({"vnodes": "many"})

@@ -2,7 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from agentmesh.runtime.config import ExtraOption, load_config
+from agentmesh.runtime.config import load_config
+from services.bus.settings import BusSettings
 
 
 def test_defaults_follow_design_ports() -> None:
@@ -23,16 +24,17 @@ def test_precedence_flag_over_daemon_env_over_shared_env() -> None:
     assert load_config("router", [], environ=env).redis_url == "redis://x:1/2"
 
 
-def test_typed_values_and_extra_options() -> None:
+def test_typed_values_and_daemon_settings() -> None:
     cfg = load_config(
         "bus",
         ["--grace-period-s", "2.5", "--backend", "kafka"],
-        extra_options=[ExtraOption("backend", "memory", "backend")],
-        environ={"AGENTMESH_BUS_HEALTH_INTERVAL_S": "0.25"},
+        settings=BusSettings,
+        environ={"AGENTMESH_BUS_HEALTH_INTERVAL_S": "0.25", "AGENTMESH_READ_AHEAD": "7"},
     )
     assert cfg.grace_period_s == 2.5
     assert cfg.health_interval_s == 0.25
-    assert cfg.extra == {"backend": "kafka"}
+    bus = cfg.settings_as(BusSettings)
+    assert (bus.backend, bus.read_ahead, bus.auto_create_topics) == ("kafka", 7, True)
 
 
 def test_bad_env_value_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:

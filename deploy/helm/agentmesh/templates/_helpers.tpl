@@ -136,7 +136,13 @@ AGENTMESH_TLS_CLIENT_CA_FILE: /etc/agentmesh/tls/ca.crt
 AGENTMESH_AUTH_TOKENS_FILE: /etc/agentmesh/auth/tokens.json
 {{- end }}
 {{- range $key, $value := $cfg.config }}
+{{- /* YAML numbers arrive as float64, which toString writes as 2.097152e+06;
+       whole numbers are written as integers so the daemons' int settings parse */}}
+{{- if and (kindIs "float64" $value) (eq $value (float64 (int64 $value))) }}
+AGENTMESH_{{ upper $key }}: {{ int64 $value | toString | quote }}
+{{- else }}
 AGENTMESH_{{ upper $key }}: {{ $value | toString | quote }}
+{{- end }}
 {{- end }}
 {{- end -}}
 

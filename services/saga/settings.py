@@ -1,0 +1,69 @@
+"""Saga coordinator settings: flags `--<name>` and env `AGENTMESH_SAGA_<NAME>` /
+`AGENTMESH_<NAME>`, declared once (agentmesh.runtime.settings).
+
+The routing and guardrail settings of the one agent path (RoutingSettings) and
+the retention period (RetentionSettings) are the runtime's; the saga adds its
+lease, recovery and pool settings.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from agentmesh.runtime.retention import RetentionSettings
+from agentmesh.runtime.routing.settings import RoutingSettings
+from agentmesh.runtime.settings import setting
+
+
+@dataclass(frozen=True)
+class SagaSettings(RoutingSettings, RetentionSettings):
+    """The saga coordinator's settings: routing, retention, plus these.
+
+    Attributes:
+        coordinator_id: this replica's id in saga leases; "" means
+            `<hostname>-<pid>-<random>` (chosen at startup).
+        lease_ttl_ms: saga lease length; a dead replica's sagas move after it.
+        renew_interval_ms: lease renewal (and cancel check) interval; below lease_ttl_ms.
+        recovery_interval_ms: scan interval for free or expired leases.
+        max_active_sagas: sagas one replica drives at once; 0 serves the API only.
+        snapshot_every: events between snapshots.
+        redis_pool_size: Redis connections for the engine and unary RPCs.
+        watch_pool_size: Redis connections for WatchSaga's blocking reads.
+    """
+
+    coordinator_id: str = setting(
+        "", help="this replica's id; empty = <hostname>-<pid>-<random>"
+    )
+    lease_ttl_ms: int = setting(
+        5000, help="saga lease length; a dead replica's sagas move after it", unit="ms",
+        minimum=1,
+    )
+    renew_interval_ms: int = setting(
+        1000, help="lease renewal (and cancel check) interval", unit="ms", minimum=1
+    )
+    recovery_interval_ms: int = setting(
+        1000, help="scan interval for free or expired leases", unit="ms", minimum=1
+    )
+    max_active_sagas: int = setting(
+        1000, help="sagas one replica drives at once (0 = API only)", minimum=0
+    )
+    snapshot_every: int = setting(16, help="events between snapshots", unit="events", minimum=1)
+    redis_pool_size: int = setting(
+        128, help="Redis connections for the engine and unary RPCs", minimum=1
+    )
+    watch_pool_size: int = setting(
+        512, help="Redis connections for WatchSaga's blocking reads", minimum=1
+    )
+
+    def problems(self) -> list[str]:
+        """Range problems, and a renewal that would not beat the lease's expiry."""
+        out = super().problems()
+        if self.renew_interval_ms >= self.lease_ttl_ms:
+            out.append(
+                f"--renew-interval-ms={self.renew_interval_ms} must be below "
+                f"--lease-ttl-ms={self.lease_ttl_ms} (leases would expire between renewals)"
+            )
+        return out
+
+#: The settings class of this daemon (scripts/gen_settings_schema.py, tests/deploy).
+SETTINGS = SagaSettings
