@@ -82,6 +82,7 @@ def is_retryable(
     code: grpc.StatusCode,
     reason: ErrorReason.ValueType = ErrorReason.ERROR_REASON_UNSPECIFIED,
     idempotency: IdempotencyLevel,
+    reached: bool = True,
 ) -> bool:
     """Whether a call that failed with `code` and `reason` may be sent again.
 
@@ -93,6 +94,7 @@ def is_retryable(
     any                  COMPENSATED, ATTEMPTS_EXHAUSTED,        no              no
                          SAFETY_VIOLATION, MESSAGE_TOO_LARGE
     any                  EXECUTE_IN_FLIGHT                       yes             yes
+    UNAVAILABLE          any, with `reached=False`               yes             yes
     UNAVAILABLE          NO_HEALTHY_TARGET, CIRCUIT_OPEN,        yes             yes
                          KAFKA_QUEUE_FULL, IDEMPOTENCY_STORE_
                          DOWN, RATE_LIMITED (nothing applied)
@@ -123,6 +125,9 @@ def is_retryable(
         code: the status code of the failure.
         reason: the ErrorInfo reason (`agentmesh.runtime.errors.error_reason`).
         idempotency: the method's level for this call (`idempotency_of`).
+        reached: False when the caller knows the request never left it (the
+            channel was not connected: connection refused, no route), so an
+            UNAVAILABLE is safe to repeat for any method (A6 transparent retry).
 
     Returns:
         True when one more attempt after a backoff is safe and may succeed.
@@ -134,20 +139,24 @@ def is_retryable(
         return True
     safe = idempotency in _SAFE_TO_REPEAT
     if code == grpc.StatusCode.UNAVAILABLE:
-        return safe or reason in _NOT_APPLIED
+        return safe or not reached or reason in _NOT_APPLIED
     if code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return safe
     return code == grpc.StatusCode.RESOURCE_EXHAUSTED
 
 
-def is_retryable_error(err: BaseException, *, idempotency: IdempotencyLevel) -> bool:
+def is_retryable_error(
+    err: BaseException, *, idempotency: IdempotencyLevel, reached: bool = True
+) -> bool:
     """`is_retryable` for a failed call's exception: a grpc.RpcError (sync or
     aio) or an `AgentMeshError`; any other exception is not retryable."""
     code = getattr(err, "code", None)
     status = code() if callable(code) else code
     if not isinstance(status, grpc.StatusCode):
         return False
-    return is_retryable(code=status, reason=error_reason(err), idempotency=idempotency)
+    return is_retryable(
+        code=status, reason=error_reason(err), idempotency=idempotency, reached=reached
+    )
 
 
 @dataclass(frozen=True)

@@ -130,3 +130,16 @@ def test_errors_are_classified_by_their_error_info() -> None:
     assert not is_retryable_error(outcome, idempotency=L.IDEMPOTENCY_UNKNOWN)
     assert is_retryable_error(outcome, idempotency=L.IDEMPOTENT)
     assert not is_retryable_error(ValueError("x"), idempotency=L.IDEMPOTENT)
+
+
+def test_an_unavailable_that_never_left_the_caller_is_retried_for_any_method() -> None:
+    level = idempotency_of(CREATE_PROPOSAL)
+    u = R.ERROR_REASON_UNSPECIFIED
+    assert not is_retryable(code=C.UNAVAILABLE, reason=u, idempotency=level)
+    assert is_retryable(code=C.UNAVAILABLE, reason=u, idempotency=level, reached=False)
+    # Only UNAVAILABLE: a deadline may pass after the request left.
+    assert not is_retryable(code=C.DEADLINE_EXCEEDED, reason=u, idempotency=level, reached=False)
+    # Never for a compensated key.
+    assert not is_retryable(
+        code=C.UNAVAILABLE, reason=R.ERROR_REASON_COMPENSATED, idempotency=level, reached=False
+    )
