@@ -20,6 +20,8 @@ for area in "$tmp"/agentmesh/*/v1; do
     [ -e "$area/$(basename "$f")" ] || { echo "orphan generated file: $f (run 'make proto')" >&2; status=1; }
   done
 done
+# The Helm chart's <daemon>.config schema comes from the daemons' settings classes.
+python scripts/gen_settings_schema.py --check || status=1
 # Go stubs for clients/go (buf.gen.go.yaml; local protoc-gen-go/-go-grpc from deploy/local/tools.sh).
 gobin="$(go env GOPATH 2>/dev/null)/bin"
 PATH="$gobin:$PATH" buf generate --template buf.gen.go.yaml -o "$tmp/go" || {

@@ -6,6 +6,8 @@ variables over the constructor's values, JSON logs, and `run` until SIGTERM.
 
 Precedence: flag, then `AGENTMESH_AGENT_<FLAG>` (e.g. `AGENTMESH_AGENT_PORT`,
 `AGENTMESH_AGENT_ID` for `--agent-id`), then what the constructor was given.
+The AgentSettings flags come from its declaration (agentmesh.runtime.settings):
+typed, range-checked, booleans as true/false, 1/0, yes/no or on/off.
 """
 
 from __future__ import annotations
@@ -16,51 +18,22 @@ import logging
 import os
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from agentmesh.agent.settings import ENV_PREFIX, AgentSettings
 from agentmesh.runtime.errors import AgentMeshError
 from agentmesh.runtime.logs import configure_logging
+from agentmesh.runtime.settings import add_flags, setting_specs, values_of
 
 if TYPE_CHECKING:
     from agentmesh.agent.sdk import Agent
 
 log = logging.getLogger("agentmesh.agent")
 
-ENV_PREFIX = "AGENTMESH_AGENT_"
 
-#: AgentSettings fields exposed as flags, with their help text.
-SETTING_FLAGS: tuple[tuple[str, str], ...] = (
-    ("host", "address to bind"),
-    ("port", "gRPC port (0 = any free port)"),
-    ("advertise_host", "host in the registered endpoint"),
-    ("metrics_port", "Prometheus port (0 = any free, -1 = off)"),
-    ("registry_target", "registry host:port (empty = do not register)"),
-    ("redis_url", "Redis URL for durable idempotency (empty = in memory)"),
-    ("redis_password", "Redis password when not in the URL"),
-    ("redis_sentinels", "host:port,... of Redis Sentinels (empty = no Sentinel)"),
-    ("redis_sentinel_master", "master set name the sentinels monitor"),
-    ("redis_sentinel_password", "password of the sentinels themselves"),
-    ("idempotency_ttl_s", "seconds a completed result is kept"),
-    ("heartbeat_interval_s", "seconds between heartbeats"),
-    ("max_concurrency", "calls handled at once (0 = unlimited)"),
-    ("grace_period_s", "SIGTERM drain budget, seconds"),
-    ("location", "where the agent runs"),
-    ("token", "bearer token for the registry"),
-    ("tls_ca_file", "PEM CA for the registry connection"),
-    ("tls_cert_file", "PEM server certificate"),
-    ("tls_key_file", "PEM server key"),
-    ("tls_client_ca_file", "PEM CA of client certificates; turns mTLS on"),
-    ("auth_tokens_file", "JSON token file; turns caller auth on"),
-    ("log_level", "log level"),
-    ("log_format", "log format: json or text"),
-)
-
-
-def _env(name: str, default: Any) -> Any:
-    raw = os.environ.get(ENV_PREFIX + name.upper())
-    if raw is None:
-        return default
-    return type(default)(raw) if not isinstance(default, bool) else raw.lower() in ("1", "true")
+def _env(name: str, default: str) -> str:
+    # identity flags (id, capabilities, ...) are plain text
+    return os.environ.get(ENV_PREFIX + name.upper(), default)
 
 
 def add_arguments(parser: argparse.ArgumentParser, agent: Agent) -> None:
@@ -77,12 +50,12 @@ def add_arguments(parser: argparse.ArgumentParser, agent: Agent) -> None:
     )
     parser.add_argument("--version", dest="agent_version", default=_env("version", agent.version))
     parser.add_argument("--agent-type", default=_env("type", agent.agent_type), help="agent kind")
-    for name, help_ in SETTING_FLAGS:
-        default = getattr(s, name)
-        parser.add_argument(
-            "--" + name.replace("_", "-"), dest=name, type=type(default),
-            default=_env(name, default), help=f"{help_} (default {default!r})",
-        )
+    problems = add_flags(
+        parser, AgentSettings, prefixes=(ENV_PREFIX,),
+        defaults={spec.name: getattr(s, spec.name) for spec in setting_specs(AgentSettings)},
+    )
+    if problems:
+        parser.error("; ".join(problems))
 
 
 def apply_arguments(ns: argparse.Namespace, agent: Agent) -> None:
@@ -92,8 +65,10 @@ def apply_arguments(ns: argparse.Namespace, agent: Agent) -> None:
     agent.tags = [t for t in ns.tags.split(",") if t]
     agent.version = ns.agent_version
     agent.agent_type = ns.agent_type
-    values = {k: getattr(ns, k) for k in vars(agent.settings) if hasattr(ns, k)}
-    agent.settings = replace(agent.settings, **values)
+    try:
+        agent.settings = replace(agent.settings, **values_of(AgentSettings, ns))
+    except ValueError as exc:  # out of range: stop like a bad flag does
+        raise SystemExit(f"agent settings: {exc}") from None
     agent.load.capacity = agent.settings.max_concurrency
 
 

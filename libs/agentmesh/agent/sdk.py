@@ -20,6 +20,8 @@
   * `agentmesh.agent.registration.Registrar` — registers before the agent logs
     `serving`, heartbeats with load, deregisters first on SIGTERM;
   * `agentmesh.agent.cli` — flags and `AGENTMESH_AGENT_*` variables (`run`).
+  * `agentmesh.agent.settings.AgentSettings` — the serving settings, declared
+    like the daemons' (agentmesh.runtime.settings).
 
 Errors: handlers raise `agentmesh.runtime.errors` classes (or ordinary
 exceptions, mapped as in `map_exception`), which reach the caller as gRPC
@@ -37,7 +39,7 @@ import logging
 import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -49,6 +51,7 @@ from agentmesh.agent.idempotency import MemoryIdempotencyStore, RedisIdempotency
 from agentmesh.agent.load import LoadTracker
 from agentmesh.agent.registration import Registrar
 from agentmesh.agent.servicer import WILDCARD, AgentServicer
+from agentmesh.agent.settings import AgentSettings
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.runtime.compensation import COMPENSATE_SUFFIX, strip_compensate_suffix
 from agentmesh.runtime.config import ServerConfig
@@ -83,65 +86,6 @@ def compensated_key(compensate_key: str) -> str | None:
     `compensated_idempotency_key` field).
     """
     return strip_compensate_suffix(compensate_key)
-
-
-@dataclass
-class AgentSettings:
-    """How an agent serves and where it registers. Every field can be set from
-    the constructor, and by `Agent.run` from flags or `AGENTMESH_AGENT_<NAME>`
-    environment variables.
-
-    Attributes:
-        host: address to bind.
-        port: gRPC port; 0 picks a free one (logged in the `serving` line).
-        advertise_host: host put in the registered endpoint; defaults to `host`.
-        metrics_port: Prometheus port; 0 picks a free one, -1 disables it.
-        registry_target: registry `host:port`; empty means do not register.
-        redis_url: when set, idempotency results are kept in Redis so dedupe
-            survives restarts; otherwise in memory.
-        redis_password: Redis password when it is not in the URL.
-        redis_sentinels / redis_sentinel_master / redis_sentinel_password:
-            reach the Redis master through Sentinel (`host:port,host:port`),
-            as the daemons do (`AGENTMESH_REDIS_SENTINELS`, ...).
-        idempotency_ttl_s: how long completed results are kept, seconds.
-        heartbeat_interval_s: seconds between heartbeats.
-        max_concurrency: calls handled at once; the rest queue (0 = unlimited).
-        grace_period_s: SIGTERM drain budget, seconds.
-        location: where the agent runs, for local-first discovery.
-        token: bearer token presented to the registry.
-        tls_ca_file: PEM CA trusted for the registry connection.
-        tls_cert_file / tls_key_file: serve AgentService over TLS.
-        tls_client_ca_file: require client certificates signed by this CA
-            (mTLS); the daemons present theirs on calls to agents.
-        auth_tokens_file: require bearer tokens from callers (runtime format).
-        log_level: logging level name used by `run`.
-        log_format: `json` or `text`, used by `run`.
-    """
-
-    host: str = "127.0.0.1"
-    port: int = 0
-    advertise_host: str = ""
-    metrics_port: int = -1
-    registry_target: str = ""
-    redis_url: str = ""
-    redis_password: str = ""
-    redis_sentinels: str = ""
-    redis_sentinel_master: str = "mymaster"
-    redis_sentinel_password: str = ""
-    idempotency_ttl_s: float = 86_400.0
-    heartbeat_interval_s: float = 5.0
-    max_concurrency: int = 0
-    grace_period_s: float = 10.0
-    location: str = ""
-    token: str = ""
-    tls_ca_file: str = ""
-    tls_cert_file: str = ""
-    tls_key_file: str = ""
-    tls_client_ca_file: str = ""
-    auth_tokens_file: str = ""
-    log_level: str = "INFO"
-    log_format: str = "json"
-    extra_metadata: dict[str, str] = field(default_factory=dict)
 
 
 class Agent:
