@@ -48,6 +48,7 @@ from services.saga.state import (
 
 T = saga_pb2
 _DONE = (T.STEP_STATUS_COMPLETED, T.STEP_STATUS_SKIPPED)
+_MAX_PASSES = 64
 
 
 class CallKind(enum.Enum):
@@ -356,16 +357,32 @@ class Planner:
             cancel_requested: CancelSaga was called (the driver saw the flag).
             cancel_reason: its reason.
 
+        Passes repeat while one logs events without sending calls, so the
+        result is everything decidable at `now_ms` (a failed map item fails its
+        step and starts compensation in one plan).
+
         Returns:
             The events (folded into the record) and the calls, which are in
             flight from now on.
         """
         self._now, self._out = now_ms, []
         calls: list[Call] = []
-        if self.record.state == T.SAGA_STATE_RUNNING:
-            calls += self._plan_forward(cancel_requested, cancel_reason)
-        if self.record.state == T.SAGA_STATE_COMPENSATING:
-            calls += self._plan_compensation()
+        # A pass can log an event that lets the next pass decide more without
+        # any outcome arriving: a map item or loop iteration that failed for
+        # good fails its step, a CEL error fails a step, a skip unblocks a step
+        # listed before it. Plan again until a pass sends calls or logs
+        # nothing; else the driver would sleep until its next timer (the
+        # saga's timeout, by default minutes) with the next decision already
+        # in hand. Each pass that goes on logged at least one event; the cap
+        # is only a guard.
+        for _ in range(_MAX_PASSES):
+            logged = len(self._out)
+            if self.record.state == T.SAGA_STATE_RUNNING:
+                calls += self._plan_forward(cancel_requested, cancel_reason)
+            if self.record.state == T.SAGA_STATE_COMPENSATING:
+                calls += self._plan_compensation()
+            if calls or self.record.final or len(self._out) == logged:
+                break
         self.in_flight.update(c.site for c in calls)
         return Plan(events=self._out, calls=calls)
 

@@ -127,3 +127,15 @@ async def test_loop_until_condition_or_max_iterations(stub, rsync) -> None:
     capped.loop.CopyFrom(S.LoopSpec(condition="true", max_iterations=2))
     saga = await _run(stub, S.SagaDefinition(steps=[capped]))
     assert order(rsync, saga.saga_id, "exec") == ["c#0", "c#1"]
+
+
+async def test_failed_map_item_compensates_at_once_with_its_error(stub, rsync) -> None:
+    # The map step fails in a planner pass that sends nothing; compensation must
+    # start in the same plan, not at the runner's next timer (the saga timeout).
+    m = step("m", "fail_item", deps=("a",))
+    m.map.CopyFrom(S.MapSpec(items="[1, 2, 3]", max_concurrency=1))
+    req = S.StartSagaRequest(definition=S.SagaDefinition(steps=[step("a", "do_a"), m]))
+    saga = await wait_final(stub, (await stub.StartSaga(req)).saga.saga_id, timeout_s=10.0)
+    assert saga.state == S.SAGA_STATE_COMPENSATED
+    assert saga.error.code == "FAILED_PRECONDITION"
+    assert order(rsync, saga.saga_id) == ["m[0]", "a"]

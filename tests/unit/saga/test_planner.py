@@ -558,17 +558,62 @@ def test_map_item_failure_fails_the_step_and_items_compensate_last_first() -> No
     run_events += plan.events
     assert [c.index for c in plan.calls] == [0, 1, 2]
     run_events += [p.classify(c, next(failing), now_ms=T0 + 1) for c in plan.calls]
-    rest = drive(p, agent, now_ms=T0 + 1)
+    # the step fails and compensation starts in the same plan, not at a later timer
+    stop = p.plan(now_ms=T0 + 1)
+    assert types(stop.events) == [
+        "STEP_FAILED",
+        "COMPENSATION_STARTED",
+        "STEP_COMPENSATION_STARTED",
+    ]
+    assert stop.events[1].error.code == "INVALID_ARGUMENT"
+    undo = [p.classify(c, ok(), now_ms=T0 + 2) for c in stop.calls]
+    rest = drive(p, agent, now_ms=T0 + 2)
+    assert rest.now_ms < T0 + 100  # no wait for the saga's timeout
     assert status(p, "after") == "PENDING"
     comps = [(c.step, c.index, c.key) for c in agent.calls if c.kind is C]
-    assert comps == [
+    assert [(c.step, c.index, c.key) for c in stop.calls] + comps == [
         ("m", 2, f"{SAGA_ID}/m[2]"),
         ("m", 1, f"{SAGA_ID}/m[1]"),
         ("m", 0, f"{SAGA_ID}/m[0]"),
     ]
-    assert [len(b) for b in rest.batches] == [1, 1, 1]  # one call site at a time
+    assert [len(b) for b in rest.batches] == [1, 1]  # one call site at a time
     assert state(p) == "COMPENSATED"
-    log_of(p, log, run_events, rest.events)
+    assert p.record.error is not None and p.record.error["code"] == "INVALID_ARGUMENT"
+    log_of(p, log, run_events, stop.events, undo, rest.events)
+
+
+def test_loop_iteration_failure_compensates_at_once() -> None:
+    p, log = new_saga(
+        S.SagaDefinition(steps=[step("l", loop=S.LoopSpec(condition="true", max_iterations=5))])
+    )
+    agent = Agent({(E, "l"): [ok(), fail("NOT_FOUND")]})
+    run = drive(p, agent)
+    assert [(c.kind, c.index) for c in agent.calls] == [(E, 0), (E, 1), (C, 1), (C, 0)]
+    assert run.now_ms < T0 + 100
+    assert p.record.error is not None and p.record.error["code"] == "NOT_FOUND"
+    assert state(p) == "COMPENSATED"
+    log_of(p, log, run.events)
+
+
+def test_a_step_listed_before_a_skipped_dependency_starts_in_the_same_plan() -> None:
+    p, log = new_saga(S.SagaDefinition(steps=[step("b", "a"), step("a", condition="false")]))
+    plan = p.plan(now_ms=T0)
+    assert types(plan.events) == ["STEP_SKIPPED", "STEP_STARTED"]
+    assert [c.step for c in plan.calls] == ["b"]
+    log_of(p, log, plan.events)
+
+
+def test_a_cel_error_at_run_time_fails_the_step_and_compensates_at_once() -> None:
+    p, log = new_saga(
+        S.SagaDefinition(steps=[step("a"), step("b", "a", input_mapping={"x": "input.n / 0"})]),
+        {"n": 1},
+    )
+    run = drive(p, Agent())
+    assert p.record.steps["b"].error is not None
+    assert p.record.steps["b"].error["code"] == "INVALID_ARGUMENT"
+    assert comp_batches(run) == [["a"]]  # b never ran: nothing of it to undo
+    assert run.now_ms < T0 + 100
+    log_of(p, log, run.events)
 
 
 def test_map_items_that_are_not_a_list_fail_the_step() -> None:
