@@ -34,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
+import redis
 from google.protobuf import struct_pb2
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
@@ -41,6 +42,7 @@ from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import ResourceExhausted, Unavailable
+from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
 from agentmesh.runtime.routing import metrics
 from agentmesh.runtime.routing.candidates import Candidate
 from agentmesh.runtime.routing.engine import Decision, RouteEngine
@@ -211,7 +213,12 @@ class AgentClient:
             return
         principal = current_principal()
         identity = principal.identity if principal else (msg.sender_id or self._identity)
-        verdict = await self.limiter.take(identity, cost)
+        try:
+            verdict = await self.limiter.take(identity, cost)
+        except redis.RedisError as e:  # mapped here: saga and swarm call outside RPC handlers
+            if not is_redis_down(e):
+                raise
+            raise redis_unavailable(e, action="cannot read the rate limit bucket") from e
         if not verdict.allowed:
             metrics.RATE_LIMITED.inc()
             s = self.settings

@@ -229,7 +229,7 @@ async def test_one_safety_rule_blocks_invoke_saga_step_and_swarm_partition(
     rule = R.SafetyRule(
         name=f"amount-cap-{c}",
         description="no single transfer above 1000",
-        condition="payload.amount > 1000",
+        condition="payload.amount <= 1000",  # a safety condition must hold: blocks amount > 1000
         level=R.SAFETY_LEVEL_CRITICAL,
         message_types=[c],
     )

@@ -29,6 +29,7 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
+from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
 from agentmesh.runtime.routing import metrics
 from agentmesh.runtime.routing.affinity import AffinityStore
 from agentmesh.runtime.routing.candidates import Candidate, Eligible, PoolSpec, PoolStore
@@ -311,9 +312,10 @@ class RouteEngine:
         except ValueError as e:
             raise InvalidArgument(str(e), field_violations={"selector": str(e)}) from e
         except redis.RedisError as e:
-            raise Unavailable(
-                "cannot read the registry state from Redis", reason="REDIS_DOWN"
-            ) from e
+            # mapped here too: saga and swarm drivers decide outside any RPC handler
+            if not is_redis_down(e):
+                raise
+            raise redis_unavailable(e, action="cannot read the registry state") from e
 
     async def _pick(
         self,
@@ -366,9 +368,10 @@ class RouteEngine:
                     pool.key, key, proposed=proposed.agent_id, eligible=el.ids()
                 )
             except redis.RedisError as e:
-                raise Unavailable(
-                    "cannot read affinity bindings from Redis", reason="REDIS_DOWN"
-                ) from e
+                # mapped here too: saga and swarm drivers decide outside any RPC handler
+                if not is_redis_down(e):
+                    raise
+                raise redis_unavailable(e, action="cannot read affinity bindings") from e
             by_id = {c.agent_id: c for c in el.candidates} if bound != proposed.agent_id else {}
             return [by_id.get(bound, proposed)]
         raise InvalidArgument(

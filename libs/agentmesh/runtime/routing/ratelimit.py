@@ -8,15 +8,15 @@ from dataclasses import dataclass
 
 import redis.asyncio as aioredis
 
+from agentmesh.runtime.lease import CLOCK_PRELUDE
 from agentmesh.runtime.routing import keys
 
 # KEYS[1] bucket; ARGV: rate per s, burst, cost. Returns {allowed, retry_after_ms}.
-_TAKE = """
+_TAKE = CLOCK_PRELUDE + """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local now = now_ms
 local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
 local tokens = tonumber(b[1]) or burst
 local ts = tonumber(b[2]) or now
