@@ -23,6 +23,7 @@ from agentmesh.runtime.agents import AgentClient, CallOutcome
 from agentmesh.runtime.context import remaining_s
 from agentmesh.runtime.errors import (
     DeadlineExceeded,
+    ErrorReason,
     InvalidArgument,
     Unavailable,
     from_rpc_error,
@@ -170,7 +171,7 @@ class Invoker:
         raise Unavailable(
             f"all {len(attempts)} attempt(s) failed; last: "
             + (f"{last.agent_id}: {last.code.name} {last.message}" if last else "none"),
-            reason="ATTEMPTS_EXHAUSTED",
+            reason=ErrorReason.ERROR_REASON_ATTEMPTS_EXHAUSTED,
             metadata={
                 "attempts": str(len(attempts)),
                 "agents": ",".join(a.agent_id for a in attempts),
@@ -259,7 +260,7 @@ class Invoker:
         if len(ok) < min_responses:
             raise Unavailable(
                 f"{len(ok)} of {len(targets)} target(s) answered; {min_responses} required",
-                reason="INSUFFICIENT_RESPONSES",
+                reason=ErrorReason.ERROR_REASON_INSUFFICIENT_RESPONSES,
                 metadata={
                     "succeeded": str(len(ok)),
                     "required": str(min_responses),

@@ -41,7 +41,7 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.context import current_principal
-from agentmesh.runtime.errors import ResourceExhausted, Unavailable
+from agentmesh.runtime.errors import ErrorReason, ResourceExhausted, Unavailable
 from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
 from agentmesh.runtime.routing import metrics
 from agentmesh.runtime.routing.candidates import Candidate
@@ -285,7 +285,7 @@ class AgentClient:
                 enforce_safety=False,
             )
         except Unavailable as e:
-            if e.reason == "NO_HEALTHY_TARGET":
+            if e.error_reason == ErrorReason.ERROR_REASON_NO_HEALTHY_TARGET:
                 return frozenset()
             raise
         return d.eligible.ids()
@@ -310,7 +310,7 @@ class AgentClient:
                 return c
         raise Unavailable(
             f"agent {agent_id!r} is not eligible now (breaker open, ejected or not healthy)",
-            reason="NO_HEALTHY_TARGET",
+            reason=ErrorReason.ERROR_REASON_NO_HEALTHY_TARGET,
             metadata={"agent_id": agent_id, "pool": d.pool.key},
         )
 

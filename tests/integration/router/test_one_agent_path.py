@@ -254,6 +254,9 @@ async def test_one_safety_rule_blocks_invoke_saga_step_and_swarm_partition(
             pf = from_rpc_error(e.value).detail(error_details_pb2.PreconditionFailure)
             assert isinstance(pf, error_details_pb2.PreconditionFailure)
             assert [(v.type, v.subject) for v in pf.violations] == [("SAFETY", rule.name)]
+            info = from_rpc_error(e.value).detail(error_details_pb2.ErrorInfo)
+            assert isinstance(info, error_details_pb2.ErrorInfo)
+            assert info.reason == "SAFETY_VIOLATION"
 
             done = await run_saga(mesh, saga_step(c, agent_id=aid), {"amount": 999})
             assert done.state == S.SAGA_STATE_COMPLETED

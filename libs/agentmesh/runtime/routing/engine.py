@@ -24,10 +24,12 @@ from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.cel import route_activation as activation
 from agentmesh.runtime.errors import (
+    ErrorReason,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
     Unavailable,
+    error_info,
 )
 from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
 from agentmesh.runtime.routing import metrics
@@ -244,6 +246,12 @@ class RouteEngine:
                 f"{len(blocking)} critical safety rule(s) violated: "
                 + "; ".join(f"{v.rule_name}: {v.description}" for v in blocking),
                 violations=[("SAFETY", v.rule_name, v.description) for v in blocking],
+                details=[
+                    error_info(
+                        ErrorReason.ERROR_REASON_SAFETY_VIOLATION,
+                        metadata={"rules": ",".join(v.rule_name for v in blocking)},
+                    )
+                ],
             )
         return [v for v in violations if v not in blocking]
 
@@ -284,7 +292,7 @@ class RouteEngine:
             raise Unavailable(
                 f"no healthy target among {el.total} candidate(s) of pool {entry.pool.key}"
                 + (f" (rule {rule.rule.name})" if rule else ""),
-                reason="NO_HEALTHY_TARGET",
+                reason=ErrorReason.ERROR_REASON_NO_HEALTHY_TARGET,
                 metadata={
                     "pool": entry.pool.key,
                     "candidates": str(el.total),
@@ -341,7 +349,7 @@ class RouteEngine:
             if rule is None:
                 raise Unavailable(
                     "CONTENT_BASED routing needs a matching route rule, and none matched",
-                    reason="NO_MATCHING_RULE",
+                    reason=ErrorReason.ERROR_REASON_NO_MATCHING_RULE,
                     metadata={"message_type": msg.message_type},
                 )
             return [p.ordered(el, explicit=pool.ids is not None)[0]]
