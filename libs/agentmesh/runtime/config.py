@@ -1,12 +1,14 @@
 """Daemon configuration from flags and `AGENTMESH_*` environment variables.
 
 Precedence, highest first: command-line flag, `AGENTMESH_<DAEMON>_<KEY>`,
-`AGENTMESH_<KEY>`, the documented default. The common settings are
-ServerConfig; each daemon adds its own frozen `Settings` dataclass
-(agentmesh.runtime.settings), parsed on the same command line. For example the registry's gRPC port
-comes from `--port`, then `AGENTMESH_REGISTRY_PORT`, then `AGENTMESH_PORT`,
-then 50053. Shared settings such as `AGENTMESH_REDIS_URL` are usually set once
-for the whole stack.
+`AGENTMESH_<KEY>`, the documented default. For example the registry's gRPC
+port comes from `--port`, then `AGENTMESH_REGISTRY_PORT`, then
+`AGENTMESH_PORT`, then 50053. Shared settings such as `AGENTMESH_REDIS_URL` are
+usually set once for the whole stack.
+
+The common settings are ServerConfig; each daemon adds its own frozen
+`Settings` dataclass (agentmesh.runtime.settings), parsed on the same command
+line and read back as `config.settings_as(cls)`.
 """
 
 from __future__ import annotations
