@@ -52,6 +52,13 @@ from agentmesh.runtime.routing.targets import FAILURE_CODES
 
 R = router_pb2
 
+#: Successes of agents whose breaker is CLOSED are counted in the process and
+#: applied every this many seconds, one script call per agent with the count
+#: (a success only adds to the outlier window and resets the consecutive
+#: failures); failures and half-open successes are applied at once. One
+#: Redis round trip per call would otherwise be the largest cost a call adds.
+SUCCESS_FLUSH_S = 0.05
+
 #: Strategy used when a call names a selector and a routing key: the ring
 #: owner of the key, so retries and compensations reach the same agent.
 KEYED_STRATEGY = R.STRATEGY_CONSISTENT_HASH
@@ -152,6 +159,8 @@ class AgentClient:
         self._stubs: dict[str, agent_pb2_grpc.AgentServiceStub] = {}
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._background: set[asyncio.Task[Any]] = set()
+        self._ok_pending: dict[str, int] = {}
+        self._flush: asyncio.Task[Any] | None = None
 
     @classmethod
     def create(
@@ -172,7 +181,8 @@ class AgentClient:
         await self.engine.start()
 
     async def close(self) -> None:
-        """Stop the engine and close every agent channel."""
+        """Apply pending outcomes, stop the engine and close every agent channel."""
+        await self.flush_outcomes()
         await self.engine.stop()
         for task in list(self._background):
             task.cancel()
@@ -367,12 +377,46 @@ class AgentClient:
             inflight[target.agent_id] -= 1
         metrics.child(metrics.INVOKE_ATTEMPTS, out.code.name).inc()
         if out.code in FAILURE_CODES:
-            await self.engine.record(target.agent_id, ok=False)
+            await self._failed(target.agent_id)
         else:
-            task = asyncio.create_task(self.engine.record(target.agent_id, ok=True))
-            self._background.add(task)
-            task.add_done_callback(self._background.discard)
+            self._succeeded(target.agent_id)
         return out
+
+    # ---- outcomes ------------------------------------------------------------------
+    def _succeeded(self, agent_id: str) -> None:
+        st = self.engine.states.get(agent_id)
+        if st is not None and st.effective_breaker(int(time.time() * 1000)) != "CLOSED":
+            # a half-open probe's success closes the breaker: apply it now
+            self._spawn(self.engine.record(agent_id, ok=True))
+            return
+        self._ok_pending[agent_id] = self._ok_pending.get(agent_id, 0) + 1
+        if self._flush is None:
+            self._flush = self._spawn(self._flush_later())
+
+    async def _failed(self, agent_id: str) -> None:
+        # Successes still pending happened before this failure: apply them
+        # first, so they do not reset the consecutive-failure count after it.
+        n = self._ok_pending.pop(agent_id, 0)
+        if n:
+            await self.engine.record(agent_id, ok=True, count=n)
+        # awaited, so the caller's next attempt already sees an opened breaker
+        await self.engine.record(agent_id, ok=False)
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(SUCCESS_FLUSH_S)
+        self._flush = None
+        await self.flush_outcomes()
+
+    async def flush_outcomes(self) -> None:
+        """Apply the successes counted since the last flush, one script call per agent."""
+        pending, self._ok_pending = self._ok_pending, {}
+        await asyncio.gather(*(self.engine.record(a, ok=True, count=n) for a, n in pending.items()))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[Any]:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+        return task
 
     async def execute(
         self,

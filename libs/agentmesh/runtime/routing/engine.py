@@ -399,13 +399,14 @@ class RouteEngine:
         return [*first, *(c for c in rest if c.agent_id not in chosen)]
 
     # ---- outcomes -------------------------------------------------------------
-    async def record(self, agent_id: str, *, ok: bool) -> TargetState | None:
-        """Report one call outcome to the breaker and outlier detection; when
-        it changes eligibility, invalidate cached eligibility and the route cache."""
+    async def record(self, agent_id: str, *, ok: bool, count: int = 1) -> TargetState | None:
+        """Report one call outcome (or `count` successes) to the breaker and
+        outlier detection; when it changes eligibility, invalidate cached
+        eligibility and the route cache. Redis errors are logged, not raised."""
         before = self.states.get(agent_id)
         now_ms = int(time.time() * 1000)
         try:
-            st = await self.outcomes.record(agent_id, ok=ok, now_ms=now_ms)
+            st = await self.outcomes.record(agent_id, ok=ok, now_ms=now_ms, count=count)
         except redis.RedisError as e:
             log.warning("outcome not recorded", extra={"agent_id": agent_id, "error": repr(e)})
             return None

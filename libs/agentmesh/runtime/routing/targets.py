@@ -56,6 +56,7 @@ local min_req = tonumber(ARGV[8])
 local rate = tonumber(ARGV[9])
 local base = tonumber(ARGV[10])
 local cap = tonumber(ARGV[11])
+local n = tonumber(ARGV[12] or '1')
 local v = redis.call('HMGET', h, 'state', 'cf', 'open_until', 'hs', 'ws', 'wf', 'wstart',
                      'ejected_until', 'ejections')
 local state = v[1] or 'CLOSED'
@@ -78,9 +79,9 @@ if now - wstart >= window_ms then
 end
 if ok then
   cf = 0
-  ws = ws + 1
+  ws = ws + n
   if state == 'HALF_OPEN' then
-    hs = hs + 1
+    hs = hs + n
     if hs >= need then state = 'CLOSED'; hs = 0 end
   end
 else
@@ -230,8 +231,16 @@ class OutcomeRecorder:
         self._policy = policy
         self._script = redis.register_script(_RECORD)
 
-    async def record(self, agent_id: str, *, ok: bool, now_ms: int | None = None) -> TargetState:
-        """Apply one outcome and return the agent's new state."""
+    async def record(
+        self, agent_id: str, *, ok: bool, now_ms: int | None = None, count: int = 1
+    ) -> TargetState:
+        """Apply one outcome (or `count` successes at once) and return the agent's new state.
+
+        Raises:
+            ValueError: `count` > 1 for a failure (failures are applied one by one).
+        """
+        if count > 1 and not ok:
+            raise ValueError("failures are recorded one at a time")
         p = self._policy
         now = int(time.time() * 1000) if now_ms is None else now_ms
         values = await self._script(
@@ -248,6 +257,7 @@ class OutcomeRecorder:
                 p.failure_rate,
                 p.base_ejection_ms,
                 MAX_EJECTION_MS,
+                count,
             ],
         )
         return TargetState.from_values(agent_id, values)
