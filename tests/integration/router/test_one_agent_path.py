@@ -101,18 +101,11 @@ async def run_saga(
     mesh: dict[str, DaemonProcess], step: S.Step, input: dict[str, Any] | None = None
 ) -> S.Saga:
     async with grpc.aio.insecure_channel(mesh["saga"].target) as ch:
-        stub = saga_pb2_grpc.SagaServiceStub(ch)
         req = S.StartSagaRequest(definition=S.SagaDefinition(steps=[step]))
         if input:
             req.input.update(input)
-        sid = (await stub.StartSaga(req)).saga.saga_id
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            s = (await stub.GetSaga(S.GetSagaRequest(saga_id=sid))).saga
-            if s.state in (S.SAGA_STATE_COMPLETED, S.SAGA_STATE_FAILED, S.SAGA_STATE_COMPENSATED):
-                return s
-            await asyncio.sleep(0.05)
-    raise AssertionError(f"saga {sid} did not finish")
+        sid = (await saga_pb2_grpc.SagaServiceStub(ch).StartSaga(req)).saga.saga_id
+    return await run_saga_wait(mesh["saga"], sid)
 
 
 def saga_step(capability: str, *, agent_id: str = "", attempts: int = 1) -> S.Step:
