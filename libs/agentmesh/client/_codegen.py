@@ -25,6 +25,7 @@ SERVICES: list[tuple[str, str, str, str]] = [
     ("registry", "registry", "RegistryService", "registry"),
     ("registry", "coordination", "CoordinationService", "coordination"),
     ("router", "router", "RouterService", "router"),
+    ("router", "safety", "SafetyService", "safety"),
     ("bus", "bus", "BusService", "bus"),
     ("saga", "saga", "SagaService", "saga"),
     ("swarm", "swarm", "SwarmService", "swarm"),

@@ -48,6 +48,7 @@ _STUBS: dict[str, tuple[str, str, str]] = {
         "registry", "agentmesh.registry.v1.coordination_pb2_grpc", "CoordinationServiceStub"
     ),
     "router": ("router", "agentmesh.router.v1.router_pb2_grpc", "RouterServiceStub"),
+    "safety": ("router", "agentmesh.router.v1.safety_pb2_grpc", "SafetyServiceStub"),
     "bus": ("bus", "agentmesh.bus.v1.bus_pb2_grpc", "BusServiceStub"),
     "saga": ("saga", "agentmesh.saga.v1.saga_pb2_grpc", "SagaServiceStub"),
     "swarm": ("swarm", "agentmesh.swarm.v1.swarm_pb2_grpc", "SwarmServiceStub"),
@@ -209,6 +210,11 @@ class ClientBase:
     def router(self) -> Any:
         """Raw `RouterServiceStub`."""
         return self._stub("router")
+
+    @property
+    def safety(self) -> Any:
+        """Raw `SafetyServiceStub` (served by the router daemon)."""
+        return self._stub("safety")
 
     @property
     def bus(self) -> Any:

@@ -11,6 +11,7 @@ from agentmesh.client.base import ClientBase, Requests, _build
 from agentmesh.registry.v1 import coordination_pb2 as registry_coordination_pb2
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.router.v1 import router_pb2
+from agentmesh.router.v1 import safety_pb2 as router_safety_pb2
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.swarm.v1 import swarm_pb2
 
@@ -620,6 +621,197 @@ class ServiceMethods(ClientBase):
             timeout_s=timeout_s,
             metadata=metadata,
             rpc="/agentmesh.router.v1.RouterService/ListTargetStates",
+        )
+
+    # ---- agentmesh.router.v1.SafetyService ---------------------------
+
+    async def validate_operation(
+        self,
+        request: router_safety_pb2.ValidateOperationRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.ValidateOperationResponse:
+        """`agentmesh.router.v1.SafetyService.ValidateOperation`.
+
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.safety.ValidateOperation,
+            _build(router_safety_pb2.ValidateOperationRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/ValidateOperation",
+        )
+
+    async def create_constraint(
+        self,
+        request: router_safety_pb2.CreateConstraintRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.CreateConstraintResponse:
+        """`agentmesh.router.v1.SafetyService.CreateConstraint`.
+
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
+        """
+        return await self._unary(
+            self.safety.CreateConstraint,
+            _build(router_safety_pb2.CreateConstraintRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/CreateConstraint",
+        )
+
+    async def create_circuit_breaker(
+        self,
+        request: router_safety_pb2.CreateCircuitBreakerRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.CreateCircuitBreakerResponse:
+        """`agentmesh.router.v1.SafetyService.CreateCircuitBreaker`.
+
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
+        """
+        return await self._unary(
+            self.safety.CreateCircuitBreaker,
+            _build(router_safety_pb2.CreateCircuitBreakerRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/CreateCircuitBreaker",
+        )
+
+    async def record_outcome(
+        self,
+        request: router_safety_pb2.RecordOutcomeRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.RecordOutcomeResponse:
+        """`agentmesh.router.v1.SafetyService.RecordOutcome`.
+
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
+        """
+        return await self._unary(
+            self.safety.RecordOutcome,
+            _build(router_safety_pb2.RecordOutcomeRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/RecordOutcome",
+        )
+
+    async def get_circuit_breaker(
+        self,
+        request: router_safety_pb2.GetCircuitBreakerRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.GetCircuitBreakerResponse:
+        """`agentmesh.router.v1.SafetyService.GetCircuitBreaker`.
+
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.safety.GetCircuitBreaker,
+            _build(router_safety_pb2.GetCircuitBreakerRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/GetCircuitBreaker",
+        )
+
+    async def list_circuit_breakers(
+        self,
+        request: router_safety_pb2.ListCircuitBreakersRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.ListCircuitBreakersResponse:
+        """`agentmesh.router.v1.SafetyService.ListCircuitBreakers`.
+
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.safety.ListCircuitBreakers,
+            _build(router_safety_pb2.ListCircuitBreakersRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/ListCircuitBreakers",
+        )
+
+    async def create_rate_limiter(
+        self,
+        request: router_safety_pb2.CreateRateLimiterRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.CreateRateLimiterResponse:
+        """`agentmesh.router.v1.SafetyService.CreateRateLimiter`.
+
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
+        """
+        return await self._unary(
+            self.safety.CreateRateLimiter,
+            _build(router_safety_pb2.CreateRateLimiterRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/CreateRateLimiter",
+        )
+
+    async def acquire_permit(
+        self,
+        request: router_safety_pb2.AcquirePermitRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.AcquirePermitResponse:
+        """`agentmesh.router.v1.SafetyService.AcquirePermit`.
+
+        IDEMPOTENCY_UNKNOWN: retried only when the call provably took no effect.
+        """
+        return await self._unary(
+            self.safety.AcquirePermit,
+            _build(router_safety_pb2.AcquirePermitRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/AcquirePermit",
+        )
+
+    async def get_rate_limiter(
+        self,
+        request: router_safety_pb2.GetRateLimiterRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> router_safety_pb2.GetRateLimiterResponse:
+        """`agentmesh.router.v1.SafetyService.GetRateLimiter`.
+
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.safety.GetRateLimiter,
+            _build(router_safety_pb2.GetRateLimiterRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.router.v1.SafetyService/GetRateLimiter",
         )
 
     # ---- agentmesh.bus.v1.BusService ---------------------------------

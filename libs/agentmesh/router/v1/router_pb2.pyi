@@ -122,6 +122,12 @@ class _AggregationEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Aggregati
     """A deep merge of the Struct outputs in agent-id order; on a conflict the
     later agent wins and the key path is reported.
     """
+    AGGREGATION_CUSTOM: _Aggregation.ValueType  # 6
+    """The request's CEL `reduce` over the replies, in the mesh's one CEL
+    dialect (as saga map reduces): `replies` is the list of successful
+    outputs in agent-id order and `agent_ids` their agents, for example
+    `replies.map(r, r.kg).max()`. Result {"value": <the CEL result>}.
+    """
 
 class Aggregation(_Aggregation, metaclass=_AggregationEnumTypeWrapper):
     """Aggregation is how ScatterGather combines outputs."""
@@ -146,6 +152,12 @@ are skipped. Result {"average": x, "count": n}.
 AGGREGATION_MERGE: Aggregation.ValueType  # 5
 """A deep merge of the Struct outputs in agent-id order; on a conflict the
 later agent wins and the key path is reported.
+"""
+AGGREGATION_CUSTOM: Aggregation.ValueType  # 6
+"""The request's CEL `reduce` over the replies, in the mesh's one CEL
+dialect (as saga map reduces): `replies` is the list of successful
+outputs in agent-id order and `agent_ids` their agents, for example
+`replies.map(r, r.kg).max()`. Result {"value": <the CEL result>}.
 """
 Global___Aggregation: _TypeAlias = Aggregation  # noqa: Y015
 
@@ -795,6 +807,7 @@ class ScatterGatherRequest(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
     MAX_TARGETS_FIELD_NUMBER: _builtins.int
+    REDUCE_FIELD_NUMBER: _builtins.int
     action: _builtins.str
     """The AgentService action to run; required."""
     aggregation: Global___Aggregation.ValueType
@@ -809,6 +822,11 @@ class ScatterGatherRequest(_message.Message):
     """Passed to every Execute."""
     max_targets: _builtins.int
     """Most targets to call; 0 means all."""
+    reduce: _builtins.str
+    """The CEL expression of AGGREGATION_CUSTOM over `replies` and
+    `agent_ids`; compiled before any agent is called. Besides the base CEL
+    library, lists of numbers have `max()`, `min()` and `sum()`.
+    """
     @_builtins.property
     def message(self) -> Global___RouteMessage:
         """The message; its Struct payload is the Execute input, and safety rules
@@ -840,10 +858,11 @@ class ScatterGatherRequest(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         idempotency_key: _builtins.str = ...,
         max_targets: _builtins.int = ...,
+        reduce: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["message", b"message", "selector", b"selector", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "aggregation", b"aggregation", "field_path", b"field_path", "idempotency_key", b"idempotency_key", "max_targets", b"max_targets", "message", b"message", "min_responses", b"min_responses", "selector", b"selector", "target_ids", b"target_ids", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "aggregation", b"aggregation", "field_path", b"field_path", "idempotency_key", b"idempotency_key", "max_targets", b"max_targets", "message", b"message", "min_responses", b"min_responses", "reduce", b"reduce", "selector", b"selector", "target_ids", b"target_ids", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

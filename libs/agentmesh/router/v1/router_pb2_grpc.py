@@ -189,7 +189,9 @@ class RouterServiceServicer:
         aggregates the outputs. Targets are `target_ids`, else the agents matching
         `selector`, else the message's own candidates (as Route would see them).
         Errors: INVALID_ARGUMENT (no candidates at all, unknown aggregation,
-        AVERAGE without `field_path`, min_responses above the target count),
+        AVERAGE without `field_path`, CUSTOM without a `reduce` or with one that
+        does not compile, or whose evaluation fails on the replies;
+        min_responses above the target count),
         FAILED_PRECONDITION and RESOURCE_EXHAUSTED as Route, UNAVAILABLE (reason
         NO_HEALTHY_TARGET, or INSUFFICIENT_RESPONSES when fewer than
         `min_responses` agents answered before the timeout).

@@ -132,6 +132,11 @@ const (
 	// A deep merge of the Struct outputs in agent-id order; on a conflict the
 	// later agent wins and the key path is reported.
 	Aggregation_AGGREGATION_MERGE Aggregation = 5
+	// The request's CEL `reduce` over the replies, in the mesh's one CEL
+	// dialect (as saga map reduces): `replies` is the list of successful
+	// outputs in agent-id order and `agent_ids` their agents, for example
+	// `replies.map(r, r.kg).max()`. Result {"value": <the CEL result>}.
+	Aggregation_AGGREGATION_CUSTOM Aggregation = 6
 )
 
 // Enum value maps for Aggregation.
@@ -143,6 +148,7 @@ var (
 		3: "AGGREGATION_MAJORITY_VOTE",
 		4: "AGGREGATION_AVERAGE",
 		5: "AGGREGATION_MERGE",
+		6: "AGGREGATION_CUSTOM",
 	}
 	Aggregation_value = map[string]int32{
 		"AGGREGATION_UNSPECIFIED":   0,
@@ -151,6 +157,7 @@ var (
 		"AGGREGATION_MAJORITY_VOTE": 3,
 		"AGGREGATION_AVERAGE":       4,
 		"AGGREGATION_MERGE":         5,
+		"AGGREGATION_CUSTOM":        6,
 	}
 )
 
@@ -1409,7 +1416,11 @@ type ScatterGatherRequest struct {
 	// Passed to every Execute.
 	IdempotencyKey string `protobuf:"bytes,9,opt,name=idempotency_key,json=idempotencyKey,proto3" json:"idempotency_key,omitempty"`
 	// Most targets to call; 0 means all.
-	MaxTargets    uint32 `protobuf:"varint,10,opt,name=max_targets,json=maxTargets,proto3" json:"max_targets,omitempty"`
+	MaxTargets uint32 `protobuf:"varint,10,opt,name=max_targets,json=maxTargets,proto3" json:"max_targets,omitempty"`
+	// The CEL expression of AGGREGATION_CUSTOM over `replies` and
+	// `agent_ids`; compiled before any agent is called. Besides the base CEL
+	// library, lists of numbers have `max()`, `min()` and `sum()`.
+	Reduce        string `protobuf:"bytes,11,opt,name=reduce,proto3" json:"reduce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1512,6 +1523,13 @@ func (x *ScatterGatherRequest) GetMaxTargets() uint32 {
 		return x.MaxTargets
 	}
 	return 0
+}
+
+func (x *ScatterGatherRequest) GetReduce() string {
+	if x != nil {
+		return x.Reduce
+	}
+	return ""
 }
 
 // TargetResponse is one agent's part of a scatter-gather.
@@ -3136,7 +3154,7 @@ const file_agentmesh_router_v1_router_proto_rawDesc = "" +
 	"\battempts\x18\x04 \x03(\v2\".agentmesh.router.v1.InvokeAttemptR\battempts\x129\n" +
 	"\bstrategy\x18\x05 \x01(\x0e2\x1d.agentmesh.router.v1.StrategyR\bstrategy\x12\x1b\n" +
 	"\trule_name\x18\x06 \x01(\tR\bruleName\x12Q\n" +
-	"\x11safety_violations\x18\a \x03(\v2$.agentmesh.router.v1.SafetyViolationR\x10safetyViolations\"\xd1\x03\n" +
+	"\x11safety_violations\x18\a \x03(\v2$.agentmesh.router.v1.SafetyViolationR\x10safetyViolations\"\xe9\x03\n" +
 	"\x14ScatterGatherRequest\x12;\n" +
 	"\amessage\x18\x01 \x01(\v2!.agentmesh.router.v1.RouteMessageR\amessage\x12\x16\n" +
 	"\x06action\x18\x02 \x01(\tR\x06action\x12\x1d\n" +
@@ -3151,7 +3169,8 @@ const file_agentmesh_router_v1_router_proto_rawDesc = "" +
 	"\x0fidempotency_key\x18\t \x01(\tR\x0eidempotencyKey\x12\x1f\n" +
 	"\vmax_targets\x18\n" +
 	" \x01(\rR\n" +
-	"maxTargets\"\xc1\x01\n" +
+	"maxTargets\x12\x16\n" +
+	"\x06reduce\x18\v \x01(\tR\x06reduce\"\xc1\x01\n" +
 	"\x0eTargetResponse\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x12\n" +
 	"\x04code\x18\x02 \x01(\x05R\x04code\x12\x18\n" +
@@ -3260,14 +3279,15 @@ const file_agentmesh_router_v1_router_proto_rawDesc = "" +
 	"\x11STRATEGY_AFFINITY\x10\x06\x12\x16\n" +
 	"\x12STRATEGY_BROADCAST\x10\a\x12\x15\n" +
 	"\x11STRATEGY_FAILOVER\x10\b\x12\x1c\n" +
-	"\x18STRATEGY_CONSISTENT_HASH\x10\t*\xa5\x01\n" +
+	"\x18STRATEGY_CONSISTENT_HASH\x10\t*\xbd\x01\n" +
 	"\vAggregation\x12\x1b\n" +
 	"\x17AGGREGATION_UNSPECIFIED\x10\x00\x12\x15\n" +
 	"\x11AGGREGATION_FIRST\x10\x01\x12\x13\n" +
 	"\x0fAGGREGATION_ALL\x10\x02\x12\x1d\n" +
 	"\x19AGGREGATION_MAJORITY_VOTE\x10\x03\x12\x17\n" +
 	"\x13AGGREGATION_AVERAGE\x10\x04\x12\x15\n" +
-	"\x11AGGREGATION_MERGE\x10\x05*`\n" +
+	"\x11AGGREGATION_MERGE\x10\x05\x12\x16\n" +
+	"\x12AGGREGATION_CUSTOM\x10\x06*`\n" +
 	"\vSafetyLevel\x12\x1c\n" +
 	"\x18SAFETY_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n" +
 	"\x14SAFETY_LEVEL_WARNING\x10\x01\x12\x19\n" +
