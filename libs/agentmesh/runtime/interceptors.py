@@ -34,12 +34,17 @@ from agentmesh.runtime.context import (
     trace_id_var,
 )
 from agentmesh.runtime.errors import AgentMeshError
+from agentmesh.runtime.logs import RateLimitedLog, clip
 from agentmesh.runtime.redis_errors import RedisDownLog, is_redis_down, redis_unavailable
+from agentmesh.runtime.request_checks import Rejected, UndecodableRequest, checked_deserializer
 
 log = logging.getLogger("agentmesh.rpc")
 # One per process: an outage fails every method at once, and one line per
 # interval says so (the per-code counts are in grpc_server_handled_total).
 _redis_down_log = RedisDownLog(log, "redis unavailable")
+# Client errors: one line per method and code per second; every call is
+# still counted in grpc_server_handled_total.
+_client_log = RateLimitedLog(log, interval_s=1.0)
 
 
 class _Method:
@@ -118,9 +123,14 @@ async def _fail(
         if err.code in (grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN):
             log.error("rpc failed", extra={"method": call.method}, exc_info=exc)
         else:
-            log.info(
-                "rpc rejected",
-                extra={"method": call.method, "code": err.code.name, "reason": err.message},
+            undecodable = isinstance(err, UndecodableRequest)
+            _client_log.log(
+                logging.WARNING if undecodable else logging.INFO,
+                (call.method, err.code, undecodable),
+                "undecodable request" if undecodable else "rpc rejected",
+                method=call.method,
+                code=err.code.name,
+                reason=clip(err.message),
             )
     elif is_redis_down(exc):
         err = redis_unavailable(exc)
@@ -141,8 +151,21 @@ def _is_abort(exc: BaseException) -> bool:
     return type(exc).__name__ == "AbortError"
 
 
+async def _checked_requests(requests: AsyncIterator[Any]) -> AsyncIterator[Any]:
+    """The messages of a request stream; a Rejected one (see request_checks)
+    raises its InvalidArgument, which ends the call with that status."""
+    async for item in requests:
+        if type(item) is Rejected:
+            raise item.error
+        yield item
+
+
 def _wrap_unary(
-    fn: Callable[..., Any], method: str, auth: TokenAuthenticator | None
+    fn: Callable[..., Any],
+    method: str,
+    auth: TokenAuthenticator | None,
+    *,
+    streaming_request: bool = False,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     m = _Method(method, auth)
     # Decided once here instead of an inspect.isawaitable() per call; a plain
@@ -153,6 +176,10 @@ def _wrap_unary(
         call = _Call(m)
         try:
             call.enter(context)
+            if streaming_request:
+                request = _checked_requests(request)
+            elif type(request) is Rejected:
+                raise request.error
             if is_coro:
                 result = await fn(request, context)
             else:
@@ -225,6 +252,8 @@ def _wrap_stream(
     method: str,
     auth: TokenAuthenticator | None,
     drain: asyncio.Event | None = None,
+    *,
+    streaming_request: bool = False,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     m = _Method(method, auth)
 
@@ -234,6 +263,10 @@ def _wrap_stream(
         call = _Call(m)
         try:
             call.enter(context)
+            if streaming_request:
+                request = _checked_requests(request)
+            elif type(request) is Rejected:
+                raise request.error
             result = fn(request, context)
             if hasattr(result, "__aiter__"):
                 source = _until_drained(result, drain) if drain is not None else result
@@ -298,21 +331,23 @@ def _wrap_handler(
     drain: asyncio.Event | None = None,
 ) -> grpc.RpcMethodHandler:
     kw: dict[str, Any] = {
-        "request_deserializer": h.request_deserializer,
+        # Decoding errors and contract checks become INVALID_ARGUMENT inside
+        # the wrapper instead of grpc's own UNKNOWN (see request_checks).
+        "request_deserializer": checked_deserializer(h.request_deserializer),
         "response_serializer": h.response_serializer,
     }
     if h.unary_unary:
         return grpc.unary_unary_rpc_method_handler(_wrap_unary(h.unary_unary, method, auth), **kw)
     if h.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _wrap_unary(h.stream_unary, method, auth), **kw
+            _wrap_unary(h.stream_unary, method, auth, streaming_request=True), **kw
         )
     if h.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
             _wrap_stream(h.unary_stream, method, auth, drain), **kw
         )
     return grpc.stream_stream_rpc_method_handler(
-        _wrap_stream(h.stream_stream, method, auth), **kw
+        _wrap_stream(h.stream_stream, method, auth, streaming_request=True), **kw
     )
 
 

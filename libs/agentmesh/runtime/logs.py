@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import threading
 import time
+from collections.abc import Callable, Hashable
 from typing import Any
 
 from agentmesh.runtime.context import request_id_var, trace_id_var
@@ -61,6 +63,63 @@ class TextFormatter(JsonFormatter):
         if doc:
             line += " " + " ".join(f"{key}={value}" for key, value in doc.items())
         return f"{line}\n{exc}" if exc else line
+
+
+#: Longest client-supplied text a log line carries, in characters.
+MAX_CLIENT_TEXT_CHARS = 300
+
+
+def clip(text: object, *, max_chars: int = MAX_CLIENT_TEXT_CHARS) -> str:
+    """`text` as a string of at most `max_chars` characters plus a marker
+    saying how much was cut: client input (names, messages, CEL) is echoed
+    in logs only this far, so a hostile request cannot write megabytes."""
+    s = str(text)
+    if len(s) <= max_chars:
+        return s
+    return f"{s[:max_chars]}... ({len(s) - max_chars} more chars)"
+
+
+class RateLimitedLog:
+    """At most one line per key per `interval_s`; the next line that goes out
+    for a key carries `suppressed`, the number of lines left out since.
+
+    Keys are few and fixed by the caller (method and status code, never
+    client input), so the table stays small. Safe across threads and tasks.
+
+    Args:
+        logger: where lines go.
+        interval_s: minimum seconds between two lines of one key.
+        clock: monotonic seconds (injected by tests).
+    """
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        *,
+        interval_s: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._log = logger
+        self._interval_s = interval_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._next: dict[Hashable, float] = {}
+        self._suppressed: dict[Hashable, int] = {}
+
+    def log(self, level: int, key: Hashable, msg: str, **fields: Any) -> bool:
+        """Write `msg` at `level` with `fields` unless `key` logged less than
+        `interval_s` ago; returns True when the line was written."""
+        now = self._clock()
+        with self._lock:
+            nxt = self._next.get(key)
+            if nxt is not None and now < nxt:
+                self._suppressed[key] = self._suppressed.get(key, 0) + 1
+                return False
+            self._next[key] = now + self._interval_s
+            suppressed = self._suppressed.pop(key, 0)
+        if self._log.isEnabledFor(level):
+            self._log.log(level, msg, extra={**fields, "suppressed": suppressed})
+        return True
 
 
 #: Formatter per `log_format` value.

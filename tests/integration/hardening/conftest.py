@@ -1,0 +1,38 @@
+"""Fixtures for the hardening tests: real daemon processes on the session's
+real Redis (and Kafka for the bus gateway)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.infra import flush_db
+from tests.procs import DaemonProcess, ProcessGroup, daemon
+
+#: Logical Redis DB of these tests.
+HARDENING_DB = 9
+
+StartDaemon = Callable[..., DaemonProcess]
+
+
+@pytest.fixture
+def hardening_redis_url(redis_server: Any) -> str:
+    """URL of this suite's DB on the session Redis, flushed before the test."""
+    return flush_db(redis_server.url_for_db(HARDENING_DB))
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path, hardening_redis_url: str) -> Iterator[StartDaemon]:
+    """Start `python -m services.<name>` on the test DB: `start_daemon(name, *flags)`;
+    every daemon started is stopped at teardown."""
+    group = ProcessGroup()
+
+    def start(name: str, *flags: str, redis_url: str = "") -> DaemonProcess:
+        args = ["--redis-url", redis_url or hardening_redis_url, "--health-interval-s", "0.3"]
+        return group.start(daemon(name, tmp_path, *args, *flags))
+
+    yield start
+    group.stop_all()
