@@ -124,11 +124,6 @@ class Invocation:
     comp_failures: int = 0
     comp_retry_at_ms: int = 0
 
-    def __post_init__(self) -> None:
-        # a snapshot's JSON gives plain strings back
-        self.status = CallStatus(self.status)
-        self.comp = CompStatus(self.comp)
-
     @property
     def attempted(self) -> bool:
         """True when at least one attempt was sent (so it may have taken effect)."""
@@ -347,7 +342,11 @@ class SagaRecord:
         defn.ParseFromString(base64.b64decode(d.pop("definition")))
         steps = {}
         for name, s in d.pop("steps").items():
-            invs = {int(k): Invocation(**i) for k, i in s.pop("invocations").items()}
+            invs = {}
+            for k, i in s.pop("invocations").items():
+                # the JSON holds the enums' string values
+                i["status"], i["comp"] = CallStatus(i["status"]), CompStatus(i["comp"])
+                invs[int(k)] = Invocation(**i)
             steps[name] = StepRecord(invocations=invs, **s)
         return cls(definition=defn, steps=steps, **d)
 

@@ -789,3 +789,14 @@ def test_plan_result_is_plain_data() -> None:
     assert isinstance(plan, Plan)
     assert plan.calls == [Call(E, "a", SINGLE, 1, f"{SAGA_ID}/a", {})]
     assert p.in_flight == {(E, "a", SINGLE)}
+
+
+def test_snapshot_json_keeps_the_status_strings_and_loads_them_as_enums() -> None:
+    p, _ = new_saga(S.SagaDefinition(steps=[step("a"), step("b", "a")]))
+    plan = p.plan(now_ms=T0)
+    p.classify(plan.calls[0], fail("UNAVAILABLE"), now_ms=T0)
+    raw = p.record.to_json()
+    assert '"status":"retry_wait"' in raw and '"comp":""' in raw  # the pre-enum spelling
+    inv = SagaRecord.from_json(raw).steps["a"].invocations[SINGLE]
+    assert inv.status is CallStatus.RETRY_WAIT
+    assert inv.comp is CompStatus.NONE
