@@ -77,3 +77,17 @@ async def raw_stream(
     except grpc.aio.AioRpcError as err:
         return err.code()
     return grpc.StatusCode.OK
+
+
+def handled_counts(metrics_text: str, method: str) -> dict[str, float]:
+    """grpc_server_handled_total of `method` (short name) by code, from a scrape."""
+    out: dict[str, float] = {}
+    for line in metrics_text.splitlines():
+        if not line.startswith("grpc_server_handled_total{"):
+            continue
+        labels, _, value = line.rpartition(" ")
+        if f'grpc_method="{method}"' not in labels:
+            continue
+        code = labels.split('grpc_code="', 1)[1].split('"', 1)[0]
+        out[code] = out.get(code, 0.0) + float(value)
+    return out

@@ -176,6 +176,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         )
         metrics.CONNECTIONS.labels("subscribe").inc()
         reader: asyncio.Task[None] | None = None
+        getter: asyncio.Future[Any] | None = None
         try:
             try:
                 topics = await sub.start()
@@ -197,6 +198,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                     raise item
                 yield bus_pb2.SubscribeResponse(batch=bus_pb2.MessageBatch(messages=item))
         finally:
+            if getter is not None:
+                getter.cancel()  # the client went away while we waited for messages
             if reader is not None:
                 reader.cancel()
                 with contextlib.suppress(BaseException):

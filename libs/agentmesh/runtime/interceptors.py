@@ -146,6 +146,38 @@ async def _fail(
     await context.abort(err.code, err.message, err.trailing_metadata())
 
 
+#: How long a stream whose request side ended waits for grpc's cancel (seconds).
+_CANCEL_SETTLE_S = 0.01
+
+#: A cancel this close to the call's deadline (seconds) is counted DEADLINE_EXCEEDED.
+_DEADLINE_SLACK_S = 0.25
+
+
+def _ended_by_client(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code of a call the client ended: DEADLINE_EXCEEDED once its
+    deadline has passed, CANCELLED otherwise (a cancel or a lost connection)."""
+    remaining = context.time_remaining()
+    # The client's own timer fires first and its cancel arrives a little
+    # before the server's deadline: that cancel is the deadline's.
+    if remaining is not None and remaining <= _DEADLINE_SLACK_S:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.CANCELLED
+
+
+def _outcome(context: grpc.aio.ServicerContext[Any, Any]) -> grpc.StatusCode:
+    """The code of a handler that returned: OK, unless the client went away
+    first (a bidi handler's request stream just ends when it cancels, and
+    one that returns after the deadline has not answered in time)."""
+    remaining = context.time_remaining()
+    if remaining is not None and remaining <= 0:
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    try:
+        cancelled = context.cancelled()
+    except Exception:  # a context of another grpc flavour: no way to know
+        cancelled = False
+    return grpc.StatusCode.CANCELLED if cancelled else grpc.StatusCode.OK
+
+
 def _is_abort(exc: BaseException) -> bool:
     # grpc.aio raises its own AbortError from context.abort(); let it through.
     return type(exc).__name__ == "AbortError"
@@ -186,13 +218,18 @@ def _wrap_unary(
                 result = fn(request, context)
                 if inspect.isawaitable(result):
                     result = await result
+        except asyncio.CancelledError:
+            # grpc cancels the handler's task when the client cancels or its
+            # deadline passes: the client's doing, counted as such.
+            call.finish(_ended_by_client(context))
+            raise
         except Exception as exc:
             if _is_abort(exc):
                 call.finish(context.code() or grpc.StatusCode.UNKNOWN)
                 raise
             await _fail(call, context, exc)
             return None
-        call.finish(grpc.StatusCode.OK)
+        call.finish(_outcome(context))
         return result
 
     return behavior
@@ -214,20 +251,30 @@ async def _until_drained(items: AsyncIterator[Any], drain: asyncio.Event) -> Asy
     """
     it = items.__aiter__()
     stop = asyncio.ensure_future(drain.wait())
+    nxt: asyncio.Future[Any] | None = None
     try:
         while True:
             nxt = asyncio.ensure_future(it.__anext__())
             await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
             if nxt.done():
+                done, nxt = nxt, None
                 try:
-                    yield nxt.result()
+                    item = done.result()
                 except StopAsyncIteration:
                     return
+                yield item
                 continue
-            nxt.cancel()
             raise StreamDrained("the server is draining; reconnect and resume the stream")
     finally:
         stop.cancel()
+        # The handler's generator may be running in `nxt` (the client
+        # cancelled, or we drain): end that step first, since closing a
+        # generator that is still running raises RuntimeError.
+        if nxt is not None and not nxt.done():
+            nxt.cancel()
+            await asyncio.wait({nxt})
+        if nxt is not None and nxt.done() and not nxt.cancelled():
+            nxt.exception()  # retrieved: the stream is over either way
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()
@@ -240,11 +287,14 @@ async def _await_until_drained(work: Awaitable[Any], drain: asyncio.Event) -> No
     try:
         await asyncio.wait({task, stop}, return_when=asyncio.FIRST_COMPLETED)
         if not task.done():
-            task.cancel()
             raise StreamDrained("the server is draining; reconnect and resume the stream")
         task.result()
     finally:
         stop.cancel()
+        # Drained, or the client cancelled us: the handler must not outlive the call.
+        if not task.done():
+            task.cancel()
+            await asyncio.wait({task})
 
 
 def _wrap_stream(
@@ -278,13 +328,24 @@ def _wrap_stream(
             else:
                 for item in result:
                     yield item
+            if streaming_request:
+                # A client's cancel also just ends the request stream, and
+                # grpc, polling on its own thread, cancels this task about a
+                # millisecond later: wait that long so such a call is counted
+                # CANCELLED, not OK. Once per stream, after its last message.
+                await asyncio.sleep(_CANCEL_SETTLE_S)
+        except (asyncio.CancelledError, GeneratorExit):
+            # The client cancelled or its deadline passed: grpc cancels the
+            # task (at an await) or closes this generator (at a yield).
+            call.finish(_ended_by_client(context))
+            raise
         except Exception as exc:
             if _is_abort(exc):
                 call.finish(context.code() or grpc.StatusCode.UNKNOWN)
                 raise
             await _fail(call, context, exc)
             return
-        call.finish(grpc.StatusCode.OK)
+        call.finish(_outcome(context))
 
     return behavior
 
