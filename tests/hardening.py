@@ -91,3 +91,68 @@ def handled_counts(metrics_text: str, method: str) -> dict[str, float]:
         code = labels.split('grpc_code="', 1)[1].split('"', 1)[0]
         out[code] = out.get(code, 0.0) + float(value)
     return out
+
+
+def field_violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
+    """field → description from the google.rpc.BadRequest of a rich error."""
+    from google.rpc import error_details_pb2, status_pb2
+
+    out: dict[str, str] = {}
+    for key, value in err.trailing_metadata() or ():
+        if key == "grpc-status-details-bin":
+            status = status_pb2.Status.FromString(value)
+            for d in status.details:
+                br = error_details_pb2.BadRequest()
+                if d.Unpack(br):
+                    out.update({v.field: v.description for v in br.field_violations})
+    return out
+
+
+#: The generated modules whose services the five daemons serve.
+SERVICE_MODULES = {
+    "bus": ("agentmesh.bus.v1.bus_pb2",),
+    "router": ("agentmesh.router.v1.router_pb2",),
+    "registry": ("agentmesh.registry.v1.registry_pb2", "agentmesh.registry.v1.coordination_pb2"),
+    "saga": ("agentmesh.saga.v1.saga_pb2",),
+    "swarm": ("agentmesh.swarm.v1.swarm_pb2",),
+}
+
+
+def daemon_methods(name: str) -> list[Any]:
+    """The MethodDescriptors of every service daemon `name` serves, from the
+    generated descriptors (services added to those files are picked up)."""
+    import importlib
+
+    out: list[Any] = []
+    for mod_name in SERVICE_MODULES[name]:
+        mod = importlib.import_module(mod_name)
+        for svc in mod.DESCRIPTOR.services_by_name.values():
+            out.extend(svc.methods)
+    return out
+
+
+async def call_method(
+    channel: grpc.aio.Channel, method: Any, body: bytes, *, timeout_s: float = 5.0
+) -> grpc.aio.AioRpcError | None:
+    """Send `body` as the request (the first request message of a client
+    stream) of MethodDescriptor `method`; read the responses until the end,
+    or for server streams until `timeout_s` passes (then the call is
+    cancelled and None returned). The error, or None."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    try:
+        if method.client_streaming:
+            call: Any = channel.stream_stream(path)(iter([body]), timeout=timeout_s)
+        elif method.server_streaming:
+            call = channel.unary_stream(path)(body, timeout=timeout_s)
+        else:
+            await channel.unary_unary(path)(body, timeout=timeout_s)
+            return None
+        async for _ in call:
+            pass
+    except grpc.aio.AioRpcError as err:
+        if err.code() == grpc.StatusCode.DEADLINE_EXCEEDED and (
+            method.server_streaming or method.client_streaming
+        ):
+            return None  # a stream that was still open when we stopped reading
+        return err
+    return None

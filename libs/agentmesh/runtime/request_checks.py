@@ -92,6 +92,7 @@ class _Plan:
         return not (self.enums or self.durations or self.nested)
 
 
+_CHECK_DURATIONS = False
 _plans: dict[str, _Plan] = {}
 _planning: set[str] = set()
 # Well-known types whose own fields carry no contract (Struct's NullValue
@@ -123,7 +124,8 @@ def plan_for(desc: Any) -> _Plan | None:
             elif f.cpp_type != _CPP_MESSAGE or f.message_type.full_name in _SKIP:
                 continue
             elif f.message_type.full_name == _DURATION:
-                plan.durations.append(f)
+                if _CHECK_DURATIONS:
+                    plan.durations.append(f)
             elif f.message_type.GetOptions().map_entry:
                 value = f.message_type.fields_by_name["value"]
                 if value.cpp_type == _CPP_ENUM or (
@@ -156,7 +158,7 @@ def _walk(msg: Message, prefix: str) -> Iterator[tuple[str, str]]:
     assert plan is not None  # planning has finished once a message exists
     for f, allowed in plan.enums:
         name = prefix + f.name
-        if f.label == FieldDescriptor.LABEL_REPEATED:
+        if f.is_repeated:
             for i, v in enumerate(getattr(msg, f.name)):
                 if v not in allowed:
                     yield f"{name}[{i}]", _enum_problem(f, v)
@@ -166,7 +168,7 @@ def _walk(msg: Message, prefix: str) -> Iterator[tuple[str, str]]:
                 yield name, _enum_problem(f, v)
     for f in plan.durations:
         name = prefix + f.name
-        if f.label == FieldDescriptor.LABEL_REPEATED:
+        if f.is_repeated:
             for i, d in enumerate(getattr(msg, f.name)):
                 if (p := _duration_problem(d)) is not None:
                     yield f"{name}[{i}]", p
@@ -186,7 +188,7 @@ def _walk(msg: Message, prefix: str) -> Iterator[tuple[str, str]]:
                         yield key, _enum_problem(vf, item)
                 else:
                     yield from _walk(item, key + ".")
-        elif f.label == FieldDescriptor.LABEL_REPEATED:
+        elif f.is_repeated:
             for i, item in enumerate(value):
                 yield from _walk(item, f"{name}[{i}].")
         elif msg.HasField(f.name):
@@ -230,7 +232,7 @@ def check(msg: Message) -> None:
 
 # ---- the deserializer ---------------------------------------------------
 
-_CHECK_CONTRACT = False
+_CHECK_CONTRACT = True
 
 
 def checked_deserializer(

@@ -36,3 +36,27 @@ def start_daemon(tmp_path: Path, hardening_redis_url: str) -> Iterator[StartDaem
 
     yield start
     group.stop_all()
+
+
+#: The five daemons, by the name `python -m services.<name>` runs.
+DAEMONS = ("bus", "router", "registry", "saga", "swarm")
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    redis_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[dict[str, DaemonProcess]]:
+    """All five daemons on one flushed Redis DB, the bus gateway on the real
+    Kafka broker; stopped at the end of the module."""
+    url = flush_db(redis_server.url_for_db(HARDENING_DB + 1))
+    logs = tmp_path_factory.mktemp("hardening-mesh")
+    common = ["--redis-url", url, "--health-interval-s", "0.3", "--grace-period-s", "2"]
+    group = ProcessGroup()
+    procs = {}
+    try:
+        for name in DAEMONS:
+            extra = ["--kafka-bootstrap", kafka_broker.bootstrap] if name == "bus" else []
+            procs[name] = group.start(daemon(name, logs, *common, *extra))
+        yield procs
+    finally:
+        group.stop_all()
