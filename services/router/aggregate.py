@@ -13,6 +13,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from agentmesh.runtime.cel import REPLY_VARIABLES, CelError, CelEvalError, Expression
+from agentmesh.runtime.errors import InvalidArgument
+
 Outputs = Sequence[tuple[str, dict[str, Any]]]
 _MISSING = object()
 
@@ -121,3 +124,40 @@ def merge(outputs: Outputs) -> tuple[dict[str, Any], list[str]]:
     for _, out in outputs:
         into(merged, out, "")
     return merged, sorted(conflicts)
+
+
+def compile_reduce(source: str) -> Expression:
+    """Compile a CUSTOM reduce over `replies` and `agent_ids` (the mesh's CEL dialect).
+
+    Raises:
+        InvalidArgument: empty, or the CEL does not compile; names field `reduce`.
+    """
+    if not source:
+        raise InvalidArgument(
+            "CUSTOM aggregation needs reduce, a CEL expression over replies",
+            field_violations={"reduce": "empty"},
+        )
+    try:
+        return Expression(source, variables=REPLY_VARIABLES)
+    except CelError as e:
+        raise InvalidArgument(
+            f"invalid reduce: {e}", field_violations={"reduce": str(e)}
+        ) from e
+
+
+def custom(expr: Expression, outputs: Outputs) -> dict[str, Any]:
+    """{"value": <the reduce's result>} over the outputs in agent-id order.
+
+    Raises:
+        InvalidArgument: the reduce failed to evaluate on these replies (a
+            missing field, a type mismatch, max() of no replies); field `reduce`.
+    """
+    try:
+        value = expr.evaluate(
+            {"replies": [o for _, o in outputs], "agent_ids": [a for a, _ in outputs]}
+        )
+    except CelEvalError as e:
+        raise InvalidArgument(
+            f"reduce failed on the replies: {e}", field_violations={"reduce": str(e)}
+        ) from e
+    return {"value": value}

@@ -185,7 +185,8 @@ class Invoker:
         """Fan out, gather and aggregate (see RouterService.ScatterGather).
 
         Raises:
-            InvalidArgument: bad aggregation or bounds.
+            InvalidArgument: bad aggregation or bounds; a CUSTOM reduce that
+                does not compile (before any call) or fails on the replies.
             Unavailable: NO_HEALTHY_TARGET, INSUFFICIENT_RESPONSES.
         """
         if not req.action:
@@ -199,6 +200,7 @@ class Invoker:
             raise InvalidArgument(
                 "AVERAGE needs field_path", field_violations={"field_path": "empty"}
             )
+        reduce = aggregate.compile_reduce(req.reduce) if agg == R.AGGREGATION_CUSTOM else None
         execute_input = _input_of(req.message)
         msg = router_pb2.RouteMessage()
         msg.CopyFrom(req.message)
@@ -297,6 +299,8 @@ class Invoker:
             )
         elif agg == R.AGGREGATION_AVERAGE:
             result = aggregate.average(ok, req.field_path)
+        elif reduce is not None:
+            result = aggregate.custom(reduce, ok)
         else:
             result, conflicts = aggregate.merge(ok)
             resp.merge_conflicts.extend(conflicts)

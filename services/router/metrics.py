@@ -25,3 +25,18 @@ SCATTER_GATHER_DURATION = Histogram(
 INVOKE_DURATION = Histogram(
     "routing_invoke_duration_ms", "Wall time of an Invoke, ms.", buckets=_MS_BUCKETS
 )
+SAFETY_VALIDATIONS = Counter(
+    "safety_validations_total",
+    "SafetyService.ValidateOperation verdicts, by result (safe or unsafe).",
+    ["result"],
+)
+BREAKER_OUTCOMES = Counter(
+    "safety_breaker_outcomes_total",
+    "Outcomes recorded on named circuit breakers, by result (success or failure).",
+    ["result"],
+)
+PERMITS = Counter(
+    "safety_permits_total",
+    "AcquirePermit calls on named rate limiters, by result (granted or denied).",
+    ["result"],
+)

@@ -69,6 +69,8 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
             identity="router",
         )
         self.engine = self.client.engine
+        #: The router's Redis, shared with the SafetyService.
+        self.redis = self._redis
         self.invoker = Invoker(self.client, settings)
         self._ok_counters: dict[int, Any] = {}
 

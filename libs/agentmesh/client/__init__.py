@@ -4,5 +4,6 @@ from __future__ import annotations
 
 from agentmesh.client.base import DAEMONS, default_target
 from agentmesh.client.client import Client
+from agentmesh.client.safety import CircuitOpen
 
-__all__ = ["DAEMONS", "Client", "default_target"]
+__all__ = ["DAEMONS", "CircuitOpen", "Client", "default_target"]

@@ -15,15 +15,20 @@ and `c.swarm`. Higher-level helpers are below.
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 import grpc
 
 from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.client.safety import CircuitOpen, retry_delay_s
 from agentmesh.client.services import ServiceMethods
-from agentmesh.runtime.errors import from_rpc_error
+from agentmesh.router.v1 import router_pb2, safety_pb2
+from agentmesh.runtime.errors import ResourceExhausted, from_rpc_error
 
 
 class Client(ServiceMethods):
@@ -113,3 +118,109 @@ class Client(ServiceMethods):
         except grpc.aio.AioRpcError as e:
             raise from_rpc_error(e) from e
         return struct_to_dict(resp.output), resp
+
+    # ---- SafetyService helpers ------------------------------------------------
+    @asynccontextmanager
+    async def breaker(
+        self,
+        name: str,
+        *,
+        failure_on: tuple[type[BaseException], ...] = (Exception,),
+    ) -> AsyncIterator[safety_pb2.CircuitBreaker]:
+        """Guard a block with the named circuit breaker `name` (SafetyService).
+
+            async with client.breaker("scada"):
+                await write_setpoint()
+
+        Reads the breaker; while it is OPEN raises CircuitOpen without running
+        the block. Otherwise runs it and records its outcome: a success when
+        it finishes, a failure when it raises one of `failure_on` (the
+        exception then propagates). Cancellation records nothing. Every
+        client and router replica shares the breaker's state.
+
+        Args:
+            name: a breaker made with `create_circuit_breaker`.
+            failure_on: exception types that count as failures.
+
+        Yields:
+            The breaker as read before the block.
+
+        Raises:
+            CircuitOpen: the breaker is OPEN (`retry_after_s` says for how long).
+            NotFound: no breaker with this name.
+        """
+        b = (await self.get_circuit_breaker(name=name)).breaker
+        if b.state == router_pb2.BREAKER_STATE_OPEN:
+            raise CircuitOpen(b)
+        try:
+            yield b
+        except failure_on:
+            await self.record_outcome(name=name, success=False)
+            raise
+        await self.record_outcome(name=name, success=True)
+
+    async def permit(
+        self,
+        name: str,
+        key: str = "",
+        count: int = 1,
+        *,
+        wait_s: float = 0.0,
+        timeout_s: float | None = None,
+    ) -> None:
+        """Take `count` permits of the named rate limiter `name` for `key`.
+
+        Not retried behind the caller's back (a retry would take permits
+        again): a refusal raises at once, unless `wait_s` allows waiting the
+        server's RetryInfo delay and asking again.
+
+        Args:
+            name: a limiter made with `create_rate_limiter`.
+            key: whose bucket; required on a per-key limiter.
+            count: permits to take, all or none.
+            wait_s: longest total wait for permits, s; 0 fails at once.
+            timeout_s: deadline of each call, s; default the client's.
+
+        Raises:
+            ResourceExhausted: no permits (its RetryInfo says when), or none within `wait_s`.
+            NotFound: no limiter with this name.
+            InvalidArgument: empty key on a per-key limiter, count above max_requests.
+        """
+        req = safety_pb2.AcquirePermitRequest(name=name, key=key, count=count)
+        give_up = time.monotonic() + wait_s
+        while True:
+            try:
+                await self.safety.AcquirePermit(
+                    req, timeout=self.default_timeout_s if timeout_s is None else timeout_s
+                )
+                return
+            except grpc.aio.AioRpcError as e:
+                err = from_rpc_error(e)
+                delay = retry_delay_s(err) if isinstance(err, ResourceExhausted) else None
+                if delay is None or time.monotonic() + delay > give_up:
+                    raise err from e
+            await asyncio.sleep(delay)
+
+    async def validate(
+        self,
+        operation_type: str,
+        parameters: Mapping[str, Any] | None = None,
+        *,
+        agent_id: str = "",
+        sender_id: str = "",
+        metadata: Mapping[str, str] | None = None,
+    ) -> safety_pb2.ValidateOperationResponse:
+        """Dry-run the mesh's safety rules on an operation (ValidateOperation).
+
+        Returns:
+            The verdict: `is_safe`, every violation, and the blocking ones.
+        """
+        return await self.validate_operation(
+            safety_pb2.ValidateOperationRequest(
+                operation_type=operation_type,
+                agent_id=agent_id,
+                parameters=dict_to_struct(dict(parameters or {})),
+                sender_id=sender_id,
+                metadata=dict(metadata or {}),
+            )
+        )

@@ -16,6 +16,8 @@ rule or definition is created):
   (0-4), `routing_key`, `affinity_key`, `sender_id`, `metadata` (map of strings),
   `content_type`, `size_bytes`; and `payload` — the Struct payload as a map
   (`{}` for a bytes payload). The result must be a bool.
+* ScatterGather CUSTOM reduces (`Expression(src, variables=REPLY_VARIABLES)`):
+  `replies` (the successful outputs, in agent-id order) and `agent_ids`.
 * Saga steps (`saga_expression`): `input` (the saga input) and `steps` (the
   output of every completed step, by name), plus `item` and `index` in a map
   step's `input_mapping`, `results` (the item outputs, in item order) in
@@ -54,6 +56,7 @@ Examples (each is tested in tests/unit/runtime/test_cel.py):
     steps.count.n < 3                      # saga: output of step `count`
     iteration < input.times                # saga loop condition
     {"xs": results.map(r, r.x), "n": size(results)}          # saga map reduce
+    replies.map(r, r.kg).max()             # router ScatterGather CUSTOM reduce
 
 Compile-time checks (cel-python parses but does not type-check): the text
 parses; it names only the context's variables (and comprehension variables of
@@ -92,6 +95,7 @@ __all__ = [
     "LOOP_VARIABLES",
     "MAP_ITEM_VARIABLES",
     "REDUCE_VARIABLES",
+    "REPLY_VARIABLES",
     "ROUTE_VARIABLES",
     "SAGA_VARIABLES",
     "Activation",
@@ -116,6 +120,8 @@ SAGA_VARIABLES = frozenset({"input", "steps"})
 MAP_ITEM_VARIABLES = frozenset({"item", "index"})
 #: Added in a map step's reduce.
 REDUCE_VARIABLES = frozenset({"results"})
+#: Variables of a ScatterGather CUSTOM reduce.
+REPLY_VARIABLES = frozenset({"replies", "agent_ids"})
 #: Added in a loop step's condition and input_mapping.
 LOOP_VARIABLES = frozenset({"iteration", "last"})
 
@@ -135,7 +141,7 @@ _TYPE_NAMES = frozenset(
 )
 #: Macros that bind a comprehension variable as their first argument.
 _COMPREHENSIONS = frozenset({"all", "exists", "exists_one", "map", "filter"})
-_FUNCTIONS = frozenset(base_functions) | {"has", "dyn"}
+_FUNCTIONS = frozenset(base_functions) | {"has", "dyn", "max", "min", "sum"}
 #: Doubles represent every integer up to 2**53 exactly; beyond, "integral" means little.
 _EXACT = 2**53
 _INT64 = (-(2**63), 2**63 - 1)
@@ -363,6 +369,60 @@ def _in(item: Any, container: Any) -> Any:
     return error
 
 
+def _numbers(name: str, values: Any) -> list[Any]:
+    if not isinstance(values, celtypes.ListType):
+        raise TypeError(f"{name}() takes a list of numbers")
+    if not values:
+        raise ValueError(f"{name}() of an empty list")
+    if not all(_is_number(v) for v in values):
+        raise TypeError(f"{name}() takes a list of numbers")
+    return list(values)
+
+
+def _list_function(fn: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    # celpy takes an error returned as a value, with our message; a raised
+    # ValueError would become its generic "return error for overflow".
+    def apply(values: Any) -> Any:
+        if isinstance(values, celpy.CELEvalError):
+            return values
+        try:
+            return fn(values)
+        except (TypeError, ValueError) as e:
+            return celpy.CELEvalError(str(e), e.__class__, e.args)
+
+    apply.__name__ = fn.__name__
+    return apply
+
+
+@_list_function
+def _max(values: Any) -> Any:
+    """`xs.max()`: the largest number of a list (kept as int or double)."""
+    return max(_numbers("max", values), key=_plain)
+
+
+@_list_function
+def _min(values: Any) -> Any:
+    """`xs.min()`: the smallest number of a list."""
+    return min(_numbers("min", values), key=_plain)
+
+
+@_list_function
+def _sum(values: Any) -> Any:
+    """`xs.sum()`: int when every item is an int, else double; 0 for []."""
+    if isinstance(values, celtypes.ListType) and not values:
+        return celtypes.IntType(0)
+    nums = _numbers("sum", values)
+    if all(isinstance(v, celtypes.IntType | celtypes.UintType) for v in nums):
+        return celtypes.IntType(sum(int(v) for v in nums))
+    return celtypes.DoubleType(sum(float(v) for v in nums))
+
+
+#: List functions of the dialect beyond cel-spec's standard library (as
+#: cel-go's math extension): `xs.max()`, `xs.sum()`, `max(xs)`, `min(xs)`,
+#: `sum(xs)`, numbers compared under the number rule. (`xs.min()` is celpy's
+#: own macro, which refuses a list mixing ints and doubles: write `min(xs)`.)
+_LIST_FUNCTIONS: dict[str, Any] = {"max": _max, "min": _min, "sum": _sum}
+
 #: Operators of the dialect; everything else is celpy's base library.
 _OPERATORS: dict[str, Any] = {
     "_==_": _eq,
@@ -377,6 +437,7 @@ _OPERATORS: dict[str, Any] = {
     "_*_": _arithmetic(operator.mul),
     "_/_": _arithmetic(operator.truediv),
     "-_": _negate,
+    **_LIST_FUNCTIONS,
 }
 
 

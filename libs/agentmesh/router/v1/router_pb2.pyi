@@ -825,7 +825,8 @@ class ScatterGatherRequest(_message.Message):
     reduce: _builtins.str
     """The CEL expression of AGGREGATION_CUSTOM over `replies` and
     `agent_ids`; compiled before any agent is called. Besides the base CEL
-    library, lists of numbers have `max()`, `min()` and `sum()`.
+    library, lists of numbers have `max(xs)`, `min(xs)` and `sum(xs)` (also
+    written `xs.max()`, `xs.sum()`), comparing ints and doubles by value.
     """
     @_builtins.property
     def message(self) -> Global___RouteMessage:

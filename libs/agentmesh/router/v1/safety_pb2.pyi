@@ -42,7 +42,9 @@ class _ConstraintKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Constr
     CONSTRAINT_KIND_ALLOWLIST: _ConstraintKind.ValueType  # 3
     """The value at `field` is one of `values`. A missing field passes unless `required`."""
     CONSTRAINT_KIND_DENYLIST: _ConstraintKind.ValueType  # 4
-    """The value at `field` is none of `values`. A missing field passes."""
+    """The value at `field` is none of `values`. A missing field passes unless
+    `required`.
+    """
     CONSTRAINT_KIND_PATTERN: _ConstraintKind.ValueType  # 5
     """The string at `field` matches the RE2 `pattern` (CEL `matches`, which
     finds the pattern anywhere; anchor with ^...$). A missing field passes
@@ -67,7 +69,9 @@ field passes unless `required`.
 CONSTRAINT_KIND_ALLOWLIST: ConstraintKind.ValueType  # 3
 """The value at `field` is one of `values`. A missing field passes unless `required`."""
 CONSTRAINT_KIND_DENYLIST: ConstraintKind.ValueType  # 4
-"""The value at `field` is none of `values`. A missing field passes."""
+"""The value at `field` is none of `values`. A missing field passes unless
+`required`.
+"""
 CONSTRAINT_KIND_PATTERN: ConstraintKind.ValueType  # 5
 """The string at `field` matches the RE2 `pattern` (CEL `matches`, which
 finds the pattern anywhere; anchor with ^...$). A missing field passes

@@ -255,6 +255,22 @@ class RouteEngine:
             )
         return [v for v in violations if v not in blocking]
 
+    def evaluate_safety(
+        self, msg: R.RouteMessage
+    ) -> tuple[list[R.SafetyViolation], list[R.SafetyViolation]]:
+        """The safety step of `decide` as a dry run (SafetyService.ValidateOperation):
+        the same evaluation and route cache, nothing enforced or counted.
+
+        Returns:
+            (violations a real call would pass with, violations it would be
+            blocked for); the second is empty unless halting on CRITICAL.
+
+        Raises:
+            InvalidArgument: the message names no candidates at all.
+        """
+        entry, _ = self._resolve(msg, R.STRATEGY_UNSPECIFIED)
+        return list(entry.violations), list(entry.blocking)
+
     async def decide(
         self, req: R.RouteRequest, *, allow_broadcast: bool = True, enforce_safety: bool = True
     ) -> Decision:

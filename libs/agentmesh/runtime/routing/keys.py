@@ -17,6 +17,15 @@ Router state:
     am:rt:targets           SET of agent ids that have a target state
     am:rt:aff:{pool}:{key}  STRING agent id bound to an affinity key (TTL)
     am:rt:rl:{identity}     HASH token bucket of one caller (TTL)
+
+SafetyService state (named breakers and rate limiters; literal braces are
+Redis Cluster hash tags, and every script touches one key):
+    am:rt:cb:{name}         HASH named breaker: `cfg` (serialized CircuitBreaker
+                            config) + the breaker fields of am:rt:target (no TTL)
+    am:rt:cbs               SET of named breaker names
+    am:rt:lim:{name}        HASH named rate limiter: `cfg` (serialized RateLimiter)
+    am:rt:lims              SET of named rate limiter names
+    am:rt:lb:{name:key}     HASH token bucket of one key of a named limiter (TTL)
 """
 
 from __future__ import annotations
@@ -42,3 +51,22 @@ def affinity(pool_key: str, key: str) -> str:
 def rate_bucket(identity: str) -> str:
     """Token bucket of one caller."""
     return f"{RT}rl:{identity}"
+
+
+BREAKERS = RT + "cbs"
+LIMITERS = RT + "lims"
+
+
+def named_breaker(name: str) -> str:
+    """Configuration and state of one named circuit breaker."""
+    return f"{RT}cb:{{{name}}}"
+
+
+def named_limiter(name: str) -> str:
+    """Configuration of one named rate limiter."""
+    return f"{RT}lim:{{{name}}}"
+
+
+def limiter_bucket(name: str, key: str) -> str:
+    """Token bucket of `key` in a named rate limiter ("" for a shared bucket)."""
+    return f"{RT}lb:{{{name}:{key}}}"

@@ -1,6 +1,7 @@
-"""Per-caller token buckets in Redis (`am:rt:rl:{identity}`), shared by
-replicas. One Lua script refills by elapsed time (Redis server clock, so
-replicas on skewed hosts agree) and takes tokens atomically."""
+"""Token buckets in Redis, shared by replicas: per caller (`am:rt:rl:{identity}`)
+and the SafetyService's named limiters (`am:rt:lb:{name:key}`, `take_from`).
+One Lua script refills by elapsed time (Redis server clock, so replicas on
+skewed hosts agree) and takes tokens atomically, all or none."""
 
 from __future__ import annotations
 
@@ -62,7 +63,25 @@ class RateLimiter:
         """Take `cost` tokens from `identity`'s bucket."""
         if not self.enabled:
             return Verdict(True, 0)
-        allowed, wait = await self._take(
-            keys=[keys.rate_bucket(identity)], args=[self._rate, self._burst, cost]
+        return await self.take_from(
+            keys.rate_bucket(identity), rate_per_s=self._rate, burst=self._burst, cost=cost
         )
+
+    async def take_from(
+        self, bucket_key: str, *, rate_per_s: float, burst: int, cost: int = 1
+    ) -> Verdict:
+        """Take `cost` tokens from the bucket at `bucket_key`, whatever this
+        limiter's own rate: a bucket of capacity `burst` refilled at
+        `rate_per_s` tokens per second, full when first used.
+
+        Args:
+            bucket_key: the bucket's Redis key (one key: one hash slot).
+            rate_per_s: refill rate, tokens per second; > 0.
+            burst: capacity, tokens; >= cost for the take ever to succeed.
+            cost: tokens to take, all or none.
+
+        Returns:
+            The verdict; `retry_after_ms` is the wait until `cost` tokens are there.
+        """
+        allowed, wait = await self._take(keys=[bucket_key], args=[rate_per_s, burst, cost])
         return Verdict(bool(allowed), int(wait))

@@ -16,6 +16,8 @@ target spends un-ejected, so a target that recovered is not punished with
 the long ejections of its past on its next lapse.
 
 One Lua script applies an outcome atomically, so replicas never lose updates.
+The same script drives the SafetyService's named breakers
+(`NamedBreakerRecorder`): one key, outlier detection off, no expiry.
 A failure is an outcome that says the agent is unwell (UNAVAILABLE,
 DEADLINE_EXCEEDED, INTERNAL, UNKNOWN, DATA_LOSS); application errors such as
 INVALID_ARGUMENT count as successes of the transport.
@@ -101,8 +103,10 @@ end
 redis.call('HSET', h, 'state', state, 'cf', cf, 'open_until', open_until, 'hs', hs,
            'ws', ws, 'wf', wf, 'wstart', wstart, 'ejected_until', ejected_until,
            'ejections', ejections)
-redis.call('PEXPIRE', h, 86400000)
-redis.call('SADD', KEYS[2], ARGV[1])
+local ttl = tonumber(ARGV[13] or '86400000')
+if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
+-- named breakers (SafetyService) pass one key: their index is written on create
+if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[1]) end
 return {state, cf, open_until, hs, ws, wf, wstart, ejected_until, ejections}
 """
 
@@ -280,3 +284,69 @@ class OutcomeRecorder:
             if vals[0] is not None
         ]
         return states, (page[-1] if more and page else "")
+
+
+#: Window and minimum request count that turn the script's outlier detection
+#: off: the window never rolls over (so ws/wf count every outcome since
+#: creation) and no window ever reaches the minimum.
+_NO_WINDOW = 2**53
+
+
+class NamedBreakerRecorder:
+    """Applies outcomes to the SafetyService's named breakers with the same
+    script (and so the same state machine) as the per-agent breakers: one key
+    (`am:rt:cb:{name}`), outlier detection off, no expiry.
+
+    Args:
+        redis: the router's Redis.
+    """
+
+    def __init__(self, redis: aioredis.Redis) -> None:
+        self._script = redis.register_script(_RECORD)
+
+    async def record(
+        self,
+        key: str,
+        name: str,
+        *,
+        ok: bool,
+        failure_threshold: int,
+        open_ms: int,
+        half_open_successes: int,
+        now_ms: int | None = None,
+    ) -> TargetState:
+        """Apply one outcome to the breaker at `key` and return its new state.
+
+        Args:
+            key: the breaker's hash (`keys.named_breaker(name)`).
+            name: the breaker's name (the returned state's `agent_id`).
+            ok: the guarded call succeeded.
+            failure_threshold: consecutive failures that open it.
+            open_ms: how long it stays OPEN, ms.
+            half_open_successes: successes in HALF_OPEN that close it.
+            now_ms: wall clock, ms since the epoch; default now.
+
+        Returns:
+            The state; `window_successes` / `window_failures` count every
+            outcome since creation.
+        """
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        values = await self._script(
+            keys=[key],
+            args=[
+                name,
+                "1" if ok else "0",
+                now,
+                failure_threshold,
+                open_ms,
+                half_open_successes,
+                _NO_WINDOW,
+                _NO_WINDOW,
+                1.0,
+                0,
+                0,
+                1,
+                0,
+            ],
+        )
+        return TargetState.from_values(name, values)

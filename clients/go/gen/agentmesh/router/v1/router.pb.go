@@ -1419,7 +1419,8 @@ type ScatterGatherRequest struct {
 	MaxTargets uint32 `protobuf:"varint,10,opt,name=max_targets,json=maxTargets,proto3" json:"max_targets,omitempty"`
 	// The CEL expression of AGGREGATION_CUSTOM over `replies` and
 	// `agent_ids`; compiled before any agent is called. Besides the base CEL
-	// library, lists of numbers have `max()`, `min()` and `sum()`.
+	// library, lists of numbers have `max(xs)`, `min(xs)` and `sum(xs)` (also
+	// written `xs.max()`, `xs.sum()`), comparing ints and doubles by value.
 	Reduce        string `protobuf:"bytes,11,opt,name=reduce,proto3" json:"reduce,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache

@@ -38,7 +38,8 @@ const (
 	ConstraintKind_CONSTRAINT_KIND_RANGE ConstraintKind = 2
 	// The value at `field` is one of `values`. A missing field passes unless `required`.
 	ConstraintKind_CONSTRAINT_KIND_ALLOWLIST ConstraintKind = 3
-	// The value at `field` is none of `values`. A missing field passes.
+	// The value at `field` is none of `values`. A missing field passes unless
+	// `required`.
 	ConstraintKind_CONSTRAINT_KIND_DENYLIST ConstraintKind = 4
 	// The string at `field` matches the RE2 `pattern` (CEL `matches`, which
 	// finds the pattern anywhere; anchor with ^...$). A missing field passes
