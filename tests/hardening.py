@@ -156,3 +156,45 @@ async def call_method(
             return None  # a stream that was still open when we stopped reading
         return err
     return None
+
+
+def field_paths(
+    desc: Any, want: Any, depth: int = 0, seen: tuple[str, ...] = ()
+) -> list[list[Any]]:
+    """Every chain of fields from message descriptor `desc` to a field for
+    which `want(field)` is true (maps and google.* types not entered), at
+    most 4 messages deep."""
+    out: list[list[Any]] = []
+    for f in desc.fields:
+        if want(f):
+            out.append([f])
+        elif (
+            f.message_type is not None
+            and depth < 4
+            and not f.message_type.full_name.startswith("google.")
+            and not f.message_type.GetOptions().map_entry
+            and f.message_type.full_name not in seen
+        ):
+            for rest in field_paths(f.message_type, want, depth + 1, (*seen, desc.full_name)):
+                out.append([f, *rest])
+    return out
+
+
+def message_with(desc: Any, path: list[Any], set_value: Any) -> tuple[bytes, str]:
+    """A request of type `desc` with the field at `path` set by
+    `set_value(parent, field)` (which returns the field's path element, e.g.
+    "timeout" or "states[0]"); the bytes and the dotted field path."""
+    from google.protobuf import message_factory
+
+    msg = message_factory.GetMessageClass(desc)()
+    cur: Any = msg
+    names: list[str] = []
+    for f in path[:-1]:
+        if f.is_repeated:
+            cur = getattr(cur, f.name).add()
+            names.append(f"{f.name}[0]")
+        else:
+            cur = getattr(cur, f.name)
+            names.append(f.name)
+    names.append(set_value(cur, path[-1]))
+    return msg.SerializeToString(), ".".join(names)

@@ -92,7 +92,6 @@ class _Plan:
         return not (self.enums or self.durations or self.nested)
 
 
-_CHECK_DURATIONS = False
 _plans: dict[str, _Plan] = {}
 _planning: set[str] = set()
 # Well-known types whose own fields carry no contract (Struct's NullValue
@@ -124,8 +123,7 @@ def plan_for(desc: Any) -> _Plan | None:
             elif f.cpp_type != _CPP_MESSAGE or f.message_type.full_name in _SKIP:
                 continue
             elif f.message_type.full_name == _DURATION:
-                if _CHECK_DURATIONS:
-                    plan.durations.append(f)
+                plan.durations.append(f)
             elif f.message_type.GetOptions().map_entry:
                 value = f.message_type.fields_by_name["value"]
                 if value.cpp_type == _CPP_ENUM or (
@@ -232,8 +230,6 @@ def check(msg: Message) -> None:
 
 # ---- the deserializer ---------------------------------------------------
 
-_CHECK_CONTRACT = True
-
 
 def checked_deserializer(
     deserialize: Callable[[bytes], Any] | None,
@@ -252,7 +248,6 @@ def checked_deserializer(
         return None
     cls: Any = getattr(deserialize, "__self__", None)
     type_name = cls.DESCRIPTOR.full_name if hasattr(cls, "DESCRIPTOR") else "the request type"
-    checks = _CHECK_CONTRACT
 
     def de(data: bytes) -> Any:
         try:
@@ -265,7 +260,7 @@ def checked_deserializer(
                 ),
                 undecodable=True,
             )
-        if checks and isinstance(msg, Message):
+        if isinstance(msg, Message):
             try:
                 check(msg)
             except InvalidArgument as err:

@@ -5,59 +5,37 @@ ListSagas with the values from the report."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import grpc
 import pytest
-from google.protobuf import message_factory
 
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-from tests.hardening import call_method, daemon_methods, errors_in_log, field_violations, log_size
+from tests.hardening import (
+    call_method,
+    daemon_methods,
+    errors_in_log,
+    field_paths,
+    field_violations,
+    log_size,
+    message_with,
+)
 from tests.integration.hardening.conftest import DAEMONS
 from tests.procs import DaemonProcess
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
 
-def enum_paths(desc: Any, depth: int = 0, seen: tuple[str, ...] = ()) -> Iterator[list[Any]]:
-    """Every chain of fields from `desc` to an enum field (maps and
-    well-known types left out), at most 4 messages deep."""
-    for f in desc.fields:
-        if f.enum_type is not None:
-            yield [f]
-        elif (
-            f.message_type is not None
-            and depth < 4
-            and not f.message_type.full_name.startswith("google.")
-            and not f.message_type.GetOptions().map_entry
-            and f.message_type.full_name not in seen
-        ):
-            for rest in enum_paths(f.message_type, depth + 1, (*seen, desc.full_name)):
-                yield [f, *rest]
+def set_enum(value: int) -> Any:
+    """A `message_with` setter putting `value` in an enum field."""
 
-
-def with_bad_enum(desc: Any, path: list[Any], value: int) -> tuple[bytes, str]:
-    """A request of type `desc` whose enum at `path` holds `value`, and the
-    field path the error must name."""
-    cls = message_factory.GetMessageClass(desc)
-    msg = cls()
-    cur: Any = msg
-    names: list[str] = []
-    for f in path[:-1]:
+    def put(parent: Any, f: Any) -> str:
         if f.is_repeated:
-            cur = getattr(cur, f.name).add()
-            names.append(f"{f.name}[0]")
-        else:
-            cur = getattr(cur, f.name)
-            names.append(f.name)
-    last = path[-1]
-    if last.is_repeated:
-        getattr(cur, last.name).append(value)
-        names.append(f"{last.name}[0]")
-    else:
-        setattr(cur, last.name, value)
-        names.append(last.name)
-    return msg.SerializeToString(), ".".join(names)
+            getattr(parent, f.name).append(value)
+            return f"{f.name}[0]"
+        setattr(parent, f.name, value)
+        return str(f.name)
+
+    return put
 
 
 @pytest.mark.parametrize("name", DAEMONS)
@@ -69,8 +47,8 @@ async def test_every_enum_field_rejects_undefined_values(
     checked = 0
     async with grpc.aio.insecure_channel(proc.target) as ch:
         for method in daemon_methods(name):
-            for path in enum_paths(method.input_type):
-                body, field = with_bad_enum(method.input_type, path, 99)
+            for path in field_paths(method.input_type, lambda f: f.enum_type is not None):
+                body, field = message_with(method.input_type, path, set_enum(99))
                 err = await call_method(ch, method, body, timeout_s=3.0)
                 where = f"{method.full_name} {field}"
                 assert err is not None, where
