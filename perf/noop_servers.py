@@ -4,6 +4,8 @@ grpc.aio server (no interceptors, no Redis), answering at once.
     python perf/noop_servers.py registry         DiscoverAgents -> empty response
     python perf/noop_servers.py router           Route -> empty response; RouteBatch ->
                                                  one fixed one-target decision per request
+    python perf/noop_servers.py safety           ValidateOperation -> is_safe; AcquirePermit
+                                                 -> granted
     python perf/noop_servers.py agent [AGENT_ID] Execute -> its input (agent id
                                                  default `agent-noop`)
 
@@ -24,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
-from agentmesh.router.v1 import router_pb2, router_pb2_grpc
+from agentmesh.router.v1 import router_pb2, router_pb2_grpc, safety_pb2, safety_pb2_grpc
 from tests.procs import serve_until_signal
 
 
@@ -61,6 +63,18 @@ class NoopRouter(router_pb2_grpc.RouterServiceServicer):
         return self._batches[n]
 
 
+class NoopSafety(safety_pb2_grpc.SafetyServiceServicer):
+    async def ValidateOperation(
+        self, request: safety_pb2.ValidateOperationRequest, context: Any
+    ) -> safety_pb2.ValidateOperationResponse:
+        return safety_pb2.ValidateOperationResponse(is_safe=True, halt_on_critical=True)
+
+    async def AcquirePermit(
+        self, request: safety_pb2.AcquirePermitRequest, context: Any
+    ) -> safety_pb2.AcquirePermitResponse:
+        return safety_pb2.AcquirePermitResponse(granted=True)
+
+
 class EchoAgent(agent_pb2_grpc.AgentServiceServicer):
     def __init__(self, agent_id: str) -> None:
         self.agent_id = agent_id
@@ -78,11 +92,13 @@ async def main(argv: list[str]) -> None:
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(NoopRegistry(), server)  # type: ignore[abstract]
     elif kind == "router":
         router_pb2_grpc.add_RouterServiceServicer_to_server(NoopRouter(), server)  # type: ignore[abstract]
+    elif kind == "safety":
+        safety_pb2_grpc.add_SafetyServiceServicer_to_server(NoopSafety(), server)  # type: ignore[abstract]
     elif kind == "agent":
         agent_id = argv[1] if len(argv) > 1 else "agent-noop"
         agent_pb2_grpc.add_AgentServiceServicer_to_server(EchoAgent(agent_id), server)  # type: ignore[abstract]
     else:
-        raise SystemExit(f"usage: {sys.argv[0]} registry|router|agent [AGENT_ID]")
+        raise SystemExit(f"usage: {sys.argv[0]} registry|router|safety|agent [AGENT_ID]")
     await serve_until_signal(server, kind=kind)
 
 

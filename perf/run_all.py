@@ -96,6 +96,7 @@ PLAN: tuple[Bench, ...] = (
           ("--agents", "2000", "--seconds", "0.5", "--rounds", "1")),
     Bench("router/bench_router.py", ("--seconds", "3", "--skip-in-process"),
           ("--seconds", "1", "--skip-in-process")),
+    Bench("router/bench_safety.py", ("--seconds", "3"), ("--seconds", "1")),
     Bench("saga/bench_saga.py", ("--seconds", "6", "--sagas", "1500"),
           ("--seconds", "2", "--sagas", "200")),
     Bench("sdk/bench_agent.py", ("--seconds", "3", "--rounds", "1"),
