@@ -180,21 +180,29 @@ def field_paths(
     return out
 
 
-def message_with(desc: Any, path: list[Any], set_value: Any) -> tuple[bytes, str]:
-    """A request of type `desc` with the field at `path` set by
-    `set_value(parent, field)` (which returns the field's path element, e.g.
-    "timeout" or "states[0]"); the bytes and the dotted field path."""
+def message_with(
+    desc: Any, path: list[Any], set_value: Any, *, base: Any = None
+) -> tuple[bytes, str]:
+    """A request of type `desc` (a copy of `base` when given) with the field
+    at `path` set by `set_value(parent, field)` (which returns the field's
+    path element, e.g. "timeout" or "states[0]"); the bytes and the dotted
+    field path."""
     from google.protobuf import message_factory
 
     msg = message_factory.GetMessageClass(desc)()
+    if base is not None:
+        msg.CopyFrom(base)
     cur: Any = msg
     names: list[str] = []
     for f in path[:-1]:
         if f.is_repeated:
-            cur = getattr(cur, f.name).add()
+            items = getattr(cur, f.name)
+            cur = items[0] if len(items) else items.add()
             names.append(f"{f.name}[0]")
         else:
             cur = getattr(cur, f.name)
             names.append(f.name)
+    if path[-1].is_repeated:
+        cur.ClearField(path[-1].name)  # the mutation is the field's first item
     names.append(set_value(cur, path[-1]))
     return msg.SerializeToString(), ".".join(names)

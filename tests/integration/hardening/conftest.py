@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tests.infra import flush_db
-from tests.procs import DaemonProcess, ProcessGroup, daemon
+from tests.procs import DaemonProcess, ProcessGroup, daemon, testing_agent
 
 #: Logical Redis DB of these tests.
 HARDENING_DB = 9
@@ -47,7 +47,9 @@ def mesh(
     redis_server: Any, kafka_broker: Any, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[dict[str, DaemonProcess]]:
     """All five daemons on one flushed Redis DB, the bus gateway on the real
-    Kafka broker; stopped at the end of the module."""
+    Kafka broker, and a `noop` test agent `agent-fuzz-1` registered (the
+    seeds of tests/hardening_seeds.py route to it); stopped at the end of
+    the module. Key "agent" is the agent process."""
     url = flush_db(redis_server.url_for_db(HARDENING_DB + 1))
     logs = tmp_path_factory.mktemp("hardening-mesh")
     common = ["--redis-url", url, "--health-interval-s", "0.3", "--grace-period-s", "2"]
@@ -57,6 +59,12 @@ def mesh(
         for name in DAEMONS:
             extra = ["--kafka-bootstrap", kafka_broker.bootstrap] if name == "bus" else []
             procs[name] = group.start(daemon(name, logs, *common, *extra))
+        procs["agent"] = group.start(
+            testing_agent(
+                "noop", logs, "--registry-target", procs["registry"].target,
+                agent_id="agent-fuzz-1",
+            )
+        )
         yield procs
     finally:
         group.stop_all()

@@ -24,6 +24,7 @@ from tests.hardening import (
     log_size,
     message_with,
 )
+from tests.hardening_seeds import SEEDS, seed_for
 from tests.health import health_status
 from tests.integration.hardening.conftest import DAEMONS
 from tests.procs import DaemonProcess
@@ -101,6 +102,22 @@ async def test_durations_out_of_range_are_invalid_argument(
 
 
 @pytest.mark.parametrize("name", DAEMONS)
+async def test_seeds_are_valid_requests(mesh: dict[str, DaemonProcess], name: str) -> None:
+    """The seeds the integer test mutates pass validation (else it tests nothing)."""
+    async with grpc.aio.insecure_channel(mesh[name].target) as ch:
+        for method in daemon_methods(name):
+            if method.full_name not in SEEDS:
+                continue
+            err = await call_method(ch, method, seed_for(method).SerializeToString(), timeout_s=2)
+            code = err.code() if err is not None else grpc.StatusCode.OK
+            assert code not in (
+                grpc.StatusCode.INVALID_ARGUMENT,
+                grpc.StatusCode.INTERNAL,
+                grpc.StatusCode.UNKNOWN,
+            ), (method.full_name, err)
+
+
+@pytest.mark.parametrize("name", DAEMONS)
 async def test_integers_at_their_extremes_are_never_internal(
     mesh: dict[str, DaemonProcess], name: str
 ) -> None:
@@ -111,7 +128,9 @@ async def test_integers_at_their_extremes_are_never_internal(
             for path in field_paths(method.input_type, lambda f: f.cpp_type in INT_RANGES):
                 lo, hi = INT_RANGES[path[-1].cpp_type]
                 for value in sorted({0, max(lo, -1), lo, hi}):
-                    body, field = message_with(method.input_type, path, set_int(value))
+                    body, field = message_with(
+                        method.input_type, path, set_int(value), base=seed_for(method)
+                    )
                     err = await call_method(ch, method, body, timeout_s=3.0)
                     code = err.code() if err is not None else grpc.StatusCode.OK
                     assert code not in (
