@@ -33,7 +33,7 @@ from agentmesh.runtime.context import (
     trace_id_from_metadata,
     trace_id_var,
 )
-from agentmesh.runtime.errors import AgentMeshError
+from agentmesh.runtime.errors import AgentMeshError, Unavailable
 from agentmesh.runtime.logs import RateLimitedLog, clip
 from agentmesh.runtime.redis_errors import RedisDownLog, is_redis_down, redis_unavailable
 from agentmesh.runtime.request_checks import Rejected, UndecodableRequest, checked_deserializer
@@ -45,6 +45,57 @@ _redis_down_log = RedisDownLog(log, "redis unavailable")
 # Client errors: one line per method and code per second; every call is
 # still counted in grpc_server_handled_total.
 _client_log = RateLimitedLog(log, interval_s=1.0)
+
+
+#: Methods that keep answering while the daemon drains: health tells the
+#: truth (NOT_SERVING) and reflection is harmless.
+_SERVED_WHILE_DRAINING = ("/grpc.health.v1.Health/", "/grpc.reflection.")
+
+
+class DrainState:
+    """The drain flag of one server and the count of its calls in flight.
+
+    Once `event` is set, the wrapper answers every new call (but health and
+    reflection) with UNAVAILABLE at once, which clients retry on another
+    replica. grpc's own shutdown cancels the calls it has received but not
+    yet handed to the application, which clients see as CANCELLED and do
+    not retry; so the daemon keeps serving, rejecting, until its calls in
+    flight are done, and only then stops the grpc server (Daemon.stop).
+
+    Args:
+        event: set when the daemon drains.
+    """
+
+    def __init__(self, event: asyncio.Event) -> None:
+        self.event = event
+        self.inflight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        """Count a call in."""
+        self.inflight += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        """Count a call out."""
+        self.inflight -= 1
+        if self.inflight <= 0:
+            self._idle.set()
+
+    async def wait_idle(self, *, timeout_s: float) -> bool:
+        """Wait until no call is in flight; False when `timeout_s` ran out first."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+
+def _draining_error() -> Unavailable:
+    return Unavailable(
+        "the server is shutting down; retry on another replica", retry_after_s=0.0
+    )
 
 
 class _Method:
@@ -198,16 +249,22 @@ def _wrap_unary(
     auth: TokenAuthenticator | None,
     *,
     streaming_request: bool = False,
+    state: DrainState | None = None,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]:
     m = _Method(method, auth)
+    gate = None if method.startswith(_SERVED_WHILE_DRAINING) else state
     # Decided once here instead of an inspect.isawaitable() per call; a plain
     # function that happens to return an awaitable still takes the slow path.
     is_coro = inspect.iscoroutinefunction(fn)
 
     async def behavior(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
         call = _Call(m)
+        if gate is not None:
+            gate.enter()
         try:
             call.enter(context)
+            if gate is not None and gate.event.is_set():
+                raise _draining_error()
             if streaming_request:
                 request = _checked_requests(request)
             elif type(request) is Rejected:
@@ -229,6 +286,9 @@ def _wrap_unary(
                 raise
             await _fail(call, context, exc)
             return None
+        finally:
+            if gate is not None:
+                gate.leave()
         call.finish(_outcome(context))
         return result
 
@@ -304,15 +364,21 @@ def _wrap_stream(
     drain: asyncio.Event | None = None,
     *,
     streaming_request: bool = False,
+    state: DrainState | None = None,
 ) -> Callable[[Any, grpc.aio.ServicerContext[Any, Any]], AsyncIterator[Any]]:
     m = _Method(method, auth)
+    gate = None if method.startswith(_SERVED_WHILE_DRAINING) else state
 
     async def behavior(
         request: Any, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[Any]:
+        if gate is not None:
+            gate.enter()
         call = _Call(m)
         try:
             call.enter(context)
+            if gate is not None and gate.event.is_set():
+                raise _draining_error()
             if streaming_request:
                 request = _checked_requests(request)
             elif type(request) is Rejected:
@@ -345,6 +411,9 @@ def _wrap_stream(
                 raise
             await _fail(call, context, exc)
             return
+        finally:
+            if gate is not None:
+                gate.leave()
         call.finish(_outcome(context))
 
     return behavior
@@ -390,6 +459,7 @@ def _wrap_handler(
     method: str,
     auth: TokenAuthenticator | None,
     drain: asyncio.Event | None = None,
+    state: DrainState | None = None,
 ) -> grpc.RpcMethodHandler:
     kw: dict[str, Any] = {
         # Decoding errors and contract checks become INVALID_ARGUMENT inside
@@ -398,17 +468,19 @@ def _wrap_handler(
         "response_serializer": h.response_serializer,
     }
     if h.unary_unary:
-        return grpc.unary_unary_rpc_method_handler(_wrap_unary(h.unary_unary, method, auth), **kw)
+        return grpc.unary_unary_rpc_method_handler(
+            _wrap_unary(h.unary_unary, method, auth, state=state), **kw
+        )
     if h.stream_unary:
         return grpc.stream_unary_rpc_method_handler(
-            _wrap_unary(h.stream_unary, method, auth, streaming_request=True), **kw
+            _wrap_unary(h.stream_unary, method, auth, streaming_request=True, state=state), **kw
         )
     if h.unary_stream:
         return grpc.unary_stream_rpc_method_handler(
-            _wrap_stream(h.unary_stream, method, auth, drain), **kw
+            _wrap_stream(h.unary_stream, method, auth, drain, state=state), **kw
         )
     return grpc.stream_stream_rpc_method_handler(
-        _wrap_stream(h.stream_stream, method, auth, streaming_request=True), **kw
+        _wrap_stream(h.stream_stream, method, auth, streaming_request=True, state=state), **kw
     )
 
 
@@ -421,10 +493,12 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
         inner: grpc.GenericRpcHandler,
         auth: TokenAuthenticator | None,
         drain: asyncio.Event | None,
+        state: DrainState | None = None,
     ) -> None:
         self._inner = inner
         self._auth = auth
         self._drain = drain
+        self._state = state
         self._cache: dict[str, grpc.RpcMethodHandler] = {}
 
     def service(
@@ -440,7 +514,9 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
             # Not cached: method names come from callers, so caching misses
             # would let a client grow this dict without bound.
             return None
-        wrapped = self._cache[method] = _wrap_handler(handler, method, self._auth, self._drain)
+        wrapped = self._cache[method] = _wrap_handler(
+            handler, method, self._auth, self._drain, self._state
+        )
         return wrapped
 
 
@@ -469,6 +545,8 @@ class RuntimeServer(grpc.aio.Server):
     ) -> None:
         self._auth = authenticator
         self._drain = drain
+        #: Drain flag and calls in flight (see DrainState); None without `drain`.
+        self.drain_state = DrainState(drain) if drain is not None else None
         self._server = grpc.aio.server(options=list(options))
 
     def add_generic_rpc_handlers(
@@ -476,7 +554,10 @@ class RuntimeServer(grpc.aio.Server):
     ) -> None:
         """Register generic handlers; their method handlers are wrapped on first use."""
         self._server.add_generic_rpc_handlers(
-            [_WrappedGeneric(h, self._auth, self._drain) for h in generic_rpc_handlers]
+            [
+                _WrappedGeneric(h, self._auth, self._drain, self.drain_state)
+                for h in generic_rpc_handlers
+            ]
         )
 
     def add_registered_method_handlers(
@@ -486,7 +567,9 @@ class RuntimeServer(grpc.aio.Server):
         self._server.add_registered_method_handlers(
             service_name,
             {
-                name: _wrap_handler(h, f"/{service_name}/{name}", self._auth, self._drain)
+                name: _wrap_handler(
+                    h, f"/{service_name}/{name}", self._auth, self._drain, self.drain_state
+                )
                 for name, h in method_handlers.items()
             },
         )

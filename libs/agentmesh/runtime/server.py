@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import os
 import signal
+import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +51,10 @@ log = logging.getLogger("agentmesh.server")
 
 Hook = Callable[[], Awaitable[object] | object]
 
+#: Seconds a draining daemon keeps refusing new calls with UNAVAILABLE after
+#: its last call in flight ended, before it stops grpc (within the grace period).
+DRAIN_REFUSE_S = 0.3
+
 
 class Daemon:
     """A configured, not yet started daemon.
@@ -67,7 +73,7 @@ class Daemon:
         self._draining = asyncio.Event()
         # Handlers are wrapped as they are registered rather than by a server
         # interceptor, which grpc.aio would run on every call (see RuntimeServer).
-        self.server: grpc.aio.Server = RuntimeServer(
+        self._runtime_server = RuntimeServer(
             auth,
             self._draining,
             options=[
@@ -75,6 +81,7 @@ class Daemon:
                 ("grpc.so_reuseport", 0),
             ],
         )
+        self.server: grpc.aio.Server = self._runtime_server
         self.health = health.aio.HealthServicer()
         self._services: list[str] = []
         self._probes: dict[str, Probe] = {}
@@ -206,16 +213,38 @@ class Daemon:
         """Ask `serve_forever` to drain and exit (what SIGTERM does)."""
         self._stop.set()
 
-    async def stop(self) -> None:
-        """NOT_SERVING, end server streams (resumable watches) with UNAVAILABLE,
-        drain other in-flight RPCs within the grace period, run shutdown hooks."""
+    async def stop(self, *, stop_grpc: bool = True) -> None:
+        """NOT_SERVING; answer new calls UNAVAILABLE and end server streams
+        (resumable watches) with UNAVAILABLE; let in-flight RPCs finish
+        within the grace period; then stop grpc and run shutdown hooks.
+
+        grpc is stopped only once no call is in flight and new calls have
+        been refused for a moment (DRAIN_REFUSE_S): its own shutdown cancels
+        calls it has received but not handed over, which clients would see
+        as CANCELLED and not retry (see DrainState).
+
+        Args:
+            stop_grpc: False leaves grpc's shutdown out, for a process that
+                exits right after (`serve_forever(exit_process=True)`): the
+                calls still arriving then see the connection close, which is
+                UNAVAILABLE, where even a graceful grpc shutdown cancels the
+                ones it had received but not handed over.
+        """
+        loop = asyncio.get_running_loop()
+        grace_s = self.config.grace_period_s
+        deadline = loop.time() + grace_s
         if self._monitor:
             await self._monitor.drain()
             # Let health watchers receive NOT_SERVING before their streams end.
             await asyncio.sleep(0.05)
         self._draining.set()
-        log.info("draining", extra={"grace_period_s": self.config.grace_period_s})
-        await self.server.stop(self.config.grace_period_s)
+        log.info("draining", extra={"grace_period_s": grace_s})
+        state = self._runtime_server.drain_state
+        if state is not None:
+            await state.wait_idle(timeout_s=max(0.0, deadline - loop.time()))
+            await asyncio.sleep(max(0.0, min(DRAIN_REFUSE_S, deadline - loop.time())))
+        if stop_grpc:
+            await self.server.stop(max(0.0, deadline - loop.time()))
         for hook in reversed(self._shutdown):
             try:
                 await _call(hook)
@@ -223,14 +252,23 @@ class Daemon:
                 log.exception("shutdown hook failed")
         log.info("stopped")
 
-    async def serve_forever(self) -> None:
-        """Start, wait for SIGTERM or SIGINT, then stop."""
+    async def serve_forever(self, *, exit_process: bool = False) -> None:
+        """Start, wait for SIGTERM or SIGINT, then stop.
+
+        Args:
+            exit_process: end the process (status 0) once drained and the
+                shutdown hooks ran, without grpc's own shutdown (see `stop`).
+        """
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
         await self.start()
         await self._stop.wait()
-        await self.stop()
+        await self.stop(stop_grpc=not exit_process)
+        if exit_process:
+            sys.stdout.flush()
+            logging.shutdown()  # flush every handler: nothing runs after _exit
+            os._exit(0)
 
 
 async def _call(hook: Hook) -> None:
@@ -262,6 +300,6 @@ def run_daemon(
         result = build(daemon)
         if inspect.isawaitable(result):
             await result
-        await daemon.serve_forever()
+        await daemon.serve_forever(exit_process=True)
 
     asyncio.run(main())
