@@ -19,6 +19,26 @@ from agentmesh.runtime.context import request_id_var, trace_id_var
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 
 
+#: Longest rendering of one field of a log line, in characters. Fields can
+#: carry what clients sent (names, messages, CEL, payloads): whatever a
+#: call site forgets to clip, a line stays this size.
+MAX_FIELD_CHARS = 1000
+#: Longest traceback kept, in characters (exception texts may quote input).
+MAX_EXC_CHARS = 8000
+_PLAIN = (int, float, bool, type(None))
+
+
+def _bounded(value: Any) -> Any:
+    """`value` as logged: numbers as they are, anything else at most
+    MAX_FIELD_CHARS characters once rendered."""
+    if isinstance(value, _PLAIN):
+        return value
+    if isinstance(value, str):
+        return clip(value, max_chars=MAX_FIELD_CHARS)
+    text = json.dumps(value, default=str)
+    return value if len(text) <= MAX_FIELD_CHARS else clip(text, max_chars=MAX_FIELD_CHARS)
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (RFC 3339 UTC), level, logger, msg, daemon,
     request_id, trace_id, any `extra=` fields, and exc for exceptions."""
@@ -34,7 +54,7 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": clip(record.getMessage(), max_chars=MAX_FIELD_CHARS),
             "daemon": self._daemon,
         }
         if rid := request_id_var.get():
@@ -43,9 +63,9 @@ class JsonFormatter(logging.Formatter):
             doc["trace_id"] = tid
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
-                doc[key] = value
+                doc[key] = _bounded(value)
         if record.exc_info:
-            doc["exc"] = self.formatException(record.exc_info)
+            doc["exc"] = clip(self.formatException(record.exc_info), max_chars=MAX_EXC_CHARS)
         return json.dumps(doc, default=str)
 
 

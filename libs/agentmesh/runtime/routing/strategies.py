@@ -27,6 +27,8 @@ DEFAULT_CAPACITY = 10.0
 TIME_SCALE_MS = 1000.0
 #: Hash rings kept (one per pool in use).
 MAX_RINGS = 256
+#: Round-robin positions kept, one per pool (selector); the oldest is dropped.
+MAX_RR_POOLS = 10_000
 
 
 class Picker:
@@ -70,6 +72,8 @@ class Picker:
         """Next candidate in rotation: even within ±1 over any cycle."""
         i = self._rr.get(pool_key, 0)
         self._rr[pool_key] = i + 1
+        if len(self._rr) > MAX_RR_POOLS:  # pool keys come from requests' selectors
+            del self._rr[next(iter(self._rr))]
         return el.candidates[i % len(el.candidates)]
 
     def least_loaded(self, el: Eligible) -> Candidate:
