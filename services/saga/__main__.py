@@ -13,11 +13,16 @@ from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import redis_from_config, redis_probe
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+from agentmesh.task.v1 import task_pb2, task_pb2_grpc
 from services.saga.agents import AgentCaller
 from services.saga.engine import Engine, EngineOptions
 from services.saga.servicer import SagaServicer
 from services.saga.settings import SagaSettings
 from services.saga.store import SagaStore
+from services.saga.tasks.placement import parse_strategy_map
+from services.saga.tasks.scheduler import TaskOptions, TaskScheduler
+from services.saga.tasks.servicer import TaskServicer
+from services.saga.tasks.store import TaskStore
 
 
 def _redis(cfg: ServerConfig, *, max_connections: int) -> aioredis.Redis:
@@ -74,6 +79,38 @@ def build(daemon: Daemon) -> None:
     )
     daemon.on_startup(engine.start)
     daemon.on_shutdown(engine.stop)
+    # TaskService: tasks are leased and recovered like sagas, and call their
+    # agents through the same AgentClient (one set of guardrails and breakers).
+    task_store = TaskStore(redis, retention_ms=s.retention_ms)
+    scheduler = TaskScheduler(
+        task_store,
+        client,
+        TaskOptions(
+            coordinator_id=coordinator_id,
+            lease_ttl_ms=s.lease_ttl_ms,
+            renew_interval_ms=s.renew_interval_ms,
+            recovery_interval_ms=s.recovery_interval_ms,
+            max_active=s.max_active_tasks,
+            poll_interval_ms=s.task_poll_interval_ms,
+            default_timeout_ms=s.task_timeout_ms,
+            default_capacity=s.task_default_capacity,
+            strategies=parse_strategy_map(s.task_default_strategy),
+        ),
+    )
+    daemon.add_service(
+        task_pb2_grpc.add_TaskServiceServicer_to_server,
+        TaskServicer(
+            task_store,
+            scheduler,
+            TaskStore(watch_redis),
+            default_timeout_ms=s.task_timeout_ms,
+            default_schedule_to_start_ms=s.task_schedule_to_start_ms,
+            max_payload_bytes=s.task_max_payload_bytes,
+        ),
+        task_pb2.DESCRIPTOR.services_by_name["TaskService"],
+    )
+    daemon.on_startup(scheduler.start)
+    daemon.on_shutdown(scheduler.stop)
 
 
 def main() -> None:

@@ -58,3 +58,47 @@ def step_label(name: str) -> str:
             _step_names.add(name)
             return name
     return "_other"
+
+
+# ---- TaskService (services/saga/tasks) -----------------------------------------------
+_MS_BUCKETS = (1, 2.5, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10_000, 30_000, 60_000)
+
+TASK_SCHEDULED = Counter(
+    "task_scheduled_total",
+    "Tasks accepted by ScheduleTask (not counting idempotent repeats), by task type "
+    "and priority.",
+    ["type", "priority"],
+)
+TASK_COMPLETED = Counter(
+    "task_completed_total",
+    "Tasks that reached a terminal state, by task type and status (completed, failed, "
+    "timeout, cancelled).",
+    ["type", "status"],
+)
+TASK_QUEUE_DEPTH = Gauge(
+    "task_queue_depth",
+    "PENDING tasks queued, by priority (all replicas; sampled by each replica).",
+    ["priority"],
+)
+TASK_WAIT = Histogram(
+    "task_wait_ms",
+    "Time from a task becoming due (scheduled, or its not_before) to its first start, ms.",
+    buckets=_MS_BUCKETS,
+)
+TASK_RUN = Histogram(
+    "task_run_ms", "Duration of one task attempt (its Execute call), ms.", buckets=_MS_BUCKETS
+)
+TASK_ACTIVE = Gauge("task_active", "Tasks this replica is driving now (leases held).")
+
+_type_names: set[str] = set()
+
+
+def type_label(name: str) -> str:
+    """A bounded `type` label value (MAX_STEP_LABELS distinct task types)."""
+    with _lock:
+        if name in _type_names:
+            return name
+        if len(_type_names) < MAX_STEP_LABELS:
+            _type_names.add(name)
+            return name
+    return "_other"

@@ -29,6 +29,18 @@ class SagaSettings(RoutingSettings, RetentionSettings):
         snapshot_every: events between snapshots.
         redis_pool_size: Redis connections for the engine and unary RPCs.
         watch_pool_size: Redis connections for WatchSaga's blocking reads.
+        max_active_tasks: tasks (TaskService) one replica drives at once; 0
+            serves the task API only.
+        task_poll_interval_ms: how often an idle task scheduler looks at the
+            queues (a task scheduled on the same replica wakes it at once).
+        task_timeout_ms: default run timeout of one task attempt.
+        task_schedule_to_start_ms: default longest wait of a task before its
+            first start (TIMEOUT after it).
+        task_max_payload_bytes: largest ScheduleTask payload.
+        task_default_capacity: tasks an agent runs at once when it reports no
+            capacity (0 = unlimited).
+        task_default_strategy: load-balancing strategy of tasks that name none,
+            per task type: "type=STRATEGY,..." with "*" for every other type.
     """
 
     coordinator_id: str = setting(
@@ -55,6 +67,31 @@ class SagaSettings(RoutingSettings, RetentionSettings):
         512, help="Redis connections for WatchSaga's blocking reads", minimum=1
     )
 
+    max_active_tasks: int = setting(
+        1000, help="tasks one replica drives at once (0 = task API only)", minimum=0
+    )
+    task_poll_interval_ms: int = setting(
+        10, help="how often an idle task scheduler looks at the queues", unit="ms", minimum=1
+    )
+    task_timeout_ms: int = setting(
+        30_000, help="default run timeout of one task attempt", unit="ms", minimum=1
+    )
+    task_schedule_to_start_ms: int = setting(
+        300_000, help="default longest wait of a task before its first start", unit="ms",
+        minimum=1,
+    )
+    task_max_payload_bytes: int = setting(
+        1_048_576, help="largest ScheduleTask payload", unit="bytes", minimum=1
+    )
+    task_default_capacity: int = setting(
+        0, help="tasks an agent runs at once when it reports no capacity (0 = unlimited)",
+        minimum=0,
+    )
+    task_default_strategy: str = setting(
+        "*=LEAST_LOADED",
+        help="strategy of tasks that name none: type=STRATEGY,... ('*' = other types)",
+    )
+
     def problems(self) -> list[str]:
         """Range problems, and a renewal that would not beat the lease's expiry."""
         out = super().problems()
@@ -63,6 +100,12 @@ class SagaSettings(RoutingSettings, RetentionSettings):
                 f"--renew-interval-ms={self.renew_interval_ms} must be below "
                 f"--lease-ttl-ms={self.lease_ttl_ms} (leases would expire between renewals)"
             )
+        from services.saga.tasks.placement import parse_strategy_map
+
+        try:
+            parse_strategy_map(self.task_default_strategy)
+        except ValueError as e:
+            out.append(f"--task-default-strategy: {e}")
         return out
 
 #: The settings class of this daemon (scripts/gen_settings_schema.py, tests/deploy).

@@ -28,6 +28,7 @@ SERVICES: list[tuple[str, str, str, str]] = [
     ("router", "safety", "SafetyService", "safety"),
     ("bus", "bus", "BusService", "bus"),
     ("saga", "saga", "SagaService", "saga"),
+    ("task", "task", "TaskService", "task"),
     ("swarm", "swarm", "SwarmService", "swarm"),
 ]
 
@@ -35,6 +36,8 @@ SERVICES: list[tuple[str, str, str, str]] = [
 RENAMES = {
     ("BusService", "Request"): "bus_request",
     ("BusService", "ScatterGather"): "bus_scatter_gather",
+    # `wait_task` is the helper that returns the result (agentmesh.client.client)
+    ("TaskService", "WaitTask"): "watch_task",
 }
 
 OUT = Path(__file__).with_name("services.py")

@@ -52,6 +52,7 @@ _STUBS: dict[str, tuple[str, str, str]] = {
     "bus": ("bus", "agentmesh.bus.v1.bus_pb2_grpc", "BusServiceStub"),
     "saga": ("saga", "agentmesh.saga.v1.saga_pb2_grpc", "SagaServiceStub"),
     "swarm": ("swarm", "agentmesh.swarm.v1.swarm_pb2_grpc", "SwarmServiceStub"),
+    "task": ("saga", "agentmesh.task.v1.task_pb2_grpc", "TaskServiceStub"),
 }
 
 DAEMONS = ("bus", "router", "registry", "saga", "swarm")
@@ -230,6 +231,11 @@ class ClientBase:
     def swarm(self) -> Any:
         """Raw `SwarmServiceStub`."""
         return self._stub("swarm")
+
+    @property
+    def task(self) -> Any:
+        """Raw `TaskServiceStub` (served by the saga coordinator)."""
+        return self._stub("task")
 
     async def close(self) -> None:
         """Close every channel."""

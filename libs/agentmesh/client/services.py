@@ -14,6 +14,7 @@ from agentmesh.router.v1 import router_pb2
 from agentmesh.router.v1 import safety_pb2 as router_safety_pb2
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.swarm.v1 import swarm_pb2
+from agentmesh.task.v1 import task_pb2
 
 
 class ServiceMethods(ClientBase):
@@ -1204,6 +1205,113 @@ class ServiceMethods(ClientBase):
             timeout_s=timeout_s,
             metadata=metadata,
             rpc="/agentmesh.saga.v1.SagaService/GetSagaEvents",
+        )
+
+    # ---- agentmesh.task.v1.TaskService -------------------------------
+
+    async def schedule_task(
+        self,
+        request: task_pb2.ScheduleTaskRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> task_pb2.ScheduleTaskResponse:
+        """`agentmesh.task.v1.TaskService.ScheduleTask`.
+
+        IDEMPOTENT when `idempotency_key` is set (retried like one); otherwise
+        retried only when the call provably took no effect.
+        """
+        return await self._unary(
+            self.task.ScheduleTask,
+            _build(task_pb2.ScheduleTaskRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.task.v1.TaskService/ScheduleTask",
+        )
+
+    async def get_task(
+        self,
+        request: task_pb2.GetTaskRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> task_pb2.GetTaskResponse:
+        """`agentmesh.task.v1.TaskService.GetTask`.
+
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.task.GetTask,
+            _build(task_pb2.GetTaskRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.task.v1.TaskService/GetTask",
+        )
+
+    async def list_tasks(
+        self,
+        request: task_pb2.ListTasksRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> task_pb2.ListTasksResponse:
+        """`agentmesh.task.v1.TaskService.ListTasks`.
+
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.task.ListTasks,
+            _build(task_pb2.ListTasksRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.task.v1.TaskService/ListTasks",
+        )
+
+    async def cancel_task(
+        self,
+        request: task_pb2.CancelTaskRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> task_pb2.CancelTaskResponse:
+        """`agentmesh.task.v1.TaskService.CancelTask`.
+
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.task.CancelTask,
+            _build(task_pb2.CancelTaskRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.task.v1.TaskService/CancelTask",
+        )
+
+    def watch_task(
+        self,
+        request: task_pb2.WaitTaskRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> AsyncIterator[task_pb2.WaitTaskResponse]:
+        """`agentmesh.task.v1.TaskService.WaitTask`.
+
+        A server stream (no default deadline); errors raise AgentMeshError.
+        """
+        return self._server_stream(
+            self.task.WaitTask,
+            _build(task_pb2.WaitTaskRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
         )
 
     # ---- agentmesh.swarm.v1.SwarmService -----------------------------

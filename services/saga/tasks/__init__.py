@@ -1,0 +1,1 @@
+"""TaskService: durable one-call tasks, leased and recovered like sagas."""

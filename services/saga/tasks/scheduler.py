@@ -1,0 +1,730 @@
+"""The task scheduler: takes due tasks off the priority queues, places them on
+agents with free capacity, and drives each one (Execute through the one agent
+path, retries, cancel, timeouts) while it holds the task's lease.
+
+Loops of one replica:
+
+* **schedule**: every `poll_interval_ms` (at once when this replica accepted a
+  ScheduleTask) read the due head of each priority queue, serve the classes by
+  smooth weighted round-robin (CRITICAL 8, HIGH 4, NORMAL 2, LOW 1: the bus
+  backlog's scheme, so LOW is never starved; FIFO within a class), take a
+  capacity slot on the agent the task's strategy prefers, then the task's
+  lease, and commit SCHEDULED;
+* **renew**: every `renew_interval_ms` renew the leases and slots of the
+  tasks this replica drives (one pipeline each) and read their cancel flags;
+  a task whose lease was lost is dropped at once (its new holder continues);
+* **recover**: every `recovery_interval_ms` look at the non-terminal tasks:
+  one left SCHEDULED, RUNNING or RETRYING without a lease (its replica died)
+  is taken over and resumed on the agent it was assigned to, with the same
+  idempotency key `task/<task_id>` and the next attempt number, so an agent
+  that dedupes by key takes effect once; a PENDING one missing from its queue
+  is queued again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from google.protobuf import timestamp_pb2
+from google.rpc import error_details_pb2
+
+from agentmesh import catalog
+from agentmesh.agent.v1 import agent_pb2
+from agentmesh.registry.v1 import registry_pb2
+from agentmesh.router.v1 import router_pb2
+from agentmesh.runtime.agents import AgentClient, CallOutcome, call_message
+from agentmesh.runtime.errors import AgentMeshError, ErrorReason, Unavailable, from_rpc_error
+from agentmesh.runtime.lease import Lease, LeaseLost
+from agentmesh.runtime.tasks import cancel_and_wait
+from agentmesh.task.v1 import task_pb2
+from services.saga import metrics
+from services.saga.tasks import placement
+from services.saga.tasks.store import (
+    CLASS_NAMES,
+    CLASSES,
+    TERMINAL,
+    StaleRevision,
+    TaskStore,
+    priority_class,
+)
+
+log = logging.getLogger("agentmesh.saga.tasks")
+
+T = task_pb2
+
+#: Weights of the priority classes, CRITICAL first (services/bus/backlog.py).
+WEIGHTS = (8, 4, 2, 1)
+
+#: gRPC codes that end a task at once (the saga RetryPolicy's default list).
+NON_RETRYABLE = frozenset(
+    {
+        "INVALID_ARGUMENT",
+        "NOT_FOUND",
+        "ALREADY_EXISTS",
+        "PERMISSION_DENIED",
+        "FAILED_PRECONDITION",
+        "OUT_OF_RANGE",
+        "UNIMPLEMENTED",
+        "UNAUTHENTICATED",
+    }
+)
+
+#: How long an agent's registered descriptor (capacity, capabilities, tags) is cached, s.
+DESCRIPTOR_TTL_S = 2.0
+
+#: Most due tasks read per priority class per scheduling pass.
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class TaskOptions:
+    """How one replica schedules and drives tasks.
+
+    Attributes:
+        coordinator_id: this replica's id in task leases.
+        lease_ttl_ms / renew_interval_ms / recovery_interval_ms: as for sagas.
+        max_active: tasks this replica drives at once; 0 = API only.
+        poll_interval_ms: idle scheduling interval.
+        default_timeout_ms: run timeout of an attempt when the task sets none.
+        default_capacity: capacity of an agent that reports none; 0 = unlimited.
+        strategies: default strategy per task type ("*" = others).
+    """
+
+    coordinator_id: str
+    lease_ttl_ms: int = 5000
+    renew_interval_ms: int = 1000
+    recovery_interval_ms: int = 1000
+    max_active: int = 1000
+    poll_interval_ms: int = 10
+    default_timeout_ms: int = 30_000
+    default_capacity: int = 0
+    strategies: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class Driven:
+    """A task this replica drives.
+
+    Attributes:
+        lease: its lease.
+        task: the task as last committed.
+        option: the agent it is placed on (with the slot held), or None.
+        cancel: set when a cancel was requested.
+        runner: the driver coroutine's task.
+    """
+
+    lease: Lease
+    task: task_pb2.Task
+    option: placement.Option | None = None
+    cancel: asyncio.Event = field(default_factory=asyncio.Event)
+    runner: asyncio.Task[Any] | None = None
+    avoid: str = ""
+
+
+def now_ms() -> int:
+    """Wall clock, Unix ms."""
+    return int(time.time() * 1000)
+
+
+def _ts(ms: int) -> timestamp_pb2.Timestamp:
+    t = timestamp_pb2.Timestamp()
+    t.FromMilliseconds(ms)
+    return t
+
+
+def due_ms(task: task_pb2.Task) -> int:
+    """When the task may first start (create time or not_before), Unix ms."""
+    created = task.create_time.ToMilliseconds()
+    if task.HasField("not_before"):
+        return max(created, task.not_before.ToMilliseconds())
+    return created
+
+
+def start_deadline_ms(task: task_pb2.Task) -> int:
+    """When a task that never started times out (schedule-to-start), Unix ms."""
+    return due_ms(task) + task.schedule_to_start_timeout.ToMilliseconds()
+
+
+def backoff_s(policy: task_pb2.TaskRetryPolicy, failures: int) -> float:
+    """Wait before the attempt after `failures` failed ones, s (exponential, capped)."""
+    init = policy.initial_backoff.ToMilliseconds() if policy.HasField("initial_backoff") else 100
+    cap = policy.max_backoff.ToMilliseconds() if policy.HasField("max_backoff") else 10_000
+    mult = policy.multiplier or 2.0
+    return float(min(cap, init * mult ** max(0, failures - 1))) / 1000.0
+
+
+def max_attempts(policy: task_pb2.TaskRetryPolicy) -> int:
+    """Attempts in all (0 means 3)."""
+    return policy.max_attempts or 3
+
+
+def route_message(task: task_pb2.Task) -> router_pb2.RouteMessage:
+    """The task's call as the routing engine and its guardrails see it."""
+    by_id = task.WhichOneof("target") == "agent_id"
+    return call_message(
+        action=task.task_type,
+        payload=task.payload,
+        agent_id=task.agent_id if by_id else "",
+        selector=None if by_id else task.selector,
+        metadata={"task_id": task.task_id},
+    )
+
+
+def _error_of(e: AgentMeshError) -> task_pb2.TaskError:
+    info = e.detail(error_details_pb2.ErrorInfo)
+    reason = info.reason if isinstance(info, error_details_pb2.ErrorInfo) else ""
+    return T.TaskError(code=e.code.name, message=e.message, reason=reason)
+
+
+def _error_of_outcome(out: CallOutcome) -> task_pb2.TaskError:
+    if out.error is not None:
+        return _error_of(from_rpc_error(out.error))
+    return T.TaskError(code=out.code.name, message=out.message)
+
+
+class TaskScheduler:
+    """Schedules and drives tasks for one coordinator replica.
+
+    Args:
+        store: the task store.
+        client: the coordinator's AgentClient (the one agent path).
+        options: see TaskOptions.
+        seed: random seed for RANDOM placement (tests); None seeds from the OS.
+    """
+
+    def __init__(
+        self,
+        store: TaskStore,
+        client: AgentClient,
+        options: TaskOptions,
+        *,
+        seed: int | None = None,
+    ) -> None:
+        self.store = store
+        self.client = client
+        self.opts = options
+        self.driven: dict[str, Driven] = {}
+        self._wake = asyncio.Event()
+        self._loops: list[asyncio.Task[Any]] = []
+        self._credit = [0] * CLASSES
+        self._rotation: dict[str, int] = {}
+        self._rng = random.Random(seed)
+        self._descriptors: dict[str, tuple[float, registry_pb2.Agent | None]] = {}
+
+    # ---- lifecycle -----------------------------------------------------------------
+    async def start(self) -> None:
+        """Start the loops (none when max_active is 0: the API still works)."""
+        if self.opts.max_active <= 0:
+            return
+        for loop in (self._schedule_loop, self._renew_loop, self._recovery_loop):
+            self._loops.append(asyncio.create_task(self._forever(loop)))
+
+    async def stop(self) -> None:
+        """Stop the loops and the drivers, and give the leases up so another
+        replica resumes the tasks at once (their in-flight calls are cancelled)."""
+        for t in self._loops:
+            await cancel_and_wait(t)
+        self._loops.clear()
+        driven = list(self.driven.values())
+        for d in driven:
+            if d.runner is not None:
+                await cancel_and_wait(d.runner)
+        for d in driven:
+            with contextlib.suppress(Exception):
+                await self.store.release(d.lease)
+        self.driven.clear()
+
+    def wake(self) -> None:
+        """A task was queued: schedule now rather than at the next poll."""
+        self._wake.set()
+
+    async def _forever(self, loop: Any) -> None:
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a Redis outage must not end the loop
+                log.warning("task loop failed; retrying", exc_info=True)
+                await asyncio.sleep(0.5)
+
+    # ---- scheduling ------------------------------------------------------------------
+    def _serve_order(self, due: Sequence[Sequence[str]]) -> list[tuple[int, str]]:
+        """Due tasks in smooth weighted round-robin order over the classes
+        (simulated on a copy of the credits; `_charge` books real picks)."""
+        credit = list(self._credit)
+        heads = [0] * CLASSES
+        out: list[tuple[int, str]] = []
+        while True:
+            ready = [c for c in range(CLASSES) if heads[c] < len(due[c])]
+            if not ready:
+                return out
+            total = 0
+            for c in ready:
+                credit[c] += WEIGHTS[c]
+                total += WEIGHTS[c]
+            best = min(ready, key=lambda c: (-credit[c], c))
+            credit[best] -= total
+            out.append((best, due[best][heads[best]]))
+            heads[best] += 1
+
+    def _charge(self, cls: int, backlogged: Sequence[bool]) -> None:
+        """Book one pick of `cls` in the real SWRR credits."""
+        total = 0
+        for c in range(CLASSES):
+            if backlogged[c]:
+                self._credit[c] += WEIGHTS[c]
+                total += WEIGHTS[c]
+            else:
+                self._credit[c] = 0
+        self._credit[cls] -= total
+
+    async def _schedule_loop(self) -> None:
+        while True:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.opts.poll_interval_ms / 1000.0)
+            self._wake.clear()
+            await self.schedule_once()
+
+    async def schedule_once(self) -> int:
+        """One scheduling pass; returns how many tasks it started driving."""
+        free = self.opts.max_active - len(self.driven)
+        if free <= 0:
+            return 0
+        now = now_ms()
+        due = await self.store.due(now_ms=now, count=min(free, BATCH))
+        order = self._serve_order(due)
+        if not order:
+            return 0
+        tasks = await self.store.get_many([tid for _, tid in order])
+        backlogged = [bool(d) for d in due]
+        drop: list[tuple[int, str]] = []
+        full_pools: set[str] = set()
+        started = 0
+        for (cls, tid), task in zip(order, tasks, strict=True):
+            if started >= free:
+                break
+            if tid in self.driven:
+                continue
+            if task is None or task.state != T.TASK_STATE_PENDING:
+                drop.append((cls, tid))
+                continue
+            if task.cancel_requested or now >= start_deadline_ms(task):
+                if await self._end_unstarted(task):
+                    drop.append((cls, tid))
+                continue
+            msg = route_message(task)
+            pool_key = task.agent_id or task.selector.SerializeToString(deterministic=True).hex()
+            if pool_key in full_pools:
+                continue
+            try:
+                opt = await self._place(task, msg, prefer="", avoid="")
+            except AgentMeshError as e:  # safety rule or bad selector: it can never run
+                await self._fail_unstarted(task, _error_of(e))
+                drop.append((cls, tid))
+                continue
+            if opt is None:
+                full_pools.add(pool_key)
+                continue
+            claimed = await self.store.claim(tid, owner=self.opts.coordinator_id,
+                                             ttl_ms=self.opts.lease_ttl_ms)
+            if claimed is None or claimed.task.state != T.TASK_STATE_PENDING:
+                await self.store.release_slot(opt.candidate.agent_id, tid)
+                if claimed is not None:
+                    await self.store.release(claimed.lease)
+                continue
+            d = Driven(claimed.lease, claimed.task, opt)
+            d.task.assigned_agent_id = opt.candidate.agent_id
+            try:
+                await self.store.commit(d.lease, d.task, T.TASK_STATE_SCHEDULED)
+            except (LeaseLost, StaleRevision):
+                await self.store.release_slot(opt.candidate.agent_id, tid)
+                continue
+            self._charge(cls, backlogged)
+            drop.append((cls, tid))
+            self._spawn(d)
+            started += 1
+        await self.store.dequeue(drop)
+        return started
+
+    async def _end_unstarted(self, task: task_pb2.Task) -> bool:
+        """Cancel or time out a PENDING task (cancel requested, or its
+        schedule-to-start timeout passed); False when another replica holds it."""
+        claimed = await self.store.claim(
+            task.task_id, owner=self.opts.coordinator_id, ttl_ms=self.opts.lease_ttl_ms
+        )
+        if claimed is None:
+            return False
+        t = claimed.task
+        try:
+            if t.state != T.TASK_STATE_PENDING:
+                return t.state in TERMINAL
+            if t.cancel_requested:
+                await self._finish(claimed.lease, t, T.TASK_STATE_CANCELLED)
+            else:
+                t.error.CopyFrom(T.TaskError(
+                    code="DEADLINE_EXCEEDED",
+                    message="not started within its schedule-to-start timeout "
+                    f"({t.schedule_to_start_timeout.ToMilliseconds()} ms); no eligible agent "
+                    "with free capacity",
+                ))
+                await self._finish(claimed.lease, t, T.TASK_STATE_TIMEOUT)
+            return True
+        except (LeaseLost, StaleRevision):
+            return False
+        finally:
+            await self.store.release(claimed.lease)
+
+    async def _fail_unstarted(self, task: task_pb2.Task, err: task_pb2.TaskError) -> None:
+        claimed = await self.store.claim(
+            task.task_id, owner=self.opts.coordinator_id, ttl_ms=self.opts.lease_ttl_ms
+        )
+        if claimed is None:
+            return
+        try:
+            t = claimed.task
+            if t.state == T.TASK_STATE_PENDING:
+                t.error.CopyFrom(err)
+                # PENDING -> FAILED is not a transition: it passes SCHEDULED
+                # (on no agent), RUNNING (refused by the guardrails) first.
+                await self.store.commit(claimed.lease, t, T.TASK_STATE_SCHEDULED)
+                await self.store.commit(claimed.lease, t, T.TASK_STATE_RUNNING)
+                await self._finish(claimed.lease, t, T.TASK_STATE_FAILED)
+        except (LeaseLost, StaleRevision):
+            pass
+        finally:
+            await self.store.release(claimed.lease)
+
+    # ---- placement -------------------------------------------------------------------
+    async def _descriptor(self, agent_ids: Sequence[str]) -> list[registry_pb2.Agent | None]:
+        now = time.monotonic()
+        missing = [a for a in agent_ids if self._descriptors.get(a, (0.0, None))[0] < now]
+        if missing:
+            raws = await self.store.redis.mget([catalog.descriptor_key(a) for a in missing])
+            for a, raw in zip(missing, raws, strict=True):
+                pb = registry_pb2.Agent.FromString(bytes(raw)) if raw else None
+                self._descriptors[a] = (now + DESCRIPTOR_TTL_S, pb)
+        return [self._descriptors[a][1] for a in agent_ids]
+
+    async def _place(
+        self, task: task_pb2.Task, msg: router_pb2.RouteMessage, *, prefer: str, avoid: str
+    ) -> placement.Option | None:
+        """Take a capacity slot on the agent the task's strategy prefers.
+
+        Args:
+            prefer: try this agent first when it is eligible (a resumed task).
+            avoid: try this agent last (it just failed an attempt).
+
+        Returns:
+            The agent (slot held), or None when no eligible agent has room.
+
+        Raises:
+            FailedPrecondition: a CRITICAL safety rule matched the payload.
+            InvalidArgument: a bad selector.
+        """
+        try:
+            d = await self.client.decide(msg, strategy=router_pb2.STRATEGY_BROADCAST)
+        except Unavailable as e:
+            if e.error_reason == ErrorReason.ERROR_REASON_NO_HEALTHY_TARGET:
+                return None
+            raise
+        cands = d.eligible.candidates
+        if not cands:
+            return None
+        ids = [c.agent_id for c in cands]
+        counts, descs = await asyncio.gather(self.store.slot_counts(ids), self._descriptor(ids))
+        options: list[placement.Option] = []
+        for c, n, desc in zip(cands, counts, descs, strict=True):
+            cap = int(c.capacity)
+            if cap <= 0 and desc is not None:
+                cap = int(desc.sla.max_concurrency)
+            if cap <= 0:
+                cap = self.opts.default_capacity
+            options.append(
+                placement.Option(
+                    c,
+                    n,
+                    cap,
+                    frozenset(desc.capabilities) if desc else frozenset(),
+                    frozenset(desc.tags) if desc else frozenset(),
+                )
+            )
+        strategy = placement.strategy_for(task, self.opts.strategies)
+        ordered = placement.order(
+            strategy, options, task=task, picker=self.client.engine.picker,
+            pool_key=d.pool.key, rng=self._rng, rotation=self._rotation,
+        )
+        if prefer:
+            ordered.sort(key=lambda o: o.candidate.agent_id != prefer)
+        if avoid and len(ordered) > 1:
+            ordered.sort(key=lambda o: o.candidate.agent_id == avoid)
+        for o in ordered:
+            if await self.store.acquire_slot(
+                o.candidate.agent_id, task.task_id, capacity=o.capacity,
+                ttl_ms=self.opts.lease_ttl_ms,
+            ):
+                return o
+        return None
+
+    # ---- driving ---------------------------------------------------------------------
+    def _spawn(self, d: Driven) -> None:
+        self.driven[d.task.task_id] = d
+        metrics.TASK_ACTIVE.set(len(self.driven))
+        d.runner = asyncio.create_task(self._drive(d))
+
+    async def _finish(
+        self, lease: Lease, task: task_pb2.Task, state: task_pb2.TaskState.ValueType
+    ) -> None:
+        task.end_time.CopyFrom(_ts(now_ms()))
+        await self.store.commit(lease, task, state)
+        status = T.TaskState.Name(state).removeprefix("TASK_STATE_").lower()
+        metrics.TASK_COMPLETED.labels(metrics.type_label(task.task_type), status).inc()
+
+    async def _drive(self, d: Driven) -> None:
+        tid = d.task.task_id
+        lost = False
+        try:
+            await self._run(d)
+        except (LeaseLost, StaleRevision):
+            lost = True
+            log.info("task lease lost; another replica continues", extra={"task_id": tid})
+        except asyncio.CancelledError:
+            lost = True
+            raise
+        except Exception:
+            lost = True
+            log.warning("task driver failed; the task is resumed after its lease expires",
+                        extra={"task_id": tid}, exc_info=True)
+        finally:
+            self.driven.pop(tid, None)
+            metrics.TASK_ACTIVE.set(len(self.driven))
+            if not lost:
+                with contextlib.suppress(Exception):
+                    if d.option is not None:
+                        await self.store.release_slot(d.option.candidate.agent_id, tid)
+                    await self.store.release(d.lease)
+
+    def _cancelled(self, d: Driven) -> bool:
+        return d.cancel.is_set() or d.task.cancel_requested
+
+    async def _release_slot(self, d: Driven) -> None:
+        if d.option is not None:
+            await self.store.release_slot(d.option.candidate.agent_id, d.task.task_id)
+            d.option = None
+
+    async def _run(self, d: Driven) -> None:
+        t = d.task
+        while True:
+            if t.state in TERMINAL:
+                return
+            if self._cancelled(d):
+                await self._release_slot(d)
+                await self._finish(d.lease, t, T.TASK_STATE_CANCELLED)
+                return
+            if t.state in (T.TASK_STATE_SCHEDULED, T.TASK_STATE_RUNNING) and d.option is None:
+                # resumed after its driver died: the attempt's outcome is unknown
+                t.error.CopyFrom(T.TaskError(
+                    code="ABORTED", message="the coordinator driving the task stopped; resumed",
+                ))
+                await self.store.commit(d.lease, t, T.TASK_STATE_RETRYING)
+                continue
+            if t.state == T.TASK_STATE_RETRYING:
+                if not await self._replace(d):
+                    return
+                continue
+            if t.state == T.TASK_STATE_SCHEDULED:
+                await self._attempt(d)
+                continue
+            raise AssertionError(f"unexpected state {T.TaskState.Name(t.state)}")
+
+    async def _replace(self, d: Driven) -> bool:
+        """Place a RETRYING task again (the assigned agent first when it is
+        resumed, the agent that failed last otherwise); SCHEDULED on success.
+        Returns False when the task ended meanwhile (cancel, timeout)."""
+        t = d.task
+        resumed = t.error.code == "ABORTED"
+        prefer = t.assigned_agent_id if resumed else ""
+        give_up_ms = now_ms() + t.schedule_to_start_timeout.ToMilliseconds()
+        msg = route_message(t)
+        while True:
+            if self._cancelled(d):
+                await self._finish(d.lease, t, T.TASK_STATE_CANCELLED)
+                return False
+            try:
+                opt = await self._place(t, msg, prefer=prefer, avoid=d.avoid)
+            except AgentMeshError as e:
+                t.error.CopyFrom(_error_of(e))
+                await self.store.commit(d.lease, t, T.TASK_STATE_SCHEDULED)
+                await self.store.commit(d.lease, t, T.TASK_STATE_RUNNING)
+                await self._finish(d.lease, t, T.TASK_STATE_FAILED)
+                return False
+            if opt is not None:
+                d.option = opt
+                t.assigned_agent_id = opt.candidate.agent_id
+                await self.store.commit(d.lease, t, T.TASK_STATE_SCHEDULED)
+                return True
+            if now_ms() >= give_up_ms:
+                t.error.CopyFrom(T.TaskError(
+                    code="DEADLINE_EXCEEDED",
+                    message="no eligible agent with free capacity within the "
+                    "schedule-to-start timeout",
+                ))
+                await self._finish(d.lease, t, T.TASK_STATE_TIMEOUT)
+                return False
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(d.cancel.wait(), self.opts.poll_interval_ms * 5 / 1000.0)
+
+    async def _attempt(self, d: Driven) -> None:
+        """Run one attempt of a SCHEDULED task and commit its outcome."""
+        t = d.task
+        opt = d.option
+        assert opt is not None
+        t.attempt += 1
+        start = now_ms()
+        if not t.HasField("start_time"):
+            t.start_time.CopyFrom(_ts(start))
+            metrics.TASK_WAIT.observe(max(0, start - due_ms(t)))
+        t.ClearField("error")
+        if await self.store.commit(d.lease, t, T.TASK_STATE_RUNNING):
+            d.cancel.set()
+        msg = route_message(t)
+        timeout_ms = t.timeout.ToMilliseconds() or self.opts.default_timeout_ms
+        err: task_pb2.TaskError | None = None
+        out: CallOutcome | None = None
+        t0 = time.perf_counter()
+        try:
+            await self.client.admit(msg)
+        except AgentMeshError as e:
+            err = _error_of(e)
+        if err is None and not self._cancelled(d):
+            req = agent_pb2.ExecuteRequest(
+                action=t.task_type,
+                input=t.payload,
+                idempotency_key=f"task/{t.task_id}",
+                attempt=t.attempt,
+                metadata={"task_id": t.task_id},
+            )
+            call = asyncio.ensure_future(
+                self.client.call(opt.candidate, "Execute", req, timeout_s=timeout_ms / 1000.0)
+            )
+            stop = asyncio.ensure_future(d.cancel.wait())
+            try:
+                await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                stop.cancel()
+            if not call.done():
+                call.cancel()  # gRPC cancellation reaches the agent's handler
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await call
+            else:
+                out = call.result()
+        metrics.TASK_RUN.observe((time.perf_counter() - t0) * 1000.0)
+        await self._release_slot(d)
+        if out is None and err is None:  # cancelled mid-call
+            await self._finish(d.lease, t, T.TASK_STATE_CANCELLED)
+            return
+        if out is not None and out.response is not None:
+            t.result.CopyFrom(out.response.output)
+            await self._finish(d.lease, t, T.TASK_STATE_COMPLETED)
+            return
+        if err is None:
+            assert out is not None
+            err = _error_of_outcome(out)
+            d.avoid = out.agent_id
+        t.error.CopyFrom(err)
+        t.failed_attempts += 1
+        if err.code in NON_RETRYABLE:
+            await self._finish(d.lease, t, T.TASK_STATE_FAILED)
+            return
+        if t.failed_attempts >= max_attempts(t.retry_policy):
+            final = (
+                T.TASK_STATE_TIMEOUT if err.code == "DEADLINE_EXCEEDED" else T.TASK_STATE_FAILED
+            )
+            await self._finish(d.lease, t, final)
+            return
+        if await self.store.commit(d.lease, t, T.TASK_STATE_RETRYING):
+            d.cancel.set()
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(d.cancel.wait(), backoff_s(t.retry_policy, t.failed_attempts))
+
+    # ---- renewal and recovery -------------------------------------------------------
+    async def _renew_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.opts.renew_interval_ms / 1000.0)
+            await self.renew_once()
+
+    async def renew_once(self) -> None:
+        """Renew every lease and slot of the driven tasks; flag cancels; drop lost ones."""
+        items = list(self.driven.values())
+        if not items:
+            return
+        ttl = self.opts.lease_ttl_ms
+        renewals = await self.store.leases.renew_many([d.lease for d in items], ttl_ms=ttl)
+        held = [d for d, r in zip(items, renewals, strict=True) if r.held]
+        for d, r in zip(items, renewals, strict=True):
+            if not r.held and d.runner is not None:
+                d.runner.cancel()
+        slots = [(d.option.candidate.agent_id, d.task.task_id) for d in held if d.option]
+        if slots:
+            await self.store.renew_slots(slots, ttl_ms=ttl)
+        flags = await self.store.cancel_flags([d.task.task_id for d in held])
+        for d, f in zip(held, flags, strict=True):
+            if f:
+                d.cancel.set()
+
+    async def _recovery_loop(self) -> None:
+        while True:
+            await self.recover_once()
+            await asyncio.sleep(self.opts.recovery_interval_ms / 1000.0)
+
+    async def recover_once(self) -> int:
+        """Take over orphaned tasks and re-queue lost queue entries; returns
+        how many tasks it took over. Also samples the queue depths."""
+        depths = await self.store.depths()
+        for cls, n in enumerate(depths):
+            metrics.TASK_QUEUE_DEPTH.labels(CLASS_NAMES[cls]).set(n)
+        ids = [i for i in await self.store.active(count=2000) if i not in self.driven]
+        if not ids:
+            return 0
+        states = await self.store.lease_states(ids)
+        forget: list[str] = []
+        pending: list[str] = []
+        orphans: list[str] = []
+        for tid, (leased, state) in zip(ids, states, strict=True):
+            if not state or T.TaskState.Value(state) in TERMINAL:
+                forget.append(tid)
+            elif leased:
+                continue
+            elif state == "TASK_STATE_PENDING":
+                pending.append(tid)
+            else:
+                orphans.append(tid)
+        await self.store.forget_active(forget)
+        if pending:
+            tasks = await self.store.get_many(pending)
+            await self.store.requeue(
+                [(priority_class(t.priority), t.task_id, due_ms(t)) for t in tasks if t is not None]
+            )
+        taken = 0
+        for tid in orphans:
+            if len(self.driven) >= self.opts.max_active:
+                break
+            claimed = await self.store.claim(tid, owner=self.opts.coordinator_id,
+                                             ttl_ms=self.opts.lease_ttl_ms)
+            if claimed is None:
+                continue
+            if claimed.task.state in TERMINAL or claimed.task.state == T.TASK_STATE_PENDING:
+                await self.store.release(claimed.lease)
+                continue
+            metrics.TAKEOVERS.labels("task_recovery").inc()
+            log.info("task taken over", extra={"task_id": tid})
+            self._spawn(Driven(claimed.lease, claimed.task))
+            taken += 1
+        return taken

@@ -1,0 +1,581 @@
+"""Tasks in Redis: the record, its state-change stream, queues, capacity slots.
+
+Keys (prefix ``am:task:``; every key of one task is hash-tagged by its id, so
+each per-task script touches one Redis Cluster slot):
+
+* ``am:task:{<id>}`` HASH ``pb`` (the serialized agentmesh.task.v1.Task as of
+  revision ``rev``), ``state``, ``rev``, ``cancel`` ("1" once CancelTask was
+  called; kept outside ``pb`` so a cancel never races the driver's
+  compare-and-set on ``rev``);
+* ``am:task:ev:{<id>}`` STREAM, one entry per revision with id ``<rev>-0`` and
+  field ``pb`` (the task right after that change): WaitTask's log;
+* ``am:task:lease:{<id>}`` / ``am:task:fence:{<id>}``: the task's fenced lease
+  (agentmesh.runtime.lease);
+* ``am:task:q:<class>`` ZSET of PENDING task ids per priority class (0 =
+  CRITICAL .. 3 = LOW), scored by the time they become due (Unix ms; FIFO);
+* ``am:task:active`` ZSET of non-terminal task ids by creation (recovery scan);
+* ``am:task:index`` ZSET of every kept task id by creation (ListTasks);
+* ``am:task:slots:{<agent_id>}`` ZSET task id -> slot expiry (Redis clock, ms):
+  the capacity slots held on one agent by every replica. A slot is renewed
+  with the task's lease and expires with it, so a dead replica's slots free
+  themselves; a driver releases its slot when the attempt ends.
+
+A terminal task's record, stream and fence counter expire after the
+retention period; stale index entries are dropped when ListTasks meets them.
+The queue, active and index entries are written after the record (they live
+in other slots): a ScheduleTask that fails between the two leaves a record
+that the client's retry with the same idempotency key completes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.lease import (
+    CLOCK_PRELUDE,
+    FENCE_CHECK,
+    LEASE_LUA,
+    FencedLeases,
+    Lease,
+    LeaseKeys,
+    LeaseLost,
+    call_many,
+    is_fenced,
+)
+from agentmesh.task.v1 import task_pb2
+
+PREFIX = "am:task:"
+ACTIVE = PREFIX + "active"
+INDEX = PREFIX + "index"
+
+T = task_pb2
+TERMINAL = frozenset(
+    {T.TASK_STATE_COMPLETED, T.TASK_STATE_FAILED, T.TASK_STATE_TIMEOUT, T.TASK_STATE_CANCELLED}
+)
+
+#: Allowed transitions (the table in task.proto); commit() refuses others.
+TRANSITIONS: dict[int, frozenset[int]] = {
+    T.TASK_STATE_PENDING: frozenset(
+        {T.TASK_STATE_SCHEDULED, T.TASK_STATE_CANCELLED, T.TASK_STATE_TIMEOUT}
+    ),
+    T.TASK_STATE_SCHEDULED: frozenset(
+        {T.TASK_STATE_RUNNING, T.TASK_STATE_CANCELLED, T.TASK_STATE_RETRYING}
+    ),
+    T.TASK_STATE_RUNNING: frozenset(
+        {
+            T.TASK_STATE_COMPLETED,
+            T.TASK_STATE_FAILED,
+            T.TASK_STATE_TIMEOUT,
+            T.TASK_STATE_RETRYING,
+            T.TASK_STATE_CANCELLED,
+        }
+    ),
+    T.TASK_STATE_RETRYING: frozenset(
+        {T.TASK_STATE_SCHEDULED, T.TASK_STATE_CANCELLED, T.TASK_STATE_TIMEOUT}
+    ),
+}
+
+#: Priority classes, CRITICAL first (the bus backlog's classes).
+CLASSES = 4
+
+
+def priority_class(priority: int) -> int:
+    """Priority enum value -> class index 0 (CRITICAL) .. 3 (LOW); unset is NORMAL."""
+    if priority == common_pb2.PRIORITY_CRITICAL:
+        return 0
+    if priority == common_pb2.PRIORITY_HIGH:
+        return 1
+    if priority == common_pb2.PRIORITY_LOW:
+        return 3
+    return 2
+
+
+#: Label value of each class for metrics.
+CLASS_NAMES = ("critical", "high", "normal", "low")
+
+
+def task_key(task_id: str) -> str:
+    """HASH of one task."""
+    return f"{PREFIX}{{{task_id}}}"
+
+
+def events_key(task_id: str) -> str:
+    """STREAM of one task's state changes."""
+    return f"{PREFIX}ev:{{{task_id}}}"
+
+
+def lease_keys(task_id: str) -> LeaseKeys:
+    """The task's lease record and fence counter."""
+    return LeaseKeys.for_name(PREFIX, task_id)
+
+
+def queue_key(cls: int) -> str:
+    """ZSET of the PENDING tasks of one priority class, by due time (ms)."""
+    return f"{PREFIX}q:{cls}"
+
+
+def slots_key(agent_id: str) -> str:
+    """ZSET of the capacity slots held on one agent: task id -> expiry ms."""
+    return f"{PREFIX}slots:{{{agent_id}}}"
+
+
+def new_task_id(idempotency_key: str) -> str:
+    """A new task id; derived from the idempotency key when there is one, so a
+    second ScheduleTask with that key finds the first task in one slot."""
+    if idempotency_key:
+        return "t-" + hashlib.blake2b(idempotency_key.encode(), digest_size=10).hexdigest()
+    return "t-" + os.urandom(10).hex()
+
+
+_CREATE = """
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  local cur = redis.call('HMGET', KEYS[1], 'pb', 'cancel')
+  return {0, cur[1], cur[2] or ''}
+end
+redis.call('HSET', KEYS[1], 'pb', ARGV[1], 'state', ARGV[2], 'rev', 1)
+redis.call('XADD', KEYS[2], '1-0', 'pb', ARGV[1])
+return {1, '', ''}
+"""
+
+# KEYS lease record, task, events, fence; ARGV owner, token, expected rev,
+# state, pb, expire_ms (0 = keep).
+_COMMIT = (
+    CLOCK_PRELUDE
+    + LEASE_LUA
+    + FENCE_CHECK
+    + """
+local rev = tonumber(redis.call('HGET', KEYS[2], 'rev') or '0')
+if rev ~= tonumber(ARGV[3]) then return redis.error_reply('STALE ' .. rev) end
+rev = rev + 1
+redis.call('HSET', KEYS[2], 'pb', ARGV[5], 'state', ARGV[4], 'rev', rev)
+redis.call('XADD', KEYS[3], rev .. '-0', 'pb', ARGV[5])
+local px = tonumber(ARGV[6])
+if px > 0 then
+  redis.call('PEXPIRE', KEYS[2], px)
+  redis.call('PEXPIRE', KEYS[3], px)
+  redis.call('PEXPIRE', KEYS[4], px)
+end
+return {rev, redis.call('HGET', KEYS[2], 'cancel') or ''}
+"""
+)
+
+# KEYS lease record, fence, task; ARGV owner, ttl_ms.
+_CLAIM = (
+    CLOCK_PRELUDE
+    + LEASE_LUA
+    + """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
+local g = lease_acquire(KEYS[1], KEYS[2], '', ARGV[1], ARGV[2], false)
+if tonumber(g[1]) == 0 then return {0} end
+local cur = redis.call('HMGET', KEYS[3], 'pb', 'rev', 'cancel')
+return {g[1], cur[1], cur[2], cur[3] or ''}
+"""
+)
+
+# KEYS lease record, task, events, fence; ARGV expected rev, pb, expire_ms.
+# Returns -1 no task, 0 leased (the driver cancels it), -2 stale, else new rev.
+_CANCEL = """
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+redis.call('HSET', KEYS[2], 'cancel', '1')
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+local rev = tonumber(redis.call('HGET', KEYS[2], 'rev') or '0')
+if rev ~= tonumber(ARGV[1]) then return -2 end
+if ARGV[2] == '' then return rev end
+rev = rev + 1
+redis.call('HSET', KEYS[2], 'pb', ARGV[2], 'state', 'TASK_STATE_CANCELLED', 'rev', rev)
+redis.call('XADD', KEYS[3], rev .. '-0', 'pb', ARGV[2])
+local px = tonumber(ARGV[3])
+if px > 0 then
+  redis.call('PEXPIRE', KEYS[2], px)
+  redis.call('PEXPIRE', KEYS[3], px)
+  redis.call('PEXPIRE', KEYS[4], px)
+end
+return rev
+"""
+
+# KEYS slots; ARGV task id, capacity (0 = unlimited), ttl_ms. 1 granted, 0 full.
+_SLOT_ACQUIRE = (
+    CLOCK_PRELUDE
+    + """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[1])
+  return 1
+end
+local cap = tonumber(ARGV[2])
+if cap > 0 and redis.call('ZCARD', KEYS[1]) >= cap then return 0 end
+redis.call('ZADD', KEYS[1], now_ms + tonumber(ARGV[3]), ARGV[1])
+return 1
+"""
+)
+
+# KEYS slots; ARGV task id, ttl_ms: extend a held slot (XX: never re-creates one).
+_SLOT_RENEW = (
+    CLOCK_PRELUDE
+    + "return redis.call('ZADD', KEYS[1], 'XX', 'CH', now_ms + tonumber(ARGV[2]), ARGV[1])\n"
+)
+
+# KEYS slots: live slots held on the agent.
+_SLOT_COUNT = (
+    CLOCK_PRELUDE
+    + "redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now_ms)\n"
+    + "return redis.call('ZCARD', KEYS[1])\n"
+)
+
+
+class StaleRevision(Exception):
+    """The task changed since it was read (compare-and-set on `rev` failed)."""
+
+
+@dataclass(slots=True)
+class Claimed:
+    """A task whose lease this replica took.
+
+    Attributes:
+        lease: the held lease.
+        task: the task as stored (cancel_requested merged in).
+    """
+
+    lease: Lease
+    task: task_pb2.Task
+
+
+def _s(v: bytes | str | None) -> str:
+    if v is None:
+        return ""
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _b(v: bytes | str) -> bytes:
+    return v if isinstance(v, bytes) else v.encode()
+
+
+def decode(pb: bytes | str, cancel: bytes | str | None) -> task_pb2.Task:
+    """A stored task with its cancel flag merged in."""
+    t = task_pb2.Task.FromString(_b(pb))
+    if _s(cancel) == "1":
+        t.cancel_requested = True
+    return t
+
+
+class TaskStore:
+    """Reads and writes tasks (see the module docstring for the keys).
+
+    Args:
+        redis: asyncio client (bytes replies).
+        retention_ms: how long a terminal task is kept; 0 keeps it forever.
+    """
+
+    def __init__(self, redis: aioredis.Redis, *, retention_ms: int = 0) -> None:
+        # typed loosely: redis-py's reply types do not follow decode_responses
+        self.redis: Any = redis
+        self.retention_ms = retention_ms
+        self.leases = FencedLeases(redis)
+        self._create = redis.register_script(_CREATE)
+        self._commit = redis.register_script(_COMMIT)
+        self._claim = redis.register_script(_CLAIM)
+        self._cancel = redis.register_script(_CANCEL)
+        self._slot_acquire = redis.register_script(_SLOT_ACQUIRE)
+        self._slot_renew = redis.register_script(_SLOT_RENEW)
+        self._slot_count = redis.register_script(_SLOT_COUNT)
+
+    # ---- create and read ------------------------------------------------------
+    async def create(self, task: task_pb2.Task, *, due_ms: int) -> tuple[task_pb2.Task, bool]:
+        """Store a new PENDING task and queue it; a task with the same id (the
+        same idempotency key) is returned instead, and queued again if it is
+        still PENDING (completing a create that failed half-way).
+
+        Returns:
+            (the stored task, created).
+
+        Raises:
+            redis.exceptions.RedisError: Redis failed.
+        """
+        tid = task.task_id
+        created, pb, cancel = await self._create(
+            keys=[task_key(tid), events_key(tid)],
+            args=[task.SerializeToString(), T.TaskState.Name(task.state)],
+        )
+        stored = task if int(created) else decode(pb, cancel)
+        if stored.state == T.TASK_STATE_PENDING:
+            score = stored.create_time.ToMilliseconds()
+            async with self.redis.pipeline(transaction=False) as p:
+                p.zadd(queue_key(priority_class(stored.priority)), {tid: due_ms}, nx=True)
+                p.zadd(ACTIVE, {tid: score}, nx=True)
+                p.zadd(INDEX, {tid: score}, nx=True)
+                await p.execute()
+        return stored, bool(int(created))
+
+    async def get(self, task_id: str) -> task_pb2.Task | None:
+        """The task, or None when there is none (or it expired)."""
+        pb, cancel = await self.redis.hmget(task_key(task_id), ["pb", "cancel"])
+        return decode(pb, cancel) if pb is not None else None
+
+    async def get_many(self, task_ids: Sequence[str]) -> list[task_pb2.Task | None]:
+        """Tasks by id in one round trip; None for missing ones."""
+        if not task_ids:
+            return []
+        async with self.redis.pipeline(transaction=False) as p:
+            for tid in task_ids:
+                p.hmget(task_key(tid), ["pb", "cancel"])
+            rows = await p.execute()
+        return [decode(pb, c) if pb is not None else None for pb, c in rows]
+
+    async def events_after(
+        self, task_id: str, *, after_revision: int, block_ms: int = 0, count: int = 100
+    ) -> list[tuple[int, task_pb2.Task]]:
+        """State changes after `after_revision`, oldest first, as (revision, task).
+
+        Blocks up to `block_ms` for the next one when there is none (0 = do not block).
+        """
+        key = events_key(task_id)
+        if block_ms <= 0:
+            rows = await self.redis.xrange(key, min=f"({after_revision}-0", count=count)
+        else:
+            got = await self.redis.xread({key: f"{after_revision}-0"}, block=block_ms, count=count)
+            rows = got[0][1] if got else []
+        out = []
+        for eid, fields in rows:
+            rev = int(_s(eid).split("-")[0])
+            out.append((rev, task_pb2.Task.FromString(fields[b"pb"])))
+        return out
+
+    async def page(
+        self, *, before: tuple[float, str] | None, count: int
+    ) -> list[tuple[str, float]]:
+        """Index entries newest first, strictly before `before` (score, id)."""
+        if before is None:
+            rows = await self.redis.zrevrangebyscore(
+                INDEX, "+inf", "-inf", start=0, num=count, withscores=True
+            )
+        else:
+            score, tid = before
+            rows = await self.redis.zrevrangebyscore(
+                INDEX, score, "-inf", start=0, num=count + 1000, withscores=True
+            )
+            # equal scores are ordered by member descending in a reverse range
+            rows = [(m, s) for m, s in rows if s < score or _s(m) < tid][:count]
+        return [(_s(m), float(s)) for m, s in rows]
+
+    async def drop_from_index(self, task_ids: Sequence[str]) -> None:
+        """Forget index entries whose task expired."""
+        if task_ids:
+            await self.redis.zrem(INDEX, *task_ids)
+
+    # ---- leases and commits -----------------------------------------------------
+    async def claim(self, task_id: str, *, owner: str, ttl_ms: int) -> Claimed | None:
+        """Take the task's lease and read it (one round trip); None when the
+        task is gone or another replica holds it."""
+        lk = lease_keys(task_id)
+        res = await self._claim(keys=[lk.record, lk.fence, task_key(task_id)], args=[owner, ttl_ms])
+        if int(res[0]) <= 0:
+            return None
+        return Claimed(Lease(lk, owner, int(res[0])), decode(res[1], res[3]))
+
+    async def commit(
+        self, lease: Lease, task: task_pb2.Task, state: task_pb2.TaskState.ValueType
+    ) -> bool:
+        """Move the task to `state` (fenced, compare-and-set on its revision).
+
+        `task` is updated in place (state, revision; end_time when terminal)
+        and written whole.
+
+        Returns:
+            Whether a cancel was requested (for the driver).
+
+        Raises:
+            ValueError: a transition task.proto does not allow.
+            LeaseLost: the lease is gone; nothing was written.
+            StaleRevision: the task changed since it was read.
+            redis.exceptions.RedisError: Redis failed.
+        """
+        if state not in TRANSITIONS.get(task.state, frozenset()):
+            raise ValueError(
+                f"task {task.task_id}: {T.TaskState.Name(task.state)} -> "
+                f"{T.TaskState.Name(state)} is not allowed"
+            )
+        terminal = state in TERMINAL
+        prev_state, prev_rev = task.state, task.revision
+        task.state = state
+        task.revision = prev_rev + 1
+        cancel = task.cancel_requested
+        task.cancel_requested = False  # lives in the hash field, not in pb
+        tid = task.task_id
+        lk = lease.keys
+        try:
+            _rev, flag = await self._commit(
+                keys=[lk.record, task_key(tid), events_key(tid), lk.fence],
+                args=[
+                    lease.owner,
+                    lease.token,
+                    prev_rev,
+                    T.TaskState.Name(state),
+                    task.SerializeToString(),
+                    self.retention_ms if terminal else 0,
+                ],
+            )
+        except ResponseError as e:
+            task.state, task.revision = prev_state, prev_rev
+            task.cancel_requested = cancel
+            if is_fenced(e):
+                raise LeaseLost(str(e)) from e
+            if str(e).startswith("STALE"):
+                raise StaleRevision(str(e)) from e
+            raise
+        task.cancel_requested = _s(flag) == "1"
+        if terminal:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.zrem(ACTIVE, tid)
+                p.zrem(queue_key(priority_class(task.priority)), tid)
+                await p.execute()
+        return task.cancel_requested
+
+    async def cancel_unleased(self, task: task_pb2.Task, cancelled: task_pb2.Task | None) -> int:
+        """Flag a cancel and, when nobody drives the task, write `cancelled`
+        (the task in state CANCELLED, revision + 1) in the same script.
+
+        Returns:
+            -1 no task, 0 a driver holds the lease (it will cancel), -2 the
+            task changed since it was read, else the new revision (or the
+            current one when `cancelled` is None: flag only).
+        """
+        tid = task.task_id
+        lk = lease_keys(tid)
+        res = int(
+            await self._cancel(
+                keys=[lk.record, task_key(tid), events_key(tid), lk.fence],
+                args=[
+                    task.revision,
+                    cancelled.SerializeToString() if cancelled is not None else "",
+                    self.retention_ms,
+                ],
+            )
+        )
+        if res > 0 and cancelled is not None:
+            async with self.redis.pipeline(transaction=False) as p:
+                p.zrem(ACTIVE, tid)
+                p.zrem(queue_key(priority_class(task.priority)), tid)
+                if task.assigned_agent_id:
+                    p.zrem(slots_key(task.assigned_agent_id), tid)
+                await p.execute()
+        return res
+
+    async def release(self, lease: Lease) -> None:
+        """Give the task's lease up."""
+        await self.leases.release(lease.keys, owner=lease.owner, token=lease.token)
+
+    # ---- queues ------------------------------------------------------------------
+    async def due(self, *, now_ms: int, count: int) -> list[list[str]]:
+        """Up to `count` due task ids per priority class, oldest first."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for cls in range(CLASSES):
+                p.zrangebyscore(queue_key(cls), "-inf", now_ms, start=0, num=count)
+            rows = await p.execute()
+        return [[_s(m) for m in r] for r in rows]
+
+    async def dequeue(self, items: Sequence[tuple[int, str]]) -> None:
+        """Remove (class, task id) entries from their queues."""
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=False) as p:
+            for cls, tid in items:
+                p.zrem(queue_key(cls), tid)
+            await p.execute()
+
+    async def requeue(self, items: Sequence[tuple[int, str, int]]) -> None:
+        """Put (class, task id, due ms) entries back unless already queued."""
+        if not items:
+            return
+        async with self.redis.pipeline(transaction=False) as p:
+            for cls, tid, due in items:
+                p.zadd(queue_key(cls), {tid: due}, nx=True)
+            await p.execute()
+
+    async def depths(self) -> list[int]:
+        """Queued tasks per priority class."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for cls in range(CLASSES):
+                p.zcard(queue_key(cls))
+            return [int(n) for n in await p.execute()]
+
+    async def active(self, *, count: int) -> list[str]:
+        """Up to `count` non-terminal task ids, oldest first."""
+        return [_s(m) for m in await self.redis.zrange(ACTIVE, 0, count - 1)]
+
+    async def lease_states(self, task_ids: Sequence[str]) -> list[tuple[bool, str]]:
+        """(leased, state name or "" when the task is gone) per task id."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for tid in task_ids:
+                p.exists(lease_keys(tid).record)
+                p.hget(task_key(tid), "state")
+            raw = await p.execute()
+        return [(bool(raw[2 * i]), _s(raw[2 * i + 1])) for i in range(len(task_ids))]
+
+    async def forget_active(self, task_ids: Sequence[str]) -> None:
+        """Drop ids of tasks that ended or expired from the active set."""
+        if task_ids:
+            await self.redis.zrem(ACTIVE, *task_ids)
+
+    # ---- capacity slots ---------------------------------------------------------
+    async def slot_counts(self, agent_ids: Sequence[str]) -> list[int]:
+        """Live capacity slots held on each agent (one round trip)."""
+        res = await call_many(self._slot_count, [([slots_key(a)], []) for a in agent_ids])
+        return [int(n) for n in res]
+
+    async def acquire_slot(
+        self, agent_id: str, task_id: str, *, capacity: int, ttl_ms: int
+    ) -> bool:
+        """Take (or keep) a capacity slot on the agent; False when it is full."""
+        return bool(
+            int(
+                await self._slot_acquire(
+                    keys=[slots_key(agent_id)], args=[task_id, capacity, ttl_ms]
+                )
+            )
+        )
+
+    async def renew_slots(self, slots: Sequence[tuple[str, str]], *, ttl_ms: int) -> None:
+        """Extend (agent id, task id) slots held by this replica."""
+        await call_many(self._slot_renew, [([slots_key(a)], [t, ttl_ms]) for a, t in slots])
+
+    async def release_slot(self, agent_id: str, task_id: str) -> None:
+        """Free the task's slot on the agent."""
+        await self.redis.zrem(slots_key(agent_id), task_id)
+
+    async def cancel_flags(self, task_ids: Sequence[str]) -> list[bool]:
+        """Whether a cancel was requested, per task id."""
+        async with self.redis.pipeline(transaction=False) as p:
+            for tid in task_ids:
+                p.hget(task_key(tid), "cancel")
+            return [_s(v) == "1" for v in await p.execute()]
+
+
+__all__ = [
+    "ACTIVE",
+    "CLASSES",
+    "CLASS_NAMES",
+    "INDEX",
+    "PREFIX",
+    "TERMINAL",
+    "TRANSITIONS",
+    "Claimed",
+    "LeaseLost",
+    "StaleRevision",
+    "TaskStore",
+    "decode",
+    "events_key",
+    "lease_keys",
+    "new_task_id",
+    "priority_class",
+    "queue_key",
+    "slots_key",
+    "task_key",
+]
