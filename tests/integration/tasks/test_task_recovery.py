@@ -1,0 +1,78 @@
+"""A coordinator SIGKILLed with tasks queued and running: after a restart every
+task reaches a terminal state and each task's effect happens exactly once."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+from agentmesh.task.v1 import task_pb2, task_pb2_grpc
+from tests.integration.tasks.conftest import runs, start_agent, start_coordinator, wait_final
+from tests.procs import AgentProcess
+
+T = task_pb2
+pytestmark = pytest.mark.asyncio
+
+
+@pytest.fixture(scope="module")
+def recovery_agents(
+    task_redis_url: str, rsync: redis.Redis, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[list[AgentProcess]]:
+    """Two agents of capability `recov`, capacity 3 each."""
+    log_dir = tmp_path_factory.mktemp("ragents")
+    procs = [
+        start_agent(aid, task_redis_url, log_dir, rsync, capabilities=["recov"], max_concurrency=3)
+        for aid in ("tr-1", "tr-2")
+    ]
+    yield procs
+    for p in procs:
+        p.stop()
+
+
+async def test_sigkill_with_tasks_queued_and_running_recovers_exactly_once(
+    task_redis_url: str, rsync: redis.Redis, recovery_agents: list[AgentProcess], tmp_path: Path
+) -> None:
+    first = start_coordinator(task_redis_url, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(first.target) as ch:
+            stub = task_pb2_grpc.TaskServiceStub(ch)
+            ids = []
+            for i in range(14):
+                r = T.ScheduleTaskRequest(task_type="slow")
+                r.selector.capabilities.append("recov")
+                r.payload.update({"delay_ms": 700, "tag": f"r{i}"})
+                ids.append((await stub.ScheduleTask(r)).task.task_id)
+            # wait until both agents are full (6 running) and the rest is queued
+            for _ in range(200):
+                states = [
+                    (await stub.GetTask(T.GetTaskRequest(task_id=i))).task.state for i in ids
+                ]
+                if states.count(T.TASK_STATE_RUNNING) == 6:
+                    break
+                await asyncio.sleep(0.02)
+            assert states.count(T.TASK_STATE_RUNNING) == 6
+            assert states.count(T.TASK_STATE_PENDING) == 8
+    finally:
+        first.signal(signal.SIGKILL)
+        first.wait()
+    second = start_coordinator(task_redis_url, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(second.target) as ch:
+            stub = task_pb2_grpc.TaskServiceStub(ch)
+            done = await asyncio.gather(*(wait_final(stub, i, timeout_s=60) for i in ids))
+    finally:
+        second.stop()
+    assert all(d.state == T.TASK_STATE_COMPLETED for d in done), [d.state for d in done]
+    for d in done:
+        key = f"task/{d.task_id}"
+        assert runs(rsync, "tr-1", key) + runs(rsync, "tr-2", key) == 1, d
+    resumed = [d for d in done if d.attempt > 1]
+    assert resumed, "no task was running when the coordinator died"
+    for agent in ("tr-1", "tr-2"):
+        assert int(rsync.get(f"am:tasktest:{agent}:max") or 0) <= 3
