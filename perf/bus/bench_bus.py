@@ -4,7 +4,8 @@ Measures, in one run against one broker:
   1. throughput: PublishStream with 100-byte payloads (batches of --batch,
      pipelined) through a gateway process, vs a raw confluent-kafka producer
      (same idempotent acks=all settings) writing the same count to the same
-     broker. Goal: ratio >= 0.8.
+     broker (goal >= 0.8x), and vs the raw producer writing the gateway's
+     record shape (goal >= 0.5x). Gateway CPU per message from /proc.
   2. latency: publish -> subscriber at a fixed rate (--rate msg/s), through the
      gateway (Publish unary + Subscribe stream with acks), vs raw Kafka
      produce -> consume. Goal: the gateway adds <= 2 ms at p99.
@@ -12,7 +13,8 @@ Measures, in one run against one broker:
      of the messages the gateway wrote in 1., read back through a gateway
      Subscribe stream (acking each batch), vs a raw confluent-kafka consumer
      reading as many records from the same topic; both timed from the first
-     message to the last.
+     message to the last (goal >= 0.15x). Twice: acking each batch with
+     Ack.up_to = MessageBatch.last_positions, then acking every ack id.
   4. 1 and 2 again on the memory backend (no Kafka; baseline still raw Kafka),
      unless --backends kafka.
 
@@ -267,9 +269,10 @@ async def gateway_latency(target: str, topic: str, rate: float, seconds: float) 
         return lat
 
 
-async def gateway_consume_rate(target: str, topic: str, n: int) -> float:
+async def gateway_consume_rate(target: str, topic: str, n: int, *, ack: str = "ids") -> float:
     """Gateway Subscribe msg/s reading `n` messages of `topic` from the earliest
-    offset in a new consumer group, acking each batch, first to last message."""
+    offset in a new consumer group, acking each batch, first to last message.
+    `ack`: "ids" acks every ack id, "through" acks cumulatively per partition."""
     async with grpc.aio.insecure_channel(target) as ch:
         stub = bus_pb2_grpc.BusServiceStub(ch)
         out: asyncio.Queue[bus_pb2.SubscribeRequest] = asyncio.Queue()
@@ -296,8 +299,12 @@ async def gateway_consume_rate(target: str, topic: str, n: int) -> float:
                 if not got:
                     start = time.perf_counter()
                 got += len(msgs)
-                out.put_nowait(bus_pb2.SubscribeRequest(
-                    ack=bus_pb2.Ack(ack_ids=[m.ack_id for m in msgs])))
+                if ack == "through":
+                    out.put_nowait(bus_pb2.SubscribeRequest(
+                        ack=bus_pb2.Ack(up_to=resp.batch.last_positions)))
+                else:
+                    out.put_nowait(bus_pb2.SubscribeRequest(
+                        ack=bus_pb2.Ack(ack_ids=[m.ack_id for m in msgs])))
 
         try:
             await asyncio.wait_for(receive(), 60)
@@ -307,6 +314,12 @@ async def gateway_consume_rate(target: str, topic: str, n: int) -> float:
         finally:
             call.cancel()
         return (got - 1) / (time.perf_counter() - start)
+
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system, all threads) a process has used so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def run_gateway(backend: str, bootstrap: str, logs: Path) -> object:
@@ -329,7 +342,10 @@ def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
         Figure(name="bus: PublishStream msg/s vs the gateway's record shape",
                value=gw["tput"], unit="msg/s",
                baseline_name="raw confluent-kafka producer, Envelope + 4 headers",
-               baseline_value=rows["raw kafka, gateway record shape"]["tput"]),
+               baseline_value=rows["raw kafka, gateway record shape"]["tput"],
+               goal=">= 0.5x"),
+        Figure(name="bus: PublishStream gateway CPU per message",
+               value=gw["publish_cpu_us"], unit="us", better="lower"),
         Figure(name="bus: publish -> subscriber latency p99",
                value=gw["p99"], unit="ms",
                baseline_name="raw confluent-kafka produce -> consume p99",
@@ -338,7 +354,13 @@ def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
                     "gateway's records",
                value=gw["consume"], unit="msg/s",
                baseline_name="raw confluent-kafka consumer, same records",
+               baseline_value=raw["consume"], goal=">= 0.15x"),
+        Figure(name="bus: Subscribe msg/s acking every ack id",
+               value=gw["consume_ids"], unit="msg/s",
+               baseline_name="raw confluent-kafka consumer, same records",
                baseline_value=raw["consume"]),
+        Figure(name="bus: Subscribe gateway CPU per message (cumulative acks)",
+               value=gw["consume_through_cpu_us"], unit="us", better="lower"),
     ]
 
 
@@ -391,23 +413,36 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
             topic = f"bench.gw{backend}.{run_id}"
             if backend == "kafka":
                 create_topic(a.bootstrap, topic, 3)
+            cpu0 = proc_cpu_s(proc.pid)  # type: ignore[attr-defined]
             tp = asyncio.run(gateway_throughput(proc.target, topic, a.messages, a.batch))  # type: ignore[attr-defined]
+            pub_cpu_us = (proc_cpu_s(proc.pid) - cpu0) * 1e6 / a.messages  # type: ignore[attr-defined]
             lat = asyncio.run(gateway_latency(proc.target, f"bench.gwlat{backend}.{run_id}",  # type: ignore[attr-defined]
                                               a.rate, a.seconds))
-            row = {"tput": tp, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99)}
+            row = {"tput": tp, "p50": pct(lat, 0.5), "p99": pct(lat, 0.99),
+                   "publish_cpu_us": pub_cpu_us}
             if backend == "kafka":
                 # Both read the same records: what the gateway just wrote.
                 n_sub = min(a.subscribe_messages, a.messages)
                 rows["raw kafka"]["consume"] = raw_consume_rate(a.bootstrap, topic, n_sub)
-                row["consume"] = asyncio.run(gateway_consume_rate(proc.target, topic,  # type: ignore[attr-defined]
-                                                                  n_sub))
+                for mode in ("through", "ids"):
+                    cpu0 = proc_cpu_s(proc.pid)  # type: ignore[attr-defined]
+                    row[f"consume_{mode}"] = asyncio.run(gateway_consume_rate(
+                        proc.target, topic, n_sub, ack=mode))  # type: ignore[attr-defined]
+                    row[f"consume_{mode}_cpu_us"] = (
+                        (proc_cpu_s(proc.pid) - cpu0) * 1e6 / n_sub)  # type: ignore[attr-defined]
+                row["consume"] = row["consume_through"]
                 row["consume_n"] = n_sub
-                print(f"Subscribe: gateway {row['consume']:,.0f} msg/s, raw consumer "
-                      f"{rows['raw kafka']['consume']:,.0f} msg/s", flush=True)
+                print(f"Subscribe: gateway {row['consume_through']:,.0f} msg/s acking up_to "
+                      f"({row['consume_through_cpu_us']:.1f} us CPU/msg), "
+                      f"{row['consume_ids']:,.0f} msg/s acking ids "
+                      f"({row['consume_ids_cpu_us']:.1f} us CPU/msg); raw consumer "
+                      f"{rows['raw kafka']['consume']:,.0f} msg/s "
+                      f"(ratio {row['consume'] / rows['raw kafka']['consume']:.3f})", flush=True)
         finally:
             proc.stop()  # type: ignore[attr-defined]
         rows[f"gateway ({backend})"] = row
-        print(f"gateway {backend}: {tp:,.0f} msg/s (ratio {tp / raw_tp:.2f}), latency p50 "
+        print(f"gateway {backend}: {tp:,.0f} msg/s (ratio {tp / raw_tp:.2f}; vs the gateway "
+              f"record shape {tp / shaped_tp:.2f}; {pub_cpu_us:.1f} us CPU/msg), latency p50 "
               f"{pct(lat, 0.5):.2f} ms p99 {pct(lat, 0.99):.2f} ms (added p99 "
               f"{pct(lat, 0.99) - rows['raw kafka']['p99']:+.2f} ms; n={len(lat)}; "
               f"mean {statistics.mean(lat):.2f})", flush=True)
@@ -427,20 +462,31 @@ def write(a: argparse.Namespace, rows: dict[str, dict[str, float]]) -> None:
         f"100-byte payloads, PublishStream batches of {a.batch}, latency at "
         f"{a.rate:g} msg/s for {a.seconds:g} s (1 partition).", "",
         "| path | throughput msg/s | ratio vs raw | latency p50 ms | latency p99 ms "
-        "| added p99 ms | Subscribe msg/s |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        "| added p99 ms | publish CPU us/msg | Subscribe msg/s (up_to / ids) "
+        "| Subscribe ratio | Subscribe CPU us/msg |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     base = rows["raw kafka"]
     for name, r in rows.items():
         cells = (f"{r['p50']:.2f} | {r['p99']:.2f} | {r['p99'] - base['p99']:+.2f}"
                  if "p50" in r else "- | - | -")
-        consume = f"{r['consume']:,.0f}" if "consume" in r else "-"
+        pub_cpu = f"{r['publish_cpu_us']:.1f}" if "publish_cpu_us" in r else "-"
+        if "consume_ids" in r:
+            consume = (f"{r['consume_through']:,.0f} / {r['consume_ids']:,.0f} | "
+                       f"{r['consume'] / base['consume']:.3f} | "
+                       f"{r['consume_through_cpu_us']:.1f}")
+        elif "consume" in r:
+            consume = f"{r['consume']:,.0f} | 1.000 | -"
+        else:
+            consume = "- | - | -"
         ratio = r["tput"] / base["tput"]
-        lines.append(f"| {name} | {r['tput']:,.0f} | {ratio:.2f} | {cells} | {consume} |")
+        lines.append(f"| {name} | {r['tput']:,.0f} | {ratio:.2f} | {cells} | {pub_cpu} "
+                     f"| {consume} |")
     lines.append("")
     lines.append(f"Load average at the end of the run: {os.getloadavg()[0]:.1f} "
                  f"(1 min) on {os.cpu_count()} cores. Subscribe: the gateway's records read "
-                 "back through Subscribe (new group, earliest, acking each batch) vs a raw "
+                 "back through Subscribe (new group, earliest, acking each batch with Ack.up_to = "
+                 "MessageBatch.last_positions, then again acking every ack id) vs a raw "
                  "consumer assigned the same partitions, first record to last.")
     a.write.write_text("\n".join(lines) + "\n")
     print(f"wrote {a.write}")

@@ -9,12 +9,19 @@ and 1 of them, CRITICAL first; LOW is never starved.
 Per-key order beats priority: only the oldest waiting item of each ordering
 key (partition + key) is eligible, so a CRITICAL message waits behind an
 earlier LOW message with the same key. Keyless items are each their own key.
+
+Fast path: while every waiting item is of one class and arrived in seq order
+(no redelivery among them), the round-robin and the per-key heaps would hand
+them out in arrival order, so they wait in a plain FIFO instead; the first
+item that breaks that (another class, or an older seq) moves the FIFO into
+the heaps, and the FIFO is used again once the heaps are empty.
 """
 
 from __future__ import annotations
 
 import heapq
 import itertools
+from collections import deque
 from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,10 +71,11 @@ class Backlog:
         self._credit = [0] * len(WEIGHTS)
         self._tokens = itertools.count(1)
         self._counts = [0] * len(WEIGHTS)
-        self._size = 0
+        self._size = 0  # items in the heaps
+        self._fifo: deque[Item] = deque()  # the fast path (module docstring)
 
     def __len__(self) -> int:
-        return self._size
+        return self._size + len(self._fifo)
 
     def _offer_head(self, key: Hashable) -> None:
         q = self._by_key.get(key)
@@ -79,6 +87,29 @@ class Backlog:
 
     def push(self, item: Item) -> None:
         """Add an item (new or redelivered)."""
+        fifo = self._fifo
+        if not self._size:
+            if not fifo or (item.cls == fifo[-1].cls and item.seq > fifo[-1].seq):
+                fifo.append(item)
+                return
+        if fifo:
+            self._fifo = deque()
+            for it in fifo:
+                self._push_heaps(it)
+        self._push_heaps(item)
+
+    def push_many(self, items: list[Item]) -> None:
+        """Add new items in arrival order (seq increasing)."""
+        if not self._size and items:
+            fifo = self._fifo
+            cls = fifo[-1].cls if fifo else items[0].cls
+            if all(it.cls == cls for it in items) and (not fifo or items[0].seq > fifo[-1].seq):
+                fifo.extend(items)
+                return
+        for it in items:
+            self.push(it)
+
+    def _push_heaps(self, item: Item) -> None:
         q = self._by_key.setdefault(item.order_key, [])
         old_head = q[0][1] if q else None
         heapq.heappush(q, (item.seq, item))
@@ -100,6 +131,8 @@ class Backlog:
 
     def pop(self) -> Item | None:
         """The next item to deliver, or None when nothing is eligible."""
+        if not self._size:
+            return self._fifo.popleft() if self._fifo else None
         ready = [c for c in range(len(WEIGHTS)) if self._eligible(c) is not None]
         if not ready:
             return None
@@ -131,6 +164,10 @@ class Backlog:
     def remove_if(self, pred: Any) -> int:
         """Drop items whose data satisfies `pred` (partition revoked); returns the count."""
         dropped = 0
+        if self._fifo:
+            keep_fifo = deque(it for it in self._fifo if not pred(it.data))
+            dropped += len(self._fifo) - len(keep_fifo)
+            self._fifo = keep_fifo
         for key in list(self._by_key):
             q = self._by_key[key]
             keep = [(s, it) for s, it in q if not pred(it.data)]

@@ -82,15 +82,12 @@ def _fetch(c: Consumer, max_n: int, timeout_s: float) -> list[Message]:
 
 
 def _to_stored(m: Message) -> StoredRecord:
+    # Positional arguments, and headers() as returned (a new list per call):
+    # this runs once per consumed record on the consumer thread, holding the GIL.
     ts_type, ts = m.timestamp()
     return StoredRecord(
-        topic=m.topic() or "",
-        partition=m.partition() or 0,
-        offset=m.offset() or 0,
-        key=m.key(),
-        value=m.value(),
-        headers=list(m.headers() or []),  # type: ignore[arg-type]
-        timestamp_ms=ts if ts_type else 0,
+        m.topic() or "", m.partition() or 0, m.offset() or 0, m.key(), m.value(),
+        m.headers() or [], ts if ts_type else 0,  # type: ignore[arg-type]
     )
 
 
@@ -455,6 +452,20 @@ class KafkaBackend(Backend):
         return _KafkaTail(self, topic, on_records)
 
 
+#: Most records a subscription consumer hands to the loop per fetch: one
+#: cross-thread wake-up per batch, and a batch large enough to fill a
+#: MessageBatch when reading a backlog.
+FETCH_BATCH = 2000
+
+#: Seconds a subscription may stay paused with its partitions still fetching.
+#: A short pause (the client is behind by a batch or two) only stops handing
+#: records to the loop, and librdkafka's prefetch queue
+#: (queued.max.messages.kbytes) keeps what it has; librdkafka's pause() would
+#: purge that queue and refetch from the broker after resume. A pause longer
+#: than this becomes a real pause() so the queue does not grow without bound
+#: and the consumer keeps polling (rebalance callbacks, max.poll.interval.ms).
+SOFT_PAUSE_S = 1.0
+
 #: Seconds between offset commits of one subscription. Acks move the commit
 #: position one message at a time; committing each move queued one
 #: OffsetCommit request per message, and at tens of thousands of acks per
@@ -484,6 +495,7 @@ class _KafkaSource(Source):
         self._events = events
         self._cmds: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self._paused = False
+        self._resumed = threading.Event()  # set by resume(): wakes a soft-paused thread
         self._closing = threading.Event()
         self._closed = threading.Event()
         self._final: dict[TopicPartition, int] = {}
@@ -519,9 +531,11 @@ class _KafkaSource(Source):
 
     def pause(self) -> None:
         self._paused = True
+        self._resumed.clear()
 
     def resume(self) -> None:
         self._paused = False
+        self._resumed.set()
 
     def _run(self) -> None:
         c = Consumer(self._conf)
@@ -532,6 +546,7 @@ class _KafkaSource(Source):
         # grow within one assignment, so the latest command wins.
         pending: dict[TopicPartition, int] = {}
         next_commit = 0.0
+        paused_at = 0.0
 
         def on_assign(consumer: Consumer, parts: list[KTP]) -> None:
             nonlocal applied_pause
@@ -574,12 +589,26 @@ class _KafkaSource(Source):
                 if not subscribed:
                     time.sleep(0.05)
                     continue
-                if self._paused != applied_pause:
+                if self._paused and not applied_pause:
+                    # Soft pause first (see SOFT_PAUSE_S): wait for resume()
+                    # without polling, so the prefetched records stay queued.
+                    if not paused_at:
+                        paused_at = time.monotonic()
+                    if time.monotonic() - paused_at < SOFT_PAUSE_S:
+                        self._resumed.wait(0.02)
+                        continue
                     parts = c.assignment()
                     if parts:
-                        (c.pause if self._paused else c.resume)(parts)
-                    applied_pause = self._paused
-                msgs = _fetch(c, 500, 0.1)
+                        c.pause(parts)
+                    applied_pause = True
+                elif not self._paused:
+                    paused_at = 0.0
+                    if applied_pause:
+                        parts = c.assignment()
+                        if parts:
+                            c.resume(parts)
+                        applied_pause = False
+                msgs = _fetch(c, FETCH_BATCH, 0.1 if not applied_pause else 0.02)
                 recs = [_to_stored(m) for m in msgs if not m.error()]
                 if recs:
                     self._post(Records(recs))

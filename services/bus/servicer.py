@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.runtime.context import remaining_s
@@ -196,7 +197,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                 item = getter.result()
                 if isinstance(item, BaseException):
                     raise item
-                yield bus_pb2.SubscribeResponse(batch=bus_pb2.MessageBatch(messages=item))
+                yield item
         finally:
             if getter is not None:
                 getter.cancel()  # the client went away while we waited for messages
@@ -214,7 +215,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         async for req in it:
             kind = req.WhichOneof("kind")
             if kind == "ack":
-                sub.ack(list(req.ack.ack_ids))
+                sub.ack(req.ack.ack_ids,
+                        [((p.topic, p.partition), p.offset) for p in req.ack.up_to])
             elif kind == "nack":
                 sub.nack(
                     list(req.nack.ack_ids),
@@ -336,7 +338,15 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
 
     @staticmethod
     def _dead_letter(rec: wire.StoredRecord) -> bus_pb2.DeadLetter:
-        env = wire.to_envelope(rec)
+        try:
+            env = wire.to_envelope(rec)
+        except DecodeError:
+            # Dead-lettered because its value is not an Envelope: list it
+            # with the raw value as the payload instead of failing the page.
+            env = bus_pb2.Envelope(id=f"{rec.topic}/{rec.partition}/{rec.offset}",
+                                   topic=rec.header(wire.H_DLQ_TOPIC) or "")
+            env.payload.bytes_value = rec.value or b""
+            env.payload.content_type = "application/octet-stream"
         for k in list(env.headers):
             if k.startswith("am-dlq-") or k == wire.H_DELIVERY_COUNT:
                 del env.headers[k]

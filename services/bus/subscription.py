@@ -17,8 +17,10 @@ import logging
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+
+from google.protobuf.message import DecodeError
 
 from agentmesh.bus.v1 import bus_pb2
 from services.bus import metrics, wire
@@ -32,7 +34,7 @@ from services.bus.backend import (
     SourceEvent,
     TopicPartition,
 )
-from services.bus.backlog import Backlog, Item, priority_class
+from services.bus.backlog import Backlog, Item
 from services.bus.topics import TopicMatcher
 
 log = logging.getLogger("agentmesh.bus.subscription")
@@ -45,6 +47,8 @@ DeadLetterFn = Callable[[wire.StoredRecord, str, int], Awaitable[None]]
 class _Msg:
     rec: wire.StoredRecord
     tp: TopicPartition
+    is_env: bool = False
+    hash_b: bytes | None = None
     attempts: int = 0
     last_reason: str = ""
 
@@ -53,6 +57,13 @@ class _Msg:
 class _Delivery:
     item: Item
     deadline: float
+
+
+#: Most deliveries per MessageBatch (one gRPC message).
+MAX_BATCH = 2000
+#: Most latency observations per batch: the histogram is a sample of the
+#: batch's first deliveries, so a large batch costs no more than this.
+LATENCY_SAMPLES = 64
 
 
 @dataclass(slots=True)
@@ -117,11 +128,17 @@ class Subscription:
         self._dead_letter = dead_letter
         self._read_ahead = max(read_ahead, 1)
         self._refresh_s = topic_refresh_s
-        self.outbox: asyncio.Queue[list[bus_pb2.ReceivedMessage] | BaseException] = (
+        self.outbox: asyncio.Queue[bus_pb2.SubscribeResponse | BaseException] = (
             asyncio.Queue()
         )
         self._backlog = Backlog()
+        # Delivered, not yet acked: by ack id (in delivery order, which is
+        # deadline order: every deadline is delivery time + ack_deadline_s),
+        # and ack id by offset per partition, for cumulative acks.
         self._outstanding: dict[str, _Delivery] = {}
+        self._by_tp: dict[TopicPartition, dict[int, str]] = {}
+        self._ack_prefix = f"{self.id}."
+        self._pos_prefix: dict[TopicPartition, bytes] = {}
         self._parts: dict[TopicPartition, _PartState] = {}
         self._seq = itertools.count()
         self._ack_ids = itertools.count(1)
@@ -181,28 +198,33 @@ class Subscription:
         if self._closed:
             return
         if isinstance(ev, Records):
+            items: list[Item] = []
+            seq = self._seq
+            meta = wire.delivery_meta
+            parts = self._parts
             for rec in ev.records:
                 tp = (rec.topic, rec.partition)
-                st = self._parts.get(tp)
+                st = parts.get(tp)
                 if st is None or rec.offset < st.next_fetch:
                     continue  # revoked partition, or a refetch of what we hold
                 st.next_fetch = rec.offset + 1
                 st.pending.append(rec.offset)
+                is_env, cls, hash_b = meta(rec.headers)
                 key = (tp, rec.key) if rec.key else (tp, None, rec.offset)
-                self._backlog.push(
-                    Item(next(self._seq), key, priority_class(wire.priority_of(rec)),
-                         _Msg(rec, tp))
-                )
+                items.append(Item(next(seq), key, cls, _Msg(rec, tp, is_env, hash_b)))
+            self._backlog.push_many(items)
             if len(self._backlog) >= self._read_ahead and not self._paused and self._source:
                 self._paused = True
                 self._source.pause()
         elif isinstance(ev, Assigned):
             for tp in ev.partitions:
                 self._parts[tp] = _PartState()
+                self._by_tp[tp] = {}
         elif isinstance(ev, Revoked):
             gone = set(ev.partitions)
             for tp in gone:
                 self._parts.pop(tp, None)
+                self._by_tp.pop(tp, None)
             self._backlog.remove_if(lambda m: m.tp in gone)
             for ack_id in [a for a, d in self._outstanding.items() if d.item.data.tp in gone]:
                 del self._outstanding[ack_id]
@@ -210,59 +232,164 @@ class Subscription:
 
     # ---- delivery -------------------------------------------------------
     def _pump(self) -> None:
-        batch: list[bus_pb2.ReceivedMessage] = []
-        now = time.monotonic()
-        wall_ms = time.time() * 1000
-        sent: Counter[tuple[str, str]] = Counter()
-        latency = metrics.LATENCY.labels("deliver")
-        while len(self._outstanding) < self.opts.max_unacked:
-            item = self._backlog.pop()
-            if item is None:
+        """Move backlog items into the unacked window, in MessageBatches."""
+        while True:
+            room = min(self.opts.max_unacked - len(self._outstanding), MAX_BATCH)
+            items: list[Item] = []
+            pop = self._backlog.pop
+            while len(items) < room:
+                item = pop()
+                if item is None:
+                    break
+                items.append(item)
+            if items:
+                self._deliver(items)
+            if len(items) < room or not items:
                 break
-            msg: _Msg = item.data
-            try:
-                env = wire.to_envelope(msg.rec)
-            except Exception as exc:  # an undecodable "am-envelope" record: dead-letter it
-                self._spawn(self._to_dlq(item, f"undecodable envelope: {exc}"))
-                continue
-            msg.attempts += 1
-            ack_id = f"{self.id}.{next(self._ack_ids)}"
-            self._outstanding[ack_id] = _Delivery(item, now + self.opts.ack_deadline_s)
-            batch.append(
-                bus_pb2.ReceivedMessage(
-                    ack_id=ack_id,
-                    envelope=env,
-                    position=bus_pb2.RecordPosition(
-                        topic=msg.rec.topic, partition=msg.rec.partition, offset=msg.rec.offset
-                    ),
-                    delivery_attempt=msg.attempts,
-                )
-            )
-            sent[(msg.rec.topic, "deliver" if msg.attempts == 1 else "redeliver")] += 1
-            if msg.attempts == 1 and msg.rec.timestamp_ms > 0:
-                latency.observe(max(0.0, wall_ms - msg.rec.timestamp_ms))
-        if batch:
-            self.outbox.put_nowait(batch)
-            for (topic, kind), n in sent.items():
-                metrics.SENT.labels(metrics.topic_label(topic), kind).inc(n)
         if self._paused and len(self._backlog) < self._read_ahead // 2 and self._source:
             self._paused = False
             self._source.resume()
 
-    def ack(self, ack_ids: list[str]) -> None:
-        """Settle delivered messages; unknown or stale ids are ignored."""
+    def _deliver(self, items: list[Item]) -> None:
+        """Send `items` as one MessageBatch, built as bytes.
+
+        Envelope values pass through undecoded (wire.delivered_envelope_bytes);
+        the whole SubscribeResponse is parsed once, in C, which also checks
+        every value. When that fails, each value is checked on its own and the
+        undecodable ones go to the dead-letter topic instead.
+        """
+        buf, ack_ids = self._encode(items)
+        try:
+            resp = bus_pb2.SubscribeResponse.FromString(buf)
+        except DecodeError:
+            good: list[Item] = []
+            for item in items:
+                msg: _Msg = item.data
+                try:
+                    wire.to_envelope(msg.rec)
+                except Exception as exc:  # an undecodable "am-envelope" record
+                    self._spawn(self._to_dlq(item, f"undecodable envelope: {exc}"))
+                    continue
+                good.append(item)
+            if not good:
+                return
+            items = good
+            buf, ack_ids = self._encode(items)
+            resp = bus_pb2.SubscribeResponse.FromString(buf)
+        deadline = time.monotonic() + self.opts.ack_deadline_s
+        outstanding = self._outstanding
+        by_tp = self._by_tp
+        sent: Counter[tuple[str, str]] = Counter()
+        latency = metrics.LATENCY.labels("deliver")
+        wall_ms = time.time() * 1000
+        samples = 0
+        for item, ack_id in zip(items, ack_ids, strict=True):
+            msg = item.data
+            msg.attempts += 1
+            outstanding[ack_id] = _Delivery(item, deadline)
+            offsets = by_tp.get(msg.tp)
+            if offsets is not None:
+                offsets[msg.rec.offset] = ack_id
+            first = msg.attempts == 1
+            sent[(msg.rec.topic, "deliver" if first else "redeliver")] += 1
+            if first and samples < LATENCY_SAMPLES and msg.rec.timestamp_ms > 0:
+                samples += 1
+                latency.observe(max(0.0, wall_ms - msg.rec.timestamp_ms))
+        self.outbox.put_nowait(resp)
+        for (topic, kind), n in sent.items():
+            metrics.SENT.labels(metrics.topic_label(topic), kind).inc(n)
+
+    def _encode(self, items: list[Item]) -> tuple[bytes, list[str]]:
+        """A serialized SubscribeResponse{batch} of `items` and their new ack ids."""
+        varint = wire.varint
+        small = wire.SMALL_VARINTS
+        envelope_bytes = wire.delivered_envelope_bytes
+        prefixes = self._pos_prefix
+        ack_prefix = self._ack_prefix
+        next_ack = self._ack_ids.__next__
+        last: dict[TopicPartition, int] = {}
+        ack_ids: list[str] = []
+        out: list[bytes] = []
+        for item in items:
+            msg: _Msg = item.data
+            rec = msg.rec
+            tp = msg.tp
+            pre = prefixes.get(tp)
+            if pre is None:
+                pre = prefixes[tp] = wire.position_bytes(rec.topic, rec.partition, 0)
+            off = rec.offset
+            pos = pre + b"\x18" + varint(off) if off else pre
+            if last.get(tp, -1) < off:
+                last[tp] = off
+            ack_id = f"{ack_prefix}{next_ack()}"
+            ack_ids.append(ack_id)
+            ack_b = ack_id.encode()
+            env = envelope_bytes(rec, msg.is_env, msg.hash_b)
+            n_env = len(env)
+            n_pos = len(pos)
+            attempt = msg.attempts + 1
+            rm = b"".join((
+                b"\x0a", small[len(ack_b)], ack_b,  # ack ids are < 128 bytes
+                b"\x12", small[n_env] if n_env < 128 else varint(n_env), env,
+                b"\x1a", small[n_pos] if n_pos < 128 else varint(n_pos), pos,
+                b"\x20", small[attempt] if attempt < 128 else varint(attempt),
+            ))
+            n_rm = len(rm)
+            out.append(b"\x0a" + (small[n_rm] if n_rm < 128 else varint(n_rm)) + rm)
+        for (topic, partition), off in last.items():
+            p = wire.position_bytes(topic, partition, off)
+            out.append(b"\x12" + varint(len(p)) + p)  # MessageBatch.last_positions
+        batch = b"".join(out)
+        return b"\x12" + varint(len(batch)) + batch, ack_ids  # SubscribeResponse.batch
+
+    def ack(
+        self, ack_ids: Sequence[str], up_to: Sequence[tuple[TopicPartition, int]] = ()
+    ) -> None:
+        """Settle delivered messages: by ack id, and cumulatively per partition
+        (`up_to`: every outstanding delivery of that partition at or below the
+        offset). Unknown or stale ids and partitions are ignored. Commit
+        positions that moved are handed to the source once per call."""
+        moved: dict[TopicPartition, int] = {}
+        outstanding = self._outstanding
+        by_tp = self._by_tp
         for ack_id in ack_ids:
-            d = self._outstanding.pop(ack_id, None)
+            d = outstanding.pop(ack_id, None)
             if d is not None:
-                self._settle(d.item.data)
+                msg = d.item.data
+                offsets = by_tp.get(msg.tp)
+                if offsets is not None:
+                    offsets.pop(msg.rec.offset, None)
+                self._settle(msg, moved)
+        for tp, upto in up_to:
+            offsets = by_tp.get(tp)
+            if not offsets:
+                continue
+            done = [o for o in offsets if o <= upto]
+            for o in done:
+                d = outstanding.pop(offsets.pop(o), None)
+                if d is not None:
+                    self._settle(d.item.data, moved)
+        if moved and self._source is not None:
+            self._source.commit(moved)
         self._pump()
 
-    def _settle(self, msg: _Msg) -> None:
+    def _forget(self, d: _Delivery) -> None:
+        """Drop an outstanding delivery from the per-partition index."""
+        msg: _Msg = d.item.data
+        offsets = self._by_tp.get(msg.tp)
+        if offsets is not None:
+            offsets.pop(msg.rec.offset, None)
+
+    def _settle(self, msg: _Msg, moved: dict[TopicPartition, int] | None = None) -> None:
         st = self._parts.get(msg.tp)
         if st is None:
             return  # revoked meanwhile: the new owner redelivers it
         pos = st.settle(msg.rec.offset)
-        if pos is not None and self._source is not None:
+        if pos is None:
+            return
+        if moved is not None:
+            moved[msg.tp] = pos
+        elif self._source is not None:
             self._source.commit({msg.tp: pos})
 
     def nack(self, ack_ids: list[str], *, reason: str, delay_s: float) -> None:
@@ -270,6 +397,7 @@ class Subscription:
         for ack_id in ack_ids:
             d = self._outstanding.pop(ack_id, None)
             if d is not None:
+                self._forget(d)
                 self._retry(d.item, reason or "nacked", delay_s)
         self._pump()
 
@@ -315,9 +443,14 @@ class Subscription:
         while True:
             await asyncio.sleep(tick)
             now = time.monotonic()
-            expired = [a for a, d in self._outstanding.items() if d.deadline <= now]
+            expired = []
+            for a, d in self._outstanding.items():
+                if d.deadline > now:
+                    break  # delivery order is deadline order
+                expired.append(a)
             for ack_id in expired:
                 d = self._outstanding.pop(ack_id)
+                self._forget(d)
                 self._retry(d.item, "ack deadline exceeded", 0.0)
             if expired:
                 self._pump()

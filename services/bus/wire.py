@@ -153,6 +153,57 @@ def envelope_headers_for(
     return h
 
 
+#: Backlog class (backlog.priority_class) by "am-priority" header value.
+_CLASS_BY_PRIORITY_B = {b"PRIORITY_CRITICAL": 0, b"PRIORITY_HIGH": 1, b"PRIORITY_LOW": 3}
+
+
+def delivery_meta(headers: Headers) -> tuple[bool, int, bytes | None]:
+    """What delivery needs from a record's headers, in one pass: whether the
+    value is an Envelope, the backlog class of its priority (0 CRITICAL .. 3
+    LOW; NORMAL when absent or unknown) and its "am-hash" (None when absent).
+    The last value of a repeated header wins, as in `StoredRecord.header`."""
+    is_env = False
+    prio: bytes | None = None
+    hash_b: bytes | None = None
+    for k, v in headers:
+        if k == H_ENVELOPE:
+            is_env = v == _ENVELOPE_TYPE_B
+        elif k == H_PRIORITY:
+            prio = v
+        elif k == H_HASH:
+            hash_b = v
+    return is_env, _CLASS_BY_PRIORITY_B.get(prio, 2) if prio else 2, hash_b
+
+
+def delivered_envelope_bytes(rec: StoredRecord, is_env: bool, hash_b: bytes | None) -> bytes:
+    """The serialized Envelope a subscriber receives for `rec`, what
+    `to_envelope(rec).SerializeToString()` would give a parser, without
+    decoding the stored value: an envelope record's value passes through, with
+    `provenance { hash }` appended (a repeated embedded message field merges
+    into the earlier one; protobuf.dev/programming-guides/encoding, "Last
+    One Wins" and merging). Records of ordinary producers are wrapped.
+
+    The bytes are not checked here; the subscription parses each batch once.
+    """
+    if not is_env:
+        return to_envelope(rec).SerializeToString()
+    value = rec.value or b""
+    if not hash_b:
+        return value
+    prov = b"\x22" + varint(len(hash_b)) + hash_b  # Provenance.hash = 4
+    return value + TAG_ENV_PROVENANCE + varint(len(prov)) + prov
+
+
+def position_bytes(topic: str, partition: int, offset: int) -> bytes:
+    """A serialized RecordPosition."""
+    out = len_field(b"\x0a", topic.encode())
+    if partition:
+        out += b"\x10" + varint(partition)
+    if offset:
+        out += b"\x18" + varint(offset)
+    return out
+
+
 def is_envelope(rec: StoredRecord) -> bool:
     """True when the record was written by a gateway (its value is an Envelope)."""
     return rec.header(H_ENVELOPE) == ENVELOPE_TYPE

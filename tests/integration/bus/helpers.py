@@ -109,6 +109,19 @@ class Sub:
             return True
         return False
 
+    async def next_batch(self, timeout_s: float = 20.0) -> bus_pb2.MessageBatch:
+        """The next whole MessageBatch (nothing buffered by `next` may be pending)."""
+        assert not self._buf, "next_batch after next() left messages buffered"
+        resp = await self._get(timeout_s)
+        assert resp is not EOF and resp.WhichOneof("kind") == "batch", resp
+        return resp.batch
+
+    def ack_up_to(self, *positions: bus_pb2.RecordPosition,
+                  msgs: tuple[bus_pb2.ReceivedMessage, ...] = ()) -> None:
+        """A cumulative Ack (Ack.up_to), with ack ids of `msgs` in the same Ack."""
+        self._out.put_nowait(bus_pb2.SubscribeRequest(ack=bus_pb2.Ack(
+            up_to=positions, ack_ids=[m.ack_id for m in msgs])))
+
     def ack(self, *msgs: bus_pb2.ReceivedMessage) -> None:
         self._out.put_nowait(bus_pb2.SubscribeRequest(
             ack=bus_pb2.Ack(ack_ids=[m.ack_id for m in msgs])))

@@ -457,23 +457,38 @@ Global___SubscriptionOpen: _TypeAlias = SubscriptionOpen  # noqa: Y015
 
 @_typing.final
 class Ack(_message.Message):
-    """Ack acknowledges delivered messages; their offsets may then be committed."""
+    """Ack acknowledges delivered messages; their offsets may then be committed.
+    `ack_ids` and `up_to` may be mixed in one Ack, and with nacks on the stream.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACK_IDS_FIELD_NUMBER: _builtins.int
+    UP_TO_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def ack_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Ack ids from ReceivedMessage.ack_id."""
+
+    @_builtins.property
+    def up_to(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordPosition]:
+        """Cumulative acks, one per topic partition: each acks every message of
+        that topic partition delivered on this stream and not yet acked or
+        nacked whose offset is at or below `offset`, as Kafka-Pixy and Pub/Sub
+        do. Messages not yet delivered (still in the backlog, or waiting for a
+        redelivery) are not acked by it. MessageBatch.last_positions is the
+        `up_to` that acks a whole batch. Positions of partitions this stream
+        does not own are ignored, like stale ack ids.
+        """
 
     def __init__(
         self,
         *,
         ack_ids: _abc.Iterable[_builtins.str] | None = ...,
+        up_to: _abc.Iterable[Global___RecordPosition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_ids", b"ack_ids"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ack_ids", b"ack_ids", "up_to", b"up_to"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -656,18 +671,28 @@ class MessageBatch(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     MESSAGES_FIELD_NUMBER: _builtins.int
+    LAST_POSITIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def messages(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReceivedMessage]:
         """The deliveries, in delivery order."""
+
+    @_builtins.property
+    def last_positions(self) -> _containers.RepeatedCompositeFieldContainer[Global___RecordPosition]:
+        """For each topic partition with messages in this batch, the position of
+        its message with the highest offset. Sending it back as Ack.up_to acks
+        the whole batch (and earlier unacked deliveries of those partitions)
+        without listing every ack id.
+        """
 
     def __init__(
         self,
         *,
         messages: _abc.Iterable[Global___ReceivedMessage] | None = ...,
+        last_positions: _abc.Iterable[Global___RecordPosition] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["messages", b"messages"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["last_positions", b"last_positions", "messages", b"messages"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

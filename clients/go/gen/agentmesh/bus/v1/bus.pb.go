@@ -793,10 +793,19 @@ func (x *SubscriptionOpen) GetStartPosition() StartPosition {
 }
 
 // Ack acknowledges delivered messages; their offsets may then be committed.
+// `ack_ids` and `up_to` may be mixed in one Ack, and with nacks on the stream.
 type Ack struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Ack ids from ReceivedMessage.ack_id.
-	AckIds        []string `protobuf:"bytes,1,rep,name=ack_ids,json=ackIds,proto3" json:"ack_ids,omitempty"`
+	AckIds []string `protobuf:"bytes,1,rep,name=ack_ids,json=ackIds,proto3" json:"ack_ids,omitempty"`
+	// Cumulative acks, one per topic partition: each acks every message of
+	// that topic partition delivered on this stream and not yet acked or
+	// nacked whose offset is at or below `offset`, as Kafka-Pixy and Pub/Sub
+	// do. Messages not yet delivered (still in the backlog, or waiting for a
+	// redelivery) are not acked by it. MessageBatch.last_positions is the
+	// `up_to` that acks a whole batch. Positions of partitions this stream
+	// does not own are ignored, like stale ack ids.
+	UpTo          []*RecordPosition `protobuf:"bytes,2,rep,name=up_to,json=upTo,proto3" json:"up_to,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -834,6 +843,13 @@ func (*Ack) Descriptor() ([]byte, []int) {
 func (x *Ack) GetAckIds() []string {
 	if x != nil {
 		return x.AckIds
+	}
+	return nil
+}
+
+func (x *Ack) GetUpTo() []*RecordPosition {
+	if x != nil {
+		return x.UpTo
 	}
 	return nil
 }
@@ -1225,7 +1241,12 @@ func (*SubscribeResponse_Batch) isSubscribeResponse_Kind() {}
 type MessageBatch struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// The deliveries, in delivery order.
-	Messages      []*ReceivedMessage `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	Messages []*ReceivedMessage `protobuf:"bytes,1,rep,name=messages,proto3" json:"messages,omitempty"`
+	// For each topic partition with messages in this batch, the position of
+	// its message with the highest offset. Sending it back as Ack.up_to acks
+	// the whole batch (and earlier unacked deliveries of those partitions)
+	// without listing every ack id.
+	LastPositions []*RecordPosition `protobuf:"bytes,2,rep,name=last_positions,json=lastPositions,proto3" json:"last_positions,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1263,6 +1284,13 @@ func (*MessageBatch) Descriptor() ([]byte, []int) {
 func (x *MessageBatch) GetMessages() []*ReceivedMessage {
 	if x != nil {
 		return x.Messages
+	}
+	return nil
+}
+
+func (x *MessageBatch) GetLastPositions() []*RecordPosition {
+	if x != nil {
+		return x.LastPositions
 	}
 	return nil
 }
@@ -2444,9 +2472,10 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"maxUnacked\x12<\n" +
 	"\fack_deadline\x18\x04 \x01(\v2\x19.google.protobuf.DurationR\vackDeadline\x12%\n" +
 	"\x0emax_deliveries\x18\x05 \x01(\rR\rmaxDeliveries\x12F\n" +
-	"\x0estart_position\x18\x06 \x01(\x0e2\x1f.agentmesh.bus.v1.StartPositionR\rstartPosition\"\x1e\n" +
+	"\x0estart_position\x18\x06 \x01(\x0e2\x1f.agentmesh.bus.v1.StartPositionR\rstartPosition\"U\n" +
 	"\x03Ack\x12\x17\n" +
-	"\aack_ids\x18\x01 \x03(\tR\x06ackIds\"{\n" +
+	"\aack_ids\x18\x01 \x03(\tR\x06ackIds\x125\n" +
+	"\x05up_to\x18\x02 \x03(\v2 .agentmesh.bus.v1.RecordPositionR\x04upTo\"{\n" +
 	"\x04Nack\x12\x17\n" +
 	"\aack_ids\x18\x01 \x03(\tR\x06ackIds\x12\x16\n" +
 	"\x06reason\x18\x02 \x01(\tR\x06reason\x12B\n" +
@@ -2467,9 +2496,10 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"\x11SubscribeResponse\x12A\n" +
 	"\astarted\x18\x01 \x01(\v2%.agentmesh.bus.v1.SubscriptionStartedH\x00R\astarted\x126\n" +
 	"\x05batch\x18\x02 \x01(\v2\x1e.agentmesh.bus.v1.MessageBatchH\x00R\x05batchB\x06\n" +
-	"\x04kind\"M\n" +
+	"\x04kind\"\x96\x01\n" +
 	"\fMessageBatch\x12=\n" +
-	"\bmessages\x18\x01 \x03(\v2!.agentmesh.bus.v1.ReceivedMessageR\bmessages\"\x9c\x01\n" +
+	"\bmessages\x18\x01 \x03(\v2!.agentmesh.bus.v1.ReceivedMessageR\bmessages\x12G\n" +
+	"\x0elast_positions\x18\x02 \x03(\v2 .agentmesh.bus.v1.RecordPositionR\rlastPositions\"\x9c\x01\n" +
 	"\x0eRequestRequest\x124\n" +
 	"\amessage\x18\x01 \x01(\v2\x1a.agentmesh.bus.v1.EnvelopeR\amessage\x12\x1f\n" +
 	"\vreply_topic\x18\x02 \x01(\tR\n" +
@@ -2652,58 +2682,60 @@ var file_agentmesh_bus_v1_bus_proto_depIdxs = []int32{
 	7,  // 12: agentmesh.bus.v1.PublishStreamResponse.reports:type_name -> agentmesh.bus.v1.DeliveryReport
 	40, // 13: agentmesh.bus.v1.SubscriptionOpen.ack_deadline:type_name -> google.protobuf.Duration
 	0,  // 14: agentmesh.bus.v1.SubscriptionOpen.start_position:type_name -> agentmesh.bus.v1.StartPosition
-	40, // 15: agentmesh.bus.v1.Nack.redeliver_delay:type_name -> google.protobuf.Duration
-	10, // 16: agentmesh.bus.v1.SubscribeRequest.open:type_name -> agentmesh.bus.v1.SubscriptionOpen
-	11, // 17: agentmesh.bus.v1.SubscribeRequest.ack:type_name -> agentmesh.bus.v1.Ack
-	12, // 18: agentmesh.bus.v1.SubscribeRequest.nack:type_name -> agentmesh.bus.v1.Nack
-	2,  // 19: agentmesh.bus.v1.ReceivedMessage.envelope:type_name -> agentmesh.bus.v1.Envelope
-	3,  // 20: agentmesh.bus.v1.ReceivedMessage.position:type_name -> agentmesh.bus.v1.RecordPosition
-	14, // 21: agentmesh.bus.v1.SubscribeResponse.started:type_name -> agentmesh.bus.v1.SubscriptionStarted
-	17, // 22: agentmesh.bus.v1.SubscribeResponse.batch:type_name -> agentmesh.bus.v1.MessageBatch
-	15, // 23: agentmesh.bus.v1.MessageBatch.messages:type_name -> agentmesh.bus.v1.ReceivedMessage
-	2,  // 24: agentmesh.bus.v1.RequestRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	40, // 25: agentmesh.bus.v1.RequestRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 26: agentmesh.bus.v1.RequestResponse.reply:type_name -> agentmesh.bus.v1.Envelope
-	40, // 27: agentmesh.bus.v1.RequestResponse.round_trip:type_name -> google.protobuf.Duration
-	2,  // 28: agentmesh.bus.v1.ScatterGatherRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	40, // 29: agentmesh.bus.v1.ScatterGatherRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 30: agentmesh.bus.v1.ScatterGatherResponse.replies:type_name -> agentmesh.bus.v1.Envelope
-	2,  // 31: agentmesh.bus.v1.DeadLetter.envelope:type_name -> agentmesh.bus.v1.Envelope
-	3,  // 32: agentmesh.bus.v1.DeadLetter.source:type_name -> agentmesh.bus.v1.RecordPosition
-	3,  // 33: agentmesh.bus.v1.DeadLetter.position:type_name -> agentmesh.bus.v1.RecordPosition
-	39, // 34: agentmesh.bus.v1.DeadLetter.dead_letter_time:type_name -> google.protobuf.Timestamp
-	22, // 35: agentmesh.bus.v1.ListDeadLettersResponse.dead_letters:type_name -> agentmesh.bus.v1.DeadLetter
-	3,  // 36: agentmesh.bus.v1.RedriveDeadLettersResponse.positions:type_name -> agentmesh.bus.v1.RecordPosition
-	27, // 37: agentmesh.bus.v1.CreateTopicRequest.topic:type_name -> agentmesh.bus.v1.Topic
-	27, // 38: agentmesh.bus.v1.CreateTopicResponse.topic:type_name -> agentmesh.bus.v1.Topic
-	27, // 39: agentmesh.bus.v1.ListTopicsResponse.topics:type_name -> agentmesh.bus.v1.Topic
-	1,  // 40: agentmesh.bus.v1.ChainBreak.reason:type_name -> agentmesh.bus.v1.ChainBreakReason
-	33, // 41: agentmesh.bus.v1.VerifyChainResponse.first_break:type_name -> agentmesh.bus.v1.ChainBreak
-	4,  // 42: agentmesh.bus.v1.BusService.Publish:input_type -> agentmesh.bus.v1.PublishRequest
-	6,  // 43: agentmesh.bus.v1.BusService.PublishStream:input_type -> agentmesh.bus.v1.PublishStreamRequest
-	13, // 44: agentmesh.bus.v1.BusService.Subscribe:input_type -> agentmesh.bus.v1.SubscribeRequest
-	18, // 45: agentmesh.bus.v1.BusService.Request:input_type -> agentmesh.bus.v1.RequestRequest
-	20, // 46: agentmesh.bus.v1.BusService.ScatterGather:input_type -> agentmesh.bus.v1.ScatterGatherRequest
-	23, // 47: agentmesh.bus.v1.BusService.ListDeadLetters:input_type -> agentmesh.bus.v1.ListDeadLettersRequest
-	25, // 48: agentmesh.bus.v1.BusService.RedriveDeadLetters:input_type -> agentmesh.bus.v1.RedriveDeadLettersRequest
-	28, // 49: agentmesh.bus.v1.BusService.CreateTopic:input_type -> agentmesh.bus.v1.CreateTopicRequest
-	30, // 50: agentmesh.bus.v1.BusService.ListTopics:input_type -> agentmesh.bus.v1.ListTopicsRequest
-	32, // 51: agentmesh.bus.v1.BusService.VerifyChain:input_type -> agentmesh.bus.v1.VerifyChainRequest
-	5,  // 52: agentmesh.bus.v1.BusService.Publish:output_type -> agentmesh.bus.v1.PublishResponse
-	9,  // 53: agentmesh.bus.v1.BusService.PublishStream:output_type -> agentmesh.bus.v1.PublishStreamResponse
-	16, // 54: agentmesh.bus.v1.BusService.Subscribe:output_type -> agentmesh.bus.v1.SubscribeResponse
-	19, // 55: agentmesh.bus.v1.BusService.Request:output_type -> agentmesh.bus.v1.RequestResponse
-	21, // 56: agentmesh.bus.v1.BusService.ScatterGather:output_type -> agentmesh.bus.v1.ScatterGatherResponse
-	24, // 57: agentmesh.bus.v1.BusService.ListDeadLetters:output_type -> agentmesh.bus.v1.ListDeadLettersResponse
-	26, // 58: agentmesh.bus.v1.BusService.RedriveDeadLetters:output_type -> agentmesh.bus.v1.RedriveDeadLettersResponse
-	29, // 59: agentmesh.bus.v1.BusService.CreateTopic:output_type -> agentmesh.bus.v1.CreateTopicResponse
-	31, // 60: agentmesh.bus.v1.BusService.ListTopics:output_type -> agentmesh.bus.v1.ListTopicsResponse
-	34, // 61: agentmesh.bus.v1.BusService.VerifyChain:output_type -> agentmesh.bus.v1.VerifyChainResponse
-	52, // [52:62] is the sub-list for method output_type
-	42, // [42:52] is the sub-list for method input_type
-	42, // [42:42] is the sub-list for extension type_name
-	42, // [42:42] is the sub-list for extension extendee
-	0,  // [0:42] is the sub-list for field type_name
+	3,  // 15: agentmesh.bus.v1.Ack.up_to:type_name -> agentmesh.bus.v1.RecordPosition
+	40, // 16: agentmesh.bus.v1.Nack.redeliver_delay:type_name -> google.protobuf.Duration
+	10, // 17: agentmesh.bus.v1.SubscribeRequest.open:type_name -> agentmesh.bus.v1.SubscriptionOpen
+	11, // 18: agentmesh.bus.v1.SubscribeRequest.ack:type_name -> agentmesh.bus.v1.Ack
+	12, // 19: agentmesh.bus.v1.SubscribeRequest.nack:type_name -> agentmesh.bus.v1.Nack
+	2,  // 20: agentmesh.bus.v1.ReceivedMessage.envelope:type_name -> agentmesh.bus.v1.Envelope
+	3,  // 21: agentmesh.bus.v1.ReceivedMessage.position:type_name -> agentmesh.bus.v1.RecordPosition
+	14, // 22: agentmesh.bus.v1.SubscribeResponse.started:type_name -> agentmesh.bus.v1.SubscriptionStarted
+	17, // 23: agentmesh.bus.v1.SubscribeResponse.batch:type_name -> agentmesh.bus.v1.MessageBatch
+	15, // 24: agentmesh.bus.v1.MessageBatch.messages:type_name -> agentmesh.bus.v1.ReceivedMessage
+	3,  // 25: agentmesh.bus.v1.MessageBatch.last_positions:type_name -> agentmesh.bus.v1.RecordPosition
+	2,  // 26: agentmesh.bus.v1.RequestRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	40, // 27: agentmesh.bus.v1.RequestRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 28: agentmesh.bus.v1.RequestResponse.reply:type_name -> agentmesh.bus.v1.Envelope
+	40, // 29: agentmesh.bus.v1.RequestResponse.round_trip:type_name -> google.protobuf.Duration
+	2,  // 30: agentmesh.bus.v1.ScatterGatherRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	40, // 31: agentmesh.bus.v1.ScatterGatherRequest.timeout:type_name -> google.protobuf.Duration
+	2,  // 32: agentmesh.bus.v1.ScatterGatherResponse.replies:type_name -> agentmesh.bus.v1.Envelope
+	2,  // 33: agentmesh.bus.v1.DeadLetter.envelope:type_name -> agentmesh.bus.v1.Envelope
+	3,  // 34: agentmesh.bus.v1.DeadLetter.source:type_name -> agentmesh.bus.v1.RecordPosition
+	3,  // 35: agentmesh.bus.v1.DeadLetter.position:type_name -> agentmesh.bus.v1.RecordPosition
+	39, // 36: agentmesh.bus.v1.DeadLetter.dead_letter_time:type_name -> google.protobuf.Timestamp
+	22, // 37: agentmesh.bus.v1.ListDeadLettersResponse.dead_letters:type_name -> agentmesh.bus.v1.DeadLetter
+	3,  // 38: agentmesh.bus.v1.RedriveDeadLettersResponse.positions:type_name -> agentmesh.bus.v1.RecordPosition
+	27, // 39: agentmesh.bus.v1.CreateTopicRequest.topic:type_name -> agentmesh.bus.v1.Topic
+	27, // 40: agentmesh.bus.v1.CreateTopicResponse.topic:type_name -> agentmesh.bus.v1.Topic
+	27, // 41: agentmesh.bus.v1.ListTopicsResponse.topics:type_name -> agentmesh.bus.v1.Topic
+	1,  // 42: agentmesh.bus.v1.ChainBreak.reason:type_name -> agentmesh.bus.v1.ChainBreakReason
+	33, // 43: agentmesh.bus.v1.VerifyChainResponse.first_break:type_name -> agentmesh.bus.v1.ChainBreak
+	4,  // 44: agentmesh.bus.v1.BusService.Publish:input_type -> agentmesh.bus.v1.PublishRequest
+	6,  // 45: agentmesh.bus.v1.BusService.PublishStream:input_type -> agentmesh.bus.v1.PublishStreamRequest
+	13, // 46: agentmesh.bus.v1.BusService.Subscribe:input_type -> agentmesh.bus.v1.SubscribeRequest
+	18, // 47: agentmesh.bus.v1.BusService.Request:input_type -> agentmesh.bus.v1.RequestRequest
+	20, // 48: agentmesh.bus.v1.BusService.ScatterGather:input_type -> agentmesh.bus.v1.ScatterGatherRequest
+	23, // 49: agentmesh.bus.v1.BusService.ListDeadLetters:input_type -> agentmesh.bus.v1.ListDeadLettersRequest
+	25, // 50: agentmesh.bus.v1.BusService.RedriveDeadLetters:input_type -> agentmesh.bus.v1.RedriveDeadLettersRequest
+	28, // 51: agentmesh.bus.v1.BusService.CreateTopic:input_type -> agentmesh.bus.v1.CreateTopicRequest
+	30, // 52: agentmesh.bus.v1.BusService.ListTopics:input_type -> agentmesh.bus.v1.ListTopicsRequest
+	32, // 53: agentmesh.bus.v1.BusService.VerifyChain:input_type -> agentmesh.bus.v1.VerifyChainRequest
+	5,  // 54: agentmesh.bus.v1.BusService.Publish:output_type -> agentmesh.bus.v1.PublishResponse
+	9,  // 55: agentmesh.bus.v1.BusService.PublishStream:output_type -> agentmesh.bus.v1.PublishStreamResponse
+	16, // 56: agentmesh.bus.v1.BusService.Subscribe:output_type -> agentmesh.bus.v1.SubscribeResponse
+	19, // 57: agentmesh.bus.v1.BusService.Request:output_type -> agentmesh.bus.v1.RequestResponse
+	21, // 58: agentmesh.bus.v1.BusService.ScatterGather:output_type -> agentmesh.bus.v1.ScatterGatherResponse
+	24, // 59: agentmesh.bus.v1.BusService.ListDeadLetters:output_type -> agentmesh.bus.v1.ListDeadLettersResponse
+	26, // 60: agentmesh.bus.v1.BusService.RedriveDeadLetters:output_type -> agentmesh.bus.v1.RedriveDeadLettersResponse
+	29, // 61: agentmesh.bus.v1.BusService.CreateTopic:output_type -> agentmesh.bus.v1.CreateTopicResponse
+	31, // 62: agentmesh.bus.v1.BusService.ListTopics:output_type -> agentmesh.bus.v1.ListTopicsResponse
+	34, // 63: agentmesh.bus.v1.BusService.VerifyChain:output_type -> agentmesh.bus.v1.VerifyChainResponse
+	54, // [54:64] is the sub-list for method output_type
+	44, // [44:54] is the sub-list for method input_type
+	44, // [44:44] is the sub-list for extension type_name
+	44, // [44:44] is the sub-list for extension extendee
+	0,  // [0:44] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_bus_v1_bus_proto_init() }
