@@ -107,9 +107,19 @@ class CatalogMirror:
         self._stale = True
 
     def attach(self, hub: WatchHub) -> None:
-        """Follow `hub`'s tailer instead of asking Redis for the revision on every call."""
+        """Follow `hub`'s tailer instead of asking Redis for the revision on
+        every call, and reload when it finds the dataset reset."""
         self._hub = hub
         hub.listeners.append(self._on_events)
+        hub.reset_listeners.append(self.reset)
+
+    def reset(self) -> None:
+        """Forget the mirror (Redis came back empty): the next call reloads it
+        from Redis, and answers no agent that exists only in memory."""
+        self.loaded = False
+        self._stale = True
+        self._wanted = 0
+        self._cache.clear()
 
     def want(self, revision: int) -> None:
         """Make the next answer include at least `revision` (after a local write)."""

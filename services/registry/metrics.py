@@ -55,3 +55,9 @@ def child(metric: Any, *label_values: str) -> Any:
     callers' literals.
     """
     return metric.labels(*label_values)
+
+CATALOG_RESETS = Counter(
+    "registry_catalog_resets_total",
+    "Times this replica found Redis's catalog reset (its epoch key gone or"
+    " changed: Redis came back empty) and rebuilt its discovery mirror.",
+)

@@ -9,6 +9,7 @@ reads are plain HGETALL/ZRANGE/XRANGE.
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -300,6 +301,23 @@ class RegistryStore:
     async def revision(self) -> int:
         """The current catalog revision (0 before any event)."""
         return int(await self.r.get(catalog.revision_key(prefix=self.p)) or 0)
+
+    def epoch_key(self) -> str:
+        """STRING: a random id written once per Redis dataset. It is gone
+        (or different) once Redis comes back empty (a restart without
+        persistence, a failover to an empty replica, a FLUSHALL)."""
+        return f"{self.p}epoch"
+
+    async def epoch(self) -> str | None:
+        """The dataset's epoch id, None when there is none (yet, or any more)."""
+        raw = await self.r.get(self.epoch_key())
+        return None if raw is None else _s(raw)
+
+    async def ensure_epoch(self) -> str:
+        """The dataset's epoch id, writing a new one first if there is none
+        (SET NX: of replicas racing, one id wins and all return it)."""
+        await self.r.set(self.epoch_key(), uuid.uuid4().hex, nx=True)
+        return await self.epoch() or ""
 
     async def status_counts(self) -> dict[str, int]:
         """Registered agents per status."""

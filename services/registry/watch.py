@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from agentmesh.runtime.redis_errors import RedisDownLog, is_redis_down
 from agentmesh.runtime.tasks import cancel_and_wait
+from services.registry import metrics
 from services.registry.store import RegistryStore, StoredEvent
 
 log = logging.getLogger("agentmesh.registry.watch")
@@ -38,6 +39,10 @@ class WatchHub:
         self._task: asyncio.Task[None] | None = None
         self._last_ok = 0.0
         self.listeners: list[Callable[[list[StoredEvent]], None]] = []
+        #: Called when the tailer finds the dataset reset (see check_reset).
+        self.reset_listeners: list[Callable[[], None]] = []
+        #: The dataset epoch this replica has seen (RegistryStore.epoch).
+        self.epoch: str | None = None
 
     def fresh(self) -> bool:
         """True while the tailer is running and its last read succeeded recently."""
@@ -68,11 +73,35 @@ class WatchHub:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(token.wait(), timeout_s)
 
+    async def check_reset(self) -> bool:
+        """Compare Redis's dataset epoch with the one seen before; on a
+        change (Redis came back empty), log it, count it, tell the reset
+        listeners (the discovery mirror) and return True.
+
+        The catalog revision alone cannot tell: after a reset it restarts
+        at 0, and new registrations may carry it past the old value before
+        anyone looks.
+        """
+        current = await self.store.epoch()
+        if current is not None and current == self.epoch:
+            return False
+        seen, self.epoch = self.epoch, await self.store.ensure_epoch()
+        if seen is None:
+            return False  # first look: nothing to compare with
+        log.warning(
+            "redis catalog reset detected (its epoch changed); rebuilding the discovery mirror",
+            extra={"previous_epoch": seen, "epoch": self.epoch},
+        )
+        metrics.CATALOG_RESETS.inc()
+        for listener in self.reset_listeners:
+            listener()
+        return True
+
     async def _tail(self) -> None:
         last = -1
         while True:
             try:
-                if last < 0:
+                if await self.check_reset() or last < 0:
                     last = await self.store.revision()
                 events = await self.store.read_events(
                     after=last, block_ms=self.block_ms, count=1000
