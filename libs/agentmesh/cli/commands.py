@@ -33,6 +33,9 @@ def register(app: typer.Typer) -> None:
     app.add_typer(bus_app, name="bus")
     app.add_typer(saga_app, name="saga")
     app.add_typer(swarm_app, name="swarm")
+    from agentmesh.cli.tasks import task_app  # TaskService, served by the saga coordinator
+
+    app.add_typer(task_app, name="task")
     app.command("route")(route)
     app.command("invoke")(invoke)
     app.command("demo", context_settings={"allow_extra_args": True,

@@ -9,8 +9,9 @@ Every RPC has a typed method named after it in snake_case (generated into
 `agentmesh.client.services`). A method takes either the request message or its
 fields as keywords, plus `timeout_s` and `metadata`, and returns the response
 message. Errors are `agentmesh.runtime.errors.AgentMeshError` subclasses. The
-raw stubs are `c.registry`, `c.coordination`, `c.router`, `c.bus`, `c.saga`
-and `c.swarm`. Higher-level helpers are below.
+raw stubs are `c.registry`, `c.coordination`, `c.router`, `c.bus`, `c.saga`,
+`c.swarm` and `c.task`. Higher-level helpers are below (`wait_task` returns a
+task's result or raises TaskFailed / TaskTimedOut / TaskCancelled).
 """
 
 from __future__ import annotations
@@ -27,8 +28,10 @@ from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.client.safety import CircuitOpen, retry_delay_s
 from agentmesh.client.services import ServiceMethods
+from agentmesh.client.tasks import error_for
 from agentmesh.router.v1 import router_pb2, safety_pb2
-from agentmesh.runtime.errors import ResourceExhausted, from_rpc_error
+from agentmesh.runtime.errors import ResourceExhausted, Unavailable, from_rpc_error
+from agentmesh.task.v1 import task_pb2
 
 
 class Client(ServiceMethods):
@@ -224,3 +227,49 @@ class Client(ServiceMethods):
                 metadata=dict(metadata or {}),
             )
         )
+
+    async def wait_task(
+        self, task_id: str, *, timeout_s: float | None = None
+    ) -> dict[str, Any]:
+        """Wait for a task (TaskService.WaitTask) and return its result.
+
+        The stream is resumed from the last revision seen when it breaks
+        (UNAVAILABLE, e.g. a coordinator replica restarting).
+
+        Args:
+            task_id: the task, from `schedule_task`.
+            timeout_s: longest wait in all, s; None waits until the task ends.
+
+        Returns:
+            The agent's output (the task's `result`) as a dict.
+
+        Raises:
+            TaskFailed / TaskTimedOut / TaskCancelled: the task ended without
+                a result (`e.task` holds it, with `error`).
+            NotFound: no such task.
+            DeadlineExceeded: `timeout_s` passed first.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        after = 0
+        while True:
+            left = None if deadline is None else max(0.001, deadline - time.monotonic())
+            last = None
+            try:
+                async for resp in self.watch_task(
+                    task_id=task_id, after_revision=after, timeout_s=left
+                ):
+                    last = resp.task
+                    after = resp.task.revision
+            except Unavailable:
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+                await asyncio.sleep(0.2)
+                continue
+            if last is None:  # already terminal at `after`: read it
+                last = (await self.get_task(task_id=task_id)).task
+            err = error_for(last)
+            if err is not None:
+                raise err
+            if last.state == task_pb2.TASK_STATE_COMPLETED:
+                return struct_to_dict(last.result)
+

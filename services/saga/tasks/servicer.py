@@ -126,7 +126,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         if len(r.idempotency_key) > MAX_IDEMPOTENCY_KEY:
             bad.append(("idempotency_key", f"at most {MAX_IDEMPOTENCY_KEY} characters"))
         if bad:
-            raise InvalidArgument("invalid ScheduleTask request", field_violations=bad)
+            raise InvalidArgument(
+                "invalid ScheduleTask request: " + "; ".join(f"{f}: {d}" for f, d in bad),
+                field_violations=bad,
+            )
 
     async def ScheduleTask(
         self, request: task_pb2.ScheduleTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -193,7 +196,10 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         if request.page_size < 0 or request.page_size > 500:
             bad.append(("page_size", "must be in [0, 500]"))
         if bad:
-            raise InvalidArgument("invalid ListTasks request", field_violations=bad)
+            raise InvalidArgument(
+                "invalid ListTasks request: " + "; ".join(f"{f}: {d}" for f, d in bad),
+                field_violations=bad,
+            )
         before = _untoken(request.page_token)
         size = request.page_size or 50
         states = set(request.states)
