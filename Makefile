@@ -10,7 +10,7 @@ BREAKING_AGAINST ?= .git\#branch=main
 # they need (Python deps, redis-server, Kafka jars, Go tools) once.
 SETUP_STAMP := $(RUN_DIR)/setup.stamp
 
-.PHONY: help setup proto check-generated lint breaking test test-unit deploy-check up down status demo bench ghz locust
+.PHONY: help setup proto check-generated lint breaking test test-unit fuzz deploy-check up down status demo bench ghz locust
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -43,6 +43,10 @@ breaking: ## buf breaking (FILE rules) against main
 # tests/deploy runs once, inside deploy-check.
 test: $(SETUP_STAMP) check-generated deploy-check ## Run every test against real Redis and a real Kafka broker
 	AGENTMESH_REQUIRE_INFRA=1 $(PYTHON) -m pytest -q tests --ignore=tests/deploy
+
+FUZZ_EXAMPLES ?= 3000
+fuzz: $(SETUP_STAMP) ## Property-test every RPC of the five daemons with FUZZ_EXAMPLES generated requests each (real Redis and Kafka)
+	AGENTMESH_REQUIRE_INFRA=1 AGENTMESH_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PYTHON) -m pytest -q tests/integration/hardening/test_rpc_fuzz.py
 
 deploy-check: $(SETUP_STAMP) ## helm lint + template + schema validation + chart tests + promtool
 	AGENTMESH_REQUIRE_INFRA=1 PYTHON=$(PYTHON) bash deploy/check.sh
