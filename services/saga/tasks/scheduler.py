@@ -79,6 +79,10 @@ NON_RETRYABLE = frozenset(
 #: How long an agent's registered descriptor (capacity, capabilities, tags) is cached, s.
 DESCRIPTOR_TTL_S = 2.0
 
+#: How long a read of the slots held on an agent (by every replica) is used
+#: for ordering candidates, s; this replica's own changes apply at once.
+COUNT_TTL_S = 0.25
+
 #: Most due tasks read per priority class per scheduling pass.
 BATCH = 256
 
@@ -126,6 +130,7 @@ class Driven:
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[Any] | None = None
     avoid: str = ""
+    ended: bool = False
 
 
 def now_ms() -> int:
@@ -217,6 +222,7 @@ class TaskScheduler:
         self._rotation: dict[str, int] = {}
         self._rng = random.Random(seed)
         self._descriptors: dict[str, tuple[float, registry_pb2.Agent | None]] = {}
+        self._counts: dict[str, tuple[float, int]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -336,17 +342,12 @@ class TaskScheduler:
             claimed = await self.store.claim(tid, owner=self.opts.coordinator_id,
                                              ttl_ms=self.opts.lease_ttl_ms)
             if claimed is None or claimed.task.state != T.TASK_STATE_PENDING:
-                await self.store.release_slot(opt.candidate.agent_id, tid)
+                await self._free_slot(opt.candidate.agent_id, tid)
                 if claimed is not None:
                     await self.store.release(claimed.lease)
                 continue
+            # the driver commits SCHEDULED: the loop's next placement need not wait for it
             d = Driven(claimed.lease, claimed.task, opt)
-            d.task.assigned_agent_id = opt.candidate.agent_id
-            try:
-                await self.store.commit(d.lease, d.task, T.TASK_STATE_SCHEDULED)
-            except (LeaseLost, StaleRevision):
-                await self.store.release_slot(opt.candidate.agent_id, tid)
-                continue
             self._charge(cls, backlogged)
             drop.append((cls, tid))
             self._spawn(d)
@@ -439,7 +440,7 @@ class TaskScheduler:
         if not cands:
             return None
         ids = [c.agent_id for c in cands]
-        counts, descs = await asyncio.gather(self.store.slot_counts(ids), self._descriptor(ids))
+        counts, descs = await asyncio.gather(self._slot_counts(ids), self._descriptor(ids))
         options: list[placement.Option] = []
         for c, n, desc in zip(cands, counts, descs, strict=True):
             cap = int(c.capacity)
@@ -466,12 +467,35 @@ class TaskScheduler:
         if avoid and len(ordered) > 1:
             ordered.sort(key=lambda o: o.candidate.agent_id == avoid)
         for o in ordered:
+            aid = o.candidate.agent_id
             if await self.store.acquire_slot(
-                o.candidate.agent_id, task.task_id, capacity=o.capacity,
-                ttl_ms=self.opts.lease_ttl_ms,
+                aid, task.task_id, capacity=o.capacity, ttl_ms=self.opts.lease_ttl_ms
             ):
+                self._bump(aid, 1)
                 return o
+            # full: the cached count was behind; read it fresh next time
+            self._counts.pop(aid, None)
         return None
+
+    async def _slot_counts(self, agent_ids: Sequence[str]) -> list[int]:
+        """Slots held per agent, read from Redis at most every COUNT_TTL_S per
+        agent and kept current with this replica's own takes and releases.
+        They only order the candidates: acquire_slot is the atomic check."""
+        now = time.monotonic()
+        stale = [a for a in agent_ids if self._counts.get(a, (0.0, 0))[0] < now]
+        if stale:
+            for a, n in zip(stale, await self.store.slot_counts(stale), strict=True):
+                self._counts[a] = (now + COUNT_TTL_S, n)
+        return [self._counts[a][1] for a in agent_ids]
+
+    def _bump(self, agent_id: str, delta: int) -> None:
+        got = self._counts.get(agent_id)
+        if got is not None:
+            self._counts[agent_id] = (got[0], max(0, got[1] + delta))
+
+    async def _free_slot(self, agent_id: str, task_id: str) -> None:
+        await self.store.release_slot(agent_id, task_id)
+        self._bump(agent_id, -1)
 
     # ---- driving ---------------------------------------------------------------------
     def _spawn(self, d: Driven) -> None:
@@ -480,10 +504,20 @@ class TaskScheduler:
         d.runner = asyncio.create_task(self._drive(d))
 
     async def _finish(
-        self, lease: Lease, task: task_pb2.Task, state: task_pb2.TaskState.ValueType
+        self,
+        lease: Lease,
+        task: task_pb2.Task,
+        state: task_pb2.TaskState.ValueType,
+        d: Driven | None = None,
     ) -> None:
         task.end_time.CopyFrom(_ts(now_ms()))
-        await self.store.commit(lease, task, state)
+        slot_agent = d.option.candidate.agent_id if d is not None and d.option else ""
+        await self.store.commit(lease, task, state, slot_agent=slot_agent)
+        if d is not None:
+            d.option = None
+            d.ended = True
+            if slot_agent:
+                self._bump(slot_agent, -1)
         status = T.TaskState.Name(state).removeprefix("TASK_STATE_").lower()
         metrics.TASK_COMPLETED.labels(metrics.type_label(task.task_type), status).inc()
 
@@ -508,15 +542,16 @@ class TaskScheduler:
             if not lost:
                 with contextlib.suppress(Exception):
                     if d.option is not None:
-                        await self.store.release_slot(d.option.candidate.agent_id, tid)
-                    await self.store.release(d.lease)
+                        await self._free_slot(d.option.candidate.agent_id, tid)
+                    if not d.ended:  # a terminal commit released it already
+                        await self.store.release(d.lease)
 
     def _cancelled(self, d: Driven) -> bool:
         return d.cancel.is_set() or d.task.cancel_requested
 
     async def _release_slot(self, d: Driven) -> None:
         if d.option is not None:
-            await self.store.release_slot(d.option.candidate.agent_id, d.task.task_id)
+            await self._free_slot(d.option.candidate.agent_id, d.task.task_id)
             d.option = None
 
     async def _run(self, d: Driven) -> None:
@@ -525,9 +560,12 @@ class TaskScheduler:
             if t.state in TERMINAL:
                 return
             if self._cancelled(d):
-                await self._release_slot(d)
-                await self._finish(d.lease, t, T.TASK_STATE_CANCELLED)
+                await self._finish(d.lease, t, T.TASK_STATE_CANCELLED, d)
                 return
+            if t.state == T.TASK_STATE_PENDING and d.option is not None:
+                t.assigned_agent_id = d.option.candidate.agent_id
+                await self.store.commit(d.lease, t, T.TASK_STATE_SCHEDULED)
+                continue
             if t.state in (T.TASK_STATE_SCHEDULED, T.TASK_STATE_RUNNING) and d.option is None:
                 # resumed after its driver died: the attempt's outcome is unknown
                 t.error.CopyFrom(T.TaskError(
@@ -555,7 +593,7 @@ class TaskScheduler:
         msg = route_message(t)
         while True:
             if self._cancelled(d):
-                await self._finish(d.lease, t, T.TASK_STATE_CANCELLED)
+                await self._finish(d.lease, t, T.TASK_STATE_CANCELLED, d)
                 return False
             try:
                 opt = await self._place(t, msg, prefer=prefer, avoid=d.avoid)
@@ -563,7 +601,7 @@ class TaskScheduler:
                 t.error.CopyFrom(_error_of(e))
                 await self.store.commit(d.lease, t, T.TASK_STATE_SCHEDULED)
                 await self.store.commit(d.lease, t, T.TASK_STATE_RUNNING)
-                await self._finish(d.lease, t, T.TASK_STATE_FAILED)
+                await self._finish(d.lease, t, T.TASK_STATE_FAILED, d)
                 return False
             if opt is not None:
                 d.option = opt
@@ -576,7 +614,7 @@ class TaskScheduler:
                     message="no eligible agent with free capacity within the "
                     "schedule-to-start timeout",
                 ))
-                await self._finish(d.lease, t, T.TASK_STATE_TIMEOUT)
+                await self._finish(d.lease, t, T.TASK_STATE_TIMEOUT, d)
                 return False
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(d.cancel.wait(), self.opts.poll_interval_ms * 5 / 1000.0)
@@ -626,13 +664,12 @@ class TaskScheduler:
             else:
                 out = call.result()
         metrics.TASK_RUN.observe((time.perf_counter() - t0) * 1000.0)
-        await self._release_slot(d)
         if out is None and err is None:  # cancelled mid-call
-            await self._finish(d.lease, t, T.TASK_STATE_CANCELLED)
+            await self._finish(d.lease, t, T.TASK_STATE_CANCELLED, d)
             return
         if out is not None and out.response is not None:
             t.result.CopyFrom(out.response.output)
-            await self._finish(d.lease, t, T.TASK_STATE_COMPLETED)
+            await self._finish(d.lease, t, T.TASK_STATE_COMPLETED, d)
             return
         if err is None:
             assert out is not None
@@ -641,14 +678,15 @@ class TaskScheduler:
         t.error.CopyFrom(err)
         t.failed_attempts += 1
         if err.code in NON_RETRYABLE:
-            await self._finish(d.lease, t, T.TASK_STATE_FAILED)
+            await self._finish(d.lease, t, T.TASK_STATE_FAILED, d)
             return
         if t.failed_attempts >= max_attempts(t.retry_policy):
             final = (
                 T.TASK_STATE_TIMEOUT if err.code == "DEADLINE_EXCEEDED" else T.TASK_STATE_FAILED
             )
-            await self._finish(d.lease, t, final)
+            await self._finish(d.lease, t, final, d)
             return
+        await self._release_slot(d)
         if await self.store.commit(d.lease, t, T.TASK_STATE_RETRYING):
             d.cancel.set()
         with contextlib.suppress(asyncio.TimeoutError):

@@ -146,7 +146,7 @@ return {1, '', ''}
 """
 
 # KEYS lease record, task, events, fence; ARGV owner, token, expected rev,
-# state, pb, expire_ms (0 = keep).
+# state, pb, expire_ms (0 = keep), terminal ("1": release the lease too).
 _COMMIT = (
     CLOCK_PRELUDE
     + LEASE_LUA
@@ -163,6 +163,7 @@ if px > 0 then
   redis.call('PEXPIRE', KEYS[3], px)
   redis.call('PEXPIRE', KEYS[4], px)
 end
+if ARGV[7] == '1' then redis.call('DEL', KEYS[1]) end  -- terminal: the lease ends with it
 return {rev, redis.call('HGET', KEYS[2], 'cancel') or ''}
 """
 )
@@ -381,12 +382,18 @@ class TaskStore:
         return Claimed(Lease(lk, owner, int(res[0])), decode(res[1], res[3]))
 
     async def commit(
-        self, lease: Lease, task: task_pb2.Task, state: task_pb2.TaskState.ValueType
+        self,
+        lease: Lease,
+        task: task_pb2.Task,
+        state: task_pb2.TaskState.ValueType,
+        *,
+        slot_agent: str = "",
     ) -> bool:
         """Move the task to `state` (fenced, compare-and-set on its revision).
 
-        `task` is updated in place (state, revision; end_time when terminal)
-        and written whole.
+        `task` is updated in place (state, revision) and written whole. A
+        terminal state releases the lease in the same script, and the task's
+        queue, active-set and capacity-slot entries (on `slot_agent`) right after.
 
         Returns:
             Whether a cancel was requested (for the driver).
@@ -420,6 +427,7 @@ class TaskStore:
                     T.TaskState.Name(state),
                     task.SerializeToString(),
                     self.retention_ms if terminal else 0,
+                    "1" if terminal else "0",
                 ],
             )
         except ResponseError as e:
@@ -435,6 +443,8 @@ class TaskStore:
             async with self.redis.pipeline(transaction=False) as p:
                 p.zrem(ACTIVE, tid)
                 p.zrem(queue_key(priority_class(task.priority)), tid)
+                if slot_agent:
+                    p.zrem(slots_key(slot_agent), tid)
                 await p.execute()
         return task.cancel_requested
 
