@@ -50,9 +50,11 @@ from agentmesh.agent.executor import IdempotentExecutor, map_exception
 from agentmesh.agent.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from agentmesh.agent.load import LoadTracker
 from agentmesh.agent.registration import Registrar
+from agentmesh.agent.safety import SafetyLink
 from agentmesh.agent.servicer import WILDCARD, AgentServicer
 from agentmesh.agent.settings import AgentSettings
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.router.v1 import safety_pb2
 from agentmesh.runtime.compensation import COMPENSATE_SUFFIX, strip_compensate_suffix
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.errors import ErrorReason, reason_name
@@ -99,6 +101,9 @@ class Agent:
         service_types: service types it offers.
         tags: free-form tags.
         metadata: free-form registry metadata.
+        constraints: typed safety constraints (`agentmesh.router.v1.Constraint`)
+            registered with the router's SafetyService at start (needs
+            `router_target`); the mesh then enforces them on every call.
         settings: serving settings; keyword overrides below are applied on top.
         **overrides: any AgentSettings field, e.g. `port=0, registry_target="..."`.
     """
@@ -113,6 +118,7 @@ class Agent:
         service_types: Sequence[str] = (),
         tags: Sequence[str] = (),
         metadata: Mapping[str, str] | None = None,
+        constraints: Sequence[safety_pb2.Constraint] = (),
         settings: AgentSettings | None = None,
         **overrides: Any,
     ) -> None:
@@ -124,6 +130,9 @@ class Agent:
         self.tags = list(tags)
         self.metadata = dict(metadata or {})
         self.settings = replace(settings or AgentSettings(), **overrides)
+        self.constraints = list(constraints)
+        #: The router's SafetyService, once `start` has run with a router_target.
+        self.safety: SafetyLink | None = None
         self._actions: dict[str, ActionHandler] = {}
         self._compensations: dict[str, ActionHandler] = {}
         self._objectives: dict[str, EvaluateHandler] = {}
@@ -251,7 +260,9 @@ class Agent:
 
         Raises:
             OSError: when the port cannot be bound.
-            AgentMeshError: when registration is refused.
+            AgentMeshError: when registration is refused, or a declared
+                constraint is (AlreadyExists: one of that name differs).
+            ValueError: no handler, or constraints without a router_target.
         """
         if not (self._actions or self._compensations or self._objectives):
             raise ValueError(f"agent {self.agent_id} declares no action, compensation or objective")
@@ -269,12 +280,26 @@ class Agent:
             else MemoryIdempotencyStore(ttl_s=s.idempotency_ttl_s)
         )
         self.executor.open(agent_id=self.agent_id, store=store, max_concurrency=s.max_concurrency)
+        if self.constraints and not s.router_target:
+            raise ValueError(
+                f"agent {self.agent_id} declares constraints but has no router_target"
+            )
+        if s.router_target:
+            self.safety = SafetyLink(daemon.channel(s.router_target), agent_id=self.agent_id)
+            if self.constraints:
+                daemon.on_startup(self._register_constraints)
         if s.registry_target:
             self._registrar = Registrar(self, daemon.channel(s.registry_target))
             daemon.on_startup(self._register)
         self.port = await daemon.start()
         self.metrics_port = daemon.metrics_port
         return self.port
+
+    async def _register_constraints(self) -> None:
+        # Before registration, so the agent is never discoverable while the
+        # guardrails it declares are not in force yet.
+        assert self.safety is not None
+        await self.safety.register(self.constraints)
 
     async def _register(self) -> None:
         # Runs as a Daemon startup hook: the port is bound, the `serving` line

@@ -70,6 +70,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
             metadata=dict(request.metadata),
             deadline_monotonic=_deadline(context),
             principal=current_principal(),
+            safety=a.safety,
         )
         inp = struct_to_dict(request.input)
         out = await a.executor.run(EXECUTE, ctx, lambda c: call_handler(handler, inp, c))
@@ -106,6 +107,7 @@ class AgentServicer(agent_pb2_grpc.AgentServiceServicer):
                 else None
             ),
             principal=current_principal(),
+            safety=a.safety,
             # The new field, else the "<K>/compensate" suffix of older callers.
             compensated_idempotency_key=fenced_key(request) or "",
         )

@@ -30,6 +30,9 @@ class AgentSettings(Settings):
         advertise_host: host put in the registered endpoint; defaults to `host`.
         metrics_port: Prometheus port; 0 picks a free one, -1 disables it.
         registry_target: registry `host:port`; empty means do not register.
+        router_target: router `host:port` (its SafetyService): where
+            `ctx.validate` asks and the agent's declared constraints are
+            registered at start; empty means neither.
         redis_url: when set, idempotency results are kept in Redis so dedupe
             survives restarts; otherwise in memory.
         redis_password: Redis password when it is not in the URL.
@@ -59,6 +62,9 @@ class AgentSettings(Settings):
         -1, help="Prometheus port (0 = any free, -1 = off)", minimum=-1, maximum=65535
     )
     registry_target: str = setting("", help="registry host:port (empty = do not register)")
+    router_target: str = setting(
+        "", help="router host:port for ctx.validate and declared constraints (empty = none)"
+    )
     redis_url: str = setting("", help="Redis URL for durable idempotency (empty = in memory)")
     redis_password: str = setting("", help="Redis password when not in the URL")
     redis_sentinels: str = setting(

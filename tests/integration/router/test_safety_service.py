@@ -484,3 +484,52 @@ async def test_bad_input_is_refused_with_details(mesh, safety_for, stub_for) -> 
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "count" in field_violations(e)
     code, e = await code_of(s.ValidateOperation(S.ValidateOperationRequest()))
     assert code == grpc.StatusCode.INVALID_ARGUMENT and "operation_type" in field_violations(e)
+
+
+async def test_agent_sdk_declares_constraints_and_validates(mesh, stub_for) -> None:
+    from agentmesh.agent import ActionContext, Agent
+    from agentmesh.runtime.errors import AlreadyExists, FailedPrecondition
+
+    op = f"dose-{TAG}"
+    name = f"max-dose-{TAG}"
+
+    def dose_limit(max_dose: float) -> S.Constraint:
+        return S.Constraint(
+            name=name, kind=S.CONSTRAINT_KIND_THRESHOLD, field="dose", max=max_dose,
+            level=R.SAFETY_LEVEL_CRITICAL, message_types=[op],
+        )
+
+    def make(agent_id: str, max_dose: float) -> Agent:
+        a = Agent(agent_id, capabilities=[op], constraints=[dose_limit(max_dose)],
+                  router_target=mesh["r1"].target)
+
+        @a.action(op)
+        async def dose(inp: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+            v = await ctx.validate(inp)  # operation type: this action
+            out = {"safe": v.is_safe, "rules": [b.rule_name for b in v.blocking]}
+            try:
+                await ctx.validate(inp, raise_if_unsafe=True)
+            except FailedPrecondition as e:
+                out["refused"] = e.error_reason == ErrorReason.ERROR_REASON_SAFETY_VIOLATION
+            return out
+
+        return a
+
+    async with make(f"agent-dose-a-{TAG}", 5) as a:
+        got = await stub_for(mesh["r2"]).GetSafetyRule(R.GetSafetyRuleRequest(name=name))
+        assert got.rule.message_types == [op] and "payload.dose <= 5.0" in got.rule.condition
+        # a second replica of the same agent finds its constraint in place
+        async with make(f"agent-dose-b-{TAG}", 5):
+            pass
+        # one that declares another limit under the same name does not start
+        other = make(f"agent-dose-c-{TAG}", 50)
+        try:
+            with pytest.raises(AlreadyExists):
+                await other.start()
+        finally:
+            await other.stop()
+        async with Client() as c:
+            ok, _ = await c.execute(a.endpoint, op, {"dose": 4})
+            assert ok == {"safe": True, "rules": []}
+            bad, _ = await c.execute(a.endpoint, op, {"dose": 9})
+            assert bad == {"safe": False, "rules": [name], "refused": True}
