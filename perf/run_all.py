@@ -99,6 +99,7 @@ PLAN: tuple[Bench, ...] = (
     Bench("router/bench_safety.py", ("--seconds", "3"), ("--seconds", "1")),
     Bench("saga/bench_saga.py", ("--seconds", "6", "--sagas", "1500"),
           ("--seconds", "2", "--sagas", "200")),
+    Bench("saga/bench_tasks.py", ("--seconds", "6"), ("--seconds", "2", "--rate", "50")),
     Bench("sdk/bench_agent.py", ("--seconds", "3", "--rounds", "1"),
           ("--seconds", "1", "--rounds", "1")),
     Bench("swarm/bench_pso.py",

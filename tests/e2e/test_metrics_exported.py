@@ -29,6 +29,7 @@ from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.router.v1 import router_pb2_grpc
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
+from agentmesh.task.v1 import task_pb2, task_pb2_grpc
 from tests.deploy.promql_names import dashboard_exprs, metric_names, rule_exprs
 from tests.health import wait_health
 from tests.integration.bus.helpers import Sub, env
@@ -147,6 +148,16 @@ async def drive_traffic(procs: dict[str, DaemonProcess], agent_ids: list[str]) -
 
         await eventually(compensated, timeout_s=60, every_s=0.1, what="saga compensated")
 
+        tasks = task_pb2_grpc.TaskServiceStub(ch)  # TaskService is served by the saga daemon
+        queued = await tasks.ScheduleTask(task_pb2.ScheduleTaskRequest(
+            task_type="work", agent_id=agent_ids[0]), timeout=30)
+
+        async def task_done() -> bool:
+            t = (await tasks.GetTask(task_pb2.GetTaskRequest(task_id=queued.task.task_id))).task
+            return t.state == task_pb2.TASK_STATE_COMPLETED
+
+        await eventually(task_done, timeout_s=60, every_s=0.1, what="task completed")
+
     async with grpc.aio.insecure_channel(procs["swarm"].target) as ch:
         swarm = swarm_pb2_grpc.SwarmServiceStub(ch)
         task = swarm_pb2.SwarmTask(
@@ -215,6 +226,7 @@ async def test_dashboard_and_alert_metrics_are_exported(
         (("capability", "counting"),)] == 2.0
     assert samples("saga", "saga_compensations_total")[()] >= 1.0
     assert samples("saga", "saga_compensation_failures_total")[()] == 0.0
+    assert samples("saga", "task_completed_total")[(("status", "completed"), ("type", "work"))] >= 1
     assert samples("router", "routing_breaker_longest_open_seconds")[()] == 0.0
     ended = samples("swarm", "swarm_terminations_total")
     assert sum(v for k, v in ended.items() if k[0][1] in ("converged", "max_iterations")) >= 1.0

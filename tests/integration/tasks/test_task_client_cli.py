@@ -12,7 +12,7 @@ import pytest
 
 from agentmesh.client import Client, TaskCancelled, TaskFailed, TaskTimedOut
 from agentmesh.runtime.errors import NotFound
-from tests.procs import DaemonProcess
+from tests.procs import DaemonProcess, scrape_metrics
 
 pytestmark = pytest.mark.asyncio
 ROOT = Path(__file__).resolve().parents[3]
@@ -78,3 +78,15 @@ async def test_cli_schedule_get_list_wait_cancel(coordinator: DaemonProcess) -> 
     assert cli(coordinator.target, "task", "wait", queued).returncode == 1
     bad = cli(coordinator.target, "task", "schedule", "", "--agent", "ta-a")
     assert bad.returncode != 0 and "task_type" in (bad.stdout + bad.stderr)
+
+
+async def test_task_metrics_are_exported(coordinator: DaemonProcess) -> None:
+    async with Client(saga=coordinator.target) as c:
+        t = (await c.schedule_task(task_type="metered", agent_id="ta-a",
+                                   priority="PRIORITY_CRITICAL")).task
+        await c.wait_task(t.task_id, timeout_s=20)
+    text = scrape_metrics(coordinator.metrics_port)
+    assert 'task_scheduled_total{priority="critical",type="metered"} 1.0' in text
+    assert 'task_completed_total{status="completed",type="metered"} 1.0' in text
+    for name in ("task_queue_depth{priority=\"low\"}", "task_wait_ms_count", "task_run_ms_count"):
+        assert name in text, name
