@@ -23,6 +23,8 @@ def make_backend(settings: BusSettings) -> Backend:
             instance_id=settings.instance_id,
             producer_tuning=settings.kafka_producer_tuning(),
             fetch_wait_max_ms=settings.kafka_fetch_wait_max_ms,
+            consumer_overrides=settings.kafka_consumer_overrides(),
+            topic_defaults=settings.topic_defaults(),
         )
     from services.bus.memory_backend import MemoryBackend
 

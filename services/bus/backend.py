@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agentmesh.common.v1.common_pb2 import ErrorReason
+from services.bus.topics import TopicSpec
 from services.bus.wire import OutRecord, StoredRecord
 
 TopicPartition = tuple[str, int]
@@ -38,6 +39,18 @@ class DeliveryError(Exception):
 
 class BackendUnavailable(Exception):
     """The backend cannot be reached (Kafka down)."""
+
+
+class TopicRejected(Exception):
+    """The backend refused a topic's settings.
+
+    Attributes:
+        field: the Topic field at fault ("replication_factor", ...).
+    """
+
+    def __init__(self, message: str, *, field: str) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class TopicExists(Exception):
@@ -140,11 +153,15 @@ class Backend(ABC):
         """Partition count of `topic`, None when it does not exist."""
 
     @abstractmethod
-    async def create_topic(self, topic: str, partitions: int) -> None:
-        """Create a topic.
+    async def create_topic(
+        self, topic: str, partitions: int, spec: TopicSpec | None = None
+    ) -> None:
+        """Create a topic; `spec` gives replication and topic configs
+        (the memory backend has no replicas and keeps everything).
 
         Raises:
             TopicExists: it already exists.
+            TopicRejected: the backend refused the spec (which field, why).
             BackendUnavailable: the backend cannot be reached.
         """
 

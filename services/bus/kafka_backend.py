@@ -55,8 +55,10 @@ from services.bus.backend import (
     Tail,
     TopicExists,
     TopicPartition,
+    TopicRejected,
     WriteResult,
 )
+from services.bus.topics import TopicSpec
 from services.bus.wire import OutRecord, StoredRecord
 
 log = logging.getLogger("agentmesh.bus.kafka")
@@ -68,6 +70,15 @@ _UNKNOWN_OUTCOME_CODES = {
     KafkaError.REQUEST_TIMED_OUT,
     KafkaError._TRANSPORT,
     KafkaError.NOT_ENOUGH_REPLICAS_AFTER_APPEND,
+}
+
+
+#: Broker refusals of a CreateTopics request -> the Topic field at fault.
+_REJECTED_FIELD = {
+    KafkaError.INVALID_REPLICATION_FACTOR: "replication_factor",
+    KafkaError.INVALID_PARTITIONS: "partitions",
+    KafkaError.INVALID_CONFIG: "config",
+    KafkaError.POLICY_VIOLATION: "config",
 }
 
 
@@ -165,6 +176,11 @@ class KafkaBackend(Backend):
             batch.num.messages, queue.buffering.max.*) over PRODUCER_TUNING;
             the bus settings (`--kafka-linger-ms`, ...) set them.
         fetch_wait_max_ms: fetch.wait.max.ms of subscription consumers.
+        consumer_overrides: librdkafka consumer properties over the
+            subscription consumers' own (`--kafka-consumer-config`, keys
+            checked by kafka_config).
+        topic_defaults: replication and configs of created topics when
+            create_topic is given none.
     """
 
     name = "kafka"
@@ -179,7 +195,11 @@ class KafkaBackend(Backend):
         security: Mapping[str, str] | None = None,
         producer_tuning: Mapping[str, Any] | None = None,
         fetch_wait_max_ms: int = 100,
+        consumer_overrides: Mapping[str, Any] | None = None,
+        topic_defaults: TopicSpec | None = None,
     ) -> None:
+        self.consumer_overrides = dict(consumer_overrides or {})
+        self.topic_defaults = topic_defaults or TopicSpec()
         self.bootstrap = bootstrap
         self.producer_tuning = {**PRODUCER_TUNING, **(producer_tuning or {})}
         self.fetch_wait_max_ms = fetch_wait_max_ms
@@ -189,7 +209,13 @@ class KafkaBackend(Backend):
         self.session_timeout_ms = session_timeout_ms
         self.instance_id = instance_id
         self._producer: Producer | None = None
-        self._admin = AdminClient({**self.client_config, "socket.timeout.ms": 3000})
+        #: The librdkafka producer configuration in use (set by start()).
+        self.producer_config: dict[str, Any] = {}
+        # allow.auto.create.topics=false: a metadata lookup of an unknown
+        # topic must not make the broker create it with the broker's defaults
+        # (auto.create.topics.enable), so the gateway creates it with its own.
+        self._admin = AdminClient({**self.client_config, "socket.timeout.ms": 3000,
+                                   "allow.auto.create.topics": False})
         self._partitions: dict[str, int] = {}
         self._poll_thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -198,17 +224,15 @@ class KafkaBackend(Backend):
 
     # ---- lifecycle ------------------------------------------------------
     async def start(self) -> None:
-        self._producer = Producer(
-            kafka_producer_config(
-                self.bootstrap,
-                **{
-                    **self.client_config,
-                    "message.timeout.ms": self.delivery_timeout_ms,
-                    **self.producer_tuning,
-                    "error_cb": self._on_error,
-                },
-            )
+        self.producer_config = kafka_producer_config(
+            self.bootstrap,
+            **{
+                **self.client_config,
+                "message.timeout.ms": self.delivery_timeout_ms,
+                **self.producer_tuning,
+            },
         )
+        self._producer = Producer({**self.producer_config, "error_cb": self._on_error})
         self._poll_thread = threading.Thread(target=self._poll, name="bus-producer-poll",
                                              daemon=True)
         self._poll_thread.start()
@@ -279,9 +303,14 @@ class KafkaBackend(Backend):
         self._partitions[topic] = len(t.partitions)
         return len(t.partitions)
 
-    async def create_topic(self, topic: str, partitions: int) -> None:
+    async def create_topic(
+        self, topic: str, partitions: int, spec: TopicSpec | None = None
+    ) -> None:
+        spec = spec or self.topic_defaults
         futs = self._admin.create_topics(
-            [NewTopic(topic, num_partitions=partitions, replication_factor=-1)],
+            [NewTopic(topic, num_partitions=partitions,
+                      replication_factor=spec.replication_factor,
+                      config=spec.topic_config())],
             operation_timeout=10,
             request_timeout=10,
         )
@@ -289,8 +318,12 @@ class KafkaBackend(Backend):
             await asyncio.wrap_future(futs[topic])
         except KafkaException as exc:
             err = exc.args[0] if exc.args else None
-            if isinstance(err, KafkaError) and err.code() == KafkaError.TOPIC_ALREADY_EXISTS:
+            code = err.code() if isinstance(err, KafkaError) else None
+            if code == KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicExists(topic) from exc
+            if code in _REJECTED_FIELD and isinstance(err, KafkaError):
+                raise TopicRejected(f"the broker refused topic {topic}: {err.str()}",
+                                    field=_REJECTED_FIELD[code]) from exc
             raise BackendUnavailable(f"cannot create topic {topic}: {exc}") from exc
         # Wait until metadata shows it, so the producer and consumers see it.
         for _ in range(50):
@@ -346,6 +379,7 @@ class KafkaBackend(Backend):
             "fetch.wait.max.ms": self.fetch_wait_max_ms,
             "topic.metadata.refresh.interval.ms": 5000,
             "socket.keepalive.enable": True,
+            **self.consumer_overrides,
         }
 
     def open_source(

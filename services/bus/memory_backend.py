@@ -26,6 +26,7 @@ from services.bus.backend import (
     TopicPartition,
     WriteResult,
 )
+from services.bus.topics import TopicSpec
 from services.bus.wire import OutRecord, StoredRecord
 
 
@@ -67,7 +68,9 @@ class MemoryBackend(Backend):
     async def partitions(self, topic: str) -> int | None:
         return self.cached_partitions(topic)
 
-    async def create_topic(self, topic: str, partitions: int) -> None:
+    async def create_topic(
+        self, topic: str, partitions: int, spec: TopicSpec | None = None
+    ) -> None:
         if topic in self._topics:
             raise TopicExists(topic)
         self._topics[topic] = [_Partition() for _ in range(partitions)]

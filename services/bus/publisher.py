@@ -145,7 +145,8 @@ class Publisher:
 
     async def _create(self, topic: str) -> int:
         try:
-            await self.backend.create_topic(topic, self.settings.default_partitions)
+            await self.backend.create_topic(topic, self.settings.default_partitions,
+                                            self.settings.topic_defaults())
         except TopicExists:
             pass
         return await self.backend.partitions(topic) or self.settings.default_partitions

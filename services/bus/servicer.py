@@ -31,16 +31,23 @@ from agentmesh.runtime.errors import (
     Unavailable,
 )
 from services.bus import chain, metrics, wire
-from services.bus.backend import Backend, BackendUnavailable, TopicExists
+from services.bus.backend import Backend, BackendUnavailable, TopicExists, TopicRejected
 from services.bus.publisher import Publisher
 from services.bus.replies import DEFAULT_REPLY_TOPIC, ReplyRouter
 from services.bus.settings import BusSettings
 from services.bus.subscription import Subscription, SubscriptionOptions
-from services.bus.topics import TopicMatcher, dlq_topic, pattern_error, topic_error
+from services.bus.topics import TopicMatcher, TopicSpec, dlq_topic, pattern_error, topic_error
 
 #: Consumer group whose committed offsets on "<topic>.dlq" mark what was redriven.
 REDRIVE_GROUP = "_agentmesh.redrive"
 MAX_VERIFY_RECORDS = 100_000
+#: CleanupPolicy -> Kafka cleanup.policy value, and back.
+_CLEANUP_POLICY = {
+    bus_pb2.CLEANUP_POLICY_DELETE: "delete",
+    bus_pb2.CLEANUP_POLICY_COMPACT: "compact",
+    bus_pb2.CLEANUP_POLICY_COMPACT_DELETE: "compact,delete",
+}
+_CLEANUP_ENUM = {v: k for k, v in _CLEANUP_POLICY.items()}
 _GROUP_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
 
 
@@ -477,19 +484,52 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         err = topic_error(request.topic.name)
         if err:
             bad.append(("topic.name", err))
-        if not 0 <= request.topic.partitions <= 1000:
+        t = request.topic
+        if not 0 <= t.partitions <= 1000:
             bad.append(("topic.partitions", "must be in 0..1000"))
+        if not 0 <= t.replication_factor <= 32_767:
+            bad.append(("topic.replication_factor", "must be in 0..32767 (0 = default)"))
+        if not 0 <= t.min_insync_replicas <= 32_767:
+            bad.append(("topic.min_insync_replicas", "must be in 0..32767 (0 = default)"))
+        if t.HasField("retention") and t.retention.ToMilliseconds() <= 0:
+            bad.append(("topic.retention", "must be at least 1 ms"))
         if bad:
             raise InvalidArgument("invalid topic", field_violations=bad)
-        parts = request.topic.partitions or self.settings.default_partitions
+        parts = t.partitions or self.settings.default_partitions
+        spec = self._topic_spec(t)
         try:
-            await self.backend.create_topic(request.topic.name, parts)
+            await self.backend.create_topic(t.name, parts, spec)
         except TopicExists:
-            raise AlreadyExists(f"topic {request.topic.name} already exists") from None
+            raise AlreadyExists(f"topic {t.name} already exists") from None
+        except TopicRejected as exc:
+            raise InvalidArgument(str(exc), field_violations={
+                f"topic.{exc.field}": str(exc)}) from None
         except BackendUnavailable as exc:
             raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
-        return bus_pb2.CreateTopicResponse(
-            topic=bus_pb2.Topic(name=request.topic.name, partitions=parts)
+        out = bus_pb2.Topic(name=t.name, partitions=parts,
+                            replication_factor=max(spec.replication_factor, 0),
+                            min_insync_replicas=spec.min_insync_replicas,
+                            cleanup_policy=_CLEANUP_ENUM.get(
+                                spec.cleanup_policy, bus_pb2.CLEANUP_POLICY_UNSPECIFIED))
+        if spec.retention_ms == -1:
+            out.infinite_retention = True
+        elif spec.retention_ms > 0:
+            out.retention.FromMilliseconds(spec.retention_ms)
+        return bus_pb2.CreateTopicResponse(topic=out)
+
+    def _topic_spec(self, t: bus_pb2.Topic) -> TopicSpec:
+        """The request's topic settings over the gateway's defaults."""
+        d = self.settings.topic_defaults()
+        retention_ms = d.retention_ms
+        if t.infinite_retention:
+            retention_ms = -1
+        elif t.HasField("retention"):
+            retention_ms = t.retention.ToMilliseconds()
+        return TopicSpec(
+            replication_factor=t.replication_factor or d.replication_factor,
+            min_insync_replicas=t.min_insync_replicas or d.min_insync_replicas,
+            retention_ms=retention_ms,
+            cleanup_policy=_CLEANUP_POLICY.get(t.cleanup_policy) or d.cleanup_policy,
         )
 
     async def ListTopics(

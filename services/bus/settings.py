@@ -14,6 +14,14 @@ from typing import Any
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import kafka_security_config
 from agentmesh.runtime.settings import Settings, setting
+from services.bus.kafka_config import (
+    CLEANUP_POLICIES,
+    COMPRESSION_TYPES,
+    CONSUMER_ALLOWED,
+    PRODUCER_ALLOWED,
+    parse_pairs,
+)
+from services.bus.topics import TopicSpec
 
 #: Values of --backend; empty picks kafka when --kafka-bootstrap is set.
 BACKENDS = ("", "memory", "kafka")
@@ -44,6 +52,20 @@ class BusSettings(Settings):
         kafka_queue_buffering_max_kbytes: librdkafka queue.buffering.max.kbytes.
         kafka_fetch_wait_max_ms: librdkafka fetch.wait.max.ms of subscription
             consumers: the broker's longest wait for data before answering a fetch.
+        kafka_compression_type: librdkafka compression.type of the producer
+            (none, gzip, snappy, lz4, zstd).
+        kafka_batch_size: librdkafka batch.size, the most bytes per produce batch.
+        kafka_producer_config / kafka_consumer_config: librdkafka pass-through
+            `key=value,...`, keys checked against kafka_config's allow lists
+            (guarantee-breaking keys such as acks are refused).
+        kafka_topic_replication_factor: replication factor of topics the
+            gateway creates; -1 means the broker's default.
+        kafka_topic_min_insync_replicas: min.insync.replicas of created
+            topics; 0 means the broker's default.
+        kafka_topic_retention_ms: retention.ms of created topics; 0 means the
+            broker's default, -1 keeps records forever.
+        kafka_topic_cleanup_policy: cleanup.policy of created topics; "" means
+            the broker's default.
         kafka_bootstrap: bootstrap servers (from ServerConfig); empty on the memory backend.
         kafka_security: librdkafka security settings (SASL, TLS) for every Kafka client.
     """
@@ -111,8 +133,57 @@ class BusSettings(Settings):
         minimum=0,
         maximum=300_000,
     )
+    kafka_compression_type: str = setting(
+        "none", help="librdkafka compression.type of the producer", choices=COMPRESSION_TYPES
+    )
+    kafka_batch_size: int = setting(
+        1_000_000,
+        help="librdkafka batch.size: most bytes per produce batch",
+        unit="bytes",
+        minimum=1,
+        maximum=2_147_483_647,
+    )
+    kafka_producer_config: str = setting(
+        "",
+        help="librdkafka producer pass-through key=value,...; guarantee-breaking keys "
+        "(acks, enable.idempotence, ...) are refused",
+    )
+    kafka_consumer_config: str = setting(
+        "",
+        help="librdkafka consumer pass-through key=value,...; keys that break "
+        "ack-before-commit (enable.auto.commit, ...) are refused",
+    )
+    kafka_topic_replication_factor: int = setting(
+        -1, help="replication factor of created topics; -1 = broker default",
+        minimum=-1, maximum=32_767,
+    )
+    kafka_topic_min_insync_replicas: int = setting(
+        0, help="min.insync.replicas of created topics; 0 = broker default",
+        minimum=0, maximum=32_767,
+    )
+    kafka_topic_retention_ms: int = setting(
+        0, help="retention.ms of created topics; 0 = broker default, -1 = forever",
+        unit="ms", minimum=-1,
+    )
+    kafka_topic_cleanup_policy: str = setting(
+        "", help="cleanup.policy of created topics; empty = broker default",
+        choices=CLEANUP_POLICIES,
+    )
     kafka_bootstrap: str = ""
     kafka_security: dict[str, str] = field(default_factory=dict)
+
+    def problems(self) -> list[str]:
+        """Range checks, plus the pass-through keys (kafka_config.parse_pairs)."""
+        out = super().problems()
+        for raw, flag, allowed in (
+            (self.kafka_producer_config, "--kafka-producer-config", PRODUCER_ALLOWED),
+            (self.kafka_consumer_config, "--kafka-consumer-config", CONSUMER_ALLOWED),
+        ):
+            try:
+                parse_pairs(raw, flag=flag, allowed=allowed)
+            except ValueError as exc:
+                out.append(str(exc))
+        return out
 
     @classmethod
     def from_config(cls, config: ServerConfig) -> BusSettings:
@@ -143,7 +214,25 @@ class BusSettings(Settings):
             "batch.num.messages": self.kafka_batch_num_messages,
             "queue.buffering.max.messages": self.kafka_queue_buffering_max_messages,
             "queue.buffering.max.kbytes": self.kafka_queue_buffering_max_kbytes,
+            "compression.type": self.kafka_compression_type,
+            "batch.size": self.kafka_batch_size,
+            **parse_pairs(self.kafka_producer_config, flag="--kafka-producer-config",
+                          allowed=PRODUCER_ALLOWED),
         }
+
+    def kafka_consumer_overrides(self) -> dict[str, str]:
+        """The --kafka-consumer-config pass-through, checked."""
+        return parse_pairs(self.kafka_consumer_config, flag="--kafka-consumer-config",
+                           allowed=CONSUMER_ALLOWED)
+
+    def topic_defaults(self) -> TopicSpec:
+        """Replication and topic configs of topics the gateway creates."""
+        return TopicSpec(
+            replication_factor=self.kafka_topic_replication_factor,
+            min_insync_replicas=self.kafka_topic_min_insync_replicas,
+            retention_ms=self.kafka_topic_retention_ms,
+            cleanup_policy=self.kafka_topic_cleanup_policy,
+        )
 
 #: The settings class of this daemon (scripts/gen_settings_schema.py, tests/deploy).
 SETTINGS = BusSettings

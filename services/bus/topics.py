@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 MAX_TOPIC_CHARS = 200
 DLQ_SUFFIX = ".dlq"
@@ -91,3 +92,31 @@ def _to_regex(pattern: str) -> re.Pattern[str]:
     explicit_dlq = levels[-1] == "dlq"
     tail = "" if explicit_dlq else "(?<!\\.dlq)(?<!^dlq)"
     return re.compile(f"^{rx}$" if explicit_dlq else f"^{rx}{tail}$")
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    """How a new topic is created, beyond its partition count.
+
+    Attributes:
+        replication_factor: -1 means the broker's default.
+        min_insync_replicas: 0 means the broker's default.
+        retention_ms: 0 means the broker's default; -1 keeps records forever.
+        cleanup_policy: "delete", "compact", "compact,delete"; "" means the broker's default.
+    """
+
+    replication_factor: int = -1
+    min_insync_replicas: int = 0
+    retention_ms: int = 0
+    cleanup_policy: str = ""
+
+    def topic_config(self) -> dict[str, str]:
+        """The Kafka topic configs these set (NewTopic config)."""
+        out: dict[str, str] = {}
+        if self.min_insync_replicas:
+            out["min.insync.replicas"] = str(self.min_insync_replicas)
+        if self.retention_ms:
+            out["retention.ms"] = str(self.retention_ms)
+        if self.cleanup_policy:
+            out["cleanup.policy"] = self.cleanup_policy
+        return out

@@ -48,6 +48,34 @@ START_POSITION_LATEST: StartPosition.ValueType  # 2
 """Only records written after the subscription starts."""
 Global___StartPosition: _TypeAlias = StartPosition  # noqa: Y015
 
+class _CleanupPolicy:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CleanupPolicyEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_CleanupPolicy.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CLEANUP_POLICY_UNSPECIFIED: _CleanupPolicy.ValueType  # 0
+    """Not set: the gateway's default (--kafka-topic-cleanup-policy), else the broker's."""
+    CLEANUP_POLICY_DELETE: _CleanupPolicy.ValueType  # 1
+    """Old segments are deleted past the retention."""
+    CLEANUP_POLICY_COMPACT: _CleanupPolicy.ValueType  # 2
+    """The log is compacted: the last record per key is kept."""
+    CLEANUP_POLICY_COMPACT_DELETE: _CleanupPolicy.ValueType  # 3
+    """Compacted, and old segments deleted past the retention."""
+
+class CleanupPolicy(_CleanupPolicy, metaclass=_CleanupPolicyEnumTypeWrapper):
+    """CleanupPolicy is a Kafka topic's cleanup.policy."""
+
+CLEANUP_POLICY_UNSPECIFIED: CleanupPolicy.ValueType  # 0
+"""Not set: the gateway's default (--kafka-topic-cleanup-policy), else the broker's."""
+CLEANUP_POLICY_DELETE: CleanupPolicy.ValueType  # 1
+"""Old segments are deleted past the retention."""
+CLEANUP_POLICY_COMPACT: CleanupPolicy.ValueType  # 2
+"""The log is compacted: the last record per key is kept."""
+CLEANUP_POLICY_COMPACT_DELETE: CleanupPolicy.ValueType  # 3
+"""Compacted, and old segments deleted past the retention."""
+Global___CleanupPolicy: _TypeAlias = CleanupPolicy  # noqa: Y015
+
 class _ChainBreakReason:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -1020,19 +1048,47 @@ class Topic(_message.Message):
 
     NAME_FIELD_NUMBER: _builtins.int
     PARTITIONS_FIELD_NUMBER: _builtins.int
+    REPLICATION_FACTOR_FIELD_NUMBER: _builtins.int
+    MIN_INSYNC_REPLICAS_FIELD_NUMBER: _builtins.int
+    RETENTION_FIELD_NUMBER: _builtins.int
+    INFINITE_RETENTION_FIELD_NUMBER: _builtins.int
+    CLEANUP_POLICY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """The topic name."""
     partitions: _builtins.int
     """Number of partitions; 0 on create means the gateway default."""
+    replication_factor: _builtins.int
+    """Replicas of each partition; 0 on create means the gateway default
+    (--kafka-topic-replication-factor, itself by default the broker's).
+    Set by CreateTopic only; ListTopics leaves it 0. Ignored by the memory
+    backend, like the other settings below.
+    """
+    min_insync_replicas: _builtins.int
+    """The topic's min.insync.replicas: with acks=all, a write is confirmed once
+    this many replicas have it; 0 on create means the gateway default.
+    """
+    infinite_retention: _builtins.bool
+    """Keep records forever (retention.ms = -1); overrides `retention`."""
+    cleanup_policy: Global___CleanupPolicy.ValueType
+    """The topic's cleanup.policy; UNSPECIFIED on create means the gateway default."""
+    @_builtins.property
+    def retention(self) -> _duration_pb2.Duration:
+        """The topic's retention.ms; unset on create means the gateway default."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         partitions: _builtins.int = ...,
+        replication_factor: _builtins.int = ...,
+        min_insync_replicas: _builtins.int = ...,
+        retention: _duration_pb2.Duration | None = ...,
+        infinite_retention: _builtins.bool = ...,
+        cleanup_policy: Global___CleanupPolicy.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["retention", b"retention"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["name", b"name", "partitions", b"partitions"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cleanup_policy", b"cleanup_policy", "infinite_retention", b"infinite_retention", "min_insync_replicas", b"min_insync_replicas", "name", b"name", "partitions", b"partitions", "replication_factor", b"replication_factor", "retention", b"retention"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -317,9 +317,12 @@ class BusServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def CreateTopic(self, request, context):
-        """CreateTopic creates a topic with a partition count.
-        Errors: INVALID_ARGUMENT (bad name, partitions out of range),
-        ALREADY_EXISTS, UNAVAILABLE.
+        """CreateTopic creates a topic with a partition count, replication factor,
+        min.insync.replicas, retention and cleanup policy (each unset one takes
+        the gateway's default, and those the broker's).
+        Errors: INVALID_ARGUMENT (bad name, partitions out of range, a negative
+        setting, or one the broker refuses such as a replication factor above its
+        broker count; BadRequest names the field), ALREADY_EXISTS, UNAVAILABLE.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

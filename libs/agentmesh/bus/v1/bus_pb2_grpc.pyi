@@ -173,9 +173,12 @@ class BusServiceStub:
     moves past the ones confirmed).
     """
     CreateTopic: _grpc.UnaryUnaryMultiCallable[_bus_pb2.CreateTopicRequest, _bus_pb2.CreateTopicResponse]
-    """CreateTopic creates a topic with a partition count.
-    Errors: INVALID_ARGUMENT (bad name, partitions out of range),
-    ALREADY_EXISTS, UNAVAILABLE.
+    """CreateTopic creates a topic with a partition count, replication factor,
+    min.insync.replicas, retention and cleanup policy (each unset one takes
+    the gateway's default, and those the broker's).
+    Errors: INVALID_ARGUMENT (bad name, partitions out of range, a negative
+    setting, or one the broker refuses such as a replication factor above its
+    broker count; BadRequest names the field), ALREADY_EXISTS, UNAVAILABLE.
     """
     ListTopics: _grpc.UnaryUnaryMultiCallable[_bus_pb2.ListTopicsRequest, _bus_pb2.ListTopicsResponse]
     """ListTopics lists topics by name, optionally filtered by a pattern.
@@ -334,9 +337,12 @@ class BusServiceAsyncStub(BusServiceStub):
     moves past the ones confirmed).
     """
     CreateTopic: _aio.UnaryUnaryMultiCallable[_bus_pb2.CreateTopicRequest, _bus_pb2.CreateTopicResponse]  # type: ignore[assignment]
-    """CreateTopic creates a topic with a partition count.
-    Errors: INVALID_ARGUMENT (bad name, partitions out of range),
-    ALREADY_EXISTS, UNAVAILABLE.
+    """CreateTopic creates a topic with a partition count, replication factor,
+    min.insync.replicas, retention and cleanup policy (each unset one takes
+    the gateway's default, and those the broker's).
+    Errors: INVALID_ARGUMENT (bad name, partitions out of range, a negative
+    setting, or one the broker refuses such as a replication factor above its
+    broker count; BadRequest names the field), ALREADY_EXISTS, UNAVAILABLE.
     """
     ListTopics: _aio.UnaryUnaryMultiCallable[_bus_pb2.ListTopicsRequest, _bus_pb2.ListTopicsResponse]  # type: ignore[assignment]
     """ListTopics lists topics by name, optionally filtered by a pattern.
@@ -540,9 +546,12 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _bus_pb2.CreateTopicRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_bus_pb2.CreateTopicResponse, _abc.Awaitable[_bus_pb2.CreateTopicResponse]]:
-        """CreateTopic creates a topic with a partition count.
-        Errors: INVALID_ARGUMENT (bad name, partitions out of range),
-        ALREADY_EXISTS, UNAVAILABLE.
+        """CreateTopic creates a topic with a partition count, replication factor,
+        min.insync.replicas, retention and cleanup policy (each unset one takes
+        the gateway's default, and those the broker's).
+        Errors: INVALID_ARGUMENT (bad name, partitions out of range, a negative
+        setting, or one the broker refuses such as a replication factor above its
+        broker count; BadRequest names the field), ALREADY_EXISTS, UNAVAILABLE.
         """
 
     @_abc_1.abstractmethod

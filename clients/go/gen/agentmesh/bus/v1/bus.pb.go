@@ -78,6 +78,63 @@ func (StartPosition) EnumDescriptor() ([]byte, []int) {
 	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{0}
 }
 
+// CleanupPolicy is a Kafka topic's cleanup.policy.
+type CleanupPolicy int32
+
+const (
+	// Not set: the gateway's default (--kafka-topic-cleanup-policy), else the broker's.
+	CleanupPolicy_CLEANUP_POLICY_UNSPECIFIED CleanupPolicy = 0
+	// Old segments are deleted past the retention.
+	CleanupPolicy_CLEANUP_POLICY_DELETE CleanupPolicy = 1
+	// The log is compacted: the last record per key is kept.
+	CleanupPolicy_CLEANUP_POLICY_COMPACT CleanupPolicy = 2
+	// Compacted, and old segments deleted past the retention.
+	CleanupPolicy_CLEANUP_POLICY_COMPACT_DELETE CleanupPolicy = 3
+)
+
+// Enum value maps for CleanupPolicy.
+var (
+	CleanupPolicy_name = map[int32]string{
+		0: "CLEANUP_POLICY_UNSPECIFIED",
+		1: "CLEANUP_POLICY_DELETE",
+		2: "CLEANUP_POLICY_COMPACT",
+		3: "CLEANUP_POLICY_COMPACT_DELETE",
+	}
+	CleanupPolicy_value = map[string]int32{
+		"CLEANUP_POLICY_UNSPECIFIED":    0,
+		"CLEANUP_POLICY_DELETE":         1,
+		"CLEANUP_POLICY_COMPACT":        2,
+		"CLEANUP_POLICY_COMPACT_DELETE": 3,
+	}
+)
+
+func (x CleanupPolicy) Enum() *CleanupPolicy {
+	p := new(CleanupPolicy)
+	*p = x
+	return p
+}
+
+func (x CleanupPolicy) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (CleanupPolicy) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentmesh_bus_v1_bus_proto_enumTypes[1].Descriptor()
+}
+
+func (CleanupPolicy) Type() protoreflect.EnumType {
+	return &file_agentmesh_bus_v1_bus_proto_enumTypes[1]
+}
+
+func (x CleanupPolicy) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use CleanupPolicy.Descriptor instead.
+func (CleanupPolicy) EnumDescriptor() ([]byte, []int) {
+	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{1}
+}
+
 // Why a link is broken.
 type ChainBreakReason int32
 
@@ -124,11 +181,11 @@ func (x ChainBreakReason) String() string {
 }
 
 func (ChainBreakReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentmesh_bus_v1_bus_proto_enumTypes[1].Descriptor()
+	return file_agentmesh_bus_v1_bus_proto_enumTypes[2].Descriptor()
 }
 
 func (ChainBreakReason) Type() protoreflect.EnumType {
-	return &file_agentmesh_bus_v1_bus_proto_enumTypes[1]
+	return &file_agentmesh_bus_v1_bus_proto_enumTypes[2]
 }
 
 func (x ChainBreakReason) Number() protoreflect.EnumNumber {
@@ -137,7 +194,7 @@ func (x ChainBreakReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ChainBreakReason.Descriptor instead.
 func (ChainBreakReason) EnumDescriptor() ([]byte, []int) {
-	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{1}
+	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{2}
 }
 
 // Envelope is one message on the bus; its serialized form is the Kafka record
@@ -1899,7 +1956,21 @@ type Topic struct {
 	// The topic name.
 	Name string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
 	// Number of partitions; 0 on create means the gateway default.
-	Partitions    int32 `protobuf:"varint,2,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	Partitions int32 `protobuf:"varint,2,opt,name=partitions,proto3" json:"partitions,omitempty"`
+	// Replicas of each partition; 0 on create means the gateway default
+	// (--kafka-topic-replication-factor, itself by default the broker's).
+	// Set by CreateTopic only; ListTopics leaves it 0. Ignored by the memory
+	// backend, like the other settings below.
+	ReplicationFactor int32 `protobuf:"varint,3,opt,name=replication_factor,json=replicationFactor,proto3" json:"replication_factor,omitempty"`
+	// The topic's min.insync.replicas: with acks=all, a write is confirmed once
+	// this many replicas have it; 0 on create means the gateway default.
+	MinInsyncReplicas int32 `protobuf:"varint,4,opt,name=min_insync_replicas,json=minInsyncReplicas,proto3" json:"min_insync_replicas,omitempty"`
+	// The topic's retention.ms; unset on create means the gateway default.
+	Retention *durationpb.Duration `protobuf:"bytes,5,opt,name=retention,proto3" json:"retention,omitempty"`
+	// Keep records forever (retention.ms = -1); overrides `retention`.
+	InfiniteRetention bool `protobuf:"varint,6,opt,name=infinite_retention,json=infiniteRetention,proto3" json:"infinite_retention,omitempty"`
+	// The topic's cleanup.policy; UNSPECIFIED on create means the gateway default.
+	CleanupPolicy CleanupPolicy `protobuf:"varint,7,opt,name=cleanup_policy,json=cleanupPolicy,proto3,enum=agentmesh.bus.v1.CleanupPolicy" json:"cleanup_policy,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1946,6 +2017,41 @@ func (x *Topic) GetPartitions() int32 {
 		return x.Partitions
 	}
 	return 0
+}
+
+func (x *Topic) GetReplicationFactor() int32 {
+	if x != nil {
+		return x.ReplicationFactor
+	}
+	return 0
+}
+
+func (x *Topic) GetMinInsyncReplicas() int32 {
+	if x != nil {
+		return x.MinInsyncReplicas
+	}
+	return 0
+}
+
+func (x *Topic) GetRetention() *durationpb.Duration {
+	if x != nil {
+		return x.Retention
+	}
+	return nil
+}
+
+func (x *Topic) GetInfiniteRetention() bool {
+	if x != nil {
+		return x.InfiniteRetention
+	}
+	return false
+}
+
+func (x *Topic) GetCleanupPolicy() CleanupPolicy {
+	if x != nil {
+		return x.CleanupPolicy
+	}
+	return CleanupPolicy_CLEANUP_POLICY_UNSPECIFIED
 }
 
 // CreateTopicRequest creates a topic.
@@ -2542,12 +2648,17 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"\fmax_messages\x18\x02 \x01(\x05R\vmaxMessages\"\x83\x01\n" +
 	"\x1aRedriveDeadLettersResponse\x12%\n" +
 	"\x0eredriven_count\x18\x01 \x01(\x05R\rredrivenCount\x12>\n" +
-	"\tpositions\x18\x02 \x03(\v2 .agentmesh.bus.v1.RecordPositionR\tpositions\";\n" +
+	"\tpositions\x18\x02 \x03(\v2 .agentmesh.bus.v1.RecordPositionR\tpositions\"\xca\x02\n" +
 	"\x05Topic\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1e\n" +
 	"\n" +
 	"partitions\x18\x02 \x01(\x05R\n" +
-	"partitions\"C\n" +
+	"partitions\x12-\n" +
+	"\x12replication_factor\x18\x03 \x01(\x05R\x11replicationFactor\x12.\n" +
+	"\x13min_insync_replicas\x18\x04 \x01(\x05R\x11minInsyncReplicas\x127\n" +
+	"\tretention\x18\x05 \x01(\v2\x19.google.protobuf.DurationR\tretention\x12-\n" +
+	"\x12infinite_retention\x18\x06 \x01(\bR\x11infiniteRetention\x12F\n" +
+	"\x0ecleanup_policy\x18\a \x01(\x0e2\x1f.agentmesh.bus.v1.CleanupPolicyR\rcleanupPolicy\"C\n" +
 	"\x12CreateTopicRequest\x12-\n" +
 	"\x05topic\x18\x01 \x01(\v2\x17.agentmesh.bus.v1.TopicR\x05topic\"D\n" +
 	"\x13CreateTopicResponse\x12-\n" +
@@ -2586,7 +2697,12 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"\rStartPosition\x12\x1e\n" +
 	"\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17START_POSITION_EARLIEST\x10\x01\x12\x19\n" +
-	"\x15START_POSITION_LATEST\x10\x02*\xd2\x01\n" +
+	"\x15START_POSITION_LATEST\x10\x02*\x89\x01\n" +
+	"\rCleanupPolicy\x12\x1e\n" +
+	"\x1aCLEANUP_POLICY_UNSPECIFIED\x10\x00\x12\x19\n" +
+	"\x15CLEANUP_POLICY_DELETE\x10\x01\x12\x1a\n" +
+	"\x16CLEANUP_POLICY_COMPACT\x10\x02\x12!\n" +
+	"\x1dCLEANUP_POLICY_COMPACT_DELETE\x10\x03*\xd2\x01\n" +
 	"\x10ChainBreakReason\x12\"\n" +
 	"\x1eCHAIN_BREAK_REASON_UNSPECIFIED\x10\x00\x12$\n" +
 	" CHAIN_BREAK_REASON_HASH_MISMATCH\x10\x01\x12-\n" +
@@ -2621,121 +2737,124 @@ func file_agentmesh_bus_v1_bus_proto_rawDescGZIP() []byte {
 	return file_agentmesh_bus_v1_bus_proto_rawDescData
 }
 
-var file_agentmesh_bus_v1_bus_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
+var file_agentmesh_bus_v1_bus_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
 var file_agentmesh_bus_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_agentmesh_bus_v1_bus_proto_goTypes = []any{
 	(StartPosition)(0),                 // 0: agentmesh.bus.v1.StartPosition
-	(ChainBreakReason)(0),              // 1: agentmesh.bus.v1.ChainBreakReason
-	(*Envelope)(nil),                   // 2: agentmesh.bus.v1.Envelope
-	(*RecordPosition)(nil),             // 3: agentmesh.bus.v1.RecordPosition
-	(*PublishRequest)(nil),             // 4: agentmesh.bus.v1.PublishRequest
-	(*PublishResponse)(nil),            // 5: agentmesh.bus.v1.PublishResponse
-	(*PublishStreamRequest)(nil),       // 6: agentmesh.bus.v1.PublishStreamRequest
-	(*DeliveryReport)(nil),             // 7: agentmesh.bus.v1.DeliveryReport
-	(*ReportStatus)(nil),               // 8: agentmesh.bus.v1.ReportStatus
-	(*PublishStreamResponse)(nil),      // 9: agentmesh.bus.v1.PublishStreamResponse
-	(*SubscriptionOpen)(nil),           // 10: agentmesh.bus.v1.SubscriptionOpen
-	(*Ack)(nil),                        // 11: agentmesh.bus.v1.Ack
-	(*Nack)(nil),                       // 12: agentmesh.bus.v1.Nack
-	(*SubscribeRequest)(nil),           // 13: agentmesh.bus.v1.SubscribeRequest
-	(*SubscriptionStarted)(nil),        // 14: agentmesh.bus.v1.SubscriptionStarted
-	(*ReceivedMessage)(nil),            // 15: agentmesh.bus.v1.ReceivedMessage
-	(*SubscribeResponse)(nil),          // 16: agentmesh.bus.v1.SubscribeResponse
-	(*MessageBatch)(nil),               // 17: agentmesh.bus.v1.MessageBatch
-	(*RequestRequest)(nil),             // 18: agentmesh.bus.v1.RequestRequest
-	(*RequestResponse)(nil),            // 19: agentmesh.bus.v1.RequestResponse
-	(*ScatterGatherRequest)(nil),       // 20: agentmesh.bus.v1.ScatterGatherRequest
-	(*ScatterGatherResponse)(nil),      // 21: agentmesh.bus.v1.ScatterGatherResponse
-	(*DeadLetter)(nil),                 // 22: agentmesh.bus.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),     // 23: agentmesh.bus.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 24: agentmesh.bus.v1.ListDeadLettersResponse
-	(*RedriveDeadLettersRequest)(nil),  // 25: agentmesh.bus.v1.RedriveDeadLettersRequest
-	(*RedriveDeadLettersResponse)(nil), // 26: agentmesh.bus.v1.RedriveDeadLettersResponse
-	(*Topic)(nil),                      // 27: agentmesh.bus.v1.Topic
-	(*CreateTopicRequest)(nil),         // 28: agentmesh.bus.v1.CreateTopicRequest
-	(*CreateTopicResponse)(nil),        // 29: agentmesh.bus.v1.CreateTopicResponse
-	(*ListTopicsRequest)(nil),          // 30: agentmesh.bus.v1.ListTopicsRequest
-	(*ListTopicsResponse)(nil),         // 31: agentmesh.bus.v1.ListTopicsResponse
-	(*VerifyChainRequest)(nil),         // 32: agentmesh.bus.v1.VerifyChainRequest
-	(*ChainBreak)(nil),                 // 33: agentmesh.bus.v1.ChainBreak
-	(*VerifyChainResponse)(nil),        // 34: agentmesh.bus.v1.VerifyChainResponse
-	nil,                                // 35: agentmesh.bus.v1.Envelope.HeadersEntry
-	(*v1.Payload)(nil),                 // 36: agentmesh.common.v1.Payload
-	(v1.Priority)(0),                   // 37: agentmesh.common.v1.Priority
-	(*v1.Provenance)(nil),              // 38: agentmesh.common.v1.Provenance
-	(*timestamppb.Timestamp)(nil),      // 39: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 40: google.protobuf.Duration
+	(CleanupPolicy)(0),                 // 1: agentmesh.bus.v1.CleanupPolicy
+	(ChainBreakReason)(0),              // 2: agentmesh.bus.v1.ChainBreakReason
+	(*Envelope)(nil),                   // 3: agentmesh.bus.v1.Envelope
+	(*RecordPosition)(nil),             // 4: agentmesh.bus.v1.RecordPosition
+	(*PublishRequest)(nil),             // 5: agentmesh.bus.v1.PublishRequest
+	(*PublishResponse)(nil),            // 6: agentmesh.bus.v1.PublishResponse
+	(*PublishStreamRequest)(nil),       // 7: agentmesh.bus.v1.PublishStreamRequest
+	(*DeliveryReport)(nil),             // 8: agentmesh.bus.v1.DeliveryReport
+	(*ReportStatus)(nil),               // 9: agentmesh.bus.v1.ReportStatus
+	(*PublishStreamResponse)(nil),      // 10: agentmesh.bus.v1.PublishStreamResponse
+	(*SubscriptionOpen)(nil),           // 11: agentmesh.bus.v1.SubscriptionOpen
+	(*Ack)(nil),                        // 12: agentmesh.bus.v1.Ack
+	(*Nack)(nil),                       // 13: agentmesh.bus.v1.Nack
+	(*SubscribeRequest)(nil),           // 14: agentmesh.bus.v1.SubscribeRequest
+	(*SubscriptionStarted)(nil),        // 15: agentmesh.bus.v1.SubscriptionStarted
+	(*ReceivedMessage)(nil),            // 16: agentmesh.bus.v1.ReceivedMessage
+	(*SubscribeResponse)(nil),          // 17: agentmesh.bus.v1.SubscribeResponse
+	(*MessageBatch)(nil),               // 18: agentmesh.bus.v1.MessageBatch
+	(*RequestRequest)(nil),             // 19: agentmesh.bus.v1.RequestRequest
+	(*RequestResponse)(nil),            // 20: agentmesh.bus.v1.RequestResponse
+	(*ScatterGatherRequest)(nil),       // 21: agentmesh.bus.v1.ScatterGatherRequest
+	(*ScatterGatherResponse)(nil),      // 22: agentmesh.bus.v1.ScatterGatherResponse
+	(*DeadLetter)(nil),                 // 23: agentmesh.bus.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),     // 24: agentmesh.bus.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 25: agentmesh.bus.v1.ListDeadLettersResponse
+	(*RedriveDeadLettersRequest)(nil),  // 26: agentmesh.bus.v1.RedriveDeadLettersRequest
+	(*RedriveDeadLettersResponse)(nil), // 27: agentmesh.bus.v1.RedriveDeadLettersResponse
+	(*Topic)(nil),                      // 28: agentmesh.bus.v1.Topic
+	(*CreateTopicRequest)(nil),         // 29: agentmesh.bus.v1.CreateTopicRequest
+	(*CreateTopicResponse)(nil),        // 30: agentmesh.bus.v1.CreateTopicResponse
+	(*ListTopicsRequest)(nil),          // 31: agentmesh.bus.v1.ListTopicsRequest
+	(*ListTopicsResponse)(nil),         // 32: agentmesh.bus.v1.ListTopicsResponse
+	(*VerifyChainRequest)(nil),         // 33: agentmesh.bus.v1.VerifyChainRequest
+	(*ChainBreak)(nil),                 // 34: agentmesh.bus.v1.ChainBreak
+	(*VerifyChainResponse)(nil),        // 35: agentmesh.bus.v1.VerifyChainResponse
+	nil,                                // 36: agentmesh.bus.v1.Envelope.HeadersEntry
+	(*v1.Payload)(nil),                 // 37: agentmesh.common.v1.Payload
+	(v1.Priority)(0),                   // 38: agentmesh.common.v1.Priority
+	(*v1.Provenance)(nil),              // 39: agentmesh.common.v1.Provenance
+	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
 }
 var file_agentmesh_bus_v1_bus_proto_depIdxs = []int32{
-	36, // 0: agentmesh.bus.v1.Envelope.payload:type_name -> agentmesh.common.v1.Payload
-	37, // 1: agentmesh.bus.v1.Envelope.priority:type_name -> agentmesh.common.v1.Priority
-	35, // 2: agentmesh.bus.v1.Envelope.headers:type_name -> agentmesh.bus.v1.Envelope.HeadersEntry
-	38, // 3: agentmesh.bus.v1.Envelope.provenance:type_name -> agentmesh.common.v1.Provenance
-	39, // 4: agentmesh.bus.v1.Envelope.create_time:type_name -> google.protobuf.Timestamp
-	39, // 5: agentmesh.bus.v1.Envelope.publish_time:type_name -> google.protobuf.Timestamp
-	2,  // 6: agentmesh.bus.v1.PublishRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	3,  // 7: agentmesh.bus.v1.PublishResponse.position:type_name -> agentmesh.bus.v1.RecordPosition
-	38, // 8: agentmesh.bus.v1.PublishResponse.provenance:type_name -> agentmesh.common.v1.Provenance
-	2,  // 9: agentmesh.bus.v1.PublishStreamRequest.messages:type_name -> agentmesh.bus.v1.Envelope
-	8,  // 10: agentmesh.bus.v1.DeliveryReport.status:type_name -> agentmesh.bus.v1.ReportStatus
-	3,  // 11: agentmesh.bus.v1.DeliveryReport.position:type_name -> agentmesh.bus.v1.RecordPosition
-	7,  // 12: agentmesh.bus.v1.PublishStreamResponse.reports:type_name -> agentmesh.bus.v1.DeliveryReport
-	40, // 13: agentmesh.bus.v1.SubscriptionOpen.ack_deadline:type_name -> google.protobuf.Duration
+	37, // 0: agentmesh.bus.v1.Envelope.payload:type_name -> agentmesh.common.v1.Payload
+	38, // 1: agentmesh.bus.v1.Envelope.priority:type_name -> agentmesh.common.v1.Priority
+	36, // 2: agentmesh.bus.v1.Envelope.headers:type_name -> agentmesh.bus.v1.Envelope.HeadersEntry
+	39, // 3: agentmesh.bus.v1.Envelope.provenance:type_name -> agentmesh.common.v1.Provenance
+	40, // 4: agentmesh.bus.v1.Envelope.create_time:type_name -> google.protobuf.Timestamp
+	40, // 5: agentmesh.bus.v1.Envelope.publish_time:type_name -> google.protobuf.Timestamp
+	3,  // 6: agentmesh.bus.v1.PublishRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	4,  // 7: agentmesh.bus.v1.PublishResponse.position:type_name -> agentmesh.bus.v1.RecordPosition
+	39, // 8: agentmesh.bus.v1.PublishResponse.provenance:type_name -> agentmesh.common.v1.Provenance
+	3,  // 9: agentmesh.bus.v1.PublishStreamRequest.messages:type_name -> agentmesh.bus.v1.Envelope
+	9,  // 10: agentmesh.bus.v1.DeliveryReport.status:type_name -> agentmesh.bus.v1.ReportStatus
+	4,  // 11: agentmesh.bus.v1.DeliveryReport.position:type_name -> agentmesh.bus.v1.RecordPosition
+	8,  // 12: agentmesh.bus.v1.PublishStreamResponse.reports:type_name -> agentmesh.bus.v1.DeliveryReport
+	41, // 13: agentmesh.bus.v1.SubscriptionOpen.ack_deadline:type_name -> google.protobuf.Duration
 	0,  // 14: agentmesh.bus.v1.SubscriptionOpen.start_position:type_name -> agentmesh.bus.v1.StartPosition
-	3,  // 15: agentmesh.bus.v1.Ack.up_to:type_name -> agentmesh.bus.v1.RecordPosition
-	40, // 16: agentmesh.bus.v1.Nack.redeliver_delay:type_name -> google.protobuf.Duration
-	10, // 17: agentmesh.bus.v1.SubscribeRequest.open:type_name -> agentmesh.bus.v1.SubscriptionOpen
-	11, // 18: agentmesh.bus.v1.SubscribeRequest.ack:type_name -> agentmesh.bus.v1.Ack
-	12, // 19: agentmesh.bus.v1.SubscribeRequest.nack:type_name -> agentmesh.bus.v1.Nack
-	2,  // 20: agentmesh.bus.v1.ReceivedMessage.envelope:type_name -> agentmesh.bus.v1.Envelope
-	3,  // 21: agentmesh.bus.v1.ReceivedMessage.position:type_name -> agentmesh.bus.v1.RecordPosition
-	14, // 22: agentmesh.bus.v1.SubscribeResponse.started:type_name -> agentmesh.bus.v1.SubscriptionStarted
-	17, // 23: agentmesh.bus.v1.SubscribeResponse.batch:type_name -> agentmesh.bus.v1.MessageBatch
-	15, // 24: agentmesh.bus.v1.MessageBatch.messages:type_name -> agentmesh.bus.v1.ReceivedMessage
-	3,  // 25: agentmesh.bus.v1.MessageBatch.last_positions:type_name -> agentmesh.bus.v1.RecordPosition
-	2,  // 26: agentmesh.bus.v1.RequestRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	40, // 27: agentmesh.bus.v1.RequestRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 28: agentmesh.bus.v1.RequestResponse.reply:type_name -> agentmesh.bus.v1.Envelope
-	40, // 29: agentmesh.bus.v1.RequestResponse.round_trip:type_name -> google.protobuf.Duration
-	2,  // 30: agentmesh.bus.v1.ScatterGatherRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	40, // 31: agentmesh.bus.v1.ScatterGatherRequest.timeout:type_name -> google.protobuf.Duration
-	2,  // 32: agentmesh.bus.v1.ScatterGatherResponse.replies:type_name -> agentmesh.bus.v1.Envelope
-	2,  // 33: agentmesh.bus.v1.DeadLetter.envelope:type_name -> agentmesh.bus.v1.Envelope
-	3,  // 34: agentmesh.bus.v1.DeadLetter.source:type_name -> agentmesh.bus.v1.RecordPosition
-	3,  // 35: agentmesh.bus.v1.DeadLetter.position:type_name -> agentmesh.bus.v1.RecordPosition
-	39, // 36: agentmesh.bus.v1.DeadLetter.dead_letter_time:type_name -> google.protobuf.Timestamp
-	22, // 37: agentmesh.bus.v1.ListDeadLettersResponse.dead_letters:type_name -> agentmesh.bus.v1.DeadLetter
-	3,  // 38: agentmesh.bus.v1.RedriveDeadLettersResponse.positions:type_name -> agentmesh.bus.v1.RecordPosition
-	27, // 39: agentmesh.bus.v1.CreateTopicRequest.topic:type_name -> agentmesh.bus.v1.Topic
-	27, // 40: agentmesh.bus.v1.CreateTopicResponse.topic:type_name -> agentmesh.bus.v1.Topic
-	27, // 41: agentmesh.bus.v1.ListTopicsResponse.topics:type_name -> agentmesh.bus.v1.Topic
-	1,  // 42: agentmesh.bus.v1.ChainBreak.reason:type_name -> agentmesh.bus.v1.ChainBreakReason
-	33, // 43: agentmesh.bus.v1.VerifyChainResponse.first_break:type_name -> agentmesh.bus.v1.ChainBreak
-	4,  // 44: agentmesh.bus.v1.BusService.Publish:input_type -> agentmesh.bus.v1.PublishRequest
-	6,  // 45: agentmesh.bus.v1.BusService.PublishStream:input_type -> agentmesh.bus.v1.PublishStreamRequest
-	13, // 46: agentmesh.bus.v1.BusService.Subscribe:input_type -> agentmesh.bus.v1.SubscribeRequest
-	18, // 47: agentmesh.bus.v1.BusService.Request:input_type -> agentmesh.bus.v1.RequestRequest
-	20, // 48: agentmesh.bus.v1.BusService.ScatterGather:input_type -> agentmesh.bus.v1.ScatterGatherRequest
-	23, // 49: agentmesh.bus.v1.BusService.ListDeadLetters:input_type -> agentmesh.bus.v1.ListDeadLettersRequest
-	25, // 50: agentmesh.bus.v1.BusService.RedriveDeadLetters:input_type -> agentmesh.bus.v1.RedriveDeadLettersRequest
-	28, // 51: agentmesh.bus.v1.BusService.CreateTopic:input_type -> agentmesh.bus.v1.CreateTopicRequest
-	30, // 52: agentmesh.bus.v1.BusService.ListTopics:input_type -> agentmesh.bus.v1.ListTopicsRequest
-	32, // 53: agentmesh.bus.v1.BusService.VerifyChain:input_type -> agentmesh.bus.v1.VerifyChainRequest
-	5,  // 54: agentmesh.bus.v1.BusService.Publish:output_type -> agentmesh.bus.v1.PublishResponse
-	9,  // 55: agentmesh.bus.v1.BusService.PublishStream:output_type -> agentmesh.bus.v1.PublishStreamResponse
-	16, // 56: agentmesh.bus.v1.BusService.Subscribe:output_type -> agentmesh.bus.v1.SubscribeResponse
-	19, // 57: agentmesh.bus.v1.BusService.Request:output_type -> agentmesh.bus.v1.RequestResponse
-	21, // 58: agentmesh.bus.v1.BusService.ScatterGather:output_type -> agentmesh.bus.v1.ScatterGatherResponse
-	24, // 59: agentmesh.bus.v1.BusService.ListDeadLetters:output_type -> agentmesh.bus.v1.ListDeadLettersResponse
-	26, // 60: agentmesh.bus.v1.BusService.RedriveDeadLetters:output_type -> agentmesh.bus.v1.RedriveDeadLettersResponse
-	29, // 61: agentmesh.bus.v1.BusService.CreateTopic:output_type -> agentmesh.bus.v1.CreateTopicResponse
-	31, // 62: agentmesh.bus.v1.BusService.ListTopics:output_type -> agentmesh.bus.v1.ListTopicsResponse
-	34, // 63: agentmesh.bus.v1.BusService.VerifyChain:output_type -> agentmesh.bus.v1.VerifyChainResponse
-	54, // [54:64] is the sub-list for method output_type
-	44, // [44:54] is the sub-list for method input_type
-	44, // [44:44] is the sub-list for extension type_name
-	44, // [44:44] is the sub-list for extension extendee
-	0,  // [0:44] is the sub-list for field type_name
+	4,  // 15: agentmesh.bus.v1.Ack.up_to:type_name -> agentmesh.bus.v1.RecordPosition
+	41, // 16: agentmesh.bus.v1.Nack.redeliver_delay:type_name -> google.protobuf.Duration
+	11, // 17: agentmesh.bus.v1.SubscribeRequest.open:type_name -> agentmesh.bus.v1.SubscriptionOpen
+	12, // 18: agentmesh.bus.v1.SubscribeRequest.ack:type_name -> agentmesh.bus.v1.Ack
+	13, // 19: agentmesh.bus.v1.SubscribeRequest.nack:type_name -> agentmesh.bus.v1.Nack
+	3,  // 20: agentmesh.bus.v1.ReceivedMessage.envelope:type_name -> agentmesh.bus.v1.Envelope
+	4,  // 21: agentmesh.bus.v1.ReceivedMessage.position:type_name -> agentmesh.bus.v1.RecordPosition
+	15, // 22: agentmesh.bus.v1.SubscribeResponse.started:type_name -> agentmesh.bus.v1.SubscriptionStarted
+	18, // 23: agentmesh.bus.v1.SubscribeResponse.batch:type_name -> agentmesh.bus.v1.MessageBatch
+	16, // 24: agentmesh.bus.v1.MessageBatch.messages:type_name -> agentmesh.bus.v1.ReceivedMessage
+	4,  // 25: agentmesh.bus.v1.MessageBatch.last_positions:type_name -> agentmesh.bus.v1.RecordPosition
+	3,  // 26: agentmesh.bus.v1.RequestRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	41, // 27: agentmesh.bus.v1.RequestRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 28: agentmesh.bus.v1.RequestResponse.reply:type_name -> agentmesh.bus.v1.Envelope
+	41, // 29: agentmesh.bus.v1.RequestResponse.round_trip:type_name -> google.protobuf.Duration
+	3,  // 30: agentmesh.bus.v1.ScatterGatherRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	41, // 31: agentmesh.bus.v1.ScatterGatherRequest.timeout:type_name -> google.protobuf.Duration
+	3,  // 32: agentmesh.bus.v1.ScatterGatherResponse.replies:type_name -> agentmesh.bus.v1.Envelope
+	3,  // 33: agentmesh.bus.v1.DeadLetter.envelope:type_name -> agentmesh.bus.v1.Envelope
+	4,  // 34: agentmesh.bus.v1.DeadLetter.source:type_name -> agentmesh.bus.v1.RecordPosition
+	4,  // 35: agentmesh.bus.v1.DeadLetter.position:type_name -> agentmesh.bus.v1.RecordPosition
+	40, // 36: agentmesh.bus.v1.DeadLetter.dead_letter_time:type_name -> google.protobuf.Timestamp
+	23, // 37: agentmesh.bus.v1.ListDeadLettersResponse.dead_letters:type_name -> agentmesh.bus.v1.DeadLetter
+	4,  // 38: agentmesh.bus.v1.RedriveDeadLettersResponse.positions:type_name -> agentmesh.bus.v1.RecordPosition
+	41, // 39: agentmesh.bus.v1.Topic.retention:type_name -> google.protobuf.Duration
+	1,  // 40: agentmesh.bus.v1.Topic.cleanup_policy:type_name -> agentmesh.bus.v1.CleanupPolicy
+	28, // 41: agentmesh.bus.v1.CreateTopicRequest.topic:type_name -> agentmesh.bus.v1.Topic
+	28, // 42: agentmesh.bus.v1.CreateTopicResponse.topic:type_name -> agentmesh.bus.v1.Topic
+	28, // 43: agentmesh.bus.v1.ListTopicsResponse.topics:type_name -> agentmesh.bus.v1.Topic
+	2,  // 44: agentmesh.bus.v1.ChainBreak.reason:type_name -> agentmesh.bus.v1.ChainBreakReason
+	34, // 45: agentmesh.bus.v1.VerifyChainResponse.first_break:type_name -> agentmesh.bus.v1.ChainBreak
+	5,  // 46: agentmesh.bus.v1.BusService.Publish:input_type -> agentmesh.bus.v1.PublishRequest
+	7,  // 47: agentmesh.bus.v1.BusService.PublishStream:input_type -> agentmesh.bus.v1.PublishStreamRequest
+	14, // 48: agentmesh.bus.v1.BusService.Subscribe:input_type -> agentmesh.bus.v1.SubscribeRequest
+	19, // 49: agentmesh.bus.v1.BusService.Request:input_type -> agentmesh.bus.v1.RequestRequest
+	21, // 50: agentmesh.bus.v1.BusService.ScatterGather:input_type -> agentmesh.bus.v1.ScatterGatherRequest
+	24, // 51: agentmesh.bus.v1.BusService.ListDeadLetters:input_type -> agentmesh.bus.v1.ListDeadLettersRequest
+	26, // 52: agentmesh.bus.v1.BusService.RedriveDeadLetters:input_type -> agentmesh.bus.v1.RedriveDeadLettersRequest
+	29, // 53: agentmesh.bus.v1.BusService.CreateTopic:input_type -> agentmesh.bus.v1.CreateTopicRequest
+	31, // 54: agentmesh.bus.v1.BusService.ListTopics:input_type -> agentmesh.bus.v1.ListTopicsRequest
+	33, // 55: agentmesh.bus.v1.BusService.VerifyChain:input_type -> agentmesh.bus.v1.VerifyChainRequest
+	6,  // 56: agentmesh.bus.v1.BusService.Publish:output_type -> agentmesh.bus.v1.PublishResponse
+	10, // 57: agentmesh.bus.v1.BusService.PublishStream:output_type -> agentmesh.bus.v1.PublishStreamResponse
+	17, // 58: agentmesh.bus.v1.BusService.Subscribe:output_type -> agentmesh.bus.v1.SubscribeResponse
+	20, // 59: agentmesh.bus.v1.BusService.Request:output_type -> agentmesh.bus.v1.RequestResponse
+	22, // 60: agentmesh.bus.v1.BusService.ScatterGather:output_type -> agentmesh.bus.v1.ScatterGatherResponse
+	25, // 61: agentmesh.bus.v1.BusService.ListDeadLetters:output_type -> agentmesh.bus.v1.ListDeadLettersResponse
+	27, // 62: agentmesh.bus.v1.BusService.RedriveDeadLetters:output_type -> agentmesh.bus.v1.RedriveDeadLettersResponse
+	30, // 63: agentmesh.bus.v1.BusService.CreateTopic:output_type -> agentmesh.bus.v1.CreateTopicResponse
+	32, // 64: agentmesh.bus.v1.BusService.ListTopics:output_type -> agentmesh.bus.v1.ListTopicsResponse
+	35, // 65: agentmesh.bus.v1.BusService.VerifyChain:output_type -> agentmesh.bus.v1.VerifyChainResponse
+	56, // [56:66] is the sub-list for method output_type
+	46, // [46:56] is the sub-list for method input_type
+	46, // [46:46] is the sub-list for extension type_name
+	46, // [46:46] is the sub-list for extension extendee
+	0,  // [0:46] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_bus_v1_bus_proto_init() }
@@ -2757,7 +2876,7 @@ func file_agentmesh_bus_v1_bus_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_bus_v1_bus_proto_rawDesc), len(file_agentmesh_bus_v1_bus_proto_rawDesc)),
-			NumEnums:      2,
+			NumEnums:      3,
 			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,

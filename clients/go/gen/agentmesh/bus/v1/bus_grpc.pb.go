@@ -172,9 +172,12 @@ type BusServiceClient interface {
 	// UNKNOWN_OUTCOME: some messages may have been republished; the cursor only
 	// moves past the ones confirmed).
 	RedriveDeadLetters(ctx context.Context, in *RedriveDeadLettersRequest, opts ...grpc.CallOption) (*RedriveDeadLettersResponse, error)
-	// CreateTopic creates a topic with a partition count.
-	// Errors: INVALID_ARGUMENT (bad name, partitions out of range),
-	// ALREADY_EXISTS, UNAVAILABLE.
+	// CreateTopic creates a topic with a partition count, replication factor,
+	// min.insync.replicas, retention and cleanup policy (each unset one takes
+	// the gateway's default, and those the broker's).
+	// Errors: INVALID_ARGUMENT (bad name, partitions out of range, a negative
+	// setting, or one the broker refuses such as a replication factor above its
+	// broker count; BadRequest names the field), ALREADY_EXISTS, UNAVAILABLE.
 	CreateTopic(ctx context.Context, in *CreateTopicRequest, opts ...grpc.CallOption) (*CreateTopicResponse, error)
 	// ListTopics lists topics by name, optionally filtered by a pattern.
 	// Errors: INVALID_ARGUMENT (bad pattern or page token), UNAVAILABLE.
@@ -442,9 +445,12 @@ type BusServiceServer interface {
 	// UNKNOWN_OUTCOME: some messages may have been republished; the cursor only
 	// moves past the ones confirmed).
 	RedriveDeadLetters(context.Context, *RedriveDeadLettersRequest) (*RedriveDeadLettersResponse, error)
-	// CreateTopic creates a topic with a partition count.
-	// Errors: INVALID_ARGUMENT (bad name, partitions out of range),
-	// ALREADY_EXISTS, UNAVAILABLE.
+	// CreateTopic creates a topic with a partition count, replication factor,
+	// min.insync.replicas, retention and cleanup policy (each unset one takes
+	// the gateway's default, and those the broker's).
+	// Errors: INVALID_ARGUMENT (bad name, partitions out of range, a negative
+	// setting, or one the broker refuses such as a replication factor above its
+	// broker count; BadRequest names the field), ALREADY_EXISTS, UNAVAILABLE.
 	CreateTopic(context.Context, *CreateTopicRequest) (*CreateTopicResponse, error)
 	// ListTopics lists topics by name, optionally filtered by a pattern.
 	// Errors: INVALID_ARGUMENT (bad pattern or page token), UNAVAILABLE.
