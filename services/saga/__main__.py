@@ -38,6 +38,7 @@ def build(daemon: Daemon) -> None:
     # failing with "too many connections".
     redis = _redis(cfg, max_connections=s.redis_pool_size)
     daemon.add_probe("redis", redis_probe(redis))
+    daemon.guard_fencing(redis)  # NOT_SERVING if Redis comes back empty (lease tokens)
     daemon.on_shutdown(redis.aclose)
     # blocking XREADs of WatchSaga get their own pool so they never starve the engine
     watch_redis = _redis(cfg, max_connections=s.watch_pool_size)

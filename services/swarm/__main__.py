@@ -29,6 +29,7 @@ def build(daemon: Daemon) -> None:
     """Wire the swarm engine's service into `daemon`."""
     s = daemon.config.settings_as(SwarmSettings)
     redis = daemon.redis()
+    daemon.guard_fencing(redis)  # NOT_SERVING if Redis comes back empty (lease tokens)
     store = SwarmStore(redis, retention_ms=s.retention_ms)
     cert, key = daemon.config.client_cert_pair
     # Drivers run in the background, outside any incoming RPC: no deadline or

@@ -17,6 +17,7 @@ NOT_SERVING at once, in-flight RPCs drain within the grace period, then exit.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import os
@@ -34,6 +35,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from agentmesh.runtime.auth import TokenAuthenticator
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import ServerConfig, load_config
+from agentmesh.runtime.dataset_epoch import DatasetEpoch
 from agentmesh.runtime.deps import (
     kafka_probe,
     kafka_security_config,
@@ -124,6 +126,20 @@ class Daemon:
             client = self._redis
             self.on_shutdown(client.aclose)
         return self._redis
+
+    def guard_fencing(self, client: aioredis.Redis) -> DatasetEpoch:
+        """Turn health NOT_SERVING, with the reason, once the Redis behind
+        this daemon's fencing tokens comes back without its data (see
+        runtime.dataset_epoch); for daemons that drive work under leases."""
+        epoch = DatasetEpoch(client)
+        self.add_probe("redis_dataset", epoch.probe)
+
+        async def remember() -> None:
+            with contextlib.suppress(Exception):  # Redis down: the probe retries
+                await epoch.start()
+
+        self.on_startup(remember)
+        return epoch
 
     def require_kafka(self) -> str:
         """Add a Kafka health probe and return the bootstrap servers.
