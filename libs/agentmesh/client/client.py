@@ -9,9 +9,10 @@ Every RPC has a typed method named after it in snake_case (generated into
 `agentmesh.client.services`). A method takes either the request message or its
 fields as keywords, plus `timeout_s` and `metadata`, and returns the response
 message. Errors are `agentmesh.runtime.errors.AgentMeshError` subclasses. The
-raw stubs are `c.registry`, `c.coordination`, `c.router`, `c.bus`, `c.saga`,
-`c.swarm` and `c.task`. Higher-level helpers are below (`wait_task` returns a
-task's result or raises TaskFailed / TaskTimedOut / TaskCancelled).
+raw stubs are `c.registry`, `c.coordination`, `c.router`, `c.safety`, `c.bus`,
+`c.saga`, `c.swarm` and `c.task`. Higher-level helpers are below (`wait_task`
+returns a task's result or raises TaskFailed / TaskTimedOut / TaskCancelled;
+`breaker`, `permit` and `validate` use the router's SafetyService).
 """
 
 from __future__ import annotations
