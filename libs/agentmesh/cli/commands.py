@@ -36,6 +36,9 @@ def register(app: typer.Typer) -> None:
     from agentmesh.cli.tasks import task_app  # TaskService, served by the saga coordinator
 
     app.add_typer(task_app, name="task")
+    from agentmesh.cli.safety import safety_app  # SafetyService, served by the router
+
+    app.add_typer(safety_app, name="safety")
     app.command("route")(route)
     app.command("invoke")(invoke)
     app.command("demo", context_settings={"allow_extra_args": True,

@@ -533,3 +533,48 @@ async def test_agent_sdk_declares_constraints_and_validates(mesh, stub_for) -> N
             assert ok == {"safe": True, "rules": []}
             bad, _ = await c.execute(a.endpoint, op, {"dose": 9})
             assert bad == {"safe": False, "rules": [name], "refused": True}
+
+
+async def test_cli_safety_commands(mesh) -> None:
+    import json
+    import subprocess
+    import sys
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "agentmesh.cli.main", "--router", mesh["r1"].target,
+             "--timeout-s", "5", *args],
+            capture_output=True, text=True, timeout=60,
+        )
+
+    op = f"cli-{TAG}"
+    made = await asyncio.to_thread(
+        cli, "safety", "constrain", f"cli-max-{TAG}", "--kind", "threshold",
+        "--field", "rpm", "--max", "3000", "--type", op, "--output", "json",
+    )
+    assert made.returncode == 0, made.stderr
+    assert "payload.rpm <= 3000.0" in json.loads(made.stdout)["condition"]
+    ok = await asyncio.to_thread(cli, "safety", "validate", op, "-p", '{"rpm": 10}')
+    assert ok.returncode == 0, ok.stderr
+    bad = await asyncio.to_thread(
+        cli, "safety", "validate", op, "-p", '{"rpm": 9000}', "--output", "json"
+    )
+    assert bad.returncode == 1 and json.loads(bad.stdout)["is_safe"] is False
+    name = f"cli-br-{TAG}"
+    assert (await asyncio.to_thread(
+        cli, "safety", "breaker", "create", name, "--failures", "1", "--open-s", "30"
+    )).returncode == 0
+    rec = await asyncio.to_thread(
+        cli, "safety", "breaker", "record", name, "--failure", "--output", "json"
+    )
+    assert json.loads(rec.stdout)["state"] == "BREAKER_STATE_OPEN"
+    lim = f"cli-lim-{TAG}"
+    assert (await asyncio.to_thread(
+        cli, "safety", "limiter", "create", lim, "--max", "1", "--window-s", "60"
+    )).returncode == 0
+    first = await asyncio.to_thread(cli, "safety", "limiter", "permit", lim, "k")
+    second = await asyncio.to_thread(cli, "safety", "limiter", "permit", lim, "k")
+    assert first.returncode == 0 and second.returncode != 0
+    assert "RESOURCE_EXHAUSTED" in second.stderr + second.stdout
+    missing = await asyncio.to_thread(cli, "safety", "breaker", "get", f"nope-{TAG}")
+    assert missing.returncode != 0 and "NOT_FOUND" in missing.stderr + missing.stdout
