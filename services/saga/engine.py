@@ -152,7 +152,10 @@ class Runner:
             metrics.COMPENSATIONS.inc()
         elif t == T.SAGA_EVENT_TYPE_STEP_COMPENSATION_FAILED:
             metrics.COMPENSATION_FAILURES.inc()
-            log.error(
+            # WARNING, not ERROR: the cause is often the definition a client
+            # sent (an action its agent refuses); operators see it in the
+            # saga's state, the compensation-failure metric and its alert.
+            log.warning(
                 "compensation failed; saga needs intervention",
                 extra={"saga_id": ev.saga_id, "step": ev.step_name, "error": ev.error.message},
             )

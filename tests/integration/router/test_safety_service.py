@@ -442,7 +442,9 @@ async def test_bad_input_is_refused_with_details(mesh, safety_for, stub_for) -> 
         s.CreateRateLimiter(S.CreateRateLimiterRequest(limiter=_limiter(f"z-{TAG}", 0, 1000, True)))
     )
     assert "limiter.max_requests" in field_violations(e)
-    zero = _breaker(f"zb-{TAG}", 0, -5, 0)
+    # a zero duration passes the runtime's generic Duration range check and
+    # reaches the servicer, which reports every bad field at once
+    zero = _breaker(f"zb-{TAG}", 0, 0, 0)
     code, e = await code_of(s.CreateCircuitBreaker(S.CreateCircuitBreakerRequest(breaker=zero)))
     assert code == grpc.StatusCode.INVALID_ARGUMENT
     assert set(field_violations(e)) == {

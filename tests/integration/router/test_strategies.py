@@ -342,8 +342,16 @@ async def test_metrics_are_exported_with_bounded_labels(fleet, stub_for) -> None
     await stub.Route(
         R.RouteRequest(message=R.RouteMessage(message_type="calc"), strategy=R.STRATEGY_BROADCAST)
     )
-    with pytest.raises(grpc.aio.AioRpcError):
-        await stub.Route(R.RouteRequest(message=R.RouteMessage(message_type="calc"), strategy=33))  # type: ignore[arg-type]
+    with pytest.raises(grpc.aio.AioRpcError) as e:
+        await stub.Route(R.RouteRequest(message=R.RouteMessage(message_type="calc"), strategy=99))  # type: ignore[arg-type]
+    # an undefined enum value is refused by the runtime's request check, before routing
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    with pytest.raises(grpc.aio.AioRpcError):  # a defined value routing refuses
+        await stub.Route(
+            R.RouteRequest(
+                message=R.RouteMessage(message_type="calc"), strategy=R.STRATEGY_CONSISTENT_HASH
+            )
+        )
     port = fleet["router"].metrics_port
     text = await asyncio.to_thread(
         lambda: (
@@ -351,7 +359,7 @@ async def test_metrics_are_exported_with_bounded_labels(fleet, stub_for) -> None
         )
     )
     assert 'routing_messages_total{status="OK",strategy="BROADCAST"}' in text
-    assert 'routing_messages_total{status="INVALID_ARGUMENT",strategy="INVALID"}' in text
+    assert 'routing_messages_total{status="INVALID_ARGUMENT",strategy="CONSISTENT_HASH"}' in text
     assert "routing_latency_ms_bucket" in text and "routing_cache_hits_total" in text
     assert 'routing_breaker_targets{state="OPEN"}' in text
     # breaker state is a gauge per state, never a series per target
