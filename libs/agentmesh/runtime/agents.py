@@ -314,7 +314,14 @@ class AgentClient:
             Unavailable: NO_HEALTHY_TARGET when `agent_id` is not eligible.
         """
         await self.admit(msg)
-        d = await self.decide(msg, strategy=R.STRATEGY_BROADCAST)
+        probe = msg
+        if not (self.engine.rules.safety_rules or self.engine.rules.route_rules):
+            # No rule can read the payload or the key: decide on the pool
+            # alone, which the route cache serves without re-deciding.
+            probe = router_pb2.RouteMessage(
+                message_type=msg.message_type, selector=msg.selector, target_ids=msg.target_ids
+            )
+        d = await self.decide(probe, strategy=R.STRATEGY_BROADCAST)
         for c in d.eligible.candidates:
             if c.agent_id == agent_id:
                 return c
