@@ -61,6 +61,10 @@ class _Delivery:
 
 #: Most deliveries per MessageBatch (one gRPC message).
 MAX_BATCH = 2000
+#: A batch stops growing once its stored values reach this many bytes (it
+#: always holds at least one message), so a response stays far below gRPC's
+#: default 4 MiB receive limit with --max-payload-bytes at its 1 MiB default.
+MAX_BATCH_BYTES = 1 << 20
 #: Most latency observations per batch: the histogram is a sample of the
 #: batch's first deliveries, so a large batch costs no more than this.
 LATENCY_SAMPLES = 64
@@ -237,14 +241,20 @@ class Subscription:
             room = min(self.opts.max_unacked - len(self._outstanding), MAX_BATCH)
             items: list[Item] = []
             pop = self._backlog.pop
+            size = 0
+            full = False
             while len(items) < room:
                 item = pop()
                 if item is None:
                     break
                 items.append(item)
+                size += len(item.data.rec.value or b"")
+                if size >= MAX_BATCH_BYTES:
+                    full = True
+                    break
             if items:
                 self._deliver(items)
-            if len(items) < room or not items:
+            if not items or (len(items) < room and not full):
                 break
         if self._paused and len(self._backlog) < self._read_ahead // 2 and self._source:
             self._paused = False
