@@ -124,14 +124,20 @@ async def test_registry_rebuilds_after_redis_comes_back_empty(
             await eventually(register_new, timeout_s=10, every_s=0.1, what="registered again")
 
             async def only_new() -> bool:
-                return await discover(stub, "calc") == new
+                try:
+                    return await discover(stub, "calc") == new
+                except grpc.aio.AioRpcError:
+                    return False  # the pool still reconnecting to Redis
 
             await eventually(only_new, timeout_s=5, every_s=0.1, what="lost agents forgotten")
 
             async def refilled() -> bool:
-                return await discover(stub, "noop") == sdk_ids and await discover(
-                    stub, GO_CAPABILITY
-                ) == {"agent-go-reset"}
+                try:
+                    return await discover(stub, "noop") == sdk_ids and await discover(
+                        stub, GO_CAPABILITY
+                    ) == {"agent-go-reset"}
+                except grpc.aio.AioRpcError:
+                    return False
 
             await eventually(
                 refilled, timeout_s=4 * HEARTBEAT_S + 2, every_s=0.1, what="SDK agents back"
