@@ -113,6 +113,16 @@ class TaskOptions:
 
 
 @dataclass(eq=False)
+class _Want:
+    """A due task of this pass with the agents it may take, best first."""
+
+    cls: int
+    task: task_pb2.Task
+    ordered: list[placement.Option]
+    idx: int = 0
+
+
+@dataclass(eq=False)
 class Driven:
     """A task this replica drives.
 
@@ -300,7 +310,15 @@ class TaskScheduler:
             await self.schedule_once()
 
     async def schedule_once(self) -> int:
-        """One scheduling pass; returns how many tasks it started driving."""
+        """One scheduling pass; returns how many tasks it started driving.
+
+        Round trips per pass do not grow with the number of tasks: the due
+        heads and their records are read in two pipelines, each task's agent
+        order is computed locally (placement counts this pass's choices), the
+        capacity slots are taken in one pipeline that Redis runs in serving
+        order (a contended slot goes to the task SWRR picked first; a refused
+        task tries its next agent in a second round), and the leases in one more.
+        """
         free = self.opts.max_active - len(self.driven)
         if free <= 0:
             return 0
@@ -313,9 +331,9 @@ class TaskScheduler:
         backlogged = [bool(d) for d in due]
         drop: list[tuple[int, str]] = []
         full_pools: set[str] = set()
-        started = 0
+        wanted: list[_Want] = []
         for (cls, tid), task in zip(order, tasks, strict=True):
-            if started >= free:
+            if len(wanted) >= free:
                 break
             if tid in self.driven:
                 continue
@@ -326,32 +344,65 @@ class TaskScheduler:
                 if await self._end_unstarted(task):
                     drop.append((cls, tid))
                 continue
-            msg = route_message(task)
             pool_key = task.agent_id or task.selector.SerializeToString(deterministic=True).hex()
             if pool_key in full_pools:
                 continue
             try:
-                opt = await self._place(task, msg, prefer="", avoid="")
+                ordered = await self._candidates(task, route_message(task), prefer="", avoid="")
             except AgentMeshError as e:  # safety rule or bad selector: it can never run
                 await self._fail_unstarted(task, _error_of(e))
                 drop.append((cls, tid))
                 continue
-            if opt is None:
+            if not ordered:
                 full_pools.add(pool_key)
                 continue
-            claimed = await self.store.claim(tid, owner=self.opts.coordinator_id,
-                                             ttl_ms=self.opts.lease_ttl_ms)
-            if claimed is None or claimed.task.state != T.TASK_STATE_PENDING:
-                await self._free_slot(opt.candidate.agent_id, tid)
-                if claimed is not None:
-                    await self.store.release(claimed.lease)
-                continue
-            # the driver commits SCHEDULED: the loop's next placement need not wait for it
-            d = Driven(claimed.lease, claimed.task, opt)
-            self._charge(cls, backlogged)
-            drop.append((cls, tid))
-            self._spawn(d)
-            started += 1
+            self._bump(ordered[0].candidate.agent_id, 1)  # later tasks see this choice
+            wanted.append(_Want(cls, task, ordered))
+        placed: list[tuple[_Want, placement.Option]] = []
+        pending = wanted
+        for _round in range(3):
+            calls = [w for w in pending if w.idx < len(w.ordered)]
+            if not calls:
+                break
+            if _round:
+                for w in calls:
+                    self._bump(w.ordered[w.idx].candidate.agent_id, 1)
+            oks = await self.store.acquire_slots(
+                [(w.ordered[w.idx].candidate.agent_id, w.task.task_id, w.ordered[w.idx].capacity)
+                 for w in calls],
+                ttl_ms=self.opts.lease_ttl_ms,
+            )
+            pending = []
+            for w, ok in zip(calls, oks, strict=True):
+                o = w.ordered[w.idx]
+                if ok:
+                    placed.append((w, o))
+                    continue
+                # full: the cached count was behind; read it fresh next time
+                self._counts.pop(o.candidate.agent_id, None)
+                w.idx += 1
+                pending.append(w)
+        for w in pending:  # every try refused
+            if w.idx < len(w.ordered):
+                self._bump(w.ordered[w.idx].candidate.agent_id, -1)
+        started = 0
+        if placed:
+            claims = await self.store.claim_many(
+                [w.task.task_id for w, _ in placed],
+                owner=self.opts.coordinator_id, ttl_ms=self.opts.lease_ttl_ms,
+            )
+            for (w, opt), claimed in zip(placed, claims, strict=True):
+                tid = w.task.task_id
+                if claimed is None or claimed.task.state != T.TASK_STATE_PENDING:
+                    await self._free_slot(opt.candidate.agent_id, tid)
+                    if claimed is not None:
+                        await self.store.release(claimed.lease)
+                    continue
+                # the driver commits SCHEDULED: the next pass need not wait for it
+                self._charge(w.cls, backlogged)
+                drop.append((w.cls, tid))
+                self._spawn(Driven(claimed.lease, claimed.task, opt))
+                started += 1
         await self.store.dequeue(drop)
         return started
 
@@ -414,17 +465,17 @@ class TaskScheduler:
                 self._descriptors[a] = (now + DESCRIPTOR_TTL_S, pb)
         return [self._descriptors[a][1] for a in agent_ids]
 
-    async def _place(
+    async def _candidates(
         self, task: task_pb2.Task, msg: router_pb2.RouteMessage, *, prefer: str, avoid: str
-    ) -> placement.Option | None:
-        """Take a capacity slot on the agent the task's strategy prefers.
+    ) -> list[placement.Option]:
+        """The eligible agents with free capacity, in the order the task's strategy prefers.
 
         Args:
-            prefer: try this agent first when it is eligible (a resumed task).
-            avoid: try this agent last (it just failed an attempt).
+            prefer: this agent first when it is eligible (a resumed task).
+            avoid: this agent last (it just failed an attempt).
 
         Returns:
-            The agent (slot held), or None when no eligible agent has room.
+            The agents to try, best first; empty when none has room.
 
         Raises:
             FailedPrecondition: a CRITICAL safety rule matched the payload.
@@ -434,11 +485,11 @@ class TaskScheduler:
             d = await self.client.decide(msg, strategy=router_pb2.STRATEGY_BROADCAST)
         except Unavailable as e:
             if e.error_reason == ErrorReason.ERROR_REASON_NO_HEALTHY_TARGET:
-                return None
+                return []
             raise
         cands = d.eligible.candidates
         if not cands:
-            return None
+            return []
         ids = [c.agent_id for c in cands]
         counts, descs = await asyncio.gather(self._slot_counts(ids), self._descriptor(ids))
         options: list[placement.Option] = []
@@ -466,7 +517,20 @@ class TaskScheduler:
             ordered.sort(key=lambda o: o.candidate.agent_id != prefer)
         if avoid and len(ordered) > 1:
             ordered.sort(key=lambda o: o.candidate.agent_id == avoid)
-        for o in ordered:
+        return ordered
+
+    async def _place(
+        self, task: task_pb2.Task, msg: router_pb2.RouteMessage, *, prefer: str, avoid: str
+    ) -> placement.Option | None:
+        """Take a capacity slot on the first agent of `_candidates` with room.
+
+        Returns:
+            The agent (slot held), or None when no eligible agent has room.
+
+        Raises:
+            FailedPrecondition, InvalidArgument: see _candidates.
+        """
+        for o in await self._candidates(task, msg, prefer=prefer, avoid=avoid):
             aid = o.candidate.agent_id
             if await self.store.acquire_slot(
                 aid, task.task_id, capacity=o.capacity, ttl_ms=self.opts.lease_ttl_ms

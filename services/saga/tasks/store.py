@@ -552,6 +552,33 @@ class TaskStore:
             )
         )
 
+    async def acquire_slots(
+        self, items: Sequence[tuple[str, str, int]], *, ttl_ms: int
+    ) -> list[bool]:
+        """acquire_slot for many (agent id, task id, capacity) in one pipeline,
+        run by Redis in the given order (so earlier items win a contended slot)."""
+        res = await call_many(
+            self._slot_acquire, [([slots_key(a)], [t, cap, ttl_ms]) for a, t, cap in items]
+        )
+        return [bool(int(r)) for r in res]
+
+    async def claim_many(
+        self, task_ids: Sequence[str], *, owner: str, ttl_ms: int
+    ) -> list[Claimed | None]:
+        """claim for many tasks in one pipeline (one script call per task)."""
+        calls = []
+        for tid in task_ids:
+            lk = lease_keys(tid)
+            calls.append(([lk.record, lk.fence, task_key(tid)], [owner, ttl_ms]))
+        out: list[Claimed | None] = []
+        for tid, res in zip(task_ids, await call_many(self._claim, calls), strict=True):
+            if int(res[0]) <= 0:
+                out.append(None)
+            else:
+                lease = Lease(lease_keys(tid), owner, int(res[0]))
+                out.append(Claimed(lease, decode(res[1], res[3])))
+        return out
+
     async def renew_slots(self, slots: Sequence[tuple[str, str]], *, ttl_ms: int) -> None:
         """Extend (agent id, task id) slots held by this replica."""
         await call_many(self._slot_renew, [([slots_key(a)], [t, ttl_ms]) for a, t in slots])
