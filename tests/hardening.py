@@ -111,7 +111,7 @@ def field_violations(err: grpc.aio.AioRpcError) -> dict[str, str]:
 #: The generated modules whose services the five daemons serve.
 SERVICE_MODULES = {
     "bus": ("agentmesh.bus.v1.bus_pb2",),
-    "router": ("agentmesh.router.v1.router_pb2",),
+    "router": ("agentmesh.router.v1.router_pb2", "agentmesh.router.v1.safety_pb2"),
     "registry": ("agentmesh.registry.v1.registry_pb2", "agentmesh.registry.v1.coordination_pb2"),
     "saga": ("agentmesh.saga.v1.saga_pb2",),
     "swarm": ("agentmesh.swarm.v1.swarm_pb2",),
