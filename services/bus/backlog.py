@@ -26,21 +26,9 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any
 
-from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.priority import WEIGHTS
 
-#: Class weights, CRITICAL first; index = class number below.
-WEIGHTS = (8, 4, 2, 1)
-
-
-def priority_class(priority: int) -> int:
-    """Priority enum value -> class index 0 (CRITICAL) .. 3 (LOW)."""
-    if priority == common_pb2.PRIORITY_CRITICAL:
-        return 0
-    if priority == common_pb2.PRIORITY_HIGH:
-        return 1
-    if priority == common_pb2.PRIORITY_LOW:
-        return 3
-    return 2
+# WEIGHTS and priority_class are the mesh-wide scheme (agentmesh.runtime.priority).
 
 
 @dataclass(slots=True)

@@ -153,7 +153,7 @@ def envelope_headers_for(
     return h
 
 
-#: Backlog class (backlog.priority_class) by "am-priority" header value.
+#: Backlog class (agentmesh.runtime.priority.priority_class) by "am-priority" header value.
 _CLASS_BY_PRIORITY_B = {b"PRIORITY_CRITICAL": 0, b"PRIORITY_HIGH": 1, b"PRIORITY_LOW": 3}
 
 

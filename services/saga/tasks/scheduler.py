@@ -42,13 +42,14 @@ from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.agents import AgentClient, CallOutcome, call_message
 from agentmesh.runtime.errors import AgentMeshError, ErrorReason, Unavailable, from_rpc_error
 from agentmesh.runtime.lease import Lease, LeaseLost
+from agentmesh.runtime.priority import CLASSES, WEIGHTS
 from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.task.v1 import task_pb2
 from services.saga import metrics
+from services.saga.definition import DEFAULT_NON_RETRYABLE
 from services.saga.tasks import placement
 from services.saga.tasks.store import (
     CLASS_NAMES,
-    CLASSES,
     TERMINAL,
     StaleRevision,
     TaskStore,
@@ -59,22 +60,8 @@ log = logging.getLogger("agentmesh.saga.tasks")
 
 T = task_pb2
 
-#: Weights of the priority classes, CRITICAL first (services/bus/backlog.py).
-WEIGHTS = (8, 4, 2, 1)
-
 #: gRPC codes that end a task at once (the saga RetryPolicy's default list).
-NON_RETRYABLE = frozenset(
-    {
-        "INVALID_ARGUMENT",
-        "NOT_FOUND",
-        "ALREADY_EXISTS",
-        "PERMISSION_DENIED",
-        "FAILED_PRECONDITION",
-        "OUT_OF_RANGE",
-        "UNIMPLEMENTED",
-        "UNAUTHENTICATED",
-    }
-)
+NON_RETRYABLE = DEFAULT_NON_RETRYABLE  # the saga steps' default set
 
 #: How long an agent's registered descriptor (capacity, capabilities, tags) is cached, s.
 DESCRIPTOR_TTL_S = 2.0

@@ -38,7 +38,6 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.lease import (
     CLOCK_PRELUDE,
     FENCE_CHECK,
@@ -50,6 +49,7 @@ from agentmesh.runtime.lease import (
     call_many,
     is_fenced,
 )
+from agentmesh.runtime.priority import CLASSES, priority_class
 from agentmesh.task.v1 import task_pb2
 
 PREFIX = "am:task:"
@@ -83,19 +83,7 @@ TRANSITIONS: dict[int, frozenset[int]] = {
     ),
 }
 
-#: Priority classes, CRITICAL first (the bus backlog's classes).
-CLASSES = 4
-
-
-def priority_class(priority: int) -> int:
-    """Priority enum value -> class index 0 (CRITICAL) .. 3 (LOW); unset is NORMAL."""
-    if priority == common_pb2.PRIORITY_CRITICAL:
-        return 0
-    if priority == common_pb2.PRIORITY_HIGH:
-        return 1
-    if priority == common_pb2.PRIORITY_LOW:
-        return 3
-    return 2
+# CLASSES and priority_class are the mesh-wide scheme (agentmesh.runtime.priority).
 
 
 #: Label value of each class for metrics.
@@ -597,7 +585,6 @@ class TaskStore:
 
 __all__ = [
     "ACTIVE",
-    "CLASSES",
     "CLASS_NAMES",
     "INDEX",
     "PREFIX",
@@ -611,7 +598,6 @@ __all__ = [
     "events_key",
     "lease_keys",
     "new_task_id",
-    "priority_class",
     "queue_key",
     "slots_key",
     "task_key",

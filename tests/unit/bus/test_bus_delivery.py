@@ -9,8 +9,9 @@ import random
 
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.priority import priority_class
 from services.bus import chain, wire
-from services.bus.backlog import Backlog, Item, priority_class
+from services.bus.backlog import Backlog, Item
 
 
 class _HeapsOnly(Backlog):

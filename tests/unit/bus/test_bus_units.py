@@ -12,9 +12,10 @@ import pytest
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import ErrorReason, Unavailable
+from agentmesh.runtime.priority import WEIGHTS
 from services.bus import chain, wire
 from services.bus.backend import DeliveryError
-from services.bus.backlog import WEIGHTS, Backlog, Item
+from services.bus.backlog import Backlog, Item
 from services.bus.memory_backend import MemoryBackend
 from services.bus.partitioner import Partitioner, murmur2
 from services.bus.publisher import Publisher
