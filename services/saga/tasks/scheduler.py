@@ -15,10 +15,10 @@ Loops of one replica:
   a task whose lease was lost is dropped at once (its new holder continues);
 * **recover**: every `recovery_interval_ms` look at the non-terminal tasks:
   one left SCHEDULED, RUNNING or RETRYING without a lease (its replica died)
-  is taken over and resumed on the agent it was assigned to, with the same
-  idempotency key `task/<task_id>` and the next attempt number, so an agent
-  that dedupes by key takes effect once; a PENDING one missing from its queue
-  is queued again.
+  is taken over and resumed on the agent it was assigned to (waiting for room
+  there while that agent stays eligible), with the same idempotency key
+  `task/<task_id>` and the next attempt number, so an agent that dedupes by
+  key takes effect once; a PENDING one missing from its queue is queued again.
 """
 
 from __future__ import annotations
@@ -458,7 +458,7 @@ class TaskScheduler:
         """The eligible agents with free capacity, in the order the task's strategy prefers.
 
         Args:
-            prefer: this agent first when it is eligible (a resumed task).
+            prefer: only this agent while it is eligible (a resumed task).
             avoid: this agent last (it just failed an attempt).
 
         Returns:
@@ -495,13 +495,21 @@ class TaskScheduler:
                     frozenset(desc.tags) if desc else frozenset(),
                 )
             )
+        if prefer:
+            pinned = [o for o in options if o.candidate.agent_id == prefer]
+            if pinned:
+                # A resumed task's last attempt may have taken effect on this
+                # agent; only that agent can dedupe the replay by its
+                # idempotency key, so the task waits for room there (an empty
+                # list while it is full). It moves on only once the agent is no
+                # longer eligible (deregistered, unhealthy, ejected): at-least-
+                # once is then the best left.
+                return [o for o in pinned if o.free]
         strategy = placement.strategy_for(task, self.opts.strategies)
         ordered = placement.order(
             strategy, options, task=task, picker=self.client.engine.picker,
             pool_key=d.pool.key, rng=self._rng, rotation=self._rotation,
         )
-        if prefer:
-            ordered.sort(key=lambda o: o.candidate.agent_id != prefer)
         if avoid and len(ordered) > 1:
             ordered.sort(key=lambda o: o.candidate.agent_id == avoid)
         return ordered
@@ -634,8 +642,9 @@ class TaskScheduler:
             raise AssertionError(f"unexpected state {T.TaskState.Name(t.state)}")
 
     async def _replace(self, d: Driven) -> bool:
-        """Place a RETRYING task again (the assigned agent first when it is
-        resumed, the agent that failed last otherwise); SCHEDULED on success.
+        """Place a RETRYING task again (only on the assigned agent while it is
+        eligible when resumed; any but the agent that failed last otherwise);
+        SCHEDULED on success.
         Returns False when the task ended meanwhile (cancel, timeout)."""
         t = d.task
         resumed = t.error.code == "ABORTED"

@@ -13,7 +13,7 @@ import pytest
 import redis
 
 from agentmesh.task.v1 import task_pb2, task_pb2_grpc
-from tests.integration.tasks.conftest import runs, start_agent, start_coordinator, wait_final
+from tests.integration.tasks.conftest import run_log, runs, start_agent, start_coordinator, wait_final
 from tests.procs import AgentProcess
 
 T = task_pb2
@@ -71,7 +71,9 @@ async def test_sigkill_with_tasks_queued_and_running_recovers_exactly_once(
     assert all(d.state == T.TASK_STATE_COMPLETED for d in done), [d.state for d in done]
     for d in done:
         key = f"task/{d.task_id}"
-        assert runs(rsync, "tr-1", key) + runs(rsync, "tr-2", key) == 1, d
+        assert runs(rsync, "tr-1", key) + runs(rsync, "tr-2", key) == 1, (
+            d.assigned_agent_id, d.attempt, [e for e in run_log(rsync) if e[1] == key]
+        )
     resumed = [d for d in done if d.attempt > 1]
     assert resumed, "no task was running when the coordinator died"
     for agent in ("tr-1", "tr-2"):
