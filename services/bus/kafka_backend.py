@@ -39,6 +39,7 @@ from confluent_kafka import (
 )
 from confluent_kafka import TopicPartition as KTP
 from confluent_kafka.admin import AdminClient, NewTopic
+from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from agentmesh.common.v1.common_pb2 import ErrorReason
 from agentmesh.runtime.deps import kafka_client_config, kafka_producer_config
@@ -686,6 +687,23 @@ class _KafkaSource(Source):
         await asyncio.to_thread(self._closed.wait, 30)
 
 
+#: Seconds a tail keeps asking for the positions of a topic whose partitions
+#: have no leader yet (just created, or a leader election in progress).
+TAIL_START_S = 10.0
+
+#: Errors that mean "a partition leader is being elected": worth asking again.
+_LEADER_MOVING = frozenset({
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+})
+
+
+def _leader_moving(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and exc.args[0].code() in _LEADER_MOVING
+
+
 class _KafkaTail(Tail):
     def __init__(
         self,
@@ -706,20 +724,14 @@ class _KafkaTail(Tail):
         self._loop = asyncio.get_running_loop()
         self._thread = threading.Thread(target=self._run, name="bus-tail", daemon=True)
         self._thread.start()
-        await asyncio.to_thread(self._ready.wait, 15)
+        await asyncio.to_thread(self._ready.wait, TAIL_START_S + 5)
         if self._error is not None or not self._ready.is_set():
             raise BackendUnavailable(f"cannot tail {self._topic}: {self._error}")
 
     def _run(self) -> None:
         c = self._backend._utility_consumer(f"_agentmesh.tail.{self._backend.instance_id}")
         try:
-            md = c.list_topics(self._topic, timeout=10)
-            parts = sorted(md.topics[self._topic].partitions)
-            assign = []
-            for p in parts:
-                _, high = c.get_watermark_offsets(KTP(self._topic, p), timeout=5)
-                assign.append(KTP(self._topic, p, high if high >= 0 else OFFSET_END))
-            c.assign(assign)
+            c.assign(self._end_positions(c))
             self._ready.set()
             assert self._loop is not None
             while not self._stop.is_set():
@@ -735,6 +747,28 @@ class _KafkaTail(Tail):
             self._ready.set()
             with contextlib.suppress(Exception):
                 c.close()
+
+    @retry(
+        retry=retry_if_exception(_leader_moving),
+        stop=stop_after_delay(TAIL_START_S),
+        wait=wait_exponential(multiplier=0.05, max=1.0),
+        reraise=True,
+    )
+    def _end_positions(self, c: Consumer) -> list[KTP]:
+        """Each partition of the topic at its high watermark (the tail reads
+        only what is written after it starts). A topic created a moment ago
+        may have no leader yet (NOT_LEADER_FOR_PARTITION,
+        LEADER_NOT_AVAILABLE): asked again with backoff for up to
+        TAIL_START_S."""
+        meta = c.list_topics(self._topic, timeout=10).topics[self._topic]
+        if meta.error is not None:
+            raise KafkaException(meta.error)
+        parts = sorted(meta.partitions)
+        out = []
+        for p in parts:
+            _, high = c.get_watermark_offsets(KTP(self._topic, p), timeout=5)
+            out.append(KTP(self._topic, p, high if high >= 0 else OFFSET_END))
+        return out
 
     async def close(self) -> None:
         self._stop.set()
