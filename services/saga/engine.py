@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from agentmesh.runtime.dataset_epoch import detected_reset
 from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.saga.v1 import saga_pb2
 from services.saga import metrics
@@ -413,7 +414,7 @@ class Engine:
             except Exception:
                 log.exception("retention sweep failed")
             free = self.opts.max_active - len(self.runners) - len(self._starting)
-            if free <= 0:
+            if free <= 0 or detected_reset() is not None:
                 continue
             try:
                 ids = await self.store.expired(limit=min(free, 200))

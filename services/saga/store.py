@@ -47,6 +47,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agentmesh.runtime.dataset_epoch import refuse_if_reset
 from agentmesh.runtime.lease import (
     CLOCK_PRELUDE,
     FENCE_CHECK,
@@ -288,7 +289,11 @@ class SagaStore:
         Returns:
             None when created; (existing saga id, its fingerprint) when the
             idempotency key was already used.
+
+        Raises:
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
         """
+        refuse_if_reset()
         out = await self._create(
             keys=[
                 f"{PREFIX}idem:{idempotency_key}",
@@ -317,7 +322,12 @@ class SagaStore:
 
     async def acquire(self, saga_id: str, *, owner: str, ttl_ms: int) -> Lease | None:
         """Take the saga's lease if it is free or expired; None otherwise (also when
-        the saga is missing or finished)."""
+        the saga is missing or finished).
+
+        Raises:
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
+        """
+        refuse_if_reset()
         keys = lease_keys(saga_id)
         token = int(
             await self._acquire(

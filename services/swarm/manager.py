@@ -21,6 +21,7 @@ from collections.abc import Awaitable, Callable
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from agentmesh.runtime.dataset_epoch import detected_reset
 from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.swarm.v1 import swarm_pb2
 from services.swarm import metrics
@@ -117,6 +118,9 @@ class SwarmManager:
     async def _scan_loop(self) -> None:
         while True:
             try:
+                if detected_reset() is not None:  # health says why; take no lease
+                    await asyncio.sleep(self.scan_interval_s)
+                    continue
                 for sid in await self.store.active_ids():
                     if sid not in self._tasks:
                         await self.try_drive(sid)

@@ -50,6 +50,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agentmesh.runtime.dataset_epoch import refuse_if_reset
 from agentmesh.runtime.lease import (
     CLOCK_PRELUDE,
     FENCE_CHECK,
@@ -242,7 +243,12 @@ class SwarmStore:
 
     # ---- records ----------------------------------------------------------
     async def create(self, swarm: swarm_pb2.Swarm) -> bool:
-        """Store a new swarm and index it; False when the id is taken."""
+        """Store a new swarm and index it; False when the id is taken.
+
+        Raises:
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
+        """
+        refuse_if_reset()
         key = swarm_key(swarm.swarm_id)
         created = await self.redis.hsetnx(key, "pb", swarm.SerializeToString())
         if not created:
@@ -336,7 +342,12 @@ class SwarmStore:
 
     # ---- leases (the runtime's fenced lease) ---------------------------------
     async def acquire(self, swarm_id: str, *, owner: str, ttl_ms: int) -> Lease | None:
-        """Take the swarm's lease if nobody holds it; None otherwise."""
+        """Take the swarm's lease if nobody holds it; None otherwise.
+
+        Raises:
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
+        """
+        refuse_if_reset()
         grant = await self.leases.acquire(lease_keys(swarm_id), owner=owner, ttl_ms=ttl_ms)
         return Lease(grant.lease.keys, owner, grant.lease.token) if grant.lease else None
 

@@ -40,6 +40,7 @@ from agentmesh.agent.v1 import agent_pb2
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.router.v1 import router_pb2
 from agentmesh.runtime.agents import AgentClient, CallOutcome, call_message
+from agentmesh.runtime.dataset_epoch import detected_reset
 from agentmesh.runtime.errors import AgentMeshError, ErrorReason, Unavailable, from_rpc_error
 from agentmesh.runtime.lease import Lease, LeaseLost
 from agentmesh.runtime.priority import CLASSES, WEIGHTS
@@ -307,7 +308,7 @@ class TaskScheduler:
         task tries its next agent in a second round), and the leases in one more.
         """
         free = self.opts.max_active - len(self.driven)
-        if free <= 0:
+        if free <= 0 or detected_reset() is not None:  # health says why
             return 0
         now = now_ms()
         due = await self.store.due(now_ms=now, count=min(free, BATCH))
@@ -785,6 +786,8 @@ class TaskScheduler:
     async def recover_once(self) -> int:
         """Take over orphaned tasks and re-queue lost queue entries; returns
         how many tasks it took over. Also samples the queue depths."""
+        if detected_reset() is not None:  # health says why; take no lease
+            return 0
         depths = await self.store.depths()
         for cls, n in enumerate(depths):
             metrics.TASK_QUEUE_DEPTH.labels(CLASS_NAMES[cls]).set(n)

@@ -38,6 +38,7 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from agentmesh.runtime.dataset_epoch import refuse_if_reset
 from agentmesh.runtime.lease import (
     CLOCK_PRELUDE,
     FENCE_CHECK,
@@ -287,7 +288,9 @@ class TaskStore:
 
         Raises:
             redis.exceptions.RedisError: Redis failed.
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
         """
+        refuse_if_reset()
         tid = task.task_id
         created, pb, cancel = await self._create(
             keys=[task_key(tid), events_key(tid)],
@@ -362,7 +365,12 @@ class TaskStore:
     # ---- leases and commits -----------------------------------------------------
     async def claim(self, task_id: str, *, owner: str, ttl_ms: int) -> Claimed | None:
         """Take the task's lease and read it (one round trip); None when the
-        task is gone or another replica holds it."""
+        task is gone or another replica holds it.
+
+        Raises:
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
+        """
+        refuse_if_reset()
         lk = lease_keys(task_id)
         res = await self._claim(keys=[lk.record, lk.fence, task_key(task_id)], args=[owner, ttl_ms])
         if int(res[0]) <= 0:
@@ -554,6 +562,7 @@ class TaskStore:
         self, task_ids: Sequence[str], *, owner: str, ttl_ms: int
     ) -> list[Claimed | None]:
         """claim for many tasks in one pipeline (one script call per task)."""
+        refuse_if_reset()
         calls = []
         for tid in task_ids:
             lk = lease_keys(tid)
