@@ -36,7 +36,6 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from google.protobuf import struct_pb2
-from redis import exceptions as redis_exceptions
 
 from agentmesh.agent.context import ActionContext
 from agentmesh.agent.idempotency import IdempotencyStore, StoredResult
@@ -53,6 +52,7 @@ from agentmesh.runtime.errors import (
     Unimplemented,
     error_info,
 )
+from agentmesh.runtime.redis_errors import is_redis_down
 
 log = logging.getLogger("agentmesh.agent")
 
@@ -78,8 +78,7 @@ def map_exception(exc: BaseException, action: str) -> AgentMeshError:
         return DeadlineExceeded(text)
     if isinstance(exc, (ValueError, TypeError, KeyError)):
         return InvalidArgument(text)
-    if isinstance(exc, (ConnectionError, redis_exceptions.ConnectionError,
-                        redis_exceptions.TimeoutError)):
+    if isinstance(exc, ConnectionError) or is_redis_down(exc):
         return Unavailable(text, reason=ErrorReason.ERROR_REASON_AGENT_DEPENDENCY_DOWN)
     if isinstance(exc, NotImplementedError):
         return Unimplemented(text)

@@ -24,9 +24,10 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import redis.asyncio as aioredis
+if TYPE_CHECKING:  # redis-py is needed only by agents that use the Redis store
+    import redis.asyncio as aioredis
 
 
 @dataclass(frozen=True)

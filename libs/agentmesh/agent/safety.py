@@ -32,7 +32,6 @@ from agentmesh.runtime.errors import (
     error_info,
     from_rpc_error,
 )
-from agentmesh.runtime.routing.constraints import compile_constraint
 
 log = logging.getLogger("agentmesh.agent.safety")
 
@@ -74,6 +73,13 @@ class SafetyLink:
                 level or message types.
             AgentMeshError: the router refused or stayed unreachable.
         """
+        try:  # the CEL compiler (cel-python) is an extra: only agents with constraints need it
+            from agentmesh.runtime.routing.constraints import compile_constraint
+        except ImportError as e:
+            raise ImportError(
+                f"typed safety constraints are compiled with cel-python ({e}); "
+                "install it with: pip install 'agentmesh[cel]'"
+            ) from e
         wanted = [compile_constraint(c) for c in constraints]
         created = []
         for c, rule in zip(constraints, wanted, strict=True):

@@ -52,10 +52,27 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from redis import exceptions as rx
-
 from agentmesh.common.v1.common_pb2 import ErrorReason
 from agentmesh.runtime.errors import Unavailable
+
+_DOWN_TYPES: tuple[type[BaseException], ...] = ()
+_RESPONSE_ERROR: type[BaseException] | None = None
+try:
+    from redis import exceptions as rx
+
+    _DOWN_TYPES = (
+        rx.ConnectionError,
+        rx.TimeoutError,
+        rx.InvalidResponse,
+        rx.ReadOnlyError,
+        rx.ClusterError,
+        rx.TryAgainError,
+        rx.SlotNotCoveredError,
+        rx.OutOfMemoryError,
+    )
+    _RESPONSE_ERROR = rx.ResponseError
+except ImportError:  # an agent without redis-py: no exception is a Redis one
+    pass
 
 #: RetryInfo delay a client gets with REDIS_DOWN, seconds: long enough for a
 #: dropped connection to be re-established or a Sentinel failover to progress,
@@ -67,16 +84,6 @@ REDIS_RETRY_DELAY_S = 1.0
 #: per interval, not one per RPC.
 REDIS_DOWN_LOG_INTERVAL_S = 10.0
 
-_DOWN_TYPES: tuple[type[BaseException], ...] = (
-    rx.ConnectionError,
-    rx.TimeoutError,
-    rx.InvalidResponse,
-    rx.ReadOnlyError,
-    rx.ClusterError,
-    rx.TryAgainError,
-    rx.SlotNotCoveredError,
-    rx.OutOfMemoryError,
-)
 
 #: Error reply codes (the reply's first word) of "Redis is down" replies that
 #: redis-py raises as a plain ResponseError.
@@ -88,7 +95,7 @@ def is_redis_down(exc: BaseException) -> bool:
     docstring for the list); False for every other exception, Redis or not."""
     if isinstance(exc, _DOWN_TYPES):
         return True
-    if type(exc) is rx.ResponseError:
+    if _RESPONSE_ERROR is not None and type(exc) is _RESPONSE_ERROR:
         code, _, _ = str(exc).partition(" ")
         return code in _DOWN_REPLY_CODES
     return False

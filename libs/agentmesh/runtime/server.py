@@ -25,29 +25,29 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
-import redis.asyncio as aioredis
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from agentmesh.runtime.auth import TokenAuthenticator
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import ServerConfig, load_config
-from agentmesh.runtime.dataset_epoch import DatasetEpoch
-from agentmesh.runtime.deps import (
-    kafka_probe,
-    kafka_security_config,
-    redis_from_config,
-    redis_probe,
-)
 from agentmesh.runtime.health import DependencyMonitor, Probe
 from agentmesh.runtime.interceptors import RuntimeServer
 from agentmesh.runtime.logs import configure_logging
 from agentmesh.runtime.metrics import serve_metrics
 from agentmesh.runtime.reflection import enable_reflection
 from agentmesh.runtime.settings import Settings
+
+if TYPE_CHECKING:
+    # Redis and Kafka clients are imported when a daemon asks for them: an
+    # agent built on the SDK runs this same server without redis-py or
+    # confluent-kafka installed (agentmesh[server] brings them).
+    import redis.asyncio as aioredis
+
+    from agentmesh.runtime.dataset_epoch import DatasetEpoch
 
 log = logging.getLogger("agentmesh.server")
 
@@ -121,6 +121,8 @@ class Daemon:
     def redis(self) -> aioredis.Redis:
         """The daemon's shared Redis client, created on first use with a health probe."""
         if self._redis is None:
+            from agentmesh.runtime.deps import redis_from_config, redis_probe
+
             self._redis = redis_from_config(self.config)
             self.add_probe("redis", redis_probe(self._redis))
             client = self._redis
@@ -131,6 +133,8 @@ class Daemon:
         """Turn health NOT_SERVING, with the reason, once the Redis behind
         this daemon's fencing tokens comes back without its data (see
         runtime.dataset_epoch); for daemons that drive work under leases."""
+        from agentmesh.runtime.dataset_epoch import DatasetEpoch
+
         epoch = DatasetEpoch(client)
         self.add_probe("redis_dataset", epoch.probe)
 
@@ -151,6 +155,8 @@ class Daemon:
             raise ValueError(
                 "this daemon needs Kafka: set --kafka-bootstrap or AGENTMESH_KAFKA_BOOTSTRAP"
             )
+        from agentmesh.runtime.deps import kafka_probe, kafka_security_config
+
         self.add_probe(
             "kafka",
             kafka_probe(
