@@ -6,9 +6,11 @@ export PATH := $(GOBIN):$(PATH)
 RUN_DIR ?= .run
 BREAKING_AGAINST ?= .git\#branch=main
 
-# First `make demo` / `make test` / `make up` on a fresh machine installs what
-# they need (Python deps, redis-server, Kafka jars, Go tools) once.
+# First `make test` / `make up` on a fresh machine installs what they need
+# (Python deps, redis-server, Kafka jars, Go tools) once; `make demo` installs
+# only its own part (redis-server and the package with the demo extras).
 SETUP_STAMP := $(RUN_DIR)/setup.stamp
+DEMO_STAMP := $(RUN_DIR)/demo.stamp
 
 .PHONY: help setup proto check-generated lint breaking test test-unit fuzz deploy-check up down status demo bench ghz locust
 
@@ -21,6 +23,10 @@ setup: ## Install Python deps, redis-server, Kafka jars and Go tools (idempotent
 
 $(SETUP_STAMP): pyproject.toml .ci/install.sh deploy/local/tools.sh deploy/local/kafka/pom.xml
 	bash .ci/install.sh
+	mkdir -p $(RUN_DIR) && touch $@
+
+$(DEMO_STAMP): pyproject.toml .ci/install.sh
+	bash .ci/install.sh demo
 	mkdir -p $(RUN_DIR) && touch $@
 
 proto: ## Regenerate Python code, .pyi stubs, the client's typed wrappers and the Go stubs from protos/
@@ -63,7 +69,7 @@ down: ## Stop what `make up` started
 status: ## Show the health of the local stack
 	$(PYTHON) -m agentmesh.cli.main status
 
-demo: $(SETUP_STAMP) ## Scope 3 demo on the EPA factors, start to finish
+demo: $(DEMO_STAMP) ## Scope 3 demo on the EPA factors, start to finish
 	$(PYTHON) -m agentmesh.cli.main demo
 
 bench: $(SETUP_STAMP) ## Run every perf/ benchmark 3x vs its baseline; writes perf/results/latest.{json,md}

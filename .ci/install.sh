@@ -5,7 +5,11 @@
 #   3. the Kafka broker jars from Maven Central (deploy/local/kafka/pom.xml)
 #   4. pinned Go tools (deploy/local/tools.sh)
 #   5. the polyglot clients' deps: Go modules of clients/go, npm ci in clients/node
-# Each step skips what is already there, so re-running costs seconds.
+# Each step skips what is already there, so re-running costs seconds, and
+# prints what it cost.
+#
+#   bash .ci/install.sh demo   only what `make demo` needs: redis-server and
+#                              pip install -e '.[demo]' (no JDK, Kafka, Go, npm)
 #
 # Env:
 #   PYTHON                 interpreter to install into (default: python, else python3)
@@ -22,6 +26,12 @@ cd "$repo_root"
 say() { echo "install.sh: $*" >&2; }
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 
+profile="${1:-full}"
+[[ "$profile" == "full" || "$profile" == "demo" ]] || die "unknown profile '$profile' (full or demo)"
+step_t0=$SECONDS
+# took <step>: print the seconds the step just finished cost, start the next clock.
+took() { say "$1 took $((SECONDS - step_t0)) s"; step_t0=$SECONDS; }
+
 # CI containers run as root and often have no sudo; developers are not root.
 as_root() {
   if [[ "$(id -u)" -eq 0 ]]; then
@@ -36,11 +46,13 @@ as_root() {
 # --- 1. Debian packages ------------------------------------------------------
 pkgs=()
 command -v redis-server >/dev/null 2>&1 || pkgs+=(redis-server)
-command -v kcat >/dev/null 2>&1 || pkgs+=(kcat)
-command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
-# Kafka 4.x needs Java 17; Maven fetches the broker jars.
-command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
-command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
+if [[ "$profile" == "full" ]]; then
+  command -v kcat >/dev/null 2>&1 || pkgs+=(kcat)
+  command -v shellcheck >/dev/null 2>&1 || pkgs+=(shellcheck)
+  # Kafka 4.x needs Java 17; Maven fetches the broker jars.
+  command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
+  command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
+fi
 
 if [[ ${#pkgs[@]} -gt 0 ]]; then
   if [[ "${AGENTMESH_SKIP_APT:-0}" == "1" ]]; then
@@ -54,8 +66,9 @@ if [[ ${#pkgs[@]} -gt 0 ]]; then
     as_root apt-get -o DPkg::Lock::Timeout=600 install -y -q --no-install-recommends "${pkgs[@]}"
   fi
 else
-  say "Debian packages present (redis-server, kcat, shellcheck, java, mvn)"
+  say "Debian packages present"
 fi
+took "Debian packages"
 
 # --- 2. Python package -------------------------------------------------------
 py="${PYTHON:-}"
@@ -64,13 +77,21 @@ if [[ -z "$py" ]]; then
 fi
 command -v "$py" >/dev/null 2>&1 || die "Python interpreter '$py' not found"
 [[ -f pyproject.toml ]] || die "pyproject.toml not found in $repo_root"
-say "$py -m pip install -e '.[dev]'"
+extras=dev
+[[ "$profile" == "demo" ]] && extras=demo
+say "$py -m pip install -e '.[$extras]'"
 # pip skips satisfied requirements itself, which keeps re-runs cheap.
-"$py" -m pip install -q --disable-pip-version-check -e '.[dev]'
+"$py" -m pip install -q --disable-pip-version-check -e ".[$extras]"
+took "Python package"
+if [[ "$profile" == "demo" ]]; then
+  say "done (demo profile)"
+  exit 0
+fi
 
 # --- 3. Kafka broker jars ----------------------------------------------------
 say "Kafka broker jars"
 bash deploy/local/kafka.sh fetch >&2
+took "Kafka broker jars"
 
 # --- 4. Go tools -------------------------------------------------------------
 if [[ "${AGENTMESH_SKIP_TOOLS:-0}" == "1" ]]; then
@@ -81,6 +102,7 @@ else
   say "Go tools"
   bash deploy/local/tools.sh >&2
 fi
+took "Go tools"
 
 # --- 5. Polyglot clients (clients/go, clients/node; tests/e2e/test_polyglot.py) ---
 # Go: fetch the agent's modules from the proxy now, so the e2e test's
@@ -103,6 +125,7 @@ if command -v npm >/dev/null 2>&1; then
 else
   say "'npm' not found; the Node client e2e test will fail under CI (install Node.js >= 20)"
 fi
+took "polyglot clients"
 
 say "done"
 # The one line on stdout, so callers can `eval "$(bash .ci/install.sh)"`.
