@@ -40,7 +40,7 @@ check-generated: ## Fail when committed generated code is stale
 
 lint: ## ruff, mypy and buf lint
 	ruff check libs services tests perf scripts examples
-	mypy libs/agentmesh services
+	mypy libs/agentmesh
 	buf lint
 
 breaking: ## buf breaking (FILE rules) against main

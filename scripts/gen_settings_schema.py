@@ -38,7 +38,7 @@ def generated_schema(current: dict[str, Any]) -> dict[str, Any]:
 
     out = json.loads(json.dumps(current))
     for daemon in DAEMONS:
-        cls = importlib.import_module(f"services.{daemon}.settings").SETTINGS
+        cls = importlib.import_module(f"agentmesh.server.{daemon}.settings").SETTINGS
         config = out["properties"][daemon]["properties"]["config"]
         config["type"] = "object"
         config["description"] = (

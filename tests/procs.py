@@ -6,7 +6,7 @@ guess ports or sleep. `serve_until_signal` is the other side of that protocol
 for plain grpc.aio servers written on the generated stubs (test agents,
 benchmark baselines).
 
-    daemon("registry", tmp_path, "--redis-url", url)      # python -m services.registry
+    daemon("registry", tmp_path, "--redis-url", url)      # python -m agentmesh.server.registry
     testing_agent("counting", tmp_path, "--redis-url", url)  # python -m agentmesh.agent.testing
     group = ProcessGroup(); group.start(p); ...; group.stop_all()
 """
@@ -34,7 +34,8 @@ class DaemonProcess:
     """One daemon process.
 
     Args:
-        args: the command after the Python interpreter, e.g. ["-m", "services.registry", ...].
+        args: the command after the Python interpreter,
+            e.g. ["-m", "agentmesh.server.registry", ...].
         log_path: file that receives stdout and stderr.
         env: extra environment variables.
     """
@@ -139,9 +140,9 @@ class DaemonProcess:
 def daemon(
     name: str, log_dir: Path, *flags: str, env: dict[str, str] | None = None
 ) -> DaemonProcess:
-    """A DaemonProcess for `python -m services.<name> --port 0 --metrics-port 0 <flags>`."""
+    """A DaemonProcess for `python -m agentmesh.server.<name> --port 0 --metrics-port 0 <flags>`."""
     return DaemonProcess(
-        ["-m", f"services.{name}", "--port", "0", "--metrics-port", "0", *flags],
+        ["-m", f"agentmesh.server.{name}", "--port", "0", "--metrics-port", "0", *flags],
         log_dir / f"{name}-{time.monotonic_ns()}.log",
         env=env,
     )

@@ -63,9 +63,9 @@ def client_main(target: str, topic: str, n: int, mode: str) -> None:
 
 
 async def serve_and_drive(a: argparse.Namespace) -> None:
-    from services.bus.__main__ import make_backend
-    from services.bus.servicer import BusServicer
-    from services.bus.settings import BusSettings
+    from agentmesh.server.bus.__main__ import make_backend
+    from agentmesh.server.bus.servicer import BusServicer
+    from agentmesh.server.bus.settings import BusSettings
 
     settings = BusSettings(backend="kafka", kafka_bootstrap=a.bootstrap,
                            instance_id=uuid.uuid4().hex[:12])

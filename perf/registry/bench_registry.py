@@ -44,6 +44,9 @@ sys.path.insert(0, str(ROOT))
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2 as pb  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2_grpc  # noqa: E402
+from agentmesh.server.registry.discovery import CatalogMirror  # noqa: E402
+from agentmesh.server.registry.settings import RegistrySettings  # noqa: E402
+from agentmesh.server.registry.store import RegistryStore  # noqa: E402
 from perf.common import (  # noqa: E402
     NOOP_SERVERS,
     add_json,
@@ -55,9 +58,6 @@ from perf.common import (  # noqa: E402
     write_results,
 )
 from perf.table import Figure  # noqa: E402
-from services.registry.discovery import CatalogMirror  # noqa: E402
-from services.registry.settings import RegistrySettings  # noqa: E402
-from services.registry.store import RegistryStore  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess, scrape_metrics  # noqa: E402
 
@@ -280,7 +280,7 @@ async def main() -> None:
         client = aioredis.Redis.from_url(url)
         flags = ["--port", "0", "--metrics-port", "0", "--redis-url", url,
                  "--heartbeat-interval-ms", "600000", "--sweep-interval-ms", "1000"]
-        reg = start("-m", "services.registry", *flags)
+        reg = start("-m", "agentmesh.server.registry", *flags)
         noop = start(str(NOOP_SERVERS), "registry")
         mem0 = (await client.info("memory"))["used_memory"]
 
@@ -337,7 +337,7 @@ async def main() -> None:
         assert r.total_matches == ns.agents
 
         # ---- through gRPC -------------------------------------------------
-        nocache = start("-m", "services.registry", *flags, "--discovery-cache-ttl-ms", "0")
+        nocache = start("-m", "agentmesh.server.registry", *flags, "--discovery-cache-ttl-ms", "0")
         hist = "registry_discovery_latency_ms"
         for label, d in (("cached", reg), ("uncached", nocache)):
             async with grpc.aio.insecure_channel(d.target) as ch:

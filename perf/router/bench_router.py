@@ -42,6 +42,7 @@ from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
 from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
 from agentmesh.runtime.routing.engine import RouteEngine  # noqa: E402
+from agentmesh.server.router.settings import RouterSettings  # noqa: E402
 from perf.common import (  # noqa: E402
     NOOP_SERVERS,
     add_json,
@@ -53,7 +54,6 @@ from perf.common import (  # noqa: E402
     write_results,
 )
 from perf.table import Figure  # noqa: E402
-from services.router.settings import RouterSettings  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.procs import DaemonProcess  # noqa: E402
 from tests.registry_records import queue_agent_record, write_agent_record  # noqa: E402
@@ -309,7 +309,8 @@ def bench(seconds: float, *, in_process: bool = True) -> dict[str, Any]:
         agent = start(str(NOOP_SERVERS), "agent", "echo-1")
         asyncio.run(_register_echo(url, "echo-1", agent.target, "echo"))
         router = start(
-            "-m", "services.router", "--port", "0", "--metrics-port", "0", "--redis-url", url
+            "-m", "agentmesh.server.router", "--port", "0", "--metrics-port", "0",
+            "--redis-url", url,
         )
         return asyncio.run(measure(seconds, url, noop, agent, router, in_process=in_process))
     finally:

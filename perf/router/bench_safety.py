@@ -191,7 +191,8 @@ def bench(seconds: float) -> dict[str, Any]:
         url = redis_server.url_for_db(0)
         noop = start(str(NOOP_SERVERS), "safety")
         router = start(
-            "-m", "services.router", "--port", "0", "--metrics-port", "0", "--redis-url", url
+            "-m", "agentmesh.server.router", "--port", "0", "--metrics-port", "0",
+            "--redis-url", url,
         )
         return asyncio.run(measure(seconds, noop.target, router.target))
     finally:

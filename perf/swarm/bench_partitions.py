@@ -6,7 +6,7 @@ Setup (all on loopback, one machine):
 * a "fleet" process running 100 lightweight AgentService servers (one
   grpc.aio server per agent, each on its own port, all in ONE process and
   event loop), registered with the registry's Redis key schema;
-* the swarm daemon (`python -m services.swarm`) as its own process.
+* the swarm daemon (`python -m agentmesh.server.swarm`) as its own process.
 
 Workloads: each Execute sleeps `work_ms` (0 = pure overhead, 10 = an
 I/O-bound agent), then returns a few numbers.

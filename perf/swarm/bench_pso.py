@@ -58,9 +58,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from perf.common import emit_figures  # noqa: E402
-from perf.table import Figure  # noqa: E402
-from services.swarm.engine import (  # noqa: E402
+from agentmesh.server.swarm.engine import (  # noqa: E402
     BENCHMARKS,
     Behaviour,
     BoundaryMode,
@@ -70,8 +68,10 @@ from services.swarm.engine import (  # noqa: E402
     VelocityInit,
     get_benchmark,
 )
-from services.swarm.engine.arrays import FloatArray  # noqa: E402
-from services.swarm.engine.pso import DEFAULT_C1, DEFAULT_C2, DEFAULT_W  # noqa: E402
+from agentmesh.server.swarm.engine.arrays import FloatArray  # noqa: E402
+from agentmesh.server.swarm.engine.pso import DEFAULT_C1, DEFAULT_C2, DEFAULT_W  # noqa: E402
+from perf.common import emit_figures  # noqa: E402
+from perf.table import Figure  # noqa: E402
 
 V_CLAMP_FRACTION = 0.2
 AT_OPTIMUM = 1e-12

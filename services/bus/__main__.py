@@ -1,19 +1,19 @@
-"""Entry point: `python -m services.bus` or `agentmesh-bus`."""
+"""Entry point: `python -m agentmesh.server.bus` or `agentmesh-bus`."""
 
 from __future__ import annotations
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.runtime.server import Daemon, run_daemon
-from services.bus import metrics
-from services.bus.backend import Backend
-from services.bus.servicer import BusServicer
-from services.bus.settings import BusSettings
+from agentmesh.server.bus import metrics
+from agentmesh.server.bus.backend import Backend
+from agentmesh.server.bus.servicer import BusServicer
+from agentmesh.server.bus.settings import BusSettings
 
 
 def make_backend(settings: BusSettings) -> Backend:
     """The backend named by the settings."""
     if settings.backend == "kafka":
-        from services.bus.kafka_backend import KafkaBackend
+        from agentmesh.server.bus.kafka_backend import KafkaBackend
 
         return KafkaBackend(
             settings.kafka_bootstrap,
@@ -26,7 +26,7 @@ def make_backend(settings: BusSettings) -> Backend:
             consumer_overrides=settings.kafka_consumer_overrides(),
             topic_defaults=settings.topic_defaults(),
         )
-    from services.bus.memory_backend import MemoryBackend
+    from agentmesh.server.bus.memory_backend import MemoryBackend
 
     return MemoryBackend()
 

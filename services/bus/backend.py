@@ -13,8 +13,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from agentmesh.common.v1.common_pb2 import ErrorReason
-from services.bus.topics import TopicSpec
-from services.bus.wire import OutRecord, StoredRecord
+from agentmesh.server.bus.topics import TopicSpec
+from agentmesh.server.bus.wire import OutRecord, StoredRecord
 
 TopicPartition = tuple[str, int]
 

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from google.protobuf.message import DecodeError
 
 from agentmesh.bus.v1 import bus_pb2
-from services.bus import wire
+from agentmesh.server.bus import wire
 
 ZERO_HASH = "0" * 64
 ZERO_RAW = bytes(32)

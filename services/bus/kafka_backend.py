@@ -43,8 +43,8 @@ from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponenti
 
 from agentmesh.common.v1.common_pb2 import ErrorReason
 from agentmesh.runtime.deps import kafka_client_config, kafka_producer_config
-from services.bus import metrics
-from services.bus.backend import (
+from agentmesh.server.bus import metrics
+from agentmesh.server.bus.backend import (
     Assigned,
     Backend,
     BackendUnavailable,
@@ -59,8 +59,8 @@ from services.bus.backend import (
     TopicRejected,
     WriteResult,
 )
-from services.bus.topics import TopicSpec
-from services.bus.wire import OutRecord, StoredRecord
+from agentmesh.server.bus.topics import TopicSpec
+from agentmesh.server.bus.wire import OutRecord, StoredRecord
 
 log = logging.getLogger("agentmesh.bus.kafka")
 

@@ -14,7 +14,7 @@ import itertools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from services.bus.backend import (
+from agentmesh.server.bus.backend import (
     Assigned,
     Backend,
     Records,
@@ -26,8 +26,8 @@ from services.bus.backend import (
     TopicPartition,
     WriteResult,
 )
-from services.bus.topics import TopicSpec
-from services.bus.wire import OutRecord, StoredRecord
+from agentmesh.server.bus.topics import TopicSpec
+from agentmesh.server.bus.wire import OutRecord, StoredRecord
 
 
 @dataclass(slots=True)

@@ -27,18 +27,18 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     Unavailable,
 )
-from services.bus import metrics, wire
-from services.bus.backend import (
+from agentmesh.server.bus import metrics, wire
+from agentmesh.server.bus.backend import (
     Backend,
     BackendUnavailable,
     DeliveryError,
     TopicExists,
     WriteResult,
 )
-from services.bus.chain import ChainWriter
-from services.bus.partitioner import Partitioner, murmur2
-from services.bus.settings import BusSettings
-from services.bus.topics import dlq_topic, topic_error
+from agentmesh.server.bus.chain import ChainWriter
+from agentmesh.server.bus.partitioner import Partitioner, murmur2
+from agentmesh.server.bus.settings import BusSettings
+from agentmesh.server.bus.topics import dlq_topic, topic_error
 
 _PRIORITIES = set(common_pb2.Priority.values())
 _NORMAL_FIELD = wire.TAG_ENV_PRIORITY + wire.varint(common_pb2.PRIORITY_NORMAL)

@@ -12,8 +12,8 @@ import asyncio
 import logging
 
 from agentmesh.bus.v1 import bus_pb2
-from services.bus import wire
-from services.bus.backend import Backend, Tail
+from agentmesh.server.bus import wire
+from agentmesh.server.bus.backend import Backend, Tail
 
 log = logging.getLogger("agentmesh.bus.replies")
 

@@ -30,13 +30,19 @@ from agentmesh.runtime.errors import (
     NotFound,
     Unavailable,
 )
-from services.bus import chain, metrics, wire
-from services.bus.backend import Backend, BackendUnavailable, TopicExists, TopicRejected
-from services.bus.publisher import Publisher
-from services.bus.replies import DEFAULT_REPLY_TOPIC, ReplyRouter
-from services.bus.settings import BusSettings
-from services.bus.subscription import Subscription, SubscriptionOptions
-from services.bus.topics import TopicMatcher, TopicSpec, dlq_topic, pattern_error, topic_error
+from agentmesh.server.bus import chain, metrics, wire
+from agentmesh.server.bus.backend import Backend, BackendUnavailable, TopicExists, TopicRejected
+from agentmesh.server.bus.publisher import Publisher
+from agentmesh.server.bus.replies import DEFAULT_REPLY_TOPIC, ReplyRouter
+from agentmesh.server.bus.settings import BusSettings
+from agentmesh.server.bus.subscription import Subscription, SubscriptionOptions
+from agentmesh.server.bus.topics import (
+    TopicMatcher,
+    TopicSpec,
+    dlq_topic,
+    pattern_error,
+    topic_error,
+)
 
 #: Consumer group whose committed offsets on "<topic>.dlq" mark what was redriven.
 REDRIVE_GROUP = "_agentmesh.redrive"

@@ -14,14 +14,14 @@ from typing import Any
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import kafka_security_config
 from agentmesh.runtime.settings import Settings, setting
-from services.bus.kafka_config import (
+from agentmesh.server.bus.kafka_config import (
     CLEANUP_POLICIES,
     COMPRESSION_TYPES,
     CONSUMER_ALLOWED,
     PRODUCER_ALLOWED,
     parse_pairs,
 )
-from services.bus.topics import TopicSpec
+from agentmesh.server.bus.topics import TopicSpec
 
 #: Values of --backend; empty picks kafka when --kafka-bootstrap is set.
 BACKENDS = ("", "memory", "kafka")

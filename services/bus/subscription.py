@@ -23,8 +23,8 @@ from dataclasses import dataclass, field
 from google.protobuf.message import DecodeError
 
 from agentmesh.bus.v1 import bus_pb2
-from services.bus import metrics, wire
-from services.bus.backend import (
+from agentmesh.server.bus import metrics, wire
+from agentmesh.server.bus.backend import (
     Assigned,
     Backend,
     BackendUnavailable,
@@ -34,8 +34,8 @@ from services.bus.backend import (
     SourceEvent,
     TopicPartition,
 )
-from services.bus.backlog import Backlog, Item
-from services.bus.topics import TopicMatcher
+from agentmesh.server.bus.backlog import Backlog, Item
+from agentmesh.server.bus.topics import TopicMatcher
 
 log = logging.getLogger("agentmesh.bus.subscription")
 

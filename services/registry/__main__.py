@@ -1,4 +1,4 @@
-"""Entry point: `python -m services.registry` or `agentmesh-registry`."""
+"""Entry point: `python -m agentmesh.server.registry` or `agentmesh-registry`."""
 
 from __future__ import annotations
 
@@ -9,14 +9,14 @@ from agentmesh.registry.v1 import (
     registry_pb2_grpc,
 )
 from agentmesh.runtime.server import Daemon, run_daemon
-from services.registry.coordination import CoordinationServicer
-from services.registry.coordination_store import CoordinationStore
-from services.registry.discovery import CatalogMirror
-from services.registry.reaper import Reaper
-from services.registry.servicer import RegistryServicer
-from services.registry.settings import RegistrySettings
-from services.registry.store import RegistryStore
-from services.registry.watch import WatchHub
+from agentmesh.server.registry.coordination import CoordinationServicer
+from agentmesh.server.registry.coordination_store import CoordinationStore
+from agentmesh.server.registry.discovery import CatalogMirror
+from agentmesh.server.registry.reaper import Reaper
+from agentmesh.server.registry.servicer import RegistryServicer
+from agentmesh.server.registry.settings import RegistrySettings
+from agentmesh.server.registry.store import RegistryStore
+from agentmesh.server.registry.watch import WatchHub
 
 
 def build(daemon: Daemon) -> None:

@@ -18,10 +18,10 @@ from agentmesh.runtime.errors import (
     NotFound,
     PermissionDenied,
 )
-from services.registry import metrics
-from services.registry.coordination_store import CoordinationStore
-from services.registry.store import ts_ms
-from services.registry.validation import authorize_identity
+from agentmesh.server.registry import metrics
+from agentmesh.server.registry.coordination_store import CoordinationStore
+from agentmesh.server.registry.store import ts_ms
+from agentmesh.server.registry.validation import authorize_identity
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 

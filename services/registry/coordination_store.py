@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from agentmesh.registry.v1 import coordination_pb2
 from agentmesh.runtime.lease import CLOCK_PRELUDE, FencedLeases, LeaseKeys, RenewStatus
 from agentmesh.runtime.lease import Lease as FencedLease
-from services.registry.store import ts_ms
+from agentmesh.server.registry.store import ts_ms
 
 _TALLY_EXPIRE = CLOCK_PRELUDE + r"""
 local now = now_ms

@@ -3,7 +3,7 @@
 Each replica keeps the whole catalog in memory (descriptor, status, health,
 in-memory capability/service-type/tag indexes) and keeps it current from the
 event stream, the informer pattern of Kubernetes clients: the watch tailer
-(services.registry.watch) hands it every event batch as soon as XREAD returns
+(agentmesh.server.registry.watch) hands it every event batch as soon as XREAD returns
 it. Consistency: an answer reflects every change made through this replica
 before the call (writes raise the mirror's wanted revision), and changes made
 through other replicas once the tailer delivers them (one blocking XREAD,
@@ -34,9 +34,9 @@ from dataclasses import dataclass
 from agentmesh.catalog import discovery_order, version_matches
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
-from services.registry import metrics
-from services.registry.store import RegistryStore, StoredEvent
-from services.registry.watch import WatchHub
+from agentmesh.server.registry import metrics
+from agentmesh.server.registry.store import RegistryStore, StoredEvent
+from agentmesh.server.registry.watch import WatchHub
 
 log = logging.getLogger("agentmesh.registry.discovery")
 

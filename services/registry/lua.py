@@ -249,7 +249,7 @@ return out
 
 #: ARGV: p, cfg, age_ms, interval_ms, error_rate, response_time_ms, cpu_percent.
 #: Returns the health score as a string; used by tests to check the Lua
-#: formula against services.registry.health.
+#: formula against agentmesh.server.registry.health.
 HEALTH_PROBE = PRELUDE + r"""
 return fmt(score(tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]),
   tonumber(ARGV[6]), tonumber(ARGV[7])))

@@ -20,8 +20,8 @@ import time
 from agentmesh import catalog
 from agentmesh.runtime.lease import FencedLeases, LeaseKeys
 from agentmesh.runtime.tasks import cancel_and_wait
-from services.registry import lua, metrics
-from services.registry.store import STATUS_NAMES, RegistryStore
+from agentmesh.server.registry import lua, metrics
+from agentmesh.server.registry.store import STATUS_NAMES, RegistryStore
 
 log = logging.getLogger("agentmesh.registry.reaper")
 

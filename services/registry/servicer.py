@@ -20,18 +20,18 @@ from agentmesh.runtime.errors import (
     OutOfRange,
     PermissionDenied,
 )
-from services.registry import metrics
-from services.registry.discovery import CatalogMirror, selector_matches
-from services.registry.settings import RegistrySettings
-from services.registry.store import RegistryStore
-from services.registry.validation import (
+from agentmesh.server.registry import metrics
+from agentmesh.server.registry.discovery import CatalogMirror, selector_matches
+from agentmesh.server.registry.settings import RegistrySettings
+from agentmesh.server.registry.store import RegistryStore
+from agentmesh.server.registry.validation import (
     agent_id_violation,
     authorize_agent,
     check_agent_id,
     load_violations,
     validate_agent,
 )
-from services.registry.watch import WatchHub
+from agentmesh.server.registry.watch import WatchHub
 
 Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from agentmesh import catalog
 from agentmesh.runtime.settings import Settings, setting
-from services.registry.health import HealthPolicy
+from agentmesh.server.registry.health import HealthPolicy
 
 #: Key prefix of everything the registry stores in Redis (the shared catalog schema).
 PREFIX = catalog.PREFIX

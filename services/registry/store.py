@@ -1,7 +1,7 @@
 """The agent catalog in Redis: atomic writes through Lua, reads by key.
 
 Key schema: services/registry/README.md; the catalog key names are
-agentmesh.catalog's (the scripts in services.registry.lua build the same
+agentmesh.catalog's (the scripts in agentmesh.server.registry.lua build the same
 names from the prefix they are passed). Writes go through those scripts;
 reads are plain HGETALL/ZRANGE/XRANGE.
 """
@@ -21,8 +21,8 @@ from agentmesh import catalog
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.runtime.lease import Lease, LeaseLost, call_fenced
-from services.registry import lua
-from services.registry.settings import RegistrySettings
+from agentmesh.server.registry import lua
+from agentmesh.server.registry.settings import RegistrySettings
 
 STATUS_BY_NAME: dict[str, registry_pb2.AgentStatus.ValueType] = {
     "ACTIVE": registry_pb2.AGENT_STATUS_ACTIVE,

@@ -17,8 +17,8 @@ from collections.abc import Callable
 
 from agentmesh.runtime.redis_errors import RedisDownLog, is_redis_down
 from agentmesh.runtime.tasks import cancel_and_wait
-from services.registry import metrics
-from services.registry.store import RegistryStore, StoredEvent
+from agentmesh.server.registry import metrics
+from agentmesh.server.registry.store import RegistryStore, StoredEvent
 
 log = logging.getLogger("agentmesh.registry.watch")
 _redis_down_log = RedisDownLog(log, "event tailer cannot read the event stream")

@@ -1,16 +1,16 @@
-"""Entry point: `python -m services.router` or `agentmesh-router`."""
+"""Entry point: `python -m agentmesh.server.router` or `agentmesh-router`."""
 
 from __future__ import annotations
 
 from agentmesh.router.v1 import router_pb2, router_pb2_grpc, safety_pb2, safety_pb2_grpc
 from agentmesh.runtime.server import Daemon, run_daemon
-from services.router.settings import RouterSettings
+from agentmesh.server.router.settings import RouterSettings
 
 
 def build(daemon: Daemon) -> None:
     """Wire Redis, the router engine, RouterService and SafetyService into `daemon`."""
-    from services.router.safety import SafetyServicer
-    from services.router.servicer import RouterServicer
+    from agentmesh.server.router.safety import SafetyServicer
+    from agentmesh.server.router.servicer import RouterServicer
 
     settings = daemon.config.settings_as(RouterSettings)
     servicer = RouterServicer(daemon, settings)

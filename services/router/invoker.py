@@ -30,8 +30,8 @@ from agentmesh.runtime.errors import (
 )
 from agentmesh.runtime.retry import idempotency_of, is_retryable_error
 from agentmesh.runtime.routing.candidates import Candidate
-from services.router import aggregate, metrics
-from services.router.settings import RouterSettings
+from agentmesh.server.router import aggregate, metrics
+from agentmesh.server.router.settings import RouterSettings
 
 R = router_pb2
 EXECUTE = "/agentmesh.agent.v1.AgentService/Execute"

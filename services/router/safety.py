@@ -41,7 +41,7 @@ from agentmesh.runtime.routing.rules import (
     page_size,
 )
 from agentmesh.runtime.routing.targets import NamedBreakerRecorder, TargetState
-from services.router import metrics
+from agentmesh.server.router import metrics
 
 S = safety_pb2
 R = router_pb2

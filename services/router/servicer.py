@@ -21,9 +21,9 @@ from agentmesh.runtime.errors import (
 from agentmesh.runtime.routing.engine import STRATEGY_LABEL, Decision
 from agentmesh.runtime.routing.rules import decode_token, encode_token, page_size
 from agentmesh.runtime.server import Daemon
-from services.router import metrics
-from services.router.invoker import Invoker
-from services.router.settings import RouterSettings
+from agentmesh.server.router import metrics
+from agentmesh.server.router.invoker import Invoker
+from agentmesh.server.router.settings import RouterSettings
 
 R = router_pb2
 MAX_BATCH = 10_000

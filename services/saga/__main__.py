@@ -1,4 +1,4 @@
-"""Entry point: `python -m services.saga` or `agentmesh-saga`."""
+"""Entry point: `python -m agentmesh.server.saga` or `agentmesh-saga`."""
 
 from __future__ import annotations
 
@@ -13,16 +13,16 @@ from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import redis_from_config, redis_probe
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+from agentmesh.server.saga.agents import AgentCaller
+from agentmesh.server.saga.engine import Engine, EngineOptions
+from agentmesh.server.saga.servicer import SagaServicer
+from agentmesh.server.saga.settings import SagaSettings
+from agentmesh.server.saga.store import SagaStore
+from agentmesh.server.saga.tasks.placement import parse_strategy_map
+from agentmesh.server.saga.tasks.scheduler import TaskOptions, TaskScheduler
+from agentmesh.server.saga.tasks.servicer import TaskServicer
+from agentmesh.server.saga.tasks.store import TaskStore
 from agentmesh.task.v1 import task_pb2, task_pb2_grpc
-from services.saga.agents import AgentCaller
-from services.saga.engine import Engine, EngineOptions
-from services.saga.servicer import SagaServicer
-from services.saga.settings import SagaSettings
-from services.saga.store import SagaStore
-from services.saga.tasks.placement import parse_strategy_map
-from services.saga.tasks.scheduler import TaskOptions, TaskScheduler
-from services.saga.tasks.servicer import TaskServicer
-from services.saga.tasks.store import TaskStore
 
 
 def _redis(cfg: ServerConfig, *, max_connections: int) -> aioredis.Redis:

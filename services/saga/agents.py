@@ -29,7 +29,7 @@ from agentmesh.agent.v1 import agent_pb2
 from agentmesh.runtime.agents import AgentClient, CallOutcome, call_message
 from agentmesh.runtime.errors import AgentMeshError, from_rpc_error
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.state import dict_to_struct, struct_to_dict
+from agentmesh.server.saga.state import dict_to_struct, struct_to_dict
 
 #: The suffix older agents recognise a compensation's idempotency key by.
 COMPENSATE_SUFFIX = "/compensate"

@@ -5,8 +5,8 @@ in saga.proto for the exact definitions). Pure functions over a folded record.
 from __future__ import annotations
 
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.definition import CompiledDefinition
-from services.saga.state import CompStatus, SagaRecord, StepRecord
+from agentmesh.server.saga.definition import CompiledDefinition
+from agentmesh.server.saga.state import CompStatus, SagaRecord, StepRecord
 
 SERIAL_REVERSE = (
     saga_pb2.COMPENSATION_STRATEGY_BACKWARD,

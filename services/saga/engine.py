@@ -30,12 +30,12 @@ from typing import Any
 from agentmesh.runtime.dataset_epoch import detected_reset
 from agentmesh.runtime.tasks import cancel_and_wait
 from agentmesh.saga.v1 import saga_pb2
-from services.saga import metrics
-from services.saga.agents import AgentCaller, CallError
-from services.saga.definition import CompiledDefinition, compile_definition
-from services.saga.planner import Call, CallKind, Outcome, Planner, Writer
-from services.saga.state import SagaRecord
-from services.saga.store import Fenced, Lease, SagaStore
+from agentmesh.server.saga import metrics
+from agentmesh.server.saga.agents import AgentCaller, CallError
+from agentmesh.server.saga.definition import CompiledDefinition, compile_definition
+from agentmesh.server.saga.planner import Call, CallKind, Outcome, Planner, Writer
+from agentmesh.server.saga.state import SagaRecord
+from agentmesh.server.saga.store import Fenced, Lease, SagaStore
 
 log = logging.getLogger("agentmesh.saga.engine")
 T = saga_pb2

@@ -33,10 +33,10 @@ from agentmesh.common.v1.common_pb2 import ErrorReason
 from agentmesh.runtime.cel import CelError
 from agentmesh.runtime.errors import parse_reason
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.compensation import ready_units, unit_failed
-from services.saga.definition import CompiledDefinition, StepKind, StepSpec
-from services.saga.events import seal
-from services.saga.state import (
+from agentmesh.server.saga.compensation import ready_units, unit_failed
+from agentmesh.server.saga.definition import CompiledDefinition, StepKind, StepSpec
+from agentmesh.server.saga.events import seal
+from agentmesh.server.saga.state import (
     SINGLE,
     CallStatus,
     CompStatus,

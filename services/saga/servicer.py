@@ -20,11 +20,11 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
 )
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-from services.saga.definition import compile_definition, flatten_steps
-from services.saga.engine import Engine
-from services.saga.events import GENESIS, seal
-from services.saga.state import FINAL_STATES, SagaRecord, ms_ts
-from services.saga.store import SagaStore
+from agentmesh.server.saga.definition import compile_definition, flatten_steps
+from agentmesh.server.saga.engine import Engine
+from agentmesh.server.saga.events import GENESIS, seal
+from agentmesh.server.saga.state import FINAL_STATES, SagaRecord, ms_ts
+from agentmesh.server.saga.store import SagaStore
 
 MAX_INPUT_BYTES = 1 << 20
 MAX_IDEMPOTENCY_KEY = 200

@@ -100,7 +100,7 @@ class SagaSettings(RoutingSettings, RetentionSettings):
                 f"--renew-interval-ms={self.renew_interval_ms} must be below "
                 f"--lease-ttl-ms={self.lease_ttl_ms} (leases would expire between renewals)"
             )
-        from services.saga.tasks.placement import parse_strategy_map
+        from agentmesh.server.saga.tasks.placement import parse_strategy_map
 
         try:
             parse_strategy_map(self.task_default_strategy)

@@ -59,8 +59,8 @@ from agentmesh.runtime.lease import (
 )
 from agentmesh.runtime.lease import Lease as FencedLease
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.definition import flatten_steps
-from services.saga.state import SagaRecord
+from agentmesh.server.saga.definition import flatten_steps
+from agentmesh.server.saga.state import SagaRecord
 
 PREFIX = "am:saga:"
 LEASE_PREFIX = PREFIX + "lease:"

@@ -1,4 +1,4 @@
-"""Entry point: `python -m services.swarm` or `agentmesh-swarm`."""
+"""Entry point: `python -m agentmesh.server.swarm` or `agentmesh-swarm`."""
 
 from __future__ import annotations
 
@@ -6,15 +6,15 @@ from agentmesh.runtime.agents import AgentClient
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.deps import redis_from_config
 from agentmesh.runtime.server import Daemon, run_daemon
+from agentmesh.server.swarm.agents import SwarmAgents
+from agentmesh.server.swarm.driver import DriverContext
+from agentmesh.server.swarm.manager import SwarmManager
+from agentmesh.server.swarm.optimization import drive_optimization
+from agentmesh.server.swarm.partitions import drive_partitions
+from agentmesh.server.swarm.servicer import SwarmServicer
+from agentmesh.server.swarm.settings import SwarmSettings
+from agentmesh.server.swarm.store import SwarmStore
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-from services.swarm.agents import SwarmAgents
-from services.swarm.driver import DriverContext
-from services.swarm.manager import SwarmManager
-from services.swarm.optimization import drive_optimization
-from services.swarm.partitions import drive_partitions
-from services.swarm.servicer import SwarmServicer
-from services.swarm.settings import SwarmSettings
-from services.swarm.store import SwarmStore
 
 
 async def drive(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:

@@ -14,10 +14,10 @@ from dataclasses import dataclass
 import redis.asyncio as aioredis
 from google.protobuf import timestamp_pb2
 
+from agentmesh.server.swarm import metrics
+from agentmesh.server.swarm.agents import SwarmAgents
+from agentmesh.server.swarm.store import Lease, SwarmStore
 from agentmesh.swarm.v1 import swarm_pb2
-from services.swarm import metrics
-from services.swarm.agents import SwarmAgents
-from services.swarm.store import Lease, SwarmStore
 
 TERMINAL_STATUS = {
     swarm_pb2.SWARM_STATE_COMPLETED: "completed",

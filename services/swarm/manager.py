@@ -23,11 +23,11 @@ from redis.exceptions import RedisError
 
 from agentmesh.runtime.dataset_epoch import detected_reset
 from agentmesh.runtime.tasks import cancel_and_wait
+from agentmesh.server.swarm import metrics
+from agentmesh.server.swarm.agents import SwarmAgents
+from agentmesh.server.swarm.driver import DriverContext, finish, now_ts
+from agentmesh.server.swarm.store import TERMINAL_STATES, Lease, LeaseLost, SwarmStore
 from agentmesh.swarm.v1 import swarm_pb2
-from services.swarm import metrics
-from services.swarm.agents import SwarmAgents
-from services.swarm.driver import DriverContext, finish, now_ts
-from services.swarm.store import TERMINAL_STATES, Lease, LeaseLost, SwarmStore
 
 log = logging.getLogger("agentmesh.swarm.manager")
 

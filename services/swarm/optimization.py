@@ -25,16 +25,15 @@ import numpy as np
 from agentmesh.agent.v1 import agent_pb2
 from agentmesh.catalog import AgentInfo, find_agents
 from agentmesh.runtime.errors import AgentMeshError, InvalidArgument
-from agentmesh.swarm.v1 import swarm_pb2
-from services.swarm import metrics
-from services.swarm.driver import (
+from agentmesh.server.swarm import metrics
+from agentmesh.server.swarm.driver import (
     DriverContext,
     deadline_of,
     finish,
     now_ts,
     role_counts_pb,
 )
-from services.swarm.engine import (
+from agentmesh.server.swarm.engine import (
     Behaviour,
     InvalidConfigError,
     SwarmConfig,
@@ -42,8 +41,9 @@ from services.swarm.engine import (
     Topology,
     get_benchmark,
 )
-from services.swarm.engine.arrays import FloatArray
-from services.swarm.validation import BUILTIN_NAMES, bounds_of
+from agentmesh.server.swarm.engine.arrays import FloatArray
+from agentmesh.server.swarm.validation import BUILTIN_NAMES, bounds_of
+from agentmesh.swarm.v1 import swarm_pb2
 
 log = logging.getLogger("agentmesh.swarm.optimization")
 

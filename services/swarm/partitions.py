@@ -40,11 +40,11 @@ from google.protobuf import json_format, struct_pb2
 from agentmesh.agent.v1 import agent_pb2
 from agentmesh.catalog import AgentInfo, find_agents
 from agentmesh.runtime.errors import AgentMeshError
+from agentmesh.server.swarm import metrics
+from agentmesh.server.swarm.driver import DriverContext, deadline_of, finish, now_ts, role_counts_pb
+from agentmesh.server.swarm.engine import PartitionScheduler, UnknownNameError
+from agentmesh.server.swarm.engine.partitions import Lease
 from agentmesh.swarm.v1 import swarm_pb2
-from services.swarm import metrics
-from services.swarm.driver import DriverContext, deadline_of, finish, now_ts, role_counts_pb
-from services.swarm.engine import PartitionScheduler, UnknownNameError
-from services.swarm.engine.partitions import Lease
 
 log = logging.getLogger("agentmesh.swarm.partitions")
 

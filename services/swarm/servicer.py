@@ -22,13 +22,13 @@ from agentmesh.runtime.errors import (
     NotFound,
     PermissionDenied,
 )
+from agentmesh.server.swarm import metrics
+from agentmesh.server.swarm.driver import now_ts
+from agentmesh.server.swarm.manager import SwarmManager
+from agentmesh.server.swarm.optimization import check_engine_config
+from agentmesh.server.swarm.store import TERMINAL_STATES, SwarmStore
+from agentmesh.server.swarm.validation import validate_swarm_id, validate_task
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-from services.swarm import metrics
-from services.swarm.driver import now_ts
-from services.swarm.manager import SwarmManager
-from services.swarm.optimization import check_engine_config
-from services.swarm.store import TERMINAL_STATES, SwarmStore
-from services.swarm.validation import validate_swarm_id, validate_task
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 1000

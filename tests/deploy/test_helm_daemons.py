@@ -40,7 +40,7 @@ def chart_values() -> dict[str, Any]:
 
 def settings_class(daemon: str) -> type[Settings]:
     """The daemon's settings class (services/<daemon>/settings.py SETTINGS)."""
-    cls: type[Settings] = importlib.import_module(f"services.{daemon}.settings").SETTINGS
+    cls: type[Settings] = importlib.import_module(f"agentmesh.server.{daemon}.settings").SETTINGS
     return cls
 
 
@@ -274,7 +274,7 @@ def test_daemons_accept_the_rendered_settings(daemon: str, values: tuple[str, ..
 
 def test_tuned_values_set_every_daemon_and_the_kafka_tuning() -> None:
     docs = render(values=("ci/tuned-values.yaml",))
-    from services.bus.settings import BusSettings
+    from agentmesh.server.bus.settings import BusSettings
 
     bus = load_config("bus", [], settings=BusSettings, environ=daemon_env(docs, "bus"))
     tuning = bus.settings_as(BusSettings).kafka_producer_tuning()
@@ -287,7 +287,7 @@ def test_tuned_values_set_every_daemon_and_the_kafka_tuning() -> None:
 
 def test_secure_values_become_sentinel_sasl_tls_and_auth_settings() -> None:
     docs = render(values=("ci/secure-values.yaml",))
-    from services.bus.settings import BusSettings
+    from agentmesh.server.bus.settings import BusSettings
 
     bus = load_config("bus", [], settings=BusSettings, environ=daemon_env(docs, "bus"))
     assert kafka_security_config(bus) == {
@@ -339,7 +339,7 @@ def test_schema_config_is_each_daemons_settings_class(monkeypatch: pytest.Monkey
         assert config["properties"] == schema_properties(cls), daemon
         assert config["additionalProperties"] is False
         # and it is the class the daemon's entry point parses its flags with
-        module = importlib.import_module(f"services.{daemon}.__main__")
+        module = importlib.import_module(f"agentmesh.server.{daemon}.__main__")
         seen: dict[str, Any] = {}
 
         def fake_run_daemon(name: str, build: Any, *, _seen: dict[str, Any] = seen,

@@ -8,7 +8,7 @@ Run directory layout (default `.run`):
     redis/                Redis pidfile, log and data (deploy/local/redis.sh)
 
 `down` signals exactly the PIDs recorded here, after checking each still runs
-`services.<daemon>` (so a recycled PID is never hit): SIGTERM, wait for the
+`agentmesh.server.<daemon>` (so a recycled PID is never hit): SIGTERM, wait for the
 drain, then SIGKILL that PID. Redis is stopped through the same script.
 """
 
@@ -187,12 +187,12 @@ def pid_alive(pid: int) -> bool:
 
 
 def is_our_daemon(pid: int, name: str) -> bool:
-    """True when `pid` is alive and still runs `services.<name>`."""
-    return pid_alive(pid) and f"services.{name}" in _cmdline(pid)
+    """True when `pid` is alive and still runs `agentmesh.server.<name>`."""
+    return pid_alive(pid) and f"agentmesh.server.{name}" in _cmdline(pid)
 
 
 def stop_pid(pid: int, name: str, *, grace_s: float) -> str:
-    """SIGTERM `pid` if it still runs `services.<name>`, wait, then SIGKILL it.
+    """SIGTERM `pid` if it still runs `agentmesh.server.<name>`, wait, then SIGKILL it.
 
     Returns:
         "stopped", "killed", "not running", or "skipped" when the PID now
@@ -201,7 +201,7 @@ def stop_pid(pid: int, name: str, *, grace_s: float) -> str:
     if not pid_alive(pid):
         return "not running"
     if not is_our_daemon(pid, name):
-        return f"skipped (pid {pid} is not services.{name})"
+        return f"skipped (pid {pid} is not agentmesh.server.{name})"
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
@@ -283,12 +283,12 @@ def stop_redis(directory: Path) -> str:
 
 # ---- up / down / status -------------------------------------------------------
 def spawn_daemon(name: str, opts: UpOptions, env: dict[str, str]) -> DaemonState:
-    """Start `python -m services.<name>` in the background, in its own session."""
+    """Start `python -m agentmesh.server.<name>` in the background, in its own session."""
     port, metrics_port = opts.ports(name)
     log_path = opts.run_dir / f"{name}.log"
     with log_path.open("ab") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", f"services.{name}", "--port", str(port),
+            [sys.executable, "-m", f"agentmesh.server.{name}", "--port", str(port),
              "--metrics-port", str(metrics_port)],
             stdout=log, stderr=log, stdin=subprocess.DEVNULL, env=env,
             start_new_session=True,  # a Ctrl-C in the shell must not take the stack down

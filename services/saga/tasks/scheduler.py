@@ -45,17 +45,17 @@ from agentmesh.runtime.errors import AgentMeshError, ErrorReason, Unavailable, f
 from agentmesh.runtime.lease import Lease, LeaseLost
 from agentmesh.runtime.priority import CLASSES, WEIGHTS
 from agentmesh.runtime.tasks import cancel_and_wait
-from agentmesh.task.v1 import task_pb2
-from services.saga import metrics
-from services.saga.definition import DEFAULT_NON_RETRYABLE
-from services.saga.tasks import placement
-from services.saga.tasks.store import (
+from agentmesh.server.saga import metrics
+from agentmesh.server.saga.definition import DEFAULT_NON_RETRYABLE
+from agentmesh.server.saga.tasks import placement
+from agentmesh.server.saga.tasks.store import (
     CLASS_NAMES,
     TERMINAL,
     StaleRevision,
     TaskStore,
     priority_class,
 )
+from agentmesh.task.v1 import task_pb2
 
 log = logging.getLogger("agentmesh.saga.tasks")
 

@@ -17,10 +17,10 @@ from google.protobuf import duration_pb2
 
 from agentmesh.runtime.errors import InvalidArgument, NotFound
 from agentmesh.runtime.priority import priority_class
+from agentmesh.server.saga import metrics
+from agentmesh.server.saga.tasks.scheduler import TaskScheduler, due_ms, now_ms
+from agentmesh.server.saga.tasks.store import CLASS_NAMES, TERMINAL, TaskStore, new_task_id
 from agentmesh.task.v1 import task_pb2, task_pb2_grpc
-from services.saga import metrics
-from services.saga.tasks.scheduler import TaskScheduler, due_ms, now_ms
-from services.saga.tasks.store import CLASS_NAMES, TERMINAL, TaskStore, new_task_id
 
 T = task_pb2
 

@@ -14,9 +14,9 @@ import pytest
 from agentmesh.bus.v1 import bus_pb2_grpc
 from agentmesh.runtime.config import load_config
 from agentmesh.runtime.server import Daemon
-from services.bus.__main__ import wire_gateway
-from services.bus.servicer import BusServicer
-from services.bus.settings import BusSettings
+from agentmesh.server.bus.__main__ import wire_gateway
+from agentmesh.server.bus.servicer import BusServicer
+from agentmesh.server.bus.settings import BusSettings
 
 
 @dataclass

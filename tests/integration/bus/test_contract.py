@@ -22,7 +22,7 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
     from_rpc_error,
 )
-from services.bus.memory_backend import MemoryBackend
+from agentmesh.server.bus.memory_backend import MemoryBackend
 from tests.integration.bus.conftest import Gateway, unique
 from tests.integration.bus.helpers import Sub, env, seconds
 from tests.waiting import eventually

@@ -18,7 +18,7 @@ from confluent_kafka.admin import AdminClient, ConfigResource
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.runtime.config import load_config
 from agentmesh.runtime.errors import InvalidArgument, from_rpc_error
-from services.bus.settings import BusSettings
+from agentmesh.server.bus.settings import BusSettings
 from tests.integration.bus.conftest import start_gateway, unique
 from tests.integration.bus.helpers import env, seconds
 

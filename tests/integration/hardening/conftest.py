@@ -26,7 +26,7 @@ def hardening_redis_url(redis_server: Any) -> str:
 
 @pytest.fixture
 def start_daemon(tmp_path: Path, hardening_redis_url: str) -> Iterator[StartDaemon]:
-    """Start `python -m services.<name>` on the test DB: `start_daemon(name, *flags)`;
+    """Start `python -m agentmesh.server.<name>` on the test DB: `start_daemon(name, *flags)`;
     every daemon started is stopped at teardown."""
     group = ProcessGroup()
 
@@ -38,7 +38,7 @@ def start_daemon(tmp_path: Path, hardening_redis_url: str) -> Iterator[StartDaem
     group.stop_all()
 
 
-#: The five daemons, by the name `python -m services.<name>` runs.
+#: The five daemons, by the name `python -m agentmesh.server.<name>` runs.
 DAEMONS = ("bus", "router", "registry", "saga", "swarm")
 
 

@@ -16,7 +16,6 @@ from grpc_health.v1 import health_pb2
 
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-
 from tests.hardening import log_docs
 from tests.health import health_status, wait_health
 from tests.infra import RedisServer

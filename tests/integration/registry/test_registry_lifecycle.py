@@ -15,9 +15,9 @@ import redis.asyncio as aioredis
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2 as pb
 from agentmesh.registry.v1 import registry_pb2_grpc
-from services.registry.health import HealthPolicy, health_score
-from services.registry.settings import RegistrySettings
-from services.registry.store import RegistryStore
+from agentmesh.server.registry.health import HealthPolicy, health_score
+from agentmesh.server.registry.settings import RegistrySettings
+from agentmesh.server.registry.store import RegistryStore
 from tests.integration.registry.conftest import StartRegistry
 from tests.integration.registry.helpers import agent
 from tests.procs import ROOT

@@ -38,8 +38,8 @@ from agentmesh.runtime.errors import DOMAIN, from_rpc_error
 from agentmesh.runtime.interceptors import RuntimeServer
 from agentmesh.runtime.redis_errors import REDIS_RETRY_DELAY_S, RedisDownLog
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+from agentmesh.server.saga.servicer import new_saga_id
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-from services.saga.servicer import new_saga_id
 from tests.health import wait_health
 from tests.infra import RedisServer, free_port
 from tests.procs import DaemonProcess, ProcessGroup, daemon

@@ -8,7 +8,7 @@ import pytest
 
 from agentmesh.common.v1 import common_pb2
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.state import struct_to_dict
+from agentmesh.server.saga.state import struct_to_dict
 from tests.integration.saga.conftest import chain, effects, events, order, run, step, wait_final
 from tests.waiting import eventually
 

@@ -9,8 +9,8 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.events import verify_chain
-from services.saga.state import struct_to_dict
+from agentmesh.server.saga.events import verify_chain
+from agentmesh.server.saga.state import struct_to_dict
 from tests.integration.saga.conftest import chain, effects, events, order, run, step
 
 pytestmark = pytest.mark.integration

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.state import struct_to_dict
+from agentmesh.server.saga.state import struct_to_dict
 from tests.integration.saga.conftest import effects, events, order, step, wait_final
 
 pytestmark = pytest.mark.integration

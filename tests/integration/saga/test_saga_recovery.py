@@ -11,7 +11,7 @@ import pytest
 import redis
 
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-from services.saga.events import verify_chain
+from agentmesh.server.saga.events import verify_chain
 from tests.integration.saga.conftest import (
     chain,
     effects,

@@ -148,7 +148,7 @@ async def test_retention_zero_keeps_finished_sagas(coordinator_forever: Any, rsy
 
 def test_negative_retention_stops_startup(saga_redis_url: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "services.saga", "--port", "0", "--metrics-port", "-1",
+        [sys.executable, "-m", "agentmesh.server.saga", "--port", "0", "--metrics-port", "-1",
          "--redis-url", saga_redis_url, "--retention-s", "-5"],
         capture_output=True, text=True, timeout=60, check=False,
     )

@@ -36,7 +36,7 @@ def swarm_redis_url(redis_server: Any) -> str:
 
 
 def start_swarm_daemon(url: str, log_dir: Path) -> DaemonProcess:
-    """A started `python -m services.swarm` process on DB 4 with FAST_FLAGS."""
+    """A started `python -m agentmesh.server.swarm` process on DB 4 with FAST_FLAGS."""
     return daemon("swarm", log_dir, "--redis-url", url, *FAST_FLAGS).start()
 
 

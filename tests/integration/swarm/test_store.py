@@ -7,8 +7,8 @@ import uuid
 import pytest
 
 from agentmesh.runtime.deps import create_redis
+from agentmesh.server.swarm.store import LeaseLost, SwarmStore
 from agentmesh.swarm.v1 import swarm_pb2 as pb
-from services.swarm.store import LeaseLost, SwarmStore
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration

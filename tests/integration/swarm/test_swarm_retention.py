@@ -145,7 +145,7 @@ async def test_retention_zero_keeps_finished_swarms(stub_forever: Any, rsync: An
 
 def test_negative_retention_stops_startup(swarm_redis_url: str) -> None:
     out = subprocess.run(
-        [sys.executable, "-m", "services.swarm", "--port", "0", "--metrics-port", "-1",
+        [sys.executable, "-m", "agentmesh.server.swarm", "--port", "0", "--metrics-port", "-1",
          "--redis-url", swarm_redis_url, "--retention-s", "-1"],
         capture_output=True, text=True, timeout=60, check=False,
     )

@@ -86,7 +86,7 @@ def start_agent(
 
 
 def start_coordinator(url: str, log_dir: Path, *extra: str) -> DaemonProcess:
-    """Start `python -m services.saga` on free ports with fast leases."""
+    """Start `python -m agentmesh.server.saga` on free ports with fast leases."""
     return daemon("saga", log_dir, "--redis-url", url, *FAST, *extra).start()
 
 

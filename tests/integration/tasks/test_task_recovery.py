@@ -13,7 +13,13 @@ import pytest
 import redis
 
 from agentmesh.task.v1 import task_pb2, task_pb2_grpc
-from tests.integration.tasks.conftest import run_log, runs, start_agent, start_coordinator, wait_final
+from tests.integration.tasks.conftest import (
+    run_log,
+    runs,
+    start_agent,
+    start_coordinator,
+    wait_final,
+)
 from tests.procs import AgentProcess
 
 T = task_pb2

@@ -10,8 +10,8 @@ import random
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.priority import priority_class
-from services.bus import chain, wire
-from services.bus.backlog import Backlog, Item
+from agentmesh.server.bus import chain, wire
+from agentmesh.server.bus.backlog import Backlog, Item
 
 
 class _HeapsOnly(Backlog):

@@ -13,15 +13,15 @@ from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
 from agentmesh.runtime.errors import ErrorReason, Unavailable
 from agentmesh.runtime.priority import WEIGHTS
-from services.bus import chain, wire
-from services.bus.backend import DeliveryError
-from services.bus.backlog import Backlog, Item
-from services.bus.memory_backend import MemoryBackend
-from services.bus.partitioner import Partitioner, murmur2
-from services.bus.publisher import Publisher
-from services.bus.settings import BusSettings
-from services.bus.subscription import _PartState
-from services.bus.topics import TopicMatcher, pattern_error, topic_error
+from agentmesh.server.bus import chain, wire
+from agentmesh.server.bus.backend import DeliveryError
+from agentmesh.server.bus.backlog import Backlog, Item
+from agentmesh.server.bus.memory_backend import MemoryBackend
+from agentmesh.server.bus.partitioner import Partitioner, murmur2
+from agentmesh.server.bus.publisher import Publisher
+from agentmesh.server.bus.settings import BusSettings
+from agentmesh.server.bus.subscription import _PartState
+from agentmesh.server.bus.topics import TopicMatcher, pattern_error, topic_error
 
 
 @pytest.mark.parametrize(

@@ -12,10 +12,10 @@ from google.protobuf.internal.encoder import (  # type: ignore[attr-defined]
 
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
-from services.bus import chain, wire
-from services.bus.memory_backend import MemoryBackend
-from services.bus.publisher import Publisher
-from services.bus.settings import BusSettings
+from agentmesh.server.bus import chain, wire
+from agentmesh.server.bus.memory_backend import MemoryBackend
+from agentmesh.server.bus.publisher import Publisher
+from agentmesh.server.bus.settings import BusSettings
 
 
 @pytest.mark.parametrize("n", [0, 1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**35 + 7])

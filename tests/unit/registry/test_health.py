@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.registry.health import HealthPolicy, damp, health_score, status_for
+from agentmesh.server.registry.health import HealthPolicy, damp, health_score, status_for
 
 P = HealthPolicy()
 

@@ -7,7 +7,7 @@ import pytest
 
 from agentmesh.registry.v1 import registry_pb2
 from agentmesh.runtime.errors import InvalidArgument
-from services.registry.validation import endpoint_violation, validate_agent
+from agentmesh.server.registry.validation import endpoint_violation, validate_agent
 
 
 @pytest.mark.parametrize("ep", ["10.0.1.50:5000", "agent.svc.local:443", "[::1]:50051"])

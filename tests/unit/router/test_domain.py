@@ -15,8 +15,8 @@ from agentmesh.runtime.routing.candidates import Candidate, Eligible, eligible_o
 from agentmesh.runtime.routing.strategies import Picker
 from agentmesh.runtime.routing.targets import TargetState, TargetStates
 from agentmesh.runtime.settings import setting_specs
-from services.router import aggregate
-from services.router.settings import RouterSettings
+from agentmesh.server.router import aggregate
+from agentmesh.server.router.settings import RouterSettings
 
 
 def cands(n: int, **kw: float) -> list[Candidate]:

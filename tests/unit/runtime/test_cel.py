@@ -14,7 +14,7 @@ from agentmesh.router.v1 import router_pb2 as R
 from agentmesh.runtime import cel
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.definition import compile_definition
+from agentmesh.server.saga.definition import compile_definition
 
 
 def route(src: str, payload: dict[str, Any], **msg: Any) -> bool:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from agentmesh.runtime.config import load_config
-from services.bus.settings import BusSettings
+from agentmesh.server.bus.settings import BusSettings
 
 
 def test_defaults_follow_design_ports() -> None:

@@ -156,8 +156,8 @@ def test_fields_without_setting_are_not_flags_and_bad_types_are_refused() -> Non
 
 
 def test_daemon_settings_cross_checks() -> None:
-    from services.registry.settings import RegistrySettings
-    from services.saga.settings import SagaSettings
+    from agentmesh.server.registry.settings import RegistrySettings
+    from agentmesh.server.saga.settings import SagaSettings
 
     with pytest.raises(ValueError, match=r"--renew-interval-ms=5000 must be below"):
         SagaSettings(renew_interval_ms=5000)
@@ -169,8 +169,8 @@ def test_daemon_settings_cross_checks() -> None:
 
 
 def test_bus_librdkafka_tuning_comes_from_the_bus_settings() -> None:
-    from services.bus.kafka_backend import KafkaBackend
-    from services.bus.settings import BusSettings
+    from agentmesh.server.bus.kafka_backend import KafkaBackend
+    from agentmesh.server.bus.settings import BusSettings
 
     cfg = load_config(
         "bus",

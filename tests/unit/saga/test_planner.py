@@ -19,10 +19,17 @@ from google.protobuf import duration_pb2
 
 from agentmesh.common.v1.common_pb2 import ErrorReason
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.definition import compile_definition, flatten_steps
-from services.saga.events import GENESIS, seal, verify_chain
-from services.saga.planner import Call, CallKind, Outcome, Plan, Planner, Writer
-from services.saga.state import SINGLE, CallStatus, CompStatus, SagaRecord, dict_to_struct, ms_ts
+from agentmesh.server.saga.definition import compile_definition, flatten_steps
+from agentmesh.server.saga.events import GENESIS, seal, verify_chain
+from agentmesh.server.saga.planner import Call, CallKind, Outcome, Plan, Planner, Writer
+from agentmesh.server.saga.state import (
+    SINGLE,
+    CallStatus,
+    CompStatus,
+    SagaRecord,
+    dict_to_struct,
+    ms_ts,
+)
 
 S = saga_pb2
 E = CallKind.EXECUTE

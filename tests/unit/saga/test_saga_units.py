@@ -10,10 +10,10 @@ import pytest
 from agentmesh.runtime.cel import CelError, saga_expression
 from agentmesh.runtime.errors import InvalidArgument
 from agentmesh.saga.v1 import saga_pb2
-from services.saga.compensation import done_steps, ready_units
-from services.saga.definition import Retry, compile_definition, find_cycle, flatten_steps
-from services.saga.events import GENESIS, seal, verify_chain
-from services.saga.state import SINGLE, SagaRecord, dict_to_struct, ms_ts
+from agentmesh.server.saga.compensation import done_steps, ready_units
+from agentmesh.server.saga.definition import Retry, compile_definition, find_cycle, flatten_steps
+from agentmesh.server.saga.events import GENESIS, seal, verify_chain
+from agentmesh.server.saga.state import SINGLE, SagaRecord, dict_to_struct, ms_ts
 
 S = saga_pb2
 

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from services.swarm.engine import Behaviour, SwarmConfig, SwarmOptimizer
-from services.swarm.engine.arrays import FloatArray
-from services.swarm.engine.behaviours import migration_goal
-from services.swarm.engine.functions import sphere
+from agentmesh.server.swarm.engine import Behaviour, SwarmConfig, SwarmOptimizer
+from agentmesh.server.swarm.engine.arrays import FloatArray
+from agentmesh.server.swarm.engine.behaviours import migration_goal
+from agentmesh.server.swarm.engine.functions import sphere
 
 SEEDS = range(5)
 ITERATIONS = 60

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.swarm.engine.arrays import FloatArray
-from services.swarm.engine.boids import MAX_BOIDS_PARTICLES, boids_acceleration
+from agentmesh.server.swarm.engine.arrays import FloatArray
+from agentmesh.server.swarm.engine.boids import MAX_BOIDS_PARTICLES, boids_acceleration
 
 
 def _acc(

@@ -6,14 +6,14 @@ import math
 
 import numpy as np
 
-from services.swarm.engine import SwarmConfig, SwarmOptimizer
-from services.swarm.engine.convergence import (
+from agentmesh.server.swarm.engine import SwarmConfig, SwarmOptimizer
+from agentmesh.server.swarm.engine.convergence import (
     ConvergenceCriterion,
     ConvergenceMonitor,
     normalised_spread,
     relative_improvement,
 )
-from services.swarm.engine.functions import sphere
+from agentmesh.server.swarm.engine.functions import sphere
 
 
 def test_relative_improvement_is_relative_above_one_and_absolute_below() -> None:

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 
-from services.swarm.engine import Behaviour, SwarmConfig, SwarmOptimizer
-from services.swarm.engine.evolution import (
+from agentmesh.server.swarm.engine import Behaviour, SwarmConfig, SwarmOptimizer
+from agentmesh.server.swarm.engine.evolution import (
     EvolutionParams,
     offspring_positions,
     plan_reproduction,
 )
-from services.swarm.engine.functions import rastrigin
+from agentmesh.server.swarm.engine.functions import rastrigin
 
 
 def test_plan_retires_most_stagnant_first_up_to_the_cap() -> None:

@@ -7,9 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from services.swarm.engine import BENCHMARKS, UnknownNameError, get_benchmark
-from services.swarm.engine.arrays import FloatArray
-from services.swarm.engine.functions import (
+from agentmesh.server.swarm.engine import BENCHMARKS, UnknownNameError, get_benchmark
+from agentmesh.server.swarm.engine.arrays import FloatArray
+from agentmesh.server.swarm.engine.functions import (
     ackley,
     rastrigin,
     rosenbrock,

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from services.swarm.engine import (
+from agentmesh.server.swarm.engine import (
     SNAPSHOT_FORMAT,
     Behaviour,
     BoundaryMode,
@@ -24,7 +24,7 @@ from services.swarm.engine import (
     VelocityInit,
     get_benchmark,
 )
-from services.swarm.engine.functions import rastrigin, rosenbrock, sphere
+from agentmesh.server.swarm.engine.functions import rastrigin, rosenbrock, sphere
 
 
 def _cfg(**kw: Any) -> SwarmConfig:

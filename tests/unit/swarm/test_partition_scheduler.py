@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from services.swarm.engine import (
+from agentmesh.server.swarm.engine import (
     CompletionStatus,
     InvalidConfigError,
     InvalidStateError,
@@ -17,7 +17,7 @@ from services.swarm.engine import (
     SnapshotError,
     UnknownNameError,
 )
-from services.swarm.engine.partitions import PartitionState
+from agentmesh.server.swarm.engine.partitions import PartitionState
 
 
 class FakeClock:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.swarm.engine import InvalidConfigError
-from services.swarm.engine.pheromone import (
+from agentmesh.server.swarm.engine import InvalidConfigError
+from agentmesh.server.swarm.engine.pheromone import (
     PheromoneGrid,
     evaporate_deposit,
     fitness_quality,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.swarm.engine.pso import (
+from agentmesh.server.swarm.engine.pso import (
     BoundaryMode,
     VelocityInit,
     apply_bounds,

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from services.swarm.engine import InvalidConfigError, Role, RoleFractions
-from services.swarm.engine.roles import (
+from agentmesh.server.swarm.engine import InvalidConfigError, Role, RoleFractions
+from agentmesh.server.swarm.engine.roles import (
     GCPSO_FAILURE_LIMIT,
     GCPSO_SUCCESS_LIMIT,
     QueenState,
