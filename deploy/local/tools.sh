@@ -17,13 +17,17 @@ if ! command -v go >/dev/null 2>&1; then
 fi
 
 # name|module|package|version|version variable set via -ldflags -X (so
-# `tool --version` tells the truth; `go install` alone leaves "dev").
+# `tool --version` tells the truth; `go install` alone leaves "dev")[|more
+# -X flags, as the tool's own release build sets them].
 # Bump deliberately; each pin was built with the CI image's Go (go1.26) first.
 TOOLS=(
   "grpcurl|github.com/fullstorydev/grpcurl|github.com/fullstorydev/grpcurl/cmd/grpcurl|v1.9.3|main.version"
   "ghz|github.com/bojand/ghz|github.com/bojand/ghz/cmd/ghz|v0.121.0|main.version"
   "grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe|github.com/grpc-ecosystem/grpc-health-probe|v0.4.52|main.versionTag"
-  "helm|helm.sh/helm/v3|helm.sh/helm/v3/cmd/helm|v3.20.2|helm.sh/helm/v3/internal/version.version"
+  # helm's release Makefile also stamps the Kubernetes version it assumes without
+  # --kube-version (client-go v0.35.1 in its go.mod -> 1.35); left out, helm
+  # assumes v1.20 and refuses the chart's kubeVersion ">=1.27".
+  "helm|helm.sh/helm/v3|helm.sh/helm/v3/cmd/helm|v3.20.2|helm.sh/helm/v3/internal/version.version|-X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/lint/rules.k8sVersionMinor=35 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMajor=1 -X helm.sh/helm/v3/pkg/chartutil.k8sVersionMinor=35"
   "kubeconform|github.com/yannh/kubeconform|github.com/yannh/kubeconform/cmd/kubeconform|v0.6.7|main.version"
   # Go stub generators for clients/go (`buf generate` runs them as local plugins);
   # they report their own version, so no -X variable.
@@ -72,6 +76,13 @@ build_via_temp_module() {
   return "$rc"
 }
 
+# The -ldflags each tool was last built with: -trimpath builds do not record
+# them in the binary, and a changed flag (helm's Kubernetes version) must
+# rebuild a tool whose module version did not change.
+flagdir="$gobin/.agentmesh-ldflags"
+mkdir -p "$flagdir"
+installed_ldflags() { cat "$flagdir/$1" 2>/dev/null || true; }
+
 want=("$@")
 selected() {
   local name="$1" w
@@ -84,22 +95,25 @@ selected() {
 
 failed=()
 for entry in "${TOOLS[@]}"; do
-  IFS='|' read -r name module pkg version versionvar <<<"$entry"
+  IFS='|' read -r name module pkg version versionvar extraflags <<<"$entry"
   selected "$name" || continue
   bin="$gobin/$name"
+  ldflags="-s -w"
+  [[ -z "$versionvar" ]] || ldflags+=" -X $versionvar=$version"
+  [[ -z "$extraflags" ]] || ldflags+=" $extraflags"
   have="$(installed_version "$bin" "$module")"
-  if [[ "$have" == "$version" && "${AGENTMESH_TOOLS_FORCE:-0}" != "1" ]]; then
+  if [[ "$have" == "$version" && "$(installed_ldflags "$name")" == "$ldflags" &&
+        "${AGENTMESH_TOOLS_FORCE:-0}" != "1" ]]; then
     echo "tools.sh: $name $version already installed at $bin"
     continue
   fi
+  t0=$SECONDS
   echo "tools.sh: installing $name $version (have: ${have:-none}) ..."
-  ldflags="-s -w"
-  [[ -z "$versionvar" ]] || ldflags+=" -X $versionvar=$version"
-  if go install -trimpath -ldflags "$ldflags" "$pkg@$version"; then
-    echo "tools.sh: installed $name $version -> $bin"
-  elif echo "tools.sh: go install failed; retrying $name via a temporary module" >&2 &&
-    build_via_temp_module "$name" "$module" "$pkg" "$version" "$ldflags"; then
-    echo "tools.sh: installed $name $version -> $bin"
+  if go install -trimpath -ldflags "$ldflags" "$pkg@$version" ||
+    { echo "tools.sh: go install failed; retrying $name via a temporary module" >&2 &&
+      build_via_temp_module "$name" "$module" "$pkg" "$version" "$ldflags"; }; then
+    printf '%s' "$ldflags" >"$flagdir/$name"
+    echo "tools.sh: installed $name $version -> $bin in $((SECONDS - t0)) s"
   else
     echo "tools.sh: FAILED to build $name ($pkg@$version) with $(go version)" >&2
     failed+=("$name")

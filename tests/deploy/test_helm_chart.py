@@ -35,6 +35,16 @@ def test_chart_lints_strictly(values: tuple[str, ...]) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+def test_pinned_helm_renders_and_lints_without_kube_version() -> None:
+    # The pinned helm is built as its release binaries are (tools.sh stamps the
+    # Kubernetes version from its client-go); built without it, helm assumes
+    # v1.20 and refuses the chart's kubeVersion ">=1.27" unless told a version.
+    for cmd in (["template", "agentmesh"], ["lint", "--strict"]):
+        proc = subprocess.run([helm(), *cmd, str(CHART)], capture_output=True, text=True,
+                              timeout=60)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 @pytest.mark.parametrize("values", VALUES_CASES, ids=lambda v: v[0] if v else "defaults")
 def test_rendered_objects_pass_strict_kubernetes_schemas(values: tuple[str, ...]) -> None:
     import kubernetes_validate
