@@ -68,11 +68,16 @@ def _cell(v: Any) -> str:
 
 def print_table(rows: Sequence[Mapping[str, Any]], columns: Iterable[str],
                 *, title: str | None = None) -> None:
-    """A rich table of `rows` with `columns` (keys of each row)."""
+    """A rich table of `rows` with `columns` (keys of each row).
+
+    A cell wider than its share of the terminal (80 columns when stdout is
+    not a TTY, or $COLUMNS) folds onto more lines instead of being elided
+    (`agent-c…`), so ids stay whole for whoever reads or copies them.
+    """
     cols = list(columns)
     table = Table(title=title, show_lines=False)
     for c in cols:
-        table.add_column(c)
+        table.add_column(c, overflow="fold")
     for r in rows:
         table.add_row(*(_cell(r.get(c)) for c in cols))
     console.print(table)
@@ -81,8 +86,8 @@ def print_table(rows: Sequence[Mapping[str, Any]], columns: Iterable[str],
 def print_kv(doc: Mapping[str, Any], *, title: str | None = None) -> None:
     """A two-column key/value table."""
     table = Table(title=title, show_header=False)
-    table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("field", style="bold", overflow="fold")
+    table.add_column("value", overflow="fold")
     for k, v in doc.items():
         table.add_row(k, _cell(v))
     console.print(table)
