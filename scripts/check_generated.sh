@@ -20,6 +20,14 @@ for area in "$tmp"/agentmesh/*/v1; do
     [ -e "$area/$(basename "$f")" ] || { echo "orphan generated file: $f (run 'make proto')" >&2; status=1; }
   done
 done
+# A v1 folder holds generated code only (README: Generated code): the SDK and
+# the client keep their own modules beside it, never inside it.
+for f in libs/agentmesh/*/v1/*; do
+  case "$(basename "$f")" in
+    *_pb2.py | *_pb2.pyi | *_pb2_grpc.py | *_pb2_grpc.pyi | __init__.py | __pycache__) ;;
+    *) echo "not generated, but in a generated folder: $f (move it out of v1/)" >&2; status=1 ;;
+  esac
+done
 # The Helm chart's <daemon>.config schema comes from the daemons' settings classes.
 python scripts/gen_settings_schema.py --check || status=1
 # Go stubs for clients/go (buf.gen.go.yaml; local protoc-gen-go/-go-grpc from deploy/local/tools.sh).

@@ -6,7 +6,7 @@
                              input={"spend_usd": 10.0}, idempotency_key="req-1")
 
 Every RPC has a typed method named after it in snake_case (generated into
-`agentmesh.client.services`). A method takes either the request message or its
+`agentmesh.client.services_gen`). A method takes either the request message or its
 fields as keywords, plus `timeout_s` and `metadata`, and returns the response
 message. Errors are `agentmesh.runtime.errors.AgentMeshError` subclasses. The
 raw stubs are `c.registry`, `c.coordination`, `c.router`, `c.safety`, `c.bus`,
@@ -28,7 +28,7 @@ import grpc
 from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.client.safety import CircuitOpen, retry_delay_s
-from agentmesh.client.services import ServiceMethods
+from agentmesh.client.services_gen import ServiceMethods
 from agentmesh.client.tasks import error_for
 from agentmesh.router.v1 import router_pb2, safety_pb2
 from agentmesh.runtime.errors import ResourceExhausted, Unavailable, from_rpc_error
