@@ -394,6 +394,25 @@ class TaskScheduler:
         await self.store.dequeue(drop)
         return started
 
+    async def _sweep_pending(self, tasks: Sequence[task_pb2.Task]) -> None:
+        """End the unleased PENDING tasks whose cancel was requested or whose
+        schedule-to-start timeout passed, wherever they are in their queue
+        (the scheduling pass only looks at each queue's due head, so a task
+        behind a long backlog would otherwise wait past its deadline), and
+        queue the others again if their entry was lost."""
+        now = now_ms()
+        ended: list[tuple[int, str]] = []
+        keep: list[tuple[int, str, int]] = []
+        for t in tasks:
+            cls = priority_class(t.priority)
+            if t.cancel_requested or now >= start_deadline_ms(t):
+                if await self._end_unstarted(t):
+                    ended.append((cls, t.task_id))
+                continue
+            keep.append((cls, t.task_id, due_ms(t)))
+        await self.store.dequeue(ended)
+        await self.store.requeue(keep)
+
     async def _end_unstarted(self, task: task_pb2.Task) -> bool:
         """Cancel or time out a PENDING task (cancel requested, or its
         schedule-to-start timeout passed); False when another replica holds it."""
@@ -809,10 +828,7 @@ class TaskScheduler:
                 orphans.append(tid)
         await self.store.forget_active(forget)
         if pending:
-            tasks = await self.store.get_many(pending)
-            await self.store.requeue(
-                [(priority_class(t.priority), t.task_id, due_ms(t)) for t in tasks if t is not None]
-            )
+            await self._sweep_pending([t for t in await self.store.get_many(pending) if t])
         taken = 0
         for tid in orphans:
             if len(self.driven) >= self.opts.max_active:

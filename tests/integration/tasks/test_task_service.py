@@ -115,6 +115,28 @@ async def test_no_agent_with_the_capability_stays_pending_then_times_out(
     assert await states_of(stub, t.task_id) == ["PENDING", "TIMEOUT"]
 
 
+async def test_schedule_to_start_timeout_holds_behind_a_long_backlog(
+    stub: task_pb2_grpc.TaskServiceStub, rsync: redis.Redis
+) -> None:
+    # More waiting tasks than one scheduling pass reads (BATCH per class), all
+    # with a long timeout, then one with a short one at the back of the queue.
+    backlog = []
+    for _ in range(300):
+        b = req("echo", capabilities=["nobody_backlog"])
+        b.schedule_to_start_timeout.FromMilliseconds(60_000)
+        backlog.append(b)
+    ids = [t.task.task_id for t in await asyncio.gather(*(stub.ScheduleTask(b) for b in backlog))]
+    try:
+        late = req("echo", capabilities=["nobody_backlog"])
+        late.schedule_to_start_timeout.FromMilliseconds(500)
+        t = (await stub.ScheduleTask(late)).task
+        done = await wait_final(stub, t.task_id, timeout_s=10)
+        assert done.state == T.TASK_STATE_TIMEOUT and done.attempt == 0
+    finally:  # cancelled so they leave nothing queued for the next tests
+        for tid in ids:
+            await stub.CancelTask(T.CancelTaskRequest(task_id=tid))
+
+
 # ---- cancel, delayed start, idempotency --------------------------------------------------
 async def test_cancel_of_a_queued_task_never_starts_it(
     stub: task_pb2_grpc.TaskServiceStub, rsync: redis.Redis
