@@ -7,6 +7,7 @@ session expired)."""
 from __future__ import annotations
 
 import asyncio
+import collections
 import re
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,15 @@ def committed_total(bootstrap: str, group: str, topic: str) -> int:
         c.close()
 
 
+def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: c.get_watermark_offsets(KTP(topic, p), timeout=10)[1] for p in parts}
+    finally:
+        c.close()
+
+
 def commits_sent(metrics_port: int) -> float:
     text = scrape_metrics(metrics_port)
     m = re.search(r"^message_bus_offset_commits_total (\S+)$", text, re.M)
@@ -64,7 +74,20 @@ async def test_single_acks_are_committed_in_coalesced_requests(
 
             await asyncio.gather(*(publish(i) for i in range(N)))
             async with Sub(stub, [topic], group) as sub:
-                got = await sub.take(N)  # one Ack request per message
+                got = []
+                try:
+                    for _ in range(N):  # one Ack request per message
+                        got += await sub.take(1)
+                except TimeoutError:
+                    highs = await asyncio.to_thread(high_watermarks, kafka_broker.bootstrap, topic)
+                    sent = [ln for ln in scrape_metrics(proc.metrics_port).splitlines()
+                            if ln.startswith(("message_bus_messages", "message_bus_sub"))]
+                    raise AssertionError(
+                        f"delivery stalled after {len(got)} of {N}; high watermarks {highs}; "
+                        f"offsets received per partition "
+                        f"{sorted(collections.Counter(m.position.partition for m in got).items())}"
+                        f"; metrics {sent}; gateway log:\n" + proc.tail(80)
+                    ) from None
 
                 async def all_committed() -> bool:
                     n = await asyncio.to_thread(
