@@ -313,12 +313,15 @@ class KafkaBackend(Backend):
         """Wait (up to PRODUCER_METADATA_S) until the producer's own metadata
         has every partition of `topic` with a leader.
 
-        The gateway names each record's partition itself. A record produced to
-        a partition the producer has no metadata for yet waits in librdkafka's
-        unassigned queue, and on a topic created a moment before, such records
-        were acknowledged with the offset of a later record while only the
-        later one was stored (seen on Kafka 4.1 with librdkafka 2.16, about
-        one topic in ten). Asking first keeps every write on a known leader.
+        The gateway names each record's partition itself. Written to a topic
+        created a moment before, while the producer's metadata still saw the
+        topic come and go, the first records of a partition were acknowledged
+        with the offset of a later record and only the later one was stored
+        (about one new topic in ten here, Kafka 4.1 and librdkafka 2.16):
+        librdkafka drops a partition's idempotence sequence when metadata says
+        the partition is gone and starts again at 0, so the broker takes the
+        next records as duplicates (librdkafka issue 3712). Asking first keeps
+        every write on a partition the producer already knows.
         """
         p = self._producer
         if p is None:
