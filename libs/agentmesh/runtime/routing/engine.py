@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import redis
@@ -415,6 +416,28 @@ class RouteEngine:
         return [*first, *(c for c in rest if c.agent_id not in chosen)]
 
     # ---- outcomes -------------------------------------------------------------
+    async def record_successes(self, counts: Mapping[str, int]) -> None:
+        """Report many agents' successes in one round trip (`record` for each,
+        with `ok=True` and its count). Redis errors are logged, not raised."""
+        if not counts:
+            return
+        now_ms = int(time.time() * 1000)
+        before = {a: self.states.get(a) for a in counts}
+        try:
+            states = await self.outcomes.record_successes(counts, now_ms=now_ms)
+        except redis.RedisError as e:
+            log.warning("outcomes not recorded", extra={"agents": len(counts), "error": repr(e)})
+            return
+        changed = False
+        for st in states:
+            self.states.put(st)
+            old = before[st.agent_id]
+            was = (old.effective_breaker(now_ms), old.is_ejected(now_ms)) if old else (
+                "CLOSED", False)
+            changed |= (st.effective_breaker(now_ms), st.is_ejected(now_ms)) != was
+        if changed:
+            self.pools.invalidate()
+
     async def record(self, agent_id: str, *, ok: bool, count: int = 1) -> TargetState | None:
         """Report one call outcome (or `count` successes) to the breaker and
         outlier detection; when it changes eligibility, invalidate cached

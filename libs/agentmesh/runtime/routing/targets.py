@@ -32,6 +32,7 @@ from dataclasses import dataclass
 import grpc
 import redis.asyncio as aioredis
 
+from agentmesh.runtime.lease import call_many
 from agentmesh.runtime.routing import keys
 
 #: Codes that count against a target's health.
@@ -265,6 +266,35 @@ class OutcomeRecorder:
             ],
         )
         return TargetState.from_values(agent_id, values)
+
+    async def record_successes(
+        self, counts: Mapping[str, int], *, now_ms: int | None = None
+    ) -> list[TargetState]:
+        """Apply `counts[agent_id]` successes to each agent, all in one round
+        trip (a pipeline of the same script `record` runs, one call per agent).
+
+        Returns:
+            The agents' new states, in `counts` order.
+
+        Raises:
+            redis.exceptions.RedisError: Redis failed. Should Redis drop its
+            script cache while the batch runs, the batch is sent again and a
+            few successes may count twice; these are statistics for the
+            breaker and outlier detection, where that is harmless.
+        """
+        p = self._policy
+        now = int(time.time() * 1000) if now_ms is None else now_ms
+        ids = list(counts)
+        rows = await call_many(self._script, [
+            (
+                [keys.target(aid), keys.TARGETS],
+                [aid, "1", now, p.failure_threshold, p.open_ms, p.half_open_successes,
+                 p.window_ms, p.min_requests, p.failure_rate, p.base_ejection_ms,
+                 MAX_EJECTION_MS, counts[aid]],
+            )
+            for aid in ids
+        ])
+        return [TargetState.from_values(aid, v) for aid, v in zip(ids, rows, strict=True)]
 
     async def list_states(self, *, after: str, limit: int) -> tuple[list[TargetState], str]:
         """Target states ordered by agent id, after `after`; returns (page, last id or "")."""
