@@ -36,6 +36,7 @@ from agentmesh.server.saga.definition import CompiledDefinition, compile_definit
 from agentmesh.server.saga.planner import Call, CallKind, Outcome, Planner, Writer
 from agentmesh.server.saga.state import SagaRecord
 from agentmesh.server.saga.store import Fenced, Lease, SagaStore
+from agentmesh.server.saga.tracing import attempt_span
 
 log = logging.getLogger("agentmesh.saga.engine")
 T = saga_pb2
@@ -203,6 +204,10 @@ class Runner:
         self.tasks[t] = c
 
     async def _send(self, c: Call) -> dict[str, Any] | None:
+        with attempt_span(self.rec.saga_id, self.rec.traceparent, c):
+            return await self._send_call(c)
+
+    async def _send_call(self, c: Call) -> dict[str, Any] | None:
         spec = self.comp.by_name[c.step]
         md = {"saga_id": self.rec.saga_id, "step": c.step}
         if c.kind is CallKind.EXECUTE:

@@ -25,6 +25,7 @@ from agentmesh.server.saga.engine import Engine
 from agentmesh.server.saga.events import GENESIS, seal
 from agentmesh.server.saga.state import FINAL_STATES, SagaRecord, ms_ts
 from agentmesh.server.saga.store import SagaStore
+from agentmesh.server.saga.tracing import saga_span
 
 MAX_INPUT_BYTES = 1 << 20
 MAX_IDEMPOTENCY_KEY = 200
@@ -138,6 +139,7 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             definition=defn,
             idempotency_key=request.idempotency_key,
             state=saga_pb2.SAGA_STATE_PENDING,
+            traceparent=saga_span(saga_id, defn.name),
         )
         seal(ev, GENESIS)
         existing = await self.store.create(

@@ -187,6 +187,8 @@ class SagaRecord:
     comp_cause: dict[str, str] | None = None
     error: dict[str, str] | None = None
     output: dict[str, Any] | None = None
+    #: W3C traceparent of the saga's span (SAGA_STARTED), parent of its step spans.
+    traceparent: str = ""
 
     # ---- folding ----------------------------------------------------------
     @classmethod
@@ -199,6 +201,7 @@ class SagaRecord:
             idempotency_key=ev.idempotency_key,
             create_ms=ts_ms(ev.create_time),
             steps={n: StepRecord(name=n) for n in step_names},
+            traceparent=ev.traceparent,
         )
         rec._advance(ev)
         return rec

@@ -250,6 +250,8 @@ class Agent:
             tls_ca_file=s.tls_ca_file,
             grace_period_s=s.grace_period_s,
             registry_target=s.registry_target,
+            otlp_endpoint=s.otlp_endpoint,
+            trace_sample_ratio=s.trace_sample_ratio,
         )
 
     async def start(self) -> int:
@@ -268,6 +270,7 @@ class Agent:
             raise ValueError(f"agent {self.agent_id} declares no action, compensation or objective")
         s = self.settings
         daemon = Daemon(self._config())
+        daemon.service_name = self.agent_type or self.agent_id
         self._daemon = daemon
         daemon.add_service(
             agent_pb2_grpc.add_AgentServiceServicer_to_server,

@@ -52,6 +52,9 @@ class AgentSettings(Settings):
         auth_tokens_file: require bearer tokens from callers (runtime format).
         log_level: logging level name used by `run`.
         log_format: `json` or `text`, used by `run`.
+        otlp_endpoint: OTLP/gRPC trace collector; set turns tracing on (so do the
+            standard OTEL_EXPORTER_OTLP_* variables). `service.name` is the agent type.
+        trace_sample_ratio: share of root traces sampled, 0..1 (parent-based).
         extra_metadata: registered with the agent; not a flag.
     """
 
@@ -89,4 +92,10 @@ class AgentSettings(Settings):
     auth_tokens_file: str = setting("", help="JSON token file; turns caller auth on")
     log_level: str = setting("INFO", help="log level")
     log_format: str = setting("json", help="log format: json or text")
+    otlp_endpoint: str = setting(
+        "", help="OTLP/gRPC collector for traces, host:port or URL (turns tracing on)"
+    )
+    trace_sample_ratio: float = setting(
+        1.0, help="share of root traces sampled (parent-based)", minimum=0.0, maximum=1.0
+    )
     extra_metadata: dict[str, str] = field(default_factory=dict)

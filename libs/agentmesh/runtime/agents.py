@@ -40,6 +40,7 @@ from google.protobuf import struct_pb2
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.common.v1 import common_pb2
 from agentmesh.router.v1 import router_pb2
+from agentmesh.runtime import tracing
 from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import ErrorReason, ResourceExhausted, Unavailable
 from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
@@ -343,13 +344,41 @@ class AgentClient:
         *,
         timeout_s: float | None,
         metadata: tuple[tuple[str, str], ...] | None = None,
+        strategy: str = "",
     ) -> CallOutcome:
         """One attempt of `method` ("Execute", "Compensate" or "Evaluate") on
         `target`; its outcome counts toward the agent's breaker and outlier
         state (failures awaited, so the next attempt sees an opened breaker).
 
+        While tracing is on the attempt is one CLIENT span
+        (`agentmesh.agent.v1.AgentService/<method>`) with the rpc.* and
+        agentmesh.* attributes (agent, action, idempotency key, attempt,
+        routing strategy, saga id and step from the request's metadata).
+
+        Args:
+            strategy: the routing strategy that chose `target`, for the span.
+
         Never raises for an RPC failure: the outcome carries it.
         """
+        if not tracing.enabled():
+            return await self._call(target, method, request, timeout_s=timeout_s, metadata=metadata)
+        with tracing.client_span(
+            f"/agentmesh.agent.v1.AgentService/{method}",
+            _span_attributes(target, request, strategy),
+        ) as span:
+            out = await self._call(target, method, request, timeout_s=timeout_s, metadata=metadata)
+            tracing.set_call_status(span, out.code, out.message)
+            return out
+
+    async def _call(
+        self,
+        target: Candidate,
+        method: str,
+        request: Any,
+        *,
+        timeout_s: float | None,
+        metadata: tuple[tuple[str, str], ...] | None,
+    ) -> CallOutcome:
         inflight = self.engine.picker.inflight
         inflight[target.agent_id] = inflight.get(target.agent_id, 0) + 1
         rpc = getattr(self.stub(target.endpoint), method)
@@ -457,7 +486,9 @@ class AgentClient:
             attempt=attempt,
             metadata=dict(msg.metadata),
         )
-        return target, await self.call(target, "Execute", req, timeout_s=timeout_s)
+        return target, await self.call(
+            target, "Execute", req, timeout_s=timeout_s, strategy=_strategy_name(msg)
+        )
 
     async def compensate(
         self,
@@ -478,4 +509,42 @@ class AgentClient:
             Unavailable: NO_HEALTHY_TARGET when no agent is eligible.
         """
         target = (await self.pick(msg, enforce_safety=False)).targets[0]
-        return target, await self.call(target, "Compensate", request, timeout_s=timeout_s)
+        return target, await self.call(
+            target, "Compensate", request, timeout_s=timeout_s, strategy=_strategy_name(msg)
+        )
+
+
+def _strategy_name(msg: router_pb2.RouteMessage) -> str:
+    """The strategy `AgentClient.pick` uses for `msg`, as its enum name."""
+    if msg.target_ids:
+        return "STRATEGY_FAILOVER"
+    if msg.routing_key:
+        return R.Strategy.Name(KEYED_STRATEGY)
+    return "STRATEGY_LEAST_LOADED"
+
+
+def _span_attributes(target: Candidate, request: Any, strategy: str) -> dict[str, Any]:
+    """The agentmesh.* attributes of an agent call's CLIENT span."""
+    attrs: dict[str, Any] = {
+        tracing.ATTR_AGENT_ID: target.agent_id,
+        tracing.SERVER_ADDRESS: target.endpoint,
+    }
+    if strategy:
+        attrs[tracing.ATTR_STRATEGY] = strategy
+    for field, attr in (
+        ("action", tracing.ATTR_ACTION),
+        ("idempotency_key", tracing.ATTR_IDEMPOTENCY_KEY),
+        ("attempt", tracing.ATTR_ATTEMPT),
+    ):
+        value = getattr(request, field, None)
+        if value:
+            attrs[attr] = value
+    md = getattr(request, "metadata", None)
+    if md:
+        if saga_id := md.get("saga_id"):
+            attrs[tracing.ATTR_SAGA_ID] = saga_id
+        if step := md.get("step"):
+            attrs[tracing.ATTR_STEP] = step
+        if swarm_id := md.get("swarm_id"):
+            attrs[tracing.ATTR_SWARM_ID] = swarm_id
+    return attrs

@@ -14,6 +14,7 @@ from typing import Any
 
 import grpc
 
+from agentmesh.runtime import tracing
 from agentmesh.runtime.context import remaining_s, request_id_var, trace_id_var
 
 _DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
@@ -46,21 +47,40 @@ class _Propagate:
 
 class _PropagatingCallable:
     """A multi-callable that adds the propagated metadata and deadline at call
-    time (so the contextvars of the calling task are the ones read)."""
+    time (so the contextvars of the calling task are the ones read).
 
-    __slots__ = ("_inner", "_propagate")
+    While tracing is on, each call also gets a CLIENT span (ended when the
+    call finishes, with its status) whose W3C context goes out as
+    `traceparent` / `tracestate` / `baggage`; under a CLIENT span the caller
+    made itself (AgentClient.call) that one is propagated instead.
+    """
 
-    def __init__(self, inner: Any, propagate: _Propagate) -> None:
+    __slots__ = ("_inner", "_method", "_propagate")
+
+    def __init__(self, inner: Any, propagate: _Propagate, method: str = "") -> None:
         self._inner = inner
         self._propagate = propagate
+        self._method = method
 
     def __call__(
         self, request: Any = None, *, timeout: float | None = None, metadata: Any = None, **kw: Any
     ) -> Any:
         args = () if request is None else (request,)
-        return self._inner(
-            *args, timeout=remaining_s(timeout), metadata=self._propagate.metadata(metadata), **kw
-        )
+        md = self._propagate.metadata(metadata)
+        if not tracing.enabled() or any(k == "traceparent" for k, _ in md):
+            return self._inner(*args, timeout=remaining_s(timeout), metadata=md, **kw)
+        if tracing.client_span_open():
+            md += tuple(tracing.outgoing_metadata(None))
+            return self._inner(*args, timeout=remaining_s(timeout), metadata=md, **kw)
+        span = tracing.start_client_span(self._method)
+        md += tuple(tracing.outgoing_metadata(span))
+        try:
+            call = self._inner(*args, timeout=remaining_s(timeout), metadata=md, **kw)
+        except BaseException:
+            span.end()
+            raise
+        tracing.end_when_done(span, call)
+        return call
 
 
 class _PropagatingChannel(grpc.aio.Channel):
@@ -100,20 +120,26 @@ class _PropagatingChannel(grpc.aio.Channel):
 
     def unary_unary(self, method: str, *args: Any, **kw: Any) -> Any:
         """See grpc.aio.Channel.unary_unary; the call propagates context."""
-        return _PropagatingCallable(self._inner.unary_unary(method, *args, **kw), self._propagate)
+        return _PropagatingCallable(
+            self._inner.unary_unary(method, *args, **kw), self._propagate, method
+        )
 
     def unary_stream(self, method: str, *args: Any, **kw: Any) -> Any:
         """See grpc.aio.Channel.unary_stream; the call propagates context."""
-        return _PropagatingCallable(self._inner.unary_stream(method, *args, **kw), self._propagate)
+        return _PropagatingCallable(
+            self._inner.unary_stream(method, *args, **kw), self._propagate, method
+        )
 
     def stream_unary(self, method: str, *args: Any, **kw: Any) -> Any:
         """See grpc.aio.Channel.stream_unary; the call propagates context."""
-        return _PropagatingCallable(self._inner.stream_unary(method, *args, **kw), self._propagate)
+        return _PropagatingCallable(
+            self._inner.stream_unary(method, *args, **kw), self._propagate, method
+        )
 
     def stream_stream(self, method: str, *args: Any, **kw: Any) -> Any:
         """See grpc.aio.Channel.stream_stream; the call propagates context."""
         return _PropagatingCallable(
-            self._inner.stream_stream(method, *args, **kw), self._propagate
+            self._inner.stream_stream(method, *args, **kw), self._propagate, method
         )
 
 

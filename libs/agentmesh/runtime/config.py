@@ -73,6 +73,9 @@ class ServerConfig(Settings):
         log_level: logging level name.
         log_format: `json` (one object per line, for log shippers) or `text` (for people).
         registry_target / router_target / bus_target: where peer daemons listen.
+        otlp_endpoint: OTLP/gRPC trace collector (agentmesh.runtime.tracing); "" is off
+            unless the standard OTEL_EXPORTER_OTLP_ENDPOINT is set.
+        trace_sample_ratio: share of root traces sampled, 0..1; a caller's decision is kept.
         settings: the daemon's own typed settings (the `settings` class given to
             load_config), or None; read it with `settings_as`.
     """
@@ -120,6 +123,13 @@ class ServerConfig(Settings):
     registry_target: str = setting("127.0.0.1:50053", help="registry daemon address")
     router_target: str = setting("127.0.0.1:50052", help="router daemon address")
     bus_target: str = setting("127.0.0.1:50051", help="bus gateway address")
+    otlp_endpoint: str = setting(
+        "", help="OTLP/gRPC collector for traces, host:port or URL (turns tracing on; "
+        "OTEL_EXPORTER_OTLP_ENDPOINT also does)"
+    )
+    trace_sample_ratio: float = setting(
+        1.0, help="share of root traces sampled (parent-based)", minimum=0.0, maximum=1.0
+    )
     settings: Any = field(default=None, compare=False)
 
     def settings_as(self, cls: type[_S]) -> _S:

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from agentmesh.runtime import metrics
+from agentmesh.runtime import metrics, tracing
 from agentmesh.runtime.auth import PUBLIC_METHOD_PREFIXES, TokenAuthenticator
 from agentmesh.runtime.context import (
     deadline_var,
@@ -104,11 +104,14 @@ class _Method:
     lookup takes a lock and builds a key tuple on every call) and whether
     the method needs a token at all."""
 
-    __slots__ = ("authenticator", "handled", "handling", "method", "service", "short", "started")
+    __slots__ = (
+        "authenticator", "handled", "handling", "method", "service", "short", "started", "traced",
+    )
 
     def __init__(self, method: str, authenticator: TokenAuthenticator | None) -> None:
         self.method = method
         self.service, self.short = metrics.split_method(method)
+        self.traced = tracing.traced_method(method)
         self.authenticator = (
             None if method.startswith(PUBLIC_METHOD_PREFIXES) else authenticator
         )
@@ -140,11 +143,13 @@ class _Method:
 class _Call:
     """Bookkeeping for one RPC: context setup, auth and the outcome."""
 
-    __slots__ = ("m", "start")
+    __slots__ = ("m", "span", "start", "token")
 
     def __init__(self, m: _Method) -> None:
         self.m = m
         self.start = time.perf_counter()
+        self.span: Any = None
+        self.token: object = None
 
     @property
     def method(self) -> str:
@@ -153,16 +158,25 @@ class _Call:
     def enter(self, context: grpc.aio.ServicerContext[Any, Any]) -> None:
         md = {k: v for k, v in (context.invocation_metadata() or ()) if isinstance(v, str)}
         request_id_var.set(md.get("x-request-id") or new_id())
-        trace_id_var.set(trace_id_from_metadata(md))
+        m = self.m
+        if tracing.enabled() and m.traced:
+            # The SERVER span continues the caller's W3C context; the log
+            # lines of the call carry its trace id (see logs.py).
+            self.span, self.token = tracing.start_server_span(m.method, m.service, m.short, md)
+            trace_id_var.set(format(self.span.get_span_context().trace_id, "032x"))
+        else:
+            trace_id_var.set(trace_id_from_metadata(md))
         remaining = context.time_remaining()
         deadline_var.set(None if remaining is None else time.monotonic() + remaining)
-        m = self.m
         m.count_started()
         if m.authenticator is not None:
             principal_var.set(m.authenticator.authenticate(md.get("authorization")))
 
-    def finish(self, code: grpc.StatusCode) -> None:
+    def finish(self, code: grpc.StatusCode, message: str = "") -> None:
         self.m.count_finished(code, time.perf_counter() - self.start)
+        if self.span is not None:
+            span, self.span = self.span, None
+            tracing.end_server_span(span, self.token, code, message)
 
 
 async def _fail(
@@ -193,7 +207,7 @@ async def _fail(
         log.error("unhandled error in rpc", extra={"method": call.method}, exc_info=exc)
         err = AgentMeshError("internal error; see the daemon log for the request id")
         err.code = grpc.StatusCode.INTERNAL  # type: ignore[misc]
-    call.finish(err.code)
+    call.finish(err.code, err.message)
     await context.abort(err.code, err.message, err.trailing_metadata())
 
 

@@ -14,6 +14,7 @@ import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
+from agentmesh.runtime import tracing
 from agentmesh.runtime.context import request_id_var, trace_id_var
 
 _RESERVED = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
@@ -41,7 +42,8 @@ def _bounded(value: Any) -> Any:
 
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: ts (RFC 3339 UTC), level, logger, msg, daemon,
-    request_id, trace_id, any `extra=` fields, and exc for exceptions."""
+    request_id, trace_id, span_id (while tracing is on), any `extra=` fields,
+    and exc for exceptions."""
 
     def __init__(self, daemon: str) -> None:
         super().__init__()
@@ -61,6 +63,12 @@ class JsonFormatter(logging.Formatter):
             doc["request_id"] = rid
         if tid := trace_id_var.get():
             doc["trace_id"] = tid
+        if tracing.enabled():
+            # The current span's ids: inside a saga step or a bus handler
+            # they are the step's or the message's trace, not the RPC's.
+            otid, sid = tracing.current_ids()
+            if sid:
+                doc["trace_id"], doc["span_id"] = otid, sid
         for key, value in vars(record).items():
             if key not in _RESERVED and not key.startswith("_"):
                 doc[key] = _bounded(value)

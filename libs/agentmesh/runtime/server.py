@@ -31,6 +31,7 @@ import grpc
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+from agentmesh.runtime import tracing
 from agentmesh.runtime.auth import TokenAuthenticator
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import ServerConfig, load_config
@@ -92,6 +93,8 @@ class Daemon:
         self._redis: aioredis.Redis | None = None
         self._monitor: DependencyMonitor | None = None
         self._stop = asyncio.Event()
+        #: OpenTelemetry `service.name` of this process (the agent SDK sets its agent type).
+        self.service_name = f"agentmesh-{config.name}"
         self.port = 0
         self.metrics_port = -1
 
@@ -193,6 +196,13 @@ class Daemon:
 
     async def start(self) -> int:
         """Bind, start serving and probing; returns the bound gRPC port."""
+        if tracing.configure_tracing(
+            service_name=self.service_name,
+            otlp_endpoint=self.config.otlp_endpoint,
+            sample_ratio=self.config.trace_sample_ratio,
+        ):
+            # Last shutdown hook to run: spans of the drain reach the collector.
+            self._shutdown.insert(0, tracing.shutdown_tracing)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         enable_reflection(
             [*self._services, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name],

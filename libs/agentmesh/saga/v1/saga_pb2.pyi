@@ -913,6 +913,7 @@ class SagaEvent(_message.Message):
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     PROVENANCE_FIELD_NUMBER: _builtins.int
     DEFINITION_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     saga_id: _builtins.str
     """The saga."""
     sequence: _builtins.int
@@ -937,6 +938,11 @@ class SagaEvent(_message.Message):
     """Fencing token of the lease it was appended under; 0 for SAGA_STARTED,
     which StartSaga appends. The log accepts an append only under the current
     token, so a replica that lost its lease cannot write.
+    """
+    traceparent: _builtins.str
+    """W3C trace context (`traceparent`) of the saga's span, on SAGA_STARTED
+    only; empty when tracing was off. Every step attempt and compensation
+    span is its child, whichever coordinator replica drives it.
     """
     @_builtins.property
     def create_time(self) -> _timestamp_pb2.Timestamp:
@@ -990,10 +996,11 @@ class SagaEvent(_message.Message):
         fencing_token: _builtins.int = ...,
         provenance: _common_pb2.Provenance | None = ...,
         definition: Global___SagaDefinition | None = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "_iteration", b"_iteration", "backoff", b"backoff", "create_time", b"create_time", "definition", b"definition", "error", b"error", "input", b"input", "item_index", b"item_index", "iteration", b"iteration", "output", b"output", "provenance", b"provenance"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "_iteration", b"_iteration", "attempt", b"attempt", "backoff", b"backoff", "coordinator_id", b"coordinator_id", "create_time", b"create_time", "definition", b"definition", "error", b"error", "fencing_token", b"fencing_token", "idempotency_key", b"idempotency_key", "input", b"input", "item_index", b"item_index", "iteration", b"iteration", "output", b"output", "provenance", b"provenance", "saga_id", b"saga_id", "sequence", b"sequence", "state", b"state", "step_name", b"step_name", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "_iteration", b"_iteration", "attempt", b"attempt", "backoff", b"backoff", "coordinator_id", b"coordinator_id", "create_time", b"create_time", "definition", b"definition", "error", b"error", "fencing_token", b"fencing_token", "idempotency_key", b"idempotency_key", "input", b"input", "item_index", b"item_index", "iteration", b"iteration", "output", b"output", "provenance", b"provenance", "saga_id", b"saga_id", "sequence", b"sequence", "state", b"state", "step_name", b"step_name", "traceparent", b"traceparent", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__item_index: _TypeAlias = _typing.Literal["item_index"]  # noqa: Y015
     _WhichOneofArgType__item_index: _TypeAlias = _typing.Literal["_item_index", b"_item_index"]  # noqa: Y015

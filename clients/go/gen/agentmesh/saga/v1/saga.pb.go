@@ -1473,7 +1473,11 @@ type SagaEvent struct {
 	// this event with `provenance` cleared).
 	Provenance *v1.Provenance `protobuf:"bytes,17,opt,name=provenance,proto3" json:"provenance,omitempty"`
 	// The saga definition, on SAGA_STARTED only.
-	Definition    *SagaDefinition `protobuf:"bytes,18,opt,name=definition,proto3" json:"definition,omitempty"`
+	Definition *SagaDefinition `protobuf:"bytes,18,opt,name=definition,proto3" json:"definition,omitempty"`
+	// W3C trace context (`traceparent`) of the saga's span, on SAGA_STARTED
+	// only; empty when tracing was off. Every step attempt and compensation
+	// span is its child, whichever coordinator replica drives it.
+	Traceparent   string `protobuf:"bytes,19,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1632,6 +1636,13 @@ func (x *SagaEvent) GetDefinition() *SagaDefinition {
 		return x.Definition
 	}
 	return nil
+}
+
+func (x *SagaEvent) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
 }
 
 // StartSagaRequest starts a saga.
@@ -2755,7 +2766,7 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\bend_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12#\n" +
 	"\rlast_sequence\x18\f \x01(\x04R\flastSequence\x12%\n" +
 	"\x0ecoordinator_id\x18\r \x01(\tR\rcoordinatorId\x12#\n" +
-	"\rfencing_token\x18\x0e \x01(\x04R\ffencingToken\"\xc4\x06\n" +
+	"\rfencing_token\x18\x0e \x01(\x04R\ffencingToken\"\xe6\x06\n" +
 	"\tSagaEvent\x12\x17\n" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12\x1a\n" +
 	"\bsequence\x18\x02 \x01(\x04R\bsequence\x124\n" +
@@ -2781,7 +2792,8 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"provenance\x12A\n" +
 	"\n" +
 	"definition\x18\x12 \x01(\v2!.agentmesh.saga.v1.SagaDefinitionR\n" +
-	"definitionB\r\n" +
+	"definition\x12 \n" +
+	"\vtraceparent\x18\x13 \x01(\tR\vtraceparentB\r\n" +
 	"\v_item_indexB\f\n" +
 	"\n" +
 	"_iteration\"\x9e\x02\n" +

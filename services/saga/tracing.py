@@ -1,0 +1,66 @@
+"""The saga coordinator's spans: one trace per saga.
+
+StartSaga opens the saga's span (`saga <definition name>`, INTERNAL, a child
+of the StartSaga server span, so a traced client sees the saga inside its
+own trace) and ends it at once: its W3C `traceparent` is stored in the
+SAGA_STARTED event (`SagaEvent.traceparent`, covered by the event hash).
+Every step attempt (`saga.step <name>`) and compensation attempt
+(`saga.compensate <name>`) is a span whose parent is read back from that
+stored context, in whichever coordinator replica drives it, also after a
+restart or a lease takeover: the same trace, re-parented rather than linked,
+because a span a killed coordinator held open would never be exported, while
+the stored context needs nothing but the record. The saga span's own
+duration is therefore the acceptance of the saga; the trace's duration is
+the saga's. The agent call of an attempt is the attempt span's child (the
+CLIENT span of AgentClient.call), and the agent's SERVER span its child.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any
+
+from agentmesh.runtime import tracing
+from agentmesh.server.saga.planner import Call, CallKind
+
+
+def saga_span(saga_id: str, name: str) -> str:
+    """Make the saga's span (ended at once) and return its traceparent;
+    "" while tracing is off or the span is not sampled-in at all."""
+    if not tracing.enabled():
+        return ""
+    with tracing.span(
+        f"saga {name or 'inline'}",
+        attributes={tracing.ATTR_SAGA_ID: saga_id, tracing.ATTR_SAGA_NAME: name or "inline"},
+    ) as span:
+        return tracing.traceparent_of(span)
+
+
+@contextlib.contextmanager
+def attempt_span(saga_id: str, traceparent: str, call: Call) -> Iterator[Any]:
+    """The span of one step or compensation attempt, child of the saga's
+    span (`traceparent`, from the saga record); ERROR when the block raises
+    (a CallError: the step's failure)."""
+    if not tracing.enabled():
+        yield None
+        return
+    kind = "step" if call.kind is CallKind.EXECUTE else "compensate"
+    key = call.key if call.kind is CallKind.EXECUTE else call.key + "/compensate"
+    with tracing.span(
+        f"saga.{kind} {call.step}",
+        parent_traceparent=traceparent,
+        attributes={
+            tracing.ATTR_SAGA_ID: saga_id,
+            tracing.ATTR_STEP: call.step,
+            tracing.ATTR_ATTEMPT: call.attempt,
+            tracing.ATTR_IDEMPOTENCY_KEY: key,
+        },
+    ) as span:
+        try:
+            yield span
+        except Exception as exc:
+            code = getattr(exc, "code", "")
+            if code:
+                span.set_attribute(tracing.ATTR_ERROR_CODE, str(code))
+            raise
