@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the pinned Go CLI tools the project uses (grpcurl, ghz,
-# grpc-health-probe, helm, kubeconform) into "$(go env GOPATH)/bin".
+# grpc-health-probe, helm, kubeconform, jaeger, ...) into "$(go env GOPATH)/bin".
 #
 # Why `go install` instead of release tarballs: the proxy is the one download
 # source that CI machines reach, and `go install pkg@vX` is reproducible from
@@ -35,6 +35,10 @@ TOOLS=(
   "protoc-gen-go-grpc|google.golang.org/grpc/cmd/protoc-gen-go-grpc|google.golang.org/grpc/cmd/protoc-gen-go-grpc|v1.5.1|"
   # Prometheus 3.x tags are v3.y.z; its Go module publishes them as v0.3yy.z.
   "promtool|github.com/prometheus/prometheus|github.com/prometheus/prometheus/cmd/promtool|v0.307.3|github.com/prometheus/common/version.Version"
+  # Jaeger all-in-one (OTLP on 4317, query API and UI on 16686) for `make up
+  # TRACING=1` and the tracing e2e test. Its go.mod has replace directives, so
+  # `go install` refuses it and the temporary-module build below makes it.
+  "jaeger|github.com/jaegertracing/jaeger|github.com/jaegertracing/jaeger/cmd/jaeger|v1.75.0|github.com/jaegertracing/jaeger/internal/version.latestVersion"
 )
 
 gobin="$(go env GOBIN)"

@@ -39,6 +39,7 @@ from agentmesh.server.bus.chain import ChainWriter
 from agentmesh.server.bus.partitioner import Partitioner, murmur2
 from agentmesh.server.bus.settings import BusSettings
 from agentmesh.server.bus.topics import dlq_topic, topic_error
+from agentmesh.server.bus.tracing import end_producer_spans, inject_context, producer_spans
 
 _PRIORITIES = set(common_pb2.Priority.values())
 _NORMAL_FIELD = wire.TAG_ENV_PRIORITY + wire.varint(common_pb2.PRIORITY_NORMAL)
@@ -163,6 +164,7 @@ class Publisher:
         """
         n = len(envs)
         errors: list[AgentMeshError | None] = [None] * n
+        inject_context(envs)  # W3C context in the headers (see bus/tracing.py)
         cached = self.backend.cached_partitions
         parts: dict[str, int] = {}
         for topic in {e.topic for e in envs}:
@@ -306,9 +308,16 @@ class Publisher:
         A record not confirmed within `timeout_s` gets UNAVAILABLE with reason
         UNKNOWN_OUTCOME, never OK.
         """
-        pending = await self.submit(envs)
-        await pending.settle(timeout_s)
-        return pending.written()
+        spans = producer_spans(envs)
+        try:
+            pending = await self.submit(envs)
+            await pending.settle(timeout_s)
+        except BaseException as exc:
+            end_producer_spans(spans, [exc] * len(spans))
+            raise
+        out = pending.written()
+        end_producer_spans(spans, out)
+        return out
 
     async def publish(self, env: bus_pb2.Envelope, *, timeout_s: float | None) -> Written:
         """Write one envelope.
