@@ -144,9 +144,9 @@ def configure_tracing(
         service_name: `service.name` of the resource, e.g. `agentmesh-saga`;
             `OTEL_SERVICE_NAME` (and `OTEL_RESOURCE_ATTRIBUTES`) win.
         otlp_endpoint: the collector, `host:port` (plaintext) or a URL
-            (`http://` plaintext, `https://` TLS); "" falls back to the
-            standard OTEL_EXPORTER_OTLP_* variables, and without any tracing
-            stays off.
+            (`http://` plaintext, `https://` TLS); "" falls back to
+            AGENTMESH_OTLP_ENDPOINT, then the standard OTEL_EXPORTER_OTLP_*
+            variables, and without any tracing stays off.
         sample_ratio: share of root traces sampled, 0..1 (parent-based).
         environ: environment to read; None reads os.environ.
 
@@ -164,7 +164,9 @@ def configure_tracing(
     env = os.environ if environ is None else environ
     if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    endpoint = otlp_endpoint or _env_endpoint(env)
+    # AGENTMESH_OTLP_ENDPOINT also reaches SDK agents, whose own variables
+    # are AGENTMESH_AGENT_*: one variable traces a whole stack.
+    endpoint = otlp_endpoint or env.get("AGENTMESH_OTLP_ENDPOINT", "") or _env_endpoint(env)
     if not endpoint:
         return False
     # Imported here: a process with tracing off never loads the SDK.

@@ -1,0 +1,65 @@
+"""The agent of the tracing e2e test, built on the agent SDK.
+
+    python tests/e2e/tracing_agent.py --agent-id A --port 0 --bus-target HOST:PORT
+
+Actions: `work` succeeds; `publish` also publishes one bus message to
+input.topic through a runtime channel (so the publish is a child of the
+agent's Execute span); `fail` answers FAILED_PRECONDITION; `slow` sleeps
+input.delay_ms (default 1500) first. Compensations (`undo`) succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from typing import Any
+
+from agentmesh.agent.context import ActionContext
+from agentmesh.agent.sdk import Agent
+from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
+from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.channels import create_channel
+from agentmesh.runtime.errors import FailedPrecondition
+
+agent = Agent("tracing-agent", agent_type="tracing-agent", version="1.0.0",
+              capabilities=["tracing_test"])
+_bus: dict[str, Any] = {}
+
+
+@agent.action("work")
+async def work(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    return {"ok": True}
+
+
+@agent.action("publish")
+async def publish(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    if "channel" not in _bus:  # made on the serving loop
+        _bus["channel"] = create_channel(_bus["target"])
+    stub = bus_pb2_grpc.BusServiceStub(_bus["channel"])
+    resp = await stub.Publish(bus_pb2.PublishRequest(message=bus_pb2.Envelope(
+        topic=input["topic"], key=ctx.idempotency_key,
+        payload=common_pb2.Payload(bytes_value=b"hello", content_type="text/plain"))))
+    return {"message_id": resp.id, "offset": resp.position.offset}
+
+
+@agent.action("fail")
+async def fail(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    raise FailedPrecondition("step refused on purpose")
+
+
+@agent.action("slow")
+async def slow(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    await asyncio.sleep(float(input.get("delay_ms", 1500)) / 1000)
+    return {"ok": True}
+
+
+@agent.compensation("undo")
+async def undo(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    return {}
+
+
+if __name__ == "__main__":
+    argv = sys.argv[1:]
+    i = argv.index("--bus-target")
+    _bus["target"] = argv[i + 1]
+    agent.run(argv[:i] + argv[i + 2:])
