@@ -60,11 +60,17 @@ deploy-check: $(SETUP_STAMP) ## helm lint + template + schema validation + chart
 test-unit: ## Unit tests only (no servers)
 	$(PYTHON) -m pytest -q tests/unit
 
-up: $(SETUP_STAMP) ## Start Redis and the five daemons in the background
+up: $(SETUP_STAMP) ## Start Redis and the five daemons in the background (TRACING=1: and Jaeger)
+ifeq ($(TRACING),1)
+	bash deploy/local/jaeger.sh start $(RUN_DIR)/jaeger
+	AGENTMESH_OTLP_ENDPOINT=127.0.0.1:$${JAEGER_OTLP_GRPC_PORT:-4317} $(PYTHON) -m agentmesh.cli.main up --run-dir $(RUN_DIR)
+else
 	$(PYTHON) -m agentmesh.cli.main up --run-dir $(RUN_DIR)
+endif
 
 down: ## Stop what `make up` started
 	$(PYTHON) -m agentmesh.cli.main down --run-dir $(RUN_DIR)
+	bash deploy/local/jaeger.sh stop $(RUN_DIR)/jaeger
 
 status: ## Show the health of the local stack
 	$(PYTHON) -m agentmesh.cli.main status

@@ -21,11 +21,6 @@ HTTP query API (`/api/traces/<id>`), the same data its UI shows.
 from __future__ import annotations
 
 import asyncio
-import json
-import shutil
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -37,9 +32,10 @@ import redis
 from agentmesh.bus.v1 import bus_pb2_grpc
 from agentmesh.runtime import tracing
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-from tests.infra import flush_db, free_ports
+from tests.infra import flush_db
 from tests.integration.bus.helpers import Sub
 from tests.integration.saga.conftest import events, wait_final
+from tests.jaeger import Jaeger, jaeger_binary
 from tests.procs import AgentProcess, DaemonProcess, ProcessGroup, daemon
 from tests.registry_records import queue_agent_record
 from tests.waiting import eventually
@@ -47,68 +43,10 @@ from tests.waiting import eventually
 pytestmark = [pytest.mark.e2e]
 
 S = saga_pb2
-ROOT = Path(__file__).resolve().parents[2]
 AGENT = Path(__file__).resolve().parent / "tracing_agent.py"
 TRACING_DB = 15
 AGENT_ID = "tracing-agent-a"
 FAST = ("--lease-ttl-ms", "1500", "--renew-interval-ms", "300", "--recovery-interval-ms", "300")
-
-
-def _jaeger_bin() -> str:
-    found = shutil.which("jaeger") or str(Path.home() / "go" / "bin" / "jaeger")
-    if not Path(found).exists():
-        pytest.skip("jaeger is not built: bash deploy/local/tools.sh jaeger")
-    return found
-
-
-class Jaeger:
-    """A Jaeger process on free ports; `otlp` is its OTLP/gRPC endpoint."""
-
-    def __init__(self, log_dir: Path) -> None:
-        otlp, http, grpc_port, health = free_ports(4)
-        self.otlp = f"127.0.0.1:{otlp}"
-        self.api = f"http://127.0.0.1:{http}"
-        self._health = f"http://127.0.0.1:{health}/status"
-        env = {
-            "JAEGER_OTLP_GRPC_PORT": str(otlp),
-            "JAEGER_QUERY_HTTP_PORT": str(http),
-            "JAEGER_QUERY_GRPC_PORT": str(grpc_port),
-            "JAEGER_HEALTH_PORT": str(health),
-            "PATH": "/usr/bin:/bin",
-        }
-        self._log = open(log_dir / "jaeger.log", "wb")  # closed in stop()
-        self.proc = subprocess.Popen(
-            [_jaeger_bin(), "--config", str(ROOT / "deploy/local/jaeger.yaml")],
-            stdout=self._log, stderr=subprocess.STDOUT, env=env,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(self._health, timeout=1) as r:
-                    if json.load(r).get("healthy"):
-                        return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"jaeger did not start; see {log_dir / 'jaeger.log'}")
-            time.sleep(0.1)
-
-    def trace(self, trace_id: str) -> dict[str, Any] | None:
-        """The trace as Jaeger's query API returns it, or None while unknown."""
-        try:
-            with urllib.request.urlopen(f"{self.api}/api/traces/{trace_id}", timeout=5) as r:
-                data = json.load(r).get("data") or []
-        except OSError:
-            return None
-        return data[0] if data else None
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-        self._log.close()
 
 
 class Trace:
@@ -142,6 +80,8 @@ def _is_error(span: dict[str, Any]) -> bool:
 
 @pytest.fixture(scope="module")
 def jaeger(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Jaeger]:
+    if jaeger_binary() is None:
+        pytest.skip("jaeger is not built: bash deploy/local/tools.sh jaeger")
     j = Jaeger(tmp_path_factory.mktemp("jaeger"))
     try:
         yield j

@@ -38,6 +38,7 @@ import contextvars
 import logging
 import os
 from collections.abc import Iterator, Mapping, MutableMapping
+from random import getrandbits, random
 from typing import Any
 
 import grpc
@@ -104,6 +105,9 @@ _UNTRACED_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 #: The tracer while tracing is on; None while off (checked by `enabled`).
 _tracer: trace.Tracer | None = None
 _provider: Any = None
+#: The root sample ratio when the mesh's own sampler is in use (None: an
+#: OTEL_TRACES_SAMPLER from the environment decides every span).
+_root_ratio: float | None = None
 
 #: True while a caller's own CLIENT span is current (AgentClient.call), so
 #: the channel under it injects that span instead of opening a second one.
@@ -156,7 +160,7 @@ def configure_tracing(
     Raises:
         ValueError: `sample_ratio` outside 0..1.
     """
-    global _tracer, _provider
+    global _tracer, _provider, _root_ratio
     if not 0.0 <= sample_ratio <= 1.0:
         raise ValueError(f"trace sample ratio {sample_ratio} must be within 0..1")
     if _tracer is not None:
@@ -192,6 +196,7 @@ def configure_tracing(
     )
     _provider = provider
     _tracer = provider.get_tracer(TRACER_NAME)
+    _root_ratio = None if sampler is None else sample_ratio
     # Also the global provider, for libraries that trace through the API.
     with contextlib.suppress(Exception):
         trace.set_tracer_provider(provider)
@@ -212,8 +217,8 @@ def shutdown_tracing(*, timeout_ms: int = 5000) -> None:
     Daemons end with os._exit, which runs no atexit hook: without this the
     last batch (up to OTEL_BSP_SCHEDULE_DELAY, 5 s by default) is lost.
     """
-    global _tracer, _provider
-    provider, _provider, _tracer = _provider, None, None
+    global _tracer, _provider, _root_ratio
+    provider, _provider, _tracer, _root_ratio = _provider, None, None, None
     if provider is None:
         return
     try:
@@ -288,6 +293,14 @@ def start_server_span(
         (span, token); pass both to `end_server_span` in the same task.
     """
     assert _tracer is not None
+    if "traceparent" not in metadata and _root_ratio is not None and random() >= _root_ratio:
+        # A root the sampler would drop: the non-recording span it would make
+        # (new ids, flags 00, so callees drop too), without the sampler call,
+        # attribute dict and span plumbing; at ratio 0.01 that is 99 RPCs in 100.
+        span: Span = NonRecordingSpan(
+            SpanContext(getrandbits(128) or 1, getrandbits(64) or 1, is_remote=False)
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span))
     parent = propagate.extract(metadata)
     span = _tracer.start_span(
         f"{service}/{short}",
@@ -301,10 +314,11 @@ def start_server_span(
 
 def end_server_span(span: Span, token: object, code: grpc.StatusCode, message: str = "") -> None:
     """Record the RPC's status on its SERVER span, end it and detach it."""
-    span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
-    if code in _SERVER_ERROR_CODES:
-        span.set_status(Status(StatusCode.ERROR, message or code.name))
-    span.end()
+    if span.is_recording():
+        span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
+        if code in _SERVER_ERROR_CODES:
+            span.set_status(Status(StatusCode.ERROR, message or code.name))
+        span.end()
     with contextlib.suppress(Exception):  # a token from another context: nothing to undo
         otel_context.detach(token)  # type: ignore[arg-type]
 

@@ -98,6 +98,10 @@ AGENTMESH_PORT: {{ $cfg.ports.grpc | quote }}
 AGENTMESH_METRICS_PORT: {{ $cfg.ports.metrics | quote }}
 AGENTMESH_LOG_LEVEL: {{ $g.logLevel | quote }}
 AGENTMESH_LOG_FORMAT: {{ $g.logFormat | quote }}
+{{- if $g.tracing.otlpEndpoint }}
+AGENTMESH_OTLP_ENDPOINT: {{ $g.tracing.otlpEndpoint | quote }}
+AGENTMESH_TRACE_SAMPLE_RATIO: {{ $g.tracing.sampleRatio | quote }}
+{{- end }}
 AGENTMESH_GRACE_PERIOD_S: {{ $g.gracePeriodSeconds | quote }}
 AGENTMESH_REDIS_URL: {{ $g.redis.url | quote }}
 {{- if $g.redis.sentinel.enabled }}

@@ -1,0 +1,216 @@
+"""Tracing overhead: router Route RPC/s and saga sagas/s with tracing off, on
+at sample ratio 1.0 and on at 0.01, in one run (issue 19).
+
+Against a private Redis and a real Jaeger (tests/jaeger.py; spans exported
+over OTLP/gRPC as in production), three routers and three saga coordinators
+run side by side, one per setting (AGENTMESH_OTLP_ENDPOINT unset / ratio 1.0
+/ ratio 0.01), with one no-op agent (`python -m agentmesh.agent.testing
+noop`, tracing off, so the agent's cost is the same for all three). The
+client makes untraced calls, so every root is sampled by the daemon's own
+ratio. Measurements are interleaved in rounds (off, 1.0, 0.01, ...) and the
+median of the per-round ratios is reported, so drift on a shared machine
+hits all three alike.
+
+Goal: at ratio 0.01 each rate stays within 5% of tracing off.
+
+    python perf/tracing/bench_tracing.py [--seconds 3] [--rounds 3] [--no-write] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import redis
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+
+from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
+from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
+from agentmesh.saga.v1 import saga_pb2 as S  # noqa: E402
+from agentmesh.saga.v1 import saga_pb2_grpc  # noqa: E402
+from perf.common import add_json, add_no_write, closed_loop, emit_figures, write_results  # noqa: E402
+from perf.table import Figure  # noqa: E402
+from tests.infra import RedisServer  # noqa: E402
+from tests.jaeger import Jaeger, jaeger_binary  # noqa: E402
+from tests.procs import DaemonProcess, daemon, testing_agent  # noqa: E402
+from tests.registry_records import queue_agent_record  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+#: (label, sample ratio or None for tracing off)
+SETTINGS: tuple[tuple[str, float | None], ...] = (("off", None), ("1.0", 1.0), ("0.01", 0.01))
+CAP = "bench"
+FINAL = {S.SAGA_STATE_COMPLETED, S.SAGA_STATE_COMPENSATED, S.SAGA_STATE_FAILED,
+         S.SAGA_STATE_CANCELLED}
+
+
+def _env(otlp: str, ratio: float | None) -> dict[str, str]:
+    if ratio is None:
+        return {"AGENTMESH_OTLP_ENDPOINT": ""}
+    return {"AGENTMESH_OTLP_ENDPOINT": otlp, "AGENTMESH_TRACE_SAMPLE_RATIO": str(ratio)}
+
+
+async def _route_rate(target: str, *, seconds: float, concurrency: int) -> float:
+    reqs = [R.RouteRequest(message=R.RouteMessage(message_type=CAP, routing_key=f"k{i}"),
+                           strategy=R.STRATEGY_LEAST_LOADED) for i in range(1000)]
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = router_pb2_grpc.RouterServiceStub(ch)
+        for q in reqs[:50]:
+            await stub.Route(q)
+        res = await closed_loop(lambda i: stub.Route(reqs[i % len(reqs)]),
+                                concurrency=concurrency, seconds=seconds)
+    return res.rate
+
+
+async def _saga_rate(target: str, *, seconds: float, concurrency: int, limit: int) -> float:
+    steps = [S.Step(name=f"s{i}", agent_id="bench-noop", action=f"step{i}",
+                    compensation_action=f"undo{i}", depends_on=[f"s{i - 1}"] if i else [])
+             for i in range(5)]
+    defn = S.SagaDefinition(name="bench_tracing", steps=steps)
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = saga_pb2_grpc.SagaServiceStub(ch)
+
+        async def one(_i: int) -> None:
+            started = await stub.StartSaga(S.StartSagaRequest(definition=defn))
+            async for r in stub.WatchSaga(S.WatchSagaRequest(saga_id=started.saga.saga_id)):
+                if r.event.state in FINAL:
+                    if r.event.state != S.SAGA_STATE_COMPLETED:
+                        raise RuntimeError(f"saga ended {S.SagaState.Name(r.event.state)}")
+                    return
+
+        await closed_loop(one, concurrency=4, seconds=1, limit=10)  # warm
+        res = await closed_loop(one, concurrency=concurrency, seconds=seconds, limit=limit)
+    return res.rate
+
+
+async def measure(ns: argparse.Namespace, routers: dict[str, str], sagas: dict[str, str],
+                  ) -> dict[str, Any]:
+    """Interleaved rounds; rates per setting and the per-round ratios to off."""
+    out: dict[str, Any] = {"route": {k: [] for k in routers}, "saga": {k: [] for k in sagas}}
+    for _ in range(ns.rounds):
+        for label, target in routers.items():
+            out["route"][label].append(
+                await _route_rate(target, seconds=ns.seconds, concurrency=16))
+        for label, target in sagas.items():
+            out["saga"][label].append(await _saga_rate(
+                target, seconds=ns.seconds, concurrency=16, limit=ns.sagas))
+    for kind in ("route", "saga"):
+        rates = out[kind]
+        out[f"{kind}_median"] = {k: statistics.median(v) for k, v in rates.items()}
+        out[f"{kind}_ratio"] = {
+            k: statistics.median(a / b for a, b in zip(rates[k], rates["off"], strict=True))
+            for k in rates
+        }
+    return out
+
+
+def bench(ns: argparse.Namespace) -> dict[str, Any]:
+    """Start Redis, Jaeger, the agent, 3 routers and 3 coordinators; measure."""
+    work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
+    server = RedisServer(workdir=work / "redis").start()
+    jaeger = Jaeger(work)
+    procs: list[DaemonProcess] = []
+    try:
+        url = server.url_for_db(0)
+        agent = testing_agent("noop", work, "--metrics-port", "-1", agent_id="bench-noop",
+                              env={"AGENTMESH_OTLP_ENDPOINT": ""})
+        procs.append(agent.start())
+        with redis.Redis.from_url(url).pipeline() as pipe:
+            queue_agent_record(pipe, "bench-noop", endpoint=agent.target)
+            for i in range(50):
+                queue_agent_record(pipe, f"{CAP}-{i:02d}", endpoint=f"10.9.0.{i}:50100",
+                                   capabilities=[CAP])
+            pipe.execute()
+        routers, sagas = {}, {}
+        for label, ratio in SETTINGS:
+            env = {**_env(jaeger.otlp, ratio), "AGENTMESH_SAGA_COORDINATOR_ID": f"c-{label}"}
+            r = daemon("router", work, "--redis-url", url, env=env)
+            procs.append(r.start())
+            routers[label] = r.target
+            s = daemon("saga", work, "--redis-url", url, env=env)
+            procs.append(s.start())
+            sagas[label] = s.target
+        res = asyncio.run(measure(ns, routers, sagas))
+        res["spans_exported"] = _services(jaeger)
+        return res
+    finally:
+        for p in reversed(procs):
+            p.stop(timeout_s=15)
+        jaeger.stop()
+        server.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _services(jaeger: Jaeger) -> list[str]:
+    """Service names Jaeger received spans from (shows the traced daemons exported)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{jaeger.api}/api/services", timeout=5) as r:
+            return sorted(json.load(r).get("data") or [])
+    except OSError:
+        return []
+
+
+def figures(res: dict[str, Any]) -> list[Figure]:
+    """Route RPC/s and sagas/s at each ratio beside tracing off."""
+    out = []
+    for kind, name, unit in (("route", "router: Route RPC/s", "RPC/s"),
+                             ("saga", "saga: five-step sagas/s", "sagas/s")):
+        med = res[f"{kind}_median"]
+        for label, goal in (("0.01", ">= 0.95x"), ("1.0", None)):
+            out.append(Figure(
+                name=f"tracing: {name} at sample ratio {label}", value=med[label], unit=unit,
+                baseline_name=f"{name} with tracing off", baseline_value=med["off"], goal=goal,
+            ))
+    return out
+
+
+def report(res: dict[str, Any], ns: argparse.Namespace) -> str:
+    lines = [
+        "# Tracing overhead (perf/tracing/bench_tracing.py)",
+        "",
+        f"{ns.rounds} interleaved rounds of {ns.seconds:g} s per setting; 16 calls in flight;",
+        "median rate over the rounds, and the median of the per-round ratios to tracing off.",
+        "Spans go to a real Jaeger over OTLP/gRPC (BatchSpanProcessor defaults).",
+        "",
+        "| figure | off | ratio 1.0 | ratio 0.01 | 1.0 / off | 0.01 / off |",
+        "|---|---|---|---|---|---|",
+    ]
+    for kind, name in (("route", "router Route RPC/s"), ("saga", "saga five-step sagas/s")):
+        m, r = res[f"{kind}_median"], res[f"{kind}_ratio"]
+        lines.append(f"| {name} | {m['off']:.0f} | {m['1.0']:.0f} | {m['0.01']:.0f} | "
+                     f"{r['1.0']:.3f} | {r['0.01']:.3f} |")
+    lines += ["", f"Services seen by Jaeger: {', '.join(res['spans_exported']) or 'none'}", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--seconds", type=float, default=3.0, help="per measurement")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--sagas", type=int, default=1500, help="at most this many sagas per window")
+    add_no_write(ap)
+    add_json(ap)
+    ns = ap.parse_args()
+    if jaeger_binary() is None:
+        sys.exit("perf/tracing: jaeger is not built: bash deploy/local/tools.sh jaeger")
+    t0 = time.monotonic()
+    res = bench(ns)
+    write_results(HERE / "RESULTS.md", report(res, ns), ns)
+    emit_figures(figures(res), ns)
+    print(f"(took {time.monotonic() - t0:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
