@@ -1,0 +1,66 @@
+"""Tracing settings and log correlation (agentmesh.runtime.tracing); the spans
+themselves are checked against a real Jaeger in tests/e2e/test_tracing_jaeger.py."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pytest
+
+from agentmesh.runtime import tracing
+from agentmesh.runtime.config import load_config
+from agentmesh.runtime.logs import JsonFormatter
+
+
+@pytest.fixture
+def off() -> Iterator[None]:
+    tracing.shutdown_tracing()
+    yield
+    tracing.shutdown_tracing()
+
+
+def test_off_without_an_endpoint_and_when_the_sdk_is_disabled(off: None) -> None:
+    assert not tracing.configure_tracing(service_name="t", environ={})
+    assert not tracing.enabled()
+    assert not tracing.configure_tracing(
+        service_name="t", otlp_endpoint="127.0.0.1:9", environ={"OTEL_SDK_DISABLED": "true"}
+    )
+    assert not tracing.enabled()
+    assert tracing.current_ids() == ("", "")
+
+
+def test_settings_flags_and_env() -> None:
+    cfg = load_config("router", ["--otlp-endpoint", "jaeger:4317"],
+                      environ={"AGENTMESH_TRACE_SAMPLE_RATIO": "0.25"})
+    assert (cfg.otlp_endpoint, cfg.trace_sample_ratio) == ("jaeger:4317", 0.25)
+    with pytest.raises(SystemExit):
+        load_config("router", [], environ={"AGENTMESH_TRACE_SAMPLE_RATIO": "1.5"})
+    with pytest.raises(ValueError, match=r"within 0\.\.1"):
+        tracing.configure_tracing(service_name="t", otlp_endpoint="x:1", sample_ratio=-0.1)
+
+
+def test_log_lines_carry_the_current_span_ids(off: None) -> None:
+    # Ratio 0: spans get real ids but none is recorded or exported.
+    assert tracing.configure_tracing(service_name="t", otlp_endpoint="127.0.0.1:9",
+                                     sample_ratio=0.0)
+    fmt = JsonFormatter("test")
+    record = logging.makeLogRecord({"msg": "hello", "levelname": "INFO", "name": "t"})
+    with tracing.span("work") as span:
+        doc = json.loads(fmt.format(record))
+        sc = span.get_span_context()
+    assert doc["trace_id"] == format(sc.trace_id, "032x")
+    assert doc["span_id"] == format(sc.span_id, "016x")
+    assert "span_id" not in json.loads(fmt.format(record))  # outside the span
+
+
+def test_traceparent_round_trip_re_parents(off: None) -> None:
+    assert tracing.configure_tracing(service_name="t", otlp_endpoint="127.0.0.1:9",
+                                     sample_ratio=0.0)
+    with tracing.span("saga") as saga:
+        stored = tracing.traceparent_of(saga)
+    assert stored.split("-")[1] == format(saga.get_span_context().trace_id, "032x")
+    with tracing.span("step", parent_traceparent=stored) as step:
+        assert step.get_span_context().trace_id == saga.get_span_context().trace_id
+    assert tracing.context_from_traceparent("garbage") is None
