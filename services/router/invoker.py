@@ -72,9 +72,15 @@ class Invoker:
         await self._client.close()
 
     async def _call(
-        self, target: Candidate, req: agent_pb2.ExecuteRequest, timeout_s: float | None
+        self,
+        target: Candidate,
+        req: agent_pb2.ExecuteRequest,
+        timeout_s: float | None,
+        strategy: str = "",
     ) -> CallOutcome:
-        return await self._client.call(target, "Execute", req, timeout_s=timeout_s)
+        return await self._client.call(
+            target, "Execute", req, timeout_s=timeout_s, strategy=strategy
+        )
 
     # ---- Invoke -------------------------------------------------------------
     async def invoke(self, req: router_pb2.InvokeRequest) -> router_pb2.InvokeResponse:
@@ -135,7 +141,9 @@ class Invoker:
                 attempt=i + 1,
                 metadata=dict(req.message.metadata),
             )
-            last = await self._call(target, ex, timeout_s)
+            last = await self._call(
+                target, ex, timeout_s, R.Strategy.Name(decision.strategy)
+            )
             attempts.append(
                 router_pb2.InvokeAttempt(
                     agent_id=last.agent_id,

@@ -6,12 +6,14 @@ saga coordinator, the bus gateway (memory backend) and an SDK agent run as
 processes with AGENTMESH_OTLP_ENDPOINT set; the assertions read Jaeger's
 HTTP query API (`/api/traces/<id>`), the same data its UI shows.
 
-* A 5-step saga whose fourth step publishes a bus message: one trace; the
+* A 5-step saga whose third step calls router Invoke and whose fourth
+  publishes a bus message: one trace; the
   saga span is the parent of every step span, each step span the parent of
   the coordinator's CLIENT span to the agent, that the parent of the agent's
   Execute SERVER span; rpc.* and agentmesh.* attributes; the publish is a
   PRODUCER span under the agent's Execute, and a consumer span started from
-  the delivered envelope links to it.
+  the delivered envelope links to it; the Invoke goes agent -> router ->
+  agent, all in the saga's trace.
 * A saga whose third step fails: the failed step's span and its agent call
   carry error status; its compensations are spans of the same trace.
 * A saga resumed by a second coordinator after SIGKILL of the first
@@ -110,9 +112,10 @@ def mesh(
     try:
         bus = group.start(daemon("bus", log_dir, "--backend", "memory", "--redis-url", url,
                                  env=otel_env))
+        router = group.start(daemon("router", log_dir, "--redis-url", url, env=otel_env))
         agent = group.start(AgentProcess(
             [str(AGENT), "--agent-id", AGENT_ID, "--port", "0", "--metrics-port", "-1",
-             "--bus-target", bus.target],
+             "--bus-target", bus.target, "--router-target", router.target],
             log_dir / "agent.log", agent_id=AGENT_ID, env=otel_env,
         ))
         with redis.Redis.from_url(url).pipeline() as pipe:
@@ -163,6 +166,7 @@ async def _trace(jaeger: Jaeger, trace_id: str, ready: Any) -> Trace:
 
 
 EXECUTE = "agentmesh.agent.v1.AgentService/Execute"
+INVOKE = "agentmesh.router.v1.RouterService/Invoke"
 COMPENSATE = "agentmesh.agent.v1.AgentService/Compensate"
 
 
@@ -172,7 +176,7 @@ async def test_saga_is_one_trace_saga_step_agent_and_bus(
     topic = "tracing.e2e.events"
     async with grpc.aio.insecure_channel(mesh["bus"].target) as bch:
         async with Sub(bus_pb2_grpc.BusServiceStub(bch), [topic], "tracing-e2e") as sub:
-            steps = _chain([("s1", "work"), ("s2", "work"), ("s3", "work"),
+            steps = _chain([("s1", "work"), ("s2", "work"), ("s3", "invoke"),
                             ("s4", "publish"), ("s5", "work")])
             saga_id, trace_id, saga = await _run(mesh["saga"].target, steps, topic=topic)
             assert saga.state == S.SAGA_STATE_COMPLETED
@@ -192,7 +196,7 @@ async def test_saga_is_one_trace_saga_step_agent_and_bus(
         tracing.shutdown_tracing()
 
     def complete(t: Trace) -> bool:
-        return len(t.named(EXECUTE)) >= 10 and len(t.named(f"publish {topic}")) == 1
+        return len(t.named(EXECUTE)) >= 12 and len(t.named(f"publish {topic}")) == 1
 
     t = await _trace(jaeger, trace_id, complete)
     assert {s["traceID"] for s in t.spans} == {trace_id}
@@ -222,6 +226,21 @@ async def test_saga_is_one_trace_saga_step_agent_and_bus(
         assert server["service"] == "tracing-agent"
         assert server["tagmap"]["span.kind"] == "server"
         assert server["tagmap"]["rpc.grpc.status_code"] == 0
+    # s3's agent calls router Invoke: its Execute -> Invoke CLIENT -> Invoke
+    # SERVER (router) -> the router's CLIENT Execute -> the agent's SERVER Execute.
+    (step3,) = t.named("saga.step s3")
+    s3_exec = t.children(t.children(step3, EXECUTE)[0], EXECUTE)[0]
+    (inv_client,) = t.children(s3_exec, INVOKE)
+    (inv_server,) = t.children(inv_client, INVOKE)
+    assert inv_server["service"] == "agentmesh-router"
+    assert inv_server["tagmap"]["rpc.service"] == "agentmesh.router.v1.RouterService"
+    (router_call,) = t.children(inv_server, EXECUTE)
+    assert router_call["service"] == "agentmesh-router"
+    # Invoke without a strategy: the router's default, least loaded.
+    assert router_call["tagmap"]["agentmesh.routing.strategy"] == "STRATEGY_LEAST_LOADED"
+    assert router_call["tagmap"]["agentmesh.idempotency_key"] == f"{saga_id}/s3/invoke"
+    (invoked,) = t.children(router_call, EXECUTE)
+    assert invoked["service"] == "tracing-agent"
     # The agent's publish: Execute (agent) -> Publish CLIENT -> Publish SERVER
     # (gateway) -> PRODUCER span with the messaging attributes.
     (producer,) = t.named(f"publish {topic}")
@@ -265,7 +284,9 @@ async def test_failed_step_has_error_status_and_compensations_join_the_trace(
     assert saga.state == S.SAGA_STATE_COMPENSATED
 
     def complete(t: Trace) -> bool:
-        return len(t.named(COMPENSATE)) >= 4 and len(t.named(EXECUTE)) >= 6
+        steps = [t.named(f"saga.step {n}") for n in "abc"]
+        return (len(t.named(COMPENSATE)) >= 4 and all(len(x) == 1 for x in steps)
+                and all(t.children(x[0], EXECUTE) for x in steps))
 
     t = await _trace(jaeger, trace_id, complete)
     (saga_span,) = t.named("saga traced")

@@ -1,11 +1,13 @@
 """The agent of the tracing e2e test, built on the agent SDK.
 
-    python tests/e2e/tracing_agent.py --agent-id A --port 0 --bus-target HOST:PORT
+    python tests/e2e/tracing_agent.py --agent-id A --port 0 --bus-target HOST:PORT \
+        --router-target HOST:PORT
 
 Actions: `work` succeeds; `publish` also publishes one bus message to
 input.topic through a runtime channel (so the publish is a child of the
-agent's Execute span); `fail` answers FAILED_PRECONDITION; `slow` sleeps
-input.delay_ms (default 1500) first. Compensations (`undo`) succeed.
+agent's Execute span); `invoke` calls router Invoke of `work` on this same
+agent; `fail` answers FAILED_PRECONDITION; `slow` sleeps input.delay_ms
+(default 1500) first. Compensations (`undo`) succeed.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from agentmesh.agent.context import ActionContext
 from agentmesh.agent.sdk import Agent
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.common.v1 import common_pb2
+from agentmesh.router.v1 import router_pb2, router_pb2_grpc
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.errors import FailedPrecondition
 
@@ -42,6 +45,17 @@ async def publish(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     return {"message_id": resp.id, "offset": resp.position.offset}
 
 
+@agent.action("invoke")
+async def invoke(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
+    if "router" not in _bus:
+        _bus["router"] = create_channel(_bus["router_target"])
+    stub = router_pb2_grpc.RouterServiceStub(_bus["router"])
+    resp = await stub.Invoke(router_pb2.InvokeRequest(
+        message=router_pb2.RouteMessage(message_type="work", target_ids=[agent.agent_id]),
+        action="work", idempotency_key=ctx.idempotency_key + "/invoke"))
+    return {"invoked": resp.agent_id}
+
+
 @agent.action("fail")
 async def fail(input: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     raise FailedPrecondition("step refused on purpose")
@@ -62,4 +76,7 @@ if __name__ == "__main__":
     argv = sys.argv[1:]
     i = argv.index("--bus-target")
     _bus["target"] = argv[i + 1]
+    argv = argv[:i] + argv[i + 2:]
+    i = argv.index("--router-target")
+    _bus["router_target"] = argv[i + 1]
     agent.run(argv[:i] + argv[i + 2:])

@@ -277,6 +277,18 @@ def link_from_traceparent(traceparent: str) -> Link | None:
     return Link(trace.get_current_span(ctx).get_span_context())
 
 
+def _unsampled_child(parent: Span) -> Span | None:
+    """The non-recording child the parent-based sampler would make under an
+    unsampled `parent`, made without the sampler call; None when `parent`
+    is sampled or invalid, or an OTEL_TRACES_SAMPLER decides instead."""
+    if _root_ratio is None:
+        return None
+    sc = parent.get_span_context()
+    if not sc.is_valid or sc.trace_flags.sampled:
+        return None
+    return NonRecordingSpan(SpanContext(sc.trace_id, getrandbits(64) or 1, is_remote=False))
+
+
 # ---- server spans ----------------------------------------------------------------------
 def traced_method(method: str) -> bool:
     """True when calls of `method` (`/pkg.Service/Method`) get spans."""
@@ -338,6 +350,8 @@ def start_client_span(method: str, attributes: Mapping[str, Any] | None = None) 
     """Start (not make current) the CLIENT span of an outgoing call of
     `method` (`/pkg.Service/Method`), child of the current context."""
     assert _tracer is not None
+    if (child := _unsampled_child(trace.get_current_span())) is not None:
+        return child
     service, short = _split(method)
     attrs: dict[str, Any] = {RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: short}
     if attributes:
@@ -347,6 +361,8 @@ def start_client_span(method: str, attributes: Mapping[str, Any] | None = None) 
 
 def end_client_span(span: Span, code: grpc.StatusCode, message: str = "") -> None:
     """Record an outgoing call's status on its CLIENT span and end it."""
+    if not span.is_recording():
+        return
     span.set_attribute(RPC_GRPC_STATUS_CODE, code.value[0])
     if code is not grpc.StatusCode.OK:
         span.set_status(Status(StatusCode.ERROR, message or code.name))
@@ -361,7 +377,10 @@ def outgoing_metadata(span: Span | None) -> list[tuple[str, str]]:
 
 
 def end_when_done(span: Span, call: Any) -> None:
-    """End `span` with the status of the grpc.aio `call` once it finishes."""
+    """End `span` with the status of the grpc.aio `call` once it finishes
+    (nothing to do for a non-recording span: no callback, no task)."""
+    if not span.is_recording():
+        return
 
     async def finish(done: Any) -> None:
         try:
@@ -440,6 +459,14 @@ def span(
         yield trace.INVALID_SPAN
         return
     parent = context_from_traceparent(parent_traceparent) if parent_traceparent else None
+    child = _unsampled_child(trace.get_current_span(parent))
+    if child is not None:  # unsampled trace: no sampler call, nothing recorded
+        token = otel_context.attach(trace.set_span_in_context(child))
+        try:
+            yield child
+        finally:
+            otel_context.detach(token)
+        return
     with _tracer.start_as_current_span(
         name,
         context=parent,
