@@ -100,7 +100,7 @@ PLAN: tuple[Bench, ...] = (
     Bench("saga/bench_saga.py", ("--seconds", "6", "--sagas", "1500"),
           ("--seconds", "2", "--sagas", "200")),
     Bench("saga/bench_tasks.py", ("--seconds", "6"), ("--seconds", "2", "--rate", "50")),
-    Bench("tracing/bench_tracing.py", ("--seconds", "1.5", "--rounds", "6"),
+    Bench("tracing/bench_tracing.py", ("--seconds", "1", "--rounds", "4"),
           ("--seconds", "1", "--rounds", "1", "--sagas", "100")),
     Bench("sdk/bench_agent.py", ("--seconds", "3", "--rounds", "1"),
           ("--seconds", "1", "--rounds", "1")),
