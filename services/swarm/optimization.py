@@ -74,6 +74,11 @@ _FIELD_PATHS = {
     "neighbourhood_k": "task.pso.ring_neighbors",
     "seed": "task.seed",
     "behaviour": "task.behavior",
+    "neighbour_radius": "task.dynamics.neighbor_radius",
+    "pheromone_evaporation": "task.dynamics.pheromone_evaporation",
+    "separation": "task.dynamics.boids.separation",
+    "alignment": "task.dynamics.boids.alignment",
+    "cohesion": "task.dynamics.boids.cohesion",
 }
 
 
@@ -86,6 +91,8 @@ def engine_config(task: swarm_pb2.SwarmTask, seed: int) -> SwarmConfig:
     kind = task.WhichOneof("fitness")
     space = task.builtin.space if kind == "builtin" else task.agent_evaluated.space
     p = task.pso
+    d = task.dynamics
+    boids = d.boids if d.HasField("boids") else None
     return SwarmConfig(
         n_particles=task.agents_required,
         dimensions=space.dimensions,
@@ -102,6 +109,11 @@ def engine_config(task: swarm_pb2.SwarmTask, seed: int) -> SwarmConfig:
         c1=p.cognitive,
         c2=p.social,
         v_max_fraction=p.velocity_clamp,
+        neighbour_radius=d.neighbor_radius or 0.1,
+        pheromone_evaporation=d.pheromone_evaporation or 0.1,
+        separation=boids.separation if boids else None,
+        alignment=boids.alignment if boids else None,
+        cohesion=boids.cohesion if boids else None,
     )
 
 

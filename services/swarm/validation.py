@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 
 from agentmesh.catalog import selector_violations
 from agentmesh.common.v1 import common_pb2
@@ -163,6 +164,10 @@ def validate_task(task: swarm_pb2.SwarmTask, *, path: str = "task") -> swarm_pb2
         out.convergence_window = task.convergence_window or DEFAULT_CONVERGENCE_WINDOW
         out.spread_threshold = task.spread_threshold or DEFAULT_SPREAD_THRESHOLD
         _check_pso(task.pso, out.pso, f"{path}.pso", v)
+        _check_dynamics(task.dynamics, out.dynamics, f"{path}.dynamics", v)
+    elif task.HasField("dynamics"):
+        v.append((f"{path}.dynamics", "applies to optimisation (builtin or agent_evaluated) only"))
+    _check_metadata(task.metadata, f"{path}.metadata", v)
 
     if kind == "builtin":
         b = task.builtin
@@ -224,6 +229,47 @@ def validate_task(task: swarm_pb2.SwarmTask, *, path: str = "task") -> swarm_pb2
     if v:
         raise InvalidArgument(f"invalid swarm task: {v[0][0]}: {v[0][1]}", field_violations=v)
     return out
+
+
+#: Largest boids weight: beyond it the steering swamps the PSO terms.
+MAX_BOIDS_WEIGHT = 10.0
+#: SwarmDynamics defaults written out when a field is 0 (the engine's).
+DEFAULT_NEIGHBOR_RADIUS = 0.1
+DEFAULT_PHEROMONE_EVAPORATION = 0.1
+#: Bounds of SwarmTask.metadata.
+MAX_METADATA_ENTRIES = 32
+MAX_METADATA_KEY = 63
+MAX_METADATA_VALUE = 256
+
+
+def _check_dynamics(
+    d: swarm_pb2.SwarmDynamics, out: swarm_pb2.SwarmDynamics, path: str,
+    v: list[tuple[str, str]],
+) -> None:
+    """Check the dynamics overrides and write their defaults into `out`."""
+    for name in ("separation", "alignment", "cohesion"):
+        w = getattr(d.boids, name)
+        if not 0.0 <= w <= MAX_BOIDS_WEIGHT:  # also refuses NaN
+            v.append((f"{path}.boids.{name}", f"must be in [0, {MAX_BOIDS_WEIGHT:g}]"))
+    for name, default in (("neighbor_radius", DEFAULT_NEIGHBOR_RADIUS),
+                          ("pheromone_evaporation", DEFAULT_PHEROMONE_EVAPORATION)):
+        x = getattr(d, name)
+        if not 0.0 <= x <= 1.0:
+            v.append((f"{path}.{name}", "must be in (0, 1] (0 takes the default)"))
+        elif x == 0.0:
+            setattr(out, name, default)
+
+
+def _check_metadata(md: Mapping[str, str], path: str, v: list[tuple[str, str]]) -> None:
+    if len(md) > MAX_METADATA_ENTRIES:
+        v.append((path, f"at most {MAX_METADATA_ENTRIES} entries"))
+        return
+    for k, val in md.items():
+        if not 1 <= len(k) <= MAX_METADATA_KEY:
+            v.append((f"{path}[{k[:MAX_METADATA_KEY]}]",
+                      f"keys have 1-{MAX_METADATA_KEY} characters"))
+        elif len(val) > MAX_METADATA_VALUE:
+            v.append((f"{path}[{k}]", f"values have at most {MAX_METADATA_VALUE} characters"))
 
 
 def _check_pso(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -70,6 +70,9 @@ class SwarmConfig:
         queen_radius: Initial GCPSO radius ``rho`` as a fraction of the range.
         neighbour_radius: Boids neighbour radius as a fraction of the bounds
             diagonal (> 0).
+        separation / alignment / cohesion: Boids weights in [0, 10] that
+            replace the behaviour's (all three together); None keeps the
+            behaviour's profile.
         migration_direction: MIGRATING goal heading, ``d`` numbers; None =
             main diagonal.
     """
@@ -105,6 +108,9 @@ class SwarmConfig:
     queen_radius: float = 0.05
     neighbour_radius: float = 0.1
     migration_direction: tuple[float, ...] | None = None
+    separation: float | None = None
+    alignment: float | None = None
+    cohesion: float | None = None
     _lower: FloatArray = field(init=False, repr=False, compare=False)
     _upper: FloatArray = field(init=False, repr=False, compare=False)
 
@@ -159,6 +165,13 @@ class SwarmConfig:
         need(self.pheromone_bins >= 2, "pheromone_bins", "must be >= 2")
         need(0.0 < self.pheromone_evaporation <= 1.0, "pheromone_evaporation", "must be in (0, 1]")
         need(self.pheromone_alpha >= 0.0, "pheromone_alpha", "must be >= 0")
+        boids = (self.separation, self.alignment, self.cohesion)
+        if any(w is not None for w in boids):
+            need(all(w is not None for w in boids), "separation",
+                 "separation, alignment and cohesion are set together")
+            for name in ("separation", "alignment", "cohesion"):
+                w = getattr(self, name)
+                need(w is not None and 0.0 <= w <= 10.0, name, "must be in [0, 10]")
         if self.seed is not None:
             need(0 <= self.seed < 2**63, "seed", "must be in [0, 2**63)")
         if self.migration_direction is not None:
@@ -197,8 +210,13 @@ class SwarmConfig:
 
     @property
     def profile(self) -> BehaviourProfile:
-        """The behaviour's dynamics profile."""
-        return profile_for(self.behaviour)
+        """The behaviour's dynamics profile, with the boids weights replaced
+        when they are set."""
+        prof = profile_for(self.behaviour)
+        if self.separation is None or self.alignment is None or self.cohesion is None:
+            return prof
+        return replace(prof, separation=self.separation, alignment=self.alignment,
+                       cohesion=self.cohesion)
 
     @property
     def role_fractions(self) -> RoleFractions:

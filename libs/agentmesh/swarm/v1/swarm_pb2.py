@@ -29,13 +29,15 @@ from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentmesh/swarm/v1/swarm.proto\x12\x12\x61gentmesh.swarm.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\x0bSearchSpace\x12\x12\n\ndimensions\x18\x01 \x01(\r\x12\x14\n\x0clower_bounds\x18\x02 \x03(\x01\x12\x14\n\x0cupper_bounds\x18\x03 \x03(\x01\"y\n\x0e\x42uiltinFitness\x12\x37\n\x08\x66unction\x18\x01 \x01(\x0e\x32%.agentmesh.swarm.v1.BenchmarkFunction\x12.\n\x05space\x18\x02 \x01(\x0b\x32\x1f.agentmesh.swarm.v1.SearchSpace\"\xe5\x01\n\x0c\x41gentFitness\x12\x34\n\x08selector\x18\x01 \x01(\x0b\x32\".agentmesh.common.v1.AgentSelector\x12\x11\n\tobjective\x18\x02 \x01(\t\x12.\n\x05space\x18\x03 \x01(\x0b\x32\x1f.agentmesh.swarm.v1.SearchSpace\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0c\x63\x61ll_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb7\x02\n\rPartitionWork\x12\x34\n\x08selector\x18\x01 \x01(\x0b\x32\".agentmesh.common.v1.AgentSelector\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x10partition_inputs\x18\x04 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10\x61ggregate_fields\x18\x05 \x03(\t\x12\x34\n\x11partition_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x1f\n\x17max_in_flight_per_agent\x18\x08 \x01(\r\"\xa3\x01\n\rPsoParameters\x12\x0f\n\x07inertia\x18\x01 \x01(\x01\x12\x11\n\tcognitive\x18\x02 \x01(\x01\x12\x0e\n\x06social\x18\x03 \x01(\x01\x12\x16\n\x0evelocity_clamp\x18\x04 \x01(\x01\x12.\n\x08topology\x18\x05 \x01(\x0e\x32\x1c.agentmesh.swarm.v1.Topology\x12\x16\n\x0ering_neighbors\x18\x06 \x01(\r\"\x93\x04\n\tSwarmTask\x12\x11\n\tobjective\x18\x01 \x01(\t\x12.\n\x08\x62\x65havior\x18\x02 \x01(\x0e\x32\x1c.agentmesh.swarm.v1.Behavior\x12\x17\n\x0f\x61gents_required\x18\x03 \x01(\r\x12\x17\n\x0f\x64\x61ta_partitions\x18\x04 \x01(\r\x12\x1d\n\x15\x63onvergence_threshold\x18\x05 \x01(\x01\x12\x16\n\x0emax_iterations\x18\x06 \x01(\r\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x07\x62uiltin\x18\x08 \x01(\x0b\x32\".agentmesh.swarm.v1.BuiltinFitnessH\x00\x12;\n\x0f\x61gent_evaluated\x18\t \x01(\x0b\x32 .agentmesh.swarm.v1.AgentFitnessH\x00\x12;\n\x0epartition_work\x18\n \x01(\x0b\x32!.agentmesh.swarm.v1.PartitionWorkH\x00\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12.\n\x03pso\x18\x0c \x01(\x0b\x32!.agentmesh.swarm.v1.PsoParameters\x12\x1a\n\x12\x63onvergence_window\x18\r \x01(\r\x12\x18\n\x10spread_threshold\x18\x0e \x01(\x01\x42\t\n\x07\x66itness\"(\n\tRoleCount\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"\x85\x03\n\nSwarmStats\x12\x11\n\titeration\x18\x01 \x01(\r\x12\x14\n\x0c\x62\x65st_fitness\x18\x02 \x01(\x01\x12\x13\n\x0b\x63onvergence\x18\x03 \x01(\x01\x12\x0e\n\x06spread\x18\x04 \x01(\x01\x12\x32\n\x0brole_counts\x18\x05 \x03(\x0b\x32\x1d.agentmesh.swarm.v1.RoleCount\x12\x17\n\x0fpartitions_done\x18\x06 \x01(\r\x12\x1c\n\x14partitions_in_flight\x18\x07 \x01(\r\x12\x18\n\x10partitions_total\x18\x08 \x01(\r\x12\x1d\n\x15throughput_per_second\x18\t \x01(\x01\x12\x13\n\x0b\x65valuations\x18\n \x01(\x04\x12\x15\n\ractive_agents\x18\x0b \x01(\r\x12(\n\x04time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14relative_improvement\x18\r \x01(\x01\x12\x11\n\tconverged\x18\x0e \x01(\x08\"j\n\x12OptimizationResult\x12\x15\n\rbest_position\x18\x01 \x03(\x01\x12\x14\n\x0c\x62\x65st_fitness\x18\x02 \x01(\x01\x12\x13\n\x0b\x65valuations\x18\x03 \x01(\x04\x12\x12\n\niterations\x18\x04 \x01(\r\"\xde\x02\n\x0fPartitionResult\x12?\n\x06totals\x18\x01 \x03(\x0b\x32/.agentmesh.swarm.v1.PartitionResult.TotalsEntry\x12\x17\n\x0fpartitions_done\x18\x02 \x01(\r\x12\x18\n\x10partitions_total\x18\x03 \x01(\r\x12W\n\x13partitions_by_agent\x18\x04 \x03(\x0b\x32:.agentmesh.swarm.v1.PartitionResult.PartitionsByAgentEntry\x12\x15\n\rreassignments\x18\x05 \x01(\r\x1a-\n\x0bTotalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x38\n\x16PartitionsByAgentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x83\x05\n\x05Swarm\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12+\n\x04task\x18\x02 \x01(\x0b\x32\x1d.agentmesh.swarm.v1.SwarmTask\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.agentmesh.swarm.v1.SwarmState\x12\x34\n\x0btermination\x18\x04 \x01(\x0e\x32\x1f.agentmesh.swarm.v1.Termination\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12-\n\x05stats\x18\x06 \x01(\x0b\x32\x1e.agentmesh.swarm.v1.SwarmStats\x12>\n\x0coptimization\x18\x07 \x01(\x0b\x32&.agentmesh.swarm.v1.OptimizationResultH\x00\x12\x39\n\npartitions\x18\x08 \x01(\x0b\x32#.agentmesh.swarm.v1.PartitionResultH\x00\x12\x15\n\rerror_message\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x14\x63onvergence_duration\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumes\x18\x0e \x01(\r\x12\x15\n\rfencing_token\x18\x0f \x01(\x04\x12\r\n\x05owner\x18\x10 \x01(\tB\x08\n\x06result\"S\n\x12\x44\x65ploySwarmRequest\x12+\n\x04task\x18\x01 \x01(\x0b\x32\x1d.agentmesh.swarm.v1.SwarmTask\x12\x10\n\x08swarm_id\x18\x02 \x01(\t\"?\n\x13\x44\x65ploySwarmResponse\x12(\n\x05swarm\x18\x01 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\"#\n\x0fGetSwarmRequest\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\"<\n\x10GetSwarmResponse\x12(\n\x05swarm\x18\x01 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\"j\n\x11ListSwarmsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\x06states\x18\x03 \x03(\x0e\x32\x1e.agentmesh.swarm.v1.SwarmState\"X\n\x12ListSwarmsResponse\x12)\n\x06swarms\x18\x01 \x03(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10StopSwarmRequest\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\"=\n\x11StopSwarmResponse\x12(\n\x05swarm\x18\x01 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\">\n\x11WatchSwarmRequest\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12\x17\n\x0fstart_iteration\x18\x02 \x01(\r\"\x9c\x01\n\x12WatchSwarmResponse\x12-\n\x05stats\x18\x01 \x01(\x0b\x32\x1e.agentmesh.swarm.v1.SwarmStats\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.agentmesh.swarm.v1.SwarmState\x12(\n\x05swarm\x18\x03 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm*\xb3\x01\n\x08\x42\x65havior\x12\x18\n\x14\x42\x45HAVIOR_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42\x45HAVIOR_FORAGING\x10\x01\x12\x15\n\x11\x42\x45HAVIOR_FLOCKING\x10\x02\x12\x15\n\x11\x42\x45HAVIOR_SWARMING\x10\x03\x12\x17\n\x13\x42\x45HAVIOR_DISPERSING\x10\x04\x12\x17\n\x13\x42\x45HAVIOR_CLUSTERING\x10\x05\x12\x16\n\x12\x42\x45HAVIOR_MIGRATING\x10\x06*\xba\x01\n\x11\x42\x65nchmarkFunction\x12\"\n\x1e\x42\x45NCHMARK_FUNCTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42\x45NCHMARK_FUNCTION_SPHERE\x10\x01\x12 \n\x1c\x42\x45NCHMARK_FUNCTION_RASTRIGIN\x10\x02\x12!\n\x1d\x42\x45NCHMARK_FUNCTION_ROSENBROCK\x10\x03\x12\x1d\n\x19\x42\x45NCHMARK_FUNCTION_ACKLEY\x10\x04*L\n\x08Topology\x12\x18\n\x14TOPOLOGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fTOPOLOGY_GLOBAL\x10\x01\x12\x11\n\rTOPOLOGY_RING\x10\x02*\xa7\x01\n\nSwarmState\x12\x1b\n\x17SWARM_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SWARM_STATE_PENDING\x10\x01\x12\x17\n\x13SWARM_STATE_RUNNING\x10\x02\x12\x19\n\x15SWARM_STATE_COMPLETED\x10\x03\x12\x16\n\x12SWARM_STATE_FAILED\x10\x04\x12\x17\n\x13SWARM_STATE_STOPPED\x10\x05*\xcf\x01\n\x0bTermination\x12\x1b\n\x17TERMINATION_UNSPECIFIED\x10\x00\x12\x19\n\x15TERMINATION_CONVERGED\x10\x01\x12\x1e\n\x1aTERMINATION_MAX_ITERATIONS\x10\x02\x12\x17\n\x13TERMINATION_TIMEOUT\x10\x03\x12\x1f\n\x1bTERMINATION_PARTITIONS_DONE\x10\x04\x12\x17\n\x13TERMINATION_STOPPED\x10\x05\x12\x15\n\x11TERMINATION_ERROR\x10\x06\x32\x80\x04\n\x0cSwarmService\x12o\n\x0b\x44\x65ploySwarm\x12&.agentmesh.swarm.v1.DeploySwarmRequest\x1a\'.agentmesh.swarm.v1.DeploySwarmResponse\"\x0f\x90\x02\x00\xf2\xb5\x18\x08swarm_id\x12Z\n\x08GetSwarm\x12#.agentmesh.swarm.v1.GetSwarmRequest\x1a$.agentmesh.swarm.v1.GetSwarmResponse\"\x03\x90\x02\x01\x12`\n\nListSwarms\x12%.agentmesh.swarm.v1.ListSwarmsRequest\x1a&.agentmesh.swarm.v1.ListSwarmsResponse\"\x03\x90\x02\x01\x12]\n\tStopSwarm\x12$.agentmesh.swarm.v1.StopSwarmRequest\x1a%.agentmesh.swarm.v1.StopSwarmResponse\"\x03\x90\x02\x02\x12\x62\n\nWatchSwarm\x12%.agentmesh.swarm.v1.WatchSwarmRequest\x1a&.agentmesh.swarm.v1.WatchSwarmResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61gentmesh/swarm/v1/swarm.proto\x12\x12\x61gentmesh.swarm.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"M\n\x0bSearchSpace\x12\x12\n\ndimensions\x18\x01 \x01(\r\x12\x14\n\x0clower_bounds\x18\x02 \x03(\x01\x12\x14\n\x0cupper_bounds\x18\x03 \x03(\x01\"y\n\x0e\x42uiltinFitness\x12\x37\n\x08\x66unction\x18\x01 \x01(\x0e\x32%.agentmesh.swarm.v1.BenchmarkFunction\x12.\n\x05space\x18\x02 \x01(\x0b\x32\x1f.agentmesh.swarm.v1.SearchSpace\"\xe5\x01\n\x0c\x41gentFitness\x12\x34\n\x08selector\x18\x01 \x01(\x0b\x32\".agentmesh.common.v1.AgentSelector\x12\x11\n\tobjective\x18\x02 \x01(\t\x12.\n\x05space\x18\x03 \x01(\x0b\x32\x1f.agentmesh.swarm.v1.SearchSpace\x12+\n\nparameters\x18\x04 \x01(\x0b\x32\x17.google.protobuf.Struct\x12/\n\x0c\x63\x61ll_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\"\xb7\x02\n\rPartitionWork\x12\x34\n\x08selector\x18\x01 \x01(\x0b\x32\".agentmesh.common.v1.AgentSelector\x12\x0e\n\x06\x61\x63tion\x18\x02 \x01(\t\x12&\n\x05input\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x31\n\x10partition_inputs\x18\x04 \x03(\x0b\x32\x17.google.protobuf.Struct\x12\x18\n\x10\x61ggregate_fields\x18\x05 \x03(\t\x12\x34\n\x11partition_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x14\n\x0cmax_attempts\x18\x07 \x01(\r\x12\x1f\n\x17max_in_flight_per_agent\x18\x08 \x01(\r\"\xa3\x01\n\rPsoParameters\x12\x0f\n\x07inertia\x18\x01 \x01(\x01\x12\x11\n\tcognitive\x18\x02 \x01(\x01\x12\x0e\n\x06social\x18\x03 \x01(\x01\x12\x16\n\x0evelocity_clamp\x18\x04 \x01(\x01\x12.\n\x08topology\x18\x05 \x01(\x0e\x32\x1c.agentmesh.swarm.v1.Topology\x12\x16\n\x0ering_neighbors\x18\x06 \x01(\r\"\xb8\x05\n\tSwarmTask\x12\x11\n\tobjective\x18\x01 \x01(\t\x12.\n\x08\x62\x65havior\x18\x02 \x01(\x0e\x32\x1c.agentmesh.swarm.v1.Behavior\x12\x17\n\x0f\x61gents_required\x18\x03 \x01(\r\x12\x17\n\x0f\x64\x61ta_partitions\x18\x04 \x01(\r\x12\x1d\n\x15\x63onvergence_threshold\x18\x05 \x01(\x01\x12\x16\n\x0emax_iterations\x18\x06 \x01(\r\x12*\n\x07timeout\x18\x07 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\x07\x62uiltin\x18\x08 \x01(\x0b\x32\".agentmesh.swarm.v1.BuiltinFitnessH\x00\x12;\n\x0f\x61gent_evaluated\x18\t \x01(\x0b\x32 .agentmesh.swarm.v1.AgentFitnessH\x00\x12;\n\x0epartition_work\x18\n \x01(\x0b\x32!.agentmesh.swarm.v1.PartitionWorkH\x00\x12\x0c\n\x04seed\x18\x0b \x01(\x04\x12.\n\x03pso\x18\x0c \x01(\x0b\x32!.agentmesh.swarm.v1.PsoParameters\x12\x1a\n\x12\x63onvergence_window\x18\r \x01(\r\x12\x18\n\x10spread_threshold\x18\x0e \x01(\x01\x12\x33\n\x08\x64ynamics\x18\x0f \x01(\x0b\x32!.agentmesh.swarm.v1.SwarmDynamics\x12=\n\x08metadata\x18\x10 \x03(\x0b\x32+.agentmesh.swarm.v1.SwarmTask.MetadataEntry\x1a/\n\rMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\x42\t\n\x07\x66itness\"x\n\rSwarmDynamics\x12/\n\x05\x62oids\x18\x01 \x01(\x0b\x32 .agentmesh.swarm.v1.BoidsWeights\x12\x17\n\x0fneighbor_radius\x18\x02 \x01(\x01\x12\x1d\n\x15pheromone_evaporation\x18\x03 \x01(\x01\"G\n\x0c\x42oidsWeights\x12\x12\n\nseparation\x18\x01 \x01(\x01\x12\x11\n\talignment\x18\x02 \x01(\x01\x12\x10\n\x08\x63ohesion\x18\x03 \x01(\x01\"(\n\tRoleCount\x12\x0c\n\x04role\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\"\x85\x03\n\nSwarmStats\x12\x11\n\titeration\x18\x01 \x01(\r\x12\x14\n\x0c\x62\x65st_fitness\x18\x02 \x01(\x01\x12\x13\n\x0b\x63onvergence\x18\x03 \x01(\x01\x12\x0e\n\x06spread\x18\x04 \x01(\x01\x12\x32\n\x0brole_counts\x18\x05 \x03(\x0b\x32\x1d.agentmesh.swarm.v1.RoleCount\x12\x17\n\x0fpartitions_done\x18\x06 \x01(\r\x12\x1c\n\x14partitions_in_flight\x18\x07 \x01(\r\x12\x18\n\x10partitions_total\x18\x08 \x01(\r\x12\x1d\n\x15throughput_per_second\x18\t \x01(\x01\x12\x13\n\x0b\x65valuations\x18\n \x01(\x04\x12\x15\n\ractive_agents\x18\x0b \x01(\r\x12(\n\x04time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x1c\n\x14relative_improvement\x18\r \x01(\x01\x12\x11\n\tconverged\x18\x0e \x01(\x08\"j\n\x12OptimizationResult\x12\x15\n\rbest_position\x18\x01 \x03(\x01\x12\x14\n\x0c\x62\x65st_fitness\x18\x02 \x01(\x01\x12\x13\n\x0b\x65valuations\x18\x03 \x01(\x04\x12\x12\n\niterations\x18\x04 \x01(\r\"\xde\x02\n\x0fPartitionResult\x12?\n\x06totals\x18\x01 \x03(\x0b\x32/.agentmesh.swarm.v1.PartitionResult.TotalsEntry\x12\x17\n\x0fpartitions_done\x18\x02 \x01(\r\x12\x18\n\x10partitions_total\x18\x03 \x01(\r\x12W\n\x13partitions_by_agent\x18\x04 \x03(\x0b\x32:.agentmesh.swarm.v1.PartitionResult.PartitionsByAgentEntry\x12\x15\n\rreassignments\x18\x05 \x01(\r\x1a-\n\x0bTotalsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\x1a\x38\n\x16PartitionsByAgentEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"\x83\x05\n\x05Swarm\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12+\n\x04task\x18\x02 \x01(\x0b\x32\x1d.agentmesh.swarm.v1.SwarmTask\x12-\n\x05state\x18\x03 \x01(\x0e\x32\x1e.agentmesh.swarm.v1.SwarmState\x12\x34\n\x0btermination\x18\x04 \x01(\x0e\x32\x1f.agentmesh.swarm.v1.Termination\x12\x0c\n\x04seed\x18\x05 \x01(\x04\x12-\n\x05stats\x18\x06 \x01(\x0b\x32\x1e.agentmesh.swarm.v1.SwarmStats\x12>\n\x0coptimization\x18\x07 \x01(\x0b\x32&.agentmesh.swarm.v1.OptimizationResultH\x00\x12\x39\n\npartitions\x18\x08 \x01(\x0b\x32#.agentmesh.swarm.v1.PartitionResultH\x00\x12\x15\n\rerror_message\x18\t \x01(\t\x12/\n\x0b\x63reate_time\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nstart_time\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12,\n\x08\x65nd_time\x18\x0c \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x37\n\x14\x63onvergence_duration\x18\r \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x0f\n\x07resumes\x18\x0e \x01(\r\x12\x15\n\rfencing_token\x18\x0f \x01(\x04\x12\r\n\x05owner\x18\x10 \x01(\tB\x08\n\x06result\"S\n\x12\x44\x65ploySwarmRequest\x12+\n\x04task\x18\x01 \x01(\x0b\x32\x1d.agentmesh.swarm.v1.SwarmTask\x12\x10\n\x08swarm_id\x18\x02 \x01(\t\"?\n\x13\x44\x65ploySwarmResponse\x12(\n\x05swarm\x18\x01 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\"#\n\x0fGetSwarmRequest\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\"<\n\x10GetSwarmResponse\x12(\n\x05swarm\x18\x01 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\"j\n\x11ListSwarmsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\x05\x12\x12\n\npage_token\x18\x02 \x01(\t\x12.\n\x06states\x18\x03 \x03(\x0e\x32\x1e.agentmesh.swarm.v1.SwarmState\"X\n\x12ListSwarmsResponse\x12)\n\x06swarms\x18\x01 \x03(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"$\n\x10StopSwarmRequest\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\"=\n\x11StopSwarmResponse\x12(\n\x05swarm\x18\x01 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm\">\n\x11WatchSwarmRequest\x12\x10\n\x08swarm_id\x18\x01 \x01(\t\x12\x17\n\x0fstart_iteration\x18\x02 \x01(\r\"\x9c\x01\n\x12WatchSwarmResponse\x12-\n\x05stats\x18\x01 \x01(\x0b\x32\x1e.agentmesh.swarm.v1.SwarmStats\x12-\n\x05state\x18\x02 \x01(\x0e\x32\x1e.agentmesh.swarm.v1.SwarmState\x12(\n\x05swarm\x18\x03 \x01(\x0b\x32\x19.agentmesh.swarm.v1.Swarm*\xb3\x01\n\x08\x42\x65havior\x12\x18\n\x14\x42\x45HAVIOR_UNSPECIFIED\x10\x00\x12\x15\n\x11\x42\x45HAVIOR_FORAGING\x10\x01\x12\x15\n\x11\x42\x45HAVIOR_FLOCKING\x10\x02\x12\x15\n\x11\x42\x45HAVIOR_SWARMING\x10\x03\x12\x17\n\x13\x42\x45HAVIOR_DISPERSING\x10\x04\x12\x17\n\x13\x42\x45HAVIOR_CLUSTERING\x10\x05\x12\x16\n\x12\x42\x45HAVIOR_MIGRATING\x10\x06*\xba\x01\n\x11\x42\x65nchmarkFunction\x12\"\n\x1e\x42\x45NCHMARK_FUNCTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x42\x45NCHMARK_FUNCTION_SPHERE\x10\x01\x12 \n\x1c\x42\x45NCHMARK_FUNCTION_RASTRIGIN\x10\x02\x12!\n\x1d\x42\x45NCHMARK_FUNCTION_ROSENBROCK\x10\x03\x12\x1d\n\x19\x42\x45NCHMARK_FUNCTION_ACKLEY\x10\x04*L\n\x08Topology\x12\x18\n\x14TOPOLOGY_UNSPECIFIED\x10\x00\x12\x13\n\x0fTOPOLOGY_GLOBAL\x10\x01\x12\x11\n\rTOPOLOGY_RING\x10\x02*\xa7\x01\n\nSwarmState\x12\x1b\n\x17SWARM_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13SWARM_STATE_PENDING\x10\x01\x12\x17\n\x13SWARM_STATE_RUNNING\x10\x02\x12\x19\n\x15SWARM_STATE_COMPLETED\x10\x03\x12\x16\n\x12SWARM_STATE_FAILED\x10\x04\x12\x17\n\x13SWARM_STATE_STOPPED\x10\x05*\xcf\x01\n\x0bTermination\x12\x1b\n\x17TERMINATION_UNSPECIFIED\x10\x00\x12\x19\n\x15TERMINATION_CONVERGED\x10\x01\x12\x1e\n\x1aTERMINATION_MAX_ITERATIONS\x10\x02\x12\x17\n\x13TERMINATION_TIMEOUT\x10\x03\x12\x1f\n\x1bTERMINATION_PARTITIONS_DONE\x10\x04\x12\x17\n\x13TERMINATION_STOPPED\x10\x05\x12\x15\n\x11TERMINATION_ERROR\x10\x06\x32\x80\x04\n\x0cSwarmService\x12o\n\x0b\x44\x65ploySwarm\x12&.agentmesh.swarm.v1.DeploySwarmRequest\x1a\'.agentmesh.swarm.v1.DeploySwarmResponse\"\x0f\x90\x02\x00\xf2\xb5\x18\x08swarm_id\x12Z\n\x08GetSwarm\x12#.agentmesh.swarm.v1.GetSwarmRequest\x1a$.agentmesh.swarm.v1.GetSwarmResponse\"\x03\x90\x02\x01\x12`\n\nListSwarms\x12%.agentmesh.swarm.v1.ListSwarmsRequest\x1a&.agentmesh.swarm.v1.ListSwarmsResponse\"\x03\x90\x02\x01\x12]\n\tStopSwarm\x12$.agentmesh.swarm.v1.StopSwarmRequest\x1a%.agentmesh.swarm.v1.StopSwarmResponse\"\x03\x90\x02\x02\x12\x62\n\nWatchSwarm\x12%.agentmesh.swarm.v1.WatchSwarmRequest\x1a&.agentmesh.swarm.v1.WatchSwarmResponse\"\x03\x90\x02\x01\x30\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'agentmesh.swarm.v1.swarm_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_SWARMTASK_METADATAENTRY']._loaded_options = None
+  _globals['_SWARMTASK_METADATAENTRY']._serialized_options = b'8\001'
   _globals['_PARTITIONRESULT_TOTALSENTRY']._loaded_options = None
   _globals['_PARTITIONRESULT_TOTALSENTRY']._serialized_options = b'8\001'
   _globals['_PARTITIONRESULT_PARTITIONSBYAGENTENTRY']._loaded_options = None
@@ -50,16 +52,16 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SWARMSERVICE'].methods_by_name['StopSwarm']._serialized_options = b'\220\002\002'
   _globals['_SWARMSERVICE'].methods_by_name['WatchSwarm']._loaded_options = None
   _globals['_SWARMSERVICE'].methods_by_name['WatchSwarm']._serialized_options = b'\220\002\001'
-  _globals['_BEHAVIOR']._serialized_start=3979
-  _globals['_BEHAVIOR']._serialized_end=4158
-  _globals['_BENCHMARKFUNCTION']._serialized_start=4161
-  _globals['_BENCHMARKFUNCTION']._serialized_end=4347
-  _globals['_TOPOLOGY']._serialized_start=4349
-  _globals['_TOPOLOGY']._serialized_end=4425
-  _globals['_SWARMSTATE']._serialized_start=4428
-  _globals['_SWARMSTATE']._serialized_end=4595
-  _globals['_TERMINATION']._serialized_start=4598
-  _globals['_TERMINATION']._serialized_end=4805
+  _globals['_BEHAVIOR']._serialized_start=4339
+  _globals['_BEHAVIOR']._serialized_end=4518
+  _globals['_BENCHMARKFUNCTION']._serialized_start=4521
+  _globals['_BENCHMARKFUNCTION']._serialized_end=4707
+  _globals['_TOPOLOGY']._serialized_start=4709
+  _globals['_TOPOLOGY']._serialized_end=4785
+  _globals['_SWARMSTATE']._serialized_start=4788
+  _globals['_SWARMSTATE']._serialized_end=4955
+  _globals['_TERMINATION']._serialized_start=4958
+  _globals['_TERMINATION']._serialized_end=5165
   _globals['_SEARCHSPACE']._serialized_start=218
   _globals['_SEARCHSPACE']._serialized_end=295
   _globals['_BUILTINFITNESS']._serialized_start=297
@@ -71,41 +73,47 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_PSOPARAMETERS']._serialized_start=967
   _globals['_PSOPARAMETERS']._serialized_end=1130
   _globals['_SWARMTASK']._serialized_start=1133
-  _globals['_SWARMTASK']._serialized_end=1664
-  _globals['_ROLECOUNT']._serialized_start=1666
-  _globals['_ROLECOUNT']._serialized_end=1706
-  _globals['_SWARMSTATS']._serialized_start=1709
-  _globals['_SWARMSTATS']._serialized_end=2098
-  _globals['_OPTIMIZATIONRESULT']._serialized_start=2100
-  _globals['_OPTIMIZATIONRESULT']._serialized_end=2206
-  _globals['_PARTITIONRESULT']._serialized_start=2209
-  _globals['_PARTITIONRESULT']._serialized_end=2559
-  _globals['_PARTITIONRESULT_TOTALSENTRY']._serialized_start=2456
-  _globals['_PARTITIONRESULT_TOTALSENTRY']._serialized_end=2501
-  _globals['_PARTITIONRESULT_PARTITIONSBYAGENTENTRY']._serialized_start=2503
-  _globals['_PARTITIONRESULT_PARTITIONSBYAGENTENTRY']._serialized_end=2559
-  _globals['_SWARM']._serialized_start=2562
-  _globals['_SWARM']._serialized_end=3205
-  _globals['_DEPLOYSWARMREQUEST']._serialized_start=3207
-  _globals['_DEPLOYSWARMREQUEST']._serialized_end=3290
-  _globals['_DEPLOYSWARMRESPONSE']._serialized_start=3292
-  _globals['_DEPLOYSWARMRESPONSE']._serialized_end=3355
-  _globals['_GETSWARMREQUEST']._serialized_start=3357
-  _globals['_GETSWARMREQUEST']._serialized_end=3392
-  _globals['_GETSWARMRESPONSE']._serialized_start=3394
-  _globals['_GETSWARMRESPONSE']._serialized_end=3454
-  _globals['_LISTSWARMSREQUEST']._serialized_start=3456
-  _globals['_LISTSWARMSREQUEST']._serialized_end=3562
-  _globals['_LISTSWARMSRESPONSE']._serialized_start=3564
-  _globals['_LISTSWARMSRESPONSE']._serialized_end=3652
-  _globals['_STOPSWARMREQUEST']._serialized_start=3654
-  _globals['_STOPSWARMREQUEST']._serialized_end=3690
-  _globals['_STOPSWARMRESPONSE']._serialized_start=3692
-  _globals['_STOPSWARMRESPONSE']._serialized_end=3753
-  _globals['_WATCHSWARMREQUEST']._serialized_start=3755
-  _globals['_WATCHSWARMREQUEST']._serialized_end=3817
-  _globals['_WATCHSWARMRESPONSE']._serialized_start=3820
-  _globals['_WATCHSWARMRESPONSE']._serialized_end=3976
-  _globals['_SWARMSERVICE']._serialized_start=4808
-  _globals['_SWARMSERVICE']._serialized_end=5320
+  _globals['_SWARMTASK']._serialized_end=1829
+  _globals['_SWARMTASK_METADATAENTRY']._serialized_start=1771
+  _globals['_SWARMTASK_METADATAENTRY']._serialized_end=1818
+  _globals['_SWARMDYNAMICS']._serialized_start=1831
+  _globals['_SWARMDYNAMICS']._serialized_end=1951
+  _globals['_BOIDSWEIGHTS']._serialized_start=1953
+  _globals['_BOIDSWEIGHTS']._serialized_end=2024
+  _globals['_ROLECOUNT']._serialized_start=2026
+  _globals['_ROLECOUNT']._serialized_end=2066
+  _globals['_SWARMSTATS']._serialized_start=2069
+  _globals['_SWARMSTATS']._serialized_end=2458
+  _globals['_OPTIMIZATIONRESULT']._serialized_start=2460
+  _globals['_OPTIMIZATIONRESULT']._serialized_end=2566
+  _globals['_PARTITIONRESULT']._serialized_start=2569
+  _globals['_PARTITIONRESULT']._serialized_end=2919
+  _globals['_PARTITIONRESULT_TOTALSENTRY']._serialized_start=2816
+  _globals['_PARTITIONRESULT_TOTALSENTRY']._serialized_end=2861
+  _globals['_PARTITIONRESULT_PARTITIONSBYAGENTENTRY']._serialized_start=2863
+  _globals['_PARTITIONRESULT_PARTITIONSBYAGENTENTRY']._serialized_end=2919
+  _globals['_SWARM']._serialized_start=2922
+  _globals['_SWARM']._serialized_end=3565
+  _globals['_DEPLOYSWARMREQUEST']._serialized_start=3567
+  _globals['_DEPLOYSWARMREQUEST']._serialized_end=3650
+  _globals['_DEPLOYSWARMRESPONSE']._serialized_start=3652
+  _globals['_DEPLOYSWARMRESPONSE']._serialized_end=3715
+  _globals['_GETSWARMREQUEST']._serialized_start=3717
+  _globals['_GETSWARMREQUEST']._serialized_end=3752
+  _globals['_GETSWARMRESPONSE']._serialized_start=3754
+  _globals['_GETSWARMRESPONSE']._serialized_end=3814
+  _globals['_LISTSWARMSREQUEST']._serialized_start=3816
+  _globals['_LISTSWARMSREQUEST']._serialized_end=3922
+  _globals['_LISTSWARMSRESPONSE']._serialized_start=3924
+  _globals['_LISTSWARMSRESPONSE']._serialized_end=4012
+  _globals['_STOPSWARMREQUEST']._serialized_start=4014
+  _globals['_STOPSWARMREQUEST']._serialized_end=4050
+  _globals['_STOPSWARMRESPONSE']._serialized_start=4052
+  _globals['_STOPSWARMRESPONSE']._serialized_end=4113
+  _globals['_WATCHSWARMREQUEST']._serialized_start=4115
+  _globals['_WATCHSWARMREQUEST']._serialized_end=4177
+  _globals['_WATCHSWARMRESPONSE']._serialized_start=4180
+  _globals['_WATCHSWARMRESPONSE']._serialized_end=4336
+  _globals['_SWARMSERVICE']._serialized_start=5168
+  _globals['_SWARMSERVICE']._serialized_end=5680
 # @@protoc_insertion_point(module_scope)

@@ -446,6 +446,26 @@ class SwarmTask(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     OBJECTIVE_FIELD_NUMBER: _builtins.int
     BEHAVIOR_FIELD_NUMBER: _builtins.int
     AGENTS_REQUIRED_FIELD_NUMBER: _builtins.int
@@ -460,6 +480,8 @@ class SwarmTask(_message.Message):
     PSO_FIELD_NUMBER: _builtins.int
     CONVERGENCE_WINDOW_FIELD_NUMBER: _builtins.int
     SPREAD_THRESHOLD_FIELD_NUMBER: _builtins.int
+    DYNAMICS_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
     objective: _builtins.str
     """What the swarm is for, free text for people."""
     behavior: Global___Behavior.ValueType
@@ -511,6 +533,18 @@ class SwarmTask(_message.Message):
     def pso(self) -> Global___PsoParameters:
         """Particle swarm parameters."""
 
+    @_builtins.property
+    def dynamics(self) -> Global___SwarmDynamics:
+        """Optimisation: the swarm dynamics' knobs; unset takes the behavior's
+        defaults (see SwarmDynamics).
+        """
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """The caller's labels, kept with the swarm and returned by GetSwarm: at
+        most 32 entries, keys of 1-63 characters, values of at most 256.
+        """
+
     def __init__(
         self,
         *,
@@ -528,16 +562,90 @@ class SwarmTask(_message.Message):
         pso: Global___PsoParameters | None = ...,
         convergence_window: _builtins.int = ...,
         spread_threshold: _builtins.float = ...,
+        dynamics: Global___SwarmDynamics | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "builtin", b"builtin", "fitness", b"fitness", "partition_work", b"partition_work", "pso", b"pso", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "builtin", b"builtin", "dynamics", b"dynamics", "fitness", b"fitness", "partition_work", b"partition_work", "pso", b"pso", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "agents_required", b"agents_required", "behavior", b"behavior", "builtin", b"builtin", "convergence_threshold", b"convergence_threshold", "convergence_window", b"convergence_window", "data_partitions", b"data_partitions", "fitness", b"fitness", "max_iterations", b"max_iterations", "objective", b"objective", "partition_work", b"partition_work", "pso", b"pso", "seed", b"seed", "spread_threshold", b"spread_threshold", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "agents_required", b"agents_required", "behavior", b"behavior", "builtin", b"builtin", "convergence_threshold", b"convergence_threshold", "convergence_window", b"convergence_window", "data_partitions", b"data_partitions", "dynamics", b"dynamics", "fitness", b"fitness", "max_iterations", b"max_iterations", "metadata", b"metadata", "objective", b"objective", "partition_work", b"partition_work", "pso", b"pso", "seed", b"seed", "spread_threshold", b"spread_threshold", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_fitness: _TypeAlias = _typing.Literal["builtin", "agent_evaluated", "partition_work"]  # noqa: Y015
     _WhichOneofArgType_fitness: _TypeAlias = _typing.Literal["fitness", b"fitness"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_fitness) -> _WhichOneofReturnType_fitness | None: ...
 
 Global___SwarmTask: _TypeAlias = SwarmTask  # noqa: Y015
+
+@_typing.final
+class SwarmDynamics(_message.Message):
+    """SwarmDynamics overrides the behavior's dynamics of an optimisation swarm."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BOIDS_FIELD_NUMBER: _builtins.int
+    NEIGHBOR_RADIUS_FIELD_NUMBER: _builtins.int
+    PHEROMONE_EVAPORATION_FIELD_NUMBER: _builtins.int
+    neighbor_radius: _builtins.float
+    """Boids neighbour radius as a fraction of the search-space diagonal, in
+    (0, 1]; 0 means 0.1.
+    """
+    pheromone_evaporation: _builtins.float
+    """Pheromone evaporation rate per iteration (rho of tau <- (1 - rho) tau +
+    deposits), in (0, 1]; 0 means 0.1.
+    """
+    @_builtins.property
+    def boids(self) -> Global___BoidsWeights:
+        """Boids steering weights (Reynolds 1987); unset takes the behavior's
+        (FLOCKING 0.3 / 0.5 / 0.05, DISPERSING 1.0 / 0 / 0, CLUSTERING 0 / 0 /
+        0.5, MIGRATING 0 / 0.2 / 0.05, FORAGING and SWARMING none).
+        """
+
+    def __init__(
+        self,
+        *,
+        boids: Global___BoidsWeights | None = ...,
+        neighbor_radius: _builtins.float = ...,
+        pheromone_evaporation: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["boids", b"boids"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["boids", b"boids", "neighbor_radius", b"neighbor_radius", "pheromone_evaporation", b"pheromone_evaporation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmDynamics: _TypeAlias = SwarmDynamics  # noqa: Y015
+
+@_typing.final
+class BoidsWeights(_message.Message):
+    """BoidsWeights are the three steering weights added to the PSO velocity,
+    each in [0, 10]; all three apply when the message is set, and 0 turns a
+    rule off.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEPARATION_FIELD_NUMBER: _builtins.int
+    ALIGNMENT_FIELD_NUMBER: _builtins.int
+    COHESION_FIELD_NUMBER: _builtins.int
+    separation: _builtins.float
+    """Steer away from neighbours closer than the radius."""
+    alignment: _builtins.float
+    """Match the neighbours' mean velocity."""
+    cohesion: _builtins.float
+    """Steer towards the neighbours' centre."""
+    def __init__(
+        self,
+        *,
+        separation: _builtins.float = ...,
+        alignment: _builtins.float = ...,
+        cohesion: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alignment", b"alignment", "cohesion", b"cohesion", "separation", b"separation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BoidsWeights: _TypeAlias = BoidsWeights  # noqa: Y015
 
 @_typing.final
 class RoleCount(_message.Message):

@@ -801,8 +801,14 @@ type SwarmTask struct {
 	// Spread bound of the convergence test (see SwarmStats.spread); 0 means
 	// 1e-3; a value > 1 ignores the spread.
 	SpreadThreshold float64 `protobuf:"fixed64,14,opt,name=spread_threshold,json=spreadThreshold,proto3" json:"spread_threshold,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Optimisation: the swarm dynamics' knobs; unset takes the behavior's
+	// defaults (see SwarmDynamics).
+	Dynamics *SwarmDynamics `protobuf:"bytes,15,opt,name=dynamics,proto3" json:"dynamics,omitempty"`
+	// The caller's labels, kept with the swarm and returned by GetSwarm: at
+	// most 32 entries, keys of 1-63 characters, values of at most 256.
+	Metadata      map[string]string `protobuf:"bytes,16,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SwarmTask) Reset() {
@@ -946,6 +952,20 @@ func (x *SwarmTask) GetSpreadThreshold() float64 {
 	return 0
 }
 
+func (x *SwarmTask) GetDynamics() *SwarmDynamics {
+	if x != nil {
+		return x.Dynamics
+	}
+	return nil
+}
+
+func (x *SwarmTask) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
 type isSwarmTask_Fitness interface {
 	isSwarmTask_Fitness()
 }
@@ -971,6 +991,140 @@ func (*SwarmTask_AgentEvaluated) isSwarmTask_Fitness() {}
 
 func (*SwarmTask_PartitionWork) isSwarmTask_Fitness() {}
 
+// SwarmDynamics overrides the behavior's dynamics of an optimisation swarm.
+type SwarmDynamics struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Boids steering weights (Reynolds 1987); unset takes the behavior's
+	// (FLOCKING 0.3 / 0.5 / 0.05, DISPERSING 1.0 / 0 / 0, CLUSTERING 0 / 0 /
+	// 0.5, MIGRATING 0 / 0.2 / 0.05, FORAGING and SWARMING none).
+	Boids *BoidsWeights `protobuf:"bytes,1,opt,name=boids,proto3" json:"boids,omitempty"`
+	// Boids neighbour radius as a fraction of the search-space diagonal, in
+	// (0, 1]; 0 means 0.1.
+	NeighborRadius float64 `protobuf:"fixed64,2,opt,name=neighbor_radius,json=neighborRadius,proto3" json:"neighbor_radius,omitempty"`
+	// Pheromone evaporation rate per iteration (rho of tau <- (1 - rho) tau +
+	// deposits), in (0, 1]; 0 means 0.1.
+	PheromoneEvaporation float64 `protobuf:"fixed64,3,opt,name=pheromone_evaporation,json=pheromoneEvaporation,proto3" json:"pheromone_evaporation,omitempty"`
+	unknownFields        protoimpl.UnknownFields
+	sizeCache            protoimpl.SizeCache
+}
+
+func (x *SwarmDynamics) Reset() {
+	*x = SwarmDynamics{}
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[6]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwarmDynamics) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwarmDynamics) ProtoMessage() {}
+
+func (x *SwarmDynamics) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[6]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwarmDynamics.ProtoReflect.Descriptor instead.
+func (*SwarmDynamics) Descriptor() ([]byte, []int) {
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{6}
+}
+
+func (x *SwarmDynamics) GetBoids() *BoidsWeights {
+	if x != nil {
+		return x.Boids
+	}
+	return nil
+}
+
+func (x *SwarmDynamics) GetNeighborRadius() float64 {
+	if x != nil {
+		return x.NeighborRadius
+	}
+	return 0
+}
+
+func (x *SwarmDynamics) GetPheromoneEvaporation() float64 {
+	if x != nil {
+		return x.PheromoneEvaporation
+	}
+	return 0
+}
+
+// BoidsWeights are the three steering weights added to the PSO velocity,
+// each in [0, 10]; all three apply when the message is set, and 0 turns a
+// rule off.
+type BoidsWeights struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Steer away from neighbours closer than the radius.
+	Separation float64 `protobuf:"fixed64,1,opt,name=separation,proto3" json:"separation,omitempty"`
+	// Match the neighbours' mean velocity.
+	Alignment float64 `protobuf:"fixed64,2,opt,name=alignment,proto3" json:"alignment,omitempty"`
+	// Steer towards the neighbours' centre.
+	Cohesion      float64 `protobuf:"fixed64,3,opt,name=cohesion,proto3" json:"cohesion,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *BoidsWeights) Reset() {
+	*x = BoidsWeights{}
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *BoidsWeights) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*BoidsWeights) ProtoMessage() {}
+
+func (x *BoidsWeights) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use BoidsWeights.ProtoReflect.Descriptor instead.
+func (*BoidsWeights) Descriptor() ([]byte, []int) {
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *BoidsWeights) GetSeparation() float64 {
+	if x != nil {
+		return x.Separation
+	}
+	return 0
+}
+
+func (x *BoidsWeights) GetAlignment() float64 {
+	if x != nil {
+		return x.Alignment
+	}
+	return 0
+}
+
+func (x *BoidsWeights) GetCohesion() float64 {
+	if x != nil {
+		return x.Cohesion
+	}
+	return 0
+}
+
 // RoleCount is how many swarm members hold one role.
 type RoleCount struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -984,7 +1138,7 @@ type RoleCount struct {
 
 func (x *RoleCount) Reset() {
 	*x = RoleCount{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[6]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -996,7 +1150,7 @@ func (x *RoleCount) String() string {
 func (*RoleCount) ProtoMessage() {}
 
 func (x *RoleCount) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[6]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1009,7 +1163,7 @@ func (x *RoleCount) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoleCount.ProtoReflect.Descriptor instead.
 func (*RoleCount) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{6}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *RoleCount) GetRole() string {
@@ -1069,7 +1223,7 @@ type SwarmStats struct {
 
 func (x *SwarmStats) Reset() {
 	*x = SwarmStats{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[7]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1081,7 +1235,7 @@ func (x *SwarmStats) String() string {
 func (*SwarmStats) ProtoMessage() {}
 
 func (x *SwarmStats) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[7]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1094,7 +1248,7 @@ func (x *SwarmStats) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SwarmStats.ProtoReflect.Descriptor instead.
 func (*SwarmStats) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{7}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *SwarmStats) GetIteration() uint32 {
@@ -1212,7 +1366,7 @@ type OptimizationResult struct {
 
 func (x *OptimizationResult) Reset() {
 	*x = OptimizationResult{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[8]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1224,7 +1378,7 @@ func (x *OptimizationResult) String() string {
 func (*OptimizationResult) ProtoMessage() {}
 
 func (x *OptimizationResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[8]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1237,7 +1391,7 @@ func (x *OptimizationResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use OptimizationResult.ProtoReflect.Descriptor instead.
 func (*OptimizationResult) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{8}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *OptimizationResult) GetBestPosition() []float64 {
@@ -1287,7 +1441,7 @@ type PartitionResult struct {
 
 func (x *PartitionResult) Reset() {
 	*x = PartitionResult{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[9]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1299,7 +1453,7 @@ func (x *PartitionResult) String() string {
 func (*PartitionResult) ProtoMessage() {}
 
 func (x *PartitionResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[9]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1312,7 +1466,7 @@ func (x *PartitionResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use PartitionResult.ProtoReflect.Descriptor instead.
 func (*PartitionResult) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{9}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *PartitionResult) GetTotals() map[string]float64 {
@@ -1394,7 +1548,7 @@ type Swarm struct {
 
 func (x *Swarm) Reset() {
 	*x = Swarm{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[10]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1406,7 +1560,7 @@ func (x *Swarm) String() string {
 func (*Swarm) ProtoMessage() {}
 
 func (x *Swarm) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[10]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1419,7 +1573,7 @@ func (x *Swarm) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Swarm.ProtoReflect.Descriptor instead.
 func (*Swarm) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{10}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *Swarm) GetSwarmId() string {
@@ -1577,7 +1731,7 @@ type DeploySwarmRequest struct {
 
 func (x *DeploySwarmRequest) Reset() {
 	*x = DeploySwarmRequest{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[11]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1589,7 +1743,7 @@ func (x *DeploySwarmRequest) String() string {
 func (*DeploySwarmRequest) ProtoMessage() {}
 
 func (x *DeploySwarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[11]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1602,7 +1756,7 @@ func (x *DeploySwarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploySwarmRequest.ProtoReflect.Descriptor instead.
 func (*DeploySwarmRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{11}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *DeploySwarmRequest) GetTask() *SwarmTask {
@@ -1630,7 +1784,7 @@ type DeploySwarmResponse struct {
 
 func (x *DeploySwarmResponse) Reset() {
 	*x = DeploySwarmResponse{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[12]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1642,7 +1796,7 @@ func (x *DeploySwarmResponse) String() string {
 func (*DeploySwarmResponse) ProtoMessage() {}
 
 func (x *DeploySwarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[12]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1655,7 +1809,7 @@ func (x *DeploySwarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeploySwarmResponse.ProtoReflect.Descriptor instead.
 func (*DeploySwarmResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{12}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *DeploySwarmResponse) GetSwarm() *Swarm {
@@ -1676,7 +1830,7 @@ type GetSwarmRequest struct {
 
 func (x *GetSwarmRequest) Reset() {
 	*x = GetSwarmRequest{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[13]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1688,7 +1842,7 @@ func (x *GetSwarmRequest) String() string {
 func (*GetSwarmRequest) ProtoMessage() {}
 
 func (x *GetSwarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[13]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1701,7 +1855,7 @@ func (x *GetSwarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSwarmRequest.ProtoReflect.Descriptor instead.
 func (*GetSwarmRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{13}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetSwarmRequest) GetSwarmId() string {
@@ -1722,7 +1876,7 @@ type GetSwarmResponse struct {
 
 func (x *GetSwarmResponse) Reset() {
 	*x = GetSwarmResponse{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[14]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1734,7 +1888,7 @@ func (x *GetSwarmResponse) String() string {
 func (*GetSwarmResponse) ProtoMessage() {}
 
 func (x *GetSwarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[14]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1747,7 +1901,7 @@ func (x *GetSwarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSwarmResponse.ProtoReflect.Descriptor instead.
 func (*GetSwarmResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{14}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetSwarmResponse) GetSwarm() *Swarm {
@@ -1772,7 +1926,7 @@ type ListSwarmsRequest struct {
 
 func (x *ListSwarmsRequest) Reset() {
 	*x = ListSwarmsRequest{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[15]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1784,7 +1938,7 @@ func (x *ListSwarmsRequest) String() string {
 func (*ListSwarmsRequest) ProtoMessage() {}
 
 func (x *ListSwarmsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[15]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1797,7 +1951,7 @@ func (x *ListSwarmsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSwarmsRequest.ProtoReflect.Descriptor instead.
 func (*ListSwarmsRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{15}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListSwarmsRequest) GetPageSize() int32 {
@@ -1834,7 +1988,7 @@ type ListSwarmsResponse struct {
 
 func (x *ListSwarmsResponse) Reset() {
 	*x = ListSwarmsResponse{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[16]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1846,7 +2000,7 @@ func (x *ListSwarmsResponse) String() string {
 func (*ListSwarmsResponse) ProtoMessage() {}
 
 func (x *ListSwarmsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[16]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1859,7 +2013,7 @@ func (x *ListSwarmsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSwarmsResponse.ProtoReflect.Descriptor instead.
 func (*ListSwarmsResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{16}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSwarmsResponse) GetSwarms() []*Swarm {
@@ -1887,7 +2041,7 @@ type StopSwarmRequest struct {
 
 func (x *StopSwarmRequest) Reset() {
 	*x = StopSwarmRequest{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[17]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1899,7 +2053,7 @@ func (x *StopSwarmRequest) String() string {
 func (*StopSwarmRequest) ProtoMessage() {}
 
 func (x *StopSwarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[17]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1912,7 +2066,7 @@ func (x *StopSwarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSwarmRequest.ProtoReflect.Descriptor instead.
 func (*StopSwarmRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{17}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *StopSwarmRequest) GetSwarmId() string {
@@ -1933,7 +2087,7 @@ type StopSwarmResponse struct {
 
 func (x *StopSwarmResponse) Reset() {
 	*x = StopSwarmResponse{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[18]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1945,7 +2099,7 @@ func (x *StopSwarmResponse) String() string {
 func (*StopSwarmResponse) ProtoMessage() {}
 
 func (x *StopSwarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[18]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1958,7 +2112,7 @@ func (x *StopSwarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StopSwarmResponse.ProtoReflect.Descriptor instead.
 func (*StopSwarmResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{18}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *StopSwarmResponse) GetSwarm() *Swarm {
@@ -1982,7 +2136,7 @@ type WatchSwarmRequest struct {
 
 func (x *WatchSwarmRequest) Reset() {
 	*x = WatchSwarmRequest{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[19]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1994,7 +2148,7 @@ func (x *WatchSwarmRequest) String() string {
 func (*WatchSwarmRequest) ProtoMessage() {}
 
 func (x *WatchSwarmRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[19]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2007,7 +2161,7 @@ func (x *WatchSwarmRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSwarmRequest.ProtoReflect.Descriptor instead.
 func (*WatchSwarmRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{19}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchSwarmRequest) GetSwarmId() string {
@@ -2039,7 +2193,7 @@ type WatchSwarmResponse struct {
 
 func (x *WatchSwarmResponse) Reset() {
 	*x = WatchSwarmResponse{}
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[20]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2051,7 +2205,7 @@ func (x *WatchSwarmResponse) String() string {
 func (*WatchSwarmResponse) ProtoMessage() {}
 
 func (x *WatchSwarmResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[20]
+	mi := &file_agentmesh_swarm_v1_swarm_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2064,7 +2218,7 @@ func (x *WatchSwarmResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSwarmResponse.ProtoReflect.Descriptor instead.
 func (*WatchSwarmResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{20}
+	return file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *WatchSwarmResponse) GetStats() *SwarmStats {
@@ -2125,7 +2279,7 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\x06social\x18\x03 \x01(\x01R\x06social\x12%\n" +
 	"\x0evelocity_clamp\x18\x04 \x01(\x01R\rvelocityClamp\x128\n" +
 	"\btopology\x18\x05 \x01(\x0e2\x1c.agentmesh.swarm.v1.TopologyR\btopology\x12%\n" +
-	"\x0ering_neighbors\x18\x06 \x01(\rR\rringNeighbors\"\xcd\x05\n" +
+	"\x0ering_neighbors\x18\x06 \x01(\rR\rringNeighbors\"\x92\a\n" +
 	"\tSwarmTask\x12\x1c\n" +
 	"\tobjective\x18\x01 \x01(\tR\tobjective\x128\n" +
 	"\bbehavior\x18\x02 \x01(\x0e2\x1c.agentmesh.swarm.v1.BehaviorR\bbehavior\x12'\n" +
@@ -2141,8 +2295,23 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\x04seed\x18\v \x01(\x04R\x04seed\x123\n" +
 	"\x03pso\x18\f \x01(\v2!.agentmesh.swarm.v1.PsoParametersR\x03pso\x12-\n" +
 	"\x12convergence_window\x18\r \x01(\rR\x11convergenceWindow\x12)\n" +
-	"\x10spread_threshold\x18\x0e \x01(\x01R\x0fspreadThresholdB\t\n" +
-	"\afitness\"5\n" +
+	"\x10spread_threshold\x18\x0e \x01(\x01R\x0fspreadThreshold\x12=\n" +
+	"\bdynamics\x18\x0f \x01(\v2!.agentmesh.swarm.v1.SwarmDynamicsR\bdynamics\x12G\n" +
+	"\bmetadata\x18\x10 \x03(\v2+.agentmesh.swarm.v1.SwarmTask.MetadataEntryR\bmetadata\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
+	"\afitness\"\xa5\x01\n" +
+	"\rSwarmDynamics\x126\n" +
+	"\x05boids\x18\x01 \x01(\v2 .agentmesh.swarm.v1.BoidsWeightsR\x05boids\x12'\n" +
+	"\x0fneighbor_radius\x18\x02 \x01(\x01R\x0eneighborRadius\x123\n" +
+	"\x15pheromone_evaporation\x18\x03 \x01(\x01R\x14pheromoneEvaporation\"h\n" +
+	"\fBoidsWeights\x12\x1e\n" +
+	"\n" +
+	"separation\x18\x01 \x01(\x01R\n" +
+	"separation\x12\x1c\n" +
+	"\talignment\x18\x02 \x01(\x01R\talignment\x12\x1a\n" +
+	"\bcohesion\x18\x03 \x01(\x01R\bcohesion\"5\n" +
 	"\tRoleCount\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
 	"\x05count\x18\x02 \x01(\rR\x05count\"\xc9\x04\n" +
@@ -2292,7 +2461,7 @@ func file_agentmesh_swarm_v1_swarm_proto_rawDescGZIP() []byte {
 }
 
 var file_agentmesh_swarm_v1_swarm_proto_enumTypes = make([]protoimpl.EnumInfo, 5)
-var file_agentmesh_swarm_v1_swarm_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
+var file_agentmesh_swarm_v1_swarm_proto_msgTypes = make([]protoimpl.MessageInfo, 26)
 var file_agentmesh_swarm_v1_swarm_proto_goTypes = []any{
 	(Behavior)(0),                 // 0: agentmesh.swarm.v1.Behavior
 	(BenchmarkFunction)(0),        // 1: agentmesh.swarm.v1.BenchmarkFunction
@@ -2305,84 +2474,90 @@ var file_agentmesh_swarm_v1_swarm_proto_goTypes = []any{
 	(*PartitionWork)(nil),         // 8: agentmesh.swarm.v1.PartitionWork
 	(*PsoParameters)(nil),         // 9: agentmesh.swarm.v1.PsoParameters
 	(*SwarmTask)(nil),             // 10: agentmesh.swarm.v1.SwarmTask
-	(*RoleCount)(nil),             // 11: agentmesh.swarm.v1.RoleCount
-	(*SwarmStats)(nil),            // 12: agentmesh.swarm.v1.SwarmStats
-	(*OptimizationResult)(nil),    // 13: agentmesh.swarm.v1.OptimizationResult
-	(*PartitionResult)(nil),       // 14: agentmesh.swarm.v1.PartitionResult
-	(*Swarm)(nil),                 // 15: agentmesh.swarm.v1.Swarm
-	(*DeploySwarmRequest)(nil),    // 16: agentmesh.swarm.v1.DeploySwarmRequest
-	(*DeploySwarmResponse)(nil),   // 17: agentmesh.swarm.v1.DeploySwarmResponse
-	(*GetSwarmRequest)(nil),       // 18: agentmesh.swarm.v1.GetSwarmRequest
-	(*GetSwarmResponse)(nil),      // 19: agentmesh.swarm.v1.GetSwarmResponse
-	(*ListSwarmsRequest)(nil),     // 20: agentmesh.swarm.v1.ListSwarmsRequest
-	(*ListSwarmsResponse)(nil),    // 21: agentmesh.swarm.v1.ListSwarmsResponse
-	(*StopSwarmRequest)(nil),      // 22: agentmesh.swarm.v1.StopSwarmRequest
-	(*StopSwarmResponse)(nil),     // 23: agentmesh.swarm.v1.StopSwarmResponse
-	(*WatchSwarmRequest)(nil),     // 24: agentmesh.swarm.v1.WatchSwarmRequest
-	(*WatchSwarmResponse)(nil),    // 25: agentmesh.swarm.v1.WatchSwarmResponse
-	nil,                           // 26: agentmesh.swarm.v1.PartitionResult.TotalsEntry
-	nil,                           // 27: agentmesh.swarm.v1.PartitionResult.PartitionsByAgentEntry
-	(*v1.AgentSelector)(nil),      // 28: agentmesh.common.v1.AgentSelector
-	(*structpb.Struct)(nil),       // 29: google.protobuf.Struct
-	(*durationpb.Duration)(nil),   // 30: google.protobuf.Duration
-	(*timestamppb.Timestamp)(nil), // 31: google.protobuf.Timestamp
+	(*SwarmDynamics)(nil),         // 11: agentmesh.swarm.v1.SwarmDynamics
+	(*BoidsWeights)(nil),          // 12: agentmesh.swarm.v1.BoidsWeights
+	(*RoleCount)(nil),             // 13: agentmesh.swarm.v1.RoleCount
+	(*SwarmStats)(nil),            // 14: agentmesh.swarm.v1.SwarmStats
+	(*OptimizationResult)(nil),    // 15: agentmesh.swarm.v1.OptimizationResult
+	(*PartitionResult)(nil),       // 16: agentmesh.swarm.v1.PartitionResult
+	(*Swarm)(nil),                 // 17: agentmesh.swarm.v1.Swarm
+	(*DeploySwarmRequest)(nil),    // 18: agentmesh.swarm.v1.DeploySwarmRequest
+	(*DeploySwarmResponse)(nil),   // 19: agentmesh.swarm.v1.DeploySwarmResponse
+	(*GetSwarmRequest)(nil),       // 20: agentmesh.swarm.v1.GetSwarmRequest
+	(*GetSwarmResponse)(nil),      // 21: agentmesh.swarm.v1.GetSwarmResponse
+	(*ListSwarmsRequest)(nil),     // 22: agentmesh.swarm.v1.ListSwarmsRequest
+	(*ListSwarmsResponse)(nil),    // 23: agentmesh.swarm.v1.ListSwarmsResponse
+	(*StopSwarmRequest)(nil),      // 24: agentmesh.swarm.v1.StopSwarmRequest
+	(*StopSwarmResponse)(nil),     // 25: agentmesh.swarm.v1.StopSwarmResponse
+	(*WatchSwarmRequest)(nil),     // 26: agentmesh.swarm.v1.WatchSwarmRequest
+	(*WatchSwarmResponse)(nil),    // 27: agentmesh.swarm.v1.WatchSwarmResponse
+	nil,                           // 28: agentmesh.swarm.v1.SwarmTask.MetadataEntry
+	nil,                           // 29: agentmesh.swarm.v1.PartitionResult.TotalsEntry
+	nil,                           // 30: agentmesh.swarm.v1.PartitionResult.PartitionsByAgentEntry
+	(*v1.AgentSelector)(nil),      // 31: agentmesh.common.v1.AgentSelector
+	(*structpb.Struct)(nil),       // 32: google.protobuf.Struct
+	(*durationpb.Duration)(nil),   // 33: google.protobuf.Duration
+	(*timestamppb.Timestamp)(nil), // 34: google.protobuf.Timestamp
 }
 var file_agentmesh_swarm_v1_swarm_proto_depIdxs = []int32{
 	1,  // 0: agentmesh.swarm.v1.BuiltinFitness.function:type_name -> agentmesh.swarm.v1.BenchmarkFunction
 	5,  // 1: agentmesh.swarm.v1.BuiltinFitness.space:type_name -> agentmesh.swarm.v1.SearchSpace
-	28, // 2: agentmesh.swarm.v1.AgentFitness.selector:type_name -> agentmesh.common.v1.AgentSelector
+	31, // 2: agentmesh.swarm.v1.AgentFitness.selector:type_name -> agentmesh.common.v1.AgentSelector
 	5,  // 3: agentmesh.swarm.v1.AgentFitness.space:type_name -> agentmesh.swarm.v1.SearchSpace
-	29, // 4: agentmesh.swarm.v1.AgentFitness.parameters:type_name -> google.protobuf.Struct
-	30, // 5: agentmesh.swarm.v1.AgentFitness.call_timeout:type_name -> google.protobuf.Duration
-	28, // 6: agentmesh.swarm.v1.PartitionWork.selector:type_name -> agentmesh.common.v1.AgentSelector
-	29, // 7: agentmesh.swarm.v1.PartitionWork.input:type_name -> google.protobuf.Struct
-	29, // 8: agentmesh.swarm.v1.PartitionWork.partition_inputs:type_name -> google.protobuf.Struct
-	30, // 9: agentmesh.swarm.v1.PartitionWork.partition_timeout:type_name -> google.protobuf.Duration
+	32, // 4: agentmesh.swarm.v1.AgentFitness.parameters:type_name -> google.protobuf.Struct
+	33, // 5: agentmesh.swarm.v1.AgentFitness.call_timeout:type_name -> google.protobuf.Duration
+	31, // 6: agentmesh.swarm.v1.PartitionWork.selector:type_name -> agentmesh.common.v1.AgentSelector
+	32, // 7: agentmesh.swarm.v1.PartitionWork.input:type_name -> google.protobuf.Struct
+	32, // 8: agentmesh.swarm.v1.PartitionWork.partition_inputs:type_name -> google.protobuf.Struct
+	33, // 9: agentmesh.swarm.v1.PartitionWork.partition_timeout:type_name -> google.protobuf.Duration
 	2,  // 10: agentmesh.swarm.v1.PsoParameters.topology:type_name -> agentmesh.swarm.v1.Topology
 	0,  // 11: agentmesh.swarm.v1.SwarmTask.behavior:type_name -> agentmesh.swarm.v1.Behavior
-	30, // 12: agentmesh.swarm.v1.SwarmTask.timeout:type_name -> google.protobuf.Duration
+	33, // 12: agentmesh.swarm.v1.SwarmTask.timeout:type_name -> google.protobuf.Duration
 	6,  // 13: agentmesh.swarm.v1.SwarmTask.builtin:type_name -> agentmesh.swarm.v1.BuiltinFitness
 	7,  // 14: agentmesh.swarm.v1.SwarmTask.agent_evaluated:type_name -> agentmesh.swarm.v1.AgentFitness
 	8,  // 15: agentmesh.swarm.v1.SwarmTask.partition_work:type_name -> agentmesh.swarm.v1.PartitionWork
 	9,  // 16: agentmesh.swarm.v1.SwarmTask.pso:type_name -> agentmesh.swarm.v1.PsoParameters
-	11, // 17: agentmesh.swarm.v1.SwarmStats.role_counts:type_name -> agentmesh.swarm.v1.RoleCount
-	31, // 18: agentmesh.swarm.v1.SwarmStats.time:type_name -> google.protobuf.Timestamp
-	26, // 19: agentmesh.swarm.v1.PartitionResult.totals:type_name -> agentmesh.swarm.v1.PartitionResult.TotalsEntry
-	27, // 20: agentmesh.swarm.v1.PartitionResult.partitions_by_agent:type_name -> agentmesh.swarm.v1.PartitionResult.PartitionsByAgentEntry
-	10, // 21: agentmesh.swarm.v1.Swarm.task:type_name -> agentmesh.swarm.v1.SwarmTask
-	3,  // 22: agentmesh.swarm.v1.Swarm.state:type_name -> agentmesh.swarm.v1.SwarmState
-	4,  // 23: agentmesh.swarm.v1.Swarm.termination:type_name -> agentmesh.swarm.v1.Termination
-	12, // 24: agentmesh.swarm.v1.Swarm.stats:type_name -> agentmesh.swarm.v1.SwarmStats
-	13, // 25: agentmesh.swarm.v1.Swarm.optimization:type_name -> agentmesh.swarm.v1.OptimizationResult
-	14, // 26: agentmesh.swarm.v1.Swarm.partitions:type_name -> agentmesh.swarm.v1.PartitionResult
-	31, // 27: agentmesh.swarm.v1.Swarm.create_time:type_name -> google.protobuf.Timestamp
-	31, // 28: agentmesh.swarm.v1.Swarm.start_time:type_name -> google.protobuf.Timestamp
-	31, // 29: agentmesh.swarm.v1.Swarm.end_time:type_name -> google.protobuf.Timestamp
-	30, // 30: agentmesh.swarm.v1.Swarm.convergence_duration:type_name -> google.protobuf.Duration
-	10, // 31: agentmesh.swarm.v1.DeploySwarmRequest.task:type_name -> agentmesh.swarm.v1.SwarmTask
-	15, // 32: agentmesh.swarm.v1.DeploySwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
-	15, // 33: agentmesh.swarm.v1.GetSwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
-	3,  // 34: agentmesh.swarm.v1.ListSwarmsRequest.states:type_name -> agentmesh.swarm.v1.SwarmState
-	15, // 35: agentmesh.swarm.v1.ListSwarmsResponse.swarms:type_name -> agentmesh.swarm.v1.Swarm
-	15, // 36: agentmesh.swarm.v1.StopSwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
-	12, // 37: agentmesh.swarm.v1.WatchSwarmResponse.stats:type_name -> agentmesh.swarm.v1.SwarmStats
-	3,  // 38: agentmesh.swarm.v1.WatchSwarmResponse.state:type_name -> agentmesh.swarm.v1.SwarmState
-	15, // 39: agentmesh.swarm.v1.WatchSwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
-	16, // 40: agentmesh.swarm.v1.SwarmService.DeploySwarm:input_type -> agentmesh.swarm.v1.DeploySwarmRequest
-	18, // 41: agentmesh.swarm.v1.SwarmService.GetSwarm:input_type -> agentmesh.swarm.v1.GetSwarmRequest
-	20, // 42: agentmesh.swarm.v1.SwarmService.ListSwarms:input_type -> agentmesh.swarm.v1.ListSwarmsRequest
-	22, // 43: agentmesh.swarm.v1.SwarmService.StopSwarm:input_type -> agentmesh.swarm.v1.StopSwarmRequest
-	24, // 44: agentmesh.swarm.v1.SwarmService.WatchSwarm:input_type -> agentmesh.swarm.v1.WatchSwarmRequest
-	17, // 45: agentmesh.swarm.v1.SwarmService.DeploySwarm:output_type -> agentmesh.swarm.v1.DeploySwarmResponse
-	19, // 46: agentmesh.swarm.v1.SwarmService.GetSwarm:output_type -> agentmesh.swarm.v1.GetSwarmResponse
-	21, // 47: agentmesh.swarm.v1.SwarmService.ListSwarms:output_type -> agentmesh.swarm.v1.ListSwarmsResponse
-	23, // 48: agentmesh.swarm.v1.SwarmService.StopSwarm:output_type -> agentmesh.swarm.v1.StopSwarmResponse
-	25, // 49: agentmesh.swarm.v1.SwarmService.WatchSwarm:output_type -> agentmesh.swarm.v1.WatchSwarmResponse
-	45, // [45:50] is the sub-list for method output_type
-	40, // [40:45] is the sub-list for method input_type
-	40, // [40:40] is the sub-list for extension type_name
-	40, // [40:40] is the sub-list for extension extendee
-	0,  // [0:40] is the sub-list for field type_name
+	11, // 17: agentmesh.swarm.v1.SwarmTask.dynamics:type_name -> agentmesh.swarm.v1.SwarmDynamics
+	28, // 18: agentmesh.swarm.v1.SwarmTask.metadata:type_name -> agentmesh.swarm.v1.SwarmTask.MetadataEntry
+	12, // 19: agentmesh.swarm.v1.SwarmDynamics.boids:type_name -> agentmesh.swarm.v1.BoidsWeights
+	13, // 20: agentmesh.swarm.v1.SwarmStats.role_counts:type_name -> agentmesh.swarm.v1.RoleCount
+	34, // 21: agentmesh.swarm.v1.SwarmStats.time:type_name -> google.protobuf.Timestamp
+	29, // 22: agentmesh.swarm.v1.PartitionResult.totals:type_name -> agentmesh.swarm.v1.PartitionResult.TotalsEntry
+	30, // 23: agentmesh.swarm.v1.PartitionResult.partitions_by_agent:type_name -> agentmesh.swarm.v1.PartitionResult.PartitionsByAgentEntry
+	10, // 24: agentmesh.swarm.v1.Swarm.task:type_name -> agentmesh.swarm.v1.SwarmTask
+	3,  // 25: agentmesh.swarm.v1.Swarm.state:type_name -> agentmesh.swarm.v1.SwarmState
+	4,  // 26: agentmesh.swarm.v1.Swarm.termination:type_name -> agentmesh.swarm.v1.Termination
+	14, // 27: agentmesh.swarm.v1.Swarm.stats:type_name -> agentmesh.swarm.v1.SwarmStats
+	15, // 28: agentmesh.swarm.v1.Swarm.optimization:type_name -> agentmesh.swarm.v1.OptimizationResult
+	16, // 29: agentmesh.swarm.v1.Swarm.partitions:type_name -> agentmesh.swarm.v1.PartitionResult
+	34, // 30: agentmesh.swarm.v1.Swarm.create_time:type_name -> google.protobuf.Timestamp
+	34, // 31: agentmesh.swarm.v1.Swarm.start_time:type_name -> google.protobuf.Timestamp
+	34, // 32: agentmesh.swarm.v1.Swarm.end_time:type_name -> google.protobuf.Timestamp
+	33, // 33: agentmesh.swarm.v1.Swarm.convergence_duration:type_name -> google.protobuf.Duration
+	10, // 34: agentmesh.swarm.v1.DeploySwarmRequest.task:type_name -> agentmesh.swarm.v1.SwarmTask
+	17, // 35: agentmesh.swarm.v1.DeploySwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
+	17, // 36: agentmesh.swarm.v1.GetSwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
+	3,  // 37: agentmesh.swarm.v1.ListSwarmsRequest.states:type_name -> agentmesh.swarm.v1.SwarmState
+	17, // 38: agentmesh.swarm.v1.ListSwarmsResponse.swarms:type_name -> agentmesh.swarm.v1.Swarm
+	17, // 39: agentmesh.swarm.v1.StopSwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
+	14, // 40: agentmesh.swarm.v1.WatchSwarmResponse.stats:type_name -> agentmesh.swarm.v1.SwarmStats
+	3,  // 41: agentmesh.swarm.v1.WatchSwarmResponse.state:type_name -> agentmesh.swarm.v1.SwarmState
+	17, // 42: agentmesh.swarm.v1.WatchSwarmResponse.swarm:type_name -> agentmesh.swarm.v1.Swarm
+	18, // 43: agentmesh.swarm.v1.SwarmService.DeploySwarm:input_type -> agentmesh.swarm.v1.DeploySwarmRequest
+	20, // 44: agentmesh.swarm.v1.SwarmService.GetSwarm:input_type -> agentmesh.swarm.v1.GetSwarmRequest
+	22, // 45: agentmesh.swarm.v1.SwarmService.ListSwarms:input_type -> agentmesh.swarm.v1.ListSwarmsRequest
+	24, // 46: agentmesh.swarm.v1.SwarmService.StopSwarm:input_type -> agentmesh.swarm.v1.StopSwarmRequest
+	26, // 47: agentmesh.swarm.v1.SwarmService.WatchSwarm:input_type -> agentmesh.swarm.v1.WatchSwarmRequest
+	19, // 48: agentmesh.swarm.v1.SwarmService.DeploySwarm:output_type -> agentmesh.swarm.v1.DeploySwarmResponse
+	21, // 49: agentmesh.swarm.v1.SwarmService.GetSwarm:output_type -> agentmesh.swarm.v1.GetSwarmResponse
+	23, // 50: agentmesh.swarm.v1.SwarmService.ListSwarms:output_type -> agentmesh.swarm.v1.ListSwarmsResponse
+	25, // 51: agentmesh.swarm.v1.SwarmService.StopSwarm:output_type -> agentmesh.swarm.v1.StopSwarmResponse
+	27, // 52: agentmesh.swarm.v1.SwarmService.WatchSwarm:output_type -> agentmesh.swarm.v1.WatchSwarmResponse
+	48, // [48:53] is the sub-list for method output_type
+	43, // [43:48] is the sub-list for method input_type
+	43, // [43:43] is the sub-list for extension type_name
+	43, // [43:43] is the sub-list for extension extendee
+	0,  // [0:43] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_swarm_v1_swarm_proto_init() }
@@ -2395,7 +2570,7 @@ func file_agentmesh_swarm_v1_swarm_proto_init() {
 		(*SwarmTask_AgentEvaluated)(nil),
 		(*SwarmTask_PartitionWork)(nil),
 	}
-	file_agentmesh_swarm_v1_swarm_proto_msgTypes[10].OneofWrappers = []any{
+	file_agentmesh_swarm_v1_swarm_proto_msgTypes[12].OneofWrappers = []any{
 		(*Swarm_Optimization)(nil),
 		(*Swarm_Partitions)(nil),
 	}
@@ -2405,7 +2580,7 @@ func file_agentmesh_swarm_v1_swarm_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_swarm_v1_swarm_proto_rawDesc), len(file_agentmesh_swarm_v1_swarm_proto_rawDesc)),
 			NumEnums:      5,
-			NumMessages:   23,
+			NumMessages:   26,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
