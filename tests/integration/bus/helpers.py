@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
+from confluent_kafka import Consumer
+from confluent_kafka import TopicPartition as KTP
 from google.protobuf import duration_pb2
 from grpc.aio import EOF
 
@@ -20,6 +22,16 @@ def env(topic: str, body: bytes = b"x", *, key: str = "", priority: int = 0,
         topic=topic, key=key, priority=priority,  # type: ignore[arg-type]
         payload=common_pb2.Payload(bytes_value=body, content_type="text/plain"), **kw
     )
+
+
+def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
+    """Partition -> high watermark (records written) of `topic`, read from the broker."""
+    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    try:
+        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
+        return {p: c.get_watermark_offsets(KTP(topic, p), timeout=10)[1] for p in parts}
+    finally:
+        c.close()
 
 
 def seconds(s: float) -> duration_pb2.Duration:

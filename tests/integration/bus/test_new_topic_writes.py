@@ -17,14 +17,12 @@ from typing import Any
 
 import grpc
 import pytest
-from confluent_kafka import Consumer
-from confluent_kafka import TopicPartition as KTP
 from grpc_health.v1 import health_pb2
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from tests import health
 from tests.integration.bus.conftest import unique
-from tests.integration.bus.helpers import env
+from tests.integration.bus.helpers import env, high_watermarks
 from tests.procs import daemon
 
 pytestmark = [pytest.mark.integration, pytest.mark.kafka]
@@ -33,13 +31,6 @@ TOPICS = 20
 PER_TOPIC = 200
 
 
-def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: c.get_watermark_offsets(KTP(topic, p), timeout=10)[1] for p in parts}
-    finally:
-        c.close()
 
 
 async def test_first_writes_to_new_topics_are_all_stored(kafka_broker: Any, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ from grpc_health.v1 import health_pb2
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from tests import health
 from tests.integration.bus.conftest import unique
-from tests.integration.bus.helpers import Sub, env
+from tests.integration.bus.helpers import Sub, env, high_watermarks
 from tests.procs import daemon, scrape_metrics
 from tests.waiting import eventually
 
@@ -40,13 +40,6 @@ def committed_total(bootstrap: str, group: str, topic: str) -> int:
         c.close()
 
 
-def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
-    c = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    try:
-        parts = c.list_topics(topic, timeout=10).topics[topic].partitions
-        return {p: c.get_watermark_offsets(KTP(topic, p), timeout=10)[1] for p in parts}
-    finally:
-        c.close()
 
 
 def commits_sent(metrics_port: int) -> float:
