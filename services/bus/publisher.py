@@ -20,10 +20,13 @@ import grpc
 
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
+from agentmesh.runtime.agent_ids import agent_id_violation, inbox_owner, inbox_topic
+from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import (
     AgentMeshError,
     ErrorReason,
     InvalidArgument,
+    PermissionDenied,
     ResourceExhausted,
     Unavailable,
 )
@@ -42,6 +45,8 @@ from agentmesh.server.bus.topics import dlq_topic, topic_error
 from agentmesh.server.bus.tracing import end_producer_spans, inject_context, producer_spans
 
 _PRIORITIES = set(common_pb2.Priority.values())
+_MESSAGE_TYPES = set(bus_pb2.MessageType.values())
+_REQUEST = bus_pb2.MESSAGE_TYPE_REQUEST
 _NORMAL_FIELD = wire.TAG_ENV_PRIORITY + wire.varint(common_pb2.PRIORITY_NORMAL)
 _ENVELOPE_HEADER = (wire.H_ENVELOPE, wire.ENVELOPE_TYPE.encode())
 _PRIORITY_HEADERS = {
@@ -77,13 +82,32 @@ class Publisher:
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
         self._valid_topics: set[str] = set()
+        self._valid_ids: set[str] = set()
 
     # ---- validation -----------------------------------------------------
+    @staticmethod
+    def address(envs: Sequence[bus_pb2.Envelope]) -> None:
+        """Direct addressing: a message with `recipient_id` and no topic goes
+        to the recipient's inbox topic (`agents.<recipient_id>`)."""
+        for env in envs:
+            if not env.topic and env.recipient_id:
+                env.topic = inbox_topic(env.recipient_id)
+
+    def _agent_id_error(self, agent_id: str) -> str | None:
+        if agent_id in self._valid_ids:
+            return None
+        err = agent_id_violation(agent_id)
+        if err is None and len(self._valid_ids) < 10_000:
+            self._valid_ids.add(agent_id)
+        return err
+
     def validate(self, env: bus_pb2.Envelope, *, prefix: str = "message") -> None:
         """Check an envelope before writing it.
 
         Raises:
             InvalidArgument: with one field violation per problem.
+            PermissionDenied: auth is on and `sender_id` is not the caller
+                (nor is the caller an admin).
             ResourceExhausted: the serialized envelope is over max_payload_bytes.
         """
         bad: list[tuple[str, str]] = []
@@ -109,9 +133,29 @@ class Publisher:
                 bad.append((f"{prefix}.reply_to", err))
             elif len(self._valid_topics) < 10_000:
                 self._valid_topics.add(env.reply_to)
+        mt = env.message_type
+        if mt not in _MESSAGE_TYPES:
+            bad.append((f"{prefix}.message_type", f"unknown message type {mt}"))
+        elif env.reply_to and mt != _REQUEST:
+            bad.append((f"{prefix}.reply_to", "only a MESSAGE_TYPE_REQUEST may carry reply_to"))
+        sender = env.sender_id
+        if sender and (err := self._agent_id_error(sender)):
+            bad.append((f"{prefix}.sender_id", err))
+        recipient = env.recipient_id
+        if recipient:
+            if err := self._agent_id_error(recipient):
+                bad.append((f"{prefix}.recipient_id", err))
+            elif env.topic != inbox_topic(recipient):
+                bad.append((f"{prefix}.topic", f"must be empty or {inbox_topic(recipient)} "
+                            "(the recipient's inbox) when recipient_id is set"))
         if bad:
             raise InvalidArgument(f"invalid {prefix}: " + "; ".join(f"{f}: {d}" for f, d in bad),
                                   field_violations=bad)
+        principal = current_principal() if sender else None
+        if principal is not None and not principal.is_admin and principal.identity != sender:
+            raise PermissionDenied(
+                f"{prefix}.sender_id is {sender!r} but the caller is {principal.identity!r}"
+            )
         size = env.ByteSize()
         if size > self.settings.max_payload_bytes:
             raise _too_large(size, self.settings.max_payload_bytes, prefix)
@@ -131,7 +175,8 @@ class Publisher:
             n = await self.backend.partitions(topic)
             if n:
                 return n
-            if not (create and self.settings.auto_create_topics):
+            # An inbox is created on first use even with auto-create off.
+            if not (create and (self.settings.auto_create_topics or inbox_owner(topic))):
                 raise InvalidArgument(
                     f"topic {topic} does not exist", field_violations={"topic": "unknown topic"}
                 )
@@ -167,7 +212,11 @@ class Publisher:
         inject_context(envs)  # W3C context in the headers (see bus/tracing.py)
         cached = self.backend.cached_partitions
         parts: dict[str, int] = {}
-        for topic in {e.topic for e in envs}:
+        topics = {e.topic for e in envs}
+        if "" in topics:
+            self.address(envs)
+            topics = {e.topic for e in envs}
+        for topic in topics:
             c = cached(topic)
             if not c:
                 break
@@ -225,6 +274,8 @@ class Publisher:
         hashes = pending.hashes
         todo = pending.todo
         valid = self._valid_topics
+        valid_ids = self._valid_ids
+        auth_on = current_principal() is not None
         max_bytes = self.settings.max_payload_bytes
         id_prefix = self._id_prefix
         next_id = self._ids.__next__
@@ -237,12 +288,18 @@ class Publisher:
             prio = env.priority
             hdrs = env.headers
             reply_to = env.reply_to
+            sender = env.sender_id
+            recipient = env.recipient_id
+            mtype = env.message_type
             if not checked and (
                 topic not in valid
                 or prio not in _PRIORITIES
                 or env.payload.WhichOneof("kind") is None
                 or hdrs
-                or (reply_to and reply_to not in valid)
+                or (reply_to and (reply_to not in valid or mtype != _REQUEST))
+                or (mtype and mtype not in _MESSAGE_TYPES)
+                or (sender and (auth_on or sender not in valid_ids))
+                or recipient
             ):
                 try:
                     self.validate(env, prefix="message")
@@ -278,9 +335,9 @@ class Publisher:
                 partition = next_rr() % npart if npart > 1 else 0
             value, hash_hex = append_link(topic, partition, head, create_field, publish_field)
             corr = env.correlation_id
-            if hdrs or corr or reply_to:
+            if hdrs or corr or reply_to or sender or recipient or mtype:
                 headers = wire.envelope_headers_for(
-                    hdrs, idb, prio, corr, reply_to, hash_hex
+                    hdrs, idb, prio, corr, reply_to, hash_hex, sender, recipient, mtype
                 )
             else:
                 headers = [_ENVELOPE_HEADER, (wire.H_ID, idb), _PRIORITY_HEADERS[prio],

@@ -67,6 +67,17 @@ def _duration_s(d: Any, default_s: float) -> float:
     return d.ToNanoseconds() / 1e9 if d.ByteSize() else default_s
 
 
+def _as_request(env: bus_pb2.Envelope) -> None:
+    """Request and ScatterGather send MESSAGE_TYPE_REQUEST messages (filled when unset)."""
+    if env.message_type == bus_pb2.MESSAGE_TYPE_UNSPECIFIED:
+        env.message_type = bus_pb2.MESSAGE_TYPE_REQUEST
+    elif env.message_type != bus_pb2.MESSAGE_TYPE_REQUEST:
+        raise InvalidArgument(
+            "a request must be a MESSAGE_TYPE_REQUEST",
+            field_violations={"message.message_type": "must be MESSAGE_TYPE_REQUEST or unset"},
+        )
+
+
 class BusServicer(bus_pb2_grpc.BusServiceServicer):
     """The bus gateway's RPCs.
 
@@ -261,6 +272,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         """See bus.proto."""
         env = bus_pb2.Envelope()
         env.CopyFrom(request.message)
+        _as_request(env)
+        self.publisher.address([env])
         self.publisher.validate(env)
         wait_s = remaining_s(_duration_s(request.timeout, 30.0)) or 0.0
         reply_topic = await self._reply_topic(request.reply_topic, "reply_topic")
@@ -301,6 +314,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             env = bus_pb2.Envelope()
             env.CopyFrom(request.message)
             env.topic = t
+            _as_request(env)
             self.publisher.validate(env)
             envs.append(env)
         expected = request.expected_responses or len(envs)

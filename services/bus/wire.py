@@ -22,6 +22,9 @@ H_ID = "am-id"
 H_PRIORITY = "am-priority"
 H_CORRELATION = "am-correlation-id"
 H_REPLY_TO = "am-reply-to"
+H_SENDER = "am-sender-id"
+H_RECIPIENT = "am-recipient-id"
+H_MESSAGE_TYPE = "am-message-type"
 H_HASH = "am-hash"
 H_DLQ_REASON = "am-dlq-reason"
 H_DELIVERY_COUNT = "am-delivery-count"
@@ -65,6 +68,9 @@ class StoredRecord:
 _ENVELOPE_TYPE_B = ENVELOPE_TYPE.encode()
 _PRIORITY_B: dict[int, bytes] = {
     int(v): common_pb2.Priority.Name(v).encode() for v in common_pb2.Priority.values()
+}
+_MESSAGE_TYPE_B: dict[int, bytes] = {
+    int(v): bus_pb2.MessageType.Name(v).encode() for v in bus_pb2.MessageType.values()
 }
 
 # ---- protobuf wire encoding for the write path ------------------------------
@@ -126,6 +132,9 @@ def envelope_headers_for(
     correlation_id: str,
     reply_to: str,
     hash_hex: bytes,
+    sender_id: str = "",
+    recipient_id: str = "",
+    message_type: int = 0,
 ) -> Headers:
     """Kafka headers of an envelope record: the application headers as-is,
     then the gateway's.
@@ -140,6 +149,8 @@ def envelope_headers_for(
         priority: the resolved Priority value (not UNSPECIFIED).
         correlation_id / reply_to: as in the envelope ("" when unset).
         hash_hex: the link's hash, hex ASCII.
+        sender_id / recipient_id / message_type: as in the envelope ("" or 0
+            when unset: no header).
     """
     h: Headers = [(k, v.encode()) for k, v in app_headers.items()] if app_headers else []
     h.append((H_ENVELOPE, _ENVELOPE_TYPE_B))
@@ -149,6 +160,12 @@ def envelope_headers_for(
         h.append((H_CORRELATION, correlation_id.encode()))
     if reply_to:
         h.append((H_REPLY_TO, reply_to.encode()))
+    if sender_id:
+        h.append((H_SENDER, sender_id.encode()))
+    if recipient_id:
+        h.append((H_RECIPIENT, recipient_id.encode()))
+    if message_type:
+        h.append((H_MESSAGE_TYPE, _MESSAGE_TYPE_B[message_type]))
     h.append((H_HASH, hash_hex))
     return h
 
@@ -248,6 +265,14 @@ def to_envelope(rec: StoredRecord) -> bus_pb2.Envelope:
     reply_to = rec.header(H_REPLY_TO)
     if reply_to:
         env.reply_to = reply_to
+    env.sender_id = rec.header(H_SENDER) or ""
+    env.recipient_id = rec.header(H_RECIPIENT) or ""
+    mt = rec.header(H_MESSAGE_TYPE)
+    if mt:
+        try:
+            env.message_type = bus_pb2.MessageType.Value(mt)
+        except ValueError:
+            pass  # an ordinary producer's unknown type: EVENT, as when absent
     if rec.timestamp_ms > 0:
         env.publish_time.FromMilliseconds(rec.timestamp_ms)
     return env

@@ -9,25 +9,15 @@ import re
 from agentmesh.catalog import parse_version
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
+from agentmesh.runtime.agent_ids import agent_id_violation
 from agentmesh.runtime.context import current_principal
 from agentmesh.runtime.errors import InvalidArgument, PermissionDenied
 
-AGENT_ID = re.compile(r"^agent-[a-z0-9-]+$")
-MAX_ID_LEN = 128
 #: Capabilities, service types and tags become Redis key suffixes: no spaces.
 LABEL = re.compile(r"^[A-Za-z0-9_.:/@+-]{1,128}$")
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9]([A-Za-z0-9.-]{0,252}[A-Za-z0-9])?)$")
 MIN_INTERVAL_MS = 100
 MAX_INTERVAL_MS = 3_600_000
-
-
-def agent_id_violation(agent_id: str) -> str | None:
-    """Why `agent_id` is malformed, or None."""
-    if not agent_id:
-        return "required"
-    if len(agent_id) > MAX_ID_LEN or not AGENT_ID.match(agent_id):
-        return "must match agent-[a-z0-9-]+ and be at most 128 characters"
-    return None
 
 
 def check_agent_id(agent_id: str, *, field: str = "agent_id") -> None:

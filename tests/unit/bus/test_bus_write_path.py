@@ -49,7 +49,8 @@ async def test_stream_batch_stores_filled_envelopes_and_reports_in_order() -> No
         _env(topic="w.a", key="k1", id="mine", priority=common_pb2.PRIORITY_HIGH),
         bus_pb2.Envelope(topic="w.a"),  # no payload: INVALID_ARGUMENT, the rest goes on
         _env(topic="w.b", headers={"h1": "v1", "h2": "v2"}, correlation_id="c",
-             reply_to="w.replies"),
+             reply_to="w.replies", message_type=bus_pb2.MESSAGE_TYPE_REQUEST,
+             sender_id="agent-w"),
         forged,
         _env(topic="w.a", key="k1"),
     ]
@@ -100,7 +101,8 @@ async def test_stream_batch_stores_filled_envelopes_and_reports_in_order() -> No
     names = [k for k, _ in r3.headers]
     assert sorted(names[:2]) == ["h1", "h2"]  # map order is not defined
     assert names[2:] == [wire.H_ENVELOPE, wire.H_ID, wire.H_PRIORITY, wire.H_CORRELATION,
-                         wire.H_REPLY_TO, wire.H_HASH]
+                         wire.H_REPLY_TO, wire.H_SENDER, wire.H_MESSAGE_TYPE, wire.H_HASH]
+    assert r3.header(wire.H_MESSAGE_TYPE) == "MESSAGE_TYPE_REQUEST"
     # Same key, same partition, and the chain links them in order.
     keyed = [resp.reports[i].position for i in (1, 4, 5)]
     assert len({p.partition for p in keyed}) == 1

@@ -22,6 +22,50 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _MessageType:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _MessageTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_MessageType.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    MESSAGE_TYPE_UNSPECIFIED: _MessageType.ValueType  # 0
+    """Not set; treated as MESSAGE_TYPE_EVENT."""
+    MESSAGE_TYPE_COMMAND: _MessageType.ValueType  # 1
+    """Asks the recipient to do something; no answer is expected on the bus."""
+    MESSAGE_TYPE_EVENT: _MessageType.ValueType  # 2
+    """Says that something happened."""
+    MESSAGE_TYPE_QUERY: _MessageType.ValueType  # 3
+    """Asks for information; the answer, if any, comes as another message."""
+    MESSAGE_TYPE_REQUEST: _MessageType.ValueType  # 4
+    """Expects a MESSAGE_TYPE_RESPONSE on `reply_to` with the same correlation id."""
+    MESSAGE_TYPE_RESPONSE: _MessageType.ValueType  # 5
+    """Answers a REQUEST: published to its `reply_to` with its `correlation_id`."""
+    MESSAGE_TYPE_HEARTBEAT: _MessageType.ValueType  # 6
+    """An agent's liveness signal."""
+    MESSAGE_TYPE_ERROR: _MessageType.ValueType  # 7
+    """Reports a failure, for example a REQUEST whose handler raised."""
+
+class MessageType(_MessageType, metaclass=_MessageTypeEnumTypeWrapper):
+    """MessageType says what a message is for (the seeds' message types)."""
+
+MESSAGE_TYPE_UNSPECIFIED: MessageType.ValueType  # 0
+"""Not set; treated as MESSAGE_TYPE_EVENT."""
+MESSAGE_TYPE_COMMAND: MessageType.ValueType  # 1
+"""Asks the recipient to do something; no answer is expected on the bus."""
+MESSAGE_TYPE_EVENT: MessageType.ValueType  # 2
+"""Says that something happened."""
+MESSAGE_TYPE_QUERY: MessageType.ValueType  # 3
+"""Asks for information; the answer, if any, comes as another message."""
+MESSAGE_TYPE_REQUEST: MessageType.ValueType  # 4
+"""Expects a MESSAGE_TYPE_RESPONSE on `reply_to` with the same correlation id."""
+MESSAGE_TYPE_RESPONSE: MessageType.ValueType  # 5
+"""Answers a REQUEST: published to its `reply_to` with its `correlation_id`."""
+MESSAGE_TYPE_HEARTBEAT: MessageType.ValueType  # 6
+"""An agent's liveness signal."""
+MESSAGE_TYPE_ERROR: MessageType.ValueType  # 7
+"""Reports a failure, for example a REQUEST whose handler raised."""
+Global___MessageType: _TypeAlias = MessageType  # noqa: Y015
+
 class _StartPosition:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -151,6 +195,9 @@ class Envelope(_message.Message):
     PROVENANCE_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
     PUBLISH_TIME_FIELD_NUMBER: _builtins.int
+    SENDER_ID_FIELD_NUMBER: _builtins.int
+    RECIPIENT_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_TYPE_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Unique message id, used for deduplication. The gateway fills a random id
     when it is empty.
@@ -167,6 +214,19 @@ class Envelope(_message.Message):
     """Ties a reply to its request."""
     reply_to: _builtins.str
     """Topic a replier publishes its answer to."""
+    sender_id: _builtins.str
+    """The sending agent's id (agent-[a-z0-9-]+); empty when the sender is not
+    an agent. With auth on it must be the caller's identity.
+    """
+    recipient_id: _builtins.str
+    """The agent the message is addressed to (agent-[a-z0-9-]+): the message goes
+    to its inbox topic "agents.<recipient_id>"; `topic` must then be empty or
+    that topic. Empty means the message is for whoever subscribes to `topic`.
+    """
+    message_type: Global___MessageType.ValueType
+    """What kind of message this is; UNSPECIFIED means MESSAGE_TYPE_EVENT.
+    Only a MESSAGE_TYPE_REQUEST may carry `reply_to`.
+    """
     @_builtins.property
     def payload(self) -> _common_pb2.Payload:
         """The body; required."""
@@ -205,10 +265,13 @@ class Envelope(_message.Message):
         provenance: _common_pb2.Provenance | None = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
         publish_time: _timestamp_pb2.Timestamp | None = ...,
+        sender_id: _builtins.str = ...,
+        recipient_id: _builtins.str = ...,
+        message_type: Global___MessageType.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "payload", b"payload", "provenance", b"provenance", "publish_time", b"publish_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "create_time", b"create_time", "headers", b"headers", "id", b"id", "key", b"key", "payload", b"payload", "priority", b"priority", "provenance", b"provenance", "publish_time", b"publish_time", "reply_to", b"reply_to", "topic", b"topic"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["correlation_id", b"correlation_id", "create_time", b"create_time", "headers", b"headers", "id", b"id", "key", b"key", "message_type", b"message_type", "payload", b"payload", "priority", b"priority", "provenance", b"provenance", "publish_time", b"publish_time", "recipient_id", b"recipient_id", "reply_to", b"reply_to", "sender_id", b"sender_id", "topic", b"topic"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -47,6 +47,10 @@ class BusServiceStub:
     am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
     am-correlation-id  Envelope.correlation_id, when set
     am-reply-to        Envelope.reply_to, when set
+    am-sender-id       Envelope.sender_id, when set
+    am-recipient-id    Envelope.recipient_id, when set
+    am-message-type    the MessageType enum name, e.g. "MESSAGE_TYPE_REQUEST",
+    when set (absent means MESSAGE_TYPE_EVENT)
     am-hash            the link's hash (see Provenance below); chain id,
     sequence and previous hash are inside the value
     am-dlq-reason, am-delivery-count, am-dlq-source-topic,
@@ -56,6 +60,13 @@ class BusServiceStub:
     on delivery: payload.bytes_value = value, payload.content_type = its
     "content-type" header or "application/octet-stream", headers = its headers,
     id = "<topic>/<partition>/<offset>", priority from "am-priority" or NORMAL.
+
+    Direct addressing. Each agent has an inbox topic "agents.<agent_id>". A
+    message with `recipient_id` and no `topic` is written to the recipient's
+    inbox (created on first use with the default partition count, even with
+    auto-create off); agents built with the SDK subscribe to their inbox at
+    start. `sender_id` names the sending agent; with auth on, it must be the
+    caller's identity (callers with the `admin` role may send for any agent).
 
     Partitioning. The gateway picks the partition itself so that it can chain
     hashes per partition: keyed messages go to murmur2(key) mod partitions (the
@@ -168,6 +179,10 @@ class BusServiceServicer:
     am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
     am-correlation-id  Envelope.correlation_id, when set
     am-reply-to        Envelope.reply_to, when set
+    am-sender-id       Envelope.sender_id, when set
+    am-recipient-id    Envelope.recipient_id, when set
+    am-message-type    the MessageType enum name, e.g. "MESSAGE_TYPE_REQUEST",
+    when set (absent means MESSAGE_TYPE_EVENT)
     am-hash            the link's hash (see Provenance below); chain id,
     sequence and previous hash are inside the value
     am-dlq-reason, am-delivery-count, am-dlq-source-topic,
@@ -177,6 +192,13 @@ class BusServiceServicer:
     on delivery: payload.bytes_value = value, payload.content_type = its
     "content-type" header or "application/octet-stream", headers = its headers,
     id = "<topic>/<partition>/<offset>", priority from "am-priority" or NORMAL.
+
+    Direct addressing. Each agent has an inbox topic "agents.<agent_id>". A
+    message with `recipient_id` and no `topic` is written to the recipient's
+    inbox (created on first use with the default partition count, even with
+    auto-create off); agents built with the SDK subscribe to their inbox at
+    start. `sender_id` names the sending agent; with auth on, it must be the
+    caller's identity (callers with the `admin` role may send for any agent).
 
     Partitioning. The gateway picks the partition itself so that it can chain
     hashes per partition: keyed messages go to murmur2(key) mod partitions (the
@@ -214,8 +236,11 @@ class BusServiceServicer:
         (acks=all, idempotent producer), with the record's position and its
         provenance link. A topic that does not exist is created with the default
         partition count.
-        Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority, missing
-        payload, reserved "am-" header; BadRequest lists the fields),
+        Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority,
+        unknown message type, missing payload, reserved "am-" header, a sender or
+        recipient id that is not an agent id, a topic other than the recipient's
+        inbox, `reply_to` on a message that is not a REQUEST; BadRequest lists the
+        fields), PERMISSION_DENIED (auth on and `sender_id` is not the caller),
         RESOURCE_EXHAUSTED (serialized envelope over the configured maximum),
         UNAVAILABLE (Kafka down, reason KAFKA_DOWN; or the write timed out in
         flight, reason UNKNOWN_OUTCOME: it may or may not have been written),
@@ -275,7 +300,10 @@ class BusServiceServicer:
         """Request publishes a message with a correlation id and a reply topic, and
         waits for the first message on the reply topic carrying the same
         correlation id. A replier answers by publishing to the request's
-        `reply_to` with its `correlation_id` copied.
+        `reply_to` with its `correlation_id` copied (agents built with the SDK do
+        this with their handler's return value, as a MESSAGE_TYPE_RESPONSE). The
+        message is a MESSAGE_TYPE_REQUEST (filled when unset; another type is
+        INVALID_ARGUMENT).
         Errors: INVALID_ARGUMENT (as Publish), RESOURCE_EXHAUSTED, UNAVAILABLE,
         DEADLINE_EXCEEDED (no reply within `timeout` or the call's deadline).
         """
@@ -286,7 +314,7 @@ class BusServiceServicer:
     def ScatterGather(self, request, context):
         """ScatterGather publishes one message to each recipient topic with one
         correlation id and gathers up to `expected_responses` replies within the
-        timeout. When the timeout passes first, the replies received so far are
+        timeout. The message is a MESSAGE_TYPE_REQUEST, as in Request. When the timeout passes first, the replies received so far are
         returned with `partial` set; this is not an error.
         Errors: INVALID_ARGUMENT (no topics, bad topic, as Publish),
         RESOURCE_EXHAUSTED, UNAVAILABLE.
@@ -430,6 +458,10 @@ class BusService:
     am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
     am-correlation-id  Envelope.correlation_id, when set
     am-reply-to        Envelope.reply_to, when set
+    am-sender-id       Envelope.sender_id, when set
+    am-recipient-id    Envelope.recipient_id, when set
+    am-message-type    the MessageType enum name, e.g. "MESSAGE_TYPE_REQUEST",
+    when set (absent means MESSAGE_TYPE_EVENT)
     am-hash            the link's hash (see Provenance below); chain id,
     sequence and previous hash are inside the value
     am-dlq-reason, am-delivery-count, am-dlq-source-topic,
@@ -439,6 +471,13 @@ class BusService:
     on delivery: payload.bytes_value = value, payload.content_type = its
     "content-type" header or "application/octet-stream", headers = its headers,
     id = "<topic>/<partition>/<offset>", priority from "am-priority" or NORMAL.
+
+    Direct addressing. Each agent has an inbox topic "agents.<agent_id>". A
+    message with `recipient_id` and no `topic` is written to the recipient's
+    inbox (created on first use with the default partition count, even with
+    auto-create off); agents built with the SDK subscribe to their inbox at
+    start. `sender_id` names the sending agent; with auth on, it must be the
+    caller's identity (callers with the `admin` role may send for any agent).
 
     Partitioning. The gateway picks the partition itself so that it can chain
     hashes per partition: keyed messages go to murmur2(key) mod partitions (the

@@ -48,6 +48,10 @@ class BusServiceStub:
         am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
         am-correlation-id  Envelope.correlation_id, when set
         am-reply-to        Envelope.reply_to, when set
+        am-sender-id       Envelope.sender_id, when set
+        am-recipient-id    Envelope.recipient_id, when set
+        am-message-type    the MessageType enum name, e.g. "MESSAGE_TYPE_REQUEST",
+                           when set (absent means MESSAGE_TYPE_EVENT)
         am-hash            the link's hash (see Provenance below); chain id,
                            sequence and previous hash are inside the value
         am-dlq-reason, am-delivery-count, am-dlq-source-topic,
@@ -57,6 +61,13 @@ class BusServiceStub:
     on delivery: payload.bytes_value = value, payload.content_type = its
     "content-type" header or "application/octet-stream", headers = its headers,
     id = "<topic>/<partition>/<offset>", priority from "am-priority" or NORMAL.
+
+    Direct addressing. Each agent has an inbox topic "agents.<agent_id>". A
+    message with `recipient_id` and no `topic` is written to the recipient's
+    inbox (created on first use with the default partition count, even with
+    auto-create off); agents built with the SDK subscribe to their inbox at
+    start. `sender_id` names the sending agent; with auth on, it must be the
+    caller's identity (callers with the `admin` role may send for any agent).
 
     Partitioning. The gateway picks the partition itself so that it can chain
     hashes per partition: keyed messages go to murmur2(key) mod partitions (the
@@ -98,8 +109,11 @@ class BusServiceStub:
     (acks=all, idempotent producer), with the record's position and its
     provenance link. A topic that does not exist is created with the default
     partition count.
-    Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority, missing
-    payload, reserved "am-" header; BadRequest lists the fields),
+    Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority,
+    unknown message type, missing payload, reserved "am-" header, a sender or
+    recipient id that is not an agent id, a topic other than the recipient's
+    inbox, `reply_to` on a message that is not a REQUEST; BadRequest lists the
+    fields), PERMISSION_DENIED (auth on and `sender_id` is not the caller),
     RESOURCE_EXHAUSTED (serialized envelope over the configured maximum),
     UNAVAILABLE (Kafka down, reason KAFKA_DOWN; or the write timed out in
     flight, reason UNKNOWN_OUTCOME: it may or may not have been written),
@@ -147,14 +161,17 @@ class BusServiceStub:
     """Request publishes a message with a correlation id and a reply topic, and
     waits for the first message on the reply topic carrying the same
     correlation id. A replier answers by publishing to the request's
-    `reply_to` with its `correlation_id` copied.
+    `reply_to` with its `correlation_id` copied (agents built with the SDK do
+    this with their handler's return value, as a MESSAGE_TYPE_RESPONSE). The
+    message is a MESSAGE_TYPE_REQUEST (filled when unset; another type is
+    INVALID_ARGUMENT).
     Errors: INVALID_ARGUMENT (as Publish), RESOURCE_EXHAUSTED, UNAVAILABLE,
     DEADLINE_EXCEEDED (no reply within `timeout` or the call's deadline).
     """
     ScatterGather: _grpc.UnaryUnaryMultiCallable[_bus_pb2.ScatterGatherRequest, _bus_pb2.ScatterGatherResponse]
     """ScatterGather publishes one message to each recipient topic with one
     correlation id and gathers up to `expected_responses` replies within the
-    timeout. When the timeout passes first, the replies received so far are
+    timeout. The message is a MESSAGE_TYPE_REQUEST, as in Request. When the timeout passes first, the replies received so far are
     returned with `partial` set; this is not an error.
     Errors: INVALID_ARGUMENT (no topics, bad topic, as Publish),
     RESOURCE_EXHAUSTED, UNAVAILABLE.
@@ -215,6 +232,10 @@ class BusServiceAsyncStub(BusServiceStub):
         am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
         am-correlation-id  Envelope.correlation_id, when set
         am-reply-to        Envelope.reply_to, when set
+        am-sender-id       Envelope.sender_id, when set
+        am-recipient-id    Envelope.recipient_id, when set
+        am-message-type    the MessageType enum name, e.g. "MESSAGE_TYPE_REQUEST",
+                           when set (absent means MESSAGE_TYPE_EVENT)
         am-hash            the link's hash (see Provenance below); chain id,
                            sequence and previous hash are inside the value
         am-dlq-reason, am-delivery-count, am-dlq-source-topic,
@@ -224,6 +245,13 @@ class BusServiceAsyncStub(BusServiceStub):
     on delivery: payload.bytes_value = value, payload.content_type = its
     "content-type" header or "application/octet-stream", headers = its headers,
     id = "<topic>/<partition>/<offset>", priority from "am-priority" or NORMAL.
+
+    Direct addressing. Each agent has an inbox topic "agents.<agent_id>". A
+    message with `recipient_id` and no `topic` is written to the recipient's
+    inbox (created on first use with the default partition count, even with
+    auto-create off); agents built with the SDK subscribe to their inbox at
+    start. `sender_id` names the sending agent; with auth on, it must be the
+    caller's identity (callers with the `admin` role may send for any agent).
 
     Partitioning. The gateway picks the partition itself so that it can chain
     hashes per partition: keyed messages go to murmur2(key) mod partitions (the
@@ -262,8 +290,11 @@ class BusServiceAsyncStub(BusServiceStub):
     (acks=all, idempotent producer), with the record's position and its
     provenance link. A topic that does not exist is created with the default
     partition count.
-    Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority, missing
-    payload, reserved "am-" header; BadRequest lists the fields),
+    Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority,
+    unknown message type, missing payload, reserved "am-" header, a sender or
+    recipient id that is not an agent id, a topic other than the recipient's
+    inbox, `reply_to` on a message that is not a REQUEST; BadRequest lists the
+    fields), PERMISSION_DENIED (auth on and `sender_id` is not the caller),
     RESOURCE_EXHAUSTED (serialized envelope over the configured maximum),
     UNAVAILABLE (Kafka down, reason KAFKA_DOWN; or the write timed out in
     flight, reason UNKNOWN_OUTCOME: it may or may not have been written),
@@ -311,14 +342,17 @@ class BusServiceAsyncStub(BusServiceStub):
     """Request publishes a message with a correlation id and a reply topic, and
     waits for the first message on the reply topic carrying the same
     correlation id. A replier answers by publishing to the request's
-    `reply_to` with its `correlation_id` copied.
+    `reply_to` with its `correlation_id` copied (agents built with the SDK do
+    this with their handler's return value, as a MESSAGE_TYPE_RESPONSE). The
+    message is a MESSAGE_TYPE_REQUEST (filled when unset; another type is
+    INVALID_ARGUMENT).
     Errors: INVALID_ARGUMENT (as Publish), RESOURCE_EXHAUSTED, UNAVAILABLE,
     DEADLINE_EXCEEDED (no reply within `timeout` or the call's deadline).
     """
     ScatterGather: _aio.UnaryUnaryMultiCallable[_bus_pb2.ScatterGatherRequest, _bus_pb2.ScatterGatherResponse]  # type: ignore[assignment]
     """ScatterGather publishes one message to each recipient topic with one
     correlation id and gathers up to `expected_responses` replies within the
-    timeout. When the timeout passes first, the replies received so far are
+    timeout. The message is a MESSAGE_TYPE_REQUEST, as in Request. When the timeout passes first, the replies received so far are
     returned with `partial` set; this is not an error.
     Errors: INVALID_ARGUMENT (no topics, bad topic, as Publish),
     RESOURCE_EXHAUSTED, UNAVAILABLE.
@@ -378,6 +412,10 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         am-priority        the Priority enum name, e.g. "PRIORITY_HIGH"
         am-correlation-id  Envelope.correlation_id, when set
         am-reply-to        Envelope.reply_to, when set
+        am-sender-id       Envelope.sender_id, when set
+        am-recipient-id    Envelope.recipient_id, when set
+        am-message-type    the MessageType enum name, e.g. "MESSAGE_TYPE_REQUEST",
+                           when set (absent means MESSAGE_TYPE_EVENT)
         am-hash            the link's hash (see Provenance below); chain id,
                            sequence and previous hash are inside the value
         am-dlq-reason, am-delivery-count, am-dlq-source-topic,
@@ -387,6 +425,13 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
     on delivery: payload.bytes_value = value, payload.content_type = its
     "content-type" header or "application/octet-stream", headers = its headers,
     id = "<topic>/<partition>/<offset>", priority from "am-priority" or NORMAL.
+
+    Direct addressing. Each agent has an inbox topic "agents.<agent_id>". A
+    message with `recipient_id` and no `topic` is written to the recipient's
+    inbox (created on first use with the default partition count, even with
+    auto-create off); agents built with the SDK subscribe to their inbox at
+    start. `sender_id` names the sending agent; with auth on, it must be the
+    caller's identity (callers with the `admin` role may send for any agent).
 
     Partitioning. The gateway picks the partition itself so that it can chain
     hashes per partition: keyed messages go to murmur2(key) mod partitions (the
@@ -429,8 +474,11 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         (acks=all, idempotent producer), with the record's position and its
         provenance link. A topic that does not exist is created with the default
         partition count.
-        Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority, missing
-        payload, reserved "am-" header; BadRequest lists the fields),
+        Errors: INVALID_ARGUMENT (empty or invalid topic, unknown priority,
+        unknown message type, missing payload, reserved "am-" header, a sender or
+        recipient id that is not an agent id, a topic other than the recipient's
+        inbox, `reply_to` on a message that is not a REQUEST; BadRequest lists the
+        fields), PERMISSION_DENIED (auth on and `sender_id` is not the caller),
         RESOURCE_EXHAUSTED (serialized envelope over the configured maximum),
         UNAVAILABLE (Kafka down, reason KAFKA_DOWN; or the write timed out in
         flight, reason UNKNOWN_OUTCOME: it may or may not have been written),
@@ -496,7 +544,10 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         """Request publishes a message with a correlation id and a reply topic, and
         waits for the first message on the reply topic carrying the same
         correlation id. A replier answers by publishing to the request's
-        `reply_to` with its `correlation_id` copied.
+        `reply_to` with its `correlation_id` copied (agents built with the SDK do
+        this with their handler's return value, as a MESSAGE_TYPE_RESPONSE). The
+        message is a MESSAGE_TYPE_REQUEST (filled when unset; another type is
+        INVALID_ARGUMENT).
         Errors: INVALID_ARGUMENT (as Publish), RESOURCE_EXHAUSTED, UNAVAILABLE,
         DEADLINE_EXCEEDED (no reply within `timeout` or the call's deadline).
         """
@@ -509,7 +560,7 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bus_pb2.ScatterGatherResponse, _abc.Awaitable[_bus_pb2.ScatterGatherResponse]]:
         """ScatterGather publishes one message to each recipient topic with one
         correlation id and gathers up to `expected_responses` replies within the
-        timeout. When the timeout passes first, the replies received so far are
+        timeout. The message is a MESSAGE_TYPE_REQUEST, as in Request. When the timeout passes first, the replies received so far are
         returned with `partial` set; this is not an error.
         Errors: INVALID_ARGUMENT (no topics, bad topic, as Publish),
         RESOURCE_EXHAUSTED, UNAVAILABLE.

@@ -24,6 +24,79 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// MessageType says what a message is for (the seeds' message types).
+type MessageType int32
+
+const (
+	// Not set; treated as MESSAGE_TYPE_EVENT.
+	MessageType_MESSAGE_TYPE_UNSPECIFIED MessageType = 0
+	// Asks the recipient to do something; no answer is expected on the bus.
+	MessageType_MESSAGE_TYPE_COMMAND MessageType = 1
+	// Says that something happened.
+	MessageType_MESSAGE_TYPE_EVENT MessageType = 2
+	// Asks for information; the answer, if any, comes as another message.
+	MessageType_MESSAGE_TYPE_QUERY MessageType = 3
+	// Expects a MESSAGE_TYPE_RESPONSE on `reply_to` with the same correlation id.
+	MessageType_MESSAGE_TYPE_REQUEST MessageType = 4
+	// Answers a REQUEST: published to its `reply_to` with its `correlation_id`.
+	MessageType_MESSAGE_TYPE_RESPONSE MessageType = 5
+	// An agent's liveness signal.
+	MessageType_MESSAGE_TYPE_HEARTBEAT MessageType = 6
+	// Reports a failure, for example a REQUEST whose handler raised.
+	MessageType_MESSAGE_TYPE_ERROR MessageType = 7
+)
+
+// Enum value maps for MessageType.
+var (
+	MessageType_name = map[int32]string{
+		0: "MESSAGE_TYPE_UNSPECIFIED",
+		1: "MESSAGE_TYPE_COMMAND",
+		2: "MESSAGE_TYPE_EVENT",
+		3: "MESSAGE_TYPE_QUERY",
+		4: "MESSAGE_TYPE_REQUEST",
+		5: "MESSAGE_TYPE_RESPONSE",
+		6: "MESSAGE_TYPE_HEARTBEAT",
+		7: "MESSAGE_TYPE_ERROR",
+	}
+	MessageType_value = map[string]int32{
+		"MESSAGE_TYPE_UNSPECIFIED": 0,
+		"MESSAGE_TYPE_COMMAND":     1,
+		"MESSAGE_TYPE_EVENT":       2,
+		"MESSAGE_TYPE_QUERY":       3,
+		"MESSAGE_TYPE_REQUEST":     4,
+		"MESSAGE_TYPE_RESPONSE":    5,
+		"MESSAGE_TYPE_HEARTBEAT":   6,
+		"MESSAGE_TYPE_ERROR":       7,
+	}
+)
+
+func (x MessageType) Enum() *MessageType {
+	p := new(MessageType)
+	*p = x
+	return p
+}
+
+func (x MessageType) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (MessageType) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentmesh_bus_v1_bus_proto_enumTypes[0].Descriptor()
+}
+
+func (MessageType) Type() protoreflect.EnumType {
+	return &file_agentmesh_bus_v1_bus_proto_enumTypes[0]
+}
+
+func (x MessageType) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use MessageType.Descriptor instead.
+func (MessageType) EnumDescriptor() ([]byte, []int) {
+	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{0}
+}
+
 // Where a new consumer group starts reading a partition it has no committed
 // offset for.
 type StartPosition int32
@@ -62,11 +135,11 @@ func (x StartPosition) String() string {
 }
 
 func (StartPosition) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentmesh_bus_v1_bus_proto_enumTypes[0].Descriptor()
+	return file_agentmesh_bus_v1_bus_proto_enumTypes[1].Descriptor()
 }
 
 func (StartPosition) Type() protoreflect.EnumType {
-	return &file_agentmesh_bus_v1_bus_proto_enumTypes[0]
+	return &file_agentmesh_bus_v1_bus_proto_enumTypes[1]
 }
 
 func (x StartPosition) Number() protoreflect.EnumNumber {
@@ -75,7 +148,7 @@ func (x StartPosition) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use StartPosition.Descriptor instead.
 func (StartPosition) EnumDescriptor() ([]byte, []int) {
-	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{0}
+	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{1}
 }
 
 // CleanupPolicy is a Kafka topic's cleanup.policy.
@@ -119,11 +192,11 @@ func (x CleanupPolicy) String() string {
 }
 
 func (CleanupPolicy) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentmesh_bus_v1_bus_proto_enumTypes[1].Descriptor()
+	return file_agentmesh_bus_v1_bus_proto_enumTypes[2].Descriptor()
 }
 
 func (CleanupPolicy) Type() protoreflect.EnumType {
-	return &file_agentmesh_bus_v1_bus_proto_enumTypes[1]
+	return &file_agentmesh_bus_v1_bus_proto_enumTypes[2]
 }
 
 func (x CleanupPolicy) Number() protoreflect.EnumNumber {
@@ -132,7 +205,7 @@ func (x CleanupPolicy) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use CleanupPolicy.Descriptor instead.
 func (CleanupPolicy) EnumDescriptor() ([]byte, []int) {
-	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{1}
+	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{2}
 }
 
 // Why a link is broken.
@@ -181,11 +254,11 @@ func (x ChainBreakReason) String() string {
 }
 
 func (ChainBreakReason) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentmesh_bus_v1_bus_proto_enumTypes[2].Descriptor()
+	return file_agentmesh_bus_v1_bus_proto_enumTypes[3].Descriptor()
 }
 
 func (ChainBreakReason) Type() protoreflect.EnumType {
-	return &file_agentmesh_bus_v1_bus_proto_enumTypes[2]
+	return &file_agentmesh_bus_v1_bus_proto_enumTypes[3]
 }
 
 func (x ChainBreakReason) Number() protoreflect.EnumNumber {
@@ -194,7 +267,7 @@ func (x ChainBreakReason) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use ChainBreakReason.Descriptor instead.
 func (ChainBreakReason) EnumDescriptor() ([]byte, []int) {
-	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{2}
+	return file_agentmesh_bus_v1_bus_proto_rawDescGZIP(), []int{3}
 }
 
 // Envelope is one message on the bus; its serialized form is the Kafka record
@@ -226,7 +299,17 @@ type Envelope struct {
 	// When the producer created the message; optional, set by the client.
 	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
 	// When the gateway accepted the message; set by the gateway.
-	PublishTime   *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=publish_time,json=publishTime,proto3" json:"publish_time,omitempty"`
+	PublishTime *timestamppb.Timestamp `protobuf:"bytes,11,opt,name=publish_time,json=publishTime,proto3" json:"publish_time,omitempty"`
+	// The sending agent's id (agent-[a-z0-9-]+); empty when the sender is not
+	// an agent. With auth on it must be the caller's identity.
+	SenderId string `protobuf:"bytes,12,opt,name=sender_id,json=senderId,proto3" json:"sender_id,omitempty"`
+	// The agent the message is addressed to (agent-[a-z0-9-]+): the message goes
+	// to its inbox topic "agents.<recipient_id>"; `topic` must then be empty or
+	// that topic. Empty means the message is for whoever subscribes to `topic`.
+	RecipientId string `protobuf:"bytes,13,opt,name=recipient_id,json=recipientId,proto3" json:"recipient_id,omitempty"`
+	// What kind of message this is; UNSPECIFIED means MESSAGE_TYPE_EVENT.
+	// Only a MESSAGE_TYPE_REQUEST may carry `reply_to`.
+	MessageType   MessageType `protobuf:"varint,14,opt,name=message_type,json=messageType,proto3,enum=agentmesh.bus.v1.MessageType" json:"message_type,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -336,6 +419,27 @@ func (x *Envelope) GetPublishTime() *timestamppb.Timestamp {
 		return x.PublishTime
 	}
 	return nil
+}
+
+func (x *Envelope) GetSenderId() string {
+	if x != nil {
+		return x.SenderId
+	}
+	return ""
+}
+
+func (x *Envelope) GetRecipientId() string {
+	if x != nil {
+		return x.RecipientId
+	}
+	return ""
+}
+
+func (x *Envelope) GetMessageType() MessageType {
+	if x != nil {
+		return x.MessageType
+	}
+	return MessageType_MESSAGE_TYPE_UNSPECIFIED
 }
 
 // RecordPosition says where a message was written.
@@ -2525,7 +2629,7 @@ var File_agentmesh_bus_v1_bus_proto protoreflect.FileDescriptor
 
 const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"\n" +
-	"\x1aagentmesh/bus/v1/bus.proto\x12\x10agentmesh.bus.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb3\x04\n" +
+	"\x1aagentmesh/bus/v1/bus.proto\x12\x10agentmesh.bus.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\xb5\x05\n" +
 	"\bEnvelope\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x14\n" +
 	"\x05topic\x18\x02 \x01(\tR\x05topic\x12\x10\n" +
@@ -2541,7 +2645,10 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"\vcreate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"createTime\x12=\n" +
-	"\fpublish_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\x1a:\n" +
+	"\fpublish_time\x18\v \x01(\v2\x1a.google.protobuf.TimestampR\vpublishTime\x12\x1b\n" +
+	"\tsender_id\x18\f \x01(\tR\bsenderId\x12!\n" +
+	"\frecipient_id\x18\r \x01(\tR\vrecipientId\x12@\n" +
+	"\fmessage_type\x18\x0e \x01(\x0e2\x1d.agentmesh.bus.v1.MessageTypeR\vmessageType\x1a:\n" +
 	"\fHeadersEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\\\n" +
@@ -2693,7 +2800,16 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"firstBreak\x12\x1b\n" +
 	"\tchain_ids\x18\x05 \x03(\tR\bchainIds\x12\x1d\n" +
 	"\n" +
-	"end_offset\x18\x06 \x01(\x03R\tendOffset*g\n" +
+	"end_offset\x18\x06 \x01(\x03R\tendOffset*\xde\x01\n" +
+	"\vMessageType\x12\x1c\n" +
+	"\x18MESSAGE_TYPE_UNSPECIFIED\x10\x00\x12\x18\n" +
+	"\x14MESSAGE_TYPE_COMMAND\x10\x01\x12\x16\n" +
+	"\x12MESSAGE_TYPE_EVENT\x10\x02\x12\x16\n" +
+	"\x12MESSAGE_TYPE_QUERY\x10\x03\x12\x18\n" +
+	"\x14MESSAGE_TYPE_REQUEST\x10\x04\x12\x19\n" +
+	"\x15MESSAGE_TYPE_RESPONSE\x10\x05\x12\x1a\n" +
+	"\x16MESSAGE_TYPE_HEARTBEAT\x10\x06\x12\x16\n" +
+	"\x12MESSAGE_TYPE_ERROR\x10\a*g\n" +
 	"\rStartPosition\x12\x1e\n" +
 	"\x1aSTART_POSITION_UNSPECIFIED\x10\x00\x12\x1b\n" +
 	"\x17START_POSITION_EARLIEST\x10\x01\x12\x19\n" +
@@ -2737,124 +2853,126 @@ func file_agentmesh_bus_v1_bus_proto_rawDescGZIP() []byte {
 	return file_agentmesh_bus_v1_bus_proto_rawDescData
 }
 
-var file_agentmesh_bus_v1_bus_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_agentmesh_bus_v1_bus_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
 var file_agentmesh_bus_v1_bus_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_agentmesh_bus_v1_bus_proto_goTypes = []any{
-	(StartPosition)(0),                 // 0: agentmesh.bus.v1.StartPosition
-	(CleanupPolicy)(0),                 // 1: agentmesh.bus.v1.CleanupPolicy
-	(ChainBreakReason)(0),              // 2: agentmesh.bus.v1.ChainBreakReason
-	(*Envelope)(nil),                   // 3: agentmesh.bus.v1.Envelope
-	(*RecordPosition)(nil),             // 4: agentmesh.bus.v1.RecordPosition
-	(*PublishRequest)(nil),             // 5: agentmesh.bus.v1.PublishRequest
-	(*PublishResponse)(nil),            // 6: agentmesh.bus.v1.PublishResponse
-	(*PublishStreamRequest)(nil),       // 7: agentmesh.bus.v1.PublishStreamRequest
-	(*DeliveryReport)(nil),             // 8: agentmesh.bus.v1.DeliveryReport
-	(*ReportStatus)(nil),               // 9: agentmesh.bus.v1.ReportStatus
-	(*PublishStreamResponse)(nil),      // 10: agentmesh.bus.v1.PublishStreamResponse
-	(*SubscriptionOpen)(nil),           // 11: agentmesh.bus.v1.SubscriptionOpen
-	(*Ack)(nil),                        // 12: agentmesh.bus.v1.Ack
-	(*Nack)(nil),                       // 13: agentmesh.bus.v1.Nack
-	(*SubscribeRequest)(nil),           // 14: agentmesh.bus.v1.SubscribeRequest
-	(*SubscriptionStarted)(nil),        // 15: agentmesh.bus.v1.SubscriptionStarted
-	(*ReceivedMessage)(nil),            // 16: agentmesh.bus.v1.ReceivedMessage
-	(*SubscribeResponse)(nil),          // 17: agentmesh.bus.v1.SubscribeResponse
-	(*MessageBatch)(nil),               // 18: agentmesh.bus.v1.MessageBatch
-	(*RequestRequest)(nil),             // 19: agentmesh.bus.v1.RequestRequest
-	(*RequestResponse)(nil),            // 20: agentmesh.bus.v1.RequestResponse
-	(*ScatterGatherRequest)(nil),       // 21: agentmesh.bus.v1.ScatterGatherRequest
-	(*ScatterGatherResponse)(nil),      // 22: agentmesh.bus.v1.ScatterGatherResponse
-	(*DeadLetter)(nil),                 // 23: agentmesh.bus.v1.DeadLetter
-	(*ListDeadLettersRequest)(nil),     // 24: agentmesh.bus.v1.ListDeadLettersRequest
-	(*ListDeadLettersResponse)(nil),    // 25: agentmesh.bus.v1.ListDeadLettersResponse
-	(*RedriveDeadLettersRequest)(nil),  // 26: agentmesh.bus.v1.RedriveDeadLettersRequest
-	(*RedriveDeadLettersResponse)(nil), // 27: agentmesh.bus.v1.RedriveDeadLettersResponse
-	(*Topic)(nil),                      // 28: agentmesh.bus.v1.Topic
-	(*CreateTopicRequest)(nil),         // 29: agentmesh.bus.v1.CreateTopicRequest
-	(*CreateTopicResponse)(nil),        // 30: agentmesh.bus.v1.CreateTopicResponse
-	(*ListTopicsRequest)(nil),          // 31: agentmesh.bus.v1.ListTopicsRequest
-	(*ListTopicsResponse)(nil),         // 32: agentmesh.bus.v1.ListTopicsResponse
-	(*VerifyChainRequest)(nil),         // 33: agentmesh.bus.v1.VerifyChainRequest
-	(*ChainBreak)(nil),                 // 34: agentmesh.bus.v1.ChainBreak
-	(*VerifyChainResponse)(nil),        // 35: agentmesh.bus.v1.VerifyChainResponse
-	nil,                                // 36: agentmesh.bus.v1.Envelope.HeadersEntry
-	(*v1.Payload)(nil),                 // 37: agentmesh.common.v1.Payload
-	(v1.Priority)(0),                   // 38: agentmesh.common.v1.Priority
-	(*v1.Provenance)(nil),              // 39: agentmesh.common.v1.Provenance
-	(*timestamppb.Timestamp)(nil),      // 40: google.protobuf.Timestamp
-	(*durationpb.Duration)(nil),        // 41: google.protobuf.Duration
+	(MessageType)(0),                   // 0: agentmesh.bus.v1.MessageType
+	(StartPosition)(0),                 // 1: agentmesh.bus.v1.StartPosition
+	(CleanupPolicy)(0),                 // 2: agentmesh.bus.v1.CleanupPolicy
+	(ChainBreakReason)(0),              // 3: agentmesh.bus.v1.ChainBreakReason
+	(*Envelope)(nil),                   // 4: agentmesh.bus.v1.Envelope
+	(*RecordPosition)(nil),             // 5: agentmesh.bus.v1.RecordPosition
+	(*PublishRequest)(nil),             // 6: agentmesh.bus.v1.PublishRequest
+	(*PublishResponse)(nil),            // 7: agentmesh.bus.v1.PublishResponse
+	(*PublishStreamRequest)(nil),       // 8: agentmesh.bus.v1.PublishStreamRequest
+	(*DeliveryReport)(nil),             // 9: agentmesh.bus.v1.DeliveryReport
+	(*ReportStatus)(nil),               // 10: agentmesh.bus.v1.ReportStatus
+	(*PublishStreamResponse)(nil),      // 11: agentmesh.bus.v1.PublishStreamResponse
+	(*SubscriptionOpen)(nil),           // 12: agentmesh.bus.v1.SubscriptionOpen
+	(*Ack)(nil),                        // 13: agentmesh.bus.v1.Ack
+	(*Nack)(nil),                       // 14: agentmesh.bus.v1.Nack
+	(*SubscribeRequest)(nil),           // 15: agentmesh.bus.v1.SubscribeRequest
+	(*SubscriptionStarted)(nil),        // 16: agentmesh.bus.v1.SubscriptionStarted
+	(*ReceivedMessage)(nil),            // 17: agentmesh.bus.v1.ReceivedMessage
+	(*SubscribeResponse)(nil),          // 18: agentmesh.bus.v1.SubscribeResponse
+	(*MessageBatch)(nil),               // 19: agentmesh.bus.v1.MessageBatch
+	(*RequestRequest)(nil),             // 20: agentmesh.bus.v1.RequestRequest
+	(*RequestResponse)(nil),            // 21: agentmesh.bus.v1.RequestResponse
+	(*ScatterGatherRequest)(nil),       // 22: agentmesh.bus.v1.ScatterGatherRequest
+	(*ScatterGatherResponse)(nil),      // 23: agentmesh.bus.v1.ScatterGatherResponse
+	(*DeadLetter)(nil),                 // 24: agentmesh.bus.v1.DeadLetter
+	(*ListDeadLettersRequest)(nil),     // 25: agentmesh.bus.v1.ListDeadLettersRequest
+	(*ListDeadLettersResponse)(nil),    // 26: agentmesh.bus.v1.ListDeadLettersResponse
+	(*RedriveDeadLettersRequest)(nil),  // 27: agentmesh.bus.v1.RedriveDeadLettersRequest
+	(*RedriveDeadLettersResponse)(nil), // 28: agentmesh.bus.v1.RedriveDeadLettersResponse
+	(*Topic)(nil),                      // 29: agentmesh.bus.v1.Topic
+	(*CreateTopicRequest)(nil),         // 30: agentmesh.bus.v1.CreateTopicRequest
+	(*CreateTopicResponse)(nil),        // 31: agentmesh.bus.v1.CreateTopicResponse
+	(*ListTopicsRequest)(nil),          // 32: agentmesh.bus.v1.ListTopicsRequest
+	(*ListTopicsResponse)(nil),         // 33: agentmesh.bus.v1.ListTopicsResponse
+	(*VerifyChainRequest)(nil),         // 34: agentmesh.bus.v1.VerifyChainRequest
+	(*ChainBreak)(nil),                 // 35: agentmesh.bus.v1.ChainBreak
+	(*VerifyChainResponse)(nil),        // 36: agentmesh.bus.v1.VerifyChainResponse
+	nil,                                // 37: agentmesh.bus.v1.Envelope.HeadersEntry
+	(*v1.Payload)(nil),                 // 38: agentmesh.common.v1.Payload
+	(v1.Priority)(0),                   // 39: agentmesh.common.v1.Priority
+	(*v1.Provenance)(nil),              // 40: agentmesh.common.v1.Provenance
+	(*timestamppb.Timestamp)(nil),      // 41: google.protobuf.Timestamp
+	(*durationpb.Duration)(nil),        // 42: google.protobuf.Duration
 }
 var file_agentmesh_bus_v1_bus_proto_depIdxs = []int32{
-	37, // 0: agentmesh.bus.v1.Envelope.payload:type_name -> agentmesh.common.v1.Payload
-	38, // 1: agentmesh.bus.v1.Envelope.priority:type_name -> agentmesh.common.v1.Priority
-	36, // 2: agentmesh.bus.v1.Envelope.headers:type_name -> agentmesh.bus.v1.Envelope.HeadersEntry
-	39, // 3: agentmesh.bus.v1.Envelope.provenance:type_name -> agentmesh.common.v1.Provenance
-	40, // 4: agentmesh.bus.v1.Envelope.create_time:type_name -> google.protobuf.Timestamp
-	40, // 5: agentmesh.bus.v1.Envelope.publish_time:type_name -> google.protobuf.Timestamp
-	3,  // 6: agentmesh.bus.v1.PublishRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	4,  // 7: agentmesh.bus.v1.PublishResponse.position:type_name -> agentmesh.bus.v1.RecordPosition
-	39, // 8: agentmesh.bus.v1.PublishResponse.provenance:type_name -> agentmesh.common.v1.Provenance
-	3,  // 9: agentmesh.bus.v1.PublishStreamRequest.messages:type_name -> agentmesh.bus.v1.Envelope
-	9,  // 10: agentmesh.bus.v1.DeliveryReport.status:type_name -> agentmesh.bus.v1.ReportStatus
-	4,  // 11: agentmesh.bus.v1.DeliveryReport.position:type_name -> agentmesh.bus.v1.RecordPosition
-	8,  // 12: agentmesh.bus.v1.PublishStreamResponse.reports:type_name -> agentmesh.bus.v1.DeliveryReport
-	41, // 13: agentmesh.bus.v1.SubscriptionOpen.ack_deadline:type_name -> google.protobuf.Duration
-	0,  // 14: agentmesh.bus.v1.SubscriptionOpen.start_position:type_name -> agentmesh.bus.v1.StartPosition
-	4,  // 15: agentmesh.bus.v1.Ack.up_to:type_name -> agentmesh.bus.v1.RecordPosition
-	41, // 16: agentmesh.bus.v1.Nack.redeliver_delay:type_name -> google.protobuf.Duration
-	11, // 17: agentmesh.bus.v1.SubscribeRequest.open:type_name -> agentmesh.bus.v1.SubscriptionOpen
-	12, // 18: agentmesh.bus.v1.SubscribeRequest.ack:type_name -> agentmesh.bus.v1.Ack
-	13, // 19: agentmesh.bus.v1.SubscribeRequest.nack:type_name -> agentmesh.bus.v1.Nack
-	3,  // 20: agentmesh.bus.v1.ReceivedMessage.envelope:type_name -> agentmesh.bus.v1.Envelope
-	4,  // 21: agentmesh.bus.v1.ReceivedMessage.position:type_name -> agentmesh.bus.v1.RecordPosition
-	15, // 22: agentmesh.bus.v1.SubscribeResponse.started:type_name -> agentmesh.bus.v1.SubscriptionStarted
-	18, // 23: agentmesh.bus.v1.SubscribeResponse.batch:type_name -> agentmesh.bus.v1.MessageBatch
-	16, // 24: agentmesh.bus.v1.MessageBatch.messages:type_name -> agentmesh.bus.v1.ReceivedMessage
-	4,  // 25: agentmesh.bus.v1.MessageBatch.last_positions:type_name -> agentmesh.bus.v1.RecordPosition
-	3,  // 26: agentmesh.bus.v1.RequestRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	41, // 27: agentmesh.bus.v1.RequestRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 28: agentmesh.bus.v1.RequestResponse.reply:type_name -> agentmesh.bus.v1.Envelope
-	41, // 29: agentmesh.bus.v1.RequestResponse.round_trip:type_name -> google.protobuf.Duration
-	3,  // 30: agentmesh.bus.v1.ScatterGatherRequest.message:type_name -> agentmesh.bus.v1.Envelope
-	41, // 31: agentmesh.bus.v1.ScatterGatherRequest.timeout:type_name -> google.protobuf.Duration
-	3,  // 32: agentmesh.bus.v1.ScatterGatherResponse.replies:type_name -> agentmesh.bus.v1.Envelope
-	3,  // 33: agentmesh.bus.v1.DeadLetter.envelope:type_name -> agentmesh.bus.v1.Envelope
-	4,  // 34: agentmesh.bus.v1.DeadLetter.source:type_name -> agentmesh.bus.v1.RecordPosition
-	4,  // 35: agentmesh.bus.v1.DeadLetter.position:type_name -> agentmesh.bus.v1.RecordPosition
-	40, // 36: agentmesh.bus.v1.DeadLetter.dead_letter_time:type_name -> google.protobuf.Timestamp
-	23, // 37: agentmesh.bus.v1.ListDeadLettersResponse.dead_letters:type_name -> agentmesh.bus.v1.DeadLetter
-	4,  // 38: agentmesh.bus.v1.RedriveDeadLettersResponse.positions:type_name -> agentmesh.bus.v1.RecordPosition
-	41, // 39: agentmesh.bus.v1.Topic.retention:type_name -> google.protobuf.Duration
-	1,  // 40: agentmesh.bus.v1.Topic.cleanup_policy:type_name -> agentmesh.bus.v1.CleanupPolicy
-	28, // 41: agentmesh.bus.v1.CreateTopicRequest.topic:type_name -> agentmesh.bus.v1.Topic
-	28, // 42: agentmesh.bus.v1.CreateTopicResponse.topic:type_name -> agentmesh.bus.v1.Topic
-	28, // 43: agentmesh.bus.v1.ListTopicsResponse.topics:type_name -> agentmesh.bus.v1.Topic
-	2,  // 44: agentmesh.bus.v1.ChainBreak.reason:type_name -> agentmesh.bus.v1.ChainBreakReason
-	34, // 45: agentmesh.bus.v1.VerifyChainResponse.first_break:type_name -> agentmesh.bus.v1.ChainBreak
-	5,  // 46: agentmesh.bus.v1.BusService.Publish:input_type -> agentmesh.bus.v1.PublishRequest
-	7,  // 47: agentmesh.bus.v1.BusService.PublishStream:input_type -> agentmesh.bus.v1.PublishStreamRequest
-	14, // 48: agentmesh.bus.v1.BusService.Subscribe:input_type -> agentmesh.bus.v1.SubscribeRequest
-	19, // 49: agentmesh.bus.v1.BusService.Request:input_type -> agentmesh.bus.v1.RequestRequest
-	21, // 50: agentmesh.bus.v1.BusService.ScatterGather:input_type -> agentmesh.bus.v1.ScatterGatherRequest
-	24, // 51: agentmesh.bus.v1.BusService.ListDeadLetters:input_type -> agentmesh.bus.v1.ListDeadLettersRequest
-	26, // 52: agentmesh.bus.v1.BusService.RedriveDeadLetters:input_type -> agentmesh.bus.v1.RedriveDeadLettersRequest
-	29, // 53: agentmesh.bus.v1.BusService.CreateTopic:input_type -> agentmesh.bus.v1.CreateTopicRequest
-	31, // 54: agentmesh.bus.v1.BusService.ListTopics:input_type -> agentmesh.bus.v1.ListTopicsRequest
-	33, // 55: agentmesh.bus.v1.BusService.VerifyChain:input_type -> agentmesh.bus.v1.VerifyChainRequest
-	6,  // 56: agentmesh.bus.v1.BusService.Publish:output_type -> agentmesh.bus.v1.PublishResponse
-	10, // 57: agentmesh.bus.v1.BusService.PublishStream:output_type -> agentmesh.bus.v1.PublishStreamResponse
-	17, // 58: agentmesh.bus.v1.BusService.Subscribe:output_type -> agentmesh.bus.v1.SubscribeResponse
-	20, // 59: agentmesh.bus.v1.BusService.Request:output_type -> agentmesh.bus.v1.RequestResponse
-	22, // 60: agentmesh.bus.v1.BusService.ScatterGather:output_type -> agentmesh.bus.v1.ScatterGatherResponse
-	25, // 61: agentmesh.bus.v1.BusService.ListDeadLetters:output_type -> agentmesh.bus.v1.ListDeadLettersResponse
-	27, // 62: agentmesh.bus.v1.BusService.RedriveDeadLetters:output_type -> agentmesh.bus.v1.RedriveDeadLettersResponse
-	30, // 63: agentmesh.bus.v1.BusService.CreateTopic:output_type -> agentmesh.bus.v1.CreateTopicResponse
-	32, // 64: agentmesh.bus.v1.BusService.ListTopics:output_type -> agentmesh.bus.v1.ListTopicsResponse
-	35, // 65: agentmesh.bus.v1.BusService.VerifyChain:output_type -> agentmesh.bus.v1.VerifyChainResponse
-	56, // [56:66] is the sub-list for method output_type
-	46, // [46:56] is the sub-list for method input_type
-	46, // [46:46] is the sub-list for extension type_name
-	46, // [46:46] is the sub-list for extension extendee
-	0,  // [0:46] is the sub-list for field type_name
+	38, // 0: agentmesh.bus.v1.Envelope.payload:type_name -> agentmesh.common.v1.Payload
+	39, // 1: agentmesh.bus.v1.Envelope.priority:type_name -> agentmesh.common.v1.Priority
+	37, // 2: agentmesh.bus.v1.Envelope.headers:type_name -> agentmesh.bus.v1.Envelope.HeadersEntry
+	40, // 3: agentmesh.bus.v1.Envelope.provenance:type_name -> agentmesh.common.v1.Provenance
+	41, // 4: agentmesh.bus.v1.Envelope.create_time:type_name -> google.protobuf.Timestamp
+	41, // 5: agentmesh.bus.v1.Envelope.publish_time:type_name -> google.protobuf.Timestamp
+	0,  // 6: agentmesh.bus.v1.Envelope.message_type:type_name -> agentmesh.bus.v1.MessageType
+	4,  // 7: agentmesh.bus.v1.PublishRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	5,  // 8: agentmesh.bus.v1.PublishResponse.position:type_name -> agentmesh.bus.v1.RecordPosition
+	40, // 9: agentmesh.bus.v1.PublishResponse.provenance:type_name -> agentmesh.common.v1.Provenance
+	4,  // 10: agentmesh.bus.v1.PublishStreamRequest.messages:type_name -> agentmesh.bus.v1.Envelope
+	10, // 11: agentmesh.bus.v1.DeliveryReport.status:type_name -> agentmesh.bus.v1.ReportStatus
+	5,  // 12: agentmesh.bus.v1.DeliveryReport.position:type_name -> agentmesh.bus.v1.RecordPosition
+	9,  // 13: agentmesh.bus.v1.PublishStreamResponse.reports:type_name -> agentmesh.bus.v1.DeliveryReport
+	42, // 14: agentmesh.bus.v1.SubscriptionOpen.ack_deadline:type_name -> google.protobuf.Duration
+	1,  // 15: agentmesh.bus.v1.SubscriptionOpen.start_position:type_name -> agentmesh.bus.v1.StartPosition
+	5,  // 16: agentmesh.bus.v1.Ack.up_to:type_name -> agentmesh.bus.v1.RecordPosition
+	42, // 17: agentmesh.bus.v1.Nack.redeliver_delay:type_name -> google.protobuf.Duration
+	12, // 18: agentmesh.bus.v1.SubscribeRequest.open:type_name -> agentmesh.bus.v1.SubscriptionOpen
+	13, // 19: agentmesh.bus.v1.SubscribeRequest.ack:type_name -> agentmesh.bus.v1.Ack
+	14, // 20: agentmesh.bus.v1.SubscribeRequest.nack:type_name -> agentmesh.bus.v1.Nack
+	4,  // 21: agentmesh.bus.v1.ReceivedMessage.envelope:type_name -> agentmesh.bus.v1.Envelope
+	5,  // 22: agentmesh.bus.v1.ReceivedMessage.position:type_name -> agentmesh.bus.v1.RecordPosition
+	16, // 23: agentmesh.bus.v1.SubscribeResponse.started:type_name -> agentmesh.bus.v1.SubscriptionStarted
+	19, // 24: agentmesh.bus.v1.SubscribeResponse.batch:type_name -> agentmesh.bus.v1.MessageBatch
+	17, // 25: agentmesh.bus.v1.MessageBatch.messages:type_name -> agentmesh.bus.v1.ReceivedMessage
+	5,  // 26: agentmesh.bus.v1.MessageBatch.last_positions:type_name -> agentmesh.bus.v1.RecordPosition
+	4,  // 27: agentmesh.bus.v1.RequestRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	42, // 28: agentmesh.bus.v1.RequestRequest.timeout:type_name -> google.protobuf.Duration
+	4,  // 29: agentmesh.bus.v1.RequestResponse.reply:type_name -> agentmesh.bus.v1.Envelope
+	42, // 30: agentmesh.bus.v1.RequestResponse.round_trip:type_name -> google.protobuf.Duration
+	4,  // 31: agentmesh.bus.v1.ScatterGatherRequest.message:type_name -> agentmesh.bus.v1.Envelope
+	42, // 32: agentmesh.bus.v1.ScatterGatherRequest.timeout:type_name -> google.protobuf.Duration
+	4,  // 33: agentmesh.bus.v1.ScatterGatherResponse.replies:type_name -> agentmesh.bus.v1.Envelope
+	4,  // 34: agentmesh.bus.v1.DeadLetter.envelope:type_name -> agentmesh.bus.v1.Envelope
+	5,  // 35: agentmesh.bus.v1.DeadLetter.source:type_name -> agentmesh.bus.v1.RecordPosition
+	5,  // 36: agentmesh.bus.v1.DeadLetter.position:type_name -> agentmesh.bus.v1.RecordPosition
+	41, // 37: agentmesh.bus.v1.DeadLetter.dead_letter_time:type_name -> google.protobuf.Timestamp
+	24, // 38: agentmesh.bus.v1.ListDeadLettersResponse.dead_letters:type_name -> agentmesh.bus.v1.DeadLetter
+	5,  // 39: agentmesh.bus.v1.RedriveDeadLettersResponse.positions:type_name -> agentmesh.bus.v1.RecordPosition
+	42, // 40: agentmesh.bus.v1.Topic.retention:type_name -> google.protobuf.Duration
+	2,  // 41: agentmesh.bus.v1.Topic.cleanup_policy:type_name -> agentmesh.bus.v1.CleanupPolicy
+	29, // 42: agentmesh.bus.v1.CreateTopicRequest.topic:type_name -> agentmesh.bus.v1.Topic
+	29, // 43: agentmesh.bus.v1.CreateTopicResponse.topic:type_name -> agentmesh.bus.v1.Topic
+	29, // 44: agentmesh.bus.v1.ListTopicsResponse.topics:type_name -> agentmesh.bus.v1.Topic
+	3,  // 45: agentmesh.bus.v1.ChainBreak.reason:type_name -> agentmesh.bus.v1.ChainBreakReason
+	35, // 46: agentmesh.bus.v1.VerifyChainResponse.first_break:type_name -> agentmesh.bus.v1.ChainBreak
+	6,  // 47: agentmesh.bus.v1.BusService.Publish:input_type -> agentmesh.bus.v1.PublishRequest
+	8,  // 48: agentmesh.bus.v1.BusService.PublishStream:input_type -> agentmesh.bus.v1.PublishStreamRequest
+	15, // 49: agentmesh.bus.v1.BusService.Subscribe:input_type -> agentmesh.bus.v1.SubscribeRequest
+	20, // 50: agentmesh.bus.v1.BusService.Request:input_type -> agentmesh.bus.v1.RequestRequest
+	22, // 51: agentmesh.bus.v1.BusService.ScatterGather:input_type -> agentmesh.bus.v1.ScatterGatherRequest
+	25, // 52: agentmesh.bus.v1.BusService.ListDeadLetters:input_type -> agentmesh.bus.v1.ListDeadLettersRequest
+	27, // 53: agentmesh.bus.v1.BusService.RedriveDeadLetters:input_type -> agentmesh.bus.v1.RedriveDeadLettersRequest
+	30, // 54: agentmesh.bus.v1.BusService.CreateTopic:input_type -> agentmesh.bus.v1.CreateTopicRequest
+	32, // 55: agentmesh.bus.v1.BusService.ListTopics:input_type -> agentmesh.bus.v1.ListTopicsRequest
+	34, // 56: agentmesh.bus.v1.BusService.VerifyChain:input_type -> agentmesh.bus.v1.VerifyChainRequest
+	7,  // 57: agentmesh.bus.v1.BusService.Publish:output_type -> agentmesh.bus.v1.PublishResponse
+	11, // 58: agentmesh.bus.v1.BusService.PublishStream:output_type -> agentmesh.bus.v1.PublishStreamResponse
+	18, // 59: agentmesh.bus.v1.BusService.Subscribe:output_type -> agentmesh.bus.v1.SubscribeResponse
+	21, // 60: agentmesh.bus.v1.BusService.Request:output_type -> agentmesh.bus.v1.RequestResponse
+	23, // 61: agentmesh.bus.v1.BusService.ScatterGather:output_type -> agentmesh.bus.v1.ScatterGatherResponse
+	26, // 62: agentmesh.bus.v1.BusService.ListDeadLetters:output_type -> agentmesh.bus.v1.ListDeadLettersResponse
+	28, // 63: agentmesh.bus.v1.BusService.RedriveDeadLetters:output_type -> agentmesh.bus.v1.RedriveDeadLettersResponse
+	31, // 64: agentmesh.bus.v1.BusService.CreateTopic:output_type -> agentmesh.bus.v1.CreateTopicResponse
+	33, // 65: agentmesh.bus.v1.BusService.ListTopics:output_type -> agentmesh.bus.v1.ListTopicsResponse
+	36, // 66: agentmesh.bus.v1.BusService.VerifyChain:output_type -> agentmesh.bus.v1.VerifyChainResponse
+	57, // [57:67] is the sub-list for method output_type
+	47, // [47:57] is the sub-list for method input_type
+	47, // [47:47] is the sub-list for extension type_name
+	47, // [47:47] is the sub-list for extension extendee
+	0,  // [0:47] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_bus_v1_bus_proto_init() }
@@ -2876,7 +2994,7 @@ func file_agentmesh_bus_v1_bus_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_bus_v1_bus_proto_rawDesc), len(file_agentmesh_bus_v1_bus_proto_rawDesc)),
-			NumEnums:      3,
+			NumEnums:      4,
 			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
