@@ -62,6 +62,20 @@ FINAL = {
 }
 
 
+async def run_saga(stub: saga_pb2_grpc.SagaServiceStub, defn: saga_pb2.SagaDefinition) -> None:
+    """Start one saga and follow WatchSaga until it completes.
+
+    Raises:
+        RuntimeError: the saga ended in another final state.
+    """
+    started = await stub.StartSaga(S.StartSagaRequest(definition=defn))
+    async for r in stub.WatchSaga(S.WatchSagaRequest(saga_id=started.saga.saga_id)):
+        if r.event.state in FINAL:
+            if r.event.state != S.SAGA_STATE_COMPLETED:
+                raise RuntimeError(f"saga ended {S.SagaState.Name(r.event.state)}")
+            return
+
+
 async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -> dict[str, Any]:
     """Both phases; returns the figures."""
     async with (
@@ -92,12 +106,7 @@ async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -
         defn = S.SagaDefinition(name="bench_five_steps", steps=steps)
 
         async def one_saga(_i: int) -> None:
-            started = await saga.StartSaga(S.StartSagaRequest(definition=defn))
-            async for r in saga.WatchSaga(S.WatchSagaRequest(saga_id=started.saga.saga_id)):
-                if r.event.state in FINAL:
-                    if r.event.state != S.SAGA_STATE_COMPLETED:
-                        raise RuntimeError(f"saga ended {S.SagaState.Name(r.event.state)}")
-                    return
+            await run_saga(saga, defn)
 
         # warm-up: channels, caches, JIT-free but connection pools
         await closed_loop(direct, concurrency=8, seconds=2, limit=200)

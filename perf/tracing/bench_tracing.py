@@ -44,6 +44,7 @@ from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2 as S  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2_grpc  # noqa: E402
 from perf.common import add_json, add_no_write, closed_loop, emit_figures, write_results  # noqa: E402
+from perf.saga.bench_saga import run_saga  # noqa: E402
 from perf.table import Figure  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.jaeger import Jaeger, jaeger_binary  # noqa: E402
@@ -54,8 +55,6 @@ HERE = Path(__file__).resolve().parent
 #: (label, sample ratio or None for tracing off)
 SETTINGS: tuple[tuple[str, float | None], ...] = (("off", None), ("1.0", 1.0), ("0.01", 0.01))
 CAP = "bench"
-FINAL = {S.SAGA_STATE_COMPLETED, S.SAGA_STATE_COMPENSATED, S.SAGA_STATE_FAILED,
-         S.SAGA_STATE_CANCELLED}
 
 
 def _env(otlp: str, ratio: float | None) -> dict[str, str]:
@@ -97,12 +96,7 @@ async def _saga_rate(
         stub = saga_pb2_grpc.SagaServiceStub(ch)
 
         async def one(_i: int) -> None:
-            started = await stub.StartSaga(S.StartSagaRequest(definition=defn))
-            async for r in stub.WatchSaga(S.WatchSagaRequest(saga_id=started.saga.saga_id)):
-                if r.event.state in FINAL:
-                    if r.event.state != S.SAGA_STATE_COMPLETED:
-                        raise RuntimeError(f"saga ended {S.SagaState.Name(r.event.state)}")
-                    return
+            await run_saga(stub, defn)
 
         await closed_loop(one, concurrency=4, seconds=1, limit=10)  # warm
         res = await closed_loop(one, concurrency=concurrency, seconds=seconds, limit=limit)
