@@ -14,6 +14,7 @@ from google.rpc import code_pb2
 from agentmesh.catalog import selector_violations
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2, registry_pb2_grpc
+from agentmesh.runtime.agent_ids import MAX_ID_LEN
 from agentmesh.runtime.errors import (
     InvalidArgument,
     NotFound,
@@ -47,14 +48,24 @@ def _page_token(agent_id: str) -> str:
 
 
 def _parse_page_token(token: str) -> str:
+    """The agent id a `next_page_token` resumes after.
+
+    The token is a lexicographic cursor over the catalog, so any id the catalog
+    holds is a valid one, including ids written before today's id rule (or by a
+    tool writing records directly): the token is checked for being one this API
+    could have returned (base64 of a non-empty UTF-8 string of at most
+    MAX_ID_LEN characters), not re-validated as a new agent id.
+    """
     try:
         after = base64.urlsafe_b64decode(token.encode()).decode()
     except (ValueError, UnicodeDecodeError) as exc:
         raise InvalidArgument(
-            "bad page_token", field_violations={"page_token": "malformed"}
+            "bad page_token", field_violations={"page_token": "not a token this API returned"}
         ) from exc
-    if agent_id_violation(after):
-        raise InvalidArgument("bad page_token", field_violations={"page_token": "malformed"})
+    if not after or len(after) > MAX_ID_LEN or not after.isprintable():
+        raise InvalidArgument(
+            "bad page_token", field_violations={"page_token": "not a token this API returned"}
+        )
     return after
 
 

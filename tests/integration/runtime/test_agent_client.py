@@ -53,7 +53,7 @@ async def agent(rdb: aioredis.Redis) -> AsyncIterator[tuple[str, str, _Agent]]:
     agent_pb2_grpc.add_AgentServiceServicer_to_server(impl, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    aid, cap = f"ac-{uuid.uuid4().hex[:6]}", f"cap-{uuid.uuid4().hex[:6]}"
+    aid, cap = f"agent-ac-{uuid.uuid4().hex[:6]}", f"cap-{uuid.uuid4().hex[:6]}"
     await write_agent_record(rdb, aid, endpoint=f"127.0.0.1:{port}", capabilities=[cap])
     yield aid, cap, impl
     await server.stop(None)
