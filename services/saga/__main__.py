@@ -75,7 +75,13 @@ def build(daemon: Daemon) -> None:
     )
     daemon.add_service(
         saga_pb2_grpc.add_SagaServiceServicer_to_server,
-        SagaServicer(store, engine, SagaStore(watch_redis)),
+        SagaServicer(
+            store,
+            engine,
+            SagaStore(watch_redis),
+            default_timeout_ms=s.default_timeout_ms,
+            compensation_timeout_ms=s.compensation_timeout_ms,
+        ),
         saga_pb2.DESCRIPTOR.services_by_name["SagaService"],
     )
     daemon.on_startup(engine.start)

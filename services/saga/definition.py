@@ -119,6 +119,9 @@ class StepSpec:
         kind: single call, map or loop.
         retry: effective retry policy for the action and its compensation.
         timeout_ms: deadline of each attempt.
+        compensation_timeout_ms: deadline of each compensation attempt (the step's
+            compensation_timeout, else the definition's default_compensation_timeout,
+            else `timeout_ms`).
         input_mapping: key → compiled CEL expression.
     """
 
@@ -127,6 +130,7 @@ class StepSpec:
     kind: StepKind
     retry: Retry
     timeout_ms: float
+    compensation_timeout_ms: float = 0.0
     input_mapping: dict[str, Expression] = field(default_factory=dict)
     condition: Expression | None = None
     map_items: Expression | None = None
@@ -299,6 +303,26 @@ def _closure(start: str, edges: dict[str, set[str]]) -> frozenset[str]:
     return frozenset(seen)
 
 
+#: ExecuteRequest.metadata keys the coordinator writes itself.
+RESERVED_METADATA_KEYS = frozenset({"saga_id", "step"})
+MAX_STEP_METADATA = 32
+MAX_METADATA_VALUE = 1024
+METADATA_KEY = re.compile(r"^[a-z0-9_.-]{1,63}$")
+
+
+def _check_step_metadata(s: saga_pb2.Step, path: str, v: _Violations) -> None:
+    """Field violations of `Step.metadata` (see saga.proto for the rules)."""
+    if len(s.metadata) > MAX_STEP_METADATA:
+        v.add(f"{path}.metadata", f"at most {MAX_STEP_METADATA} entries")
+    for key, value in s.metadata.items():
+        if key in RESERVED_METADATA_KEYS:
+            v.add(f"{path}.metadata[{key}]", "reserved: the coordinator sets it")
+        elif not METADATA_KEY.match(key):
+            v.add(f"{path}.metadata[{key}]", "key must match [a-z0-9_.-]{1,63}")
+        if len(value) > MAX_METADATA_VALUE:
+            v.add(f"{path}.metadata[{key}]", f"value at most {MAX_METADATA_VALUE} characters")
+
+
 def compile_definition(
     defn: saga_pb2.SagaDefinition, *, field_prefix: str = "definition", require_name: bool = False
 ) -> CompiledDefinition:
@@ -336,7 +360,7 @@ def compile_definition(
     if len(raw) > MAX_STEPS:
         v.add(f"{pre}steps", f"at most {MAX_STEPS} steps")
 
-    for name in ("timeout", "default_step_timeout"):
+    for name in ("timeout", "default_step_timeout", "default_compensation_timeout"):
         if defn.HasField(name) and duration_ms(getattr(defn, name)) <= 0:
             v.add(f"{pre}{name}", "must be positive")
     if defn.HasField("default_retry_policy"):
@@ -350,6 +374,11 @@ def compile_definition(
         duration_ms(defn.default_step_timeout)
         if defn.HasField("default_step_timeout")
         else DEFAULT_STEP_TIMEOUT_MS
+    )
+    default_comp_timeout_ms = (
+        duration_ms(defn.default_compensation_timeout)
+        if defn.HasField("default_compensation_timeout")
+        else None
     )
 
     seen: dict[str, str] = {}
@@ -376,6 +405,9 @@ def compile_definition(
             _check_retry(s.retry_policy, f"{p}.retry_policy", v)
         if s.HasField("timeout") and duration_ms(s.timeout) <= 0:
             v.add(f"{p}.timeout", "must be positive")
+        if s.HasField("compensation_timeout") and duration_ms(s.compensation_timeout) <= 0:
+            v.add(f"{p}.compensation_timeout", "must be positive")
+        _check_step_metadata(s, p, v)
         if s.is_pivot:
             pivots.append(s.name)
             if s.compensation_action:
@@ -390,12 +422,18 @@ def compile_definition(
             if expr is not None:
                 mapping[key] = expr
         kind = StepKind.SINGLE
+        timeout_ms = duration_ms(s.timeout) if s.HasField("timeout") else default_timeout_ms
+        if s.HasField("compensation_timeout"):
+            comp_timeout_ms = duration_ms(s.compensation_timeout)
+        else:
+            comp_timeout_ms = default_comp_timeout_ms or timeout_ms
         spec = StepSpec(
             index=idx,
             proto=s,
             kind=kind,
             retry=Retry.from_proto(s.retry_policy) if s.HasField("retry_policy") else default_retry,
-            timeout_ms=duration_ms(s.timeout) if s.HasField("timeout") else default_timeout_ms,
+            timeout_ms=timeout_ms,
+            compensation_timeout_ms=comp_timeout_ms,
             input_mapping=mapping,
             condition=_compile_expr(s.condition, f"{p}.condition", v, boolean=True),
         )

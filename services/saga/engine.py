@@ -210,6 +210,10 @@ class Runner:
     async def _send_call(self, c: Call) -> dict[str, Any] | None:
         spec = self.comp.by_name[c.step]
         md = {"saga_id": self.rec.saga_id, "step": c.step}
+        if spec.proto.metadata:
+            # Step labels first: validation refuses the reserved keys, and the
+            # coordinator's own values win even on a definition written by hand.
+            md = {**spec.proto.metadata, **md}
         if c.kind is CallKind.EXECUTE:
             return await self.engine.caller.execute(
                 spec.proto,
@@ -226,7 +230,7 @@ class Runner:
             key=c.key + "/compensate",
             route_key=c.key,
             attempt=c.attempt,
-            timeout_ms=spec.timeout_ms,
+            timeout_ms=spec.compensation_timeout_ms,
             metadata=md,
         )
         return None

@@ -72,12 +72,38 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         store: persistence.
         engine: the local engine (kicked on StartSaga, told about cancels).
         watch_store: a store on a separate Redis pool for blocking reads.
+        default_timeout_ms: saga timeout written into definitions that set none.
+        compensation_timeout_ms: default_compensation_timeout written into
+            definitions that set none; 0 leaves it unset (the step's timeout).
     """
 
-    def __init__(self, store: SagaStore, engine: Engine, watch_store: SagaStore) -> None:
+    def __init__(
+        self,
+        store: SagaStore,
+        engine: Engine,
+        watch_store: SagaStore,
+        *,
+        default_timeout_ms: int = 300_000,
+        compensation_timeout_ms: int = 0,
+    ) -> None:
         self.store = store
         self.engine = engine
         self.watch_store = watch_store
+        self.default_timeout_ms = default_timeout_ms
+        self.compensation_timeout_ms = compensation_timeout_ms
+
+    def _write_defaults(self, defn: saga_pb2.SagaDefinition) -> None:
+        """Write the coordinator's timeout defaults into `defn` where unset.
+
+        The saga keeps its own copy of the definition, so a replica configured
+        differently (or this one after a restart with other flags) drives it
+        with the timeouts it started with. `defn` is the request's or a fresh
+        load, never shared, so it is changed in place (no copy on the hot path).
+        """
+        if not defn.HasField("timeout"):
+            defn.timeout.FromMilliseconds(self.default_timeout_ms)
+        if self.compensation_timeout_ms > 0 and not defn.HasField("default_compensation_timeout"):
+            defn.default_compensation_timeout.FromMilliseconds(self.compensation_timeout_ms)
 
     async def _load(self, saga_id: str) -> SagaRecord:
         _need_id(saga_id)
@@ -128,7 +154,9 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                     resource_name=request.definition_name,
                 )
             defn = found
+        # The fingerprint is of the request as sent, before the defaults go in.
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
+        self._write_defaults(defn)
         saga_id = new_saga_id()
         ev = saga_pb2.SagaEvent(
             saga_id=saga_id,

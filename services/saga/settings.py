@@ -36,6 +36,11 @@ class SagaSettings(RoutingSettings, RetentionSettings):
         task_timeout_ms: default run timeout of one task attempt.
         task_schedule_to_start_ms: default longest wait of a task before its
             first start (TIMEOUT after it).
+        default_timeout_ms: saga timeout of definitions that set none (the
+            seeds' SAGA_DEFAULT_TIMEOUT_MS), written into each saga at start.
+        compensation_timeout_ms: deadline of a compensation attempt of steps
+            and definitions that set none (the seeds'
+            SAGA_COMPENSATION_TIMEOUT_MS); 0 = the step's action timeout.
         task_max_payload_bytes: largest ScheduleTask payload.
         task_default_capacity: tasks an agent runs at once when it reports no
             capacity (0 = unlimited).
@@ -65,6 +70,15 @@ class SagaSettings(RoutingSettings, RetentionSettings):
     )
     watch_pool_size: int = setting(
         512, help="Redis connections for WatchSaga's blocking reads", minimum=1
+    )
+    default_timeout_ms: int = setting(
+        300_000, help="saga timeout of definitions that set none", unit="ms", minimum=1
+    )
+    compensation_timeout_ms: int = setting(
+        0,
+        help="compensation attempt deadline of steps that set none (0 = the action timeout)",
+        unit="ms",
+        minimum=0,
     )
 
     max_active_tasks: int = setting(

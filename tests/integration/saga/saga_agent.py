@@ -15,6 +15,7 @@ Actions (prefix of the action name):
     flaky*  UNAVAILABLE while attempt <= input.fail_attempts (default 2), then succeed
     slow*   sleep input.delay_ms (default 1500) first
     hang*   sleep 3 s first (longer than the tests' step timeouts)
+    meta*   succeed; the output also holds "metadata" (the request's metadata)
     other   succeed at once
 Compensations: cfail* always UNAVAILABLE; cslow* sleep 1500 ms first; others succeed.
 Output: {"action", "n" (effect count), "echo" (the input)}.
@@ -75,6 +76,8 @@ async def act(inp: dict[str, Any], ctx: ActionContext) -> dict[str, Any]:
     if a.startswith("hang"):
         await asyncio.sleep(3.0)
     n = await _record("exec", ctx)
+    if a.startswith("meta"):
+        return {"action": a, "n": n, "echo": inp, "metadata": dict(ctx.metadata)}
     return {"action": a, "n": n, "echo": inp}
 
 

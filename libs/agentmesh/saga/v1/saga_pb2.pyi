@@ -472,6 +472,26 @@ class Step(_message.Message):
         def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
         def WhichOneof(self, oneof_group: _Never) -> None: ...
 
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NAME_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SELECTOR_FIELD_NUMBER: _builtins.int
@@ -485,6 +505,8 @@ class Step(_message.Message):
     CONDITION_FIELD_NUMBER: _builtins.int
     MAP_FIELD_NUMBER: _builtins.int
     LOOP_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    COMPENSATION_TIMEOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Unique within the saga: [A-Za-z0-9_.-], 1-63 characters."""
     agent_id: _builtins.str
@@ -541,6 +563,21 @@ class Step(_message.Message):
     def loop(self) -> Global___LoopSpec:
         """Makes the step a loop; at most one of `map` and `loop`."""
 
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Labels of the step, passed to the agent in ExecuteRequest.metadata and
+        CompensateRequest.metadata beside the coordinator's own "saga_id" and
+        "step" (which they may not replace). At most 32 entries; keys match
+        [a-z0-9_.-]{1,63}, values are at most 1024 characters.
+        """
+
+    @_builtins.property
+    def compensation_timeout(self) -> _duration_pb2.Duration:
+        """Deadline of each compensation attempt. Unset uses the definition's
+        default_compensation_timeout, then the coordinator's
+        --compensation-timeout-ms, then the step's action timeout.
+        """
+
     def __init__(
         self,
         *,
@@ -557,10 +594,12 @@ class Step(_message.Message):
         condition: _builtins.str = ...,
         map: Global___MapSpec | None = ...,
         loop: Global___LoopSpec | None = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        compensation_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "loop", b"loop", "map", b"map", "retry_policy", b"retry_policy", "selector", b"selector", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "compensation_timeout", b"compensation_timeout", "loop", b"loop", "map", b"map", "retry_policy", b"retry_policy", "selector", b"selector", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "compensation_action", b"compensation_action", "condition", b"condition", "depends_on", b"depends_on", "input_mapping", b"input_mapping", "is_pivot", b"is_pivot", "loop", b"loop", "map", b"map", "name", b"name", "retry_policy", b"retry_policy", "selector", b"selector", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "compensation_action", b"compensation_action", "compensation_timeout", b"compensation_timeout", "condition", b"condition", "depends_on", b"depends_on", "input_mapping", b"input_mapping", "is_pivot", b"is_pivot", "loop", b"loop", "map", b"map", "metadata", b"metadata", "name", b"name", "retry_policy", b"retry_policy", "selector", b"selector", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent_id", "selector"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -653,6 +692,7 @@ class SagaDefinition(_message.Message):
     DEFAULT_RETRY_POLICY_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
     CREATE_TIME_FIELD_NUMBER: _builtins.int
+    DEFAULT_COMPENSATION_TIMEOUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Name, unique among registered definitions: [a-z0-9_.-], 1-100 characters.
     Optional for inline definitions.
@@ -673,8 +713,10 @@ class SagaDefinition(_message.Message):
 
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
-        """Time the whole saga may take before it is compensated; unset means 300s.
-        Ignored once the pivot has completed.
+        """Time the whole saga may take before it is compensated; unset uses the
+        coordinator's --default-timeout-ms (300s unless configured), written into
+        the saga's copy of the definition when it starts. Ignored once the pivot
+        has completed.
         """
 
     @_builtins.property
@@ -689,6 +731,14 @@ class SagaDefinition(_message.Message):
     def create_time(self) -> _timestamp_pb2.Timestamp:
         """Output only: when this version was registered."""
 
+    @_builtins.property
+    def default_compensation_timeout(self) -> _duration_pb2.Duration:
+        """Deadline of each compensation attempt of steps that set no
+        compensation_timeout; unset uses the coordinator's
+        --compensation-timeout-ms (written into the saga's copy when it starts),
+        and without that each step's action timeout.
+        """
+
     def __init__(
         self,
         *,
@@ -702,10 +752,11 @@ class SagaDefinition(_message.Message):
         default_retry_policy: Global___RetryPolicy | None = ...,
         version: _builtins.int = ...,
         create_time: _timestamp_pb2.Timestamp | None = ...,
+        default_compensation_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_retry_policy", b"default_retry_policy", "default_step_timeout", b"default_step_timeout", "pipeline", b"pipeline", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["create_time", b"create_time", "default_compensation_timeout", b"default_compensation_timeout", "default_retry_policy", b"default_retry_policy", "default_step_timeout", b"default_step_timeout", "pipeline", b"pipeline", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["compensation_strategy", b"compensation_strategy", "create_time", b"create_time", "default_retry_policy", b"default_retry_policy", "default_step_timeout", b"default_step_timeout", "description", b"description", "name", b"name", "pipeline", b"pipeline", "steps", b"steps", "timeout", b"timeout", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["compensation_strategy", b"compensation_strategy", "create_time", b"create_time", "default_compensation_timeout", b"default_compensation_timeout", "default_retry_policy", b"default_retry_policy", "default_step_timeout", b"default_step_timeout", "description", b"description", "name", b"name", "pipeline", b"pipeline", "steps", b"steps", "timeout", b"timeout", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -656,9 +656,18 @@ type Step struct {
 	// Makes the step a map over a list; at most one of `map` and `loop`.
 	Map *MapSpec `protobuf:"bytes,12,opt,name=map,proto3" json:"map,omitempty"`
 	// Makes the step a loop; at most one of `map` and `loop`.
-	Loop          *LoopSpec `protobuf:"bytes,13,opt,name=loop,proto3" json:"loop,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Loop *LoopSpec `protobuf:"bytes,13,opt,name=loop,proto3" json:"loop,omitempty"`
+	// Labels of the step, passed to the agent in ExecuteRequest.metadata and
+	// CompensateRequest.metadata beside the coordinator's own "saga_id" and
+	// "step" (which they may not replace). At most 32 entries; keys match
+	// [a-z0-9_.-]{1,63}, values are at most 1024 characters.
+	Metadata map[string]string `protobuf:"bytes,14,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Deadline of each compensation attempt. Unset uses the definition's
+	// default_compensation_timeout, then the coordinator's
+	// --compensation-timeout-ms, then the step's action timeout.
+	CompensationTimeout *durationpb.Duration `protobuf:"bytes,15,opt,name=compensation_timeout,json=compensationTimeout,proto3" json:"compensation_timeout,omitempty"`
+	unknownFields       protoimpl.UnknownFields
+	sizeCache           protoimpl.SizeCache
 }
 
 func (x *Step) Reset() {
@@ -789,6 +798,20 @@ func (x *Step) GetMap() *MapSpec {
 func (x *Step) GetLoop() *LoopSpec {
 	if x != nil {
 		return x.Loop
+	}
+	return nil
+}
+
+func (x *Step) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *Step) GetCompensationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.CompensationTimeout
 	}
 	return nil
 }
@@ -980,8 +1003,10 @@ type SagaDefinition struct {
 	Pipeline *Stage `protobuf:"bytes,4,opt,name=pipeline,proto3" json:"pipeline,omitempty"`
 	// How a failed, timed-out or cancelled saga is undone.
 	CompensationStrategy CompensationStrategy `protobuf:"varint,5,opt,name=compensation_strategy,json=compensationStrategy,proto3,enum=agentmesh.saga.v1.CompensationStrategy" json:"compensation_strategy,omitempty"`
-	// Time the whole saga may take before it is compensated; unset means 300s.
-	// Ignored once the pivot has completed.
+	// Time the whole saga may take before it is compensated; unset uses the
+	// coordinator's --default-timeout-ms (300s unless configured), written into
+	// the saga's copy of the definition when it starts. Ignored once the pivot
+	// has completed.
 	Timeout *durationpb.Duration `protobuf:"bytes,6,opt,name=timeout,proto3" json:"timeout,omitempty"`
 	// Deadline of each step attempt that sets no timeout; unset means 30s.
 	DefaultStepTimeout *durationpb.Duration `protobuf:"bytes,7,opt,name=default_step_timeout,json=defaultStepTimeout,proto3" json:"default_step_timeout,omitempty"`
@@ -990,9 +1015,14 @@ type SagaDefinition struct {
 	// Output only: version assigned by RegisterSagaDefinition, starting at 1.
 	Version uint32 `protobuf:"varint,9,opt,name=version,proto3" json:"version,omitempty"`
 	// Output only: when this version was registered.
-	CreateTime    *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	CreateTime *timestamppb.Timestamp `protobuf:"bytes,10,opt,name=create_time,json=createTime,proto3" json:"create_time,omitempty"`
+	// Deadline of each compensation attempt of steps that set no
+	// compensation_timeout; unset uses the coordinator's
+	// --compensation-timeout-ms (written into the saga's copy when it starts),
+	// and without that each step's action timeout.
+	DefaultCompensationTimeout *durationpb.Duration `protobuf:"bytes,11,opt,name=default_compensation_timeout,json=defaultCompensationTimeout,proto3" json:"default_compensation_timeout,omitempty"`
+	unknownFields              protoimpl.UnknownFields
+	sizeCache                  protoimpl.SizeCache
 }
 
 func (x *SagaDefinition) Reset() {
@@ -1091,6 +1121,13 @@ func (x *SagaDefinition) GetVersion() uint32 {
 func (x *SagaDefinition) GetCreateTime() *timestamppb.Timestamp {
 	if x != nil {
 		return x.CreateTime
+	}
+	return nil
+}
+
+func (x *SagaDefinition) GetDefaultCompensationTimeout() *durationpb.Duration {
+	if x != nil {
+		return x.DefaultCompensationTimeout
 	}
 	return nil
 }
@@ -2689,7 +2726,7 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\x06reduce\x18\x03 \x01(\tR\x06reduce\"O\n" +
 	"\bLoopSpec\x12\x1c\n" +
 	"\tcondition\x18\x01 \x01(\tR\tcondition\x12%\n" +
-	"\x0emax_iterations\x18\x02 \x01(\rR\rmaxIterations\"\x8c\x05\n" +
+	"\x0emax_iterations\x18\x02 \x01(\rR\rmaxIterations\"\xda\x06\n" +
 	"\x04Step\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\bagent_id\x18\x02 \x01(\tH\x00R\aagentId\x12@\n" +
@@ -2705,8 +2742,13 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	" \x03(\v2).agentmesh.saga.v1.Step.InputMappingEntryR\finputMapping\x12\x1c\n" +
 	"\tcondition\x18\v \x01(\tR\tcondition\x12,\n" +
 	"\x03map\x18\f \x01(\v2\x1a.agentmesh.saga.v1.MapSpecR\x03map\x12/\n" +
-	"\x04loop\x18\r \x01(\v2\x1b.agentmesh.saga.v1.LoopSpecR\x04loop\x1a?\n" +
+	"\x04loop\x18\r \x01(\v2\x1b.agentmesh.saga.v1.LoopSpecR\x04loop\x12A\n" +
+	"\bmetadata\x18\x0e \x03(\v2%.agentmesh.saga.v1.Step.MetadataEntryR\bmetadata\x12L\n" +
+	"\x14compensation_timeout\x18\x0f \x01(\v2\x19.google.protobuf.DurationR\x13compensationTimeout\x1a?\n" +
 	"\x11InputMappingEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
 	"\x06target\"\xbc\x01\n" +
@@ -2719,7 +2761,7 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\x04kind\">\n" +
 	"\n" +
 	"StageGroup\x120\n" +
-	"\x06stages\x18\x01 \x03(\v2\x18.agentmesh.saga.v1.StageR\x06stages\"\xb4\x04\n" +
+	"\x06stages\x18\x01 \x03(\v2\x18.agentmesh.saga.v1.StageR\x06stages\"\x91\x05\n" +
 	"\x0eSagaDefinition\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x02 \x01(\tR\vdescription\x12-\n" +
@@ -2732,7 +2774,8 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\aversion\x18\t \x01(\rR\aversion\x12;\n" +
 	"\vcreate_time\x18\n" +
 	" \x01(\v2\x1a.google.protobuf.TimestampR\n" +
-	"createTime\"V\n" +
+	"createTime\x12[\n" +
+	"\x1cdefault_compensation_timeout\x18\v \x01(\v2\x19.google.protobuf.DurationR\x1adefaultCompensationTimeout\"V\n" +
 	"\tStepError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x1b\n" +
@@ -2937,7 +2980,7 @@ func file_agentmesh_saga_v1_saga_proto_rawDescGZIP() []byte {
 }
 
 var file_agentmesh_saga_v1_saga_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_agentmesh_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 30)
+var file_agentmesh_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
 var file_agentmesh_saga_v1_saga_proto_goTypes = []any{
 	(CompensationStrategy)(0),              // 0: agentmesh.saga.v1.CompensationStrategy
 	(SagaState)(0),                         // 1: agentmesh.saga.v1.SagaState
@@ -2973,91 +3016,95 @@ var file_agentmesh_saga_v1_saga_proto_goTypes = []any{
 	(*GetSagaEventsRequest)(nil),           // 31: agentmesh.saga.v1.GetSagaEventsRequest
 	(*GetSagaEventsResponse)(nil),          // 32: agentmesh.saga.v1.GetSagaEventsResponse
 	nil,                                    // 33: agentmesh.saga.v1.Step.InputMappingEntry
-	(*durationpb.Duration)(nil),            // 34: google.protobuf.Duration
-	(*v1.AgentSelector)(nil),               // 35: agentmesh.common.v1.AgentSelector
-	(*timestamppb.Timestamp)(nil),          // 36: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),                // 37: google.protobuf.Struct
-	(*v1.Provenance)(nil),                  // 38: agentmesh.common.v1.Provenance
+	nil,                                    // 34: agentmesh.saga.v1.Step.MetadataEntry
+	(*durationpb.Duration)(nil),            // 35: google.protobuf.Duration
+	(*v1.AgentSelector)(nil),               // 36: agentmesh.common.v1.AgentSelector
+	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),                // 38: google.protobuf.Struct
+	(*v1.Provenance)(nil),                  // 39: agentmesh.common.v1.Provenance
 }
 var file_agentmesh_saga_v1_saga_proto_depIdxs = []int32{
-	34, // 0: agentmesh.saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	34, // 1: agentmesh.saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	35, // 2: agentmesh.saga.v1.Step.selector:type_name -> agentmesh.common.v1.AgentSelector
+	35, // 0: agentmesh.saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	35, // 1: agentmesh.saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	36, // 2: agentmesh.saga.v1.Step.selector:type_name -> agentmesh.common.v1.AgentSelector
 	4,  // 3: agentmesh.saga.v1.Step.retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
-	34, // 4: agentmesh.saga.v1.Step.timeout:type_name -> google.protobuf.Duration
+	35, // 4: agentmesh.saga.v1.Step.timeout:type_name -> google.protobuf.Duration
 	33, // 5: agentmesh.saga.v1.Step.input_mapping:type_name -> agentmesh.saga.v1.Step.InputMappingEntry
 	5,  // 6: agentmesh.saga.v1.Step.map:type_name -> agentmesh.saga.v1.MapSpec
 	6,  // 7: agentmesh.saga.v1.Step.loop:type_name -> agentmesh.saga.v1.LoopSpec
-	7,  // 8: agentmesh.saga.v1.Stage.step:type_name -> agentmesh.saga.v1.Step
-	9,  // 9: agentmesh.saga.v1.Stage.sequential:type_name -> agentmesh.saga.v1.StageGroup
-	9,  // 10: agentmesh.saga.v1.Stage.parallel:type_name -> agentmesh.saga.v1.StageGroup
-	8,  // 11: agentmesh.saga.v1.StageGroup.stages:type_name -> agentmesh.saga.v1.Stage
-	7,  // 12: agentmesh.saga.v1.SagaDefinition.steps:type_name -> agentmesh.saga.v1.Step
-	8,  // 13: agentmesh.saga.v1.SagaDefinition.pipeline:type_name -> agentmesh.saga.v1.Stage
-	0,  // 14: agentmesh.saga.v1.SagaDefinition.compensation_strategy:type_name -> agentmesh.saga.v1.CompensationStrategy
-	34, // 15: agentmesh.saga.v1.SagaDefinition.timeout:type_name -> google.protobuf.Duration
-	34, // 16: agentmesh.saga.v1.SagaDefinition.default_step_timeout:type_name -> google.protobuf.Duration
-	4,  // 17: agentmesh.saga.v1.SagaDefinition.default_retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
-	36, // 18: agentmesh.saga.v1.SagaDefinition.create_time:type_name -> google.protobuf.Timestamp
-	2,  // 19: agentmesh.saga.v1.StepState.status:type_name -> agentmesh.saga.v1.StepStatus
-	37, // 20: agentmesh.saga.v1.StepState.output:type_name -> google.protobuf.Struct
-	11, // 21: agentmesh.saga.v1.StepState.error:type_name -> agentmesh.saga.v1.StepError
-	36, // 22: agentmesh.saga.v1.StepState.start_time:type_name -> google.protobuf.Timestamp
-	36, // 23: agentmesh.saga.v1.StepState.end_time:type_name -> google.protobuf.Timestamp
-	10, // 24: agentmesh.saga.v1.Saga.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	37, // 25: agentmesh.saga.v1.Saga.input:type_name -> google.protobuf.Struct
-	1,  // 26: agentmesh.saga.v1.Saga.state:type_name -> agentmesh.saga.v1.SagaState
-	12, // 27: agentmesh.saga.v1.Saga.steps:type_name -> agentmesh.saga.v1.StepState
-	37, // 28: agentmesh.saga.v1.Saga.output:type_name -> google.protobuf.Struct
-	11, // 29: agentmesh.saga.v1.Saga.error:type_name -> agentmesh.saga.v1.StepError
-	36, // 30: agentmesh.saga.v1.Saga.create_time:type_name -> google.protobuf.Timestamp
-	36, // 31: agentmesh.saga.v1.Saga.update_time:type_name -> google.protobuf.Timestamp
-	36, // 32: agentmesh.saga.v1.Saga.end_time:type_name -> google.protobuf.Timestamp
-	3,  // 33: agentmesh.saga.v1.SagaEvent.type:type_name -> agentmesh.saga.v1.SagaEventType
-	36, // 34: agentmesh.saga.v1.SagaEvent.create_time:type_name -> google.protobuf.Timestamp
-	37, // 35: agentmesh.saga.v1.SagaEvent.input:type_name -> google.protobuf.Struct
-	37, // 36: agentmesh.saga.v1.SagaEvent.output:type_name -> google.protobuf.Struct
-	11, // 37: agentmesh.saga.v1.SagaEvent.error:type_name -> agentmesh.saga.v1.StepError
-	34, // 38: agentmesh.saga.v1.SagaEvent.backoff:type_name -> google.protobuf.Duration
-	1,  // 39: agentmesh.saga.v1.SagaEvent.state:type_name -> agentmesh.saga.v1.SagaState
-	38, // 40: agentmesh.saga.v1.SagaEvent.provenance:type_name -> agentmesh.common.v1.Provenance
-	10, // 41: agentmesh.saga.v1.SagaEvent.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 42: agentmesh.saga.v1.StartSagaRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	37, // 43: agentmesh.saga.v1.StartSagaRequest.input:type_name -> google.protobuf.Struct
-	13, // 44: agentmesh.saga.v1.StartSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
-	10, // 45: agentmesh.saga.v1.RegisterSagaDefinitionRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 46: agentmesh.saga.v1.RegisterSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 47: agentmesh.saga.v1.GetSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 48: agentmesh.saga.v1.ListSagaDefinitionsResponse.definitions:type_name -> agentmesh.saga.v1.SagaDefinition
-	13, // 49: agentmesh.saga.v1.GetSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
-	1,  // 50: agentmesh.saga.v1.ListSagasRequest.states:type_name -> agentmesh.saga.v1.SagaState
-	13, // 51: agentmesh.saga.v1.ListSagasResponse.sagas:type_name -> agentmesh.saga.v1.Saga
-	13, // 52: agentmesh.saga.v1.CancelSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
-	14, // 53: agentmesh.saga.v1.WatchSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
-	14, // 54: agentmesh.saga.v1.GetSagaEventsResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
-	15, // 55: agentmesh.saga.v1.SagaService.StartSaga:input_type -> agentmesh.saga.v1.StartSagaRequest
-	17, // 56: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:input_type -> agentmesh.saga.v1.RegisterSagaDefinitionRequest
-	19, // 57: agentmesh.saga.v1.SagaService.GetSagaDefinition:input_type -> agentmesh.saga.v1.GetSagaDefinitionRequest
-	21, // 58: agentmesh.saga.v1.SagaService.ListSagaDefinitions:input_type -> agentmesh.saga.v1.ListSagaDefinitionsRequest
-	23, // 59: agentmesh.saga.v1.SagaService.GetSaga:input_type -> agentmesh.saga.v1.GetSagaRequest
-	25, // 60: agentmesh.saga.v1.SagaService.ListSagas:input_type -> agentmesh.saga.v1.ListSagasRequest
-	27, // 61: agentmesh.saga.v1.SagaService.CancelSaga:input_type -> agentmesh.saga.v1.CancelSagaRequest
-	29, // 62: agentmesh.saga.v1.SagaService.WatchSaga:input_type -> agentmesh.saga.v1.WatchSagaRequest
-	31, // 63: agentmesh.saga.v1.SagaService.GetSagaEvents:input_type -> agentmesh.saga.v1.GetSagaEventsRequest
-	16, // 64: agentmesh.saga.v1.SagaService.StartSaga:output_type -> agentmesh.saga.v1.StartSagaResponse
-	18, // 65: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:output_type -> agentmesh.saga.v1.RegisterSagaDefinitionResponse
-	20, // 66: agentmesh.saga.v1.SagaService.GetSagaDefinition:output_type -> agentmesh.saga.v1.GetSagaDefinitionResponse
-	22, // 67: agentmesh.saga.v1.SagaService.ListSagaDefinitions:output_type -> agentmesh.saga.v1.ListSagaDefinitionsResponse
-	24, // 68: agentmesh.saga.v1.SagaService.GetSaga:output_type -> agentmesh.saga.v1.GetSagaResponse
-	26, // 69: agentmesh.saga.v1.SagaService.ListSagas:output_type -> agentmesh.saga.v1.ListSagasResponse
-	28, // 70: agentmesh.saga.v1.SagaService.CancelSaga:output_type -> agentmesh.saga.v1.CancelSagaResponse
-	30, // 71: agentmesh.saga.v1.SagaService.WatchSaga:output_type -> agentmesh.saga.v1.WatchSagaResponse
-	32, // 72: agentmesh.saga.v1.SagaService.GetSagaEvents:output_type -> agentmesh.saga.v1.GetSagaEventsResponse
-	64, // [64:73] is the sub-list for method output_type
-	55, // [55:64] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	34, // 8: agentmesh.saga.v1.Step.metadata:type_name -> agentmesh.saga.v1.Step.MetadataEntry
+	35, // 9: agentmesh.saga.v1.Step.compensation_timeout:type_name -> google.protobuf.Duration
+	7,  // 10: agentmesh.saga.v1.Stage.step:type_name -> agentmesh.saga.v1.Step
+	9,  // 11: agentmesh.saga.v1.Stage.sequential:type_name -> agentmesh.saga.v1.StageGroup
+	9,  // 12: agentmesh.saga.v1.Stage.parallel:type_name -> agentmesh.saga.v1.StageGroup
+	8,  // 13: agentmesh.saga.v1.StageGroup.stages:type_name -> agentmesh.saga.v1.Stage
+	7,  // 14: agentmesh.saga.v1.SagaDefinition.steps:type_name -> agentmesh.saga.v1.Step
+	8,  // 15: agentmesh.saga.v1.SagaDefinition.pipeline:type_name -> agentmesh.saga.v1.Stage
+	0,  // 16: agentmesh.saga.v1.SagaDefinition.compensation_strategy:type_name -> agentmesh.saga.v1.CompensationStrategy
+	35, // 17: agentmesh.saga.v1.SagaDefinition.timeout:type_name -> google.protobuf.Duration
+	35, // 18: agentmesh.saga.v1.SagaDefinition.default_step_timeout:type_name -> google.protobuf.Duration
+	4,  // 19: agentmesh.saga.v1.SagaDefinition.default_retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
+	37, // 20: agentmesh.saga.v1.SagaDefinition.create_time:type_name -> google.protobuf.Timestamp
+	35, // 21: agentmesh.saga.v1.SagaDefinition.default_compensation_timeout:type_name -> google.protobuf.Duration
+	2,  // 22: agentmesh.saga.v1.StepState.status:type_name -> agentmesh.saga.v1.StepStatus
+	38, // 23: agentmesh.saga.v1.StepState.output:type_name -> google.protobuf.Struct
+	11, // 24: agentmesh.saga.v1.StepState.error:type_name -> agentmesh.saga.v1.StepError
+	37, // 25: agentmesh.saga.v1.StepState.start_time:type_name -> google.protobuf.Timestamp
+	37, // 26: agentmesh.saga.v1.StepState.end_time:type_name -> google.protobuf.Timestamp
+	10, // 27: agentmesh.saga.v1.Saga.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	38, // 28: agentmesh.saga.v1.Saga.input:type_name -> google.protobuf.Struct
+	1,  // 29: agentmesh.saga.v1.Saga.state:type_name -> agentmesh.saga.v1.SagaState
+	12, // 30: agentmesh.saga.v1.Saga.steps:type_name -> agentmesh.saga.v1.StepState
+	38, // 31: agentmesh.saga.v1.Saga.output:type_name -> google.protobuf.Struct
+	11, // 32: agentmesh.saga.v1.Saga.error:type_name -> agentmesh.saga.v1.StepError
+	37, // 33: agentmesh.saga.v1.Saga.create_time:type_name -> google.protobuf.Timestamp
+	37, // 34: agentmesh.saga.v1.Saga.update_time:type_name -> google.protobuf.Timestamp
+	37, // 35: agentmesh.saga.v1.Saga.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 36: agentmesh.saga.v1.SagaEvent.type:type_name -> agentmesh.saga.v1.SagaEventType
+	37, // 37: agentmesh.saga.v1.SagaEvent.create_time:type_name -> google.protobuf.Timestamp
+	38, // 38: agentmesh.saga.v1.SagaEvent.input:type_name -> google.protobuf.Struct
+	38, // 39: agentmesh.saga.v1.SagaEvent.output:type_name -> google.protobuf.Struct
+	11, // 40: agentmesh.saga.v1.SagaEvent.error:type_name -> agentmesh.saga.v1.StepError
+	35, // 41: agentmesh.saga.v1.SagaEvent.backoff:type_name -> google.protobuf.Duration
+	1,  // 42: agentmesh.saga.v1.SagaEvent.state:type_name -> agentmesh.saga.v1.SagaState
+	39, // 43: agentmesh.saga.v1.SagaEvent.provenance:type_name -> agentmesh.common.v1.Provenance
+	10, // 44: agentmesh.saga.v1.SagaEvent.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	10, // 45: agentmesh.saga.v1.StartSagaRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	38, // 46: agentmesh.saga.v1.StartSagaRequest.input:type_name -> google.protobuf.Struct
+	13, // 47: agentmesh.saga.v1.StartSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
+	10, // 48: agentmesh.saga.v1.RegisterSagaDefinitionRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	10, // 49: agentmesh.saga.v1.RegisterSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	10, // 50: agentmesh.saga.v1.GetSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	10, // 51: agentmesh.saga.v1.ListSagaDefinitionsResponse.definitions:type_name -> agentmesh.saga.v1.SagaDefinition
+	13, // 52: agentmesh.saga.v1.GetSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
+	1,  // 53: agentmesh.saga.v1.ListSagasRequest.states:type_name -> agentmesh.saga.v1.SagaState
+	13, // 54: agentmesh.saga.v1.ListSagasResponse.sagas:type_name -> agentmesh.saga.v1.Saga
+	13, // 55: agentmesh.saga.v1.CancelSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
+	14, // 56: agentmesh.saga.v1.WatchSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
+	14, // 57: agentmesh.saga.v1.GetSagaEventsResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
+	15, // 58: agentmesh.saga.v1.SagaService.StartSaga:input_type -> agentmesh.saga.v1.StartSagaRequest
+	17, // 59: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:input_type -> agentmesh.saga.v1.RegisterSagaDefinitionRequest
+	19, // 60: agentmesh.saga.v1.SagaService.GetSagaDefinition:input_type -> agentmesh.saga.v1.GetSagaDefinitionRequest
+	21, // 61: agentmesh.saga.v1.SagaService.ListSagaDefinitions:input_type -> agentmesh.saga.v1.ListSagaDefinitionsRequest
+	23, // 62: agentmesh.saga.v1.SagaService.GetSaga:input_type -> agentmesh.saga.v1.GetSagaRequest
+	25, // 63: agentmesh.saga.v1.SagaService.ListSagas:input_type -> agentmesh.saga.v1.ListSagasRequest
+	27, // 64: agentmesh.saga.v1.SagaService.CancelSaga:input_type -> agentmesh.saga.v1.CancelSagaRequest
+	29, // 65: agentmesh.saga.v1.SagaService.WatchSaga:input_type -> agentmesh.saga.v1.WatchSagaRequest
+	31, // 66: agentmesh.saga.v1.SagaService.GetSagaEvents:input_type -> agentmesh.saga.v1.GetSagaEventsRequest
+	16, // 67: agentmesh.saga.v1.SagaService.StartSaga:output_type -> agentmesh.saga.v1.StartSagaResponse
+	18, // 68: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:output_type -> agentmesh.saga.v1.RegisterSagaDefinitionResponse
+	20, // 69: agentmesh.saga.v1.SagaService.GetSagaDefinition:output_type -> agentmesh.saga.v1.GetSagaDefinitionResponse
+	22, // 70: agentmesh.saga.v1.SagaService.ListSagaDefinitions:output_type -> agentmesh.saga.v1.ListSagaDefinitionsResponse
+	24, // 71: agentmesh.saga.v1.SagaService.GetSaga:output_type -> agentmesh.saga.v1.GetSagaResponse
+	26, // 72: agentmesh.saga.v1.SagaService.ListSagas:output_type -> agentmesh.saga.v1.ListSagasResponse
+	28, // 73: agentmesh.saga.v1.SagaService.CancelSaga:output_type -> agentmesh.saga.v1.CancelSagaResponse
+	30, // 74: agentmesh.saga.v1.SagaService.WatchSaga:output_type -> agentmesh.saga.v1.WatchSagaResponse
+	32, // 75: agentmesh.saga.v1.SagaService.GetSagaEvents:output_type -> agentmesh.saga.v1.GetSagaEventsResponse
+	67, // [67:76] is the sub-list for method output_type
+	58, // [58:67] is the sub-list for method input_type
+	58, // [58:58] is the sub-list for extension type_name
+	58, // [58:58] is the sub-list for extension extendee
+	0,  // [0:58] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_saga_v1_saga_proto_init() }
@@ -3085,7 +3132,7 @@ func file_agentmesh_saga_v1_saga_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_saga_v1_saga_proto_rawDesc), len(file_agentmesh_saga_v1_saga_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   30,
+			NumMessages:   31,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
