@@ -18,6 +18,7 @@ from agentmesh.runtime.errors import (
     InvalidArgument,
     NotFound,
 )
+from agentmesh.runtime.routing.candidates import load_is_stale
 from agentmesh.runtime.routing.engine import STRATEGY_LABEL, Decision
 from agentmesh.runtime.routing.rules import decode_token, encode_token, page_size
 from agentmesh.runtime.server import Daemon
@@ -289,8 +290,13 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
         after = decode_token(request.page_token)
         states, last = await self.engine.outcomes.list_states(after=after, limit=size)
         now_ms = int(time.time() * 1000)
+        async with self._redis.pipeline(transaction=False) as p:
+            for st in states:
+                p.hget(catalog.load_key(st.agent_id), "updated_ms")
+            reported = await p.execute()
+        max_age_ms = self.engine.settings.max_load_age_ms
         out = []
-        for st in states:
+        for st, updated in zip(states, reported, strict=True):
             ts = R.TargetState(
                 agent_id=st.agent_id,
                 breaker_state=R.BreakerState.Value("BREAKER_STATE_" + st.effective_breaker(now_ms)),
@@ -300,6 +306,11 @@ class RouterServicer(router_pb2_grpc.RouterServiceServicer):
                 window_failures=st.window_failures,
                 ejection_count=st.ejections,
             )
+            if updated is not None:
+                ts.load_report_time.FromMilliseconds(int(float(updated)))
+                ts.load_stale = load_is_stale(
+                    {b"updated_ms": updated}, now_ms=now_ms, max_age_ms=max_age_ms
+                )
             if st.is_ejected(now_ms):
                 ts.ejected_until.FromMilliseconds(st.ejected_until_ms)
             out.append(ts)

@@ -1550,6 +1550,8 @@ class TargetState(_message.Message):
     WINDOW_SUCCESSES_FIELD_NUMBER: _builtins.int
     WINDOW_FAILURES_FIELD_NUMBER: _builtins.int
     EJECTION_COUNT_FIELD_NUMBER: _builtins.int
+    LOAD_REPORT_TIME_FIELD_NUMBER: _builtins.int
+    LOAD_STALE_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """The agent."""
     breaker_state: Global___BreakerState.ValueType
@@ -1564,9 +1566,20 @@ class TargetState(_message.Message):
     """Failed calls in the current outlier-detection window."""
     ejection_count: _builtins.int
     """Times the agent has been ejected."""
+    load_stale: _builtins.bool
+    """True when that report is older than the router's --max-load-age-ms, so
+    the load-aware strategies read the agent's queue, processing time and
+    error rate as 0 (neutral) instead of figures it no longer sends.
+    """
     @_builtins.property
     def ejected_until(self) -> _timestamp_pb2.Timestamp:
         """When the ejection ends; unset when not ejected."""
+
+    @_builtins.property
+    def load_report_time(self) -> _timestamp_pb2.Timestamp:
+        """When the agent last reported its load (ReportLoad or a registry
+        heartbeat with load); unset when it never did.
+        """
 
     def __init__(
         self,
@@ -1579,10 +1592,12 @@ class TargetState(_message.Message):
         window_successes: _builtins.int = ...,
         window_failures: _builtins.int = ...,
         ejection_count: _builtins.int = ...,
+        load_report_time: _timestamp_pb2.Timestamp | None = ...,
+        load_stale: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["ejected_until", b"ejected_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ejected_until", b"ejected_until", "load_report_time", b"load_report_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "breaker_state", b"breaker_state", "consecutive_failures", b"consecutive_failures", "ejected", b"ejected", "ejected_until", b"ejected_until", "ejection_count", b"ejection_count", "window_failures", b"window_failures", "window_successes", b"window_successes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "breaker_state", b"breaker_state", "consecutive_failures", b"consecutive_failures", "ejected", b"ejected", "ejected_until", b"ejected_until", "ejection_count", b"ejection_count", "load_report_time", b"load_report_time", "load_stale", b"load_stale", "window_failures", b"window_failures", "window_successes", b"window_successes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

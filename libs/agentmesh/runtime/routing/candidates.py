@@ -17,7 +17,7 @@ import hashlib
 import logging
 import math
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +45,8 @@ class Candidate:
         health: health score in [0, 1].
         location / version: registry fields.
         queue_size / capacity / processing_time_ms / error_rate: its reported load.
+        load_stale: True when its last load report was older than the
+            pool's max load age, and queue, time and errors read as 0.
     """
 
     agent_id: str
@@ -57,6 +59,7 @@ class Candidate:
     capacity: float = 0.0
     processing_time_ms: float = 0.0
     error_rate: float = 0.0
+    load_stale: bool = False
     #: The load factor's reported part, computed on first use (see strategies).
     base_load: float = -1.0
 
@@ -192,13 +195,29 @@ async def resolve_selector(redis: aioredis.Redis, selector: common_pb2.AgentSele
     return await catalog.match_index(redis, selector)
 
 
+def load_is_stale(load: Mapping[bytes, bytes], *, now_ms: int, max_age_ms: int) -> bool:
+    """True when a load hash's `updated_ms` is more than `max_age_ms` before `now_ms`.
+
+    A hash without `updated_ms` (every mesh writer sets it) has no known age
+    and is trusted; `max_age_ms` 0 trusts every report.
+    """
+    if max_age_ms <= 0 or not load:
+        return False
+    raw = load.get(b"updated_ms")
+    if raw is None:
+        return False
+    return now_ms - _float(raw, float(now_ms)) > max_age_ms
+
+
 async def fetch_candidates(
-    redis: aioredis.Redis, ids: Iterable[str]
+    redis: aioredis.Redis, ids: Iterable[str], *, max_load_age_ms: int = 0
 ) -> tuple[list[Candidate], dict[str, TargetState]]:
     """Read agents, their load and their target state in one pipeline.
 
     Agents without a registry hash (no endpoint) are left out; the agent
-    fields are parsed by agentmesh.catalog.AgentInfo.
+    fields are parsed by agentmesh.catalog.AgentInfo. A load report older
+    than `max_load_age_ms` (see `load_is_stale`) reads as neutral: queue,
+    processing time and error rate 0, the declared capacity kept.
     """
     id_list = list(ids)
     async with redis.pipeline(transaction=False) as p:
@@ -209,6 +228,7 @@ async def fetch_candidates(
         raw = await p.execute()
     out: list[Candidate] = []
     states: dict[str, TargetState] = {}
+    now_ms = int(time.time() * 1000)
     for i, aid in enumerate(id_list):
         fields, load, tstate = raw[3 * i], raw[3 * i + 1], raw[3 * i + 2]
         if tstate:
@@ -216,6 +236,9 @@ async def fetch_candidates(
         info = catalog.AgentInfo.from_fields(aid, fields)
         if info is None:
             continue
+        stale = load_is_stale(load, now_ms=now_ms, max_age_ms=max_load_age_ms)
+        if stale:
+            load = {b"capacity": load.get(b"capacity", b"0")}
         out.append(
             Candidate(
                 agent_id=aid,
@@ -230,6 +253,7 @@ async def fetch_candidates(
                     load.get(b"processing_time_ms") or load.get(b"response_time_ms"), 0.0
                 ),
                 error_rate=_float(load.get(b"error_rate"), 0.0),
+                load_stale=stale,
             )
         )
     return out, states
@@ -253,6 +277,7 @@ class PoolStore:
         states: shared breaker/outlier state, updated here on refresh.
         state_ttl_ms: refresh interval of a pool in use.
         panic_threshold / max_ejection_percent: see `eligible_of`.
+        max_load_age_ms: see `fetch_candidates`.
         idle_s: pools unused this long are dropped.
     """
 
@@ -264,9 +289,11 @@ class PoolStore:
         state_ttl_ms: int,
         panic_threshold: float,
         max_ejection_percent: float,
+        max_load_age_ms: int = 0,
         idle_s: float = 60.0,
     ) -> None:
         self._redis = redis
+        self._max_load_age_ms = max_load_age_ms
         self._states = states
         self._ttl_s = state_ttl_ms / 1000.0
         self._panic = panic_threshold
@@ -337,7 +364,9 @@ class PoolStore:
             # raises ConstraintError (a ValueError) before Redis is read
             admits = catalog.selector_filter(selector)
             ids = await resolve_selector(self._redis, selector)
-        cands, states = await fetch_candidates(self._redis, ids)
+        cands, states = await fetch_candidates(
+            self._redis, ids, max_load_age_ms=self._max_load_age_ms
+        )
         if selector is not None:
             cands = [c for c in cands if admits(c)]
             # Location first, then id, not discovery's health order: health

@@ -141,6 +141,7 @@ class RouteEngine:
             state_ttl_ms=settings.state_ttl_ms,
             panic_threshold=settings.panic_threshold,
             max_ejection_percent=settings.outlier_max_ejection_percent,
+            max_load_age_ms=settings.max_load_age_ms,
         )
         self.rules = RuleStore(redis)
         self.affinity = AffinityStore(redis, ttl_s=settings.affinity_ttl_s)

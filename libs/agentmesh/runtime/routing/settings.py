@@ -46,6 +46,10 @@ class RoutingSettings(Settings):
         max_message_bytes: largest RouteMessage (or agent call payload) accepted.
         safety_halt_on_critical: when false CRITICAL violations are reported, not enforced.
         gen_poll_ms: how often other replicas' rule and health changes are polled.
+        max_load_age_ms: load reports older than this count as neutral (no
+            queue, time or errors; the declared capacity stays), so an agent
+            whose reports stopped is neither avoided nor preferred for figures
+            it no longer sends; 0 trusts a report however old.
     """
 
     default_strategy: str = setting(
@@ -100,4 +104,8 @@ class RoutingSettings(Settings):
     )
     gen_poll_ms: int = setting(
         200, help="poll interval for other replicas' changes", unit="ms", minimum=1
+    )
+    max_load_age_ms: int = setting(
+        30000, help="load reports older than this count as neutral (0 = never)", unit="ms",
+        minimum=0,
     )

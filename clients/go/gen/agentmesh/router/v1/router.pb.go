@@ -2868,6 +2868,13 @@ type TargetState struct {
 	WindowFailures uint32 `protobuf:"varint,7,opt,name=window_failures,json=windowFailures,proto3" json:"window_failures,omitempty"`
 	// Times the agent has been ejected.
 	EjectionCount uint32 `protobuf:"varint,8,opt,name=ejection_count,json=ejectionCount,proto3" json:"ejection_count,omitempty"`
+	// When the agent last reported its load (ReportLoad or a registry
+	// heartbeat with load); unset when it never did.
+	LoadReportTime *timestamppb.Timestamp `protobuf:"bytes,9,opt,name=load_report_time,json=loadReportTime,proto3" json:"load_report_time,omitempty"`
+	// True when that report is older than the router's --max-load-age-ms, so
+	// the load-aware strategies read the agent's queue, processing time and
+	// error rate as 0 (neutral) instead of figures it no longer sends.
+	LoadStale     bool `protobuf:"varint,10,opt,name=load_stale,json=loadStale,proto3" json:"load_stale,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2956,6 +2963,20 @@ func (x *TargetState) GetEjectionCount() uint32 {
 		return x.EjectionCount
 	}
 	return 0
+}
+
+func (x *TargetState) GetLoadReportTime() *timestamppb.Timestamp {
+	if x != nil {
+		return x.LoadReportTime
+	}
+	return nil
+}
+
+func (x *TargetState) GetLoadStale() bool {
+	if x != nil {
+		return x.LoadStale
+	}
+	return false
 }
 
 // ListTargetStatesRequest pages through target states.
@@ -3253,7 +3274,7 @@ const file_agentmesh_router_v1_router_proto_rawDesc = "" +
 	"\x0fnext_page_token\x18\x02 \x01(\tR\rnextPageToken\"-\n" +
 	"\x17DeleteSafetyRuleRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\"\x1a\n" +
-	"\x18DeleteSafetyRuleResponse\"\xf9\x02\n" +
+	"\x18DeleteSafetyRuleResponse\"\xde\x03\n" +
 	"\vTargetState\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12F\n" +
 	"\rbreaker_state\x18\x02 \x01(\x0e2!.agentmesh.router.v1.BreakerStateR\fbreakerState\x121\n" +
@@ -3262,7 +3283,11 @@ const file_agentmesh_router_v1_router_proto_rawDesc = "" +
 	"\rejected_until\x18\x05 \x01(\v2\x1a.google.protobuf.TimestampR\fejectedUntil\x12)\n" +
 	"\x10window_successes\x18\x06 \x01(\rR\x0fwindowSuccesses\x12'\n" +
 	"\x0fwindow_failures\x18\a \x01(\rR\x0ewindowFailures\x12%\n" +
-	"\x0eejection_count\x18\b \x01(\rR\rejectionCount\"U\n" +
+	"\x0eejection_count\x18\b \x01(\rR\rejectionCount\x12D\n" +
+	"\x10load_report_time\x18\t \x01(\v2\x1a.google.protobuf.TimestampR\x0eloadReportTime\x12\x1d\n" +
+	"\n" +
+	"load_stale\x18\n" +
+	" \x01(\bR\tloadStale\"U\n" +
 	"\x17ListTargetStatesRequest\x12\x1b\n" +
 	"\tpage_size\x18\x01 \x01(\x05R\bpageSize\x12\x1d\n" +
 	"\n" +
@@ -3443,42 +3468,43 @@ var file_agentmesh_router_v1_router_proto_depIdxs = []int32{
 	34, // 51: agentmesh.router.v1.ListSafetyRulesResponse.rules:type_name -> agentmesh.router.v1.SafetyRule
 	3,  // 52: agentmesh.router.v1.TargetState.breaker_state:type_name -> agentmesh.router.v1.BreakerState
 	52, // 53: agentmesh.router.v1.TargetState.ejected_until:type_name -> google.protobuf.Timestamp
-	43, // 54: agentmesh.router.v1.ListTargetStatesResponse.states:type_name -> agentmesh.router.v1.TargetState
-	7,  // 55: agentmesh.router.v1.RouterService.Route:input_type -> agentmesh.router.v1.RouteRequest
-	11, // 56: agentmesh.router.v1.RouterService.RouteBatch:input_type -> agentmesh.router.v1.RouteBatchRequest
-	13, // 57: agentmesh.router.v1.RouterService.RouteStream:input_type -> agentmesh.router.v1.RouteStreamRequest
-	16, // 58: agentmesh.router.v1.RouterService.Invoke:input_type -> agentmesh.router.v1.InvokeRequest
-	19, // 59: agentmesh.router.v1.RouterService.ScatterGather:input_type -> agentmesh.router.v1.ScatterGatherRequest
-	24, // 60: agentmesh.router.v1.RouterService.CreateRouteRule:input_type -> agentmesh.router.v1.CreateRouteRuleRequest
-	26, // 61: agentmesh.router.v1.RouterService.GetRouteRule:input_type -> agentmesh.router.v1.GetRouteRuleRequest
-	28, // 62: agentmesh.router.v1.RouterService.ListRouteRules:input_type -> agentmesh.router.v1.ListRouteRulesRequest
-	30, // 63: agentmesh.router.v1.RouterService.DeleteRouteRule:input_type -> agentmesh.router.v1.DeleteRouteRuleRequest
-	32, // 64: agentmesh.router.v1.RouterService.ReportLoad:input_type -> agentmesh.router.v1.ReportLoadRequest
-	35, // 65: agentmesh.router.v1.RouterService.CreateSafetyRule:input_type -> agentmesh.router.v1.CreateSafetyRuleRequest
-	37, // 66: agentmesh.router.v1.RouterService.GetSafetyRule:input_type -> agentmesh.router.v1.GetSafetyRuleRequest
-	39, // 67: agentmesh.router.v1.RouterService.ListSafetyRules:input_type -> agentmesh.router.v1.ListSafetyRulesRequest
-	41, // 68: agentmesh.router.v1.RouterService.DeleteSafetyRule:input_type -> agentmesh.router.v1.DeleteSafetyRuleRequest
-	44, // 69: agentmesh.router.v1.RouterService.ListTargetStates:input_type -> agentmesh.router.v1.ListTargetStatesRequest
-	8,  // 70: agentmesh.router.v1.RouterService.Route:output_type -> agentmesh.router.v1.RouteResponse
-	12, // 71: agentmesh.router.v1.RouterService.RouteBatch:output_type -> agentmesh.router.v1.RouteBatchResponse
-	14, // 72: agentmesh.router.v1.RouterService.RouteStream:output_type -> agentmesh.router.v1.RouteStreamResponse
-	18, // 73: agentmesh.router.v1.RouterService.Invoke:output_type -> agentmesh.router.v1.InvokeResponse
-	22, // 74: agentmesh.router.v1.RouterService.ScatterGather:output_type -> agentmesh.router.v1.ScatterGatherResponse
-	25, // 75: agentmesh.router.v1.RouterService.CreateRouteRule:output_type -> agentmesh.router.v1.CreateRouteRuleResponse
-	27, // 76: agentmesh.router.v1.RouterService.GetRouteRule:output_type -> agentmesh.router.v1.GetRouteRuleResponse
-	29, // 77: agentmesh.router.v1.RouterService.ListRouteRules:output_type -> agentmesh.router.v1.ListRouteRulesResponse
-	31, // 78: agentmesh.router.v1.RouterService.DeleteRouteRule:output_type -> agentmesh.router.v1.DeleteRouteRuleResponse
-	33, // 79: agentmesh.router.v1.RouterService.ReportLoad:output_type -> agentmesh.router.v1.ReportLoadResponse
-	36, // 80: agentmesh.router.v1.RouterService.CreateSafetyRule:output_type -> agentmesh.router.v1.CreateSafetyRuleResponse
-	38, // 81: agentmesh.router.v1.RouterService.GetSafetyRule:output_type -> agentmesh.router.v1.GetSafetyRuleResponse
-	40, // 82: agentmesh.router.v1.RouterService.ListSafetyRules:output_type -> agentmesh.router.v1.ListSafetyRulesResponse
-	42, // 83: agentmesh.router.v1.RouterService.DeleteSafetyRule:output_type -> agentmesh.router.v1.DeleteSafetyRuleResponse
-	45, // 84: agentmesh.router.v1.RouterService.ListTargetStates:output_type -> agentmesh.router.v1.ListTargetStatesResponse
-	70, // [70:85] is the sub-list for method output_type
-	55, // [55:70] is the sub-list for method input_type
-	55, // [55:55] is the sub-list for extension type_name
-	55, // [55:55] is the sub-list for extension extendee
-	0,  // [0:55] is the sub-list for field type_name
+	52, // 54: agentmesh.router.v1.TargetState.load_report_time:type_name -> google.protobuf.Timestamp
+	43, // 55: agentmesh.router.v1.ListTargetStatesResponse.states:type_name -> agentmesh.router.v1.TargetState
+	7,  // 56: agentmesh.router.v1.RouterService.Route:input_type -> agentmesh.router.v1.RouteRequest
+	11, // 57: agentmesh.router.v1.RouterService.RouteBatch:input_type -> agentmesh.router.v1.RouteBatchRequest
+	13, // 58: agentmesh.router.v1.RouterService.RouteStream:input_type -> agentmesh.router.v1.RouteStreamRequest
+	16, // 59: agentmesh.router.v1.RouterService.Invoke:input_type -> agentmesh.router.v1.InvokeRequest
+	19, // 60: agentmesh.router.v1.RouterService.ScatterGather:input_type -> agentmesh.router.v1.ScatterGatherRequest
+	24, // 61: agentmesh.router.v1.RouterService.CreateRouteRule:input_type -> agentmesh.router.v1.CreateRouteRuleRequest
+	26, // 62: agentmesh.router.v1.RouterService.GetRouteRule:input_type -> agentmesh.router.v1.GetRouteRuleRequest
+	28, // 63: agentmesh.router.v1.RouterService.ListRouteRules:input_type -> agentmesh.router.v1.ListRouteRulesRequest
+	30, // 64: agentmesh.router.v1.RouterService.DeleteRouteRule:input_type -> agentmesh.router.v1.DeleteRouteRuleRequest
+	32, // 65: agentmesh.router.v1.RouterService.ReportLoad:input_type -> agentmesh.router.v1.ReportLoadRequest
+	35, // 66: agentmesh.router.v1.RouterService.CreateSafetyRule:input_type -> agentmesh.router.v1.CreateSafetyRuleRequest
+	37, // 67: agentmesh.router.v1.RouterService.GetSafetyRule:input_type -> agentmesh.router.v1.GetSafetyRuleRequest
+	39, // 68: agentmesh.router.v1.RouterService.ListSafetyRules:input_type -> agentmesh.router.v1.ListSafetyRulesRequest
+	41, // 69: agentmesh.router.v1.RouterService.DeleteSafetyRule:input_type -> agentmesh.router.v1.DeleteSafetyRuleRequest
+	44, // 70: agentmesh.router.v1.RouterService.ListTargetStates:input_type -> agentmesh.router.v1.ListTargetStatesRequest
+	8,  // 71: agentmesh.router.v1.RouterService.Route:output_type -> agentmesh.router.v1.RouteResponse
+	12, // 72: agentmesh.router.v1.RouterService.RouteBatch:output_type -> agentmesh.router.v1.RouteBatchResponse
+	14, // 73: agentmesh.router.v1.RouterService.RouteStream:output_type -> agentmesh.router.v1.RouteStreamResponse
+	18, // 74: agentmesh.router.v1.RouterService.Invoke:output_type -> agentmesh.router.v1.InvokeResponse
+	22, // 75: agentmesh.router.v1.RouterService.ScatterGather:output_type -> agentmesh.router.v1.ScatterGatherResponse
+	25, // 76: agentmesh.router.v1.RouterService.CreateRouteRule:output_type -> agentmesh.router.v1.CreateRouteRuleResponse
+	27, // 77: agentmesh.router.v1.RouterService.GetRouteRule:output_type -> agentmesh.router.v1.GetRouteRuleResponse
+	29, // 78: agentmesh.router.v1.RouterService.ListRouteRules:output_type -> agentmesh.router.v1.ListRouteRulesResponse
+	31, // 79: agentmesh.router.v1.RouterService.DeleteRouteRule:output_type -> agentmesh.router.v1.DeleteRouteRuleResponse
+	33, // 80: agentmesh.router.v1.RouterService.ReportLoad:output_type -> agentmesh.router.v1.ReportLoadResponse
+	36, // 81: agentmesh.router.v1.RouterService.CreateSafetyRule:output_type -> agentmesh.router.v1.CreateSafetyRuleResponse
+	38, // 82: agentmesh.router.v1.RouterService.GetSafetyRule:output_type -> agentmesh.router.v1.GetSafetyRuleResponse
+	40, // 83: agentmesh.router.v1.RouterService.ListSafetyRules:output_type -> agentmesh.router.v1.ListSafetyRulesResponse
+	42, // 84: agentmesh.router.v1.RouterService.DeleteSafetyRule:output_type -> agentmesh.router.v1.DeleteSafetyRuleResponse
+	45, // 85: agentmesh.router.v1.RouterService.ListTargetStates:output_type -> agentmesh.router.v1.ListTargetStatesResponse
+	71, // [71:86] is the sub-list for method output_type
+	56, // [56:71] is the sub-list for method input_type
+	56, // [56:56] is the sub-list for extension type_name
+	56, // [56:56] is the sub-list for extension extendee
+	0,  // [0:56] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_router_v1_router_proto_init() }
