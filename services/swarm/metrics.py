@@ -6,9 +6,9 @@
   completed, failed, stopped.
 * ``swarm_convergence_time_ms``: time from a swarm's start to its end
   (convergence, iteration limit or last partition), milliseconds.
-* ``swarm_efficiency``: of the last finished partition swarm, partitions
-  counted / Execute attempts (1.0 when nothing was retried); of the last
-  finished optimisation, 1.0 when it converged before max_iterations.
+* ``swarm_efficiency``: ``SwarmStats.efficiency`` of the last swarm that
+  finished here (swarm.proto: partitions counted / (counted + reassigned),
+  or an optimisation's personal-best improvements per evaluation).
 * ``swarm_fitness_evaluations_total`` / ``swarm_fitness_evaluations_per_second``:
   fitness evaluations done, and the rate of the latest iteration.
 * ``swarm_partitions_total{outcome}``: partition attempts by outcome

@@ -149,6 +149,7 @@ class AgentEvaluator:
         self.parameters = a.parameters
         self.call_timeout_s = a.call_timeout.ToNanoseconds() / 1e9
         self.agents: list[AgentInfo] = []
+        self.max_agents = swarm.task.max_agents  # 0 = every matching agent
         self._bad: set[str] = set()
         self._refreshed = 0.0
 
@@ -158,6 +159,8 @@ class AgentEvaluator:
             # breaker-open or ejected agents get no batches (shared with router traffic)
             eligible = await self.ctx.agents.eligible(self.selector, self.objective)
             self.agents = [a for a in found if a.agent_id in eligible]
+            if self.max_agents:
+                self.agents = sorted(self.agents, key=lambda a: a.agent_id)[: self.max_agents]
             self._bad.clear()
             self._refreshed = time.monotonic()
 
@@ -265,6 +268,7 @@ async def drive_optimization(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None
         )
         stats.role_counts.extend(role_counts_pb(st.role_counts))
         stats.evaluations = st.evaluations
+        stats.efficiency = st.improvements / st.evaluations if st.evaluations else 0.0
         stats.throughput_per_second = (st.evaluations - evals_at_start) / max(
             time.monotonic() - t0, 1e-9
         )
@@ -275,7 +279,7 @@ async def drive_optimization(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None
 
         if st.done:
             finish(swarm, swarm_pb2.SWARM_STATE_COMPLETED, _termination(opt))
-            metrics.SWARM_EFFICIENCY.set(1.0 if st.converged else 0.0)
+            metrics.SWARM_EFFICIENCY.set(stats.efficiency)
         elif time.time() >= deadline:
             finish(swarm, swarm_pb2.SWARM_STATE_COMPLETED, swarm_pb2.TERMINATION_TIMEOUT)
         terminal = swarm.state != swarm_pb2.SWARM_STATE_RUNNING

@@ -114,6 +114,7 @@ class PartitionRun:
         self.base_input = json_format.MessageToDict(self.work.input)
         self.wanted = list(self.work.aggregate_fields)
         self.capacity = max(1, self.work.max_in_flight_per_agent)
+        self.max_agents = task.max_agents  # 0 = every matching agent
         self.sched: PartitionScheduler
         self.ledger: dict[int, bytes] = {}
         self.owner: dict[int, str] = {}  # partition -> agent whose result counted
@@ -125,7 +126,6 @@ class PartitionRun:
         self.quarantine: dict[str, tuple[float, float]] = {}  # id -> (until, next backoff)
         self.last_error = ""
         self.refreshed = 0.0
-        self.attempts = 0
         self.t0 = time.monotonic()
         self.done_at_start = 0
 
@@ -169,17 +169,24 @@ class PartitionRun:
         eligible = await self.ctx.agents.eligible(self.work.selector, self.work.action)
         found = {aid: a for aid, a in found.items() if aid in eligible}
         known = self.sched.stats().agents
-        for aid, info in found.items():
-            q = self.quarantine.get(aid)
-            if q is not None and now < q[0]:
-                continue
-            st = known.get(aid)
-            if st is None or not st.alive:
-                self.sched.add_agent(aid, max_in_flight=self.capacity)
-            self.agents[aid] = info
         for aid, st in known.items():
             if st.alive and aid not in found:
                 self._drop_agent(aid, quarantine=False)
+        # max_agents caps the fleet: agents already working keep their place,
+        # newcomers join in id order while there is room.
+        room = self.max_agents - len(self.agents) if self.max_agents else len(found)
+        for aid in sorted(found):
+            info = found[aid]
+            q = self.quarantine.get(aid)
+            if q is not None and now < q[0]:
+                continue
+            seen = known.get(aid)
+            if seen is None or not seen.alive:
+                if room <= 0:
+                    continue
+                self.sched.add_agent(aid, max_in_flight=self.capacity)
+                room -= 1
+            self.agents[aid] = info
 
     def _drop_agent(self, aid: str, *, quarantine: bool) -> None:
         reclaimed = self.sched.remove_agent(aid)
@@ -219,7 +226,6 @@ class PartitionRun:
                 attempt=lease.attempt,
                 metadata={"swarm_id": self.swarm.swarm_id, "partition": str(index)},
             )
-            self.attempts += 1
             fut: asyncio.Task[agent_pb2.ExecuteResponse] = asyncio.ensure_future(
                 self.ctx.agents.execute(
                     self.work.selector, agent.agent_id, req, timeout_s=self.timeout_s
@@ -344,6 +350,8 @@ class PartitionRun:
         stats.partitions_done = done
         stats.partitions_in_flight = len(self.calls)
         stats.partitions_total = self.n
+        redone = self.swarm.partitions.reassignments
+        stats.efficiency = done / (done + redone) if done + redone else 0.0
         stats.convergence = done / self.n if self.n else 1.0
         stats.throughput_per_second = (done - self.done_at_start) / max(
             time.monotonic() - self.t0, 1e-9
@@ -397,7 +405,7 @@ async def drive_partitions(ctx: DriverContext, swarm: swarm_pb2.Swarm) -> None:
                         swarm_pb2.SWARM_STATE_COMPLETED,
                         swarm_pb2.TERMINATION_PARTITIONS_DONE,
                     )
-                    metrics.SWARM_EFFICIENCY.set(run.n / max(run.attempts, run.n))
+                    metrics.SWARM_EFFICIENCY.set(stats.efficiency)
                 elif ended:
                     finish(
                         swarm,

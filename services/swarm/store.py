@@ -50,6 +50,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
+from agentmesh.provenance import stamp_swarm
 from agentmesh.runtime.dataset_epoch import refuse_if_reset
 from agentmesh.runtime.lease import (
     CLOCK_PRELUDE,
@@ -250,6 +251,7 @@ class SwarmStore:
         """
         refuse_if_reset()
         key = swarm_key(swarm.swarm_id)
+        stamp_swarm(swarm)
         created = await self.redis.hsetnx(key, "pb", swarm.SerializeToString())
         if not created:
             return False
@@ -375,6 +377,9 @@ class SwarmStore:
         """
         sid = lease.swarm_id
         terminal = swarm is not None and swarm.state in TERMINAL_STATES
+        if swarm is not None:
+            # Every record write carries the hash of what it writes (swarm.proto).
+            stamp_swarm(swarm)
         _ok, stop = await call_fenced(
             self._commit,
             keys=[

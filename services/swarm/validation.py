@@ -168,6 +168,8 @@ def validate_task(task: swarm_pb2.SwarmTask, *, path: str = "task") -> swarm_pb2
     elif task.HasField("dynamics"):
         v.append((f"{path}.dynamics", "applies to optimisation (builtin or agent_evaluated) only"))
     _check_metadata(task.metadata, f"{path}.metadata", v)
+    if kind == "builtin" and task.max_agents:
+        v.append((f"{path}.max_agents", "must be 0 for built-in fitness (no agents take part)"))
 
     if kind == "builtin":
         b = task.builtin
@@ -226,6 +228,11 @@ def validate_task(task: swarm_pb2.SwarmTask, *, path: str = "task") -> swarm_pb2
             out.partition_work.max_in_flight_per_agent = 1
         if task.agents_required == 0:
             out.agents_required = 1
+        if task.max_agents and task.max_agents < out.agents_required:
+            v.append(
+                (f"{path}.max_agents",
+                 f"is {task.max_agents}, below agents_required ({out.agents_required})")
+            )
     if v:
         raise InvalidArgument(f"invalid swarm task: {v[0][0]}: {v[0][1]}", field_violations=v)
     return out

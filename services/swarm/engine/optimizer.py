@@ -103,6 +103,9 @@ class IterationStats:
         role_counts: ``{role label: count}`` for the coming move, all six
             labels present.
         evaluations: Fitness evaluations consumed so far.
+        improvements: Evaluations so far that improved their particle's
+            personal best (``improvements / evaluations`` is the cumulative
+            success rate of Nickabadi et al. 2011).
         relative_improvement: ``rel_t`` of :mod:`.convergence` (``inf``
             during the first ``W`` iterations).
         retired: Particles retired and replaced in this iteration.
@@ -120,6 +123,7 @@ class IterationStats:
     relative_improvement: float
     retired: int
     done: bool
+    improvements: int = 0
 
 
 class SwarmOptimizer:
@@ -170,6 +174,7 @@ class SwarmOptimizer:
         self._roles: RoleArray = assign_roles(self._pbest_f, self._fractions)
         self._iteration = 0
         self._evaluations = 0
+        self._improvements = 0
         self._converged = False
         self._monitor = ConvergenceMonitor(config.criterion)
         self._queen = QueenState(rho=config.queen_radius)
@@ -309,6 +314,9 @@ class SwarmOptimizer:
         self._iteration += 1
         self._evaluations += n
         improved = f < self._pbest_f
+        # A first evaluation always "improves" on +inf; only real improvements
+        # count toward the success rate.
+        self._improvements += int(np.count_nonzero(improved & (self._pbest_f < math.inf)))
         self._pbest_f[improved] = f[improved]
         self._pbest_x[improved] = self._x[improved]
         self._stagnation += 1
@@ -346,6 +354,7 @@ class SwarmOptimizer:
             relative_improvement=self._monitor.last_relative_improvement,
             retired=retired,
             done=self.done,
+            improvements=self._improvements,
         )
 
     def _checked_fitness(self, fitness: npt.ArrayLike) -> FloatArray:
@@ -581,6 +590,7 @@ class SwarmOptimizer:
             "state": {
                 "iteration": self._iteration,
                 "evaluations": self._evaluations,
+                "improvements": self._improvements,
                 "converged": self._converged,
                 "positions": encode_array(self._x),
                 "velocities": encode_array(self._v),
@@ -638,6 +648,8 @@ class SwarmOptimizer:
             n, d = config.n_particles, config.dimensions
             opt._iteration = int(st["iteration"])
             opt._evaluations = int(st["evaluations"])
+            # Snapshots written before the counter existed resume from 0.
+            opt._improvements = int(st.get("improvements", 0))
             opt._converged = bool(st["converged"])
             opt._x = _float_array(st["positions"], (n, d))
             opt._v = _float_array(st["velocities"], (n, d))

@@ -482,6 +482,7 @@ class SwarmTask(_message.Message):
     SPREAD_THRESHOLD_FIELD_NUMBER: _builtins.int
     DYNAMICS_FIELD_NUMBER: _builtins.int
     METADATA_FIELD_NUMBER: _builtins.int
+    MAX_AGENTS_FIELD_NUMBER: _builtins.int
     objective: _builtins.str
     """What the swarm is for, free text for people."""
     behavior: Global___Behavior.ValueType
@@ -512,6 +513,12 @@ class SwarmTask(_message.Message):
     spread_threshold: _builtins.float
     """Spread bound of the convergence test (see SwarmStats.spread); 0 means
     1e-3; a value > 1 ignores the spread.
+    """
+    max_agents: _builtins.int
+    """Partition work and agent-evaluated fitness: at most this many agents take
+    part at once (the eligible ones first by agent id); 0 means every
+    matching agent. With `agents_required` (the seeds' min_agents) it bounds
+    the fleet, so it may not be below it. Must be 0 for built-in fitness.
     """
     @_builtins.property
     def timeout(self) -> _duration_pb2.Duration:
@@ -564,10 +571,11 @@ class SwarmTask(_message.Message):
         spread_threshold: _builtins.float = ...,
         dynamics: Global___SwarmDynamics | None = ...,
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        max_agents: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "builtin", b"builtin", "dynamics", b"dynamics", "fitness", b"fitness", "partition_work", b"partition_work", "pso", b"pso", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "agents_required", b"agents_required", "behavior", b"behavior", "builtin", b"builtin", "convergence_threshold", b"convergence_threshold", "convergence_window", b"convergence_window", "data_partitions", b"data_partitions", "dynamics", b"dynamics", "fitness", b"fitness", "max_iterations", b"max_iterations", "metadata", b"metadata", "objective", b"objective", "partition_work", b"partition_work", "pso", b"pso", "seed", b"seed", "spread_threshold", b"spread_threshold", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_evaluated", b"agent_evaluated", "agents_required", b"agents_required", "behavior", b"behavior", "builtin", b"builtin", "convergence_threshold", b"convergence_threshold", "convergence_window", b"convergence_window", "data_partitions", b"data_partitions", "dynamics", b"dynamics", "fitness", b"fitness", "max_agents", b"max_agents", "max_iterations", b"max_iterations", "metadata", b"metadata", "objective", b"objective", "partition_work", b"partition_work", "pso", b"pso", "seed", b"seed", "spread_threshold", b"spread_threshold", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_fitness: _TypeAlias = _typing.Literal["builtin", "agent_evaluated", "partition_work"]  # noqa: Y015
     _WhichOneofArgType_fitness: _TypeAlias = _typing.Literal["fitness", b"fitness"]  # noqa: Y015
@@ -693,6 +701,7 @@ class SwarmStats(_message.Message):
     TIME_FIELD_NUMBER: _builtins.int
     RELATIVE_IMPROVEMENT_FIELD_NUMBER: _builtins.int
     CONVERGED_FIELD_NUMBER: _builtins.int
+    EFFICIENCY_FIELD_NUMBER: _builtins.int
     iteration: _builtins.int
     """Iteration number, starting at 1. Partition work counts scheduling rounds."""
     best_fitness: _builtins.float
@@ -727,6 +736,14 @@ class SwarmStats(_message.Message):
     """
     converged: _builtins.bool
     """True once the convergence test held."""
+    efficiency: _builtins.float
+    """Share of the work done that counted, in [0, 1]. Partition work:
+    partitions_done / (partitions_done + reassignments), so 1 when no
+    partition had to be run again. Optimisation: personal-best improvements
+    per fitness evaluation, the cumulative PSO success rate (Nickabadi,
+    Ebadzadeh and Safabakhsh 2011, "A novel particle swarm optimization
+    algorithm with adaptive inertia weight"). 0 before any work.
+    """
     @_builtins.property
     def role_counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___RoleCount]:
         """Members by role: particles for optimisation, agents for partition work."""
@@ -752,10 +769,11 @@ class SwarmStats(_message.Message):
         time: _timestamp_pb2.Timestamp | None = ...,
         relative_improvement: _builtins.float = ...,
         converged: _builtins.bool = ...,
+        efficiency: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_agents", b"active_agents", "best_fitness", b"best_fitness", "converged", b"converged", "convergence", b"convergence", "evaluations", b"evaluations", "iteration", b"iteration", "partitions_done", b"partitions_done", "partitions_in_flight", b"partitions_in_flight", "partitions_total", b"partitions_total", "relative_improvement", b"relative_improvement", "role_counts", b"role_counts", "spread", b"spread", "throughput_per_second", b"throughput_per_second", "time", b"time"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_agents", b"active_agents", "best_fitness", b"best_fitness", "converged", b"converged", "convergence", b"convergence", "efficiency", b"efficiency", "evaluations", b"evaluations", "iteration", b"iteration", "partitions_done", b"partitions_done", "partitions_in_flight", b"partitions_in_flight", "partitions_total", b"partitions_total", "relative_improvement", b"relative_improvement", "role_counts", b"role_counts", "spread", b"spread", "throughput_per_second", b"throughput_per_second", "time", b"time"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -901,6 +919,7 @@ class Swarm(_message.Message):
     RESUMES_FIELD_NUMBER: _builtins.int
     FENCING_TOKEN_FIELD_NUMBER: _builtins.int
     OWNER_FIELD_NUMBER: _builtins.int
+    PROVENANCE_HASH_FIELD_NUMBER: _builtins.int
     swarm_id: _builtins.str
     """Unique id."""
     state: Global___SwarmState.ValueType
@@ -917,6 +936,13 @@ class Swarm(_message.Message):
     """Fencing token of the lease of the replica driving it now (or last)."""
     owner: _builtins.str
     """Identity of the caller that deployed it, when auth is on."""
+    provenance_hash: _builtins.str
+    """Lowercase hex SHA-256 of this Swarm's deterministic protobuf
+    serialisation with `provenance_hash` empty: the task, seed, state, stats
+    and result as the engine wrote them. Written with every record update
+    (each snapshot and the final result), so any GetSwarm response can be
+    checked against its own contents (`agentmesh.provenance.verify_swarm`).
+    """
     @_builtins.property
     def task(self) -> Global___SwarmTask:
         """The task as deployed (defaults filled in)."""
@@ -968,10 +994,11 @@ class Swarm(_message.Message):
         resumes: _builtins.int = ...,
         fencing_token: _builtins.int = ...,
         owner: _builtins.str = ...,
+        provenance_hash: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["convergence_duration", b"convergence_duration", "create_time", b"create_time", "end_time", b"end_time", "optimization", b"optimization", "partitions", b"partitions", "result", b"result", "start_time", b"start_time", "stats", b"stats", "task", b"task"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["convergence_duration", b"convergence_duration", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "fencing_token", b"fencing_token", "optimization", b"optimization", "owner", b"owner", "partitions", b"partitions", "result", b"result", "resumes", b"resumes", "seed", b"seed", "start_time", b"start_time", "state", b"state", "stats", b"stats", "swarm_id", b"swarm_id", "task", b"task", "termination", b"termination"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["convergence_duration", b"convergence_duration", "create_time", b"create_time", "end_time", b"end_time", "error_message", b"error_message", "fencing_token", b"fencing_token", "optimization", b"optimization", "owner", b"owner", "partitions", b"partitions", "provenance_hash", b"provenance_hash", "result", b"result", "resumes", b"resumes", "seed", b"seed", "start_time", b"start_time", "state", b"state", "stats", b"stats", "swarm_id", b"swarm_id", "task", b"task", "termination", b"termination"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_result: _TypeAlias = _typing.Literal["optimization", "partitions"]  # noqa: Y015
     _WhichOneofArgType_result: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015

@@ -806,7 +806,12 @@ type SwarmTask struct {
 	Dynamics *SwarmDynamics `protobuf:"bytes,15,opt,name=dynamics,proto3" json:"dynamics,omitempty"`
 	// The caller's labels, kept with the swarm and returned by GetSwarm: at
 	// most 32 entries, keys of 1-63 characters, values of at most 256.
-	Metadata      map[string]string `protobuf:"bytes,16,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	Metadata map[string]string `protobuf:"bytes,16,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// Partition work and agent-evaluated fitness: at most this many agents take
+	// part at once (the eligible ones first by agent id); 0 means every
+	// matching agent. With `agents_required` (the seeds' min_agents) it bounds
+	// the fleet, so it may not be below it. Must be 0 for built-in fitness.
+	MaxAgents     uint32 `protobuf:"varint,17,opt,name=max_agents,json=maxAgents,proto3" json:"max_agents,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -964,6 +969,13 @@ func (x *SwarmTask) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
+}
+
+func (x *SwarmTask) GetMaxAgents() uint32 {
+	if x != nil {
+		return x.MaxAgents
+	}
+	return 0
 }
 
 type isSwarmTask_Fitness interface {
@@ -1216,7 +1228,14 @@ type SwarmStats struct {
 	// (see SwarmTask.convergence_threshold); +Inf until W iterations ran.
 	RelativeImprovement float64 `protobuf:"fixed64,13,opt,name=relative_improvement,json=relativeImprovement,proto3" json:"relative_improvement,omitempty"`
 	// True once the convergence test held.
-	Converged     bool `protobuf:"varint,14,opt,name=converged,proto3" json:"converged,omitempty"`
+	Converged bool `protobuf:"varint,14,opt,name=converged,proto3" json:"converged,omitempty"`
+	// Share of the work done that counted, in [0, 1]. Partition work:
+	// partitions_done / (partitions_done + reassignments), so 1 when no
+	// partition had to be run again. Optimisation: personal-best improvements
+	// per fitness evaluation, the cumulative PSO success rate (Nickabadi,
+	// Ebadzadeh and Safabakhsh 2011, "A novel particle swarm optimization
+	// algorithm with adaptive inertia weight"). 0 before any work.
+	Efficiency    float64 `protobuf:"fixed64,15,opt,name=efficiency,proto3" json:"efficiency,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1347,6 +1366,13 @@ func (x *SwarmStats) GetConverged() bool {
 		return x.Converged
 	}
 	return false
+}
+
+func (x *SwarmStats) GetEfficiency() float64 {
+	if x != nil {
+		return x.Efficiency
+	}
+	return 0
 }
 
 // OptimizationResult is the best point found.
@@ -1541,9 +1567,15 @@ type Swarm struct {
 	// Fencing token of the lease of the replica driving it now (or last).
 	FencingToken uint64 `protobuf:"varint,15,opt,name=fencing_token,json=fencingToken,proto3" json:"fencing_token,omitempty"`
 	// Identity of the caller that deployed it, when auth is on.
-	Owner         string `protobuf:"bytes,16,opt,name=owner,proto3" json:"owner,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	Owner string `protobuf:"bytes,16,opt,name=owner,proto3" json:"owner,omitempty"`
+	// Lowercase hex SHA-256 of this Swarm's deterministic protobuf
+	// serialisation with `provenance_hash` empty: the task, seed, state, stats
+	// and result as the engine wrote them. Written with every record update
+	// (each snapshot and the final result), so any GetSwarm response can be
+	// checked against its own contents (`agentmesh.provenance.verify_swarm`).
+	ProvenanceHash string `protobuf:"bytes,17,opt,name=provenance_hash,json=provenanceHash,proto3" json:"provenance_hash,omitempty"`
+	unknownFields  protoimpl.UnknownFields
+	sizeCache      protoimpl.SizeCache
 }
 
 func (x *Swarm) Reset() {
@@ -1695,6 +1727,13 @@ func (x *Swarm) GetFencingToken() uint64 {
 func (x *Swarm) GetOwner() string {
 	if x != nil {
 		return x.Owner
+	}
+	return ""
+}
+
+func (x *Swarm) GetProvenanceHash() string {
+	if x != nil {
+		return x.ProvenanceHash
 	}
 	return ""
 }
@@ -2279,7 +2318,7 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\x06social\x18\x03 \x01(\x01R\x06social\x12%\n" +
 	"\x0evelocity_clamp\x18\x04 \x01(\x01R\rvelocityClamp\x128\n" +
 	"\btopology\x18\x05 \x01(\x0e2\x1c.agentmesh.swarm.v1.TopologyR\btopology\x12%\n" +
-	"\x0ering_neighbors\x18\x06 \x01(\rR\rringNeighbors\"\x92\a\n" +
+	"\x0ering_neighbors\x18\x06 \x01(\rR\rringNeighbors\"\xb1\a\n" +
 	"\tSwarmTask\x12\x1c\n" +
 	"\tobjective\x18\x01 \x01(\tR\tobjective\x128\n" +
 	"\bbehavior\x18\x02 \x01(\x0e2\x1c.agentmesh.swarm.v1.BehaviorR\bbehavior\x12'\n" +
@@ -2297,7 +2336,9 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\x12convergence_window\x18\r \x01(\rR\x11convergenceWindow\x12)\n" +
 	"\x10spread_threshold\x18\x0e \x01(\x01R\x0fspreadThreshold\x12=\n" +
 	"\bdynamics\x18\x0f \x01(\v2!.agentmesh.swarm.v1.SwarmDynamicsR\bdynamics\x12G\n" +
-	"\bmetadata\x18\x10 \x03(\v2+.agentmesh.swarm.v1.SwarmTask.MetadataEntryR\bmetadata\x1a;\n" +
+	"\bmetadata\x18\x10 \x03(\v2+.agentmesh.swarm.v1.SwarmTask.MetadataEntryR\bmetadata\x12\x1d\n" +
+	"\n" +
+	"max_agents\x18\x11 \x01(\rR\tmaxAgents\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\t\n" +
@@ -2314,7 +2355,7 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\bcohesion\x18\x03 \x01(\x01R\bcohesion\"5\n" +
 	"\tRoleCount\x12\x12\n" +
 	"\x04role\x18\x01 \x01(\tR\x04role\x12\x14\n" +
-	"\x05count\x18\x02 \x01(\rR\x05count\"\xc9\x04\n" +
+	"\x05count\x18\x02 \x01(\rR\x05count\"\xe9\x04\n" +
 	"\n" +
 	"SwarmStats\x12\x1c\n" +
 	"\titeration\x18\x01 \x01(\rR\titeration\x12!\n" +
@@ -2332,7 +2373,10 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\ractive_agents\x18\v \x01(\rR\factiveAgents\x12.\n" +
 	"\x04time\x18\f \x01(\v2\x1a.google.protobuf.TimestampR\x04time\x121\n" +
 	"\x14relative_improvement\x18\r \x01(\x01R\x13relativeImprovement\x12\x1c\n" +
-	"\tconverged\x18\x0e \x01(\bR\tconverged\"\x9e\x01\n" +
+	"\tconverged\x18\x0e \x01(\bR\tconverged\x12\x1e\n" +
+	"\n" +
+	"efficiency\x18\x0f \x01(\x01R\n" +
+	"efficiency\"\x9e\x01\n" +
 	"\x12OptimizationResult\x12#\n" +
 	"\rbest_position\x18\x01 \x03(\x01R\fbestPosition\x12!\n" +
 	"\fbest_fitness\x18\x02 \x01(\x01R\vbestFitness\x12 \n" +
@@ -2351,7 +2395,7 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\x01R\x05value:\x028\x01\x1aD\n" +
 	"\x16PartitionsByAgentEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xae\x06\n" +
+	"\x05value\x18\x02 \x01(\rR\x05value:\x028\x01\"\xd7\x06\n" +
 	"\x05Swarm\x12\x19\n" +
 	"\bswarm_id\x18\x01 \x01(\tR\aswarmId\x121\n" +
 	"\x04task\x18\x02 \x01(\v2\x1d.agentmesh.swarm.v1.SwarmTaskR\x04task\x124\n" +
@@ -2373,7 +2417,8 @@ const file_agentmesh_swarm_v1_swarm_proto_rawDesc = "" +
 	"\x14convergence_duration\x18\r \x01(\v2\x19.google.protobuf.DurationR\x13convergenceDuration\x12\x18\n" +
 	"\aresumes\x18\x0e \x01(\rR\aresumes\x12#\n" +
 	"\rfencing_token\x18\x0f \x01(\x04R\ffencingToken\x12\x14\n" +
-	"\x05owner\x18\x10 \x01(\tR\x05ownerB\b\n" +
+	"\x05owner\x18\x10 \x01(\tR\x05owner\x12'\n" +
+	"\x0fprovenance_hash\x18\x11 \x01(\tR\x0eprovenanceHashB\b\n" +
 	"\x06result\"b\n" +
 	"\x12DeploySwarmRequest\x121\n" +
 	"\x04task\x18\x01 \x01(\v2\x1d.agentmesh.swarm.v1.SwarmTaskR\x04task\x12\x19\n" +
