@@ -9,6 +9,7 @@ from agentmesh.registry.v1 import (
     registry_pb2_grpc,
 )
 from agentmesh.runtime.server import Daemon, run_daemon
+from agentmesh.server.registry.a2a_prober import CardProber
 from agentmesh.server.registry.coordination import CoordinationServicer
 from agentmesh.server.registry.coordination_store import CoordinationStore
 from agentmesh.server.registry.discovery import CatalogMirror
@@ -29,6 +30,7 @@ def build(daemon: Daemon) -> None:
     hub = WatchHub(store)
     mirror.attach(hub)
     reaper = Reaper(store, interval_ms=settings.sweep_interval_ms)
+    prober = CardProber(store, tick_ms=settings.sweep_interval_ms)
     daemon.add_service(
         registry_pb2_grpc.add_RegistryServiceServicer_to_server,
         RegistryServicer(store, mirror, hub, settings),
@@ -41,6 +43,8 @@ def build(daemon: Daemon) -> None:
     )
     daemon.on_startup(hub.start)
     daemon.on_startup(reaper.start)
+    daemon.on_startup(prober.start)
+    daemon.on_shutdown(prober.stop)
     daemon.on_shutdown(reaper.stop)
     daemon.on_shutdown(hub.stop)
 

@@ -21,7 +21,7 @@ from agentmesh.runtime.errors import (
     OutOfRange,
     PermissionDenied,
 )
-from agentmesh.server.registry import metrics
+from agentmesh.server.registry import a2a_card, metrics
 from agentmesh.server.registry.discovery import CatalogMirror, selector_matches
 from agentmesh.server.registry.settings import RegistrySettings
 from agentmesh.server.registry.store import RegistryStore
@@ -38,7 +38,7 @@ Ctx: TypeAlias = "grpc.aio.ServicerContext[Any, Any]"
 
 _OUTPUT_ONLY = (
     "status", "health_score", "load", "register_time", "update_time",
-    "last_heartbeat_time", "revision",
+    "last_heartbeat_time", "revision", "protocol",
 )
 MAX_BATCH = 1000
 
@@ -106,6 +106,32 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         res = await self.store.register(agent, interval_ms=interval_ms)
         self.mirror.want(res.agent.revision)
         return registry_pb2.RegisterAgentResponse(agent=res.agent, created=res.created)
+
+    async def RegisterA2AAgent(
+        self, request: registry_pb2.RegisterA2AAgentRequest, context: Ctx
+    ) -> registry_pb2.RegisterA2AAgentResponse:
+        """See registry.proto; the card mapping is in a2a_card."""
+        metrics.child(metrics.QUERIES, "register_a2a").inc()
+        check_agent_id(request.agent_id)
+        a2a_card.check_request(request)
+        authorize_agent(request.agent_id)
+        card = await a2a_card.fetch_card(
+            request.agent_card_url, timeout_s=a2a_card.CARD_TIMEOUT_S
+        )
+        agent = a2a_card.agent_of(request, card, a2a_card.check_card(
+            card, card_url=request.agent_card_url
+        ))
+        validate_agent(agent)
+        interval_ms = (
+            agent.heartbeat_interval.ToMilliseconds() or self.settings.heartbeat_interval_ms
+        )
+        agent.heartbeat_interval.FromMilliseconds(interval_ms)
+        res = await self.store.register(agent, interval_ms=interval_ms)
+        await a2a_card.remember(self.store, agent.agent_id)
+        self.mirror.want(res.agent.revision)
+        return registry_pb2.RegisterA2AAgentResponse(
+            agent=res.agent, created=res.created, agent_card_json=a2a_card.card_json(card)
+        )
 
     async def DeregisterAgent(
         self, request: registry_pb2.DeregisterAgentRequest, context: Ctx

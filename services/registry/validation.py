@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import re
+from urllib.parse import urlsplit
 
 from agentmesh.catalog import parse_version
 from agentmesh.common.v1 import common_pb2
@@ -37,6 +38,18 @@ def endpoint_violation(endpoint: str) -> str | None:
     return None
 
 
+def card_url_violation(url: str) -> str | None:
+    """Why `url` cannot be an A2A agent card URL (absolute http(s)), or None."""
+    if not url:
+        return "required"
+    if len(url) > 2048:
+        return "at most 2048 characters"
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an absolute http(s) URL"
+    return None
+
+
 def validate_agent(agent: registry_pb2.Agent) -> None:
     """Check a RegisterAgent descriptor.
 
@@ -58,7 +71,10 @@ def validate_agent(agent: registry_pb2.Agent) -> None:
             parse_version(agent.version)
         except ValueError:
             bad.append(("agent.version", f"{agent.version!r} is not a semantic version (1.2.3)"))
-    why = endpoint_violation(agent.endpoint) if agent.endpoint else "required"
+    if agent.protocol == registry_pb2.AGENT_PROTOCOL_A2A:
+        why = card_url_violation(agent.endpoint)
+    else:
+        why = endpoint_violation(agent.endpoint) if agent.endpoint else "required"
     if why:
         bad.append(("agent.endpoint", why))
     for name in ("capabilities", "service_types", "tags"):

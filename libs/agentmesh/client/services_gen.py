@@ -184,6 +184,27 @@ class ServiceMethods(ClientBase):
             metadata=metadata,
         )
 
+    async def register_a2_a_agent(
+        self,
+        request: registry_pb2.RegisterA2AAgentRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.RegisterA2AAgentResponse:
+        """`agentmesh.registry.v1.RegistryService.RegisterA2AAgent`.
+
+        IDEMPOTENT: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.registry.RegisterA2AAgent,
+            _build(registry_pb2.RegisterA2AAgentRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.registry.v1.RegistryService/RegisterA2AAgent",
+        )
+
     # ---- agentmesh.registry.v1.CoordinationService -------------------
 
     async def acquire_lock(

@@ -22,6 +22,34 @@ else:
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class _AgentProtocol:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AgentProtocolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AgentProtocol.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    AGENT_PROTOCOL_UNSPECIFIED: _AgentProtocol.ValueType  # 0
+    """Not set: read as GRPC (agents registered before the field existed)."""
+    AGENT_PROTOCOL_GRPC: _AgentProtocol.ValueType  # 1
+    """The agent serves agentmesh.agent.v1.AgentService at `endpoint` (host:port)."""
+    AGENT_PROTOCOL_A2A: _AgentProtocol.ValueType  # 2
+    """The agent speaks A2A; `endpoint` is its agent card URL. Registered with
+    RegisterA2AAgent.
+    """
+
+class AgentProtocol(_AgentProtocol, metaclass=_AgentProtocolEnumTypeWrapper):
+    """AgentProtocol is how the mesh calls an agent."""
+
+AGENT_PROTOCOL_UNSPECIFIED: AgentProtocol.ValueType  # 0
+"""Not set: read as GRPC (agents registered before the field existed)."""
+AGENT_PROTOCOL_GRPC: AgentProtocol.ValueType  # 1
+"""The agent serves agentmesh.agent.v1.AgentService at `endpoint` (host:port)."""
+AGENT_PROTOCOL_A2A: AgentProtocol.ValueType  # 2
+"""The agent speaks A2A; `endpoint` is its agent card URL. Registered with
+RegisterA2AAgent.
+"""
+Global___AgentProtocol: _TypeAlias = AgentProtocol  # noqa: Y015
+
 class _AgentStatus:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -179,6 +207,7 @@ class Agent(_message.Message):
     UPDATE_TIME_FIELD_NUMBER: _builtins.int
     LAST_HEARTBEAT_TIME_FIELD_NUMBER: _builtins.int
     REVISION_FIELD_NUMBER: _builtins.int
+    PROTOCOL_FIELD_NUMBER: _builtins.int
     agent_id: _builtins.str
     """Unique id, matching `agent-[a-z0-9-]+`, at most 128 characters."""
     agent_type: _builtins.str
@@ -195,6 +224,11 @@ class Agent(_message.Message):
     """Output only. Health score in [0.0, 1.0]; see HealthScore in the registry README."""
     revision: _builtins.int
     """Output only. Catalog revision of the last event about this agent."""
+    protocol: Global___AgentProtocol.ValueType
+    """Output only. How the mesh calls the agent; set by the registry
+    (RegisterAgent leaves it UNSPECIFIED, read as GRPC; RegisterA2AAgent
+    stores A2A).
+    """
     @_builtins.property
     def capabilities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """What the agent can do, for example "carbon_calculation"."""
@@ -258,10 +292,11 @@ class Agent(_message.Message):
         update_time: _timestamp_pb2.Timestamp | None = ...,
         last_heartbeat_time: _timestamp_pb2.Timestamp | None = ...,
         revision: _builtins.int = ...,
+        protocol: Global___AgentProtocol.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval", "last_heartbeat_time", b"last_heartbeat_time", "load", b"load", "register_time", b"register_time", "sla", b"sla", "update_time", b"update_time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_type", b"agent_type", "capabilities", b"capabilities", "endpoint", b"endpoint", "health_score", b"health_score", "heartbeat_interval", b"heartbeat_interval", "last_heartbeat_time", b"last_heartbeat_time", "load", b"load", "location", b"location", "metadata", b"metadata", "register_time", b"register_time", "revision", b"revision", "service_types", b"service_types", "sla", b"sla", "status", b"status", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "agent_type", b"agent_type", "capabilities", b"capabilities", "endpoint", b"endpoint", "health_score", b"health_score", "heartbeat_interval", b"heartbeat_interval", "last_heartbeat_time", b"last_heartbeat_time", "load", b"load", "location", b"location", "metadata", b"metadata", "protocol", b"protocol", "register_time", b"register_time", "revision", b"revision", "service_types", b"service_types", "sla", b"sla", "status", b"status", "tags", b"tags", "update_time", b"update_time", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -794,3 +829,113 @@ class WatchAgentsResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___WatchAgentsResponse: _TypeAlias = WatchAgentsResponse  # noqa: Y015
+
+@_typing.final
+class RegisterA2AAgentRequest(_message.Message):
+    """RegisterA2AAgentRequest registers or updates an A2A agent by its card."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class MetadataEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.str
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.str = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    AGENT_ID_FIELD_NUMBER: _builtins.int
+    AGENT_CARD_URL_FIELD_NUMBER: _builtins.int
+    TAGS_FIELD_NUMBER: _builtins.int
+    SERVICE_TYPES_FIELD_NUMBER: _builtins.int
+    LOCATION_FIELD_NUMBER: _builtins.int
+    METADATA_FIELD_NUMBER: _builtins.int
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
+    agent_id: _builtins.str
+    """Mesh id of the agent, matching `agent-[a-z0-9-]+`."""
+    agent_card_url: _builtins.str
+    """http(s) URL of the agent card, for example
+    "https://agent.example.com/.well-known/agent-card.json".
+    """
+    location: _builtins.str
+    """Where the agent runs, for local-first discovery."""
+    @_builtins.property
+    def tags(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Free-form tags, for example "production"."""
+
+    @_builtins.property
+    def service_types(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Service types it offers, for example "computation"."""
+
+    @_builtins.property
+    def metadata(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
+        """Free-form metadata, at most 56 entries (the registry adds "a2a.*" keys)."""
+
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """How often the registry fetches the card as the agent's heartbeat; zero
+        takes the registry's default. Allowed range 100 ms to 1 h.
+        """
+
+    def __init__(
+        self,
+        *,
+        agent_id: _builtins.str = ...,
+        agent_card_url: _builtins.str = ...,
+        tags: _abc.Iterable[_builtins.str] | None = ...,
+        service_types: _abc.Iterable[_builtins.str] | None = ...,
+        location: _builtins.str = ...,
+        metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_card_url", b"agent_card_url", "agent_id", b"agent_id", "heartbeat_interval", b"heartbeat_interval", "location", b"location", "metadata", b"metadata", "service_types", b"service_types", "tags", b"tags"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterA2AAgentRequest: _TypeAlias = RegisterA2AAgentRequest  # noqa: Y015
+
+@_typing.final
+class RegisterA2AAgentResponse(_message.Message):
+    """RegisterA2AAgentResponse is the stored agent and the card it came from."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AGENT_FIELD_NUMBER: _builtins.int
+    CREATED_FIELD_NUMBER: _builtins.int
+    AGENT_CARD_JSON_FIELD_NUMBER: _builtins.int
+    created: _builtins.bool
+    """True when the id was new; false when an existing registration was updated."""
+    agent_card_json: _builtins.str
+    """The agent card as fetched, in its JSON form."""
+    @_builtins.property
+    def agent(self) -> Global___Agent:
+        """The agent as stored, with protocol A2A."""
+
+    def __init__(
+        self,
+        *,
+        agent: Global___Agent | None = ...,
+        created: _builtins.bool = ...,
+        agent_card_json: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent", b"agent", "agent_card_json", b"agent_card_json", "created", b"created"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RegisterA2AAgentResponse: _TypeAlias = RegisterA2AAgentResponse  # noqa: Y015

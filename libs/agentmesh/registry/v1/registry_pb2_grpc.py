@@ -84,6 +84,11 @@ class RegistryServiceStub:
                 request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.WatchAgentsRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.WatchAgentsResponse.FromString,
                 _registered_method=True)
+        self.RegisterA2AAgent = channel.unary_unary(
+                '/agentmesh.registry.v1.RegistryService/RegisterA2AAgent',
+                request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -199,6 +204,25 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RegisterA2AAgent(self, request, context):
+        """RegisterA2AAgent adds an agent that speaks the Agent2Agent protocol
+        (A2A, a2a-protocol.org) by its agent card URL. The registry fetches the
+        card, validates it, and stores an Agent with protocol A2A, `endpoint` set
+        to the card URL, `agent_type` the card's name, `version` the card's
+        version, and one capability per skill id. Like RegisterAgent it is an
+        upsert by agent_id and counts as a heartbeat; afterwards the registry
+        fetches the card every heartbeat interval, and each successful fetch is
+        the agent's heartbeat (A2A agents do not call Heartbeat).
+        Errors: INVALID_ARGUMENT (malformed agent_id or agent_card_url, bad
+        tags or heartbeat_interval; with field violations), FAILED_PRECONDITION
+        (the card cannot be fetched or is not a valid A2A agent card; a
+        PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
+        PERMISSION_DENIED, UNAVAILABLE (Redis down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -241,6 +265,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.WatchAgents,
                     request_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.WatchAgentsRequest.FromString,
                     response_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.WatchAgentsResponse.SerializeToString,
+            ),
+            'RegisterA2AAgent': grpc.unary_unary_rpc_method_handler(
+                    servicer.RegisterA2AAgent,
+                    request_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentRequest.FromString,
+                    response_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -469,6 +498,33 @@ class RegistryService:
             '/agentmesh.registry.v1.RegistryService/WatchAgents',
             agentmesh_dot_registry_dot_v1_dot_registry__pb2.WatchAgentsRequest.SerializeToString,
             agentmesh_dot_registry_dot_v1_dot_registry__pb2.WatchAgentsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RegisterA2AAgent(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.registry.v1.RegistryService/RegisterA2AAgent',
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentRequest.SerializeToString,
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentResponse.FromString,
             options,
             channel_credentials,
             insecure,

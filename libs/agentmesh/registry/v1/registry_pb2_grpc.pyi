@@ -111,6 +111,21 @@ class RegistryServiceStub:
     older than the retained history, or in the future: resync with
     ListAgents), UNAVAILABLE.
     """
+    RegisterA2AAgent: _grpc.UnaryUnaryMultiCallable[_registry_pb2.RegisterA2AAgentRequest, _registry_pb2.RegisterA2AAgentResponse]
+    """RegisterA2AAgent adds an agent that speaks the Agent2Agent protocol
+    (A2A, a2a-protocol.org) by its agent card URL. The registry fetches the
+    card, validates it, and stores an Agent with protocol A2A, `endpoint` set
+    to the card URL, `agent_type` the card's name, `version` the card's
+    version, and one capability per skill id. Like RegisterAgent it is an
+    upsert by agent_id and counts as a heartbeat; afterwards the registry
+    fetches the card every heartbeat interval, and each successful fetch is
+    the agent's heartbeat (A2A agents do not call Heartbeat).
+    Errors: INVALID_ARGUMENT (malformed agent_id or agent_card_url, bad
+    tags or heartbeat_interval; with field violations), FAILED_PRECONDITION
+    (the card cannot be fetched or is not a valid A2A agent card; a
+    PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
+    PERMISSION_DENIED, UNAVAILABLE (Redis down).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -194,6 +209,21 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     Errors: INVALID_ARGUMENT (bad selector), OUT_OF_RANGE (start_revision is
     older than the retained history, or in the future: resync with
     ListAgents), UNAVAILABLE.
+    """
+    RegisterA2AAgent: _aio.UnaryUnaryMultiCallable[_registry_pb2.RegisterA2AAgentRequest, _registry_pb2.RegisterA2AAgentResponse]  # type: ignore[assignment]
+    """RegisterA2AAgent adds an agent that speaks the Agent2Agent protocol
+    (A2A, a2a-protocol.org) by its agent card URL. The registry fetches the
+    card, validates it, and stores an Agent with protocol A2A, `endpoint` set
+    to the card URL, `agent_type` the card's name, `version` the card's
+    version, and one capability per skill id. Like RegisterAgent it is an
+    upsert by agent_id and counts as a heartbeat; afterwards the registry
+    fetches the card every heartbeat interval, and each successful fetch is
+    the agent's heartbeat (A2A agents do not call Heartbeat).
+    Errors: INVALID_ARGUMENT (malformed agent_id or agent_card_url, bad
+    tags or heartbeat_interval; with field violations), FAILED_PRECONDITION
+    (the card cannot be fetched or is not a valid A2A agent card; a
+    PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
+    PERMISSION_DENIED, UNAVAILABLE (Redis down).
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -323,6 +353,27 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         Errors: INVALID_ARGUMENT (bad selector), OUT_OF_RANGE (start_revision is
         older than the retained history, or in the future: resync with
         ListAgents), UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def RegisterA2AAgent(
+        self,
+        request: _registry_pb2.RegisterA2AAgentRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.RegisterA2AAgentResponse, _abc.Awaitable[_registry_pb2.RegisterA2AAgentResponse]]:
+        """RegisterA2AAgent adds an agent that speaks the Agent2Agent protocol
+        (A2A, a2a-protocol.org) by its agent card URL. The registry fetches the
+        card, validates it, and stores an Agent with protocol A2A, `endpoint` set
+        to the card URL, `agent_type` the card's name, `version` the card's
+        version, and one capability per skill id. Like RegisterAgent it is an
+        upsert by agent_id and counts as a heartbeat; afterwards the registry
+        fetches the card every heartbeat interval, and each successful fetch is
+        the agent's heartbeat (A2A agents do not call Heartbeat).
+        Errors: INVALID_ARGUMENT (malformed agent_id or agent_card_url, bad
+        tags or heartbeat_interval; with field violations), FAILED_PRECONDITION
+        (the card cannot be fetched or is not a valid A2A agent card; a
+        PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
+        PERMISSION_DENIED, UNAVAILABLE (Redis down).
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

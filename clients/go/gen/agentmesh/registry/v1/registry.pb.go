@@ -24,6 +24,60 @@ const (
 	_ = protoimpl.EnforceVersion(protoimpl.MaxVersion - 20)
 )
 
+// AgentProtocol is how the mesh calls an agent.
+type AgentProtocol int32
+
+const (
+	// Not set: read as GRPC (agents registered before the field existed).
+	AgentProtocol_AGENT_PROTOCOL_UNSPECIFIED AgentProtocol = 0
+	// The agent serves agentmesh.agent.v1.AgentService at `endpoint` (host:port).
+	AgentProtocol_AGENT_PROTOCOL_GRPC AgentProtocol = 1
+	// The agent speaks A2A; `endpoint` is its agent card URL. Registered with
+	// RegisterA2AAgent.
+	AgentProtocol_AGENT_PROTOCOL_A2A AgentProtocol = 2
+)
+
+// Enum value maps for AgentProtocol.
+var (
+	AgentProtocol_name = map[int32]string{
+		0: "AGENT_PROTOCOL_UNSPECIFIED",
+		1: "AGENT_PROTOCOL_GRPC",
+		2: "AGENT_PROTOCOL_A2A",
+	}
+	AgentProtocol_value = map[string]int32{
+		"AGENT_PROTOCOL_UNSPECIFIED": 0,
+		"AGENT_PROTOCOL_GRPC":        1,
+		"AGENT_PROTOCOL_A2A":         2,
+	}
+)
+
+func (x AgentProtocol) Enum() *AgentProtocol {
+	p := new(AgentProtocol)
+	*p = x
+	return p
+}
+
+func (x AgentProtocol) String() string {
+	return protoimpl.X.EnumStringOf(x.Descriptor(), protoreflect.EnumNumber(x))
+}
+
+func (AgentProtocol) Descriptor() protoreflect.EnumDescriptor {
+	return file_agentmesh_registry_v1_registry_proto_enumTypes[0].Descriptor()
+}
+
+func (AgentProtocol) Type() protoreflect.EnumType {
+	return &file_agentmesh_registry_v1_registry_proto_enumTypes[0]
+}
+
+func (x AgentProtocol) Number() protoreflect.EnumNumber {
+	return protoreflect.EnumNumber(x)
+}
+
+// Deprecated: Use AgentProtocol.Descriptor instead.
+func (AgentProtocol) EnumDescriptor() ([]byte, []int) {
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+}
+
 // AgentStatus is an agent's lifecycle state. Transitions between ACTIVE,
 // DEGRADED and INACTIVE are flap-damped: the registry changes status only
 // after several health evaluations in a row agree.
@@ -73,11 +127,11 @@ func (x AgentStatus) String() string {
 }
 
 func (AgentStatus) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentmesh_registry_v1_registry_proto_enumTypes[0].Descriptor()
+	return file_agentmesh_registry_v1_registry_proto_enumTypes[1].Descriptor()
 }
 
 func (AgentStatus) Type() protoreflect.EnumType {
-	return &file_agentmesh_registry_v1_registry_proto_enumTypes[0]
+	return &file_agentmesh_registry_v1_registry_proto_enumTypes[1]
 }
 
 func (x AgentStatus) Number() protoreflect.EnumNumber {
@@ -86,7 +140,7 @@ func (x AgentStatus) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AgentStatus.Descriptor instead.
 func (AgentStatus) EnumDescriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{1}
 }
 
 // AgentEventType says what happened to an agent.
@@ -135,11 +189,11 @@ func (x AgentEventType) String() string {
 }
 
 func (AgentEventType) Descriptor() protoreflect.EnumDescriptor {
-	return file_agentmesh_registry_v1_registry_proto_enumTypes[1].Descriptor()
+	return file_agentmesh_registry_v1_registry_proto_enumTypes[2].Descriptor()
 }
 
 func (AgentEventType) Type() protoreflect.EnumType {
-	return &file_agentmesh_registry_v1_registry_proto_enumTypes[1]
+	return &file_agentmesh_registry_v1_registry_proto_enumTypes[2]
 }
 
 func (x AgentEventType) Number() protoreflect.EnumNumber {
@@ -148,7 +202,7 @@ func (x AgentEventType) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use AgentEventType.Descriptor instead.
 func (AgentEventType) EnumDescriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{2}
 }
 
 // ServiceLevel is what an agent promises; the router may use it to choose.
@@ -255,7 +309,11 @@ type Agent struct {
 	// Output only. When the last heartbeat arrived.
 	LastHeartbeatTime *timestamppb.Timestamp `protobuf:"bytes,17,opt,name=last_heartbeat_time,json=lastHeartbeatTime,proto3" json:"last_heartbeat_time,omitempty"`
 	// Output only. Catalog revision of the last event about this agent.
-	Revision      uint64 `protobuf:"varint,18,opt,name=revision,proto3" json:"revision,omitempty"`
+	Revision uint64 `protobuf:"varint,18,opt,name=revision,proto3" json:"revision,omitempty"`
+	// Output only. How the mesh calls the agent; set by the registry
+	// (RegisterAgent leaves it UNSPECIFIED, read as GRPC; RegisterA2AAgent
+	// stores A2A).
+	Protocol      AgentProtocol `protobuf:"varint,19,opt,name=protocol,proto3,enum=agentmesh.registry.v1.AgentProtocol" json:"protocol,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -414,6 +472,13 @@ func (x *Agent) GetRevision() uint64 {
 		return x.Revision
 	}
 	return 0
+}
+
+func (x *Agent) GetProtocol() AgentProtocol {
+	if x != nil {
+		return x.Protocol
+	}
+	return AgentProtocol_AGENT_PROTOCOL_UNSPECIFIED
 }
 
 // RegisterAgentRequest registers or updates an agent.
@@ -1463,6 +1528,172 @@ func (x *WatchAgentsResponse) GetEvent() *AgentEvent {
 	return nil
 }
 
+// RegisterA2AAgentRequest registers or updates an A2A agent by its card.
+type RegisterA2AAgentRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Mesh id of the agent, matching `agent-[a-z0-9-]+`.
+	AgentId string `protobuf:"bytes,1,opt,name=agent_id,json=agentId,proto3" json:"agent_id,omitempty"`
+	// http(s) URL of the agent card, for example
+	// "https://agent.example.com/.well-known/agent-card.json".
+	AgentCardUrl string `protobuf:"bytes,2,opt,name=agent_card_url,json=agentCardUrl,proto3" json:"agent_card_url,omitempty"`
+	// Free-form tags, for example "production".
+	Tags []string `protobuf:"bytes,3,rep,name=tags,proto3" json:"tags,omitempty"`
+	// Service types it offers, for example "computation".
+	ServiceTypes []string `protobuf:"bytes,4,rep,name=service_types,json=serviceTypes,proto3" json:"service_types,omitempty"`
+	// Where the agent runs, for local-first discovery.
+	Location string `protobuf:"bytes,5,opt,name=location,proto3" json:"location,omitempty"`
+	// Free-form metadata, at most 56 entries (the registry adds "a2a.*" keys).
+	Metadata map[string]string `protobuf:"bytes,6,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	// How often the registry fetches the card as the agent's heartbeat; zero
+	// takes the registry's default. Allowed range 100 ms to 1 h.
+	HeartbeatInterval *durationpb.Duration `protobuf:"bytes,7,opt,name=heartbeat_interval,json=heartbeatInterval,proto3" json:"heartbeat_interval,omitempty"`
+	unknownFields     protoimpl.UnknownFields
+	sizeCache         protoimpl.SizeCache
+}
+
+func (x *RegisterA2AAgentRequest) Reset() {
+	*x = RegisterA2AAgentRequest{}
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterA2AAgentRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterA2AAgentRequest) ProtoMessage() {}
+
+func (x *RegisterA2AAgentRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterA2AAgentRequest.ProtoReflect.Descriptor instead.
+func (*RegisterA2AAgentRequest) Descriptor() ([]byte, []int) {
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *RegisterA2AAgentRequest) GetAgentId() string {
+	if x != nil {
+		return x.AgentId
+	}
+	return ""
+}
+
+func (x *RegisterA2AAgentRequest) GetAgentCardUrl() string {
+	if x != nil {
+		return x.AgentCardUrl
+	}
+	return ""
+}
+
+func (x *RegisterA2AAgentRequest) GetTags() []string {
+	if x != nil {
+		return x.Tags
+	}
+	return nil
+}
+
+func (x *RegisterA2AAgentRequest) GetServiceTypes() []string {
+	if x != nil {
+		return x.ServiceTypes
+	}
+	return nil
+}
+
+func (x *RegisterA2AAgentRequest) GetLocation() string {
+	if x != nil {
+		return x.Location
+	}
+	return ""
+}
+
+func (x *RegisterA2AAgentRequest) GetMetadata() map[string]string {
+	if x != nil {
+		return x.Metadata
+	}
+	return nil
+}
+
+func (x *RegisterA2AAgentRequest) GetHeartbeatInterval() *durationpb.Duration {
+	if x != nil {
+		return x.HeartbeatInterval
+	}
+	return nil
+}
+
+// RegisterA2AAgentResponse is the stored agent and the card it came from.
+type RegisterA2AAgentResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The agent as stored, with protocol A2A.
+	Agent *Agent `protobuf:"bytes,1,opt,name=agent,proto3" json:"agent,omitempty"`
+	// True when the id was new; false when an existing registration was updated.
+	Created bool `protobuf:"varint,2,opt,name=created,proto3" json:"created,omitempty"`
+	// The agent card as fetched, in its JSON form.
+	AgentCardJson string `protobuf:"bytes,3,opt,name=agent_card_json,json=agentCardJson,proto3" json:"agent_card_json,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RegisterA2AAgentResponse) Reset() {
+	*x = RegisterA2AAgentResponse{}
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RegisterA2AAgentResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RegisterA2AAgentResponse) ProtoMessage() {}
+
+func (x *RegisterA2AAgentResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RegisterA2AAgentResponse.ProtoReflect.Descriptor instead.
+func (*RegisterA2AAgentResponse) Descriptor() ([]byte, []int) {
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *RegisterA2AAgentResponse) GetAgent() *Agent {
+	if x != nil {
+		return x.Agent
+	}
+	return nil
+}
+
+func (x *RegisterA2AAgentResponse) GetCreated() bool {
+	if x != nil {
+		return x.Created
+	}
+	return false
+}
+
+func (x *RegisterA2AAgentResponse) GetAgentCardJson() string {
+	if x != nil {
+		return x.AgentCardJson
+	}
+	return ""
+}
+
 var File_agentmesh_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
@@ -1472,7 +1703,7 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\vmax_latency\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"maxLatency\x12)\n" +
 	"\x10min_availability\x18\x02 \x01(\x01R\x0fminAvailability\x12'\n" +
-	"\x0fmax_concurrency\x18\x03 \x01(\rR\x0emaxConcurrency\"\xf1\x06\n" +
+	"\x0fmax_concurrency\x18\x03 \x01(\rR\x0emaxConcurrency\"\xb3\a\n" +
 	"\x05Agent\x12\x19\n" +
 	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12\x1d\n" +
 	"\n" +
@@ -1494,7 +1725,8 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\vupdate_time\x18\x10 \x01(\v2\x1a.google.protobuf.TimestampR\n" +
 	"updateTime\x12J\n" +
 	"\x13last_heartbeat_time\x18\x11 \x01(\v2\x1a.google.protobuf.TimestampR\x11lastHeartbeatTime\x12\x1a\n" +
-	"\brevision\x18\x12 \x01(\x04R\brevision\x1a;\n" +
+	"\brevision\x18\x12 \x01(\x04R\brevision\x12@\n" +
+	"\bprotocol\x18\x13 \x01(\x0e2$.agentmesh.registry.v1.AgentProtocolR\bprotocol\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"J\n" +
@@ -1564,7 +1796,26 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\x0estart_revision\x18\x01 \x01(\x04R\rstartRevision\x12>\n" +
 	"\bselector\x18\x02 \x01(\v2\".agentmesh.common.v1.AgentSelectorR\bselector\"N\n" +
 	"\x13WatchAgentsResponse\x127\n" +
-	"\x05event\x18\x01 \x01(\v2!.agentmesh.registry.v1.AgentEventR\x05event*\x9b\x01\n" +
+	"\x05event\x18\x01 \x01(\v2!.agentmesh.registry.v1.AgentEventR\x05event\"\x90\x03\n" +
+	"\x17RegisterA2AAgentRequest\x12\x19\n" +
+	"\bagent_id\x18\x01 \x01(\tR\aagentId\x12$\n" +
+	"\x0eagent_card_url\x18\x02 \x01(\tR\fagentCardUrl\x12\x12\n" +
+	"\x04tags\x18\x03 \x03(\tR\x04tags\x12#\n" +
+	"\rservice_types\x18\x04 \x03(\tR\fserviceTypes\x12\x1a\n" +
+	"\blocation\x18\x05 \x01(\tR\blocation\x12X\n" +
+	"\bmetadata\x18\x06 \x03(\v2<.agentmesh.registry.v1.RegisterA2AAgentRequest.MetadataEntryR\bmetadata\x12H\n" +
+	"\x12heartbeat_interval\x18\a \x01(\v2\x19.google.protobuf.DurationR\x11heartbeatInterval\x1a;\n" +
+	"\rMetadataEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x90\x01\n" +
+	"\x18RegisterA2AAgentResponse\x122\n" +
+	"\x05agent\x18\x01 \x01(\v2\x1c.agentmesh.registry.v1.AgentR\x05agent\x12\x18\n" +
+	"\acreated\x18\x02 \x01(\bR\acreated\x12&\n" +
+	"\x0fagent_card_json\x18\x03 \x01(\tR\ragentCardJson*`\n" +
+	"\rAgentProtocol\x12\x1e\n" +
+	"\x1aAGENT_PROTOCOL_UNSPECIFIED\x10\x00\x12\x17\n" +
+	"\x13AGENT_PROTOCOL_GRPC\x10\x01\x12\x16\n" +
+	"\x12AGENT_PROTOCOL_A2A\x10\x02*\x9b\x01\n" +
 	"\vAgentStatus\x12\x1c\n" +
 	"\x18AGENT_STATUS_UNSPECIFIED\x10\x00\x12\x17\n" +
 	"\x13AGENT_STATUS_ACTIVE\x10\x01\x12\x19\n" +
@@ -1576,7 +1827,7 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\x1bAGENT_EVENT_TYPE_REGISTERED\x10\x01\x12\x1c\n" +
 	"\x18AGENT_EVENT_TYPE_UPDATED\x10\x02\x12#\n" +
 	"\x1fAGENT_EVENT_TYPE_HEALTH_CHANGED\x10\x03\x12!\n" +
-	"\x1dAGENT_EVENT_TYPE_DEREGISTERED\x10\x042\x84\a\n" +
+	"\x1dAGENT_EVENT_TYPE_DEREGISTERED\x10\x042\xfe\a\n" +
 	"\x0fRegistryService\x12o\n" +
 	"\rRegisterAgent\x12+.agentmesh.registry.v1.RegisterAgentRequest\x1a,.agentmesh.registry.v1.RegisterAgentResponse\"\x03\x90\x02\x02\x12u\n" +
 	"\x0fDeregisterAgent\x12-.agentmesh.registry.v1.DeregisterAgentRequest\x1a..agentmesh.registry.v1.DeregisterAgentResponse\"\x03\x90\x02\x02\x12`\n" +
@@ -1586,7 +1837,8 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\tHeartbeat\x12'.agentmesh.registry.v1.HeartbeatRequest\x1a(.agentmesh.registry.v1.HeartbeatResponse\"\x03\x90\x02\x02\x12y\n" +
 	"\x0fHeartbeatStream\x12-.agentmesh.registry.v1.HeartbeatStreamRequest\x1a..agentmesh.registry.v1.HeartbeatStreamResponse\"\x03\x90\x02\x02(\x010\x01\x12r\n" +
 	"\x0eDiscoverAgents\x12,.agentmesh.registry.v1.DiscoverAgentsRequest\x1a-.agentmesh.registry.v1.DiscoverAgentsResponse\"\x03\x90\x02\x01\x12k\n" +
-	"\vWatchAgents\x12).agentmesh.registry.v1.WatchAgentsRequest\x1a*.agentmesh.registry.v1.WatchAgentsResponse\"\x03\x90\x02\x010\x01B\xf0\x01\n" +
+	"\vWatchAgents\x12).agentmesh.registry.v1.WatchAgentsRequest\x1a*.agentmesh.registry.v1.WatchAgentsResponse\"\x03\x90\x02\x010\x01\x12x\n" +
+	"\x10RegisterA2AAgent\x12..agentmesh.registry.v1.RegisterA2AAgentRequest\x1a/.agentmesh.registry.v1.RegisterA2AAgentResponse\"\x03\x90\x02\x02B\xf0\x01\n" +
 	"\x19com.agentmesh.registry.v1B\rRegistryProtoP\x01ZNgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/registry/v1;registryv1\xa2\x02\x03ARX\xaa\x02\x15Agentmesh.Registry.V1\xca\x02\x15Agentmesh\\Registry\\V1\xe2\x02!Agentmesh\\Registry\\V1\\GPBMetadata\xea\x02\x17Agentmesh::Registry::V1b\x06proto3"
 
 var (
@@ -1601,88 +1853,98 @@ func file_agentmesh_registry_v1_registry_proto_rawDescGZIP() []byte {
 	return file_agentmesh_registry_v1_registry_proto_rawDescData
 }
 
-var file_agentmesh_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 2)
-var file_agentmesh_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_agentmesh_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
+var file_agentmesh_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
 var file_agentmesh_registry_v1_registry_proto_goTypes = []any{
-	(AgentStatus)(0),                // 0: agentmesh.registry.v1.AgentStatus
-	(AgentEventType)(0),             // 1: agentmesh.registry.v1.AgentEventType
-	(*ServiceLevel)(nil),            // 2: agentmesh.registry.v1.ServiceLevel
-	(*Agent)(nil),                   // 3: agentmesh.registry.v1.Agent
-	(*RegisterAgentRequest)(nil),    // 4: agentmesh.registry.v1.RegisterAgentRequest
-	(*RegisterAgentResponse)(nil),   // 5: agentmesh.registry.v1.RegisterAgentResponse
-	(*DeregisterAgentRequest)(nil),  // 6: agentmesh.registry.v1.DeregisterAgentRequest
-	(*DeregisterAgentResponse)(nil), // 7: agentmesh.registry.v1.DeregisterAgentResponse
-	(*GetAgentRequest)(nil),         // 8: agentmesh.registry.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),        // 9: agentmesh.registry.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),       // 10: agentmesh.registry.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),      // 11: agentmesh.registry.v1.ListAgentsResponse
-	(*HeartbeatRequest)(nil),        // 12: agentmesh.registry.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),       // 13: agentmesh.registry.v1.HeartbeatResponse
-	(*HeartbeatStreamRequest)(nil),  // 14: agentmesh.registry.v1.HeartbeatStreamRequest
-	(*HeartbeatResult)(nil),         // 15: agentmesh.registry.v1.HeartbeatResult
-	(*HeartbeatStreamResponse)(nil), // 16: agentmesh.registry.v1.HeartbeatStreamResponse
-	(*DiscoverAgentsRequest)(nil),   // 17: agentmesh.registry.v1.DiscoverAgentsRequest
-	(*DiscoverAgentsResponse)(nil),  // 18: agentmesh.registry.v1.DiscoverAgentsResponse
-	(*AgentEvent)(nil),              // 19: agentmesh.registry.v1.AgentEvent
-	(*WatchAgentsRequest)(nil),      // 20: agentmesh.registry.v1.WatchAgentsRequest
-	(*WatchAgentsResponse)(nil),     // 21: agentmesh.registry.v1.WatchAgentsResponse
-	nil,                             // 22: agentmesh.registry.v1.Agent.MetadataEntry
-	(*durationpb.Duration)(nil),     // 23: google.protobuf.Duration
-	(*v1.LoadMetrics)(nil),          // 24: agentmesh.common.v1.LoadMetrics
-	(*timestamppb.Timestamp)(nil),   // 25: google.protobuf.Timestamp
-	(*v1.AgentSelector)(nil),        // 26: agentmesh.common.v1.AgentSelector
+	(AgentProtocol)(0),               // 0: agentmesh.registry.v1.AgentProtocol
+	(AgentStatus)(0),                 // 1: agentmesh.registry.v1.AgentStatus
+	(AgentEventType)(0),              // 2: agentmesh.registry.v1.AgentEventType
+	(*ServiceLevel)(nil),             // 3: agentmesh.registry.v1.ServiceLevel
+	(*Agent)(nil),                    // 4: agentmesh.registry.v1.Agent
+	(*RegisterAgentRequest)(nil),     // 5: agentmesh.registry.v1.RegisterAgentRequest
+	(*RegisterAgentResponse)(nil),    // 6: agentmesh.registry.v1.RegisterAgentResponse
+	(*DeregisterAgentRequest)(nil),   // 7: agentmesh.registry.v1.DeregisterAgentRequest
+	(*DeregisterAgentResponse)(nil),  // 8: agentmesh.registry.v1.DeregisterAgentResponse
+	(*GetAgentRequest)(nil),          // 9: agentmesh.registry.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),         // 10: agentmesh.registry.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),        // 11: agentmesh.registry.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 12: agentmesh.registry.v1.ListAgentsResponse
+	(*HeartbeatRequest)(nil),         // 13: agentmesh.registry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),        // 14: agentmesh.registry.v1.HeartbeatResponse
+	(*HeartbeatStreamRequest)(nil),   // 15: agentmesh.registry.v1.HeartbeatStreamRequest
+	(*HeartbeatResult)(nil),          // 16: agentmesh.registry.v1.HeartbeatResult
+	(*HeartbeatStreamResponse)(nil),  // 17: agentmesh.registry.v1.HeartbeatStreamResponse
+	(*DiscoverAgentsRequest)(nil),    // 18: agentmesh.registry.v1.DiscoverAgentsRequest
+	(*DiscoverAgentsResponse)(nil),   // 19: agentmesh.registry.v1.DiscoverAgentsResponse
+	(*AgentEvent)(nil),               // 20: agentmesh.registry.v1.AgentEvent
+	(*WatchAgentsRequest)(nil),       // 21: agentmesh.registry.v1.WatchAgentsRequest
+	(*WatchAgentsResponse)(nil),      // 22: agentmesh.registry.v1.WatchAgentsResponse
+	(*RegisterA2AAgentRequest)(nil),  // 23: agentmesh.registry.v1.RegisterA2AAgentRequest
+	(*RegisterA2AAgentResponse)(nil), // 24: agentmesh.registry.v1.RegisterA2AAgentResponse
+	nil,                              // 25: agentmesh.registry.v1.Agent.MetadataEntry
+	nil,                              // 26: agentmesh.registry.v1.RegisterA2AAgentRequest.MetadataEntry
+	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
+	(*v1.LoadMetrics)(nil),           // 28: agentmesh.common.v1.LoadMetrics
+	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
+	(*v1.AgentSelector)(nil),         // 30: agentmesh.common.v1.AgentSelector
 }
 var file_agentmesh_registry_v1_registry_proto_depIdxs = []int32{
-	23, // 0: agentmesh.registry.v1.ServiceLevel.max_latency:type_name -> google.protobuf.Duration
-	2,  // 1: agentmesh.registry.v1.Agent.sla:type_name -> agentmesh.registry.v1.ServiceLevel
-	22, // 2: agentmesh.registry.v1.Agent.metadata:type_name -> agentmesh.registry.v1.Agent.MetadataEntry
-	23, // 3: agentmesh.registry.v1.Agent.heartbeat_interval:type_name -> google.protobuf.Duration
-	0,  // 4: agentmesh.registry.v1.Agent.status:type_name -> agentmesh.registry.v1.AgentStatus
-	24, // 5: agentmesh.registry.v1.Agent.load:type_name -> agentmesh.common.v1.LoadMetrics
-	25, // 6: agentmesh.registry.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
-	25, // 7: agentmesh.registry.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
-	25, // 8: agentmesh.registry.v1.Agent.last_heartbeat_time:type_name -> google.protobuf.Timestamp
-	3,  // 9: agentmesh.registry.v1.RegisterAgentRequest.agent:type_name -> agentmesh.registry.v1.Agent
-	3,  // 10: agentmesh.registry.v1.RegisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
-	3,  // 11: agentmesh.registry.v1.DeregisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
-	3,  // 12: agentmesh.registry.v1.GetAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
-	0,  // 13: agentmesh.registry.v1.ListAgentsRequest.status:type_name -> agentmesh.registry.v1.AgentStatus
-	3,  // 14: agentmesh.registry.v1.ListAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
-	24, // 15: agentmesh.registry.v1.HeartbeatRequest.load:type_name -> agentmesh.common.v1.LoadMetrics
-	0,  // 16: agentmesh.registry.v1.HeartbeatResponse.status:type_name -> agentmesh.registry.v1.AgentStatus
-	23, // 17: agentmesh.registry.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	12, // 18: agentmesh.registry.v1.HeartbeatStreamRequest.heartbeats:type_name -> agentmesh.registry.v1.HeartbeatRequest
-	0,  // 19: agentmesh.registry.v1.HeartbeatResult.status:type_name -> agentmesh.registry.v1.AgentStatus
-	15, // 20: agentmesh.registry.v1.HeartbeatStreamResponse.results:type_name -> agentmesh.registry.v1.HeartbeatResult
-	26, // 21: agentmesh.registry.v1.DiscoverAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
-	3,  // 22: agentmesh.registry.v1.DiscoverAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
-	1,  // 23: agentmesh.registry.v1.AgentEvent.type:type_name -> agentmesh.registry.v1.AgentEventType
-	3,  // 24: agentmesh.registry.v1.AgentEvent.agent:type_name -> agentmesh.registry.v1.Agent
-	0,  // 25: agentmesh.registry.v1.AgentEvent.previous_status:type_name -> agentmesh.registry.v1.AgentStatus
-	25, // 26: agentmesh.registry.v1.AgentEvent.event_time:type_name -> google.protobuf.Timestamp
-	26, // 27: agentmesh.registry.v1.WatchAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
-	19, // 28: agentmesh.registry.v1.WatchAgentsResponse.event:type_name -> agentmesh.registry.v1.AgentEvent
-	4,  // 29: agentmesh.registry.v1.RegistryService.RegisterAgent:input_type -> agentmesh.registry.v1.RegisterAgentRequest
-	6,  // 30: agentmesh.registry.v1.RegistryService.DeregisterAgent:input_type -> agentmesh.registry.v1.DeregisterAgentRequest
-	8,  // 31: agentmesh.registry.v1.RegistryService.GetAgent:input_type -> agentmesh.registry.v1.GetAgentRequest
-	10, // 32: agentmesh.registry.v1.RegistryService.ListAgents:input_type -> agentmesh.registry.v1.ListAgentsRequest
-	12, // 33: agentmesh.registry.v1.RegistryService.Heartbeat:input_type -> agentmesh.registry.v1.HeartbeatRequest
-	14, // 34: agentmesh.registry.v1.RegistryService.HeartbeatStream:input_type -> agentmesh.registry.v1.HeartbeatStreamRequest
-	17, // 35: agentmesh.registry.v1.RegistryService.DiscoverAgents:input_type -> agentmesh.registry.v1.DiscoverAgentsRequest
-	20, // 36: agentmesh.registry.v1.RegistryService.WatchAgents:input_type -> agentmesh.registry.v1.WatchAgentsRequest
-	5,  // 37: agentmesh.registry.v1.RegistryService.RegisterAgent:output_type -> agentmesh.registry.v1.RegisterAgentResponse
-	7,  // 38: agentmesh.registry.v1.RegistryService.DeregisterAgent:output_type -> agentmesh.registry.v1.DeregisterAgentResponse
-	9,  // 39: agentmesh.registry.v1.RegistryService.GetAgent:output_type -> agentmesh.registry.v1.GetAgentResponse
-	11, // 40: agentmesh.registry.v1.RegistryService.ListAgents:output_type -> agentmesh.registry.v1.ListAgentsResponse
-	13, // 41: agentmesh.registry.v1.RegistryService.Heartbeat:output_type -> agentmesh.registry.v1.HeartbeatResponse
-	16, // 42: agentmesh.registry.v1.RegistryService.HeartbeatStream:output_type -> agentmesh.registry.v1.HeartbeatStreamResponse
-	18, // 43: agentmesh.registry.v1.RegistryService.DiscoverAgents:output_type -> agentmesh.registry.v1.DiscoverAgentsResponse
-	21, // 44: agentmesh.registry.v1.RegistryService.WatchAgents:output_type -> agentmesh.registry.v1.WatchAgentsResponse
-	37, // [37:45] is the sub-list for method output_type
-	29, // [29:37] is the sub-list for method input_type
-	29, // [29:29] is the sub-list for extension type_name
-	29, // [29:29] is the sub-list for extension extendee
-	0,  // [0:29] is the sub-list for field type_name
+	27, // 0: agentmesh.registry.v1.ServiceLevel.max_latency:type_name -> google.protobuf.Duration
+	3,  // 1: agentmesh.registry.v1.Agent.sla:type_name -> agentmesh.registry.v1.ServiceLevel
+	25, // 2: agentmesh.registry.v1.Agent.metadata:type_name -> agentmesh.registry.v1.Agent.MetadataEntry
+	27, // 3: agentmesh.registry.v1.Agent.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 4: agentmesh.registry.v1.Agent.status:type_name -> agentmesh.registry.v1.AgentStatus
+	28, // 5: agentmesh.registry.v1.Agent.load:type_name -> agentmesh.common.v1.LoadMetrics
+	29, // 6: agentmesh.registry.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
+	29, // 7: agentmesh.registry.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
+	29, // 8: agentmesh.registry.v1.Agent.last_heartbeat_time:type_name -> google.protobuf.Timestamp
+	0,  // 9: agentmesh.registry.v1.Agent.protocol:type_name -> agentmesh.registry.v1.AgentProtocol
+	4,  // 10: agentmesh.registry.v1.RegisterAgentRequest.agent:type_name -> agentmesh.registry.v1.Agent
+	4,  // 11: agentmesh.registry.v1.RegisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	4,  // 12: agentmesh.registry.v1.DeregisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	4,  // 13: agentmesh.registry.v1.GetAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	1,  // 14: agentmesh.registry.v1.ListAgentsRequest.status:type_name -> agentmesh.registry.v1.AgentStatus
+	4,  // 15: agentmesh.registry.v1.ListAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
+	28, // 16: agentmesh.registry.v1.HeartbeatRequest.load:type_name -> agentmesh.common.v1.LoadMetrics
+	1,  // 17: agentmesh.registry.v1.HeartbeatResponse.status:type_name -> agentmesh.registry.v1.AgentStatus
+	27, // 18: agentmesh.registry.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	13, // 19: agentmesh.registry.v1.HeartbeatStreamRequest.heartbeats:type_name -> agentmesh.registry.v1.HeartbeatRequest
+	1,  // 20: agentmesh.registry.v1.HeartbeatResult.status:type_name -> agentmesh.registry.v1.AgentStatus
+	16, // 21: agentmesh.registry.v1.HeartbeatStreamResponse.results:type_name -> agentmesh.registry.v1.HeartbeatResult
+	30, // 22: agentmesh.registry.v1.DiscoverAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
+	4,  // 23: agentmesh.registry.v1.DiscoverAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
+	2,  // 24: agentmesh.registry.v1.AgentEvent.type:type_name -> agentmesh.registry.v1.AgentEventType
+	4,  // 25: agentmesh.registry.v1.AgentEvent.agent:type_name -> agentmesh.registry.v1.Agent
+	1,  // 26: agentmesh.registry.v1.AgentEvent.previous_status:type_name -> agentmesh.registry.v1.AgentStatus
+	29, // 27: agentmesh.registry.v1.AgentEvent.event_time:type_name -> google.protobuf.Timestamp
+	30, // 28: agentmesh.registry.v1.WatchAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
+	20, // 29: agentmesh.registry.v1.WatchAgentsResponse.event:type_name -> agentmesh.registry.v1.AgentEvent
+	26, // 30: agentmesh.registry.v1.RegisterA2AAgentRequest.metadata:type_name -> agentmesh.registry.v1.RegisterA2AAgentRequest.MetadataEntry
+	27, // 31: agentmesh.registry.v1.RegisterA2AAgentRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	4,  // 32: agentmesh.registry.v1.RegisterA2AAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	5,  // 33: agentmesh.registry.v1.RegistryService.RegisterAgent:input_type -> agentmesh.registry.v1.RegisterAgentRequest
+	7,  // 34: agentmesh.registry.v1.RegistryService.DeregisterAgent:input_type -> agentmesh.registry.v1.DeregisterAgentRequest
+	9,  // 35: agentmesh.registry.v1.RegistryService.GetAgent:input_type -> agentmesh.registry.v1.GetAgentRequest
+	11, // 36: agentmesh.registry.v1.RegistryService.ListAgents:input_type -> agentmesh.registry.v1.ListAgentsRequest
+	13, // 37: agentmesh.registry.v1.RegistryService.Heartbeat:input_type -> agentmesh.registry.v1.HeartbeatRequest
+	15, // 38: agentmesh.registry.v1.RegistryService.HeartbeatStream:input_type -> agentmesh.registry.v1.HeartbeatStreamRequest
+	18, // 39: agentmesh.registry.v1.RegistryService.DiscoverAgents:input_type -> agentmesh.registry.v1.DiscoverAgentsRequest
+	21, // 40: agentmesh.registry.v1.RegistryService.WatchAgents:input_type -> agentmesh.registry.v1.WatchAgentsRequest
+	23, // 41: agentmesh.registry.v1.RegistryService.RegisterA2AAgent:input_type -> agentmesh.registry.v1.RegisterA2AAgentRequest
+	6,  // 42: agentmesh.registry.v1.RegistryService.RegisterAgent:output_type -> agentmesh.registry.v1.RegisterAgentResponse
+	8,  // 43: agentmesh.registry.v1.RegistryService.DeregisterAgent:output_type -> agentmesh.registry.v1.DeregisterAgentResponse
+	10, // 44: agentmesh.registry.v1.RegistryService.GetAgent:output_type -> agentmesh.registry.v1.GetAgentResponse
+	12, // 45: agentmesh.registry.v1.RegistryService.ListAgents:output_type -> agentmesh.registry.v1.ListAgentsResponse
+	14, // 46: agentmesh.registry.v1.RegistryService.Heartbeat:output_type -> agentmesh.registry.v1.HeartbeatResponse
+	17, // 47: agentmesh.registry.v1.RegistryService.HeartbeatStream:output_type -> agentmesh.registry.v1.HeartbeatStreamResponse
+	19, // 48: agentmesh.registry.v1.RegistryService.DiscoverAgents:output_type -> agentmesh.registry.v1.DiscoverAgentsResponse
+	22, // 49: agentmesh.registry.v1.RegistryService.WatchAgents:output_type -> agentmesh.registry.v1.WatchAgentsResponse
+	24, // 50: agentmesh.registry.v1.RegistryService.RegisterA2AAgent:output_type -> agentmesh.registry.v1.RegisterA2AAgentResponse
+	42, // [42:51] is the sub-list for method output_type
+	33, // [33:42] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_registry_v1_registry_proto_init() }
@@ -1695,8 +1957,8 @@ func file_agentmesh_registry_v1_registry_proto_init() {
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_registry_v1_registry_proto_rawDesc), len(file_agentmesh_registry_v1_registry_proto_rawDesc)),
-			NumEnums:      2,
-			NumMessages:   21,
+			NumEnums:      3,
+			NumMessages:   24,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

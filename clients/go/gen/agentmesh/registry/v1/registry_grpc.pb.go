@@ -19,14 +19,15 @@ import (
 const _ = grpc.SupportPackageIsVersion9
 
 const (
-	RegistryService_RegisterAgent_FullMethodName   = "/agentmesh.registry.v1.RegistryService/RegisterAgent"
-	RegistryService_DeregisterAgent_FullMethodName = "/agentmesh.registry.v1.RegistryService/DeregisterAgent"
-	RegistryService_GetAgent_FullMethodName        = "/agentmesh.registry.v1.RegistryService/GetAgent"
-	RegistryService_ListAgents_FullMethodName      = "/agentmesh.registry.v1.RegistryService/ListAgents"
-	RegistryService_Heartbeat_FullMethodName       = "/agentmesh.registry.v1.RegistryService/Heartbeat"
-	RegistryService_HeartbeatStream_FullMethodName = "/agentmesh.registry.v1.RegistryService/HeartbeatStream"
-	RegistryService_DiscoverAgents_FullMethodName  = "/agentmesh.registry.v1.RegistryService/DiscoverAgents"
-	RegistryService_WatchAgents_FullMethodName     = "/agentmesh.registry.v1.RegistryService/WatchAgents"
+	RegistryService_RegisterAgent_FullMethodName    = "/agentmesh.registry.v1.RegistryService/RegisterAgent"
+	RegistryService_DeregisterAgent_FullMethodName  = "/agentmesh.registry.v1.RegistryService/DeregisterAgent"
+	RegistryService_GetAgent_FullMethodName         = "/agentmesh.registry.v1.RegistryService/GetAgent"
+	RegistryService_ListAgents_FullMethodName       = "/agentmesh.registry.v1.RegistryService/ListAgents"
+	RegistryService_Heartbeat_FullMethodName        = "/agentmesh.registry.v1.RegistryService/Heartbeat"
+	RegistryService_HeartbeatStream_FullMethodName  = "/agentmesh.registry.v1.RegistryService/HeartbeatStream"
+	RegistryService_DiscoverAgents_FullMethodName   = "/agentmesh.registry.v1.RegistryService/DiscoverAgents"
+	RegistryService_WatchAgents_FullMethodName      = "/agentmesh.registry.v1.RegistryService/WatchAgents"
+	RegistryService_RegisterA2AAgent_FullMethodName = "/agentmesh.registry.v1.RegistryService/RegisterA2AAgent"
 )
 
 // RegistryServiceClient is the client API for RegistryService service.
@@ -104,6 +105,20 @@ type RegistryServiceClient interface {
 	// older than the retained history, or in the future: resync with
 	// ListAgents), UNAVAILABLE.
 	WatchAgents(ctx context.Context, in *WatchAgentsRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchAgentsResponse], error)
+	// RegisterA2AAgent adds an agent that speaks the Agent2Agent protocol
+	// (A2A, a2a-protocol.org) by its agent card URL. The registry fetches the
+	// card, validates it, and stores an Agent with protocol A2A, `endpoint` set
+	// to the card URL, `agent_type` the card's name, `version` the card's
+	// version, and one capability per skill id. Like RegisterAgent it is an
+	// upsert by agent_id and counts as a heartbeat; afterwards the registry
+	// fetches the card every heartbeat interval, and each successful fetch is
+	// the agent's heartbeat (A2A agents do not call Heartbeat).
+	// Errors: INVALID_ARGUMENT (malformed agent_id or agent_card_url, bad
+	// tags or heartbeat_interval; with field violations), FAILED_PRECONDITION
+	// (the card cannot be fetched or is not a valid A2A agent card; a
+	// PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
+	// PERMISSION_DENIED, UNAVAILABLE (Redis down).
+	RegisterA2AAgent(ctx context.Context, in *RegisterA2AAgentRequest, opts ...grpc.CallOption) (*RegisterA2AAgentResponse, error)
 }
 
 type registryServiceClient struct {
@@ -206,6 +221,16 @@ func (c *registryServiceClient) WatchAgents(ctx context.Context, in *WatchAgents
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RegistryService_WatchAgentsClient = grpc.ServerStreamingClient[WatchAgentsResponse]
 
+func (c *registryServiceClient) RegisterA2AAgent(ctx context.Context, in *RegisterA2AAgentRequest, opts ...grpc.CallOption) (*RegisterA2AAgentResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(RegisterA2AAgentResponse)
+	err := c.cc.Invoke(ctx, RegistryService_RegisterA2AAgent_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegistryServiceServer is the server API for RegistryService service.
 // All implementations must embed UnimplementedRegistryServiceServer
 // for forward compatibility.
@@ -281,6 +306,20 @@ type RegistryServiceServer interface {
 	// older than the retained history, or in the future: resync with
 	// ListAgents), UNAVAILABLE.
 	WatchAgents(*WatchAgentsRequest, grpc.ServerStreamingServer[WatchAgentsResponse]) error
+	// RegisterA2AAgent adds an agent that speaks the Agent2Agent protocol
+	// (A2A, a2a-protocol.org) by its agent card URL. The registry fetches the
+	// card, validates it, and stores an Agent with protocol A2A, `endpoint` set
+	// to the card URL, `agent_type` the card's name, `version` the card's
+	// version, and one capability per skill id. Like RegisterAgent it is an
+	// upsert by agent_id and counts as a heartbeat; afterwards the registry
+	// fetches the card every heartbeat interval, and each successful fetch is
+	// the agent's heartbeat (A2A agents do not call Heartbeat).
+	// Errors: INVALID_ARGUMENT (malformed agent_id or agent_card_url, bad
+	// tags or heartbeat_interval; with field violations), FAILED_PRECONDITION
+	// (the card cannot be fetched or is not a valid A2A agent card; a
+	// PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
+	// PERMISSION_DENIED, UNAVAILABLE (Redis down).
+	RegisterA2AAgent(context.Context, *RegisterA2AAgentRequest) (*RegisterA2AAgentResponse, error)
 	mustEmbedUnimplementedRegistryServiceServer()
 }
 
@@ -314,6 +353,9 @@ func (UnimplementedRegistryServiceServer) DiscoverAgents(context.Context, *Disco
 }
 func (UnimplementedRegistryServiceServer) WatchAgents(*WatchAgentsRequest, grpc.ServerStreamingServer[WatchAgentsResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchAgents not implemented")
+}
+func (UnimplementedRegistryServiceServer) RegisterA2AAgent(context.Context, *RegisterA2AAgentRequest) (*RegisterA2AAgentResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method RegisterA2AAgent not implemented")
 }
 func (UnimplementedRegistryServiceServer) mustEmbedUnimplementedRegistryServiceServer() {}
 func (UnimplementedRegistryServiceServer) testEmbeddedByValue()                         {}
@@ -462,6 +504,24 @@ func _RegistryService_WatchAgents_Handler(srv interface{}, stream grpc.ServerStr
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type RegistryService_WatchAgentsServer = grpc.ServerStreamingServer[WatchAgentsResponse]
 
+func _RegistryService_RegisterA2AAgent_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(RegisterA2AAgentRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).RegisterA2AAgent(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_RegisterA2AAgent_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).RegisterA2AAgent(ctx, req.(*RegisterA2AAgentRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RegistryService_ServiceDesc is the grpc.ServiceDesc for RegistryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -492,6 +552,10 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DiscoverAgents",
 			Handler:    _RegistryService_DiscoverAgents_Handler,
+		},
+		{
+			MethodName: "RegisterA2AAgent",
+			Handler:    _RegistryService_RegisterA2AAgent_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
