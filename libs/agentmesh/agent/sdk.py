@@ -44,17 +44,22 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from agentmesh.agent.bus import BusLink, MessageContext, MessageSubscription
 from agentmesh.agent.cli import add_arguments, apply_arguments, run_agent
 from agentmesh.agent.context import ActionContext
 from agentmesh.agent.executor import IdempotentExecutor, map_exception
 from agentmesh.agent.idempotency import MemoryIdempotencyStore, RedisIdempotencyStore
 from agentmesh.agent.load import LoadTracker
+from agentmesh.agent.message_dedupe import RedisMessageClaims
 from agentmesh.agent.registration import Registrar
 from agentmesh.agent.safety import SafetyLink
 from agentmesh.agent.servicer import WILDCARD, AgentServicer
 from agentmesh.agent.settings import AgentSettings
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.bus.v1 import bus_pb2
+from agentmesh.client.bus_messages import Message
 from agentmesh.router.v1 import safety_pb2
+from agentmesh.runtime.agent_ids import inbox_topic
 from agentmesh.runtime.compensation import COMPENSATE_SUFFIX, strip_compensate_suffix
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.errors import ErrorReason, reason_name
@@ -136,6 +141,9 @@ class Agent:
         self._actions: dict[str, ActionHandler] = {}
         self._compensations: dict[str, ActionHandler] = {}
         self._objectives: dict[str, EvaluateHandler] = {}
+        self._message_subs: list[MessageSubscription] = []
+        #: The bus gateway link, once `start` has run with a bus_target.
+        self.bus: BusLink | None = None
         self._daemon: Daemon | None = None
         self._registrar: Registrar | None = None
         self._stopping = False
@@ -176,6 +184,81 @@ class Agent:
             return fn
 
         return deco
+
+    def on_message(
+        self,
+        patterns: str | Sequence[str] = (),
+        *,
+        group: str | None = None,
+        inbox: bool = False,
+        max_deliveries: int = 5,
+        ack_deadline_ms: int = 30_000,
+        retry_delay_ms: int = 200,
+        start_position: str = "earliest",
+    ) -> Callable[[F], F]:
+        """Decorator: `fn(payload, ctx: MessageContext)` handles bus messages
+        (see `agentmesh.agent.bus`; needs the `bus_target` setting).
+
+        Args:
+            patterns: topic patterns (`*` one level, `#` any levels).
+            group: consumer group; default the agent type, so replicas of one
+                type share the messages (with `inbox`, the agent id).
+            inbox: also (or only) the agent's inbox `agents.<agent_id>`,
+                where messages with `recipient_id` = this agent go.
+            max_deliveries: deliveries before the gateway writes `<topic>.dlq`.
+            ack_deadline_ms: a delivery not handled in this long is redelivered.
+            retry_delay_ms: redelivery delay after the first failure (doubles).
+            start_position: "earliest" or "latest" for a group without offsets.
+
+        Raises:
+            ValueError: neither patterns nor inbox.
+        """
+        pats = [patterns] if isinstance(patterns, str) else list(patterns)
+        if inbox:
+            pats.append(inbox_topic(self.agent_id))
+        if not pats:
+            raise ValueError("on_message needs topic patterns or inbox=True")
+
+        def deco(fn: F) -> F:
+            self._message_subs.append(MessageSubscription(
+                patterns=tuple(pats),
+                group=group or (self.agent_id if inbox and not patterns else self.agent_type),
+                handler=fn, inbox=inbox, max_deliveries=max_deliveries,
+                ack_deadline_ms=ack_deadline_ms, retry_delay_ms=retry_delay_ms,
+                start_position=start_position))
+            return fn
+
+        return deco
+
+    @property
+    def message_subscriptions(self) -> list[MessageSubscription]:
+        """Declared `on_message` handlers."""
+        return list(self._message_subs)
+
+    def _bus_link(self) -> BusLink:
+        if self.bus is None:
+            raise RuntimeError(
+                f"agent {self.agent_id} has no bus link: set bus_target and start it first")
+        return self.bus
+
+    async def publish(self, payload: Any = None, **kw: Any) -> bus_pb2.PublishResponse:
+        """Publish a bus message with this agent as `sender_id` (`BusLink.publish`:
+        `topic=` or `recipient_id=`, `message_type=`, `key=`, `headers=`, ...).
+
+        Raises:
+            RuntimeError: the agent is not started or has no bus_target.
+            AgentMeshError: the gateway's status.
+        """
+        return await self._bus_link().publish(payload, **kw)
+
+    async def request(self, payload: Any = None, **kw: Any) -> Message:
+        """BusService.Request with this agent as `sender_id` (`BusLink.request`).
+
+        Raises:
+            RuntimeError: the agent is not started or has no bus_target.
+            RemoteError / AgentMeshError: as `BusLink.request`.
+        """
+        return await self._bus_link().request(payload, **kw)
 
     def _register_handler(
         self, table: dict[str, ActionHandler], name: str, what: str
@@ -266,9 +349,13 @@ class Agent:
                 constraint is (AlreadyExists: one of that name differs).
             ValueError: no handler, or constraints without a router_target.
         """
-        if not (self._actions or self._compensations or self._objectives):
-            raise ValueError(f"agent {self.agent_id} declares no action, compensation or objective")
+        if not (self._actions or self._compensations or self._objectives or self._message_subs):
+            raise ValueError(
+                f"agent {self.agent_id} declares no action, compensation, objective or "
+                "message handler")
         s = self.settings
+        if self._message_subs and not s.bus_target:
+            raise ValueError(f"agent {self.agent_id} has message handlers but no bus_target")
         daemon = Daemon(self._config())
         daemon.service_name = self.agent_type or self.agent_id
         self._daemon = daemon
@@ -291,6 +378,12 @@ class Agent:
             self.safety = SafetyLink(daemon.channel(s.router_target), agent_id=self.agent_id)
             if self.constraints:
                 daemon.on_startup(self._register_constraints)
+        if s.bus_target:
+            claims = RedisMessageClaims(daemon.redis()) if s.redis_url else None
+            self.bus = BusLink(self, s.bus_target, token=s.token, tls_ca_file=s.tls_ca_file,
+                               claims=claims)
+            # Subscribed before `serving` is logged and before registration.
+            daemon.on_startup(self._subscribe)
         if s.registry_target:
             self._registrar = Registrar(self, daemon.channel(s.registry_target))
             daemon.on_startup(self._register)
@@ -303,6 +396,10 @@ class Agent:
         # guardrails it declares are not in force yet.
         assert self.safety is not None
         await self.safety.register(self.constraints)
+
+    async def _subscribe(self) -> None:
+        assert self.bus is not None
+        await self.bus.start(self._message_subs)
 
     async def _register(self) -> None:
         # Runs as a Daemon startup hook: the port is bound, the `serving` line
@@ -323,6 +420,9 @@ class Agent:
         try:
             if self._registrar is not None:
                 await self._registrar.stop()
+            if self.bus is not None:
+                # In-flight handlers finish and ack; the rest is redelivered.
+                await self.bus.stop(timeout_s=self.settings.grace_period_s)
             if self._daemon is not None:
                 t0 = time.monotonic()
                 await self._daemon.stop()
@@ -409,6 +509,7 @@ __all__ = [
     "Agent",
     "AgentSettings",
     "EvaluateHandler",
+    "MessageContext",
     "add_arguments",
     "apply_arguments",
     "compensated_key",

@@ -33,6 +33,8 @@ class AgentSettings(Settings):
         router_target: router `host:port` (its SafetyService): where
             `ctx.validate` asks and the agent's declared constraints are
             registered at start; empty means neither.
+        bus_target: bus gateway `host:port`: where `@agent.on_message`
+            subscribes and `agent.publish` / `ctx.publish` send; empty means none.
         redis_url: when set, idempotency results are kept in Redis so dedupe
             survives restarts; otherwise in memory.
         redis_password: Redis password when it is not in the URL.
@@ -67,6 +69,9 @@ class AgentSettings(Settings):
     registry_target: str = setting("", help="registry host:port (empty = do not register)")
     router_target: str = setting(
         "", help="router host:port for ctx.validate and declared constraints (empty = none)"
+    )
+    bus_target: str = setting(
+        "", help="bus gateway host:port for @agent.on_message and publish (empty = none)"
     )
     redis_url: str = setting("", help="Redis URL for durable idempotency (empty = in memory)")
     redis_password: str = setting("", help="Redis password when not in the URL")

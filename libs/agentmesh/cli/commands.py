@@ -367,7 +367,7 @@ def bus_subscribe(
 
         seen = 0
         async with st.client() as c:
-            stream = c.subscribe(requests())
+            stream = c.subscribe_stream(requests())
             it = stream.__aiter__()
             while True:
                 try:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -29,8 +29,10 @@ from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.client.safety import CircuitOpen, retry_delay_s
 from agentmesh.client.services_gen import ServiceMethods
+from agentmesh.client.subscriber import RECONNECT_CHANNEL_OPTIONS, Subscriber
 from agentmesh.client.tasks import error_for
 from agentmesh.router.v1 import router_pb2, safety_pb2
+from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.errors import ResourceExhausted, Unavailable, from_rpc_error
 from agentmesh.task.v1 import task_pb2
 
@@ -41,6 +43,72 @@ class Client(ServiceMethods):
 
     async def __aenter__(self) -> Client:
         return self
+
+    #: The raw BusService.Subscribe stream (SubscribeRequest in, SubscribeResponse out);
+    #: `subscribe` is the helper over it.
+    subscribe_stream = ServiceMethods.subscribe
+
+    def subscribe(  # type: ignore[override]
+        self,
+        patterns: Sequence[str] | str,
+        *,
+        group: str,
+        auto_ack: bool = True,
+        max_unacked: int = 100,
+        ack_deadline_ms: int = 30_000,
+        max_deliveries: int = 5,
+        start_position: str = "earliest",
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> Subscriber:
+        """Messages of the topics matching `patterns`, as an async iterator.
+
+            async for msg in client.subscribe(["orders.*"], group="billing"):
+                handle(msg.payload)          # acked when the loop asks for the next one
+
+        With `auto_ack=False` settle each message yourself: `await msg.ack()`
+        or `await msg.nack(delay_ms=500)`. The stream resumes after a
+        gateway restart (unacked messages come again: at least once,
+        deduplicate by `msg.id`). `break` closes the stream; the message in
+        hand then is not acked unless you acked it. Also an async context
+        manager (`async with client.subscribe(...) as sub:`), which opens the
+        stream on entry. See `agentmesh.client.subscriber.Subscriber`.
+
+        Args:
+            patterns: topic patterns (`*` one level, `#` any levels).
+            group: consumer group; subscribers of one group share the messages.
+            auto_ack: ack the previous message when the next one is asked for.
+            max_unacked: flow control: most delivered, unsettled messages.
+            ack_deadline_ms: an unsettled message is redelivered after this long.
+            max_deliveries: deliveries after which a message goes to `<topic>.dlq`.
+            start_position: "earliest" or "latest", for a group without offsets.
+            metadata: extra gRPC metadata of each stream.
+
+        Raises:
+            ValueError: an unknown start_position, no pattern or no group.
+            AgentMeshError: while iterating, a status a reopen cannot fix
+                (INVALID_ARGUMENT for a bad pattern, PERMISSION_DENIED, ...).
+        """
+        from agentmesh.bus.v1 import bus_pb2_grpc
+
+        return Subscriber(
+            bus_pb2_grpc.BusServiceStub(self._stream_channel("bus")),
+            patterns, group=group, auto_ack=auto_ack, max_unacked=max_unacked,
+            ack_deadline_ms=ack_deadline_ms, max_deliveries=max_deliveries,
+            start_position=start_position, metadata=metadata,
+        )
+
+    def _stream_channel(self, daemon: str) -> grpc.aio.Channel:
+        """A channel for long streams to `daemon`, reconnecting fast after a restart."""
+        key = f"{self.targets[daemon]}#streams"
+        ch = self._channels.get(key)
+        if ch is None:
+            ch = create_channel(
+                self.targets[daemon], token=self.token, tls_ca_file=self.tls_ca_file,
+                client_cert_file=self.client_cert_file, client_key_file=self.client_key_file,
+                options=RECONNECT_CHANNEL_OPTIONS,
+            )
+            self._channels[key] = ch
+        return ch
 
     async def iter_agents(self, *, page_size: int = 500, **fields: Any) -> AsyncIterator[Any]:
         """Every registered agent (agentmesh.registry.v1.Agent), following page tokens.

@@ -1,0 +1,206 @@
+"""Agents built with the SDK on the bus (issue 15), on the memory backend and
+on a real Kafka broker: replicas of one agent type share a pattern's
+messages, a raising handler ends in `<topic>.dlq`, `recipient_id` reaches
+exactly that agent, `BusService.Request` and `ScatterGather` reach handlers
+and return their values, and `Client.subscribe` with manual acks and nacks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+
+from agentmesh.agent import Agent
+from agentmesh.agent.bus import MessageContext
+from agentmesh.bus.v1 import bus_pb2
+from agentmesh.client import Client
+from agentmesh.client.bus_messages import from_payload, make_envelope
+from tests.integration.bus.conftest import Gateway, unique
+from tests.integration.bus.helpers import Sub, seconds
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.integration
+
+
+def agent_id() -> str:
+    return f"agent-{uuid.uuid4().hex[:8]}"
+
+
+class Seen:
+    """What the handlers of several agents saw: (agent id, message id, attempt)."""
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[str, str, int]] = []
+
+    def ids(self) -> Counter[str]:
+        return Counter(m for _, m, _ in self.rows)
+
+    def by_agent(self) -> Counter[str]:
+        return Counter(a for a, _, _ in self.rows)
+
+
+@contextlib.asynccontextmanager
+async def started(*agents: Agent) -> AsyncIterator[list[Agent]]:
+    for a in agents:
+        await a.start()
+    try:
+        yield list(agents)
+    finally:
+        await asyncio.gather(*(a.stop() for a in agents))
+
+
+def make_agent(gw_target: str, *, agent_type: str, **kw: Any) -> Agent:
+    return Agent(agent_id(), agent_type=agent_type, bus_target=gw_target, grace_period_s=5.0,
+                 **kw)
+
+
+async def publish(gw: Gateway, topic: str, n: int, *, start: int = 0) -> list[str]:
+    ids = []
+    for i in range(start, start + n):
+        r = await gw.stub.Publish(bus_pb2.PublishRequest(message=make_envelope(
+            {"i": i}, topic=topic)))
+        ids.append(r.id)
+    return ids
+
+
+async def test_two_replicas_of_one_type_share_a_pattern(gw: Gateway, redis_url: str):
+    kind, base = f"share-{uuid.uuid4().hex[:6]}", unique("share")
+    seen = Seen()
+    # Redis holds the replicas' shared claims (dedupe by message id): a
+    # rebalance may hand a message acked but not yet committed to the other one.
+    replicas = [make_agent(gw.target, agent_type=kind, redis_url=redis_url) for _ in range(2)]
+    for a in replicas:
+        def bind(a: Agent) -> None:
+            @a.on_message(f"{base}.*")
+            async def handle(payload: dict[str, Any], ctx: MessageContext) -> None:
+                seen.rows.append((ctx.agent_id, ctx.message.id, ctx.delivery_attempt))
+        bind(a)
+    async with started(*replicas):
+        sent: list[str] = []
+        # Publish in rounds until the group has spread the partitions over
+        # both replicas (a Kafka rebalance takes a moment), at most 40 rounds.
+        for r in range(40):
+            for t in ("a", "b"):
+                sent += await publish(gw, f"{base}.{t}", 5, start=r * 5)
+            n = len(sent)
+            await eventually(lambda n=n: len(seen.ids()) >= n, timeout_s=30,
+                             what="every message handled")
+            if len(seen.by_agent()) == 2:
+                break
+        assert len(seen.by_agent()) == 2, seen.by_agent()
+        assert set(seen.ids()) == set(sent)
+        assert max(seen.ids().values()) == 1  # no double handling
+        assert {att for _, _, att in seen.rows} == {1}
+
+
+async def test_a_raising_handler_ends_in_the_dead_letter_topic(gw: Gateway):
+    topic = unique("poison")
+    attempts: list[int] = []
+    a = make_agent(gw.target, agent_type=f"poison-{uuid.uuid4().hex[:6]}")
+
+    @a.on_message(topic, max_deliveries=3, retry_delay_ms=20)
+    async def handle(payload: dict[str, Any], ctx: MessageContext) -> None:
+        attempts.append(ctx.delivery_attempt)
+        raise RuntimeError("cannot handle this")
+
+    async with started(a):
+        (mid,) = await publish(gw, topic, 1)
+        async with Sub(gw.stub, [f"{topic}.dlq"], unique("dlq")) as dlq:
+            (dead,) = await dlq.take(1, timeout_s=30)
+    assert attempts == [1, 2, 3]
+    assert dead.envelope.id == mid
+    letters = await gw.stub.ListDeadLetters(bus_pb2.ListDeadLettersRequest(topic=topic))
+    (letter,) = letters.dead_letters
+    assert letter.delivery_count == 3 and "cannot handle this" in letter.reason
+
+
+async def test_recipient_id_reaches_exactly_that_agent(gw: Gateway):
+    kind = f"inbox-{uuid.uuid4().hex[:6]}"
+    got: dict[str, list[Any]] = {}
+    agents = [make_agent(gw.target, agent_type=kind) for _ in range(3)]
+    for a in agents:
+        got[a.agent_id] = []
+
+        def bind(a: Agent) -> None:
+            @a.on_message(inbox=True)
+            async def inbox(payload: dict[str, Any], ctx: MessageContext) -> None:
+                got[ctx.agent_id].append((payload, ctx.sender_id, ctx.message.recipient_id))
+        bind(a)
+    async with started(*agents):
+        sender, target = agents[0], agents[1]
+        await sender.publish({"hello": "you"}, recipient_id=target.agent_id,
+                             message_type="command")
+        await eventually(lambda: got[target.agent_id], timeout_s=30, what="inbox delivery")
+        # Give a wrongly addressed copy every chance to arrive before checking.
+        await sender.publish({"hello": "me"}, recipient_id=sender.agent_id)
+        await eventually(lambda: got[sender.agent_id], timeout_s=30, what="own inbox")
+    assert got[target.agent_id] == [({"hello": "you"}, sender.agent_id, target.agent_id)]
+    assert got[sender.agent_id] == [({"hello": "me"}, sender.agent_id, sender.agent_id)]
+    assert got[agents[2].agent_id] == []
+
+
+async def test_request_and_scatter_gather_reach_sdk_agents(gw: Gateway):
+    base = unique("calc")
+    agents = [make_agent(gw.target, agent_type=f"calc-{uuid.uuid4().hex[:6]}")
+              for _ in range(3)]
+    for n, a in enumerate(agents):
+        def bind(a: Agent, n: int) -> None:
+            @a.on_message(f"{base}.{n}")
+            async def calc(payload: dict[str, Any], ctx: MessageContext) -> dict[str, Any]:
+                return {"kg_co2e": payload["spend_usd"] * 0.5, "by": ctx.agent_id}
+        bind(a, n)
+    async with started(*agents):
+        r = await gw.stub.Request(bus_pb2.RequestRequest(
+            message=make_envelope({"spend_usd": 10.0}, topic=f"{base}.0"), timeout=seconds(20)))
+        assert from_payload(r.reply.payload) == {"kg_co2e": 5.0, "by": agents[0].agent_id}
+        assert r.reply.message_type == bus_pb2.MESSAGE_TYPE_RESPONSE
+        assert r.reply.sender_id == agents[0].agent_id
+        assert r.reply.correlation_id == r.correlation_id
+        sg = await gw.stub.ScatterGather(bus_pb2.ScatterGatherRequest(
+            message=make_envelope({"spend_usd": 2.0}),
+            topics=[f"{base}.{n}" for n in range(3)], timeout=seconds(20)))
+        assert not sg.partial
+        assert sorted(from_payload(e.payload)["by"] for e in sg.replies) == sorted(  # type: ignore[index]
+            a.agent_id for a in agents)
+        # An agent asks another one with ctx-free agent.request: sender_id filled.
+        reply = await agents[2].request({"spend_usd": 4.0}, topic=f"{base}.1")
+        assert reply.payload == {"kg_co2e": 2.0, "by": agents[1].agent_id}
+
+
+async def test_client_subscribe_acks_nacks_and_closes_on_break(gw: Gateway):
+    topic, group = unique("cs"), unique("g")
+    sent = await publish(gw, topic, 4)
+    async with Client(bus=gw.target) as c:
+        seen = []
+        async for msg in c.subscribe(topic, group=group, auto_ack=False):
+            seen.append((msg.id, msg.delivery_attempt))
+            if msg.payload == {"i": 1} and msg.delivery_attempt == 1:
+                await msg.nack(delay_ms=50)
+            else:
+                await msg.ack()
+            if len({m for m, _ in seen}) == 4 and len(seen) == 5:
+                break
+        assert sorted({m for m, _ in seen}) == sorted(sent)
+        assert (sent[1], 2) in seen
+        # auto_ack: every message but the one in hand at `break` is acked.
+        more = await publish(gw, topic, 3, start=10)
+        got = []
+        sub = c.subscribe(topic, group=group)
+        async for msg in sub:
+            got.append(msg.id)
+            if len(got) == 3:
+                break
+        # `break` closes the stream (the loop's generator is finalized).
+        await eventually(lambda: sub.closed, timeout_s=10, what="stream closed on break")
+        assert sorted(got) == sorted(more)
+        again = []
+        async for msg in c.subscribe(topic, group=group):
+            again.append(msg.id)
+            await msg.ack()
+            break
+        assert again == [got[-1]]  # the one held at `break` is redelivered
