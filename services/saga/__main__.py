@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 
+import grpc
 import redis.asyncio as aioredis
 
 from agentmesh.runtime.agents import AgentClient
@@ -18,6 +19,7 @@ from agentmesh.server.saga.engine import Engine, EngineOptions
 from agentmesh.server.saga.servicer import SagaServicer
 from agentmesh.server.saga.settings import SagaSettings
 from agentmesh.server.saga.store import SagaStore
+from agentmesh.server.saga.swarm_steps import SwarmStages
 from agentmesh.server.saga.tasks.placement import parse_strategy_map
 from agentmesh.server.saga.tasks.scheduler import TaskOptions, TaskScheduler
 from agentmesh.server.saga.tasks.servicer import TaskServicer
@@ -44,20 +46,20 @@ def build(daemon: Daemon) -> None:
     watch_redis = _redis(cfg, max_connections=s.watch_pool_size)
     daemon.on_shutdown(watch_redis.aclose)
     store = SagaStore(redis, retention_ms=s.retention_ms)
-    client = AgentClient.create(
-        redis,
-        s,
-        lambda target: create_channel(
+    def channel(target: str) -> grpc.aio.Channel:
+        return create_channel(
             target,
             token=cfg.auth_token,
             tls_ca_file=cfg.tls_ca_file,
             client_cert_file=cfg.client_cert_pair[0],
             client_key_file=cfg.client_cert_pair[1],
-        ),
-        identity="saga-coordinator",
-    )
+        )
+
+    client = AgentClient.create(redis, s, channel, identity="saga-coordinator")
     daemon.on_startup(client.start)
-    caller = AgentCaller(client)
+    # Swarm steps deploy on the swarm engine; the channel connects lazily, so
+    # a coordinator without swarm steps never needs the engine up.
+    caller = AgentCaller(client, SwarmStages(channel(cfg.swarm_target)))
     coordinator_id = (
         s.coordinator_id or f"{socket.gethostname()}-{os.getpid()}-{os.urandom(3).hex()}"
     )

@@ -21,7 +21,7 @@ attempt numbers), so each `execute` / `compensate` here is one attempt.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from google.rpc import error_details_pb2
 
@@ -30,6 +30,9 @@ from agentmesh.runtime.agents import AgentClient, CallOutcome, call_message
 from agentmesh.runtime.errors import AgentMeshError, from_rpc_error
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.server.saga.state import dict_to_struct, struct_to_dict
+
+if TYPE_CHECKING:
+    from agentmesh.server.saga.swarm_steps import SwarmStages
 
 #: The suffix older agents recognise a compensation's idempotency key by.
 COMPENSATE_SUFFIX = "/compensate"
@@ -68,18 +71,25 @@ class CallError(Exception):
 
 
 class AgentCaller:
-    """Runs saga steps and compensations through the mesh's AgentClient.
+    """Runs saga steps and compensations through the mesh's AgentClient, and
+    swarm steps (`Step.swarm`) on the swarm engine.
 
     Args:
         client: the coordinator's AgentClient (started and closed with it).
+        swarms: the swarm engine client for swarm steps (see
+            agentmesh.server.saga.swarm_steps), or None when swarm steps are
+            refused.
     """
 
-    def __init__(self, client: AgentClient) -> None:
+    def __init__(self, client: AgentClient, swarms: SwarmStages | None = None) -> None:
         self.client = client
+        self.swarms = swarms
 
     async def close(self) -> None:
         """Stop the client and close every channel."""
         await self.client.close()
+        if self.swarms is not None:
+            await self.swarms.close()
 
     @staticmethod
     def _message(
@@ -130,6 +140,10 @@ class AgentCaller:
                 rule, UNAVAILABLE NO_HEALTHY_TARGET, RESOURCE_EXHAUSTED) or the
                 agent's status code (DEADLINE_EXCEEDED on timeout).
         """
+        if step.WhichOneof("target") == "swarm":
+            if self.swarms is None:
+                raise CallError("FAILED_PRECONDITION", "this coordinator runs no swarm steps")
+            return await self.swarms.execute(step, input=input, key=key, timeout_ms=timeout_ms)
         msg = self._message(step, action=step.action, input=input, route_key=key, metadata=metadata)
         try:
             _, out = await self.client.execute(

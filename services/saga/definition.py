@@ -310,6 +310,18 @@ MAX_METADATA_VALUE = 1024
 METADATA_KEY = re.compile(r"^[a-z0-9_.-]{1,63}$")
 
 
+def _check_swarm_stage(s: saga_pb2.Step, path: str, v: _Violations) -> None:
+    """Field violations of a swarm step (the task itself is the swarm engine's to check)."""
+    if not s.swarm.HasField("task"):
+        v.add(f"{path}.swarm.task", "required")
+    for name in ("action", "compensation_action"):
+        if getattr(s, name):
+            v.add(f"{path}.{name}", "must be empty for a swarm step")
+    if s.HasField("map") or s.HasField("loop"):
+        v.add(f"{path}.{'map' if s.HasField('map') else 'loop'}",
+              "a swarm step cannot be a map or a loop")
+
+
 def _check_step_metadata(s: saga_pb2.Step, path: str, v: _Violations) -> None:
     """Field violations of `Step.metadata` (see saga.proto for the rules)."""
     if len(s.metadata) > MAX_STEP_METADATA:
@@ -395,11 +407,13 @@ def compile_definition(
             paths[s.name] = p
         target = s.WhichOneof("target")
         if target is None or (target == "agent_id" and not s.agent_id):
-            v.add(f"{p}.target", "set agent_id or selector")
+            v.add(f"{p}.target", "set agent_id, selector or swarm")
         elif target == "selector":
             for path, msg in selector_violations(s.selector, field=f"{p}.selector"):
                 v.add(path, msg)
-        if not s.action:
+        if target == "swarm":
+            _check_swarm_stage(s, p, v)
+        elif not s.action:
             v.add(f"{p}.action", "required")
         if s.HasField("retry_policy"):
             _check_retry(s.retry_policy, f"{p}.retry_policy", v)

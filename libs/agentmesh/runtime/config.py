@@ -72,7 +72,8 @@ class ServerConfig(Settings):
         health_interval_s: how often dependencies are probed, seconds.
         log_level: logging level name.
         log_format: `json` (one object per line, for log shippers) or `text` (for people).
-        registry_target / router_target / bus_target: where peer daemons listen.
+        registry_target / router_target / bus_target / swarm_target: where
+            peer daemons listen.
         otlp_endpoint: OTLP/gRPC trace collector (agentmesh.runtime.tracing); "" is off
             unless the standard OTEL_EXPORTER_OTLP_ENDPOINT is set.
         trace_sample_ratio: share of root traces sampled, 0..1; a caller's decision is kept.
@@ -123,6 +124,7 @@ class ServerConfig(Settings):
     registry_target: str = setting("127.0.0.1:50053", help="registry daemon address")
     router_target: str = setting("127.0.0.1:50052", help="router daemon address")
     bus_target: str = setting("127.0.0.1:50051", help="bus gateway address")
+    swarm_target: str = setting("127.0.0.1:50055", help="swarm engine address")
     otlp_endpoint: str = setting(
         "", help="OTLP/gRPC collector for traces, host:port or URL (turns tracing on; "
         "OTEL_EXPORTER_OTLP_ENDPOINT also does)"

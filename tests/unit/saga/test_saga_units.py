@@ -41,7 +41,7 @@ def test_every_problem_is_reported() -> None:
     assert v["definition.steps[0].depends_on[0]"] == "unknown step 'zz'"
     assert "duplicate step name" in v["definition.steps[1].name"]
     assert "definition.steps[2].name" in v
-    assert v["definition.steps[2].target"] == "set agent_id or selector"
+    assert v["definition.steps[2].target"] == "set agent_id, selector or swarm"
     assert v["definition.steps[2].action"] == "required"
     assert violations(S.SagaDefinition())["definition.steps"] == "at least one step is required"
 

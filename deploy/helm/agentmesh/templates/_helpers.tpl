@@ -111,6 +111,7 @@ AGENTMESH_REDIS_SENTINEL_MASTER: {{ $g.redis.sentinel.masterName | quote }}
 AGENTMESH_REGISTRY_TARGET: {{ include "agentmesh.target" (dict "root" $root "daemon" "registry") | quote }}
 AGENTMESH_ROUTER_TARGET: {{ include "agentmesh.target" (dict "root" $root "daemon" "router") | quote }}
 AGENTMESH_BUS_TARGET: {{ include "agentmesh.target" (dict "root" $root "daemon" "bus") | quote }}
+AGENTMESH_SWARM_TARGET: {{ include "agentmesh.target" (dict "root" $root "daemon" "swarm") | quote }}
 {{- if eq .daemon "bus" }}
 AGENTMESH_BACKEND: {{ $cfg.backend | quote }}
 {{- if eq $cfg.backend "kafka" }}

@@ -4,6 +4,7 @@ isort:skip_file
 """
 
 from agentmesh.common.v1 import common_pb2 as _common_pb2
+from agentmesh.swarm.v1 import swarm_pb2 as _swarm_pb2
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
@@ -495,6 +496,7 @@ class Step(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     AGENT_ID_FIELD_NUMBER: _builtins.int
     SELECTOR_FIELD_NUMBER: _builtins.int
+    SWARM_FIELD_NUMBER: _builtins.int
     ACTION_FIELD_NUMBER: _builtins.int
     COMPENSATION_ACTION_FIELD_NUMBER: _builtins.int
     DEPENDS_ON_FIELD_NUMBER: _builtins.int
@@ -512,7 +514,7 @@ class Step(_message.Message):
     agent_id: _builtins.str
     """A registered agent id; its AgentService endpoint comes from the registry."""
     action: _builtins.str
-    """The action passed to AgentService.Execute. Required."""
+    """The action passed to AgentService.Execute. Required for agent steps."""
     compensation_action: _builtins.str
     """The action passed to AgentService.Compensate; empty means the step has
     nothing to undo.
@@ -531,6 +533,14 @@ class Step(_message.Message):
     @_builtins.property
     def selector(self) -> _common_pb2.AgentSelector:
         """Agents chosen by capability through the router."""
+
+    @_builtins.property
+    def swarm(self) -> Global___SwarmStage:
+        """A swarm the coordinator deploys on the swarm engine and waits for (the
+        seeds' "pipeline with swarm-based parallel processing"); the step's
+        output is the swarm's result. `action`, `compensation_action`, `map`
+        and `loop` must be empty.
+        """
 
     @_builtins.property
     def depends_on(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -584,6 +594,7 @@ class Step(_message.Message):
         name: _builtins.str = ...,
         agent_id: _builtins.str = ...,
         selector: _common_pb2.AgentSelector | None = ...,
+        swarm: Global___SwarmStage | None = ...,
         action: _builtins.str = ...,
         compensation_action: _builtins.str = ...,
         depends_on: _abc.Iterable[_builtins.str] | None = ...,
@@ -597,15 +608,47 @@ class Step(_message.Message):
         metadata: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         compensation_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "compensation_timeout", b"compensation_timeout", "loop", b"loop", "map", b"map", "retry_policy", b"retry_policy", "selector", b"selector", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "compensation_timeout", b"compensation_timeout", "loop", b"loop", "map", b"map", "retry_policy", b"retry_policy", "selector", b"selector", "swarm", b"swarm", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "compensation_action", b"compensation_action", "compensation_timeout", b"compensation_timeout", "condition", b"condition", "depends_on", b"depends_on", "input_mapping", b"input_mapping", "is_pivot", b"is_pivot", "loop", b"loop", "map", b"map", "metadata", b"metadata", "name", b"name", "retry_policy", b"retry_policy", "selector", b"selector", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "agent_id", b"agent_id", "compensation_action", b"compensation_action", "compensation_timeout", b"compensation_timeout", "condition", b"condition", "depends_on", b"depends_on", "input_mapping", b"input_mapping", "is_pivot", b"is_pivot", "loop", b"loop", "map", b"map", "metadata", b"metadata", "name", b"name", "retry_policy", b"retry_policy", "selector", b"selector", "swarm", b"swarm", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent_id", "selector"]  # noqa: Y015
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent_id", "selector", "swarm"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
 
 Global___Step: _TypeAlias = Step  # noqa: Y015
+
+@_typing.final
+class SwarmStage(_message.Message):
+    """SwarmStage deploys a swarm as a saga step. The swarm's id is derived from
+    the step's idempotency key, so every attempt of the step (after a timeout,
+    or on another coordinator after a crash) waits for the same swarm instead
+    of starting another. A COMPLETED swarm completes the step with output
+    {"swarm_id", "state", "termination", "efficiency", "provenance_hash",
+    "result": the OptimizationResult or PartitionResult as JSON}; a FAILED or
+    STOPPED swarm fails it with FAILED_PRECONDITION (not retried). The step's
+    timeout bounds each wait; the swarm keeps running when it ends.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TASK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def task(self) -> _swarm_pb2.SwarmTask:
+        """What the swarm runs, validated by the swarm engine at the first attempt."""
+
+    def __init__(
+        self,
+        *,
+        task: _swarm_pb2.SwarmTask | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["task", b"task"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SwarmStage: _TypeAlias = SwarmStage  # noqa: Y015
 
 @_typing.final
 class Stage(_message.Message):

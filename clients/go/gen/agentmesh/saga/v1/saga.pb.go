@@ -8,6 +8,7 @@ package sagav1
 
 import (
 	v1 "github.com/agentmesh/agentmesh/clients/go/gen/agentmesh/common/v1"
+	v11 "github.com/agentmesh/agentmesh/clients/go/gen/agentmesh/swarm/v1"
 	protoreflect "google.golang.org/protobuf/reflect/protoreflect"
 	protoimpl "google.golang.org/protobuf/runtime/protoimpl"
 	durationpb "google.golang.org/protobuf/types/known/durationpb"
@@ -625,8 +626,9 @@ type Step struct {
 	//
 	//	*Step_AgentId
 	//	*Step_Selector
+	//	*Step_Swarm
 	Target isStep_Target `protobuf_oneof:"target"`
-	// The action passed to AgentService.Execute. Required.
+	// The action passed to AgentService.Execute. Required for agent steps.
 	Action string `protobuf:"bytes,4,opt,name=action,proto3" json:"action,omitempty"`
 	// The action passed to AgentService.Compensate; empty means the step has
 	// nothing to undo.
@@ -732,6 +734,15 @@ func (x *Step) GetSelector() *v1.AgentSelector {
 	return nil
 }
 
+func (x *Step) GetSwarm() *SwarmStage {
+	if x != nil {
+		if x, ok := x.Target.(*Step_Swarm); ok {
+			return x.Swarm
+		}
+	}
+	return nil
+}
+
 func (x *Step) GetAction() string {
 	if x != nil {
 		return x.Action
@@ -830,9 +841,72 @@ type Step_Selector struct {
 	Selector *v1.AgentSelector `protobuf:"bytes,3,opt,name=selector,proto3,oneof"`
 }
 
+type Step_Swarm struct {
+	// A swarm the coordinator deploys on the swarm engine and waits for (the
+	// seeds' "pipeline with swarm-based parallel processing"); the step's
+	// output is the swarm's result. `action`, `compensation_action`, `map`
+	// and `loop` must be empty.
+	Swarm *SwarmStage `protobuf:"bytes,16,opt,name=swarm,proto3,oneof"`
+}
+
 func (*Step_AgentId) isStep_Target() {}
 
 func (*Step_Selector) isStep_Target() {}
+
+func (*Step_Swarm) isStep_Target() {}
+
+// SwarmStage deploys a swarm as a saga step. The swarm's id is derived from
+// the step's idempotency key, so every attempt of the step (after a timeout,
+// or on another coordinator after a crash) waits for the same swarm instead
+// of starting another. A COMPLETED swarm completes the step with output
+// {"swarm_id", "state", "termination", "efficiency", "provenance_hash",
+// "result": the OptimizationResult or PartitionResult as JSON}; a FAILED or
+// STOPPED swarm fails it with FAILED_PRECONDITION (not retried). The step's
+// timeout bounds each wait; the swarm keeps running when it ends.
+type SwarmStage struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What the swarm runs, validated by the swarm engine at the first attempt.
+	Task          *v11.SwarmTask `protobuf:"bytes,1,opt,name=task,proto3" json:"task,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *SwarmStage) Reset() {
+	*x = SwarmStage{}
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[4]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *SwarmStage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*SwarmStage) ProtoMessage() {}
+
+func (x *SwarmStage) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[4]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use SwarmStage.ProtoReflect.Descriptor instead.
+func (*SwarmStage) Descriptor() ([]byte, []int) {
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{4}
+}
+
+func (x *SwarmStage) GetTask() *v11.SwarmTask {
+	if x != nil {
+		return x.Task
+	}
+	return nil
+}
 
 // Stage is a node of a pipeline: a step, or a group of stages run in sequence
 // or in parallel. Pipelines are flattened into a DAG of steps: in a sequential
@@ -855,7 +929,7 @@ type Stage struct {
 
 func (x *Stage) Reset() {
 	*x = Stage{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[4]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -867,7 +941,7 @@ func (x *Stage) String() string {
 func (*Stage) ProtoMessage() {}
 
 func (x *Stage) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[4]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -880,7 +954,7 @@ func (x *Stage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Stage.ProtoReflect.Descriptor instead.
 func (*Stage) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{4}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Stage) GetKind() isStage_Kind {
@@ -953,7 +1027,7 @@ type StageGroup struct {
 
 func (x *StageGroup) Reset() {
 	*x = StageGroup{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[5]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -965,7 +1039,7 @@ func (x *StageGroup) String() string {
 func (*StageGroup) ProtoMessage() {}
 
 func (x *StageGroup) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[5]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -978,7 +1052,7 @@ func (x *StageGroup) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StageGroup.ProtoReflect.Descriptor instead.
 func (*StageGroup) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{5}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *StageGroup) GetStages() []*Stage {
@@ -1027,7 +1101,7 @@ type SagaDefinition struct {
 
 func (x *SagaDefinition) Reset() {
 	*x = SagaDefinition{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[6]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1039,7 +1113,7 @@ func (x *SagaDefinition) String() string {
 func (*SagaDefinition) ProtoMessage() {}
 
 func (x *SagaDefinition) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[6]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1052,7 +1126,7 @@ func (x *SagaDefinition) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SagaDefinition.ProtoReflect.Descriptor instead.
 func (*SagaDefinition) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{6}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *SagaDefinition) GetName() string {
@@ -1147,7 +1221,7 @@ type StepError struct {
 
 func (x *StepError) Reset() {
 	*x = StepError{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[7]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1159,7 +1233,7 @@ func (x *StepError) String() string {
 func (*StepError) ProtoMessage() {}
 
 func (x *StepError) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[7]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1172,7 +1246,7 @@ func (x *StepError) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepError.ProtoReflect.Descriptor instead.
 func (*StepError) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{7}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *StepError) GetCode() string {
@@ -1221,7 +1295,7 @@ type StepState struct {
 
 func (x *StepState) Reset() {
 	*x = StepState{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[8]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1233,7 +1307,7 @@ func (x *StepState) String() string {
 func (*StepState) ProtoMessage() {}
 
 func (x *StepState) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[8]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1246,7 +1320,7 @@ func (x *StepState) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StepState.ProtoReflect.Descriptor instead.
 func (*StepState) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{8}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *StepState) GetName() string {
@@ -1342,7 +1416,7 @@ type Saga struct {
 
 func (x *Saga) Reset() {
 	*x = Saga{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[9]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1354,7 +1428,7 @@ func (x *Saga) String() string {
 func (*Saga) ProtoMessage() {}
 
 func (x *Saga) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[9]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1367,7 +1441,7 @@ func (x *Saga) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Saga.ProtoReflect.Descriptor instead.
 func (*Saga) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{9}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *Saga) GetSagaId() string {
@@ -1521,7 +1595,7 @@ type SagaEvent struct {
 
 func (x *SagaEvent) Reset() {
 	*x = SagaEvent{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[10]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1533,7 +1607,7 @@ func (x *SagaEvent) String() string {
 func (*SagaEvent) ProtoMessage() {}
 
 func (x *SagaEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[10]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1546,7 +1620,7 @@ func (x *SagaEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SagaEvent.ProtoReflect.Descriptor instead.
 func (*SagaEvent) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{10}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *SagaEvent) GetSagaId() string {
@@ -1705,7 +1779,7 @@ type StartSagaRequest struct {
 
 func (x *StartSagaRequest) Reset() {
 	*x = StartSagaRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[11]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1717,7 +1791,7 @@ func (x *StartSagaRequest) String() string {
 func (*StartSagaRequest) ProtoMessage() {}
 
 func (x *StartSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[11]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1730,7 +1804,7 @@ func (x *StartSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartSagaRequest.ProtoReflect.Descriptor instead.
 func (*StartSagaRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{11}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *StartSagaRequest) GetDefinitionSource() isStartSagaRequest_DefinitionSource {
@@ -1810,7 +1884,7 @@ type StartSagaResponse struct {
 
 func (x *StartSagaResponse) Reset() {
 	*x = StartSagaResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[12]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1822,7 +1896,7 @@ func (x *StartSagaResponse) String() string {
 func (*StartSagaResponse) ProtoMessage() {}
 
 func (x *StartSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[12]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1835,7 +1909,7 @@ func (x *StartSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StartSagaResponse.ProtoReflect.Descriptor instead.
 func (*StartSagaResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{12}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *StartSagaResponse) GetSaga() *Saga {
@@ -1863,7 +1937,7 @@ type RegisterSagaDefinitionRequest struct {
 
 func (x *RegisterSagaDefinitionRequest) Reset() {
 	*x = RegisterSagaDefinitionRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[13]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1875,7 +1949,7 @@ func (x *RegisterSagaDefinitionRequest) String() string {
 func (*RegisterSagaDefinitionRequest) ProtoMessage() {}
 
 func (x *RegisterSagaDefinitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[13]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1888,7 +1962,7 @@ func (x *RegisterSagaDefinitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSagaDefinitionRequest.ProtoReflect.Descriptor instead.
 func (*RegisterSagaDefinitionRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{13}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *RegisterSagaDefinitionRequest) GetDefinition() *SagaDefinition {
@@ -1911,7 +1985,7 @@ type RegisterSagaDefinitionResponse struct {
 
 func (x *RegisterSagaDefinitionResponse) Reset() {
 	*x = RegisterSagaDefinitionResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[14]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1923,7 +1997,7 @@ func (x *RegisterSagaDefinitionResponse) String() string {
 func (*RegisterSagaDefinitionResponse) ProtoMessage() {}
 
 func (x *RegisterSagaDefinitionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[14]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1936,7 +2010,7 @@ func (x *RegisterSagaDefinitionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterSagaDefinitionResponse.ProtoReflect.Descriptor instead.
 func (*RegisterSagaDefinitionResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{14}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *RegisterSagaDefinitionResponse) GetDefinition() *SagaDefinition {
@@ -1966,7 +2040,7 @@ type GetSagaDefinitionRequest struct {
 
 func (x *GetSagaDefinitionRequest) Reset() {
 	*x = GetSagaDefinitionRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[15]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1978,7 +2052,7 @@ func (x *GetSagaDefinitionRequest) String() string {
 func (*GetSagaDefinitionRequest) ProtoMessage() {}
 
 func (x *GetSagaDefinitionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[15]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1991,7 +2065,7 @@ func (x *GetSagaDefinitionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaDefinitionRequest.ProtoReflect.Descriptor instead.
 func (*GetSagaDefinitionRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{15}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetSagaDefinitionRequest) GetName() string {
@@ -2019,7 +2093,7 @@ type GetSagaDefinitionResponse struct {
 
 func (x *GetSagaDefinitionResponse) Reset() {
 	*x = GetSagaDefinitionResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[16]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2031,7 +2105,7 @@ func (x *GetSagaDefinitionResponse) String() string {
 func (*GetSagaDefinitionResponse) ProtoMessage() {}
 
 func (x *GetSagaDefinitionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[16]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2044,7 +2118,7 @@ func (x *GetSagaDefinitionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaDefinitionResponse.ProtoReflect.Descriptor instead.
 func (*GetSagaDefinitionResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{16}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *GetSagaDefinitionResponse) GetDefinition() *SagaDefinition {
@@ -2067,7 +2141,7 @@ type ListSagaDefinitionsRequest struct {
 
 func (x *ListSagaDefinitionsRequest) Reset() {
 	*x = ListSagaDefinitionsRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[17]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2079,7 +2153,7 @@ func (x *ListSagaDefinitionsRequest) String() string {
 func (*ListSagaDefinitionsRequest) ProtoMessage() {}
 
 func (x *ListSagaDefinitionsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[17]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2092,7 +2166,7 @@ func (x *ListSagaDefinitionsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagaDefinitionsRequest.ProtoReflect.Descriptor instead.
 func (*ListSagaDefinitionsRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{17}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListSagaDefinitionsRequest) GetPageSize() int32 {
@@ -2122,7 +2196,7 @@ type ListSagaDefinitionsResponse struct {
 
 func (x *ListSagaDefinitionsResponse) Reset() {
 	*x = ListSagaDefinitionsResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[18]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2134,7 +2208,7 @@ func (x *ListSagaDefinitionsResponse) String() string {
 func (*ListSagaDefinitionsResponse) ProtoMessage() {}
 
 func (x *ListSagaDefinitionsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[18]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2147,7 +2221,7 @@ func (x *ListSagaDefinitionsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagaDefinitionsResponse.ProtoReflect.Descriptor instead.
 func (*ListSagaDefinitionsResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{18}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *ListSagaDefinitionsResponse) GetDefinitions() []*SagaDefinition {
@@ -2175,7 +2249,7 @@ type GetSagaRequest struct {
 
 func (x *GetSagaRequest) Reset() {
 	*x = GetSagaRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[19]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2187,7 +2261,7 @@ func (x *GetSagaRequest) String() string {
 func (*GetSagaRequest) ProtoMessage() {}
 
 func (x *GetSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[19]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2200,7 +2274,7 @@ func (x *GetSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaRequest.ProtoReflect.Descriptor instead.
 func (*GetSagaRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{19}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *GetSagaRequest) GetSagaId() string {
@@ -2221,7 +2295,7 @@ type GetSagaResponse struct {
 
 func (x *GetSagaResponse) Reset() {
 	*x = GetSagaResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[20]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2233,7 +2307,7 @@ func (x *GetSagaResponse) String() string {
 func (*GetSagaResponse) ProtoMessage() {}
 
 func (x *GetSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[20]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2246,7 +2320,7 @@ func (x *GetSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaResponse.ProtoReflect.Descriptor instead.
 func (*GetSagaResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{20}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *GetSagaResponse) GetSaga() *Saga {
@@ -2273,7 +2347,7 @@ type ListSagasRequest struct {
 
 func (x *ListSagasRequest) Reset() {
 	*x = ListSagasRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[21]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2285,7 +2359,7 @@ func (x *ListSagasRequest) String() string {
 func (*ListSagasRequest) ProtoMessage() {}
 
 func (x *ListSagasRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[21]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2298,7 +2372,7 @@ func (x *ListSagasRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagasRequest.ProtoReflect.Descriptor instead.
 func (*ListSagasRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{21}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ListSagasRequest) GetStates() []SagaState {
@@ -2342,7 +2416,7 @@ type ListSagasResponse struct {
 
 func (x *ListSagasResponse) Reset() {
 	*x = ListSagasResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[22]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2354,7 +2428,7 @@ func (x *ListSagasResponse) String() string {
 func (*ListSagasResponse) ProtoMessage() {}
 
 func (x *ListSagasResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[22]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2367,7 +2441,7 @@ func (x *ListSagasResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSagasResponse.ProtoReflect.Descriptor instead.
 func (*ListSagasResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{22}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ListSagasResponse) GetSagas() []*Saga {
@@ -2397,7 +2471,7 @@ type CancelSagaRequest struct {
 
 func (x *CancelSagaRequest) Reset() {
 	*x = CancelSagaRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[23]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2409,7 +2483,7 @@ func (x *CancelSagaRequest) String() string {
 func (*CancelSagaRequest) ProtoMessage() {}
 
 func (x *CancelSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[23]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2422,7 +2496,7 @@ func (x *CancelSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelSagaRequest.ProtoReflect.Descriptor instead.
 func (*CancelSagaRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{23}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *CancelSagaRequest) GetSagaId() string {
@@ -2450,7 +2524,7 @@ type CancelSagaResponse struct {
 
 func (x *CancelSagaResponse) Reset() {
 	*x = CancelSagaResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[24]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2462,7 +2536,7 @@ func (x *CancelSagaResponse) String() string {
 func (*CancelSagaResponse) ProtoMessage() {}
 
 func (x *CancelSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[24]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2475,7 +2549,7 @@ func (x *CancelSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CancelSagaResponse.ProtoReflect.Descriptor instead.
 func (*CancelSagaResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{24}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *CancelSagaResponse) GetSaga() *Saga {
@@ -2498,7 +2572,7 @@ type WatchSagaRequest struct {
 
 func (x *WatchSagaRequest) Reset() {
 	*x = WatchSagaRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[25]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2510,7 +2584,7 @@ func (x *WatchSagaRequest) String() string {
 func (*WatchSagaRequest) ProtoMessage() {}
 
 func (x *WatchSagaRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[25]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2523,7 +2597,7 @@ func (x *WatchSagaRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSagaRequest.ProtoReflect.Descriptor instead.
 func (*WatchSagaRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{25}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *WatchSagaRequest) GetSagaId() string {
@@ -2551,7 +2625,7 @@ type WatchSagaResponse struct {
 
 func (x *WatchSagaResponse) Reset() {
 	*x = WatchSagaResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[26]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2563,7 +2637,7 @@ func (x *WatchSagaResponse) String() string {
 func (*WatchSagaResponse) ProtoMessage() {}
 
 func (x *WatchSagaResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[26]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2576,7 +2650,7 @@ func (x *WatchSagaResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchSagaResponse.ProtoReflect.Descriptor instead.
 func (*WatchSagaResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{26}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *WatchSagaResponse) GetEvent() *SagaEvent {
@@ -2601,7 +2675,7 @@ type GetSagaEventsRequest struct {
 
 func (x *GetSagaEventsRequest) Reset() {
 	*x = GetSagaEventsRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[27]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2613,7 +2687,7 @@ func (x *GetSagaEventsRequest) String() string {
 func (*GetSagaEventsRequest) ProtoMessage() {}
 
 func (x *GetSagaEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[27]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2626,7 +2700,7 @@ func (x *GetSagaEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaEventsRequest.ProtoReflect.Descriptor instead.
 func (*GetSagaEventsRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{27}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *GetSagaEventsRequest) GetSagaId() string {
@@ -2664,7 +2738,7 @@ type GetSagaEventsResponse struct {
 
 func (x *GetSagaEventsResponse) Reset() {
 	*x = GetSagaEventsResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2676,7 +2750,7 @@ func (x *GetSagaEventsResponse) String() string {
 func (*GetSagaEventsResponse) ProtoMessage() {}
 
 func (x *GetSagaEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2689,7 +2763,7 @@ func (x *GetSagaEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaEventsResponse.ProtoReflect.Descriptor instead.
 func (*GetSagaEventsResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{28}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *GetSagaEventsResponse) GetEvents() []*SagaEvent {
@@ -2710,7 +2784,7 @@ var File_agentmesh_saga_v1_saga_proto protoreflect.FileDescriptor
 
 const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\n" +
-	"\x1cagentmesh/saga/v1/saga.proto\x12\x11agentmesh.saga.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n" +
+	"\x1cagentmesh/saga/v1/saga.proto\x12\x11agentmesh.saga.v1\x1a agentmesh/common/v1/common.proto\x1a!agentmesh/common/v1/options.proto\x1a\x1eagentmesh/swarm/v1/swarm.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1cgoogle/protobuf/struct.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x80\x02\n" +
 	"\vRetryPolicy\x12!\n" +
 	"\fmax_attempts\x18\x01 \x01(\rR\vmaxAttempts\x12B\n" +
 	"\x0finitial_backoff\x18\x02 \x01(\v2\x19.google.protobuf.DurationR\x0einitialBackoff\x12\x1e\n" +
@@ -2726,11 +2800,12 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\x06reduce\x18\x03 \x01(\tR\x06reduce\"O\n" +
 	"\bLoopSpec\x12\x1c\n" +
 	"\tcondition\x18\x01 \x01(\tR\tcondition\x12%\n" +
-	"\x0emax_iterations\x18\x02 \x01(\rR\rmaxIterations\"\xda\x06\n" +
+	"\x0emax_iterations\x18\x02 \x01(\rR\rmaxIterations\"\x91\a\n" +
 	"\x04Step\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x1b\n" +
 	"\bagent_id\x18\x02 \x01(\tH\x00R\aagentId\x12@\n" +
-	"\bselector\x18\x03 \x01(\v2\".agentmesh.common.v1.AgentSelectorH\x00R\bselector\x12\x16\n" +
+	"\bselector\x18\x03 \x01(\v2\".agentmesh.common.v1.AgentSelectorH\x00R\bselector\x125\n" +
+	"\x05swarm\x18\x10 \x01(\v2\x1d.agentmesh.saga.v1.SwarmStageH\x00R\x05swarm\x12\x16\n" +
 	"\x06action\x18\x04 \x01(\tR\x06action\x12/\n" +
 	"\x13compensation_action\x18\x05 \x01(\tR\x12compensationAction\x12\x1d\n" +
 	"\n" +
@@ -2751,7 +2826,10 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01B\b\n" +
-	"\x06target\"\xbc\x01\n" +
+	"\x06target\"?\n" +
+	"\n" +
+	"SwarmStage\x121\n" +
+	"\x04task\x18\x01 \x01(\v2\x1d.agentmesh.swarm.v1.SwarmTaskR\x04task\"\xbc\x01\n" +
 	"\x05Stage\x12-\n" +
 	"\x04step\x18\x01 \x01(\v2\x17.agentmesh.saga.v1.StepH\x00R\x04step\x12?\n" +
 	"\n" +
@@ -2980,7 +3058,7 @@ func file_agentmesh_saga_v1_saga_proto_rawDescGZIP() []byte {
 }
 
 var file_agentmesh_saga_v1_saga_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_agentmesh_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 31)
+var file_agentmesh_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
 var file_agentmesh_saga_v1_saga_proto_goTypes = []any{
 	(CompensationStrategy)(0),              // 0: agentmesh.saga.v1.CompensationStrategy
 	(SagaState)(0),                         // 1: agentmesh.saga.v1.SagaState
@@ -2990,121 +3068,125 @@ var file_agentmesh_saga_v1_saga_proto_goTypes = []any{
 	(*MapSpec)(nil),                        // 5: agentmesh.saga.v1.MapSpec
 	(*LoopSpec)(nil),                       // 6: agentmesh.saga.v1.LoopSpec
 	(*Step)(nil),                           // 7: agentmesh.saga.v1.Step
-	(*Stage)(nil),                          // 8: agentmesh.saga.v1.Stage
-	(*StageGroup)(nil),                     // 9: agentmesh.saga.v1.StageGroup
-	(*SagaDefinition)(nil),                 // 10: agentmesh.saga.v1.SagaDefinition
-	(*StepError)(nil),                      // 11: agentmesh.saga.v1.StepError
-	(*StepState)(nil),                      // 12: agentmesh.saga.v1.StepState
-	(*Saga)(nil),                           // 13: agentmesh.saga.v1.Saga
-	(*SagaEvent)(nil),                      // 14: agentmesh.saga.v1.SagaEvent
-	(*StartSagaRequest)(nil),               // 15: agentmesh.saga.v1.StartSagaRequest
-	(*StartSagaResponse)(nil),              // 16: agentmesh.saga.v1.StartSagaResponse
-	(*RegisterSagaDefinitionRequest)(nil),  // 17: agentmesh.saga.v1.RegisterSagaDefinitionRequest
-	(*RegisterSagaDefinitionResponse)(nil), // 18: agentmesh.saga.v1.RegisterSagaDefinitionResponse
-	(*GetSagaDefinitionRequest)(nil),       // 19: agentmesh.saga.v1.GetSagaDefinitionRequest
-	(*GetSagaDefinitionResponse)(nil),      // 20: agentmesh.saga.v1.GetSagaDefinitionResponse
-	(*ListSagaDefinitionsRequest)(nil),     // 21: agentmesh.saga.v1.ListSagaDefinitionsRequest
-	(*ListSagaDefinitionsResponse)(nil),    // 22: agentmesh.saga.v1.ListSagaDefinitionsResponse
-	(*GetSagaRequest)(nil),                 // 23: agentmesh.saga.v1.GetSagaRequest
-	(*GetSagaResponse)(nil),                // 24: agentmesh.saga.v1.GetSagaResponse
-	(*ListSagasRequest)(nil),               // 25: agentmesh.saga.v1.ListSagasRequest
-	(*ListSagasResponse)(nil),              // 26: agentmesh.saga.v1.ListSagasResponse
-	(*CancelSagaRequest)(nil),              // 27: agentmesh.saga.v1.CancelSagaRequest
-	(*CancelSagaResponse)(nil),             // 28: agentmesh.saga.v1.CancelSagaResponse
-	(*WatchSagaRequest)(nil),               // 29: agentmesh.saga.v1.WatchSagaRequest
-	(*WatchSagaResponse)(nil),              // 30: agentmesh.saga.v1.WatchSagaResponse
-	(*GetSagaEventsRequest)(nil),           // 31: agentmesh.saga.v1.GetSagaEventsRequest
-	(*GetSagaEventsResponse)(nil),          // 32: agentmesh.saga.v1.GetSagaEventsResponse
-	nil,                                    // 33: agentmesh.saga.v1.Step.InputMappingEntry
-	nil,                                    // 34: agentmesh.saga.v1.Step.MetadataEntry
-	(*durationpb.Duration)(nil),            // 35: google.protobuf.Duration
-	(*v1.AgentSelector)(nil),               // 36: agentmesh.common.v1.AgentSelector
-	(*timestamppb.Timestamp)(nil),          // 37: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),                // 38: google.protobuf.Struct
-	(*v1.Provenance)(nil),                  // 39: agentmesh.common.v1.Provenance
+	(*SwarmStage)(nil),                     // 8: agentmesh.saga.v1.SwarmStage
+	(*Stage)(nil),                          // 9: agentmesh.saga.v1.Stage
+	(*StageGroup)(nil),                     // 10: agentmesh.saga.v1.StageGroup
+	(*SagaDefinition)(nil),                 // 11: agentmesh.saga.v1.SagaDefinition
+	(*StepError)(nil),                      // 12: agentmesh.saga.v1.StepError
+	(*StepState)(nil),                      // 13: agentmesh.saga.v1.StepState
+	(*Saga)(nil),                           // 14: agentmesh.saga.v1.Saga
+	(*SagaEvent)(nil),                      // 15: agentmesh.saga.v1.SagaEvent
+	(*StartSagaRequest)(nil),               // 16: agentmesh.saga.v1.StartSagaRequest
+	(*StartSagaResponse)(nil),              // 17: agentmesh.saga.v1.StartSagaResponse
+	(*RegisterSagaDefinitionRequest)(nil),  // 18: agentmesh.saga.v1.RegisterSagaDefinitionRequest
+	(*RegisterSagaDefinitionResponse)(nil), // 19: agentmesh.saga.v1.RegisterSagaDefinitionResponse
+	(*GetSagaDefinitionRequest)(nil),       // 20: agentmesh.saga.v1.GetSagaDefinitionRequest
+	(*GetSagaDefinitionResponse)(nil),      // 21: agentmesh.saga.v1.GetSagaDefinitionResponse
+	(*ListSagaDefinitionsRequest)(nil),     // 22: agentmesh.saga.v1.ListSagaDefinitionsRequest
+	(*ListSagaDefinitionsResponse)(nil),    // 23: agentmesh.saga.v1.ListSagaDefinitionsResponse
+	(*GetSagaRequest)(nil),                 // 24: agentmesh.saga.v1.GetSagaRequest
+	(*GetSagaResponse)(nil),                // 25: agentmesh.saga.v1.GetSagaResponse
+	(*ListSagasRequest)(nil),               // 26: agentmesh.saga.v1.ListSagasRequest
+	(*ListSagasResponse)(nil),              // 27: agentmesh.saga.v1.ListSagasResponse
+	(*CancelSagaRequest)(nil),              // 28: agentmesh.saga.v1.CancelSagaRequest
+	(*CancelSagaResponse)(nil),             // 29: agentmesh.saga.v1.CancelSagaResponse
+	(*WatchSagaRequest)(nil),               // 30: agentmesh.saga.v1.WatchSagaRequest
+	(*WatchSagaResponse)(nil),              // 31: agentmesh.saga.v1.WatchSagaResponse
+	(*GetSagaEventsRequest)(nil),           // 32: agentmesh.saga.v1.GetSagaEventsRequest
+	(*GetSagaEventsResponse)(nil),          // 33: agentmesh.saga.v1.GetSagaEventsResponse
+	nil,                                    // 34: agentmesh.saga.v1.Step.InputMappingEntry
+	nil,                                    // 35: agentmesh.saga.v1.Step.MetadataEntry
+	(*durationpb.Duration)(nil),            // 36: google.protobuf.Duration
+	(*v1.AgentSelector)(nil),               // 37: agentmesh.common.v1.AgentSelector
+	(*v11.SwarmTask)(nil),                  // 38: agentmesh.swarm.v1.SwarmTask
+	(*timestamppb.Timestamp)(nil),          // 39: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),                // 40: google.protobuf.Struct
+	(*v1.Provenance)(nil),                  // 41: agentmesh.common.v1.Provenance
 }
 var file_agentmesh_saga_v1_saga_proto_depIdxs = []int32{
-	35, // 0: agentmesh.saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	35, // 1: agentmesh.saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	36, // 2: agentmesh.saga.v1.Step.selector:type_name -> agentmesh.common.v1.AgentSelector
-	4,  // 3: agentmesh.saga.v1.Step.retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
-	35, // 4: agentmesh.saga.v1.Step.timeout:type_name -> google.protobuf.Duration
-	33, // 5: agentmesh.saga.v1.Step.input_mapping:type_name -> agentmesh.saga.v1.Step.InputMappingEntry
-	5,  // 6: agentmesh.saga.v1.Step.map:type_name -> agentmesh.saga.v1.MapSpec
-	6,  // 7: agentmesh.saga.v1.Step.loop:type_name -> agentmesh.saga.v1.LoopSpec
-	34, // 8: agentmesh.saga.v1.Step.metadata:type_name -> agentmesh.saga.v1.Step.MetadataEntry
-	35, // 9: agentmesh.saga.v1.Step.compensation_timeout:type_name -> google.protobuf.Duration
-	7,  // 10: agentmesh.saga.v1.Stage.step:type_name -> agentmesh.saga.v1.Step
-	9,  // 11: agentmesh.saga.v1.Stage.sequential:type_name -> agentmesh.saga.v1.StageGroup
-	9,  // 12: agentmesh.saga.v1.Stage.parallel:type_name -> agentmesh.saga.v1.StageGroup
-	8,  // 13: agentmesh.saga.v1.StageGroup.stages:type_name -> agentmesh.saga.v1.Stage
-	7,  // 14: agentmesh.saga.v1.SagaDefinition.steps:type_name -> agentmesh.saga.v1.Step
-	8,  // 15: agentmesh.saga.v1.SagaDefinition.pipeline:type_name -> agentmesh.saga.v1.Stage
-	0,  // 16: agentmesh.saga.v1.SagaDefinition.compensation_strategy:type_name -> agentmesh.saga.v1.CompensationStrategy
-	35, // 17: agentmesh.saga.v1.SagaDefinition.timeout:type_name -> google.protobuf.Duration
-	35, // 18: agentmesh.saga.v1.SagaDefinition.default_step_timeout:type_name -> google.protobuf.Duration
-	4,  // 19: agentmesh.saga.v1.SagaDefinition.default_retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
-	37, // 20: agentmesh.saga.v1.SagaDefinition.create_time:type_name -> google.protobuf.Timestamp
-	35, // 21: agentmesh.saga.v1.SagaDefinition.default_compensation_timeout:type_name -> google.protobuf.Duration
-	2,  // 22: agentmesh.saga.v1.StepState.status:type_name -> agentmesh.saga.v1.StepStatus
-	38, // 23: agentmesh.saga.v1.StepState.output:type_name -> google.protobuf.Struct
-	11, // 24: agentmesh.saga.v1.StepState.error:type_name -> agentmesh.saga.v1.StepError
-	37, // 25: agentmesh.saga.v1.StepState.start_time:type_name -> google.protobuf.Timestamp
-	37, // 26: agentmesh.saga.v1.StepState.end_time:type_name -> google.protobuf.Timestamp
-	10, // 27: agentmesh.saga.v1.Saga.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	38, // 28: agentmesh.saga.v1.Saga.input:type_name -> google.protobuf.Struct
-	1,  // 29: agentmesh.saga.v1.Saga.state:type_name -> agentmesh.saga.v1.SagaState
-	12, // 30: agentmesh.saga.v1.Saga.steps:type_name -> agentmesh.saga.v1.StepState
-	38, // 31: agentmesh.saga.v1.Saga.output:type_name -> google.protobuf.Struct
-	11, // 32: agentmesh.saga.v1.Saga.error:type_name -> agentmesh.saga.v1.StepError
-	37, // 33: agentmesh.saga.v1.Saga.create_time:type_name -> google.protobuf.Timestamp
-	37, // 34: agentmesh.saga.v1.Saga.update_time:type_name -> google.protobuf.Timestamp
-	37, // 35: agentmesh.saga.v1.Saga.end_time:type_name -> google.protobuf.Timestamp
-	3,  // 36: agentmesh.saga.v1.SagaEvent.type:type_name -> agentmesh.saga.v1.SagaEventType
-	37, // 37: agentmesh.saga.v1.SagaEvent.create_time:type_name -> google.protobuf.Timestamp
-	38, // 38: agentmesh.saga.v1.SagaEvent.input:type_name -> google.protobuf.Struct
-	38, // 39: agentmesh.saga.v1.SagaEvent.output:type_name -> google.protobuf.Struct
-	11, // 40: agentmesh.saga.v1.SagaEvent.error:type_name -> agentmesh.saga.v1.StepError
-	35, // 41: agentmesh.saga.v1.SagaEvent.backoff:type_name -> google.protobuf.Duration
-	1,  // 42: agentmesh.saga.v1.SagaEvent.state:type_name -> agentmesh.saga.v1.SagaState
-	39, // 43: agentmesh.saga.v1.SagaEvent.provenance:type_name -> agentmesh.common.v1.Provenance
-	10, // 44: agentmesh.saga.v1.SagaEvent.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 45: agentmesh.saga.v1.StartSagaRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	38, // 46: agentmesh.saga.v1.StartSagaRequest.input:type_name -> google.protobuf.Struct
-	13, // 47: agentmesh.saga.v1.StartSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
-	10, // 48: agentmesh.saga.v1.RegisterSagaDefinitionRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 49: agentmesh.saga.v1.RegisterSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 50: agentmesh.saga.v1.GetSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	10, // 51: agentmesh.saga.v1.ListSagaDefinitionsResponse.definitions:type_name -> agentmesh.saga.v1.SagaDefinition
-	13, // 52: agentmesh.saga.v1.GetSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
-	1,  // 53: agentmesh.saga.v1.ListSagasRequest.states:type_name -> agentmesh.saga.v1.SagaState
-	13, // 54: agentmesh.saga.v1.ListSagasResponse.sagas:type_name -> agentmesh.saga.v1.Saga
-	13, // 55: agentmesh.saga.v1.CancelSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
-	14, // 56: agentmesh.saga.v1.WatchSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
-	14, // 57: agentmesh.saga.v1.GetSagaEventsResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
-	15, // 58: agentmesh.saga.v1.SagaService.StartSaga:input_type -> agentmesh.saga.v1.StartSagaRequest
-	17, // 59: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:input_type -> agentmesh.saga.v1.RegisterSagaDefinitionRequest
-	19, // 60: agentmesh.saga.v1.SagaService.GetSagaDefinition:input_type -> agentmesh.saga.v1.GetSagaDefinitionRequest
-	21, // 61: agentmesh.saga.v1.SagaService.ListSagaDefinitions:input_type -> agentmesh.saga.v1.ListSagaDefinitionsRequest
-	23, // 62: agentmesh.saga.v1.SagaService.GetSaga:input_type -> agentmesh.saga.v1.GetSagaRequest
-	25, // 63: agentmesh.saga.v1.SagaService.ListSagas:input_type -> agentmesh.saga.v1.ListSagasRequest
-	27, // 64: agentmesh.saga.v1.SagaService.CancelSaga:input_type -> agentmesh.saga.v1.CancelSagaRequest
-	29, // 65: agentmesh.saga.v1.SagaService.WatchSaga:input_type -> agentmesh.saga.v1.WatchSagaRequest
-	31, // 66: agentmesh.saga.v1.SagaService.GetSagaEvents:input_type -> agentmesh.saga.v1.GetSagaEventsRequest
-	16, // 67: agentmesh.saga.v1.SagaService.StartSaga:output_type -> agentmesh.saga.v1.StartSagaResponse
-	18, // 68: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:output_type -> agentmesh.saga.v1.RegisterSagaDefinitionResponse
-	20, // 69: agentmesh.saga.v1.SagaService.GetSagaDefinition:output_type -> agentmesh.saga.v1.GetSagaDefinitionResponse
-	22, // 70: agentmesh.saga.v1.SagaService.ListSagaDefinitions:output_type -> agentmesh.saga.v1.ListSagaDefinitionsResponse
-	24, // 71: agentmesh.saga.v1.SagaService.GetSaga:output_type -> agentmesh.saga.v1.GetSagaResponse
-	26, // 72: agentmesh.saga.v1.SagaService.ListSagas:output_type -> agentmesh.saga.v1.ListSagasResponse
-	28, // 73: agentmesh.saga.v1.SagaService.CancelSaga:output_type -> agentmesh.saga.v1.CancelSagaResponse
-	30, // 74: agentmesh.saga.v1.SagaService.WatchSaga:output_type -> agentmesh.saga.v1.WatchSagaResponse
-	32, // 75: agentmesh.saga.v1.SagaService.GetSagaEvents:output_type -> agentmesh.saga.v1.GetSagaEventsResponse
-	67, // [67:76] is the sub-list for method output_type
-	58, // [58:67] is the sub-list for method input_type
-	58, // [58:58] is the sub-list for extension type_name
-	58, // [58:58] is the sub-list for extension extendee
-	0,  // [0:58] is the sub-list for field type_name
+	36, // 0: agentmesh.saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	36, // 1: agentmesh.saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	37, // 2: agentmesh.saga.v1.Step.selector:type_name -> agentmesh.common.v1.AgentSelector
+	8,  // 3: agentmesh.saga.v1.Step.swarm:type_name -> agentmesh.saga.v1.SwarmStage
+	4,  // 4: agentmesh.saga.v1.Step.retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
+	36, // 5: agentmesh.saga.v1.Step.timeout:type_name -> google.protobuf.Duration
+	34, // 6: agentmesh.saga.v1.Step.input_mapping:type_name -> agentmesh.saga.v1.Step.InputMappingEntry
+	5,  // 7: agentmesh.saga.v1.Step.map:type_name -> agentmesh.saga.v1.MapSpec
+	6,  // 8: agentmesh.saga.v1.Step.loop:type_name -> agentmesh.saga.v1.LoopSpec
+	35, // 9: agentmesh.saga.v1.Step.metadata:type_name -> agentmesh.saga.v1.Step.MetadataEntry
+	36, // 10: agentmesh.saga.v1.Step.compensation_timeout:type_name -> google.protobuf.Duration
+	38, // 11: agentmesh.saga.v1.SwarmStage.task:type_name -> agentmesh.swarm.v1.SwarmTask
+	7,  // 12: agentmesh.saga.v1.Stage.step:type_name -> agentmesh.saga.v1.Step
+	10, // 13: agentmesh.saga.v1.Stage.sequential:type_name -> agentmesh.saga.v1.StageGroup
+	10, // 14: agentmesh.saga.v1.Stage.parallel:type_name -> agentmesh.saga.v1.StageGroup
+	9,  // 15: agentmesh.saga.v1.StageGroup.stages:type_name -> agentmesh.saga.v1.Stage
+	7,  // 16: agentmesh.saga.v1.SagaDefinition.steps:type_name -> agentmesh.saga.v1.Step
+	9,  // 17: agentmesh.saga.v1.SagaDefinition.pipeline:type_name -> agentmesh.saga.v1.Stage
+	0,  // 18: agentmesh.saga.v1.SagaDefinition.compensation_strategy:type_name -> agentmesh.saga.v1.CompensationStrategy
+	36, // 19: agentmesh.saga.v1.SagaDefinition.timeout:type_name -> google.protobuf.Duration
+	36, // 20: agentmesh.saga.v1.SagaDefinition.default_step_timeout:type_name -> google.protobuf.Duration
+	4,  // 21: agentmesh.saga.v1.SagaDefinition.default_retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
+	39, // 22: agentmesh.saga.v1.SagaDefinition.create_time:type_name -> google.protobuf.Timestamp
+	36, // 23: agentmesh.saga.v1.SagaDefinition.default_compensation_timeout:type_name -> google.protobuf.Duration
+	2,  // 24: agentmesh.saga.v1.StepState.status:type_name -> agentmesh.saga.v1.StepStatus
+	40, // 25: agentmesh.saga.v1.StepState.output:type_name -> google.protobuf.Struct
+	12, // 26: agentmesh.saga.v1.StepState.error:type_name -> agentmesh.saga.v1.StepError
+	39, // 27: agentmesh.saga.v1.StepState.start_time:type_name -> google.protobuf.Timestamp
+	39, // 28: agentmesh.saga.v1.StepState.end_time:type_name -> google.protobuf.Timestamp
+	11, // 29: agentmesh.saga.v1.Saga.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	40, // 30: agentmesh.saga.v1.Saga.input:type_name -> google.protobuf.Struct
+	1,  // 31: agentmesh.saga.v1.Saga.state:type_name -> agentmesh.saga.v1.SagaState
+	13, // 32: agentmesh.saga.v1.Saga.steps:type_name -> agentmesh.saga.v1.StepState
+	40, // 33: agentmesh.saga.v1.Saga.output:type_name -> google.protobuf.Struct
+	12, // 34: agentmesh.saga.v1.Saga.error:type_name -> agentmesh.saga.v1.StepError
+	39, // 35: agentmesh.saga.v1.Saga.create_time:type_name -> google.protobuf.Timestamp
+	39, // 36: agentmesh.saga.v1.Saga.update_time:type_name -> google.protobuf.Timestamp
+	39, // 37: agentmesh.saga.v1.Saga.end_time:type_name -> google.protobuf.Timestamp
+	3,  // 38: agentmesh.saga.v1.SagaEvent.type:type_name -> agentmesh.saga.v1.SagaEventType
+	39, // 39: agentmesh.saga.v1.SagaEvent.create_time:type_name -> google.protobuf.Timestamp
+	40, // 40: agentmesh.saga.v1.SagaEvent.input:type_name -> google.protobuf.Struct
+	40, // 41: agentmesh.saga.v1.SagaEvent.output:type_name -> google.protobuf.Struct
+	12, // 42: agentmesh.saga.v1.SagaEvent.error:type_name -> agentmesh.saga.v1.StepError
+	36, // 43: agentmesh.saga.v1.SagaEvent.backoff:type_name -> google.protobuf.Duration
+	1,  // 44: agentmesh.saga.v1.SagaEvent.state:type_name -> agentmesh.saga.v1.SagaState
+	41, // 45: agentmesh.saga.v1.SagaEvent.provenance:type_name -> agentmesh.common.v1.Provenance
+	11, // 46: agentmesh.saga.v1.SagaEvent.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	11, // 47: agentmesh.saga.v1.StartSagaRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	40, // 48: agentmesh.saga.v1.StartSagaRequest.input:type_name -> google.protobuf.Struct
+	14, // 49: agentmesh.saga.v1.StartSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
+	11, // 50: agentmesh.saga.v1.RegisterSagaDefinitionRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	11, // 51: agentmesh.saga.v1.RegisterSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	11, // 52: agentmesh.saga.v1.GetSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
+	11, // 53: agentmesh.saga.v1.ListSagaDefinitionsResponse.definitions:type_name -> agentmesh.saga.v1.SagaDefinition
+	14, // 54: agentmesh.saga.v1.GetSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
+	1,  // 55: agentmesh.saga.v1.ListSagasRequest.states:type_name -> agentmesh.saga.v1.SagaState
+	14, // 56: agentmesh.saga.v1.ListSagasResponse.sagas:type_name -> agentmesh.saga.v1.Saga
+	14, // 57: agentmesh.saga.v1.CancelSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
+	15, // 58: agentmesh.saga.v1.WatchSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
+	15, // 59: agentmesh.saga.v1.GetSagaEventsResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
+	16, // 60: agentmesh.saga.v1.SagaService.StartSaga:input_type -> agentmesh.saga.v1.StartSagaRequest
+	18, // 61: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:input_type -> agentmesh.saga.v1.RegisterSagaDefinitionRequest
+	20, // 62: agentmesh.saga.v1.SagaService.GetSagaDefinition:input_type -> agentmesh.saga.v1.GetSagaDefinitionRequest
+	22, // 63: agentmesh.saga.v1.SagaService.ListSagaDefinitions:input_type -> agentmesh.saga.v1.ListSagaDefinitionsRequest
+	24, // 64: agentmesh.saga.v1.SagaService.GetSaga:input_type -> agentmesh.saga.v1.GetSagaRequest
+	26, // 65: agentmesh.saga.v1.SagaService.ListSagas:input_type -> agentmesh.saga.v1.ListSagasRequest
+	28, // 66: agentmesh.saga.v1.SagaService.CancelSaga:input_type -> agentmesh.saga.v1.CancelSagaRequest
+	30, // 67: agentmesh.saga.v1.SagaService.WatchSaga:input_type -> agentmesh.saga.v1.WatchSagaRequest
+	32, // 68: agentmesh.saga.v1.SagaService.GetSagaEvents:input_type -> agentmesh.saga.v1.GetSagaEventsRequest
+	17, // 69: agentmesh.saga.v1.SagaService.StartSaga:output_type -> agentmesh.saga.v1.StartSagaResponse
+	19, // 70: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:output_type -> agentmesh.saga.v1.RegisterSagaDefinitionResponse
+	21, // 71: agentmesh.saga.v1.SagaService.GetSagaDefinition:output_type -> agentmesh.saga.v1.GetSagaDefinitionResponse
+	23, // 72: agentmesh.saga.v1.SagaService.ListSagaDefinitions:output_type -> agentmesh.saga.v1.ListSagaDefinitionsResponse
+	25, // 73: agentmesh.saga.v1.SagaService.GetSaga:output_type -> agentmesh.saga.v1.GetSagaResponse
+	27, // 74: agentmesh.saga.v1.SagaService.ListSagas:output_type -> agentmesh.saga.v1.ListSagasResponse
+	29, // 75: agentmesh.saga.v1.SagaService.CancelSaga:output_type -> agentmesh.saga.v1.CancelSagaResponse
+	31, // 76: agentmesh.saga.v1.SagaService.WatchSaga:output_type -> agentmesh.saga.v1.WatchSagaResponse
+	33, // 77: agentmesh.saga.v1.SagaService.GetSagaEvents:output_type -> agentmesh.saga.v1.GetSagaEventsResponse
+	69, // [69:78] is the sub-list for method output_type
+	60, // [60:69] is the sub-list for method input_type
+	60, // [60:60] is the sub-list for extension type_name
+	60, // [60:60] is the sub-list for extension extendee
+	0,  // [0:60] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_saga_v1_saga_proto_init() }
@@ -3115,14 +3197,15 @@ func file_agentmesh_saga_v1_saga_proto_init() {
 	file_agentmesh_saga_v1_saga_proto_msgTypes[3].OneofWrappers = []any{
 		(*Step_AgentId)(nil),
 		(*Step_Selector)(nil),
+		(*Step_Swarm)(nil),
 	}
-	file_agentmesh_saga_v1_saga_proto_msgTypes[4].OneofWrappers = []any{
+	file_agentmesh_saga_v1_saga_proto_msgTypes[5].OneofWrappers = []any{
 		(*Stage_Step)(nil),
 		(*Stage_Sequential)(nil),
 		(*Stage_Parallel)(nil),
 	}
-	file_agentmesh_saga_v1_saga_proto_msgTypes[10].OneofWrappers = []any{}
-	file_agentmesh_saga_v1_saga_proto_msgTypes[11].OneofWrappers = []any{
+	file_agentmesh_saga_v1_saga_proto_msgTypes[11].OneofWrappers = []any{}
+	file_agentmesh_saga_v1_saga_proto_msgTypes[12].OneofWrappers = []any{
 		(*StartSagaRequest_Definition)(nil),
 		(*StartSagaRequest_DefinitionName)(nil),
 	}
@@ -3132,7 +3215,7 @@ func file_agentmesh_saga_v1_saga_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_saga_v1_saga_proto_rawDesc), len(file_agentmesh_saga_v1_saga_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   31,
+			NumMessages:   32,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
