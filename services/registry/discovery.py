@@ -139,6 +139,25 @@ class CatalogMirror:
     def __len__(self) -> int:
         return len(self._entries)
 
+    async def stats(self) -> registry_pb2.GetRegistryStatsResponse:
+        """The catalog summary of GetRegistryStats, from the synced mirror
+        (one pass over the in-memory entries; no Redis scan)."""
+        await self.sync()
+        out = registry_pb2.GetRegistryStatsResponse(
+            total_agents=len(self._entries), revision=self.revision
+        )
+        health = 0.0
+        for e in self._entries.values():
+            name = registry_pb2.AgentStatus.Name(e.status)  # type: ignore[arg-type]
+            out.agents_by_status[name] = out.agents_by_status[name] + 1
+            health += e.health
+        for cap, ids in self._by_cap.items():
+            if ids:
+                out.agents_by_capability[cap] = len(ids)
+        out.unique_capabilities = len(out.agents_by_capability)
+        out.average_health_score = health / len(self._entries) if self._entries else 0.0
+        return out
+
     # ---- keeping current --------------------------------------------------
     async def sync(self) -> None:
         """Bring the mirror up to date (see the module docstring)."""

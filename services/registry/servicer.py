@@ -279,6 +279,13 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         metrics.DISCOVERY_LATENCY.observe((time.perf_counter() - start) * 1000.0)
         return resp
 
+    async def GetRegistryStats(
+        self, request: registry_pb2.GetRegistryStatsRequest, context: Ctx
+    ) -> registry_pb2.GetRegistryStatsResponse:
+        """See registry.proto."""
+        metrics.child(metrics.QUERIES, "stats").inc()
+        return await self.mirror.stats()
+
     async def WatchAgents(
         self, request: registry_pb2.WatchAgentsRequest, context: Ctx
     ) -> AsyncIterator[registry_pb2.WatchAgentsResponse]:

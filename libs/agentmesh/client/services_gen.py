@@ -205,6 +205,27 @@ class ServiceMethods(ClientBase):
             rpc="/agentmesh.registry.v1.RegistryService/RegisterA2AAgent",
         )
 
+    async def get_registry_stats(
+        self,
+        request: registry_pb2.GetRegistryStatsRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> registry_pb2.GetRegistryStatsResponse:
+        """`agentmesh.registry.v1.RegistryService.GetRegistryStats`.
+
+        NO_SIDE_EFFECTS: retried on the codes `is_retryable` allows for it.
+        """
+        return await self._unary(
+            self.registry.GetRegistryStats,
+            _build(registry_pb2.GetRegistryStatsRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+            rpc="/agentmesh.registry.v1.RegistryService/GetRegistryStats",
+        )
+
     # ---- agentmesh.registry.v1.CoordinationService -------------------
 
     async def acquire_lock(

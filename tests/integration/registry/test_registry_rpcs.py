@@ -409,3 +409,37 @@ async def test_burst_beyond_the_redis_pool_queues_instead_of_failing(registry: C
         for i in range(200)
     ))
     assert (await registry.reg.ListAgents(pb.ListAgentsRequest())).total_size == 200
+
+
+async def test_registry_stats_summarise_the_catalog(registry: Clients) -> None:
+    """GetRegistryStats (the seeds' registry.get_metrics()) against what
+    ListAgents and GetAgent report for the same catalog."""
+    empty = await registry.reg.GetRegistryStats(pb.GetRegistryStatsRequest())
+    assert (empty.total_agents, empty.unique_capabilities, empty.average_health_score) == (0, 0, 0)
+    specs = {
+        "agent-st1": ["calc", "gpu"], "agent-st2": ["calc"], "agent-st3": ["calc", "ocr"],
+        "agent-st4": ["tmp"],
+    }
+    for aid, caps in specs.items():
+        req = pb.RegisterAgentRequest(agent=agent(aid, capabilities=caps))
+        await registry.reg.RegisterAgent(req)
+    # A failing agent's health drops; a deregistered one leaves the summary.
+    await registry.reg.Heartbeat(
+        pb.HeartbeatRequest(agent_id="agent-st2", load=common_pb2.LoadMetrics(error_rate=0.9))
+    )
+    gone = await registry.reg.DeregisterAgent(pb.DeregisterAgentRequest(agent_id="agent-st4"))
+    stats = await registry.reg.GetRegistryStats(pb.GetRegistryStatsRequest())
+    assert stats.revision >= gone.agent.revision
+    listed = (await registry.reg.ListAgents(pb.ListAgentsRequest(page_size=100))).agents
+    assert stats.total_agents == len(listed) == 3
+    by_status: dict[str, int] = {}
+    for a in listed:
+        name = pb.AgentStatus.Name(a.status)
+        by_status[name] = by_status.get(name, 0) + 1
+    assert dict(stats.agents_by_status) == by_status
+    assert dict(stats.agents_by_capability) == {"calc": 3, "gpu": 1, "ocr": 1}
+    assert stats.unique_capabilities == 3
+    assert stats.average_health_score == pytest.approx(
+        sum(a.health_score for a in listed) / 3, abs=0.05
+    )
+    assert stats.average_health_score < 1.0  # agent-st2's error rate counts

@@ -130,6 +130,111 @@ AGENT_EVENT_TYPE_DEREGISTERED: AgentEventType.ValueType  # 4
 Global___AgentEventType: _TypeAlias = AgentEventType  # noqa: Y015
 
 @_typing.final
+class GetRegistryStatsRequest(_message.Message):
+    """GetRegistryStatsRequest asks for the catalog summary; it has no fields yet."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegistryStatsRequest: _TypeAlias = GetRegistryStatsRequest  # noqa: Y015
+
+@_typing.final
+class GetRegistryStatsResponse(_message.Message):
+    """GetRegistryStatsResponse is the catalog summary."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class AgentsByStatusEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    @_typing.final
+    class AgentsByCapabilityEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    TOTAL_AGENTS_FIELD_NUMBER: _builtins.int
+    AGENTS_BY_STATUS_FIELD_NUMBER: _builtins.int
+    AVERAGE_HEALTH_SCORE_FIELD_NUMBER: _builtins.int
+    UNIQUE_CAPABILITIES_FIELD_NUMBER: _builtins.int
+    AGENTS_BY_CAPABILITY_FIELD_NUMBER: _builtins.int
+    REVISION_FIELD_NUMBER: _builtins.int
+    total_agents: _builtins.int
+    """Registered agents (every status but DECOMMISSIONED, which is deleted)."""
+    average_health_score: _builtins.float
+    """Mean health score over all registered agents in [0, 1]; 0 with none."""
+    unique_capabilities: _builtins.int
+    """Number of distinct capabilities over all registered agents."""
+    revision: _builtins.int
+    """Catalog revision the summary was computed at (see WatchAgents)."""
+    @_builtins.property
+    def agents_by_status(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Agents by status name (e.g. "AGENT_STATUS_ACTIVE"); statuses with no
+        agent are left out.
+        """
+
+    @_builtins.property
+    def agents_by_capability(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Agents per capability."""
+
+    def __init__(
+        self,
+        *,
+        total_agents: _builtins.int = ...,
+        agents_by_status: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        average_health_score: _builtins.float = ...,
+        unique_capabilities: _builtins.int = ...,
+        agents_by_capability: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+        revision: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agents_by_capability", b"agents_by_capability", "agents_by_status", b"agents_by_status", "average_health_score", b"average_health_score", "revision", b"revision", "total_agents", b"total_agents", "unique_capabilities", b"unique_capabilities"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetRegistryStatsResponse: _TypeAlias = GetRegistryStatsResponse  # noqa: Y015
+
+@_typing.final
 class ServiceLevel(_message.Message):
     """ServiceLevel is what an agent promises; the router may use it to choose."""
 

@@ -89,6 +89,11 @@ class RegistryServiceStub:
                 request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentResponse.FromString,
                 _registered_method=True)
+        self.GetRegistryStats = channel.unary_unary(
+                '/agentmesh.registry.v1.RegistryService/GetRegistryStats',
+                request_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -223,6 +228,16 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetRegistryStats(self, request, context):
+        """GetRegistryStats summarises the catalog (the seeds' registry.get_metrics()):
+        agents in total and by status, their average health score and the
+        distinct capabilities, as of the catalog revision it reports.
+        Errors: UNAVAILABLE (Redis down).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -270,6 +285,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.RegisterA2AAgent,
                     request_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentRequest.FromString,
                     response_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentResponse.SerializeToString,
+            ),
+            'GetRegistryStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetRegistryStats,
+                    request_deserializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsRequest.FromString,
+                    response_serializer=agentmesh_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -525,6 +545,33 @@ class RegistryService:
             '/agentmesh.registry.v1.RegistryService/RegisterA2AAgent',
             agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentRequest.SerializeToString,
             agentmesh_dot_registry_dot_v1_dot_registry__pb2.RegisterA2AAgentResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetRegistryStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/agentmesh.registry.v1.RegistryService/GetRegistryStats',
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsRequest.SerializeToString,
+            agentmesh_dot_registry_dot_v1_dot_registry__pb2.GetRegistryStatsResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -126,6 +126,12 @@ class RegistryServiceStub:
     PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
     PERMISSION_DENIED, UNAVAILABLE (Redis down).
     """
+    GetRegistryStats: _grpc.UnaryUnaryMultiCallable[_registry_pb2.GetRegistryStatsRequest, _registry_pb2.GetRegistryStatsResponse]
+    """GetRegistryStats summarises the catalog (the seeds' registry.get_metrics()):
+    agents in total and by status, their average health score and the
+    distinct capabilities, as of the catalog revision it reports.
+    Errors: UNAVAILABLE (Redis down).
+    """
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -224,6 +230,12 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     (the card cannot be fetched or is not a valid A2A agent card; a
     PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
     PERMISSION_DENIED, UNAVAILABLE (Redis down).
+    """
+    GetRegistryStats: _aio.UnaryUnaryMultiCallable[_registry_pb2.GetRegistryStatsRequest, _registry_pb2.GetRegistryStatsResponse]  # type: ignore[assignment]
+    """GetRegistryStats summarises the catalog (the seeds' registry.get_metrics()):
+    agents in total and by status, their average health score and the
+    distinct capabilities, as of the catalog revision it reports.
+    Errors: UNAVAILABLE (Redis down).
     """
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -374,6 +386,18 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         (the card cannot be fetched or is not a valid A2A agent card; a
         PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
         PERMISSION_DENIED, UNAVAILABLE (Redis down).
+        """
+
+    @_abc_1.abstractmethod
+    def GetRegistryStats(
+        self,
+        request: _registry_pb2.GetRegistryStatsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.GetRegistryStatsResponse, _abc.Awaitable[_registry_pb2.GetRegistryStatsResponse]]:
+        """GetRegistryStats summarises the catalog (the seeds' registry.get_metrics()):
+        agents in total and by status, their average health score and the
+        distinct capabilities, as of the catalog revision it reports.
+        Errors: UNAVAILABLE (Redis down).
         """
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

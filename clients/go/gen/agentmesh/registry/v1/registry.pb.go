@@ -205,6 +205,135 @@ func (AgentEventType) EnumDescriptor() ([]byte, []int) {
 	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{2}
 }
 
+// GetRegistryStatsRequest asks for the catalog summary; it has no fields yet.
+type GetRegistryStatsRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRegistryStatsRequest) Reset() {
+	*x = GetRegistryStatsRequest{}
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[0]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRegistryStatsRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRegistryStatsRequest) ProtoMessage() {}
+
+func (x *GetRegistryStatsRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[0]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRegistryStatsRequest.ProtoReflect.Descriptor instead.
+func (*GetRegistryStatsRequest) Descriptor() ([]byte, []int) {
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+}
+
+// GetRegistryStatsResponse is the catalog summary.
+type GetRegistryStatsResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Registered agents (every status but DECOMMISSIONED, which is deleted).
+	TotalAgents int32 `protobuf:"varint,1,opt,name=total_agents,json=totalAgents,proto3" json:"total_agents,omitempty"`
+	// Agents by status name (e.g. "AGENT_STATUS_ACTIVE"); statuses with no
+	// agent are left out.
+	AgentsByStatus map[string]int32 `protobuf:"bytes,2,rep,name=agents_by_status,json=agentsByStatus,proto3" json:"agents_by_status,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Mean health score over all registered agents in [0, 1]; 0 with none.
+	AverageHealthScore float64 `protobuf:"fixed64,3,opt,name=average_health_score,json=averageHealthScore,proto3" json:"average_health_score,omitempty"`
+	// Number of distinct capabilities over all registered agents.
+	UniqueCapabilities int32 `protobuf:"varint,4,opt,name=unique_capabilities,json=uniqueCapabilities,proto3" json:"unique_capabilities,omitempty"`
+	// Agents per capability.
+	AgentsByCapability map[string]int32 `protobuf:"bytes,5,rep,name=agents_by_capability,json=agentsByCapability,proto3" json:"agents_by_capability,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	// Catalog revision the summary was computed at (see WatchAgents).
+	Revision      uint64 `protobuf:"varint,6,opt,name=revision,proto3" json:"revision,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetRegistryStatsResponse) Reset() {
+	*x = GetRegistryStatsResponse{}
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetRegistryStatsResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetRegistryStatsResponse) ProtoMessage() {}
+
+func (x *GetRegistryStatsResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetRegistryStatsResponse.ProtoReflect.Descriptor instead.
+func (*GetRegistryStatsResponse) Descriptor() ([]byte, []int) {
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *GetRegistryStatsResponse) GetTotalAgents() int32 {
+	if x != nil {
+		return x.TotalAgents
+	}
+	return 0
+}
+
+func (x *GetRegistryStatsResponse) GetAgentsByStatus() map[string]int32 {
+	if x != nil {
+		return x.AgentsByStatus
+	}
+	return nil
+}
+
+func (x *GetRegistryStatsResponse) GetAverageHealthScore() float64 {
+	if x != nil {
+		return x.AverageHealthScore
+	}
+	return 0
+}
+
+func (x *GetRegistryStatsResponse) GetUniqueCapabilities() int32 {
+	if x != nil {
+		return x.UniqueCapabilities
+	}
+	return 0
+}
+
+func (x *GetRegistryStatsResponse) GetAgentsByCapability() map[string]int32 {
+	if x != nil {
+		return x.AgentsByCapability
+	}
+	return nil
+}
+
+func (x *GetRegistryStatsResponse) GetRevision() uint64 {
+	if x != nil {
+		return x.Revision
+	}
+	return 0
+}
+
 // ServiceLevel is what an agent promises; the router may use it to choose.
 type ServiceLevel struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -220,7 +349,7 @@ type ServiceLevel struct {
 
 func (x *ServiceLevel) Reset() {
 	*x = ServiceLevel{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[0]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -232,7 +361,7 @@ func (x *ServiceLevel) String() string {
 func (*ServiceLevel) ProtoMessage() {}
 
 func (x *ServiceLevel) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[0]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -245,7 +374,7 @@ func (x *ServiceLevel) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ServiceLevel.ProtoReflect.Descriptor instead.
 func (*ServiceLevel) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{0}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *ServiceLevel) GetMaxLatency() *durationpb.Duration {
@@ -320,7 +449,7 @@ type Agent struct {
 
 func (x *Agent) Reset() {
 	*x = Agent{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[1]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -332,7 +461,7 @@ func (x *Agent) String() string {
 func (*Agent) ProtoMessage() {}
 
 func (x *Agent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[1]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -345,7 +474,7 @@ func (x *Agent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Agent.ProtoReflect.Descriptor instead.
 func (*Agent) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{1}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Agent) GetAgentId() string {
@@ -492,7 +621,7 @@ type RegisterAgentRequest struct {
 
 func (x *RegisterAgentRequest) Reset() {
 	*x = RegisterAgentRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -504,7 +633,7 @@ func (x *RegisterAgentRequest) String() string {
 func (*RegisterAgentRequest) ProtoMessage() {}
 
 func (x *RegisterAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[2]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -517,7 +646,7 @@ func (x *RegisterAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgentRequest.ProtoReflect.Descriptor instead.
 func (*RegisterAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{2}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RegisterAgentRequest) GetAgent() *Agent {
@@ -540,7 +669,7 @@ type RegisterAgentResponse struct {
 
 func (x *RegisterAgentResponse) Reset() {
 	*x = RegisterAgentResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -552,7 +681,7 @@ func (x *RegisterAgentResponse) String() string {
 func (*RegisterAgentResponse) ProtoMessage() {}
 
 func (x *RegisterAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[3]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -565,7 +694,7 @@ func (x *RegisterAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterAgentResponse.ProtoReflect.Descriptor instead.
 func (*RegisterAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{3}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *RegisterAgentResponse) GetAgent() *Agent {
@@ -595,7 +724,7 @@ type DeregisterAgentRequest struct {
 
 func (x *DeregisterAgentRequest) Reset() {
 	*x = DeregisterAgentRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -607,7 +736,7 @@ func (x *DeregisterAgentRequest) String() string {
 func (*DeregisterAgentRequest) ProtoMessage() {}
 
 func (x *DeregisterAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[4]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -620,7 +749,7 @@ func (x *DeregisterAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterAgentRequest.ProtoReflect.Descriptor instead.
 func (*DeregisterAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{4}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DeregisterAgentRequest) GetAgentId() string {
@@ -648,7 +777,7 @@ type DeregisterAgentResponse struct {
 
 func (x *DeregisterAgentResponse) Reset() {
 	*x = DeregisterAgentResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -660,7 +789,7 @@ func (x *DeregisterAgentResponse) String() string {
 func (*DeregisterAgentResponse) ProtoMessage() {}
 
 func (x *DeregisterAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[5]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -673,7 +802,7 @@ func (x *DeregisterAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeregisterAgentResponse.ProtoReflect.Descriptor instead.
 func (*DeregisterAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{5}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DeregisterAgentResponse) GetAgent() *Agent {
@@ -694,7 +823,7 @@ type GetAgentRequest struct {
 
 func (x *GetAgentRequest) Reset() {
 	*x = GetAgentRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -706,7 +835,7 @@ func (x *GetAgentRequest) String() string {
 func (*GetAgentRequest) ProtoMessage() {}
 
 func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[6]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -719,7 +848,7 @@ func (x *GetAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentRequest.ProtoReflect.Descriptor instead.
 func (*GetAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{6}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *GetAgentRequest) GetAgentId() string {
@@ -740,7 +869,7 @@ type GetAgentResponse struct {
 
 func (x *GetAgentResponse) Reset() {
 	*x = GetAgentResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -752,7 +881,7 @@ func (x *GetAgentResponse) String() string {
 func (*GetAgentResponse) ProtoMessage() {}
 
 func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[7]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -765,7 +894,7 @@ func (x *GetAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetAgentResponse.ProtoReflect.Descriptor instead.
 func (*GetAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{7}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *GetAgentResponse) GetAgent() *Agent {
@@ -790,7 +919,7 @@ type ListAgentsRequest struct {
 
 func (x *ListAgentsRequest) Reset() {
 	*x = ListAgentsRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -802,7 +931,7 @@ func (x *ListAgentsRequest) String() string {
 func (*ListAgentsRequest) ProtoMessage() {}
 
 func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[8]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -815,7 +944,7 @@ func (x *ListAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsRequest.ProtoReflect.Descriptor instead.
 func (*ListAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{8}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListAgentsRequest) GetPageSize() int32 {
@@ -857,7 +986,7 @@ type ListAgentsResponse struct {
 
 func (x *ListAgentsResponse) Reset() {
 	*x = ListAgentsResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -869,7 +998,7 @@ func (x *ListAgentsResponse) String() string {
 func (*ListAgentsResponse) ProtoMessage() {}
 
 func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[9]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -882,7 +1011,7 @@ func (x *ListAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListAgentsResponse.ProtoReflect.Descriptor instead.
 func (*ListAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{9}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *ListAgentsResponse) GetAgents() []*Agent {
@@ -926,7 +1055,7 @@ type HeartbeatRequest struct {
 
 func (x *HeartbeatRequest) Reset() {
 	*x = HeartbeatRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -938,7 +1067,7 @@ func (x *HeartbeatRequest) String() string {
 func (*HeartbeatRequest) ProtoMessage() {}
 
 func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[10]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -951,7 +1080,7 @@ func (x *HeartbeatRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{10}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *HeartbeatRequest) GetAgentId() string {
@@ -983,7 +1112,7 @@ type HeartbeatResponse struct {
 
 func (x *HeartbeatResponse) Reset() {
 	*x = HeartbeatResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -995,7 +1124,7 @@ func (x *HeartbeatResponse) String() string {
 func (*HeartbeatResponse) ProtoMessage() {}
 
 func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[11]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1008,7 +1137,7 @@ func (x *HeartbeatResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{11}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *HeartbeatResponse) GetStatus() AgentStatus {
@@ -1043,7 +1172,7 @@ type HeartbeatStreamRequest struct {
 
 func (x *HeartbeatStreamRequest) Reset() {
 	*x = HeartbeatStreamRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1055,7 +1184,7 @@ func (x *HeartbeatStreamRequest) String() string {
 func (*HeartbeatStreamRequest) ProtoMessage() {}
 
 func (x *HeartbeatStreamRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[12]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1068,7 +1197,7 @@ func (x *HeartbeatStreamRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatStreamRequest.ProtoReflect.Descriptor instead.
 func (*HeartbeatStreamRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{12}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *HeartbeatStreamRequest) GetHeartbeats() []*HeartbeatRequest {
@@ -1098,7 +1227,7 @@ type HeartbeatResult struct {
 
 func (x *HeartbeatResult) Reset() {
 	*x = HeartbeatResult{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1110,7 +1239,7 @@ func (x *HeartbeatResult) String() string {
 func (*HeartbeatResult) ProtoMessage() {}
 
 func (x *HeartbeatResult) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[13]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1123,7 +1252,7 @@ func (x *HeartbeatResult) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatResult.ProtoReflect.Descriptor instead.
 func (*HeartbeatResult) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{13}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *HeartbeatResult) GetAgentId() string {
@@ -1172,7 +1301,7 @@ type HeartbeatStreamResponse struct {
 
 func (x *HeartbeatStreamResponse) Reset() {
 	*x = HeartbeatStreamResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1184,7 +1313,7 @@ func (x *HeartbeatStreamResponse) String() string {
 func (*HeartbeatStreamResponse) ProtoMessage() {}
 
 func (x *HeartbeatStreamResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[14]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1197,7 +1326,7 @@ func (x *HeartbeatStreamResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use HeartbeatStreamResponse.ProtoReflect.Descriptor instead.
 func (*HeartbeatStreamResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{14}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *HeartbeatStreamResponse) GetResults() []*HeartbeatResult {
@@ -1222,7 +1351,7 @@ type DiscoverAgentsRequest struct {
 
 func (x *DiscoverAgentsRequest) Reset() {
 	*x = DiscoverAgentsRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[15]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1234,7 +1363,7 @@ func (x *DiscoverAgentsRequest) String() string {
 func (*DiscoverAgentsRequest) ProtoMessage() {}
 
 func (x *DiscoverAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[15]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1247,7 +1376,7 @@ func (x *DiscoverAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverAgentsRequest.ProtoReflect.Descriptor instead.
 func (*DiscoverAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{15}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *DiscoverAgentsRequest) GetSelector() *v1.AgentSelector {
@@ -1286,7 +1415,7 @@ type DiscoverAgentsResponse struct {
 
 func (x *DiscoverAgentsResponse) Reset() {
 	*x = DiscoverAgentsResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[16]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1298,7 +1427,7 @@ func (x *DiscoverAgentsResponse) String() string {
 func (*DiscoverAgentsResponse) ProtoMessage() {}
 
 func (x *DiscoverAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[16]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1311,7 +1440,7 @@ func (x *DiscoverAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DiscoverAgentsResponse.ProtoReflect.Descriptor instead.
 func (*DiscoverAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{16}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DiscoverAgentsResponse) GetAgents() []*Agent {
@@ -1356,7 +1485,7 @@ type AgentEvent struct {
 
 func (x *AgentEvent) Reset() {
 	*x = AgentEvent{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[17]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1368,7 +1497,7 @@ func (x *AgentEvent) String() string {
 func (*AgentEvent) ProtoMessage() {}
 
 func (x *AgentEvent) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[17]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1381,7 +1510,7 @@ func (x *AgentEvent) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AgentEvent.ProtoReflect.Descriptor instead.
 func (*AgentEvent) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{17}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *AgentEvent) GetRevision() uint64 {
@@ -1440,7 +1569,7 @@ type WatchAgentsRequest struct {
 
 func (x *WatchAgentsRequest) Reset() {
 	*x = WatchAgentsRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[18]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1452,7 +1581,7 @@ func (x *WatchAgentsRequest) String() string {
 func (*WatchAgentsRequest) ProtoMessage() {}
 
 func (x *WatchAgentsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[18]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1465,7 +1594,7 @@ func (x *WatchAgentsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAgentsRequest.ProtoReflect.Descriptor instead.
 func (*WatchAgentsRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{18}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *WatchAgentsRequest) GetStartRevision() uint64 {
@@ -1493,7 +1622,7 @@ type WatchAgentsResponse struct {
 
 func (x *WatchAgentsResponse) Reset() {
 	*x = WatchAgentsResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[19]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1505,7 +1634,7 @@ func (x *WatchAgentsResponse) String() string {
 func (*WatchAgentsResponse) ProtoMessage() {}
 
 func (x *WatchAgentsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[19]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1518,7 +1647,7 @@ func (x *WatchAgentsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use WatchAgentsResponse.ProtoReflect.Descriptor instead.
 func (*WatchAgentsResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{19}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *WatchAgentsResponse) GetEvent() *AgentEvent {
@@ -1553,7 +1682,7 @@ type RegisterA2AAgentRequest struct {
 
 func (x *RegisterA2AAgentRequest) Reset() {
 	*x = RegisterA2AAgentRequest{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[20]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1565,7 +1694,7 @@ func (x *RegisterA2AAgentRequest) String() string {
 func (*RegisterA2AAgentRequest) ProtoMessage() {}
 
 func (x *RegisterA2AAgentRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[20]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1578,7 +1707,7 @@ func (x *RegisterA2AAgentRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterA2AAgentRequest.ProtoReflect.Descriptor instead.
 func (*RegisterA2AAgentRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{20}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *RegisterA2AAgentRequest) GetAgentId() string {
@@ -1645,7 +1774,7 @@ type RegisterA2AAgentResponse struct {
 
 func (x *RegisterA2AAgentResponse) Reset() {
 	*x = RegisterA2AAgentResponse{}
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[21]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1657,7 +1786,7 @@ func (x *RegisterA2AAgentResponse) String() string {
 func (*RegisterA2AAgentResponse) ProtoMessage() {}
 
 func (x *RegisterA2AAgentResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[21]
+	mi := &file_agentmesh_registry_v1_registry_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1670,7 +1799,7 @@ func (x *RegisterA2AAgentResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RegisterA2AAgentResponse.ProtoReflect.Descriptor instead.
 func (*RegisterA2AAgentResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{21}
+	return file_agentmesh_registry_v1_registry_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *RegisterA2AAgentResponse) GetAgent() *Agent {
@@ -1698,7 +1827,21 @@ var File_agentmesh_registry_v1_registry_proto protoreflect.FileDescriptor
 
 const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\n" +
-	"$agentmesh/registry/v1/registry.proto\x12\x15agentmesh.registry.v1\x1a agentmesh/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x9e\x01\n" +
+	"$agentmesh/registry/v1/registry.proto\x12\x15agentmesh.registry.v1\x1a agentmesh/common/v1/common.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\"\x19\n" +
+	"\x17GetRegistryStatsRequest\"\xb0\x04\n" +
+	"\x18GetRegistryStatsResponse\x12!\n" +
+	"\ftotal_agents\x18\x01 \x01(\x05R\vtotalAgents\x12m\n" +
+	"\x10agents_by_status\x18\x02 \x03(\v2C.agentmesh.registry.v1.GetRegistryStatsResponse.AgentsByStatusEntryR\x0eagentsByStatus\x120\n" +
+	"\x14average_health_score\x18\x03 \x01(\x01R\x12averageHealthScore\x12/\n" +
+	"\x13unique_capabilities\x18\x04 \x01(\x05R\x12uniqueCapabilities\x12y\n" +
+	"\x14agents_by_capability\x18\x05 \x03(\v2G.agentmesh.registry.v1.GetRegistryStatsResponse.AgentsByCapabilityEntryR\x12agentsByCapability\x12\x1a\n" +
+	"\brevision\x18\x06 \x01(\x04R\brevision\x1aA\n" +
+	"\x13AgentsByStatusEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\x1aE\n" +
+	"\x17AgentsByCapabilityEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x05R\x05value:\x028\x01\"\x9e\x01\n" +
 	"\fServiceLevel\x12:\n" +
 	"\vmax_latency\x18\x01 \x01(\v2\x19.google.protobuf.DurationR\n" +
 	"maxLatency\x12)\n" +
@@ -1827,7 +1970,7 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\x1bAGENT_EVENT_TYPE_REGISTERED\x10\x01\x12\x1c\n" +
 	"\x18AGENT_EVENT_TYPE_UPDATED\x10\x02\x12#\n" +
 	"\x1fAGENT_EVENT_TYPE_HEALTH_CHANGED\x10\x03\x12!\n" +
-	"\x1dAGENT_EVENT_TYPE_DEREGISTERED\x10\x042\xfe\a\n" +
+	"\x1dAGENT_EVENT_TYPE_DEREGISTERED\x10\x042\xf8\b\n" +
 	"\x0fRegistryService\x12o\n" +
 	"\rRegisterAgent\x12+.agentmesh.registry.v1.RegisterAgentRequest\x1a,.agentmesh.registry.v1.RegisterAgentResponse\"\x03\x90\x02\x02\x12u\n" +
 	"\x0fDeregisterAgent\x12-.agentmesh.registry.v1.DeregisterAgentRequest\x1a..agentmesh.registry.v1.DeregisterAgentResponse\"\x03\x90\x02\x02\x12`\n" +
@@ -1838,7 +1981,8 @@ const file_agentmesh_registry_v1_registry_proto_rawDesc = "" +
 	"\x0fHeartbeatStream\x12-.agentmesh.registry.v1.HeartbeatStreamRequest\x1a..agentmesh.registry.v1.HeartbeatStreamResponse\"\x03\x90\x02\x02(\x010\x01\x12r\n" +
 	"\x0eDiscoverAgents\x12,.agentmesh.registry.v1.DiscoverAgentsRequest\x1a-.agentmesh.registry.v1.DiscoverAgentsResponse\"\x03\x90\x02\x01\x12k\n" +
 	"\vWatchAgents\x12).agentmesh.registry.v1.WatchAgentsRequest\x1a*.agentmesh.registry.v1.WatchAgentsResponse\"\x03\x90\x02\x010\x01\x12x\n" +
-	"\x10RegisterA2AAgent\x12..agentmesh.registry.v1.RegisterA2AAgentRequest\x1a/.agentmesh.registry.v1.RegisterA2AAgentResponse\"\x03\x90\x02\x02B\xf0\x01\n" +
+	"\x10RegisterA2AAgent\x12..agentmesh.registry.v1.RegisterA2AAgentRequest\x1a/.agentmesh.registry.v1.RegisterA2AAgentResponse\"\x03\x90\x02\x02\x12x\n" +
+	"\x10GetRegistryStats\x12..agentmesh.registry.v1.GetRegistryStatsRequest\x1a/.agentmesh.registry.v1.GetRegistryStatsResponse\"\x03\x90\x02\x01B\xf0\x01\n" +
 	"\x19com.agentmesh.registry.v1B\rRegistryProtoP\x01ZNgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/registry/v1;registryv1\xa2\x02\x03ARX\xaa\x02\x15Agentmesh.Registry.V1\xca\x02\x15Agentmesh\\Registry\\V1\xe2\x02!Agentmesh\\Registry\\V1\\GPBMetadata\xea\x02\x17Agentmesh::Registry::V1b\x06proto3"
 
 var (
@@ -1854,97 +1998,105 @@ func file_agentmesh_registry_v1_registry_proto_rawDescGZIP() []byte {
 }
 
 var file_agentmesh_registry_v1_registry_proto_enumTypes = make([]protoimpl.EnumInfo, 3)
-var file_agentmesh_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 24)
+var file_agentmesh_registry_v1_registry_proto_msgTypes = make([]protoimpl.MessageInfo, 28)
 var file_agentmesh_registry_v1_registry_proto_goTypes = []any{
 	(AgentProtocol)(0),               // 0: agentmesh.registry.v1.AgentProtocol
 	(AgentStatus)(0),                 // 1: agentmesh.registry.v1.AgentStatus
 	(AgentEventType)(0),              // 2: agentmesh.registry.v1.AgentEventType
-	(*ServiceLevel)(nil),             // 3: agentmesh.registry.v1.ServiceLevel
-	(*Agent)(nil),                    // 4: agentmesh.registry.v1.Agent
-	(*RegisterAgentRequest)(nil),     // 5: agentmesh.registry.v1.RegisterAgentRequest
-	(*RegisterAgentResponse)(nil),    // 6: agentmesh.registry.v1.RegisterAgentResponse
-	(*DeregisterAgentRequest)(nil),   // 7: agentmesh.registry.v1.DeregisterAgentRequest
-	(*DeregisterAgentResponse)(nil),  // 8: agentmesh.registry.v1.DeregisterAgentResponse
-	(*GetAgentRequest)(nil),          // 9: agentmesh.registry.v1.GetAgentRequest
-	(*GetAgentResponse)(nil),         // 10: agentmesh.registry.v1.GetAgentResponse
-	(*ListAgentsRequest)(nil),        // 11: agentmesh.registry.v1.ListAgentsRequest
-	(*ListAgentsResponse)(nil),       // 12: agentmesh.registry.v1.ListAgentsResponse
-	(*HeartbeatRequest)(nil),         // 13: agentmesh.registry.v1.HeartbeatRequest
-	(*HeartbeatResponse)(nil),        // 14: agentmesh.registry.v1.HeartbeatResponse
-	(*HeartbeatStreamRequest)(nil),   // 15: agentmesh.registry.v1.HeartbeatStreamRequest
-	(*HeartbeatResult)(nil),          // 16: agentmesh.registry.v1.HeartbeatResult
-	(*HeartbeatStreamResponse)(nil),  // 17: agentmesh.registry.v1.HeartbeatStreamResponse
-	(*DiscoverAgentsRequest)(nil),    // 18: agentmesh.registry.v1.DiscoverAgentsRequest
-	(*DiscoverAgentsResponse)(nil),   // 19: agentmesh.registry.v1.DiscoverAgentsResponse
-	(*AgentEvent)(nil),               // 20: agentmesh.registry.v1.AgentEvent
-	(*WatchAgentsRequest)(nil),       // 21: agentmesh.registry.v1.WatchAgentsRequest
-	(*WatchAgentsResponse)(nil),      // 22: agentmesh.registry.v1.WatchAgentsResponse
-	(*RegisterA2AAgentRequest)(nil),  // 23: agentmesh.registry.v1.RegisterA2AAgentRequest
-	(*RegisterA2AAgentResponse)(nil), // 24: agentmesh.registry.v1.RegisterA2AAgentResponse
-	nil,                              // 25: agentmesh.registry.v1.Agent.MetadataEntry
-	nil,                              // 26: agentmesh.registry.v1.RegisterA2AAgentRequest.MetadataEntry
-	(*durationpb.Duration)(nil),      // 27: google.protobuf.Duration
-	(*v1.LoadMetrics)(nil),           // 28: agentmesh.common.v1.LoadMetrics
-	(*timestamppb.Timestamp)(nil),    // 29: google.protobuf.Timestamp
-	(*v1.AgentSelector)(nil),         // 30: agentmesh.common.v1.AgentSelector
+	(*GetRegistryStatsRequest)(nil),  // 3: agentmesh.registry.v1.GetRegistryStatsRequest
+	(*GetRegistryStatsResponse)(nil), // 4: agentmesh.registry.v1.GetRegistryStatsResponse
+	(*ServiceLevel)(nil),             // 5: agentmesh.registry.v1.ServiceLevel
+	(*Agent)(nil),                    // 6: agentmesh.registry.v1.Agent
+	(*RegisterAgentRequest)(nil),     // 7: agentmesh.registry.v1.RegisterAgentRequest
+	(*RegisterAgentResponse)(nil),    // 8: agentmesh.registry.v1.RegisterAgentResponse
+	(*DeregisterAgentRequest)(nil),   // 9: agentmesh.registry.v1.DeregisterAgentRequest
+	(*DeregisterAgentResponse)(nil),  // 10: agentmesh.registry.v1.DeregisterAgentResponse
+	(*GetAgentRequest)(nil),          // 11: agentmesh.registry.v1.GetAgentRequest
+	(*GetAgentResponse)(nil),         // 12: agentmesh.registry.v1.GetAgentResponse
+	(*ListAgentsRequest)(nil),        // 13: agentmesh.registry.v1.ListAgentsRequest
+	(*ListAgentsResponse)(nil),       // 14: agentmesh.registry.v1.ListAgentsResponse
+	(*HeartbeatRequest)(nil),         // 15: agentmesh.registry.v1.HeartbeatRequest
+	(*HeartbeatResponse)(nil),        // 16: agentmesh.registry.v1.HeartbeatResponse
+	(*HeartbeatStreamRequest)(nil),   // 17: agentmesh.registry.v1.HeartbeatStreamRequest
+	(*HeartbeatResult)(nil),          // 18: agentmesh.registry.v1.HeartbeatResult
+	(*HeartbeatStreamResponse)(nil),  // 19: agentmesh.registry.v1.HeartbeatStreamResponse
+	(*DiscoverAgentsRequest)(nil),    // 20: agentmesh.registry.v1.DiscoverAgentsRequest
+	(*DiscoverAgentsResponse)(nil),   // 21: agentmesh.registry.v1.DiscoverAgentsResponse
+	(*AgentEvent)(nil),               // 22: agentmesh.registry.v1.AgentEvent
+	(*WatchAgentsRequest)(nil),       // 23: agentmesh.registry.v1.WatchAgentsRequest
+	(*WatchAgentsResponse)(nil),      // 24: agentmesh.registry.v1.WatchAgentsResponse
+	(*RegisterA2AAgentRequest)(nil),  // 25: agentmesh.registry.v1.RegisterA2AAgentRequest
+	(*RegisterA2AAgentResponse)(nil), // 26: agentmesh.registry.v1.RegisterA2AAgentResponse
+	nil,                              // 27: agentmesh.registry.v1.GetRegistryStatsResponse.AgentsByStatusEntry
+	nil,                              // 28: agentmesh.registry.v1.GetRegistryStatsResponse.AgentsByCapabilityEntry
+	nil,                              // 29: agentmesh.registry.v1.Agent.MetadataEntry
+	nil,                              // 30: agentmesh.registry.v1.RegisterA2AAgentRequest.MetadataEntry
+	(*durationpb.Duration)(nil),      // 31: google.protobuf.Duration
+	(*v1.LoadMetrics)(nil),           // 32: agentmesh.common.v1.LoadMetrics
+	(*timestamppb.Timestamp)(nil),    // 33: google.protobuf.Timestamp
+	(*v1.AgentSelector)(nil),         // 34: agentmesh.common.v1.AgentSelector
 }
 var file_agentmesh_registry_v1_registry_proto_depIdxs = []int32{
-	27, // 0: agentmesh.registry.v1.ServiceLevel.max_latency:type_name -> google.protobuf.Duration
-	3,  // 1: agentmesh.registry.v1.Agent.sla:type_name -> agentmesh.registry.v1.ServiceLevel
-	25, // 2: agentmesh.registry.v1.Agent.metadata:type_name -> agentmesh.registry.v1.Agent.MetadataEntry
-	27, // 3: agentmesh.registry.v1.Agent.heartbeat_interval:type_name -> google.protobuf.Duration
-	1,  // 4: agentmesh.registry.v1.Agent.status:type_name -> agentmesh.registry.v1.AgentStatus
-	28, // 5: agentmesh.registry.v1.Agent.load:type_name -> agentmesh.common.v1.LoadMetrics
-	29, // 6: agentmesh.registry.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
-	29, // 7: agentmesh.registry.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
-	29, // 8: agentmesh.registry.v1.Agent.last_heartbeat_time:type_name -> google.protobuf.Timestamp
-	0,  // 9: agentmesh.registry.v1.Agent.protocol:type_name -> agentmesh.registry.v1.AgentProtocol
-	4,  // 10: agentmesh.registry.v1.RegisterAgentRequest.agent:type_name -> agentmesh.registry.v1.Agent
-	4,  // 11: agentmesh.registry.v1.RegisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
-	4,  // 12: agentmesh.registry.v1.DeregisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
-	4,  // 13: agentmesh.registry.v1.GetAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
-	1,  // 14: agentmesh.registry.v1.ListAgentsRequest.status:type_name -> agentmesh.registry.v1.AgentStatus
-	4,  // 15: agentmesh.registry.v1.ListAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
-	28, // 16: agentmesh.registry.v1.HeartbeatRequest.load:type_name -> agentmesh.common.v1.LoadMetrics
-	1,  // 17: agentmesh.registry.v1.HeartbeatResponse.status:type_name -> agentmesh.registry.v1.AgentStatus
-	27, // 18: agentmesh.registry.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
-	13, // 19: agentmesh.registry.v1.HeartbeatStreamRequest.heartbeats:type_name -> agentmesh.registry.v1.HeartbeatRequest
-	1,  // 20: agentmesh.registry.v1.HeartbeatResult.status:type_name -> agentmesh.registry.v1.AgentStatus
-	16, // 21: agentmesh.registry.v1.HeartbeatStreamResponse.results:type_name -> agentmesh.registry.v1.HeartbeatResult
-	30, // 22: agentmesh.registry.v1.DiscoverAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
-	4,  // 23: agentmesh.registry.v1.DiscoverAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
-	2,  // 24: agentmesh.registry.v1.AgentEvent.type:type_name -> agentmesh.registry.v1.AgentEventType
-	4,  // 25: agentmesh.registry.v1.AgentEvent.agent:type_name -> agentmesh.registry.v1.Agent
-	1,  // 26: agentmesh.registry.v1.AgentEvent.previous_status:type_name -> agentmesh.registry.v1.AgentStatus
-	29, // 27: agentmesh.registry.v1.AgentEvent.event_time:type_name -> google.protobuf.Timestamp
-	30, // 28: agentmesh.registry.v1.WatchAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
-	20, // 29: agentmesh.registry.v1.WatchAgentsResponse.event:type_name -> agentmesh.registry.v1.AgentEvent
-	26, // 30: agentmesh.registry.v1.RegisterA2AAgentRequest.metadata:type_name -> agentmesh.registry.v1.RegisterA2AAgentRequest.MetadataEntry
-	27, // 31: agentmesh.registry.v1.RegisterA2AAgentRequest.heartbeat_interval:type_name -> google.protobuf.Duration
-	4,  // 32: agentmesh.registry.v1.RegisterA2AAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
-	5,  // 33: agentmesh.registry.v1.RegistryService.RegisterAgent:input_type -> agentmesh.registry.v1.RegisterAgentRequest
-	7,  // 34: agentmesh.registry.v1.RegistryService.DeregisterAgent:input_type -> agentmesh.registry.v1.DeregisterAgentRequest
-	9,  // 35: agentmesh.registry.v1.RegistryService.GetAgent:input_type -> agentmesh.registry.v1.GetAgentRequest
-	11, // 36: agentmesh.registry.v1.RegistryService.ListAgents:input_type -> agentmesh.registry.v1.ListAgentsRequest
-	13, // 37: agentmesh.registry.v1.RegistryService.Heartbeat:input_type -> agentmesh.registry.v1.HeartbeatRequest
-	15, // 38: agentmesh.registry.v1.RegistryService.HeartbeatStream:input_type -> agentmesh.registry.v1.HeartbeatStreamRequest
-	18, // 39: agentmesh.registry.v1.RegistryService.DiscoverAgents:input_type -> agentmesh.registry.v1.DiscoverAgentsRequest
-	21, // 40: agentmesh.registry.v1.RegistryService.WatchAgents:input_type -> agentmesh.registry.v1.WatchAgentsRequest
-	23, // 41: agentmesh.registry.v1.RegistryService.RegisterA2AAgent:input_type -> agentmesh.registry.v1.RegisterA2AAgentRequest
-	6,  // 42: agentmesh.registry.v1.RegistryService.RegisterAgent:output_type -> agentmesh.registry.v1.RegisterAgentResponse
-	8,  // 43: agentmesh.registry.v1.RegistryService.DeregisterAgent:output_type -> agentmesh.registry.v1.DeregisterAgentResponse
-	10, // 44: agentmesh.registry.v1.RegistryService.GetAgent:output_type -> agentmesh.registry.v1.GetAgentResponse
-	12, // 45: agentmesh.registry.v1.RegistryService.ListAgents:output_type -> agentmesh.registry.v1.ListAgentsResponse
-	14, // 46: agentmesh.registry.v1.RegistryService.Heartbeat:output_type -> agentmesh.registry.v1.HeartbeatResponse
-	17, // 47: agentmesh.registry.v1.RegistryService.HeartbeatStream:output_type -> agentmesh.registry.v1.HeartbeatStreamResponse
-	19, // 48: agentmesh.registry.v1.RegistryService.DiscoverAgents:output_type -> agentmesh.registry.v1.DiscoverAgentsResponse
-	22, // 49: agentmesh.registry.v1.RegistryService.WatchAgents:output_type -> agentmesh.registry.v1.WatchAgentsResponse
-	24, // 50: agentmesh.registry.v1.RegistryService.RegisterA2AAgent:output_type -> agentmesh.registry.v1.RegisterA2AAgentResponse
-	42, // [42:51] is the sub-list for method output_type
-	33, // [33:42] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	27, // 0: agentmesh.registry.v1.GetRegistryStatsResponse.agents_by_status:type_name -> agentmesh.registry.v1.GetRegistryStatsResponse.AgentsByStatusEntry
+	28, // 1: agentmesh.registry.v1.GetRegistryStatsResponse.agents_by_capability:type_name -> agentmesh.registry.v1.GetRegistryStatsResponse.AgentsByCapabilityEntry
+	31, // 2: agentmesh.registry.v1.ServiceLevel.max_latency:type_name -> google.protobuf.Duration
+	5,  // 3: agentmesh.registry.v1.Agent.sla:type_name -> agentmesh.registry.v1.ServiceLevel
+	29, // 4: agentmesh.registry.v1.Agent.metadata:type_name -> agentmesh.registry.v1.Agent.MetadataEntry
+	31, // 5: agentmesh.registry.v1.Agent.heartbeat_interval:type_name -> google.protobuf.Duration
+	1,  // 6: agentmesh.registry.v1.Agent.status:type_name -> agentmesh.registry.v1.AgentStatus
+	32, // 7: agentmesh.registry.v1.Agent.load:type_name -> agentmesh.common.v1.LoadMetrics
+	33, // 8: agentmesh.registry.v1.Agent.register_time:type_name -> google.protobuf.Timestamp
+	33, // 9: agentmesh.registry.v1.Agent.update_time:type_name -> google.protobuf.Timestamp
+	33, // 10: agentmesh.registry.v1.Agent.last_heartbeat_time:type_name -> google.protobuf.Timestamp
+	0,  // 11: agentmesh.registry.v1.Agent.protocol:type_name -> agentmesh.registry.v1.AgentProtocol
+	6,  // 12: agentmesh.registry.v1.RegisterAgentRequest.agent:type_name -> agentmesh.registry.v1.Agent
+	6,  // 13: agentmesh.registry.v1.RegisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	6,  // 14: agentmesh.registry.v1.DeregisterAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	6,  // 15: agentmesh.registry.v1.GetAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	1,  // 16: agentmesh.registry.v1.ListAgentsRequest.status:type_name -> agentmesh.registry.v1.AgentStatus
+	6,  // 17: agentmesh.registry.v1.ListAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
+	32, // 18: agentmesh.registry.v1.HeartbeatRequest.load:type_name -> agentmesh.common.v1.LoadMetrics
+	1,  // 19: agentmesh.registry.v1.HeartbeatResponse.status:type_name -> agentmesh.registry.v1.AgentStatus
+	31, // 20: agentmesh.registry.v1.HeartbeatResponse.heartbeat_interval:type_name -> google.protobuf.Duration
+	15, // 21: agentmesh.registry.v1.HeartbeatStreamRequest.heartbeats:type_name -> agentmesh.registry.v1.HeartbeatRequest
+	1,  // 22: agentmesh.registry.v1.HeartbeatResult.status:type_name -> agentmesh.registry.v1.AgentStatus
+	18, // 23: agentmesh.registry.v1.HeartbeatStreamResponse.results:type_name -> agentmesh.registry.v1.HeartbeatResult
+	34, // 24: agentmesh.registry.v1.DiscoverAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
+	6,  // 25: agentmesh.registry.v1.DiscoverAgentsResponse.agents:type_name -> agentmesh.registry.v1.Agent
+	2,  // 26: agentmesh.registry.v1.AgentEvent.type:type_name -> agentmesh.registry.v1.AgentEventType
+	6,  // 27: agentmesh.registry.v1.AgentEvent.agent:type_name -> agentmesh.registry.v1.Agent
+	1,  // 28: agentmesh.registry.v1.AgentEvent.previous_status:type_name -> agentmesh.registry.v1.AgentStatus
+	33, // 29: agentmesh.registry.v1.AgentEvent.event_time:type_name -> google.protobuf.Timestamp
+	34, // 30: agentmesh.registry.v1.WatchAgentsRequest.selector:type_name -> agentmesh.common.v1.AgentSelector
+	22, // 31: agentmesh.registry.v1.WatchAgentsResponse.event:type_name -> agentmesh.registry.v1.AgentEvent
+	30, // 32: agentmesh.registry.v1.RegisterA2AAgentRequest.metadata:type_name -> agentmesh.registry.v1.RegisterA2AAgentRequest.MetadataEntry
+	31, // 33: agentmesh.registry.v1.RegisterA2AAgentRequest.heartbeat_interval:type_name -> google.protobuf.Duration
+	6,  // 34: agentmesh.registry.v1.RegisterA2AAgentResponse.agent:type_name -> agentmesh.registry.v1.Agent
+	7,  // 35: agentmesh.registry.v1.RegistryService.RegisterAgent:input_type -> agentmesh.registry.v1.RegisterAgentRequest
+	9,  // 36: agentmesh.registry.v1.RegistryService.DeregisterAgent:input_type -> agentmesh.registry.v1.DeregisterAgentRequest
+	11, // 37: agentmesh.registry.v1.RegistryService.GetAgent:input_type -> agentmesh.registry.v1.GetAgentRequest
+	13, // 38: agentmesh.registry.v1.RegistryService.ListAgents:input_type -> agentmesh.registry.v1.ListAgentsRequest
+	15, // 39: agentmesh.registry.v1.RegistryService.Heartbeat:input_type -> agentmesh.registry.v1.HeartbeatRequest
+	17, // 40: agentmesh.registry.v1.RegistryService.HeartbeatStream:input_type -> agentmesh.registry.v1.HeartbeatStreamRequest
+	20, // 41: agentmesh.registry.v1.RegistryService.DiscoverAgents:input_type -> agentmesh.registry.v1.DiscoverAgentsRequest
+	23, // 42: agentmesh.registry.v1.RegistryService.WatchAgents:input_type -> agentmesh.registry.v1.WatchAgentsRequest
+	25, // 43: agentmesh.registry.v1.RegistryService.RegisterA2AAgent:input_type -> agentmesh.registry.v1.RegisterA2AAgentRequest
+	3,  // 44: agentmesh.registry.v1.RegistryService.GetRegistryStats:input_type -> agentmesh.registry.v1.GetRegistryStatsRequest
+	8,  // 45: agentmesh.registry.v1.RegistryService.RegisterAgent:output_type -> agentmesh.registry.v1.RegisterAgentResponse
+	10, // 46: agentmesh.registry.v1.RegistryService.DeregisterAgent:output_type -> agentmesh.registry.v1.DeregisterAgentResponse
+	12, // 47: agentmesh.registry.v1.RegistryService.GetAgent:output_type -> agentmesh.registry.v1.GetAgentResponse
+	14, // 48: agentmesh.registry.v1.RegistryService.ListAgents:output_type -> agentmesh.registry.v1.ListAgentsResponse
+	16, // 49: agentmesh.registry.v1.RegistryService.Heartbeat:output_type -> agentmesh.registry.v1.HeartbeatResponse
+	19, // 50: agentmesh.registry.v1.RegistryService.HeartbeatStream:output_type -> agentmesh.registry.v1.HeartbeatStreamResponse
+	21, // 51: agentmesh.registry.v1.RegistryService.DiscoverAgents:output_type -> agentmesh.registry.v1.DiscoverAgentsResponse
+	24, // 52: agentmesh.registry.v1.RegistryService.WatchAgents:output_type -> agentmesh.registry.v1.WatchAgentsResponse
+	26, // 53: agentmesh.registry.v1.RegistryService.RegisterA2AAgent:output_type -> agentmesh.registry.v1.RegisterA2AAgentResponse
+	4,  // 54: agentmesh.registry.v1.RegistryService.GetRegistryStats:output_type -> agentmesh.registry.v1.GetRegistryStatsResponse
+	45, // [45:55] is the sub-list for method output_type
+	35, // [35:45] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_registry_v1_registry_proto_init() }
@@ -1958,7 +2110,7 @@ func file_agentmesh_registry_v1_registry_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_registry_v1_registry_proto_rawDesc), len(file_agentmesh_registry_v1_registry_proto_rawDesc)),
 			NumEnums:      3,
-			NumMessages:   24,
+			NumMessages:   28,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -28,6 +28,7 @@ const (
 	RegistryService_DiscoverAgents_FullMethodName   = "/agentmesh.registry.v1.RegistryService/DiscoverAgents"
 	RegistryService_WatchAgents_FullMethodName      = "/agentmesh.registry.v1.RegistryService/WatchAgents"
 	RegistryService_RegisterA2AAgent_FullMethodName = "/agentmesh.registry.v1.RegistryService/RegisterA2AAgent"
+	RegistryService_GetRegistryStats_FullMethodName = "/agentmesh.registry.v1.RegistryService/GetRegistryStats"
 )
 
 // RegistryServiceClient is the client API for RegistryService service.
@@ -119,6 +120,11 @@ type RegistryServiceClient interface {
 	// PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
 	// PERMISSION_DENIED, UNAVAILABLE (Redis down).
 	RegisterA2AAgent(ctx context.Context, in *RegisterA2AAgentRequest, opts ...grpc.CallOption) (*RegisterA2AAgentResponse, error)
+	// GetRegistryStats summarises the catalog (the seeds' registry.get_metrics()):
+	// agents in total and by status, their average health score and the
+	// distinct capabilities, as of the catalog revision it reports.
+	// Errors: UNAVAILABLE (Redis down).
+	GetRegistryStats(ctx context.Context, in *GetRegistryStatsRequest, opts ...grpc.CallOption) (*GetRegistryStatsResponse, error)
 }
 
 type registryServiceClient struct {
@@ -231,6 +237,16 @@ func (c *registryServiceClient) RegisterA2AAgent(ctx context.Context, in *Regist
 	return out, nil
 }
 
+func (c *registryServiceClient) GetRegistryStats(ctx context.Context, in *GetRegistryStatsRequest, opts ...grpc.CallOption) (*GetRegistryStatsResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetRegistryStatsResponse)
+	err := c.cc.Invoke(ctx, RegistryService_GetRegistryStats_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // RegistryServiceServer is the server API for RegistryService service.
 // All implementations must embed UnimplementedRegistryServiceServer
 // for forward compatibility.
@@ -320,6 +336,11 @@ type RegistryServiceServer interface {
 	// PreconditionFailure lists each problem, type "A2A_AGENT_CARD"),
 	// PERMISSION_DENIED, UNAVAILABLE (Redis down).
 	RegisterA2AAgent(context.Context, *RegisterA2AAgentRequest) (*RegisterA2AAgentResponse, error)
+	// GetRegistryStats summarises the catalog (the seeds' registry.get_metrics()):
+	// agents in total and by status, their average health score and the
+	// distinct capabilities, as of the catalog revision it reports.
+	// Errors: UNAVAILABLE (Redis down).
+	GetRegistryStats(context.Context, *GetRegistryStatsRequest) (*GetRegistryStatsResponse, error)
 	mustEmbedUnimplementedRegistryServiceServer()
 }
 
@@ -356,6 +377,9 @@ func (UnimplementedRegistryServiceServer) WatchAgents(*WatchAgentsRequest, grpc.
 }
 func (UnimplementedRegistryServiceServer) RegisterA2AAgent(context.Context, *RegisterA2AAgentRequest) (*RegisterA2AAgentResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method RegisterA2AAgent not implemented")
+}
+func (UnimplementedRegistryServiceServer) GetRegistryStats(context.Context, *GetRegistryStatsRequest) (*GetRegistryStatsResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetRegistryStats not implemented")
 }
 func (UnimplementedRegistryServiceServer) mustEmbedUnimplementedRegistryServiceServer() {}
 func (UnimplementedRegistryServiceServer) testEmbeddedByValue()                         {}
@@ -522,6 +546,24 @@ func _RegistryService_RegisterA2AAgent_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _RegistryService_GetRegistryStats_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetRegistryStatsRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(RegistryServiceServer).GetRegistryStats(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: RegistryService_GetRegistryStats_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(RegistryServiceServer).GetRegistryStats(ctx, req.(*GetRegistryStatsRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 // RegistryService_ServiceDesc is the grpc.ServiceDesc for RegistryService service.
 // It's only intended for direct use with grpc.RegisterService,
 // and not to be introspected or modified (even as a copy)
@@ -556,6 +598,10 @@ var RegistryService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "RegisterA2AAgent",
 			Handler:    _RegistryService_RegisterA2AAgent_Handler,
+		},
+		{
+			MethodName: "GetRegistryStats",
+			Handler:    _RegistryService_GetRegistryStats_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
