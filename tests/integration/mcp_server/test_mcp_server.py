@@ -69,6 +69,7 @@ def mesh(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         "registry": daemon("registry", tmp, "--redis-url", url, *auth),
         "router": daemon("router", tmp, "--redis-url", url, *auth, *fast),
         "saga": daemon("saga", tmp, "--redis-url", url, *auth, *fast),
+        "bus": daemon("bus", tmp, "--redis-url", url, *auth),  # in-memory log backend
     }
     try:
         with ThreadPoolExecutor(len(procs)) as pool:
@@ -234,6 +235,39 @@ async def test_http_carries_the_callers_token(mesh: Mesh) -> None:
         assert res.structured_content["error"]["code"] == "UNAUTHENTICATED", res.content[0].text
         res = await session.call_tool("run_saga", saga_args(mesh, "ship"))
         assert res.structured_content["error"]["code"] == "UNAUTHENTICATED"
+
+
+async def test_http_publish_and_schedule_task(mesh: Mesh) -> None:
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    async with (
+        httpx2.AsyncClient(headers=headers, timeout=60) as http,
+        streamable_http_client(mesh.http_url, http_client=http) as (read, write),
+        ClientSession(read, write) as session,
+    ):
+        await session.initialize()
+        topic = f"mcp.test.{uuid.uuid4().hex[:8]}"
+        pub = await call_ok(session, "publish", {"message": {
+            "topic": topic, "id": uuid.uuid4().hex,
+            "payload": {"struct_value": {"hello": "mesh"}}}})
+        assert pub["id"] and pub["position"]["topic"] == topic
+        # The bus's own validation, as an error result naming the field.
+        res = await session.call_tool("publish", {"message": {"topic": topic}})
+        assert res.is_error
+        assert "message.payload" in {
+            v["field"] for v in res.structured_content["error"]["field_violations"]}
+
+        queued = await call_ok(session, "schedule_task", {
+            "task_type": "reconcile", "agent_id": mesh.agent.agent_id,
+            "payload": {"batch": 3}, "idempotency_key": uuid.uuid4().hex})
+        task_id = queued["task"]["task_id"]
+
+        async def finished() -> dict[str, Any] | None:
+            task = (await call_ok(session, "get_task", {"task_id": task_id}))["task"]
+            return task if task["state"] == "TASK_STATE_COMPLETED" else None
+
+        task = await eventually(finished, timeout_s=20, every_s=0.2, what="task completed")
+        assert task["result"]["action"] == "reconcile"
+        assert task["result"]["input"] == {"batch": 3}
 
 
 def test_serve_log_names_the_url(mesh: Mesh) -> None:
