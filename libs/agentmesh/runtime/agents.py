@@ -17,7 +17,11 @@ place:
   (`am:rt:target:{agent_id}`): each call's outcome counts toward it, and an
   agent that is OPEN or ejected is not eligible for any caller;
 * deadlines (the runtime's propagating channels cap every call's timeout with
-  the incoming RPC's remaining time), attempt numbers and idempotency keys.
+  the incoming RPC's remaining time), attempt numbers and idempotency keys;
+* protocols: an agent whose endpoint is an A2A agent card URL
+  (RegisterA2AAgent) is called with the A2A client
+  (`agentmesh.runtime.a2a_call`), its task state becoming the same outcome a
+  gRPC agent's status is, so everything above applies to it unchanged.
 
 Guardrails run in the caller's process, reading and writing the router's
 Redis state, rather than in the router daemon behind an extra hop: a saga
@@ -31,7 +35,7 @@ import asyncio
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import redis
@@ -51,7 +55,14 @@ from agentmesh.runtime.routing.ratelimit import RateLimiter
 from agentmesh.runtime.routing.settings import RoutingSettings
 from agentmesh.runtime.routing.targets import FAILURE_CODES
 
+if TYPE_CHECKING:
+    from agentmesh.runtime.a2a_call import A2ACaller
+
 R = router_pb2
+
+#: Endpoints with these prefixes are A2A agent card URLs (RegisterA2AAgent);
+#: every other endpoint is a gRPC AgentService at host:port.
+A2A_SCHEMES = ("http://", "https://")
 
 #: Successes of agents whose breaker is CLOSED are counted in the process and
 #: applied every this many seconds: one pipelined round trip for all agents,
@@ -165,6 +176,9 @@ class AgentClient:
         self._background: set[asyncio.Task[Any]] = set()
         self._ok_pending: dict[str, int] = {}
         self._flush: asyncio.Task[Any] | None = None
+        #: Calls to A2A agents (endpoint = agent card URL), made on first use
+        #: so the gRPC path neither imports a2a-sdk nor pays for it.
+        self._a2a: A2ACaller | None = None
 
     @classmethod
     def create(
@@ -194,6 +208,9 @@ class AgentClient:
             await ch.close()
         self._channels.clear()
         self._stubs.clear()
+        if self._a2a is not None:
+            await self._a2a.close()
+            self._a2a = None
 
     def stub(self, endpoint: str) -> agent_pb2_grpc.AgentServiceStub:
         """The AgentService stub for `endpoint`; one channel per endpoint."""
@@ -209,6 +226,8 @@ class AgentClient:
         self._stubs.pop(endpoint, None)
         if ch is not None:
             await ch.close()
+        if self._a2a is not None:
+            self._a2a.forget(endpoint)
 
     # ---- admission and decisions -------------------------------------------------
     async def admit(self, msg: router_pb2.RouteMessage, *, cost: int = 1) -> None:
@@ -379,6 +398,8 @@ class AgentClient:
         timeout_s: float | None,
         metadata: tuple[tuple[str, str], ...] | None,
     ) -> CallOutcome:
+        if target.endpoint.startswith(A2A_SCHEMES):
+            return await self._call_a2a(target, method, request, timeout_s=timeout_s)
         inflight = self.engine.picker.inflight
         inflight[target.agent_id] = inflight.get(target.agent_id, 0) + 1
         rpc = getattr(self.stub(target.endpoint), method)
@@ -414,6 +435,37 @@ class AgentClient:
             )
         finally:
             inflight[target.agent_id] -= 1
+        metrics.child(metrics.INVOKE_ATTEMPTS, out.code.name).inc()
+        if out.code in FAILURE_CODES:
+            await self._failed(target.agent_id)
+        else:
+            self._succeeded(target.agent_id)
+        return out
+
+    async def _call_a2a(
+        self, target: Candidate, method: str, request: Any, *, timeout_s: float | None
+    ) -> CallOutcome:
+        """`_call` for an A2A agent (agentmesh.runtime.a2a_call): the same
+        in-flight count, metrics and outcome recording."""
+        if self._a2a is None:
+            from agentmesh.runtime.a2a_call import A2ACaller  # lazy: see self._a2a
+
+            self._a2a = A2ACaller()
+        inflight = self.engine.picker.inflight
+        inflight[target.agent_id] = inflight.get(target.agent_id, 0) + 1
+        t0 = time.perf_counter()
+        try:
+            res = await self._a2a.call(
+                target.endpoint, method, request, agent_id=target.agent_id, timeout_s=timeout_s
+            )
+        finally:
+            inflight[target.agent_id] -= 1
+        out = CallOutcome(
+            target.agent_id, target.endpoint, res.code, res.message, res.response,
+            time.perf_counter() - t0,
+            None if res.code == grpc.StatusCode.OK else res.rpc_error(target.endpoint),
+            res.reached,
+        )
         metrics.child(metrics.INVOKE_ATTEMPTS, out.code.name).inc()
         if out.code in FAILURE_CODES:
             await self._failed(target.agent_id)
