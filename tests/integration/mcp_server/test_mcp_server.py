@@ -22,6 +22,7 @@ from mcp import ClientSession
 from mcp.client.stdio import StdioServerParameters, stdio_client
 from mcp.client.streamable_http import streamable_http_client
 
+from agentmesh.client import Client
 from agentmesh.mcp.schema import message_schema
 from agentmesh.router.v1 import router_pb2
 from tests.agents import forget_agent_keys
@@ -268,6 +269,42 @@ async def test_http_publish_and_schedule_task(mesh: Mesh) -> None:
         task = await eventually(finished, timeout_s=20, every_s=0.2, what="task completed")
         assert task["result"]["action"] == "reconcile"
         assert task["result"]["input"] == {"batch": 3}
+
+
+async def test_guardrails_apply_to_mcp_calls(mesh: Mesh) -> None:
+    """A CRITICAL safety rule on the router blocks an MCP invoke whose payload
+    breaks it (FAILED_PRECONDITION with the violation, as an error result)."""
+    kind = f"mcp-guard-{uuid.uuid4().hex[:8]}"
+    async with Client(router=mesh.daemons["router"].target, token=TOKEN) as admin:
+        await admin.create_safety_rule(rule={
+            "name": kind, "condition": "!has(payload.spend) || payload.spend <= 100.0",
+            "level": "SAFETY_LEVEL_CRITICAL", "message_types": [kind],
+            "description": "spend cap"})
+        try:
+            headers = {"Authorization": f"Bearer {TOKEN}"}
+            async with (
+                httpx2.AsyncClient(headers=headers, timeout=60) as http,
+                streamable_http_client(mesh.http_url, http_client=http) as (read, write),
+                ClientSession(read, write) as session,
+            ):
+                await session.initialize()
+
+                def guarded(spend: float) -> dict[str, Any]:
+                    args = invoke_args(mesh, spend=spend)
+                    args["message"]["message_type"] = kind
+                    return args
+
+                async def blocked() -> Any:
+                    res = await session.call_tool("invoke", guarded(500.0))
+                    return res if res.is_error else None
+
+                res = await eventually(blocked, timeout_s=10, every_s=0.1, what="rule applied")
+                assert res.structured_content["error"]["code"] == "FAILED_PRECONDITION"
+                assert kind in res.content[0].text
+                out = await call_ok(session, "invoke", guarded(50.0))
+                assert out["output"]["input"] == {"spend": 50.0}
+        finally:
+            await admin.delete_safety_rule(name=kind)
 
 
 def test_serve_log_names_the_url(mesh: Mesh) -> None:
