@@ -70,8 +70,8 @@ class MessageSubscription:
     """One `@agent.on_message` declaration.
 
     Attributes:
-        patterns: topic patterns (or the inbox topic).
-        group: consumer group.
+        patterns: topic patterns (with `inbox`, the inbox topic is added at start).
+        group: consumer group ("" = the default, resolved at start).
         handler: the function.
         inbox: True for the agent's inbox.
         max_deliveries: deliveries before `<topic>.dlq`.

@@ -214,16 +214,15 @@ class Agent:
             ValueError: neither patterns nor inbox.
         """
         pats = [patterns] if isinstance(patterns, str) else list(patterns)
-        if inbox:
-            pats.append(inbox_topic(self.agent_id))
-        if not pats:
+        if not pats and not inbox:
             raise ValueError("on_message needs topic patterns or inbox=True")
 
         def deco(fn: F) -> F:
+            # The inbox topic and default group are resolved at start: flags
+            # (`--agent-id`, applied by `run`) may still change the id.
             self._message_subs.append(MessageSubscription(
-                patterns=tuple(pats),
-                group=group or (self.agent_id if inbox and not patterns else self.agent_type),
-                handler=fn, inbox=inbox, max_deliveries=max_deliveries,
+                patterns=tuple(pats), group=group or "", handler=fn, inbox=inbox,
+                max_deliveries=max_deliveries,
                 ack_deadline_ms=ack_deadline_ms, retry_delay_ms=retry_delay_ms,
                 start_position=start_position))
             return fn
@@ -399,7 +398,13 @@ class Agent:
 
     async def _subscribe(self) -> None:
         assert self.bus is not None
-        await self.bus.start(self._message_subs)
+        subs = []
+        for m in self._message_subs:
+            pats = (*m.patterns, inbox_topic(self.agent_id)) if m.inbox else m.patterns
+            group = m.group or (self.agent_id if m.inbox and not m.patterns
+                                else self.agent_type or self.agent_id)
+            subs.append(replace(m, patterns=pats, group=group))
+        await self.bus.start(subs)
 
     async def _register(self) -> None:
         # Runs as a Daemon startup hook: the port is bound, the `serving` line
