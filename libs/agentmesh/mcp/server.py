@@ -160,6 +160,7 @@ class MeshServer:
             metadata=bearer_metadata(token),
             call_timeout_s=self.options.call_timeout_s,
             saga_timeout_s=self.options.saga_timeout_s,
+            progress=ctx.session.report_progress,
         )
         try:
             outcome = await call_tool(spec, caller, params.arguments or {})

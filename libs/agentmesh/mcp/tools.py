@@ -62,6 +62,14 @@ FINAL_SAGA_STATES = frozenset({
 })
 
 
+#: Saga events after which a step does no more work (progress counts them).
+_STEP_ENDS = frozenset({
+    saga_pb2.SAGA_EVENT_TYPE_STEP_COMPLETED,
+    saga_pb2.SAGA_EVENT_TYPE_STEP_SKIPPED,
+    saga_pb2.SAGA_EVENT_TYPE_STEP_FAILED,
+})
+
+
 @dataclass(frozen=True)
 class Outcome:
     """What a tool call answers: JSON for the model and the structured result.
@@ -87,13 +95,19 @@ class Caller:
         metadata: the caller's gRPC metadata (`authorization: Bearer ...`).
         call_timeout_s: deadline of each unary call, s.
         saga_timeout_s: longest `run_saga` wait for the saga's end, s.
+        progress: reports progress of a long call (MCP `notifications/progress`:
+            progress, total, message); a no-op when the client asked for none.
     """
 
     client: Client
     metadata: Metadata
     call_timeout_s: float
     saga_timeout_s: float
+    progress: Progress | None = None
 
+
+#: `(progress, total, message)` of one progress report.
+Progress = Callable[[float, float | None, str], Awaitable[None]]
 
 Runner = Callable[["ToolSpec", Caller, Message, Mapping[str, Any]], Awaitable[Outcome]]
 
@@ -286,6 +300,8 @@ async def run_saga(
     deadline = time.monotonic() + wait_s
     after = 0
     saga = started.saga
+    total = float(len(saga.steps)) or None
+    done: set[str] = set()
     while saga.state not in FINAL_SAGA_STATES:
         left = deadline - time.monotonic()
         if left <= 0:
@@ -297,8 +313,16 @@ async def run_saga(
             async for resp in c.watch_saga(
                 saga_id=saga_id, after_sequence=after, timeout_s=left, metadata=md
             ):
-                after = resp.event.sequence
-                if resp.event.state in FINAL_SAGA_STATES:
+                ev = resp.event
+                after = ev.sequence
+                if ev.type in _STEP_ENDS:
+                    done.add(ev.step_name)
+                if caller.progress is not None:
+                    kind = saga_pb2.SagaEventType.Name(ev.type).removeprefix("SAGA_EVENT_TYPE_")
+                    await caller.progress(
+                        float(len(done)), total, f"#{ev.sequence} {kind} {ev.step_name}".strip()
+                    )
+                if ev.state in FINAL_SAGA_STATES:
                     break
         except DeadlineExceeded:
             pass  # the loop reports it, with the saga's state read below

@@ -164,7 +164,18 @@ async def test_stdio_tools_invoke_run_saga_and_bad_arguments(mesh: Mesh) -> None
         assert out["output"]["input"] == {"x": 1}
         assert out["output"]["action"] == "calculate"
 
-        done = await call_ok(session, "run_saga", saga_args(mesh, "book", "pay"))
+        progress: list[tuple[float, float | None, str | None]] = []
+
+        async def on_progress(value: float, total: float | None, message: str | None) -> None:
+            progress.append((value, total, message))
+
+        res = await session.call_tool("run_saga", saga_args(mesh, "book", "pay"),
+                                      progress_callback=on_progress)
+        assert not res.is_error, res.content[0].text
+        done = res.structured_content
+        # One progress report per saga event; the last counts both steps done.
+        assert progress[-1] == (2.0, 2.0, f"#{done['saga']['last_sequence']} SAGA_COMPLETED")
+        assert any("STEP_COMPLETED s0" in (m or "") for _, _, m in progress)
         saga = done["saga"]
         assert saga["state"] == "SAGA_STATE_COMPLETED"
         assert saga["output"]["s1"]["action"] == "pay"
