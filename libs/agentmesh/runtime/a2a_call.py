@@ -12,7 +12,9 @@ The mapping (README, "Register an A2A agent"):
 * the call's action (`ExecuteRequest.action`, `CompensateRequest.action`)
   is the skill, sent as message metadata `skill_id`; the input is the
   message's one data part; the idempotency key, attempt and call metadata
-  ride in message metadata (`idempotency_key`, `attempt`, `agentmesh`);
+  ride in message metadata (`idempotency_key`, `attempt`, `agentmesh`), and
+  a compensation adds `kind` = "compensate", `compensated_idempotency_key`
+  and `original_output`;
 * the task's terminal state is the outcome: COMPLETED -> OK (the result is
   the first data part of the artifacts, else of the status message; text
   parts become {"text": ...}); FAILED and REJECTED -> FAILED_PRECONDITION
@@ -279,6 +281,7 @@ def _message(method: str, request: Any) -> Message:
     if request.metadata:
         meta["agentmesh"] = dict(request.metadata)
     if method == "Compensate":
+        meta["kind"] = "compensate"  # a skill may name both an action and its compensation
         meta["compensated_idempotency_key"] = request.compensated_idempotency_key
         if request.HasField("original_output"):
             meta["original_output"] = json_format.MessageToDict(request.original_output)
