@@ -98,6 +98,10 @@ class Runner:
         self.lease = lease
         self.rec = rec
         self.comp = comp
+        #: The `pipeline` label of a saga started from a pipeline definition, else None.
+        self.pipeline = (
+            metrics.pipeline_label(comp.proto.name) if comp.proto.HasField("pipeline") else None
+        )
         self.cancel_seen = cancel_requested
         self.cancel_reason = cancel_reason
         self.lost = False
@@ -146,6 +150,12 @@ class Runner:
         idx_level = ev.HasField("item_index") or ev.HasField("iteration")
         if t == T.SAGA_EVENT_TYPE_STEP_COMPLETED and not idx_level:
             metrics.STEPS.labels(metrics.step_label(ev.step_name), "completed").inc()
+            if self.pipeline is not None:
+                started = self.rec.steps[ev.step_name].start_ms
+                end = ev.create_time.ToMilliseconds()
+                metrics.PIPELINE_STAGE_MS.labels(
+                    self.pipeline, metrics.step_label(ev.step_name)
+                ).observe(max(0, end - started) if started else 0)
         elif t == T.SAGA_EVENT_TYPE_STEP_FAILED and not idx_level:
             metrics.STEPS.labels(metrics.step_label(ev.step_name), "failed").inc()
         elif t == T.SAGA_EVENT_TYPE_STEP_SKIPPED:
@@ -165,6 +175,9 @@ class Runner:
             status = _FINAL_METRIC[t]
             metrics.EXECUTIONS.labels(status).inc()
             metrics.DURATION.labels(status).observe(max(0, self.rec.end_ms - self.rec.create_ms))
+            if self.pipeline is not None:
+                metrics.PIPELINE_EXECUTIONS.labels(self.pipeline, status).inc()
+                metrics.PIPELINE_THROUGHPUT.finished(self.pipeline)
 
     # ---- main loop ----------------------------------------------------------------
     async def run(self) -> None:

@@ -34,7 +34,7 @@ REQUIRED_PANELS = {
 #: Metric-name prefixes of the daemons (seed names) and the runtime.
 PREFIXES = (
     "grpc_server_", "grpc_health_", "agentmesh_", "message_bus_", "routing_",
-    "scatter_gather_", "registry_", "saga_", "swarm_", "task_",
+    "scatter_gather_", "registry_", "saga_", "swarm_", "task_", "pipeline_",
 )
 
 

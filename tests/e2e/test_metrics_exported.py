@@ -137,10 +137,16 @@ async def drive_traffic(procs: dict[str, DaemonProcess], agent_ids: list[str]) -
             saga_pb2.Step(name="reserve", agent_id=agent_ids[0], action="reserve",
                           compensation_action="release"),
             saga_pb2.Step(name="charge", agent_id=agent_ids[0], action="explode",
-                          compensation_action="refund", depends_on=["reserve"]),
+                          compensation_action="refund"),
         ]
-        started = await saga.StartSaga(saga_pb2.StartSagaRequest(
-            definition=saga_pb2.SagaDefinition(steps=steps)), timeout=30)
+        # A pipeline definition, so the pipeline_* series exist too.
+        stages = saga_pb2.StageGroup(stages=[saga_pb2.Stage(step=s) for s in steps])
+        definition = saga_pb2.SagaDefinition(
+            name="checkout", pipeline=saga_pb2.Stage(sequential=stages)
+        )
+        started = await saga.StartSaga(
+            saga_pb2.StartSagaRequest(definition=definition), timeout=30
+        )
 
         async def compensated() -> bool:
             s = (await saga.GetSaga(saga_pb2.GetSagaRequest(saga_id=started.saga.saga_id))).saga
@@ -225,6 +231,11 @@ async def test_dashboard_and_alert_metrics_are_exported(
     assert samples("registry", "registry_capability_healthy_agents")[
         (("capability", "counting"),)] == 2.0
     assert samples("saga", "saga_compensations_total")[()] >= 1.0
+    pipe = samples("saga", "pipeline_executions_total")
+    assert pipe[(("pipeline", "checkout"), ("status", "compensated"))] == 1.0
+    stage = samples("saga", "pipeline_stage_duration_ms_count")
+    assert stage[(("pipeline", "checkout"), ("stage", "reserve"))] == 1.0
+    assert samples("saga", "pipeline_throughput")[(("pipeline", "checkout"),)] > 0
     assert samples("saga", "saga_compensation_failures_total")[()] == 0.0
     assert samples("saga", "task_completed_total")[(("status", "completed"), ("type", "work"))] >= 1
     assert samples("router", "routing_breaker_longest_open_seconds")[()] == 0.0
