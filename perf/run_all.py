@@ -115,6 +115,8 @@ PLAN: tuple[Bench, ...] = (
     Bench("bus/bench_bus.py", ("--seconds", "3", "--backends", "kafka"),
           ("--messages", "20000", "--seconds", "1", "--backends", "kafka"),
           kafka=True, no_write=()),
+    Bench("bus/bench_sdk_subscribe.py", ("--messages", "20000"), ("--messages", "5000"),
+          kafka=True),
 )
 
 

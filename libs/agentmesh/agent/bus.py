@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import itertools
 import logging
 import time
 import uuid
@@ -141,6 +142,10 @@ class BusLink:
                  claims: MessageClaims | None = None) -> None:
         self.agent = agent
         self.claims: MessageClaims = claims or MemoryMessageClaims()
+        # Claim owners: unique per delivery handled by this process.
+        self._owner_prefix = f"{agent.agent_id}:{uuid.uuid4().hex[:12]}:"
+        self._deliveries = itertools.count()
+        self._is_async: dict[int, bool] = {}
         self._done_ttl_ms = max(1, int(agent.settings.idempotency_ttl_s * 1000))
         self.agent_id = agent.agent_id
         self.channel: grpc.aio.Channel = create_channel(
@@ -217,7 +222,7 @@ class BusLink:
         t0 = load.started()
         p0 = time.perf_counter()
         ok = False
-        owner = f"{self.agent_id}:{uuid.uuid4().hex}"
+        owner = f"{self._owner_prefix}{next(self._deliveries)}"
         try:
             try:
                 if not await self._claim(msg, spec, owner):
@@ -233,7 +238,11 @@ class BusLink:
                 with consumer_span(topic=msg.topic, headers=msg.headers, message_id=msg.id,
                                    key=msg.key, partition=msg.position.partition,
                                    offset=msg.position.offset, group=spec.group):
-                    if inspect.iscoroutinefunction(spec.handler):
+                    is_async = self._is_async.get(id(spec.handler))
+                    if is_async is None:
+                        is_async = inspect.iscoroutinefunction(spec.handler)
+                        self._is_async[id(spec.handler)] = is_async
+                    if is_async:
                         result = await spec.handler(msg.payload, ctx)
                     else:
                         result = await asyncio.to_thread(spec.handler, msg.payload, ctx)
