@@ -44,8 +44,10 @@ OUT = Path(__file__).with_name("services_gen.py")
 
 
 def snake(name: str) -> str:
-    """CamelCase → snake_case."""
-    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+    """CamelCase → snake_case; an acronym stays one word ("RegisterA2AAgent"
+    → "register_a2a_agent", "GetHTTPRoute" → "get_http_route")."""
+    name = re.sub(r"([A-Z0-9]+)([A-Z][a-z])", r"\1_\2", name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
 def _py_type(module_alias: str, full_name: str, own_package: str) -> str:

@@ -184,7 +184,7 @@ class ServiceMethods(ClientBase):
             metadata=metadata,
         )
 
-    async def register_a2_a_agent(
+    async def register_a2a_agent(
         self,
         request: registry_pb2.RegisterA2AAgentRequest | None = None,
         /,
