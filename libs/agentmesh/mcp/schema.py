@@ -11,9 +11,10 @@ base64, maps JSON objects and the well-known Struct/Value/ListValue any JSON.
 Source: the proto3 JSON mapping,
 https://protobuf.dev/programming-guides/json/ ; JSON Schema 2020-12.
 
-Recursive messages (a saga Stage holds StageGroups that hold Stages) are
-emitted once under `$defs` and referenced with `$ref`; every other message is
-inlined, which is what most MCP clients show best.
+Recursive messages (a saga Stage holds StageGroups that hold Stages) and
+messages that several fields use (AgentSelector, RetryPolicy, ...) are
+emitted once under `$defs` and referenced with `$ref`; a message used by one
+field only is inlined, which is what most MCP clients show best.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from __future__ import annotations
 from typing import Any
 
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from agentmesh.mcp.docs import enum_value_docs, field_doc, message_doc
 
 #: JSON Schema dialect of every schema made here.
 DIALECT = "https://json-schema.org/draft/2020-12/schema"
@@ -93,14 +96,17 @@ ONEOF_TAKEN: dict[str, Any] = {"not": {}}
 class _Builder:
     """One schema document: inlined messages plus `$defs` for recursive ones."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, describe: bool, shared: frozenset[str] = frozenset()) -> None:
         self.defs: dict[str, dict[str, Any]] = {}
+        self.describe = describe
+        self.shared = shared
 
     def message(self, desc: Descriptor, path: tuple[str, ...]) -> dict[str, Any]:
         known = _WELL_KNOWN.get(desc.full_name)
         if known is not None:
             return dict(known)
-        if desc.full_name in path:  # a cycle: define it once and refer to it
+        # A cycle, or a message used by several fields: define it once, refer to it.
+        if desc.full_name in path or desc.full_name in self.shared:
             if desc.full_name not in self.defs:
                 self.defs[desc.full_name] = {}  # placeholder stops the recursion
                 self.defs[desc.full_name] = self._object(desc, ())
@@ -117,10 +123,11 @@ class _Builder:
             "additionalProperties": False,
         }
         groups = [o for o in desc.oneofs if not _synthetic(o)]
+        about = [message_doc(desc)] if self.describe else []
+        about += [f"Set at most one of: {', '.join(f.name for f in o.fields)}." for o in groups]
+        if any(about):
+            out["description"] = "\n".join(a for a in about if a)
         if groups:
-            out["description"] = " ".join(
-                f"Set at most one of: {', '.join(f.name for f in o.fields)}." for o in groups
-            )
             # A oneof member, when present, forbids the others (an error names the other).
             out["dependentSchemas"] = {
                 f.name: {"properties": {g.name: ONEOF_TAKEN for g in o.fields if g is not f}}
@@ -133,11 +140,26 @@ class _Builder:
         mt = fd.message_type
         if mt is not None and mt.GetOptions().map_entry:
             value = self._single(mt.fields_by_name["value"], path)
-            return {"type": "object", "additionalProperties": value}
-        one = self._single(fd, path)
-        if fd.is_repeated:
-            return {"type": "array", "items": one}
-        return one
+            out = {"type": "object", "additionalProperties": value}
+        else:
+            one = self._single(fd, path)
+            out = {"type": "array", "items": one} if fd.is_repeated else one
+        if self.describe:
+            doc = self._field_description(fd)
+            hint = out.get("description", "") if "title" not in out else ""
+            if doc:  # a well-known type's format hint stays after the field's comment
+                out["description"] = f"{doc}\n{hint}" if hint else doc
+        return out
+
+    @staticmethod
+    def _field_description(fd: FieldDescriptor) -> str:
+        """The field's comment; for an enum also each value's first line."""
+        doc = field_doc(fd)
+        if fd.enum_type is not None:
+            values = enum_value_docs(fd.enum_type)
+            lines = [f"{name}: {text.splitlines()[0]}" for name, text in values.items() if text]
+            doc = "\n".join([doc, *lines]) if lines else doc
+        return doc.strip()
 
     def _single(self, fd: FieldDescriptor, path: tuple[str, ...]) -> dict[str, Any]:
         if fd.message_type is not None:
@@ -147,23 +169,50 @@ class _Builder:
         return dict(_SCALARS[fd.type])
 
 
+def _shared_messages(root: Descriptor) -> frozenset[str]:
+    """Messages reachable from `root` that more than one field refers to.
+
+    Each goes once under `$defs`, so a schema grows with the number of
+    message types, not with the number of paths to them (a saga definition
+    reaches AgentSelector a dozen ways).
+    """
+    sites: dict[str, set[str]] = {}
+    seen = {root.full_name}
+    todo = [root]
+    while todo:
+        desc = todo.pop()
+        for fd in desc.fields:
+            mt = fd.message_type
+            if mt is not None and mt.GetOptions().map_entry:
+                mt = mt.fields_by_name["value"].message_type
+            if mt is None or mt.full_name in _WELL_KNOWN:
+                continue
+            sites.setdefault(mt.full_name, set()).add(fd.full_name)
+            if mt.full_name not in seen:
+                seen.add(mt.full_name)
+                todo.append(mt)
+    return frozenset(name for name, refs in sites.items() if len(refs) > 1)
+
+
 def _synthetic(oneof: Any) -> bool:
     """A proto3 `optional` field's one-field oneof, which is no choice at all."""
     return len(oneof.fields) == 1 and oneof.fields[0].has_presence and oneof.name.startswith("_")
 
 
-def message_schema(desc: Descriptor) -> dict[str, Any]:
+def message_schema(desc: Descriptor, *, describe: bool = True) -> dict[str, Any]:
     """The JSON Schema (2020-12) of message `desc` in the proto3 JSON mapping.
 
     Args:
         desc: a message descriptor, e.g. `InvokeRequest.DESCRIPTOR`.
+        describe: give messages and fields the contract's comments as
+            `description` (from the generated stubs, `agentmesh.mcp.docs`).
 
     Returns:
         A schema object with `"type": "object"` at the root (what MCP requires
         of a tool's input and output schema), `$defs` when `desc` reaches a
         recursive message.
     """
-    b = _Builder()
+    b = _Builder(describe=describe, shared=_shared_messages(desc))
     root = b.message(desc, ())
     doc: dict[str, Any] = {"$schema": DIALECT, **root}
     if b.defs:

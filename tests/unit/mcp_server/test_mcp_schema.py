@@ -4,6 +4,8 @@ reject what json_format would, and errors name the field."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from google.protobuf import duration_pb2, json_format
 from google.rpc import error_details_pb2
@@ -134,3 +136,47 @@ def test_http_token_is_the_bearer_header_only() -> None:
     assert http_token(_Req({"authorization": "Basic abc"})) == ""
     assert http_token(_Req({})) == ""
     assert http_token(None) == ""
+
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+def proto_comment(proto: str, declaration: str) -> str:
+    """The `//` comment lines right above `declaration` in a .proto source file."""
+    lines = (ROOT / "protos" / proto).read_text().splitlines()
+    at = next(i for i, line in enumerate(lines) if line.strip() == declaration)
+    out: list[str] = []
+    for line in reversed(lines[:at]):
+        if not line.strip().startswith("//"):
+            break
+        out.insert(0, line.strip().removeprefix("//").strip())
+    return "\n".join(out)
+
+
+def test_descriptions_are_the_contracts_comments() -> None:
+    schema = message_schema(router_pb2.InvokeRequest.DESCRIPTOR)
+    router = "agentmesh/router/v1/router.proto"
+    assert schema["properties"]["action"]["description"] == proto_comment(
+        router, "string action = 3;")
+    assert schema["description"] == proto_comment(router, "message InvokeRequest {")
+    # An enum field lists its values with their comments' first lines.
+    strategy = schema["properties"]["strategy"]["description"]
+    first = proto_comment(router, "STRATEGY_ROUND_ROBIN = 1;").splitlines()[0]
+    assert f"STRATEGY_ROUND_ROBIN: {first}" in strategy.splitlines()
+    # A well-known type keeps its format hint after the field's comment.
+    backoff = schema["properties"]["retry_policy"]["properties"]["initial_backoff"]
+    assert backoff["description"].startswith(proto_comment(
+        router, "google.protobuf.Duration initial_backoff = 2;"))
+    assert backoff["description"].endswith('e.g. "1.5s".')
+    assert "description" not in message_schema(
+        router_pb2.InvokeRequest.DESCRIPTOR, describe=False)["properties"]["action"]
+
+
+def test_messages_used_by_several_fields_are_defined_once() -> None:
+    schema = message_schema(saga_pb2.StartSagaRequest.DESCRIPTOR)
+    defs = schema["$defs"]
+    assert {"agentmesh.saga.v1.Step", "agentmesh.common.v1.AgentSelector"} <= set(defs)
+    steps = schema["properties"]["definition"]["properties"]["steps"]
+    assert steps["items"] == {"$ref": "#/$defs/agentmesh.saga.v1.Step"}
+    assert defs["agentmesh.saga.v1.Step"]["properties"]["selector"]["$ref"] == \
+        "#/$defs/agentmesh.common.v1.AgentSelector"
