@@ -22,6 +22,13 @@ MESSAGE_TYPE_RESPONSE with the request's `correlation_id` before the ack, so
 allowed delivery fails, a MESSAGE_TYPE_ERROR reply (`{"error", "type"}`) is
 published instead, so the requester fails at once rather than at its timeout.
 
+Once per group: before a handler runs, the delivery claims (group, message
+id) in `agentmesh.agent.message_dedupe` (Redis when the agent has
+`redis_url`, shared by all replicas; else this process). A message already
+handled is acked without running the handler again; one still held by
+another delivery (a rebalance handed it to two members) waits for it. This
+is the dedupe by `Envelope.id` the Subscribe contract asks of consumers.
+
 Flow control: handlers of all subscriptions together run at most
 `max_concurrency` at a time (the agent setting; 0 = unbounded), and each
 stream holds at most that many unacked deliveries (100 when unbounded).
