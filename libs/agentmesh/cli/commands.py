@@ -667,7 +667,7 @@ def swarm_deploy(
 
     async def body() -> Any:
         async with st.client() as c:
-            swarm = (await c.deploy_swarm(task=task, swarm_id=swarm_id)).swarm
+            swarm = await c.deploy_swarm(task, swarm_id=swarm_id)
             if watch:
                 return await _watch_swarm(c, swarm.swarm_id, fmt_)
             return swarm

@@ -4,13 +4,35 @@ from __future__ import annotations
 
 from agentmesh.client.base import DAEMONS, default_target
 from agentmesh.client.client import Client
+from agentmesh.client.lock import Lease, LockLost, LockNotAcquired
 from agentmesh.client.safety import CircuitOpen
 from agentmesh.client.tasks import TaskCancelled, TaskEnded, TaskFailed, TaskTimedOut
+from agentmesh.client.workflows import (
+    CompensationRun,
+    SagaCancelled,
+    SagaCompensated,
+    SagaEnded,
+    SagaFailed,
+    SwarmEnded,
+    SwarmFailed,
+    SwarmStopped,
+)
 
 __all__ = [
     "DAEMONS",
     "CircuitOpen",
     "Client",
+    "CompensationRun",
+    "Lease",
+    "LockLost",
+    "LockNotAcquired",
+    "SagaCancelled",
+    "SagaCompensated",
+    "SagaEnded",
+    "SagaFailed",
+    "SwarmEnded",
+    "SwarmFailed",
+    "SwarmStopped",
     "TaskCancelled",
     "TaskEnded",
     "TaskFailed",

@@ -12,7 +12,9 @@ message. Errors are `agentmesh.runtime.errors.AgentMeshError` subclasses. The
 raw stubs are `c.registry`, `c.coordination`, `c.router`, `c.safety`, `c.bus`,
 `c.saga`, `c.swarm` and `c.task`. Higher-level helpers are below (`wait_task`
 returns a task's result or raises TaskFailed / TaskTimedOut / TaskCancelled;
-`breaker`, `permit` and `validate` use the router's SafetyService).
+`breaker`, `permit` and `validate` use the router's SafetyService; `lock` is a
+renewed CoordinationService lock (agentmesh.client.lock); `run_saga` and
+`deploy_swarm(wait=True)` start and wait (agentmesh.client.workflows)).
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ import grpc
 
 from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.client import workflows
+from agentmesh.client.lock import Lease, default_owner
 from agentmesh.client.safety import CircuitOpen, retry_delay_s
 from agentmesh.client.services_gen import ServiceMethods
 from agentmesh.client.subscriber import RECONNECT_CHANNEL_OPTIONS, Subscriber
@@ -34,6 +38,8 @@ from agentmesh.client.tasks import error_for
 from agentmesh.router.v1 import router_pb2, safety_pb2
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.errors import ResourceExhausted, Unavailable, from_rpc_error
+from agentmesh.saga.v1 import saga_pb2
+from agentmesh.swarm.v1 import swarm_pb2
 from agentmesh.task.v1 import task_pb2
 
 
@@ -342,3 +348,115 @@ class Client(ServiceMethods):
             if last.state == task_pb2.TASK_STATE_COMPLETED:
                 return struct_to_dict(last.result)
 
+
+    # ---- coordination and workflow helpers -----------------------------------
+    def lock(
+        self,
+        name: str,
+        *,
+        ttl_ms: int = 10_000,
+        wait_timeout_s: float = 30.0,
+        owner: str | None = None,
+        renew_interval_ms: int | None = None,
+    ) -> Lease:
+        """A CoordinationService lock held while an `async with` block runs.
+
+            async with client.lock("invoices", ttl_ms=5000, wait_timeout_s=10) as lease:
+                await store.write(row, fencing_token=lease.fencing_token)
+
+        Acquires (waiting up to `wait_timeout_s`), renews every `ttl_ms / 3` in
+        the background, releases on exit. When a renewal is refused the block's
+        task is cancelled and the `async with` raises LockLost (see
+        `agentmesh.client.lock` for exactly how).
+
+        Args:
+            name: the lock (CoordinationService `resource`, at most 256 characters).
+            ttl_ms: lease TTL, ms (10 ms to 1 h).
+            wait_timeout_s: longest wait for a lock held by another owner, s; 0 tries once.
+            owner: who holds it; default a fresh `<host>/<pid>/<random>` (with auth
+                on, pass the caller's identity).
+            renew_interval_ms: renewal period, ms; default `ttl_ms / 3`.
+
+        Raises:
+            LockNotAcquired: another owner held it for the whole wait (on entry).
+            LockLost: the lease was lost while the block ran (on exit).
+            InvalidArgument / PermissionDenied / Unavailable: from the registry.
+        """
+        return Lease(
+            self, name, ttl_ms=ttl_ms, wait_timeout_s=wait_timeout_s,
+            owner=owner or default_owner(), renew_interval_ms=renew_interval_ms,
+        )
+
+    async def run_saga(
+        self,
+        definition_or_name: saga_pb2.SagaDefinition | Mapping[str, Any] | str,
+        input: Mapping[str, Any] | None = None,
+        *,
+        idempotency_key: str = "",
+        definition_version: int = 0,
+        timeout_s: float | None = None,
+    ) -> dict[str, Any]:
+        """Start a saga and wait for it; return its output.
+
+        Args:
+            definition_or_name: an inline definition (message or dict) or the
+                name of a registered one.
+            input: the saga input.
+            idempotency_key: makes the start idempotent (a retry joins the saga).
+            definition_version: version of a registered definition; 0 the latest.
+            timeout_s: longest wait for the saga to end, s; None waits.
+
+        Returns:
+            The saga's output: the completed steps' outputs by step name.
+
+        Raises:
+            SagaCompensated / SagaFailed / SagaCancelled: it ended otherwise
+                (`step`, `step_status`, `error`, `compensations`, `saga`).
+            InvalidArgument / NotFound: from StartSaga.
+            DeadlineExceeded: not final after `timeout_s`.
+        """
+        return await workflows.run_saga(
+            self, definition_or_name, input, idempotency_key=idempotency_key,
+            definition_version=definition_version, timeout_s=timeout_s,
+        )
+
+    async def wait_saga(
+        self, saga_id: str, *, timeout_s: float | None = None
+    ) -> saga_pb2.Saga:
+        """Wait for a started saga to end and return it, whatever its final state
+        (`agentmesh.client.workflows.wait_saga`; `run_saga` raises instead)."""
+        saga, _ = await workflows.wait_saga(self, saga_id, timeout_s=timeout_s)
+        return saga
+
+    #: The raw SwarmService.DeploySwarm call; `deploy_swarm` is the helper over it.
+    deploy_swarm_request = ServiceMethods.deploy_swarm
+
+    async def deploy_swarm(  # type: ignore[override]
+        self,
+        task: swarm_pb2.SwarmTask | Mapping[str, Any],
+        *,
+        swarm_id: str = "",
+        wait: bool = False,
+        timeout_s: float | None = None,
+    ) -> swarm_pb2.Swarm:
+        """Deploy a swarm; with `wait`, follow it to the end.
+
+        Args:
+            task: the SwarmTask (message or dict in its JSON form).
+            swarm_id: optional caller-chosen id (makes retries idempotent).
+            wait: wait for the swarm to end.
+            timeout_s: with `wait`, longest wait, s; None waits.
+
+        Returns:
+            The swarm: as deployed (PENDING/RUNNING), or with `wait` COMPLETED
+            with its result (`optimization` or `partitions`).
+
+        Raises:
+            SwarmFailed / SwarmStopped: with `wait`, it ended without completing.
+            InvalidArgument / FailedPrecondition / AlreadyExists: from DeploySwarm.
+            DeadlineExceeded: not final after `timeout_s`.
+        """
+        swarm = (await self.deploy_swarm_request(task=task, swarm_id=swarm_id)).swarm
+        if not wait:
+            return swarm
+        return await workflows.wait_swarm(self, swarm.swarm_id, timeout_s=timeout_s)

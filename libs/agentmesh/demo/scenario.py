@@ -116,8 +116,7 @@ async def run_swarm(
     Raises:
         ScenarioError: when it does not complete.
     """
-    resp = await client.deploy_swarm(task=task, swarm_id=swarm_id)
-    sid = resp.swarm.swarm_id
+    sid = (await client.deploy_swarm(task, swarm_id=swarm_id)).swarm_id
     deadline = time.monotonic() + timeout_s
     while True:
         swarm = (await client.get_swarm(swarm_id=sid)).swarm

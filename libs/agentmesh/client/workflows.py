@@ -1,0 +1,278 @@
+"""Start-and-wait helpers for sagas and swarms, and what they raise.
+
+    async with Client() as c:
+        try:
+            out = await c.run_saga(definition, {"year": 2024}, timeout_s=60)
+        except SagaCompensated as e:
+            print(e.step, StepStatus.Name(e.step_status), [r.step for r in e.compensations])
+        swarm = await c.deploy_swarm(task, wait=True, timeout_s=120)
+        print(swarm.optimization.best_fitness)
+
+`wait_saga` follows WatchSaga from the first event to the final one,
+resuming after the last sequence seen when the stream breaks (UNAVAILABLE,
+e.g. a coordinator replica restarting), then reads the saga with GetSaga.
+`wait_swarm` follows WatchSwarm the same way (GetSwarm after a break).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from agentmesh.agent.structs import struct_to_dict
+from agentmesh.runtime.errors import (
+    Aborted,
+    DeadlineExceeded,
+    ErrorReason,
+    FailedPrecondition,
+    Unavailable,
+    error_info,
+)
+from agentmesh.saga.v1 import saga_pb2
+from agentmesh.swarm.v1 import swarm_pb2
+
+if TYPE_CHECKING:
+    from agentmesh.client.services_gen import ServiceMethods
+
+__all__ = [
+    "FINAL_SAGA_STATES",
+    "FINAL_SWARM_STATES",
+    "CompensationRun",
+    "SagaCancelled",
+    "SagaCompensated",
+    "SagaEnded",
+    "SagaFailed",
+    "SwarmEnded",
+    "SwarmFailed",
+    "SwarmStopped",
+    "saga_error_for",
+    "wait_saga",
+    "wait_swarm",
+]
+
+S = saga_pb2
+FINAL_SAGA_STATES = frozenset({
+    S.SAGA_STATE_COMPLETED, S.SAGA_STATE_COMPENSATED, S.SAGA_STATE_FAILED,
+    S.SAGA_STATE_CANCELLED,
+})
+FINAL_SWARM_STATES = frozenset({
+    swarm_pb2.SWARM_STATE_COMPLETED, swarm_pb2.SWARM_STATE_FAILED, swarm_pb2.SWARM_STATE_STOPPED,
+})
+#: Pause before re-opening a broken watch stream, s.
+REWATCH_PAUSE_S = 0.2
+
+_COMPENSATION_ENDS = {
+    S.SAGA_EVENT_TYPE_STEP_COMPENSATED: S.STEP_STATUS_COMPENSATED,
+    S.SAGA_EVENT_TYPE_STEP_COMPENSATION_FAILED: S.STEP_STATUS_COMPENSATION_FAILED,
+}
+
+
+@dataclass(frozen=True)
+class CompensationRun:
+    """One step's compensation, as the saga's log recorded its end.
+
+    Attributes:
+        step: the compensated step.
+        status: STEP_STATUS_COMPENSATED or STEP_STATUS_COMPENSATION_FAILED.
+        error: the compensation's final error (empty when it succeeded).
+    """
+
+    step: str
+    status: saga_pb2.StepStatus.ValueType
+    error: saga_pb2.StepError
+
+
+class SagaEnded(Aborted):
+    """A saga reached a final state other than COMPLETED (ABORTED).
+
+    Attributes:
+        saga: the saga as it ended (`agentmesh.saga.v1.Saga`, with `error`).
+        step: the step that failed (`saga.error.step_name`); "" for saga-level
+            causes (saga timeout, cancel).
+        step_status: that step's StepStatus as the saga ended: COMPENSATED
+            when the coordinator undid it too (a failed call may have taken
+            effect), FAILED or COMPENSATION_FAILED otherwise; UNSPECIFIED
+            without a step.
+        error: the cause (`saga.error`: code, message, step_name).
+        compensations: every compensation that ended, in the order the log
+            recorded them.
+    """
+
+    def __init__(self, saga: saga_pb2.Saga, compensations: list[CompensationRun]) -> None:
+        state = S.SagaState.Name(saga.state).removeprefix("SAGA_STATE_")
+        err = saga.error
+        where = f" in step {err.step_name!r}" if err.step_name else ""
+        cause = f": {err.code} {err.message}" if err.code or err.message else ""
+        undone = ", ".join(r.step for r in compensations) or "none"
+        super().__init__(
+            f"saga {saga.saga_id} ended {state}{where}{cause}; compensations run: {undone}",
+            details=self._details(saga),
+        )
+        self.saga = saga
+        self.step = err.step_name
+        self.step_status: saga_pb2.StepStatus.ValueType = next(
+            (s.status for s in saga.steps if s.name == err.step_name), S.STEP_STATUS_UNSPECIFIED
+        )
+        self.error = err
+        self.compensations = compensations
+
+    @staticmethod
+    def _details(saga: saga_pb2.Saga) -> list[Any]:
+        return [error_info(ErrorReason.ERROR_REASON_UNSPECIFIED,
+                           metadata={"saga_id": saga.saga_id, "step": saga.error.step_name})]
+
+
+class SagaCompensated(SagaEnded):
+    """The saga failed and every compensation ran: SAGA_STATE_COMPENSATED
+    (ErrorInfo reason COMPENSATED)."""
+
+    @staticmethod
+    def _details(saga: saga_pb2.Saga) -> list[Any]:
+        return [error_info(ErrorReason.ERROR_REASON_COMPENSATED,
+                           metadata={"saga_id": saga.saga_id, "step": saga.error.step_name})]
+
+
+class SagaFailed(SagaEnded):
+    """SAGA_STATE_FAILED: the saga could not be undone (a compensation failed,
+    or a step past a pivot failed); needs a person."""
+
+
+class SagaCancelled(SagaEnded):
+    """SAGA_STATE_CANCELLED: CancelSaga ended it (after compensating)."""
+
+
+def saga_error_for(
+    saga: saga_pb2.Saga, compensations: list[CompensationRun]
+) -> SagaEnded | None:
+    """The exception for a final saga that did not complete; None when COMPLETED
+    or not final."""
+    kind = {
+        S.SAGA_STATE_COMPENSATED: SagaCompensated,
+        S.SAGA_STATE_FAILED: SagaFailed,
+        S.SAGA_STATE_CANCELLED: SagaCancelled,
+    }.get(saga.state)
+    return kind(saga, compensations) if kind else None
+
+
+async def wait_saga(
+    client: ServiceMethods, saga_id: str, *, timeout_s: float | None = None,
+) -> tuple[saga_pb2.Saga, list[CompensationRun]]:
+    """Follow a saga's events to its final state.
+
+    Args:
+        client: the client.
+        saga_id: the saga.
+        timeout_s: longest wait in all, s; None waits until it ends.
+
+    Returns:
+        (the final saga from GetSaga, the compensations that ended, in log order).
+
+    Raises:
+        NotFound: no such saga.
+        DeadlineExceeded: still not final after `timeout_s`.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    after = 0
+    runs: list[CompensationRun] = []
+    final = False
+    while not final:
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"saga {saga_id} is not final after {timeout_s:g} s")
+        try:
+            async for resp in client.watch_saga(
+                saga_id=saga_id, after_sequence=after, timeout_s=left
+            ):
+                ev = resp.event
+                after = ev.sequence
+                if ev.type in _COMPENSATION_ENDS:
+                    runs.append(CompensationRun(ev.step_name, _COMPENSATION_ENDS[ev.type],
+                                                ev.error))
+            # The stream ends with OK after the final event (or at once when the
+            # saga was final before `after`); GetSaga below reads the outcome.
+            final = True
+        except Unavailable:
+            await asyncio.sleep(REWATCH_PAUSE_S)
+    saga = (await client.get_saga(saga_id=saga_id)).saga
+    return saga, runs
+
+
+async def run_saga(
+    client: ServiceMethods,
+    definition_or_name: saga_pb2.SagaDefinition | Mapping[str, Any] | str,
+    input: Mapping[str, Any] | None = None,
+    *,
+    idempotency_key: str = "",
+    definition_version: int = 0,
+    timeout_s: float | None = None,
+) -> dict[str, Any]:
+    """StartSaga, then `wait_saga`; see `Client.run_saga`."""
+    source: dict[str, Any] = (
+        {"definition_name": definition_or_name, "definition_version": definition_version}
+        if isinstance(definition_or_name, str) else {"definition": definition_or_name}
+    )
+    started = await client.start_saga(
+        input=dict(input or {}), idempotency_key=idempotency_key, **source
+    )
+    saga, runs = await wait_saga(client, started.saga.saga_id, timeout_s=timeout_s)
+    err = saga_error_for(saga, runs)
+    if err is not None:
+        raise err
+    return struct_to_dict(saga.output)
+
+
+class SwarmEnded(FailedPrecondition):
+    """A swarm ended without completing (FAILED_PRECONDITION).
+
+    Attributes:
+        swarm: the swarm as it ended (`agentmesh.swarm.v1.Swarm`, `error_message`).
+    """
+
+    def __init__(self, swarm: swarm_pb2.Swarm) -> None:
+        state = swarm_pb2.SwarmState.Name(swarm.state).removeprefix("SWARM_STATE_")
+        why = f": {swarm.error_message}" if swarm.error_message else ""
+        super().__init__(f"swarm {swarm.swarm_id} ended {state}{why}")
+        self.swarm = swarm
+
+
+class SwarmFailed(SwarmEnded):
+    """SWARM_STATE_FAILED: no result (a partition failed on every attempt, work
+    timed out, the agents vanished)."""
+
+
+class SwarmStopped(SwarmEnded):
+    """SWARM_STATE_STOPPED: StopSwarm ended it; `swarm` holds the best result so far."""
+
+
+async def wait_swarm(
+    client: ServiceMethods, swarm_id: str, *, timeout_s: float | None = None,
+) -> swarm_pb2.Swarm:
+    """Follow a swarm with WatchSwarm to its final state and return it.
+
+    Raises:
+        SwarmFailed / SwarmStopped: it ended without completing.
+        NotFound: no such swarm.
+        DeadlineExceeded: still not final after `timeout_s`.
+    """
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    while True:
+        swarm = (await client.get_swarm(swarm_id=swarm_id)).swarm
+        if swarm.state in FINAL_SWARM_STATES:
+            break
+        left = None if deadline is None else deadline - time.monotonic()
+        if left is not None and left <= 0:
+            raise DeadlineExceeded(f"swarm {swarm_id} is not final after {timeout_s:g} s")
+        try:
+            async for resp in client.watch_swarm(swarm_id=swarm_id, timeout_s=left):
+                if resp.HasField("swarm") and resp.swarm.state in FINAL_SWARM_STATES:
+                    break
+        except Unavailable:
+            await asyncio.sleep(REWATCH_PAUSE_S)
+    if swarm.state == swarm_pb2.SWARM_STATE_FAILED:
+        raise SwarmFailed(swarm)
+    if swarm.state == swarm_pb2.SWARM_STATE_STOPPED:
+        raise SwarmStopped(swarm)
+    return swarm
