@@ -191,14 +191,17 @@ class A2AServer:
         agent: the SDK agent; start it first (its executor must be open).
         host: interface to bind.
         port: port to bind; 0 picks a free one.
+        advertise_host: host put in the card's URL; defaults to `host`.
         public_url: the URL clients use, when not http://<host>:<port>/ (a proxy).
     """
 
     def __init__(
-        self, agent: Agent, *, host: str = "127.0.0.1", port: int = 0, public_url: str = ""
+        self, agent: Agent, *, host: str = "127.0.0.1", port: int = 0,
+        advertise_host: str = "", public_url: str = "",
     ) -> None:
         self.agent = agent
         self.host = host
+        self.advertise_host = advertise_host
         self.port = port
         self.public_url = public_url
         self.card: AgentCard | None = None
@@ -208,7 +211,10 @@ class A2AServer:
     @property
     def url(self) -> str:
         """The JSON-RPC URL (valid after `start`)."""
-        return self.public_url or f"http://{self.host}:{self.port}/"
+        host = self.advertise_host or self.host
+        if ":" in host:
+            host = f"[{host}]"  # IPv6 literal
+        return self.public_url or f"http://{host}:{self.port}/"
 
     @property
     def card_url(self) -> str:

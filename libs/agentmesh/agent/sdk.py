@@ -40,7 +40,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -64,6 +64,9 @@ from agentmesh.runtime.compensation import COMPENSATE_SUFFIX, strip_compensate_s
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.errors import ErrorReason, reason_name
 from agentmesh.runtime.server import Daemon
+
+if TYPE_CHECKING:
+    from agentmesh.agent.a2a_server import A2AServer
 
 log = logging.getLogger("agentmesh.agent")
 
@@ -153,6 +156,9 @@ class Agent:
         self.executor = IdempotentExecutor(load=self.load)
         self.port = 0
         self.metrics_port = -1
+        #: The A2A endpoint (agentmesh.agent.a2a_server) once `start` has run
+        #: with `a2a_port` >= 0, else None.
+        self.a2a: A2AServer | None = None
         #: Parsed command line after `run`, including the caller's own flags.
         self.args = argparse.Namespace()
 
@@ -386,9 +392,21 @@ class Agent:
         if s.registry_target:
             self._registrar = Registrar(self, daemon.channel(s.registry_target))
             daemon.on_startup(self._register)
+        if s.a2a_port >= 0:
+            await self._start_a2a()
         self.port = await daemon.start()
         self.metrics_port = daemon.metrics_port
         return self.port
+
+    async def _start_a2a(self) -> None:
+        # Before the gRPC daemon, so its port is known once `serving` is logged.
+        from agentmesh.agent.a2a_server import A2AServer  # lazy: the a2a extra
+
+        s = self.settings
+        self.a2a = A2AServer(self, host=s.host, port=s.a2a_port, advertise_host=s.advertise_host)
+        port = await self.a2a.start()
+        log.info("a2a serving", extra={"agent_id": self.agent_id, "a2a_port": port,
+                                       "agent_card_url": self.a2a.card_url})
 
     async def _register_constraints(self) -> None:
         # Before registration, so the agent is never discoverable while the
@@ -425,6 +443,8 @@ class Agent:
         try:
             if self._registrar is not None:
                 await self._registrar.stop()
+            if self.a2a is not None:
+                await self.a2a.stop()  # finishes the A2A requests in flight
             if self.bus is not None:
                 # In-flight handlers finish and ack; the rest is redelivered.
                 await self.bus.stop(timeout_s=self.settings.grace_period_s)

@@ -29,6 +29,9 @@ class AgentSettings(Settings):
         port: gRPC port; 0 picks a free one (logged in the `serving` line).
         advertise_host: host put in the registered endpoint; defaults to `host`.
         metrics_port: Prometheus port; 0 picks a free one, -1 disables it.
+        a2a_port: serve the actions over A2A too (agentmesh.agent.a2a_server:
+            JSON-RPC and the agent card over HTTP on `host`); 0 picks a free
+            port, -1 (the default) serves gRPC only.
         registry_target: registry `host:port`; empty means do not register.
         router_target: router `host:port` (its SafetyService): where
             `ctx.validate` asks and the agent's declared constraints are
@@ -65,6 +68,10 @@ class AgentSettings(Settings):
     advertise_host: str = setting("", help="host in the registered endpoint")
     metrics_port: int = setting(
         -1, help="Prometheus port (0 = any free, -1 = off)", minimum=-1, maximum=65535
+    )
+    a2a_port: int = setting(
+        -1, help="A2A (JSON-RPC + agent card) port (0 = any free, -1 = off)",
+        minimum=-1, maximum=65535,
     )
     registry_target: str = setting("", help="registry host:port (empty = do not register)")
     router_target: str = setting(

@@ -29,7 +29,7 @@ class Booking:
 
     def __init__(self) -> None:
         self.agent = Agent("agent-a2a-sdk", agent_type="booking", version="2.1.0",
-                           capabilities=["booking"])
+                           capabilities=["booking"], a2a_port=0)
         self.runs: list[tuple[str, str]] = []
         a = self.agent
 
@@ -55,8 +55,9 @@ class Booking:
 @pytest.fixture
 async def served() -> AsyncIterator[tuple[Booking, A2AServer]]:
     b = Booking()
-    async with serving(b.agent), A2AServer(b.agent) as server:
-        yield b, server
+    async with serving(b.agent):  # a2a_port=0: A2A beside gRPC, on a free port
+        assert b.agent.a2a is not None and b.agent.a2a.port > 0
+        yield b, b.agent.a2a
 
 
 async def send(server: A2AServer, skill: str, data: dict[str, Any], **meta: Any) -> Task:
