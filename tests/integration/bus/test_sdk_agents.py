@@ -204,3 +204,34 @@ async def test_client_subscribe_acks_nacks_and_closes_on_break(gw: Gateway):
             await msg.ack()
             break
         assert again == [got[-1]]  # the one held at `break` is redelivered
+
+
+async def test_stop_finishes_in_flight_handlers_and_hands_the_rest_over(gw: Gateway):
+    topic, kind = unique("drain"), f"drain-{uuid.uuid4().hex[:6]}"
+    running = asyncio.Event()
+    finished: list[str] = []
+    a = make_agent(gw.target, agent_type=kind, max_concurrency=1)
+
+    @a.on_message(topic)
+    async def slow(payload: dict[str, Any], ctx: MessageContext) -> None:
+        running.set()
+        await asyncio.sleep(0.5)
+        finished.append(ctx.message.id)
+
+    taken: list[str] = []
+    b = make_agent(gw.target, agent_type=kind)
+
+    @b.on_message(topic)
+    async def fast(payload: dict[str, Any], ctx: MessageContext) -> None:
+        taken.append(ctx.message.id)
+
+    await a.start()
+    sent = await publish(gw, topic, 6)
+    await asyncio.wait_for(running.wait(), 30)
+    await a.stop()  # what SIGTERM runs: the handler in flight finishes and is acked
+    assert len(finished) == 1
+    async with started(b):
+        await eventually(lambda: set(finished) | set(taken) == set(sent), timeout_s=30,
+                         what="the rest handled by the other replica")
+    assert not set(finished) & set(taken)  # the finished one was acked, not redelivered
+    assert b.bus is not None and b.bus.duplicates == 0
