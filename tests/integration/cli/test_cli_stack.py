@@ -4,7 +4,10 @@ status, agents, route, invoke, bus, saga, swarm, down; nothing left behind."""
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 from typing import Any
@@ -158,6 +161,16 @@ def test_examples_run(stack: Stack, tmp_path: Path) -> None:
         assert saga.returncode == 0, saga.stdout + saga.stderr
         final = json.loads(saga.stdout.splitlines()[-1])["saga"]
         assert [s["status"] for s in final["steps"]] == ["STEP_STATUS_COMPLETED"] * 5
+        # The client quick start: lock and run_saga against the same stack.
+        env = {**os.environ, **{f"AGENTMESH_{d.upper()}_TARGET": stack.target(d)
+                                for d in DAEMONS}}
+        quick = subprocess.run([sys.executable, str(examples / "client_quickstart.py")],
+                               capture_output=True, text=True, timeout=120, env=env, cwd=ROOT)
+        assert quick.returncode == 0, quick.stdout + quick.stderr
+        assert "lock held, fencing token " in quick.stdout
+        assert "saga output: {'audit': 315.0, 'current': 350.0}" in quick.stdout
+        assert ("saga compensated: step 'audit' failed (INVALID_ARGUMENT); "
+                "compensations run: ['audit', 'current']") in quick.stdout, quick.stdout
 
 
 def test_down_leaves_nothing_behind(stack: Stack) -> None:
