@@ -131,7 +131,9 @@ async def serve(name: str) -> None:
     app = Starlette(
         routes=[*create_agent_card_routes(agent_card), *create_jsonrpc_routes(handler, "/")]
     )
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
+    # tests stop it while slow tasks run: do not wait for them on SIGTERM
+    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off",
+                                           timeout_graceful_shutdown=1))
     print(json.dumps({"msg": "serving", "port": port}), file=sys.stderr, flush=True)
     await server.serve(sockets=[sock])
 

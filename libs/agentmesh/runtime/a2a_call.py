@@ -146,9 +146,16 @@ class A2ACaller:
 
     Args:
         headers: extra HTTP headers on every request (e.g. a bearer token).
+        return_immediately: ask agents to answer SendMessage at once with the
+            task and poll it (A2A `returnImmediately`), instead of holding one
+            HTTP request open until the task ends; for networks whose proxies
+            cut idle requests shorter than the tasks take.
     """
 
-    def __init__(self, *, headers: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, *, headers: dict[str, str] | None = None, return_immediately: bool = False
+    ) -> None:
+        self.return_immediately = return_immediately
         self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(None))
         self._factory = ClientFactory(ClientConfig(streaming=False, httpx_client=self._http))
         self._clients: dict[str, Client] = {}
@@ -232,7 +239,9 @@ class A2ACaller:
         msg = _message(method, request)
         ctx = ClientCallContext(timeout=_left(deadline))
         task: Task | None = None
-        async for event in client.send_message(SendMessageRequest(message=msg), context=ctx):
+        send = SendMessageRequest(message=msg)
+        send.configuration.return_immediately = self.return_immediately
+        async for event in client.send_message(send, context=ctx):
             if event.HasField("message"):  # a direct reply, no task
                 out = _output(event.message.parts)
                 return A2AResult(S.OK, "", _response(method, agent_id, out))
