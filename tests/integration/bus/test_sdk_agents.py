@@ -14,12 +14,15 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
 from agentmesh.agent import Agent
 from agentmesh.agent.bus import MessageContext
+from agentmesh.agent.message_dedupe import RedisMessageClaims
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.client import Client
 from agentmesh.client.bus_messages import from_payload, make_envelope
+from agentmesh.runtime.errors import InvalidArgument
 from tests.integration.bus.conftest import Gateway, unique
 from tests.integration.bus.helpers import Sub, seconds
 from tests.waiting import eventually
@@ -235,3 +238,39 @@ async def test_stop_finishes_in_flight_handlers_and_hands_the_rest_over(gw: Gate
                          what="the rest handled by the other replica")
     assert not set(finished) & set(taken)  # the finished one was acked, not redelivered
     assert b.bus is not None and b.bus.duplicates == 0
+
+
+async def test_client_subscribe_raises_what_a_reopen_cannot_fix(gw: Gateway):
+    async with Client(bus=gw.target) as c:
+        with pytest.raises(InvalidArgument) as ei:
+            async for _ in c.subscribe("bad..pattern", group=unique("g")):
+                pass
+    assert ei.value.field_violations
+
+
+async def test_redis_claims_run_once_per_group(redis_url: str):
+    client = aioredis.from_url(redis_url)
+    claims = RedisMessageClaims(client)
+    group, other, mid = unique("g"), unique("g"), uuid.uuid4().hex
+    try:
+        assert await claims.claim(group, mid, "a", lease_ms=10_000) == "run"
+        assert await claims.claim(group, mid, "b", lease_ms=10_000) == "busy"
+        assert await claims.claim(other, mid, "b", lease_ms=10_000) == "run"  # per group
+        await claims.release(group, mid, "b")  # not b's: kept
+        assert await claims.claim(group, mid, "b", lease_ms=10_000) == "busy"
+        await claims.release(group, mid, "a")  # a's handler failed: free again
+        assert await claims.claim(group, mid, "b", lease_ms=10_000) == "run"
+        await claims.done(group, mid, ttl_ms=60_000)
+        assert await claims.claim(group, mid, "c", lease_ms=10_000) == "done"
+        # A holder that died never releases: its claim lapses with the lease.
+        assert await claims.claim(group, "m2", "dead", lease_ms=1000) == "run"
+        assert await claims.claim(group, "m2", "c", lease_ms=10_000) == "busy"
+
+        async def taken() -> bool:
+            return await claims.claim(group, "m2", "c", lease_ms=10_000) == "run"
+
+        await eventually(taken, timeout_s=10, every_s=0.05, what="lapsed claim taken")
+    finally:
+        await client.delete(*(RedisMessageClaims.redis_key(g, m) for g in (group, other)
+                              for m in (mid, "m2")))
+        await client.aclose()
