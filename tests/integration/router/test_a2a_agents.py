@@ -158,3 +158,20 @@ async def test_repeated_failures_open_the_breaker(mesh: Mesh, rdb: aioredis.Redi
     assert s.steps[0].error.code == "UNAVAILABLE"
     assert "no healthy target" in s.steps[0].error.message
 
+
+
+async def test_scatter_gather_reaches_every_a2a_target(mesh: Mesh) -> None:
+    a1, a2 = (f"agent-a2a-{uuid.uuid4().hex[:6]}" for _ in range(2))
+    for aid in (a1, a2):
+        await mesh.register(aid)
+    msg = R.RouteMessage(message_type="quote")
+    msg.payload.struct_value.update({"seats": 4})
+    req = R.ScatterGatherRequest(message=msg, action="quote", target_ids=[a1, a2],
+                                 min_responses=2)
+    req.timeout.FromSeconds(5)
+    async with grpc.aio.insecure_channel(mesh.router.target) as ch:
+        resp = await router_pb2_grpc.RouterServiceStub(ch).ScatterGather(req, timeout=10)
+    assert resp.succeeded == 2 and resp.failed == 0
+    assert {r.agent_id for r in resp.responses} == {a1, a2}
+    assert all(json_format.MessageToDict(r.output)["quote"] == {"seats": 4.0}
+               for r in resp.responses)
