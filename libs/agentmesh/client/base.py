@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -169,6 +169,7 @@ class ClientBase:
         self.retry_attempts = max(1, retry_attempts)
         self._channels: dict[str, grpc.aio.Channel] = {}
         self._stubs: dict[str, Any] = {}
+        self._services: dict[str, Any] = {}
 
     # ---- channels and raw stubs -------------------------------------------
     def channel(self, target: str) -> grpc.aio.Channel:
@@ -186,6 +187,7 @@ class ClientBase:
         return ch
 
     def _stub(self, attr: str) -> Any:
+        """The raw stub of `attr` (a `_STUBS` key) on its daemon's shared channel."""
         stub = self._stubs.get(attr)
         if stub is None:
             import importlib
@@ -197,45 +199,12 @@ class ClientBase:
             self._stubs[attr] = stub
         return stub
 
-    @property
-    def registry(self) -> Any:
-        """Raw `RegistryServiceStub`."""
-        return self._stub("registry")
-
-    @property
-    def coordination(self) -> Any:
-        """Raw `CoordinationServiceStub` (served by the registry daemon)."""
-        return self._stub("coordination")
-
-    @property
-    def router(self) -> Any:
-        """Raw `RouterServiceStub`."""
-        return self._stub("router")
-
-    @property
-    def safety(self) -> Any:
-        """Raw `SafetyServiceStub` (served by the router daemon)."""
-        return self._stub("safety")
-
-    @property
-    def bus(self) -> Any:
-        """Raw `BusServiceStub`."""
-        return self._stub("bus")
-
-    @property
-    def saga(self) -> Any:
-        """Raw `SagaServiceStub`."""
-        return self._stub("saga")
-
-    @property
-    def swarm(self) -> Any:
-        """Raw `SwarmServiceStub`."""
-        return self._stub("swarm")
-
-    @property
-    def task(self) -> Any:
-        """Raw `TaskServiceStub` (served by the saga coordinator)."""
-        return self._stub("task")
+    def _service(self, attr: str, cls: Callable[[ClientBase], T]) -> T:
+        """The sub-client `cls` of `attr` (`client.registry`, ...), made once."""
+        sub: T | None = self._services.get(attr)
+        if sub is None:
+            sub = self._services[attr] = cls(self)
+        return sub
 
     async def close(self) -> None:
         """Close every channel."""

@@ -8,9 +8,11 @@
 Every RPC has a typed method named after it in snake_case (generated into
 `agentmesh.client.services_gen`). A method takes either the request message or its
 fields as keywords, plus `timeout_s` and `metadata`, and returns the response
-message. Errors are `agentmesh.runtime.errors.AgentMeshError` subclasses. The
-raw stubs are `c.registry`, `c.coordination`, `c.router`, `c.safety`, `c.bus`,
-`c.saga`, `c.swarm` and `c.task`. Higher-level helpers are below (`wait_task`
+message. Errors are `agentmesh.runtime.errors.AgentMeshError` subclasses. Each
+service also has a sub-client, `c.registry`, `c.coordination`, `c.router`,
+`c.safety`, `c.bus`, `c.saga`, `c.swarm` and `c.task`, with the same methods
+(`c.saga.start_saga(...)`) and the typed raw stub as `.stub`
+(`c.bus.stub.Publish`). Higher-level helpers are below (`wait_task`
 returns a task's result or raises TaskFailed / TaskTimedOut / TaskCancelled;
 `breaker`, `permit` and `validate` use the router's SafetyService; `lock` is a
 renewed CoordinationService lock (agentmesh.client.lock); `run_saga` and
@@ -29,7 +31,9 @@ import grpc
 
 from agentmesh.agent.structs import dict_to_struct, struct_to_dict
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
+from agentmesh.bus.v1 import bus_pb2
 from agentmesh.client import workflows
+from agentmesh.client.base import Requests
 from agentmesh.client.lock import Lease, default_owner
 from agentmesh.client.safety import CircuitOpen, retry_delay_s
 from agentmesh.client.services_gen import ServiceMethods
@@ -50,11 +54,18 @@ class Client(ServiceMethods):
     async def __aenter__(self) -> Client:
         return self
 
-    #: The raw BusService.Subscribe stream (SubscribeRequest in, SubscribeResponse out);
-    #: `subscribe` is the helper over it.
-    subscribe_stream = ServiceMethods.subscribe
+    def subscribe_stream(
+        self,
+        requests: Requests[bus_pb2.SubscribeRequest],
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+    ) -> AsyncIterator[bus_pb2.SubscribeResponse]:
+        """The raw BusService.Subscribe stream (SubscribeRequest in, SubscribeResponse
+        out), the same as `client.bus.subscribe`; `subscribe` is the helper over it."""
+        return self.bus.subscribe(requests, timeout_s=timeout_s, metadata=metadata)
 
-    def subscribe(  # type: ignore[override]
+    def subscribe(
         self,
         patterns: Sequence[str] | str,
         *,
@@ -268,7 +279,7 @@ class Client(ServiceMethods):
         give_up = time.monotonic() + wait_s
         while True:
             try:
-                await self.safety.AcquirePermit(
+                await self.safety.stub.AcquirePermit(
                     req, timeout=self.default_timeout_s if timeout_s is None else timeout_s
                 )
                 return
@@ -428,10 +439,7 @@ class Client(ServiceMethods):
         saga, _ = await workflows.wait_saga(self, saga_id, timeout_s=timeout_s)
         return saga
 
-    #: The raw SwarmService.DeploySwarm call; `deploy_swarm` is the helper over it.
-    deploy_swarm_request = ServiceMethods.deploy_swarm
-
-    async def deploy_swarm(  # type: ignore[override]
+    async def deploy_swarm(
         self,
         task: swarm_pb2.SwarmTask | Mapping[str, Any],
         *,
@@ -439,7 +447,8 @@ class Client(ServiceMethods):
         wait: bool = False,
         timeout_s: float | None = None,
     ) -> swarm_pb2.Swarm:
-        """Deploy a swarm; with `wait`, follow it to the end.
+        """Deploy a swarm; with `wait`, follow it to the end (the raw call is
+        `client.swarm.deploy_swarm`).
 
         Args:
             task: the SwarmTask (message or dict in its JSON form).
@@ -456,7 +465,7 @@ class Client(ServiceMethods):
             InvalidArgument / FailedPrecondition / AlreadyExists: from DeploySwarm.
             DeadlineExceeded: not final after `timeout_s`.
         """
-        swarm = (await self.deploy_swarm_request(task=task, swarm_id=swarm_id)).swarm
+        swarm = (await self.swarm.deploy_swarm(task=task, swarm_id=swarm_id)).swarm
         if not wait:
             return swarm
         return await workflows.wait_swarm(self, swarm.swarm_id, timeout_s=timeout_s)
