@@ -268,6 +268,8 @@ class Subscriber:
     async def _stream_once(self) -> None:
         """One stream. Returns when it ran and ended (the caller reopens with
         a fresh backoff); raises when it failed before it started."""
+        if self._closing:  # closed during a backoff pause: open nothing
+            return
         out: asyncio.Queue[bus_pb2.SubscribeRequest | None] = asyncio.Queue()
         out.put_nowait(self._open)
         self.generation += 1
