@@ -65,6 +65,10 @@ SEEDS: dict[str, str] = {
         'agent { agent_id: "agent-fuzz-2" agent_type: "Fuzz" version: "1.0.0"'
         ' endpoint: "127.0.0.1:9" capabilities: "fuzz" }'
     ),
+    # port 9 (discard) refuses at once: mutations reach the card fetch without waiting on it
+    "agentmesh.registry.v1.RegistryService.RegisterA2AAgent": (
+        'agent_id: "agent-fuzz-3" agent_card_url: "http://127.0.0.1:9/.well-known/agent-card.json"'
+    ),
     "agentmesh.registry.v1.RegistryService.GetAgent": 'agent_id: "agent-fuzz-1"',
     "agentmesh.registry.v1.RegistryService.ListAgents": "page_size: 10",
     "agentmesh.registry.v1.RegistryService.Heartbeat": (

@@ -63,7 +63,9 @@ async def fetch_card(url: str, *, timeout_s: float) -> AgentCard:
         resolver = A2ACardResolver(http, url)
         try:
             return await resolver.get_agent_card(relative_card_path="/")
-        except AgentCardResolutionError as e:
+        except (AgentCardResolutionError, httpx.HTTPError, httpx.InvalidURL, ValueError) as e:
+            # the resolver maps network, HTTP, JSON and schema errors; the
+            # rest (a URL httpx refuses, a redirect loop) reaches us as is
             raise FailedPrecondition(
                 f"cannot read the A2A agent card at {url}",
                 violations=[(CARD_VIOLATION, url, str(e)[:512])],

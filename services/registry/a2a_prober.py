@@ -107,5 +107,5 @@ class CardProber:
         try:
             resp = await self._http.get(url)
             return resp.status_code == 200 and isinstance(resp.json(), dict)
-        except (httpx.HTTPError, ValueError):
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError):
             return False

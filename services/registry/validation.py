@@ -7,6 +7,8 @@ import math
 import re
 from urllib.parse import urlsplit
 
+import httpx
+
 from agentmesh.catalog import parse_version
 from agentmesh.common.v1 import common_pb2
 from agentmesh.registry.v1 import registry_pb2
@@ -44,8 +46,15 @@ def card_url_violation(url: str) -> str | None:
         return "required"
     if len(url) > 2048:
         return "at most 2048 characters"
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    if any(c.isspace() or not c.isprintable() for c in url):
+        return "must not contain spaces or control characters"
+    try:
+        parts = urlsplit(url)
+        host, _ = parts.hostname, parts.port  # .port raises on a bad port
+        httpx.URL(url)  # what the fetch will parse (IDNA host, characters)
+    except (ValueError, httpx.InvalidURL):
+        return "not a valid URL"
+    if parts.scheme not in ("http", "https") or not host:
         return "must be an absolute http(s) URL"
     return None
 

@@ -226,6 +226,10 @@ class A2ACaller:
         except a2a_errors.A2AError as e:
             code = next((c for t, c in _JSONRPC_CODES if isinstance(e, t)), S.INTERNAL)
             return A2AResult(code, str(e) or type(e).__name__)
+        except httpx.HTTPError as e:  # e.g. a redirect loop: outside the SDK's mapping
+            return A2AResult(S.UNAVAILABLE, f"{type(e).__name__}: {e}")
+        except (httpx.InvalidURL, ValueError) as e:  # a card whose URL httpx refuses
+            return A2AResult(S.UNAVAILABLE, f"bad A2A agent URL: {e}", reached=False)
 
     async def _exchange(
         self,

@@ -8,6 +8,7 @@ from google.rpc import error_details_pb2
 
 from agentmesh.runtime.errors import FailedPrecondition
 from agentmesh.server.registry.a2a_card import check_card
+from agentmesh.server.registry.validation import card_url_violation
 
 
 def good(**kw: object) -> AgentCard:
@@ -43,3 +44,18 @@ def test_every_problem_is_one_violation() -> None:
     )
     assert set(subjects(bad)) == {"name", "version", "skills[0].id", "supportedInterfaces"}
     assert set(subjects(good(skills=[], version=""))) == {"skills", "version"}
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["http://[::1", "http://exa mple.com/", "http://\u2603\u0000.com", "http://x:99999/",
+     "http://a/\x00", "ftp://a/card", "http:///card", "/relative/card.json"],
+)
+def test_urls_the_fetch_would_choke_on_are_refused_up_front(url: str) -> None:
+    assert card_url_violation(url)
+
+
+def test_good_card_urls_pass() -> None:
+    for url in ("https://a.example/.well-known/agent-card.json", "http://127.0.0.1:8080/c",
+                "http://[::1]:9/card"):
+        assert card_url_violation(url) is None, url
