@@ -4,8 +4,8 @@ In one run, against a private Redis, one real coordinator process and one real
 no-op agent process (`python -m agentmesh.agent.testing noop`):
   * baseline: direct AgentService.Execute calls from this client to the agent
     (latency p50/p99, calls/s) with the same client concurrency;
-  * sagas: StartSaga + WatchSaga until the final event, for five-step sagas
-    on the no-op agent: sagas/s, duration p50/p99;
+  * sagas: `Client.run_saga` (StartSaga, WatchSaga until the final event,
+    GetSaga) for five-step sagas on the no-op agent: sagas/s, duration p50/p99;
   * per-step overhead = (saga p50 - 5 x direct Execute p50) / 5: what the
     coordinator adds per step (write-ahead log append, lease, planning).
 
@@ -39,7 +39,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "libs"))
 
 from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc  # noqa: E402
-from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc  # noqa: E402
+from agentmesh.client import Client  # noqa: E402
+from agentmesh.saga.v1 import saga_pb2  # noqa: E402
 from perf.common import (  # noqa: E402
     add_json,
     add_no_write,
@@ -54,36 +55,25 @@ from tests.procs import DaemonProcess, daemon, testing_agent  # noqa: E402
 from tests.registry_records import queue_agent_record  # noqa: E402
 
 S = saga_pb2
-FINAL = {
-    S.SAGA_STATE_COMPLETED,
-    S.SAGA_STATE_COMPENSATED,
-    S.SAGA_STATE_FAILED,
-    S.SAGA_STATE_CANCELLED,
-}
 
 
-async def run_saga(stub: saga_pb2_grpc.SagaServiceStub, defn: saga_pb2.SagaDefinition) -> None:
-    """Start one saga and follow WatchSaga until it completes.
+async def run_saga(client: Client, defn: saga_pb2.SagaDefinition) -> None:
+    """One saga through the client's helper (`Client.run_saga`: StartSaga, WatchSaga
+    to the final event, GetSaga), the way applications run one.
 
     Raises:
-        RuntimeError: the saga ended in another final state.
+        SagaEnded: the saga ended in another final state.
     """
-    started = await stub.StartSaga(S.StartSagaRequest(definition=defn))
-    async for r in stub.WatchSaga(S.WatchSagaRequest(saga_id=started.saga.saga_id)):
-        if r.event.state in FINAL:
-            if r.event.state != S.SAGA_STATE_COMPLETED:
-                raise RuntimeError(f"saga ended {S.SagaState.Name(r.event.state)}")
-            return
+    await client.run_saga(defn)
 
 
 async def bench(args: argparse.Namespace, agent_target: str, saga_target: str) -> dict[str, Any]:
     """Both phases; returns the figures."""
     async with (
         grpc.aio.insecure_channel(agent_target) as ach,
-        grpc.aio.insecure_channel(saga_target) as sch,
+        Client(saga=saga_target) as saga,
     ):
         agent = agent_pb2_grpc.AgentServiceStub(ach)
-        saga = saga_pb2_grpc.SagaServiceStub(sch)
         seq = 0
 
         async def direct(_i: int) -> None:

@@ -39,10 +39,10 @@ import redis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from agentmesh.client import Client  # noqa: E402
 from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
 from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2 as S  # noqa: E402
-from agentmesh.saga.v1 import saga_pb2_grpc  # noqa: E402
 from perf.common import add_json, add_no_write, closed_loop, emit_figures, write_results  # noqa: E402
 from perf.saga.bench_saga import run_saga  # noqa: E402
 from perf.table import Figure  # noqa: E402
@@ -92,11 +92,10 @@ async def _saga_rate(
                     compensation_action=f"undo{i}", depends_on=[f"s{i - 1}"] if i else [])
              for i in range(5)]
     defn = S.SagaDefinition(name="bench_tracing", steps=steps)
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = saga_pb2_grpc.SagaServiceStub(ch)
+    async with Client(saga=target) as client:
 
         async def one(_i: int) -> None:
-            await run_saga(stub, defn)
+            await run_saga(client, defn)
 
         await closed_loop(one, concurrency=4, seconds=1, limit=10)  # warm
         res = await closed_loop(one, concurrency=concurrency, seconds=seconds, limit=limit)

@@ -191,6 +191,8 @@ async def wait_saga(
                 if ev.type in _COMPENSATION_ENDS:
                     runs.append(CompensationRun(ev.step_name, _COMPENSATION_ENDS[ev.type],
                                                 ev.error))
+                if ev.state in FINAL_SAGA_STATES:
+                    break  # not waiting for the server to close the stream
             # The stream ends with OK after the final event (or at once when the
             # saga was final before `after`); GetSaga below reads the outcome.
             final = True
