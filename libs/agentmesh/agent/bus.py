@@ -104,17 +104,19 @@ class MessageContext:
     Attributes:
         agent_id: the agent handling it.
         message: the delivery (envelope, ids, headers, position).
-        delivery_attempt: 1 on the first delivery, more on redeliveries.
+        delivery_attempt: 1 on the first delivery, more on redeliveries: the
+            gateway's count, or one more than the failed runs the claims
+            recorded (which survive a gateway restart), whichever is higher.
         group: the consumer group it came through.
     """
 
     __slots__ = ("_link", "agent_id", "delivery_attempt", "group", "message")
 
-    def __init__(self, link: BusLink, message: Message, group: str) -> None:
+    def __init__(self, link: BusLink, message: Message, group: str, attempt: int) -> None:
         self._link = link
         self.agent_id = link.agent_id
         self.message = message
-        self.delivery_attempt = message.delivery_attempt
+        self.delivery_attempt = attempt
         self.group = group
 
     @property
@@ -231,16 +233,19 @@ class BusLink:
         ok = False
         owner = f"{self._owner_prefix}{next(self._deliveries)}"
         try:
+            attempt = max(1, msg.delivery_attempt)
             try:
-                if not await self._claim(msg, spec, owner):
+                claimed = await self._claim(msg, spec, owner)
+                if claimed is None:
                     ok = True
                     return
+                attempt = claimed
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # the claim store is down: try again later
-                await self._failed(msg, spec, exc, owner=None)
+                await self._failed(msg, spec, exc, owner=None, attempt=attempt)
                 return
-            ctx = MessageContext(self, msg, spec.group)
+            ctx = MessageContext(self, msg, spec.group, attempt)
             try:
                 with consumer_span(topic=msg.topic, headers=msg.headers, message_id=msg.id,
                                    key=msg.key, partition=msg.position.partition,
@@ -260,7 +265,7 @@ class BusLink:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                await self._failed(msg, spec, exc, owner=owner)
+                await self._failed(msg, spec, exc, owner=owner, attempt=attempt)
                 return
             try:
                 await self.claims.done(spec.group, msg.id, ttl_ms=self._done_ttl_ms)
@@ -275,31 +280,34 @@ class BusLink:
             if self._slots is not None:
                 self._slots.release()
 
-    async def _claim(self, msg: Message, spec: MessageSubscription, owner: str) -> bool:
-        """True when this delivery runs the handler; False when the message was
-        already handled (acked here). While another delivery holds it (a
-        rebalance handed it to two members), wait for that one to settle."""
+    async def _claim(self, msg: Message, spec: MessageSubscription, owner: str) -> int | None:
+        """The delivery attempt when this delivery runs the handler (the
+        gateway's count, or one more than the failures the claims recorded,
+        whichever is higher); None when the message was already handled
+        (acked here). While another delivery holds it (a rebalance handed it
+        to two members), wait for that one to settle."""
         wait_s, give_up = 0.05, time.monotonic() + spec.ack_deadline_ms / 1000
         while True:
-            state = await self.claims.claim(spec.group, msg.id, owner,
-                                            lease_ms=spec.ack_deadline_ms)
+            state, failures = await self.claims.claim(spec.group, msg.id, owner,
+                                                      lease_ms=spec.ack_deadline_ms)
             if state == "run":
-                return True
+                return max(1, msg.delivery_attempt, failures + 1)
             if state == "done" or time.monotonic() > give_up:
                 self.duplicates += 1
                 await msg.ack()
-                return False
+                return None
             await asyncio.sleep(wait_s)
             wait_s = min(1.0, wait_s * 2)
 
     async def _failed(self, msg: Message, spec: MessageSubscription, exc: Exception, *,
-                      owner: str | None) -> None:
+                      owner: str | None, attempt: int) -> None:
         self.failed += 1
         if owner is not None:
             with contextlib.suppress(Exception):
-                await self.claims.release(spec.group, msg.id, owner)
-        attempt = max(1, msg.delivery_attempt)
-        last = attempt >= spec.max_deliveries
+                await self.claims.release(spec.group, msg.id, owner, failures=attempt,
+                                          ttl_ms=self._done_ttl_ms)
+        # The gateway dead-letters by its own count: that decides the last delivery.
+        last = msg.delivery_attempt >= spec.max_deliveries
         log.warning("message handler failed", extra={
             "agent_id": self.agent_id, "topic": msg.topic, "message_id": msg.id,
             "delivery_attempt": attempt, "last": last, "error": repr(exc)})

@@ -252,22 +252,26 @@ async def test_redis_claims_run_once_per_group(redis_url: str):
     client = aioredis.from_url(redis_url)
     claims = RedisMessageClaims(client)
     group, other, mid = unique("g"), unique("g"), uuid.uuid4().hex
+    lease, ttl = 10_000, 60_000
     try:
-        assert await claims.claim(group, mid, "a", lease_ms=10_000) == "run"
-        assert await claims.claim(group, mid, "b", lease_ms=10_000) == "busy"
-        assert await claims.claim(other, mid, "b", lease_ms=10_000) == "run"  # per group
-        await claims.release(group, mid, "b")  # not b's: kept
-        assert await claims.claim(group, mid, "b", lease_ms=10_000) == "busy"
-        await claims.release(group, mid, "a")  # a's handler failed: free again
-        assert await claims.claim(group, mid, "b", lease_ms=10_000) == "run"
-        await claims.done(group, mid, ttl_ms=60_000)
-        assert await claims.claim(group, mid, "c", lease_ms=10_000) == "done"
+        assert await claims.claim(group, mid, "a", lease_ms=lease) == ("run", 0)
+        assert await claims.claim(group, mid, "b", lease_ms=lease) == ("busy", 0)
+        assert await claims.claim(other, mid, "b", lease_ms=lease) == ("run", 0)  # per group
+        await claims.release(group, mid, "b", failures=1, ttl_ms=ttl)  # not b's: kept
+        assert await claims.claim(group, mid, "b", lease_ms=lease) == ("busy", 0)
+        # a's handler failed: free again, and the next run learns one delivery failed.
+        await claims.release(group, mid, "a", failures=1, ttl_ms=ttl)
+        assert await claims.claim(group, mid, "b", lease_ms=lease) == ("run", 1)
+        await claims.release(group, mid, "b", failures=2, ttl_ms=ttl)
+        assert await claims.claim(group, mid, "c", lease_ms=lease) == ("run", 2)
+        await claims.done(group, mid, ttl_ms=ttl)
+        assert await claims.claim(group, mid, "d", lease_ms=lease) == ("done", 0)
         # A holder that died never releases: its claim lapses with the lease.
-        assert await claims.claim(group, "m2", "dead", lease_ms=1000) == "run"
-        assert await claims.claim(group, "m2", "c", lease_ms=10_000) == "busy"
+        assert await claims.claim(group, "m2", "dead", lease_ms=1000) == ("run", 0)
+        assert await claims.claim(group, "m2", "c", lease_ms=lease) == ("busy", 0)
 
         async def taken() -> bool:
-            return await claims.claim(group, "m2", "c", lease_ms=10_000) == "run"
+            return await claims.claim(group, "m2", "c", lease_ms=lease) == ("run", 0)
 
         await eventually(taken, timeout_s=10, every_s=0.05, what="lapsed claim taken")
     finally:

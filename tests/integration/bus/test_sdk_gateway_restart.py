@@ -48,14 +48,20 @@ async def test_replicas_and_client_subscribe_survive_a_gateway_sigkill(
     base, kind = unique("kill"), f"kill-{uuid.uuid4().hex[:6]}"
     topic = f"{base}.orders"
     handled: list[tuple[str, str, int]] = []  # (agent, message id, attempt)
+    failed: list[tuple[str, int]] = []  # (message id, attempt)
 
     def replica() -> Agent:
         a = Agent(f"agent-{uuid.uuid4().hex[:8]}", agent_type=kind, redis_url=redis_url,
                   bus_target=f"127.0.0.1:{port}", grace_period_s=5.0, max_concurrency=4)
 
-        @a.on_message(f"{base}.*", ack_deadline_ms=20_000)
+        # The nack's delay outlasts the gateway: the failed message comes
+        # back from the restarted one, whose delivery count starts at 1 again.
+        @a.on_message(f"{base}.*", ack_deadline_ms=20_000, retry_delay_ms=30_000)
         async def handle(payload: dict[str, Any], ctx: MessageContext) -> None:
             await asyncio.sleep(0.01)  # some handlers are in flight at the kill
+            if payload["i"] == 3 and not failed:
+                failed.append((ctx.message.id, ctx.delivery_attempt))
+                raise RuntimeError("fails once")
             handled.append((ctx.agent_id, ctx.message.id, ctx.delivery_attempt))
 
         return a
@@ -76,7 +82,8 @@ async def test_replicas_and_client_subscribe_survive_a_gateway_sigkill(
             follower = asyncio.create_task(follow())
             sent = await publish(gw.target, topic, 40, 0)
             # Kill it while messages are being handled and acked.
-            await eventually(lambda: len(handled) >= 10, timeout_s=30, what="handling")
+            await eventually(lambda: len(handled) >= 10 and failed, timeout_s=30,
+                             what="handling")
             gw.signal(signal.SIGKILL)
             gw.wait(10)
             gw = daemon("bus", tmp_path, *flags).start()
@@ -93,6 +100,10 @@ async def test_replicas_and_client_subscribe_survive_a_gateway_sigkill(
     counts = Counter(m for _, m, _ in handled)
     assert set(counts) == set(sent)  # no loss
     assert max(counts.values()) == 1, [m for m, n in counts.items() if n > 1]  # once each
+    # The one that failed before the kill was handled after it, as a redelivery.
+    ((fail_id, fail_attempt),) = failed
+    assert fail_attempt == 1
+    assert [att for _, m, att in handled if m == fail_id] == [2]
     assert resumed and min(resumed) >= 2, resumed  # each agent's stream was reopened
     assert sub.connections >= 2  # the client's stream was reopened
     assert set(client_seen) == set(sent)
