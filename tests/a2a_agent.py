@@ -12,6 +12,8 @@ AgentMesh. Its skills (the skill id is read from the message metadata
 * `undo`: completes (a compensation).
 * `calls`: completes with {"calls": [[skill_id, idempotency_key], ...]}, every
   call this process received before it.
+* `traceparent`: completes with {"traceparent": ...}, the W3C traceparent
+  header of the call with idempotency key input["key"] ("" when none).
 
     python tests/a2a_agent.py --name booking        # logs {"msg": "serving", "port": N}
 
@@ -47,7 +49,7 @@ from a2a.types import (
 from google.protobuf.json_format import MessageToDict
 from starlette.applications import Starlette
 
-SKILLS = ("quote", "book_fail", "reject", "cancel_me", "slow", "undo", "calls")
+SKILLS = ("quote", "book_fail", "reject", "cancel_me", "slow", "undo", "calls", "traceparent")
 
 
 class TestExecutor(AgentExecutor):
@@ -56,6 +58,7 @@ class TestExecutor(AgentExecutor):
     def __init__(self, name: str) -> None:
         self.name = name
         self.calls: list[list[str]] = []
+        self.traceparents: dict[str, str] = {}
 
     async def execute(self, context: RequestContext, event_queue: EventQueue) -> None:
         """One message: one task, driven to a terminal state."""
@@ -65,8 +68,10 @@ class TestExecutor(AgentExecutor):
         skill = str(meta.get("skill_id", ""))
         key = str(meta.get("idempotency_key", ""))
         data = next(iter(get_data_parts(msg.parts)), {})
-        if skill != "calls":
+        if skill not in ("calls", "traceparent"):
             self.calls.append([skill, key])
+            headers = context.call_context.state.get("headers", {})
+            self.traceparents[key] = str(headers.get("traceparent", ""))
         await event_queue.enqueue_event(
             Task(
                 id=context.task_id,
@@ -83,13 +88,14 @@ class TestExecutor(AgentExecutor):
             await up.reject(up.new_agent_message([new_text_part("not allowed here")]))
         elif skill == "cancel_me":
             await up.cancel(up.new_agent_message([new_text_part("canceled by the agent")]))
-        elif skill in ("quote", "slow", "undo", "calls"):
+        elif skill in ("quote", "slow", "undo", "calls", "traceparent"):
             if skill == "slow":
                 await asyncio.sleep(float(data.get("seconds", 0.5)))
-            out: dict[str, Any] = (
-                {"calls": list(self.calls)} if skill == "calls"
-                else {"quote": data, "agent": self.name}
-            )
+            out: dict[str, Any] = {"quote": data, "agent": self.name}
+            if skill == "calls":
+                out = {"calls": list(self.calls)}
+            elif skill == "traceparent":
+                out = {"traceparent": self.traceparents.get(str(data.get("key")), "")}
             await up.add_artifact([new_data_part(out)], name="result")
             await up.complete()
         else:

@@ -30,6 +30,8 @@ The mapping (README, "Register an A2A agent"):
   NOT_FOUND, the rest INTERNAL).
 
 `Evaluate` (swarm fitness batches) has no A2A counterpart: UNIMPLEMENTED.
+While tracing is on, every HTTP request carries the W3C trace context of the
+call's CLIENT span.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from google.protobuf import any_pb2, json_format, struct_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.agent.v1 import agent_pb2
+from agentmesh.runtime import tracing
 from agentmesh.runtime.errors import STATUS_DETAILS_KEY
 
 S = grpc.StatusCode
@@ -156,7 +159,10 @@ class A2ACaller:
         self, *, headers: dict[str, str] | None = None, return_immediately: bool = False
     ) -> None:
         self.return_immediately = return_immediately
-        self._http = httpx.AsyncClient(headers=headers, timeout=httpx.Timeout(None))
+        self._http = httpx.AsyncClient(
+            headers=headers, timeout=httpx.Timeout(None),
+            event_hooks={"request": [_inject_trace_context]},
+        )
         self._factory = ClientFactory(ClientConfig(streaming=False, httpx_client=self._http))
         self._clients: dict[str, Client] = {}
         self._locks: dict[str, asyncio.Lock] = {}
@@ -278,6 +284,16 @@ class A2ACaller:
                 await client.cancel_task(CancelTaskRequest(id=task_id))
         except (TimeoutError, a2a_errors.A2AError):
             pass  # best effort: the task may have ended or be not cancelable
+
+
+async def _inject_trace_context(request: httpx.Request) -> None:
+    """W3C traceparent/tracestate/baggage of the current span (the agent
+    call's CLIENT span) on every HTTP request, so the A2A agent's spans join
+    the mesh's trace."""
+    if tracing.enabled():
+        carrier: dict[str, str] = {}
+        tracing.inject(carrier)
+        request.headers.update(carrier)
 
 
 def _left(deadline: float | None) -> float | None:

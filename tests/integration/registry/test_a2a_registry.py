@@ -67,7 +67,7 @@ async def test_register_by_card_maps_skills_version_and_protocol(
     assert a.metadata["a2a.url"] == f"http://127.0.0.1:{a2a_proc.port}/"
     assert a.metadata["a2a.protocol_version"] == "1.0"
     assert list(a.capabilities) == [
-        "quote", "book_fail", "reject", "cancel_me", "slow", "undo", "calls"
+        "quote", "book_fail", "reject", "cancel_me", "slow", "undo", "calls", "traceparent"
     ]
     assert list(a.tags) == ["ext"]
     assert a.status == pb.AGENT_STATUS_ACTIVE

@@ -17,6 +17,7 @@ from google.protobuf import json_format
 from google.rpc import error_details_pb2
 
 from agentmesh.agent.v1 import agent_pb2
+from agentmesh.runtime import tracing
 from agentmesh.runtime.a2a_call import A2A_DOMAIN, A2ACaller
 from agentmesh.runtime.errors import from_rpc_error
 from tests.infra import free_port
@@ -105,4 +106,25 @@ async def test_failures_carry_the_task_state_and_transport_errors_map(card_url: 
                                 agent_id="agent-x", timeout_s=5)
         assert res.code == grpc.StatusCode.UNIMPLEMENTED
     finally:
+        await caller.close()
+
+
+async def test_calls_carry_the_trace_context_of_the_current_span(card_url: str) -> None:
+    # ratio 0: real trace ids, nothing exported (no collector needed)
+    assert tracing.configure_tracing(service_name="t", otlp_endpoint="127.0.0.1:9",
+                                     sample_ratio=0.0)
+    caller = A2ACaller()
+    try:
+        req = execute("quote")
+        with tracing.span("step") as span:
+            res = await caller.call(card_url, "Execute", req, agent_id="agent-x", timeout_s=5)
+            trace_id = format(span.get_span_context().trace_id, "032x")
+        assert res.code == grpc.StatusCode.OK
+        tracing.shutdown_tracing()
+        ask = execute("traceparent", key=req.idempotency_key)
+        got = await caller.call(card_url, "Execute", ask, agent_id="agent-x", timeout_s=5)
+        traceparent = json_format.MessageToDict(got.response.output)["traceparent"]
+        assert traceparent.split("-")[1] == trace_id
+    finally:
+        tracing.shutdown_tracing()
         await caller.close()
