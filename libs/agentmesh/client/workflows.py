@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -159,6 +159,8 @@ def saga_error_for(
 
 async def wait_saga(
     client: ServiceMethods, saga_id: str, *, timeout_s: float | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    on_event: Callable[[saga_pb2.SagaEvent], Awaitable[None]] | None = None,
 ) -> tuple[saga_pb2.Saga, list[CompensationRun]]:
     """Follow a saga's events to its final state.
 
@@ -166,6 +168,8 @@ async def wait_saga(
         client: the client.
         saga_id: the saga.
         timeout_s: longest wait in all, s; None waits until it ends.
+        metadata: gRPC metadata of every call (e.g. a caller's credentials).
+        on_event: awaited with each event as it arrives (progress reports).
 
     Returns:
         (the final saga from GetSaga, the compensations that ended, in log order).
@@ -184,10 +188,12 @@ async def wait_saga(
             raise DeadlineExceeded(f"saga {saga_id} is not final after {timeout_s:g} s")
         try:
             async for resp in client.watch_saga(
-                saga_id=saga_id, after_sequence=after, timeout_s=left
+                saga_id=saga_id, after_sequence=after, timeout_s=left, metadata=metadata
             ):
                 ev = resp.event
                 after = ev.sequence
+                if on_event is not None:
+                    await on_event(ev)
                 if ev.type in _COMPENSATION_ENDS:
                     runs.append(CompensationRun(ev.step_name, _COMPENSATION_ENDS[ev.type],
                                                 ev.error))
@@ -198,7 +204,7 @@ async def wait_saga(
             final = True
         except Unavailable:
             await asyncio.sleep(REWATCH_PAUSE_S)
-    saga = (await client.get_saga(saga_id=saga_id)).saga
+    saga = (await client.get_saga(saga_id=saga_id, metadata=metadata)).saga
     return saga, runs
 
 
