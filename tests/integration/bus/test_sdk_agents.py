@@ -278,3 +278,23 @@ async def test_redis_claims_run_once_per_group(redis_url: str):
         await client.delete(*(RedisMessageClaims.redis_key(g, m) for g in (group, other)
                               for m in (mid, "m2")))
         await client.aclose()
+
+
+async def test_max_concurrency_bounds_the_handlers_running_at_once(gw: Gateway):
+    topic = unique("flow")
+    running, peak, done = 0, 0, []
+    a = make_agent(gw.target, agent_type=f"flow-{uuid.uuid4().hex[:6]}", max_concurrency=2)
+
+    @a.on_message(topic)
+    async def slow(payload: dict[str, Any], ctx: MessageContext) -> None:
+        nonlocal running, peak
+        running += 1
+        peak = max(peak, running)
+        await asyncio.sleep(0.05)
+        running -= 1
+        done.append(ctx.message.id)
+
+    sent = await publish(gw, topic, 12)
+    async with started(a):
+        await eventually(lambda: len(done) == len(sent), timeout_s=30, what="all handled")
+    assert peak == 2
