@@ -14,7 +14,8 @@ from typing import Any
 
 import pytest
 
-from agentmesh.client import Client, LockNotAcquired, SagaCompensated
+from agentmesh.client import Client, LockLost, LockNotAcquired, SagaCompensated
+from agentmesh.runtime.errors import Aborted, NotFound
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.swarm.v1 import swarm_pb2
 from tests.integration.sdk.conftest import SDK_DB
@@ -93,6 +94,59 @@ async def test_lock_lost_after_sigstop(mesh: dict[str, Any]) -> None:
     finally:
         holder.signal(signal.SIGCONT)
         holder.stop()
+
+
+async def steal(c: Client, name: str, lease: Any) -> int:
+    """Free `lease` as its owner would, then take the lock as another owner; the token."""
+    await c.release_lock(resource=name, owner=lease.owner, fencing_token=lease.fencing_token)
+    got = await c.acquire_lock(resource=name, owner="thief", ttl=10.0)
+    assert got.acquired
+    return int(got.fencing_token)
+
+
+async def test_lock_lost_cancels_the_body_and_spares_outside_cancels(
+    mesh: dict[str, Any],
+) -> None:
+    name = f"helpers/{uuid.uuid4().hex[:8]}"
+    async with client(mesh) as c:
+        # A body that swallows the cancellation still ends in LockLost.
+        swallowed = False
+        with pytest.raises(LockLost) as ei:
+            async with c.lock(name, ttl_ms=300) as lease:
+                thief = await steal(c, name, lease)
+                try:
+                    await asyncio.sleep(10)
+                except asyncio.CancelledError:
+                    swallowed = True
+        assert swallowed and ei.value.fencing_token == lease.fencing_token < thief
+        assert ei.value.__cause__ is None  # no CancelledError reached the exit
+        assert isinstance(ei.value.cause, (Aborted, NotFound))
+        await c.release_lock(resource=name, owner="thief")
+
+        # The usual body: its await raises CancelledError, the block LockLost from it.
+        with pytest.raises(LockLost) as ei:
+            async with c.lock(name, ttl_ms=300) as lease:
+                await steal(c, name, lease)
+                await asyncio.sleep(10)
+        assert isinstance(ei.value.__cause__, asyncio.CancelledError)
+        assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+        await c.release_lock(resource=name, owner="thief")
+
+        # A cancellation from outside propagates as itself, and the lock is released.
+        entered = asyncio.Event()
+
+        async def hold() -> None:
+            async with c.lock(name, ttl_ms=5_000):
+                entered.set()
+                await asyncio.sleep(10)
+
+        task = asyncio.create_task(hold())
+        await entered.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        async with c.lock(name, ttl_ms=300, wait_timeout_s=0):
+            pass  # free at once: the cancelled block released it
 
 
 def steps(agent_id: str, *actions: str) -> list[dict[str, Any]]:
