@@ -25,6 +25,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from agentmesh.agent.bus import MessageContext
     from agentmesh.agent.context import ActionContext
     from agentmesh.agent.executor import IdempotentExecutor
     from agentmesh.agent.idempotency import (
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
 
 _EXPORTS = {
     "ActionContext": "agentmesh.agent.context",
+    "MessageContext": "agentmesh.agent.bus",
     "IdempotentExecutor": "agentmesh.agent.executor",
     "Registrar": "agentmesh.agent.registration",
     "IdempotencyStore": "agentmesh.agent.idempotency",
@@ -71,6 +73,7 @@ __all__ = [
     "IdempotentExecutor",
     "LoadTracker",
     "MemoryIdempotencyStore",
+    "MessageContext",
     "RedisIdempotencyStore",
     "Registrar",
     "StoredResult",

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from agentmesh.client.base import DAEMONS, default_target
+from agentmesh.client.bus_messages import Message, RemoteError, make_envelope
 from agentmesh.client.client import Client
 from agentmesh.client.lock import Lease, LockLost, LockNotAcquired
 from agentmesh.client.safety import CircuitOpen
+from agentmesh.client.subscriber import Subscriber
 from agentmesh.client.tasks import TaskCancelled, TaskEnded, TaskFailed, TaskTimedOut
 from agentmesh.client.workflows import (
     CompensationRun,
@@ -26,10 +28,13 @@ __all__ = [
     "Lease",
     "LockLost",
     "LockNotAcquired",
+    "Message",
+    "RemoteError",
     "SagaCancelled",
     "SagaCompensated",
     "SagaEnded",
     "SagaFailed",
+    "Subscriber",
     "SwarmEnded",
     "SwarmFailed",
     "SwarmStopped",
@@ -38,4 +43,5 @@ __all__ = [
     "TaskFailed",
     "TaskTimedOut",
     "default_target",
+    "make_envelope",
 ]
