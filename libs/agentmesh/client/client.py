@@ -34,6 +34,7 @@ from agentmesh.agent.v1 import agent_pb2, agent_pb2_grpc
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.client import workflows
 from agentmesh.client.base import Requests
+from agentmesh.client.election import Election
 from agentmesh.client.lock import Lease, default_owner
 from agentmesh.client.safety import CircuitOpen, retry_delay_s
 from agentmesh.client.services_gen import ServiceMethods
@@ -361,6 +362,39 @@ class Client(ServiceMethods):
 
 
     # ---- coordination and workflow helpers -----------------------------------
+    def elect(
+        self,
+        role: str,
+        *,
+        ttl_ms: int = 10_000,
+        owner: str | None = None,
+        campaign_timeout_s: float | None = None,
+    ) -> Election:
+        """Leader election (the seeds' MASTER_SLAVE) on the role's lock.
+
+            async with client.elect("scheduler", ttl_ms=3000) as term:
+                await store.write(row, fencing_token=term.fencing_token)
+
+        Enters once this candidate leads (every candidate campaigns on the same
+        CoordinationService lock), renews the term in the background, steps
+        down on exit. A leader that stops renewing is replaced after `ttl_ms`
+        by a candidate with a larger fencing token; its block is cancelled and
+        the `async with` raises LockLost (see `agentmesh.client.election`).
+
+        Args:
+            role: the role's lock name.
+            ttl_ms: term lease TTL, ms.
+            owner: this candidate's name; default `<host>/<pid>/<random>`.
+            campaign_timeout_s: longest wait to be elected, s; None waits forever.
+
+        Raises:
+            DeadlineExceeded: not elected within `campaign_timeout_s` (on entry).
+            LockLost: the term was lost while the block ran (on exit).
+        """
+        return Election(
+            self, role, ttl_ms=ttl_ms, owner=owner, campaign_timeout_s=campaign_timeout_s
+        )
+
     def lock(
         self,
         name: str,
@@ -436,8 +470,7 @@ class Client(ServiceMethods):
     ) -> saga_pb2.Saga:
         """Wait for a started saga to end and return it, whatever its final state
         (`agentmesh.client.workflows.wait_saga`; `run_saga` raises instead)."""
-        saga, _ = await workflows.wait_saga(self, saga_id, timeout_s=timeout_s)
-        return saga
+        return (await workflows.follow_saga(self, saga_id, timeout_s=timeout_s)).saga
 
     async def deploy_swarm(
         self,

@@ -8,7 +8,8 @@
         swarm = await c.deploy_swarm(task, wait=True, timeout_s=120)
         print(swarm.optimization.best_fitness)
 
-`wait_saga` follows WatchSaga from the first event to the final one,
+`follow_saga` (and `wait_saga`, its (saga, compensations) form) follows
+WatchSaga from the first event to the final one,
 resuming after the last sequence seen when the stream breaks (UNAVAILABLE,
 e.g. a coordinator replica restarting), then reads the saga with GetSaga.
 `wait_swarm` follows WatchSwarm the same way (GetSwarm after a break).
@@ -45,9 +46,11 @@ __all__ = [
     "SagaCompensated",
     "SagaEnded",
     "SagaFailed",
+    "SagaOutcome",
     "SwarmEnded",
     "SwarmFailed",
     "SwarmStopped",
+    "follow_saga",
     "saga_error_for",
     "wait_saga",
     "wait_swarm",
@@ -85,44 +88,68 @@ class CompensationRun:
     error: saga_pb2.StepError
 
 
+@dataclass(frozen=True)
+class SagaOutcome:
+    """A final saga and what its log says about how it got there.
+
+    Attributes:
+        saga: the saga from GetSaga after its final event.
+        compensations: every compensation that ended, in log order.
+        step_failure: the first STEP_FAILED of the log (its `step_name`, code
+            and message): the failure that turned the saga back; None without one.
+    """
+
+    saga: saga_pb2.Saga
+    compensations: list[CompensationRun]
+    step_failure: saga_pb2.StepError | None
+
+
 class SagaEnded(Aborted):
     """A saga reached a final state other than COMPLETED (ABORTED).
 
     Attributes:
         saga: the saga as it ended (`agentmesh.saga.v1.Saga`, with `error`).
-        step: the step that failed (`saga.error.step_name`); "" for saga-level
+        step: the step whose failure turned the saga back (the log's first
+            STEP_FAILED), else the step of `saga.error`; "" for saga-level
             causes (saga timeout, cancel).
         step_status: that step's StepStatus as the saga ended: COMPENSATED
             when the coordinator undid it too (a failed call may have taken
             effect), FAILED or COMPENSATION_FAILED otherwise; UNSPECIFIED
             without a step.
-        error: the cause (`saga.error`: code, message, step_name).
+        step_error: that step's failure (code, message, step_name).
+        error: why the saga ended as it did (`saga.error`); for SagaFailed the
+            compensation that failed, for SagaCompensated the step failure.
         compensations: every compensation that ended, in the order the log
-            recorded them.
+            recorded them (`CompensationRun`).
     """
 
-    def __init__(self, saga: saga_pb2.Saga, compensations: list[CompensationRun]) -> None:
+    def __init__(self, outcome: SagaOutcome) -> None:
+        saga = outcome.saga
         state = S.SagaState.Name(saga.state).removeprefix("SAGA_STATE_")
-        err = saga.error
-        where = f" in step {err.step_name!r}" if err.step_name else ""
-        cause = f": {err.code} {err.message}" if err.code or err.message else ""
-        undone = ", ".join(r.step for r in compensations) or "none"
-        super().__init__(
-            f"saga {saga.saga_id} ended {state}{where}{cause}; compensations run: {undone}",
-            details=self._details(saga),
-        )
+        failure = outcome.step_failure or saga.error
+        text = f"saga {saga.saga_id} ended {state}"
+        if failure.step_name:
+            text += f"; step {failure.step_name!r} failed: {failure.code} {failure.message}"
+        if saga.error.code and (saga.error.step_name, saga.error.code) != (
+            failure.step_name, failure.code
+        ):
+            text += f"; then: {saga.error.code} {saga.error.message}"
+        undone = ", ".join(r.step for r in outcome.compensations) or "none"
+        super().__init__(f"{text}; compensations run: {undone}",
+                         details=self._details(saga, failure.step_name))
         self.saga = saga
-        self.step = err.step_name
+        self.step = failure.step_name
         self.step_status: saga_pb2.StepStatus.ValueType = next(
-            (s.status for s in saga.steps if s.name == err.step_name), S.STEP_STATUS_UNSPECIFIED
+            (s.status for s in saga.steps if s.name == self.step), S.STEP_STATUS_UNSPECIFIED
         )
-        self.error = err
-        self.compensations = compensations
+        self.step_error = failure
+        self.error = saga.error
+        self.compensations = outcome.compensations
 
     @staticmethod
-    def _details(saga: saga_pb2.Saga) -> list[Any]:
+    def _details(saga: saga_pb2.Saga, step: str) -> list[Any]:
         return [error_info(ErrorReason.ERROR_REASON_UNSPECIFIED,
-                           metadata={"saga_id": saga.saga_id, "step": saga.error.step_name})]
+                           metadata={"saga_id": saga.saga_id, "step": step})]
 
 
 class SagaCompensated(SagaEnded):
@@ -130,9 +157,9 @@ class SagaCompensated(SagaEnded):
     (ErrorInfo reason COMPENSATED)."""
 
     @staticmethod
-    def _details(saga: saga_pb2.Saga) -> list[Any]:
+    def _details(saga: saga_pb2.Saga, step: str) -> list[Any]:
         return [error_info(ErrorReason.ERROR_REASON_COMPENSATED,
-                           metadata={"saga_id": saga.saga_id, "step": saga.error.step_name})]
+                           metadata={"saga_id": saga.saga_id, "step": step})]
 
 
 class SagaFailed(SagaEnded):
@@ -145,23 +172,32 @@ class SagaCancelled(SagaEnded):
 
 
 def saga_error_for(
-    saga: saga_pb2.Saga, compensations: list[CompensationRun]
+    saga: saga_pb2.Saga | SagaOutcome, compensations: list[CompensationRun] | None = None,
 ) -> SagaEnded | None:
     """The exception for a final saga that did not complete; None when COMPLETED
-    or not final."""
+    or not final.
+
+    Args:
+        saga: a `follow_saga` outcome, or a saga (then `compensations` from
+            `wait_saga`, and `step` is the step of `saga.error`).
+        compensations: with a bare saga, the compensations that ran.
+    """
+    outcome = saga if isinstance(saga, SagaOutcome) else SagaOutcome(
+        saga, list(compensations or []), None
+    )
     kind = {
         S.SAGA_STATE_COMPENSATED: SagaCompensated,
         S.SAGA_STATE_FAILED: SagaFailed,
         S.SAGA_STATE_CANCELLED: SagaCancelled,
-    }.get(saga.state)
-    return kind(saga, compensations) if kind else None
+    }.get(outcome.saga.state)
+    return kind(outcome) if kind else None
 
 
-async def wait_saga(
+async def follow_saga(
     client: ServiceMethods, saga_id: str, *, timeout_s: float | None = None,
     metadata: Sequence[tuple[str, str]] = (),
     on_event: Callable[[saga_pb2.SagaEvent], Awaitable[None]] | None = None,
-) -> tuple[saga_pb2.Saga, list[CompensationRun]]:
+) -> SagaOutcome:
     """Follow a saga's events to its final state.
 
     Args:
@@ -172,7 +208,7 @@ async def wait_saga(
         on_event: awaited with each event as it arrives (progress reports).
 
     Returns:
-        (the final saga from GetSaga, the compensations that ended, in log order).
+        The final saga (GetSaga), its compensations and its first step failure.
 
     Raises:
         NotFound: no such saga.
@@ -181,6 +217,7 @@ async def wait_saga(
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
     after = 0
     runs: list[CompensationRun] = []
+    failure: saga_pb2.StepError | None = None
     final = False
     while not final:
         left = None if deadline is None else deadline - time.monotonic()
@@ -197,6 +234,9 @@ async def wait_saga(
                 if ev.type in _COMPENSATION_ENDS:
                     runs.append(CompensationRun(ev.step_name, _COMPENSATION_ENDS[ev.type],
                                                 ev.error))
+                if ev.type == S.SAGA_EVENT_TYPE_STEP_FAILED and failure is None:
+                    failure = S.StepError(code=ev.error.code, message=ev.error.message,
+                                          step_name=ev.step_name)
                 if ev.state in FINAL_SAGA_STATES:
                     break  # not waiting for the server to close the stream
             # The stream ends with OK after the final event (or at once when the
@@ -205,7 +245,18 @@ async def wait_saga(
         except Unavailable:
             await asyncio.sleep(REWATCH_PAUSE_S)
     saga = (await client.get_saga(saga_id=saga_id, metadata=metadata)).saga
-    return saga, runs
+    return SagaOutcome(saga, runs, failure)
+
+
+async def wait_saga(
+    client: ServiceMethods, saga_id: str, *, timeout_s: float | None = None,
+    metadata: Sequence[tuple[str, str]] = (),
+    on_event: Callable[[saga_pb2.SagaEvent], Awaitable[None]] | None = None,
+) -> tuple[saga_pb2.Saga, list[CompensationRun]]:
+    """`follow_saga` as (the final saga, the compensations that ended in log order)."""
+    o = await follow_saga(client, saga_id, timeout_s=timeout_s, metadata=metadata,
+                          on_event=on_event)
+    return o.saga, o.compensations
 
 
 async def run_saga(
@@ -225,11 +276,11 @@ async def run_saga(
     started = await client.start_saga(
         input=dict(input or {}), idempotency_key=idempotency_key, **source
     )
-    saga, runs = await wait_saga(client, started.saga.saga_id, timeout_s=timeout_s)
-    err = saga_error_for(saga, runs)
+    outcome = await follow_saga(client, started.saga.saga_id, timeout_s=timeout_s)
+    err = saga_error_for(outcome)
     if err is not None:
         raise err
-    return struct_to_dict(saga.output)
+    return struct_to_dict(outcome.saga.output)
 
 
 class SwarmEnded(FailedPrecondition):

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from agentmesh.client import Client, LockLost, LockNotAcquired, SagaCompensated
+from agentmesh.client import Client, LockLost, LockNotAcquired, SagaCompensated, SagaFailed
 from agentmesh.runtime.errors import Aborted, NotFound
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.swarm.v1 import swarm_pb2
@@ -29,7 +29,8 @@ S = saga_pb2
 
 @pytest.fixture(scope="module")
 def mesh(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """registry + saga + swarm daemons and one noop agent whose `charge` action fails."""
+    """registry + saga + swarm daemons and one noop agent whose `charge` action and
+    `undo_pack` compensation fail."""
     url = str(redis_server.url_for_db(SDK_DB))
     tmp = tmp_path_factory.mktemp("client-helpers")
     group = ProcessGroup()
@@ -39,6 +40,7 @@ def mesh(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         swarm = group.start(daemon("swarm", tmp, "--redis-url", url))
         agent = group.start(testing_agent(
             "noop", tmp, "--registry-target", registry.target, "--fail-actions", "charge",
+            "--fail-compensations", "undo_pack",
             agent_id=f"agent-helpers-{uuid.uuid4().hex[:8]}",
         ))
         yield {"registry": registry, "saga": saga, "swarm": swarm, "agent": agent, "tmp": tmp}
@@ -171,12 +173,30 @@ async def test_run_saga_returns_output_or_raises_compensated(mesh: dict[str, Any
             )
     e = ei.value
     assert e.step == "charge" and e.error.code == "FAILED_PRECONDITION"
+    assert (e.step_error.step_name, e.step_error.code) == ("charge", "FAILED_PRECONDITION")
+    assert "then:" not in str(e)
     # The failed step is compensated too (its call may have taken effect), first.
     assert e.step_status == S.STEP_STATUS_COMPENSATED
     assert [(r.step, r.status) for r in e.compensations] == [
         ("charge", S.STEP_STATUS_COMPENSATED), ("ship", S.STEP_STATUS_COMPENSATED),
         ("reserve", S.STEP_STATUS_COMPENSATED)]
     assert e.saga.state == S.SAGA_STATE_COMPENSATED and e.reason == "COMPENSATED"
+
+
+async def test_run_saga_raises_failed_when_a_compensation_fails(mesh: dict[str, Any]) -> None:
+    aid = mesh["agent"].agent_id
+    definition = {"name": "helpers-stuck", "steps": steps(aid, "pack", "charge")}
+    definition["steps"][0]["retry_policy"] = {"max_attempts": 1}  # the compensation too
+    async with client(mesh) as c:
+        with pytest.raises(SagaFailed) as ei:
+            await c.run_saga(definition, {"order": 9}, timeout_s=30)
+    e = ei.value
+    # The step that turned the saga back, and then the compensation that could not undo it.
+    assert e.saga.state == S.SAGA_STATE_FAILED and e.step == "charge"
+    assert e.step_error.code == "FAILED_PRECONDITION"
+    assert e.error.step_name == "pack" and "undo_pack" in e.error.message
+    assert [(r.step, r.status) for r in e.compensations] == [
+        ("charge", S.STEP_STATUS_COMPENSATED), ("pack", S.STEP_STATUS_COMPENSATION_FAILED)]
 
 
 async def test_deploy_swarm_wait_returns_the_result(mesh: dict[str, Any]) -> None:
