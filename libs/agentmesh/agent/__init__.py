@@ -35,6 +35,7 @@ if TYPE_CHECKING:
         StoredResult,
     )
     from agentmesh.agent.load import LoadTracker
+    from agentmesh.agent.orchestrator import Orchestrator, Result, SafetyViolation
     from agentmesh.agent.registration import Registrar
     from agentmesh.agent.sdk import (
         WILDCARD,
@@ -55,6 +56,9 @@ _EXPORTS = {
     "RedisIdempotencyStore": "agentmesh.agent.idempotency",
     "StoredResult": "agentmesh.agent.idempotency",
     "LoadTracker": "agentmesh.agent.load",
+    "Orchestrator": "agentmesh.agent.orchestrator",
+    "Result": "agentmesh.agent.orchestrator",
+    "SafetyViolation": "agentmesh.agent.orchestrator",
     "WILDCARD": "agentmesh.agent.sdk",
     "Agent": "agentmesh.agent.sdk",
     "AgentSettings": "agentmesh.agent.sdk",
@@ -74,8 +78,11 @@ __all__ = [
     "LoadTracker",
     "MemoryIdempotencyStore",
     "MessageContext",
+    "Orchestrator",
     "RedisIdempotencyStore",
     "Registrar",
+    "Result",
+    "SafetyViolation",
     "StoredResult",
     "dict_to_struct",
     "map_exception",
