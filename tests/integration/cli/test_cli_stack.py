@@ -125,15 +125,13 @@ def test_saga_start_watch_get_list(stack: Stack, agent: Any, tmp_path: Path) -> 
 
 
 def test_swarm_deploy_watch(stack: Stack, tmp_path: Path) -> None:
-    task = tmp_path / "swarm.yaml"
-    task.write_text(
-        "agents_required: 10\nmax_iterations: 40\nseed: 3\n"
-        "builtin: {function: BENCHMARK_FUNCTION_SPHERE, space: {dimensions: 3}}\n"
-    )
+    """The README's swarm example file, as shipped."""
+    task = ROOT / "examples" / "swarm_sphere.yaml"
     res = stack.cli("swarm", "deploy", "-f", str(task), "--watch", "-o", "json", timeout_s=120)
     assert res.returncode == 0, res.stdout + res.stderr
     final = json.loads(res.stdout.splitlines()[-1])["swarm"]
     assert final["state"] == "SWARM_STATE_COMPLETED"
+    assert final["task"]["seed"] == "7" and final["optimization"]["best_fitness"] < 1e-2
 
 
 def test_examples_run(stack: Stack, tmp_path: Path) -> None:
