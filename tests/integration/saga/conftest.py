@@ -17,6 +17,7 @@ from typing import Any
 import grpc
 import pytest
 import redis
+from google.protobuf import duration_pb2
 
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from tests.infra import flush_db
@@ -87,6 +88,13 @@ async def stub(coordinator: DaemonProcess) -> AsyncIterator[saga_pb2_grpc.SagaSe
 
 
 # ---- helpers ------------------------------------------------------------------------
+def ms(millis: int) -> duration_pb2.Duration:
+    """A Duration of `millis` milliseconds."""
+    d = duration_pb2.Duration()
+    d.FromMilliseconds(millis)
+    return d
+
+
 def step(
     name: str,
     action: str = "",

@@ -5,23 +5,17 @@ from __future__ import annotations
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.server.saga.events import verify_chain
 from agentmesh.server.saga.state import struct_to_dict
-from tests.integration.saga.conftest import chain, effects, events, order, run, step
+from tests.integration.saga.conftest import chain, effects, events, ms, order, run, step
 
 pytestmark = pytest.mark.integration
 S = saga_pb2
 NAMES = ("a", "b", "c", "d", "e")
 
-
-def _ms(ms: int) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromMilliseconds(ms)
-    return d
 
 
 async def test_five_steps_complete_each_effect_once(stub, rsync) -> None:
@@ -96,7 +90,7 @@ async def test_pivot_after_success_later_steps_retry_forward(stub, rsync) -> Non
     steps[1].is_pivot = True
     steps[1].compensation_action = ""
     steps[2].action = "flaky_publish"
-    steps[2].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=1, initial_backoff=_ms(10)))
+    steps[2].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=1, initial_backoff=ms(10)))
     saga = await run(stub, steps, {"fail_attempts": 3})
     # max_attempts=1 would fail the step; after the pivot it is retried until it succeeds
     assert saga.state == S.SAGA_STATE_COMPLETED
@@ -125,7 +119,7 @@ async def test_retries_with_backoff_then_success(stub, rsync) -> None:
     s = step("a", "flaky_a")
     s.retry_policy.CopyFrom(
         S.RetryPolicy(
-            max_attempts=3, initial_backoff=_ms(200), multiplier=2.0, max_backoff=_ms(1000)
+            max_attempts=3, initial_backoff=ms(200), multiplier=2.0, max_backoff=ms(1000)
         )
     )
     saga = await run(stub, [s], {"fail_attempts": 2})
@@ -150,7 +144,7 @@ async def test_retries_with_backoff_then_success(stub, rsync) -> None:
 async def test_retries_exhausted_compensates(stub, rsync) -> None:
     steps = chain("a", "b")
     steps[1].action = "flaky_b"
-    steps[1].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=2, initial_backoff=_ms(10)))
+    steps[1].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=2, initial_backoff=ms(10)))
     saga = await run(stub, steps, {"fail_attempts": 5})
     assert saga.state == S.SAGA_STATE_COMPENSATED
     assert saga.steps[1].attempts == 2
@@ -169,8 +163,8 @@ async def test_non_retryable_code_is_not_retried(stub) -> None:
 async def test_step_timeout_fails_with_deadline_exceeded(stub, rsync) -> None:
     steps = chain("a", "b")
     steps[1].action = "hang_b"
-    steps[1].timeout.CopyFrom(_ms(300))
-    steps[1].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=2, initial_backoff=_ms(10)))
+    steps[1].timeout.CopyFrom(ms(300))
+    steps[1].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=2, initial_backoff=ms(10)))
     saga = await run(stub, steps)
     assert saga.state == S.SAGA_STATE_COMPENSATED
     assert saga.error.code == "DEADLINE_EXCEEDED"
@@ -181,7 +175,7 @@ async def test_step_timeout_fails_with_deadline_exceeded(stub, rsync) -> None:
 async def test_overall_timeout_compensates(stub, rsync) -> None:
     steps = chain("a", "b")
     steps[1].action = "slow_b"
-    saga = await run(stub, steps, {"delay_ms": 1500}, timeout=_ms(500))
+    saga = await run(stub, steps, {"delay_ms": 1500}, timeout=ms(500))
     assert saga.state == S.SAGA_STATE_COMPENSATED
     assert saga.error.code == "DEADLINE_EXCEEDED"
     # b was in flight when the saga timed out: it finished, then was undone
@@ -191,7 +185,7 @@ async def test_overall_timeout_compensates(stub, rsync) -> None:
 async def test_compensation_failure_leaves_saga_failed(stub, rsync) -> None:
     steps = chain("a", "b", "c")
     steps[0].compensation_action = "cfail_a"
-    steps[0].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=2, initial_backoff=_ms(10)))
+    steps[0].retry_policy.CopyFrom(S.RetryPolicy(max_attempts=2, initial_backoff=ms(10)))
     steps[2].action = "fail_c"
     saga = await run(stub, steps)
     assert saga.state == S.SAGA_STATE_FAILED

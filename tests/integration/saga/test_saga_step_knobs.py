@@ -8,22 +8,16 @@ from pathlib import Path
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from agentmesh.server.saga.state import struct_to_dict
-from tests.integration.saga.conftest import chain, order, run, start_coordinator, step
+from tests.integration.saga.conftest import chain, ms, order, run, start_coordinator, step
 from tests.procs import DaemonProcess
 
 pytestmark = pytest.mark.integration
 S = saga_pb2
 
-
-def _ms(ms: int) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromMilliseconds(ms)
-    return d
 
 
 def _violations(e: grpc.aio.AioRpcError) -> dict[str, str]:
@@ -49,8 +43,8 @@ async def test_step_metadata_reaches_the_agent_beside_the_coordinators_keys(stub
 async def test_bad_step_metadata_and_timeouts_get_field_violations(stub) -> None:
     s = step("a")
     s.metadata.update({"saga_id": "mine", "Bad Key": "x", "long": "v" * 1025})
-    s.compensation_timeout.CopyFrom(_ms(0))
-    d = S.SagaDefinition(steps=[s], default_compensation_timeout=_ms(0))
+    s.compensation_timeout.CopyFrom(ms(0))
+    d = S.SagaDefinition(steps=[s], default_compensation_timeout=ms(0))
     with pytest.raises(grpc.aio.AioRpcError) as ei:
         await stub.StartSaga(S.StartSagaRequest(definition=d))
     assert ei.value.code() == grpc.StatusCode.INVALID_ARGUMENT
@@ -70,7 +64,7 @@ async def test_compensation_timeout_is_separate_from_the_action_timeout(stub, rs
     def steps() -> list[saga_pb2.Step]:
         st = chain("a", "b")
         st[0].compensation_action = "cslow_a"
-        st[0].timeout.CopyFrom(_ms(5000))
+        st[0].timeout.CopyFrom(ms(5000))
         st[0].retry_policy.CopyFrom(one_try)
         st[1].action = "fail_b"
         return st
@@ -80,7 +74,7 @@ async def test_compensation_timeout_is_separate_from_the_action_timeout(stub, rs
     assert order(rsync, slow_ok.saga_id) == ["b", "a"]  # the failed step is undone too
 
     short = steps()
-    short[0].compensation_timeout.CopyFrom(_ms(300))
+    short[0].compensation_timeout.CopyFrom(ms(300))
     timed_out = await run(stub, short)
     assert timed_out.state == S.SAGA_STATE_FAILED
     a = {x.name: x for x in timed_out.steps}["a"]
@@ -88,7 +82,7 @@ async def test_compensation_timeout_is_separate_from_the_action_timeout(stub, rs
     assert a.error.code == "DEADLINE_EXCEEDED"
 
     # The definition-wide default applies to steps that set none.
-    wide = await run(stub, steps(), default_compensation_timeout=_ms(300))
+    wide = await run(stub, steps(), default_compensation_timeout=ms(300))
     assert wide.state == S.SAGA_STATE_FAILED
 
 
@@ -123,7 +117,7 @@ async def test_coordinator_defaults_are_written_into_each_saga(
         # A definition's own values win over the daemon's.
         own = chain("a")
         saga = await run(
-            tuned, own, timeout=_ms(20_000), default_compensation_timeout=_ms(4000)
+            tuned, own, timeout=ms(20_000), default_compensation_timeout=ms(4000)
         )
         assert saga.state == S.SAGA_STATE_COMPLETED
         assert saga.definition.timeout.ToMilliseconds() == 20_000

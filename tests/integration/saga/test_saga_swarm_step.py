@@ -8,25 +8,19 @@ from collections.abc import AsyncIterator, Iterator
 
 import grpc
 import pytest
-from google.protobuf import duration_pb2
 
 from agentmesh.provenance import verify_swarm
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from agentmesh.server.saga.state import struct_to_dict
 from agentmesh.server.saga.swarm_steps import swarm_id_for
 from agentmesh.swarm.v1 import swarm_pb2, swarm_pb2_grpc
-from tests.integration.saga.conftest import order, start_coordinator, step, wait_final
+from tests.integration.saga.conftest import ms, order, start_coordinator, step, wait_final
 from tests.integration.swarm.conftest import start_swarm_daemon
 from tests.procs import DaemonProcess
 
 pytestmark = pytest.mark.integration
 S = saga_pb2
 
-
-def _ms(ms: int) -> duration_pb2.Duration:
-    d = duration_pb2.Duration()
-    d.FromMilliseconds(ms)
-    return d
 
 
 def sphere(*, dims: int = 3, run_for_ms: int = 0) -> swarm_pb2.SwarmTask:
@@ -46,7 +40,7 @@ def sphere(*, dims: int = 3, run_for_ms: int = 0) -> swarm_pb2.SwarmTask:
         # The convergence test needs more iterations than the window: a window
         # as long as the iteration budget means only the timeout ends it.
         t.convergence_window = t.max_iterations
-        t.timeout.CopyFrom(_ms(run_for_ms))
+        t.timeout.CopyFrom(ms(run_for_ms))
     return t
 
 
@@ -136,8 +130,8 @@ async def test_retried_attempts_wait_for_the_same_swarm(stubs) -> None:
     slow = S.Step(
         name="optimise",
         swarm=S.SwarmStage(task=sphere(run_for_ms=1500)),
-        timeout=_ms(400),
-        retry_policy=S.RetryPolicy(max_attempts=20, initial_backoff=_ms(10), max_backoff=_ms(50)),
+        timeout=ms(400),
+        retry_policy=S.RetryPolicy(max_attempts=20, initial_backoff=ms(10), max_backoff=ms(50)),
     )
     saga = await start(saga_stub, pipeline(slow))
     assert saga.state == S.SAGA_STATE_COMPLETED, saga.error
