@@ -39,6 +39,7 @@ from typing import Any, Generic, TypeVar
 from google.protobuf import json_format
 from google.protobuf.message import Message as ProtoMessage
 
+from agentmesh.agent.structs import struct_to_dict
 from agentmesh.client import Client
 from agentmesh.client.bus_messages import make_envelope
 from agentmesh.client.workflows import saga_error_for, wait_saga
@@ -342,7 +343,7 @@ class Orchestrator(ABC, Generic[InT, OutT]):
             action=action, idempotency_key=key, timeout_s=timeout_s,
         )
         self._record("invoke", key)
-        return json_format.MessageToDict(resp.output)
+        return struct_to_dict(resp.output)
 
     async def run_saga(
         self, definition: Mapping[str, Any] | str, input: Mapping[str, Any],
@@ -371,7 +372,7 @@ class Orchestrator(ABC, Generic[InT, OutT]):
         err = saga_error_for(saga, runs)
         if err is not None:
             raise err
-        return json_format.MessageToDict(saga.output)
+        return struct_to_dict(saga.output)
 
     async def schedule_task(
         self, task_type: str, payload: Mapping[str, Any], **fields: Any,
