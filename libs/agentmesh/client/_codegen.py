@@ -48,8 +48,9 @@ RENAMES = {
 }
 
 #: Flat names a hand-written Client helper takes (its raw RPC stays on the sub-client):
-#: `Client.subscribe` (the resuming iterator) and `Client.deploy_swarm` (deploy and wait).
-HELPERS = {"subscribe", "deploy_swarm"}
+#: `Client.subscribe` (the resuming iterator), `Client.deploy_swarm` (deploy and
+#: wait) and `Client.run_saga` (start and wait; the raw stream is `client.saga.run_saga`).
+HELPERS = {"subscribe", "deploy_swarm", "run_saga"}
 
 OUT = Path(__file__).with_name("services_gen.py")
 

@@ -1308,6 +1308,26 @@ class SagaServiceClient:
             metadata=metadata,
         )
 
+    def run_saga(
+        self,
+        request: saga_pb2.RunSagaRequest | None = None,
+        /,
+        *,
+        timeout_s: float | None = None,
+        metadata: Sequence[tuple[str, str]] = (),
+        **fields: Any,
+    ) -> AsyncIterator[saga_pb2.RunSagaResponse]:
+        """`agentmesh.saga.v1.SagaService.RunSaga`.
+
+        A server stream (no default deadline); errors raise AgentMeshError.
+        """
+        return self._base._server_stream(
+            self.stub.RunSaga,
+            _build(saga_pb2.RunSagaRequest, request, fields),
+            timeout_s=timeout_s,
+            metadata=metadata,
+        )
+
     async def get_saga_events(
         self,
         request: saga_pb2.GetSagaEventsRequest | None = None,

@@ -1548,6 +1548,68 @@ class WatchSagaResponse(_message.Message):
 Global___WatchSagaResponse: _TypeAlias = WatchSagaResponse  # noqa: Y015
 
 @_typing.final
+class RunSagaRequest(_message.Message):
+    """RunSagaRequest starts a saga and follows it to its end."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    START_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def start(self) -> Global___StartSagaRequest:
+        """What to start, exactly as StartSaga takes it. Required."""
+
+    def __init__(
+        self,
+        *,
+        start: Global___StartSagaRequest | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RunSagaRequest: _TypeAlias = RunSagaRequest  # noqa: Y015
+
+@_typing.final
+class RunSagaResponse(_message.Message):
+    """RunSagaResponse is one message of a RunSaga stream."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STARTED_FIELD_NUMBER: _builtins.int
+    EVENT_FIELD_NUMBER: _builtins.int
+    SAGA_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def started(self) -> Global___StartSagaResponse:
+        """The started (or earlier) saga, as StartSaga returns it."""
+
+    @_builtins.property
+    def event(self) -> Global___SagaEvent:
+        """One event of the saga's log, in sequence order."""
+
+    @_builtins.property
+    def saga(self) -> Global___Saga:
+        """The saga in its final state (the last message)."""
+
+    def __init__(
+        self,
+        *,
+        started: Global___StartSagaResponse | None = ...,
+        event: Global___SagaEvent | None = ...,
+        saga: Global___Saga | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "saga", b"saga", "started", b"started"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "saga", b"saga", "started", b"started"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["started", "event", "saga"]  # noqa: Y015
+    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+
+Global___RunSagaResponse: _TypeAlias = RunSagaResponse  # noqa: Y015
+
+@_typing.final
 class GetSagaEventsRequest(_message.Message):
     """GetSagaEventsRequest pages through a saga's log."""
 

@@ -90,6 +90,11 @@ class SagaServiceStub:
                 request_serializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.WatchSagaRequest.SerializeToString,
                 response_deserializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.WatchSagaResponse.FromString,
                 _registered_method=True)
+        self.RunSaga = channel.unary_stream(
+                '/agentmesh.saga.v1.SagaService/RunSaga',
+                request_serializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.RunSagaRequest.SerializeToString,
+                response_deserializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.RunSagaResponse.FromString,
+                _registered_method=True)
         self.GetSagaEvents = channel.unary_unary(
                 '/agentmesh.saga.v1.SagaService/GetSagaEvents',
                 request_serializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.GetSagaEventsRequest.SerializeToString,
@@ -203,6 +208,26 @@ class SagaServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def RunSaga(self, request, context):
+        """RunSaga starts a saga as StartSaga does and follows it to its end in one
+        call: the first message is `started` (StartSaga's response), then come the
+        saga's events in sequence order as WatchSaga sends them, and the last
+        message is `saga`, the final saga as GetSaga returns it, after the event
+        that put it in a final state; then the stream ends with OK. With an
+        idempotency key that already started a saga, `started.already_started` is
+        set and that saga is followed from its first event.
+        On disconnect the saga goes on (it is durable once `started` was sent):
+        resume with WatchSaga(saga_id, after_sequence = the last event's
+        sequence), then GetSaga. A disconnect before `started` leaves it unknown
+        whether the saga started, as with StartSaga: retry with the same
+        idempotency key.
+        Errors: as StartSaga (INVALID_ARGUMENT with field violations under
+        `start.`, NOT_FOUND, ABORTED, UNAVAILABLE), before `started`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def GetSagaEvents(self, request, context):
         """GetSagaEvents returns a page of a saga's event log in sequence order.
         Errors: INVALID_ARGUMENT (empty saga_id, bad page_token or page_size),
@@ -254,6 +279,11 @@ def add_SagaServiceServicer_to_server(servicer, server):
                     servicer.WatchSaga,
                     request_deserializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.WatchSagaRequest.FromString,
                     response_serializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.WatchSagaResponse.SerializeToString,
+            ),
+            'RunSaga': grpc.unary_stream_rpc_method_handler(
+                    servicer.RunSaga,
+                    request_deserializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.RunSagaRequest.FromString,
+                    response_serializer=agentmesh_dot_saga_dot_v1_dot_saga__pb2.RunSagaResponse.SerializeToString,
             ),
             'GetSagaEvents': grpc.unary_unary_rpc_method_handler(
                     servicer.GetSagaEvents,
@@ -493,6 +523,33 @@ class SagaService:
             '/agentmesh.saga.v1.SagaService/WatchSaga',
             agentmesh_dot_saga_dot_v1_dot_saga__pb2.WatchSagaRequest.SerializeToString,
             agentmesh_dot_saga_dot_v1_dot_saga__pb2.WatchSagaResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RunSaga(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/agentmesh.saga.v1.SagaService/RunSaga',
+            agentmesh_dot_saga_dot_v1_dot_saga__pb2.RunSagaRequest.SerializeToString,
+            agentmesh_dot_saga_dot_v1_dot_saga__pb2.RunSagaResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -104,6 +104,22 @@ class SagaServiceStub:
     last sequence received and the stream resumes right after it.
     Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND, UNAVAILABLE.
     """
+    RunSaga: _grpc.UnaryStreamMultiCallable[_saga_pb2.RunSagaRequest, _saga_pb2.RunSagaResponse]
+    """RunSaga starts a saga as StartSaga does and follows it to its end in one
+    call: the first message is `started` (StartSaga's response), then come the
+    saga's events in sequence order as WatchSaga sends them, and the last
+    message is `saga`, the final saga as GetSaga returns it, after the event
+    that put it in a final state; then the stream ends with OK. With an
+    idempotency key that already started a saga, `started.already_started` is
+    set and that saga is followed from its first event.
+    On disconnect the saga goes on (it is durable once `started` was sent):
+    resume with WatchSaga(saga_id, after_sequence = the last event's
+    sequence), then GetSaga. A disconnect before `started` leaves it unknown
+    whether the saga started, as with StartSaga: retry with the same
+    idempotency key.
+    Errors: as StartSaga (INVALID_ARGUMENT with field violations under
+    `start.`, NOT_FOUND, ABORTED, UNAVAILABLE), before `started`.
+    """
     GetSagaEvents: _grpc.UnaryUnaryMultiCallable[_saga_pb2.GetSagaEventsRequest, _saga_pb2.GetSagaEventsResponse]
     """GetSagaEvents returns a page of a saga's event log in sequence order.
     Errors: INVALID_ARGUMENT (empty saga_id, bad page_token or page_size),
@@ -185,6 +201,22 @@ class SagaServiceAsyncStub(SagaServiceStub):
     On disconnect nothing is lost: reconnect with `after_sequence` set to the
     last sequence received and the stream resumes right after it.
     Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND, UNAVAILABLE.
+    """
+    RunSaga: _aio.UnaryStreamMultiCallable[_saga_pb2.RunSagaRequest, _saga_pb2.RunSagaResponse]  # type: ignore[assignment]
+    """RunSaga starts a saga as StartSaga does and follows it to its end in one
+    call: the first message is `started` (StartSaga's response), then come the
+    saga's events in sequence order as WatchSaga sends them, and the last
+    message is `saga`, the final saga as GetSaga returns it, after the event
+    that put it in a final state; then the stream ends with OK. With an
+    idempotency key that already started a saga, `started.already_started` is
+    set and that saga is followed from its first event.
+    On disconnect the saga goes on (it is durable once `started` was sent):
+    resume with WatchSaga(saga_id, after_sequence = the last event's
+    sequence), then GetSaga. A disconnect before `started` leaves it unknown
+    whether the saga started, as with StartSaga: retry with the same
+    idempotency key.
+    Errors: as StartSaga (INVALID_ARGUMENT with field violations under
+    `start.`, NOT_FOUND, ABORTED, UNAVAILABLE), before `started`.
     """
     GetSagaEvents: _aio.UnaryUnaryMultiCallable[_saga_pb2.GetSagaEventsRequest, _saga_pb2.GetSagaEventsResponse]  # type: ignore[assignment]
     """GetSagaEvents returns a page of a saga's event log in sequence order.
@@ -312,6 +344,28 @@ class SagaServiceServicer(metaclass=_abc_1.ABCMeta):
         On disconnect nothing is lost: reconnect with `after_sequence` set to the
         last sequence received and the stream resumes right after it.
         Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND, UNAVAILABLE.
+        """
+
+    @_abc_1.abstractmethod
+    def RunSaga(
+        self,
+        request: _saga_pb2.RunSagaRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_abc.Iterator[_saga_pb2.RunSagaResponse], _abc.AsyncIterator[_saga_pb2.RunSagaResponse]]:
+        """RunSaga starts a saga as StartSaga does and follows it to its end in one
+        call: the first message is `started` (StartSaga's response), then come the
+        saga's events in sequence order as WatchSaga sends them, and the last
+        message is `saga`, the final saga as GetSaga returns it, after the event
+        that put it in a final state; then the stream ends with OK. With an
+        idempotency key that already started a saga, `started.already_started` is
+        set and that saga is followed from its first event.
+        On disconnect the saga goes on (it is durable once `started` was sent):
+        resume with WatchSaga(saga_id, after_sequence = the last event's
+        sequence), then GetSaga. A disconnect before `started` leaves it unknown
+        whether the saga started, as with StartSaga: retry with the same
+        idempotency key.
+        Errors: as StartSaga (INVALID_ARGUMENT with field violations under
+        `start.`, NOT_FOUND, ABORTED, UNAVAILABLE), before `started`.
         """
 
     @_abc_1.abstractmethod

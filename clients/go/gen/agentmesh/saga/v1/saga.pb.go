@@ -2660,6 +2660,156 @@ func (x *WatchSagaResponse) GetEvent() *SagaEvent {
 	return nil
 }
 
+// RunSagaRequest starts a saga and follows it to its end.
+type RunSagaRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// What to start, exactly as StartSaga takes it. Required.
+	Start         *StartSagaRequest `protobuf:"bytes,1,opt,name=start,proto3" json:"start,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunSagaRequest) Reset() {
+	*x = RunSagaRequest{}
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunSagaRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunSagaRequest) ProtoMessage() {}
+
+func (x *RunSagaRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunSagaRequest.ProtoReflect.Descriptor instead.
+func (*RunSagaRequest) Descriptor() ([]byte, []int) {
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{28}
+}
+
+func (x *RunSagaRequest) GetStart() *StartSagaRequest {
+	if x != nil {
+		return x.Start
+	}
+	return nil
+}
+
+// RunSagaResponse is one message of a RunSaga stream.
+type RunSagaResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Which message this is: `started` first, then `event`s, then `saga`.
+	//
+	// Types that are valid to be assigned to Item:
+	//
+	//	*RunSagaResponse_Started
+	//	*RunSagaResponse_Event
+	//	*RunSagaResponse_Saga
+	Item          isRunSagaResponse_Item `protobuf_oneof:"item"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *RunSagaResponse) Reset() {
+	*x = RunSagaResponse{}
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[29]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *RunSagaResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*RunSagaResponse) ProtoMessage() {}
+
+func (x *RunSagaResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[29]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use RunSagaResponse.ProtoReflect.Descriptor instead.
+func (*RunSagaResponse) Descriptor() ([]byte, []int) {
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{29}
+}
+
+func (x *RunSagaResponse) GetItem() isRunSagaResponse_Item {
+	if x != nil {
+		return x.Item
+	}
+	return nil
+}
+
+func (x *RunSagaResponse) GetStarted() *StartSagaResponse {
+	if x != nil {
+		if x, ok := x.Item.(*RunSagaResponse_Started); ok {
+			return x.Started
+		}
+	}
+	return nil
+}
+
+func (x *RunSagaResponse) GetEvent() *SagaEvent {
+	if x != nil {
+		if x, ok := x.Item.(*RunSagaResponse_Event); ok {
+			return x.Event
+		}
+	}
+	return nil
+}
+
+func (x *RunSagaResponse) GetSaga() *Saga {
+	if x != nil {
+		if x, ok := x.Item.(*RunSagaResponse_Saga); ok {
+			return x.Saga
+		}
+	}
+	return nil
+}
+
+type isRunSagaResponse_Item interface {
+	isRunSagaResponse_Item()
+}
+
+type RunSagaResponse_Started struct {
+	// The started (or earlier) saga, as StartSaga returns it.
+	Started *StartSagaResponse `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
+}
+
+type RunSagaResponse_Event struct {
+	// One event of the saga's log, in sequence order.
+	Event *SagaEvent `protobuf:"bytes,2,opt,name=event,proto3,oneof"`
+}
+
+type RunSagaResponse_Saga struct {
+	// The saga in its final state (the last message).
+	Saga *Saga `protobuf:"bytes,3,opt,name=saga,proto3,oneof"`
+}
+
+func (*RunSagaResponse_Started) isRunSagaResponse_Item() {}
+
+func (*RunSagaResponse_Event) isRunSagaResponse_Item() {}
+
+func (*RunSagaResponse_Saga) isRunSagaResponse_Item() {}
+
 // GetSagaEventsRequest pages through a saga's log.
 type GetSagaEventsRequest struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
@@ -2675,7 +2825,7 @@ type GetSagaEventsRequest struct {
 
 func (x *GetSagaEventsRequest) Reset() {
 	*x = GetSagaEventsRequest{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2687,7 +2837,7 @@ func (x *GetSagaEventsRequest) String() string {
 func (*GetSagaEventsRequest) ProtoMessage() {}
 
 func (x *GetSagaEventsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[28]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2700,7 +2850,7 @@ func (x *GetSagaEventsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaEventsRequest.ProtoReflect.Descriptor instead.
 func (*GetSagaEventsRequest) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{28}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *GetSagaEventsRequest) GetSagaId() string {
@@ -2738,7 +2888,7 @@ type GetSagaEventsResponse struct {
 
 func (x *GetSagaEventsResponse) Reset() {
 	*x = GetSagaEventsResponse{}
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[29]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2900,7 @@ func (x *GetSagaEventsResponse) String() string {
 func (*GetSagaEventsResponse) ProtoMessage() {}
 
 func (x *GetSagaEventsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[29]
+	mi := &file_agentmesh_saga_v1_saga_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +2913,7 @@ func (x *GetSagaEventsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSagaEventsResponse.ProtoReflect.Descriptor instead.
 func (*GetSagaEventsResponse) Descriptor() ([]byte, []int) {
-	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{29}
+	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *GetSagaEventsResponse) GetEvents() []*SagaEvent {
@@ -2975,7 +3125,14 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12%\n" +
 	"\x0eafter_sequence\x18\x02 \x01(\x04R\rafterSequence\"G\n" +
 	"\x11WatchSagaResponse\x122\n" +
-	"\x05event\x18\x01 \x01(\v2\x1c.agentmesh.saga.v1.SagaEventR\x05event\"k\n" +
+	"\x05event\x18\x01 \x01(\v2\x1c.agentmesh.saga.v1.SagaEventR\x05event\"K\n" +
+	"\x0eRunSagaRequest\x129\n" +
+	"\x05start\x18\x01 \x01(\v2#.agentmesh.saga.v1.StartSagaRequestR\x05start\"\xc0\x01\n" +
+	"\x0fRunSagaResponse\x12@\n" +
+	"\astarted\x18\x01 \x01(\v2$.agentmesh.saga.v1.StartSagaResponseH\x00R\astarted\x124\n" +
+	"\x05event\x18\x02 \x01(\v2\x1c.agentmesh.saga.v1.SagaEventH\x00R\x05event\x12-\n" +
+	"\x04saga\x18\x03 \x01(\v2\x17.agentmesh.saga.v1.SagaH\x00R\x04sagaB\x06\n" +
+	"\x04item\"k\n" +
 	"\x14GetSagaEventsRequest\x12\x17\n" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -3031,7 +3188,7 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	" SAGA_EVENT_TYPE_SAGA_COMPENSATED\x10\x0f\x12\"\n" +
 	"\x1eSAGA_EVENT_TYPE_SAGA_CANCELLED\x10\x10\x12\x1f\n" +
 	"\x1bSAGA_EVENT_TYPE_SAGA_FAILED\x10\x11\x124\n" +
-	"0SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED\x10\x122\xce\a\n" +
+	"0SAGA_EVENT_TYPE_STEP_COMPENSATION_ATTEMPT_FAILED\x10\x122\xc0\b\n" +
 	"\vSagaService\x12n\n" +
 	"\tStartSaga\x12#.agentmesh.saga.v1.StartSagaRequest\x1a$.agentmesh.saga.v1.StartSagaResponse\"\x16\xf2\xb5\x18\x0fidempotency_key\x90\x02\x00\x12\x82\x01\n" +
 	"\x16RegisterSagaDefinition\x120.agentmesh.saga.v1.RegisterSagaDefinitionRequest\x1a1.agentmesh.saga.v1.RegisterSagaDefinitionResponse\"\x03\x90\x02\x02\x12s\n" +
@@ -3041,7 +3198,8 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\tListSagas\x12#.agentmesh.saga.v1.ListSagasRequest\x1a$.agentmesh.saga.v1.ListSagasResponse\"\x03\x90\x02\x01\x12^\n" +
 	"\n" +
 	"CancelSaga\x12$.agentmesh.saga.v1.CancelSagaRequest\x1a%.agentmesh.saga.v1.CancelSagaResponse\"\x03\x90\x02\x02\x12]\n" +
-	"\tWatchSaga\x12#.agentmesh.saga.v1.WatchSagaRequest\x1a$.agentmesh.saga.v1.WatchSagaResponse\"\x03\x90\x02\x010\x01\x12g\n" +
+	"\tWatchSaga\x12#.agentmesh.saga.v1.WatchSagaRequest\x1a$.agentmesh.saga.v1.WatchSagaResponse\"\x03\x90\x02\x010\x01\x12p\n" +
+	"\aRunSaga\x12!.agentmesh.saga.v1.RunSagaRequest\x1a\".agentmesh.saga.v1.RunSagaResponse\"\x1c\xf2\xb5\x18\x15start.idempotency_key\x90\x02\x000\x01\x12g\n" +
 	"\rGetSagaEvents\x12'.agentmesh.saga.v1.GetSagaEventsRequest\x1a(.agentmesh.saga.v1.GetSagaEventsResponse\"\x03\x90\x02\x01B\xd0\x01\n" +
 	"\x15com.agentmesh.saga.v1B\tSagaProtoP\x01ZFgithub.com/agentmesh/agentmesh/clients/go/gen/agentmesh/saga/v1;sagav1\xa2\x02\x03ASX\xaa\x02\x11Agentmesh.Saga.V1\xca\x02\x11Agentmesh\\Saga\\V1\xe2\x02\x1dAgentmesh\\Saga\\V1\\GPBMetadata\xea\x02\x13Agentmesh::Saga::V1b\x06proto3"
 
@@ -3058,7 +3216,7 @@ func file_agentmesh_saga_v1_saga_proto_rawDescGZIP() []byte {
 }
 
 var file_agentmesh_saga_v1_saga_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_agentmesh_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_agentmesh_saga_v1_saga_proto_msgTypes = make([]protoimpl.MessageInfo, 34)
 var file_agentmesh_saga_v1_saga_proto_goTypes = []any{
 	(CompensationStrategy)(0),              // 0: agentmesh.saga.v1.CompensationStrategy
 	(SagaState)(0),                         // 1: agentmesh.saga.v1.SagaState
@@ -3092,30 +3250,32 @@ var file_agentmesh_saga_v1_saga_proto_goTypes = []any{
 	(*CancelSagaResponse)(nil),             // 29: agentmesh.saga.v1.CancelSagaResponse
 	(*WatchSagaRequest)(nil),               // 30: agentmesh.saga.v1.WatchSagaRequest
 	(*WatchSagaResponse)(nil),              // 31: agentmesh.saga.v1.WatchSagaResponse
-	(*GetSagaEventsRequest)(nil),           // 32: agentmesh.saga.v1.GetSagaEventsRequest
-	(*GetSagaEventsResponse)(nil),          // 33: agentmesh.saga.v1.GetSagaEventsResponse
-	nil,                                    // 34: agentmesh.saga.v1.Step.InputMappingEntry
-	nil,                                    // 35: agentmesh.saga.v1.Step.MetadataEntry
-	(*durationpb.Duration)(nil),            // 36: google.protobuf.Duration
-	(*v1.AgentSelector)(nil),               // 37: agentmesh.common.v1.AgentSelector
-	(*v11.SwarmTask)(nil),                  // 38: agentmesh.swarm.v1.SwarmTask
-	(*timestamppb.Timestamp)(nil),          // 39: google.protobuf.Timestamp
-	(*structpb.Struct)(nil),                // 40: google.protobuf.Struct
-	(*v1.Provenance)(nil),                  // 41: agentmesh.common.v1.Provenance
+	(*RunSagaRequest)(nil),                 // 32: agentmesh.saga.v1.RunSagaRequest
+	(*RunSagaResponse)(nil),                // 33: agentmesh.saga.v1.RunSagaResponse
+	(*GetSagaEventsRequest)(nil),           // 34: agentmesh.saga.v1.GetSagaEventsRequest
+	(*GetSagaEventsResponse)(nil),          // 35: agentmesh.saga.v1.GetSagaEventsResponse
+	nil,                                    // 36: agentmesh.saga.v1.Step.InputMappingEntry
+	nil,                                    // 37: agentmesh.saga.v1.Step.MetadataEntry
+	(*durationpb.Duration)(nil),            // 38: google.protobuf.Duration
+	(*v1.AgentSelector)(nil),               // 39: agentmesh.common.v1.AgentSelector
+	(*v11.SwarmTask)(nil),                  // 40: agentmesh.swarm.v1.SwarmTask
+	(*timestamppb.Timestamp)(nil),          // 41: google.protobuf.Timestamp
+	(*structpb.Struct)(nil),                // 42: google.protobuf.Struct
+	(*v1.Provenance)(nil),                  // 43: agentmesh.common.v1.Provenance
 }
 var file_agentmesh_saga_v1_saga_proto_depIdxs = []int32{
-	36, // 0: agentmesh.saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
-	36, // 1: agentmesh.saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
-	37, // 2: agentmesh.saga.v1.Step.selector:type_name -> agentmesh.common.v1.AgentSelector
+	38, // 0: agentmesh.saga.v1.RetryPolicy.initial_backoff:type_name -> google.protobuf.Duration
+	38, // 1: agentmesh.saga.v1.RetryPolicy.max_backoff:type_name -> google.protobuf.Duration
+	39, // 2: agentmesh.saga.v1.Step.selector:type_name -> agentmesh.common.v1.AgentSelector
 	8,  // 3: agentmesh.saga.v1.Step.swarm:type_name -> agentmesh.saga.v1.SwarmStage
 	4,  // 4: agentmesh.saga.v1.Step.retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
-	36, // 5: agentmesh.saga.v1.Step.timeout:type_name -> google.protobuf.Duration
-	34, // 6: agentmesh.saga.v1.Step.input_mapping:type_name -> agentmesh.saga.v1.Step.InputMappingEntry
+	38, // 5: agentmesh.saga.v1.Step.timeout:type_name -> google.protobuf.Duration
+	36, // 6: agentmesh.saga.v1.Step.input_mapping:type_name -> agentmesh.saga.v1.Step.InputMappingEntry
 	5,  // 7: agentmesh.saga.v1.Step.map:type_name -> agentmesh.saga.v1.MapSpec
 	6,  // 8: agentmesh.saga.v1.Step.loop:type_name -> agentmesh.saga.v1.LoopSpec
-	35, // 9: agentmesh.saga.v1.Step.metadata:type_name -> agentmesh.saga.v1.Step.MetadataEntry
-	36, // 10: agentmesh.saga.v1.Step.compensation_timeout:type_name -> google.protobuf.Duration
-	38, // 11: agentmesh.saga.v1.SwarmStage.task:type_name -> agentmesh.swarm.v1.SwarmTask
+	37, // 9: agentmesh.saga.v1.Step.metadata:type_name -> agentmesh.saga.v1.Step.MetadataEntry
+	38, // 10: agentmesh.saga.v1.Step.compensation_timeout:type_name -> google.protobuf.Duration
+	40, // 11: agentmesh.saga.v1.SwarmStage.task:type_name -> agentmesh.swarm.v1.SwarmTask
 	7,  // 12: agentmesh.saga.v1.Stage.step:type_name -> agentmesh.saga.v1.Step
 	10, // 13: agentmesh.saga.v1.Stage.sequential:type_name -> agentmesh.saga.v1.StageGroup
 	10, // 14: agentmesh.saga.v1.Stage.parallel:type_name -> agentmesh.saga.v1.StageGroup
@@ -3123,36 +3283,36 @@ var file_agentmesh_saga_v1_saga_proto_depIdxs = []int32{
 	7,  // 16: agentmesh.saga.v1.SagaDefinition.steps:type_name -> agentmesh.saga.v1.Step
 	9,  // 17: agentmesh.saga.v1.SagaDefinition.pipeline:type_name -> agentmesh.saga.v1.Stage
 	0,  // 18: agentmesh.saga.v1.SagaDefinition.compensation_strategy:type_name -> agentmesh.saga.v1.CompensationStrategy
-	36, // 19: agentmesh.saga.v1.SagaDefinition.timeout:type_name -> google.protobuf.Duration
-	36, // 20: agentmesh.saga.v1.SagaDefinition.default_step_timeout:type_name -> google.protobuf.Duration
+	38, // 19: agentmesh.saga.v1.SagaDefinition.timeout:type_name -> google.protobuf.Duration
+	38, // 20: agentmesh.saga.v1.SagaDefinition.default_step_timeout:type_name -> google.protobuf.Duration
 	4,  // 21: agentmesh.saga.v1.SagaDefinition.default_retry_policy:type_name -> agentmesh.saga.v1.RetryPolicy
-	39, // 22: agentmesh.saga.v1.SagaDefinition.create_time:type_name -> google.protobuf.Timestamp
-	36, // 23: agentmesh.saga.v1.SagaDefinition.default_compensation_timeout:type_name -> google.protobuf.Duration
+	41, // 22: agentmesh.saga.v1.SagaDefinition.create_time:type_name -> google.protobuf.Timestamp
+	38, // 23: agentmesh.saga.v1.SagaDefinition.default_compensation_timeout:type_name -> google.protobuf.Duration
 	2,  // 24: agentmesh.saga.v1.StepState.status:type_name -> agentmesh.saga.v1.StepStatus
-	40, // 25: agentmesh.saga.v1.StepState.output:type_name -> google.protobuf.Struct
+	42, // 25: agentmesh.saga.v1.StepState.output:type_name -> google.protobuf.Struct
 	12, // 26: agentmesh.saga.v1.StepState.error:type_name -> agentmesh.saga.v1.StepError
-	39, // 27: agentmesh.saga.v1.StepState.start_time:type_name -> google.protobuf.Timestamp
-	39, // 28: agentmesh.saga.v1.StepState.end_time:type_name -> google.protobuf.Timestamp
+	41, // 27: agentmesh.saga.v1.StepState.start_time:type_name -> google.protobuf.Timestamp
+	41, // 28: agentmesh.saga.v1.StepState.end_time:type_name -> google.protobuf.Timestamp
 	11, // 29: agentmesh.saga.v1.Saga.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	40, // 30: agentmesh.saga.v1.Saga.input:type_name -> google.protobuf.Struct
+	42, // 30: agentmesh.saga.v1.Saga.input:type_name -> google.protobuf.Struct
 	1,  // 31: agentmesh.saga.v1.Saga.state:type_name -> agentmesh.saga.v1.SagaState
 	13, // 32: agentmesh.saga.v1.Saga.steps:type_name -> agentmesh.saga.v1.StepState
-	40, // 33: agentmesh.saga.v1.Saga.output:type_name -> google.protobuf.Struct
+	42, // 33: agentmesh.saga.v1.Saga.output:type_name -> google.protobuf.Struct
 	12, // 34: agentmesh.saga.v1.Saga.error:type_name -> agentmesh.saga.v1.StepError
-	39, // 35: agentmesh.saga.v1.Saga.create_time:type_name -> google.protobuf.Timestamp
-	39, // 36: agentmesh.saga.v1.Saga.update_time:type_name -> google.protobuf.Timestamp
-	39, // 37: agentmesh.saga.v1.Saga.end_time:type_name -> google.protobuf.Timestamp
+	41, // 35: agentmesh.saga.v1.Saga.create_time:type_name -> google.protobuf.Timestamp
+	41, // 36: agentmesh.saga.v1.Saga.update_time:type_name -> google.protobuf.Timestamp
+	41, // 37: agentmesh.saga.v1.Saga.end_time:type_name -> google.protobuf.Timestamp
 	3,  // 38: agentmesh.saga.v1.SagaEvent.type:type_name -> agentmesh.saga.v1.SagaEventType
-	39, // 39: agentmesh.saga.v1.SagaEvent.create_time:type_name -> google.protobuf.Timestamp
-	40, // 40: agentmesh.saga.v1.SagaEvent.input:type_name -> google.protobuf.Struct
-	40, // 41: agentmesh.saga.v1.SagaEvent.output:type_name -> google.protobuf.Struct
+	41, // 39: agentmesh.saga.v1.SagaEvent.create_time:type_name -> google.protobuf.Timestamp
+	42, // 40: agentmesh.saga.v1.SagaEvent.input:type_name -> google.protobuf.Struct
+	42, // 41: agentmesh.saga.v1.SagaEvent.output:type_name -> google.protobuf.Struct
 	12, // 42: agentmesh.saga.v1.SagaEvent.error:type_name -> agentmesh.saga.v1.StepError
-	36, // 43: agentmesh.saga.v1.SagaEvent.backoff:type_name -> google.protobuf.Duration
+	38, // 43: agentmesh.saga.v1.SagaEvent.backoff:type_name -> google.protobuf.Duration
 	1,  // 44: agentmesh.saga.v1.SagaEvent.state:type_name -> agentmesh.saga.v1.SagaState
-	41, // 45: agentmesh.saga.v1.SagaEvent.provenance:type_name -> agentmesh.common.v1.Provenance
+	43, // 45: agentmesh.saga.v1.SagaEvent.provenance:type_name -> agentmesh.common.v1.Provenance
 	11, // 46: agentmesh.saga.v1.SagaEvent.definition:type_name -> agentmesh.saga.v1.SagaDefinition
 	11, // 47: agentmesh.saga.v1.StartSagaRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
-	40, // 48: agentmesh.saga.v1.StartSagaRequest.input:type_name -> google.protobuf.Struct
+	42, // 48: agentmesh.saga.v1.StartSagaRequest.input:type_name -> google.protobuf.Struct
 	14, // 49: agentmesh.saga.v1.StartSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
 	11, // 50: agentmesh.saga.v1.RegisterSagaDefinitionRequest.definition:type_name -> agentmesh.saga.v1.SagaDefinition
 	11, // 51: agentmesh.saga.v1.RegisterSagaDefinitionResponse.definition:type_name -> agentmesh.saga.v1.SagaDefinition
@@ -3163,30 +3323,36 @@ var file_agentmesh_saga_v1_saga_proto_depIdxs = []int32{
 	14, // 56: agentmesh.saga.v1.ListSagasResponse.sagas:type_name -> agentmesh.saga.v1.Saga
 	14, // 57: agentmesh.saga.v1.CancelSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
 	15, // 58: agentmesh.saga.v1.WatchSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
-	15, // 59: agentmesh.saga.v1.GetSagaEventsResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
-	16, // 60: agentmesh.saga.v1.SagaService.StartSaga:input_type -> agentmesh.saga.v1.StartSagaRequest
-	18, // 61: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:input_type -> agentmesh.saga.v1.RegisterSagaDefinitionRequest
-	20, // 62: agentmesh.saga.v1.SagaService.GetSagaDefinition:input_type -> agentmesh.saga.v1.GetSagaDefinitionRequest
-	22, // 63: agentmesh.saga.v1.SagaService.ListSagaDefinitions:input_type -> agentmesh.saga.v1.ListSagaDefinitionsRequest
-	24, // 64: agentmesh.saga.v1.SagaService.GetSaga:input_type -> agentmesh.saga.v1.GetSagaRequest
-	26, // 65: agentmesh.saga.v1.SagaService.ListSagas:input_type -> agentmesh.saga.v1.ListSagasRequest
-	28, // 66: agentmesh.saga.v1.SagaService.CancelSaga:input_type -> agentmesh.saga.v1.CancelSagaRequest
-	30, // 67: agentmesh.saga.v1.SagaService.WatchSaga:input_type -> agentmesh.saga.v1.WatchSagaRequest
-	32, // 68: agentmesh.saga.v1.SagaService.GetSagaEvents:input_type -> agentmesh.saga.v1.GetSagaEventsRequest
-	17, // 69: agentmesh.saga.v1.SagaService.StartSaga:output_type -> agentmesh.saga.v1.StartSagaResponse
-	19, // 70: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:output_type -> agentmesh.saga.v1.RegisterSagaDefinitionResponse
-	21, // 71: agentmesh.saga.v1.SagaService.GetSagaDefinition:output_type -> agentmesh.saga.v1.GetSagaDefinitionResponse
-	23, // 72: agentmesh.saga.v1.SagaService.ListSagaDefinitions:output_type -> agentmesh.saga.v1.ListSagaDefinitionsResponse
-	25, // 73: agentmesh.saga.v1.SagaService.GetSaga:output_type -> agentmesh.saga.v1.GetSagaResponse
-	27, // 74: agentmesh.saga.v1.SagaService.ListSagas:output_type -> agentmesh.saga.v1.ListSagasResponse
-	29, // 75: agentmesh.saga.v1.SagaService.CancelSaga:output_type -> agentmesh.saga.v1.CancelSagaResponse
-	31, // 76: agentmesh.saga.v1.SagaService.WatchSaga:output_type -> agentmesh.saga.v1.WatchSagaResponse
-	33, // 77: agentmesh.saga.v1.SagaService.GetSagaEvents:output_type -> agentmesh.saga.v1.GetSagaEventsResponse
-	69, // [69:78] is the sub-list for method output_type
-	60, // [60:69] is the sub-list for method input_type
-	60, // [60:60] is the sub-list for extension type_name
-	60, // [60:60] is the sub-list for extension extendee
-	0,  // [0:60] is the sub-list for field type_name
+	16, // 59: agentmesh.saga.v1.RunSagaRequest.start:type_name -> agentmesh.saga.v1.StartSagaRequest
+	17, // 60: agentmesh.saga.v1.RunSagaResponse.started:type_name -> agentmesh.saga.v1.StartSagaResponse
+	15, // 61: agentmesh.saga.v1.RunSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
+	14, // 62: agentmesh.saga.v1.RunSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
+	15, // 63: agentmesh.saga.v1.GetSagaEventsResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
+	16, // 64: agentmesh.saga.v1.SagaService.StartSaga:input_type -> agentmesh.saga.v1.StartSagaRequest
+	18, // 65: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:input_type -> agentmesh.saga.v1.RegisterSagaDefinitionRequest
+	20, // 66: agentmesh.saga.v1.SagaService.GetSagaDefinition:input_type -> agentmesh.saga.v1.GetSagaDefinitionRequest
+	22, // 67: agentmesh.saga.v1.SagaService.ListSagaDefinitions:input_type -> agentmesh.saga.v1.ListSagaDefinitionsRequest
+	24, // 68: agentmesh.saga.v1.SagaService.GetSaga:input_type -> agentmesh.saga.v1.GetSagaRequest
+	26, // 69: agentmesh.saga.v1.SagaService.ListSagas:input_type -> agentmesh.saga.v1.ListSagasRequest
+	28, // 70: agentmesh.saga.v1.SagaService.CancelSaga:input_type -> agentmesh.saga.v1.CancelSagaRequest
+	30, // 71: agentmesh.saga.v1.SagaService.WatchSaga:input_type -> agentmesh.saga.v1.WatchSagaRequest
+	32, // 72: agentmesh.saga.v1.SagaService.RunSaga:input_type -> agentmesh.saga.v1.RunSagaRequest
+	34, // 73: agentmesh.saga.v1.SagaService.GetSagaEvents:input_type -> agentmesh.saga.v1.GetSagaEventsRequest
+	17, // 74: agentmesh.saga.v1.SagaService.StartSaga:output_type -> agentmesh.saga.v1.StartSagaResponse
+	19, // 75: agentmesh.saga.v1.SagaService.RegisterSagaDefinition:output_type -> agentmesh.saga.v1.RegisterSagaDefinitionResponse
+	21, // 76: agentmesh.saga.v1.SagaService.GetSagaDefinition:output_type -> agentmesh.saga.v1.GetSagaDefinitionResponse
+	23, // 77: agentmesh.saga.v1.SagaService.ListSagaDefinitions:output_type -> agentmesh.saga.v1.ListSagaDefinitionsResponse
+	25, // 78: agentmesh.saga.v1.SagaService.GetSaga:output_type -> agentmesh.saga.v1.GetSagaResponse
+	27, // 79: agentmesh.saga.v1.SagaService.ListSagas:output_type -> agentmesh.saga.v1.ListSagasResponse
+	29, // 80: agentmesh.saga.v1.SagaService.CancelSaga:output_type -> agentmesh.saga.v1.CancelSagaResponse
+	31, // 81: agentmesh.saga.v1.SagaService.WatchSaga:output_type -> agentmesh.saga.v1.WatchSagaResponse
+	33, // 82: agentmesh.saga.v1.SagaService.RunSaga:output_type -> agentmesh.saga.v1.RunSagaResponse
+	35, // 83: agentmesh.saga.v1.SagaService.GetSagaEvents:output_type -> agentmesh.saga.v1.GetSagaEventsResponse
+	74, // [74:84] is the sub-list for method output_type
+	64, // [64:74] is the sub-list for method input_type
+	64, // [64:64] is the sub-list for extension type_name
+	64, // [64:64] is the sub-list for extension extendee
+	0,  // [0:64] is the sub-list for field type_name
 }
 
 func init() { file_agentmesh_saga_v1_saga_proto_init() }
@@ -3209,13 +3375,18 @@ func file_agentmesh_saga_v1_saga_proto_init() {
 		(*StartSagaRequest_Definition)(nil),
 		(*StartSagaRequest_DefinitionName)(nil),
 	}
+	file_agentmesh_saga_v1_saga_proto_msgTypes[29].OneofWrappers = []any{
+		(*RunSagaResponse_Started)(nil),
+		(*RunSagaResponse_Event)(nil),
+		(*RunSagaResponse_Saga)(nil),
+	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_agentmesh_saga_v1_saga_proto_rawDesc), len(file_agentmesh_saga_v1_saga_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   32,
+			NumMessages:   34,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -27,6 +27,7 @@ const (
 	SagaService_ListSagas_FullMethodName              = "/agentmesh.saga.v1.SagaService/ListSagas"
 	SagaService_CancelSaga_FullMethodName             = "/agentmesh.saga.v1.SagaService/CancelSaga"
 	SagaService_WatchSaga_FullMethodName              = "/agentmesh.saga.v1.SagaService/WatchSaga"
+	SagaService_RunSaga_FullMethodName                = "/agentmesh.saga.v1.SagaService/RunSaga"
 	SagaService_GetSagaEvents_FullMethodName          = "/agentmesh.saga.v1.SagaService/GetSagaEvents"
 )
 
@@ -98,6 +99,21 @@ type SagaServiceClient interface {
 	// last sequence received and the stream resumes right after it.
 	// Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND, UNAVAILABLE.
 	WatchSaga(ctx context.Context, in *WatchSagaRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchSagaResponse], error)
+	// RunSaga starts a saga as StartSaga does and follows it to its end in one
+	// call: the first message is `started` (StartSaga's response), then come the
+	// saga's events in sequence order as WatchSaga sends them, and the last
+	// message is `saga`, the final saga as GetSaga returns it, after the event
+	// that put it in a final state; then the stream ends with OK. With an
+	// idempotency key that already started a saga, `started.already_started` is
+	// set and that saga is followed from its first event.
+	// On disconnect the saga goes on (it is durable once `started` was sent):
+	// resume with WatchSaga(saga_id, after_sequence = the last event's
+	// sequence), then GetSaga. A disconnect before `started` leaves it unknown
+	// whether the saga started, as with StartSaga: retry with the same
+	// idempotency key.
+	// Errors: as StartSaga (INVALID_ARGUMENT with field violations under
+	// `start.`, NOT_FOUND, ABORTED, UNAVAILABLE), before `started`.
+	RunSaga(ctx context.Context, in *RunSagaRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RunSagaResponse], error)
 	// GetSagaEvents returns a page of a saga's event log in sequence order.
 	// Errors: INVALID_ARGUMENT (empty saga_id, bad page_token or page_size),
 	// NOT_FOUND, UNAVAILABLE.
@@ -201,6 +217,25 @@ func (c *sagaServiceClient) WatchSaga(ctx context.Context, in *WatchSagaRequest,
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SagaService_WatchSagaClient = grpc.ServerStreamingClient[WatchSagaResponse]
 
+func (c *sagaServiceClient) RunSaga(ctx context.Context, in *RunSagaRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[RunSagaResponse], error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	stream, err := c.cc.NewStream(ctx, &SagaService_ServiceDesc.Streams[1], SagaService_RunSaga_FullMethodName, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &grpc.GenericClientStream[RunSagaRequest, RunSagaResponse]{ClientStream: stream}
+	if err := x.ClientStream.SendMsg(in); err != nil {
+		return nil, err
+	}
+	if err := x.ClientStream.CloseSend(); err != nil {
+		return nil, err
+	}
+	return x, nil
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SagaService_RunSagaClient = grpc.ServerStreamingClient[RunSagaResponse]
+
 func (c *sagaServiceClient) GetSagaEvents(ctx context.Context, in *GetSagaEventsRequest, opts ...grpc.CallOption) (*GetSagaEventsResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetSagaEventsResponse)
@@ -279,6 +314,21 @@ type SagaServiceServer interface {
 	// last sequence received and the stream resumes right after it.
 	// Errors: INVALID_ARGUMENT (empty saga_id), NOT_FOUND, UNAVAILABLE.
 	WatchSaga(*WatchSagaRequest, grpc.ServerStreamingServer[WatchSagaResponse]) error
+	// RunSaga starts a saga as StartSaga does and follows it to its end in one
+	// call: the first message is `started` (StartSaga's response), then come the
+	// saga's events in sequence order as WatchSaga sends them, and the last
+	// message is `saga`, the final saga as GetSaga returns it, after the event
+	// that put it in a final state; then the stream ends with OK. With an
+	// idempotency key that already started a saga, `started.already_started` is
+	// set and that saga is followed from its first event.
+	// On disconnect the saga goes on (it is durable once `started` was sent):
+	// resume with WatchSaga(saga_id, after_sequence = the last event's
+	// sequence), then GetSaga. A disconnect before `started` leaves it unknown
+	// whether the saga started, as with StartSaga: retry with the same
+	// idempotency key.
+	// Errors: as StartSaga (INVALID_ARGUMENT with field violations under
+	// `start.`, NOT_FOUND, ABORTED, UNAVAILABLE), before `started`.
+	RunSaga(*RunSagaRequest, grpc.ServerStreamingServer[RunSagaResponse]) error
 	// GetSagaEvents returns a page of a saga's event log in sequence order.
 	// Errors: INVALID_ARGUMENT (empty saga_id, bad page_token or page_size),
 	// NOT_FOUND, UNAVAILABLE.
@@ -316,6 +366,9 @@ func (UnimplementedSagaServiceServer) CancelSaga(context.Context, *CancelSagaReq
 }
 func (UnimplementedSagaServiceServer) WatchSaga(*WatchSagaRequest, grpc.ServerStreamingServer[WatchSagaResponse]) error {
 	return status.Errorf(codes.Unimplemented, "method WatchSaga not implemented")
+}
+func (UnimplementedSagaServiceServer) RunSaga(*RunSagaRequest, grpc.ServerStreamingServer[RunSagaResponse]) error {
+	return status.Errorf(codes.Unimplemented, "method RunSaga not implemented")
 }
 func (UnimplementedSagaServiceServer) GetSagaEvents(context.Context, *GetSagaEventsRequest) (*GetSagaEventsResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetSagaEvents not implemented")
@@ -478,6 +531,17 @@ func _SagaService_WatchSaga_Handler(srv interface{}, stream grpc.ServerStream) e
 // This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
 type SagaService_WatchSagaServer = grpc.ServerStreamingServer[WatchSagaResponse]
 
+func _SagaService_RunSaga_Handler(srv interface{}, stream grpc.ServerStream) error {
+	m := new(RunSagaRequest)
+	if err := stream.RecvMsg(m); err != nil {
+		return err
+	}
+	return srv.(SagaServiceServer).RunSaga(m, &grpc.GenericServerStream[RunSagaRequest, RunSagaResponse]{ServerStream: stream})
+}
+
+// This type alias is provided for backwards compatibility with existing code that references the prior non-generic stream type by name.
+type SagaService_RunSagaServer = grpc.ServerStreamingServer[RunSagaResponse]
+
 func _SagaService_GetSagaEvents_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetSagaEventsRequest)
 	if err := dec(in); err != nil {
@@ -540,6 +604,11 @@ var SagaService_ServiceDesc = grpc.ServiceDesc{
 		{
 			StreamName:    "WatchSaga",
 			Handler:       _SagaService_WatchSaga_Handler,
+			ServerStreams: true,
+		},
+		{
+			StreamName:    "RunSaga",
+			Handler:       _SagaService_RunSaga_Handler,
 			ServerStreams: true,
 		},
 	},
