@@ -97,8 +97,9 @@ PLAN: tuple[Bench, ...] = (
     Bench("router/bench_router.py", ("--seconds", "3", "--skip-in-process"),
           ("--seconds", "1", "--skip-in-process")),
     Bench("router/bench_safety.py", ("--seconds", "3"), ("--seconds", "1")),
-    Bench("saga/bench_saga.py", ("--seconds", "6", "--sagas", "1500"),
-          ("--seconds", "2", "--sagas", "200")),
+    # sagas against direct calls and against DBOS (sync and async APIs), interleaved
+    Bench("saga/bench_saga.py", ("--seconds", "6", "--sagas", "1500", "--rounds", "2"),
+          ("--seconds", "2", "--sagas", "200", "--rounds", "1", "--solo-seconds", "2")),
     Bench("saga/bench_tasks.py", ("--seconds", "6"), ("--seconds", "2", "--rate", "50")),
     Bench("tracing/bench_tracing.py", ("--seconds", "1", "--rounds", "4"),
           ("--seconds", "1", "--rounds", "1", "--sagas", "100")),
