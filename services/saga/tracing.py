@@ -13,6 +13,11 @@ the stored context needs nothing but the record. The saga span's own
 duration is therefore the acceptance of the saga; the trace's duration is
 the saga's. The agent call of an attempt is the attempt span's child (the
 CLIENT span of AgentClient.call), and the agent's SERVER span its child.
+
+An unsampled saga (at ratio 0.01, 99 in 100) costs one check per attempt:
+the stored context says unsampled, so no span is made and no attribute
+built; the agent calls carry that context on (`traceparent` with the
+sampled flag clear), so the agents and the router stay unsampled too.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from typing import Any
+
+from opentelemetry import context as otel_context
 
 from agentmesh.runtime import tracing
 from agentmesh.server.saga.planner import Call, CallKind
@@ -30,6 +37,10 @@ def saga_span(saga_id: str, name: str) -> str:
     "" while tracing is off or the span is not sampled-in at all."""
     if not tracing.enabled():
         return ""
+    if tracing.current_unsampled():
+        # The saga's span would not be recorded: store the StartSaga call's
+        # own (unsampled) context, which its steps then carry on.
+        return tracing.current_traceparent()
     with tracing.span(
         f"saga {name or 'inline'}",
         attributes={tracing.ATTR_SAGA_ID: saga_id, tracing.ATTR_SAGA_NAME: name or "inline"},
@@ -44,6 +55,15 @@ def attempt_span(saga_id: str, traceparent: str, call: Call) -> Iterator[Any]:
     (a CallError: the step's failure)."""
     if not tracing.enabled():
         yield None
+        return
+    if (unsampled := tracing.unsampled_context(traceparent)) is not None:
+        # One check per attempt: an unsampled saga makes no spans and builds
+        # no attributes; the agent call carries the stored context on.
+        token = otel_context.attach(unsampled)
+        try:
+            yield None
+        finally:
+            otel_context.detach(token)
         return
     kind = "step" if call.kind is CallKind.EXECUTE else "compensate"
     key = call.key if call.kind is CallKind.EXECUTE else call.key + "/compensate"

@@ -379,7 +379,9 @@ class AgentClient:
 
         Never raises for an RPC failure: the outcome carries it.
         """
-        if not tracing.enabled():
+        if not tracing.enabled() or tracing.current_unsampled():
+            # Unsampled: no span to record, so no attributes to build; the
+            # channel still propagates the unsampled context.
             return await self._call(target, method, request, timeout_s=timeout_s, metadata=metadata)
         with tracing.client_span(
             f"/agentmesh.agent.v1.AgentService/{method}",
@@ -599,4 +601,10 @@ def _span_attributes(target: Candidate, request: Any, strategy: str) -> dict[str
             attrs[tracing.ATTR_STEP] = step
         if swarm_id := md.get("swarm_id"):
             attrs[tracing.ATTR_SWARM_ID] = swarm_id
+        if partition := md.get("partition"):  # a swarm partition's index
+            attrs[tracing.ATTR_PARTITION] = int(partition) if partition.isdigit() else partition
+        if task_id := md.get("task_id"):
+            attrs[tracing.ATTR_TASK_ID] = task_id
+    if swarm_id := getattr(request, "swarm_id", ""):  # EvaluateRequest
+        attrs[tracing.ATTR_SWARM_ID] = swarm_id
     return attrs

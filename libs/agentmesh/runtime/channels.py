@@ -72,6 +72,9 @@ class _PropagatingCallable:
         if tracing.client_span_open():
             md += tuple(tracing.outgoing_metadata(None))
             return self._inner(*args, timeout=remaining_s(timeout), metadata=md, **kw)
+        if (unsampled := tracing.unsampled_metadata()) is not None:
+            # An unsampled trace: its traceparent goes on, no span is made.
+            return self._inner(*args, timeout=remaining_s(timeout), metadata=md + unsampled, **kw)
         span = tracing.start_client_span(self._method)
         md += tuple(tracing.outgoing_metadata(span))
         try:

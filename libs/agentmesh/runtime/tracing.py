@@ -37,13 +37,14 @@ import contextlib
 import contextvars
 import logging
 import os
+import re
 from collections.abc import Iterator, Mapping, MutableMapping
 from random import getrandbits, random
 from typing import Any
 
 import grpc
+from opentelemetry import baggage, propagate, trace
 from opentelemetry import context as otel_context
-from opentelemetry import propagate, trace
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -86,6 +87,8 @@ ATTR_AGENT_ID = "agentmesh.agent.id"
 ATTR_ACTION = "agentmesh.action"
 ATTR_SWARM_ID = "agentmesh.swarm.id"
 ATTR_PARTITION = "agentmesh.partition"
+ATTR_TASK_ID = "agentmesh.task.id"
+ATTR_TASK_TYPE = "agentmesh.task.type"
 ATTR_ERROR_CODE = "agentmesh.error.code"
 
 #: Codes a server span reports as an error (semantic conventions, gRPC).
@@ -289,6 +292,93 @@ def _unsampled_child(parent: Span) -> Span | None:
     return NonRecordingSpan(SpanContext(sc.trace_id, getrandbits(64) or 1, is_remote=False))
 
 
+#: A version-00 W3C traceparent (https://www.w3.org/TR/trace-context/#traceparent-header).
+_TRACEPARENT_00 = re.compile(r"00-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})")
+
+
+#: traceparent -> its unsampled context (contexts are immutable), bounded:
+#: cleared when full, which costs one parse per saga in flight.
+_unsampled_contexts: dict[str, otel_context.Context] = {}
+_UNSAMPLED_CACHE_SIZE = 4096
+
+
+def _parse_unsampled(traceparent: str) -> SpanContext | None:
+    """The remote SpanContext `traceparent` names when it is a well-formed
+    version-00 value with the sampled flag clear and the mesh's own
+    (parent-based) sampler decides, so every span under it would be
+    non-recording; parsed without the propagator. None otherwise: the caller
+    takes the full path."""
+    if _root_ratio is None:
+        return None
+    m = _TRACEPARENT_00.fullmatch(traceparent)
+    if m is None:
+        return None
+    flags = int(m[3], 16)
+    trace_id, span_id = int(m[1], 16), int(m[2], 16)
+    if flags & 1 or not trace_id or not span_id:
+        return None
+    return SpanContext(trace_id, span_id, is_remote=True, trace_flags=TraceFlags(flags))
+
+
+def unsampled_context(traceparent: str) -> otel_context.Context | None:
+    """A context whose current span is the unsampled one `traceparent` names
+    (a saga's stored context), or None when it is sampled, malformed or empty,
+    or an OTEL_TRACES_SAMPLER decides.
+
+    The cheap path of an unsampled trace (99 sagas in 100 at ratio 0.01):
+    attach the returned context and make no spans under it; calls made there
+    propagate it through `unsampled_metadata`, so their callees stay
+    unsampled, and log lines carry its trace id.
+    """
+    if _root_ratio is None or not traceparent:
+        return None
+    ctx = _unsampled_contexts.get(traceparent)
+    if ctx is not None:  # a saga's attempts all read the same stored context
+        return ctx
+    sc = _parse_unsampled(traceparent)
+    if sc is None:
+        return None
+    ctx = trace.set_span_in_context(NonRecordingSpan(sc), otel_context.Context())
+    if len(_unsampled_contexts) >= _UNSAMPLED_CACHE_SIZE:
+        _unsampled_contexts.clear()
+    _unsampled_contexts[traceparent] = ctx
+    return ctx
+
+
+def current_unsampled() -> bool:
+    """True when the current span is valid and unsampled and the mesh's own
+    sampler decides: every span made under it would be non-recording, so a
+    caller may skip making one (and building its attributes)."""
+    if _root_ratio is None:
+        return False
+    sc = trace.get_current_span().get_span_context()
+    return sc.is_valid and not sc.trace_flags.sampled
+
+
+def _traceparent(sc: SpanContext) -> str:
+    return f"00-{sc.trace_id:032x}-{sc.span_id:016x}-{int(sc.trace_flags):02x}"
+
+
+def unsampled_metadata() -> tuple[tuple[str, str], ...] | None:
+    """The propagation metadata of a call made under an unsampled current
+    span (see `current_unsampled`): its `traceparent`, formatted without the
+    propagator and without a span of its own (none would be recorded).
+    None when the current span is sampled or invalid, or carries a
+    tracestate or baggage (then the propagator writes them)."""
+    if _root_ratio is None:
+        return None
+    sc = trace.get_current_span().get_span_context()
+    if not sc.is_valid or sc.trace_flags.sampled or sc.trace_state or baggage.get_all():
+        return None
+    return (("traceparent", _traceparent(sc)),)
+
+
+def current_traceparent() -> str:
+    """The W3C `traceparent` of the current span ("" when there is none)."""
+    sc = trace.get_current_span().get_span_context()
+    return _traceparent(sc) if sc.is_valid else ""
+
+
 # ---- server spans ----------------------------------------------------------------------
 def traced_method(method: str) -> bool:
     """True when calls of `method` (`/pkg.Service/Method`) get spans."""
@@ -305,11 +395,27 @@ def start_server_span(
         (span, token); pass both to `end_server_span` in the same task.
     """
     assert _tracer is not None
-    if "traceparent" not in metadata and _root_ratio is not None and random() >= _root_ratio:
+    tp = metadata.get("traceparent")
+    if tp is None:
+        pass
+    elif (
+        "baggage" not in metadata
+        and "tracestate" not in metadata
+        and (sc := _parse_unsampled(tp)) is not None
+    ):
+        # An unsampled caller: the non-recording child the parent-based
+        # sampler would make, without the propagator and the sampler call.
+        span: Span = NonRecordingSpan(
+            SpanContext(
+                sc.trace_id, getrandbits(64) or 1, is_remote=False, trace_flags=sc.trace_flags
+            )
+        )
+        return span, otel_context.attach(trace.set_span_in_context(span))
+    if tp is None and _root_ratio is not None and random() >= _root_ratio:
         # A root the sampler would drop: the non-recording span it would make
         # (new ids, flags 00, so callees drop too), without the sampler call,
         # attribute dict and span plumbing; at ratio 0.01 that is 99 RPCs in 100.
-        span: Span = NonRecordingSpan(
+        span = NonRecordingSpan(
             SpanContext(getrandbits(128) or 1, getrandbits(64) or 1, is_remote=False)
         )
         return span, otel_context.attach(trace.set_span_in_context(span))
@@ -457,6 +563,13 @@ def span(
     """
     if _tracer is None:
         yield trace.INVALID_SPAN
+        return
+    if parent_traceparent and (ctx := unsampled_context(parent_traceparent)) is not None:
+        token = otel_context.attach(ctx)  # unsampled: no span, no propagator
+        try:
+            yield trace.get_current_span(ctx)
+        finally:
+            otel_context.detach(token)
         return
     parent = context_from_traceparent(parent_traceparent) if parent_traceparent else None
     child = _unsampled_child(trace.get_current_span(parent))

@@ -157,3 +157,31 @@ async def test_runtime_server_wraps_generic_handlers() -> None:
         await server.stop(0)
     assert _handled("OK") == ok0 + 1
     assert _handled("NOT_FOUND") == nf0 + 1
+
+
+async def test_an_unsampled_trace_goes_on_without_a_client_span(plain: Any) -> None:
+    from agentmesh.runtime import tracing
+
+    target, seen = plain
+    tracing.shutdown_tracing()
+    assert tracing.configure_tracing(
+        service_name="t", otlp_endpoint="127.0.0.1:9", sample_ratio=0.0
+    )
+    try:
+        stored = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"
+        ctx = tracing.unsampled_context(stored)
+        assert ctx is not None
+        token = tracing.otel_context.attach(ctx)
+        try:
+            async with create_channel(target) as ch:
+                await ch.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=5)
+        finally:
+            tracing.otel_context.detach(token)
+        assert seen.values("traceparent") == [stored]
+        # Outside it the call is a root, unsampled at ratio 0, in a new trace.
+        async with create_channel(target) as ch:
+            await ch.unary_unary(f"/{SERVICE}/Unary")(b"x", timeout=5)
+        (tp,) = seen.values("traceparent")
+        assert tp.split("-")[1] != stored.split("-")[1] and not int(tp[-2:], 16) & 1
+    finally:
+        tracing.shutdown_tracing()

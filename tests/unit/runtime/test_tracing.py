@@ -32,8 +32,11 @@ def test_off_without_an_endpoint_and_when_the_sdk_is_disabled(off: None) -> None
 
 
 def test_settings_flags_and_env() -> None:
-    cfg = load_config("router", ["--otlp-endpoint", "jaeger:4317"],
-                      environ={"AGENTMESH_TRACE_SAMPLE_RATIO": "0.25"})
+    cfg = load_config(
+        "router",
+        ["--otlp-endpoint", "jaeger:4317"],
+        environ={"AGENTMESH_TRACE_SAMPLE_RATIO": "0.25"},
+    )
     assert (cfg.otlp_endpoint, cfg.trace_sample_ratio) == ("jaeger:4317", 0.25)
     with pytest.raises(SystemExit):
         load_config("router", [], environ={"AGENTMESH_TRACE_SAMPLE_RATIO": "1.5"})
@@ -43,8 +46,9 @@ def test_settings_flags_and_env() -> None:
 
 def test_log_lines_carry_the_current_span_ids(off: None) -> None:
     # Ratio 0: spans get real ids but none is recorded or exported.
-    assert tracing.configure_tracing(service_name="t", otlp_endpoint="127.0.0.1:9",
-                                     sample_ratio=0.0)
+    assert tracing.configure_tracing(
+        service_name="t", otlp_endpoint="127.0.0.1:9", sample_ratio=0.0
+    )
     fmt = JsonFormatter("test")
     record = logging.makeLogRecord({"msg": "hello", "levelname": "INFO", "name": "t"})
     with tracing.span("work") as span:
@@ -56,11 +60,68 @@ def test_log_lines_carry_the_current_span_ids(off: None) -> None:
 
 
 def test_traceparent_round_trip_re_parents(off: None) -> None:
-    assert tracing.configure_tracing(service_name="t", otlp_endpoint="127.0.0.1:9",
-                                     sample_ratio=0.0)
+    assert tracing.configure_tracing(
+        service_name="t", otlp_endpoint="127.0.0.1:9", sample_ratio=0.0
+    )
     with tracing.span("saga") as saga:
         stored = tracing.traceparent_of(saga)
     assert stored.split("-")[1] == format(saga.get_span_context().trace_id, "032x")
     with tracing.span("step", parent_traceparent=stored) as step:
         assert step.get_span_context().trace_id == saga.get_span_context().trace_id
     assert tracing.context_from_traceparent("garbage") is None
+
+
+def test_an_unsampled_stored_context_is_continued_without_spans(off: None) -> None:
+    # Ratio 0: every root is unsampled; a sampled caller is still followed.
+    assert tracing.configure_tracing(
+        service_name="t", otlp_endpoint="127.0.0.1:9", sample_ratio=0.0
+    )
+    with tracing.span("saga") as saga:
+        stored = tracing.traceparent_of(saga)
+    assert not int(stored[-2:], 16) & 1 and not saga.is_recording()  # sampled flag clear
+    ctx = tracing.unsampled_context(stored)
+    assert ctx is not None and tracing.unsampled_context(stored) is ctx  # cached
+    token = tracing.otel_context.attach(ctx)
+    try:
+        assert tracing.current_unsampled()
+        md = tracing.unsampled_metadata()
+        assert md == (("traceparent", stored),)  # the stored context, passed on as is
+        with tracing.span("step", parent_traceparent=stored) as step:
+            assert not step.is_recording()
+            assert step.get_span_context().trace_id == saga.get_span_context().trace_id
+    finally:
+        tracing.otel_context.detach(token)
+    assert not tracing.current_unsampled() and tracing.unsampled_metadata() is None
+    trace_hex = stored.split("-")[1]
+    sampled = f"00-{trace_hex}-00f067aa0ba902b7-01"
+    for bad in (
+        sampled,
+        "",
+        "garbage",
+        stored.upper(),
+        f"00-{'0' * 32}-00f067aa0ba902b7-00",
+        stored + "-extra",
+    ):
+        assert tracing.unsampled_context(bad) is None, bad
+    # An unsampled caller's server span: non-recording, same trace, new id.
+    span, token = tracing.start_server_span("/p.S/M", "p.S", "M", {"traceparent": stored})
+    assert not span.is_recording()
+    assert format(span.get_span_context().trace_id, "032x") == trace_hex
+    assert format(span.get_span_context().span_id, "016x") != stored.split("-")[2]
+    tracing.end_server_span(span, token, tracing.grpc.StatusCode.OK)
+    # A sampled caller is never taken for unsampled: the parent-based sampler keeps it.
+    span, token = tracing.start_server_span("/p.S/M", "p.S", "M", {"traceparent": sampled})
+    assert span.is_recording()
+    tracing.otel_context.detach(token)  # not ended: nothing queued for the absent collector
+    # Baggage goes through the propagator, not the shortcut.
+    span, token = tracing.start_server_span(
+        "/p.S/M", "p.S", "M", {"traceparent": stored, "baggage": "tenant=a"}
+    )
+    try:
+        assert tracing.unsampled_metadata() is None
+        carrier: dict[str, str] = {}
+        tracing.inject(carrier)
+        assert carrier["baggage"] == "tenant=a"
+        assert carrier["traceparent"].split("-")[1] == trace_hex
+    finally:
+        tracing.end_server_span(span, token, tracing.grpc.StatusCode.OK)
