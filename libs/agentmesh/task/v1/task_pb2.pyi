@@ -241,6 +241,7 @@ class Task(_message.Message):
     REVISION_FIELD_NUMBER: _builtins.int
     CANCEL_REQUESTED_FIELD_NUMBER: _builtins.int
     FAILED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Server-assigned id; derived from the idempotency key when one is given."""
     task_type: _builtins.str
@@ -267,6 +268,13 @@ class Task(_message.Message):
     """Attempts that ended with an outcome (an error or a timeout);
     retry_policy.max_attempts counts these, not attempts cut short by a
     coordinator crash.
+    """
+    traceparent: _builtins.str
+    """W3C trace context (`traceparent`) of the task's span (`task <task_type>`,
+    a child of the ScheduleTask call's span), set by ScheduleTask while
+    tracing is on, "" otherwise. Every attempt's span (`task.attempt
+    <task_type>`) is its child, in whichever coordinator replica drives it,
+    also after a restart: one trace per task.
     """
     @_builtins.property
     def selector(self) -> _common_pb2.AgentSelector:
@@ -340,10 +348,11 @@ class Task(_message.Message):
         revision: _builtins.int = ...,
         cancel_requested: _builtins.bool = ...,
         failed_attempts: _builtins.int = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "not_before", b"not_before", "payload", b"payload", "result", b"result", "retry_policy", b"retry_policy", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "start_time", b"start_time", "target", b"target", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assigned_agent_id", b"assigned_agent_id", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "idempotency_key", b"idempotency_key", "not_before", b"not_before", "payload", b"payload", "priority", b"priority", "result", b"result", "retry_policy", b"retry_policy", "revision", b"revision", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "start_time", b"start_time", "state", b"state", "strategy", b"strategy", "target", b"target", "task_id", b"task_id", "task_type", b"task_type", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_id", b"agent_id", "assigned_agent_id", b"assigned_agent_id", "attempt", b"attempt", "cancel_requested", b"cancel_requested", "create_time", b"create_time", "end_time", b"end_time", "error", b"error", "failed_attempts", b"failed_attempts", "idempotency_key", b"idempotency_key", "not_before", b"not_before", "payload", b"payload", "priority", b"priority", "result", b"result", "retry_policy", b"retry_policy", "revision", b"revision", "schedule_to_start_timeout", b"schedule_to_start_timeout", "selector", b"selector", "start_time", b"start_time", "state", b"state", "strategy", b"strategy", "target", b"target", "task_id", b"task_id", "task_type", b"task_type", "timeout", b"timeout", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["agent_id", "selector"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015

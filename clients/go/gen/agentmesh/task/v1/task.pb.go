@@ -378,8 +378,14 @@ type Task struct {
 	// retry_policy.max_attempts counts these, not attempts cut short by a
 	// coordinator crash.
 	FailedAttempts uint32 `protobuf:"varint,23,opt,name=failed_attempts,json=failedAttempts,proto3" json:"failed_attempts,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// W3C trace context (`traceparent`) of the task's span (`task <task_type>`,
+	// a child of the ScheduleTask call's span), set by ScheduleTask while
+	// tracing is on, "" otherwise. Every attempt's span (`task.attempt
+	// <task_type>`) is its child, in whichever coordinator replica drives it,
+	// also after a restart: one trace per task.
+	Traceparent   string `protobuf:"bytes,24,opt,name=traceparent,proto3" json:"traceparent,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Task) Reset() {
@@ -582,6 +588,13 @@ func (x *Task) GetFailedAttempts() uint32 {
 		return x.FailedAttempts
 	}
 	return 0
+}
+
+func (x *Task) GetTraceparent() string {
+	if x != nil {
+		return x.Traceparent
+	}
+	return ""
 }
 
 type isTask_Target interface {
@@ -1266,7 +1279,7 @@ const file_agentmesh_task_v1_task_proto_rawDesc = "" +
 	"\tTaskError\x12\x12\n" +
 	"\x04code\x18\x01 \x01(\tR\x04code\x12\x18\n" +
 	"\amessage\x18\x02 \x01(\tR\amessage\x12\x16\n" +
-	"\x06reason\x18\x03 \x01(\tR\x06reason\"\x87\t\n" +
+	"\x06reason\x18\x03 \x01(\tR\x06reason\"\xa9\t\n" +
 	"\x04Task\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12\x1b\n" +
 	"\ttask_type\x18\x02 \x01(\tR\btaskType\x12\x1b\n" +
@@ -1294,7 +1307,8 @@ const file_agentmesh_task_v1_task_proto_rawDesc = "" +
 	"\bend_time\x18\x14 \x01(\v2\x1a.google.protobuf.TimestampR\aendTime\x12\x1a\n" +
 	"\brevision\x18\x15 \x01(\x04R\brevision\x12)\n" +
 	"\x10cancel_requested\x18\x16 \x01(\bR\x0fcancelRequested\x12'\n" +
-	"\x0ffailed_attempts\x18\x17 \x01(\rR\x0efailedAttemptsB\b\n" +
+	"\x0ffailed_attempts\x18\x17 \x01(\rR\x0efailedAttempts\x12 \n" +
+	"\vtraceparent\x18\x18 \x01(\tR\vtraceparentB\b\n" +
 	"\x06target\"\xff\x04\n" +
 	"\x13ScheduleTaskRequest\x12\x1b\n" +
 	"\ttask_type\x18\x01 \x01(\tR\btaskType\x12\x1b\n" +
