@@ -43,6 +43,7 @@ from agentmesh.server.bus.topics import (
     pattern_error,
     topic_error,
 )
+from agentmesh.server.bus.tracing import end_producer_spans, producer_spans
 
 #: Consumer group whose committed offsets on "<topic>.dlq" mark what was redriven.
 REDRIVE_GROUP = "_agentmesh.redrive"
@@ -128,7 +129,14 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             # delivery reports are awaited by the writer below, overlapping.
             try:
                 async for req in request_iterator:
-                    await inflight.put(await self.publisher.submit(list(req.messages)))
+                    msgs = list(req.messages)
+                    spans = producer_spans(msgs)  # [] while off or unsampled
+                    try:
+                        pending = await self.publisher.submit(msgs)
+                    except BaseException as exc:
+                        end_producer_spans(spans, [exc] * len(spans))
+                        raise
+                    await inflight.put((pending, spans))
             finally:
                 await inflight.put(done)
 
@@ -136,10 +144,13 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         task = asyncio.create_task(reader())
         try:
             while True:
-                pending = await inflight.get()
-                if pending is done:
+                item = await inflight.get()
+                if item is done:
                     break
+                pending, spans = item
                 await pending.settle(self._delivery_s + 1.0)
+                if spans:
+                    end_producer_spans(spans, pending.written())
                 yield pending.response()
             await task  # surfaces a reader error
         finally:

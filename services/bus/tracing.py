@@ -11,9 +11,12 @@ which the gateway carries both as Kafka headers (plain Kafka consumers can
 continue the trace) and inside the stored Envelope, so a Subscribe client
 receives it in `Envelope.headers` and starts its consumer span linked to it
 (`agentmesh.runtime.tracing.consumer_span`). A message whose client already
-set `traceparent` keeps it. Messages of a PublishStream batch carry the
-stream's context and get no span each (a span per record of a hot stream
-would cost more than the write).
+set `traceparent` keeps it. PublishStream does the same per message of each
+batch, every PRODUCER span a child of the stream's SERVER span.
+
+Unsampled (ratio 0.01: 99 RPCs or streams in 100) no span is made: one
+check per batch, then the RPC's unsampled `traceparent` goes into the
+headers of the batch's messages, so consumers stay unsampled too.
 """
 
 from __future__ import annotations
@@ -33,8 +36,12 @@ def inject_context(envs: Sequence[bus_pb2.Envelope]) -> None:
     carries none (no-op while tracing is off)."""
     if not tracing.enabled():
         return
-    carrier: dict[str, str] = {}
-    tracing.inject(carrier)
+    unsampled = tracing.unsampled_metadata()
+    if unsampled is not None:
+        carrier = dict(unsampled)
+    else:
+        carrier = {}
+        tracing.inject(carrier)
     if not carrier:
         return
     for env in envs:
@@ -44,9 +51,10 @@ def inject_context(envs: Sequence[bus_pb2.Envelope]) -> None:
 
 def producer_spans(envs: Sequence[bus_pb2.Envelope]) -> list[Any]:
     """Start one PRODUCER span per envelope and inject it into its headers;
-    [] while tracing is off. End them with `end_producer_spans`."""
-    if not tracing.enabled():
-        return []
+    [] while tracing is off or the current span is unsampled. End them with
+    `end_producer_spans`."""
+    if not tracing.enabled() or tracing.current_unsampled():
+        return []  # unsampled: `inject_context` passes the RPC's context on
     spans = []
     tracer = tracing.tracer()
     for env in envs:

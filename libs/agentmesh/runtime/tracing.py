@@ -181,13 +181,11 @@ def configure_tracing(
     from opentelemetry.sdk.resources import SERVICE_NAME, Resource
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
-    from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
+    from opentelemetry.sdk.trace.sampling import ParentBased
 
     if "://" not in endpoint:
         endpoint = "http://" + endpoint
-    sampler = (
-        None if env.get("OTEL_TRACES_SAMPLER") else ParentBased(TraceIdRatioBased(sample_ratio))
-    )
+    sampler = None if env.get("OTEL_TRACES_SAMPLER") else ParentBased(_root_sampler(sample_ratio))
     # Resource.create reads OTEL_RESOURCE_ATTRIBUTES and OTEL_SERVICE_NAME
     # from os.environ and lets them win over the attributes given here.
     resource = Resource.create({SERVICE_NAME: service_name})
@@ -212,6 +210,67 @@ def configure_tracing(
         },
     )
     return True
+
+
+#: True while a root span whose sampling the mesh already decided (sampled)
+#: is made: the root sampler then keeps it instead of deciding a second time.
+_root_decided: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "agentmesh_root_decided", default=False
+)
+
+
+def _root_sampler(ratio: float) -> Any:
+    """The root sampler of the mesh's ParentBased sampler: TraceIdRatioBased
+    at `ratio`, except for a root the mesh's own fast path already drew as
+    sampled (`_root_dropped` said no), which it keeps. Without that, a root
+    passing the fast path's draw (probability `ratio`) met the ratio sampler
+    again and was kept at `ratio` squared."""
+    from opentelemetry.sdk.trace.sampling import (
+        Decision,
+        Sampler,
+        SamplingResult,
+        TraceIdRatioBased,
+    )
+
+    class MeshRootSampler(Sampler):
+        def __init__(self) -> None:
+            self._ratio = TraceIdRatioBased(ratio)
+
+        def should_sample(
+            self,
+            parent_context: Any,
+            trace_id: int,
+            name: str,
+            kind: Any = None,
+            attributes: Any = None,
+            links: Any = None,
+            trace_state: Any = None,
+        ) -> Any:
+            if _root_decided.get():
+                return SamplingResult(Decision.RECORD_AND_SAMPLE, attributes, trace_state)
+            return self._ratio.should_sample(
+                parent_context, trace_id, name, kind, attributes, links, trace_state
+            )
+
+        def get_description(self) -> str:
+            return f"AgentMeshRoot{{{ratio}}}"
+
+    return MeshRootSampler()
+
+
+def _root_dropped() -> bool:
+    """For a root span about to be made under the mesh's sampler: True when
+    it is drawn unsampled (probability 1 - ratio), so the caller makes a
+    non-recording span itself; False when it is sampled, and the caller
+    then makes it with `_root_decided` set (see `_root_sampler`)."""
+    return _root_ratio is not None and random() >= _root_ratio
+
+
+def _new_unsampled_root() -> Span:
+    """A non-recording root span with fresh ids and flags 00 (callees drop too)."""
+    return NonRecordingSpan(
+        SpanContext(getrandbits(128) or 1, getrandbits(64) or 1, is_remote=False)
+    )
 
 
 def shutdown_tracing(*, timeout_ms: int = 5000) -> None:
@@ -411,21 +470,23 @@ def start_server_span(
             )
         )
         return span, otel_context.attach(trace.set_span_in_context(span))
-    if tp is None and _root_ratio is not None and random() >= _root_ratio:
-        # A root the sampler would drop: the non-recording span it would make
-        # (new ids, flags 00, so callees drop too), without the sampler call,
-        # attribute dict and span plumbing; at ratio 0.01 that is 99 RPCs in 100.
-        span = NonRecordingSpan(
-            SpanContext(getrandbits(128) or 1, getrandbits(64) or 1, is_remote=False)
-        )
+    if tp is None and _root_dropped():
+        # A root the sampler would drop: the non-recording span it would make,
+        # without the sampler call, attribute dict and span plumbing; at
+        # ratio 0.01 that is 99 RPCs in 100.
+        span = _new_unsampled_root()
         return span, otel_context.attach(trace.set_span_in_context(span))
     parent = propagate.extract(metadata)
-    span = _tracer.start_span(
-        f"{service}/{short}",
-        context=parent,
-        kind=SpanKind.SERVER,
-        attributes={RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: short},
-    )
+    decided = _root_decided.set(tp is None and _root_ratio is not None)
+    try:
+        span = _tracer.start_span(
+            f"{service}/{short}",
+            context=parent,
+            kind=SpanKind.SERVER,
+            attributes={RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: short},
+        )
+    finally:
+        _root_decided.reset(decided)
     token = otel_context.attach(trace.set_span_in_context(span, parent))
     return span, token
 
@@ -456,13 +517,21 @@ def start_client_span(method: str, attributes: Mapping[str, Any] | None = None) 
     """Start (not make current) the CLIENT span of an outgoing call of
     `method` (`/pkg.Service/Method`), child of the current context."""
     assert _tracer is not None
-    if (child := _unsampled_child(trace.get_current_span())) is not None:
+    current = trace.get_current_span()
+    if (child := _unsampled_child(current)) is not None:
         return child
+    root = not current.get_span_context().is_valid
+    if root and _root_dropped():
+        return _new_unsampled_root()
     service, short = _split(method)
     attrs: dict[str, Any] = {RPC_SYSTEM: "grpc", RPC_SERVICE: service, RPC_METHOD: short}
     if attributes:
         attrs.update(attributes)
-    return _tracer.start_span(f"{service}/{short}", kind=SpanKind.CLIENT, attributes=attrs)
+    decided = _root_decided.set(root and _root_ratio is not None)
+    try:
+        return _tracer.start_span(f"{service}/{short}", kind=SpanKind.CLIENT, attributes=attrs)
+    finally:
+        _root_decided.reset(decided)
 
 
 def end_client_span(span: Span, code: grpc.StatusCode, message: str = "") -> None:
@@ -572,7 +641,11 @@ def span(
             otel_context.detach(token)
         return
     parent = context_from_traceparent(parent_traceparent) if parent_traceparent else None
-    child = _unsampled_child(trace.get_current_span(parent))
+    current = trace.get_current_span(parent)
+    root = not current.get_span_context().is_valid
+    child = _unsampled_child(current)
+    if child is None and root and _root_dropped():
+        child = _new_unsampled_root()
     if child is not None:  # unsampled trace: no sampler call, nothing recorded
         token = otel_context.attach(trace.set_span_in_context(child))
         try:
@@ -580,14 +653,19 @@ def span(
         finally:
             otel_context.detach(token)
         return
-    with _tracer.start_as_current_span(
-        name,
-        context=parent,
-        kind=kind,
-        attributes=dict(attributes) if attributes else None,
-        links=links,
-        record_exception=False,
-        set_status_on_exception=True,
+    decided = _root_decided.set(root and _root_ratio is not None)
+    try:
+        made = _tracer.start_span(
+            name,
+            context=parent,
+            kind=kind,
+            attributes=dict(attributes) if attributes else None,
+            links=links,
+        )
+    finally:
+        _root_decided.reset(decided)
+    with trace.use_span(
+        made, end_on_exit=True, record_exception=False, set_status_on_exception=True
     ) as s:
         yield s
 
