@@ -1,4 +1,4 @@
-"""The saga coordinator's spans: one trace per saga.
+"""The saga coordinator's spans: one trace per saga, one per task.
 
 StartSaga opens the saga's span (`saga <definition name>`, INTERNAL, a child
 of the StartSaga server span, so a traced client sees the saga inside its
@@ -23,12 +23,15 @@ sampled flag clear), so the agents and the router stay unsampled too.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Awaitable, Iterator
 from typing import Any
 
+import grpc
 from opentelemetry import context as otel_context
+from opentelemetry.trace import Status, StatusCode
 
 from agentmesh.runtime import tracing
+from agentmesh.runtime.agents import CallOutcome
 from agentmesh.server.saga.planner import Call, CallKind
 
 
@@ -84,3 +87,58 @@ def attempt_span(saga_id: str, traceparent: str, call: Call) -> Iterator[Any]:
             if code:
                 span.set_attribute(tracing.ATTR_ERROR_CODE, str(code))
             raise
+
+
+# ---- tasks ------------------------------------------------------------------------
+# One trace per task, as per saga: ScheduleTask opens the task's span
+# (`task <task_type>`, ended at once) and stores its traceparent in the task
+# record (Task.traceparent); each attempt (`task.attempt <task_type>`) is its
+# child, read back from the record by whichever replica drives it, and the
+# attempt's agent call (AgentClient.call's CLIENT span) the attempt's child.
+
+
+def task_span(task_id: str, task_type: str) -> str:
+    """Make the task's span (ended at once) and return its traceparent; ""
+    while tracing is off. Unsampled: the ScheduleTask call's own context."""
+    if not tracing.enabled():
+        return ""
+    if tracing.current_unsampled():
+        return tracing.current_traceparent()
+    with tracing.span(
+        f"task {task_type}",
+        attributes={tracing.ATTR_TASK_ID: task_id, tracing.ATTR_TASK_TYPE: task_type},
+    ) as span:
+        return tracing.traceparent_of(span)
+
+
+async def traced_attempt(task: Any, call: Awaitable[CallOutcome]) -> CallOutcome:
+    """Await `call`, the agent call of one attempt of `task` (a
+    task_pb2.Task), inside the attempt's span, child of the task's span
+    (`task.traceparent`); the call's CLIENT span is then the attempt's child.
+    ERROR with the outcome's code when the attempt failed.
+
+    `call` is a coroutine not yet started, so it runs in this context.
+    """
+    if not tracing.enabled():
+        return await call
+    if (unsampled := tracing.unsampled_context(task.traceparent)) is not None:
+        token = otel_context.attach(unsampled)  # unsampled: no span, no attributes
+        try:
+            return await call
+        finally:
+            otel_context.detach(token)
+    with tracing.span(
+        f"task.attempt {task.task_type}",
+        parent_traceparent=task.traceparent,
+        attributes={
+            tracing.ATTR_TASK_ID: task.task_id,
+            tracing.ATTR_TASK_TYPE: task.task_type,
+            tracing.ATTR_ATTEMPT: task.attempt,
+            tracing.ATTR_IDEMPOTENCY_KEY: f"task/{task.task_id}",
+        },
+    ) as span:
+        out = await call
+        if out.code is not grpc.StatusCode.OK:
+            span.set_attribute(tracing.ATTR_ERROR_CODE, out.code.name)
+            span.set_status(Status(StatusCode.ERROR, out.message or out.code.name))
+        return out

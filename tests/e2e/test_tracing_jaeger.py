@@ -18,6 +18,14 @@ HTTP query API (`/api/traces/<id>`), the same data its UI shows.
   carry error status; its compensations are spans of the same trace.
 * A saga resumed by a second coordinator after SIGKILL of the first
   continues in the saga's trace.
+* A step whose agent writes two messages in one PublishStream batch: a
+  PRODUCER span per message under the stream's SERVER span, each message's
+  traceparent naming its own; the agent's own `@agent.on_message` handler
+  runs inside a CONSUMER span (service tracing-agent) linked to that
+  message's producer, and the handler's publish is that span's child.
+* A task (TaskService) is one trace: the task's span under ScheduleTask,
+  its attempt's span under it, the agent call under the attempt, with
+  agentmesh.task.* attributes.
 """
 
 from __future__ import annotations
@@ -32,11 +40,14 @@ import pytest
 import redis
 
 from agentmesh.bus.v1 import bus_pb2_grpc
+from agentmesh.client.bus_messages import from_payload
 from agentmesh.runtime import tracing
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
+from agentmesh.task.v1 import task_pb2, task_pb2_grpc
 from tests.infra import flush_db
 from tests.integration.bus.helpers import Sub
 from tests.integration.saga.conftest import events, wait_final
+from tests.integration.tasks.conftest import wait_final as wait_task_final
 from tests.jaeger import Jaeger, jaeger_binary
 from tests.procs import AgentProcess, DaemonProcess, ProcessGroup, daemon
 from tests.registry_records import queue_agent_record
@@ -356,3 +367,99 @@ async def test_saga_resumed_after_sigkill_continues_in_the_same_trace(
     (r3,) = t.named("saga.step r3")
     (client,) = t.children(r3, EXECUTE)
     assert t.children(client, EXECUTE), "the agent's Execute span is in the same trace"
+
+
+PUBLISH_STREAM = "agentmesh.bus.v1.BusService/PublishStream"
+INBOX, ACKS = "tracing.e2e.inbox", "tracing.e2e.acks"
+
+
+async def test_publish_stream_spans_and_on_message_runs_in_the_consumer_span(
+    mesh: dict[str, Any], jaeger: Jaeger
+) -> None:
+    async with grpc.aio.insecure_channel(mesh["bus"].target) as bch:
+        async with Sub(bus_pb2_grpc.BusServiceStub(bch), [ACKS], "tracing-e2e-acks") as sub:
+            saga_id, trace_id, saga = await _run(
+                mesh["saga"].target, [_step("ps", "publish_stream")], topic=INBOX, count=2)
+            assert saga.state == S.SAGA_STATE_COMPLETED
+            acks = [from_payload(m.envelope.payload) for m in await sub.take(2)]
+    keys = {f"{saga_id}/ps/0", f"{saga_id}/ps/1"}
+    assert {a["key"] for a in acks} == keys  # type: ignore[index]
+
+    def complete(t: Trace) -> bool:
+        return len(t.named(f"publish {INBOX}")) == 2
+
+    t = await _trace(jaeger, trace_id, complete)
+    (stream_server,) = [s for s in t.named(PUBLISH_STREAM) if s["service"] == "agentmesh-bus"]
+    stream_client = t.parent(stream_server)
+    assert stream_client is not None and stream_client["service"] == "tracing-agent"
+    assert t.parent(stream_client)["operationName"] == EXECUTE  # type: ignore[index]
+    producers = t.named(f"publish {INBOX}")
+    by_key = {p["tagmap"]["messaging.kafka.message.key"]: p for p in producers}
+    assert set(by_key) == keys
+    for p in producers:
+        assert t.parent(p) is stream_server
+        tags = p["tagmap"]
+        assert tags["span.kind"] == "producer"
+        assert (tags["messaging.system"], tags["messaging.destination.name"]) == ("kafka", INBOX)
+        assert "messaging.kafka.offset" in tags and "messaging.destination.partition.id" in tags
+    assert len({p["spanID"] for p in producers}) == 2
+
+    # Each handler ran in its own CONSUMER span, linked to its message's producer.
+    for ack in acks:
+        assert isinstance(ack, dict)
+        producer = by_key[ack["key"]]
+
+        def handled(ct: Trace, ack: dict[str, Any] = ack) -> bool:
+            return any(s["spanID"] == ack["span_id"] for s in ct.spans) and bool(
+                ct.named(f"publish {ACKS}"))
+
+        ct = await _trace(jaeger, ack["trace_id"], handled)
+        consumer = ct.by_id[ack["span_id"]]
+        assert consumer["operationName"] == f"process {INBOX}"
+        assert consumer["service"] == "tracing-agent"
+        ctags = consumer["tagmap"]
+        assert ctags["span.kind"] == "consumer"
+        assert ctags["messaging.consumer.group.name"] == "tracing-agent-inbox"
+        assert ctags["messaging.message.id"] == ack["handled"]
+        assert ctags["messaging.kafka.message.key"] == ack["key"]
+        refs = {(r["refType"], r["traceID"], r["spanID"]) for r in consumer["references"]}
+        assert ("FOLLOWS_FROM", trace_id, producer["spanID"]) in refs
+        # The handler's own publish: Publish CLIENT under the consumer span.
+        (pub_client,) = [s for s in ct.children(consumer, "agentmesh.bus.v1.BusService/Publish")]
+        assert pub_client["service"] == "tracing-agent"
+
+
+async def test_a_task_is_one_trace_task_attempt_agent(
+    mesh: dict[str, Any], jaeger: Jaeger
+) -> None:
+    async with grpc.aio.insecure_channel(mesh["saga"].target) as ch:
+        stub = task_pb2_grpc.TaskServiceStub(ch)
+        task = (await stub.ScheduleTask(task_pb2.ScheduleTaskRequest(
+            task_type="work", agent_id=AGENT_ID))).task
+        assert task.traceparent
+        final = await wait_task_final(stub, task.task_id)
+    assert final.state == task_pb2.TASK_STATE_COMPLETED
+    assert final.traceparent == task.traceparent
+    trace_id = task.traceparent.split("-")[1]
+
+    def complete(t: Trace) -> bool:
+        return bool(t.named("task.attempt work")) and len(t.named(EXECUTE)) >= 2
+
+    t = await _trace(jaeger, trace_id, complete)
+    (task_span,) = t.named("task work")
+    assert task_span["service"] == "agentmesh-saga"
+    assert task_span["tagmap"]["agentmesh.task.id"] == task.task_id
+    assert task_span["tagmap"]["agentmesh.task.type"] == "work"
+    schedule = t.parent(task_span)
+    assert schedule is not None
+    assert schedule["operationName"] == "agentmesh.task.v1.TaskService/ScheduleTask"
+    (attempt,) = t.named("task.attempt work")
+    assert t.parent(attempt) is task_span
+    assert attempt["tagmap"]["agentmesh.attempt"] == 1
+    assert attempt["tagmap"]["agentmesh.idempotency_key"] == f"task/{task.task_id}"
+    assert not _is_error(attempt)
+    (client,) = t.children(attempt, EXECUTE)
+    assert client["tagmap"]["agentmesh.task.id"] == task.task_id
+    assert client["tagmap"]["agentmesh.agent.id"] == AGENT_ID
+    (server,) = t.children(client, EXECUTE)
+    assert server["service"] == "tracing-agent"

@@ -55,6 +55,7 @@ from agentmesh.server.saga.tasks.store import (
     TaskStore,
     priority_class,
 )
+from agentmesh.server.saga.tracing import traced_attempt
 from agentmesh.task.v1 import task_pb2
 
 log = logging.getLogger("agentmesh.saga.tasks")
@@ -729,9 +730,9 @@ class TaskScheduler:
                 attempt=t.attempt,
                 metadata={"task_id": t.task_id},
             )
-            call = asyncio.ensure_future(
-                self.client.call(opt.candidate, "Execute", req, timeout_s=timeout_ms / 1000.0)
-            )
+            call = asyncio.ensure_future(traced_attempt(
+                t, self.client.call(opt.candidate, "Execute", req, timeout_s=timeout_ms / 1000.0)
+            ))
             stop = asyncio.ensure_future(d.cancel.wait())
             try:
                 await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)

@@ -20,6 +20,7 @@ from agentmesh.runtime.priority import priority_class
 from agentmesh.server.saga import metrics
 from agentmesh.server.saga.tasks.scheduler import TaskScheduler, due_ms, now_ms
 from agentmesh.server.saga.tasks.store import CLASS_NAMES, TERMINAL, TaskStore, new_task_id
+from agentmesh.server.saga.tracing import task_span
 from agentmesh.task.v1 import task_pb2, task_pb2_grpc
 
 T = task_pb2
@@ -138,9 +139,11 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         """See task.proto."""
         self._validate(request)
         r = request
+        task_id = new_task_id(r.idempotency_key)
         t = T.Task(
-            task_id=new_task_id(r.idempotency_key),
+            task_id=task_id,
             task_type=r.task_type,
+            traceparent=task_span(task_id, r.task_type),
             priority=r.priority,
             idempotency_key=r.idempotency_key,
             strategy=r.strategy,

@@ -141,3 +141,24 @@ def test_roots_are_sampled_at_the_ratio_not_its_square(off: None) -> None:
         tracing.otel_context.detach(token)  # never ended: nothing to export
         client += tracing.start_client_span("/p.S/M").is_recording()
     assert abs(server / n - 0.5) < 0.05 and abs(client / n - 0.5) < 0.05
+
+
+def test_agent_call_attributes_name_the_swarm_partition_and_task() -> None:
+    from agentmesh.agent.v1 import agent_pb2
+    from agentmesh.runtime.agents import _span_attributes
+    from agentmesh.runtime.routing.candidates import Candidate
+
+    target = Candidate("a1", "127.0.0.1:1", "ACTIVE", 1.0)
+    partition = agent_pb2.ExecuteRequest(
+        action="map",
+        idempotency_key="sw-1/p3",
+        attempt=2,
+        metadata={"swarm_id": "sw-1", "partition": "3"},
+    )
+    attrs = _span_attributes(target, partition, "")
+    assert attrs[tracing.ATTR_SWARM_ID] == "sw-1" and attrs[tracing.ATTR_PARTITION] == 3
+    assert attrs[tracing.ATTR_ATTEMPT] == 2 and attrs[tracing.ATTR_IDEMPOTENCY_KEY] == "sw-1/p3"
+    evaluate = agent_pb2.EvaluateRequest(objective="sphere", swarm_id="sw-2")
+    assert _span_attributes(target, evaluate, "")[tracing.ATTR_SWARM_ID] == "sw-2"
+    task = agent_pb2.ExecuteRequest(action="work", metadata={"task_id": "t-9"})
+    assert _span_attributes(target, task, "")[tracing.ATTR_TASK_ID] == "t-9"
