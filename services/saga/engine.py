@@ -21,7 +21,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import random
+import signal
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,9 +35,9 @@ from agentmesh.saga.v1 import saga_pb2
 from agentmesh.server.saga import metrics
 from agentmesh.server.saga.agents import AgentCaller, CallError
 from agentmesh.server.saga.definition import CompiledDefinition, compile_definition
-from agentmesh.server.saga.planner import Call, CallKind, Outcome, Planner, Writer
+from agentmesh.server.saga.planner import Call, CallKind, Outcome, Plan, Planner, Writer
 from agentmesh.server.saga.state import SagaRecord
-from agentmesh.server.saga.store import Fenced, Lease, SagaStore
+from agentmesh.server.saga.store import Fenced, Lease, SagaStore, lease_keys
 from agentmesh.server.saga.tracing import attempt_span
 
 log = logging.getLogger("agentmesh.saga.engine")
@@ -143,7 +145,9 @@ class Runner:
         for ev in self.pending:
             self._observe(ev)
         self.durable_seq = self.rec.seq
-        self.pending.clear()
+        # durable now: local watchers get them without reading the log back
+        self.engine.publish(self.rec, self.pending)
+        self.pending = []
 
     def _observe(self, ev: saga_pb2.SagaEvent) -> None:
         t = ev.type
@@ -180,10 +184,25 @@ class Runner:
                 metrics.PIPELINE_THROUGHPUT.finished(self.pipeline)
 
     # ---- main loop ----------------------------------------------------------------
-    async def run(self) -> None:
-        """Drive until final, lease loss or engine stop."""
+    async def run(self, *, started: Plan | None = None) -> None:
+        """Drive until final, lease loss or engine stop.
+
+        Args:
+            started: the first plan of a saga this replica created with its
+                lease (`Engine.start_saga`): its events are durable already (or
+                pending, when they ended the saga), its calls not yet sent.
+        """
         try:
-            self.pending += self.planner.lease_acquired(now_ms=now_ms())
+            if started is None:
+                self.pending += self.planner.lease_acquired(now_ms=now_ms())
+            else:
+                await self.flush()
+                if self.rec.final:
+                    return
+                for c in started.calls:
+                    self._launch(c)
+                await self._wait()
+                self._collect()
             while True:
                 plan = self.planner.plan(
                     now_ms=now_ms(),
@@ -274,6 +293,17 @@ class Runner:
             self.pending.append(self.planner.classify(c, _outcome(t), now_ms=now_ms()))
 
 
+#: Crash-test hook: `1` makes the process SIGKILL itself right after the
+#: combined start script of a saga returned (tests/integration/saga).
+KILL_AFTER_START_ENV = "AGENTMESH_SAGA_TEST_KILL_AFTER_START"
+_KILL_AFTER_START = os.environ.get(KILL_AFTER_START_ENV) == "1"
+
+
+def _kill_after_start_if_asked() -> None:
+    if _KILL_AFTER_START:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def _outcome(t: asyncio.Task[Any]) -> Outcome:
     """A finished call task's result as the planner's Outcome."""
     if t.cancelled():
@@ -284,6 +314,29 @@ def _outcome(t: asyncio.Task[Any]) -> Outcome:
     if isinstance(exc, CallError):
         return Outcome.failure(exc.code, exc.message, reason=exc.reason)
     return Outcome.failure("INTERNAL", f"{type(exc).__name__}: {exc}")
+
+
+#: What a feed carries: a batch of durable events with the record after them,
+#: or None when the runner stopped before the saga's end (read the log instead).
+FeedItem = tuple[SagaRecord, list[saga_pb2.SagaEvent]] | None
+
+#: A watcher whose feed holds this many batches unread is dropped from the
+#: feed (it gets None and reads the log from where it is): memory stays bounded.
+FEED_MAX_BATCHES = 256
+
+
+@dataclass
+class Started:
+    """A saga `Engine.start_saga` created and leased, driven by this replica.
+
+    Attributes:
+        events: its durable events 1..N (SAGA_STARTED, LEASE_ACQUIRED, the
+            first STEP_STARTEDs), in order.
+        feed: its later durable batches (`Engine.subscribe`), when asked for.
+    """
+
+    events: list[saga_pb2.SagaEvent]
+    feed: asyncio.Queue[FeedItem] | None
 
 
 class Engine:
@@ -304,6 +357,7 @@ class Engine:
         self._loops: list[asyncio.Task[Any]] = []
         self._compiled: dict[bytes, CompiledDefinition] = {}
         self._starting: set[str] = set()
+        self._feeds: dict[str, set[asyncio.Queue[FeedItem]]] = {}
 
     async def start(self) -> None:
         """Start the renewal and recovery loops."""
@@ -335,6 +389,121 @@ class Engine:
             r.cancel_seen = True
             r.cancel_reason = reason
             r.wake.set()
+
+    # ---- in-process watchers -------------------------------------------------------
+    def subscribe(self, saga_id: str) -> asyncio.Queue[FeedItem] | None:
+        """A feed of the saga's durable event batches while this replica drives it.
+
+        Returns:
+            None when no runner of this replica drives the saga (read the log).
+            Else a queue that gets each batch once it is durable, and None
+            when the runner stops (final: after the final batch; lease lost,
+            crash, shutdown or a slow reader: read the log from there on).
+            `unsubscribe` it when done.
+        """
+        if saga_id not in self.runners:
+            return None
+        q: asyncio.Queue[FeedItem] = asyncio.Queue()
+        self._feeds.setdefault(saga_id, set()).add(q)
+        return q
+
+    def unsubscribe(self, saga_id: str, q: asyncio.Queue[FeedItem]) -> None:
+        """Stop feeding `q` (idempotent)."""
+        qs = self._feeds.get(saga_id)
+        if qs is not None:
+            qs.discard(q)
+            if not qs:
+                del self._feeds[saga_id]
+
+    def publish(self, rec: SagaRecord, events: list[saga_pb2.SagaEvent]) -> None:
+        """Hand a durable batch to the saga's local watchers (a runner calls this
+        after each append; `events` must not change afterwards)."""
+        qs = self._feeds.get(rec.saga_id)
+        if not qs:
+            return
+        for q in list(qs):
+            if q.qsize() >= FEED_MAX_BATCHES:
+                qs.discard(q)
+                q.put_nowait(None)
+            else:
+                q.put_nowait((rec, events))
+
+    def _close_feeds(self, saga_id: str) -> None:
+        for q in self._feeds.pop(saga_id, ()):
+            q.put_nowait(None)
+
+    # ---- starting -------------------------------------------------------------------
+    def has_room(self) -> bool:
+        """True when this replica can drive one more saga now."""
+        return len(self.runners) + len(self._starting) < self.opts.max_active
+
+    async def start_saga(
+        self,
+        ev: saga_pb2.SagaEvent,
+        comp: CompiledDefinition,
+        *,
+        idempotency_key: str,
+        fingerprint: str,
+        feed: bool = False,
+    ) -> Started | tuple[str, str]:
+        """Create a saga, take its lease and log its first plan in one Redis call
+        (`SagaStore.start`), then drive it from memory: no acquire, load or
+        re-read of what was just written.
+
+        The first plan is made before the write, for fencing token 1 (the
+        token a new saga's first lease gets), and its calls are sent only once
+        the write succeeded: write-ahead as in every later turn.
+
+        Args:
+            ev: the sealed SAGA_STARTED event (sequence 1).
+            comp: its compiled definition.
+            idempotency_key: "" for none.
+            fingerprint: the StartSaga request's fingerprint.
+            feed: subscribe to the saga's later batches (`Started.feed`).
+
+        Returns:
+            Started, or (existing saga id, its fingerprint) when the
+            idempotency key had started a saga (nothing written).
+
+        Raises:
+            DatasetReset, redis errors: nothing was started.
+        """
+        saga_id = ev.saga_id
+        rec = SagaRecord.start(ev, [st.name for st in comp.steps])
+        lease = Lease(lease_keys(saga_id), self.opts.coordinator_id, 1)
+        runner = Runner(self, lease, rec, comp, cancel_requested=False, cancel_reason="")
+        t = now_ms()
+        events = [ev, *runner.planner.lease_acquired(now_ms=t)]
+        plan = runner.planner.plan(now_ms=t, cancel_requested=False, cancel_reason="")
+        if rec.final:
+            # A saga that ends in its first plan (every step skipped): the
+            # runner's append writes the final state with its bookkeeping.
+            runner.pending = list(plan.events)
+        else:
+            events += plan.events
+        self._starting.add(saga_id)
+        try:
+            out = await self.store.start(
+                events,
+                name=comp.proto.name,
+                idempotency_key=idempotency_key,
+                fingerprint=fingerprint,
+                owner=lease.owner,
+                ttl_ms=self.opts.lease_ttl_ms,
+                state=events[-1].state,
+            )
+        finally:
+            self._starting.discard(saga_id)
+        if isinstance(out, tuple):
+            return out
+        _kill_after_start_if_asked()
+        runner.durable_seq = runner.snap_seq = events[-1].sequence
+        self.runners[saga_id] = runner
+        metrics.ACTIVE.set(len(self.runners))
+        metrics.TAKEOVERS.labels("start").inc()
+        q = self.subscribe(saga_id) if feed else None
+        self._spawn(runner.run(started=plan))
+        return Started(events, q)
 
     def _spawn(self, coro: Any) -> None:
         t = asyncio.ensure_future(coro)
@@ -396,6 +565,7 @@ class Engine:
     def _runner_done(self, r: Runner) -> None:
         if self.runners.get(r.rec.saga_id) is r:
             del self.runners[r.rec.saga_id]
+            self._close_feeds(r.rec.saga_id)
         metrics.ACTIVE.set(len(self.runners))
         if not r.lost and not r.rec.final:
             # crashed or stopping runner: give the saga back for another replica

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
@@ -20,8 +21,8 @@ from agentmesh.runtime.errors import (
     ResourceExhausted,
 )
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
-from agentmesh.server.saga.definition import compile_definition, flatten_steps
-from agentmesh.server.saga.engine import Engine
+from agentmesh.server.saga.definition import CompiledDefinition, compile_definition
+from agentmesh.server.saga.engine import Engine, FeedItem, Started
 from agentmesh.server.saga.events import GENESIS, seal
 from agentmesh.server.saga.state import FINAL_STATES, SagaRecord, ms_ts
 from agentmesh.server.saga.store import SagaStore
@@ -29,6 +30,8 @@ from agentmesh.server.saga.tracing import saga_span
 
 MAX_INPUT_BYTES = 1 << 20
 MAX_IDEMPOTENCY_KEY = 200
+#: Inline definitions kept compiled (by content); the cache is cleared when full.
+INLINE_CACHE_SIZE = 1000
 _FINAL_NAMES = {saga_pb2.SagaState.Name(s) for s in FINAL_STATES}
 
 
@@ -91,6 +94,7 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
         self.watch_store = watch_store
         self.default_timeout_ms = default_timeout_ms
         self.compensation_timeout_ms = compensation_timeout_ms
+        self._inline: dict[bytes, tuple[saga_pb2.SagaDefinition, CompiledDefinition]] = {}
 
     def _write_defaults(self, defn: saga_pb2.SagaDefinition) -> None:
         """Write the coordinator's timeout defaults into `defn` where unset.
@@ -114,30 +118,64 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             )
         return rec
 
-    # ---- sagas ------------------------------------------------------------------
-    async def StartSaga(
-        self, request: saga_pb2.StartSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
-    ) -> saga_pb2.StartSagaResponse:
-        """See saga.proto."""
+    def _inline_definition(
+        self, defn: saga_pb2.SagaDefinition, *, prefix: str
+    ) -> tuple[saga_pb2.SagaDefinition, CompiledDefinition]:
+        """A StartSaga request's inline definition, validated, with the defaults
+        written in, and compiled; cached by its content, so a client that starts
+        the same definition again skips validation and compilation.
+
+        Raises:
+            InvalidArgument: a malformed definition (never cached).
+        """
+        key = defn.SerializeToString(deterministic=True)
+        hit = self._inline.get(key)
+        if hit is None:
+            compile_definition(defn, field_prefix=f"{prefix}definition")
+            d = saga_pb2.SagaDefinition()
+            d.CopyFrom(defn)
+            self._write_defaults(d)
+            if len(self._inline) >= INLINE_CACHE_SIZE:
+                self._inline.clear()
+            hit = self._inline[key] = (d, self.engine.compile(d))
+        return hit
+
+    async def _start(
+        self, request: saga_pb2.StartSagaRequest, *, prefix: str = "", follow: bool = False
+    ) -> tuple[saga_pb2.StartSagaResponse, Started | None]:
+        """StartSaga's work, shared with RunSaga.
+
+        Args:
+            request: the start request.
+            prefix: field-violation path prefix ("start." in RunSaga).
+            follow: subscribe to the new saga's events (`Started.feed`).
+
+        Returns:
+            The response, and the Started saga when this replica created it with
+            its lease (None: an earlier saga of the idempotency key, or a saga
+            left to the recovery loop because this replica is at max_active).
+        """
         src = request.WhichOneof("definition_source")
         if src is None:
             raise InvalidArgument(
-                "set definition or definition_name", field_violations={"definition": "required"}
+                "set definition or definition_name",
+                field_violations={f"{prefix}definition": "required"},
             )
         if len(request.idempotency_key) > MAX_IDEMPOTENCY_KEY:
             raise InvalidArgument(
                 "idempotency_key too long",
-                field_violations={"idempotency_key": f"at most {MAX_IDEMPOTENCY_KEY} characters"},
+                field_violations={
+                    f"{prefix}idempotency_key": f"at most {MAX_IDEMPOTENCY_KEY} characters"
+                },
             )
         if request.input.ByteSize() > MAX_INPUT_BYTES:
             raise ResourceExhausted(
                 "input too large",
-                quota_subject="input",
+                quota_subject=f"{prefix}input",
                 quota_description=f"at most {MAX_INPUT_BYTES} bytes",
             )
         if src == "definition":
-            defn = request.definition
-            compile_definition(defn, field_prefix="definition")
+            defn, comp = self._inline_definition(request.definition, prefix=prefix)
         else:
             found = await self.store.get_definition(
                 request.definition_name, version=request.definition_version
@@ -154,9 +192,10 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                     resource_name=request.definition_name,
                 )
             defn = found
+            self._write_defaults(defn)
+            comp = self.engine.compile(defn)
         # The fingerprint is of the request as sent, before the defaults go in.
         fingerprint = hashlib.sha256(request.SerializeToString(deterministic=True)).hexdigest()
-        self._write_defaults(defn)
         saga_id = new_saga_id()
         ev = saga_pb2.SagaEvent(
             saga_id=saga_id,
@@ -170,12 +209,28 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
             traceparent=saga_span(saga_id, defn.name),
         )
         seal(ev, GENESIS)
-        existing = await self.store.create(
-            ev,
-            name=defn.name,
-            idempotency_key=request.idempotency_key,
-            fingerprint=fingerprint,
-        )
+        started: Started | None = None
+        existing: tuple[str, str] | None = None
+        if self.engine.has_room():
+            out = await self.engine.start_saga(
+                ev,
+                comp,
+                idempotency_key=request.idempotency_key,
+                fingerprint=fingerprint,
+                feed=follow,
+            )
+            if isinstance(out, Started):
+                started = out
+            else:
+                existing = out
+        else:
+            # at max_active: store it unleased; a replica with room takes it
+            existing = await self.store.create(
+                ev,
+                name=defn.name,
+                idempotency_key=request.idempotency_key,
+                fingerprint=fingerprint,
+            )
         if existing is not None:
             old_id, old_fp = existing
             if old_fp != fingerprint:
@@ -184,10 +239,116 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                     f"{old_id} with a different request"
                 )
             rec = await self._load(old_id)
-            return saga_pb2.StartSagaResponse(saga=rec.to_proto(), already_started=True)
-        self.engine.kick(saga_id)
-        rec = SagaRecord.start(ev, [s.name for s in flatten_steps(defn)])
-        return saga_pb2.StartSagaResponse(saga=rec.to_proto())
+            return saga_pb2.StartSagaResponse(saga=rec.to_proto(), already_started=True), None
+        rec = SagaRecord.start(ev, [st.name for st in comp.steps])
+        return saga_pb2.StartSagaResponse(saga=rec.to_proto()), started
+
+    # ---- sagas ------------------------------------------------------------------
+    async def StartSaga(
+        self, request: saga_pb2.StartSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> saga_pb2.StartSagaResponse:
+        """See saga.proto."""
+        resp, _ = await self._start(request)
+        return resp
+
+    async def RunSaga(
+        self, request: saga_pb2.RunSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
+    ) -> AsyncIterator[saga_pb2.RunSagaResponse]:
+        """See saga.proto."""
+        if not request.HasField("start"):
+            raise InvalidArgument("start is required", field_violations={"start": "required"})
+        resp, started = await self._start(request.start, prefix="start.", follow=True)
+        saga_id = resp.saga.saga_id
+        yield saga_pb2.RunSagaResponse(started=resp)
+        final: SagaRecord | None = None
+        if started is not None:
+            # created here: its first events are in memory, the rest come on the feed
+            last = 0
+            for ev in started.events:
+                last = ev.sequence
+                yield saga_pb2.RunSagaResponse(event=ev)
+            src = self._follow(saga_id, after=last, feed=started.feed)
+        else:
+            src = self._watch(saga_id, after=0)
+        async for ev, rec in src:
+            yield saga_pb2.RunSagaResponse(event=ev)
+            if rec is not None and rec.final:
+                final = rec
+        if final is not None:
+            saga = final.to_proto()
+        else:
+            saga = (await self._load(saga_id)).to_proto()
+        yield saga_pb2.RunSagaResponse(saga=saga)
+
+    async def _follow(
+        self, saga_id: str, *, after: int, feed: asyncio.Queue[FeedItem] | None
+    ) -> AsyncIterator[tuple[saga_pb2.SagaEvent, SagaRecord | None]]:
+        """The saga's events after `after` to its final one, each with the record
+        after its batch when it came from this replica's runner (None: read
+        from the log).
+
+        With a `feed` (`Engine.subscribe`, taken before anything after `after`
+        can have been appended, so nothing is missed) the events come from
+        memory while this replica drives the saga, and from the log before that
+        and after the runner stops; the feed is unsubscribed when this ends.
+
+        Raises:
+            NotFound: the saga is gone (its retention ran out while followed).
+        """
+        try:
+            if feed is not None:
+                while True:
+                    item = await feed.get()
+                    if item is None:
+                        break  # the runner stopped: read the log from here on
+                    rec, evs = item
+                    for ev in evs:
+                        if ev.sequence <= after:
+                            continue
+                        if ev.sequence != after + 1:
+                            # a batch this feed missed (the feed started late): the log has it
+                            async for x in self._from_log(saga_id, after=after):
+                                yield x
+                            return
+                        after = ev.sequence
+                        yield ev, rec
+                        if ev.state in FINAL_STATES:
+                            return
+            async for x in self._from_log(saga_id, after=after):
+                yield x
+        finally:
+            if feed is not None:
+                self.engine.unsubscribe(saga_id, feed)
+
+    async def _from_log(
+        self, saga_id: str, *, after: int
+    ) -> AsyncIterator[tuple[saga_pb2.SagaEvent, SagaRecord | None]]:
+        """The saga's events after `after` to its final one, read from the log
+        (blocking reads on the watch pool).
+
+        Raises:
+            NotFound: the saga is gone.
+        """
+        evs = await self.store.events(saga_id, after_seq=after)
+        while True:
+            for ev in evs:
+                after = ev.sequence
+                yield ev, None
+                if ev.state in FINAL_STATES:
+                    return
+            evs = await self.watch_store.block_events(saga_id, after_seq=after, block_ms=1000)
+            if not evs:
+                rec_state = await self.store.r.hget(self.store.hkey(saga_id), "state")
+                if rec_state is None:
+                    # its retention ran out while we watched (after_sequence was the end)
+                    raise NotFound(
+                        f"saga {saga_id!r} not found", resource_type="saga", resource_name=saga_id
+                    )
+                if rec_state.decode() in _FINAL_NAMES:
+                    # the final event was appended between our read and the block
+                    evs = await self.store.events(saga_id, after_seq=after)
+                    if not evs:
+                        return
 
     async def GetSaga(
         self, request: saga_pb2.GetSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
@@ -270,37 +431,36 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
     ) -> AsyncIterator[saga_pb2.WatchSagaResponse]:
         """See saga.proto."""
         _need_id(request.saga_id)
-        if not await self.store.exists(request.saga_id):
-            raise NotFound(
-                f"saga {request.saga_id!r} not found",
-                resource_type="saga",
-                resource_name=request.saga_id,
-            )
-        after = request.after_sequence
-        evs = await self.store.events(request.saga_id, after_seq=after)
-        while True:
-            for ev in evs:
+        async for ev, _ in self._watch(request.saga_id, after=request.after_sequence):
+            yield saga_pb2.WatchSagaResponse(event=ev)
+
+    async def _watch(
+        self, saga_id: str, *, after: int
+    ) -> AsyncIterator[tuple[saga_pb2.SagaEvent, SagaRecord | None]]:
+        """WatchSaga's stream: the stored events after `after`, then the new ones
+        (from memory while this replica drives the saga; see `_follow`).
+
+        Raises:
+            NotFound: no such saga.
+        """
+        # Subscribed before the first read: a batch appended after that read is
+        # on the feed (a saga driven here), so nothing falls between the two.
+        feed = self.engine.subscribe(saga_id)
+        try:
+            if not await self.store.exists(saga_id):
+                raise NotFound(
+                    f"saga {saga_id!r} not found", resource_type="saga", resource_name=saga_id
+                )
+            for ev in await self.store.events(saga_id, after_seq=after):
                 after = ev.sequence
-                yield saga_pb2.WatchSagaResponse(event=ev)
+                yield ev, None
                 if ev.state in FINAL_STATES:
                     return
-            evs = await self.watch_store.block_events(
-                request.saga_id, after_seq=after, block_ms=1000
-            )
-            if not evs:
-                rec_state = await self.store.r.hget(self.store.hkey(request.saga_id), "state")
-                if rec_state is None:
-                    # its retention ran out while we watched (after_sequence was the end)
-                    raise NotFound(
-                        f"saga {request.saga_id!r} not found",
-                        resource_type="saga",
-                        resource_name=request.saga_id,
-                    )
-                if rec_state is not None and rec_state.decode() in _FINAL_NAMES:
-                    # the final event was appended between our read and the block
-                    evs = await self.store.events(request.saga_id, after_seq=after)
-                    if not evs:
-                        return
+            async for x in self._follow(saga_id, after=after, feed=feed):
+                yield x
+        finally:
+            if feed is not None:
+                self.engine.unsubscribe(saga_id, feed)
 
     async def GetSagaEvents(
         self, request: saga_pb2.GetSagaEventsRequest, context: grpc.aio.ServicerContext[Any, Any]

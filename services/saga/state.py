@@ -11,7 +11,7 @@ from __future__ import annotations
 import base64
 import enum
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 from google.protobuf import json_format, struct_pb2, timestamp_pb2
@@ -332,9 +332,26 @@ class SagaRecord:
 
     # ---- snapshots ----------------------------------------------------------
     def to_json(self) -> str:
-        """Snapshot JSON."""
-        d = asdict(self)
-        d["definition"] = base64.b64encode(self.definition.SerializeToString()).decode()
+        """Snapshot JSON: the record's fields, the definition as base64 of its
+        serialization (made once per record: the definition never changes).
+
+        Built from shallow views of the dataclasses rather than `asdict`, which
+        deep-copies every value (the definition message too) only for
+        json.dumps to read them once; the JSON is the same.
+        """
+        d = {f.name: getattr(self, f.name) for f in fields(self)}
+        cached = self.__dict__.get("_definition_b64")
+        if cached is None or cached[0] is not self.definition:
+            cached = (
+                self.definition,
+                base64.b64encode(self.definition.SerializeToString()).decode(),
+            )
+            self.__dict__["_definition_b64"] = cached
+        d["definition"] = cached[1]
+        d["steps"] = {
+            n: {**vars(st), "invocations": {k: vars(i) for k, i in st.invocations.items()}}
+            for n, st in self.steps.items()
+        }
         return json.dumps(d, separators=(",", ":"))
 
     @classmethod

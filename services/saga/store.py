@@ -83,6 +83,44 @@ if ARGV[7] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2]) e
 return ''
 """
 
+# Create, lease and initial state in one call (StartSaga on a replica with
+# room to drive the saga). KEYS: idem, hash, stream, active, idx:all,
+# idx:name:{name}, idx:state:{state}, lease. ARGV: saga_id, fingerprint,
+# name, create_ms, use_idem ('1'/'0'), idem key, owner, ttl_ms, seq of the
+# last event, its hash, the state after it, events (SAGA_STARTED first, then
+# the events the new lease holder logs first: LEASE_ACQUIRED with fencing
+# token 1 and the first STEP_STARTEDs). The saga's fence counter is created
+# here at 0, so the lease granted below is token 1: the token the events were
+# sealed with. Returns '' (created, leased), the idempotency record
+# "<saga id>\n<fingerprint>" of an earlier saga, or an error reply.
+_START = (
+    CLOCK_PRELUDE
+    + LEASE_LUA
+    + """
+if ARGV[5] == '1' then
+  local cur = redis.call('GET', KEYS[1])
+  if cur then return cur end
+end
+if redis.call('EXISTS', KEYS[2]) == 1 or redis.call('EXISTS', KEYS[8]) == 1 then
+  return redis.error_reply('saga exists')
+end
+redis.call('HSET', KEYS[2], 'seq', ARGV[9], 'last_hash', ARGV[10], 'state', ARGV[11],
+  'name', ARGV[3], 'create_ms', ARGV[4], 'idem', ARGV[6], 'fence', 0,
+  'cancel', 0, 'cancel_reason', '', 'snap_seq', 0)
+local g = lease_acquire(KEYS[8], KEYS[2], 'fence', ARGV[7], ARGV[8], false)
+if g[1] ~= 1 then return redis.error_reply('lease token ' .. g[1] .. ', not 1') end
+for i = 12, #ARGV do
+  redis.call('XADD', KEYS[3], (i - 11) .. '-0', 'pb', ARGV[i])
+end
+redis.call('ZADD', KEYS[4], g[2], ARGV[1])
+redis.call('ZADD', KEYS[5], 0, ARGV[1])
+redis.call('ZADD', KEYS[6], 0, ARGV[1])
+redis.call('ZADD', KEYS[7], 0, ARGV[1])
+if ARGV[5] == '1' then redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[2]) end
+return ''
+"""
+)
+
 _FINAL = """
 local final = {SAGA_STATE_COMPLETED=1, SAGA_STATE_COMPENSATED=1, SAGA_STATE_FAILED=1,
                SAGA_STATE_CANCELLED=1}
@@ -258,6 +296,7 @@ class SagaStore:
         self.retention_ms = retention_ms
         self._prune = redis.register_script(_PRUNE)
         self._create = redis.register_script(_CREATE)
+        self._start = redis.register_script(_START)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -319,6 +358,74 @@ class SagaStore:
             return None
         saga_id, _, fp = _s(out).partition("\n")
         return saga_id, fp
+
+    async def start(
+        self,
+        events: Sequence[saga_pb2.SagaEvent],
+        *,
+        name: str,
+        idempotency_key: str,
+        fingerprint: str,
+        owner: str,
+        ttl_ms: int,
+        state: int,
+    ) -> Lease | tuple[str, str]:
+        """Store a new saga and take its lease, in one atomic call.
+
+        Args:
+            events: sealed events 1..N: SAGA_STARTED, then what the lease
+                holder logs first (LEASE_ACQUIRED with fencing token 1 and
+                the first plan's events), sealed for `owner` and token 1.
+            name: the definition name (index).
+            idempotency_key: "" for none.
+            fingerprint: the request's fingerprint, kept with the key.
+            owner: this replica's coordinator id.
+            ttl_ms: lease length, ms.
+            state: the saga's state after the last event (SagaState).
+
+        Returns:
+            The lease (fencing token 1) when created; (existing saga id, its
+            fingerprint) when the idempotency key was already used (nothing
+            written).
+
+        Raises:
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
+            ResponseError: the saga id or its lease already exists.
+        """
+        refuse_if_reset()
+        first, last = events[0], events[-1]
+        st = state_name(state)
+        keys = lease_keys(first.saga_id)
+        out = await self._start(
+            keys=[
+                f"{PREFIX}idem:{idempotency_key}",
+                self.hkey(first.saga_id),
+                self.lkey(first.saga_id),
+                f"{PREFIX}active",
+                f"{PREFIX}idx:all",
+                f"{PREFIX}idx:name:{name}",
+                f"{PREFIX}idx:state:{st}",
+                keys.record,
+            ],
+            args=[
+                first.saga_id,
+                fingerprint,
+                name,
+                first.create_time.ToMilliseconds(),
+                "1" if idempotency_key else "0",
+                idempotency_key,
+                owner,
+                ttl_ms,
+                last.sequence,
+                last.provenance.hash,
+                st,
+                *(e.SerializeToString() for e in events),
+            ],
+        )
+        if out:
+            saga_id, _, fp = _s(out).partition("\n")
+            return saga_id, fp
+        return Lease(keys, owner, 1)
 
     async def acquire(self, saga_id: str, *, owner: str, ttl_ms: int) -> Lease | None:
         """Take the saga's lease if it is free or expired; None otherwise (also when

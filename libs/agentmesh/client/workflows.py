@@ -24,12 +24,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from agentmesh.agent.structs import struct_to_dict
+from agentmesh.client.base import _build
 from agentmesh.runtime.errors import (
     Aborted,
     DeadlineExceeded,
     ErrorReason,
     FailedPrecondition,
     Unavailable,
+    Unimplemented,
     error_info,
 )
 from agentmesh.saga.v1 import saga_pb2
@@ -215,37 +217,54 @@ async def follow_saga(
         DeadlineExceeded: still not final after `timeout_s`.
     """
     deadline = None if timeout_s is None else time.monotonic() + timeout_s
-    after = 0
-    runs: list[CompensationRun] = []
-    failure: saga_pb2.StepError | None = None
-    final = False
-    while not final:
+    log = _LogReader(on_event)
+    await _follow_events(client, saga_id, log, deadline, timeout_s, metadata)
+    saga = (await client.get_saga(saga_id=saga_id, metadata=metadata)).saga
+    return SagaOutcome(saga, log.runs, log.failure)
+
+
+class _LogReader:
+    """What `follow_saga` keeps from a saga's events as they arrive."""
+
+    def __init__(self, on_event: Callable[[saga_pb2.SagaEvent], Awaitable[None]] | None) -> None:
+        self.on_event = on_event
+        self.after = 0
+        self.runs: list[CompensationRun] = []
+        self.failure: saga_pb2.StepError | None = None
+
+    async def read(self, ev: saga_pb2.SagaEvent) -> bool:
+        """Take one event; True when it is the final one."""
+        self.after = ev.sequence
+        if self.on_event is not None:
+            await self.on_event(ev)
+        if ev.type in _COMPENSATION_ENDS:
+            self.runs.append(CompensationRun(ev.step_name, _COMPENSATION_ENDS[ev.type], ev.error))
+        if ev.type == S.SAGA_EVENT_TYPE_STEP_FAILED and self.failure is None:
+            self.failure = S.StepError(code=ev.error.code, message=ev.error.message,
+                                       step_name=ev.step_name)
+        return ev.state in FINAL_SAGA_STATES
+
+
+async def _follow_events(
+    client: ServiceMethods, saga_id: str, log: _LogReader, deadline: float | None,
+    timeout_s: float | None, metadata: Sequence[tuple[str, str]],
+) -> None:
+    """WatchSaga from `log.after` to the final event, re-watching after UNAVAILABLE."""
+    while True:
         left = None if deadline is None else deadline - time.monotonic()
         if left is not None and left <= 0:
             raise DeadlineExceeded(f"saga {saga_id} is not final after {timeout_s:g} s")
         try:
             async for resp in client.watch_saga(
-                saga_id=saga_id, after_sequence=after, timeout_s=left, metadata=metadata
+                saga_id=saga_id, after_sequence=log.after, timeout_s=left, metadata=metadata
             ):
-                ev = resp.event
-                after = ev.sequence
-                if on_event is not None:
-                    await on_event(ev)
-                if ev.type in _COMPENSATION_ENDS:
-                    runs.append(CompensationRun(ev.step_name, _COMPENSATION_ENDS[ev.type],
-                                                ev.error))
-                if ev.type == S.SAGA_EVENT_TYPE_STEP_FAILED and failure is None:
-                    failure = S.StepError(code=ev.error.code, message=ev.error.message,
-                                          step_name=ev.step_name)
-                if ev.state in FINAL_SAGA_STATES:
+                if await log.read(resp.event):
                     break  # not waiting for the server to close the stream
             # The stream ends with OK after the final event (or at once when the
-            # saga was final before `after`); GetSaga below reads the outcome.
-            final = True
+            # saga was final before `after`).
+            return
         except Unavailable:
             await asyncio.sleep(REWATCH_PAUSE_S)
-    saga = (await client.get_saga(saga_id=saga_id, metadata=metadata)).saga
-    return SagaOutcome(saga, runs, failure)
 
 
 async def wait_saga(
@@ -268,15 +287,44 @@ async def run_saga(
     definition_version: int = 0,
     timeout_s: float | None = None,
 ) -> dict[str, Any]:
-    """StartSaga, then `wait_saga`; see `Client.run_saga`."""
+    """RunSaga (start and follow in one call); see `Client.run_saga`.
+
+    When the stream breaks after the saga started (UNAVAILABLE, a replica
+    draining), the rest is read with WatchSaga and GetSaga, as
+    `follow_saga` does. A coordinator without RunSaga (UNIMPLEMENTED, an
+    older replica) gets StartSaga and `follow_saga`.
+    """
     source: dict[str, Any] = (
         {"definition_name": definition_or_name, "definition_version": definition_version}
         if isinstance(definition_or_name, str) else {"definition": definition_or_name}
     )
-    started = await client.start_saga(
-        input=dict(input or {}), idempotency_key=idempotency_key, **source
-    )
-    outcome = await follow_saga(client, started.saga.saga_id, timeout_s=timeout_s)
+    start = _build(saga_pb2.StartSagaRequest, None,
+                   {"input": dict(input or {}), "idempotency_key": idempotency_key, **source})
+    deadline = None if timeout_s is None else time.monotonic() + timeout_s
+    log = _LogReader(None)
+    saga_id = ""
+    final: saga_pb2.Saga | None = None
+    try:
+        async for item in client.saga.run_saga(start=start, timeout_s=timeout_s):
+            kind = item.WhichOneof("item")
+            if kind == "started":
+                saga_id = item.started.saga.saga_id
+            elif kind == "event":
+                await log.read(item.event)
+            elif kind == "saga":
+                final = item.saga
+    except Unimplemented:
+        if saga_id:
+            raise
+        started = await client.start_saga(start)
+        saga_id = started.saga.saga_id
+    except Unavailable:
+        if not saga_id:
+            raise  # before `started` it is unknown whether it started, as with StartSaga
+    if final is None:
+        await _follow_events(client, saga_id, log, deadline, timeout_s, ())
+        final = (await client.get_saga(saga_id=saga_id)).saga
+    outcome = SagaOutcome(final, log.runs, log.failure)
     err = saga_error_for(outcome)
     if err is not None:
         raise err
