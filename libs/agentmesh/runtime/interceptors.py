@@ -321,34 +321,43 @@ async def _until_drained(items: AsyncIterator[Any], drain: asyncio.Event) -> Asy
     """Yield from `items` until `drain` is set, then raise StreamDrained.
 
     Server streams (watches) never end by themselves; without this a SIGTERM
-    would wait out the whole grace period on them.
+    would wait out the whole grace period on them. The handler's generator
+    runs in this task (no task per item: a stream of many small events paid
+    for one task and one `asyncio.wait` each): one waiter on `drain` per
+    stream interrupts the pending step through an `asyncio.timeout` that it
+    reschedules to now, which cancels the step and raises TimeoutError here.
+    A drain while an item is out (at the yield) is seen before the next step.
     """
     it = items.__aiter__()
+    loop = asyncio.get_running_loop()
+    pending: list[asyncio.Timeout] = []  # the step in progress, if any
+
+    def interrupt(_: Any) -> None:
+        if pending:
+            pending[0].reschedule(loop.time())
+
     stop = asyncio.ensure_future(drain.wait())
-    nxt: asyncio.Future[Any] | None = None
+    stop.add_done_callback(interrupt)
     try:
-        while True:
-            nxt = asyncio.ensure_future(it.__anext__())
-            await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if nxt.done():
-                done, nxt = nxt, None
-                try:
-                    item = done.result()
-                except StopAsyncIteration:
-                    return
-                yield item
-                continue
-            raise StreamDrained("the server is draining; reconnect and resume the stream")
+        while not drain.is_set():
+            try:
+                async with asyncio.timeout(None) as step:
+                    pending.append(step)
+                    try:
+                        item = await it.__anext__()
+                    finally:
+                        pending.clear()
+            except StopAsyncIteration:
+                return
+            except TimeoutError:
+                if step.expired() and drain.is_set():
+                    break
+                raise  # the handler's own timeout
+            yield item
+        raise StreamDrained("the server is draining; reconnect and resume the stream")
     finally:
+        stop.remove_done_callback(interrupt)
         stop.cancel()
-        # The handler's generator may be running in `nxt` (the client
-        # cancelled, or we drain): end that step first, since closing a
-        # generator that is still running raises RuntimeError.
-        if nxt is not None and not nxt.done():
-            nxt.cancel()
-            await asyncio.wait({nxt})
-        if nxt is not None and nxt.done() and not nxt.cancelled():
-            nxt.exception()  # retrieved: the stream is over either way
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()
