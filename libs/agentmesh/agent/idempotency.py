@@ -150,10 +150,18 @@ class RedisIdempotencyStore:
         return None if raw is None else StoredResult.from_json(raw)
 
     async def get_many(self, items: Sequence[tuple[str, str]]) -> list[StoredResult | None]:
-        """See IdempotencyStore.get_many; one MGET."""
+        """See IdempotencyStore.get_many; one round trip (a pipeline of GETs).
+
+        Not MGET: on Redis Cluster the keys sit in different slots, and a
+        non-transactional pipeline is split by node there (one round trip
+        per node), while on a single Redis it is one round trip like MGET.
+        """
         if not items:
             return []
-        raws = await self._r.mget([self.redis_key(ns, key) for ns, key in items])
+        async with self._r.pipeline(transaction=False) as pipe:
+            for ns, key in items:
+                pipe.get(self.redis_key(ns, key))
+            raws = await pipe.execute()
         return [None if raw is None else StoredResult.from_json(raw) for raw in raws]
 
     async def put(self, namespace: str, key: str, result: StoredResult) -> None:

@@ -330,6 +330,7 @@ class Agent:
             redis_sentinels=s.redis_sentinels,
             redis_sentinel_master=s.redis_sentinel_master,
             redis_sentinel_password=s.redis_sentinel_password,
+            redis_cluster_nodes=s.redis_cluster_nodes,
             tls_cert_file=s.tls_cert_file,
             tls_key_file=s.tls_key_file,
             tls_client_ca_file=s.tls_client_ca_file,
@@ -369,9 +370,11 @@ class Agent:
             AgentServicer(self),
             agent_pb2.DESCRIPTOR.services_by_name["AgentService"],
         )
+        # Redis Cluster nodes alone (the URL left empty) also mean a durable store.
+        durable = bool(s.redis_url or s.redis_cluster_nodes)
         store = (
             RedisIdempotencyStore(daemon.redis(), agent_id=self.agent_id, ttl_s=s.idempotency_ttl_s)
-            if s.redis_url
+            if durable
             else MemoryIdempotencyStore(ttl_s=s.idempotency_ttl_s)
         )
         self.executor.open(agent_id=self.agent_id, store=store, max_concurrency=s.max_concurrency)
@@ -384,7 +387,7 @@ class Agent:
             if self.constraints:
                 daemon.on_startup(self._register_constraints)
         if s.bus_target:
-            claims = RedisMessageClaims(daemon.redis()) if s.redis_url else None
+            claims = RedisMessageClaims(daemon.redis()) if durable else None
             self.bus = BusLink(self, s.bus_target, token=s.token, tls_ca_file=s.tls_ca_file,
                                claims=claims)
             # Subscribed before `serving` is logged and before registration.

@@ -44,6 +44,10 @@ class AgentSettings(Settings):
         redis_sentinels / redis_sentinel_master / redis_sentinel_password:
             reach the Redis master through Sentinel (`host:port,host:port`),
             as the daemons do (`AGENTMESH_REDIS_SENTINELS`, ...).
+        redis_cluster_nodes: Redis Cluster startup nodes (`host:port,...`,
+            flag `--redis-cluster`), as the daemons' `AGENTMESH_REDIS_CLUSTER_NODES`;
+            the URL's db must then be 0. An agent's idempotency keys and
+            message claims are single-key commands, so they spread over the slots.
         idempotency_ttl_s: how long completed results are kept, seconds.
         heartbeat_interval_s: seconds between heartbeats.
         max_concurrency: calls handled at once; the rest queue (0 = unlimited).
@@ -87,6 +91,10 @@ class AgentSettings(Settings):
     )
     redis_sentinel_master: str = setting("mymaster", help="master set name the sentinels monitor")
     redis_sentinel_password: str = setting("", help="password of the sentinels themselves")
+    redis_cluster_nodes: str = setting(
+        "", help="Redis Cluster startup nodes host:port,... (turns Redis Cluster mode on)",
+        flag="redis-cluster",
+    )
     idempotency_ttl_s: float = setting(
         86_400.0, help="how long a completed result is kept", unit="s", minimum=0
     )

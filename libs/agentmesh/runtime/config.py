@@ -18,6 +18,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 from agentmesh.runtime.settings import (
     Settings,
@@ -55,6 +56,11 @@ class ServerConfig(Settings):
         redis_sentinels: Sentinel nodes, `host:port,host:port`; set turns Sentinel on.
         redis_sentinel_master: name of the master set the sentinels monitor.
         redis_sentinel_password: password of the sentinels themselves (their `requirepass`).
+        redis_cluster_nodes: Redis Cluster startup nodes, `host:port,host:port`
+            (flag `--redis-cluster`); set turns cluster mode on (redis-py's
+            RedisCluster, which finds the other nodes itself). The URL then
+            gives only user, password and TLS, and its db must be 0. Exclusive
+            with `redis_sentinels`.
         kafka_bootstrap: Kafka bootstrap servers; empty when the daemon does not use Kafka.
         kafka_security_protocol: librdkafka `security.protocol` (PLAINTEXT, SSL,
             SASL_PLAINTEXT, SASL_SSL); empty keeps librdkafka's default, PLAINTEXT.
@@ -95,6 +101,10 @@ class ServerConfig(Settings):
     )
     redis_sentinel_master: str = setting("mymaster", help="master set name the sentinels monitor")
     redis_sentinel_password: str = setting("", help="password of the sentinels")
+    redis_cluster_nodes: str = setting(
+        "", help="Redis Cluster startup nodes host:port,... (turns Redis Cluster mode on)",
+        flag="redis-cluster",
+    )
     kafka_bootstrap: str = setting("", help="Kafka bootstrap servers (host:port,...)")
     kafka_security_protocol: str = setting(
         "", help="Kafka security.protocol: PLAINTEXT, SSL, SASL_PLAINTEXT, SASL_SSL"
@@ -181,6 +191,15 @@ class ServerConfig(Settings):
         """
         return parse_host_ports(self.redis_sentinels, what="AGENTMESH_REDIS_SENTINELS")
 
+    @property
+    def redis_cluster_startup_nodes(self) -> list[tuple[str, int]]:
+        """`redis_cluster_nodes` as (host, port) pairs; empty when cluster mode is off.
+
+        Raises:
+            ValueError: when an entry is not `host:port` with a numeric port.
+        """
+        return parse_host_ports(self.redis_cluster_nodes, what="AGENTMESH_REDIS_CLUSTER_NODES")
+
 
 #: librdkafka `security.protocol` values.
 KAFKA_SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
@@ -213,6 +232,41 @@ def parse_host_ports(raw: str, *, what: str) -> list[tuple[str, int]]:
     return nodes
 
 
+def redis_mode_problems(*, sentinels: str, cluster_nodes: str, url: str) -> list[str]:
+    """What is wrong with a Redis Cluster setting: bad nodes, Sentinel as well, a db.
+
+    Shared by the daemons' ServerConfig and the agent SDK's settings.
+
+    Args:
+        sentinels: the `redis_sentinels` setting.
+        cluster_nodes: the `redis_cluster_nodes` setting.
+        url: the Redis URL (a cluster has only db 0).
+
+    Returns:
+        One message per problem, naming the variable to fix; empty when fine.
+    """
+    if not cluster_nodes:
+        return []
+    problems: list[str] = []
+    try:
+        parse_host_ports(cluster_nodes, what="AGENTMESH_REDIS_CLUSTER_NODES")
+    except ValueError as exc:
+        problems.append(str(exc))
+    if sentinels:
+        problems.append(
+            "AGENTMESH_REDIS_CLUSTER_NODES and AGENTMESH_REDIS_SENTINELS are both set: "
+            "Redis Cluster fails over by itself, set only one"
+        )
+    parts = urlsplit(url)
+    db = parts.path.strip("/") or dict(parse_qsl(parts.query)).get("db", "")
+    if db not in ("", "0"):
+        problems.append(
+            f"AGENTMESH_REDIS_URL selects db {db}: Redis Cluster has only db 0 "
+            f"(drop the /{db} from the URL)"
+        )
+    return problems
+
+
 def config_problems(config: ServerConfig) -> list[str]:
     """Settings that cannot work together, each as a message that says what to fix.
 
@@ -226,6 +280,10 @@ def config_problems(config: ServerConfig) -> list[str]:
         parse_host_ports(config.redis_sentinels, what="AGENTMESH_REDIS_SENTINELS")
     except ValueError as exc:
         problems.append(str(exc))
+    problems.extend(redis_mode_problems(
+        sentinels=config.redis_sentinels, cluster_nodes=config.redis_cluster_nodes,
+        url=config.redis_url,
+    ))
     if config.redis_sentinels and not config.redis_sentinel_master:
         problems.append(
             "AGENTMESH_REDIS_SENTINELS is set: also set AGENTMESH_REDIS_SENTINEL_MASTER"

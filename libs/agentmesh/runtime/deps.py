@@ -1,8 +1,12 @@
 """Connection helpers for the mesh's dependencies: Redis and Kafka.
 
 Every daemon builds its clients here from its ServerConfig (`redis_from_config`,
-`kafka_security_config`), so the Sentinel, password and Kafka SASL/TLS settings
-reach all five daemons the same way.
+`kafka_security_config`), so the Sentinel, Redis Cluster, password and Kafka
+SASL/TLS settings reach all five daemons the same way.
+
+Redis Cluster (`cluster_nodes`) needs every script's and transaction's keys in
+one hash slot; each store names its keys with a hash tag for that (the key
+schemas in the daemons' READMEs say which slot each key lives in).
 
 Kafka producers are always idempotent with `acks=all`, so an OK publish means
 the record is on every in-sync replica exactly once.
@@ -12,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, cast
 
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.connection import BlockingConnectionPool, SSLConnection, parse_url
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 
@@ -40,6 +45,7 @@ def create_redis(
     sentinels: Sequence[tuple[str, int]] = (),
     sentinel_master: str = "mymaster",
     sentinel_password: str = "",
+    cluster_nodes: Sequence[tuple[str, int]] = (),
 ) -> aioredis.Redis:
     """An asyncio Redis client (hiredis parses replies when installed).
 
@@ -52,6 +58,14 @@ def create_redis(
     (redis-py's Sentinel support); the URL then gives only the user,
     password, db and TLS (`rediss://`), and its host and port are ignored.
 
+    With `cluster_nodes`, the client is redis-py's `RedisCluster`: it reads the
+    slot map from those nodes, sends each command to the master of its key's
+    slot, follows MOVED/ASK and refreshes the map after a failover. The URL
+    gives the user, password and TLS; its host and port are ignored and its
+    db must be 0. The cluster client has no waiting pool: `max_connections`
+    is per node, and past it a command fails with MaxConnectionsError (an
+    UNAVAILABLE at the runtime's Redis boundary) instead of queueing.
+
     Args:
         url: `redis://[user:password@]host:port/db` (or `rediss://` for TLS).
         timeout_s: connect and socket timeout in seconds, so a dead Redis
@@ -62,6 +76,16 @@ def create_redis(
         sentinels: Sentinel (host, port) pairs; empty connects to the URL directly.
         sentinel_master: master set name the sentinels monitor.
         sentinel_password: AUTH password of the sentinels; empty when they have none.
+        cluster_nodes: Redis Cluster startup (host, port) pairs; empty means no cluster.
+
+    Returns:
+        The client. A RedisCluster is returned typed as `redis.asyncio.Redis`:
+        it offers the same commands, scripts and pipelines the stores use
+        (redis-py's shared command mixins), but is not a subclass.
+
+    Raises:
+        ValueError: `cluster_nodes` together with `sentinels`, or with a URL
+            that selects a db other than 0.
     """
     wait_s = timeout_s if pool_timeout_s is None else pool_timeout_s
     common: dict[str, Any] = {
@@ -73,6 +97,10 @@ def create_redis(
     if password:
         common["password"] = password
     from_url = parse_url(url)
+    if cluster_nodes:
+        return _cluster_client(
+            dict(from_url), common, cluster_nodes, max_connections, bool(sentinels)
+        )
     if not sentinels:
         # Not from_url(): there the URL's password would beat the override.
         pool = aioredis.BlockingConnectionPool(
@@ -103,6 +131,39 @@ def create_redis(
     )
 
 
+def _cluster_client(
+    from_url: dict[str, Any],
+    common: dict[str, Any],
+    nodes: Sequence[tuple[str, int]],
+    max_connections: int,
+    with_sentinels: bool,
+) -> aioredis.Redis:
+    if with_sentinels:
+        raise ValueError("Redis Cluster and Sentinel are exclusive: set only one")
+    db = int(from_url.pop("db", 0) or 0)
+    if db:
+        raise ValueError(f"Redis Cluster has only db 0, the URL selects db {db}")
+    # The URL's host and port name no server here; the startup nodes do.
+    from_url.pop("host", None)
+    from_url.pop("port", None)
+    ssl = from_url.pop("connection_class", None) is SSLConnection
+    client = RedisCluster(
+        startup_nodes=[ClusterNode(host, port) for host, port in nodes],
+        max_connections=max_connections,
+        ssl=ssl,
+        # Slot map refreshed on the first MOVED after a failover, not every 5th.
+        reinitialize_steps=1,
+        **{**from_url, **common},
+    )
+    # See the docstring of create_redis: same command surface, not a subclass.
+    return cast(aioredis.Redis, client)
+
+
+def is_cluster(client: object) -> bool:
+    """Whether `client` is a Redis Cluster client (from `create_redis(cluster_nodes=...)`)."""
+    return isinstance(client, RedisCluster)
+
+
 def redis_from_config(
     config: ServerConfig,
     *,
@@ -110,14 +171,15 @@ def redis_from_config(
     max_connections: int = 64,
     pool_timeout_s: float | None = None,
 ) -> aioredis.Redis:
-    """`create_redis` with a daemon's Redis settings: URL, password, Sentinel.
+    """`create_redis` with a daemon's Redis settings: URL, password, Sentinel, Cluster.
 
     Args:
         config: the daemon's configuration.
         timeout_s / max_connections / pool_timeout_s: as in `create_redis`.
 
     Raises:
-        ValueError: when AGENTMESH_REDIS_SENTINELS is not a host:port list.
+        ValueError: when AGENTMESH_REDIS_SENTINELS or AGENTMESH_REDIS_CLUSTER_NODES
+            is not a host:port list, or both are set, or a cluster URL names a db.
     """
     return create_redis(
         config.redis_url,
@@ -128,6 +190,7 @@ def redis_from_config(
         sentinels=config.redis_sentinel_nodes,
         sentinel_master=config.redis_sentinel_master,
         sentinel_password=config.redis_sentinel_password,
+        cluster_nodes=config.redis_cluster_startup_nodes,
     )
 
 
