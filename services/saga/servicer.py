@@ -254,38 +254,35 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
     async def RunSaga(
         self, request: saga_pb2.RunSagaRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[saga_pb2.RunSagaResponse]:
-        """See saga.proto."""
+        """See saga.proto. One message per durable batch: each message is one
+        stream write (a sendmsg), so a five-step saga takes six, not fifteen."""
         if not request.HasField("start"):
             raise InvalidArgument("start is required", field_violations={"start": "required"})
         resp, started = await self._start(request.start, prefix="start.", follow=True)
         saga_id = resp.saga.saga_id
-        yield saga_pb2.RunSagaResponse(started=resp)
-        final: SagaRecord | None = None
         if started is not None:
             # created here: its first events are in memory, the rest come on the feed
-            last = 0
-            for ev in started.events:
-                last = ev.sequence
-                yield saga_pb2.RunSagaResponse(event=ev)
-            src = self._follow(saga_id, after=last, feed=started.feed)
+            yield saga_pb2.RunSagaResponse(started=resp, events=started.events)
+            src = self._follow(saga_id, after=started.events[-1].sequence, feed=started.feed)
         else:
+            yield saga_pb2.RunSagaResponse(started=resp)
             src = self._watch(saga_id, after=0)
-        async for ev, rec in src:
-            yield saga_pb2.RunSagaResponse(event=ev)
-            if rec is not None and rec.final:
-                final = rec
-        if final is not None:
-            saga = final.to_proto()
-        else:
-            saga = (await self._load(saga_id)).to_proto()
-        yield saga_pb2.RunSagaResponse(saga=saga)
+        async for batch, rec in src:
+            if batch[-1].state not in FINAL_STATES:
+                yield saga_pb2.RunSagaResponse(events=batch)
+                continue
+            # the runner is done once its final batch is out: `rec` no longer changes
+            final = rec if rec is not None else await self._load(saga_id)
+            yield saga_pb2.RunSagaResponse(events=batch, saga=final.to_proto())
+            return
 
     async def _follow(
         self, saga_id: str, *, after: int, feed: asyncio.Queue[FeedItem] | None
-    ) -> AsyncIterator[tuple[saga_pb2.SagaEvent, SagaRecord | None]]:
-        """The saga's events after `after` to its final one, each with the record
-        after its batch when it came from this replica's runner (None: read
-        from the log).
+    ) -> AsyncIterator[tuple[list[saga_pb2.SagaEvent], SagaRecord | None]]:
+        """The saga's events after `after` to its final one, in batches, each with
+        the runner's record when it came from this replica's runner (the record
+        may be ahead of the batch, except after the final one) or None when it
+        was read from the log.
 
         With a `feed` (`Engine.subscribe`, taken before anything after `after`
         can have been appended, so nothing is missed) the events come from
@@ -302,18 +299,15 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                     if item is None:
                         break  # the runner stopped: read the log from here on
                     rec, evs = item
-                    for ev in evs:
-                        if ev.sequence <= after:
-                            continue
-                        if ev.sequence != after + 1:
-                            # a batch this feed missed (the feed started late): the log has it
-                            async for x in self._from_log(saga_id, after=after):
-                                yield x
-                            return
-                        after = ev.sequence
-                        yield ev, rec
-                        if ev.state in FINAL_STATES:
-                            return
+                    if evs[-1].sequence <= after:
+                        continue
+                    if evs[0].sequence > after + 1:
+                        break  # a batch this feed missed (it started late): the log has it
+                    batch = [ev for ev in evs if ev.sequence > after]
+                    after = batch[-1].sequence
+                    yield batch, rec
+                    if batch[-1].state in FINAL_STATES:
+                        return
             async for x in self._from_log(saga_id, after=after):
                 yield x
         finally:
@@ -322,20 +316,22 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
 
     async def _from_log(
         self, saga_id: str, *, after: int
-    ) -> AsyncIterator[tuple[saga_pb2.SagaEvent, SagaRecord | None]]:
+    ) -> AsyncIterator[tuple[list[saga_pb2.SagaEvent], SagaRecord | None]]:
         """The saga's events after `after` to its final one, read from the log
-        (blocking reads on the watch pool).
+        (blocking reads on the watch pool), in the batches the reads return.
 
         Raises:
             NotFound: the saga is gone.
         """
         evs = await self.store.events(saga_id, after_seq=after)
         while True:
-            for ev in evs:
-                after = ev.sequence
-                yield ev, None
+            for i, ev in enumerate(evs):
                 if ev.state in FINAL_STATES:
+                    yield evs[: i + 1], None
                     return
+            if evs:
+                after = evs[-1].sequence
+                yield evs, None
             evs = await self.watch_store.block_events(saga_id, after_seq=after, block_ms=1000)
             if not evs:
                 rec_state = await self.store.r.hget(self.store.hkey(saga_id), "state")
@@ -431,14 +427,16 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
     ) -> AsyncIterator[saga_pb2.WatchSagaResponse]:
         """See saga.proto."""
         _need_id(request.saga_id)
-        async for ev, _ in self._watch(request.saga_id, after=request.after_sequence):
-            yield saga_pb2.WatchSagaResponse(event=ev)
+        async for batch, _ in self._watch(request.saga_id, after=request.after_sequence):
+            for ev in batch:
+                yield saga_pb2.WatchSagaResponse(event=ev)
 
     async def _watch(
         self, saga_id: str, *, after: int
-    ) -> AsyncIterator[tuple[saga_pb2.SagaEvent, SagaRecord | None]]:
-        """WatchSaga's stream: the stored events after `after`, then the new ones
-        (from memory while this replica drives the saga; see `_follow`).
+    ) -> AsyncIterator[tuple[list[saga_pb2.SagaEvent], SagaRecord | None]]:
+        """WatchSaga's stream in batches: the stored events after `after`, then
+        the new ones (from memory while this replica drives the saga; see
+        `_follow`).
 
         Raises:
             NotFound: no such saga.
@@ -451,11 +449,14 @@ class SagaServicer(saga_pb2_grpc.SagaServiceServicer):
                 raise NotFound(
                     f"saga {saga_id!r} not found", resource_type="saga", resource_name=saga_id
                 )
-            for ev in await self.store.events(saga_id, after_seq=after):
-                after = ev.sequence
-                yield ev, None
+            stored = await self.store.events(saga_id, after_seq=after)
+            for i, ev in enumerate(stored):
                 if ev.state in FINAL_STATES:
+                    yield stored[: i + 1], None
                     return
+            if stored:
+                after = stored[-1].sequence
+                yield stored, None
             async for x in self._follow(saga_id, after=after, feed=feed):
                 yield x
         finally:

@@ -306,12 +306,11 @@ async def run_saga(
     final: saga_pb2.Saga | None = None
     try:
         async for item in client.saga.run_saga(start=start, timeout_s=timeout_s):
-            kind = item.WhichOneof("item")
-            if kind == "started":
+            if item.HasField("started"):
                 saga_id = item.started.saga.saga_id
-            elif kind == "event":
-                await log.read(item.event)
-            elif kind == "saga":
+            for ev in item.events:
+                await log.read(ev)
+            if item.HasField("saga"):
                 final = item.saga
     except Unimplemented:
         if saga_id:

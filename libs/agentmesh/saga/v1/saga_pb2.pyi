@@ -1578,34 +1578,40 @@ class RunSagaResponse(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     STARTED_FIELD_NUMBER: _builtins.int
-    EVENT_FIELD_NUMBER: _builtins.int
+    EVENTS_FIELD_NUMBER: _builtins.int
     SAGA_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def started(self) -> Global___StartSagaResponse:
-        """The started (or earlier) saga, as StartSaga returns it."""
+        """Set in the first message only: the started (or earlier) saga, as
+        StartSaga returns it.
+        """
 
     @_builtins.property
-    def event(self) -> Global___SagaEvent:
-        """One event of the saga's log, in sequence order."""
+    def events(self) -> _containers.RepeatedCompositeFieldContainer[Global___SagaEvent]:
+        """Events of the saga's log in sequence order, each message's continuing the
+        previous one's. A message carries what one write made durable (the first,
+        the events written with the start), so a five-step saga takes about six
+        messages; it may also carry none.
+        """
 
     @_builtins.property
     def saga(self) -> Global___Saga:
-        """The saga in its final state (the last message)."""
+        """Set in the last message only: the saga in its final state, as GetSaga
+        returns it.
+        """
 
     def __init__(
         self,
         *,
         started: Global___StartSagaResponse | None = ...,
-        event: Global___SagaEvent | None = ...,
+        events: _abc.Iterable[Global___SagaEvent] | None = ...,
         saga: Global___Saga | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "saga", b"saga", "started", b"started"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["saga", b"saga", "started", b"started"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["event", b"event", "item", b"item", "saga", b"saga", "started", b"started"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["events", b"events", "saga", b"saga", "started", b"started"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_item: _TypeAlias = _typing.Literal["started", "event", "saga"]  # noqa: Y015
-    _WhichOneofArgType_item: _TypeAlias = _typing.Literal["item", b"item"]  # noqa: Y015
-    def WhichOneof(self, oneof_group: _WhichOneofArgType_item) -> _WhichOneofReturnType_item | None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RunSagaResponse: _TypeAlias = RunSagaResponse  # noqa: Y015
 

@@ -210,12 +210,13 @@ class SagaServiceServicer:
 
     def RunSaga(self, request, context):
         """RunSaga starts a saga as StartSaga does and follows it to its end in one
-        call: the first message is `started` (StartSaga's response), then come the
-        saga's events in sequence order as WatchSaga sends them, and the last
-        message is `saga`, the final saga as GetSaga returns it, after the event
-        that put it in a final state; then the stream ends with OK. With an
-        idempotency key that already started a saga, `started.already_started` is
-        set and that saga is followed from its first event.
+        call: the first message has `started` (StartSaga's response), the
+        messages carry the saga's events in sequence order (`events`, batched as
+        they become durable), and the last one has `saga`, the final saga as
+        GetSaga returns it, with or after the event that put it in a final state;
+        then the stream ends with OK. With an idempotency key that already
+        started a saga, `started.already_started` is set and that saga is
+        followed from its first event.
         On disconnect the saga goes on (it is durable once `started` was sent):
         resume with WatchSaga(saga_id, after_sequence = the last event's
         sequence), then GetSaga. A disconnect before `started` leaves it unknown

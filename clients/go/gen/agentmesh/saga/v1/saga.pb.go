@@ -2709,14 +2709,17 @@ func (x *RunSagaRequest) GetStart() *StartSagaRequest {
 // RunSagaResponse is one message of a RunSaga stream.
 type RunSagaResponse struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
-	// Which message this is: `started` first, then `event`s, then `saga`.
-	//
-	// Types that are valid to be assigned to Item:
-	//
-	//	*RunSagaResponse_Started
-	//	*RunSagaResponse_Event
-	//	*RunSagaResponse_Saga
-	Item          isRunSagaResponse_Item `protobuf_oneof:"item"`
+	// Set in the first message only: the started (or earlier) saga, as
+	// StartSaga returns it.
+	Started *StartSagaResponse `protobuf:"bytes,1,opt,name=started,proto3" json:"started,omitempty"`
+	// Events of the saga's log in sequence order, each message's continuing the
+	// previous one's. A message carries what one write made durable (the first,
+	// the events written with the start), so a five-step saga takes about six
+	// messages; it may also carry none.
+	Events []*SagaEvent `protobuf:"bytes,2,rep,name=events,proto3" json:"events,omitempty"`
+	// Set in the last message only: the saga in its final state, as GetSaga
+	// returns it.
+	Saga          *Saga `protobuf:"bytes,3,opt,name=saga,proto3" json:"saga,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2751,64 +2754,26 @@ func (*RunSagaResponse) Descriptor() ([]byte, []int) {
 	return file_agentmesh_saga_v1_saga_proto_rawDescGZIP(), []int{29}
 }
 
-func (x *RunSagaResponse) GetItem() isRunSagaResponse_Item {
-	if x != nil {
-		return x.Item
-	}
-	return nil
-}
-
 func (x *RunSagaResponse) GetStarted() *StartSagaResponse {
 	if x != nil {
-		if x, ok := x.Item.(*RunSagaResponse_Started); ok {
-			return x.Started
-		}
+		return x.Started
 	}
 	return nil
 }
 
-func (x *RunSagaResponse) GetEvent() *SagaEvent {
+func (x *RunSagaResponse) GetEvents() []*SagaEvent {
 	if x != nil {
-		if x, ok := x.Item.(*RunSagaResponse_Event); ok {
-			return x.Event
-		}
+		return x.Events
 	}
 	return nil
 }
 
 func (x *RunSagaResponse) GetSaga() *Saga {
 	if x != nil {
-		if x, ok := x.Item.(*RunSagaResponse_Saga); ok {
-			return x.Saga
-		}
+		return x.Saga
 	}
 	return nil
 }
-
-type isRunSagaResponse_Item interface {
-	isRunSagaResponse_Item()
-}
-
-type RunSagaResponse_Started struct {
-	// The started (or earlier) saga, as StartSaga returns it.
-	Started *StartSagaResponse `protobuf:"bytes,1,opt,name=started,proto3,oneof"`
-}
-
-type RunSagaResponse_Event struct {
-	// One event of the saga's log, in sequence order.
-	Event *SagaEvent `protobuf:"bytes,2,opt,name=event,proto3,oneof"`
-}
-
-type RunSagaResponse_Saga struct {
-	// The saga in its final state (the last message).
-	Saga *Saga `protobuf:"bytes,3,opt,name=saga,proto3,oneof"`
-}
-
-func (*RunSagaResponse_Started) isRunSagaResponse_Item() {}
-
-func (*RunSagaResponse_Event) isRunSagaResponse_Item() {}
-
-func (*RunSagaResponse_Saga) isRunSagaResponse_Item() {}
 
 // GetSagaEventsRequest pages through a saga's log.
 type GetSagaEventsRequest struct {
@@ -3127,12 +3092,11 @@ const file_agentmesh_saga_v1_saga_proto_rawDesc = "" +
 	"\x11WatchSagaResponse\x122\n" +
 	"\x05event\x18\x01 \x01(\v2\x1c.agentmesh.saga.v1.SagaEventR\x05event\"K\n" +
 	"\x0eRunSagaRequest\x129\n" +
-	"\x05start\x18\x01 \x01(\v2#.agentmesh.saga.v1.StartSagaRequestR\x05start\"\xc0\x01\n" +
-	"\x0fRunSagaResponse\x12@\n" +
-	"\astarted\x18\x01 \x01(\v2$.agentmesh.saga.v1.StartSagaResponseH\x00R\astarted\x124\n" +
-	"\x05event\x18\x02 \x01(\v2\x1c.agentmesh.saga.v1.SagaEventH\x00R\x05event\x12-\n" +
-	"\x04saga\x18\x03 \x01(\v2\x17.agentmesh.saga.v1.SagaH\x00R\x04sagaB\x06\n" +
-	"\x04item\"k\n" +
+	"\x05start\x18\x01 \x01(\v2#.agentmesh.saga.v1.StartSagaRequestR\x05start\"\xb4\x01\n" +
+	"\x0fRunSagaResponse\x12>\n" +
+	"\astarted\x18\x01 \x01(\v2$.agentmesh.saga.v1.StartSagaResponseR\astarted\x124\n" +
+	"\x06events\x18\x02 \x03(\v2\x1c.agentmesh.saga.v1.SagaEventR\x06events\x12+\n" +
+	"\x04saga\x18\x03 \x01(\v2\x17.agentmesh.saga.v1.SagaR\x04saga\"k\n" +
 	"\x14GetSagaEventsRequest\x12\x17\n" +
 	"\asaga_id\x18\x01 \x01(\tR\x06sagaId\x12\x1b\n" +
 	"\tpage_size\x18\x02 \x01(\x05R\bpageSize\x12\x1d\n" +
@@ -3325,7 +3289,7 @@ var file_agentmesh_saga_v1_saga_proto_depIdxs = []int32{
 	15, // 58: agentmesh.saga.v1.WatchSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
 	16, // 59: agentmesh.saga.v1.RunSagaRequest.start:type_name -> agentmesh.saga.v1.StartSagaRequest
 	17, // 60: agentmesh.saga.v1.RunSagaResponse.started:type_name -> agentmesh.saga.v1.StartSagaResponse
-	15, // 61: agentmesh.saga.v1.RunSagaResponse.event:type_name -> agentmesh.saga.v1.SagaEvent
+	15, // 61: agentmesh.saga.v1.RunSagaResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
 	14, // 62: agentmesh.saga.v1.RunSagaResponse.saga:type_name -> agentmesh.saga.v1.Saga
 	15, // 63: agentmesh.saga.v1.GetSagaEventsResponse.events:type_name -> agentmesh.saga.v1.SagaEvent
 	16, // 64: agentmesh.saga.v1.SagaService.StartSaga:input_type -> agentmesh.saga.v1.StartSagaRequest
@@ -3374,11 +3338,6 @@ func file_agentmesh_saga_v1_saga_proto_init() {
 	file_agentmesh_saga_v1_saga_proto_msgTypes[12].OneofWrappers = []any{
 		(*StartSagaRequest_Definition)(nil),
 		(*StartSagaRequest_DefinitionName)(nil),
-	}
-	file_agentmesh_saga_v1_saga_proto_msgTypes[29].OneofWrappers = []any{
-		(*RunSagaResponse_Started)(nil),
-		(*RunSagaResponse_Event)(nil),
-		(*RunSagaResponse_Saga)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
