@@ -17,7 +17,7 @@ import logging
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -43,20 +43,40 @@ log = logging.getLogger("agentmesh.bus.subscription")
 DeadLetterFn = Callable[[wire.StoredRecord, str, int], Awaitable[None]]
 
 
-@dataclass(slots=True)
-class _Msg:
-    rec: wire.StoredRecord
-    tp: TopicPartition
-    is_env: bool = False
-    hash_b: bytes | None = None
-    attempts: int = 0
-    last_reason: str = ""
+class _Msg(Item):
+    """A fetched record with its delivery state; it is its own backlog Item
+    (one object per record on the hot path). `data` holds the record's
+    partition, for Backlog.remove_if on a revoke.
 
+    Attributes:
+        rec: the record.
+        tp: its (topic, partition).
+        env_b: the serialized Envelope a subscriber receives
+            (wire.delivered_envelope_bytes), made once on arrival and reused
+            by redeliveries.
+        attempts: deliveries so far.
+        ack_id / deadline: of the current delivery (monotonic seconds).
+    """
 
-@dataclass(slots=True)
-class _Delivery:
-    item: Item
-    deadline: float
+    __slots__ = ("ack_id", "attempts", "deadline", "env_b", "last_reason", "rec", "tp")
+
+    def __init__(
+        self, seq: int, order_key: Hashable, cls: int, rec: wire.StoredRecord,
+        tp: TopicPartition, env_b: bytes,
+    ) -> None:
+        # Plain stores instead of Item.__init__: this runs once per fetched record.
+        self.seq = seq
+        self.order_key = order_key
+        self.cls = cls
+        self.data = tp
+        self.token = 0
+        self.rec = rec
+        self.tp = tp
+        self.env_b = env_b
+        self.attempts = 0
+        self.ack_id = ""
+        self.deadline = 0.0
+        self.last_reason = ""
 
 
 #: Most deliveries per MessageBatch (one gRPC message).
@@ -79,14 +99,33 @@ class _PartState:
 
     def settle(self, offset: int) -> int | None:
         """Mark `offset` settled; returns the new commit offset when it moved."""
-        self.settled.add(offset)
-        moved = False
-        while self.pending and self.pending[0] in self.settled:
-            self.settled.discard(self.pending.popleft())
-            moved = True
-        if not moved:
+        return self.settle_many([offset])
+
+    def settle_many(self, offsets: list[int]) -> int | None:
+        """Mark `offsets` (ascending, each fetched and not yet settled) settled;
+        returns the new commit offset when it moved.
+
+        The usual case, a cumulative ack of the oldest deliveries, is the
+        front of `pending`: `pending` is strictly ascending and `offsets` a
+        subset of it, so equal ends at the same length mean equal runs, and
+        the run is dropped without a set operation per offset.
+        """
+        pending = self.pending
+        if not pending or not offsets:
             return None
-        pos = self.pending[0] if self.pending else self.next_fetch
+        k = len(offsets)
+        settled = self.settled
+        if pending[0] == offsets[0] and k <= len(pending) and pending[k - 1] == offsets[-1]:
+            popleft = pending.popleft
+            for _ in range(k):
+                popleft()
+        else:
+            settled.update(offsets)
+            if pending[0] not in settled:
+                return None
+        while pending and pending[0] in settled:
+            settled.discard(pending.popleft())
+        pos = pending[0] if pending else self.next_fetch
         if pos > self.committed:
             self.committed = pos
             return pos
@@ -138,9 +177,9 @@ class Subscription:
         self._backlog = Backlog()
         # Delivered, not yet acked: by ack id (in delivery order, which is
         # deadline order: every deadline is delivery time + ack_deadline_s),
-        # and ack id by offset per partition, for cumulative acks.
-        self._outstanding: dict[str, _Delivery] = {}
-        self._by_tp: dict[TopicPartition, dict[int, str]] = {}
+        # and by offset per partition, for cumulative acks.
+        self._outstanding: dict[str, _Msg] = {}
+        self._by_tp: dict[TopicPartition, dict[int, _Msg]] = {}
         self._ack_prefix = f"{self.id}."
         self._pos_prefix: dict[TopicPartition, bytes] = {}
         self._parts: dict[TopicPartition, _PartState] = {}
@@ -202,24 +241,7 @@ class Subscription:
         if self._closed:
             return
         if isinstance(ev, Records):
-            items: list[Item] = []
-            seq = self._seq
-            meta = wire.delivery_meta
-            parts = self._parts
-            for rec in ev.records:
-                tp = (rec.topic, rec.partition)
-                st = parts.get(tp)
-                if st is None or rec.offset < st.next_fetch:
-                    continue  # revoked partition, or a refetch of what we hold
-                st.next_fetch = rec.offset + 1
-                st.pending.append(rec.offset)
-                is_env, cls, hash_b = meta(rec.headers)
-                key = (tp, rec.key) if rec.key else (tp, None, rec.offset)
-                items.append(Item(next(seq), key, cls, _Msg(rec, tp, is_env, hash_b)))
-            self._backlog.push_many(items)
-            if len(self._backlog) >= self._read_ahead and not self._paused and self._source:
-                self._paused = True
-                self._source.pause()
+            self._arrive(ev.records)
         elif isinstance(ev, Assigned):
             for tp in ev.partitions:
                 self._parts[tp] = _PartState()
@@ -229,26 +251,61 @@ class Subscription:
             for tp in gone:
                 self._parts.pop(tp, None)
                 self._by_tp.pop(tp, None)
-            self._backlog.remove_if(lambda m: m.tp in gone)
-            for ack_id in [a for a, d in self._outstanding.items() if d.item.data.tp in gone]:
+            self._backlog.remove_if(lambda tp: tp in gone)  # Item.data is the partition
+            for ack_id in [a for a, m in self._outstanding.items() if m.tp in gone]:
                 del self._outstanding[ack_id]
         self._pump()
+
+    def _arrive(self, records: Sequence[wire.StoredRecord]) -> None:
+        """Put fetched records in the backlog (the per-record hot path: one
+        object per record, the partition looked up once per run of records)."""
+        items: list[Item] = []
+        append = items.append
+        next_seq = self._seq.__next__
+        parts = self._parts
+        env_bytes = wire.delivered_envelope_bytes
+        meta = wire.delivery_meta
+        last_t: str | None = None
+        last_p = -1
+        tp: TopicPartition = ("", 0)
+        st: _PartState | None = None
+        for rec in records:
+            t = rec.topic
+            p = rec.partition
+            if p != last_p or t != last_t:
+                last_t, last_p = t, p
+                tp = (t, p)
+                st = parts.get(tp)
+            off = rec.offset
+            if st is None or off < st.next_fetch:
+                continue  # revoked partition, or a refetch of what we hold
+            st.next_fetch = off + 1
+            st.pending.append(off)
+            is_env, cls, hash_b = meta(rec.headers)
+            key = rec.key
+            append(_Msg(next_seq(), (tp, key) if key else (tp, None, off), cls, rec, tp,
+                        env_bytes(rec, is_env, hash_b)))
+        self._backlog.push_many(items)
+        if len(self._backlog) >= self._read_ahead and not self._paused and self._source:
+            self._paused = True
+            self._source.pause()
 
     # ---- delivery -------------------------------------------------------
     def _pump(self) -> None:
         """Move backlog items into the unacked window, in MessageBatches."""
+        pop = self._backlog.pop
         while True:
             room = min(self.opts.max_unacked - len(self._outstanding), MAX_BATCH)
-            items: list[Item] = []
-            pop = self._backlog.pop
+            items: list[_Msg] = []
+            append = items.append
             size = 0
             full = False
             while len(items) < room:
                 item = pop()
                 if item is None:
                     break
-                items.append(item)
-                size += len(item.data.rec.value or b"")
+                append(item)  # type: ignore[arg-type]  # every item is a _Msg
+                size += len(item.env_b)  # type: ignore[attr-defined]
                 if size >= MAX_BATCH_BYTES:
                     full = True
                     break
@@ -260,97 +317,132 @@ class Subscription:
             self._paused = False
             self._source.resume()
 
-    def _deliver(self, items: list[Item]) -> None:
-        """Send `items` as one MessageBatch, built as bytes.
+    def _deliver(self, items: list[_Msg]) -> None:
+        """Send `items` as one MessageBatch, built as bytes, and record them
+        as outstanding.
 
         Envelope values pass through undecoded (wire.delivered_envelope_bytes);
         the whole SubscribeResponse is parsed once, in C, which also checks
-        every value. When that fails, each value is checked on its own and the
-        undecodable ones go to the dead-letter topic instead.
+        every value. When that fails, the batch is taken back, each value is
+        checked on its own and the undecodable ones go to the dead-letter
+        topic instead.
         """
-        buf, ack_ids = self._encode(items)
+        deadline = time.monotonic() + self.opts.ack_deadline_s
+        buf = self._encode(items, deadline)
         try:
             resp = bus_pb2.SubscribeResponse.FromString(buf)
         except DecodeError:
-            good: list[Item] = []
-            for item in items:
-                msg: _Msg = item.data
+            self._take_back(items)
+            good: list[_Msg] = []
+            for msg in items:
                 try:
                     wire.to_envelope(msg.rec)
                 except Exception as exc:  # an undecodable "am-envelope" record
-                    self._spawn(self._to_dlq(item, f"undecodable envelope: {exc}"))
+                    self._spawn(self._to_dlq(msg, f"undecodable envelope: {exc}"))
                     continue
-                good.append(item)
+                good.append(msg)
             if not good:
                 return
             items = good
-            buf, ack_ids = self._encode(items)
-            resp = bus_pb2.SubscribeResponse.FromString(buf)
-        deadline = time.monotonic() + self.opts.ack_deadline_s
-        outstanding = self._outstanding
-        by_tp = self._by_tp
-        sent: Counter[tuple[str, str]] = Counter()
+            resp = bus_pb2.SubscribeResponse.FromString(self._encode(items, deadline))
+        self.outbox.put_nowait(resp)
+        self._count_sent(items)
+
+    def _take_back(self, items: list[_Msg]) -> None:
+        """Undo `_encode`'s bookkeeping of a batch that is not sent."""
+        for msg in items:
+            self._outstanding.pop(msg.ack_id, None)
+            offsets = self._by_tp.get(msg.tp)
+            if offsets is not None:
+                offsets.pop(msg.rec.offset, None)
+            msg.attempts -= 1
+
+    def _count_sent(self, items: list[_Msg]) -> None:
+        """Metrics of a sent batch: counts per topic, latency of a sample."""
+        redelivered: Counter[str] = Counter(m.rec.topic for m in items if m.attempts > 1)
+        topics: Counter[str] = Counter()
+        last: TopicPartition | None = None
+        run = 0
+        for m in items:  # runs of one partition: one count per run
+            if m.tp is not last:
+                if last is not None:
+                    topics[last[0]] += run
+                last, run = m.tp, 0
+            run += 1
+        if last is not None:
+            topics[last[0]] += run
+        for topic, n in topics.items():
+            n -= redelivered.get(topic, 0)
+            if n:
+                metrics.SENT.labels(metrics.topic_label(topic), "deliver").inc(n)
+        for topic, n in redelivered.items():
+            metrics.SENT.labels(metrics.topic_label(topic), "redeliver").inc(n)
         latency = metrics.LATENCY.labels("deliver")
         wall_ms = time.time() * 1000
-        samples = 0
-        for item, ack_id in zip(items, ack_ids, strict=True):
-            msg = item.data
-            msg.attempts += 1
-            outstanding[ack_id] = _Delivery(item, deadline)
-            offsets = by_tp.get(msg.tp)
-            if offsets is not None:
-                offsets[msg.rec.offset] = ack_id
-            first = msg.attempts == 1
-            sent[(msg.rec.topic, "deliver" if first else "redeliver")] += 1
-            if first and samples < LATENCY_SAMPLES and msg.rec.timestamp_ms > 0:
-                samples += 1
-                latency.observe(max(0.0, wall_ms - msg.rec.timestamp_ms))
-        self.outbox.put_nowait(resp)
-        for (topic, kind), n in sent.items():
-            metrics.SENT.labels(metrics.topic_label(topic), kind).inc(n)
+        for m in items[:LATENCY_SAMPLES]:
+            if m.attempts == 1 and m.rec.timestamp_ms > 0:
+                latency.observe(max(0.0, wall_ms - m.rec.timestamp_ms))
 
-    def _encode(self, items: list[Item]) -> tuple[bytes, list[str]]:
-        """A serialized SubscribeResponse{batch} of `items` and their new ack ids."""
+    def _encode(self, items: list[_Msg], deadline: float) -> bytes:
+        """A serialized SubscribeResponse{batch} of `items`, each with a new
+        ack id, its attempt counted and recorded as outstanding until `deadline`."""
         varint = wire.varint
         small = wire.SMALL_VARINTS
-        envelope_bytes = wire.delivered_envelope_bytes
         prefixes = self._pos_prefix
         ack_prefix = self._ack_prefix
         next_ack = self._ack_ids.__next__
+        outstanding = self._outstanding
+        by_tp = self._by_tp
         last: dict[TopicPartition, int] = {}
-        ack_ids: list[str] = []
         out: list[bytes] = []
-        for item in items:
-            msg: _Msg = item.data
-            rec = msg.rec
+        append = out.append
+        join = b"".join
+        cur: TopicPartition | None = None
+        pre = b""
+        offsets: dict[int, _Msg] | None = None
+        top = -1
+        for msg in items:
             tp = msg.tp
-            pre = prefixes.get(tp)
-            if pre is None:
-                pre = prefixes[tp] = wire.position_bytes(rec.topic, rec.partition, 0)
-            off = rec.offset
-            pos = pre + b"\x18" + varint(off) if off else pre
-            if last.get(tp, -1) < off:
-                last[tp] = off
+            if tp is not cur:
+                if cur is not None and last.get(cur, -1) < top:
+                    last[cur] = top
+                cur = tp
+                pre = prefixes.get(tp) or b""
+                if not pre:
+                    pre = prefixes[tp] = wire.position_bytes(tp[0], tp[1], 0)
+                offsets = by_tp.get(tp)
+                top = last.get(tp, -1)
+            off = msg.rec.offset
+            if off > top:
+                top = off
+            pos = pre + b"\x18" + (small[off] if off < 128 else varint(off)) if off else pre
             ack_id = f"{ack_prefix}{next_ack()}"
-            ack_ids.append(ack_id)
             ack_b = ack_id.encode()
-            env = envelope_bytes(rec, msg.is_env, msg.hash_b)
+            env = msg.env_b
             n_env = len(env)
             n_pos = len(pos)
             attempt = msg.attempts + 1
-            rm = b"".join((
+            msg.attempts = attempt
+            msg.ack_id = ack_id
+            msg.deadline = deadline
+            outstanding[ack_id] = msg
+            if offsets is not None:
+                offsets[off] = msg
+            rm = join((
                 b"\x0a", small[len(ack_b)], ack_b,  # ack ids are < 128 bytes
                 b"\x12", small[n_env] if n_env < 128 else varint(n_env), env,
                 b"\x1a", small[n_pos] if n_pos < 128 else varint(n_pos), pos,
                 b"\x20", small[attempt] if attempt < 128 else varint(attempt),
             ))
             n_rm = len(rm)
-            out.append(b"\x0a" + (small[n_rm] if n_rm < 128 else varint(n_rm)) + rm)
+            append(b"\x0a" + (small[n_rm] if n_rm < 128 else varint(n_rm)) + rm)
+        if cur is not None and last.get(cur, -1) < top:
+            last[cur] = top
         for (topic, partition), off in last.items():
             p = wire.position_bytes(topic, partition, off)
-            out.append(b"\x12" + varint(len(p)) + p)  # MessageBatch.last_positions
-        batch = b"".join(out)
-        return b"\x12" + varint(len(batch)) + batch, ack_ids  # SubscribeResponse.batch
+            append(b"\x12" + varint(len(p)) + p)  # MessageBatch.last_positions
+        batch = join(out)
+        return b"\x12" + varint(len(batch)) + batch  # SubscribeResponse.batch
 
     def ack(
         self, ack_ids: Sequence[str], up_to: Sequence[tuple[TopicPartition, int]] = ()
@@ -362,71 +454,79 @@ class Subscription:
         moved: dict[TopicPartition, int] = {}
         outstanding = self._outstanding
         by_tp = self._by_tp
+        done: dict[TopicPartition, list[int]] = {}
         for ack_id in ack_ids:
-            d = outstanding.pop(ack_id, None)
-            if d is not None:
-                msg = d.item.data
+            msg = outstanding.pop(ack_id, None)
+            if msg is not None:
+                off = msg.rec.offset
                 offsets = by_tp.get(msg.tp)
                 if offsets is not None:
-                    offsets.pop(msg.rec.offset, None)
-                self._settle(msg, moved)
+                    offsets.pop(off, None)
+                run = done.get(msg.tp)
+                if run is None:
+                    done[msg.tp] = [off]
+                else:
+                    run.append(off)
         for tp, upto in up_to:
             offsets = by_tp.get(tp)
             if not offsets:
                 continue
-            done = [o for o in offsets if o <= upto]
-            for o in done:
-                d = outstanding.pop(offsets.pop(o), None)
-                if d is not None:
-                    self._settle(d.item.data, moved)
+            acked = [o for o in offsets if o <= upto]
+            for o in acked:
+                del outstanding[offsets.pop(o).ack_id]
+            if acked:
+                done.setdefault(tp, []).extend(acked)
+        for tp, offs in done.items():
+            self._settle(tp, sorted(offs), moved)
         if moved and self._source is not None:
             self._source.commit(moved)
         self._pump()
 
-    def _forget(self, d: _Delivery) -> None:
+    def _forget(self, msg: _Msg) -> None:
         """Drop an outstanding delivery from the per-partition index."""
-        msg: _Msg = d.item.data
         offsets = self._by_tp.get(msg.tp)
         if offsets is not None:
             offsets.pop(msg.rec.offset, None)
 
-    def _settle(self, msg: _Msg, moved: dict[TopicPartition, int] | None = None) -> None:
-        st = self._parts.get(msg.tp)
+    def _settle(
+        self, tp: TopicPartition, offsets: list[int],
+        moved: dict[TopicPartition, int] | None = None,
+    ) -> None:
+        st = self._parts.get(tp)
         if st is None:
             return  # revoked meanwhile: the new owner redelivers it
-        pos = st.settle(msg.rec.offset)
+        pos = st.settle_many(offsets)
         if pos is None:
             return
         if moved is not None:
-            moved[msg.tp] = pos
+            moved[tp] = pos
         elif self._source is not None:
-            self._source.commit({msg.tp: pos})
+            self._source.commit({tp: pos})
 
     def nack(self, ack_ids: list[str], *, reason: str, delay_s: float) -> None:
         """Reject delivered messages: redeliver later, or dead-letter at max_deliveries."""
         for ack_id in ack_ids:
-            d = self._outstanding.pop(ack_id, None)
-            if d is not None:
-                self._forget(d)
-                self._retry(d.item, reason or "nacked", delay_s)
+            msg = self._outstanding.pop(ack_id, None)
+            if msg is not None:
+                self._forget(msg)
+                self._retry(msg, reason or "nacked", delay_s)
         self._pump()
 
-    def _retry(self, item: Item, reason: str, delay_s: float) -> None:
-        msg: _Msg = item.data
+    def _retry(self, msg: _Msg, reason: str, delay_s: float) -> None:
         msg.last_reason = reason
         if msg.attempts >= self.opts.max_deliveries:
-            self._spawn(self._to_dlq(item, reason))
+            self._spawn(self._to_dlq(msg, reason))
             return
         if delay_s > 0:
-            handle = asyncio.get_running_loop().call_later(delay_s, self._requeue, item)
+            handle = asyncio.get_running_loop().call_later(delay_s, self._requeue, msg)
             self._timers.add(handle)
         else:
-            self._requeue(item)
+            self._requeue(msg)
 
-    def _requeue(self, item: Item) -> None:
-        if self._closed or item.data.tp not in self._parts:
+    def _requeue(self, msg: _Msg) -> None:
+        if self._closed or msg.tp not in self._parts:
             return
-        self._backlog.push(item)  # same seq: back in front of later messages of its key
+        self._backlog.push(msg)  # same seq: back in front of later messages of its key
         self._pump()
 
     def _spawn(self, coro: Awaitable[None]) -> None:
@@ -434,18 +534,17 @@ class Subscription:
         self._tasks.append(task)
         task.add_done_callback(lambda t: self._tasks.remove(t) if t in self._tasks else None)
 
-    async def _to_dlq(self, item: Item, reason: str) -> None:
-        msg: _Msg = item.data
+    async def _to_dlq(self, msg: _Msg, reason: str) -> None:
         try:
             await self._dead_letter(msg.rec, reason, msg.attempts)
         except Exception as exc:  # keep it: retry the whole delivery later
             log.warning("dead-letter write failed", extra={"error": str(exc)})
             await asyncio.sleep(1.0)
-            self._requeue(item)
+            self._requeue(msg)
             return
         metrics.DEAD_LETTERS.labels(metrics.topic_label(msg.rec.topic)).inc()
         metrics.SENT.labels(metrics.topic_label(msg.rec.topic), "dead_letter").inc()
-        self._settle(msg)
+        self._settle(msg.tp, [msg.rec.offset])
         self._pump()
 
     async def _deadline_loop(self) -> None:
@@ -454,14 +553,14 @@ class Subscription:
             await asyncio.sleep(tick)
             now = time.monotonic()
             expired = []
-            for a, d in self._outstanding.items():
-                if d.deadline > now:
+            for a, m in self._outstanding.items():
+                if m.deadline > now:
                     break  # delivery order is deadline order
                 expired.append(a)
             for ack_id in expired:
-                d = self._outstanding.pop(ack_id)
-                self._forget(d)
-                self._retry(d.item, "ack deadline exceeded", 0.0)
+                m = self._outstanding.pop(ack_id)
+                self._forget(m)
+                self._retry(m, "ack deadline exceeded", 0.0)
             if expired:
                 self._pump()
             self._report_lag()
