@@ -76,6 +76,45 @@ class EngineOptions:
     snapshot_every: int = 16
 
 
+class Wakeup:
+    """What a runner waits on between turns: a call finishing (its task's done
+    callback fires this), a due timer, or `set()` (a cancel, a lost lease).
+
+    One future per wait, where an `asyncio.Event` needed a task of its own and
+    an `asyncio.wait` over every call task on each turn.
+    """
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._fut: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        """Wake the runner now (or at its next wait)."""
+        self._flag = True
+        self.fire()
+
+    def fire(self, *_: Any) -> None:
+        """Wake a runner that is waiting (a done callback of its call tasks)."""
+        f = self._fut
+        if f is not None and not f.done():
+            f.set_result(None)
+
+    async def wait(self, *, timeout_s: float | None, ready: bool) -> None:
+        """Return at once if `ready` or set since the last wait, else at the
+        first fire/set or after `timeout_s` (None: no timer)."""
+        if not (self._flag or ready):
+            loop = asyncio.get_running_loop()
+            self._fut = f = loop.create_future()
+            timer = None if timeout_s is None else loop.call_later(timeout_s, self.fire)
+            try:
+                await f
+            finally:
+                self._fut = None
+                if timer is not None:
+                    timer.cancel()
+        self._flag = False
+
+
 class Runner:
     """Drives one saga under one lease: the planner decides, the runner does the I/O.
 
@@ -107,7 +146,7 @@ class Runner:
         self.cancel_seen = cancel_requested
         self.cancel_reason = cancel_reason
         self.lost = False
-        self.wake = asyncio.Event()
+        self.wake = Wakeup()
         self.planner = Planner(
             rec, comp, writer=Writer(coordinator_id=lease.owner, fencing_token=lease.fence)
         )
@@ -233,6 +272,7 @@ class Runner:
 
     def _launch(self, c: Call) -> None:
         t = asyncio.ensure_future(self._send(c))
+        t.add_done_callback(self.wake.fire)
         self.tasks[t] = c
 
     async def _send(self, c: Call) -> dict[str, Any] | None:
@@ -268,15 +308,9 @@ class Runner:
         return None
 
     async def _wait(self) -> None:
-        timeout_s = self._next_timer_s()
-        waiters: set[asyncio.Future[Any]] = set(self.tasks)
-        wake = asyncio.ensure_future(self.wake.wait())
-        waiters.add(wake)
-        try:
-            await asyncio.wait(waiters, timeout=timeout_s, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            wake.cancel()
-        self.wake.clear()
+        await self.wake.wait(
+            timeout_s=self._next_timer_s(), ready=any(t.done() for t in self.tasks)
+        )
         if self.lost:
             raise Fenced("lease lost")
 
