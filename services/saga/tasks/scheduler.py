@@ -101,6 +101,19 @@ class TaskOptions:
     strategies: dict[str, int] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class _Static:
+    """An agent's registered capacity (ServiceLevel.max_concurrency; 0 =
+    none), capabilities and tags."""
+
+    capacity: int
+    capabilities: frozenset[str]
+    tags: frozenset[str]
+
+
+_NO_DESCRIPTOR = _Static(0, frozenset(), frozenset())
+
+
 @dataclass(eq=False)
 class _Want:
     """A due task of this pass with the agents it may take, best first."""
@@ -220,7 +233,7 @@ class TaskScheduler:
         self._credit = [0] * CLASSES
         self._rotation: dict[str, int] = {}
         self._rng = random.Random(seed)
-        self._descriptors: dict[str, tuple[float, registry_pb2.Agent | None]] = {}
+        self._descriptors: dict[str, tuple[float, _Static]] = {}
         self._counts: dict[str, tuple[float, int]] = {}
 
     # ---- lifecycle -----------------------------------------------------------------
@@ -245,6 +258,7 @@ class TaskScheduler:
             with contextlib.suppress(Exception):
                 await self.store.release(d.lease)
         self.driven.clear()
+        await self.store.close()
 
     def wake(self) -> None:
         """A task was queued: schedule now rather than at the next poll."""
@@ -374,26 +388,60 @@ class TaskScheduler:
         for w in pending:  # every try refused
             if w.idx < len(w.ordered):
                 self._bump(w.ordered[w.idx].candidate.agent_id, -1)
+        if not placed:
+            await self.store.dequeue(drop)
+            return 0
+        # One round trip takes each placed task's lease and commits SCHEDULED
+        # and RUNNING with it (the attempt starts here; the driver only makes
+        # the call), and removes the placed tasks from their queues. A task
+        # that another replica holds is dequeued too: that replica started
+        # it or ends it, and the recovery pass queues a PENDING task again
+        # if its entry went missing.
+        start = now_ms()
+        items = [self._started(w.task, opt, start) for w, opt in placed]
+        claims = await self.store.claim_start_many(
+            items,
+            owner=self.opts.coordinator_id,
+            ttl_ms=self.opts.lease_ttl_ms,
+            dequeue=[(w.cls, w.task.task_id) for w, _ in placed] + drop,
+        )
         started = 0
-        if placed:
-            claims = await self.store.claim_many(
-                [w.task.task_id for w, _ in placed],
-                owner=self.opts.coordinator_id, ttl_ms=self.opts.lease_ttl_ms,
-            )
-            for (w, opt), claimed in zip(placed, claims, strict=True):
-                tid = w.task.task_id
-                if claimed is None or claimed.task.state != T.TASK_STATE_PENDING:
-                    await self._free_slot(opt.candidate.agent_id, tid)
-                    if claimed is not None:
-                        await self.store.release(claimed.lease)
-                    continue
-                # the driver commits SCHEDULED: the next pass need not wait for it
-                self._charge(w.cls, backlogged)
-                drop.append((w.cls, tid))
-                self._spawn(Driven(claimed.lease, claimed.task, opt))
-                started += 1
-        await self.store.dequeue(drop)
+        for (w, opt), got in zip(placed, claims, strict=True):
+            tid = w.task.task_id
+            if got is None or got[0].task.state not in (T.TASK_STATE_PENDING,
+                                                        T.TASK_STATE_RUNNING):
+                await self._free_slot(opt.candidate.agent_id, tid)
+                if got is not None:
+                    await self.store.release(got[0].lease)
+                continue
+            claimed, running = got
+            self._charge(w.cls, backlogged)
+            if running:
+                metrics.TASK_WAIT.observe(max(0, start - due_ms(w.task)))
+            self._spawn(Driven(claimed.lease, claimed.task, opt))
+            started += 1
         return started
+
+    @staticmethod
+    def _started(
+        task: task_pb2.Task, opt: placement.Option, start_ms: int
+    ) -> tuple[task_pb2.Task, task_pb2.Task, task_pb2.Task]:
+        """(as read, as SCHEDULED on `opt`, as RUNNING its first attempt)."""
+        sched = T.Task()
+        sched.CopyFrom(task)
+        sched.state = T.TASK_STATE_SCHEDULED
+        sched.revision = task.revision + 1
+        sched.assigned_agent_id = opt.candidate.agent_id
+        sched.cancel_requested = False
+        run = T.Task()
+        run.CopyFrom(sched)
+        run.state = T.TASK_STATE_RUNNING
+        run.revision = sched.revision + 1
+        run.attempt += 1
+        if not run.HasField("start_time"):
+            run.start_time.CopyFrom(_ts(start_ms))
+        run.ClearField("error")
+        return task, sched, run
 
     async def _sweep_pending(self, tasks: Sequence[task_pb2.Task]) -> None:
         """End the unleased PENDING tasks whose cancel was requested or whose
@@ -463,15 +511,23 @@ class TaskScheduler:
             await self.store.release(claimed.lease)
 
     # ---- placement -------------------------------------------------------------------
-    async def _descriptor(self, agent_ids: Sequence[str]) -> list[registry_pb2.Agent | None]:
+    async def _descriptor(self, agent_ids: Sequence[str]) -> list[_Static]:
+        """What placement needs from each agent's registered descriptor, read
+        at most every DESCRIPTOR_TTL_S per agent (decoded once per read)."""
         now = time.monotonic()
-        missing = [a for a in agent_ids if self._descriptors.get(a, (0.0, None))[0] < now]
+        got = self._descriptors
+        missing = [a for a in agent_ids if a not in got or got[a][0] < now]
         if missing:
             raws = await self.store.redis.mget([catalog.descriptor_key(a) for a in missing])
             for a, raw in zip(missing, raws, strict=True):
-                pb = registry_pb2.Agent.FromString(bytes(raw)) if raw else None
-                self._descriptors[a] = (now + DESCRIPTOR_TTL_S, pb)
-        return [self._descriptors[a][1] for a in agent_ids]
+                st = _NO_DESCRIPTOR
+                if raw:
+                    pb = registry_pb2.Agent.FromString(bytes(raw))
+                    st = _Static(
+                        int(pb.sla.max_concurrency), frozenset(pb.capabilities), frozenset(pb.tags)
+                    )
+                got[a] = (now + DESCRIPTOR_TTL_S, st)
+        return [got[a][1] for a in agent_ids]
 
     async def _candidates(
         self, task: task_pb2.Task, msg: router_pb2.RouteMessage, *, prefer: str, avoid: str
@@ -499,23 +555,21 @@ class TaskScheduler:
         if not cands:
             return []
         ids = [c.agent_id for c in cands]
-        counts, descs = await asyncio.gather(self._slot_counts(ids), self._descriptor(ids))
-        options: list[placement.Option] = []
-        for c, n, desc in zip(cands, counts, descs, strict=True):
-            cap = int(c.capacity)
-            if cap <= 0 and desc is not None:
-                cap = int(desc.sla.max_concurrency)
-            if cap <= 0:
-                cap = self.opts.default_capacity
-            options.append(
-                placement.Option(
-                    c,
-                    n,
-                    cap,
-                    frozenset(desc.capabilities) if desc else frozenset(),
-                    frozenset(desc.tags) if desc else frozenset(),
-                )
+        # Sequential, not gathered: both are served from their caches almost
+        # always, and a gather would make two tasks per placement.
+        counts = await self._slot_counts(ids)
+        descs = await self._descriptor(ids)
+        default_cap = self.opts.default_capacity
+        options = [
+            placement.Option(
+                c,
+                n,
+                max(0, int(c.capacity)) or max(0, desc.capacity) or default_cap,
+                desc.capabilities,
+                desc.tags,
             )
+            for c, n, desc in zip(cands, counts, descs, strict=True)
+        ]
         if prefer:
             pinned = [o for o in options if o.candidate.agent_id == prefer]
             if pinned:
@@ -660,6 +714,9 @@ class TaskScheduler:
             if t.state == T.TASK_STATE_SCHEDULED:
                 await self._attempt(d)
                 continue
+            if t.state == T.TASK_STATE_RUNNING:  # started by the scheduling pass
+                await self._call(d)
+                continue
             raise AssertionError(f"unexpected state {T.TaskState.Name(t.state)}")
 
     async def _replace(self, d: Driven) -> bool:
@@ -713,6 +770,13 @@ class TaskScheduler:
         t.ClearField("error")
         if await self.store.commit(d.lease, t, T.TASK_STATE_RUNNING):
             d.cancel.set()
+        await self._call(d)
+
+    async def _call(self, d: Driven) -> None:
+        """Make the Execute call of a RUNNING task's attempt and commit its outcome."""
+        t = d.task
+        opt = d.option
+        assert opt is not None
         msg = route_message(t)
         timeout_ms = t.timeout.ToMilliseconds() or self.opts.default_timeout_ms
         err: task_pb2.TaskError | None = None

@@ -7,6 +7,7 @@ wrapper (UNAVAILABLE, reason REDIS_DOWN).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 from collections.abc import AsyncIterator
@@ -29,6 +30,9 @@ MAX_TASK_TYPE = 200
 MAX_IDEMPOTENCY_KEY = 200
 #: Index entries ListTasks reads at most per call while filtering.
 LIST_SCAN = 5000
+#: Longest WaitTask waits for a local change of a task this replica drives
+#: before it reads the stream (in case its lease moved to another replica), s.
+LOCAL_WAIT_S = 1.0
 
 
 def _duration_ms(d: duration_pb2.Duration) -> int:
@@ -268,23 +272,59 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         self, request: task_pb2.WaitTaskRequest, context: grpc.aio.ServicerContext[Any, Any]
     ) -> AsyncIterator[task_pb2.WaitTaskResponse]:
         """See task.proto."""
-        current = await self._get(request.task_id)
+        tid = request.task_id
+        _need_id(tid)
         after = request.after_revision
-        if current.state in TERMINAL and after >= current.revision:
-            return
-        evs = await self.store.events_after(request.task_id, after_revision=after)
-        while True:
-            for rev, t in evs:
-                after = rev
-                yield T.WaitTaskResponse(task=t)
-                if t.state in TERMINAL:
-                    return
-            evs = await self.watch_store.events_after(
-                request.task_id, after_revision=after, block_ms=1000
+        # Registered before the first read, so no change this replica writes
+        # after that read is missed.
+        with self.store.watch(tid) as local:
+            current, evs = await self.store.read_with_events(tid, after_revision=after)
+            if current is None:
+                raise NotFound(f"task {tid!r} not found", resource_type="task", resource_name=tid)
+            if current.state in TERMINAL and after >= current.revision:
+                return
+            while True:
+                for rev, t in evs:
+                    if rev <= after:
+                        continue
+                    after = rev
+                    yield T.WaitTaskResponse(task=t)
+                    if t.state in TERMINAL:
+                        return
+                evs = await self._changes(tid, after, local)
+
+    async def _changes(
+        self, task_id: str, after: int, local: asyncio.Queue[tuple[int, bytes]]
+    ) -> list[tuple[int, task_pb2.Task]]:
+        """The task's next changes after revision `after` (possibly none).
+
+        While this replica drives the task, its changes come from `local`
+        (what this process commits; no Redis read), with the stream read only
+        when a revision is missing (another writer came between) or after
+        LOCAL_WAIT_S without a change (the lease may have moved). Otherwise
+        a blocking XREAD waits for the next stream entry.
+
+        Raises:
+            NotFound: the task is gone (expired).
+        """
+        items: list[tuple[int, bytes]] = []
+        if local.empty() and task_id in self.scheduler.driven:
+            try:
+                items.append(await asyncio.wait_for(local.get(), LOCAL_WAIT_S))
+            except TimeoutError:
+                return await self.store.events_after(task_id, after_revision=after)
+        while not local.empty():
+            items.append(local.get_nowait())
+        fresh = [(r, pb) for r, pb in items if r > after]
+        if fresh:
+            if all(r == after + 1 + i for i, (r, _) in enumerate(fresh)):
+                return [(r, task_pb2.Task.FromString(pb)) for r, pb in fresh]
+            return await self.store.events_after(task_id, after_revision=after)
+        if items:  # only changes already streamed: look again
+            return []
+        evs = await self.watch_store.events_after(task_id, after_revision=after, block_ms=1000)
+        if not evs and await self.store.get(task_id) is None:
+            raise NotFound(
+                f"task {task_id!r} not found", resource_type="task", resource_name=task_id
             )
-            if not evs and await self.store.get(request.task_id) is None:
-                raise NotFound(
-                    f"task {request.task_id!r} not found",
-                    resource_type="task",
-                    resource_name=request.task_id,
-                )
+        return evs

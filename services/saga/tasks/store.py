@@ -29,14 +29,18 @@ that the client's retry with the same idempotency key completes.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import ResponseError
+from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from agentmesh.runtime.dataset_epoch import refuse_if_reset
 from agentmesh.runtime.lease import (
@@ -52,6 +56,8 @@ from agentmesh.runtime.lease import (
 )
 from agentmesh.runtime.priority import CLASSES, priority_class
 from agentmesh.task.v1 import task_pb2
+
+log = logging.getLogger("agentmesh.saga.tasks")
 
 PREFIX = "am:task:"
 ACTIVE = PREFIX + "active"
@@ -86,6 +92,12 @@ TRANSITIONS: dict[int, frozenset[int]] = {
 
 # CLASSES and priority_class are the mesh-wide scheme (agentmesh.runtime.priority).
 
+
+#: How long the active-set and queue entries of tasks that ended wait to be
+#: removed together in one pipeline, s. They only steer the recovery scan
+#: and the scheduling pass, which both skip terminal tasks (and the recovery
+#: pass removes any entry left behind by a replica that died meanwhile).
+CLEANUP_S = 0.05
 
 #: Label value of each class for metrics.
 CLASS_NAMES = ("critical", "high", "normal", "low")
@@ -170,6 +182,31 @@ return {g[1], cur[1], cur[2], cur[3] or ''}
 """
 )
 
+# KEYS lease record, fence, task, events; ARGV owner, ttl_ms, expected rev,
+# pb as SCHEDULED (rev + 1), pb as RUNNING (rev + 2). Takes the lease and, when
+# the task is still at the expected revision with no cancel requested, writes
+# both changes (the placement and the attempt's start) in the same script.
+# Returns {-1} no task, {0} leased by another, {token, '', rev + 2, '', 1}
+# started, {token, pb, rev, cancel, 0} claimed but left as it was.
+_CLAIM_START = (
+    CLOCK_PRELUDE
+    + LEASE_LUA
+    + """
+if redis.call('EXISTS', KEYS[3]) == 0 then return {-1} end
+local g = lease_acquire(KEYS[1], KEYS[2], '', ARGV[1], ARGV[2], false)
+if tonumber(g[1]) == 0 then return {0} end
+local cur = redis.call('HMGET', KEYS[3], 'pb', 'rev', 'cancel')
+local rev = tonumber(cur[2] or '0')
+if rev ~= tonumber(ARGV[3]) or cur[3] == '1' then
+  return {g[1], cur[1], cur[2], cur[3] or '', 0}
+end
+redis.call('XADD', KEYS[4], (rev + 1) .. '-0', 'pb', ARGV[4])
+redis.call('XADD', KEYS[4], (rev + 2) .. '-0', 'pb', ARGV[5])
+redis.call('HSET', KEYS[3], 'pb', ARGV[5], 'state', 'TASK_STATE_RUNNING', 'rev', rev + 2)
+return {g[1], '', rev + 2, '', 1}
+"""
+)
+
 # KEYS lease record, task, events, fence; ARGV expected rev, pb, expire_ms.
 # Returns -1 no task, 0 leased (the driver cancels it), -2 stale, else new rev.
 _CANCEL = """
@@ -221,6 +258,54 @@ _SLOT_COUNT = (
 )
 
 
+#: One command of a pipeline: (script, keys, args) or (command name, *args).
+Call = tuple[Any, ...]
+
+
+async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
+    """Run `calls` in one round trip (a non-transactional pipeline, in order).
+
+    A script call goes in as EVALSHA; when Redis lost its script cache, only
+    the calls that got NOSCRIPT are sent again (after loading the script), so
+    a script that already ran is never run twice.
+
+    Returns:
+        One reply per call; a call's error reply (a script's error, a wrong
+        type) is returned in its place as the ResponseError, not raised.
+
+    Raises:
+        redis.exceptions.RedisError: the connection failed.
+    """
+    out: list[Any] = [None] * len(calls)
+    todo = list(range(len(calls)))
+    for _attempt in range(2):
+        async with redis.pipeline(transaction=False) as p:
+            for i in todo:
+                c = calls[i]
+                if isinstance(c[0], AsyncScript):
+                    p.evalsha(c[0].sha, len(c[1]), *c[1], *c[2])
+                else:
+                    p.execute_command(*c)
+            res = await p.execute(raise_on_error=False)
+        again = []
+        for i, r in zip(todo, res, strict=True):
+            out[i] = r
+            if isinstance(r, NoScriptError):
+                again.append(i)
+        if not again:
+            break
+        for sha_script in {calls[i][0] for i in again}:
+            await redis.script_load(sha_script.script)
+        todo = again
+    return out
+
+
+def _raise(r: Any) -> Any:
+    if isinstance(r, Exception):
+        raise r
+    return r
+
+
 class StaleRevision(Exception):
     """The task changed since it was read (compare-and-set on `rev` failed)."""
 
@@ -256,6 +341,14 @@ def decode(pb: bytes | str, cancel: bytes | str | None) -> task_pb2.Task:
     return t
 
 
+def _events(rows: Sequence[Any]) -> list[tuple[int, task_pb2.Task]]:
+    """Stream entries `<rev>-0` -> (revision, task), in order."""
+    return [
+        (int(_s(eid).split("-")[0]), task_pb2.Task.FromString(fields[b"pb"]))
+        for eid, fields in rows
+    ]
+
+
 class TaskStore:
     """Reads and writes tasks (see the module docstring for the keys).
 
@@ -276,6 +369,14 @@ class TaskStore:
         self._slot_acquire = redis.register_script(_SLOT_ACQUIRE)
         self._slot_renew = redis.register_script(_SLOT_RENEW)
         self._slot_count = redis.register_script(_SLOT_COUNT)
+        self._claim_start = redis.register_script(_CLAIM_START)
+        #: WaitTask streams of this process per task id: each gets every
+        #: change this process commits, as (revision, pb), so a stream on the
+        #: replica that drives the task needs no Redis read per change.
+        self._watchers: dict[str, list[asyncio.Queue[tuple[int, bytes]]]] = {}
+        #: (class, task id) of tasks that ended, for the deferred cleanup.
+        self._ended: list[tuple[int, str]] = []
+        self._cleanup: asyncio.Task[Any] | None = None
 
     # ---- create and read ------------------------------------------------------
     async def create(self, task: task_pb2.Task, *, due_ms: int) -> tuple[task_pb2.Task, bool]:
@@ -292,19 +393,42 @@ class TaskStore:
         """
         refuse_if_reset()
         tid = task.task_id
-        created, pb, cancel = await self._create(
-            keys=[task_key(tid), events_key(tid)],
-            args=[task.SerializeToString(), T.TaskState.Name(task.state)],
+        score = task.create_time.ToMilliseconds()
+        qk = queue_key(priority_class(task.priority))
+        # One round trip: the record, then (in order, so a reader of a queue
+        # entry finds its record) the queue, active-set and index entries.
+        # For a repeated key those entries are undone below unless the first
+        # task is still PENDING (rare: a client's retry).
+        res = await send(
+            self.redis,
+            [
+                (
+                    self._create,
+                    [task_key(tid), events_key(tid)],
+                    [task.SerializeToString(), T.TaskState.Name(task.state)],
+                ),
+                ("ZADD", qk, "NX", due_ms, tid),
+                ("ZADD", ACTIVE, "NX", score, tid),
+                ("ZADD", INDEX, "NX", score, tid),
+            ],
         )
-        stored = task if int(created) else decode(pb, cancel)
-        if stored.state == T.TASK_STATE_PENDING:
-            score = stored.create_time.ToMilliseconds()
+        for r in res:
+            _raise(r)
+        created, pb, cancel = res[0]
+        if int(created):
+            return task, True
+        stored = decode(pb, cancel)
+        own_qk = queue_key(priority_class(stored.priority))
+        pending = stored.state == T.TASK_STATE_PENDING
+        if not pending or own_qk != qk:
             async with self.redis.pipeline(transaction=False) as p:
-                p.zadd(queue_key(priority_class(stored.priority)), {tid: due_ms}, nx=True)
-                p.zadd(ACTIVE, {tid: score}, nx=True)
-                p.zadd(INDEX, {tid: score}, nx=True)
+                p.zrem(qk, tid)
+                if pending:  # queued in its own class (completing a create that failed)
+                    p.zadd(own_qk, {tid: due_ms}, nx=True)
+                elif stored.state in TERMINAL:
+                    p.zrem(ACTIVE, tid)
                 await p.execute()
-        return stored, bool(int(created))
+        return stored, False
 
     async def get(self, task_id: str) -> task_pb2.Task | None:
         """The task, or None when there is none (or it expired)."""
@@ -334,11 +458,20 @@ class TaskStore:
         else:
             got = await self.redis.xread({key: f"{after_revision}-0"}, block=block_ms, count=count)
             rows = got[0][1] if got else []
-        out = []
-        for eid, fields in rows:
-            rev = int(_s(eid).split("-")[0])
-            out.append((rev, task_pb2.Task.FromString(fields[b"pb"])))
-        return out
+        return _events(rows)
+
+    async def read_with_events(
+        self, task_id: str, *, after_revision: int, count: int = 100
+    ) -> tuple[task_pb2.Task | None, list[tuple[int, task_pb2.Task]]]:
+        """The task and its state changes after `after_revision` (as
+        events_after), in one round trip; (None, []) when there is no task."""
+        async with self.redis.pipeline(transaction=False) as p:
+            p.hmget(task_key(task_id), ["pb", "cancel"])
+            p.xrange(events_key(task_id), min=f"({after_revision}-0", count=count)
+            (pb, cancel), rows = await p.execute()
+        if pb is None:
+            return None, []
+        return decode(pb, cancel), _events(rows)
 
     async def page(
         self, *, before: tuple[float, str] | None, count: int
@@ -413,19 +546,29 @@ class TaskStore:
         task.cancel_requested = False  # lives in the hash field, not in pb
         tid = task.task_id
         lk = lease.keys
+        pb = task.SerializeToString()
+        script: Call = (
+            self._commit,
+            [lk.record, task_key(tid), events_key(tid), lk.fence],
+            [
+                lease.owner,
+                lease.token,
+                prev_rev,
+                T.TaskState.Name(state),
+                pb,
+                self.retention_ms if terminal else 0,
+                "1" if terminal else "0",
+            ],
+        )
+        calls = [script]
+        if terminal and slot_agent:
+            # The attempt is over whether or not the commit is refused (a
+            # refused one means another replica drives the task now, on a
+            # slot of its own), so the slot goes in the same round trip.
+            calls.append(("ZREM", slots_key(slot_agent), tid))
         try:
-            _rev, flag = await self._commit(
-                keys=[lk.record, task_key(tid), events_key(tid), lk.fence],
-                args=[
-                    lease.owner,
-                    lease.token,
-                    prev_rev,
-                    T.TaskState.Name(state),
-                    task.SerializeToString(),
-                    self.retention_ms if terminal else 0,
-                    "1" if terminal else "0",
-                ],
-            )
+            res = await send(self.redis, calls)
+            _rev, flag = _raise(res[0])
         except ResponseError as e:
             task.state, task.revision = prev_state, prev_rev
             task.cancel_requested = cancel
@@ -434,15 +577,75 @@ class TaskStore:
             if str(e).startswith("STALE"):
                 raise StaleRevision(str(e)) from e
             raise
+        except BaseException:
+            task.state, task.revision = prev_state, prev_rev
+            task.cancel_requested = cancel
+            raise
         task.cancel_requested = _s(flag) == "1"
+        self._notify(tid, task.revision, pb)
         if terminal:
-            async with self.redis.pipeline(transaction=False) as p:
-                p.zrem(ACTIVE, tid)
-                p.zrem(queue_key(priority_class(task.priority)), tid)
-                if slot_agent:
-                    p.zrem(slots_key(slot_agent), tid)
-                await p.execute()
+            self._ended.append((priority_class(task.priority), tid))
+            if self._cleanup is None:
+                self._cleanup = asyncio.create_task(self._cleanup_later())
         return task.cancel_requested
+
+    # ---- deferred cleanup -----------------------------------------------------
+    async def _cleanup_later(self) -> None:
+        await asyncio.sleep(CLEANUP_S)
+        self._cleanup = None
+        with contextlib.suppress(RedisError):  # the recovery pass removes them later
+            await self.flush()
+
+    async def flush(self) -> None:
+        """Remove the active-set and queue entries of the tasks that ended
+        since the last flush (one pipeline for all of them).
+
+        Raises:
+            redis.exceptions.RedisError: Redis failed (the entries are left to
+                the recovery pass, which removes entries of terminal tasks).
+        """
+        ended, self._ended = self._ended, []
+        if not ended:
+            return
+        by_cls: dict[int, list[str]] = {}
+        for cls, tid in ended:
+            by_cls.setdefault(cls, []).append(tid)
+        async with self.redis.pipeline(transaction=False) as p:
+            p.zrem(ACTIVE, *[tid for _, tid in ended])
+            for cls, ids in by_cls.items():
+                p.zrem(queue_key(cls), *ids)
+            await p.execute()
+
+    async def close(self) -> None:
+        """Stop the deferred cleanup and run it now."""
+        if self._cleanup is not None:
+            self._cleanup.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._cleanup
+            self._cleanup = None
+        with contextlib.suppress(RedisError):
+            await self.flush()
+
+    # ---- local change notifications --------------------------------------------
+    def _notify(self, task_id: str, revision: int, pb: bytes) -> None:
+        for q in self._watchers.get(task_id, ()):
+            q.put_nowait((revision, pb))
+
+    @contextlib.contextmanager
+    def watch(self, task_id: str) -> Iterator[asyncio.Queue[tuple[int, bytes]]]:
+        """A queue that receives (revision, pb) of every change of the task
+        that this process writes, from now until the block exits. Changes
+        written by other replicas do not arrive here (read the stream)."""
+        q: asyncio.Queue[tuple[int, bytes]] = asyncio.Queue()
+        self._watchers.setdefault(task_id, []).append(q)
+        try:
+            yield q
+        finally:
+            qs = self._watchers.get(task_id, [])
+            if q in qs:
+                qs.remove(q)
+            if not qs:
+                self._watchers.pop(task_id, None)
 
     async def cancel_unleased(self, task: task_pb2.Task, cancelled: task_pb2.Task | None) -> int:
         """Flag a cancel and, when nobody drives the task, write `cancelled`
@@ -466,6 +669,7 @@ class TaskStore:
             )
         )
         if res > 0 and cancelled is not None:
+            self._notify(tid, res, cancelled.SerializeToString())
             async with self.redis.pipeline(transaction=False) as p:
                 p.zrem(ACTIVE, tid)
                 p.zrem(queue_key(priority_class(task.priority)), tid)
@@ -558,22 +762,68 @@ class TaskStore:
         )
         return [bool(int(r)) for r in res]
 
-    async def claim_many(
-        self, task_ids: Sequence[str], *, owner: str, ttl_ms: int
-    ) -> list[Claimed | None]:
-        """claim for many tasks in one pipeline (one script call per task)."""
+    async def claim_start_many(
+        self,
+        items: Sequence[tuple[task_pb2.Task, task_pb2.Task, task_pb2.Task]],
+        *,
+        owner: str,
+        ttl_ms: int,
+        dequeue: Sequence[tuple[int, str]] = (),
+    ) -> list[tuple[Claimed, bool] | None]:
+        """Take the leases of PENDING tasks and start them, in one round trip.
+
+        Per (as read, as SCHEDULED, as RUNNING) item: take the task's lease
+        and, when the task is still at the revision it was read at and no
+        cancel was requested, commit SCHEDULED and RUNNING (two revisions,
+        two stream entries) in the same script; the queue entries in
+        `dequeue` are removed in the same pipeline, after the scripts.
+
+        Returns:
+            Per item: None when the task is gone or another replica holds
+            its lease; else (claimed, started): started with the RUNNING
+            task as `claimed.task`, or not started with the task as stored
+            (it changed, or a cancel was requested), the lease held either way.
+
+        Raises:
+            DatasetReset: Redis came back empty (fencing tokens may repeat).
+            redis.exceptions.RedisError: Redis failed.
+        """
         refuse_if_reset()
-        calls = []
-        for tid in task_ids:
+        calls: list[Call] = []
+        pbs: list[tuple[bytes, bytes]] = []
+        for read, scheduled, running in items:
+            tid = read.task_id
             lk = lease_keys(tid)
-            calls.append(([lk.record, lk.fence, task_key(tid)], [owner, ttl_ms]))
-        out: list[Claimed | None] = []
-        for tid, res in zip(task_ids, await call_many(self._claim, calls), strict=True):
-            if int(res[0]) <= 0:
+            spb, rpb = scheduled.SerializeToString(), running.SerializeToString()
+            pbs.append((spb, rpb))
+            calls.append(
+                (
+                    self._claim_start,
+                    [lk.record, lk.fence, task_key(tid), events_key(tid)],
+                    [owner, ttl_ms, read.revision, spb, rpb],
+                )
+            )
+        for cls, tid in dequeue:
+            calls.append(("ZREM", queue_key(cls), tid))
+        res = await send(self.redis, calls)
+        out: list[tuple[Claimed, bool] | None] = []
+        for (_read, _scheduled, running), (spb, rpb), r in zip(
+            items, pbs, res[: len(items)], strict=True
+        ):
+            r = _raise(r)
+            tid = running.task_id
+            if int(r[0]) <= 0:
                 out.append(None)
+                continue
+            lease = Lease(lease_keys(tid), owner, int(r[0]))
+            if int(r[4]):
+                self._notify(tid, running.revision - 1, spb)
+                self._notify(tid, running.revision, rpb)
+                out.append((Claimed(lease, running), True))
             else:
-                lease = Lease(lease_keys(tid), owner, int(res[0]))
-                out.append(Claimed(lease, decode(res[1], res[3])))
+                out.append((Claimed(lease, decode(r[1], r[3])), False))
+        for r in res[len(items) :]:
+            _raise(r)
         return out
 
     async def renew_slots(self, slots: Sequence[tuple[str, str]], *, ttl_ms: int) -> None:
