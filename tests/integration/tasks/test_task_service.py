@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,7 +18,14 @@ from google.rpc import error_details_pb2, status_pb2
 
 from agentmesh.common.v1 import common_pb2
 from agentmesh.task.v1 import task_pb2, task_pb2_grpc
-from tests.integration.tasks.conftest import run_log, runs, states_of, wait_final, wait_state
+from tests.integration.tasks.conftest import (
+    run_log,
+    runs,
+    start_coordinator,
+    states_of,
+    wait_final,
+    wait_state,
+)
 
 T = task_pb2
 B = task_pb2.BalanceStrategy
@@ -208,6 +216,26 @@ async def test_capacity_two_never_runs_three_at_once(
     done = await asyncio.gather(*(wait_final(stub, i) for i in ids))
     assert all(d.state == T.TASK_STATE_COMPLETED for d in done)
     assert int(rsync.get("am:tasktest:ta-cap2:max") or 0) == 2  # used, never exceeded
+
+
+async def test_capacity_holds_across_two_coordinator_replicas(
+    stub: task_pb2_grpc.TaskServiceStub, rsync: redis.Redis, task_redis_url: str,
+    tmp_path: Path,
+) -> None:
+    # the slots are shared in Redis: two replicas scheduling from the same
+    # queues still never run more than 2 at once on the capacity-2 agent
+    rsync.delete("am:tasktest:ta-cap2:max")
+    with start_coordinator(task_redis_url, tmp_path) as second:
+        async with grpc.aio.insecure_channel(second.target) as ch:
+            other = task_pb2_grpc.TaskServiceStub(ch)
+            ids = [
+                (await schedule(s, "slow", payload={"delay_ms": 250},
+                                capabilities=["cap2"])).task_id
+                for _ in range(6) for s in (stub, other)
+            ]
+            done = await asyncio.gather(*(wait_final(stub, i) for i in ids))
+    assert all(d.state == T.TASK_STATE_COMPLETED for d in done)
+    assert int(rsync.get("am:tasktest:ta-cap2:max") or 0) == 2
 
 
 async def test_priority_order_under_a_backlog_still_serves_low(
