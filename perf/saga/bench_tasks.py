@@ -175,6 +175,54 @@ with a capacity slot on its agent.
 | schedule-to-start p50 / p99 at {args.rate:g} tasks/s | {fig["start_p50_ms"]:.1f} ms / \
 **{fig["start_p99_ms"]:.1f} ms** (goal p99 < 10) |
 | tasks measured (closed / open loop) | {fig["tasks"]} / {fig["open_loop_tasks"]} |
+""" + PROFILE
+
+
+#: Where the time goes (a fixed note: measured once, not by this run).
+PROFILE = """
+## Where the time goes (measured 2026-12-04, issue 16)
+
+Before = commit 2e39a66, after = 08e81dd, three interleaved runs each of
+`--seconds 6` on this machine while it was otherwise quiet (load < 1);
+CPU from /proc for every process and Redis INFO, over the closed loop only;
+Redis round trips counted per call site in the coordinator; profile with
+py-spy (100 Hz) on the coordinator.
+
+| per task, closed loop (64 in flight) | before | after |
+|---|---|---|
+| tasks/s (median of 3; runs) | 247 (246, 281, 247) | **321** (321, 383, 314) |
+| coordinator CPU | 3.9 ms | 2.8 ms |
+| Redis CPU | 0.50 ms | 0.32 ms |
+| client CPU / agents CPU | 1.0 ms / 1.0 ms | 1.0 ms / 1.1 ms |
+| coordinator round trips to Redis | ~11 | 4.3 |
+| schedule-to-start p50 / p99 at 100/s | 3 / 8-15 ms | 2-3 / 6-11 ms |
+
+The round trips that are left: ScheduleTask 1 (the record with its queue,
+active-set and index entries in one pipeline); WaitTask 1 read (task and log
+together) plus one XREAD until the scheduling pass starts the task (later
+changes of a task this replica drives come from the process, not Redis); a
+scheduling pass about 4, shared by the tasks it places (due heads, records,
+capacity slots, then one script per task that takes the lease and commits
+SCHEDULED and RUNNING, with the dequeue); the terminal commit 1 (with the
+slot release); the active-set and queue cleanup of tasks that ended
+together, one pipeline per 50 ms.
+
+The floor: a bare grpc.aio server making the same calls (ScheduleTask,
+WaitTask with four messages, one Execute to an agent) and nothing else uses
+1.4 ms of CPU per task. With the client (1.0 ms), the agents (1.0 ms) and
+Redis (0.3 ms) on the same 2 cores, this machine tops out near
+2000 / (1.4 + 1.0 + 1.0 + 0.3) = ~540 tasks/s even for a coordinator that
+did nothing but gRPC; the goal of 500/s is not reached. The coordinator's
+~1.4 ms above that floor is mostly redis-py (about 0.2 ms of Python per round
+trip), placement over 100 candidates per task (about 0.25 ms) and the server
+interceptors (about 0.1 ms). In the py-spy profile, gRPC's C callbacks and
+poller thread are about a third of the coordinator's samples.
+
+Schedule-to-start is not bound by a poll interval: ScheduleTask wakes the
+scheduling pass at once (the 10 ms poll is for the idle loop), and the start
+time is taken when the pass commits RUNNING. Its tail moves with the load of
+the machine (14-88 ms p99 in runs beside other benchmarks or under the
+profiler), i.e. event-loop latency under CPU contention.
 """
 
 
