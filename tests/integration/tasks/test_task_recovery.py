@@ -84,3 +84,40 @@ async def test_sigkill_with_tasks_queued_and_running_recovers_exactly_once(
     assert resumed, "no task was running when the coordinator died"
     for agent in ("tr-1", "tr-2"):
         assert int(rsync.get(f"am:tasktest:{agent}:max") or 0) <= 3
+
+
+async def test_agent_killed_mid_task_is_retried_on_another_with_the_same_key(
+    task_redis_url: str, rsync: redis.Redis, tmp_path: Path
+) -> None:
+    agents = {
+        aid: start_agent(aid, task_redis_url, tmp_path, rsync, capabilities=["die"])
+        for aid in ("td-1", "td-2")
+    }
+    coord = start_coordinator(task_redis_url, tmp_path)
+    try:
+        async with grpc.aio.insecure_channel(coord.target) as ch:
+            stub = task_pb2_grpc.TaskServiceStub(ch)
+            r = T.ScheduleTaskRequest(task_type="slow")
+            r.selector.capabilities.append("die")
+            r.payload.update({"delay_ms": 3000})
+            tid = (await stub.ScheduleTask(r)).task.task_id
+            for _ in range(250):
+                t = (await stub.GetTask(T.GetTaskRequest(task_id=tid))).task
+                if t.state == T.TASK_STATE_RUNNING:
+                    break
+                await asyncio.sleep(0.02)
+            assert t.state == T.TASK_STATE_RUNNING
+            first = t.assigned_agent_id
+            agents[first].kill()  # SIGKILL mid-call: its run never takes effect
+            done = await wait_final(stub, tid, timeout_s=60)
+    finally:
+        coord.stop()
+        for p in agents.values():
+            p.stop()
+    assert done.state == T.TASK_STATE_COMPLETED, done
+    assert done.assigned_agent_id != first and done.attempt == 2
+    key = f"task/{tid}"
+    assert runs(rsync, done.assigned_agent_id, key) == 1
+    assert runs(rsync, first, key) == 0
+    # both attempts carried the task's one idempotency key
+    assert [e[0] for e in run_log(rsync) if e[1] == key] == [first, done.assigned_agent_id]
