@@ -371,7 +371,8 @@ class TaskScheduler:
                 for w in calls:
                     self._bump(w.ordered[w.idx].candidate.agent_id, 1)
             oks = await self.store.acquire_slots(
-                [(w.ordered[w.idx].candidate.agent_id, w.task.task_id, w.ordered[w.idx].capacity)
+                [(w.ordered[w.idx].candidate.agent_id, self._member(w.task.task_id),
+                  w.ordered[w.idx].capacity)
                  for w in calls],
                 ttl_ms=self.opts.lease_ttl_ms,
             )
@@ -603,7 +604,7 @@ class TaskScheduler:
         for o in await self._candidates(task, msg, prefer=prefer, avoid=avoid):
             aid = o.candidate.agent_id
             if await self.store.acquire_slot(
-                aid, task.task_id, capacity=o.capacity, ttl_ms=self.opts.lease_ttl_ms
+                aid, self._member(task.task_id), capacity=o.capacity, ttl_ms=self.opts.lease_ttl_ms
             ):
                 self._bump(aid, 1)
                 return o
@@ -627,8 +628,19 @@ class TaskScheduler:
         if got is not None:
             self._counts[agent_id] = (got[0], max(0, got[1] + delta))
 
+    def _member(self, task_id: str) -> str:
+        """This replica's slot for the task: `<task id>@<coordinator id>`.
+
+        Per replica, not per task: two replicas may place the same due task
+        at once (each takes a slot, then only one gets its lease), and the
+        loser frees only its own slot, never the one the winner runs on. A
+        dead replica's slot expires with its lease, so a task resumed
+        elsewhere counts against the agent until then (its last attempt may
+        still be running there)."""
+        return f"{task_id}@{self.opts.coordinator_id}"
+
     async def _free_slot(self, agent_id: str, task_id: str) -> None:
-        await self.store.release_slot(agent_id, task_id)
+        await self.store.release_slot(agent_id, self._member(task_id))
         self._bump(agent_id, -1)
 
     # ---- driving ---------------------------------------------------------------------
@@ -646,7 +658,9 @@ class TaskScheduler:
     ) -> None:
         task.end_time.CopyFrom(_ts(now_ms()))
         slot_agent = d.option.candidate.agent_id if d is not None and d.option else ""
-        await self.store.commit(lease, task, state, slot_agent=slot_agent)
+        await self.store.commit(
+            lease, task, state, slot_agent=slot_agent, slot_member=self._member(task.task_id)
+        )
         if d is not None:
             d.option = None
             d.ended = True
@@ -854,7 +868,9 @@ class TaskScheduler:
         for d, r in zip(items, renewals, strict=True):
             if not r.held and d.runner is not None:
                 d.runner.cancel()
-        slots = [(d.option.candidate.agent_id, d.task.task_id) for d in held if d.option]
+        slots = [
+            (d.option.candidate.agent_id, self._member(d.task.task_id)) for d in held if d.option
+        ]
         if slots:
             await self.store.renew_slots(slots, ttl_ms=ttl)
         flags = await self.store.cancel_flags([d.task.task_id for d in held])

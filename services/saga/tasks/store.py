@@ -15,7 +15,7 @@ each per-task script touches one Redis Cluster slot):
   CRITICAL .. 3 = LOW), scored by the time they become due (Unix ms; FIFO);
 * ``am:task:active`` ZSET of non-terminal task ids by creation (recovery scan);
 * ``am:task:index`` ZSET of every kept task id by creation (ListTasks);
-* ``am:task:slots:{<agent_id>}`` ZSET task id -> slot expiry (Redis clock, ms):
+* ``am:task:slots:{<agent_id>}`` ZSET `<task id>@<coordinator id>` -> slot expiry (Redis clock, ms):
   the capacity slots held on one agent by every replica. A slot is renewed
   with the task's lease and expires with it, so a dead replica's slots free
   themselves; a driver releases its slot when the attempt ends.
@@ -283,7 +283,9 @@ async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
             for i in todo:
                 c = calls[i]
                 if isinstance(c[0], AsyncScript):
-                    p.evalsha(c[0].sha, len(c[1]), *c[1], *c[2])
+                    # as a command: redis-py's cluster pipeline blocks its evalsha
+                    # method, and routes EVALSHA given as a command by its keys
+                    p.execute_command("EVALSHA", c[0].sha, len(c[1]), *c[1], *c[2])
                 else:
                     p.execute_command(*c)
             res = await p.execute(raise_on_error=False)
@@ -517,12 +519,14 @@ class TaskStore:
         state: task_pb2.TaskState.ValueType,
         *,
         slot_agent: str = "",
+        slot_member: str = "",
     ) -> bool:
         """Move the task to `state` (fenced, compare-and-set on its revision).
 
         `task` is updated in place (state, revision) and written whole. A
         terminal state releases the lease in the same script, and the task's
-        queue, active-set and capacity-slot entries (on `slot_agent`) right after.
+        queue, active-set and capacity-slot entries (`slot_member` on
+        `slot_agent`; the member defaults to the task id) right after.
 
         Returns:
             Whether a cancel was requested (for the driver).
@@ -565,7 +569,7 @@ class TaskStore:
             # The attempt is over whether or not the commit is refused (a
             # refused one means another replica drives the task now, on a
             # slot of its own), so the slot goes in the same round trip.
-            calls.append(("ZREM", slots_key(slot_agent), tid))
+            calls.append(("ZREM", slots_key(slot_agent), slot_member or tid))
         try:
             res = await send(self.redis, calls)
             _rev, flag = _raise(res[0])
@@ -673,8 +677,6 @@ class TaskStore:
             async with self.redis.pipeline(transaction=False) as p:
                 p.zrem(ACTIVE, tid)
                 p.zrem(queue_key(priority_class(task.priority)), tid)
-                if task.assigned_agent_id:
-                    p.zrem(slots_key(task.assigned_agent_id), tid)
                 await p.execute()
         return res
 
