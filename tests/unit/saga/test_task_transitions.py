@@ -18,7 +18,7 @@ STATES = [v for v in T.TaskState.values() if v != T.TASK_STATE_UNSPECIFIED]
 
 
 def _name(v: int) -> str:
-    return T.TaskState.Name(v).removeprefix("TASK_STATE_")
+    return T.TaskState.Name(T.TaskState.ValueType(v)).removeprefix("TASK_STATE_")
 
 
 def test_the_table_is_the_one_in_task_proto() -> None:
@@ -37,7 +37,9 @@ def test_the_table_is_the_one_in_task_proto() -> None:
     ("src", "dst"),
     [(a, b) for a, b in itertools.product(STATES, STATES) if b not in TRANSITIONS.get(a, ())],
 )
-async def test_commit_refuses_a_transition_not_in_the_table(src: int, dst: int) -> None:
+async def test_commit_refuses_a_transition_not_in_the_table(
+    src: task_pb2.TaskState.ValueType, dst: task_pb2.TaskState.ValueType
+) -> None:
     store = TaskStore(aioredis.Redis(host="127.0.0.1", port=1))
     task = T.Task(task_id="t-x", state=src, revision=7)
     lease = Lease(LeaseKeys.for_name("am:task:", "t-x"), "me", 1)
