@@ -108,6 +108,12 @@ async def test_agent_killed_mid_task_is_retried_on_another_with_the_same_key(
                 await asyncio.sleep(0.02)
             assert t.state == T.TASK_STATE_RUNNING
             first = t.assigned_agent_id
+            key = f"task/{tid}"
+            # RUNNING is committed before the call is made: wait until the agent has the call.
+            for _ in range(250):
+                if any(e[0] == first and e[1] == key for e in run_log(rsync)):
+                    break
+                await asyncio.sleep(0.02)
             agents[first].kill()  # SIGKILL mid-call: its run never takes effect
             done = await wait_final(stub, tid, timeout_s=60)
     finally:
@@ -116,7 +122,6 @@ async def test_agent_killed_mid_task_is_retried_on_another_with_the_same_key(
             p.stop()
     assert done.state == T.TASK_STATE_COMPLETED, done
     assert done.assigned_agent_id != first and done.attempt == 2
-    key = f"task/{tid}"
     assert runs(rsync, done.assigned_agent_id, key) == 1
     assert runs(rsync, first, key) == 0
     # both attempts carried the task's one idempotency key

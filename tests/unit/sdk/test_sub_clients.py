@@ -34,4 +34,4 @@ async def test_sub_clients_hold_the_stub_and_the_methods() -> None:
         params = inspect.signature(c.deploy_swarm).parameters
         assert "wait" in params and "task" in params
         assert "patterns" in inspect.signature(c.subscribe).parameters
-        assert HELPERS == {"subscribe", "deploy_swarm"}
+        assert HELPERS == {"subscribe", "deploy_swarm", "run_saga"}
