@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import sys
+
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
+from agentmesh.runtime.config import load_config
+from agentmesh.runtime.logs import configure_logging
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.server.bus import metrics
 from agentmesh.server.bus.backend import Backend
 from agentmesh.server.bus.servicer import BusServicer
 from agentmesh.server.bus.settings import BusSettings
+from agentmesh.server.bus.workers import run_workers, worker_index
 
 
 def make_backend(settings: BusSettings) -> Backend:
@@ -58,8 +63,18 @@ def build(daemon: Daemon) -> None:
 
 
 def main() -> None:
-    """Run the bus gateway until SIGTERM."""
-    run_daemon("bus", build, settings=BusSettings)
+    """Run the bus gateway until SIGTERM; with `--workers N` (N > 1), supervise
+    N gateway processes on one port (services/bus/workers.py)."""
+    if worker_index() is None:
+        config = load_config("bus", settings=BusSettings)
+        if config.settings_as(BusSettings).workers > 1:
+            configure_logging("bus", config.log_level, log_format=config.log_format)
+            try:
+                settings = BusSettings.from_config(config)
+            except ValueError as exc:
+                sys.exit(f"agentmesh-bus: {exc}")
+            sys.exit(run_workers(config, settings, sys.argv[1:]))
+    run_daemon("bus", build, settings=BusSettings, reuse_port=worker_index() is not None)
 
 
 if __name__ == "__main__":

@@ -42,6 +42,9 @@ class BusSettings(Settings):
         topic_refresh_ms: wildcard re-resolution interval, ms.
         session_timeout_ms: consumer group session timeout, ms.
         instance_id: writer id used in chain ids; "" means random (from_config).
+        workers: gateway processes on the one port (services/bus/workers.py);
+            worker i gets instance id `<instance_id>-w<i>` and metrics port
+            `metrics_port + i`.
         max_topic_labels: metric label cap for topics.
         kafka_linger_ms: librdkafka linger.ms: how long the producer waits to
             fill a batch. 1 ms keeps publish latency low; raise it for throughput.
@@ -99,6 +102,13 @@ class BusSettings(Settings):
         6000, help="Kafka consumer group session timeout", unit="ms", minimum=1
     )
     instance_id: str = setting("", help="writer id in provenance chain ids; empty means random")
+    workers: int = setting(
+        1,
+        help="gateway processes serving one port (SO_REUSEPORT), each with its own producer, "
+        "consumers and chains; more than 1 needs the Kafka backend",
+        minimum=1,
+        maximum=64,
+    )
     max_topic_labels: int = setting(
         50, help="distinct topic label values in metrics before 'other'", minimum=0
     )

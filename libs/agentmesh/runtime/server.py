@@ -64,9 +64,13 @@ class Daemon:
 
     Args:
         config: the daemon's settings.
+        reuse_port: bind the gRPC port with SO_REUSEPORT, so that several
+            processes serve one port and the kernel spreads connections over
+            them (the bus gateway's `--workers`); off by default, so a second
+            daemon on a taken port fails instead of sharing it.
     """
 
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, *, reuse_port: bool = False) -> None:
         self.config = config
         auth = (
             TokenAuthenticator.from_file(config.auth_tokens_file)
@@ -81,7 +85,7 @@ class Daemon:
             self._draining,
             options=[
                 ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if reuse_port else 0),
             ],
         )
         self.server: grpc.aio.Server = self._runtime_server
@@ -318,17 +322,19 @@ def run_daemon(
     argv: Sequence[str] | None = None,
     *,
     settings: type[Settings] | None = None,
+    reuse_port: bool = False,
 ) -> None:
     """Parse config, configure logs, build the daemon with `build` and serve until SIGTERM.
 
     `settings` is the daemon's own settings class; `build` reads the parsed
     instance as `daemon.config.settings_as(cls)` (see load_config).
+    `reuse_port` is Daemon's.
     """
     config = load_config(name, argv, settings=settings)
     configure_logging(name, config.log_level, log_format=config.log_format)
 
     async def main() -> None:
-        daemon = Daemon(config)
+        daemon = Daemon(config, reuse_port=reuse_port)
         result = build(daemon)
         if inspect.isawaitable(result):
             await result
