@@ -125,8 +125,12 @@ class RuleStore:
         #: Route rules in evaluation order: priority descending, then name.
         self.route_rules: list[CompiledRule] = []
         self.safety_rules: list[CompiledSafety] = []
-        #: (rules gen, safety gen) last loaded; part of the route cache's validity.
+        #: (rules gen, safety gen) last loaded from Redis.
         self.gen: tuple[int, int] = (-1, -1)
+        #: Rule sets this process has loaded, counting up with every load: what
+        #: the route and verdict caches are valid for. Not `gen`, which repeats
+        #: after a Redis flush and so could revive a verdict of older rules.
+        self.loads = 0
 
     # ---- loading ----------------------------------------------------------
     async def poll(self) -> bool:
@@ -155,6 +159,7 @@ class RuleStore:
             safety.append(CompiledSafety(s, cond, frozenset(s.message_types)))
         safety.sort(key=lambda c: c.rule.name)
         self.route_rules, self.safety_rules, self.gen = rules, safety, gen
+        self.loads += 1
 
     # ---- evaluation -----------------------------------------------------------
     def match(self, act: dict[str, Any]) -> tuple[CompiledRule | None, int]:
