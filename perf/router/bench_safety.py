@@ -4,9 +4,9 @@ Against a private redis-server and real processes (router daemon, the no-op
 SafetyService of perf/noop_servers.py), it measures, 16 calls in flight:
   * ValidateOperation RPC/s with six constraints (one of each kind) on the
     operation type, over 100 distinct operations repeated (the route cache
-    answers repeats, as it does for real calls, and re-evaluates each one
-    when its entry expires after route_cache_ttl_ms, 5 s), vs the no-op
-    server (goal >= 0.7x);
+    answers repeats, as it does for real calls; an entry that expires after
+    route_cache_ttl_ms, 5 s, is rebuilt from the engine's verdict cache
+    without evaluating CEL again), vs the no-op server (goal >= 0.7x);
   * ValidateOperation RPC/s when every operation is new (every constraint's
     CEL evaluated on every call), vs the same no-op server (no goal);
   * AcquirePermit RPC/s on a per-key limiter that always grants (one token
