@@ -272,6 +272,25 @@ def test_daemons_accept_the_rendered_settings(daemon: str, values: tuple[str, ..
         assert getattr(cfg.settings_as(cls), key) == value, key
 
 
+def test_tracing_values_reach_every_daemon_and_its_config() -> None:
+    """global.tracing: nothing by default (tracing off); set, every daemon's
+    loader reads the collector and the ratio; a ratio outside 0..1 is refused."""
+    off = render()
+    for daemon in DAEMONS:
+        assert "AGENTMESH_OTLP_ENDPOINT" not in daemon_env(off, daemon), daemon
+    on = render(
+        "global.tracing.otlpEndpoint=otel-collector.observability:4317",
+        # --set types integers only ("0.01" stays a string the schema refuses)
+        "global.tracing.sampleRatio=0",
+    )
+    for daemon in DAEMONS:
+        env = daemon_env(on, daemon)
+        cfg = load_config(daemon, [], settings=settings_class(daemon), environ=env)
+        assert cfg.otlp_endpoint == "otel-collector.observability:4317", daemon
+        assert cfg.trace_sample_ratio == 0.0, daemon
+    assert "sampleRatio" in render_error("global.tracing.sampleRatio=2")
+
+
 def test_tuned_values_set_every_daemon_and_the_kafka_tuning() -> None:
     docs = render(values=("ci/tuned-values.yaml",))
     from agentmesh.server.bus.settings import BusSettings
