@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Idempotent bootstrap for a fresh Debian machine (CI and `make setup`):
-#   1. Debian packages: redis-server, kcat, shellcheck (and a JDK/Maven if absent)
+#   1. Debian packages: redis-server, kcat, shellcheck, chromium (and a JDK/Maven if absent)
 #   2. the Python package with dev extras: pip install -e '.[dev]'
 #   3. the Kafka broker jars from Maven Central (deploy/local/kafka/pom.xml)
 #   4. pinned Go tools (deploy/local/tools.sh)
@@ -52,6 +52,8 @@ if [[ "$profile" == "full" ]]; then
   # Kafka 4.x needs Java 17; Maven fetches the broker jars.
   command -v java >/dev/null 2>&1 || pkgs+=(openjdk-17-jre-headless)
   command -v mvn >/dev/null 2>&1 || pkgs+=(maven)
+  # The console's browser tests (Playwright drives this binary; no browser download).
+  [[ -x /usr/bin/chromium ]] || pkgs+=(chromium)
 fi
 
 if [[ ${#pkgs[@]} -gt 0 ]]; then
