@@ -7,6 +7,7 @@
     agentmesh saga start -f def.yaml | get | list | watch | cancel
     agentmesh swarm deploy | watch
     agentmesh mcp serve [--transport stdio|http]
+    agentmesh console [--port 8088]
     agentmesh demo
 
 Daemon addresses come from `--registry/--router/--bus/--saga/--swarm` (or
@@ -30,6 +31,7 @@ from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeEl
 from agentmesh.cli import commands, stack
 from agentmesh.cli import output as out
 from agentmesh.cli.common import CliState, OutputOpt, fail, fmt, state_of
+from agentmesh.cli.console import console
 from agentmesh.cli.mcp import mcp_app
 from agentmesh.runtime.config import DEFAULT_PORTS
 
@@ -177,6 +179,7 @@ def status(
 commands.register(app)
 # `agentmesh mcp serve`; the MCP SDK is imported only when it runs.
 app.add_typer(mcp_app, name="mcp")
+app.command("console")(console)
 
 
 def main() -> None:
