@@ -338,6 +338,15 @@ async def test_rate_limiter_shared_by_two_replicas(mesh, safety_for) -> None:
     # another key has its own bucket, across both replicas too
     granted, _ = await _grants([r2, r1], name, "tenant-b", 9)
     assert granted == 5
+    # per window: 4 per 2.4 s (one permit back every 0.6 s); after a whole
+    # window the bucket is full again, never fuller, so each window's burst
+    # across both replicas gets exactly 4 (a burst takes well under 0.6 s)
+    win = f"win-{TAG}"
+    await r2.CreateRateLimiter(S.CreateRateLimiterRequest(limiter=_limiter(win, 4, 2400, True)))
+    first, _ = await _grants([r1, r2], win, "tenant-c", 12)
+    await asyncio.sleep(2.5)  # a window and a bit: full, and capped at 4
+    second, _ = await _grants([r2, r1], win, "tenant-c", 12)
+    assert (first, second) == (4, 4)
     # a shared (not per-key) limiter counts every key together
     shared = f"shared-{TAG}"
     await r2.CreateRateLimiter(
