@@ -5,8 +5,7 @@ from __future__ import annotations
 import sys
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
-from agentmesh.runtime.config import load_config
-from agentmesh.runtime.logs import configure_logging
+from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.server.bus import metrics
 from agentmesh.server.bus.backend import Backend
@@ -62,19 +61,23 @@ def build(daemon: Daemon) -> None:
     wire_gateway(daemon)
 
 
+def supervise(config: ServerConfig) -> int | None:
+    """run_daemon's `instead`: with `--workers N` (N > 1), outside a worker,
+    run the supervisor of N gateway processes (services/bus/workers.py) and
+    return its exit status; None serves this process as the gateway."""
+    if worker_index() is not None or config.settings_as(BusSettings).workers <= 1:
+        return None
+    try:
+        settings = BusSettings.from_config(config)
+    except ValueError as exc:
+        sys.exit(f"agentmesh-bus: {exc}")
+    return run_workers(config, settings, sys.argv[1:])
+
+
 def main() -> None:
-    """Run the bus gateway until SIGTERM; with `--workers N` (N > 1), supervise
-    N gateway processes on one port (services/bus/workers.py)."""
-    if worker_index() is None:
-        config = load_config("bus", settings=BusSettings)
-        if config.settings_as(BusSettings).workers > 1:
-            configure_logging("bus", config.log_level, log_format=config.log_format)
-            try:
-                settings = BusSettings.from_config(config)
-            except ValueError as exc:
-                sys.exit(f"agentmesh-bus: {exc}")
-            sys.exit(run_workers(config, settings, sys.argv[1:]))
-    run_daemon("bus", build, settings=BusSettings, reuse_port=worker_index() is not None)
+    """Run the bus gateway until SIGTERM, or its `--workers` supervisor."""
+    run_daemon("bus", build, settings=BusSettings, reuse_port=worker_index() is not None,
+               instead=supervise)
 
 
 if __name__ == "__main__":

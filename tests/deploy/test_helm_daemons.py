@@ -428,3 +428,27 @@ def test_wrong_values_in_a_values_file_fail_too(tmp_path: Any) -> None:
     bad.write_text("router:\n  replicas: 3\n")  # the old key: now replicaCount
     err = render_error(values=(str(bad),))
     assert "replicas" in err and "not allowed" in err
+
+
+def test_bus_workers_get_a_scraped_metrics_port_each() -> None:
+    # worker i of `--workers N` serves /metrics on ports.metrics + i (services/bus/workers.py)
+    docs = render("bus.config.workers=3", values=("ci/monitoring-values.yaml",))
+    name = f"{RELEASE}-bus"
+    c = container(by_kind(docs, "Deployment")[name])
+    assert {p["name"]: p["containerPort"] for p in c["ports"]} == {
+        "grpc": 50051, "metrics": 9101, "metrics-w1": 9102, "metrics-w2": 9103,
+    }
+    svc = by_kind(docs, "Service")[name]["spec"]["ports"]
+    assert [(p["name"], p["port"], p["targetPort"]) for p in svc][1:] == [
+        ("metrics", 9101, "metrics"), ("metrics-w1", 9102, "metrics-w1"),
+        ("metrics-w2", 9103, "metrics-w2"),
+    ]
+    monitor = by_kind(docs, "ServiceMonitor")[name]["spec"]["endpoints"]
+    assert [e["port"] for e in monitor] == ["metrics", "metrics-w1", "metrics-w2"]
+    metrics_rule = by_kind(docs, "NetworkPolicy")[name]["spec"]["ingress"][1]
+    assert [p["port"] for p in metrics_rule["ports"]] == ["metrics", "metrics-w1", "metrics-w2"]
+    assert daemon_env(docs, "bus")["AGENTMESH_WORKERS"] == "3"
+    # one worker (the default) and the other daemons: the one metrics port
+    saga = container(by_kind(docs, "Deployment")[f"{RELEASE}-saga"])
+    assert [p["name"] for p in saga["ports"]] == ["grpc", "metrics"]
+    assert "/bus/config/workers': minimum: got 0" in render_error("bus.config.workers=0")

@@ -323,15 +323,22 @@ def run_daemon(
     *,
     settings: type[Settings] | None = None,
     reuse_port: bool = False,
+    instead: Callable[[ServerConfig], int | None] | None = None,
 ) -> None:
     """Parse config, configure logs, build the daemon with `build` and serve until SIGTERM.
 
     `settings` is the daemon's own settings class; `build` reads the parsed
     instance as `daemon.config.settings_as(cls)` (see load_config).
-    `reuse_port` is Daemon's.
+    `reuse_port` is Daemon's. `instead`, given the parsed config, may run
+    something else in place of the daemon (the bus's `--workers` supervisor)
+    and return the process's exit status; None serves as usual.
     """
     config = load_config(name, argv, settings=settings)
     configure_logging(name, config.log_level, log_format=config.log_format)
+    if instead is not None:
+        status = instead(config)
+        if status is not None:
+            sys.exit(status)
 
     async def main() -> None:
         daemon = Daemon(config, reuse_port=reuse_port)
