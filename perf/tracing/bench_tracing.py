@@ -2,14 +2,19 @@
 at sample ratio 1.0 and on at 0.01, in one run (issue 19).
 
 Against a private Redis and a real Jaeger (tests/jaeger.py; spans exported
-over OTLP/gRPC as in production), three routers and three saga coordinators
+over OTLP/gRPC as in production), four routers and four saga coordinators
 run side by side, one per setting (AGENTMESH_OTLP_ENDPOINT unset / ratio 1.0
-/ ratio 0.01), with one no-op agent (`python -m agentmesh.agent.testing
-noop`, tracing off, so the agent's cost is the same for all three). The
+/ ratio 0.01 / unset again, the control), with one no-op agent (`python -m agentmesh.agent.testing
+noop`, tracing off, so the agent's cost is the same for all of them). The
 client makes untraced calls, so every root is sampled by the daemon's own
-ratio. Measurements are interleaved in rounds (off, 1.0, 0.01, then
-1.0, 0.01, off, ...) and the median of the per-round ratios is reported, so
-drift on a shared machine hits all three alike.
+ratio. Measurements are interleaved in rounds (off, 1.0, 0.01, control,
+then 1.0, 0.01, control, off, ...) and the median of the per-round ratios is
+reported, so drift on a shared machine hits every setting alike.
+
+Control: a fourth router and coordinator with tracing off as well, measured
+like the others. Its ratio to off is what the machine's noise alone gives
+in this run (1.0 on a quiet machine): a 0.01 / off ratio is a tracing cost
+only as far as it is further from 1 than the control's.
 
 Figures: the closed-loop rate, and the rate per CPU second of the daemon
 process (what tracing adds to; the closed-loop rate on a shared 2-core
@@ -53,7 +58,12 @@ from tests.registry_records import queue_agent_record  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 #: (label, sample ratio or None for tracing off)
-SETTINGS: tuple[tuple[str, float | None], ...] = (("off", None), ("1.0", 1.0), ("0.01", 0.01))
+SETTINGS: tuple[tuple[str, float | None], ...] = (
+    ("off", None),
+    ("1.0", 1.0),
+    ("0.01", 0.01),
+    ("control", None),
+)
 CAP = "bench"
 
 
@@ -164,7 +174,7 @@ async def measure(
 
 
 def bench(ns: argparse.Namespace) -> dict[str, Any]:
-    """Start Redis, Jaeger, the agent, 3 routers and 3 coordinators; measure."""
+    """Start Redis, Jaeger, the agent, 4 routers and 4 coordinators; measure."""
     work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
     server = RedisServer(workdir=work / "redis").start()
     jaeger = Jaeger(work)
@@ -236,10 +246,19 @@ def figures(res: dict[str, Any]) -> list[Figure]:
         ("saga", "saga: five-step sagas/s closed loop", "sagas/s"),
     ):
         med, paired = res[f"{kind}_median"], res[f"{kind}_ratio"]
-        for label, goal in (("0.01", ">= 0.95x" if kind.endswith("_cpu") else None), ("1.0", None)):
+        for label, goal in (
+            ("0.01", ">= 0.95x" if kind.endswith("_cpu") else None),
+            ("1.0", None),
+            ("control", None),
+        ):
+            what = (
+                "with tracing off, a second daemon (control: this run's noise)"
+                if label == "control"
+                else f"at sample ratio {label}"
+            )
             out.append(
                 Figure(
-                    name=f"tracing: {name} at sample ratio {label}",
+                    name=f"tracing: {name} {what}",
                     value=med["off"] * paired[label],
                     unit=unit,
                     baseline_name=f"{name} with tracing off",
@@ -262,8 +281,10 @@ def report(res: dict[str, Any], ns: argparse.Namespace) -> str:
         "The ratio columns are the medians of the per-round ratios (paired: the",
         "settings of a round run back to back); they are the figures `make bench` reports.",
         "",
-        "| figure | off | ratio 1.0 | ratio 0.01 | 1.0 / off | 0.01 / off |",
-        "|---|---|---|---|---|---|",
+        "The control is a second daemon with tracing off: its ratio to off is the run's noise.",
+        "",
+        "| figure | off | ratio 1.0 | ratio 0.01 | 1.0 / off | 0.01 / off | control / off |",
+        "|---|---|---|---|---|---|---|",
     ]
     for kind, name in (
         ("route_cpu", "router Route RPC per router CPU-second"),
@@ -274,7 +295,7 @@ def report(res: dict[str, Any], ns: argparse.Namespace) -> str:
         m, r = res[f"{kind}_median"], res[f"{kind}_ratio"]
         lines.append(
             f"| {name} | {m['off']:.0f} | {m['1.0']:.0f} | {m['0.01']:.0f} | "
-            f"{r['1.0']:.3f} | {r['0.01']:.3f} |"
+            f"{r['1.0']:.3f} | {r['0.01']:.3f} | {r['control']:.3f} |"
         )
     lines += ["", f"Services seen by Jaeger: {', '.join(res['spans_exported']) or 'none'}", ""]
     return "\n".join(lines)
