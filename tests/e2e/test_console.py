@@ -3,7 +3,7 @@ real daemons.
 
 The five daemons run as processes on one Redis DB with bearer auth on
 (`tok-ops` is the admin `ops`, `tok-view` the role-less `viewer`), the bus
-on its memory backend; one SDK test agent (`noop`, each action 250 ms,
+on its memory backend; one SDK test agent (`noop`, each action 300 ms,
 action `explode` always FAILED_PRECONDITION) registers through the registry.
 The console runs as `python -m agentmesh.cli.main console --port 0` with
 `--token tok-ops`; Playwright drives Debian's headless chromium
@@ -26,9 +26,9 @@ import json
 import os
 import re
 import threading
-import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -98,7 +98,7 @@ def mesh(redis_server: Any, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                                   "--swarm-target", swarm.target))
         group.start(testing_agent(
             "noop", logs, "--registry-target", registry.target, "--token", ADMIN,
-            "--delay-ms", "250", "--fail-actions", "explode", "--heartbeat-interval-s", "1",
+            "--delay-ms", "300", "--fail-actions", "explode", "--heartbeat-interval-s", "1",
             agent_id=AGENT_ID,
         ))
         targets = {"registry": registry.target, "router": router.target, "bus": bus.target,
@@ -171,7 +171,9 @@ def test_saga_started_during_the_test_appears_and_its_timeline_follows_it_live(
     mesh: Mesh, page: Any
 ) -> None:
     page.goto(f"{mesh.url}/sagas")
-    steps = chain("collect", "calculate", "report", "publish")
+    # Eight steps of 300 ms: the saga still runs when its page opens.
+    steps = chain("collect", "validate", "enrich", "calculate", "review", "report", "sign",
+                  "publish")
     started = mesh.call(lambda c: c.start_saga(definition=saga_def("console-live", steps)))
     saga_id = started.saga.saga_id
     page.reload()  # the list is server-rendered: a reload shows the new saga
@@ -180,7 +182,7 @@ def test_saga_started_during_the_test_appears_and_its_timeline_follows_it_live(
     assert "console-live" in row.inner_text()
     row.get_by_role("link", name=saga_id).click()
     page.wait_for_url(f"**/sagas/{saga_id}")
-    # Opened while it runs (4 steps of 250 ms): the page is not final yet.
+    # Opened while it runs: the page is not final yet.
     assert page.locator("#timeline").get_attribute("data-stream")
     assert page.locator("#saga-state").inner_text() != "COMPLETED"
     page.evaluate("window.__noReload = true")
@@ -192,7 +194,8 @@ def test_saga_started_during_the_test_appears_and_its_timeline_follows_it_live(
     assert seqs == list(range(1, len(seqs) + 1))  # each event once, in order
     completed = page.locator('#timeline li[data-type="STEP_COMPLETED"]').evaluate_all(
         "els => els.map(e => e.dataset.step)")
-    assert completed == ["collect", "calculate", "report", "publish"]
+    assert completed == ["collect", "validate", "enrich", "calculate", "review", "report",
+                         "sign", "publish"]
     assert "has ended: COMPLETED" in page.locator("#live-status").inner_text()
     assert page.locator("#cancel-form").count() == 0
     shot(page, "saga-live-completed")
@@ -230,15 +233,17 @@ def test_each_page_renders_real_data(mesh: Mesh, page: Any, browser: Any) -> Non
         await c.wait_task(task.task.task_id, timeout_s=20)
         queued = await c.schedule_task(
             task_type="console-later", agent_id=AGENT_ID, priority="PRIORITY_LOW",
-            not_before={"seconds": int(time.time()) + 3600})
+            not_before=datetime.now(UTC) + timedelta(hours=1))
         swarm = await c.deploy_swarm({
             "objective": "console sphere", "behavior": "BEHAVIOR_SWARMING",
             "agents_required": 12, "max_iterations": 40, "seed": 3,
             "builtin": {"function": "BENCHMARK_FUNCTION_SPHERE", "space": {"dimensions": 3}},
         }, wait=True, timeout_s=30)
-        await c.create_circuit_breaker(name="console-breaker", failure_threshold=3,
-                                       open_duration=5)
-        await c.create_rate_limiter(name="console-limiter", max_requests=10, window=1)
+        await c.create_circuit_breaker(breaker={"name": "console-breaker",
+                                                "failure_threshold": 3, "open_duration": "5s",
+                                                "half_open_max_calls": 1})
+        await c.create_rate_limiter(limiter={"name": "console-limiter", "max_requests": 10,
+                                             "window": "1s"})
         await c.publish(message={"topic": "console.events",
                                  "payload": {"struct_value": {"text": "hi"}}})
         return {"task": task.task.task_id, "queued": queued.task.task_id,
@@ -309,16 +314,24 @@ def test_dead_letter_redrive_from_the_ui(mesh: Mesh, page: Any) -> None:
 
     async def dead_letter(c: Client) -> None:
         await c.publish(message={"topic": topic, "payload": {"struct_value": {"text": "order 1"}}})
-        async with c.subscribe(topic, group="console-billing", auto_ack=False,
-                               max_deliveries=1) as sub:
-            async for msg in sub:
-                await msg.nack(delay_ms=0)
-                break
-        for _ in range(100):
-            if (await c.list_dead_letters(topic=topic)).dead_letters:
-                return
-            await asyncio.sleep(0.1)
-        raise AssertionError("the message was not dead-lettered")
+
+        async def refuse() -> None:
+            # Nack every delivery until the bus gives up on the message.
+            async with c.subscribe(topic, group="console-billing", auto_ack=False,
+                                   max_deliveries=1) as sub:
+                async for msg in sub:
+                    await msg.nack(delay_ms=0)
+
+        consumer = asyncio.create_task(refuse())
+        try:
+            for _ in range(150):
+                if (await c.list_dead_letters(topic=topic)).dead_letters:
+                    return
+                await asyncio.sleep(0.1)
+            raise AssertionError("the message was not dead-lettered")
+        finally:
+            consumer.cancel()
+            await asyncio.gather(consumer, return_exceptions=True)
 
     mesh.call(dead_letter)
     page.goto(f"{mesh.url}/bus")
@@ -354,7 +367,8 @@ def test_a_token_without_the_role_gets_the_permission_denied_page(
     swarm = mesh.call(lambda c: c.deploy_swarm({
         "objective": "console long run", "behavior": "BEHAVIOR_SWARMING",
         "agents_required": 8, "max_iterations": 1_000_000, "convergence_threshold": 1e-300,
-        "seed": 5, "timeout": {"seconds": 60},
+        "spread_threshold": 1e-300,  # never converges: it runs until stopped
+        "seed": 5, "timeout": "60s",
         "builtin": {"function": "BENCHMARK_FUNCTION_RASTRIGIN", "space": {"dimensions": 8}},
     }))
     try:
