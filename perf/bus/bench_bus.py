@@ -15,7 +15,12 @@ Measures, in one run against one broker:
      reading as many records from the same topic; both timed from the first
      message to the last (goal >= 0.15x). Twice: acking each batch with
      Ack.up_to = MessageBatch.last_positions, then acking every ack id.
-  4. 1 and 2 again on the memory backend (no Kafka; baseline still raw Kafka),
+  4. scale-out (--workers-clients C, default 2; 0 skips it): PublishStream
+     from C client processes at once, each on its own connection, through one
+     gateway process and through `--workers 2` (each client's connection
+     reaching a different worker), msg/s of the whole run and gateway CPU
+     per message summed over the worker processes.
+  5. 1 and 2 again on the memory backend (no Kafka; baseline still raw Kafka),
      unless --backends kafka.
 
 Usage:
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import statistics
 import sys
@@ -40,6 +46,7 @@ import tempfile
 import threading
 import time
 import uuid
+from concurrent.futures import ProcessPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -316,6 +323,87 @@ async def gateway_consume_rate(target: str, topic: str, n: int, *, ack: str = "i
         return (got - 1) / (time.perf_counter() - start)
 
 
+async def client_throughput(target: str, topic: str, n: int, batch: int,
+                            writer: str | None) -> tuple[float, float, int]:
+    """One client's PublishStream run on a connection of its own, for the
+    scale-out figure: connects until a Publish is answered by `writer` (the
+    chain id's writer, `<instance id>-w<i>`: which worker the kernel gave
+    this connection; None takes any), then streams `n` messages in batches of
+    `batch`. Returns (start, end) as perf_counter seconds (CLOCK_MONOTONIC,
+    comparable across processes) and the messages confirmed."""
+    opts = [("grpc.use_local_subchannel_pool", 1)]  # a new TCP connection per channel
+    for _ in range(64):
+        ch = grpc.aio.insecure_channel(target, options=opts)
+        stub = bus_pb2_grpc.BusServiceStub(ch)
+        r = await stub.Publish(bus_pb2.PublishRequest(message=envelope(topic, PAYLOAD)))
+        if writer is None or r.provenance.chain_id.split("/")[2].rsplit(".", 1)[0] == writer:
+            break
+        await ch.close()
+    else:
+        raise RuntimeError(f"no connection reached worker {writer} in 64 tries")
+    req = bus_pb2.PublishStreamRequest(messages=[envelope(topic, PAYLOAD)] * batch)
+
+    async def reqs():
+        for _ in range(n // batch):
+            yield req
+
+    ok = 0
+    start = time.perf_counter()
+    async for resp in stub.PublishStream(reqs()):
+        ok += sum(1 for rep in resp.reports if rep.status.code == 0)
+    end = time.perf_counter()
+    await ch.close()
+    return start, end, ok
+
+
+def run_client(target: str, topic: str, n: int, batch: int,
+               writer: str | None) -> tuple[float, float, int]:
+    """client_throughput in a process of its own (ProcessPoolExecutor)."""
+    return asyncio.run(client_throughput(target, topic, n, batch, writer))
+
+
+def scale_out(bootstrap: str, logs: Path, run_id: str, a: argparse.Namespace
+              ) -> dict[str, float]:
+    """PublishStream msg/s and gateway CPU us/msg from a.workers_clients client
+    processes through 1 gateway process, then through `--workers 2`."""
+    c = a.workers_clients
+    per_client = a.messages // c // a.batch * a.batch
+    out: dict[str, float] = {}
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(c, mp_context=ctx) as pool:
+        for workers in (1, 2):
+            topic = f"bench.workers{workers}.{run_id}"
+            create_topic(bootstrap, topic, 3)
+            proc = daemon("bus", logs, "--backend", "kafka", "--kafka-bootstrap", bootstrap,
+                          "--workers", str(workers), "--instance-id", "bench",
+                          env={"AGENTMESH_KAFKA_BOOTSTRAP": ""}).start(90)
+            try:
+                if workers == 1:
+                    pids, writers = [proc.pid], [None] * c
+                else:
+                    serving = next(d for d in proc._log_docs(0)
+                                   if d.get("msg") == "serving" and "worker_pids" in d)
+                    pids = serving["worker_pids"]
+                    writers = [f"bench-w{i % workers}" for i in range(c)]
+                cpu0 = sum(proc_cpu_s(p) for p in pids)
+                runs = list(pool.map(run_client, [proc.target] * c, [topic] * c,
+                                     [per_client] * c, [a.batch] * c, writers))
+                cpu = sum(proc_cpu_s(p) for p in pids) - cpu0
+            finally:
+                proc.stop()
+            ok = sum(r[2] for r in runs)
+            assert ok == per_client * c, f"{workers} worker(s) confirmed {ok}/{per_client * c}"
+            elapsed = max(r[1] for r in runs) - min(r[0] for r in runs)
+            out[f"w{workers}"] = ok / elapsed
+            # includes the warm-up Publish calls: a few per client, noise at this count
+            out[f"w{workers}_cpu_us"] = cpu * 1e6 / ok
+            print(f"PublishStream, {c} clients, {workers} gateway process(es): "
+                  f"{ok / elapsed:,.0f} msg/s, {cpu * 1e6 / ok:.1f} us gateway CPU/msg",
+                  flush=True)
+    out["clients"] = c
+    return out
+
+
 def proc_cpu_s(pid: int) -> float:
     """CPU seconds (user + system, all threads) a process has used so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -361,6 +449,11 @@ def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
                baseline_value=raw["consume"]),
         Figure(name="bus: Subscribe gateway CPU per message (cumulative acks)",
                value=gw["consume_through_cpu_us"], unit="us", better="lower"),
+        *([Figure(name=f"bus: PublishStream msg/s, {sc['clients']:.0f} clients, "
+                       "--workers 2",
+                  value=sc["w2"], unit="msg/s",
+                  baseline_name="the same clients through one gateway process",
+                  baseline_value=sc["w1"])] if (sc := rows.get("scale-out")) else []),
     ]
 
 
@@ -375,6 +468,8 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--backends", nargs="+", choices=["kafka", "memory"],
                     default=["kafka", "memory"])
+    ap.add_argument("--workers-clients", type=int, default=2,
+                    help="client processes of the 1-vs-2-workers figure; 0 skips it")
     ap.add_argument("--write", type=Path, default=None)
     add_json(ap)
     a = ap.parse_args()
@@ -446,6 +541,8 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
               f"{pct(lat, 0.5):.2f} ms p99 {pct(lat, 0.99):.2f} ms (added p99 "
               f"{pct(lat, 0.99) - rows['raw kafka']['p99']:+.2f} ms; n={len(lat)}; "
               f"mean {statistics.mean(lat):.2f})", flush=True)
+        if backend == "kafka" and a.workers_clients > 0:
+            rows["scale-out"] = scale_out(a.bootstrap, logs, run_id, a)
     return rows
 
 
@@ -468,6 +565,8 @@ def write(a: argparse.Namespace, rows: dict[str, dict[str, float]]) -> None:
     ]
     base = rows["raw kafka"]
     for name, r in rows.items():
+        if name == "scale-out":
+            continue  # its own lines below the table
         cells = (f"{r['p50']:.2f} | {r['p99']:.2f} | {r['p99'] - base['p99']:+.2f}"
                  if "p50" in r else "- | - | -")
         pub_cpu = f"{r['publish_cpu_us']:.1f}" if "publish_cpu_us" in r else "-"
@@ -488,6 +587,12 @@ def write(a: argparse.Namespace, rows: dict[str, dict[str, float]]) -> None:
                  "back through Subscribe (new group, earliest, acking each batch with Ack.up_to = "
                  "MessageBatch.last_positions, then again acking every ack id) vs a raw "
                  "consumer assigned the same partitions, first record to last.")
+    if sc := rows.get("scale-out"):
+        lines += ["", f"Scale-out: PublishStream from {sc['clients']:.0f} client processes at "
+                  f"once, each on its own connection: one gateway process "
+                  f"{sc['w1']:,.0f} msg/s ({sc['w1_cpu_us']:.1f} us CPU/msg), `--workers 2` "
+                  f"{sc['w2']:,.0f} msg/s ({sc['w2_cpu_us']:.1f} us CPU/msg, summed over "
+                  f"the workers), ratio {sc['w2'] / sc['w1']:.2f}."]
     a.write.write_text("\n".join(lines) + "\n")
     print(f"wrote {a.write}")
 
