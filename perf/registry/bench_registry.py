@@ -41,6 +41,7 @@ import redis.asyncio as aioredis
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
+from agentmesh import catalog  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2 as pb  # noqa: E402
 from agentmesh.registry.v1 import registry_pb2_grpc  # noqa: E402
@@ -298,7 +299,7 @@ async def main() -> None:
             await asyncio.gather(*(reg_one(a) for a in agents))
         results["register_per_s"] = ns.agents / (time.perf_counter() - t)
         mem1 = (await client.info("memory"))["used_memory"]
-        events_bytes = await client.memory_usage("am:reg:events") or 0
+        events_bytes = await client.memory_usage(catalog.events_key()) or 0
         results["mem_per_agent_total_b"] = (mem1 - mem0) / ns.agents
         results["mem_per_agent_catalog_b"] = (mem1 - mem0 - events_bytes) / ns.agents
         results["events_stream_b_per_agent"] = events_bytes / ns.agents

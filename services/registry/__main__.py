@@ -38,7 +38,7 @@ def build(daemon: Daemon) -> None:
     )
     daemon.add_service(
         coordination_pb2_grpc.add_CoordinationServiceServicer_to_server,
-        CoordinationServicer(CoordinationStore(client, prefix=settings.prefix)),
+        CoordinationServicer(CoordinationStore(client)),
         coordination_pb2.DESCRIPTOR.services_by_name["CoordinationService"],
     )
     daemon.on_startup(hub.start)

@@ -2,17 +2,22 @@
 proposals, in Redis.
 
 Locks (etcd/Consul style) are the runtime's fenced lease
-(agentmesh.runtime.lease): `am:reg:lock:{resource}` is the lease record, a
-HASH {owner, token} with a PX TTL; `am:reg:fence:{resource}` is its counter,
+(agentmesh.runtime.lease): `am:reg:lock:{<resource>}` is the lease record, a
+HASH {owner, token} with a PX TTL; `am:reg:fence:{<resource>}` is its counter,
 which never expires. Each grant INCRs the counter, so tokens per resource only
 increase, across registry restarts, and across Redis restarts when Redis
 persists (AOF `appendfsync everysec` or better; see
 services/registry/README.md). A lock is reentrant: its owner re-acquiring it
 extends it and keeps its token.
 
-Proposals: `am:reg:proposal:{id}` HASH (pb, state, deadline_ms, ratio, n,
+Proposals: `am:reg:proposal:{<id>}` HASH (pb, state, deadline_ms, ratio, n,
 open, resolve_ms), `...:votes` HASH voter → choice, `...:voters` SET of
 eligible voters. Tally and resolution run inside one script per vote.
+
+The braces are Redis Cluster hash tags: a lock's record and counter share
+the slot of its resource name, a proposal's three keys the slot of its id, so
+each script and transaction stays in one slot while locks and proposals
+spread over the cluster. They are outside the catalog's slot (`{catalog}`).
 """
 
 from __future__ import annotations
@@ -26,6 +31,9 @@ from agentmesh.registry.v1 import coordination_pb2
 from agentmesh.runtime.lease import CLOCK_PRELUDE, FencedLeases, LeaseKeys, RenewStatus
 from agentmesh.runtime.lease import Lease as FencedLease
 from agentmesh.server.registry.store import ts_ms
+
+#: Prefix of the lock and proposal keys.
+COORDINATION_PREFIX = "am:reg:"
 
 _TALLY_EXPIRE = CLOCK_PRELUDE + r"""
 local now = now_ms
@@ -119,10 +127,11 @@ class CoordinationStore:
 
     Args:
         client: redis.asyncio client (decode_responses=False).
-        prefix: key prefix, `am:reg:`.
+        prefix: key prefix, `am:reg:` (without a hash tag: each lock and
+            proposal brings its own).
     """
 
-    def __init__(self, client: aioredis.Redis, *, prefix: str) -> None:
+    def __init__(self, client: aioredis.Redis, *, prefix: str = COORDINATION_PREFIX) -> None:
         self.r = client
         self.p = prefix
         self.leases = FencedLeases(client)
@@ -132,7 +141,8 @@ class CoordinationStore:
     # ---- locks (the runtime's fenced lease) ---------------------------------
     def lock_keys(self, resource: str) -> LeaseKeys:
         """The lock's lease record and fence counter."""
-        return LeaseKeys(self.p + "lock:" + resource, self.p + "fence:" + resource)
+        tag = "{" + resource + "}"
+        return LeaseKeys(self.p + "lock:" + tag, self.p + "fence:" + tag)
 
     async def acquire(self, resource: str, owner: str, *, ttl_ms: int) -> LockGrant:
         """Try once to take the lock (see coordination.proto AcquireLock)."""
@@ -160,7 +170,7 @@ class CoordinationStore:
 
     # ---- proposals --------------------------------------------------------
     def _keys(self, proposal_id: str) -> list[str]:
-        base = self.p + "proposal:" + proposal_id
+        base = self.p + "proposal:{" + proposal_id + "}"
         return [base, base + ":votes", base + ":voters"]
 
     async def create_proposal(

@@ -7,8 +7,10 @@ never interleave inside one. Scripts read the clock with Redis `TIME` (the
 runtime's CLOCK_PRELUDE, `now_ms`), so all replicas share one clock. The
 reaper's sweep is fenced on the reaper lease (agentmesh.runtime.lease). Key
 names are built from the prefix passed in ARGV[1] (see
-services/registry/README.md for the schema); this works on a single Redis or
-Sentinel, not on Redis Cluster.
+services/registry/README.md for the schema). The prefix carries the catalog's
+hash tag (`am:reg:{catalog}:`), so every key a script touches is in one slot;
+KEYS[1] of every catalog script is the catalog's revision counter (`<p>rev`),
+which is what routes the script to that slot's master on Redis Cluster.
 
 ARGV[2] of every agent script is a JSON config:
 {stale_factor, stale_penalty, ttl_factor, slow_response_ms, slow_penalty,

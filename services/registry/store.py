@@ -109,6 +109,8 @@ class RegistryStore:
         self.s = settings
         self.p = settings.prefix
         self._cfg = settings.lua_config()
+        # KEYS[1] of every catalog script: routes it to the catalog's slot (lua.py).
+        self._slot = [catalog.revision_key(prefix=self.p)]
         self._register = client.register_script(lua.REGISTER)
         self._heartbeat = client.register_script(lua.HEARTBEAT)
         self._heartbeat_batch = client.register_script(lua.HEARTBEAT_BATCH)
@@ -125,6 +127,7 @@ class RegistryStore:
             interval_ms: the heartbeat interval to store, ms.
         """
         res = await self._register(
+            keys=self._slot,
             args=[
                 self.p, self._cfg, agent.agent_id, agent.SerializeToString(),
                 agent.endpoint, agent.location, agent.version, interval_ms,
@@ -166,7 +169,8 @@ class RegistryStore:
         self, agent_id: str, load: common_pb2.LoadMetrics | None
     ) -> HeartbeatOutcome | None:
         """Record a heartbeat; None when the agent is not registered."""
-        return self._hb_outcome(await self._heartbeat(args=self._hb_args(agent_id, load)))
+        res = await self._heartbeat(keys=self._slot, args=self._hb_args(agent_id, load))
+        return self._hb_outcome(res)
 
     async def heartbeat_many(
         self, beats: Sequence[tuple[str, common_pb2.LoadMetrics | None]], *, chunk: int = 250
@@ -181,7 +185,7 @@ class RegistryStore:
             args: list[Any] = [self.p, self._cfg]
             for agent_id, load in beats[start : start + chunk]:
                 args += self._hb_args(agent_id, load)[2:]
-            flat = await self._heartbeat_batch(args=args)
+            flat = await self._heartbeat_batch(keys=self._slot, args=args)
             for i in range(0, len(flat), 4):
                 status = _s(flat[i])
                 out.append(
@@ -193,7 +197,7 @@ class RegistryStore:
 
     async def deregister(self, agent_id: str, *, reason: str) -> registry_pb2.Agent | None:
         """Remove an agent atomically; its last state, or None when not registered."""
-        res = await self._deregister(args=[self.p, self._cfg, agent_id, reason])
+        res = await self._deregister(keys=self._slot, args=[self.p, self._cfg, agent_id, reason])
         if not res:
             return None
         pb, _prev, health, rev, now = res
@@ -215,7 +219,7 @@ class RegistryStore:
         """
         try:
             res = await call_fenced(
-                self._sweep, keys=[],
+                self._sweep, keys=self._slot,
                 args=[self.p, self._cfg, lease.owner, lease.token, *agent_ids],
             )
         except LeaseLost:
@@ -238,6 +242,7 @@ class RegistryStore:
     ) -> float:
         """The Lua health formula evaluated in Redis (for tests)."""
         res = await self._probe(
+            keys=self._slot,
             args=[self.p, self._cfg, age_ms, interval_ms, error_rate, response_time_ms,
                   cpu_percent]
         )

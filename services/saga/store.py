@@ -1,26 +1,27 @@
 """Redis persistence of sagas: event log, snapshots, leases (the runtime's fenced
 lease, agentmesh.runtime.lease), indexes, definitions.
 
-Keys (prefix `am:saga:`):
-  saga:{id}          HASH  seq, last_hash, state, name, create_ms, idem,
+Keys (prefix `am:saga:{sagas}:`; `<x>` is a placeholder, and `{sagas}` is the
+store's Redis Cluster hash tag: every key below is in one slot):
+  saga:<id>          HASH  seq, last_hash, state, name, create_ms, idem,
                            fence (the lease's fencing-token counter),
                            cancel (0/1), cancel_reason, snapshot (JSON), snap_seq
-  lease:{id}         HASH  the lease record (agentmesh.runtime.lease): owner,
+  lease:<id>         HASH  the lease record (agentmesh.runtime.lease): owner,
                            token; PX TTL = lease TTL; deleted when the saga ends
-  log:{id}           STREAM one entry per event, id "<sequence>-0", field pb
+  log:<id>           STREAM one entry per event, id "<sequence>-0", field pb
                            (serialized agentmesh.saga.v1.SagaEvent)
   active             ZSET  unfinished sagas, score = lease expiry (Unix ms; 0 = free)
   idx:all            ZSET  every saga id, score 0 (ids sort by creation time)
-  idx:name:{name}    ZSET  ids by definition name
-  idx:state:{STATE}  ZSET  ids by SagaState name
-  idem:{key}         STRING "<saga_id>\\n<request fingerprint>"
-  def:{name}         HASH  latest -> N, v{N} -> serialized SagaDefinition
+  idx:name:<name>    ZSET  ids by definition name
+  idx:state:<STATE>  ZSET  ids by SagaState name
+  idem:<key>         STRING "<saga_id>\\n<request fingerprint>"
+  def:<name>         HASH  latest -> N, v<N> -> serialized SagaDefinition
   defs               ZSET  definition names, score 0 (lexicographic listing)
   expiry             ZSET  finished sagas with a retention, member
                            "<id>\\n<final state>\\n<name>", score = expiry (Unix ms)
 
 Retention (Temporal's namespace retention period): the append that records a
-saga's final state also PEXPIREs its `saga:{id}`, `log:{id}` and `idem:{key}`
+saga's final state also PEXPIREs its `saga:<id>`, `log:<id>` and `idem:<key>`
 (all in the same Lua script, so a saga is never final without its expiry) and
 records the expiry time in `expiry`. The index ZSETs are shared, so nothing
 can expire their members; instead every reader already skips ids whose hash is
@@ -34,8 +35,14 @@ Every write that matters is one Lua script, so it is atomic: creating a saga
 (log + hash + indexes + idempotency key), appending events (starts with the
 runtime lease's fence check of owner and fencing token, so a replica that lost
 its lease cannot write), taking, renewing and releasing a lease (the runtime's
-fenced lease, wrapped with the `active` bookkeeping). The scripts name keys they build from
-the prefix (index keys), so they assume a single Redis (or Sentinel), not Cluster.
+fenced lease, wrapped with the `active` bookkeeping). The scripts also name keys they
+build from the prefix (index keys). That is why the whole store is one Redis
+Cluster slot (`{sagas}`): each script changes a saga's own keys and the shared
+indexes (`active`, which recovery scans by lease expiry, `idx:*`, `expiry`,
+`idem:`) together, so no crash leaves a saga that recovery or ListSagas cannot
+see. Sharding by saga id would need the task store's design (indexes written
+after the record and repaired by recovery). One slot is one master's worth of
+throughput, far above what the coordinator drives (perf/cluster).
 """
 
 from __future__ import annotations
@@ -62,7 +69,8 @@ from agentmesh.saga.v1 import saga_pb2
 from agentmesh.server.saga.definition import flatten_steps
 from agentmesh.server.saga.state import SagaRecord
 
-PREFIX = "am:saga:"
+#: Key prefix of the saga store; `{sagas}` is its Redis Cluster hash tag (one slot).
+PREFIX = "am:saga:{sagas}:"
 LEASE_PREFIX = PREFIX + "lease:"
 
 _CREATE = """

@@ -1,6 +1,6 @@
 """Which swarms this replica drives: leases, takeover and driver tasks.
 
-Each active swarm (``am:swarm:idx:active``) is driven by at most one replica,
+Each active swarm (``am:swarm:{swarms}:idx:active``) is driven by at most one replica,
 the holder of its lease. A replica takes a lease when DeploySwarm creates the
 swarm, and its scan loop tries every ``scan_interval_s`` to take the lease of
 any active swarm nobody holds (its driver died or was SIGKILLed and the lease

@@ -1,7 +1,7 @@
 """Driver of partition work: data partitions spread over worker agents by
 foraging (the engine's PartitionScheduler), one AgentService.Execute each.
 
-Exactly once. The Redis HASH ``am:swarm:parts:{id}`` is the ledger: a result
+Exactly once. The Redis HASH ``am:swarm:{swarms}:parts:<id>`` is the ledger: a result
 is counted by a fenced HSETNX of its partition index, so the first result
 wins whichever agent, attempt or driver produced it, and the aggregate is
 computed from that HASH alone (``math.fsum`` per field, exactly rounded, so

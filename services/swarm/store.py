@@ -2,25 +2,29 @@
 (the runtime's fenced lease, agentmesh.runtime.lease), engine snapshots, the
 per-iteration stats stream and partition results.
 
-Key schema (all under ``am:swarm:``; ``{id}`` is the swarm id):
+Key schema (names below follow the prefix ``am:swarm:{swarms}:``; ``<id>`` is the
+swarm id; ``{swarms}`` is the store's Redis Cluster hash tag: the commit script
+changes a swarm's own keys and the shared indexes (``idx:active``, which the
+takeover scan reads, and ``idx:expiry``) together, so all of them share one
+slot, on Redis Cluster as on a single Redis or Sentinel):
 
 =================================  ======  ==============================================
 key                                type    content
 =================================  ======  ==============================================
-``am:swarm:swarm:{id}``            HASH    ``pb`` serialized ``Swarm``; ``state`` state
+``swarm:<id>``                     HASH    ``pb`` serialized ``Swarm``; ``state`` state
                                            name; ``stop`` "1" once StopSwarm asked;
                                            ``updated_ms``
-``am:swarm:idx:created``           ZSET    member id, score create time (ms)
-``am:swarm:idx:active``            SET     ids of PENDING and RUNNING swarms
-``am:swarm:lease:{id}``            HASH    lease record ``owner``, ``token``, with a PX TTL
-``am:swarm:fence:{id}``            STRING  last fencing token handed out (INCR)
-``am:swarm:snap:{id}``             STRING  engine snapshot (see ``snapshots.py``)
-``am:swarm:stats:{id}``            STREAM  field ``pb`` = serialized ``WatchSwarmResponse``
+``idx:created``                    ZSET    member id, score create time (ms)
+``idx:active``                     SET     ids of PENDING and RUNNING swarms
+``lease:<id>``                     HASH    lease record ``owner``, ``token``, with a PX TTL
+``fence:<id>``                     STRING  last fencing token handed out (INCR)
+``snap:<id>``                      STRING  engine snapshot (see ``snapshots.py``)
+``stats:<id>``                     STREAM  field ``pb`` = serialized ``WatchSwarmResponse``
                                            (stats + state), capped at ~10,000 entries
-``am:swarm:parts:{id}``            HASH    partition index → JSON ``{"agent": id,
+``parts:<id>``                     HASH    partition index → JSON ``{"agent": id,
                                            "values": {field: number}}``; HSETNX, so a
                                            partition is counted once
-``am:swarm:idx:expiry``            ZSET    finished swarms with a retention, score =
+``idx:expiry``                     ZSET    finished swarms with a retention, score =
                                            expiry (Unix ms, Redis clock)
 =================================  ======  ==============================================
 
@@ -34,7 +38,7 @@ sweep rather than pruning in ListSwarms because the index would otherwise
 grow whenever nobody lists; removing twice is harmless, so it needs no leader.
 
 The lease is the runtime's fenced lease (``agentmesh.runtime.lease``; its
-record and fence counter are ``lease:{id}`` and ``fence:{id}``). Every write a
+record and fence counter are ``lease:<id>`` and ``fence:<id>``). Every write a
 driver makes while it runs a swarm goes through a Lua script that starts with
 the runtime's fence check (the lease record still holds the driver's owner and
 fencing token), so a replica that lost its lease (paused, partitioned) cannot
@@ -66,7 +70,9 @@ from agentmesh.runtime.lease import Lease as FencedLease
 from agentmesh.runtime.lease import LeaseLost as LeaseLost
 from agentmesh.swarm.v1 import swarm_pb2
 
-PREFIX = "am:swarm:"
+#: Key prefix of the swarm store; `{swarms}` is its Redis Cluster hash tag (one
+#: slot: the commit script changes a swarm's keys and the shared indexes together).
+PREFIX = "am:swarm:{swarms}:"
 LEASE_PREFIX = PREFIX + "lease:"
 CREATED_INDEX = PREFIX + "idx:created"
 ACTIVE_INDEX = PREFIX + "idx:active"

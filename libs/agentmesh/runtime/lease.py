@@ -357,7 +357,12 @@ async def call_many(
     """Run one script many times in one round trip (a non-transactional pipeline).
 
     EVALSHA goes straight into the pipeline: redis-py's Script in a pipeline
-    first sends SCRIPT EXISTS, a second round trip on every call. When Redis
+    first sends SCRIPT EXISTS, a second round trip on every call. It goes in
+    through `execute_command`, because redis-py's cluster pipeline blocks
+    its `evalsha` method (a blanket list of commands it will not route);
+    given as a command it is routed by its keys like any other, so on Redis
+    Cluster the batch is one round trip per node, and the keys of each call
+    must share a slot, as for any script there. When Redis
     lost its script cache (restart, SCRIPT FLUSH) the script is loaded and the
     whole batch sent again, so the script must be safe to run twice (renewals are).
 
@@ -378,7 +383,7 @@ async def call_many(
     for attempt in range(2):
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args in calls:
-                pipe.evalsha(script.sha, len(keys), *keys, *args)
+                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
             try:
                 return list(await pipe.execute())
             except NoScriptError:

@@ -191,11 +191,11 @@ async def test_two_replicas_agree(start_registry: StartRegistry, reg_redis_url: 
         await eventually(silent_gone, timeout_s=30, every_s=0.05)
     client = aioredis.Redis.from_url(reg_redis_url)
     try:
-        entries: Any = await client.xrange("am:reg:events", "-", "+")
+        entries: Any = await client.xrange("am:reg:{catalog}:events", "-", "+")
         expired = [f for _, f in entries
                    if f[b"t"] == b"DEREGISTERED" and f[b"id"] == b"agent-silent"]
         assert len(expired) == 1 and expired[0][b"reason"] == b"expired"
-        raw_counts: Any = await client.hgetall("am:reg:counts")
+        raw_counts: Any = await client.hgetall("am:reg:{catalog}:counts")
         counts = {k.decode(): int(v) for k, v in raw_counts.items()}
         assert sum(counts.values()) == 11
     finally:

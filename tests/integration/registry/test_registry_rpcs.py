@@ -164,16 +164,16 @@ async def test_heartbeat_updates_health_and_load_keys(
     # The keys the router reads.
     client = aioredis.Redis.from_url(reg_redis_url, decode_responses=True)
     try:
-        h = await client.hgetall("am:reg:agent:agent-h")
+        h = await client.hgetall("am:reg:{catalog}:agent:agent-h")
         assert float(h["health"]) == pytest.approx(0.576)
         assert h["endpoint"] == "127.0.0.1:7000" and h["version"] == "1.0.0"
         assert h["status"] in ("ACTIVE", "DEGRADED")
-        lo = await client.hgetall("am:reg:load:agent-h")
+        lo = await client.hgetall("am:reg:{catalog}:load:agent-h")
         assert float(lo["cpu_percent"]) == 85 and int(lo["queue_size"]) == 4
-        assert await client.zscore("am:reg:health", "agent-h") == pytest.approx(0.576)
-        assert await client.sismember("am:reg:idx:cap:calc", "agent-h")
+        assert await client.zscore("am:reg:{catalog}:health", "agent-h") == pytest.approx(0.576)
+        assert await client.sismember("am:reg:{catalog}:idx:cap:calc", "agent-h")
         raw = aioredis.Redis.from_url(reg_redis_url)
-        pbb: Any = await raw.get("am:reg:pb:agent-h")
+        pbb: Any = await raw.get("am:reg:{catalog}:pb:agent-h")
         await raw.aclose()
         assert pbb is not None and pb.Agent.FromString(pbb).agent_id == "agent-h"
     finally:

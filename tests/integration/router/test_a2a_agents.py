@@ -137,7 +137,7 @@ async def test_repeated_failures_open_the_breaker(mesh: Mesh, rdb: aioredis.Redi
         # the router's verdict after its one attempt timed out, as for a gRPC agent
         assert e.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "DEADLINE_EXCEEDED" in (e.value.details() or "")
-    assert await rdb.hget(f"am:rt:target:{aid}", "state") == b"OPEN"
+    assert await rdb.hget(f"am:rt:target:{{{aid}}}", "state") == b"OPEN"
 
     async def refused() -> bool:
         try:

@@ -93,7 +93,7 @@ async def open_breaker_by_router(
         with pytest.raises(grpc.aio.AioRpcError):
             await invoke(mesh, R.RouteMessage(message_type=capability, target_ids=[agent_id]))
     await rdb.delete(f"am:rt:test:fail:{agent_id}")
-    assert await rdb.hget(f"am:rt:target:{agent_id}", "state") == b"OPEN"
+    assert await rdb.hget(f"am:rt:target:{{{agent_id}}}", "state") == b"OPEN"
     await asyncio.sleep(0.4)  # every daemon's pool snapshot refreshes (state_ttl_ms=100)
 
 
@@ -178,7 +178,7 @@ async def test_saga_failures_open_the_breaker_for_router_traffic(
     await start_agents(procs, c, [aid])
     s = await run_saga(mesh, saga_step(c, agent_id=aid, attempts=3))
     assert s.state in (S.SAGA_STATE_FAILED, S.SAGA_STATE_COMPENSATED)
-    assert await rdb.hget(f"am:rt:target:{aid}", "state") == b"OPEN"
+    assert await rdb.hget(f"am:rt:target:{{{aid}}}", "state") == b"OPEN"
     await rdb.delete(f"am:rt:test:fail:{aid}")  # healthy again, but its breaker is open
     await asyncio.sleep(0.4)
     with pytest.raises(grpc.aio.AioRpcError) as e:
@@ -205,7 +205,7 @@ async def test_breaker_shared_with_swarm_partitions(
     await start_agents(procs, c3, [a3])
     sw = await run_swarm(mesh, c3, partitions=4)
     assert sw.state == W.SWARM_STATE_FAILED
-    assert await rdb.hget(f"am:rt:target:{a3}", "state") == b"OPEN"
+    assert await rdb.hget(f"am:rt:target:{{{a3}}}", "state") == b"OPEN"
     await rdb.delete(f"am:rt:test:fail:{a3}")
     await asyncio.sleep(0.4)
     with pytest.raises(grpc.aio.AioRpcError) as e:

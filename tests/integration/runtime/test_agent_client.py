@@ -74,7 +74,7 @@ async def client(rdb: aioredis.Redis) -> AsyncIterator[AgentClient]:
 
 
 async def _state(rdb: aioredis.Redis, aid: str) -> dict[str, str]:
-    raw = await rdb.hgetall(f"am:rt:target:{aid}")
+    raw = await rdb.hgetall(f"am:rt:target:{{{aid}}}")
     return {k.decode(): v.decode() for k, v in raw.items()}
 
 

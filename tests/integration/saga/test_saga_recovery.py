@@ -28,7 +28,7 @@ S = saga_pb2
 
 def _log_types(r: Any, saga_id: str) -> list[tuple[Any, str]]:
     out: list[tuple[Any, str]] = []
-    for _, fields in r.xrange(f"am:saga:log:{saga_id}"):
+    for _, fields in r.xrange(f"am:saga:{{sagas}}:log:{saga_id}"):
         ev = S.SagaEvent.FromString(fields[b"pb"])
         out.append((ev.type, ev.step_name))
     return out

@@ -25,7 +25,7 @@ from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
 S = saga_pb2
-P = "am:saga:"
+P = "am:saga:{sagas}:"
 
 
 def own_keys(r: redis.Redis, saga_id: str, idem: str) -> list[str]:

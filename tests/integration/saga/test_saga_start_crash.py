@@ -24,7 +24,8 @@ S = saga_pb2
 
 
 def _log(r: Any, saga_id: str) -> list[saga_pb2.SagaEvent]:
-    return [S.SagaEvent.FromString(f[b"pb"]) for _, f in r.xrange(f"am:saga:log:{saga_id}")]
+    log = r.xrange(f"am:saga:{{sagas}}:log:{saga_id}")
+    return [S.SagaEvent.FromString(f[b"pb"]) for _, f in log]
 
 
 async def test_sigkill_right_after_the_start_script(agent, saga_redis_url, rsync, tmp_path) -> None:
@@ -48,7 +49,7 @@ async def test_sigkill_right_after_the_start_script(agent, saga_redis_url, rsync
 
     # What the one script left: the saga, its lease (the dead replica's, token
     # 1) and the first plan, written ahead of a call that was never sent.
-    saga_id = rsync.get(f"am:saga:idem:{key}").split("\n")[0]
+    saga_id = rsync.get(f"am:saga:{{sagas}}:idem:{key}").split("\n")[0]
     logged = _log(rbytes, saga_id)
     assert [(e.type, e.step_name) for e in logged] == [
         (S.SAGA_EVENT_TYPE_SAGA_STARTED, ""),
@@ -56,9 +57,9 @@ async def test_sigkill_right_after_the_start_script(agent, saga_redis_url, rsync
         (S.SAGA_EVENT_TYPE_STEP_STARTED, "a"),
     ]
     assert logged[1].fencing_token == 1 and logged[2].attempt == 1
-    assert rsync.hget(f"am:saga:saga:{saga_id}", "state") == "SAGA_STATE_RUNNING"
-    assert rsync.hget(f"am:saga:lease:{saga_id}", "token") == "1"
-    assert float(rsync.zscore("am:saga:active", saga_id) or 0) > 0  # leased, not free
+    assert rsync.hget(f"am:saga:{{sagas}}:saga:{saga_id}", "state") == "SAGA_STATE_RUNNING"
+    assert rsync.hget(f"am:saga:{{sagas}}:lease:{saga_id}", "token") == "1"
+    assert float(rsync.zscore("am:saga:{sagas}:active", saga_id) or 0) > 0  # leased, not free
     assert effects(rsync, saga_id) == {}
 
     second = daemon("saga", tmp_path, "--redis-url", saga_redis_url, *FAST).start()

@@ -24,7 +24,7 @@ from tests.procs import daemon
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.integration
-P = "am:swarm:"
+P = "am:swarm:{swarms}:"
 
 
 def short_task() -> pb.SwarmTask:

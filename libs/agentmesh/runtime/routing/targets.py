@@ -1,5 +1,6 @@
 """Per-target circuit breaker and outlier detection, shared by router
-replicas through Redis (`am:rt:target:{agent_id}`).
+replicas through Redis (`am:rt:target:{<agent_id>}`, in the agent's Redis
+Cluster slot).
 
 Breaker (seeds' SafetyMonitor, Envoy/Hystrix style): CLOSED until
 `failure_threshold` consecutive failures, then OPEN for `open_ms`; after that
@@ -106,9 +107,10 @@ redis.call('HSET', h, 'state', state, 'cf', cf, 'open_until', open_until, 'hs', 
            'ejections', ejections)
 local ttl = tonumber(ARGV[13] or '86400000')
 if ttl > 0 then redis.call('PEXPIRE', h, ttl) end
--- named breakers (SafetyService) pass one key: their index is written on create
-if KEYS[2] then redis.call('SADD', KEYS[2], ARGV[1]) end
-return {state, cf, open_until, hs, ws, wf, wstart, ejected_until, ejections}
+-- The last value says the state was created now: the caller then adds the id to
+-- the index SET, outside the script, because that SET is in another Redis
+-- Cluster slot than this agent's key (named breakers write their index on create).
+return {state, cf, open_until, hs, ws, wf, wstart, ejected_until, ejections, v[1] and 0 or 1}
 """
 
 _FIELDS = ("state", "cf", "open_until", "hs", "ws", "wf", "wstart", "ejected_until", "ejections")
@@ -136,7 +138,7 @@ class TargetState:
         return cls(
             agent_id,
             str(v[0] or "CLOSED"),
-            *(int(float(x or 0)) for x in v[1:]),
+            *(int(float(x or 0)) for x in v[1 : len(_FIELDS)]),
         )
 
     @classmethod
@@ -223,6 +225,17 @@ class OutcomePolicy:
     base_ejection_ms: int = 30_000
 
 
+def _created(values: Iterable[bytes | str | int | None]) -> bool:
+    """Whether the outcome script created the state (its last value is 1).
+
+    A router that dies between the script and the SADD leaves a state that
+    ListTargetStates misses until the state expires (a day without calls) and
+    is created, and indexed, again; the breaker itself works all along.
+    """
+    v = list(values)
+    return len(v) > len(_FIELDS) and int(v[len(_FIELDS)] or 0) == 1
+
+
 class OutcomeRecorder:
     """Applies call outcomes to the shared target state in Redis.
 
@@ -249,7 +262,7 @@ class OutcomeRecorder:
         p = self._policy
         now = int(time.time() * 1000) if now_ms is None else now_ms
         values = await self._script(
-            keys=[keys.target(agent_id), keys.TARGETS],
+            keys=[keys.target(agent_id)],
             args=[
                 agent_id,
                 "1" if ok else "0",
@@ -265,6 +278,8 @@ class OutcomeRecorder:
                 count,
             ],
         )
+        if _created(values):
+            await self._redis.sadd(keys.TARGETS, agent_id)
         return TargetState.from_values(agent_id, values)
 
     async def record_successes(
@@ -287,13 +302,15 @@ class OutcomeRecorder:
         ids = list(counts)
         rows = await call_many(self._script, [
             (
-                [keys.target(aid), keys.TARGETS],
+                [keys.target(aid)],
                 [aid, "1", now, p.failure_threshold, p.open_ms, p.half_open_successes,
                  p.window_ms, p.min_requests, p.failure_rate, p.base_ejection_ms,
                  MAX_EJECTION_MS, counts[aid]],
             )
             for aid in ids
         ])
+        if created := [aid for aid, v in zip(ids, rows, strict=True) if _created(v)]:
+            await self._redis.sadd(keys.TARGETS, *created)
         return [TargetState.from_values(aid, v) for aid, v in zip(ids, rows, strict=True)]
 
     async def list_states(self, *, after: str, limit: int) -> tuple[list[TargetState], str]:
