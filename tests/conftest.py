@@ -4,6 +4,17 @@ Fixtures:
     redis_server  (session) `tests.infra.RedisServer`, started on first use.
     kafka_broker  (session) `tests.infra.KafkaBroker`, started on first use.
     redis_url     (function) URL of a flushed logical DB on `redis_server`.
+    redis_cluster (session) `tests.infra.RedisClusterServer`: a 3-master,
+                  3-replica Redis Cluster on free loopback ports, started on
+                  first use (deploy/local/redis.sh cluster), stopped by PID.
+    cluster_redis (function) an asyncio Redis Cluster client on `redis_cluster`,
+                  every master flushed first.
+    store_redis   (function, parametrized "single" / "cluster") an asyncio
+                  client for store-level tests that run on both: a flushed
+                  logical DB of `redis_server`, then `cluster_redis`. A test
+                  module opts in by using it (the registry, saga, swarm and
+                  router store tests do), so each such test runs once on
+                  Redis Cluster too.
 
 Environment:
     AGENTMESH_TEST_REDIS_URL       use this running Redis instead of starting one;
@@ -30,7 +41,7 @@ from __future__ import annotations
 
 import itertools
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +52,7 @@ from tests.infra import (
     ExternalRedis,
     InfraError,
     KafkaBroker,
+    RedisClusterServer,
     RedisServer,
     flush_db,
 )
@@ -117,3 +129,49 @@ _db_cycle = itertools.cycle([1 + (os.getpid() + i) % _REDIS_DBS for i in range(_
 def redis_url(redis_server: Any) -> str:
     """URL of a logical DB (1..15, rotating) on `redis_server`, flushed before the test."""
     return flush_db(redis_server.url_for_db(next(_db_cycle)))
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterServer]:
+    """Six redis-server processes joined as 3 masters + 3 replicas, for the session."""
+    server = RedisClusterServer(workdir=Path(tmp_path_factory.mktemp("redis-cluster")))
+    try:
+        server.start()
+    except InfraError as e:
+        _unavailable("Redis Cluster", e)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def cluster_redis(redis_cluster: RedisClusterServer) -> AsyncIterator[Any]:
+    """A Redis Cluster client (`create_redis(cluster_nodes=...)`), all masters flushed."""
+    from agentmesh.runtime.deps import create_redis
+
+    redis_cluster.flush_all()
+    client = create_redis(redis_cluster.url, cluster_nodes=redis_cluster.startup_nodes)
+    try:
+        yield client
+    finally:
+        await client.aclose()
+
+
+@pytest.fixture(params=["single", "cluster"])
+async def store_redis(request: pytest.FixtureRequest, redis_url: str) -> AsyncIterator[Any]:
+    """A client on a flushed single Redis DB, then (second run) on Redis Cluster."""
+    from agentmesh.runtime.deps import create_redis
+
+    if request.param == "cluster":
+        # The session cluster is a sync fixture, so it can be looked up here
+        # (an async one cannot be from inside this fixture's event loop).
+        cluster: RedisClusterServer = request.getfixturevalue("redis_cluster")
+        cluster.flush_all()
+        client = create_redis(cluster.url, cluster_nodes=cluster.startup_nodes)
+    else:
+        client = create_redis(redis_url)
+    try:
+        yield client
+    finally:
+        await client.aclose()

@@ -342,6 +342,148 @@ class RedisServer(_ManagedServer):
         return f"RedisServer(port={self.port}, workdir={str(self.workdir)!r})"
 
 
+def cluster_ports(count: int) -> list[int]:
+    """`count` free loopback ports whose Redis Cluster bus ports (port + 10000) are free too.
+
+    Candidates are held bound while picking so none repeats.
+    """
+    held: list[socket.socket] = []
+    ports: list[int] = []
+    try:
+        while len(ports) < count:
+            a = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            held.append(a)
+            a.bind((LOOPBACK, 0))
+            port = a.getsockname()[1]
+            if port + 10000 > 65535:
+                continue
+            b = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                b.bind((LOOPBACK, port + 10000))
+            except OSError:
+                b.close()
+                continue
+            held.append(b)
+            ports.append(port)
+        return ports
+    finally:
+        for sock in held:
+            sock.close()
+
+
+class RedisClusterServer:
+    """A 3-master, 3-replica Redis Cluster on loopback, run by
+    `deploy/local/redis.sh cluster` (six redis-server processes).
+
+    Args:
+        workdir: directory of the nodes (`node-<port>/` each); None makes a temp dir.
+
+    Attributes:
+        ports: the six node ports (after `start`).
+        nodes: `127.0.0.1:p1,...` for AGENTMESH_REDIS_CLUSTER_NODES / `--redis-cluster`.
+        url: `redis://127.0.0.1:<first port>/0` (cluster mode reads only auth from it).
+    """
+
+    start_timeout_s = 120.0
+    stop_timeout_s = 60.0
+
+    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="agentmesh-redis-cluster-")
+        self.workdir = Path(workdir).resolve()
+        self.ports: list[int] = []
+
+    @property
+    def nodes(self) -> str:
+        """Startup nodes, `127.0.0.1:p1,...,127.0.0.1:p6`."""
+        return ",".join(f"{LOOPBACK}:{p}" for p in self.ports)
+
+    @property
+    def startup_nodes(self) -> list[tuple[str, int]]:
+        """The nodes as (host, port) pairs, for `create_redis(cluster_nodes=...)`."""
+        return [(LOOPBACK, p) for p in self.ports]
+
+    @property
+    def url(self) -> str:
+        """`redis://127.0.0.1:<first port>/0`."""
+        return f"redis://{LOOPBACK}:{self.ports[0]}/0"
+
+    def pids(self) -> dict[int, int]:
+        """port -> PID of each node process that is alive."""
+        out: dict[int, int] = {}
+        for port in self.ports:
+            try:
+                pid = int((self.workdir / f"node-{port}" / "redis.pid").read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                out[port] = pid
+        return out
+
+    def _logs(self) -> list[Path]:
+        return [self.workdir / f"node-{p}" / "redis.log" for p in self.ports] + [
+            self.workdir / "cluster-create.out"
+        ]
+
+    def start(self) -> RedisClusterServer:
+        """Start the six nodes and join them (`redis.sh cluster`).
+
+        Raises:
+            InfraError: a node did not start or the cluster did not become ok.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.ports:
+            self.ports = cluster_ports(6)
+        try:
+            _run_script(
+                REDIS_SH,
+                ["cluster", "start", ",".join(map(str, self.ports)), str(self.workdir)],
+                env={},
+                timeout_s=self.start_timeout_s,
+                logs=self._logs(),
+            )
+        except InfraError:
+            with contextlib.suppress(InfraError):
+                self.stop()
+            raise
+        _RUNNING.add(self)  # type: ignore[arg-type]
+        return self
+
+    def stop(self) -> None:
+        """Stop every node by the PID in its pidfile (`redis.sh cluster stop`).
+
+        Raises:
+            InfraError: a node could not be stopped.
+        """
+        pids = self.pids()
+        _run_script(
+            REDIS_SH,
+            ["cluster", "stop", str(self.workdir)],
+            env={},
+            timeout_s=self.stop_timeout_s,
+            logs=self._logs(),
+        )
+        _RUNNING.discard(self)  # type: ignore[arg-type]
+        alive = [pid for pid in pids.values() if pid_alive(pid)]
+        if alive:
+            raise InfraError(f"redis cluster pids {alive} still alive after stop")
+
+    def flush_all(self) -> None:
+        """FLUSHALL on every master (the test cluster belongs to the session)."""
+        import redis
+
+        for port in self.ports:
+            client = redis.Redis(host=LOOPBACK, port=port, socket_timeout=5)
+            try:
+                if client.info("replication").get("role") == "master":
+                    client.flushall()
+            finally:
+                client.close()
+
+    def __repr__(self) -> str:
+        return f"RedisClusterServer(ports={self.ports}, workdir={str(self.workdir)!r})"
+
+
 class KafkaBroker(_ManagedServer):
     """A private single-node KRaft Kafka broker, run by `deploy/local/kafka.sh`.
 

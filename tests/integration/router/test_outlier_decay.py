@@ -23,10 +23,10 @@ async def fail_twice(rec: OutcomeRecorder, agent_id: str, now_ms: int) -> Target
     return await rec.record(agent_id, ok=False, now_ms=now_ms + 1)
 
 
-async def test_ejection_count_decays_one_per_healthy_window(rdb: Any) -> None:
+async def test_ejection_count_decays_one_per_healthy_window(store_redis: Any) -> None:
     # Breaker out of the way (threshold 1000); ejection after 2 calls at >= 50 %.
     rec = OutcomeRecorder(
-        rdb,
+        store_redis,
         OutcomePolicy(
             failure_threshold=1000, window_ms=WINDOW_MS, min_requests=2,
             failure_rate=0.5, base_ejection_ms=BASE_MS,
