@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
+from google.protobuf.message import DecodeError
 
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.common.v1 import common_pb2
@@ -391,8 +392,15 @@ class Publisher:
     async def dead_letter(self, rec: wire.StoredRecord, reason: str, count: int) -> None:
         """Write `rec` to "<topic>.dlq" with the reason and delivery count.
 
-        The value and headers are kept as they are (so the envelope decodes
-        unchanged); dead-letter topics are therefore not hash-chained.
+        A gateway envelope becomes the next link of the dead-letter
+        partition's own hash chain (this writer's chain of "<topic>.dlq"),
+        so VerifyChain checks dead-letter topics like any other: its
+        provenance is replaced by that link and `am-hash` by its hash; the
+        original provenance and hash travel in the am-dlq-source-provenance
+        (hex of the serialized Provenance) and am-dlq-source-hash headers,
+        where ListDeadLetters takes them back. Records of ordinary producers
+        and undecodable values are written unchanged and unchained (their
+        value is not an Envelope that could hold a link).
 
         Raises:
             DeliveryError / Unavailable: the write failed.
@@ -400,7 +408,7 @@ class Publisher:
         topic = dlq_topic(rec.topic)
         n = await self.partitions_for(topic)
         keep = [(k, v) for k, v in rec.headers if not k.startswith("am-dlq-")
-                and k != wire.H_DELIVERY_COUNT]
+                and k != wire.H_DELIVERY_COUNT and k != wire.H_HASH]
         headers = [
             *keep,
             (wire.H_DLQ_REASON, reason.encode()),
@@ -410,12 +418,42 @@ class Publisher:
             (wire.H_DLQ_OFFSET, str(rec.offset).encode()),
         ]
         partition = self.partitioner.partition(rec.key or b"", n)
-        out: wire.OutRecord = (topic, partition, rec.key, rec.value or b"", headers,
-                               int(time.time() * 1000))
-        (res,) = await asyncio.wait_for(
-            self.backend.write([out]), self.settings.delivery_timeout_ms / 1000 + 5
-        )
+        now_ms = int(time.time() * 1000)
+        value = rec.value or b""
+        env: bus_pb2.Envelope | None = None
+        if wire.is_envelope(rec):
+            try:
+                env = bus_pb2.Envelope.FromString(value)
+            except DecodeError:
+                env = None
+        if env is not None:
+            original = rec.header(wire.H_HASH)
+            if env.HasField("provenance"):
+                headers.append((wire.H_DLQ_PROVENANCE,
+                                env.provenance.SerializeToString().hex().encode()))
+                env.ClearField("provenance")
+            if original:
+                headers.append((wire.H_DLQ_HASH, original.encode()))
+            create_field = wire.len_field(wire.TAG_PROV_CREATE_TIME,
+                                          wire.timestamp_bytes(now_ms))
+            # No await between the link and the write: the chain order is the
+            # write order (as in _enqueue).
+            value, hash_hex = self.chain.append_link(
+                topic, partition, env.SerializeToString(deterministic=True), create_field, b"")
+            headers.append((wire.H_HASH, hash_hex))
+        elif original_hash := rec.header(wire.H_HASH):
+            headers.append((wire.H_HASH, original_hash.encode()))  # unchanged, unchained
+        out: wire.OutRecord = (topic, partition, rec.key, value, headers, now_ms)
+        try:
+            fut = self.backend.write([out])
+        except BaseException:
+            if env is not None:
+                self.chain.reset(topic, partition)
+            raise
+        (res,) = await asyncio.wait_for(fut, self.settings.delivery_timeout_ms / 1000 + 5)
         if isinstance(res, DeliveryError):
+            if env is not None:
+                self.chain.reset(topic, partition)  # the link is missing from the log
             raise res
 
 

@@ -388,6 +388,12 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         for k in list(env.headers):
             if k.startswith("am-dlq-") or k == wire.H_DELIVERY_COUNT:
                 del env.headers[k]
+        # A chained dead letter: the envelope as it was delivered carries the
+        # original provenance, not its link in the dead-letter chain.
+        prov = rec.header(wire.H_DLQ_PROVENANCE)
+        if prov is not None:
+            env.provenance.ParseFromString(bytes.fromhex(prov))
+            env.provenance.hash = rec.header(wire.H_DLQ_HASH) or ""
         dl = bus_pb2.DeadLetter(
             envelope=env,
             reason=rec.header(wire.H_DLQ_REASON) or "",

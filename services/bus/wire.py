@@ -31,6 +31,11 @@ H_DELIVERY_COUNT = "am-delivery-count"
 H_DLQ_TOPIC = "am-dlq-source-topic"
 H_DLQ_PARTITION = "am-dlq-source-partition"
 H_DLQ_OFFSET = "am-dlq-source-offset"
+#: A chained dead letter's original provenance (serialized Provenance, hex)
+#: and the original link's hash: its own provenance is its link in the
+#: "<topic>.dlq" partition's chain.
+H_DLQ_PROVENANCE = "am-dlq-source-provenance"
+H_DLQ_HASH = "am-dlq-source-hash"
 
 Headers = list[tuple[str, bytes]]
 
