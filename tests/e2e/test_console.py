@@ -198,7 +198,28 @@ def test_saga_started_during_the_test_appears_and_its_timeline_follows_it_live(
                          "sign", "publish"]
     assert "has ended: COMPLETED" in page.locator("#live-status").inner_text()
     assert page.locator("#cancel-form").count() == 0
+    # The steps table, rendered with the page, is re-read once the saga ended.
+    statuses = page.locator("#steps tbody tr td:nth-child(2)")
+    statuses.filter(has_text="COMPLETED").nth(7).wait_for()
+    assert statuses.all_inner_texts() == ["COMPLETED"] * 8
     shot(page, "saga-live-completed")
+
+
+def test_the_cancel_button_cancels_a_running_saga(mesh: Mesh, page: Any) -> None:
+    steps = chain(*(f"s{i}" for i in range(12)))
+    saga_id = mesh.call(
+        lambda c: c.start_saga(definition=saga_def("console-cancel", steps))
+    ).saga.saga_id
+    page.goto(f"{mesh.url}/sagas/{saga_id}")
+    page.get_by_label("Reason").fill("operator stop")
+    page.get_by_role("button", name="Cancel saga").click()
+    page.wait_for_url(f"**/sagas/{saga_id}")  # the 303 back to the saga
+    # Followed live to the end: the cancel is logged with its reason, then undone.
+    page.locator('#timeline li[data-type="SAGA_CANCELLED"]').wait_for()
+    assert "operator stop" in page.locator(
+        '#timeline li[data-type="CANCEL_REQUESTED"]').inner_text()
+    assert page.locator("#saga-state").inner_text() == "CANCELLED"
+    assert wait_saga(mesh, saga_id).state == 7  # SAGA_STATE_CANCELLED
 
 
 def test_compensated_saga_shows_its_compensations_in_order(mesh: Mesh, page: Any) -> None:
@@ -253,6 +274,11 @@ def test_each_page_renders_real_data(mesh: Mesh, page: Any, browser: Any) -> Non
 
     page.goto(f"{mesh.url}/")
     page.wait_for_url("**/agents")
+    # Keyboard: the first Tab reaches the skip link, Enter moves focus to the content.
+    page.keyboard.press("Tab")
+    assert page.evaluate("document.activeElement.textContent") == "Skip to content"
+    page.keyboard.press("Enter")
+    assert page.evaluate("document.activeElement.id") == "main"
     row = page.locator(f'#agents tr[data-agent-id="{AGENT_ID}"]')
     assert "ACTIVE" in row.inner_text() and "noop" in row.inner_text()
     page.get_by_label("Capability").select_option("noop")
