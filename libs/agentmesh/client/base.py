@@ -131,8 +131,11 @@ class ClientBase:
     """Targets, channels and the call machinery.
 
     Args:
-        registry / router / bus / saga / swarm: `host:port` of each daemon;
-            None reads `AGENTMESH_<DAEMON>_TARGET`, else the default port.
+        registry / router / bus / saga / swarm: each daemon's `host:port`,
+            its replicas (`host1:port1,host2:port2`) or a DNS name
+            (`dns:///name:port`); replicas are balanced round robin over the
+            healthy ones (agentmesh.runtime.channels). None reads
+            `AGENTMESH_<DAEMON>_TARGET`, else the default port.
         token: bearer token sent on every call (`AGENTMESH_AUTH_TOKEN`).
         tls_ca_file: PEM CA; set turns TLS on (`AGENTMESH_TLS_CA_FILE`).
         client_cert_file / client_key_file: PEM client identity for mTLS.

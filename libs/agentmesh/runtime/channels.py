@@ -4,10 +4,22 @@ trace id and bearer token.
 Every call a daemon makes while serving an RPC gets
 `timeout = min(own timeout, time left on the incoming RPC)`, so a downstream
 agent never works past the moment the original caller gives up.
+
+Replicas: a target names one address (`host:port`), several
+(`host1:port1,host2:port2`) or a DNS name (`dns:///name:port`, e.g. a
+Kubernetes headless Service, re-resolved by gRPC). Several addresses or a DNS
+name get gRPC's `round_robin` policy with client-side health checking
+(grpc.health.v1 Watch on the overall service ""), so calls spread over the
+replicas and a replica that died (its connection dropped) or reports
+NOT_SERVING (draining, or a dependency down) gets no new calls; no proxy is
+needed. One address keeps gRPC's default (pick_first), as before.
 """
 
 from __future__ import annotations
 
+import ipaddress
+import json
+import socket
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +34,74 @@ _DEFAULT_OPTIONS: tuple[tuple[str, Any], ...] = (
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     ("grpc.max_send_message_length", 64 * 1024 * 1024),
 )
+
+
+#: Service config of a channel to several replicas: round_robin over the
+#: ready ones, each watched with grpc.health.v1 (a server without the health
+#: service counts as healthy, gRFC A17).
+BALANCED_SERVICE_CONFIG = json.dumps(
+    {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": ""}}
+)
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    """`host:port` or `[v6]:port` -> (host, port); raises ValueError."""
+    host, sep, port = address.strip().rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def balanced_target(target: str) -> tuple[str, str] | None:
+    """The gRPC target and authority of a target naming several replicas.
+
+    Args:
+        target: `host:port`, `host1:port1,host2:port2,...` or a URI such as
+            `dns:///name:port` / `ipv4:a:p,b:p`.
+
+    Returns:
+        None for one address (connect to it as given); `(target, authority)`
+        otherwise: a DNS URI is passed on as it is (authority ""), and a list
+        becomes an `ipv4:`/`ipv6:` address list, host names resolved now (all
+        their addresses of one family), with the first host as the authority
+        (the TLS name), so every replica must present a certificate for it.
+
+    Raises:
+        ValueError: a malformed address, a name that does not resolve, or a
+            list mixing IPv4 and IPv6 (use a DNS name for that).
+    """
+    if target.startswith("dns:"):
+        return target, ""
+    if target.startswith(("ipv4:", "ipv6:")):
+        return (target, "") if "," in target else None
+    if "," not in target or "://" in target or target.startswith("unix:"):
+        return None
+    parts = [_split_host_port(a) for a in target.split(",") if a.strip()]
+    if len(parts) < 2:
+        return None
+    v4: list[str] = []
+    v6: list[str] = []
+    for host, port in parts:
+        try:
+            ips = [ipaddress.ip_address(host)]
+        except ValueError:
+            try:
+                infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+            except OSError as e:
+                raise ValueError(f"cannot resolve {host!r} in target {target!r}: {e}") from e
+            ips = [ipaddress.ip_address(i[4][0]) for i in infos]
+            # a name with both families (localhost) counts as its IPv4 addresses
+            if any(ip.version == 4 for ip in ips):
+                ips = [ip for ip in ips if ip.version == 4]
+        for ip in dict.fromkeys(ips):
+            (v4 if ip.version == 4 else v6).append(
+                f"{ip}:{port}" if ip.version == 4 else f"[{ip}]:{port}"
+            )
+    if v4 and v6:
+        raise ValueError(f"target {target!r} mixes IPv4 and IPv6 addresses; use a DNS name")
+    host0, port0 = parts[0]
+    authority = f"[{host0}]:{port0}" if ":" in host0 else f"{host0}:{port0}"
+    return ("ipv4:" + ",".join(v4)) if v4 else ("ipv6:" + ",".join(v6)), authority
 
 
 class _Propagate:
@@ -156,7 +236,9 @@ def create_channel(
     options: Sequence[tuple[str, Any]] = (),
     propagate: bool = True,
 ) -> grpc.aio.Channel:
-    """An aio channel to `target` (`host:port`).
+    """An aio channel to `target`: `host:port`, several replicas
+    (`host1:port1,host2:port2`) or a DNS name (`dns:///name:port`); the
+    latter two balance calls round robin over healthy replicas (module doc).
 
     Args:
         token: bearer token sent as `authorization` metadata.
@@ -168,8 +250,14 @@ def create_channel(
 
     Raises:
         FileNotFoundError: when a PEM file is missing.
+        ValueError: a malformed or unresolvable replica list (`balanced_target`).
     """
     opts = [*_DEFAULT_OPTIONS, *options]
+    if (balanced := balanced_target(target)) is not None:
+        target, authority = balanced
+        opts.append(("grpc.service_config", BALANCED_SERVICE_CONFIG))
+        if authority:
+            opts.append(("grpc.default_authority", authority))
     if tls_ca_file:
         creds = grpc.ssl_channel_credentials(
             root_certificates=Path(tls_ca_file).read_bytes(),
