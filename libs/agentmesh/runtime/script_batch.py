@@ -77,8 +77,9 @@ class ScriptBatch:
             # so the calls other tasks make in this turn join the batch.
             self._scheduled = True
             loop.call_soon(self._flush)
-        # shield: a cancelled caller must not cancel a batch others wait on
-        return await asyncio.shield(fut)
+        # A cancelled caller cancels only its own future: the batch's sender is
+        # a task of its own and skips futures that are done.
+        return await fut
 
     def _flush(self) -> None:
         self._scheduled = False
