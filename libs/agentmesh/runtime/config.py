@@ -79,7 +79,9 @@ class ServerConfig(Settings):
         log_level: logging level name.
         log_format: `json` (one object per line, for log shippers) or `text` (for people).
         registry_target / router_target / bus_target / swarm_target: where
-            peer daemons listen.
+            peer daemons listen: `host:port`, replicas `host:port,host:port` or
+            `dns:///name:port` (balanced round robin over healthy replicas,
+            agentmesh.runtime.channels).
         otlp_endpoint: OTLP/gRPC trace collector (agentmesh.runtime.tracing); "" is off
             unless the standard OTEL_EXPORTER_OTLP_ENDPOINT is set.
         trace_sample_ratio: share of root traces sampled, 0..1; a caller's decision is kept.
