@@ -101,3 +101,16 @@ def test_the_app_serves_health_static_files_and_refuses_cross_site_posts() -> No
         assert forged.status_code == 403 and "CROSS_SITE_POST" in forged.text
         down = client.get("/router")  # the unreachable router: the status page, 503
         assert down.status_code == 503 and "UNAVAILABLE" in down.text
+
+
+def test_the_trace_link_comes_from_saga_started_traceparent() -> None:
+    from agentmesh.console.pages.sagas import trace_id
+
+    started = saga_pb2.SagaEvent(
+        type=saga_pb2.SAGA_EVENT_TYPE_SAGA_STARTED,
+        traceparent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    other = saga_pb2.SagaEvent(type=saga_pb2.SAGA_EVENT_TYPE_LEASE_ACQUIRED)
+    assert trace_id([other, started]) == "4bf92f3577b34da6a3ce929d0e0e4736"
+    assert trace_id([other]) == ""  # tracing was off: no link
+    assert trace_id([saga_pb2.SagaEvent(type=saga_pb2.SAGA_EVENT_TYPE_SAGA_STARTED,
+                                        traceparent="garbage")]) == ""
