@@ -101,6 +101,9 @@ PLAN: tuple[Bench, ...] = (
     Bench("saga/bench_saga.py", ("--seconds", "6", "--sagas", "1500", "--rounds", "2"),
           ("--seconds", "2", "--sagas", "200", "--rounds", "1", "--solo-seconds", "2")),
     Bench("saga/bench_tasks.py", ("--seconds", "6"), ("--seconds", "2", "--rate", "50")),
+    # registry discovery and sagas/s: Redis Cluster vs single Redis, 2 vs 1 replicas
+    Bench("cluster/bench_cluster.py", ("--seconds", "2"),
+          ("--seconds", "1", "--agents", "500")),
     Bench("tracing/bench_tracing.py", ("--seconds", "1", "--rounds", "4"),
           ("--seconds", "1", "--rounds", "1", "--sagas", "100")),
     Bench("sdk/bench_agent.py", ("--seconds", "3", "--rounds", "1"),
