@@ -21,6 +21,13 @@ process (what tracing adds to; the closed-loop rate on a shared 2-core
 machine also moves with everything else). Goal: at ratio 0.01 the
 per-CPU-second rates stay within 5% of tracing off.
 
+Direct measure (with py-spy on PATH, `--profile-s` > 0): after the rounds,
+the ratio-0.01 router and coordinator are sampled under the same load, and
+the share of their samples inside tracing code (a frame of OpenTelemetry or
+of an agentmesh `tracing.py` on the stack) is reported. It needs no second
+process to compare with, so the machine's noise does not move it; it does
+not see the C side (a few bytes more of gRPC metadata per call).
+
     python perf/tracing/bench_tracing.py [--seconds 3] [--rounds 6] [--no-write] [--json PATH]
 """
 
@@ -30,6 +37,7 @@ import argparse
 import asyncio
 import json
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -49,7 +57,7 @@ from agentmesh.router.v1 import router_pb2 as R  # noqa: E402
 from agentmesh.router.v1 import router_pb2_grpc  # noqa: E402
 from agentmesh.saga.v1 import saga_pb2 as S  # noqa: E402
 from perf.common import add_json, add_no_write, closed_loop, emit_figures, write_results  # noqa: E402
-from perf.saga.bench_saga import run_saga  # noqa: E402
+from perf.saga.bench_saga import pyspy, run_saga  # noqa: E402
 from perf.table import Figure  # noqa: E402
 from tests.infra import RedisServer  # noqa: E402
 from tests.jaeger import Jaeger, jaeger_binary  # noqa: E402
@@ -173,6 +181,44 @@ async def measure(
     return out
 
 
+#: A frame of tracing code in py-spy's collapsed stacks: "func (path:line)".
+TRACING_FRAME = re.compile(r"\((?:opentelemetry/|agentmesh/(?:runtime|server/\w+)/tracing\.py)")
+
+
+def tracing_share(raw: str) -> tuple[float, int]:
+    """(share of the samples with a tracing frame on the stack, samples) of
+    py-spy's raw collapsed output ("frame;frame;... count" per line)."""
+    total = hit = 0
+    for line in raw.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        total += int(n)
+        if TRACING_FRAME.search(stack):
+            hit += int(n)
+    return (hit / total if total else 0.0), total
+
+
+async def profile_shares(
+    ns: argparse.Namespace, router: DaemonProcess, saga: DaemonProcess, work: Path
+) -> dict[str, tuple[float, int]]:
+    """py-spy the ratio-0.01 router and coordinator for `ns.profile_s` each,
+    under the loads of the rounds; {"route"|"saga": tracing_share(...)}."""
+    out: dict[str, tuple[float, int]] = {}
+    for kind, proc in (("route", router), ("saga", saga)):
+        path = work / f"profile-{kind}.raw"
+        spy = pyspy(proc.pid, path, ns.profile_s, native=False)
+        if kind == "route":
+            await _route_rate(proc.target, seconds=ns.profile_s + 0.5, concurrency=16)
+        else:
+            await _saga_rate(
+                proc.target, seconds=ns.profile_s + 0.5, concurrency=16, limit=10 * ns.sagas
+            )
+        await asyncio.to_thread(spy.wait, 60)
+        out[kind] = tracing_share(path.read_text() if path.exists() else "")
+    return out
+
+
 def bench(ns: argparse.Namespace) -> dict[str, Any]:
     """Start Redis, Jaeger, the agent, 4 routers and 4 coordinators; measure."""
     work = Path(tempfile.mkdtemp(prefix="bench-tracing-"))
@@ -208,6 +254,10 @@ def bench(ns: argparse.Namespace) -> dict[str, Any]:
             procs.append(s.start())
             sagas[label] = s
         res = asyncio.run(measure(ns, routers, sagas))
+        if ns.profile_s > 0 and shutil.which("py-spy"):
+            res["tracing_share"] = asyncio.run(
+                profile_shares(ns, routers["0.01"], sagas["0.01"], work)
+            )
         res["spans_exported"] = _services(jaeger)
         return res
     finally:
@@ -266,6 +316,18 @@ def figures(res: dict[str, Any]) -> list[Figure]:
                     goal=goal,
                 )
             )
+    for kind, who in (("route", "router: Route"), ("saga", "saga: five-step sagas")):
+        if share := res.get("tracing_share", {}).get(kind):
+            out.append(
+                Figure(
+                    name=f"tracing: {who}, share of the daemon's CPU samples in tracing code"
+                    " at sample ratio 0.01 (py-spy)",
+                    value=100 * share[0],
+                    unit="%",
+                    better="lower",
+                    goal="<= 5 %",
+                )
+            )
     return out
 
 
@@ -297,6 +359,19 @@ def report(res: dict[str, Any], ns: argparse.Namespace) -> str:
             f"| {name} | {m['off']:.0f} | {m['1.0']:.0f} | {m['0.01']:.0f} | "
             f"{r['1.0']:.3f} | {r['0.01']:.3f} | {r['control']:.3f} |"
         )
+    if shares := res.get("tracing_share"):
+        lines += [
+            "",
+            "Direct measure at ratio 0.01 (py-spy, same load, samples with a tracing frame"
+            " on the stack):",
+            "",
+            "| daemon | tracing code share of CPU samples | samples |",
+            "|---|---|---|",
+            *(
+                f"| {d} | {100 * shares[k][0]:.1f} % | {shares[k][1]} |"
+                for k, d in (("route", "router (Route)"), ("saga", "saga coordinator (RunSaga)"))
+            ),
+        ]
     lines += ["", f"Services seen by Jaeger: {', '.join(res['spans_exported']) or 'none'}", ""]
     return "\n".join(lines)
 
@@ -311,6 +386,12 @@ def main() -> None:
         type=float,
         default=1.0,
         help="pause after each window, so exports of one setting end before the next",
+    )
+    ap.add_argument(
+        "--profile-s",
+        type=float,
+        default=4.0,
+        help="py-spy each ratio-0.01 daemon this long for the direct measure (0: skip)",
     )
     add_no_write(ap)
     add_json(ap)
