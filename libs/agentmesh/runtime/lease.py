@@ -31,8 +31,9 @@ into :class:`LeaseLost`.
 All times are Redis server time (``TIME``), in ms since the Unix epoch, so
 replicas share one clock; TTLs are ms. Each lease's keys should share a Redis
 Cluster hash slot: :meth:`LeaseKeys.for_name` hash-tags the lease name. The
-daemons that had leases before this module keep their key names (a renamed
-fence counter would restart tokens at 1 on upgrade); their READMEs give them.
+daemons that had leases before this module name theirs in their READMEs; when
+the Cluster layout renamed them, :mod:`agentmesh.runtime.migrate_keys` moves
+the old keys (a fence counter left behind would restart tokens at 1).
 """
 
 from __future__ import annotations
