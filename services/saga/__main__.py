@@ -12,7 +12,6 @@ from agentmesh.runtime.agents import AgentClient
 from agentmesh.runtime.channels import create_channel
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import redis_from_config, redis_probe
-from agentmesh.runtime.script_batch import ScriptBatch
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.saga.v1 import saga_pb2, saga_pb2_grpc
 from agentmesh.server.saga.agents import AgentCaller
@@ -47,13 +46,6 @@ def build(daemon: Daemon) -> None:
     watch_redis = _redis(cfg, max_connections=s.watch_pool_size)
     daemon.on_shutdown(watch_redis.aclose)
     store = SagaStore(redis, retention_ms=s.retention_ms)
-    # Group commit (issue 25): the appends and starts of many sagas that come
-    # due in one event-loop turn go out as one pipeline, each still its own
-    # fenced script with its own reply (agentmesh.runtime.script_batch).
-    # Wrapped here rather than in SagaStore.__init__ while store.py is being
-    # changed for Redis Cluster (a cluster pipeline routes each call by its keys).
-    store._append = ScriptBatch(store._append)  # type: ignore[assignment]
-    store._start = ScriptBatch(store._start)  # type: ignore[assignment]
 
     def channel(target: str) -> grpc.aio.Channel:
         return create_channel(

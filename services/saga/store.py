@@ -65,6 +65,7 @@ from agentmesh.runtime.lease import (
     call_many,
 )
 from agentmesh.runtime.lease import Lease as FencedLease
+from agentmesh.runtime.script_batch import ScriptBatch
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.server.saga.definition import flatten_steps
 from agentmesh.server.saga.state import SagaRecord
@@ -297,18 +298,26 @@ class SagaStore:
     Args:
         redis: client (decode_responses=False: log entries are bytes).
         retention_ms: how long a finished saga's keys are kept, ms; 0 = forever.
+        group_commit: send the starts and appends of the sagas that come due in
+            one event-loop turn as one pipeline, each still its own fenced
+            script with its own reply (agentmesh.runtime.script_batch; issue 25).
     """
 
-    def __init__(self, redis: aioredis.Redis, *, retention_ms: int = 0) -> None:
+    def __init__(
+        self, redis: aioredis.Redis, *, retention_ms: int = 0, group_commit: bool = True
+    ) -> None:
         self.r: Any = redis  # redis-py's stubs type replies as bytes | str | ...
         self.retention_ms = retention_ms
         self._prune = redis.register_script(_PRUNE)
         self._create = redis.register_script(_CREATE)
-        self._start = redis.register_script(_START)
+        self._start: Any = redis.register_script(_START)
         self._acquire = redis.register_script(_ACQUIRE)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
-        self._append = redis.register_script(_APPEND)
+        self._append: Any = redis.register_script(_APPEND)
+        if group_commit:
+            self._start = ScriptBatch(self._start)
+            self._append = ScriptBatch(self._append)
         self._cancel = redis.register_script(_CANCEL)
 
     # ---- keys -----------------------------------------------------------------
