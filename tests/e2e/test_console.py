@@ -290,6 +290,11 @@ def test_each_page_renders_real_data(mesh: Mesh, page: Any, browser: Any) -> Non
     assert "No agents match" in page.locator("#agents").inner_text()
     page.goto(f"{mesh.url}/agents/{AGENT_ID}")
     assert "REGISTERED" in page.locator("#history").inner_text()
+    # Heartbeats (every 1 s) arrive live, newest first, each a newer timestamp.
+    beats = page.locator("#heartbeats tbody tr.heartbeat")
+    beats.nth(2).wait_for()
+    stamps = beats.locator("time").evaluate_all("els => els.map(e => e.dateTime)")
+    assert stamps[:3] == sorted(stamps[:3], reverse=True) and len(set(stamps[:3])) == 3
     shot(page, "agent")
 
     page.goto(f"{mesh.url}/tasks")

@@ -1,10 +1,16 @@
 """Agents: the catalog with health, status, capabilities, load and the router's
-breaker state per agent, filterable; one agent with its catalog history."""
+breaker state per agent, filterable; one agent with its catalog history and,
+live over SSE, each heartbeat it sends while the page is open."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator
 from typing import Any
 
+from sse_starlette.sse import EventSourceResponse
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -12,13 +18,15 @@ from starlette.routing import Route
 from agentmesh.console.drain import drain
 from agentmesh.console.mesh import mesh_of
 from agentmesh.console.pages.common import collect, enum_choices, enum_value
-from agentmesh.console.views import render
+from agentmesh.console.views import render, templates
 from agentmesh.registry.v1 import registry_pb2
-from agentmesh.runtime.errors import OutOfRange
+from agentmesh.runtime.errors import AgentMeshError, OutOfRange
 
 STATUS_PREFIX = "AGENT_STATUS_"
 #: Most catalog events one agent page scans for that agent's history.
 MAX_HISTORY_SCAN = 20_000
+#: A live heartbeat stream ends after this long (the page can reload), seconds.
+STREAM_MAX_S = 3600.0
 
 
 def matches(agent: registry_pb2.Agent, q: str, capability: str) -> bool:
@@ -89,7 +97,44 @@ async def agent_detail(request: Request) -> Response:
     })
 
 
+def heartbeat_row(agent: registry_pb2.Agent) -> str:
+    """One row of the live heartbeat table (the page's script appends it)."""
+    return templates.get_template("agent_heartbeat.html").render(a=agent)
+
+
+async def agent_stream(request: Request) -> Response:
+    """GET /agents/{agent_id}/stream: server-sent `heartbeat` events, one per
+    heartbeat the registry records (GetAgent each heartbeat interval, at most
+    twice a second), with the health, status and load it brought; for as long
+    as the page listens, up to STREAM_MAX_S."""
+    mesh = mesh_of(request)
+    md = mesh.metadata(request)
+    agent_id = request.path_params["agent_id"]
+    first = (await mesh.client.get_agent(agent_id=agent_id, metadata=md)).agent
+    interval_s = max(0.5, first.heartbeat_interval.ToMilliseconds() / 1000 or 1.0)
+
+    async def beats() -> AsyncIterator[dict[str, Any]]:
+        seen = None
+        deadline = time.monotonic() + STREAM_MAX_S
+        while time.monotonic() < deadline:
+            try:
+                agent = (await mesh.client.get_agent(agent_id=agent_id, metadata=md)).agent
+            except AgentMeshError as exc:
+                yield {"event": "mesh-error", "data": json.dumps(
+                    {"code": exc.code.name, "message": exc.message})}
+                return
+            stamp = agent.last_heartbeat_time.ToNanoseconds()
+            if stamp != seen:
+                seen = stamp
+                yield {"event": "heartbeat", "data": json.dumps({"html": heartbeat_row(agent)})}
+            await asyncio.sleep(interval_s)
+        yield {"event": "end", "data": "{}"}
+
+    return EventSourceResponse(beats(), ping=15)
+
+
 routes = [
     Route("/agents", agent_list),
     Route("/agents/{agent_id}", agent_detail),
+    Route("/agents/{agent_id}/stream", agent_stream),
 ]
