@@ -92,6 +92,7 @@ def build(daemon: Daemon) -> None:
     # TaskService: tasks are leased and recovered like sagas, and call their
     # agents through the same AgentClient (one set of guardrails and breakers).
     task_store = TaskStore(redis, retention_ms=s.retention_ms)
+    task_watch_store = TaskStore(watch_redis)  # blocking reads: WaitTask, the WAKE stream
     scheduler = TaskScheduler(
         task_store,
         client,
@@ -106,13 +107,14 @@ def build(daemon: Daemon) -> None:
             default_capacity=s.task_default_capacity,
             strategies=parse_strategy_map(s.task_default_strategy),
         ),
+        wake_store=task_watch_store,
     )
     daemon.add_service(
         task_pb2_grpc.add_TaskServiceServicer_to_server,
         TaskServicer(
             task_store,
             scheduler,
-            TaskStore(watch_redis),
+            task_watch_store,
             default_timeout_ms=s.task_timeout_ms,
             default_schedule_to_start_ms=s.task_schedule_to_start_ms,
             max_payload_bytes=s.task_max_payload_bytes,

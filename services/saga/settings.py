@@ -31,8 +31,9 @@ class SagaSettings(RoutingSettings, RetentionSettings):
         watch_pool_size: Redis connections for WatchSaga's blocking reads.
         max_active_tasks: tasks (TaskService) one replica drives at once; 0
             serves the task API only.
-        task_poll_interval_ms: how often an idle task scheduler looks at the
-            queues (a task scheduled on the same replica wakes it at once).
+        task_poll_interval_ms: how often a task scheduler that nothing woke
+            looks at the queues (a safety net: a task queued on any replica, a
+            freed capacity slot and a delayed task coming due wake it at once).
         task_timeout_ms: default run timeout of one task attempt.
         task_schedule_to_start_ms: default longest wait of a task before its
             first start (TIMEOUT after it).
@@ -85,7 +86,8 @@ class SagaSettings(RoutingSettings, RetentionSettings):
         1000, help="tasks one replica drives at once (0 = task API only)", minimum=0
     )
     task_poll_interval_ms: int = setting(
-        10, help="how often an idle task scheduler looks at the queues", unit="ms", minimum=1
+        500, help="how often a task scheduler that nothing woke looks at the queues", unit="ms",
+        minimum=1,
     )
     task_timeout_ms: int = setting(
         30_000, help="default run timeout of one task attempt", unit="ms", minimum=1

@@ -4,8 +4,12 @@ path, retries, cancel, timeouts) while it holds the task's lease.
 
 Loops of one replica:
 
-* **schedule**: every `poll_interval_ms` (at once when this replica accepted a
-  ScheduleTask) read the due head of each priority queue, serve the classes by
+* **schedule**: when woken (a ScheduleTask on this replica; an entry on the
+  store's WAKE stream, written by a replica that queued a task it cannot
+  start itself; a capacity slot or driver freed here while due tasks were
+  left waiting; a delayed task coming due), else every `poll_interval_ms`
+  (a safety net, and BACKLOG_POLL_MS while due tasks wait for room), read
+  the due head of each priority queue, serve the classes by
   smooth weighted round-robin (CRITICAL 8, HIGH 4, NORMAL 2, LOW 1: the bus
   backlog's scheme, so LOW is never starved; FIFO within a class), take a
   capacity slot on the agent the task's strategy prefers, then the task's
@@ -75,6 +79,13 @@ COUNT_TTL_S = 0.25
 #: Most due tasks read per priority class per scheduling pass.
 BATCH = 256
 
+#: Scheduling interval while due tasks wait for room (capacity held by other
+#: replicas frees without waking this one), ms.
+BACKLOG_POLL_MS = 50
+
+#: Longest blocking read of the WAKE stream, ms.
+WAKE_BLOCK_MS = 1000
+
 
 @dataclass(frozen=True)
 class TaskOptions:
@@ -84,7 +95,8 @@ class TaskOptions:
         coordinator_id: this replica's id in task leases.
         lease_ttl_ms / renew_interval_ms / recovery_interval_ms: as for sagas.
         max_active: tasks this replica drives at once; 0 = API only.
-        poll_interval_ms: idle scheduling interval.
+        poll_interval_ms: scheduling interval when nothing wakes the pass
+            (see the module doc); idle cost, not latency.
         default_timeout_ms: run timeout of an attempt when the task sets none.
         default_capacity: capacity of an agent that reports none; 0 = unlimited.
         strategies: default strategy per task type ("*" = others).
@@ -95,7 +107,7 @@ class TaskOptions:
     renew_interval_ms: int = 1000
     recovery_interval_ms: int = 1000
     max_active: int = 1000
-    poll_interval_ms: int = 10
+    poll_interval_ms: int = 500
     default_timeout_ms: int = 30_000
     default_capacity: int = 0
     strategies: dict[str, int] = field(default_factory=dict)
@@ -214,6 +226,8 @@ class TaskScheduler:
         client: the coordinator's AgentClient (the one agent path).
         options: see TaskOptions.
         seed: random seed for RANDOM placement (tests); None seeds from the OS.
+        wake_store: a store on a separate Redis pool for the blocking read of
+            the WAKE stream; None: no cross-replica wake (polling only).
     """
 
     def __init__(
@@ -223,8 +237,10 @@ class TaskScheduler:
         options: TaskOptions,
         *,
         seed: int | None = None,
+        wake_store: TaskStore | None = None,
     ) -> None:
         self.store = store
+        self.wake_store = wake_store
         self.client = client
         self.opts = options
         self.driven: dict[str, Driven] = {}
@@ -235,13 +251,22 @@ class TaskScheduler:
         self._rng = random.Random(seed)
         self._descriptors: dict[str, tuple[float, _Static]] = {}
         self._counts: dict[str, tuple[float, int]] = {}
+        #: The last pass left due tasks waiting (full agents, no agent, or
+        #: this replica at max_active): a freed slot or driver wakes the next.
+        self._backlog = False
+        #: When the earliest known delayed task comes due, Unix ms (0 = none).
+        self._next_due_ms = 0
+        self._timer: asyncio.TimerHandle | None = None
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
         """Start the loops (none when max_active is 0: the API still works)."""
         if self.opts.max_active <= 0:
             return
-        for loop in (self._schedule_loop, self._renew_loop, self._recovery_loop):
+        loops = [self._schedule_loop, self._renew_loop, self._recovery_loop]
+        if self.wake_store is not None:
+            loops.append(self._wake_loop)
+        for loop in loops:
             self._loops.append(asyncio.create_task(self._forever(loop)))
 
     async def stop(self) -> None:
@@ -250,6 +275,8 @@ class TaskScheduler:
         for t in self._loops:
             await cancel_and_wait(t)
         self._loops.clear()
+        if self._timer is not None:
+            self._timer.cancel()
         driven = list(self.driven.values())
         for d in driven:
             if d.runner is not None:
@@ -260,9 +287,50 @@ class TaskScheduler:
         self.driven.clear()
         await self.store.close()
 
-    def wake(self) -> None:
-        """A task was queued: schedule now rather than at the next poll."""
+    def wake(self, *, due_ms: int = 0) -> None:
+        """A task was queued: schedule now (or at `due_ms`, Unix ms, for a
+        delayed one) rather than at the next poll."""
+        if due_ms > now_ms():
+            self._due_at(due_ms)
+        else:
+            self._wake.set()
+
+    @property
+    def starts_locally(self) -> bool:
+        """Whether this replica's own pass takes tasks now (it runs the loops
+        and drives fewer than max_active); if not, a queued task must wake
+        the other replicas."""
+        return bool(self._loops) and len(self.driven) < self.opts.max_active
+
+    def _due_at(self, at_ms: int) -> None:
+        """Wake the pass when a delayed task comes due (the earliest one known)."""
+        if self._next_due_ms and self._next_due_ms <= at_ms:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._next_due_ms = at_ms
+        delay_s = max(0.0, (at_ms - now_ms()) / 1000.0)
+        self._timer = asyncio.get_running_loop().call_later(delay_s, self._timer_fired)
+
+    def _timer_fired(self) -> None:
+        self._timer = None
+        self._next_due_ms = 0
         self._wake.set()
+
+    def _room(self) -> None:
+        """A capacity slot or a driver was freed: wake the pass if due tasks wait."""
+        if self._backlog:
+            self._wake.set()
+
+    async def _wake_loop(self) -> None:
+        """Wake the pass on WAKE entries written by any replica (blocking XREAD)."""
+        assert self.wake_store is not None
+        last = "$"
+        while True:
+            got = await self.wake_store.wait_wake(last, block_ms=WAKE_BLOCK_MS)
+            if got is not None:
+                last = got
+                self._wake.set()
 
     async def _forever(self, loop: Any) -> None:
         while True:
@@ -307,8 +375,12 @@ class TaskScheduler:
 
     async def _schedule_loop(self) -> None:
         while True:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.opts.poll_interval_ms / 1000.0)
+            poll_ms = self.opts.poll_interval_ms
+            if self._backlog:
+                poll_ms = min(poll_ms, BACKLOG_POLL_MS)
+            if not self._wake.is_set():
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), poll_ms / 1000.0)
             self._wake.clear()
             await self.schedule_once()
 
@@ -324,9 +396,15 @@ class TaskScheduler:
         """
         free = self.opts.max_active - len(self.driven)
         if free <= 0 or detected_reset() is not None:  # health says why
+            self._backlog = free <= 0  # a driver that ends wakes the next pass
             return 0
         now = now_ms()
-        due = await self.store.due(now_ms=now, count=min(free, BATCH))
+        due, next_due = await self.store.due(now_ms=now, count=min(free, BATCH))
+        if next_due is not None:
+            self._due_at(next_due)
+        # Cleared only here: a pass that places every due task it read has
+        # no backlog unless a queue had more than it read.
+        self._backlog = any(len(d) >= min(free, BATCH) for d in due)
         order = self._serve_order(due)
         if not order:
             return 0
@@ -337,6 +415,7 @@ class TaskScheduler:
         wanted: list[_Want] = []
         for (cls, tid), task in zip(order, tasks, strict=True):
             if len(wanted) >= free:
+                self._backlog = True
                 break
             if tid in self.driven:
                 continue
@@ -349,6 +428,7 @@ class TaskScheduler:
                 continue
             pool_key = task.agent_id or task.selector.SerializeToString(deterministic=True).hex()
             if pool_key in full_pools:
+                self._backlog = True
                 continue
             try:
                 ordered = await self._candidates(task, route_message(task), prefer="", avoid="")
@@ -358,6 +438,7 @@ class TaskScheduler:
                 continue
             if not ordered:
                 full_pools.add(pool_key)
+                self._backlog = True
                 continue
             self._bump(ordered[0].candidate.agent_id, 1)  # later tasks see this choice
             wanted.append(_Want(cls, task, ordered))
@@ -387,6 +468,7 @@ class TaskScheduler:
                 w.idx += 1
                 pending.append(w)
         for w in pending:  # every try refused
+            self._backlog = True
             if w.idx < len(w.ordered):
                 self._bump(w.ordered[w.idx].candidate.agent_id, -1)
         if not placed:
@@ -642,6 +724,7 @@ class TaskScheduler:
     async def _free_slot(self, agent_id: str, task_id: str) -> None:
         await self.store.release_slot(agent_id, self._member(task_id))
         self._bump(agent_id, -1)
+        self._room()
 
     # ---- driving ---------------------------------------------------------------------
     def _spawn(self, d: Driven) -> None:
@@ -666,6 +749,7 @@ class TaskScheduler:
             d.ended = True
             if slot_agent:
                 self._bump(slot_agent, -1)
+                self._room()
         status = T.TaskState.Name(state).removeprefix("TASK_STATE_").lower()
         metrics.TASK_COMPLETED.labels(metrics.type_label(task.task_type), status).inc()
 
@@ -687,6 +771,7 @@ class TaskScheduler:
         finally:
             self.driven.pop(tid, None)
             metrics.TASK_ACTIVE.set(len(self.driven))
+            self._room()
             if not lost:
                 with contextlib.suppress(Exception):
                     if d.option is not None:

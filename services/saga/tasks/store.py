@@ -15,6 +15,9 @@ each per-task script touches one Redis Cluster slot):
   CRITICAL .. 3 = LOW), scored by the time they become due (Unix ms; FIFO);
 * ``am:task:active`` ZSET of non-terminal task ids by creation (recovery scan);
 * ``am:task:index`` ZSET of every kept task id by creation (ListTasks);
+* ``am:task:wake`` STREAM (trimmed to about 64 entries): an entry wakes the
+  scheduling pass of every replica, which block on it with XREAD instead of
+  polling the queues;
 * ``am:task:slots:{<agent_id>}`` ZSET `<task id>@<coordinator id>` -> slot expiry (Redis clock, ms):
   the capacity slots held on one agent by every replica. A slot is renewed
   with the task's lease and expires with it, so a dead replica's slots free
@@ -62,6 +65,13 @@ log = logging.getLogger("agentmesh.saga.tasks")
 PREFIX = "am:task:"
 ACTIVE = PREFIX + "active"
 INDEX = PREFIX + "index"
+#: STREAM whose entries wake the scheduling pass of every replica (one key,
+#: so one Redis Cluster slot): written when a task is queued that the
+#: replica which queued it cannot start itself (it serves the API only or
+#: drives its maximum of tasks).
+WAKE = PREFIX + "wake"
+#: Entries kept on WAKE (approximate trim); readers only need the newest.
+WAKE_MAXLEN = 64
 
 T = task_pb2
 TERMINAL = frozenset(
@@ -381,10 +391,15 @@ class TaskStore:
         self._cleanup: asyncio.Task[Any] | None = None
 
     # ---- create and read ------------------------------------------------------
-    async def create(self, task: task_pb2.Task, *, due_ms: int) -> tuple[task_pb2.Task, bool]:
+    async def create(
+        self, task: task_pb2.Task, *, due_ms: int, wake_from: str = ""
+    ) -> tuple[task_pb2.Task, bool]:
         """Store a new PENDING task and queue it; a task with the same id (the
         same idempotency key) is returned instead, and queued again if it is
         still PENDING (completing a create that failed half-way).
+
+        With `wake_from` (the caller's replica id) an entry on WAKE wakes
+        every replica's scheduling pass, in the same round trip.
 
         Returns:
             (the stored task, created).
@@ -412,6 +427,11 @@ class TaskStore:
                 ("ZADD", qk, "NX", due_ms, tid),
                 ("ZADD", ACTIVE, "NX", score, tid),
                 ("ZADD", INDEX, "NX", score, tid),
+                *(
+                    [("XADD", WAKE, "MAXLEN", "~", WAKE_MAXLEN, "*", "from", wake_from)]
+                    if wake_from
+                    else []
+                ),
             ],
         )
         for r in res:
@@ -685,13 +705,35 @@ class TaskStore:
         await self.leases.release(lease.keys, owner=lease.owner, token=lease.token)
 
     # ---- queues ------------------------------------------------------------------
-    async def due(self, *, now_ms: int, count: int) -> list[list[str]]:
-        """Up to `count` due task ids per priority class, oldest first."""
+    async def due(self, *, now_ms: int, count: int) -> tuple[list[list[str]], int | None]:
+        """Up to `count` due task ids per priority class, oldest first, and
+        when the next queued task that is not yet due becomes due (Unix ms;
+        None when there is none), in one round trip."""
         async with self.redis.pipeline(transaction=False) as p:
             for cls in range(CLASSES):
                 p.zrangebyscore(queue_key(cls), "-inf", now_ms, start=0, num=count)
+            for cls in range(CLASSES):
+                p.zrangebyscore(
+                    queue_key(cls), f"({now_ms}", "+inf", start=0, num=1, withscores=True
+                )
             rows = await p.execute()
-        return [[_s(m) for m in r] for r in rows]
+        later = [int(r[0][1]) for r in rows[CLASSES:] if r]
+        return [[_s(m) for m in r] for r in rows[:CLASSES]], min(later) if later else None
+
+    async def signal_wake(self, origin: str) -> None:
+        """Wake the scheduling passes of every replica (an entry on WAKE)."""
+        await self.redis.xadd(WAKE, {"from": origin}, maxlen=WAKE_MAXLEN, approximate=True)
+
+    async def wait_wake(self, last_id: str, *, block_ms: int) -> str | None:
+        """Block up to `block_ms` for WAKE entries after `last_id` ("$": from now).
+
+        Returns:
+            The id of the newest entry read, or None when none came.
+        """
+        got = await self.redis.xread({WAKE: last_id}, block=block_ms, count=WAKE_MAXLEN)
+        if not got or not got[0][1]:
+            return None
+        return _s(got[0][1][-1][0])
 
     async def dequeue(self, items: Sequence[tuple[int, str]]) -> None:
         """Remove (class, task id) entries from their queues."""
@@ -851,6 +893,7 @@ __all__ = [
     "PREFIX",
     "TERMINAL",
     "TRANSITIONS",
+    "WAKE",
     "Claimed",
     "LeaseLost",
     "StaleRevision",
