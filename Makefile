@@ -60,16 +60,21 @@ deploy-check: $(SETUP_STAMP) ## helm lint + template + schema validation + chart
 test-unit: ## Unit tests only (no servers)
 	$(PYTHON) -m pytest -q tests/unit
 
-up: $(SETUP_STAMP) ## Start Redis and the five daemons in the background (TRACING=1: and Jaeger)
-ifeq ($(TRACING),1)
+# CLUSTER=1: Redis Cluster (3 masters + 3 replicas), three Kafka brokers and two
+# replicas of every daemon (agentmesh.cli.cluster, run dir $(RUN_DIR)/cluster).
+up: $(SETUP_STAMP) ## Start Redis and the five daemons in the background (TRACING=1: and Jaeger; CLUSTER=1: Redis Cluster, 3 brokers, 2 replicas of each)
+ifeq ($(CLUSTER),1)
+	$(PYTHON) -m agentmesh.cli.cluster up --run-dir $(RUN_DIR)/cluster $(CLUSTER_ARGS)
+else ifeq ($(TRACING),1)
 	bash deploy/local/jaeger.sh start $(RUN_DIR)/jaeger
 	AGENTMESH_OTLP_ENDPOINT=127.0.0.1:$${JAEGER_OTLP_GRPC_PORT:-4317} $(PYTHON) -m agentmesh.cli.main up --run-dir $(RUN_DIR)
 else
 	$(PYTHON) -m agentmesh.cli.main up --run-dir $(RUN_DIR)
 endif
 
-down: ## Stop what `make up` started
+down: ## Stop what `make up` started (either stack, by PID)
 	$(PYTHON) -m agentmesh.cli.main down --run-dir $(RUN_DIR)
+	$(PYTHON) -m agentmesh.cli.cluster down --run-dir $(RUN_DIR)/cluster
 	bash deploy/local/jaeger.sh stop $(RUN_DIR)/jaeger
 
 status: ## Show the health of the local stack
