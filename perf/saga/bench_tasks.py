@@ -69,8 +69,27 @@ def _request() -> task_pb2.ScheduleTaskRequest:
     return r
 
 
-async def bench(args: argparse.Namespace, endpoints: list[str], saga_target: str) -> dict[str, Any]:
-    """The three phases; returns the figures."""
+#: Processes whose CPU per task the bench reports.
+ROLES = ("coordinator", "client", "agents", "redis")
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU time of a process (all its threads) so far, s (/proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_of(pids: dict[str, list[int]]) -> dict[str, float]:
+    """CPU so far per role (summed over its processes), s."""
+    return {role: sum(cpu_s(p) for p in ps) for role, ps in pids.items()}
+
+
+async def bench(
+    args: argparse.Namespace, endpoints: list[str], saga_target: str,
+    pids: dict[str, list[int]],
+) -> dict[str, Any]:
+    """The phases; returns the figures. `pids`: processes per role whose CPU
+    is counted over the main closed loop."""
     chans = [grpc.aio.insecure_channel(e) for e in endpoints]
     agents = [agent_pb2_grpc.AgentServiceStub(c) for c in chans]
     async with grpc.aio.insecure_channel(saga_target) as sch:
@@ -85,18 +104,32 @@ async def bench(args: argparse.Namespace, endpoints: list[str], saga_target: str
 
         req = _request()
 
-        async def one_task(_i: int) -> None:
+        async def waited(terminal_only: bool) -> None:
             t = (await tasks.ScheduleTask(req)).task
-            async for r in tasks.WaitTask(T.WaitTaskRequest(task_id=t.task_id)):
+            w = T.WaitTaskRequest(task_id=t.task_id, terminal_only=terminal_only)
+            async for r in tasks.WaitTask(w):
                 if r.task.state in TERMINAL:
                     if r.task.state != T.TASK_STATE_COMPLETED:
                         raise RuntimeError(f"task ended {T.TaskState.Name(r.task.state)}")
                     return
+            raise RuntimeError("WaitTask ended before a terminal state")
+
+        async def one_task(_i: int) -> None:  # as Client.wait_task: the outcome only
+            await waited(True)
+
+        async def one_task_stream(_i: int) -> None:  # every state change streamed
+            await waited(False)
 
         await closed_loop(direct, concurrency=8, seconds=1, limit=200)
         await closed_loop(one_task, concurrency=8, seconds=2, limit=100)
         d = await closed_loop(direct, concurrency=args.concurrency, seconds=args.seconds / 2)
+        c0 = cpu_of(pids)
         tk = await closed_loop(one_task, concurrency=args.concurrency, seconds=args.seconds)
+        c1 = cpu_of(pids)
+        cpu_ms = {r: 1000.0 * (c1[r] - c0[r]) / max(1, len(tk.latencies_ms)) for r in c0}
+        ts = await closed_loop(
+            one_task_stream, concurrency=args.concurrency, seconds=args.seconds / 2
+        )
 
         # schedule-to-start under an open loop at --rate tasks/s
         ids: list[str] = []
@@ -130,6 +163,8 @@ async def bench(args: argparse.Namespace, endpoints: list[str], saga_target: str
         "tasks_per_s": len(tk.latencies_ms) / tk.wall_s,
         "task_p50_ms": statistics.median(tk.latencies_ms),
         "task_p99_ms": percentile(tk.latencies_ms, 0.99),
+        "stream_tasks_per_s": len(ts.latencies_ms) / ts.wall_s,
+        "cpu_ms_per_task": cpu_ms,
         "open_loop_tasks": len(waits),
         "start_p50_ms": statistics.median(waits),
         "start_p99_ms": percentile(waits, 0.99),
@@ -144,6 +179,11 @@ def figures(fig: dict[str, Any], args: argparse.Namespace) -> list[Figure]:
                value=fig["tasks_per_s"], unit="/s",
                baseline_name="direct Execute calls/s (same concurrency)",
                baseline_value=fig["direct_per_s"], goal=">= 500 /s"),
+        Figure(name=f"task: tasks/s end to end, every state change streamed, {args.agents} "
+                    f"agents ({args.concurrency} in flight)",
+               value=fig["stream_tasks_per_s"], unit="/s",
+               baseline_name="direct Execute calls/s (same concurrency)",
+               baseline_value=fig["direct_per_s"]),
         Figure(name=f"task: schedule-to-start p99 at {args.rate:g} tasks/s",
                value=fig["start_p99_ms"], unit="ms", better="lower", goal="<= 10 ms"),
         Figure(name=f"task: schedule-to-start p50 at {args.rate:g} tasks/s",
@@ -174,6 +214,9 @@ with a capacity slot on its agent.
 | baseline: direct Execute p50 (loaded) | {fig["direct_p50_ms"]:.2f} ms |
 | schedule-to-start p50 / p99 at {args.rate:g} tasks/s | {fig["start_p50_ms"]:.1f} ms / \
 **{fig["start_p99_ms"]:.1f} ms** (goal p99 < 10) |
+| tasks/s end to end, every state change streamed | {fig["stream_tasks_per_s"]:.0f} |
+| CPU per task: coordinator / client / agents / Redis | \
+{" / ".join(f"{fig['cpu_ms_per_task'][r]:.2f}" for r in ROLES)} ms |
 | tasks measured (closed / open loop) | {fig["tasks"]} / {fig["open_loop_tasks"]} |
 """ + PROFILE
 
@@ -255,7 +298,13 @@ def main() -> None:
             pipe.execute()
         coord = daemon("saga", work, "--redis-url", url)
         procs.append(coord.start())
-        fig = asyncio.run(bench(args, endpoints, coord.target))
+        pids = {
+            "coordinator": [coord.pid],
+            "agents": [p.pid for p in procs[:-1]],
+            "client": [os.getpid()],
+            "redis": [server.pid or 0],
+        }
+        fig = asyncio.run(bench(args, endpoints, coord.target, pids))
         print(json.dumps(fig, indent=2))
         write_results(Path(__file__).parent / "TASKS_RESULTS.md", render(fig, args), args)
         emit_figures(figures(fig, args), args)

@@ -343,7 +343,7 @@ class Client(ServiceMethods):
             last = None
             try:
                 async for resp in self.watch_task(
-                    task_id=task_id, after_revision=after, timeout_s=left
+                    task_id=task_id, after_revision=after, terminal_only=True, timeout_s=left
                 ):
                     last = resp.task
                     after = resp.task.revision

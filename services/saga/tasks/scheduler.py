@@ -153,6 +153,8 @@ class Driven:
     option: placement.Option | None = None
     cancel: asyncio.Event = field(default_factory=asyncio.Event)
     runner: asyncio.Task[Any] | None = None
+    #: the Execute call in flight (a cancel request cancels it)
+    call: asyncio.Future[Any] | None = None
     avoid: str = ""
     ended: bool = False
 
@@ -893,20 +895,20 @@ class TaskScheduler:
                 attempt=t.attempt,
                 metadata={"task_id": t.task_id},
             )
-            call = asyncio.ensure_future(traced_attempt(
+            # One task for the call, which a cancel request cancels
+            # (_request_cancel; gRPC cancellation reaches the agent's
+            # handler), rather than a second task waiting on the flag.
+            call = d.call = asyncio.ensure_future(traced_attempt(
                 t, self.client.call(opt.candidate, "Execute", req, timeout_s=timeout_ms / 1000.0)
             ))
-            stop = asyncio.ensure_future(d.cancel.wait())
             try:
-                await asyncio.wait({call, stop}, return_when=asyncio.FIRST_COMPLETED)
+                out = await call
+            except asyncio.CancelledError:
+                me = asyncio.current_task()
+                if not (call.cancelled() and d.cancel.is_set()) or (me and me.cancelling()):
+                    raise  # the driver itself is being cancelled
             finally:
-                stop.cancel()
-            if not call.done():
-                call.cancel()  # gRPC cancellation reaches the agent's handler
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await call
-            else:
-                out = call.result()
+                d.call = None
         metrics.TASK_RUN.observe((time.perf_counter() - t0) * 1000.0)
         if out is None and err is None:  # cancelled mid-call
             await self._finish(d.lease, t, T.TASK_STATE_CANCELLED, d)
@@ -961,7 +963,15 @@ class TaskScheduler:
         flags = await self.store.cancel_flags([d.task.task_id for d in held])
         for d, f in zip(held, flags, strict=True):
             if f:
-                d.cancel.set()
+                self._request_cancel(d)
+
+    @staticmethod
+    def _request_cancel(d: Driven) -> None:
+        """Flag a cancel for the driver and cancel its call in flight (a call
+        that already returned keeps its outcome)."""
+        d.cancel.set()
+        if d.call is not None and not d.call.done():
+            d.call.cancel()
 
     async def _recovery_loop(self) -> None:
         while True:

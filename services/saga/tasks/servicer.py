@@ -170,12 +170,19 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         if r.HasField("not_before"):
             t.not_before.CopyFrom(r.not_before)
         t.create_time.FromMilliseconds(now_ms())
-        stored, created = await self.store.create(t, due_ms=due_ms(t))
+        # A replica that cannot start the task itself wakes the others in the
+        # same round trip; its own pass is woken in-process.
+        sch = self.scheduler
+        stored, created = await self.store.create(
+            t,
+            due_ms=due_ms(t),
+            wake_from="" if sch.starts_locally else sch.opts.coordinator_id,
+        )
         if created:
             metrics.TASK_SCHEDULED.labels(
                 metrics.type_label(t.task_type), CLASS_NAMES[priority_class(t.priority)]
             ).inc()
-            self.scheduler.wake()
+            sch.wake(due_ms=due_ms(t))
         return T.ScheduleTaskResponse(task=stored, already_scheduled=not created)
 
     async def _get(self, task_id: str) -> task_pb2.Task:
@@ -275,22 +282,34 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
         tid = request.task_id
         _need_id(tid)
         after = request.after_revision
+        only_end = request.terminal_only
         # Registered before the first read, so no change this replica writes
         # after that read is missed.
         with self.store.watch(tid) as local:
-            current, evs = await self.store.read_with_events(tid, after_revision=after)
+            evs: list[tuple[int, task_pb2.Task]] = []
+            if only_end:  # the record alone: the changes before it are not wanted
+                current = await self.store.get(tid)
+            else:
+                current, evs = await self.store.read_with_events(tid, after_revision=after)
             if current is None:
                 raise NotFound(f"task {tid!r} not found", resource_type="task", resource_name=tid)
             if current.state in TERMINAL and after >= current.revision:
                 return
+            if only_end:
+                if current.state in TERMINAL:
+                    yield T.WaitTaskResponse(task=current)
+                    return
+                after = max(after, current.revision)
             while True:
                 for rev, t in evs:
                     if rev <= after:
                         continue
                     after = rev
-                    yield T.WaitTaskResponse(task=t)
                     if t.state in TERMINAL:
+                        yield T.WaitTaskResponse(task=t)
                         return
+                    if not only_end:
+                        yield T.WaitTaskResponse(task=t)
                 evs = await self._changes(tid, after, local)
 
     async def _changes(

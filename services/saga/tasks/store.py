@@ -312,6 +312,101 @@ async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
     return out
 
 
+#: Most commands in one coalesced pipeline; a bigger turn goes out as several.
+TURN_MAX_CALLS = 256
+
+_Turn = tuple[Sequence[Call], "asyncio.Future[list[Any]]"]
+
+
+class TurnBatch:
+    """The `send` calls that callers make in one event-loop turn go out as
+    one pipeline: the group commit of runtime/script_batch.ScriptBatch, for
+    a task's writes, which are a script plus plain commands.
+
+    Why: the tasks one coordinator drives end in bursts (agent replies arrive
+    together), and ScheduleTask/WaitTask calls arrive together; one pipeline
+    is one socket write, one read loop and one pooled connection where N are
+    N of each, and redis-py's per-pipeline overhead is a large share of the
+    coordinator's CPU (perf/saga/TASKS_RESULTS.md).
+
+    What stays the same: each caller's calls are sent in its order, each
+    script is its own atomic run with its own reply (errors in place, as
+    `send` returns them), and a caller awaits its own replies. A pipeline is
+    not a transaction: calls of different callers are independent. A
+    cancelled caller cancels only its own wait (its calls may still run, as
+    for a cancelled single call).
+
+    Args:
+        redis: the client the pipelines go to.
+    """
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._queue: list[_Turn] = []
+        self._scheduled = False
+        self._senders: set[asyncio.Task[None]] = set()
+
+    async def __call__(self, calls: Sequence[Call]) -> list[Any]:
+        """`send(redis, calls)` in this turn's pipeline; one reply per call.
+
+        Raises:
+            redis.exceptions.RedisError: the connection failed (the calls
+                may or may not have run).
+        """
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Any]] = loop.create_future()
+        self._queue.append((calls, fut))
+        if not self._scheduled:
+            # runs after every callback already due in this turn, so the
+            # calls other tasks make in this turn join the batch
+            self._scheduled = True
+            loop.call_soon(self._flush)
+        return await fut
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        q, self._queue = self._queue, []
+        chunk: list[_Turn] = []
+        n = 0
+        for item in q:
+            if chunk and n + len(item[0]) > TURN_MAX_CALLS:
+                self._start(chunk)
+                chunk, n = [], 0
+            chunk.append(item)
+            n += len(item[0])
+        if chunk:
+            self._start(chunk)
+
+    def _start(self, chunk: list[_Turn]) -> None:
+        t = asyncio.ensure_future(self._send(chunk))
+        self._senders.add(t)
+        t.add_done_callback(self._senders.discard)
+
+    async def _send(self, chunk: list[_Turn]) -> None:
+        try:
+            res = await send(self.redis, [c for calls, _ in chunk for c in calls])
+        except BaseException as e:
+            for _, fut in chunk:
+                if not fut.done():
+                    if isinstance(e, asyncio.CancelledError):
+                        fut.cancel()
+                    else:
+                        fut.set_exception(e)
+            if isinstance(e, asyncio.CancelledError):
+                raise
+            return
+        i = 0
+        for calls, fut in chunk:
+            if not fut.done():
+                fut.set_result(res[i : i + len(calls)])
+            i += len(calls)
+
+    async def aclose(self) -> None:
+        """Wait for the pipelines in flight."""
+        if self._senders:
+            await asyncio.gather(*self._senders, return_exceptions=True)
+
+
 def _raise(r: Any) -> Any:
     if isinstance(r, Exception):
         raise r
@@ -374,6 +469,8 @@ class TaskStore:
         self.redis: Any = redis
         self.retention_ms = retention_ms
         self.leases = FencedLeases(redis)
+        #: creates, reads and commits of one event-loop turn: one pipeline
+        self.batch = TurnBatch(redis)
         self._create = redis.register_script(_CREATE)
         self._commit = redis.register_script(_COMMIT)
         self._claim = redis.register_script(_CLAIM)
@@ -416,8 +513,7 @@ class TaskStore:
         # entry finds its record) the queue, active-set and index entries.
         # For a repeated key those entries are undone below unless the first
         # task is still PENDING (rare: a client's retry).
-        res = await send(
-            self.redis,
+        res = await self.batch(
             [
                 (
                     self._create,
@@ -454,7 +550,8 @@ class TaskStore:
 
     async def get(self, task_id: str) -> task_pb2.Task | None:
         """The task, or None when there is none (or it expired)."""
-        pb, cancel = await self.redis.hmget(task_key(task_id), ["pb", "cancel"])
+        (row,) = await self.batch([("HMGET", task_key(task_id), "pb", "cancel")])
+        pb, cancel = _raise(row)
         return decode(pb, cancel) if pb is not None else None
 
     async def get_many(self, task_ids: Sequence[str]) -> list[task_pb2.Task | None]:
@@ -591,7 +688,7 @@ class TaskStore:
             # slot of its own), so the slot goes in the same round trip.
             calls.append(("ZREM", slots_key(slot_agent), slot_member or tid))
         try:
-            res = await send(self.redis, calls)
+            res = await self.batch(calls)
             _rev, flag = _raise(res[0])
         except ResponseError as e:
             task.state, task.revision = prev_state, prev_rev
@@ -649,6 +746,7 @@ class TaskStore:
             self._cleanup = None
         with contextlib.suppress(RedisError):
             await self.flush()
+        await self.batch.aclose()
 
     # ---- local change notifications --------------------------------------------
     def _notify(self, task_id: str, revision: int, pb: bytes) -> None:
@@ -849,7 +947,7 @@ class TaskStore:
             )
         for cls, tid in dequeue:
             calls.append(("ZREM", queue_key(cls), tid))
-        res = await send(self.redis, calls)
+        res = await self.batch(calls)
         out: list[tuple[Claimed, bool] | None] = []
         for (_read, _scheduled, running), (spb, rpb), r in zip(
             items, pbs, res[: len(items)], strict=True
@@ -876,7 +974,8 @@ class TaskStore:
 
     async def release_slot(self, agent_id: str, task_id: str) -> None:
         """Free the task's slot on the agent."""
-        await self.redis.zrem(slots_key(agent_id), task_id)
+        (r,) = await self.batch([("ZREM", slots_key(agent_id), task_id)])
+        _raise(r)
 
     async def cancel_flags(self, task_ids: Sequence[str]) -> list[bool]:
         """Whether a cancel was requested, per task id."""
@@ -898,6 +997,7 @@ __all__ = [
     "LeaseLost",
     "StaleRevision",
     "TaskStore",
+    "TurnBatch",
     "decode",
     "events_key",
     "lease_keys",

@@ -638,19 +638,26 @@ class WaitTaskRequest(_message.Message):
 
     TASK_ID_FIELD_NUMBER: _builtins.int
     AFTER_REVISION_FIELD_NUMBER: _builtins.int
+    TERMINAL_ONLY_FIELD_NUMBER: _builtins.int
     task_id: _builtins.str
     """Required."""
     after_revision: _builtins.int
     """Stream changes after this revision; 0 streams from the first."""
+    terminal_only: _builtins.bool
+    """Send only the change to a terminal state (one message; none when the
+    task is already terminal at after_revision): for a caller that wants the
+    outcome, not the progress (the SDK's wait_task). Resumes the same way.
+    """
     def __init__(
         self,
         *,
         task_id: _builtins.str = ...,
         after_revision: _builtins.int = ...,
+        terminal_only: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["after_revision", b"after_revision", "task_id", b"task_id", "terminal_only", b"terminal_only"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1169,6 +1169,10 @@ type WaitTaskRequest struct {
 	TaskId string `protobuf:"bytes,1,opt,name=task_id,json=taskId,proto3" json:"task_id,omitempty"`
 	// Stream changes after this revision; 0 streams from the first.
 	AfterRevision uint64 `protobuf:"varint,2,opt,name=after_revision,json=afterRevision,proto3" json:"after_revision,omitempty"`
+	// Send only the change to a terminal state (one message; none when the
+	// task is already terminal at after_revision): for a caller that wants the
+	// outcome, not the progress (the SDK's wait_task). Resumes the same way.
+	TerminalOnly  bool `protobuf:"varint,3,opt,name=terminal_only,json=terminalOnly,proto3" json:"terminal_only,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1215,6 +1219,13 @@ func (x *WaitTaskRequest) GetAfterRevision() uint64 {
 		return x.AfterRevision
 	}
 	return 0
+}
+
+func (x *WaitTaskRequest) GetTerminalOnly() bool {
+	if x != nil {
+		return x.TerminalOnly
+	}
+	return false
 }
 
 // WaitTaskResponse is one state change.
@@ -1345,10 +1356,11 @@ const file_agentmesh_task_v1_task_proto_rawDesc = "" +
 	"\x11CancelTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\"A\n" +
 	"\x12CancelTaskResponse\x12+\n" +
-	"\x04task\x18\x01 \x01(\v2\x17.agentmesh.task.v1.TaskR\x04task\"Q\n" +
+	"\x04task\x18\x01 \x01(\v2\x17.agentmesh.task.v1.TaskR\x04task\"v\n" +
 	"\x0fWaitTaskRequest\x12\x17\n" +
 	"\atask_id\x18\x01 \x01(\tR\x06taskId\x12%\n" +
-	"\x0eafter_revision\x18\x02 \x01(\x04R\rafterRevision\"?\n" +
+	"\x0eafter_revision\x18\x02 \x01(\x04R\rafterRevision\x12#\n" +
+	"\rterminal_only\x18\x03 \x01(\bR\fterminalOnly\"?\n" +
 	"\x10WaitTaskResponse\x12+\n" +
 	"\x04task\x18\x01 \x01(\v2\x17.agentmesh.task.v1.TaskR\x04task*\xed\x01\n" +
 	"\tTaskState\x12\x1a\n" +
