@@ -83,6 +83,9 @@ BATCH = 256
 #: replicas frees without waking this one), ms.
 BACKLOG_POLL_MS = 50
 
+#: Most tasks queued by this replica kept for the next pass (see `wake`).
+FRESH_MAX = 4096
+
 #: Longest blocking read of the WAKE stream, ms.
 WAKE_BLOCK_MS = 1000
 
@@ -259,6 +262,9 @@ class TaskScheduler:
         #: When the earliest known delayed task comes due, Unix ms (0 = none).
         self._next_due_ms = 0
         self._timer: asyncio.TimerHandle | None = None
+        #: PENDING tasks this replica just queued, by id: the pass takes their
+        #: records from here instead of reading them back (see `wake`).
+        self._fresh: dict[str, task_pb2.Task] = {}
 
     # ---- lifecycle -----------------------------------------------------------------
     async def start(self) -> None:
@@ -289,9 +295,19 @@ class TaskScheduler:
         self.driven.clear()
         await self.store.close()
 
-    def wake(self, *, due_ms: int = 0) -> None:
+    def wake(self, *, due_ms: int = 0, task: task_pb2.Task | None = None) -> None:
         """A task was queued: schedule now (or at `due_ms`, Unix ms, for a
-        delayed one) rather than at the next poll."""
+        delayed one) rather than at the next poll.
+
+        Args:
+            task: the task as just created (revision 1), so the pass need not
+                read it back. A stale copy is safe: the start script checks
+                the revision and the cancel flag, and refuses a changed task.
+        """
+        if task is not None and self._loops:
+            if len(self._fresh) >= FRESH_MAX:
+                self._fresh.pop(next(iter(self._fresh)))
+            self._fresh[task.task_id] = task
         if due_ms > now_ms():
             self._due_at(due_ms)
         else:
@@ -410,7 +426,10 @@ class TaskScheduler:
         order = self._serve_order(due)
         if not order:
             return 0
-        tasks = await self.store.get_many([tid for _, tid in order])
+        known = [self._fresh.pop(tid, None) for _, tid in order]
+        unknown = [tid for (_, tid), t in zip(order, known, strict=True) if t is None]
+        read = iter(await self.store.get_many(unknown))
+        tasks = [t if t is not None else next(read) for t in known]
         backlogged = [bool(d) for d in due]
         drop: list[tuple[int, str]] = []
         full_pools: set[str] = set()

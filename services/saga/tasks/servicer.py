@@ -182,7 +182,7 @@ class TaskServicer(task_pb2_grpc.TaskServiceServicer):
             metrics.TASK_SCHEDULED.labels(
                 metrics.type_label(t.task_type), CLASS_NAMES[priority_class(t.priority)]
             ).inc()
-            sch.wake(due_ms=due_ms(t))
+            sch.wake(due_ms=due_ms(t), task=stored)
         return T.ScheduleTaskResponse(task=stored, already_scheduled=not created)
 
     async def _get(self, task_id: str) -> task_pb2.Task:

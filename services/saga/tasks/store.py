@@ -558,11 +558,10 @@ class TaskStore:
         """Tasks by id in one round trip; None for missing ones."""
         if not task_ids:
             return []
-        async with self.redis.pipeline(transaction=False) as p:
-            for tid in task_ids:
-                p.hmget(task_key(tid), ["pb", "cancel"])
-            rows = await p.execute()
-        return [decode(pb, c) if pb is not None else None for pb, c in rows]
+        rows = await self.batch([("HMGET", task_key(tid), "pb", "cancel") for tid in task_ids])
+        return [
+            decode(pb, c) if pb is not None else None for pb, c in (_raise(r) for r in rows)
+        ]
 
     async def events_after(
         self, task_id: str, *, after_revision: int, block_ms: int = 0, count: int = 100
@@ -807,15 +806,21 @@ class TaskStore:
         """Up to `count` due task ids per priority class, oldest first, and
         when the next queued task that is not yet due becomes due (Unix ms;
         None when there is none), in one round trip."""
-        async with self.redis.pipeline(transaction=False) as p:
-            for cls in range(CLASSES):
-                p.zrangebyscore(queue_key(cls), "-inf", now_ms, start=0, num=count)
-            for cls in range(CLASSES):
-                p.zrangebyscore(
-                    queue_key(cls), f"({now_ms}", "+inf", start=0, num=1, withscores=True
-                )
-            rows = await p.execute()
-        later = [int(r[0][1]) for r in rows[CLASSES:] if r]
+        calls: list[Call] = [
+            ("ZRANGEBYSCORE", queue_key(cls), "-inf", now_ms, "LIMIT", 0, count)
+            for cls in range(CLASSES)
+        ]
+        calls += [
+            ("ZRANGEBYSCORE", queue_key(cls), f"({now_ms}", "+inf", "WITHSCORES", "LIMIT", 0, 1)
+            for cls in range(CLASSES)
+        ]
+        rows = [_raise(r) for r in await self.batch(calls)]
+        # [(member, score)] when redis-py pairs the reply, else [member, score]
+        later = [
+            int(float(r[0][1] if isinstance(r[0], (list, tuple)) else r[1]))
+            for r in rows[CLASSES:]
+            if r
+        ]
         return [[_s(m) for m in r] for r in rows[:CLASSES]], min(later) if later else None
 
     async def signal_wake(self, origin: str) -> None:
@@ -899,10 +904,10 @@ class TaskStore:
     ) -> list[bool]:
         """acquire_slot for many (agent id, task id, capacity) in one pipeline,
         run by Redis in the given order (so earlier items win a contended slot)."""
-        res = await call_many(
-            self._slot_acquire, [([slots_key(a)], [t, cap, ttl_ms]) for a, t, cap in items]
+        res = await self.batch(
+            [(self._slot_acquire, [slots_key(a)], [t, cap, ttl_ms]) for a, t, cap in items]
         )
-        return [bool(int(r)) for r in res]
+        return [bool(int(_raise(r))) for r in res]
 
     async def claim_start_many(
         self,
