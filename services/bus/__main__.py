@@ -11,6 +11,7 @@ from agentmesh.server.bus import metrics
 from agentmesh.server.bus.backend import Backend
 from agentmesh.server.bus.servicer import BusServicer
 from agentmesh.server.bus.settings import BusSettings
+from agentmesh.server.bus.state import MemoryState, RedisState, State
 from agentmesh.server.bus.workers import run_workers, worker_index
 
 
@@ -44,7 +45,9 @@ def wire_gateway(daemon: Daemon) -> BusServicer:
         daemon.require_kafka()
     metrics.topic_label.limit = settings.max_topic_labels
     backend = make_backend(settings)
-    servicer = BusServicer(backend, settings)
+    state: State = (RedisState(daemon.redis(), ttl_s=settings.state_ttl_s)
+                    if settings.state_store == "redis" else MemoryState())
+    servicer = BusServicer(backend, settings, state=state)
     daemon.add_service(
         bus_pb2_grpc.add_BusServiceServicer_to_server,
         servicer,
@@ -53,6 +56,8 @@ def wire_gateway(daemon: Daemon) -> BusServicer:
     daemon.on_startup(backend.start)
     daemon.on_shutdown(backend.close)
     daemon.on_shutdown(servicer.close)
+    # Hooks run in reverse: the queued chain heads are written before the Redis client closes.
+    daemon.on_shutdown(state.close)
     return servicer
 
 

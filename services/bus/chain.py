@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import hashlib
 from binascii import hexlify
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf.message import DecodeError
 
 from agentmesh.bus.v1 import bus_pb2
 from agentmesh.server.bus import wire
+from agentmesh.server.bus.state import Head
 
 ZERO_HASH = "0" * 64
 ZERO_RAW = bytes(32)
@@ -131,12 +132,33 @@ class ChainWriter:
             self._epochs[tp] = self._epochs.get(tp, 0) + 1
 
 
-def verify(records: Iterable[wire.StoredRecord]) -> bus_pb2.VerifyChainResponse:
+def verify(
+    records: Iterable[wire.StoredRecord],
+    *,
+    heads: Mapping[str, Head] | None = None,
+    start: int = 0,
+    end: int | None = None,
+) -> bus_pb2.VerifyChainResponse:
     """Check every link of the records (one partition, offset order).
 
     A chain's first link seen in the range is its anchor: its own hash is
     checked, and its previous_hash must be zeros when its sequence is 1. Each
     later link must follow with sequence + 1 and the previous link's hash.
+
+    Then, when no link is broken, the stored chain heads (state.Head: the last
+    link of each chain whose write was confirmed): a head whose offset lies
+    in [start, end) must be in the records, that is, its chain must reach its
+    sequence with its hash there. Otherwise the tail was truncated
+    (CHAIN_BREAK_REASON_TRUNCATED, reported at the head's offset; the lowest
+    such offset when several chains are cut).
+
+    Args:
+        records: one partition's records in offset order.
+        heads: chain id -> stored head of this partition; None skips the check.
+        start: first offset the range covers (after the first retained
+            offset: heads below it were removed by retention, not truncated).
+        end: offset the range stops before; None means the partition's end,
+            wherever the log now ends.
 
     Returns:
         The response with the first break, counts and chain ids; `end_offset`
@@ -201,4 +223,39 @@ def verify(records: Iterable[wire.StoredRecord]) -> bus_pb2.VerifyChainResponse:
                     prev[1], p.previous_hash)
                 break
         last[p.chain_id] = (p.sequence, header_hash)
+    if out.valid and heads:
+        _check_heads(out, last, heads, start, end)
     return out
+
+
+def _check_heads(
+    out: bus_pb2.VerifyChainResponse,
+    last: dict[str, tuple[int, str]],
+    heads: Mapping[str, Head],
+    start: int,
+    end: int | None,
+) -> None:
+    """Set `out.first_break` to TRUNCATED for the lowest head in [start, end)
+    that the records do not reach (see `verify`)."""
+    cut: tuple[int, str, Head, str] | None = None
+    for chain_id, h in heads.items():
+        if h.offset < start or (end is not None and h.offset >= end):
+            continue
+        seen = last.get(chain_id)
+        if seen is None:
+            actual = "no link of the chain in the partition"
+        elif seen[0] < h.sequence:
+            actual = f"the chain ends at sequence {seen[0]}"
+        else:
+            continue  # reached (a later link may be stored after its head)
+        if cut is None or h.offset < cut[0]:
+            cut = (h.offset, chain_id, h, actual)
+    if cut is None:
+        return
+    offset, chain_id, h, actual = cut
+    out.valid = False
+    out.first_break.CopyFrom(bus_pb2.ChainBreak(
+        offset=offset, chain_id=chain_id, sequence=h.sequence,
+        reason=bus_pb2.CHAIN_BREAK_REASON_TRUNCATED,
+        expected=f"link {h.sequence} (hash {h.hash}) at offset {offset}", actual=actual,
+    ))

@@ -42,6 +42,7 @@ from agentmesh.server.bus.backend import (
 from agentmesh.server.bus.chain import ChainWriter
 from agentmesh.server.bus.partitioner import Partitioner, murmur2
 from agentmesh.server.bus.settings import BusSettings
+from agentmesh.server.bus.state import Head, MemoryState, State
 from agentmesh.server.bus.topics import dlq_topic, topic_error
 from agentmesh.server.bus.tracing import end_producer_spans, inject_context, producer_spans
 
@@ -72,9 +73,12 @@ class Publisher:
         settings: limits and topic defaults.
     """
 
-    def __init__(self, backend: Backend, settings: BusSettings) -> None:
+    def __init__(
+        self, backend: Backend, settings: BusSettings, *, state: State | None = None
+    ) -> None:
         self.backend = backend
         self.settings = settings
+        self.state: State = state if state is not None else MemoryState()
         self.chain = ChainWriter(settings.instance_id)
         self.partitioner = Partitioner()
         self._creating: dict[str, asyncio.Future[int]] = {}
@@ -455,6 +459,14 @@ class Publisher:
             if env is not None:
                 self.chain.reset(topic, partition)  # the link is missing from the log
             raise res
+        if env is not None:
+            self.note_head((topic, partition), value, res, hash_hex)
+
+    def note_head(self, tp: tuple[str, int], value: bytes, offset: int, hash_hex: bytes) -> None:
+        """Store the chain head of `tp`: the confirmed link `value` (a stored
+        Envelope) at `offset`, whose hash is `hash_hex` (state.Head)."""
+        prov = bus_pb2.Envelope.FromString(value).provenance
+        self.state.note_head(tp, prov.chain_id, Head(prov.sequence, offset, hash_hex.decode()))
 
 
 class Pending:
@@ -505,13 +517,19 @@ class Pending:
             else:
                 metrics.LATENCY.labels("publish").observe((time.perf_counter() - start) * 1000)
                 self.offsets = outcomes
-                for i, r, out in zip(self.todo, records, outcomes, strict=True):
+                last: dict[tuple[str, int], int] = {}
+                for k, (i, r, out) in enumerate(zip(self.todo, records, outcomes, strict=True)):
                     if type(out) is int:
                         sent[r[0]] += 1
+                        last[r[0], r[1]] = k
                     else:
                         assert isinstance(out, DeliveryError)
                         chain.reset(r[0], r[1])
                         errors[i] = _delivery_error(out)
+                for tp, k in last.items():  # one head per partition per batch
+                    off = outcomes[k]
+                    assert type(off) is int
+                    self.publisher.note_head(tp, records[k][3], off, self.hashes[k])
         for topic, n in sent.items():  # one label lookup per topic per batch
             metrics.SENT.labels(metrics.topic_label(topic), "publish").inc(n)
         for err in errors:

@@ -30,11 +30,13 @@ from agentmesh.runtime.errors import (
     NotFound,
     Unavailable,
 )
+from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
 from agentmesh.server.bus import chain, metrics, wire
 from agentmesh.server.bus.backend import Backend, BackendUnavailable, TopicExists, TopicRejected
 from agentmesh.server.bus.publisher import Publisher
 from agentmesh.server.bus.replies import DEFAULT_REPLY_TOPIC, ReplyRouter
 from agentmesh.server.bus.settings import BusSettings
+from agentmesh.server.bus.state import MemoryState, State
 from agentmesh.server.bus.subscription import Subscription, SubscriptionOptions
 from agentmesh.server.bus.topics import (
     TopicMatcher,
@@ -85,12 +87,17 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
     Args:
         backend: storage (memory or Kafka).
         settings: gateway settings.
+        state: delivery counts and chain heads (services/bus/state.py);
+            in this process when None.
     """
 
-    def __init__(self, backend: Backend, settings: BusSettings) -> None:
+    def __init__(
+        self, backend: Backend, settings: BusSettings, *, state: State | None = None
+    ) -> None:
         self.backend = backend
         self.settings = settings
-        self.publisher = Publisher(backend, settings)
+        self.state: State = state if state is not None else MemoryState()
+        self.publisher = Publisher(backend, settings, state=self.state)
         self.replies = ReplyRouter(backend)
         self._delivery_s = settings.delivery_timeout_ms / 1000
 
@@ -207,6 +214,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             self.backend,
             self._options(first.open),
             dead_letter=self.publisher.dead_letter,
+            state=self.state,
             read_ahead=self.settings.read_ahead,
             topic_refresh_s=self.settings.topic_refresh_ms / 1000,
         )
@@ -644,6 +652,14 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                                            max_records=MAX_VERIFY_RECORDS)
         except BackendUnavailable as exc:
             raise Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN) from exc
-        resp = chain.verify(recs)
+        try:
+            heads = await self.state.heads((request.topic, request.partition))
+        except Exception as exc:
+            if is_redis_down(exc):
+                raise redis_unavailable(exc, action="the chain heads cannot be read") from exc
+            raise
+        # Heads below the first retained offset went with retention; with no
+        # end_offset, a head anywhere past `start` must be in the log.
+        resp = chain.verify(recs, heads=heads, start=start, end=request.end_offset or None)
         resp.end_offset = recs[-1].offset + 1 if recs else start
         return resp

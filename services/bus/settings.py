@@ -21,6 +21,7 @@ from agentmesh.server.bus.kafka_config import (
     PRODUCER_ALLOWED,
     parse_pairs,
 )
+from agentmesh.server.bus.state import STATE_STORES
 from agentmesh.server.bus.topics import TopicSpec
 
 #: Values of --backend; empty picks kafka when --kafka-bootstrap is set.
@@ -69,6 +70,10 @@ class BusSettings(Settings):
             broker's default, -1 keeps records forever.
         kafka_topic_cleanup_policy: cleanup.policy of created topics; "" means
             the broker's default.
+        state_store: "memory" or "redis": where delivery counts (exact
+            max_deliveries) and chain heads (VerifyChain's truncation check)
+            live (services/bus/state.py).
+        state_ttl_s: expiry of a state key after its last write, seconds.
         kafka_bootstrap: bootstrap servers (from ServerConfig); empty on the memory backend.
         kafka_security: librdkafka security settings (SASL, TLS) for every Kafka client.
     """
@@ -178,6 +183,16 @@ class BusSettings(Settings):
     kafka_topic_cleanup_policy: str = setting(
         "", help="cleanup.policy of created topics; empty = broker default",
         choices=CLEANUP_POLICIES,
+    )
+    state_store: str = setting(
+        "memory",
+        help="where delivery counts and chain heads live: memory (this process) or redis "
+        "(AGENTMESH_REDIS_URL; exact max_deliveries across restarts, truncation checks)",
+        choices=STATE_STORES,
+    )
+    state_ttl_s: int = setting(
+        7 * 24 * 3600, help="expiry of a state store key after its last write",
+        unit="s", minimum=1,
     )
     kafka_bootstrap: str = ""
     kafka_security: dict[str, str] = field(default_factory=dict)

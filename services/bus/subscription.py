@@ -35,6 +35,7 @@ from agentmesh.server.bus.backend import (
     TopicPartition,
 )
 from agentmesh.server.bus.backlog import Backlog, Item
+from agentmesh.server.bus.state import Marks, MemoryState, Prior, State
 from agentmesh.server.bus.topics import TopicMatcher
 
 log = logging.getLogger("agentmesh.bus.subscription")
@@ -96,6 +97,10 @@ class _PartState:
     pending: deque[int] = field(default_factory=deque)
     settled: set[int] = field(default_factory=set)
     committed: int = -1
+    #: earlier deliveries of this partition to the group (state.Prior)
+    prior: Prior = field(default_factory=Prior)
+    #: records fetched while `prior` is being read, in order; None once read
+    stash: list[wire.StoredRecord] | None = None
 
     def settle(self, offset: int) -> int | None:
         """Mark `offset` settled; returns the new commit offset when it moved."""
@@ -151,6 +156,8 @@ class Subscription:
         backend: storage.
         options: the subscription settings.
         dead_letter: writes a record to its dead-letter topic.
+        state: where delivery counts are kept (services/bus/state.py), so a
+            record's deliveries are counted across rebalances and restarts.
         read_ahead: backlog size at which fetching pauses.
         topic_refresh_s: how often wildcard patterns are re-resolved.
     """
@@ -161,6 +168,7 @@ class Subscription:
         options: SubscriptionOptions,
         *,
         dead_letter: DeadLetterFn,
+        state: State | None = None,
         read_ahead: int,
         topic_refresh_s: float,
     ) -> None:
@@ -169,6 +177,9 @@ class Subscription:
         self.opts = options
         self.matcher = TopicMatcher(options.patterns)
         self._dead_letter = dead_letter
+        self._state: State = state if state is not None else MemoryState()
+        #: the last batch waiting for its delivery marks (asynchronous state)
+        self._sending: asyncio.Future[None] | None = None
         self._read_ahead = max(read_ahead, 1)
         self._refresh_s = topic_refresh_s
         self.outbox: asyncio.Queue[bus_pb2.SubscribeResponse | BaseException] = (
@@ -243,9 +254,15 @@ class Subscription:
         if isinstance(ev, Records):
             self._arrive(ev.records)
         elif isinstance(ev, Assigned):
+            state = self._state
             for tp in ev.partitions:
-                self._parts[tp] = _PartState()
+                st = self._parts[tp] = _PartState()
                 self._by_tp[tp] = {}
+                if isinstance(state, MemoryState):
+                    st.prior = state.load_now(self.opts.group, tp)
+                else:  # hold its records until the counts are read
+                    st.stash = []
+                    self._spawn(self._load_prior(tp, st))
         elif isinstance(ev, Revoked):
             gone = set(ev.partitions)
             for tp in gone:
@@ -256,9 +273,25 @@ class Subscription:
                 del self._outstanding[ack_id]
         self._pump()
 
+    async def _load_prior(self, tp: TopicPartition, st: _PartState) -> None:
+        """Read the group's earlier deliveries of `tp`, then take the records
+        fetched meanwhile."""
+        prior = await self._state.load(self.opts.group, tp)
+        if self._closed or self._parts.get(tp) is not st:
+            return  # revoked meanwhile
+        st.prior = prior
+        stash, st.stash = st.stash or [], None
+        if stash:
+            self._arrive(stash)
+            self._pump()
+
     def _arrive(self, records: Sequence[wire.StoredRecord]) -> None:
         """Put fetched records in the backlog (the per-record hot path: one
-        object per record, the partition looked up once per run of records)."""
+        object per record, the partition looked up once per run of records).
+
+        A record this group was sent before (state.Prior: a rebalance or a
+        gateway restart since) keeps its delivery count; one that has had
+        max_deliveries already goes to the dead-letter topic."""
         items: list[Item] = []
         append = items.append
         next_seq = self._seq.__next__
@@ -269,6 +302,8 @@ class Subscription:
         last_p = -1
         tp: TopicPartition = ("", 0)
         st: _PartState | None = None
+        stash: list[wire.StoredRecord] | None = None
+        seen = -1  # offsets at or below it were delivered before
         for rec in records:
             t = rec.topic
             p = rec.partition
@@ -276,15 +311,27 @@ class Subscription:
                 last_t, last_p = t, p
                 tp = (t, p)
                 st = parts.get(tp)
+                stash = st.stash if st is not None else None
+                seen = st.prior.delivered if st is not None else -1
             off = rec.offset
+            if stash is not None:
+                stash.append(rec)
+                continue
             if st is None or off < st.next_fetch:
                 continue  # revoked partition, or a refetch of what we hold
             st.next_fetch = off + 1
             st.pending.append(off)
             is_env, cls, hash_b = meta(rec.headers)
             key = rec.key
-            append(_Msg(next_seq(), (tp, key) if key else (tp, None, off), cls, rec, tp,
-                        env_bytes(rec, is_env, hash_b)))
+            msg = _Msg(next_seq(), (tp, key) if key else (tp, None, off), cls, rec, tp,
+                       env_bytes(rec, is_env, hash_b))
+            if off <= seen:
+                msg.attempts = st.prior.attempts(off)
+                if msg.attempts >= self.opts.max_deliveries:
+                    msg.last_reason = "max_deliveries reached before a rebalance or restart"
+                    self._spawn(self._to_dlq(msg, msg.last_reason))
+                    continue
+            append(msg)
         self._backlog.push_many(items)
         if len(self._backlog) >= self._read_ahead and not self._paused and self._source:
             self._paused = True
@@ -328,7 +375,7 @@ class Subscription:
         topic instead.
         """
         deadline = time.monotonic() + self.opts.ack_deadline_s
-        buf = self._encode(items, deadline)
+        buf, marks = self._encode(items, deadline)
         try:
             resp = bus_pb2.SubscribeResponse.FromString(buf)
         except DecodeError:
@@ -344,9 +391,26 @@ class Subscription:
             if not good:
                 return
             items = good
-            resp = bus_pb2.SubscribeResponse.FromString(self._encode(items, deadline))
-        self.outbox.put_nowait(resp)
+            buf, marks = self._encode(items, deadline)
+            resp = bus_pb2.SubscribeResponse.FromString(buf)
+        write = self._state.record(self.opts.group, marks)
+        if write is None and self._sending is None:
+            self.outbox.put_nowait(resp)
+        else:  # the marks are stored before the batch leaves; batches keep their order
+            self._sending = asyncio.ensure_future(self._send_after(self._sending, write, resp))
         self._count_sent(items)
+
+    async def _send_after(
+        self, prev: asyncio.Future[None] | None, write: Awaitable[None] | None,
+        resp: bus_pb2.SubscribeResponse,
+    ) -> None:
+        """Send `resp` once its delivery marks are stored and the batch before it went."""
+        if write is not None:
+            await write  # RedisState logs its own failures and never raises
+        if prev is not None:
+            await prev
+        if not self._closed:
+            self.outbox.put_nowait(resp)
 
     def _take_back(self, items: list[_Msg]) -> None:
         """Undo `_encode`'s bookkeeping of a batch that is not sent."""
@@ -383,9 +447,11 @@ class Subscription:
             if m.attempts == 1 and m.rec.timestamp_ms > 0:
                 latency.observe(max(0.0, wall_ms - m.rec.timestamp_ms))
 
-    def _encode(self, items: list[_Msg], deadline: float) -> bytes:
+    def _encode(self, items: list[_Msg], deadline: float) -> tuple[bytes, Marks]:
         """A serialized SubscribeResponse{batch} of `items`, each with a new
-        ack id, its attempt counted and recorded as outstanding until `deadline`."""
+        ack id, its attempt counted and recorded as outstanding until `deadline`;
+        and the batch's delivery marks for the state store (highest offset per
+        partition, the attempt of each redelivery)."""
         varint = wire.varint
         small = wire.SMALL_VARINTS
         prefixes = self._pos_prefix
@@ -401,6 +467,7 @@ class Subscription:
         pre = b""
         offsets: dict[int, _Msg] | None = None
         top = -1
+        redone: list[_Msg] = []
         for msg in items:
             tp = msg.tp
             if tp is not cur:
@@ -423,6 +490,8 @@ class Subscription:
             n_pos = len(pos)
             attempt = msg.attempts + 1
             msg.attempts = attempt
+            if attempt > 1:
+                redone.append(msg)
             msg.ack_id = ack_id
             msg.deadline = deadline
             outstanding[ack_id] = msg
@@ -438,11 +507,15 @@ class Subscription:
             append(b"\x0a" + (small[n_rm] if n_rm < 128 else varint(n_rm)) + rm)
         if cur is not None and last.get(cur, -1) < top:
             last[cur] = top
+        marks: Marks = {}
         for (topic, partition), off in last.items():
             p = wire.position_bytes(topic, partition, off)
             append(b"\x12" + varint(len(p)) + p)  # MessageBatch.last_positions
+            marks[topic, partition] = (off, {})
+        for msg in redone:
+            marks[msg.tp][1][msg.rec.offset] = msg.attempts
         batch = join(out)
-        return b"\x12" + varint(len(batch)) + batch  # SubscribeResponse.batch
+        return b"\x12" + varint(len(batch)) + batch, marks  # SubscribeResponse.batch
 
     def ack(
         self, ack_ids: Sequence[str], up_to: Sequence[tuple[TopicPartition, int]] = ()

@@ -138,6 +138,12 @@ class _ChainBreakReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Chai
     """
     CHAIN_BREAK_REASON_MALFORMED: _ChainBreakReason.ValueType  # 4
     """The record claims provenance but its headers or value cannot be parsed."""
+    CHAIN_BREAK_REASON_TRUNCATED: _ChainBreakReason.ValueType  # 5
+    """The partition ends before a chain's stored head (the last link whose
+    write the gateway confirmed): links are missing at the tail (lost in an
+    unclean leader election, a topic deleted and recreated). The break's
+    offset and sequence are the head's; `actual` says where the chain ends.
+    """
 
 class ChainBreakReason(_ChainBreakReason, metaclass=_ChainBreakReasonEnumTypeWrapper):
     """Why a link is broken."""
@@ -154,6 +160,12 @@ or repeated).
 """
 CHAIN_BREAK_REASON_MALFORMED: ChainBreakReason.ValueType  # 4
 """The record claims provenance but its headers or value cannot be parsed."""
+CHAIN_BREAK_REASON_TRUNCATED: ChainBreakReason.ValueType  # 5
+"""The partition ends before a chain's stored head (the last link whose
+write the gateway confirmed): links are missing at the tail (lost in an
+unclean leader election, a topic deleted and recreated). The break's
+offset and sequence are the head's; `actual` says where the chain ends.
+"""
 Global___ChainBreakReason: _TypeAlias = ChainBreakReason  # noqa: Y015
 
 @_typing.final

@@ -367,7 +367,10 @@ class BusServiceServicer:
     def VerifyChain(self, request, context):
         """VerifyChain re-hashes the records of a partition range and checks every
         link (sequence, previous hash, hash); it names the first break. Records
-        without provenance (ordinary producers) are counted and skipped.
+        without provenance (ordinary producers) are counted and skipped. A chain
+        whose stored head falls in the range but is missing from the log is a
+        break too (CHAIN_BREAK_REASON_TRUNCATED); heads below the partition's
+        first retained offset (retention, deleted records) are not.
         Errors: INVALID_ARGUMENT (bad topic, partition or range; range over
         100000 records), NOT_FOUND (unknown topic or partition), UNAVAILABLE.
         """

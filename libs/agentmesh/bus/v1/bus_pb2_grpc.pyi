@@ -204,7 +204,10 @@ class BusServiceStub:
     VerifyChain: _grpc.UnaryUnaryMultiCallable[_bus_pb2.VerifyChainRequest, _bus_pb2.VerifyChainResponse]
     """VerifyChain re-hashes the records of a partition range and checks every
     link (sequence, previous hash, hash); it names the first break. Records
-    without provenance (ordinary producers) are counted and skipped.
+    without provenance (ordinary producers) are counted and skipped. A chain
+    whose stored head falls in the range but is missing from the log is a
+    break too (CHAIN_BREAK_REASON_TRUNCATED); heads below the partition's
+    first retained offset (retention, deleted records) are not.
     Errors: INVALID_ARGUMENT (bad topic, partition or range; range over
     100000 records), NOT_FOUND (unknown topic or partition), UNAVAILABLE.
     """
@@ -385,7 +388,10 @@ class BusServiceAsyncStub(BusServiceStub):
     VerifyChain: _aio.UnaryUnaryMultiCallable[_bus_pb2.VerifyChainRequest, _bus_pb2.VerifyChainResponse]  # type: ignore[assignment]
     """VerifyChain re-hashes the records of a partition range and checks every
     link (sequence, previous hash, hash); it names the first break. Records
-    without provenance (ordinary producers) are counted and skipped.
+    without provenance (ordinary producers) are counted and skipped. A chain
+    whose stored head falls in the range but is missing from the log is a
+    break too (CHAIN_BREAK_REASON_TRUNCATED); heads below the partition's
+    first retained offset (retention, deleted records) are not.
     Errors: INVALID_ARGUMENT (bad topic, partition or range; range over
     100000 records), NOT_FOUND (unknown topic or partition), UNAVAILABLE.
     """
@@ -623,7 +629,10 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bus_pb2.VerifyChainResponse, _abc.Awaitable[_bus_pb2.VerifyChainResponse]]:
         """VerifyChain re-hashes the records of a partition range and checks every
         link (sequence, previous hash, hash); it names the first break. Records
-        without provenance (ordinary producers) are counted and skipped.
+        without provenance (ordinary producers) are counted and skipped. A chain
+        whose stored head falls in the range but is missing from the log is a
+        break too (CHAIN_BREAK_REASON_TRUNCATED); heads below the partition's
+        first retained offset (retention, deleted records) are not.
         Errors: INVALID_ARGUMENT (bad topic, partition or range; range over
         100000 records), NOT_FOUND (unknown topic or partition), UNAVAILABLE.
         """

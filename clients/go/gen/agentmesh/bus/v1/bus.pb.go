@@ -223,6 +223,11 @@ const (
 	ChainBreakReason_CHAIN_BREAK_REASON_SEQUENCE_GAP ChainBreakReason = 3
 	// The record claims provenance but its headers or value cannot be parsed.
 	ChainBreakReason_CHAIN_BREAK_REASON_MALFORMED ChainBreakReason = 4
+	// The partition ends before a chain's stored head (the last link whose
+	// write the gateway confirmed): links are missing at the tail (lost in an
+	// unclean leader election, a topic deleted and recreated). The break's
+	// offset and sequence are the head's; `actual` says where the chain ends.
+	ChainBreakReason_CHAIN_BREAK_REASON_TRUNCATED ChainBreakReason = 5
 )
 
 // Enum value maps for ChainBreakReason.
@@ -233,6 +238,7 @@ var (
 		2: "CHAIN_BREAK_REASON_PREVIOUS_HASH_MISMATCH",
 		3: "CHAIN_BREAK_REASON_SEQUENCE_GAP",
 		4: "CHAIN_BREAK_REASON_MALFORMED",
+		5: "CHAIN_BREAK_REASON_TRUNCATED",
 	}
 	ChainBreakReason_value = map[string]int32{
 		"CHAIN_BREAK_REASON_UNSPECIFIED":            0,
@@ -240,6 +246,7 @@ var (
 		"CHAIN_BREAK_REASON_PREVIOUS_HASH_MISMATCH": 2,
 		"CHAIN_BREAK_REASON_SEQUENCE_GAP":           3,
 		"CHAIN_BREAK_REASON_MALFORMED":              4,
+		"CHAIN_BREAK_REASON_TRUNCATED":              5,
 	}
 )
 
@@ -2818,13 +2825,14 @@ const file_agentmesh_bus_v1_bus_proto_rawDesc = "" +
 	"\x1aCLEANUP_POLICY_UNSPECIFIED\x10\x00\x12\x19\n" +
 	"\x15CLEANUP_POLICY_DELETE\x10\x01\x12\x1a\n" +
 	"\x16CLEANUP_POLICY_COMPACT\x10\x02\x12!\n" +
-	"\x1dCLEANUP_POLICY_COMPACT_DELETE\x10\x03*\xd2\x01\n" +
+	"\x1dCLEANUP_POLICY_COMPACT_DELETE\x10\x03*\xf4\x01\n" +
 	"\x10ChainBreakReason\x12\"\n" +
 	"\x1eCHAIN_BREAK_REASON_UNSPECIFIED\x10\x00\x12$\n" +
 	" CHAIN_BREAK_REASON_HASH_MISMATCH\x10\x01\x12-\n" +
 	")CHAIN_BREAK_REASON_PREVIOUS_HASH_MISMATCH\x10\x02\x12#\n" +
 	"\x1fCHAIN_BREAK_REASON_SEQUENCE_GAP\x10\x03\x12 \n" +
-	"\x1cCHAIN_BREAK_REASON_MALFORMED\x10\x042\xf8\a\n" +
+	"\x1cCHAIN_BREAK_REASON_MALFORMED\x10\x04\x12 \n" +
+	"\x1cCHAIN_BREAK_REASON_TRUNCATED\x10\x052\xf8\a\n" +
 	"\n" +
 	"BusService\x12a\n" +
 	"\aPublish\x12 .agentmesh.bus.v1.PublishRequest\x1a!.agentmesh.bus.v1.PublishResponse\"\x11\xf2\xb5\x18\n" +
