@@ -7,6 +7,12 @@ Fixtures:
     redis_cluster (session) `tests.infra.RedisClusterServer`: a 3-master,
                   3-replica Redis Cluster on free loopback ports, started on
                   first use (deploy/local/redis.sh cluster), stopped by PID.
+    kafka_cluster (session) `tests.infra.KafkaCluster`: three KRaft nodes
+                  (broker + controller each) on free loopback ports, started
+                  on first use (deploy/local/kafka.sh cluster), stopped by
+                  PID; `.bootstrap` lists the three brokers. A test that
+                  kills a node (`.kill(port)`) restarts it (`.start()`)
+                  before it ends, so later users find all three.
     cluster_redis (function) an asyncio Redis Cluster client on `redis_cluster`,
                   every master flushed first.
     store_redis   (function, parametrized "single" / "cluster") an asyncio
@@ -52,6 +58,7 @@ from tests.infra import (
     ExternalRedis,
     InfraError,
     KafkaBroker,
+    KafkaCluster,
     RedisClusterServer,
     RedisServer,
     flush_db,
@@ -143,6 +150,20 @@ def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClu
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaCluster]:
+    """Three KRaft Kafka nodes (deploy/local/kafka.sh cluster), for the session."""
+    cluster = KafkaCluster(workdir=Path(tmp_path_factory.mktemp("kafka-cluster")))
+    try:
+        cluster.start()
+    except InfraError as e:
+        _unavailable("Kafka cluster", e)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

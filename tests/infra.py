@@ -48,6 +48,7 @@ __all__ = [
     "ExternalRedis",
     "InfraError",
     "KafkaBroker",
+    "KafkaCluster",
     "RedisServer",
     "flush_db",
     "free_port",
@@ -561,6 +562,162 @@ class KafkaBroker(_ManagedServer):
 
     def __repr__(self) -> str:
         return f"KafkaBroker(port={self.port}, workdir={str(self.workdir)!r})"
+
+
+class KafkaCluster:
+    """Three KRaft Kafka nodes (each broker and controller) on loopback, run by
+    `deploy/local/kafka.sh cluster` (three JVMs, -Xmx512m each).
+
+    Args:
+        workdir: directory of the nodes (`node-<broker port>/` each, with its
+            own pidfile, config, data and logs); None makes a temp dir.
+
+    Attributes:
+        ports: six ports after `start`: the brokers' three, then the
+            controllers' three (kafka.sh's `b1,b2,b3,c1,c2,c3`).
+        broker_ports: the three PLAINTEXT ports.
+        bootstrap: `127.0.0.1:b1,127.0.0.1:b2,127.0.0.1:b3`, for
+            `bootstrap.servers` / AGENTMESH_KAFKA_BOOTSTRAP (the same string
+            kafka.sh writes to `<workdir>/bootstrap`).
+        managed: always True (tests may kill and restart nodes).
+    """
+
+    managed = True
+    nodes = 3
+    # Three JVMs start at once on a small shared machine; the first run may
+    # also fetch the jars.
+    start_timeout_s = 600.0
+    stop_timeout_s = 120.0
+
+    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix="agentmesh-kafka-cluster-")
+        self.workdir = Path(workdir).resolve()
+        self.ports: list[int] = []
+
+    @property
+    def broker_ports(self) -> list[int]:
+        """The brokers' PLAINTEXT ports (empty before `start`)."""
+        return self.ports[: self.nodes]
+
+    @property
+    def bootstrap(self) -> str:
+        """`127.0.0.1:b1,127.0.0.1:b2,127.0.0.1:b3`."""
+        if not self.ports:
+            raise InfraError("KafkaCluster has no ports yet; call start() first")
+        return ",".join(f"{LOOPBACK}:{p}" for p in self.broker_ports)
+
+    def node_dir(self, port: int) -> Path:
+        """The directory of the node whose broker listens on `port`."""
+        return self.workdir / f"node-{port}"
+
+    def pids(self) -> dict[int, int]:
+        """Broker port -> PID of each node process that is alive."""
+        out: dict[int, int] = {}
+        for port in self.broker_ports:
+            try:
+                pid = int((self.node_dir(port) / "kafka.pid").read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                out[port] = pid
+        return out
+
+    def node_id(self, port: int) -> int:
+        """The Kafka node id (1..3) of the broker on `port`."""
+        return self.broker_ports.index(port) + 1
+
+    def port_of(self, node_id: int) -> int:
+        """The broker port of Kafka node `node_id` (1..3)."""
+        return self.broker_ports[node_id - 1]
+
+    def kill(self, port: int, sig: int = 9) -> int:
+        """Send `sig` (default SIGKILL) to the node on broker `port`, by the
+        PID in its pidfile, and wait (up to 30 s) for it to exit when the
+        signal is SIGKILL or SIGTERM. Returns the PID. `start()` brings the
+        node back on the same ports and data.
+
+        Raises:
+            InfraError: the node is not running or did not exit.
+        """
+        import signal as _signal
+        import time as _time
+
+        pid = self.pids().get(port)
+        if pid is None:
+            raise InfraError(f"kafka cluster node on port {port} is not running")
+        os.kill(pid, sig)
+        if sig in (_signal.SIGKILL, _signal.SIGTERM):
+            deadline = _time.monotonic() + 30.0
+            while pid_alive(pid):
+                if _time.monotonic() > deadline:
+                    raise InfraError(f"kafka pid {pid} still alive 30 s after signal {sig}")
+                _time.sleep(0.05)
+        return pid
+
+    def _logs(self) -> list[Path]:
+        return [self.node_dir(p) / "logs" / "server.log" for p in self.broker_ports] + [
+            self.node_dir(p) / "kafka.out" for p in self.broker_ports
+        ]
+
+    def start(self) -> KafkaCluster:
+        """Start the nodes that are not running and wait until every broker's
+        metadata lists all three (`kafka.sh cluster start`). Idempotent: after
+        `kill()` it restarts just the killed node.
+
+        Raises:
+            InfraError: a node did not start or the brokers did not all register.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.ports:
+            self.ports = free_ports(2 * self.nodes)
+        try:
+            _run_script(
+                KAFKA_SH,
+                ["cluster", "start", ",".join(map(str, self.ports)), str(self.workdir)],
+                env={},
+                timeout_s=self.start_timeout_s,
+                logs=self._logs(),
+            )
+        except InfraError:
+            with contextlib.suppress(InfraError):
+                self.stop()
+            raise
+        _RUNNING.add(self)  # type: ignore[arg-type]
+        return self
+
+    def stop(self) -> None:
+        """Stop every node by the PID in its pidfile (`kafka.sh cluster stop`).
+
+        Raises:
+            InfraError: a node could not be stopped.
+        """
+        pids = self.pids()
+        _run_script(
+            KAFKA_SH,
+            ["cluster", "stop", str(self.workdir)],
+            env={},
+            timeout_s=self.stop_timeout_s,
+            logs=self._logs(),
+        )
+        _RUNNING.discard(self)  # type: ignore[arg-type]
+        alive = [pid for pid in pids.values() if pid_alive(pid)]
+        if alive:
+            raise InfraError(f"kafka cluster pids {alive} still alive after stop")
+
+    def __enter__(self) -> KafkaCluster:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        return f"KafkaCluster(ports={self.ports}, workdir={str(self.workdir)!r})"
 
 
 class ExternalRedis:

@@ -38,7 +38,7 @@ from confluent_kafka import (
     Producer,
 )
 from confluent_kafka import TopicPartition as KTP
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 from tenacity import retry, retry_if_exception, stop_after_delay, wait_exponential
 
 from agentmesh.common.v1.common_pb2 import ErrorReason
@@ -59,7 +59,7 @@ from agentmesh.server.bus.backend import (
     TopicRejected,
     WriteResult,
 )
-from agentmesh.server.bus.topics import TopicSpec
+from agentmesh.server.bus.topics import TopicSpec, cluster_replication
 from agentmesh.server.bus.wire import OutRecord, StoredRecord
 
 log = logging.getLogger("agentmesh.bus.kafka")
@@ -185,7 +185,16 @@ class KafkaBackend(Backend):
             subscription consumers' own (`--kafka-consumer-config`, keys
             checked by kafka_config).
         topic_defaults: replication and configs of created topics when
-            create_topic is given none.
+            create_topic is given none. Replication left open (-1 / 0) is
+            filled in by topics.cluster_replication from the most brokers
+            seen in metadata: 3 and min.insync.replicas 2 on a cluster of
+            three or more.
+
+    Attributes:
+        brokers_seen: the most brokers one metadata response has listed since
+            start (a dead broker drops out of metadata; this count does not,
+            so topics created while one is down still ask for the full
+            replication and fail UNAVAILABLE instead of being under-replicated).
     """
 
     name = "kafka"
@@ -222,6 +231,7 @@ class KafkaBackend(Backend):
         self._admin = AdminClient({**self.client_config, "socket.timeout.ms": 3000,
                                    "allow.auto.create.topics": False})
         self._partitions: dict[str, int] = {}
+        self.brokers_seen = 0
         self._poll_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self.down_since: float | None = None
@@ -262,7 +272,12 @@ class KafkaBackend(Backend):
             self._producer.poll(0.05)
 
     def _on_error(self, err: KafkaError) -> None:
-        if err.code() in (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT):
+        # _TRANSPORT is one broker connection failing: the whole of Kafka on a
+        # single broker, but on a cluster (more than one broker seen) the
+        # others still take writes; only _ALL_BROKERS_DOWN means down there.
+        down = (KafkaError._ALL_BROKERS_DOWN,) if self.brokers_seen > 1 else (
+            KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT)
+        if err.code() in down:
             if self.down_since is None:
                 log.warning("kafka unreachable", extra={"error": str(err)})
                 self.down_since = time.monotonic()
@@ -283,6 +298,7 @@ class KafkaBackend(Backend):
         except KafkaException as exc:
             raise BackendUnavailable(f"cannot list Kafka topics: {exc}") from exc
         self.down_since = None
+        self._note_brokers(md)
         out = {
             name: len(t.partitions)
             for name, t in md.topics.items()
@@ -290,6 +306,26 @@ class KafkaBackend(Backend):
         }
         self._partitions.update(out)
         return out
+
+    def _note_brokers(self, md: ClusterMetadata) -> int:
+        """Fold a metadata response's broker count into brokers_seen; returns it."""
+        self.brokers_seen = max(self.brokers_seen, len(md.brokers))
+        return self.brokers_seen
+
+    async def _count_brokers(self, topic: str) -> tuple[int, int]:
+        """(brokers in a fresh metadata response, brokers_seen after it).
+
+        Asks for `topic`'s metadata only (not every topic's); the response
+        lists the live brokers either way.
+
+        Raises:
+            BackendUnavailable: no metadata within 5 s.
+        """
+        try:
+            md = await asyncio.to_thread(self._admin.list_topics, topic=topic, timeout=5)
+        except KafkaException as exc:
+            raise BackendUnavailable(f"cannot read Kafka metadata: {exc}") from exc
+        return len(md.brokers), self._note_brokers(md)
 
     def cached_partitions(self, topic: str) -> int | None:
         return self._partitions.get(topic)
@@ -302,6 +338,7 @@ class KafkaBackend(Backend):
             md = await asyncio.to_thread(self._admin.list_topics, topic=topic, timeout=5)
         except KafkaException as exc:
             raise BackendUnavailable(f"cannot read Kafka metadata: {exc}") from exc
+        self._note_brokers(md)
         t = md.topics.get(topic)
         if t is None or t.error is not None or not t.partitions:
             return None
@@ -347,7 +384,8 @@ class KafkaBackend(Backend):
     async def create_topic(
         self, topic: str, partitions: int, spec: TopicSpec | None = None
     ) -> None:
-        spec = spec or self.topic_defaults
+        live, seen = await self._count_brokers(topic)
+        spec = cluster_replication(spec or self.topic_defaults, seen)
         futs = self._admin.create_topics(
             [NewTopic(topic, num_partitions=partitions,
                       replication_factor=spec.replication_factor,
@@ -362,6 +400,15 @@ class KafkaBackend(Backend):
             code = err.code() if isinstance(err, KafkaError) else None
             if code == KafkaError.TOPIC_ALREADY_EXISTS:
                 raise TopicExists(topic) from exc
+            if (code == KafkaError.INVALID_REPLICATION_FACTOR
+                    and 0 < spec.replication_factor <= seen):
+                # The cluster has had enough brokers and will again: an outage,
+                # not a bad request. Creating the topic with fewer replicas
+                # would silently weaken every later write to it.
+                raise BackendUnavailable(
+                    f"cannot create topic {topic} with replication factor "
+                    f"{spec.replication_factor}: {live} of the {seen} brokers seen are up"
+                ) from exc
             if code in _REJECTED_FIELD and isinstance(err, KafkaError):
                 raise TopicRejected(f"the broker refused topic {topic}: {err.str()}",
                                     field=_REJECTED_FIELD[code]) from exc
@@ -371,6 +418,10 @@ class KafkaBackend(Backend):
         # their own metadata refresh.
         await self._producer_knows(topic, partitions)
         self._partitions[topic] = partitions
+        log.info("topic created", extra={
+            "topic": topic, "partitions": partitions,
+            "replication_factor": spec.replication_factor,
+            "min_insync_replicas": spec.min_insync_replicas, "brokers_seen": seen})
 
     # ---- writes ---------------------------------------------------------
     def write(self, records: Sequence[OutRecord]) -> asyncio.Future[list[WriteResult]]:

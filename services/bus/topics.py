@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MAX_TOPIC_CHARS = 200
 DLQ_SUFFIX = ".dlq"
@@ -99,8 +99,10 @@ class TopicSpec:
     """How a new topic is created, beyond its partition count.
 
     Attributes:
-        replication_factor: -1 means the broker's default.
-        min_insync_replicas: 0 means the broker's default.
+        replication_factor: -1 means the broker's default, or 3 on a cluster
+            of three or more brokers (cluster_replication, Kafka backend).
+        min_insync_replicas: 0 means the broker's default, or 2 when the
+            replication factor is 3 or more (cluster_replication).
         retention_ms: 0 means the broker's default; -1 keeps records forever.
         cleanup_policy: "delete", "compact", "compact,delete"; "" means the broker's default.
     """
@@ -120,3 +122,35 @@ class TopicSpec:
         if self.cleanup_policy:
             out["cleanup.policy"] = self.cleanup_policy
         return out
+
+
+#: The replication the gateway gives a topic it creates on a cluster of at
+#: least this many brokers when the settings leave it open (replication factor
+#: -1, min.insync.replicas 0): with acks=all every acknowledged record is then
+#: on at least CLUSTER_MIN_INSYNC_REPLICAS brokers, so one broker may die
+#: without losing an acknowledged record and without refusing writes.
+CLUSTER_REPLICATION_FACTOR = 3
+CLUSTER_MIN_INSYNC_REPLICAS = 2
+
+
+def cluster_replication(spec: TopicSpec, brokers: int) -> TopicSpec:
+    """`spec` with the replication left open filled in for a cluster of `brokers`.
+
+    A replication factor of -1 becomes CLUSTER_REPLICATION_FACTOR (3) when
+    `brokers` >= 3 and stays -1 (the broker's default) below that;
+    min.insync.replicas 0 becomes CLUSTER_MIN_INSYNC_REPLICAS (2) when the
+    replication factor is then 3 or more. Set values are kept as they are.
+
+    Args:
+        spec: the topic's settings (the gateway's defaults or a CreateTopic's).
+        brokers: brokers the gateway has seen in the cluster's metadata.
+    """
+    rf = spec.replication_factor
+    if rf == -1 and brokers >= CLUSTER_REPLICATION_FACTOR:
+        rf = CLUSTER_REPLICATION_FACTOR
+    isr = spec.min_insync_replicas
+    if isr == 0 and rf >= CLUSTER_REPLICATION_FACTOR:
+        isr = CLUSTER_MIN_INSYNC_REPLICAS
+    if (rf, isr) == (spec.replication_factor, spec.min_insync_replicas):
+        return spec
+    return replace(spec, replication_factor=rf, min_insync_replicas=isr)
