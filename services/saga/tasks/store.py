@@ -357,28 +357,29 @@ class TurnBatch:
         fut: asyncio.Future[list[Any]] = loop.create_future()
         self._queue.append((calls, fut))
         if not self._scheduled:
-            # runs after every callback already due in this turn, so the
-            # calls other tasks make in this turn join the batch
+            # The sender's first step runs after every callback already due
+            # in this turn, so the calls other tasks make in this turn join.
             self._scheduled = True
-            loop.call_soon(self._flush)
+            self._start(self._flush())
         return await fut
 
-    def _flush(self) -> None:
+    async def _flush(self) -> None:
         self._scheduled = False
         q, self._queue = self._queue, []
-        chunk: list[_Turn] = []
+        chunks: list[list[_Turn]] = [[]]
         n = 0
         for item in q:
-            if chunk and n + len(item[0]) > TURN_MAX_CALLS:
-                self._start(chunk)
-                chunk, n = [], 0
-            chunk.append(item)
+            if chunks[-1] and n + len(item[0]) > TURN_MAX_CALLS:
+                chunks.append([])
+                n = 0
+            chunks[-1].append(item)
             n += len(item[0])
-        if chunk:
-            self._start(chunk)
+        for chunk in chunks[1:]:
+            self._start(self._send(chunk))
+        await self._send(chunks[0])
 
-    def _start(self, chunk: list[_Turn]) -> None:
-        t = asyncio.ensure_future(self._send(chunk))
+    def _start(self, coro: Any) -> None:
+        t = asyncio.ensure_future(coro)
         self._senders.add(t)
         t.add_done_callback(self._senders.discard)
 
@@ -558,7 +559,9 @@ class TaskStore:
         """Tasks by id in one round trip; None for missing ones."""
         if not task_ids:
             return []
-        rows = await self.batch([("HMGET", task_key(tid), "pb", "cancel") for tid in task_ids])
+        # the pass's reads go at once (one caller, on the start's path)
+        calls: list[Call] = [("HMGET", task_key(tid), "pb", "cancel") for tid in task_ids]
+        rows = await send(self.redis, calls)
         return [
             decode(pb, c) if pb is not None else None for pb, c in (_raise(r) for r in rows)
         ]
@@ -814,7 +817,7 @@ class TaskStore:
             ("ZRANGEBYSCORE", queue_key(cls), f"({now_ms}", "+inf", "WITHSCORES", "LIMIT", 0, 1)
             for cls in range(CLASSES)
         ]
-        rows = [_raise(r) for r in await self.batch(calls)]
+        rows = [_raise(r) for r in await send(self.redis, calls)]
         # [(member, score)] when redis-py pairs the reply, else [member, score]
         later = [
             int(float(r[0][1] if isinstance(r[0], (list, tuple)) else r[1]))
@@ -904,8 +907,9 @@ class TaskStore:
     ) -> list[bool]:
         """acquire_slot for many (agent id, task id, capacity) in one pipeline,
         run by Redis in the given order (so earlier items win a contended slot)."""
-        res = await self.batch(
-            [(self._slot_acquire, [slots_key(a)], [t, cap, ttl_ms]) for a, t, cap in items]
+        res = await send(
+            self.redis,
+            [(self._slot_acquire, [slots_key(a)], [t, cap, ttl_ms]) for a, t, cap in items],
         )
         return [bool(int(_raise(r))) for r in res]
 
@@ -952,7 +956,7 @@ class TaskStore:
             )
         for cls, tid in dequeue:
             calls.append(("ZREM", queue_key(cls), tid))
-        res = await self.batch(calls)
+        res = await send(self.redis, calls)
         out: list[tuple[Claimed, bool] | None] = []
         for (_read, _scheduled, running), (spb, rpb), r in zip(
             items, pbs, res[: len(items)], strict=True
