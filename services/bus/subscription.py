@@ -297,7 +297,10 @@ class Subscription:
         next_seq = self._seq.__next__
         parts = self._parts
         env_bytes = wire.delivered_envelope_bytes
-        meta = wire.delivery_meta
+        by_prio = wire.CLASS_BY_PRIORITY_B
+        hash_prefix = wire.PROV_HASH64_PREFIX
+        h_prio, h_hash, h_env = wire.H_PRIORITY, wire.H_HASH, wire.H_ENVELOPE
+        env_type = wire.ENVELOPE_TYPE.encode()
         last_t: str | None = None
         last_p = -1
         tp: TopicPartition = ("", 0)
@@ -321,10 +324,24 @@ class Subscription:
                 continue  # revoked partition, or a refetch of what we hold
             st.next_fetch = off + 1
             st.pending.append(off)
-            is_env, cls, hash_b = meta(rec.headers)
+            # wire.delivery_meta and delivered_envelope_bytes, inlined for
+            # the gateway's own records (an Envelope with a 64-hex am-hash).
+            hdrs = rec.headers
+            if hdrs:
+                h = dict(hdrs)
+                prio = h.get(h_prio)
+                cls = by_prio.get(prio, 2) if prio else 2
+                hash_b = h.get(h_hash)
+                is_env = h.get(h_env) == env_type
+                if is_env and hash_b is not None and len(hash_b) == 64:
+                    env_b = (rec.value or b"") + hash_prefix + hash_b
+                else:
+                    env_b = env_bytes(rec, is_env, hash_b)
+            else:
+                cls = 2
+                env_b = env_bytes(rec, False, None)
             key = rec.key
-            msg = _Msg(next_seq(), (tp, key) if key else (tp, None, off), cls, rec, tp,
-                       env_bytes(rec, is_env, hash_b))
+            msg = _Msg(next_seq(), (tp, key) if key else (tp, None, off), cls, rec, tp, env_b)
             if off <= seen:
                 msg.attempts = st.prior.attempts(off)
                 if msg.attempts >= self.opts.max_deliveries:
@@ -462,6 +479,7 @@ class Subscription:
         last: dict[TopicPartition, int] = {}
         out: list[bytes] = []
         append = out.append
+        extend = out.extend
         join = b"".join
         cur: TopicPartition | None = None
         pre = b""
@@ -497,14 +515,17 @@ class Subscription:
             outstanding[ack_id] = msg
             if offsets is not None:
                 offsets[off] = msg
-            rm = join((
-                b"\x0a", small[len(ack_b)], ack_b,  # ack ids are < 128 bytes
-                b"\x12", small[n_env] if n_env < 128 else varint(n_env), env,
-                b"\x1a", small[n_pos] if n_pos < 128 else varint(n_pos), pos,
-                b"\x20", small[attempt] if attempt < 128 else varint(attempt),
-            ))
-            n_rm = len(rm)
-            append(b"\x0a" + (small[n_rm] if n_rm < 128 else varint(n_rm)) + rm)
+            # ReceivedMessage fields straight into the batch's parts (one
+            # join for the whole batch): ack_id (ids are < 128 bytes),
+            # envelope, position, delivery_attempt.
+            n_ack = len(ack_b)
+            l_env = small[n_env] if n_env < 128 else varint(n_env)
+            l_pos = small[n_pos] if n_pos < 128 else varint(n_pos)
+            att = small[attempt] if attempt < 128 else varint(attempt)
+            n_rm = 5 + n_ack + len(l_env) + n_env + len(l_pos) + n_pos + len(att)
+            extend((b"\x0a", small[n_rm] if n_rm < 128 else varint(n_rm),
+                    b"\x0a", small[n_ack], ack_b, b"\x12", l_env, env,
+                    b"\x1a", l_pos, pos, b"\x20", att))
         if cur is not None and last.get(cur, -1) < top:
             last[cur] = top
         marks: Marks = {}

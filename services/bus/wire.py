@@ -179,6 +179,13 @@ def envelope_headers_for(
 _CLASS_BY_PRIORITY_B = {b"PRIORITY_CRITICAL": 0, b"PRIORITY_HIGH": 1, b"PRIORITY_LOW": 3}
 
 
+#: Appended to a stored Envelope value, then its 64-character "am-hash": the
+#: field provenance { hash } (what delivered_envelope_bytes appends, inlined by
+#: the subscription's per-record loop).
+PROV_HASH64_PREFIX = TAG_ENV_PROVENANCE + b"\x42\x22\x40"
+CLASS_BY_PRIORITY_B = _CLASS_BY_PRIORITY_B
+
+
 def delivery_meta(headers: Headers) -> tuple[bool, int, bytes | None]:
     """What delivery needs from a record's headers, in one pass: whether the
     value is an Envelope, the backlog class of its priority (0 CRITICAL .. 3
