@@ -155,9 +155,14 @@ class Backend(ABC):
     @abstractmethod
     async def create_topic(
         self, topic: str, partitions: int, spec: TopicSpec | None = None
-    ) -> None:
+    ) -> TopicSpec:
         """Create a topic; `spec` gives replication and topic configs
         (the memory backend has no replicas and keeps everything).
+
+        Returns:
+            the settings the topic was created with: `spec` (or the
+            backend's defaults) with what the backend filled in, such as
+            Kafka's replication on a cluster (topics.cluster_replication).
 
         Raises:
             TopicExists: it already exists.

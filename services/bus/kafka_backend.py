@@ -383,7 +383,7 @@ class KafkaBackend(Backend):
 
     async def create_topic(
         self, topic: str, partitions: int, spec: TopicSpec | None = None
-    ) -> None:
+    ) -> TopicSpec:
         live, seen = await self._count_brokers(topic)
         spec = cluster_replication(spec or self.topic_defaults, seen)
         futs = self._admin.create_topics(
@@ -422,6 +422,7 @@ class KafkaBackend(Backend):
             "topic": topic, "partitions": partitions,
             "replication_factor": spec.replication_factor,
             "min_insync_replicas": spec.min_insync_replicas, "brokers_seen": seen})
+        return spec
 
     # ---- writes ---------------------------------------------------------
     def write(self, records: Sequence[OutRecord]) -> asyncio.Future[list[WriteResult]]:

@@ -70,10 +70,11 @@ class MemoryBackend(Backend):
 
     async def create_topic(
         self, topic: str, partitions: int, spec: TopicSpec | None = None
-    ) -> None:
+    ) -> TopicSpec:
         if topic in self._topics:
             raise TopicExists(topic)
         self._topics[topic] = [_Partition() for _ in range(partitions)]
+        return spec or TopicSpec()
 
     # ---- writes ---------------------------------------------------------
     def write(self, records: Sequence[OutRecord]) -> asyncio.Future[list[WriteResult]]:

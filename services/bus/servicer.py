@@ -541,9 +541,10 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         if bad:
             raise InvalidArgument("invalid topic", field_violations=bad)
         parts = t.partitions or self.settings.default_partitions
-        spec = self._topic_spec(t)
         try:
-            await self.backend.create_topic(t.name, parts, spec)
+            # The spec as created: the backend fills in what was left open
+            # (Kafka: replication 3 / min.insync.replicas 2 on a cluster).
+            spec = await self.backend.create_topic(t.name, parts, self._topic_spec(t))
         except TopicExists:
             raise AlreadyExists(f"topic {t.name} already exists") from None
         except TopicRejected as exc:

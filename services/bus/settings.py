@@ -63,9 +63,11 @@ class BusSettings(Settings):
             `key=value,...`, keys checked against kafka_config's allow lists
             (guarantee-breaking keys such as acks are refused).
         kafka_topic_replication_factor: replication factor of topics the
-            gateway creates; -1 means the broker's default.
+            gateway creates; -1 means 3 on a cluster of three or more
+            brokers, else the broker's default (topics.cluster_replication).
         kafka_topic_min_insync_replicas: min.insync.replicas of created
-            topics; 0 means the broker's default.
+            topics; 0 means 2 when the replication factor is 3 or more, else
+            the broker's default.
         kafka_topic_retention_ms: retention.ms of created topics; 0 means the
             broker's default, -1 keeps records forever.
         kafka_topic_cleanup_policy: cleanup.policy of created topics; "" means
@@ -169,11 +171,13 @@ class BusSettings(Settings):
         "ack-before-commit (enable.auto.commit, ...) are refused",
     )
     kafka_topic_replication_factor: int = setting(
-        -1, help="replication factor of created topics; -1 = broker default",
+        -1, help="replication factor of created topics; -1 = 3 on a cluster of 3+ brokers, "
+        "else broker default",
         minimum=-1, maximum=32_767,
     )
     kafka_topic_min_insync_replicas: int = setting(
-        0, help="min.insync.replicas of created topics; 0 = broker default",
+        0, help="min.insync.replicas of created topics; 0 = 2 when the replication factor "
+        "is 3 or more, else broker default",
         minimum=0, maximum=32_767,
     )
     kafka_topic_retention_ms: int = setting(

@@ -186,9 +186,12 @@ async def test_no_acked_message_lost_when_a_broker_is_killed(
     with gateway(tmp_path, kafka_cluster) as gw:
         async with grpc.aio.insecure_channel(gw.target) as ch:
             stub = bus_pb2_grpc.BusServiceStub(ch)
-            await stub.CreateTopic(
+            created = await stub.CreateTopic(
                 bus_pb2.CreateTopicRequest(topic=bus_pb2.Topic(name=topic)), timeout=60
             )
+            # The response names the replication the gateway filled in.
+            assert created.topic.replication_factor == 3, created
+            assert created.topic.min_insync_replicas == 2, created
             replicas, leaders, min_isr = describe(kafka_cluster.bootstrap, topic)
             assert all(len(r) == 3 for r in replicas.values()) and min_isr == "2"
             # The leader of partition 0: its partitions must move to a survivor.

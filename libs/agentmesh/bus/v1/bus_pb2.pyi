@@ -1134,13 +1134,16 @@ class Topic(_message.Message):
     """Number of partitions; 0 on create means the gateway default."""
     replication_factor: _builtins.int
     """Replicas of each partition; 0 on create means the gateway default
-    (--kafka-topic-replication-factor, itself by default the broker's).
+    (--kafka-topic-replication-factor; left open, 3 on a Kafka cluster of
+    three or more brokers, else the broker's). CreateTopic's answer names
+    the value filled in (0: the broker's default).
     Set by CreateTopic only; ListTopics leaves it 0. Ignored by the memory
     backend, like the other settings below.
     """
     min_insync_replicas: _builtins.int
     """The topic's min.insync.replicas: with acks=all, a write is confirmed once
-    this many replicas have it; 0 on create means the gateway default.
+    this many replicas have it; 0 on create means the gateway default
+    (left open, 2 when the replication factor is 3 or more).
     """
     infinite_retention: _builtins.bool
     """Keep records forever (retention.ms = -1); overrides `retention`."""

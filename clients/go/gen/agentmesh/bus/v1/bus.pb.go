@@ -2069,12 +2069,15 @@ type Topic struct {
 	// Number of partitions; 0 on create means the gateway default.
 	Partitions int32 `protobuf:"varint,2,opt,name=partitions,proto3" json:"partitions,omitempty"`
 	// Replicas of each partition; 0 on create means the gateway default
-	// (--kafka-topic-replication-factor, itself by default the broker's).
+	// (--kafka-topic-replication-factor; left open, 3 on a Kafka cluster of
+	// three or more brokers, else the broker's). CreateTopic's answer names
+	// the value filled in (0: the broker's default).
 	// Set by CreateTopic only; ListTopics leaves it 0. Ignored by the memory
 	// backend, like the other settings below.
 	ReplicationFactor int32 `protobuf:"varint,3,opt,name=replication_factor,json=replicationFactor,proto3" json:"replication_factor,omitempty"`
 	// The topic's min.insync.replicas: with acks=all, a write is confirmed once
-	// this many replicas have it; 0 on create means the gateway default.
+	// this many replicas have it; 0 on create means the gateway default
+	// (left open, 2 when the replication factor is 3 or more).
 	MinInsyncReplicas int32 `protobuf:"varint,4,opt,name=min_insync_replicas,json=minInsyncReplicas,proto3" json:"min_insync_replicas,omitempty"`
 	// The topic's retention.ms; unset on create means the gateway default.
 	Retention *durationpb.Duration `protobuf:"bytes,5,opt,name=retention,proto3" json:"retention,omitempty"`
