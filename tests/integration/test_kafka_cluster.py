@@ -95,7 +95,9 @@ def read_all(
             assert time.monotonic() < deadline, f"read back stopped short of {ends}"
             for m in c.consume(500, 1.0):
                 assert m.error() is None, m.error()
-                out[m.partition()].append((m.offset(), m.value()))
+                p, offset, value = m.partition(), m.offset(), m.value()
+                assert p is not None and offset is not None and value is not None
+                out[p].append((offset, value))
         return out
     finally:
         c.close()
@@ -192,7 +194,14 @@ async def test_no_acked_message_lost_when_a_broker_is_killed(
             # The response names the replication the gateway filled in.
             assert created.topic.replication_factor == 3, created
             assert created.topic.min_insync_replicas == 2, created
-            replicas, leaders, min_isr = describe(kafka_cluster.bootstrap, topic)
+            # A broker's metadata may trail the creation for a moment.
+            for _ in range(100):
+                replicas, leaders, min_isr = describe(kafka_cluster.bootstrap, topic)
+                if all(n in (1, 2, 3) for n in leaders.values()):
+                    break
+                await asyncio.sleep(0.2)
+            assert sorted(leaders) == list(range(PARTITIONS)), leaders
+            assert all(n in (1, 2, 3) for n in leaders.values()), leaders
             assert all(len(r) == 3 for r in replicas.values()) and min_isr == "2"
             # The leader of partition 0: its partitions must move to a survivor.
             victim = kafka_cluster.port_of(leaders[0])
