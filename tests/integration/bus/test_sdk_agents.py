@@ -98,7 +98,11 @@ async def test_two_replicas_of_one_type_share_a_pattern(gw: Gateway, redis_url: 
         assert len(seen.by_agent()) == 2, seen.by_agent()
         assert set(seen.ids()) == set(sent)
         assert max(seen.ids().values()) == 1  # no double handling
-        assert {att for _, _, att in seen.rows} == {1}
+        # The second replica's join is one rebalance: a message handed to the
+        # first replica and not yet acked there is handed out once more, and
+        # counted (max_deliveries is exact across a rebalance), so a handler
+        # may see attempt 2, never more.
+        assert {att for _, _, att in seen.rows} <= {1, 2}
 
 
 async def test_a_raising_handler_ends_in_the_dead_letter_topic(gw: Gateway):
