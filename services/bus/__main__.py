@@ -12,7 +12,7 @@ from agentmesh.server.bus.backend import Backend
 from agentmesh.server.bus.servicer import BusServicer
 from agentmesh.server.bus.settings import BusSettings
 from agentmesh.server.bus.state import MemoryState, RedisState, State
-from agentmesh.server.bus.workers import run_workers, worker_index
+from agentmesh.server.bus.workers import die_with_supervisor, run_workers, worker_index
 
 
 def make_backend(settings: BusSettings) -> Backend:
@@ -70,7 +70,10 @@ def supervise(config: ServerConfig) -> int | None:
     """run_daemon's `instead`: with `--workers N` (N > 1), outside a worker,
     run the supervisor of N gateway processes (services/bus/workers.py) and
     return its exit status; None serves this process as the gateway."""
-    if worker_index() is not None or config.settings_as(BusSettings).workers <= 1:
+    if worker_index() is not None:
+        die_with_supervisor()
+        return None
+    if config.settings_as(BusSettings).workers <= 1:
         return None
     try:
         settings = BusSettings.from_config(config)

@@ -14,11 +14,17 @@ subchannels with `round_robin`).
 The supervisor logs one `serving` line (port, workers, their metrics ports)
 once every worker serves, forwards SIGTERM/SIGINT to the workers and waits
 for their drain, and stops all of them when one exits on its own (the
-process manager, e.g. Kubernetes, restarts the whole group).
+process manager, e.g. Kubernetes, restarts the whole group). A supervisor
+that dies without that chance (SIGKILL, OOM kill) takes its workers with it:
+each worker asks the kernel for SIGTERM when its parent dies
+(`prctl(PR_SET_PDEATHSIG)`, prctl(2)) and drains as on any SIGTERM, so no
+orphaned gateway keeps serving the port or holding its partitions.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -40,6 +46,12 @@ log = logging.getLogger("agentmesh.bus.workers")
 #: and does not supervise.
 WORKER_ENV = "AGENTMESH_BUS_WORKER_INDEX"
 
+#: Set in a worker's environment to the supervisor's PID (see die_with_supervisor).
+SUPERVISOR_ENV = "AGENTMESH_BUS_SUPERVISOR_PID"
+
+#: prctl(2) option: the signal this process gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
 #: Seconds the workers get to start before the supervisor gives up.
 START_TIMEOUT_S = 120.0
 
@@ -48,6 +60,29 @@ def worker_index() -> int | None:
     """This process's worker index, or None when it is not a worker."""
     raw = os.environ.get(WORKER_ENV, "")
     return int(raw) if raw.isdigit() else None
+
+
+def die_with_supervisor() -> None:
+    """In a worker: have the kernel send this process SIGTERM when the
+    supervisor dies (Linux prctl(PR_SET_PDEATHSIG)), and send it now if the
+    supervisor is already gone (it died between the fork and this call, so
+    the worker's parent is no longer the PID in `SUPERVISOR_ENV`). A no-op
+    outside a worker and where prctl is not available (not Linux)."""
+    raw = os.environ.get(SUPERVISOR_ENV, "")
+    if worker_index() is None or not raw.isdigit():
+        return
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name, use_errno=True) if name else None
+    prctl = getattr(libc, "prctl", None)
+    if prctl is None:
+        log.warning("no prctl here: this worker outlives a SIGKILLed supervisor")
+        return
+    if prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        log.warning("prctl(PR_SET_PDEATHSIG) failed",
+                    extra={"errno": ctypes.get_errno()})
+        return
+    if os.getppid() != int(raw):
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _hold_port(host: str, port: int) -> socket.socket:
@@ -117,7 +152,8 @@ def run_workers(config: ServerConfig, settings: BusSettings, argv: Sequence[str]
         args = [sys.executable, "-m", "agentmesh.server.bus", *argv,
                 "--port", str(port), "--metrics-port", str(metrics_port),
                 "--instance-id", f"{settings.instance_id}-w{i}", "--workers", "1"]
-        p = subprocess.Popen(args, env={**os.environ, WORKER_ENV: str(i)},
+        p = subprocess.Popen(args, env={**os.environ, WORKER_ENV: str(i),
+                                        SUPERVISOR_ENV: str(os.getpid())},
                              stderr=subprocess.PIPE)
         assert p.stderr is not None
         threading.Thread(target=_pump_stderr, args=(i, p.stderr, served, cond),

@@ -111,6 +111,24 @@ async def test_one_worker_dying_stops_the_group(kafka_broker: Any, tmp_path: Pat
         proc.kill()
 
 
+@pytest.mark.kafka
+async def test_a_sigkilled_supervisor_takes_its_workers_with_it(
+    kafka_broker: Any, tmp_path: Path
+):
+    proc = daemon("bus", tmp_path, "--kafka-bootstrap", kafka_broker.bootstrap,
+                  "--workers", "2", "--grace-period-s", "1").start(90)
+    workers = supervisor_serving(proc)["worker_pids"]
+    try:
+        assert all(pid_alive(w) for w in workers)
+        proc.kill()  # SIGKILL: the supervisor forwards nothing
+        await eventually(lambda: not any(pid_alive(w) for w in workers), timeout_s=20,
+                         every_s=0.1, what="both workers ended after their supervisor")
+    finally:
+        for w in workers:
+            if pid_alive(w):
+                os.kill(w, signal.SIGKILL)
+
+
 def test_workers_need_the_kafka_backend(tmp_path: Path):
     r = subprocess.run([sys.executable, "-m", "agentmesh.server.bus", "--backend", "memory",
                         "--port", "0", "--metrics-port", "0", "--workers", "2"],
