@@ -18,7 +18,12 @@ from tests.deploy.chart import CHART, DAEMONS, KUBE_VERSION, VALUES_FILES, by_ki
 
 #: Kinds the chart renders that are not built into Kubernetes.
 CRD_KINDS = {"ServiceMonitor"}
-VALUES_CASES = [(), *[(v,) for v in VALUES_FILES]]
+#: values-ha-redis-cluster.yaml is an overlay: it is checked on top of values-ha.yaml.
+VALUES_CASES = [
+    (),
+    *[(v,) for v in VALUES_FILES],
+    ("values-ha.yaml", "values-ha-redis-cluster.yaml"),
+]
 
 
 def test_ci_values_files_cover_the_required_configurations() -> None:
@@ -26,7 +31,7 @@ def test_ci_values_files_cover_the_required_configurations() -> None:
     assert {"default", "ha", "secure", "minimal", "monitoring"} <= names
 
 
-@pytest.mark.parametrize("values", VALUES_CASES, ids=lambda v: v[0] if v else "defaults")
+@pytest.mark.parametrize("values", VALUES_CASES, ids=lambda v: "+".join(v) or "defaults")
 def test_chart_lints_strictly(values: tuple[str, ...]) -> None:
     args = [helm(), "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION]
     for v in values:
@@ -45,7 +50,7 @@ def test_pinned_helm_renders_and_lints_without_kube_version() -> None:
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
-@pytest.mark.parametrize("values", VALUES_CASES, ids=lambda v: v[0] if v else "defaults")
+@pytest.mark.parametrize("values", VALUES_CASES, ids=lambda v: "+".join(v) or "defaults")
 def test_rendered_objects_pass_strict_kubernetes_schemas(values: tuple[str, ...]) -> None:
     import kubernetes_validate
 

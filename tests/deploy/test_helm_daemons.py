@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import yaml
+from redis.asyncio.cluster import RedisCluster
 
 from agentmesh.runtime.config import ServerConfig, load_config
 from agentmesh.runtime.deps import (
@@ -30,6 +31,8 @@ from tests.deploy.chart import (
     render_error,
 )
 
+#: values-ha.yaml with Redis Cluster instead of Sentinel (its documented overlay).
+HA_REDIS_CLUSTER = ("values-ha.yaml", "values-ha-redis-cluster.yaml")
 PORTS = {"bus": 50051, "router": 50052, "registry": 50053, "saga": 50054, "swarm": 50055}
 PER_DAEMON_KINDS = ("Deployment", "Service", "ConfigMap", "PodDisruptionBudget")
 
@@ -243,6 +246,69 @@ def test_tls_switches_probes_to_grpc_health_probe_with_the_mounted_certs() -> No
     assert all("-tls" in x["args"] for x in pod["spec"]["containers"])
 
 
+def test_ha_values_give_bus_topics_replication_factor_3_and_min_isr_2() -> None:
+    """values-ha sets the bus's topic replication explicitly (bus.config), so
+    a gateway that starts while brokers are down still creates RF 3 topics."""
+    from agentmesh.server.bus.settings import BusSettings
+
+    for values in (("values-ha.yaml",), HA_REDIS_CLUSTER):
+        env = daemon_env(render(values=values), "bus")
+        assert env["AGENTMESH_KAFKA_TOPIC_REPLICATION_FACTOR"] == "3", values
+        assert env["AGENTMESH_KAFKA_TOPIC_MIN_INSYNC_REPLICAS"] == "2", values
+        bus = load_config("bus", [], settings=BusSettings, environ=env)
+        spec = bus.settings_as(BusSettings).topic_defaults()
+        assert (spec.replication_factor, spec.min_insync_replicas) == (3, 2), values
+    # the defaults leave it to the gateway (-1 / 0: RF 3 / min ISR 2 once it sees 3 brokers)
+    assert "AGENTMESH_KAFKA_TOPIC_REPLICATION_FACTOR" not in daemon_env(render(), "bus")
+
+
+def test_redis_cluster_nodes_reach_every_daemon() -> None:
+    """global.redis.cluster.nodes: off by default; set, every daemon's
+    Deployment gets them comma-joined through its ConfigMap (envFrom), and the
+    daemon's loader reads them as its cluster startup nodes."""
+    off = render()
+    for daemon in DAEMONS:
+        assert "AGENTMESH_REDIS_CLUSTER_NODES" not in daemon_env(off, daemon), daemon
+    docs = render(
+        "global.redis.cluster.nodes[0]=redis-cluster-0.redis-cluster-headless:6379",
+        "global.redis.cluster.nodes[1]=10.0.0.7:7001",
+    )
+    deployments = by_kind(docs, "Deployment")
+    assert {name.removeprefix(f"{RELEASE}-") for name in deployments} == set(DAEMONS)
+    for daemon in DAEMONS:
+        name = f"{RELEASE}-{daemon}"
+        assert container(deployments[name])["envFrom"] == [{"configMapRef": {"name": name}}]
+        env = daemon_env(docs, daemon)
+        assert env["AGENTMESH_REDIS_CLUSTER_NODES"] == (
+            "redis-cluster-0.redis-cluster-headless:6379,10.0.0.7:7001"
+        ), daemon
+        assert "AGENTMESH_REDIS_SENTINELS" not in env, daemon
+        cfg = load_config(daemon, [], settings=settings_class(daemon), environ=env)
+        assert cfg.redis_cluster_startup_nodes == [
+            ("redis-cluster-0.redis-cluster-headless", 6379),
+            ("10.0.0.7", 7001),
+        ], daemon
+
+
+async def test_ha_redis_cluster_overlay_builds_a_cluster_client_in_every_daemon() -> None:
+    docs = render(values=HA_REDIS_CLUSTER)
+    for daemon in DAEMONS:
+        env = daemon_env(docs, daemon)
+        assert "AGENTMESH_REDIS_SENTINELS" not in env, daemon
+        cfg = load_config(daemon, [], settings=settings_class(daemon), environ=env)
+        assert cfg.redis_cluster_startup_nodes == [
+            (f"redis-cluster-{i}.redis-cluster-headless", 6379) for i in range(3)
+        ], daemon
+        client = redis_from_config(cfg)  # builds only: no connection before the first command
+        try:
+            assert isinstance(client, RedisCluster), daemon
+            assert [(n.host, n.port) for n in client.nodes_manager.startup_nodes.values()] == (
+                cfg.redis_cluster_startup_nodes
+            ), daemon
+        finally:
+            await client.aclose()
+
+
 # ---- the values are real: the daemons accept and act on what the chart renders
 
 
@@ -250,6 +316,7 @@ def test_tls_switches_probes_to_grpc_health_probe_with_the_mounted_certs() -> No
     ("daemon", "values"),
     [
         *[(d, v) for d in DAEMONS for v in [(), ("ci/secure-values.yaml",), ("values-ha.yaml",)]],
+        *[(d, HA_REDIS_CLUSTER) for d in DAEMONS],
         *[(d, ("ci/tuned-values.yaml",)) for d in DAEMONS],
         # saga and swarm are disabled there
         *[(d, ("ci/minimal-values.yaml",)) for d in ("bus", "router", "registry")],
@@ -413,6 +480,24 @@ def test_every_daemon_block_has_the_same_keys() -> None:
         (("global.image.pullPolicy=Sometimes",), "pullPolicy"),
         (("swarm.ports.grpc=70000",), "/swarm/ports/grpc"),
         (("global.redis.sentinel.enabled=true",), "global.redis.sentinel.hosts"),
+        # a Redis Cluster node is host:port, a list of them, not Sentinel too, db 0 only
+        (("global.redis.cluster.nodes[0]=redis-cluster-0",), "/global/redis/cluster/nodes/0"),
+        # one entry per node: the chart does the joining (\\, keeps --set from splitting)
+        (("global.redis.cluster.nodes[0]=a:1\\,b:2",), "/global/redis/cluster/nodes/0"),
+        (("global.redis.cluster.nodes=a:7000",), "/global/redis/cluster/nodes"),
+        (("global.redis.cluster.node[0]=a:7000",), "node"),
+        (
+            (
+                "global.redis.cluster.nodes[0]=a:7000",
+                "global.redis.sentinel.enabled=true",
+                "global.redis.sentinel.hosts[0]=s:26379",
+            ),
+            "global.redis.cluster.nodes and global.redis.sentinel.enabled are both set",
+        ),
+        (
+            ("global.redis.cluster.nodes[0]=a:7000", "global.redis.url=redis://redis/3"),
+            "Redis Cluster has only db 0",
+        ),
         (("global.kafka.securityProtocol=SASL_SSL",), "global.kafka.sasl.existingSecret"),
         (("bus.backend=memory",), "bus.replicaCount to 1"),
         # Kubernetes env values are strings: an unquoted number is refused here

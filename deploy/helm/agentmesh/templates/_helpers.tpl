@@ -108,6 +108,9 @@ AGENTMESH_REDIS_URL: {{ $g.redis.url | quote }}
 AGENTMESH_REDIS_SENTINELS: {{ join "," $g.redis.sentinel.hosts | quote }}
 AGENTMESH_REDIS_SENTINEL_MASTER: {{ $g.redis.sentinel.masterName | quote }}
 {{- end }}
+{{- with $g.redis.cluster.nodes }}
+AGENTMESH_REDIS_CLUSTER_NODES: {{ join "," . | quote }}
+{{- end }}
 AGENTMESH_REGISTRY_TARGET: {{ include "agentmesh.target" (dict "root" $root "daemon" "registry") | quote }}
 AGENTMESH_ROUTER_TARGET: {{ include "agentmesh.target" (dict "root" $root "daemon" "router") | quote }}
 AGENTMESH_BUS_TARGET: {{ include "agentmesh.target" (dict "root" $root "daemon" "bus") | quote }}
@@ -183,6 +186,15 @@ ConfigMap. Context: dict root daemon.
 {{- $g := .Values.global -}}
 {{- if and $g.redis.sentinel.enabled (not $g.redis.sentinel.hosts) -}}
 {{- fail "global.redis.sentinel.enabled is true: list the sentinels in global.redis.sentinel.hosts (host:port)" -}}
+{{- end -}}
+{{- if $g.redis.cluster.nodes -}}
+{{- if $g.redis.sentinel.enabled -}}
+{{- fail "global.redis.cluster.nodes and global.redis.sentinel.enabled are both set: Redis Cluster fails over by itself, use one of them" -}}
+{{- end -}}
+{{- /* the daemons refuse it at startup (runtime.config.redis_mode_problems); fail at install instead */}}
+{{- if regexMatch "^rediss?://[^/]*/0*[1-9]" $g.redis.url -}}
+{{- fail (printf "global.redis.url %s selects a db other than 0, and Redis Cluster has only db 0: end the URL with /0 (or no db) when global.redis.cluster.nodes is set" $g.redis.url) -}}
+{{- end -}}
 {{- end -}}
 {{- if and .Values.bus.enabled (eq .Values.bus.backend "kafka") (hasPrefix "SASL_" $g.kafka.securityProtocol) (not $g.kafka.sasl.existingSecret) -}}
 {{- fail (printf "global.kafka.securityProtocol is %s: set global.kafka.sasl.existingSecret to the Secret with the SASL username and password" $g.kafka.securityProtocol) -}}
