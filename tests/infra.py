@@ -33,6 +33,7 @@ import uuid
 import weakref
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 from urllib.parse import urlsplit, urlunsplit
 
 from agentmesh.cli.stack import pid_alive
@@ -372,7 +373,103 @@ def cluster_ports(count: int) -> list[int]:
             sock.close()
 
 
-class RedisClusterServer:
+class _ScriptCluster:
+    """A cluster of local server processes run by a deploy/local script's
+    `cluster start|stop <ports> <dir>` (each node in `<dir>/node-<port>/`
+    with its own pidfile). Subclasses name the script, the pidfile and
+    which ports the nodes are found by."""
+
+    script: Path
+    kind = ""
+    pidfile = ""
+    start_timeout_s = 120.0
+    stop_timeout_s = 60.0
+
+    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
+        if workdir is None:
+            workdir = tempfile.mkdtemp(prefix=f"agentmesh-{self.kind}-cluster-")
+        self.workdir = Path(workdir).resolve()
+        self.ports: list[int] = []
+
+    def _pick_ports(self) -> list[int]:
+        raise NotImplementedError
+
+    def _node_ports(self) -> list[int]:
+        """The ports whose `node-<port>/` directories hold the nodes."""
+        return self.ports
+
+    def _logs(self) -> list[Path]:
+        raise NotImplementedError
+
+    def pids(self) -> dict[int, int]:
+        """Node port -> PID of each node process that is alive."""
+        out: dict[int, int] = {}
+        for port in self._node_ports():
+            try:
+                pid = int((self.workdir / f"node-{port}" / self.pidfile).read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if pid_alive(pid):
+                out[port] = pid
+        return out
+
+    def start(self) -> Self:
+        """Start the nodes that are not running (`<script> cluster start`)
+        and wait until the script says the cluster is up.
+
+        Raises:
+            InfraError: a node did not start or the cluster did not form.
+        """
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        if not self.ports:
+            self.ports = self._pick_ports()
+        try:
+            _run_script(
+                self.script,
+                ["cluster", "start", ",".join(map(str, self.ports)), str(self.workdir)],
+                env={},
+                timeout_s=self.start_timeout_s,
+                logs=self._logs(),
+            )
+        except InfraError:
+            with contextlib.suppress(InfraError):
+                self.stop()
+            raise
+        _RUNNING.add(self)  # type: ignore[arg-type]
+        return self
+
+    def stop(self) -> None:
+        """Stop every node by the PID in its pidfile (`<script> cluster stop`).
+
+        Raises:
+            InfraError: a node could not be stopped.
+        """
+        pids = self.pids()
+        _run_script(
+            self.script,
+            ["cluster", "stop", str(self.workdir)],
+            env={},
+            timeout_s=self.stop_timeout_s,
+            logs=self._logs(),
+        )
+        _RUNNING.discard(self)  # type: ignore[arg-type]
+        alive = [pid for pid in pids.values() if pid_alive(pid)]
+        if alive:
+            raise InfraError(f"{self.kind} cluster pids {alive} still alive after stop")
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class RedisClusterServer(_ScriptCluster):
     """A 3-master, 3-replica Redis Cluster on loopback, run by
     `deploy/local/redis.sh cluster` (six redis-server processes).
 
@@ -385,14 +482,12 @@ class RedisClusterServer:
         url: `redis://127.0.0.1:<first port>/0` (cluster mode reads only auth from it).
     """
 
-    start_timeout_s = 120.0
-    stop_timeout_s = 60.0
+    script = REDIS_SH
+    kind = "redis"
+    pidfile = "redis.pid"
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
-        if workdir is None:
-            workdir = tempfile.mkdtemp(prefix="agentmesh-redis-cluster-")
-        self.workdir = Path(workdir).resolve()
-        self.ports: list[int] = []
+    def _pick_ports(self) -> list[int]:
+        return cluster_ports(6)
 
     @property
     def nodes(self) -> str:
@@ -409,65 +504,10 @@ class RedisClusterServer:
         """`redis://127.0.0.1:<first port>/0`."""
         return f"redis://{LOOPBACK}:{self.ports[0]}/0"
 
-    def pids(self) -> dict[int, int]:
-        """port -> PID of each node process that is alive."""
-        out: dict[int, int] = {}
-        for port in self.ports:
-            try:
-                pid = int((self.workdir / f"node-{port}" / "redis.pid").read_text().strip())
-            except (OSError, ValueError):
-                continue
-            if pid_alive(pid):
-                out[port] = pid
-        return out
-
     def _logs(self) -> list[Path]:
         return [self.workdir / f"node-{p}" / "redis.log" for p in self.ports] + [
             self.workdir / "cluster-create.out"
         ]
-
-    def start(self) -> RedisClusterServer:
-        """Start the six nodes and join them (`redis.sh cluster`).
-
-        Raises:
-            InfraError: a node did not start or the cluster did not become ok.
-        """
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.ports:
-            self.ports = cluster_ports(6)
-        try:
-            _run_script(
-                REDIS_SH,
-                ["cluster", "start", ",".join(map(str, self.ports)), str(self.workdir)],
-                env={},
-                timeout_s=self.start_timeout_s,
-                logs=self._logs(),
-            )
-        except InfraError:
-            with contextlib.suppress(InfraError):
-                self.stop()
-            raise
-        _RUNNING.add(self)  # type: ignore[arg-type]
-        return self
-
-    def stop(self) -> None:
-        """Stop every node by the PID in its pidfile (`redis.sh cluster stop`).
-
-        Raises:
-            InfraError: a node could not be stopped.
-        """
-        pids = self.pids()
-        _run_script(
-            REDIS_SH,
-            ["cluster", "stop", str(self.workdir)],
-            env={},
-            timeout_s=self.stop_timeout_s,
-            logs=self._logs(),
-        )
-        _RUNNING.discard(self)  # type: ignore[arg-type]
-        alive = [pid for pid in pids.values() if pid_alive(pid)]
-        if alive:
-            raise InfraError(f"redis cluster pids {alive} still alive after stop")
 
     def flush_all(self) -> None:
         """FLUSHALL on every master (the test cluster belongs to the session)."""
@@ -564,7 +604,7 @@ class KafkaBroker(_ManagedServer):
         return f"KafkaBroker(port={self.port}, workdir={str(self.workdir)!r})"
 
 
-class KafkaCluster:
+class KafkaCluster(_ScriptCluster):
     """Three KRaft Kafka nodes (each broker and controller) on loopback, run by
     `deploy/local/kafka.sh cluster` (three JVMs, -Xmx512m each).
 
@@ -588,12 +628,15 @@ class KafkaCluster:
     # also fetch the jars.
     start_timeout_s = 600.0
     stop_timeout_s = 120.0
+    script = KAFKA_SH
+    kind = "kafka"
+    pidfile = "kafka.pid"
 
-    def __init__(self, workdir: str | os.PathLike[str] | None = None) -> None:
-        if workdir is None:
-            workdir = tempfile.mkdtemp(prefix="agentmesh-kafka-cluster-")
-        self.workdir = Path(workdir).resolve()
-        self.ports: list[int] = []
+    def _pick_ports(self) -> list[int]:
+        return free_ports(2 * self.nodes)
+
+    def _node_ports(self) -> list[int]:
+        return self.broker_ports
 
     @property
     def broker_ports(self) -> list[int]:
@@ -610,18 +653,6 @@ class KafkaCluster:
     def node_dir(self, port: int) -> Path:
         """The directory of the node whose broker listens on `port`."""
         return self.workdir / f"node-{port}"
-
-    def pids(self) -> dict[int, int]:
-        """Broker port -> PID of each node process that is alive."""
-        out: dict[int, int] = {}
-        for port in self.broker_ports:
-            try:
-                pid = int((self.node_dir(port) / "kafka.pid").read_text().strip())
-            except (OSError, ValueError):
-                continue
-            if pid_alive(pid):
-                out[port] = pid
-        return out
 
     def node_id(self, port: int) -> int:
         """The Kafka node id (1..3) of the broker on `port`."""
@@ -659,62 +690,6 @@ class KafkaCluster:
         return [self.node_dir(p) / "logs" / "server.log" for p in self.broker_ports] + [
             self.node_dir(p) / "kafka.out" for p in self.broker_ports
         ]
-
-    def start(self) -> KafkaCluster:
-        """Start the nodes that are not running and wait until every broker's
-        metadata lists all three (`kafka.sh cluster start`). Idempotent: after
-        `kill()` it restarts just the killed node.
-
-        Raises:
-            InfraError: a node did not start or the brokers did not all register.
-        """
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        if not self.ports:
-            self.ports = free_ports(2 * self.nodes)
-        try:
-            _run_script(
-                KAFKA_SH,
-                ["cluster", "start", ",".join(map(str, self.ports)), str(self.workdir)],
-                env={},
-                timeout_s=self.start_timeout_s,
-                logs=self._logs(),
-            )
-        except InfraError:
-            with contextlib.suppress(InfraError):
-                self.stop()
-            raise
-        _RUNNING.add(self)  # type: ignore[arg-type]
-        return self
-
-    def stop(self) -> None:
-        """Stop every node by the PID in its pidfile (`kafka.sh cluster stop`).
-
-        Raises:
-            InfraError: a node could not be stopped.
-        """
-        pids = self.pids()
-        _run_script(
-            KAFKA_SH,
-            ["cluster", "stop", str(self.workdir)],
-            env={},
-            timeout_s=self.stop_timeout_s,
-            logs=self._logs(),
-        )
-        _RUNNING.discard(self)  # type: ignore[arg-type]
-        alive = [pid for pid in pids.values() if pid_alive(pid)]
-        if alive:
-            raise InfraError(f"kafka cluster pids {alive} still alive after stop")
-
-    def __enter__(self) -> KafkaCluster:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     def __repr__(self) -> str:
         return f"KafkaCluster(ports={self.ports}, workdir={str(self.workdir)!r})"
