@@ -35,7 +35,7 @@ from agentmesh.saga.v1 import saga_pb2
 from agentmesh.server.saga import metrics
 from agentmesh.server.saga.agents import AgentCaller, CallError
 from agentmesh.server.saga.definition import CompiledDefinition, compile_definition
-from agentmesh.server.saga.planner import Call, CallKind, Outcome, Plan, Planner, Writer
+from agentmesh.server.saga.planner import Call, CallKind, Outcome, Planner, Writer
 from agentmesh.server.saga.state import SagaRecord
 from agentmesh.server.saga.store import Fenced, Lease, SagaStore, lease_keys
 from agentmesh.server.saga.tracing import attempt_span
@@ -156,14 +156,23 @@ class Runner:
         self.tasks: dict[asyncio.Task[Any], Call] = {}
 
     # ---- events -----------------------------------------------------------------
-    async def flush(self) -> None:
+    async def flush(self, *, publish: bool = True) -> list[saga_pb2.SagaEvent]:
         """Append pending events atomically under the lease.
+
+        Args:
+            publish: hand the batch to local watchers now; False leaves that
+                to the caller (`Engine.publish`), which sends the calls the
+                batch announces first: a watcher's stream write then runs
+                while the agent works, not before the call goes out.
+
+        Returns:
+            The batch appended (empty when nothing was pending).
 
         Raises:
             Fenced: the lease is lost.
         """
         if not self.pending:
-            return
+            return []
         if self.lost:
             raise Fenced("lease lost")
         snapshot, snap_seq = "", 0
@@ -184,9 +193,11 @@ class Runner:
         for ev in self.pending:
             self._observe(ev)
         self.durable_seq = self.rec.seq
-        # durable now: local watchers get them without reading the log back
-        self.engine.publish(self.rec, self.pending)
-        self.pending = []
+        batch, self.pending = self.pending, []
+        if publish:
+            # durable now: local watchers get them without reading the log back
+            self.engine.publish(self.rec, batch)
+        return batch
 
     def _observe(self, ev: saga_pb2.SagaEvent) -> None:
         t = ev.type
@@ -223,23 +234,22 @@ class Runner:
                 metrics.PIPELINE_THROUGHPUT.finished(self.pipeline)
 
     # ---- main loop ----------------------------------------------------------------
-    async def run(self, *, started: Plan | None = None) -> None:
+    async def run(self, *, started: bool = False) -> None:
         """Drive until final, lease loss or engine stop.
 
         Args:
-            started: the first plan of a saga this replica created with its
-                lease (`Engine.start_saga`): its events are durable already (or
-                pending, when they ended the saga), its calls not yet sent.
+            started: a saga this replica created with its lease
+                (`Engine.start_saga`): its first plan's events are durable
+                already (or pending, when they ended the saga) and its calls
+                were launched once they were.
         """
         try:
-            if started is None:
+            if not started:
                 self.pending += self.planner.lease_acquired(now_ms=now_ms())
             else:
                 await self.flush()
                 if self.rec.final:
                     return
-                for c in started.calls:
-                    self._launch(c)
                 await self._wait()
                 self._collect()
             while True:
@@ -249,11 +259,14 @@ class Runner:
                     cancel_reason=self.cancel_reason,
                 )
                 self.pending += plan.events
-                await self.flush()
+                batch = await self.flush(publish=False)
+                if not self.rec.final:
+                    for c in plan.calls:
+                        self._launch(c)
+                if batch:
+                    self.engine.publish(self.rec, batch)
                 if self.rec.final:
                     return
-                for c in plan.calls:
-                    self._launch(c)
                 await self._wait()
                 self._collect()
         except Fenced as e:
@@ -536,7 +549,15 @@ class Engine:
         metrics.ACTIVE.set(len(self.runners))
         metrics.TAKEOVERS.labels("start").inc()
         q = self.subscribe(saga_id) if feed else None
-        self._spawn(runner.run(started=plan))
+        if not rec.final:
+            # durable: the first calls may go (write-ahead as in every turn)
+            for c in plan.calls:
+                runner._launch(c)
+        self._spawn(runner.run(started=True))
+        # One loop pass for the calls' tasks to send their requests before
+        # the caller builds and writes its response: the agent works while
+        # the coordinator answers, instead of after.
+        await asyncio.sleep(0)
         return Started(events, q)
 
     def _spawn(self, coro: Any) -> None:

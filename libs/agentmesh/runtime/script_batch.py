@@ -27,7 +27,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, ResponseError
 
 #: Most calls in one pipeline; a bigger burst goes out as several pipelines.
 MAX_BATCH = 256
@@ -73,21 +73,27 @@ class ScriptBatch:
         fut: asyncio.Future[Any] = loop.create_future()
         self._queue.append((keys, args, fut))
         if not self._scheduled:
-            # The flush runs after every callback already due in this turn,
-            # so the calls other tasks make in this turn join the batch.
+            # The sender's first step runs after every callback already due
+            # in this turn, so the calls other tasks make in this turn join
+            # the batch; it is a task from here (not a flush callback that
+            # starts one) so a lone call waits one loop iteration, not two.
             self._scheduled = True
-            loop.call_soon(self._flush)
+            t = asyncio.ensure_future(self._drain())
+            self._senders.add(t)
+            t.add_done_callback(self._senders.discard)
         # A cancelled caller cancels only its own future: the batch's sender is
         # a task of its own and skips futures that are done.
         return await fut
 
-    def _flush(self) -> None:
+    async def _drain(self) -> None:
         self._scheduled = False
         q, self._queue = self._queue, []
-        for i in range(0, len(q), self.max_batch):
-            t = asyncio.ensure_future(self._send(q[i : i + self.max_batch]))
-            self._senders.add(t)
-            t.add_done_callback(self._senders.discard)
+        if len(q) <= self.max_batch:
+            await self._send(q)
+            return
+        await asyncio.gather(
+            *(self._send(q[i : i + self.max_batch]) for i in range(0, len(q), self.max_batch))
+        )
 
     async def _send(self, batch: list[_Call]) -> None:
         try:
@@ -124,6 +130,18 @@ class ScriptBatch:
         redis = self.script.registered_client
         self.batches += 1
         self.calls += len(batch)
+        if len(batch) == 1:
+            # A lone call (one saga at a time) goes as the plain command:
+            # redis-py's pipeline object, its reset and its packing cost more
+            # than the call itself. Same command, same reply or script error.
+            keys, args, _ = batch[0]
+            try:
+                reply = await redis.execute_command(
+                    "EVALSHA", self.script.sha, len(keys), *keys, *args
+                )
+            except ResponseError as e:
+                return [e]
+            return [reply]
         async with redis.pipeline(transaction=False) as pipe:
             for keys, args, _ in batch:
                 # as a command: redis-py's cluster pipeline refuses its evalsha
