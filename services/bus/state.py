@@ -2,19 +2,28 @@
 process: delivery counts per record position (so `max_deliveries` is exact)
 and chain heads (so VerifyChain can tell a truncated tail).
 
-Delivery counts, per consumer group and partition:
+Delivery counts, per consumer group and partition. Delivery within a
+partition is not in offset order (the backlog serves priority classes by
+weighted round-robin with per-key order only, and a record can wait in the
+backlog while later ones leave), so the marks are exact per offset:
 
-- `delivered`: the highest offset ever sent to the group's subscribers. A
-  record at or below it was delivered at least once.
-- `counts`: the attempt number of the latest delivery of each record that was
-  delivered more than once (offset -> attempts).
+- `contiguous`: every offset below it was delivered at least once, or lay
+  below the position this group's owner of the partition started fetching
+  from (committed, so never delivered to the group again). It advances while
+  deliveries are in offset order.
+- `counts`: offset -> attempts of every record delivered at or above
+  `contiguous` (out of order: attempt 1 recorded explicitly until the gap
+  below it fills) and of every record delivered more than once.
 
 So a record's deliveries so far are `counts.get(offset)`, else 1 when
-`offset <= delivered`, else 0. A subscription writes one mark per partition
-of each MessageBatch before the batch leaves (the highest offset of the batch,
-plus the attempt of every redelivery in it): one write per batch, not per
-message. A new owner of the partition (after a rebalance or a restart) reads
-the marks once when the partition is assigned.
+`offset < contiguous`, else 0. A subscription writes one mark per partition
+of each MessageBatch before the batch leaves: its `contiguous`, the attempts
+of the batch's out-of-order first deliveries and redeliveries, and the
+out-of-order entries the gap's filling made redundant (dropped when their
+count is still 1). In the usual in-order case that is one small write of
+`contiguous` per partition per batch, not one per message. A new owner of the
+partition (after a rebalance or a restart) reads the marks once when the
+partition is assigned.
 
 Chain heads, per partition and chain id: (sequence, offset, hash) of the last
 link whose write was confirmed. They are written after the delivery reports
@@ -26,11 +35,15 @@ process's subscriptions, not a restart) and `RedisState` (`--state-store
 redis`, every gateway process of a deployment shares it). Redis keys, with a
 hash tag so each key has one Cluster slot:
 
-    am:bus:dc:{<group>|<topic>|<partition>}   hash: "m" -> delivered,
+    am:bus:dc:{<group>|<topic>|<partition>}   hash: "c" -> contiguous,
                                                "<offset>" -> attempts
     am:bus:head:{<topic>|<partition>}          hash: chain id -> "seq offset hash"
 
-Each key expires `state_ttl_s` after its last write.
+Each key expires `state_ttl_s` after its last write. Marks only move forward
+(`contiguous` and each count never decrease; an entry is dropped only while
+it is 1 and below `contiguous`, where it says nothing more). A field "m"
+(highest offset delivered, the layout before exact per-offset marks) is read
+as `contiguous` = m + 1.
 """
 
 from __future__ import annotations
@@ -58,18 +71,29 @@ class Prior:
     """Earlier deliveries of a group's partition (see the module docstring).
 
     Attributes:
-        delivered: highest offset delivered so far; -1 when none.
-        counts: offset -> attempts of the records delivered more than once.
+        contiguous: every offset below it was delivered at least once; 0 when none.
+        counts: offset -> attempts of the records delivered at or above
+            `contiguous` and of those delivered more than once.
+        delivered: the highest offset delivered so far (-1 when none): a
+            record above it was never delivered (a cheap first test).
     """
 
-    delivered: int = -1
+    contiguous: int = 0
     counts: dict[int, int] = field(default_factory=dict)
+    delivered: int = -1
+
+    @classmethod
+    def of(cls, contiguous: int, counts: dict[int, int]) -> Prior:
+        """A Prior with `delivered` computed from `contiguous` and `counts`."""
+        top = max(counts) if counts else -1
+        return cls(contiguous, counts, max(contiguous - 1, top))
 
     def attempts(self, offset: int) -> int:
         """Deliveries of the record at `offset` so far."""
-        if offset > self.delivered:
-            return 0
-        return self.counts.get(offset, 1)
+        n = self.counts.get(offset)
+        if n is not None:
+            return n
+        return 1 if offset < self.contiguous else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +105,10 @@ class Head:
     hash: str
 
 
-#: Delivery marks of one batch: (topic, partition) -> (highest offset, {offset: attempts}).
-Marks = dict[TopicPartition, tuple[int, dict[int, int]]]
+#: Delivery marks of one batch: (topic, partition) -> (contiguous, {offset:
+#: attempts} of out-of-order first deliveries and redeliveries, offsets whose
+#: out-of-order entry `contiguous` now covers).
+Marks = dict[TopicPartition, tuple[int, dict[int, int], list[int]]]
 
 
 class MemoryState:
@@ -98,7 +124,7 @@ class MemoryState:
     def load_now(self, group: str, tp: TopicPartition) -> Prior:
         """The group's marks of `tp` (a copy: the caller may keep it)."""
         p = self._prior.get((group, tp))
-        return Prior(p.delivered, dict(p.counts)) if p else Prior()
+        return Prior(p.contiguous, dict(p.counts), p.delivered) if p else Prior()
 
     async def load(self, group: str, tp: TopicPartition) -> Prior:
         """As `load_now`."""
@@ -106,15 +132,23 @@ class MemoryState:
 
     def record(self, group: str, marks: Marks) -> Awaitable[None] | None:
         """Store one batch's marks; returns None (done)."""
-        for tp, (top, counts) in marks.items():
+        for tp, (contiguous, counts, covered) in marks.items():
             p = self._prior.get((group, tp))
             if p is None:
                 p = self._prior[(group, tp)] = Prior()
-            if top > p.delivered:
-                p.delivered = top
+            if contiguous > p.contiguous:
+                p.contiguous = contiguous
+                if contiguous - 1 > p.delivered:
+                    p.delivered = contiguous - 1
+            have = p.counts
             for off, n in counts.items():
-                if n > p.counts.get(off, 0):
-                    p.counts[off] = n
+                if n > have.get(off, 0):
+                    have[off] = n
+                    if off > p.delivered:
+                        p.delivered = off
+            for off in covered:
+                if off < p.contiguous and have.get(off) == 1:
+                    del have[off]
         return None
 
     def note_head(self, tp: TopicPartition, chain_id: str, head: Head) -> None:
@@ -131,13 +165,23 @@ class MemoryState:
 
 
 # Marks only move forward: a write that arrives late (another connection of
-# the pool) never lowers the delivered offset or an attempt count.
+# the pool) never lowers `contiguous` or an attempt count. An entry is
+# dropped only while it is 1 and below `contiguous` (it then says nothing
+# more). ARGV: ttl_ms, contiguous, n covered, covered offsets..., then
+# offset, attempts pairs.
 _RECORD = """
-local cur = tonumber(redis.call('HGET', KEYS[1], 'm') or '-1')
-if tonumber(ARGV[2]) > cur then redis.call('HSET', KEYS[1], 'm', ARGV[2]) end
-for i = 3, #ARGV, 2 do
-  local c = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
-  if tonumber(ARGV[i + 1]) > c then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+local c = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'c') or '0')
+if c > cur then redis.call('HSET', KEYS[1], 'c', ARGV[2]) else c = cur end
+local nc = tonumber(ARGV[3])
+for i = 4 + nc, #ARGV, 2 do
+  local n = tonumber(redis.call('HGET', KEYS[1], ARGV[i]) or '0')
+  if tonumber(ARGV[i + 1]) > n then redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+end
+for i = 4, 3 + nc do
+  if tonumber(ARGV[i]) < c and redis.call('HGET', KEYS[1], ARGV[i]) == '1' then
+    redis.call('HDEL', KEYS[1], ARGV[i])
+  end
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])
 return 1
@@ -194,14 +238,17 @@ class RedisState:
         except Exception as exc:
             self._down.warn(exc)
             return Prior()
-        prior = Prior()
+        contiguous = 0
+        counts: dict[int, int] = {}
         for k, v in raw.items():
             ks = k.decode() if isinstance(k, bytes) else str(k)
-            if ks == "m":
-                prior.delivered = int(v)
+            if ks == "c":
+                contiguous = max(contiguous, int(v))
+            elif ks == "m":  # the layout before exact per-offset marks
+                contiguous = max(contiguous, int(v) + 1)
             else:
-                prior.counts[int(ks)] = int(v)
-        return prior
+                counts[int(ks)] = int(v)
+        return Prior.of(contiguous, counts)
 
     def record(self, group: str, marks: Marks) -> Awaitable[None] | None:
         """Store one batch's marks; await the result before sending the batch."""
@@ -209,8 +256,8 @@ class RedisState:
 
     async def _record_all(self, group: str, marks: Marks) -> None:
         calls = []
-        for tp, (top, counts) in marks.items():
-            args: list[Any] = [self._ttl_ms, top]
+        for tp, (contiguous, counts, covered) in marks.items():
+            args: list[Any] = [self._ttl_ms, contiguous, len(covered), *covered]
             for off, n in counts.items():
                 args += [off, n]
             calls.append(self._record(keys=[_dc_key(group, tp)], args=args))

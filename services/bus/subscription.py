@@ -101,6 +101,54 @@ class _PartState:
     prior: Prior = field(default_factory=Prior)
     #: records fetched while `prior` is being read, in order; None once read
     stash: list[wire.StoredRecord] | None = None
+    #: every offset below it was delivered to the group at least once
+    #: (state.Prior.contiguous, carried forward by this subscription's batches)
+    contig: int = 0
+    #: offsets at or above `contig` delivered at least once (out of order)
+    ahead: set[int] = field(default_factory=set)
+    #: offset ranges without records at or above `contig`: start -> end (exclusive)
+    holes: dict[int, int] = field(default_factory=dict)
+
+    def take_prior(self, prior: Prior) -> None:
+        """Start the delivery marks from the group's earlier deliveries."""
+        self.prior = prior
+        self.contig = c = prior.contiguous
+        self.ahead = {off for off in prior.counts if off >= c}
+
+    def skip_to(self, start: int, offset: int) -> None:
+        """The next fetched record is at `offset`, not at `start` (the next
+        fetch position): no record of [start, offset) is delivered from here
+        on, so `contig` may pass them.
+
+        `start` < 0 (the partition's first fetched record): every offset below
+        `offset` is committed, settled by this group. Otherwise the offsets
+        hold no record (compaction, control records)."""
+        if start < 0:
+            if offset > self.contig:
+                self.contig = offset
+                self.ahead = {off for off in self.ahead if off >= offset}
+                self.fill()
+        elif offset > start >= self.contig:
+            self.holes[start] = offset
+
+    def fill(self) -> list[int]:
+        """Advance `contig` over the out-of-order deliveries and holes it
+        reaches; returns the offsets it took out of `ahead`."""
+        ahead = self.ahead
+        holes = self.holes
+        c = self.contig
+        taken = []
+        while True:
+            if c in ahead:
+                ahead.remove(c)
+                taken.append(c)
+                c += 1
+            elif c in holes:
+                c = holes.pop(c)
+            else:
+                break
+        self.contig = c
+        return taken
 
     def settle(self, offset: int) -> int | None:
         """Mark `offset` settled; returns the new commit offset when it moved."""
@@ -259,7 +307,7 @@ class Subscription:
                 st = self._parts[tp] = _PartState()
                 self._by_tp[tp] = {}
                 if isinstance(state, MemoryState):
-                    st.prior = state.load_now(self.opts.group, tp)
+                    st.take_prior(state.load_now(self.opts.group, tp))
                 else:  # hold its records until the counts are read
                     st.stash = []
                     self._spawn(self._load_prior(tp, st))
@@ -279,7 +327,7 @@ class Subscription:
         prior = await self._state.load(self.opts.group, tp)
         if self._closed or self._parts.get(tp) is not st:
             return  # revoked meanwhile
-        st.prior = prior
+        st.take_prior(prior)
         stash, st.stash = st.stash or [], None
         if stash:
             self._arrive(stash)
@@ -320,8 +368,13 @@ class Subscription:
             if stash is not None:
                 stash.append(rec)
                 continue
-            if st is None or off < st.next_fetch:
-                continue  # revoked partition, or a refetch of what we hold
+            if st is None:
+                continue  # revoked partition
+            nf = st.next_fetch
+            if off != nf:
+                if off < nf:
+                    continue  # a refetch of what we hold
+                st.skip_to(nf, off)  # the first record, or a hole (compaction)
             st.next_fetch = off + 1
             st.pending.append(off)
             # wire.delivery_meta and delivered_envelope_bytes, inlined for
@@ -467,8 +520,13 @@ class Subscription:
     def _encode(self, items: list[_Msg], deadline: float) -> tuple[bytes, Marks]:
         """A serialized SubscribeResponse{batch} of `items`, each with a new
         ack id, its attempt counted and recorded as outstanding until `deadline`;
-        and the batch's delivery marks for the state store (highest offset per
-        partition, the attempt of each redelivery)."""
+        and the batch's delivery marks for the state store (per partition:
+        `contiguous`, the attempts of out-of-order first deliveries and of
+        redeliveries; state.py's module docstring).
+
+        The hot loop only tests whether each offset is the partition's next
+        one (`contig`, which then advances); any other delivery (out of order,
+        or a redelivery) is sorted out after the loop."""
         varint = wire.varint
         small = wire.SMALL_VARINTS
         prefixes = self._pos_prefix
@@ -476,7 +534,10 @@ class Subscription:
         next_ack = self._ack_ids.__next__
         outstanding = self._outstanding
         by_tp = self._by_tp
+        parts = self._parts
         last: dict[TopicPartition, int] = {}
+        #: partitions of the batch: their state and contig before the batch
+        touched: dict[TopicPartition, tuple[_PartState | None, int]] = {}
         out: list[bytes] = []
         append = out.append
         extend = out.extend
@@ -484,22 +545,32 @@ class Subscription:
         cur: TopicPartition | None = None
         pre = b""
         offsets: dict[int, _Msg] | None = None
-        top = -1
+        part: _PartState | None = None
+        nxt = -2  # the partition's contig while in this run
+        run0 = -2  # contig at the start of the run
+        odd: list[_Msg] = []  # not at contig: out of order, or redelivered
         redone: list[_Msg] = []
         for msg in items:
             tp = msg.tp
             if tp is not cur:
-                if cur is not None and last.get(cur, -1) < top:
-                    last[cur] = top
+                if part is not None and cur is not None and nxt > run0:
+                    part.contig = nxt
+                    if last.get(cur, -1) < nxt - 1:
+                        last[cur] = nxt - 1
                 cur = tp
                 pre = prefixes.get(tp) or b""
                 if not pre:
                     pre = prefixes[tp] = wire.position_bytes(tp[0], tp[1], 0)
                 offsets = by_tp.get(tp)
-                top = last.get(tp, -1)
+                part = parts.get(tp)
+                nxt = run0 = part.contig if part is not None else -2
+                if tp not in touched:
+                    touched[tp] = (part, run0)
             off = msg.rec.offset
-            if off > top:
-                top = off
+            if off == nxt:
+                nxt = off + 1
+            else:
+                odd.append(msg)
             pos = pre + b"\x18" + (small[off] if off < 128 else varint(off)) if off else pre
             ack_id = f"{ack_prefix}{next_ack()}"
             ack_b = ack_id.encode()
@@ -526,15 +597,50 @@ class Subscription:
             extend((b"\x0a", small[n_rm] if n_rm < 128 else varint(n_rm),
                     b"\x0a", small[n_ack], ack_b, b"\x12", l_env, env,
                     b"\x1a", l_pos, pos, b"\x20", att))
-        if cur is not None and last.get(cur, -1) < top:
-            last[cur] = top
+        if part is not None and cur is not None and nxt > run0:
+            part.contig = nxt
+            if last.get(cur, -1) < nxt - 1:
+                last[cur] = nxt - 1
+        counts: dict[TopicPartition, dict[int, int]] = {}
+        for msg in odd:
+            tp = msg.tp
+            off = msg.rec.offset
+            if last.get(tp, -1) < off:
+                last[tp] = off
+            if msg.attempts > 1:
+                continue  # in `redone`
+            part = touched[tp][0]
+            if part is not None and off >= part.contig:
+                part.ahead.add(off)
+                counts.setdefault(tp, {})[off] = 1
         marks: Marks = {}
+        for tp, (part, c0) in touched.items():
+            if part is None:
+                continue  # revoked meanwhile: not this subscription's to mark
+            cov: list[int] = []
+            if part.ahead or part.holes:
+                cov = part.fill()
+                # A redelivery at contig in the hot loop may have passed entries.
+                if part.ahead and part.contig > c0 and min(part.ahead) < part.contig:
+                    c = part.contig
+                    cov += [o for o in part.ahead if o < c]
+                    part.ahead = {o for o in part.ahead if o >= c}
+            c = part.contig
+            mine = counts.get(tp)
+            if mine:
+                if cov:  # filled within this batch: no entry needed
+                    for o in cov:
+                        mine.pop(o, None)
+                for o in [o for o in mine if o < c]:
+                    del mine[o]
+            marks[tp] = (c, mine if mine is not None else {}, cov)
         for (topic, partition), off in last.items():
             p = wire.position_bytes(topic, partition, off)
             append(b"\x12" + varint(len(p)) + p)  # MessageBatch.last_positions
-            marks[topic, partition] = (off, {})
         for msg in redone:
-            marks[msg.tp][1][msg.rec.offset] = msg.attempts
+            mark = marks.get(msg.tp)
+            if mark is not None:
+                mark[1][msg.rec.offset] = msg.attempts
         batch = join(out)
         return b"\x12" + varint(len(batch)) + batch, marks  # SubscribeResponse.batch
 
