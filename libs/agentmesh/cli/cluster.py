@@ -62,6 +62,7 @@ from agentmesh.cli.stack import (
     stop_pid,
 )
 from agentmesh.client.base import DAEMONS
+from agentmesh.runtime.files import write_json_atomic
 
 STATE_FILE = "cluster.json"
 REDIS_NODES = 6
@@ -112,10 +113,7 @@ class ClusterState:
 
     def save(self) -> None:
         """Write cluster.json atomically."""
-        path = Path(self.run_dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        write_json_atomic(Path(self.run_dir) / STATE_FILE, asdict(self), indent=2)
 
     @classmethod
     def load(cls, run_dir: Path) -> ClusterState | None:

@@ -32,6 +32,7 @@ from typing import Any
 
 from agentmesh.client.base import DAEMONS
 from agentmesh.runtime.config import DEFAULT_PORTS
+from agentmesh.runtime.files import write_json_atomic
 
 #: Start order: the registry first (others read it), the bus last but one.
 START_ORDER = ("registry", "bus", "router", "saga", "swarm")
@@ -81,10 +82,7 @@ class StackState:
 
     def save(self) -> None:
         """Write stack.json atomically."""
-        path = Path(self.run_dir) / STATE_FILE
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        tmp.replace(path)
+        write_json_atomic(Path(self.run_dir) / STATE_FILE, asdict(self), indent=2)
 
     @classmethod
     def load(cls, run_dir: Path) -> StackState | None:

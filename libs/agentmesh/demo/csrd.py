@@ -26,7 +26,6 @@ from __future__ import annotations
 import asyncio
 import json
 import math
-import os
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -38,6 +37,7 @@ from agentmesh.client import Client
 from agentmesh.demo.calculator import DatasetCache
 from agentmesh.demo.data import naics_key
 from agentmesh.runtime.errors import FailedPrecondition, InvalidArgument
+from agentmesh.runtime.files import write_json_atomic
 from agentmesh.saga.v1 import saga_pb2
 from agentmesh.swarm.v1 import swarm_pb2
 
@@ -90,12 +90,8 @@ class _Staging:
         self.root = out_dir / "csrd" / "staging"
 
     def write(self, saga_id: str, step: str, doc: Mapping[str, Any]) -> str:
-        d = self.root / saga_id
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"{step}.json"
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(doc, indent=2, sort_keys=True))
-        tmp.replace(path)
+        path = write_json_atomic(self.root / saga_id / f"{step}.json", doc, indent=2,
+                                 sort_keys=True)
         return str(path)
 
     def remove(self, saga_id: str, step: str) -> bool:
@@ -233,10 +229,7 @@ def build_csrd_agents(
             "generated_ms": int(time.time() * 1000),
         }
         path = settings.out_dir / "csrd" / "reports" / f"{sid}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(disclosure, indent=2))
-        os.replace(tmp, path)
+        write_json_atomic(path, disclosure, indent=2)
         return {"report_path": str(path), "report_id": sid,
                 "gross_scope3_cat1_t_co2e": disclosure["gross_scope3_cat1_t_co2e"]}
 

@@ -37,6 +37,8 @@ from typing import Any
 
 import numpy as np
 
+from agentmesh.runtime.files import write_atomic
+
 FACTORS_FILE = "SupplyChainGHGEmissionFactors_v1.2_NAICS_CO2e_USD2021.csv"
 PROVENANCE_FILE = "provenance.json"
 FACTOR_COLUMN = "Supply Chain Emission Factors with Margins"
@@ -192,10 +194,7 @@ def write_suppliers(suppliers: Suppliers, path: Path) -> str:
         )
     )
     data = ("\n".join(lines) + "\n").encode()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    write_atomic(path, data)
     return hashlib.sha256(data).hexdigest()
 
 

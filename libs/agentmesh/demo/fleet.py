@@ -33,6 +33,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from agentmesh.runtime.files import write_json_atomic
+
 log = logging.getLogger("agentmesh.demo.fleet")
 
 #: Agents started at once inside a worker (bounds the registration burst).
@@ -46,9 +48,7 @@ def calculator_id(i: int) -> str:
 
 # ---- inside the worker ------------------------------------------------------------
 def _write_json(path: Path, doc: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(doc))
-    tmp.replace(path)
+    write_json_atomic(path, doc)
 
 
 async def _serve(args: argparse.Namespace) -> int:

@@ -9,6 +9,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from agentmesh.runtime.files import write_atomic
+
 TOP_CHART = "top_naics.png"
 SPREAD_CHART = "load_spread.png"
 
@@ -16,9 +18,7 @@ SPREAD_CHART = "load_spread.png"
 def write_report(out_dir: Path, report: dict[str, Any]) -> Path:
     """Write report.json atomically; returns its path."""
     path = out_dir / "report.json"
-    tmp = path.with_name("report.json.tmp")
-    tmp.write_text(json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
-    tmp.replace(path)
+    write_atomic(path, json.dumps(report, indent=2, sort_keys=False, default=str) + "\n")
     return path
 
 
