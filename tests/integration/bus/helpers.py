@@ -144,6 +144,16 @@ class Sub:
             n.redeliver_delay.CopyFrom(seconds(delay_s))
         self._out.put_nowait(bus_pb2.SubscribeRequest(nack=n))
 
+    def received(self) -> list[bus_pb2.ReceivedMessage]:
+        """Every delivery received and not yet taken (after `close`: all the
+        server sent before it ended the stream)."""
+        out, self._buf = self._buf, []
+        while not self._in.empty():
+            resp = self._in.get_nowait()
+            if isinstance(resp, bus_pb2.SubscribeResponse) and resp.WhichOneof("kind") == "batch":
+                out.extend(resp.batch.messages)
+        return out
+
     async def close(self) -> None:
         """Half-close and wait for the server to end the stream."""
         self._out.put_nowait(None)
