@@ -10,7 +10,8 @@ coordinator's CPU (perf/saga/RESULTS.md).
 
 What stays the same: every call is still its own script run, atomic on its
 own, with its own reply or error; a caller still awaits its own reply before
-it goes on (write-ahead is the caller's, and unchanged). A pipeline is not a
+it goes on (write-ahead is the caller's, and unchanged). A turn with one call
+sends it as the plain EVALSHA (no pipeline object). A pipeline is not a
 transaction: the calls of one batch are independent, as concurrent calls on
 separate connections are. Calls are sent in the order they were made.
 
