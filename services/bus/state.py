@@ -7,10 +7,11 @@ partition is not in offset order (the backlog serves priority classes by
 weighted round-robin with per-key order only, and a record can wait in the
 backlog while later ones leave), so the marks are exact per offset:
 
-- `contiguous`: every offset below it was delivered at least once, or lay
-  below the position this group's owner of the partition started fetching
-  from (committed, so never delivered to the group again). It advances while
-  deliveries are in offset order.
+- `contiguous`: every offset below it was delivered at least once, holds no
+  record (compaction, control records), or lay below the position this
+  group's owner of the partition started fetching from (committed, so never
+  delivered to the group again). It advances while deliveries are in offset
+  order.
 - `counts`: offset -> attempts of every record delivered at or above
   `contiguous` (out of order: attempt 1 recorded explicitly until the gap
   below it fills) and of every record delivered more than once.
