@@ -97,6 +97,10 @@ async def saga_detail(request: Request) -> Response:
         # A running saga's log always hands a token back (to poll): stop at its end.
         if not token or not resp.events:
             break
+    if saga.state not in FINAL and events and events[-1].state in FINAL:
+        # It ended between the two reads: the page shows the final saga (its
+        # events are all here, so the live script has nothing to wait for).
+        saga = (await mesh.client.get_saga(saga_id=saga_id, metadata=md)).saga
     tid = trace_id(events)
     jaeger = mesh.settings.jaeger_url.rstrip("/")
     return render(request, "saga.html", {

@@ -21,7 +21,12 @@
   });
   source.addEventListener("end", function (msg) {
     source.close();
-    note.textContent = "The saga has ended: " + JSON.parse(msg.data).state + ".";
+    var state = JSON.parse(msg.data).state;
+    // The badge too: the page may have been rendered with the saga's state
+    // read just before its last events, which then are not sent again.
+    badge.textContent = state;
+    badge.className = "state state-" + state;
+    note.textContent = "The saga has ended: " + state + ".";
     if (cancel) { cancel.remove(); }
     // The steps table and the facts were rendered with the page: take the
     // final ones from a fresh render of it.
