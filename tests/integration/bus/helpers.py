@@ -13,6 +13,7 @@ from grpc.aio import EOF
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.common.v1 import common_pb2
+from tests.infra import free_port
 
 
 def env(topic: str, body: bytes = b"x", *, key: str = "", priority: int = 0,
@@ -38,6 +39,17 @@ def seconds(s: float) -> duration_pb2.Duration:
     d = duration_pb2.Duration()
     d.FromNanoseconds(int(s * 1e9))
     return d
+
+
+def redis_state_gateway_flags(bootstrap: str, redis_url: str) -> list[str]:
+    """Flags of a gateway process on Kafka with the Redis state store, one
+    partition per new topic and a 6 s session timeout (so a SIGKILLed
+    gateway's partitions move soon), on a free port."""
+    return [
+        "--kafka-bootstrap", bootstrap, "--session-timeout-ms", "6000",
+        "--port", str(free_port()), "--default-partitions", "1",
+        "--state-store", "redis", "--redis-url", redis_url,
+    ]
 
 
 class Sub:

@@ -13,9 +13,8 @@ import grpc
 import pytest
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
-from tests.infra import free_port
 from tests.integration.bus.conftest import Gateway, unique
-from tests.integration.bus.helpers import Sub, env
+from tests.integration.bus.helpers import Sub, env, redis_state_gateway_flags
 from tests.procs import daemon
 from tests.waiting import eventually
 
@@ -63,21 +62,7 @@ async def test_delivery_count_survives_a_rebalance(gw: Gateway):
 async def test_max_deliveries_is_exact_across_a_gateway_sigkill(
     kafka_broker: Any, redis_url: str, tmp_path: Path
 ):
-    port = free_port()
-    flags = [
-        "--kafka-bootstrap",
-        kafka_broker.bootstrap,
-        "--session-timeout-ms",
-        "6000",
-        "--port",
-        str(port),
-        "--default-partitions",
-        "1",
-        "--state-store",
-        "redis",
-        "--redis-url",
-        redis_url,
-    ]
+    flags = redis_state_gateway_flags(kafka_broker.bootstrap, redis_url)
     topic, group = unique("dckill"), unique("g")
     proc = daemon("bus", tmp_path, *flags).start()
     try:
@@ -128,21 +113,7 @@ async def test_a_record_at_max_deliveries_before_a_restart_is_dead_lettered_at_o
     # The gateway dies after the last delivery's nack could be acted on or
     # while the last delivery is in flight: the next owner sends it to the
     # DLQ without delivering it again.
-    port = free_port()
-    flags = [
-        "--kafka-bootstrap",
-        kafka_broker.bootstrap,
-        "--session-timeout-ms",
-        "6000",
-        "--port",
-        str(port),
-        "--default-partitions",
-        "1",
-        "--state-store",
-        "redis",
-        "--redis-url",
-        redis_url,
-    ]
+    flags = redis_state_gateway_flags(kafka_broker.bootstrap, redis_url)
     topic, group = unique("dcmax"), unique("g")
     proc = daemon("bus", tmp_path, *flags).start()
     try:

@@ -18,9 +18,8 @@ import pytest
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.common.v1 import common_pb2
-from tests.infra import free_port
 from tests.integration.bus.conftest import Gateway, unique
-from tests.integration.bus.helpers import Sub, env, seconds
+from tests.integration.bus.helpers import Sub, env, redis_state_gateway_flags, seconds
 from tests.procs import daemon
 from tests.waiting import eventually
 
@@ -177,20 +176,7 @@ async def test_out_of_order_deliveries_stay_exact_when_a_member_joins(gw: Gatewa
 async def test_out_of_order_deliveries_stay_exact_across_a_gateway_sigkill(
     kafka_broker: Any, redis_url: str, tmp_path: Path
 ):
-    flags = [
-        "--kafka-bootstrap",
-        kafka_broker.bootstrap,
-        "--session-timeout-ms",
-        "6000",
-        "--port",
-        str(free_port()),
-        "--default-partitions",
-        "1",
-        "--state-store",
-        "redis",
-        "--redis-url",
-        redis_url,
-    ]
+    flags = redis_state_gateway_flags(kafka_broker.bootstrap, redis_url)
     topic, group = unique("oookill"), unique("g")
     proc = daemon("bus", tmp_path, *flags).start()
     try:
