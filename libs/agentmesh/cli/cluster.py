@@ -315,19 +315,14 @@ def spawn_replica(
 
 
 async def replica_health(targets: Sequence[str], *, timeout_s: float = 1.0) -> list[str]:
-    """grpc.health.v1 status of each single `host:port`: SERVING, NOT_SERVING, UNREACHABLE."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
+    """grpc.health.v1 status of each single `host:port`: SERVING, NOT_SERVING,
+    UNREACHABLE, ... (`Client.health`, one client per replica so each check
+    reaches that replica and no other)."""
+    from agentmesh.client import Client
 
     async def one(target: str) -> str:
-        async with grpc.aio.insecure_channel(target) as ch:
-            try:
-                res = await health_pb2_grpc.HealthStub(ch).Check(
-                    health_pb2.HealthCheckRequest(service=""), timeout=timeout_s
-                )
-            except grpc.aio.AioRpcError:
-                return "UNREACHABLE"
-            return str(health_pb2.HealthCheckResponse.ServingStatus.Name(res.status))
+        async with Client(registry=target, retry_attempts=1) as c:
+            return await c.health("registry", timeout_s=timeout_s)
 
     return list(await asyncio.gather(*(one(t) for t in targets)))
 
