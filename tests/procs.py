@@ -47,6 +47,8 @@ class DaemonProcess:
         self.proc: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.metrics_port = 0
+        #: the daemon's `serving` log record, once started
+        self.serving: dict[str, Any] = {}
 
     @property
     def target(self) -> str:
@@ -75,6 +77,7 @@ class DaemonProcess:
         while time.monotonic() < deadline:
             for doc in self._log_docs(offset):
                 if doc.get("msg") == "serving":
+                    self.serving = doc
                     self.port = int(doc["port"])
                     self.metrics_port = int(doc.get("metrics_port") or 0)
                     return self

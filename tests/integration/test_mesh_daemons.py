@@ -93,6 +93,15 @@ async def test_daemon_serves_health_reflection_metrics(
     assert "grpc_server_started_total" in body
 
 
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_daemon_freezes_its_startup_heap(mesh: dict[str, DaemonProcess], name: str) -> None:
+    # agentmesh.runtime.collector: the long-lived startup heap leaves the
+    # collector's walks, and young passes run every 10,000 allocations.
+    serving = mesh[name].serving
+    assert serving["gc_threshold"] == 10_000
+    assert serving["gc_frozen_objects"] > 10_000  # modules, descriptors, clients
+
+
 def grpcurl() -> str:
     path = shutil.which("grpcurl") or str(Path(os.path.expanduser("~/go/bin/grpcurl")))
     if not Path(path).exists():

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlsplit
 
+from agentmesh.runtime.collector import DEFAULT_THRESHOLD0
 from agentmesh.runtime.settings import (
     Settings,
     add_flags,
@@ -85,6 +86,8 @@ class ServerConfig(Settings):
         otlp_endpoint: OTLP/gRPC trace collector (agentmesh.runtime.tracing); "" is off
             unless the standard OTEL_EXPORTER_OTLP_ENDPOINT is set.
         trace_sample_ratio: share of root traces sampled, 0..1; a caller's decision is kept.
+        gc_threshold: the cyclic collector's young-generation threshold once
+            the daemon has started (agentmesh.runtime.collector; CPython's own is 700).
         settings: the daemon's own typed settings (the `settings` class given to
             load_config), or None; read it with `settings_as`.
     """
@@ -143,6 +146,12 @@ class ServerConfig(Settings):
     )
     trace_sample_ratio: float = setting(
         1.0, help="share of root traces sampled (parent-based)", minimum=0.0, maximum=1.0
+    )
+    gc_threshold: int = setting(
+        DEFAULT_THRESHOLD0,
+        help="allocations between young-generation garbage collections after startup "
+        "(objects alive at startup are frozen; CPython's default is 700)",
+        minimum=1,
     )
     settings: Any = field(default=None, compare=False)
 
