@@ -199,8 +199,14 @@ class Daemon:
             require_client_auth=client_ca is not None,
         )
 
-    async def start(self) -> int:
-        """Bind, start serving and probing; returns the bound gRPC port."""
+    async def start(self, *, own_process: bool = False) -> int:
+        """Bind, start serving and probing; returns the bound gRPC port.
+
+        Args:
+            own_process: the daemon is the process (its entry point, not a
+                test or a host program): once started, its heap is frozen and
+                the collector's threshold set (agentmesh.runtime.collector).
+        """
         if tracing.configure_tracing(
             service_name=self.service_name,
             otlp_endpoint=self.config.otlp_endpoint,
@@ -230,7 +236,12 @@ class Daemon:
             await _call(hook)
         # Everything alive now lives as long as the process: out of the
         # collector's walks (a fifth of the bus's busy time otherwise).
-        frozen = tune_collector(self.config.gc_threshold)
+        # Not for an embedded daemon: the host's heap is not ours to freeze.
+        gc_fields = (
+            {"gc_frozen_objects": tune_collector(self.config.gc_threshold),
+             "gc_threshold": self.config.gc_threshold}
+            if own_process else {}
+        )
         self._monitor = DependencyMonitor(
             self.health,
             self._services,
@@ -245,8 +256,7 @@ class Daemon:
                 "metrics_port": self.metrics_port,
                 "tls": self.config.tls_enabled,
                 "services": self._services,
-                "gc_frozen_objects": frozen,
-                "gc_threshold": self.config.gc_threshold,
+                **gc_fields,
             },
         )
         return self.port
@@ -304,7 +314,7 @@ class Daemon:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self.request_stop)
-        await self.start()
+        await self.start(own_process=exit_process)
         await self._stop.wait()
         await self.stop(stop_grpc=not exit_process)
         if exit_process:
