@@ -12,7 +12,7 @@ BREAKING_AGAINST ?= .git\#branch=main
 SETUP_STAMP := $(RUN_DIR)/setup.stamp
 DEMO_STAMP := $(RUN_DIR)/demo.stamp
 
-.PHONY: help setup proto check-generated lint breaking test test-unit fuzz deploy-check up down status demo bench ghz locust
+.PHONY: help setup ext proto check-generated lint breaking test test-unit fuzz deploy-check up down status demo bench ghz locust
 
 help: ## List targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  %-16s %s\n",$$1,$$2}'
@@ -20,6 +20,9 @@ help: ## List targets
 setup: ## Install Python deps, redis-server, Kafka jars and Go tools (idempotent)
 	bash .ci/install.sh
 	mkdir -p $(RUN_DIR) && touch $(SETUP_STAMP)
+
+ext: ## Build the bus's compiled per-record loops (Cython) when missing or stale
+	$(PYTHON) scripts/build_ext.py
 
 $(SETUP_STAMP): pyproject.toml .ci/install.sh deploy/local/tools.sh deploy/local/kafka/pom.xml
 	bash .ci/install.sh
@@ -47,7 +50,7 @@ breaking: ## buf breaking (FILE rules) against main
 	buf breaking --against '$(BREAKING_AGAINST)'
 
 # tests/deploy runs once, inside deploy-check.
-test: $(SETUP_STAMP) check-generated deploy-check ## Run every test against real Redis and a real Kafka broker
+test: $(SETUP_STAMP) ext check-generated deploy-check ## Run every test against real Redis and a real Kafka broker
 	AGENTMESH_REQUIRE_INFRA=1 $(PYTHON) -m pytest -q tests --ignore=tests/deploy
 
 FUZZ_EXAMPLES ?= 3000
@@ -83,7 +86,7 @@ status: ## Show the health of the local stack
 demo: $(DEMO_STAMP) ## Scope 3 demo on the EPA factors, start to finish
 	$(PYTHON) -m agentmesh.cli.main demo
 
-bench: $(SETUP_STAMP) ## Run every perf/ benchmark 3x vs its baseline; writes perf/results/latest.{json,md}
+bench: $(SETUP_STAMP) ext ## Run every perf/ benchmark 3x vs its baseline; writes perf/results/latest.{json,md}
 	$(PYTHON) perf/run_all.py
 
 ghz: $(SETUP_STAMP) ## ghz on each daemon's main RPC against the running stack; writes perf/ghz/RESULTS.md

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Idempotent bootstrap for a fresh Debian machine (CI and `make setup`):
 #   1. Debian packages: redis-server, kcat, shellcheck, chromium (and a JDK/Maven if absent)
-#   2. the Python package with dev extras: pip install -e '.[dev]'
+#   2. the Python package with dev extras: pip install -e '.[dev]', then the
+#      bus's compiled per-record loops (scripts/build_ext.py)
 #   3. the Kafka broker jars from Maven Central (deploy/local/kafka/pom.xml)
 #   4. pinned Go tools (deploy/local/tools.sh)
 #   5. the polyglot clients' deps: Go modules of clients/go, npm ci in clients/node
@@ -85,6 +86,12 @@ say "$py -m pip install -e '.[$extras]'"
 # pip skips satisfied requirements itself, which keeps re-runs cheap.
 "$py" -m pip install -q --disable-pip-version-check -e ".[$extras]"
 took "Python package"
+if [[ "$profile" == "full" ]]; then
+  # The bus's compiled per-record loops (Cython, into services/bus); the
+  # gateway runs the Python twin when they are missing or stale.
+  "$py" scripts/build_ext.py >&2
+  took "compiled extensions"
+fi
 if [[ "$profile" == "demo" ]]; then
   say "done (demo profile)"
   exit 0

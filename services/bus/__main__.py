@@ -9,6 +9,7 @@ from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.server.bus import metrics
 from agentmesh.server.bus.backend import Backend
+from agentmesh.server.bus.hot_path import HotPathUnavailable
 from agentmesh.server.bus.servicer import BusServicer
 from agentmesh.server.bus.settings import BusSettings
 from agentmesh.server.bus.state import MemoryState, RedisState, State
@@ -47,7 +48,10 @@ def wire_gateway(daemon: Daemon) -> BusServicer:
     backend = make_backend(settings)
     state: State = (RedisState(daemon.redis(), ttl_s=settings.state_ttl_s)
                     if settings.state_store == "redis" else MemoryState())
-    servicer = BusServicer(backend, settings, state=state)
+    try:
+        servicer = BusServicer(backend, settings, state=state)
+    except HotPathUnavailable as exc:
+        sys.exit(f"agentmesh-bus: {exc}")
     daemon.add_service(
         bus_pb2_grpc.add_BusServiceServicer_to_server,
         servicer,

@@ -34,6 +34,11 @@ CONSUMER_LAG = Gauge(
     "over this gateway's subscriptions of a consumer group.",
     ["group"],
 )
+HOT_PATH = Gauge(
+    "message_bus_hot_path_info",
+    "1 for the per-record loops Subscribe runs: compiled (the Cython twin) or python.",
+    ["implementation"],
+)
 _lags: dict[str, dict[str, int]] = {}
 
 

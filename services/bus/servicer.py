@@ -11,6 +11,7 @@ import asyncio
 import base64
 import contextlib
 import json
+import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -33,6 +34,7 @@ from agentmesh.runtime.errors import (
 from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
 from agentmesh.server.bus import chain, metrics, wire
 from agentmesh.server.bus.backend import Backend, BackendUnavailable, TopicExists, TopicRejected
+from agentmesh.server.bus.hot_path import load as load_hot_path
 from agentmesh.server.bus.publisher import Publisher
 from agentmesh.server.bus.replies import DEFAULT_REPLY_TOPIC, ReplyRouter
 from agentmesh.server.bus.settings import BusSettings
@@ -58,6 +60,8 @@ _CLEANUP_POLICY = {
 }
 _CLEANUP_ENUM = {v: k for k, v in _CLEANUP_POLICY.items()}
 _GROUP_OK = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+
+log = logging.getLogger("agentmesh.bus.servicer")
 
 
 def _page_size(n: int, field: str) -> int:
@@ -100,6 +104,11 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         self.publisher = Publisher(backend, settings, state=self.state)
         self.replies = ReplyRouter(backend)
         self._delivery_s = settings.delivery_timeout_ms / 1000
+        #: Subscribe's per-record loops (raises HotPathUnavailable for an unbuilt `compiled`)
+        self.hot_path = load_hot_path(settings.hot_path)
+        metrics.HOT_PATH.labels(self.hot_path.name).set(1)
+        log.info("hot path", extra={"hot_path": self.hot_path.name,
+                                    "reason": self.hot_path.reason})
 
     async def close(self) -> None:
         """Stop reply tails."""
@@ -217,6 +226,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             state=self.state,
             read_ahead=self.settings.read_ahead,
             topic_refresh_s=self.settings.topic_refresh_ms / 1000,
+            hot_path=self.hot_path,
         )
         metrics.CONNECTIONS.labels("subscribe").inc()
         reader: asyncio.Task[None] | None = None

@@ -14,6 +14,7 @@ from typing import Any
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.deps import kafka_security_config
 from agentmesh.runtime.settings import Settings, setting
+from agentmesh.server.bus.hot_path import MODES as HOT_PATH_MODES
 from agentmesh.server.bus.kafka_config import (
     CLEANUP_POLICIES,
     COMPRESSION_TYPES,
@@ -76,6 +77,7 @@ class BusSettings(Settings):
             max_deliveries) and chain heads (VerifyChain's truncation check)
             live (services/bus/state.py).
         state_ttl_s: expiry of a state key after its last write, seconds.
+        hot_path: which per-record loops Subscribe runs (services/bus/hot_path.py).
         kafka_bootstrap: bootstrap servers (from ServerConfig); empty on the memory backend.
         kafka_security: librdkafka security settings (SASL, TLS) for every Kafka client.
     """
@@ -197,6 +199,12 @@ class BusSettings(Settings):
     state_ttl_s: int = setting(
         7 * 24 * 3600, help="expiry of a state store key after its last write",
         unit="s", minimum=1,
+    )
+    hot_path: str = setting(
+        "auto",
+        help="Subscribe's per-record loops: compiled (the Cython twin, `make ext`), python, "
+        "or auto (compiled when built from the current source, else python)",
+        choices=HOT_PATH_MODES,
     )
     kafka_bootstrap: str = ""
     kafka_security: dict[str, str] = field(default_factory=dict)

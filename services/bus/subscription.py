@@ -35,6 +35,8 @@ from agentmesh.server.bus.backend import (
     TopicPartition,
 )
 from agentmesh.server.bus.backlog import Backlog, Item
+from agentmesh.server.bus.hot_path import HotPath
+from agentmesh.server.bus.hot_path import load as load_hot_path
 from agentmesh.server.bus.state import Marks, MemoryState, Prior, State
 from agentmesh.server.bus.topics import TopicMatcher
 
@@ -208,6 +210,7 @@ class Subscription:
             record's deliveries are counted across rebalances and restarts.
         read_ahead: backlog size at which fetching pauses.
         topic_refresh_s: how often wildcard patterns are re-resolved.
+        hot_path: the per-record loops (compiled or Python); None: hot_path.load("auto").
     """
 
     def __init__(
@@ -219,8 +222,10 @@ class Subscription:
         state: State | None = None,
         read_ahead: int,
         topic_refresh_s: float,
+        hot_path: HotPath | None = None,
     ) -> None:
         self.id = uuid.uuid4().hex[:16]
+        self._hot = hot_path if hot_path is not None else load_hot_path("auto")
         self.backend = backend
         self.opts = options
         self.matcher = TopicMatcher(options.patterns)
@@ -243,7 +248,7 @@ class Subscription:
         self._pos_prefix: dict[TopicPartition, bytes] = {}
         self._parts: dict[TopicPartition, _PartState] = {}
         self._seq = itertools.count()
-        self._ack_ids = itertools.count(1)
+        self._ack_n = 1  # the next ack id's number
         self._source: Source | None = None
         self._paused = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -524,83 +529,20 @@ class Subscription:
         `contiguous`, the attempts of out-of-order first deliveries and of
         redeliveries; state.py's module docstring).
 
-        The hot loop only tests whether each offset is the partition's next
-        one (`contig`, which then advances); any other delivery (out of order,
-        or a redelivery) is sorted out after the loop."""
-        varint = wire.varint
-        small = wire.SMALL_VARINTS
-        prefixes = self._pos_prefix
-        ack_prefix = self._ack_prefix
-        next_ack = self._ack_ids.__next__
-        outstanding = self._outstanding
-        by_tp = self._by_tp
-        parts = self._parts
+        The hot loop (hot_path's encode_run) only tests whether each offset
+        is the partition's next one (`contig`, which then advances); any
+        other delivery (out of order, or a redelivery) is sorted out after
+        the loop."""
         last: dict[TopicPartition, int] = {}
         #: partitions of the batch: their state and contig before the batch
         touched: dict[TopicPartition, tuple[_PartState | None, int]] = {}
-        out: list[bytes] = []
-        append = out.append
-        extend = out.extend
-        join = b"".join
-        cur: TopicPartition | None = None
-        pre = b""
-        offsets: dict[int, _Msg] | None = None
-        part: _PartState | None = None
-        nxt = -2  # the partition's contig while in this run
-        run0 = -2  # contig at the start of the run
         odd: list[_Msg] = []  # not at contig: out of order, or redelivered
         redone: list[_Msg] = []
-        for msg in items:
-            tp = msg.tp
-            if tp is not cur:
-                if part is not None and cur is not None and nxt > run0:
-                    part.contig = nxt
-                    if last.get(cur, -1) < nxt - 1:
-                        last[cur] = nxt - 1
-                cur = tp
-                pre = prefixes.get(tp) or b""
-                if not pre:
-                    pre = prefixes[tp] = wire.position_bytes(tp[0], tp[1], 0)
-                offsets = by_tp.get(tp)
-                part = parts.get(tp)
-                nxt = run0 = part.contig if part is not None else -2
-                if tp not in touched:
-                    touched[tp] = (part, run0)
-            off = msg.rec.offset
-            if off == nxt:
-                nxt = off + 1
-            else:
-                odd.append(msg)
-            pos = pre + b"\x18" + (small[off] if off < 128 else varint(off)) if off else pre
-            ack_id = f"{ack_prefix}{next_ack()}"
-            ack_b = ack_id.encode()
-            env = msg.env_b
-            n_env = len(env)
-            n_pos = len(pos)
-            attempt = msg.attempts + 1
-            msg.attempts = attempt
-            if attempt > 1:
-                redone.append(msg)
-            msg.ack_id = ack_id
-            msg.deadline = deadline
-            outstanding[ack_id] = msg
-            if offsets is not None:
-                offsets[off] = msg
-            # ReceivedMessage fields straight into the batch's parts (one
-            # join for the whole batch): ack_id (ids are < 128 bytes),
-            # envelope, position, delivery_attempt.
-            n_ack = len(ack_b)
-            l_env = small[n_env] if n_env < 128 else varint(n_env)
-            l_pos = small[n_pos] if n_pos < 128 else varint(n_pos)
-            att = small[attempt] if attempt < 128 else varint(attempt)
-            n_rm = 5 + n_ack + len(l_env) + n_env + len(l_pos) + n_pos + len(att)
-            extend((b"\x0a", small[n_rm] if n_rm < 128 else varint(n_rm),
-                    b"\x0a", small[n_ack], ack_b, b"\x12", l_env, env,
-                    b"\x1a", l_pos, pos, b"\x20", att))
-        if part is not None and cur is not None and nxt > run0:
-            part.contig = nxt
-            if last.get(cur, -1) < nxt - 1:
-                last[cur] = nxt - 1
+        body, self._ack_n = self._hot.encode_run(
+            items, deadline, self._ack_prefix, self._ack_n, self._pos_prefix,
+            self._outstanding, self._by_tp, self._parts, last, touched, odd, redone,
+        )
+        varint = wire.varint
         counts: dict[TopicPartition, dict[int, int]] = {}
         for msg in odd:
             tp = msg.tp
@@ -634,14 +576,15 @@ class Subscription:
                 for o in [o for o in mine if o < c]:
                     del mine[o]
             marks[tp] = (c, mine if mine is not None else {}, cov)
+        out = [body]
         for (topic, partition), off in last.items():
             p = wire.position_bytes(topic, partition, off)
-            append(b"\x12" + varint(len(p)) + p)  # MessageBatch.last_positions
+            out.append(b"\x12" + varint(len(p)) + p)  # MessageBatch.last_positions
         for msg in redone:
             mark = marks.get(msg.tp)
             if mark is not None:
                 mark[1][msg.rec.offset] = msg.attempts
-        batch = join(out)
+        batch = b"".join(out)
         return b"\x12" + varint(len(batch)) + batch, marks  # SubscribeResponse.batch
 
     def ack(
@@ -667,13 +610,12 @@ class Subscription:
                     done[msg.tp] = [off]
                 else:
                     run.append(off)
+        ack_up_to = self._hot.ack_up_to
         for tp, upto in up_to:
             offsets = by_tp.get(tp)
             if not offsets:
                 continue
-            acked = [o for o in offsets if o <= upto]
-            for o in acked:
-                del outstanding[offsets.pop(o).ack_id]
+            acked = ack_up_to(offsets, outstanding, upto)
             if acked:
                 done.setdefault(tp, []).extend(acked)
         for tp, offs in done.items():

@@ -15,10 +15,13 @@ from collections import defaultdict
 import pytest
 
 from agentmesh.bus.v1 import bus_pb2
-from tests.integration.bus.conftest import Gateway, unique
+from tests.integration.bus.conftest import Gateway, both_hot_paths, unique
 from tests.integration.bus.helpers import Sub, env
 from tests.integration.bus.test_contract import create, publish_stream
 from tests.waiting import eventually
+
+#: Subscribe's per-record loops: each test runs on the compiled and the Python twin.
+hot_path = both_hot_paths
 
 pytestmark = pytest.mark.integration
 

@@ -23,9 +23,12 @@ from agentmesh.runtime.errors import (
     from_rpc_error,
 )
 from agentmesh.server.bus.memory_backend import MemoryBackend
-from tests.integration.bus.conftest import Gateway, unique
+from tests.integration.bus.conftest import Gateway, both_hot_paths, unique
 from tests.integration.bus.helpers import Sub, env, seconds
 from tests.waiting import eventually
+
+#: Subscribe's per-record loops: each test runs on the compiled and the Python twin.
+hot_path = both_hot_paths
 
 pytestmark = pytest.mark.integration
 P = common_pb2

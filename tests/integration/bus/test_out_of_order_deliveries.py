@@ -18,10 +18,13 @@ import pytest
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
 from agentmesh.common.v1 import common_pb2
-from tests.integration.bus.conftest import Gateway, unique
+from tests.integration.bus.conftest import Gateway, both_hot_paths, unique
 from tests.integration.bus.helpers import Sub, env, redis_state_gateway_flags, seconds
 from tests.procs import daemon
 from tests.waiting import eventually
+
+#: Subscribe's per-record loops: each test runs on the compiled and the Python twin.
+hot_path = both_hot_paths
 
 pytestmark = pytest.mark.integration
 P = common_pb2

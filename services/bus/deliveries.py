@@ -1,0 +1,146 @@
+"""The Subscribe path's per-record loops, in Python.
+
+Two functions a subscription runs once per delivered or acked record:
+`encode_run` (a batch's ReceivedMessages as protobuf bytes, with the
+bookkeeping of each delivery) and `ack_up_to` (a cumulative ack of one
+partition). `_deliveries.pyx` is their compiled twin, with the same
+signatures and the same effects; `hot_path` picks one. Both are checked
+against each other on generated batches (tests/unit/bus/test_hot_path.py) and
+the bus contract suite runs on each.
+
+Wire format of what `encode_run` writes, per item (protobuf.dev/programming-guides/encoding):
+`MessageBatch.messages` (field 1, length-delimited) holding a ReceivedMessage:
+`ack_id` = 1 (string), `envelope` = 2 (the stored Envelope bytes, passed
+through), `position` = 3 (RecordPosition: topic = 1, partition = 2, offset = 3),
+`delivery_attempt` = 4 (varint).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from agentmesh.server.bus import wire
+from agentmesh.server.bus.backend import TopicPartition
+
+#: Which twin this module is (hot_path.HotPath.name).
+IMPLEMENTATION = "python"
+
+
+class Delivery(Protocol):
+    """What the loops read and write on a delivery (subscription._Msg)."""
+
+    tp: TopicPartition
+    rec: wire.StoredRecord
+    env_b: bytes
+    attempts: int
+    ack_id: str
+    deadline: float
+
+
+class Cursor(Protocol):
+    """A partition's delivery marks (subscription._PartState)."""
+
+    contig: int
+
+
+def encode_run(
+    items: list[Any], deadline: float, ack_prefix: str, ack_n: int,
+    prefixes: dict[TopicPartition, bytes], outstanding: dict[str, Any],
+    by_tp: dict[TopicPartition, dict[int, Any]], parts: dict[TopicPartition, Any],
+    last: dict[TopicPartition, int], touched: dict[TopicPartition, tuple[Any, int]],
+    odd: list[Any], redone: list[Any],
+) -> tuple[bytes, int]:
+    """Encode `items` (Delivery objects) as MessageBatch.messages fields and
+    record each as delivered.
+
+    Per item: a new ack id `f"{ack_prefix}{n}"` (n from `ack_n` up), its
+    attempt counted (`attempts += 1`), `ack_id` and `deadline` (monotonic s)
+    set, and the item stored in `outstanding[ack_id]` and
+    `by_tp[tp][offset]` (when the partition has an index). The partition's
+    `contig` (in `parts`, a Cursor) advances over a run of items at it;
+    `last[tp]` becomes the highest such offset, `touched[tp]` is the
+    partition's (cursor or None, contig before the batch); items not at
+    `contig` go to `odd`, redeliveries (attempt > 1) to `redone`.
+    `prefixes` caches each partition's serialized RecordPosition without
+    its offset.
+
+    Returns:
+        (the fields' bytes, the next unused ack number).
+    """
+    varint = wire.varint
+    small = wire.SMALL_VARINTS
+    out: list[bytes] = []
+    extend = out.extend
+    cur: TopicPartition | None = None
+    pre = b""
+    offsets: dict[int, Any] | None = None
+    part: Any = None
+    nxt = -2  # the partition's contig while in this run
+    run0 = -2  # contig at the start of the run
+    for msg in items:
+        tp = msg.tp
+        if tp is not cur:
+            if part is not None and cur is not None and nxt > run0:
+                part.contig = nxt
+                if last.get(cur, -1) < nxt - 1:
+                    last[cur] = nxt - 1
+            cur = tp
+            pre = prefixes.get(tp) or b""
+            if not pre:
+                pre = prefixes[tp] = wire.position_bytes(tp[0], tp[1], 0)
+            offsets = by_tp.get(tp)
+            part = parts.get(tp)
+            nxt = run0 = part.contig if part is not None else -2
+            if tp not in touched:
+                touched[tp] = (part, run0)
+        off = msg.rec.offset
+        if off == nxt:
+            nxt = off + 1
+        else:
+            odd.append(msg)
+        pos = pre + b"\x18" + (small[off] if off < 128 else varint(off)) if off else pre
+        ack_id = f"{ack_prefix}{ack_n}"
+        ack_n += 1
+        ack_b = ack_id.encode()
+        env = msg.env_b
+        n_env = len(env)
+        n_pos = len(pos)
+        attempt = msg.attempts + 1
+        msg.attempts = attempt
+        if attempt > 1:
+            redone.append(msg)
+        msg.ack_id = ack_id
+        msg.deadline = deadline
+        outstanding[ack_id] = msg
+        if offsets is not None:
+            offsets[off] = msg
+        # ReceivedMessage fields straight into the batch's parts (one join
+        # for the whole batch): ack_id (ids are < 128 bytes), envelope,
+        # position, delivery_attempt.
+        n_ack = len(ack_b)
+        l_env = small[n_env] if n_env < 128 else varint(n_env)
+        l_pos = small[n_pos] if n_pos < 128 else varint(n_pos)
+        att = small[attempt] if attempt < 128 else varint(attempt)
+        n_rm = 5 + n_ack + len(l_env) + n_env + len(l_pos) + n_pos + len(att)
+        extend((b"\x0a", small[n_rm] if n_rm < 128 else varint(n_rm),
+                b"\x0a", small[n_ack], ack_b, b"\x12", l_env, env,
+                b"\x1a", l_pos, pos, b"\x20", att))
+    if part is not None and cur is not None and nxt > run0:
+        part.contig = nxt
+        if last.get(cur, -1) < nxt - 1:
+            last[cur] = nxt - 1
+    return b"".join(out), ack_n
+
+
+def ack_up_to(offsets: dict[int, Any], outstanding: dict[str, Any], upto: int) -> list[int]:
+    """Settle every delivery of one partition at or below offset `upto`:
+    remove it from `offsets` (the partition's index, offset -> Delivery) and
+    from `outstanding` (by its ack id).
+
+    Returns:
+        the offsets settled, in the index's order (delivery order).
+    """
+    acked = [o for o in offsets if o <= upto]
+    for o in acked:
+        del outstanding[offsets.pop(o).ack_id]
+    return acked
