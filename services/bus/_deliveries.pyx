@@ -4,12 +4,16 @@
 Same signatures, same effects, same bytes: the Python version builds a
 dozen small bytes objects per record and joins them; this one writes each
 record's fields straight into one growing C buffer and keeps offsets,
-lengths and counters in C integers. Built by `make ext`
+lengths and counters in C integers. Its Msg is an extension type outside
+the cyclic collector (`cython.no_gc`: a Msg refers to its record, partition
+and bytes, never to a container of Msgs, so it cannot be part of a cycle),
+which keeps a subscription's outstanding deliveries out of every collection. Built by `make ext`
 (scripts/build_ext.py); `hot_path` uses it only when its recorded source hash
 matches this file.
 """
 
-from cpython.bytes cimport PyBytes_FromStringAndSize
+cimport cython
+from cpython.bytes cimport PyBytes_AS_STRING, PyBytes_FromStringAndSize, PyBytes_GET_SIZE
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem, PyDict_DelItem
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 from cpython.object cimport PyObject
@@ -18,11 +22,38 @@ from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy
 
 from agentmesh.server.bus import wire
+from agentmesh.server.bus.deliveries import MAX_BEFORE
 
 #: Which twin this module is (hot_path.HotPath.name).
 IMPLEMENTATION = "compiled"
 #: sha256 of this file when it was built (scripts/build_ext.py sets it).
 SOURCE_SHA256 = BUILD_SOURCE_SHA256
+
+
+@cython.no_gc
+@cython.final
+cdef class Msg:
+    """deliveries.Msg's twin: the same attributes (backlog.Item's seq,
+    order_key, cls, data, token, and the delivery's rec, tp, env_b,
+    attempts, ack_id, deadline, last_reason)."""
+
+    cdef public object seq, order_key, data, rec, tp, env_b, ack_id, last_reason
+    cdef public long long cls, token, attempts
+    cdef public double deadline
+
+    def __init__(self, seq, order_key, long long cls, rec, tp, bytes env_b):
+        self.seq = seq
+        self.order_key = order_key
+        self.cls = cls
+        self.data = tp
+        self.token = 0
+        self.rec = rec
+        self.tp = tp
+        self.env_b = env_b
+        self.attempts = 0
+        self.ack_id = ""
+        self.deadline = 0.0
+        self.last_reason = ""
 
 
 cdef struct Buf:
@@ -206,3 +237,105 @@ def ack_up_to(dict offsets, dict outstanding, long long upto):
         msg = offsets.pop(o)
         PyDict_DelItem(outstanding, msg.ack_id)
     return acked
+
+
+def arrive_run(records, dict parts, long long seq_n, long long max_deliveries, list dlq):
+    """See deliveries.arrive_run."""
+    cdef list items = []
+    cdef object env_bytes = wire.delivered_envelope_bytes
+    cdef dict by_prio = wire.CLASS_BY_PRIORITY_B
+    cdef bytes hash_prefix = wire.PROV_HASH64_PREFIX
+    cdef str h_prio = wire.H_PRIORITY, h_hash = wire.H_HASH, h_env = wire.H_ENVELOPE
+    cdef bytes env_type = wire.ENVELOPE_TYPE.encode()
+    cdef object last_t = None, t, rec, st = None, stash = None, tp = None, pending_append = None
+    cdef object hdrs, hd, k, prio, hash_b, env_v, value, key, off_o, cls_o
+    cdef long long last_p = -1, p, off, nf, seen = -1, cls
+    cdef Py_ssize_t n_hdr, j, n_val, n_pre
+    cdef bint is_env
+    cdef bytes env_b
+    cdef char* w
+    cdef Msg msg
+    cdef PyObject* found
+    n_pre = PyBytes_GET_SIZE(hash_prefix)
+    for rec in records:
+        t = rec.topic
+        p = rec.partition
+        if p != last_p or t != last_t:
+            last_t = t
+            last_p = p
+            tp = (t, p)
+            found = PyDict_GetItem(parts, tp)
+            st = <object>found if found != NULL else None
+            stash = st.stash if st is not None else None
+            seen = st.prior.delivered if st is not None else -1
+            pending_append = st.pending.append if st is not None else None
+        off_o = rec.offset
+        off = off_o
+        if stash is not None:
+            stash.append(rec)
+            continue
+        if st is None:
+            continue  # revoked partition
+        nf = st.next_fetch
+        if off != nf:
+            if off < nf:
+                continue  # a refetch of what we hold
+            st.skip_to(nf, off_o)  # the first record, or a hole (compaction)
+        st.next_fetch = off + 1
+        pending_append(off_o)
+        hdrs = rec.headers
+        if hdrs:
+            # dict(hdrs).get(...) for three names: the last value of each wins.
+            prio = None
+            hash_b = None
+            env_v = None
+            for hd in hdrs:
+                k = hd[0]
+                if k == h_prio:
+                    prio = hd[1]
+                elif k == h_hash:
+                    hash_b = hd[1]
+                elif k == h_env:
+                    env_v = hd[1]
+            if prio:
+                cls_o = by_prio.get(prio, 2)
+                cls = cls_o
+            else:
+                cls = 2
+            is_env = env_v == env_type
+            value = rec.value or b""
+            if is_env and type(hash_b) is bytes and len(hash_b) == 64 and type(value) is bytes:
+                n_val = PyBytes_GET_SIZE(value)
+                env_b = PyBytes_FromStringAndSize(NULL, n_val + n_pre + 64)
+                w = PyBytes_AS_STRING(env_b)
+                memcpy(w, PyBytes_AS_STRING(value), n_val)
+                memcpy(w + n_val, PyBytes_AS_STRING(hash_prefix), n_pre)
+                memcpy(w + n_val + n_pre, PyBytes_AS_STRING(hash_b), 64)
+            else:
+                env_b = env_bytes(rec, is_env, hash_b)
+        else:
+            cls = 2
+            env_b = env_bytes(rec, False, None)
+        key = rec.key
+        msg = Msg.__new__(Msg)
+        msg.seq = seq_n
+        msg.order_key = (tp, key) if key else (tp, None, off_o)
+        msg.cls = cls
+        msg.data = tp
+        msg.token = 0
+        msg.rec = rec
+        msg.tp = tp
+        msg.env_b = env_b
+        msg.attempts = 0
+        msg.ack_id = ""
+        msg.deadline = 0.0
+        msg.last_reason = ""
+        seq_n += 1
+        if off <= seen:
+            msg.attempts = st.prior.attempts(off_o)
+            if msg.attempts >= max_deliveries:
+                msg.last_reason = MAX_BEFORE
+                dlq.append(msg)
+                continue
+        items.append(msg)
+    return items, seq_n

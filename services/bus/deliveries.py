@@ -1,9 +1,10 @@
 """The Subscribe path's per-record loops, in Python.
 
-Two functions a subscription runs once per delivered or acked record:
-`encode_run` (a batch's ReceivedMessages as protobuf bytes, with the
-bookkeeping of each delivery) and `ack_up_to` (a cumulative ack of one
-partition). `_deliveries.pyx` is their compiled twin, with the same
+The functions a subscription runs once per fetched, delivered or acked
+record: `arrive_run` (fetched records into Msg objects, with each
+partition's fetch bookkeeping), `encode_run` (a batch's ReceivedMessages as
+protobuf bytes, with the bookkeeping of each delivery) and `ack_up_to` (a
+cumulative ack of one partition). `_deliveries.pyx` is their compiled twin, with the same
 signatures and the same effects; `hot_path` picks one. Both are checked
 against each other on generated batches (tests/unit/bus/test_hot_path.py) and
 the bus contract suite runs on each.
@@ -17,13 +18,53 @@ through), `position` = 3 (RecordPosition: topic = 1, partition = 2, offset = 3),
 
 from __future__ import annotations
 
+from collections.abc import Hashable, Sequence
 from typing import Any, Protocol
 
 from agentmesh.server.bus import wire
 from agentmesh.server.bus.backend import TopicPartition
+from agentmesh.server.bus.backlog import Item
 
 #: Which twin this module is (hot_path.HotPath.name).
 IMPLEMENTATION = "python"
+
+
+class Msg(Item):
+    """A fetched record with its delivery state; it is its own backlog Item
+    (one object per record on the hot path; the compiled twin's Msg has the
+    same attributes and is not tracked by the cyclic collector). `data` holds the record's
+    partition, for Backlog.remove_if on a revoke.
+
+    Attributes:
+        rec: the record.
+        tp: its (topic, partition).
+        env_b: the serialized Envelope a subscriber receives
+            (wire.delivered_envelope_bytes), made once on arrival and reused
+            by redeliveries.
+        attempts: deliveries so far.
+        ack_id / deadline: of the current delivery (monotonic seconds).
+    """
+
+    __slots__ = ("ack_id", "attempts", "deadline", "env_b", "last_reason", "rec", "tp")
+
+    def __init__(
+        self, seq: int, order_key: Hashable, cls: int, rec: wire.StoredRecord,
+        tp: TopicPartition, env_b: bytes,
+    ) -> None:
+        # Plain stores instead of Item.__init__: this runs once per fetched record.
+        self.seq = seq
+        self.order_key = order_key
+        self.cls = cls
+        self.data = tp
+        self.token = 0
+        self.rec = rec
+        self.tp = tp
+        self.env_b = env_b
+        self.attempts = 0
+        self.ack_id = ""
+        self.deadline = 0.0
+        self.last_reason = ""
+
 
 
 class Delivery(Protocol):
@@ -144,3 +185,93 @@ def ack_up_to(offsets: dict[int, Any], outstanding: dict[str, Any], upto: int) -
     for o in acked:
         del outstanding[offsets.pop(o).ack_id]
     return acked
+
+
+#: Msg.last_reason of a record dead-lettered on arrival.
+MAX_BEFORE = "max_deliveries reached before a rebalance or restart"
+
+
+def arrive_run(
+    records: Sequence[wire.StoredRecord], parts: dict[TopicPartition, Any], seq_n: int,
+    max_deliveries: int, dlq: list[Any],
+) -> tuple[list[Any], int]:
+    """Turn fetched records into Msg objects, in order (the partition looked
+    up once per run of records).
+
+    Per record of a partition in `parts` (subscription._PartState): while
+    the partition's earlier deliveries are being read (`stash` not None) the
+    record is stashed; a refetch below `next_fetch` is dropped; otherwise
+    `skip_to` is told of a gap, `next_fetch` advances and the offset joins
+    `pending`. Its backlog class and delivered Envelope bytes come from its
+    headers (wire.delivery_meta, wire.delivered_envelope_bytes), its order
+    key is (tp, key) or, without a key, (tp, None, offset), its seq the next
+    number from `seq_n`. A record the group was sent before keeps its
+    attempts (state.Prior); one with `max_deliveries` already goes to `dlq`
+    (last_reason MAX_BEFORE) instead. Records of other partitions are dropped
+    (revoked).
+
+    Returns:
+        (the new Msgs, the next unused seq number).
+    """
+    items: list[Any] = []
+    append = items.append
+    env_bytes = wire.delivered_envelope_bytes
+    by_prio = wire.CLASS_BY_PRIORITY_B
+    hash_prefix = wire.PROV_HASH64_PREFIX
+    h_prio, h_hash, h_env = wire.H_PRIORITY, wire.H_HASH, wire.H_ENVELOPE
+    env_type = wire.ENVELOPE_TYPE.encode()
+    last_t: str | None = None
+    last_p = -1
+    tp: TopicPartition = ("", 0)
+    st: Any = None
+    stash: list[wire.StoredRecord] | None = None
+    seen = -1  # offsets at or below it were delivered before
+    for rec in records:
+        t = rec.topic
+        p = rec.partition
+        if p != last_p or t != last_t:
+            last_t, last_p = t, p
+            tp = (t, p)
+            st = parts.get(tp)
+            stash = st.stash if st is not None else None
+            seen = st.prior.delivered if st is not None else -1
+        off = rec.offset
+        if stash is not None:
+            stash.append(rec)
+            continue
+        if st is None:
+            continue  # revoked partition
+        nf = st.next_fetch
+        if off != nf:
+            if off < nf:
+                continue  # a refetch of what we hold
+            st.skip_to(nf, off)  # the first record, or a hole (compaction)
+        st.next_fetch = off + 1
+        st.pending.append(off)
+        # wire.delivery_meta and delivered_envelope_bytes, inlined for the
+        # gateway's own records (an Envelope with a 64-hex am-hash).
+        hdrs = rec.headers
+        if hdrs:
+            h = dict(hdrs)
+            prio = h.get(h_prio)
+            cls = by_prio.get(prio, 2) if prio else 2
+            hash_b = h.get(h_hash)
+            is_env = h.get(h_env) == env_type
+            if is_env and hash_b is not None and len(hash_b) == 64:
+                env_b = (rec.value or b"") + hash_prefix + hash_b
+            else:
+                env_b = env_bytes(rec, is_env, hash_b)
+        else:
+            cls = 2
+            env_b = env_bytes(rec, False, None)
+        key = rec.key
+        msg = Msg(seq_n, (tp, key) if key else (tp, None, off), cls, rec, tp, env_b)
+        seq_n += 1
+        if off <= seen:
+            msg.attempts = st.prior.attempts(off)
+            if msg.attempts >= max_deliveries:
+                msg.last_reason = MAX_BEFORE
+                dlq.append(msg)
+                continue
+        append(msg)
+    return items, seq_n

@@ -43,17 +43,21 @@ class HotPath:
     Attributes:
         name: `compiled` or `python`.
         reason: why this one (for the startup log and /metrics readers).
-        encode_run / ack_up_to: the functions (deliveries' docstrings).
+        arrive_run / encode_run / ack_up_to: the functions (deliveries' docstrings).
+        msg_type: the class arrive_run makes (deliveries.Msg or its compiled twin).
     """
 
     name: str
     reason: str
+    arrive_run: Any
     encode_run: Any
     ack_up_to: Any
+    msg_type: type
 
 
 def _of(module: ModuleType, reason: str) -> HotPath:
-    return HotPath(module.IMPLEMENTATION, reason, module.encode_run, module.ack_up_to)
+    return HotPath(module.IMPLEMENTATION, reason, module.arrive_run, module.encode_run,
+                   module.ack_up_to, module.Msg)
 
 
 def _compiled() -> tuple[ModuleType | None, str]:

@@ -12,12 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import logging
 import time
 import uuid
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Hashable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from google.protobuf.message import DecodeError
@@ -34,7 +33,8 @@ from agentmesh.server.bus.backend import (
     SourceEvent,
     TopicPartition,
 )
-from agentmesh.server.bus.backlog import Backlog, Item
+from agentmesh.server.bus.backlog import Backlog
+from agentmesh.server.bus.deliveries import Msg as _Msg
 from agentmesh.server.bus.hot_path import HotPath
 from agentmesh.server.bus.hot_path import load as load_hot_path
 from agentmesh.server.bus.state import Marks, MemoryState, Prior, State
@@ -44,42 +44,6 @@ log = logging.getLogger("agentmesh.bus.subscription")
 
 #: dead_letter(record, reason, delivery_count): writes it to "<topic>.dlq".
 DeadLetterFn = Callable[[wire.StoredRecord, str, int], Awaitable[None]]
-
-
-class _Msg(Item):
-    """A fetched record with its delivery state; it is its own backlog Item
-    (one object per record on the hot path). `data` holds the record's
-    partition, for Backlog.remove_if on a revoke.
-
-    Attributes:
-        rec: the record.
-        tp: its (topic, partition).
-        env_b: the serialized Envelope a subscriber receives
-            (wire.delivered_envelope_bytes), made once on arrival and reused
-            by redeliveries.
-        attempts: deliveries so far.
-        ack_id / deadline: of the current delivery (monotonic seconds).
-    """
-
-    __slots__ = ("ack_id", "attempts", "deadline", "env_b", "last_reason", "rec", "tp")
-
-    def __init__(
-        self, seq: int, order_key: Hashable, cls: int, rec: wire.StoredRecord,
-        tp: TopicPartition, env_b: bytes,
-    ) -> None:
-        # Plain stores instead of Item.__init__: this runs once per fetched record.
-        self.seq = seq
-        self.order_key = order_key
-        self.cls = cls
-        self.data = tp
-        self.token = 0
-        self.rec = rec
-        self.tp = tp
-        self.env_b = env_b
-        self.attempts = 0
-        self.ack_id = ""
-        self.deadline = 0.0
-        self.last_reason = ""
 
 
 #: Most deliveries per MessageBatch (one gRPC message).
@@ -247,7 +211,7 @@ class Subscription:
         self._ack_prefix = f"{self.id}."
         self._pos_prefix: dict[TopicPartition, bytes] = {}
         self._parts: dict[TopicPartition, _PartState] = {}
-        self._seq = itertools.count()
+        self._seq_n = 0  # the next record's arrival number (Item.seq)
         self._ack_n = 1  # the next ack id's number
         self._source: Source | None = None
         self._paused = False
@@ -345,68 +309,12 @@ class Subscription:
         A record this group was sent before (state.Prior: a rebalance or a
         gateway restart since) keeps its delivery count; one that has had
         max_deliveries already goes to the dead-letter topic."""
-        items: list[Item] = []
-        append = items.append
-        next_seq = self._seq.__next__
-        parts = self._parts
-        env_bytes = wire.delivered_envelope_bytes
-        by_prio = wire.CLASS_BY_PRIORITY_B
-        hash_prefix = wire.PROV_HASH64_PREFIX
-        h_prio, h_hash, h_env = wire.H_PRIORITY, wire.H_HASH, wire.H_ENVELOPE
-        env_type = wire.ENVELOPE_TYPE.encode()
-        last_t: str | None = None
-        last_p = -1
-        tp: TopicPartition = ("", 0)
-        st: _PartState | None = None
-        stash: list[wire.StoredRecord] | None = None
-        seen = -1  # offsets at or below it were delivered before
-        for rec in records:
-            t = rec.topic
-            p = rec.partition
-            if p != last_p or t != last_t:
-                last_t, last_p = t, p
-                tp = (t, p)
-                st = parts.get(tp)
-                stash = st.stash if st is not None else None
-                seen = st.prior.delivered if st is not None else -1
-            off = rec.offset
-            if stash is not None:
-                stash.append(rec)
-                continue
-            if st is None:
-                continue  # revoked partition
-            nf = st.next_fetch
-            if off != nf:
-                if off < nf:
-                    continue  # a refetch of what we hold
-                st.skip_to(nf, off)  # the first record, or a hole (compaction)
-            st.next_fetch = off + 1
-            st.pending.append(off)
-            # wire.delivery_meta and delivered_envelope_bytes, inlined for
-            # the gateway's own records (an Envelope with a 64-hex am-hash).
-            hdrs = rec.headers
-            if hdrs:
-                h = dict(hdrs)
-                prio = h.get(h_prio)
-                cls = by_prio.get(prio, 2) if prio else 2
-                hash_b = h.get(h_hash)
-                is_env = h.get(h_env) == env_type
-                if is_env and hash_b is not None and len(hash_b) == 64:
-                    env_b = (rec.value or b"") + hash_prefix + hash_b
-                else:
-                    env_b = env_bytes(rec, is_env, hash_b)
-            else:
-                cls = 2
-                env_b = env_bytes(rec, False, None)
-            key = rec.key
-            msg = _Msg(next_seq(), (tp, key) if key else (tp, None, off), cls, rec, tp, env_b)
-            if off <= seen:
-                msg.attempts = st.prior.attempts(off)
-                if msg.attempts >= self.opts.max_deliveries:
-                    msg.last_reason = "max_deliveries reached before a rebalance or restart"
-                    self._spawn(self._to_dlq(msg, msg.last_reason))
-                    continue
-            append(msg)
+        dlq: list[_Msg] = []
+        items, self._seq_n = self._hot.arrive_run(
+            records, self._parts, self._seq_n, self.opts.max_deliveries, dlq
+        )
+        for msg in dlq:
+            self._spawn(self._to_dlq(msg, msg.last_reason))
         self._backlog.push_many(items)
         if len(self._backlog) >= self._read_ahead and not self._paused and self._source:
             self._paused = True
