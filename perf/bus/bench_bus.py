@@ -61,6 +61,7 @@ sys.path.insert(0, str(ROOT / "libs"))
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
 from agentmesh.runtime.deps import kafka_producer_config  # noqa: E402
+from agentmesh.server.bus.hot_path import load as load_hot_path  # noqa: E402
 from perf.common import add_json, emit_figures  # noqa: E402
 from perf.common import percentile as pct  # noqa: E402
 from perf.table import Figure  # noqa: E402
@@ -70,6 +71,9 @@ from tests.procs import daemon  # noqa: E402
 PAYLOAD = b"x" * 100
 PRODUCER_TUNING = {"linger.ms": 1, "queue.buffering.max.messages": 1_000_000,
                    "queue.buffering.max.kbytes": 1_048_576, "batch.num.messages": 10_000}
+#: The gateway's per-record loops: compiled when `make ext` built them from
+#: this source (then also measured against the Python twin), else python.
+HOT_PATH = load_hot_path("auto").name
 
 
 def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
@@ -418,11 +422,27 @@ def proc_cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def run_gateway(backend: str, bootstrap: str, logs: Path) -> object:
-    flags = ["--backend", backend]
+def run_gateway(backend: str, bootstrap: str, logs: Path, hot_path: str = "auto") -> object:
+    flags = ["--backend", backend, "--hot-path", hot_path]
     if backend == "kafka":
         flags += ["--kafka-bootstrap", bootstrap]
     return daemon("bus", logs, *flags, env={"AGENTMESH_KAFKA_BOOTSTRAP": ""}).start(60)
+
+
+def python_loops_consume(a: argparse.Namespace, logs: Path, topic: str, n: int
+                         ) -> dict[str, float]:
+    """Subscribe read-back of the same records through a gateway running the
+    Python twin of the per-record loops (`--hot-path python`), cumulative acks."""
+    proc = run_gateway("kafka", a.bootstrap, logs, "python")
+    try:
+        cpu0 = proc_cpu_s(proc.pid)  # type: ignore[attr-defined]
+        rate = asyncio.run(gateway_consume_rate(proc.target, topic, n, ack="through"))  # type: ignore[attr-defined]
+        cpu_us = (proc_cpu_s(proc.pid) - cpu0) * 1e6 / n  # type: ignore[attr-defined]
+    finally:
+        proc.stop()  # type: ignore[attr-defined]
+    print(f"Subscribe, Python loops: {rate:,.0f} msg/s acking up_to ({cpu_us:.1f} us CPU/msg)",
+          flush=True)
+    return {"consume": rate, "cpu_us": cpu_us}
 
 
 def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
@@ -457,6 +477,14 @@ def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
                baseline_value=raw["consume"]),
         Figure(name="bus: Subscribe gateway CPU per message (cumulative acks)",
                value=gw["consume_through_cpu_us"], unit="us", better="lower"),
+        *([Figure(name="bus: Subscribe msg/s, compiled per-record loops (make ext)",
+                  value=gw["consume"], unit="msg/s",
+                  baseline_name="the same read-back with the Python loops (--hot-path python)",
+                  baseline_value=py["consume"]),
+           Figure(name="bus: Subscribe gateway CPU per message, compiled loops",
+                  value=gw["consume_through_cpu_us"], unit="us", better="lower",
+                  baseline_name="with the Python loops (--hot-path python)",
+                  baseline_value=py["cpu_us"])] if (py := rows.get("python loops")) else []),
         *([Figure(name=f"bus: PublishStream msg/s, {sc['clients']:.0f} clients, "
                        "--workers 2",
                   value=sc["w2"], unit="msg/s",
@@ -513,8 +541,9 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
     print(f"raw kafka, gateway record shape (~{len(gateway_shaped_record()[0])} B value + "
           f"4 headers): {shaped_tp:,.0f} msg/s (ratio {shaped_tp / raw_tp:.2f})", flush=True)
 
+    print(f"hot path: {HOT_PATH} ({load_hot_path('auto').reason})", flush=True)
     for backend in a.backends:
-        proc = run_gateway(backend, a.bootstrap, logs)
+        proc = run_gateway(backend, a.bootstrap, logs, HOT_PATH)
         try:
             topic = f"bench.gw{backend}.{run_id}"
             if backend == "kafka":
@@ -538,6 +567,8 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
                         (proc_cpu_s(proc.pid) - cpu0) * 1e6 / n_sub)  # type: ignore[attr-defined]
                 row["consume"] = row["consume_through"]
                 row["consume_n"] = n_sub
+                if HOT_PATH == "compiled":
+                    rows["python loops"] = python_loops_consume(a, logs, topic, n_sub)
                 print(f"Subscribe: gateway {row['consume_through']:,.0f} msg/s acking up_to "
                       f"({row['consume_through_cpu_us']:.1f} us CPU/msg), "
                       f"{row['consume_ids']:,.0f} msg/s acking ids "

@@ -37,6 +37,7 @@ sys.path.insert(0, str(ROOT / "libs"))
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc  # noqa: E402
 from agentmesh.common.v1 import common_pb2  # noqa: E402
+from agentmesh.runtime.collector import tune_collector  # noqa: E402
 from agentmesh.runtime.interceptors import RuntimeInterceptor  # noqa: E402
 
 
@@ -83,6 +84,7 @@ async def serve_and_drive(a: argparse.Namespace) -> None:
         out = await servicer.publisher.publish_many([env] * 500, timeout_s=30)
         assert all(not isinstance(r, Exception) for r in out)
     prof: Any = None
+    tune_collector()  # as a daemon does once started (agentmesh.runtime.collector)
     if a.profiler == "cprofile":
         prof = cProfile.Profile()
         prof.enable()
