@@ -36,7 +36,6 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "libs"))
 
-from agentmesh.bus.v1 import bus_pb2_grpc  # noqa: E402
 from agentmesh.runtime.interceptors import RuntimeInterceptor  # noqa: E402
 
 
@@ -51,7 +50,7 @@ def client_main(target: str, topic: str, n: int, batch: int) -> None:
 
 async def serve_and_drive(a: argparse.Namespace) -> None:
     from agentmesh.server.bus.__main__ import make_backend
-    from agentmesh.server.bus.servicer import BusServicer
+    from agentmesh.server.bus.servicer import BusServicer, add_to_server
     from agentmesh.server.bus.settings import BusSettings
 
     settings = BusSettings(
@@ -62,7 +61,7 @@ async def serve_and_drive(a: argparse.Namespace) -> None:
     backend = make_backend(settings)
     servicer = BusServicer(backend, settings)
     server = grpc.aio.server(interceptors=[RuntimeInterceptor(None)])
-    bus_pb2_grpc.add_BusServiceServicer_to_server(servicer, server)
+    add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await backend.start()

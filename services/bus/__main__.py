@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
+from agentmesh.bus.v1 import bus_pb2
 from agentmesh.runtime.config import ServerConfig
 from agentmesh.runtime.server import Daemon, run_daemon
 from agentmesh.server.bus import metrics
 from agentmesh.server.bus.backend import Backend
 from agentmesh.server.bus.hot_path import HotPathUnavailable
-from agentmesh.server.bus.servicer import BusServicer
+from agentmesh.server.bus.servicer import BusServicer, add_to_server
 from agentmesh.server.bus.settings import BusSettings
 from agentmesh.server.bus.state import MemoryState, RedisState, State
 from agentmesh.server.bus.workers import die_with_supervisor, run_workers, worker_index
@@ -53,7 +53,7 @@ def wire_gateway(daemon: Daemon) -> BusServicer:
     except HotPathUnavailable as exc:
         sys.exit(f"agentmesh-bus: {exc}")
     daemon.add_service(
-        bus_pb2_grpc.add_BusServiceServicer_to_server,
+        add_to_server,
         servicer,
         bus_pb2.DESCRIPTOR.services_by_name["BusService"],
     )

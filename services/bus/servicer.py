@@ -204,12 +204,13 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             earliest=o.start_position != bus_pb2.START_POSITION_LATEST,
         )
 
-    async def Subscribe(
+    async def Subscribe(  # type: ignore[override]  # yields serialized batches too
         self,
         request_iterator: AsyncIterator[bus_pb2.SubscribeRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[bus_pb2.SubscribeResponse]:
-        """See bus.proto."""
+    ) -> AsyncIterator[bus_pb2.SubscribeResponse | bytes]:
+        """See bus.proto. Batches come serialized (Subscription._deliver) and
+        pass through Subscribe's serializer as they are (add_to_server)."""
         try:
             first = await anext(aiter(request_iterator))
         except StopAsyncIteration:
@@ -674,3 +675,44 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         resp = chain.verify(recs, heads=heads, start=start, end=request.end_offset or None)
         resp.end_offset = recs[-1].offset + 1 if recs else start
         return resp
+
+
+def _serialize_subscribe(resp: bus_pb2.SubscribeResponse | bytes) -> bytes:
+    """Subscribe's response serializer: a batch arrives already serialized
+    (and checked by parsing it), so its bytes are sent as they are instead
+    of being parsed into a message and serialized again."""
+    if isinstance(resp, bytes):
+        return resp
+    return resp.SerializeToString()
+
+
+class _SubscribePassThrough:
+    """The server as the generated registration function sees it: the
+    BusService handlers reach the real server with Subscribe's serializer
+    replaced by `_serialize_subscribe`."""
+
+    def __init__(self, server: grpc.aio.Server) -> None:
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Any) -> None:
+        # The generated code registers the same handlers twice (generic, then
+        # by name); both are registered from the patched set in the second call.
+        pass
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
+    ) -> None:
+        patched = dict(handlers)
+        patched["Subscribe"] = handlers["Subscribe"]._replace(
+            response_serializer=_serialize_subscribe
+        )
+        self._server.add_generic_rpc_handlers(
+            (grpc.method_handlers_generic_handler(service, patched),)
+        )
+        self._server.add_registered_method_handlers(service, patched)
+
+
+def add_to_server(servicer: BusServicer, server: grpc.aio.Server) -> None:
+    """Register BusService on `server` (the generated function's job), with
+    Subscribe's batches sent as the bytes they were built as."""
+    bus_pb2_grpc.add_BusServiceServicer_to_server(servicer, _SubscribePassThrough(server))

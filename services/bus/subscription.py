@@ -199,9 +199,8 @@ class Subscription:
         self._sending: asyncio.Future[None] | None = None
         self._read_ahead = max(read_ahead, 1)
         self._refresh_s = topic_refresh_s
-        self.outbox: asyncio.Queue[bus_pb2.SubscribeResponse | BaseException] = (
-            asyncio.Queue()
-        )
+        #: serialized SubscribeResponses (checked by parsing), or the error that ends the stream
+        self.outbox: asyncio.Queue[bytes | BaseException] = asyncio.Queue()
         self._backlog = Backlog()
         # Delivered, not yet acked: by ack id (in delivery order, which is
         # deadline order: every deadline is delivery time + ack_deadline_s),
@@ -352,15 +351,16 @@ class Subscription:
         as outstanding.
 
         Envelope values pass through undecoded (wire.delivered_envelope_bytes);
-        the whole SubscribeResponse is parsed once, in C, which also checks
-        every value. When that fails, the batch is taken back, each value is
-        checked on its own and the undecodable ones go to the dead-letter
-        topic instead.
+        the whole SubscribeResponse is parsed once, in C, which checks every
+        value, and its bytes go out as they are (servicer.add_to_server:
+        Subscribe's serializer passes bytes through). When that fails, the
+        batch is taken back, each value is checked on its own and the
+        undecodable ones go to the dead-letter topic instead.
         """
         deadline = time.monotonic() + self.opts.ack_deadline_s
         buf, marks = self._encode(items, deadline)
         try:
-            resp = bus_pb2.SubscribeResponse.FromString(buf)
+            bus_pb2.SubscribeResponse.FromString(buf)
         except DecodeError:
             self._take_back(items)
             good: list[_Msg] = []
@@ -375,17 +375,16 @@ class Subscription:
                 return
             items = good
             buf, marks = self._encode(items, deadline)
-            resp = bus_pb2.SubscribeResponse.FromString(buf)
+            bus_pb2.SubscribeResponse.FromString(buf)
         write = self._state.record(self.opts.group, marks)
         if write is None and self._sending is None:
-            self.outbox.put_nowait(resp)
+            self.outbox.put_nowait(buf)
         else:  # the marks are stored before the batch leaves; batches keep their order
-            self._sending = asyncio.ensure_future(self._send_after(self._sending, write, resp))
+            self._sending = asyncio.ensure_future(self._send_after(self._sending, write, buf))
         self._count_sent(items)
 
     async def _send_after(
-        self, prev: asyncio.Future[None] | None, write: Awaitable[None] | None,
-        resp: bus_pb2.SubscribeResponse,
+        self, prev: asyncio.Future[None] | None, write: Awaitable[None] | None, resp: bytes,
     ) -> None:
         """Send `resp` once its delivery marks are stored and the batch before it went."""
         if write is not None:
