@@ -42,18 +42,24 @@ cdef class Msg:
     cdef public double deadline
 
     def __init__(self, seq, order_key, long long cls, rec, tp, bytes env_b):
-        self.seq = seq
-        self.order_key = order_key
-        self.cls = cls
-        self.data = tp
-        self.token = 0
-        self.rec = rec
-        self.tp = tp
-        self.env_b = env_b
-        self.attempts = 0
-        self.ack_id = ""
-        self.deadline = 0.0
-        self.last_reason = ""
+        fill(self, seq, order_key, cls, rec, tp, env_b)
+
+
+cdef inline void fill(Msg m, object seq, object order_key, long long cls, object rec, object tp,
+                      bytes env_b) noexcept:
+    """A new delivery's attributes (deliveries.Msg.__init__)."""
+    m.seq = seq
+    m.order_key = order_key
+    m.cls = cls
+    m.data = tp
+    m.token = 0
+    m.rec = rec
+    m.tp = tp
+    m.env_b = env_b
+    m.attempts = 0
+    m.ack_id = ""
+    m.deadline = 0.0
+    m.last_reason = ""
 
 
 cdef struct Buf:
@@ -317,19 +323,8 @@ def arrive_run(records, dict parts, long long seq_n, long long max_deliveries, l
             cls = 2
             env_b = env_bytes(rec, False, None)
         key = rec.key
-        msg = Msg.__new__(Msg)
-        msg.seq = seq_n
-        msg.order_key = (tp, key) if key else (tp, None, off_o)
-        msg.cls = cls
-        msg.data = tp
-        msg.token = 0
-        msg.rec = rec
-        msg.tp = tp
-        msg.env_b = env_b
-        msg.attempts = 0
-        msg.ack_id = ""
-        msg.deadline = 0.0
-        msg.last_reason = ""
+        msg = Msg.__new__(Msg)  # no __init__ call: fill() in C
+        fill(msg, seq_n, (tp, key) if key else (tp, None, off_o), cls, rec, tp, env_b)
         seq_n += 1
         if off <= seen:
             msg.attempts = st.prior.attempts(off_o)
