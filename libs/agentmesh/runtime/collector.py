@@ -17,7 +17,11 @@ which Instagram described for its Django fleet ("Dismissing Python Garbage
 Collection at Instagram", 2017): after startup, move every object alive into
 the permanent generation, which no pass walks, and raise the young
 generation's threshold so that passes run less often. Cycles are still
-collected; they live at most `threshold0` allocations longer.
+collected; they live at most `threshold0` allocations longer. The price: an
+object alive at startup that later becomes part of an unreachable cycle is
+never freed, so the memory that can leak is bounded by the startup heap
+(tens of MB at most; `gc_frozen_objects` in the daemon's `serving` log line
+says how many objects that is).
 """
 
 from __future__ import annotations
