@@ -80,6 +80,7 @@ def build(name: str, source: Path) -> None:
 
 
 def main() -> None:
+    """Build what is stale, or with --check only report it (exit 1)."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report; exit 1 when stale")
     a = ap.parse_args()
