@@ -5,8 +5,9 @@
 
 Each `.pyx` in EXTENSIONS is compiled by Cython and the C compiler into a
 shared object next to it (services/bus/_deliveries.cpython-*.so, ignored by
-git), with the sha256 of its source compiled in (`SOURCE_SHA256`), so the
-gateway can tell a stale build from a fresh one (services/bus/hot_path.py).
+git), with the sha256 of its source compiled in (`SOURCE_SHA256`), so this
+script and the gateway (services/bus/hot_path.py) tell a stale build from a
+fresh one by the same mark.
 Needs Cython (the `dev` extra) and a C compiler; without them the gateway
 runs its pure-Python loops. `make ext` runs this; `make setup` and
 `make test` do too.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import sys
 import sysconfig
 from pathlib import Path
@@ -36,15 +38,26 @@ def built_path(source: Path) -> Path:
     return source.with_name(source.stem + str(sysconfig.get_config_var("EXT_SUFFIX")))
 
 
-def _stamp(source: Path) -> Path:
-    return source.with_name(f".{source.stem}.sha256")
+def built_sha256(name: str, source: Path) -> str:
+    """The source hash compiled into the shared object of `source` (its
+    SOURCE_SHA256), or "" when it is missing or cannot be loaded."""
+    path = built_path(source)
+    if not path.exists():
+        return ""
+    spec = importlib.util.spec_from_file_location(name, path)
+    if spec is None or spec.loader is None:
+        return ""
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except ImportError:
+        return ""  # built for another interpreter, or broken
+    return str(getattr(module, "SOURCE_SHA256", ""))
 
 
-def is_fresh(source: Path) -> bool:
+def is_fresh(name: str, source: Path) -> bool:
     """True when the shared object exists and was built from this source."""
-    stamp = _stamp(source)
-    return (built_path(source).exists() and stamp.exists()
-            and stamp.read_text().strip() == source_sha256(source))
+    return built_sha256(name, source) == source_sha256(source)
 
 
 def build(name: str, source: Path) -> None:
@@ -75,7 +88,6 @@ def build(name: str, source: Path) -> None:
     out = Path(cmd.get_ext_fullpath(name))
     target = built_path(source)
     target.write_bytes(out.read_bytes())
-    _stamp(source).write_text(digest + "\n")
     print(f"build_ext: built {target.relative_to(ROOT)}", flush=True)
 
 
@@ -84,7 +96,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--check", action="store_true", help="only report; exit 1 when stale")
     a = ap.parse_args()
-    stale = [(n, ROOT / s) for n, s in EXTENSIONS if not is_fresh(ROOT / s)]
+    stale = [(n, ROOT / s) for n, s in EXTENSIONS if not is_fresh(n, ROOT / s)]
     if a.check:
         for _, src in stale:
             print(f"build_ext: {src.relative_to(ROOT)} is not built or stale", file=sys.stderr)

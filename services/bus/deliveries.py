@@ -19,7 +19,7 @@ through), `position` = 3 (RecordPosition: topic = 1, partition = 2, offset = 3),
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from agentmesh.server.bus import wire
 from agentmesh.server.bus.backend import TopicPartition
@@ -27,7 +27,6 @@ from agentmesh.server.bus.backlog import Item
 
 #: Which twin this module is (hot_path.HotPath.name).
 IMPLEMENTATION = "python"
-
 
 class Msg(Item):
     """A fetched record with its delivery state; it is its own backlog Item
@@ -65,25 +64,6 @@ class Msg(Item):
         self.deadline = 0.0
         self.last_reason = ""
 
-
-
-class Delivery(Protocol):
-    """What the loops read and write on a delivery (subscription._Msg)."""
-
-    tp: TopicPartition
-    rec: wire.StoredRecord
-    env_b: bytes
-    attempts: int
-    ack_id: str
-    deadline: float
-
-
-class Cursor(Protocol):
-    """A partition's delivery marks (subscription._PartState)."""
-
-    contig: int
-
-
 def encode_run(
     items: list[Any], deadline: float, ack_prefix: str, ack_n: int,
     prefixes: dict[TopicPartition, bytes], outstanding: dict[str, Any],
@@ -91,14 +71,14 @@ def encode_run(
     last: dict[TopicPartition, int], touched: dict[TopicPartition, tuple[Any, int]],
     odd: list[Any], redone: list[Any],
 ) -> tuple[bytes, int]:
-    """Encode `items` (Delivery objects) as MessageBatch.messages fields and
+    """Encode `items` (Msg objects of either twin) as MessageBatch.messages fields and
     record each as delivered.
 
     Per item: a new ack id `f"{ack_prefix}{n}"` (n from `ack_n` up), its
     attempt counted (`attempts += 1`), `ack_id` and `deadline` (monotonic s)
     set, and the item stored in `outstanding[ack_id]` and
     `by_tp[tp][offset]` (when the partition has an index). The partition's
-    `contig` (in `parts`, a Cursor) advances over a run of items at it;
+    `contig` (in `parts`, subscription._PartState) advances over a run of items at it;
     `last[tp]` becomes the highest such offset, `touched[tp]` is the
     partition's (cursor or None, contig before the batch); items not at
     `contig` go to `odd`, redeliveries (attempt > 1) to `redone`.
@@ -172,10 +152,9 @@ def encode_run(
             last[cur] = nxt - 1
     return b"".join(out), ack_n
 
-
 def ack_up_to(offsets: dict[int, Any], outstanding: dict[str, Any], upto: int) -> list[int]:
     """Settle every delivery of one partition at or below offset `upto`:
-    remove it from `offsets` (the partition's index, offset -> Delivery) and
+    remove it from `offsets` (the partition's index, offset -> Msg) and
     from `outstanding` (by its ack id).
 
     Returns:
@@ -186,10 +165,8 @@ def ack_up_to(offsets: dict[int, Any], outstanding: dict[str, Any], upto: int) -
         del outstanding[offsets.pop(o).ack_id]
     return acked
 
-
 #: Msg.last_reason of a record dead-lettered on arrival.
 MAX_BEFORE = "max_deliveries reached before a rebalance or restart"
-
 
 def arrive_run(
     records: Sequence[wire.StoredRecord], parts: dict[TopicPartition, Any], seq_n: int,

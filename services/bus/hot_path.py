@@ -44,7 +44,6 @@ class HotPath:
         name: `compiled` or `python`.
         reason: why this one (for the startup log and /metrics readers).
         arrive_run / encode_run / ack_up_to: the functions (deliveries' docstrings).
-        msg_type: the class arrive_run makes (deliveries.Msg or its compiled twin).
     """
 
     name: str
@@ -52,12 +51,11 @@ class HotPath:
     arrive_run: Any
     encode_run: Any
     ack_up_to: Any
-    msg_type: type
 
 
 def _of(module: ModuleType, reason: str) -> HotPath:
     return HotPath(module.IMPLEMENTATION, reason, module.arrive_run, module.encode_run,
-                   module.ack_up_to, module.Msg)
+                   module.ack_up_to)
 
 
 def _compiled() -> tuple[ModuleType | None, str]:

@@ -36,7 +36,6 @@ from agentmesh.server.bus.backend import (
 from agentmesh.server.bus.backlog import Backlog
 from agentmesh.server.bus.deliveries import Msg as _Msg
 from agentmesh.server.bus.hot_path import HotPath
-from agentmesh.server.bus.hot_path import load as load_hot_path
 from agentmesh.server.bus.state import Marks, MemoryState, Prior, State
 from agentmesh.server.bus.topics import TopicMatcher
 
@@ -174,7 +173,7 @@ class Subscription:
             record's deliveries are counted across rebalances and restarts.
         read_ahead: backlog size at which fetching pauses.
         topic_refresh_s: how often wildcard patterns are re-resolved.
-        hot_path: the per-record loops (compiled or Python); None: hot_path.load("auto").
+        hot_path: the per-record loops, compiled or Python (hot_path.load).
     """
 
     def __init__(
@@ -186,10 +185,10 @@ class Subscription:
         state: State | None = None,
         read_ahead: int,
         topic_refresh_s: float,
-        hot_path: HotPath | None = None,
+        hot_path: HotPath,
     ) -> None:
         self.id = uuid.uuid4().hex[:16]
-        self._hot = hot_path if hot_path is not None else load_hot_path("auto")
+        self._hot = hot_path
         self.backend = backend
         self.opts = options
         self.matcher = TopicMatcher(options.patterns)

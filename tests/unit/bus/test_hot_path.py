@@ -222,7 +222,7 @@ def test_compiled_msgs_are_outside_the_cyclic_collector() -> None:
     hp = compiled()
     items, _ = hp.arrive_run([record(0, 0, False, "gateway", None)],
                              arrive_world(["live"] * 3, [-1] * 3, [(0, {})] * 3), 0, 5, [])
-    assert type(items[0]) is hp.msg_type and not gc.is_tracked(items[0])
+    assert type(items[0]) is not deliveries.Msg and not gc.is_tracked(items[0])
     assert gc.is_tracked(deliveries.Msg(0, None, 2, None, ("t", 0), b""))
 
 
