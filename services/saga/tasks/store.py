@@ -36,6 +36,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -43,9 +44,12 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from agentmesh.runtime.dataset_epoch import refuse_if_reset
+from agentmesh.runtime.deps import is_cluster
 from agentmesh.runtime.lease import (
     CLOCK_PRELUDE,
     FENCE_CHECK,
@@ -279,26 +283,39 @@ async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
     the calls that got NOSCRIPT are sent again (after loading the script), so
     a script that already ran is never run twice.
 
+    On one Redis (direct or Sentinel) the replies are Redis's own, without
+    redis-py's response callbacks (e.g. SET is b"OK", a WITHSCORES range a
+    flat [member, score, ...] list); a Redis Cluster client's pipeline
+    applies them. Callers read both shapes.
+
     Returns:
         One reply per call; a call's error reply (a script's error, a wrong
         type) is returned in its place as the ResponseError, not raised.
 
     Raises:
-        redis.exceptions.RedisError: the connection failed.
+        redis.exceptions.RedisError: the connection failed, or Redis did not
+            answer within the client's socket timeout (TimeoutError).
     """
     out: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
+    lean = not is_cluster(redis)
     for _attempt in range(2):
-        async with redis.pipeline(transaction=False) as p:
-            for i in todo:
-                c = calls[i]
-                if isinstance(c[0], AsyncScript):
-                    # as a command: redis-py's cluster pipeline blocks its evalsha
-                    # method, and routes EVALSHA given as a command by its keys
-                    p.execute_command("EVALSHA", c[0].sha, len(c[1]), *c[1], *c[2])
-                else:
-                    p.execute_command(*c)
-            res = await p.execute(raise_on_error=False)
+        cmds: list[tuple[Any, ...]] = []
+        for i in todo:
+            c = calls[i]
+            if isinstance(c[0], AsyncScript):
+                # as a command: redis-py's cluster pipeline blocks its evalsha
+                # method, and routes EVALSHA given as a command by its keys
+                cmds.append(("EVALSHA", c[0].sha, len(c[1]), *c[1], *c[2]))
+            else:
+                cmds.append(c)
+        if lean:
+            res = await _exchange(redis, cmds)
+        else:
+            async with redis.pipeline(transaction=False) as p:
+                for cmd in cmds:
+                    p.execute_command(*cmd)
+                res = await p.execute(raise_on_error=False)
         again = []
         for i, r in zip(todo, res, strict=True):
             out[i] = r
@@ -309,6 +326,60 @@ async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
         for sha_script in {calls[i][0] for i in again}:
             await redis.script_load(sha_script.script)
         todo = again
+    return out
+
+
+async def _exchange(redis: Any, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
+    """`cmds` as one pipeline on a pooled connection, raw replies in order.
+
+    Why not redis-py's Pipeline: per round trip it makes a Pipeline object,
+    a wait_for task around the write and an asyncio timeout around every
+    reply, plus its observability hooks; on the coordinator that was about
+    a fifth of the main thread (perf/saga/TASKS_RESULTS.md). Here the
+    client's socket timeout bounds the whole round trip once, so a Redis
+    that accepts but never answers (SIGSTOP) still fails as
+    redis.exceptions.TimeoutError, and the connection is dropped. Broken
+    connections are retried with the client's Retry policy, as the
+    Pipeline does.
+    """
+    pool = redis.connection_pool
+    conn = await pool.get_connection()
+    try:
+        return await conn.retry.call_with_retry(
+            lambda: _round_trip(conn, cmds), lambda _err: conn.disconnect()
+        )
+    finally:
+        await pool.release(conn)
+
+
+async def _round_trip(conn: Any, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
+    if not conn.is_connected:
+        await conn.connect()
+    packed = conn.pack_commands(cmds)
+    where = f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
+    out: list[Any] = []
+    try:
+        async with asyncio.timeout(conn.socket_timeout):  # None: no deadline
+            # the write without send_packed_command's own wait_for task (the
+            # deadline above bounds it); redis-py has had this method since 4.2
+            await conn._send_packed_command(packed)
+            for _ in cmds:
+                try:
+                    # math.inf: no per-reply timer (redis-py's documented opt-out)
+                    out.append(await conn.read_response(timeout=math.inf))
+                except ResponseError as e:
+                    out.append(e)
+    except TimeoutError as e:  # before OSError, its base class
+        await conn.disconnect(nowait=True)
+        raise RedisTimeoutError(f"Timeout in a pipeline to {where}") from e
+    except OSError as e:
+        await conn.disconnect(nowait=True)
+        raise RedisConnectionError(f"Error in a pipeline to {where}: {e}") from e
+    except BaseException:
+        # a reply not read (cancelled, a connection error): never hand the
+        # socket to the next borrower with replies still on it
+        await conn.disconnect(nowait=True)
+        raise
     return out
 
 
