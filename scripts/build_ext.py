@@ -4,7 +4,7 @@
     python scripts/build_ext.py --check   # exit 1 when a build is missing or stale
 
 Each `.pyx` in EXTENSIONS is compiled by Cython and the C compiler into a
-shared object next to it (services/bus/_deliveries.cpython-*.so, ignored by
+shared object next to it (services/bus/_<name>.cpython-*.so, ignored by
 git), with the sha256 of its source compiled in (`SOURCE_SHA256`), so this
 script and the gateway (services/bus/hot_path.py) tell a stale build from a
 fresh one by the same mark.
@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.util
+import os
 import sys
 import sysconfig
 from pathlib import Path
@@ -25,7 +26,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 #: (module name, source), relative to the repository root.
-EXTENSIONS = [("agentmesh.server.bus._deliveries", "services/bus/_deliveries.pyx")]
+EXTENSIONS = [
+    ("agentmesh.server.bus._deliveries", "services/bus/_deliveries.pyx"),
+    ("agentmesh.server.bus._intake", "services/bus/_intake.pyx"),
+]
 
 
 def source_sha256(path: Path) -> str:
@@ -87,7 +91,11 @@ def build(name: str, source: Path) -> None:
     cmd.run()
     out = Path(cmd.get_ext_fullpath(name))
     target = built_path(source)
-    target.write_bytes(out.read_bytes())
+    # A new file renamed over the old one: a process that has the old build
+    # loaded keeps its mapping (writing into the mapped file would crash it).
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.write_bytes(out.read_bytes())
+    os.replace(tmp, target)
     print(f"build_ext: built {target.relative_to(ROOT)}", flush=True)
 
 

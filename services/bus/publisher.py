@@ -13,8 +13,9 @@ import itertools
 import os
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -56,6 +57,14 @@ _PRIORITY_HEADERS = {
 }
 
 
+#: The compiled write path's signature (`_intake.publish_run`): (request
+#: bytes, publisher, records, ids, hashes, todo, now_ms, create_time field,
+#: publish_time field) -> envelopes queued, or -1 for "decode it instead".
+PublishRun = Callable[
+    [bytes, "Publisher", list[Any], list[bytes], list[bytes], list[int], int, bytes, bytes], int
+]
+
+
 @dataclass(slots=True)
 class Written:
     """A confirmed write."""
@@ -86,6 +95,9 @@ class Publisher:
         # a urandom call per message.
         self._id_prefix = os.urandom(8).hex()
         self._ids = itertools.count(1)
+        # Topics and agent ids that passed `validate` once (bounded). The
+        # compiled write path (_intake) reads these, the id source, the
+        # partitioner and the chain writer's states as `_enqueue` does.
         self._valid_topics: set[str] = set()
         self._valid_ids: set[str] = set()
 
@@ -203,14 +215,17 @@ class Publisher:
         return await self.backend.partitions(topic) or self.settings.default_partitions
 
     # ---- writes ---------------------------------------------------------
-    async def submit(self, envs: Sequence[bus_pb2.Envelope]) -> Pending:
+    async def submit(
+        self, envs: Sequence[bus_pb2.Envelope], *, now_ms: int | None = None
+    ) -> Pending:
         """Validate, place, chain and enqueue envelopes in order; await the
         returned Pending for the outcomes. Submitting batches one after the
         other keeps their order; waiting for them may overlap.
 
         Invalid envelopes get their error and are not written; the others are.
         The envelopes are not filled in (id, provenance, ... go straight into
-        the encoded record); read the outcomes from the Pending.
+        the encoded record); read the outcomes from the Pending. `now_ms` is
+        the publish time in ms since the epoch (None: now).
         """
         n = len(envs)
         errors: list[AgentMeshError | None] = [None] * n
@@ -228,7 +243,7 @@ class Publisher:
             parts[topic] = c
         else:
             # Every topic is known: validation runs inside the record loop.
-            return self._enqueue(envs, errors, parts, checked=False)
+            return self._enqueue(envs, errors, parts, checked=False, now_ms=now_ms)
         # Some topic is new: validate everything first, so a topic is only
         # looked up or created for a valid message.
         for i, env in enumerate(envs):
@@ -251,7 +266,7 @@ class Publisher:
                 errors[i] = Unavailable(
                     f"topic {topic} is unavailable", reason=ErrorReason.ERROR_REASON_KAFKA_DOWN
                 )
-        return self._enqueue(envs, errors, parts, checked=True)
+        return self._enqueue(envs, errors, parts, checked=True, now_ms=now_ms)
 
     def _enqueue(
         self,
@@ -260,6 +275,7 @@ class Publisher:
         parts: dict[str, int],
         *,
         checked: bool,
+        now_ms: int | None = None,
     ) -> Pending:
         """Encode, chain and write the envelopes without an error (no await:
         the chain order is the write order).
@@ -269,7 +285,8 @@ class Publisher:
         `checked` says the envelopes were validated already; otherwise each
         gets a quick check and the full `validate` only when that fails.
         """
-        now_ms = int(time.time() * 1000)
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
         ts = wire.timestamp_bytes(now_ms)
         create_field = wire.len_field(wire.TAG_PROV_CREATE_TIME, ts)
         publish_field = wire.len_field(wire.TAG_ENV_PUBLISH_TIME, ts)
@@ -280,7 +297,7 @@ class Publisher:
         todo = pending.todo
         valid = self._valid_topics
         valid_ids = self._valid_ids
-        auth_on = current_principal() is not None
+        auth_on = self.auth_on()
         max_bytes = self.settings.max_payload_bytes
         id_prefix = self._id_prefix
         next_id = self._ids.__next__
@@ -351,14 +368,57 @@ class Publisher:
             ids.append(idb)
             hashes.append(hash_hex)
             todo.append(i)
-        if not todo:
+        return self._write(pending)
+
+    def submit_encoded(
+        self, data: bytes, run: PublishRun, *, now_ms: int | None = None
+    ) -> Pending | None:
+        """`submit` for a serialized PublishStreamRequest, through the
+        compiled write path `run` (hot_path's `publish_run`, from `_intake`).
+
+        It takes a request only when it understands every envelope of it
+        and all of them are valid and their topics known (see _intake);
+        then the outcome is the one `submit` would give the decoded request.
+
+        Args:
+            data: the serialized PublishStreamRequest.
+            run: the compiled write path.
+            now_ms: the publish time, ms since the epoch (None: now).
+
+        Returns:
+            The Pending to await, or None when the request must be decoded
+            and submitted (nothing was written or changed then).
+        """
+        if now_ms is None:
+            now_ms = int(time.time() * 1000)
+        ts = wire.timestamp_bytes(now_ms)
+        pending = Pending(self, (), [])
+        n = run(data, self, pending.records, pending.ids, pending.hashes, pending.todo, now_ms,
+                wire.len_field(wire.TAG_PROV_CREATE_TIME, ts),
+                wire.len_field(wire.TAG_ENV_PUBLISH_TIME, ts))
+        if n < 0:
+            return None
+        pending.errors = [None] * n
+        return self._write(pending)
+
+    @staticmethod
+    def auth_on() -> bool:
+        """Whether the call being served is authenticated (sender ids must
+        then match the caller, `validate`)."""
+        return current_principal() is not None
+
+    def _write(self, pending: Pending) -> Pending:
+        """Hand a Pending's records to the backend (no await since they were
+        chained: the chain order is the write order)."""
+        if not pending.todo:
             return pending
         try:
-            pending.fut = self.backend.write(records)
+            pending.fut = self.backend.write(pending.records)
         except BackendUnavailable as exc:
-            for i, r in zip(todo, records, strict=True):
+            for i, r in zip(pending.todo, pending.records, strict=True):
                 self.chain.reset(r[0], r[1])
-                errors[i] = Unavailable(str(exc), reason=ErrorReason.ERROR_REASON_KAFKA_DOWN)
+                pending.errors[i] = Unavailable(str(exc),
+                                                reason=ErrorReason.ERROR_REASON_KAFKA_DOWN)
             pending.todo = []
         return pending
 
@@ -554,51 +614,75 @@ class Pending:
             )
         return out  # type: ignore[return-value]  # every slot is filled
 
-    def response(self) -> bus_pb2.PublishStreamResponse:
-        """After `settle`: the PublishStreamResponse, one report per envelope in order.
+    def response(self, encode: EncodeReports | None = None) -> bytes:
+        """After `settle`: the serialized PublishStreamResponse, one report
+        per envelope in order.
 
-        OK reports are encoded as bytes (a few concatenations instead of
-        building three messages per report); `PublishStreamResponse` parses
-        them in C. Error reports go through the message API.
+        OK reports are encoded as bytes by `encode` (`encode_reports` or
+        its compiled twin, hot_path's `encode_reports`) instead of building
+        three messages per report, and the response goes out as these bytes
+        (servicer.add_to_server). Error reports go through the message API.
         """
         errors = self.errors
         slots: list[bytes] = [b""] * len(errors)
         for i, err in enumerate(errors):  # reports field (1) of PublishStreamResponse
             if err is not None:
                 slots[i] = wire.len_field(b"\x0a", _error_report(err).SerializeToString())
-        prefixes: dict[tuple[str, int], bytes] = {}
-        varint = wire.varint
-        small = wire.SMALL_VARINTS  # lengths below 128 without a call
-        records = self.records
-        offsets = self.offsets
-        ids = self.ids
-        hashes = self.hashes
-        for k, i in enumerate(self.todo):
-            if errors[i] is not None:
-                continue
-            topic, partition = records[k][:2]
-            tp = (topic, partition)
-            pos = prefixes.get(tp)
-            if pos is None:
-                pos = wire.len_field(b"\x0a", topic.encode())
-                if partition:
-                    pos += b"\x10" + varint(partition)
-                prefixes[tp] = pos
-            off = offsets[k]
-            assert type(off) is int
-            if off:
-                pos = pos + b"\x18" + varint(off)
-            idb = ids[k]
-            n_id = len(idb)
-            n_pos = len(pos)
-            # status (empty: OK), id, position, hash (64 hex characters)
-            rep = b"".join((b"\x0a\x00\x12", small[n_id] if n_id < 128 else varint(n_id), idb,
-                            b"\x1a", small[n_pos] if n_pos < 128 else varint(n_pos), pos,
-                            b"\x22\x40", hashes[k]))
-            n_rep = len(rep)
-            slots[i] = b"\x0a" + (small[n_rep] if n_rep < 128 else varint(n_rep)) + rep
-        buf = b"".join(slots)
-        return bus_pb2.PublishStreamResponse.FromString(buf)
+        return (encode or encode_reports)(slots, self.records, self.offsets, self.ids,
+                                          self.hashes, self.todo, errors)
+
+
+#: encode_reports' signature (and its compiled twin's, `_intake.encode_reports`).
+EncodeReports = Callable[
+    [list[bytes], list[Any], list[Any], list[bytes], list[bytes], list[int], list[Any]], bytes
+]
+
+
+def encode_reports(
+    slots: list[bytes],
+    records: list[wire.OutRecord],
+    offsets: list[WriteResult],
+    ids: list[bytes],
+    hashes: list[bytes],
+    todo: list[int],
+    errors: list[AgentMeshError | None],
+) -> bytes:
+    """The serialized PublishStreamResponse of a settled Pending.
+
+    Args:
+        slots: per envelope, its encoded error report (a `reports` field)
+            when errors[i] is set, else b"" (filled in here for OK ones).
+        records / offsets / ids / hashes / todo: the Pending's columns.
+        errors: per envelope, its error or None.
+    """
+    prefixes: dict[tuple[str, int], bytes] = {}
+    varint = wire.varint
+    small = wire.SMALL_VARINTS  # lengths below 128 without a call
+    for k, i in enumerate(todo):
+        if errors[i] is not None:
+            continue
+        topic, partition = records[k][:2]
+        tp = (topic, partition)
+        pos = prefixes.get(tp)
+        if pos is None:
+            pos = wire.len_field(b"\x0a", topic.encode())
+            if partition:
+                pos += b"\x10" + varint(partition)
+            prefixes[tp] = pos
+        off = offsets[k]
+        assert type(off) is int
+        if off:
+            pos = pos + b"\x18" + varint(off)
+        idb = ids[k]
+        n_id = len(idb)
+        n_pos = len(pos)
+        # status (empty: OK), id, position, hash (64 hex characters)
+        rep = b"".join((b"\x0a\x00\x12", small[n_id] if n_id < 128 else varint(n_id), idb,
+                        b"\x1a", small[n_pos] if n_pos < 128 else varint(n_pos), pos,
+                        b"\x22\x40", hashes[k]))
+        n_rep = len(rep)
+        slots[i] = b"\x0a" + (small[n_rep] if n_rep < 128 else varint(n_rep)) + rep
+    return b"".join(slots)
 
 
 def _error_report(err: AgentMeshError) -> bus_pb2.DeliveryReport:

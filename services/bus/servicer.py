@@ -21,6 +21,7 @@ import grpc
 from google.protobuf.message import DecodeError
 
 from agentmesh.bus.v1 import bus_pb2, bus_pb2_grpc
+from agentmesh.runtime import tracing
 from agentmesh.runtime.context import remaining_s
 from agentmesh.runtime.errors import (
     AgentMeshError,
@@ -32,6 +33,7 @@ from agentmesh.runtime.errors import (
     Unavailable,
 )
 from agentmesh.runtime.redis_errors import is_redis_down, redis_unavailable
+from agentmesh.runtime.request_checks import Rejected, checked_deserializer
 from agentmesh.server.bus import chain, metrics, wire
 from agentmesh.server.bus.backend import Backend, BackendUnavailable, TopicExists, TopicRejected
 from agentmesh.server.bus.hot_path import load as load_hot_path
@@ -131,21 +133,33 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         w = await self.publisher.publish(env, timeout_s=self._write_timeout_s())
         return bus_pb2.PublishResponse(id=w.id, position=w.position, provenance=w.provenance)
 
-    async def PublishStream(
+    async def PublishStream(  # type: ignore[override]  # requests and responses are bytes
         self,
-        request_iterator: AsyncIterator[bus_pb2.PublishStreamRequest],
+        request_iterator: AsyncIterator[bytes | bus_pb2.PublishStreamRequest],
         context: grpc.aio.ServicerContext[Any, Any],
-    ) -> AsyncIterator[bus_pb2.PublishStreamResponse]:
-        """See bus.proto."""
+    ) -> AsyncIterator[bytes]:
+        """See bus.proto. Requests arrive as their bytes (add_to_server): the
+        compiled write path (hot_path's publish_run) takes them as they are;
+        otherwise they are decoded and checked as the runtime would have."""
         inflight: asyncio.Queue[Any] = asyncio.Queue(maxsize=64)
         done = object()
+        run = self.hot_path.publish_run
 
         async def reader() -> None:
             # Submitting batches one by one keeps their write order; their
             # delivery reports are awaited by the writer below, overlapping.
             try:
                 async for req in request_iterator:
-                    msgs = list(req.messages)
+                    if isinstance(req, bytes):
+                        if run is not None and not tracing.enabled():
+                            pending = self.publisher.submit_encoded(req, run)
+                            if pending is not None:
+                                await inflight.put((pending, []))
+                                continue
+                        decoded = decode_publish_request(req)
+                    else:
+                        decoded = req
+                    msgs = list(decoded.messages)
                     spans = producer_spans(msgs)  # [] while off or unsampled
                     try:
                         pending = await self.publisher.submit(msgs)
@@ -167,7 +181,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                 await pending.settle(self._delivery_s + 1.0)
                 if spans:
                     end_producer_spans(spans, pending.written())
-                yield pending.response()
+                yield pending.response(self.hot_path.encode_reports)
             await task  # surfaces a reader error
         finally:
             task.cancel()
@@ -677,10 +691,29 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         return resp
 
 
-def _serialize_subscribe(resp: bus_pb2.SubscribeResponse | bytes) -> bytes:
-    """Subscribe's response serializer: a batch arrives already serialized
-    (and checked by parsing it), so its bytes are sent as they are instead
-    of being parsed into a message and serialized again."""
+_DECODE_PUBLISH = checked_deserializer(bus_pb2.PublishStreamRequest.FromString)
+
+
+def decode_publish_request(data: bytes) -> bus_pb2.PublishStreamRequest:
+    """A PublishStreamRequest's bytes decoded and checked by the runtime's
+    deserializer (request_checks), as every other request is.
+
+    Raises:
+        InvalidArgument: undecodable, or a contract rule broken (an unknown
+            enum value); the call ends with it, as for any other RPC.
+    """
+    assert _DECODE_PUBLISH is not None
+    req = _DECODE_PUBLISH(data)
+    if type(req) is Rejected:
+        raise req.error
+    return req
+
+
+def _pass_bytes(resp: Any) -> bytes:
+    """The response serializer of Subscribe and PublishStream: their
+    responses are built as bytes (Subscribe's batches checked by parsing
+    them), so the bytes are sent as they are instead of being parsed into a
+    message and serialized again; a message is serialized as usual."""
     if isinstance(resp, bytes):
         return resp
     return resp.SerializeToString()
@@ -688,8 +721,10 @@ def _serialize_subscribe(resp: bus_pb2.SubscribeResponse | bytes) -> bytes:
 
 class _SubscribePassThrough:
     """The server as the generated registration function sees it: the
-    BusService handlers reach the real server with Subscribe's serializer
-    replaced by `_serialize_subscribe`."""
+    BusService handlers reach the real server with Subscribe's and
+    PublishStream's responses passed through as bytes (`_pass_bytes`) and
+    PublishStream's requests handed over undecoded (no request deserializer;
+    the servicer decodes what the compiled write path does not take)."""
 
     def __init__(self, server: grpc.aio.Server) -> None:
         self._server = server
@@ -703,8 +738,9 @@ class _SubscribePassThrough:
         self, service: str, handlers: dict[str, grpc.RpcMethodHandler]
     ) -> None:
         patched = dict(handlers)
-        patched["Subscribe"] = handlers["Subscribe"]._replace(
-            response_serializer=_serialize_subscribe
+        patched["Subscribe"] = handlers["Subscribe"]._replace(response_serializer=_pass_bytes)
+        patched["PublishStream"] = handlers["PublishStream"]._replace(
+            request_deserializer=None, response_serializer=_pass_bytes
         )
         self._server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(service, patched),)
@@ -714,5 +750,6 @@ class _SubscribePassThrough:
 
 def add_to_server(servicer: BusServicer, server: grpc.aio.Server) -> None:
     """Register BusService on `server` (the generated function's job), with
-    Subscribe's batches sent as the bytes they were built as."""
+    Subscribe's batches and PublishStream's reports sent as the bytes they
+    were built as, and PublishStream's requests received as bytes."""
     bus_pb2_grpc.add_BusServiceServicer_to_server(servicer, _SubscribePassThrough(server))

@@ -57,7 +57,7 @@ async def test_stream_batch_stores_filled_envelopes_and_reports_in_order() -> No
     before_ms = int(time.time() * 1000)
     pending = await pub.submit(envs)
     await pending.settle(5.0)
-    resp = pending.response()
+    resp = bus_pb2.PublishStreamResponse.FromString(pending.response())
     assert len(resp.reports) == len(envs)
     bad = resp.reports[2]
     assert bad.status.code == 3 and list(bad.status.invalid_fields) == ["message.payload"]
@@ -122,6 +122,6 @@ async def test_oversized_message_is_resource_exhausted_and_not_written() -> None
     pending = await pub.submit([_env(topic="w.c"), bus_pb2.Envelope(
         topic="w.c", payload=common_pb2.Payload(bytes_value=b"y" * 400)), _env(topic="w.c")])
     await pending.settle(5.0)
-    codes = [r.status.code for r in pending.response().reports]
+    codes = [r.status.code for r in bus_pb2.PublishStreamResponse.FromString(pending.response()).reports]
     assert codes == [0, 8, 0]  # RESOURCE_EXHAUSTED in the middle
     assert await backend.watermarks("w.c", 0) == (0, 2)
