@@ -485,6 +485,14 @@ def _raise(r: Any) -> Any:
     return r
 
 
+def _zrems(items: Sequence[tuple[int, str]]) -> list[Call]:
+    """One ZREM per priority queue for (class, task id) entries."""
+    by_cls: dict[int, list[str]] = {}
+    for cls, tid in items:
+        by_cls.setdefault(cls, []).append(tid)
+    return [("ZREM", queue_key(cls), *ids) for cls, ids in by_cls.items()]
+
+
 class StaleRevision(Exception):
     """The task changed since it was read (compare-and-set on `rev` failed)."""
 
@@ -801,14 +809,9 @@ class TaskStore:
         ended, self._ended = self._ended, []
         if not ended:
             return
-        by_cls: dict[int, list[str]] = {}
-        for cls, tid in ended:
-            by_cls.setdefault(cls, []).append(tid)
-        async with self.redis.pipeline(transaction=False) as p:
-            p.zrem(ACTIVE, *[tid for _, tid in ended])
-            for cls, ids in by_cls.items():
-                p.zrem(queue_key(cls), *ids)
-            await p.execute()
+        calls: list[Call] = [("ZREM", ACTIVE, *[tid for _, tid in ended]), *_zrems(ended)]
+        for r in await send(self.redis, calls):
+            _raise(r)
 
     async def close(self) -> None:
         """Stop the deferred cleanup and run it now."""
@@ -879,23 +882,32 @@ class TaskStore:
     async def due(self, *, now_ms: int, count: int) -> tuple[list[list[str]], int | None]:
         """Up to `count` due task ids per priority class, oldest first, and
         when the next queued task that is not yet due becomes due (Unix ms;
-        None when there is none), in one round trip."""
+        None when there is none, or when every class that has one has more
+        than `count` due tasks ahead of it: the pass reads that class again
+        as a backlog before it could start the later task), in one round trip
+        of one command per class (the head of each queue, one past `count`).
+        """
         calls: list[Call] = [
-            ("ZRANGEBYSCORE", queue_key(cls), "-inf", now_ms, "LIMIT", 0, count)
+            ("ZRANGEBYSCORE", queue_key(cls), "-inf", "+inf", "WITHSCORES", "LIMIT", 0, count + 1)
             for cls in range(CLASSES)
         ]
-        calls += [
-            ("ZRANGEBYSCORE", queue_key(cls), f"({now_ms}", "+inf", "WITHSCORES", "LIMIT", 0, 1)
-            for cls in range(CLASSES)
-        ]
-        rows = [_raise(r) for r in await send(self.redis, calls)]
-        # [(member, score)] when redis-py pairs the reply, else [member, score]
-        later = [
-            int(float(r[0][1] if isinstance(r[0], (list, tuple)) else r[1]))
-            for r in rows[CLASSES:]
-            if r
-        ]
-        return [[_s(m) for m in r] for r in rows[:CLASSES]], min(later) if later else None
+        due: list[list[str]] = []
+        later: list[int] = []
+        for r in await send(self.redis, calls):
+            r = _raise(r)
+            # [(member, score)] when redis-py pairs the reply, else [member, score, ...]
+            paired = bool(r) and isinstance(r[0], (list, tuple))
+            pairs = r if paired else zip(r[::2], r[1::2], strict=True)
+            ids: list[str] = []
+            for m, sc in pairs:
+                score = int(float(sc))
+                if score > now_ms:
+                    later.append(score)
+                    break
+                if len(ids) < count:
+                    ids.append(_s(m))
+            due.append(ids)
+        return due, min(later) if later else None
 
     async def signal_wake(self, origin: str) -> None:
         """Wake the scheduling passes of every replica (an entry on WAKE)."""
@@ -913,13 +925,10 @@ class TaskStore:
         return _s(got[0][1][-1][0])
 
     async def dequeue(self, items: Sequence[tuple[int, str]]) -> None:
-        """Remove (class, task id) entries from their queues."""
-        if not items:
-            return
-        async with self.redis.pipeline(transaction=False) as p:
-            for cls, tid in items:
-                p.zrem(queue_key(cls), tid)
-            await p.execute()
+        """Remove (class, task id) entries from their queues (one ZREM per class)."""
+        if items:
+            for r in await send(self.redis, _zrems(items)):
+                _raise(r)
 
     async def requeue(self, items: Sequence[tuple[int, str, int]]) -> None:
         """Put (class, task id, due ms) entries back unless already queued."""
@@ -958,8 +967,10 @@ class TaskStore:
     # ---- capacity slots ---------------------------------------------------------
     async def slot_counts(self, agent_ids: Sequence[str]) -> list[int]:
         """Live capacity slots held on each agent (one round trip)."""
-        res = await call_many(self._slot_count, [([slots_key(a)], []) for a in agent_ids])
-        return [int(n) for n in res]
+        if not agent_ids:
+            return []
+        res = await send(self.redis, [(self._slot_count, [slots_key(a)], []) for a in agent_ids])
+        return [int(_raise(n)) for n in res]
 
     async def acquire_slot(
         self, agent_id: str, task_id: str, *, capacity: int, ttl_ms: int
@@ -1025,8 +1036,7 @@ class TaskStore:
                     [owner, ttl_ms, read.revision, spb, rpb],
                 )
             )
-        for cls, tid in dequeue:
-            calls.append(("ZREM", queue_key(cls), tid))
+        calls += _zrems(dequeue)
         res = await send(self.redis, calls)
         out: list[tuple[Claimed, bool] | None] = []
         for (_read, _scheduled, running), (spb, rpb), r in zip(
@@ -1059,10 +1069,10 @@ class TaskStore:
 
     async def cancel_flags(self, task_ids: Sequence[str]) -> list[bool]:
         """Whether a cancel was requested, per task id."""
-        async with self.redis.pipeline(transaction=False) as p:
-            for tid in task_ids:
-                p.hget(task_key(tid), "cancel")
-            return [_s(v) == "1" for v in await p.execute()]
+        if not task_ids:
+            return []
+        rows = await send(self.redis, [("HGET", task_key(tid), "cancel") for tid in task_ids])
+        return [_s(_raise(v)) == "1" for v in rows]
 
 
 __all__ = [
