@@ -18,6 +18,7 @@ import asyncio
 import inspect
 import logging
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
@@ -317,27 +318,58 @@ class StreamDrained(AgentMeshError):
     code = grpc.StatusCode.UNAVAILABLE
 
 
+class _DrainInterrupts:
+    """The interrupts of every stream step pending on one drain event, fired
+    by one waiter on that event (not one waiter task per stream: each was a
+    task made and cancelled per call)."""
+
+    def __init__(self, drain: asyncio.Event) -> None:
+        self.steps: set[Callable[[], None]] = set()
+        self.waiter = asyncio.ensure_future(drain.wait())
+        self.waiter.add_done_callback(self._fire)
+
+    def _fire(self, waiter: asyncio.Future[Any]) -> None:
+        if waiter.cancelled():  # its loop is closing; a later stream makes a new one
+            return
+        for interrupt in list(self.steps):
+            interrupt()
+
+
+#: The interrupts per drain event (weakly: an event goes with its server).
+_drain_interrupts: weakref.WeakKeyDictionary[asyncio.Event, _DrainInterrupts] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _interrupts_of(drain: asyncio.Event) -> _DrainInterrupts:
+    got = _drain_interrupts.get(drain)
+    if got is None or (got.waiter.done() and not drain.is_set()):
+        got = _drain_interrupts[drain] = _DrainInterrupts(drain)
+    return got
+
+
 async def _until_drained(items: AsyncIterator[Any], drain: asyncio.Event) -> AsyncIterator[Any]:
     """Yield from `items` until `drain` is set, then raise StreamDrained.
 
     Server streams (watches) never end by themselves; without this a SIGTERM
     would wait out the whole grace period on them. The handler's generator
     runs in this task (no task per item: a stream of many small events paid
-    for one task and one `asyncio.wait` each): one waiter on `drain` per
-    stream interrupts the pending step through an `asyncio.timeout` that it
-    reschedules to now, which cancels the step and raises TimeoutError here.
-    A drain while an item is out (at the yield) is seen before the next step.
+    for one task and one `asyncio.wait` each): one waiter on `drain`, shared
+    by every stream of the server (_DrainInterrupts), interrupts a pending
+    step through an `asyncio.timeout` that it reschedules to now, which
+    cancels the step and raises TimeoutError here. A drain while an item is
+    out (at the yield) is seen before the next step.
     """
     it = items.__aiter__()
     loop = asyncio.get_running_loop()
     pending: list[asyncio.Timeout] = []  # the step in progress, if any
 
-    def interrupt(_: Any) -> None:
+    def interrupt() -> None:
         if pending:
             pending[0].reschedule(loop.time())
 
-    stop = asyncio.ensure_future(drain.wait())
-    stop.add_done_callback(interrupt)
+    interrupts = _interrupts_of(drain)
+    interrupts.steps.add(interrupt)
     try:
         while not drain.is_set():
             try:
@@ -356,8 +388,7 @@ async def _until_drained(items: AsyncIterator[Any], drain: asyncio.Event) -> Asy
             yield item
         raise StreamDrained("the server is draining; reconnect and resume the stream")
     finally:
-        stop.remove_done_callback(interrupt)
-        stop.cancel()
+        interrupts.steps.discard(interrupt)
         aclose = getattr(it, "aclose", None)
         if aclose is not None:
             await aclose()
