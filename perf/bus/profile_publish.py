@@ -58,8 +58,11 @@ async def serve_and_drive(a: argparse.Namespace) -> None:
         kafka_bootstrap=a.bootstrap if a.backend == "kafka" else "",
         instance_id=uuid.uuid4().hex[:12],
     )
+    from agentmesh.runtime.collector import tune_collector
+
     backend = make_backend(settings)
     servicer = BusServicer(backend, settings)
+    tune_collector()  # as the daemon does once started (runtime/server.py)
     server = grpc.aio.server(interceptors=[RuntimeInterceptor(None)])
     add_to_server(servicer, server)
     port = server.add_insecure_port("127.0.0.1:0")

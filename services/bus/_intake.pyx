@@ -35,6 +35,10 @@ from libc.stdint cimport uint8_t, uint64_t
 from libc.stdlib cimport malloc, realloc, free
 from libc.string cimport memcpy, memcmp
 
+
+cdef extern from "Python.h":
+    void PyObject_GC_UnTrack(void* op)
+
 import hashlib
 
 from agentmesh.bus.v1 import bus_pb2
@@ -433,9 +437,16 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
     cdef list topics = []
     cdef list parts = []
     cdef dict topic_ix = {}
-    cdef object topic, st, tp, digest, hex_b, value, idb, kb, headers
-    cdef object last_tp = None
-    cdef object last_st = None
+    cdef object topic, st, tp, digest, hex_b, value, idb, kb, headers, rec
+    cdef Py_ssize_t* bases = NULL
+    cdef int* slot_of = NULL
+    cdef unsigned long long* seqs = NULL
+    cdef Py_ssize_t nslots
+    cdef int slot
+    cdef list states = []
+    cdef list chain_fields = []
+    cdef list last_raws = []
+    cdef list last_hexes = []
     cdef bytes id_prefix
     cdef char idtail[24]
     cdef int idtail_n
@@ -486,9 +497,26 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
                 return -1
             n += 1
 
-        # Pass 2: values, links and records, in request order.
+        # Pass 2: values, links and records, in request order. The chains
+        # this request extends are read once into slots (C sequence counters,
+        # lists of hashes) and written back at the end, not per record.
+        if n == 0:
+            return 0
         chains = pub.chain._chains
         new_state = pub.chain._state
+        nslots = 0
+        bases = <Py_ssize_t*>malloc(len(topics) * sizeof(Py_ssize_t))
+        if bases == NULL:
+            raise MemoryError()
+        for j in range(len(topics)):
+            bases[j] = nslots
+            nslots += <Py_ssize_t>parts[j]
+        slot_of = <int*>malloc(nslots * sizeof(int))
+        seqs = <unsigned long long*>malloc(nslots * sizeof(unsigned long long))
+        if slot_of == NULL or seqs == NULL:
+            raise MemoryError()
+        for j in range(nslots):
+            slot_of[j] = -1
         next_rr = pub.partitioner.next_round_robin
         next_id = pub._ids.__next__
         id_prefix = pub._id_prefix.encode()
@@ -518,19 +546,22 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
                         break
                     j -= 4
                 idb = id_prefix + PyBytes_FromStringAndSize(idtail, idtail_n)
-            tp = (topic, partition)
-            if tp == last_tp:
-                st = last_st
-            else:
-                st = chains.get(tp)
+            slot = slot_of[bases[env.topic_ix] + partition]
+            if slot < 0:
+                st = chains.get((topic, partition))
                 if st is None:
                     st = new_state(topic, partition)
-                last_tp = tp
-                last_st = st
-            seq = st.sequence + 1
+                slot = len(states)
+                slot_of[bases[env.topic_ix] + partition] = slot
+                states.append(st)
+                seqs[slot] = st.sequence
+                chain_fields.append(st.chain_id_field)
+                last_raws.append(st.last_raw)
+                last_hexes.append(st.last_hex)
+            seq = seqs[slot] + 1
             seq_n = put_varint(seq_b, seq)
-            chain_field = st.chain_id_field
-            last_hex = st.last_hex
+            chain_field = chain_fields[slot]
+            last_hex = last_hexes[slot]
             prov_len = (PyBytes_GET_SIZE(chain_field) + 1 + seq_n + 2 + 64
                         + PyBytes_GET_SIZE(create_field))
             need = (32 + (env.end - env.start) + 12 + PyBytes_GET_SIZE(idb) + 2 + 11 + prov_len
@@ -542,7 +573,7 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
                 if buf == NULL:
                     raise MemoryError()
             # buf = previous hash (raw, 32 bytes) || value; the link's hash covers both.
-            w = put(buf, st.last_raw)
+            w = put(buf, last_raws[slot])
             memcpy(buf + w, p + env.start, env.end - env.start)
             w += env.end - env.start
             if not env.id.n:
@@ -576,9 +607,9 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
                 hexbuf[2 * j + 1] = HEX[raw[j] & 0xF]
             hex_b = PyBytes_FromStringAndSize(<char*>hexbuf, 64)
             value = PyBytes_FromStringAndSize(<char*>buf + 32, vlen)
-            st.sequence = seq
-            st.last_raw = digest
-            st.last_hex = hex_b
+            seqs[slot] = seq
+            last_raws[slot] = digest
+            last_hexes[slot] = hex_b
             prio = env.prio or NORMAL
             if env.corr.n or env.reply_to.n or env.sender.n or env.mtype:
                 headers = [ENV_HEADER, (H_ID, idb), PRIO_HEADERS[prio]]
@@ -593,14 +624,30 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
                 headers.append((H_HASH, hex_b))
             else:
                 headers = [ENV_HEADER, (H_ID, idb), PRIO_HEADERS[prio], (H_HASH, hex_b)]
-            records.append((topic, partition, kb, value, headers, now_ms))
+            # A record, its header list and tuples hold only strings, bytes
+            # and ints (the list is never appended to later): they cannot be
+            # part of a cycle, so the cyclic collector need not walk them.
+            for j in range(len(headers)):
+                PyObject_GC_UnTrack(<void*>headers[j])
+            PyObject_GC_UnTrack(<void*>headers)
+            rec = (topic, partition, kb, value, headers, now_ms)
+            PyObject_GC_UnTrack(<void*>rec)
+            records.append(rec)
             ids.append(idb)
             hashes.append(hex_b)
             todo.append(k)
+        for j in range(len(states)):
+            st = states[j]
+            st.sequence = seqs[j]
+            st.last_raw = last_raws[j]
+            st.last_hex = last_hexes[j]
         return n
     finally:
         free(envs)
         free(buf)
+        free(bases)
+        free(slot_of)
+        free(seqs)
 
 
 # ---- delivery reports ---------------------------------------------------------
@@ -696,3 +743,4 @@ cdef inline Py_ssize_t varint_len(uint64_t v) noexcept:
         v >>= 7
         n += 1
     return n
+
