@@ -38,6 +38,7 @@ import hashlib
 import logging
 import math
 import os
+import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -334,6 +335,20 @@ async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
     return out
 
 
+#: Connections `_exchange` keeps between round trips, per pool, instead of
+#: returning each to the pool (a BlockingConnectionPool checkout is a lock,
+#: a condition, a timer and a readiness check: ~3% of the coordinator's CPU).
+_idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
+
+
+def _keep(pool: Any) -> int:
+    """How many idle connections `_exchange` keeps out of `pool`: at most 4,
+    and never more than an eighth of its size (0 for a pool under 8), so
+    the other users of a small pool are not starved."""
+    size = getattr(pool, "max_connections", 0) or 0
+    return min(4, size // 8)
+
+
 async def _exchange(redis: Any, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
     """`cmds` as one pipeline on a pooled connection, raw replies in order.
 
@@ -345,16 +360,26 @@ async def _exchange(redis: Any, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
     that accepts but never answers (SIGSTOP) still fails as
     redis.exceptions.TimeoutError, and the connection is dropped. Broken
     connections are retried with the client's Retry policy, as the
-    Pipeline does.
+    Pipeline does. A few connections stay checked out between round trips
+    (`_keep`); one that failed goes back to the pool, disconnected.
     """
     pool = redis.connection_pool
-    conn = await pool.get_connection()
+    idle = _idle.get(pool)
+    if idle is None:
+        idle = _idle[pool] = []
+    conn = idle.pop() if idle else await pool.get_connection()
     try:
-        return await conn.retry.call_with_retry(
+        out = await conn.retry.call_with_retry(
             lambda: _round_trip(conn, cmds), lambda _err: conn.disconnect()
         )
-    finally:
+    except BaseException:
         await pool.release(conn)
+        raise
+    if len(idle) < _keep(pool) and conn.is_connected:
+        idle.append(conn)
+    else:
+        await pool.release(conn)
+    return out
 
 
 async def _round_trip(conn: Any, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:

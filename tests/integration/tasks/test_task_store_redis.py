@@ -97,3 +97,14 @@ async def test_errors_in_place_and_script_cache_reloaded(private_redis: RedisSer
         assert got == [b"x", b"b!"]
     finally:
         await client.aclose()
+
+
+async def test_a_small_pool_is_not_held_between_round_trips(private_redis: RedisServer) -> None:
+    # send keeps up to an eighth of a pool checked out between round trips:
+    # none of a pool of one, whose other users would otherwise wait it out
+    client = create_redis(private_redis.url, timeout_s=1.0, max_connections=1)
+    try:
+        await send(client, [("SET", "am:test:p", b"1")])
+        assert await asyncio.wait_for(client.get("am:test:p"), 10) == b"1"
+    finally:
+        await client.aclose()
