@@ -429,20 +429,29 @@ def run_gateway(backend: str, bootstrap: str, logs: Path, hot_path: str = "auto"
     return daemon("bus", logs, *flags, env={"AGENTMESH_KAFKA_BOOTSTRAP": ""}).start(60)
 
 
-def python_loops_consume(a: argparse.Namespace, logs: Path, topic: str, n: int
-                         ) -> dict[str, float]:
-    """Subscribe read-back of the same records through a gateway running the
-    Python twin of the per-record loops (`--hot-path python`), cumulative acks."""
+def python_loops(a: argparse.Namespace, logs: Path, topic: str, n: int, run_id: str
+                 ) -> dict[str, float]:
+    """Through a gateway running the Python loops (`--hot-path python`):
+    Subscribe read-back of the same records (cumulative acks), and
+    PublishStream of a.messages messages to a topic of its own (the message
+    path: requests decoded and submitted as messages)."""
     proc = run_gateway("kafka", a.bootstrap, logs, "python")
     try:
         cpu0 = proc_cpu_s(proc.pid)  # type: ignore[attr-defined]
         rate = asyncio.run(gateway_consume_rate(proc.target, topic, n, ack="through"))  # type: ignore[attr-defined]
         cpu_us = (proc_cpu_s(proc.pid) - cpu0) * 1e6 / n  # type: ignore[attr-defined]
+        pub_topic = f"bench.gwpy.{run_id}"
+        create_topic(a.bootstrap, pub_topic, 3)
+        cpu0 = proc_cpu_s(proc.pid)  # type: ignore[attr-defined]
+        tp = asyncio.run(gateway_throughput(proc.target, pub_topic, a.messages, a.batch))  # type: ignore[attr-defined]
+        pub_cpu_us = (proc_cpu_s(proc.pid) - cpu0) * 1e6 / a.messages  # type: ignore[attr-defined]
     finally:
         proc.stop()  # type: ignore[attr-defined]
     print(f"Subscribe, Python loops: {rate:,.0f} msg/s acking up_to ({cpu_us:.1f} us CPU/msg)",
           flush=True)
-    return {"consume": rate, "cpu_us": cpu_us}
+    print(f"PublishStream, message path: {tp:,.0f} msg/s ({pub_cpu_us:.1f} us CPU/msg)",
+          flush=True)
+    return {"consume": rate, "cpu_us": cpu_us, "tput": tp, "publish_cpu_us": pub_cpu_us}
 
 
 def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
@@ -484,7 +493,16 @@ def figures(rows: dict[str, dict[str, float]]) -> list[Figure]:
            Figure(name="bus: Subscribe gateway CPU per message, compiled loops",
                   value=gw["consume_through_cpu_us"], unit="us", better="lower",
                   baseline_name="with the Python loops (--hot-path python)",
-                  baseline_value=py["cpu_us"])] if (py := rows.get("python loops")) else []),
+                  baseline_value=py["cpu_us"]),
+           Figure(name="bus: PublishStream msg/s, compiled write path (make ext)",
+                  value=gw["tput"], unit="msg/s",
+                  baseline_name="the same stream through the message path (--hot-path python)",
+                  baseline_value=py["tput"]),
+           Figure(name="bus: PublishStream gateway CPU per message, compiled write path",
+                  value=gw["publish_cpu_us"], unit="us", better="lower",
+                  baseline_name="through the message path (--hot-path python)",
+                  baseline_value=py["publish_cpu_us"])] if (py := rows.get("python loops"))
+          else []),
         *([Figure(name=f"bus: PublishStream msg/s, {sc['clients']:.0f} clients, "
                        "--workers 2",
                   value=sc["w2"], unit="msg/s",
@@ -568,7 +586,7 @@ def measure(a: argparse.Namespace) -> dict[str, dict[str, float]]:
                 row["consume"] = row["consume_through"]
                 row["consume_n"] = n_sub
                 if HOT_PATH == "compiled":
-                    rows["python loops"] = python_loops_consume(a, logs, topic, n_sub)
+                    rows["python loops"] = python_loops(a, logs, topic, n_sub, run_id)
                 print(f"Subscribe: gateway {row['consume_through']:,.0f} msg/s acking up_to "
                       f"({row['consume_through_cpu_us']:.1f} us CPU/msg), "
                       f"{row['consume_ids']:,.0f} msg/s acking ids "

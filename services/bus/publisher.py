@@ -577,15 +577,23 @@ class Pending:
             else:
                 metrics.LATENCY.labels("publish").observe((time.perf_counter() - start) * 1000)
                 self.offsets = outcomes
-                last: dict[tuple[str, int], int] = {}
-                for k, (i, r, out) in enumerate(zip(self.todo, records, outcomes, strict=True)):
-                    if type(out) is int:
-                        sent[r[0]] += 1
-                        last[r[0], r[1]] = k
-                    else:
-                        assert isinstance(out, DeliveryError)
-                        chain.reset(r[0], r[1])
-                        errors[i] = _delivery_error(out)
+                # Comprehensions over the whole batch (they run in C loops);
+                # failed records are the rare exception, handled after.
+                failed = [k for k, out in enumerate(outcomes) if type(out) is not int]
+                if failed:
+                    bad = set(failed)
+                    ok = [r for k, r in enumerate(records) if k not in bad]
+                    last = {r[:2]: k for k, r in enumerate(records) if k not in bad}
+                else:
+                    ok = records
+                    last = {r[:2]: k for k, r in enumerate(records)}
+                sent.update([r[0] for r in ok])
+                for k in failed:
+                    r = records[k]
+                    out = outcomes[k]
+                    assert isinstance(out, DeliveryError)
+                    chain.reset(r[0], r[1])
+                    errors[self.todo[k]] = _delivery_error(out)
                 for tp, k in last.items():  # one head per partition per batch
                     off = outcomes[k]
                     assert type(off) is int

@@ -106,7 +106,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         self.publisher = Publisher(backend, settings, state=self.state)
         self.replies = ReplyRouter(backend)
         self._delivery_s = settings.delivery_timeout_ms / 1000
-        #: Subscribe's per-record loops (raises HotPathUnavailable for an unbuilt `compiled`)
+        #: the per-record loops of Subscribe and PublishStream (raises HotPathUnavailable
+        #: for an unbuilt `compiled`)
         self.hot_path = load_hot_path(settings.hot_path)
         metrics.HOT_PATH.labels(self.hot_path.name).set(1)
         log.info("hot path", extra={"hot_path": self.hot_path.name,

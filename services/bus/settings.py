@@ -77,7 +77,8 @@ class BusSettings(Settings):
             max_deliveries) and chain heads (VerifyChain's truncation check)
             live (services/bus/state.py).
         state_ttl_s: expiry of a state key after its last write, seconds.
-        hot_path: which per-record loops Subscribe runs (services/bus/hot_path.py).
+        hot_path: which per-record loops Subscribe and PublishStream run
+            (services/bus/hot_path.py).
         kafka_bootstrap: bootstrap servers (from ServerConfig); empty on the memory backend.
         kafka_security: librdkafka security settings (SASL, TLS) for every Kafka client.
     """
@@ -202,8 +203,8 @@ class BusSettings(Settings):
     )
     hot_path: str = setting(
         "auto",
-        help="Subscribe's per-record loops: compiled (the Cython twin, `make ext`), python, "
-        "or auto (compiled when built from the current source, else python)",
+        help="the per-record loops of Subscribe and PublishStream: compiled (Cython, "
+        "`make ext`), python, or auto (compiled when built from the current sources, else python)",
         choices=HOT_PATH_MODES,
     )
     kafka_bootstrap: str = ""
