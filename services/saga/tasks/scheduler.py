@@ -86,6 +86,10 @@ BACKLOG_POLL_MS = 50
 #: Most tasks queued by this replica kept for the next pass (see `wake`).
 FRESH_MAX = 4096
 
+#: Pools whose Options are kept for reuse (see `_options_for`); pool keys
+#: come from requests' selectors, so the map is bounded.
+OPTION_POOLS = 256
+
 #: Longest blocking read of the WAKE stream, ms.
 WAKE_BLOCK_MS = 1000
 
@@ -256,6 +260,10 @@ class TaskScheduler:
         self._rng = random.Random(seed)
         self._descriptors: dict[str, tuple[float, _Static]] = {}
         self._counts: dict[str, tuple[float, int]] = {}
+        #: per pool key: (candidates, descriptors, Options) of the last placement
+        self._options: dict[
+            str, tuple[list[Any], list[_Static], list[placement.Option]]
+        ] = {}
         #: The last pass left due tasks waiting (full agents, no agent, or
         #: this replica at max_active): a freed slot or driver wakes the next.
         self._backlog = False
@@ -633,6 +641,50 @@ class TaskScheduler:
                 got[a] = (now + DESCRIPTOR_TTL_S, st)
         return [got[a][1] for a in agent_ids]
 
+    def _options_for(
+        self,
+        pool_key: str,
+        cands: Sequence[Any],
+        counts: Sequence[int],
+        descs: Sequence[_Static],
+    ) -> list[placement.Option]:
+        """The pool's Options with these slot counts.
+
+        The Options of the last call for the pool are reused, with only
+        their counts set, while its candidates and descriptors are the same
+        objects (a new pool snapshot or descriptor read makes new ones):
+        building 100 Options per task was a tenth of the scheduling pass.
+        Sharing them is safe because only the ordering reads `running`, and
+        it does so right after this call; an ordered list keeps its order
+        and later reads only the candidate and capacity of an Option.
+        """
+        cached = self._options.get(pool_key)
+        if (
+            cached is not None
+            and len(cached[0]) == len(cands)
+            and all(a is b for a, b in zip(cached[0], cands, strict=True))
+            and all(a is b for a, b in zip(cached[1], descs, strict=True))
+        ):
+            options = cached[2]
+            for o, n in zip(options, counts, strict=True):
+                o.running = n
+            return options
+        default_cap = self.opts.default_capacity
+        options = [
+            placement.Option(
+                c,
+                n,
+                max(0, int(c.capacity)) or max(0, desc.capacity) or default_cap,
+                desc.capabilities,
+                desc.tags,
+            )
+            for c, n, desc in zip(cands, counts, descs, strict=True)
+        ]
+        if pool_key not in self._options and len(self._options) >= OPTION_POOLS:
+            self._options.pop(next(iter(self._options)))
+        self._options[pool_key] = (list(cands), list(descs), options)
+        return options
+
     async def _candidates(
         self, task: task_pb2.Task, msg: router_pb2.RouteMessage, *, prefer: str, avoid: str
     ) -> list[placement.Option]:
@@ -663,17 +715,7 @@ class TaskScheduler:
         # always, and a gather would make two tasks per placement.
         counts = await self._slot_counts(ids)
         descs = await self._descriptor(ids)
-        default_cap = self.opts.default_capacity
-        options = [
-            placement.Option(
-                c,
-                n,
-                max(0, int(c.capacity)) or max(0, desc.capacity) or default_cap,
-                desc.capabilities,
-                desc.tags,
-            )
-            for c, n, desc in zip(cands, counts, descs, strict=True)
-        ]
+        options = self._options_for(d.pool.key, cands, counts, descs)
         if prefer:
             pinned = [o for o in options if o.candidate.agent_id == prefer]
             if pinned:
