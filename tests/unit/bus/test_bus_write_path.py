@@ -122,6 +122,7 @@ async def test_oversized_message_is_resource_exhausted_and_not_written() -> None
     pending = await pub.submit([_env(topic="w.c"), bus_pb2.Envelope(
         topic="w.c", payload=common_pb2.Payload(bytes_value=b"y" * 400)), _env(topic="w.c")])
     await pending.settle(5.0)
-    codes = [r.status.code for r in bus_pb2.PublishStreamResponse.FromString(pending.response()).reports]
+    resp = bus_pb2.PublishStreamResponse.FromString(pending.response())
+    codes = [r.status.code for r in resp.reports]
     assert codes == [0, 8, 0]  # RESOURCE_EXHAUSTED in the middle
     assert await backend.watermarks("w.c", 0) == (0, 2)
