@@ -720,7 +720,7 @@ def _pass_bytes(resp: Any) -> bytes:
     return resp.SerializeToString()
 
 
-class _SubscribePassThrough:
+class _BytesPassThrough:
     """The server as the generated registration function sees it: the
     BusService handlers reach the real server with Subscribe's and
     PublishStream's responses passed through as bytes (`_pass_bytes`) and
@@ -753,4 +753,4 @@ def add_to_server(servicer: BusServicer, server: grpc.aio.Server) -> None:
     """Register BusService on `server` (the generated function's job), with
     Subscribe's batches and PublishStream's reports sent as the bytes they
     were built as, and PublishStream's requests received as bytes."""
-    bus_pb2_grpc.add_BusServiceServicer_to_server(servicer, _SubscribePassThrough(server))
+    bus_pb2_grpc.add_BusServiceServicer_to_server(servicer, _BytesPassThrough(server))
