@@ -255,7 +255,7 @@ WaitTask with four messages, one Execute to an agent) and nothing else uses
 1.4 ms of CPU per task. With the client (1.0 ms), the agents (1.0 ms) and
 Redis (0.3 ms) on the same 2 cores, this machine tops out near
 2000 / (1.4 + 1.0 + 1.0 + 0.3) = ~540 tasks/s even for a coordinator that
-did nothing but gRPC; the goal of 500/s is not reached. The coordinator's
+did nothing but gRPC; at 08e81dd the goal of 500/s was not reached. The coordinator's
 ~1.4 ms above that floor is mostly redis-py (about 0.2 ms of Python per round
 trip), placement over 100 candidates per task (about 0.25 ms) and the server
 interceptors (about 0.1 ms). In the py-spy profile, gRPC's C callbacks and
