@@ -36,23 +36,14 @@ import asyncio
 import contextlib
 import hashlib
 import logging
-import math
 import os
-import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.commands.core import AsyncScript
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-
-try:  # redis[hiredis], as the project depends on it; redis-py packs without it
-    from hiredis import pack_command as _hiredis_pack
-except ImportError:  # pragma: no cover
-    _hiredis_pack = None  # type: ignore[assignment]
 
 from agentmesh.runtime.dataset_epoch import refuse_if_reset
 from agentmesh.runtime.deps import is_cluster
@@ -68,6 +59,7 @@ from agentmesh.runtime.lease import (
     is_fenced,
 )
 from agentmesh.runtime.priority import CLASSES, priority_class
+from agentmesh.runtime.redis_pipeline import exchange
 from agentmesh.task.v1 import task_pb2
 
 log = logging.getLogger("agentmesh.saga.tasks")
@@ -316,7 +308,7 @@ async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
             else:
                 cmds.append(c)
         if lean:
-            res = await _exchange(redis, cmds)
+            res = await exchange(redis, cmds)
         else:
             async with redis.pipeline(transaction=False) as p:
                 for cmd in cmds:
@@ -332,89 +324,6 @@ async def send(redis: Any, calls: Sequence[Call]) -> list[Any]:
         for sha_script in {calls[i][0] for i in again}:
             await redis.script_load(sha_script.script)
         todo = again
-    return out
-
-
-#: Connections `_exchange` keeps between round trips, per pool, instead of
-#: returning each to the pool (a BlockingConnectionPool checkout is a lock,
-#: a condition, a timer and a readiness check: ~3% of the coordinator's CPU).
-_idle: weakref.WeakKeyDictionary[Any, list[Any]] = weakref.WeakKeyDictionary()
-
-
-def _keep(pool: Any) -> int:
-    """How many idle connections `_exchange` keeps out of `pool`: at most 4,
-    and never more than an eighth of its size (0 for a pool under 8), so
-    the other users of a small pool are not starved."""
-    size = getattr(pool, "max_connections", 0) or 0
-    return min(4, size // 8)
-
-
-async def _exchange(redis: Any, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
-    """`cmds` as one pipeline on a pooled connection, raw replies in order.
-
-    Why not redis-py's Pipeline: per round trip it makes a Pipeline object,
-    a wait_for task around the write and an asyncio timeout around every
-    reply, plus its observability hooks; on the coordinator that was about
-    a fifth of the main thread (perf/saga/TASKS_RESULTS.md). Here the
-    client's socket timeout bounds the whole round trip once, so a Redis
-    that accepts but never answers (SIGSTOP) still fails as
-    redis.exceptions.TimeoutError, and the connection is dropped. Broken
-    connections are retried with the client's Retry policy, as the
-    Pipeline does. A few connections stay checked out between round trips
-    (`_keep`); one that failed goes back to the pool, disconnected.
-    """
-    pool = redis.connection_pool
-    idle = _idle.get(pool)
-    if idle is None:
-        idle = _idle[pool] = []
-    conn = idle.pop() if idle else await pool.get_connection()
-    try:
-        out = await conn.retry.call_with_retry(
-            lambda: _round_trip(conn, cmds), lambda _err: conn.disconnect()
-        )
-    except BaseException:
-        await pool.release(conn)
-        raise
-    if len(idle) < _keep(pool) and conn.is_connected:
-        idle.append(conn)
-    else:
-        await pool.release(conn)
-    return out
-
-
-async def _round_trip(conn: Any, cmds: Sequence[tuple[Any, ...]]) -> list[Any]:
-    if not conn.is_connected:
-        await conn.connect()
-    if _hiredis_pack is not None:
-        # the same bytes as conn.pack_commands (str as UTF-8, numbers as
-        # text), without its per-argument Python encoding: ~7x less CPU
-        packed = [b"".join([_hiredis_pack(tuple(c)) for c in cmds])]
-    else:
-        packed = conn.pack_commands(cmds)
-    where = f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"
-    out: list[Any] = []
-    try:
-        async with asyncio.timeout(conn.socket_timeout):  # None: no deadline
-            # the write without send_packed_command's own wait_for task (the
-            # deadline above bounds it); redis-py has had this method since 4.2
-            await conn._send_packed_command(packed)
-            for _ in cmds:
-                try:
-                    # math.inf: no per-reply timer (redis-py's documented opt-out)
-                    out.append(await conn.read_response(timeout=math.inf))
-                except ResponseError as e:
-                    out.append(e)
-    except TimeoutError as e:  # before OSError, its base class
-        await conn.disconnect(nowait=True)
-        raise RedisTimeoutError(f"Timeout in a pipeline to {where}") from e
-    except OSError as e:
-        await conn.disconnect(nowait=True)
-        raise RedisConnectionError(f"Error in a pipeline to {where}: {e}") from e
-    except BaseException:
-        # a reply not read (cancelled, a connection error): never hand the
-        # socket to the next borrower with replies still on it
-        await conn.disconnect(nowait=True)
-        raise
     return out
 
 
