@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import signal
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -110,6 +111,20 @@ def _session_server(
     try:
         yield server
     finally:
+        server.stop()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, which it may pause (SIGSTOP) or
+    demote; resumed before it is stopped."""
+    server = RedisServer(workdir=tmp_path / "redis").start()
+    try:
+        yield server
+    finally:
+        pid = server.pid
+        if pid is not None:  # a paused server cannot stop
+            os.kill(pid, signal.SIGCONT)
         server.stop()
 
 

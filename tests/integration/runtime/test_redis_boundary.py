@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import signal
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -147,19 +147,6 @@ async def test_unreachable_redis_is_redis_down_for_unary_and_streams(
     assert records[0].exc_info is None
     assert records[0].__dict__["reason"] == "REDIS_DOWN"
     assert records[0].__dict__["error"].startswith("ConnectionError")
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which it may pause or demote."""
-    server = RedisServer(workdir=tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        pid = server.pid
-        if pid is not None:  # a paused server cannot stop
-            os.kill(pid, signal.SIGCONT)
-        server.stop()
 
 
 async def test_paused_redis_times_out_to_redis_down(

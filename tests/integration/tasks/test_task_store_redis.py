@@ -10,8 +10,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from redis.exceptions import ResponseError
@@ -20,19 +18,6 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from agentmesh.runtime.deps import create_redis
 from agentmesh.server.saga.tasks.store import TaskStore, send
 from tests.infra import RedisServer
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    """A redis-server of this test's own, which it may pause."""
-    server = RedisServer(workdir=tmp_path / "redis").start()
-    try:
-        yield server
-    finally:
-        pid = server.pid
-        if pid is not None:  # a paused server cannot stop
-            os.kill(pid, signal.SIGCONT)
-        server.stop()
 
 
 async def test_paused_redis_is_a_timeout_and_the_store_recovers(
