@@ -428,7 +428,6 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
     cdef uint8_t* buf = NULL
     cdef Py_ssize_t buf_cap = 0
     cdef Py_ssize_t need, w, vlen, prov_len, max_bytes
-    cdef uint8_t prov_hdr[16]
     cdef uint8_t seq_b[10]
     cdef Py_ssize_t seq_n
     cdef uint8_t hexbuf[64]
@@ -437,7 +436,7 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
     cdef list topics = []
     cdef list parts = []
     cdef dict topic_ix = {}
-    cdef object topic, st, tp, digest, hex_b, value, idb, kb, headers, rec
+    cdef object topic, st, digest, hex_b, value, idb, kb, headers, rec
     cdef Py_ssize_t* bases = NULL
     cdef int* slot_of = NULL
     cdef unsigned long long* seqs = NULL
@@ -533,7 +532,6 @@ def publish_run(bytes data, object pub, list records, list ids, list hashes, lis
                 partition = <int>(next_rr() % npart) if npart > 1 else 0
             if env.id.n:
                 idb = slice_bytes(p, env.id)
-                idtail_n = 0
             else:
                 idn = next_id()
                 idtail_n = 0

@@ -28,6 +28,7 @@ from agentmesh.server.bus.backlog import Item
 #: Which twin this module is (hot_path.HotPath.name).
 IMPLEMENTATION = "python"
 
+
 class Msg(Item):
     """A fetched record with its delivery state; it is its own backlog Item
     (one object per record on the hot path; the compiled twin's Msg has the
@@ -63,6 +64,7 @@ class Msg(Item):
         self.ack_id = ""
         self.deadline = 0.0
         self.last_reason = ""
+
 
 def encode_run(
     items: list[Any], deadline: float, ack_prefix: str, ack_n: int,
@@ -152,6 +154,7 @@ def encode_run(
             last[cur] = nxt - 1
     return b"".join(out), ack_n
 
+
 def ack_up_to(offsets: dict[int, Any], outstanding: dict[str, Any], upto: int) -> list[int]:
     """Settle every delivery of one partition at or below offset `upto`:
     remove it from `offsets` (the partition's index, offset -> Msg) and
@@ -165,8 +168,10 @@ def ack_up_to(offsets: dict[int, Any], outstanding: dict[str, Any], upto: int) -
         del outstanding[offsets.pop(o).ack_id]
     return acked
 
+
 #: Msg.last_reason of a record dead-lettered on arrival.
 MAX_BEFORE = "max_deliveries reached before a rebalance or restart"
+
 
 def arrive_run(
     records: Sequence[wire.StoredRecord], parts: dict[TopicPartition, Any], seq_n: int,
